@@ -1,0 +1,242 @@
+"""Typed stubs of the Rust extension `mta._native` (built by maturin).
+
+Three parts: the sans-IO SMTP parser (`SmtpParser`), header work
+(`received_header`, `HeaderScanner` via `Message`), and the spool (`Spool`,
+`SpoolReader`, `Message`). The message body crosses into Rust once, in
+`SmtpParser.feed`, and never comes back to Python unless asked
+(`SpoolReader.message_bytes`).
+"""
+
+from typing import Final, Literal
+
+__version__: str
+
+class SpoolError(Exception):
+    """A spool operation failed: I/O, bad format, lock held by another process."""
+
+# ---------------------------------------------------------------------------
+# SMTP parser (rust/src/smtp, bindings/smtp.rs)
+# ---------------------------------------------------------------------------
+
+class MailArgs:
+    """MAIL FROM:<address> [params]. Frozen."""
+
+    address: str  # "" for the null path <>; source route dropped; UTF-8 allowed only with SMTPUTF8
+    size: int | None  # SIZE=
+    body: Literal["7BIT", "8BITMIME"] | None
+    smtputf8: bool
+    ret: Literal["FULL", "HDRS"] | None  # DSN RET=
+    envid: str | None  # DSN ENVID= (xtext-decoded)
+
+class RcptArgs:
+    """RCPT TO:<address> [params]. Frozen."""
+
+    address: str  # "Postmaster" (no domain) is allowed as RFC 5321 says
+    notify: tuple[str, ...] | None  # ("NEVER",) or subset of ("SUCCESS", "FAILURE", "DELAY")
+    orcpt: str | None  # ORCPT= raw value "rfc822;addr" (xtext-decoded)
+
+# Event tuples returned by SmtpParser.feed / start_data / start_bdat / resume.
+# The first element says which:
+#   ("cmd", verb, arg)
+#       verb is one of: "EHLO" "HELO" "MAIL" "RCPT" "DATA" "BDAT" "RSET" "NOOP"
+#       "QUIT" "VRFY" "HELP" "STARTTLS" "AUTH" "HTTP"
+#       arg: EHLO/HELO -> str (the domain or address literal as sent)
+#            MAIL -> MailArgs;  RCPT -> RcptArgs
+#            BDAT -> (size: int, last: bool)
+#            VRFY/HELP/AUTH/NOOP -> str (rest of the line, may be "")
+#            HTTP -> str (the request line; GET/POST/HEAD/PUT/CONNECT ... HTTP/x)
+#            others -> None
+#       After a "DATA" or "BDAT" command the parser pauses: it returns no
+#       further events until the session calls start_data / start_bdat /
+#       resume. This is how pipelined bytes after DATA are never parsed as
+#       commands before the server decided on the DATA.
+#   ("error", code: int, enhanced: str, text: str)
+#       a command line the grammar refused; the session sends exactly this
+#       reply and counts it as an error. Examples:
+#       500 5.5.2 line too long (the rest of the line is drained first)
+#       500 5.5.2 command not recognized
+#       501 5.5.2 NUL or bare CR in command line
+#       501 5.5.4 syntax error in parameters (with usage text)
+#       501 5.1.7 bad sender address syntax / 501 5.1.3 bad recipient address syntax
+#       555 5.5.4 unsupported parameter (incl. BODY=BINARYMIME)
+#       553 5.6.7 non-ASCII address without SMTPUTF8 (MAIL); for RCPT the
+#           parser does not know about SMTPUTF8 in MAIL: the session passes it
+#           with set_smtputf8(True) after an accepted MAIL ... SMTPUTF8.
+#   ("data_end", status)          end of DATA reached (CR LF . CR LF)
+#   ("bdat_end", last: bool, status)   a BDAT chunk fully consumed
+#       status: "ok" | "bare_lf" | "too_big"
+#       "bare_lf": a bare CR or LF was seen and the policy is "reject"
+#       "too_big": more than max_message_size octets after unstuffing
+#       (header-block size and Received count are on the Message)
+
+Event = tuple
+
+class SmtpParser:
+    def __init__(
+        self,
+        *,
+        max_line: int = 512,
+        max_message_size: int = 52_428_800,
+        bare_lf: Literal["reject", "normalize"] = "reject",
+    ) -> None: ...
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Event]:
+        """Append bytes received from the client; return every complete event.
+        Identical results for any split of the same byte stream."""
+    def start_data(self, message: Message) -> list[Event]:
+        """After a DATA command the session accepted (it sends 354 after this):
+        body bytes, dot-unstuffed and bare-CR/LF-policed, go into `message`
+        until CR LF . CR LF; then a "data_end" event. Processes bytes already
+        buffered and returns their events."""
+    def start_bdat(self, message: Message | None) -> list[Event]:
+        """After a BDAT command: its chunk goes into `message`, or is
+        discarded when None (the session rejected the BDAT). The same Message
+        must be passed for every chunk of one transaction."""
+    def resume(self) -> list[Event]:
+        """After a DATA command the session refused: continue parsing commands."""
+    def set_smtputf8(self, on: bool) -> None:
+        """Whether UTF-8 addresses are allowed in RCPT for the current transaction."""
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet consumed (bounded by max_line while in command mode)."""
+
+def format_reply(code: int, enhanced: str | None, lines: list[str] | str) -> bytes:
+    """Single- or multi-line reply: b"250-first\\r\\n250 last\\r\\n", with the
+    enhanced status code (RFC 3463) after the code on every line when given."""
+
+# ---------------------------------------------------------------------------
+# Header work (rust/src/message, bindings/message.rs)
+# ---------------------------------------------------------------------------
+
+def received_header(
+    *,
+    helo: str,
+    reverse_name: str | None,  # None -> "unknown"
+    ip: str,
+    hostname: str,
+    protocol: str,  # "SMTP" "ESMTP" "ESMTPS" "ESMTPA" "ESMTPSA" "UTF8SMTP" "UTF8SMTPS" ...
+    queue_id: str,
+    recipient: str | None,  # only when the message has exactly one recipient
+    timestamp: float,  # unix time; formatted as RFC 5322 date in local time zone offset
+    tls: str | None = None,  # e.g. "TLSv1.3 TLS_AES_256_GCM_SHA384"
+) -> bytes:
+    """`Received: from HELO (reverse [ip])\\r\\n\\tby HOSTNAME with PROTO id ID\\r\\n\\tfor <rcpt>; DATE\\r\\n`,
+    folded so each line stays under 78 octets where possible."""
+
+# ---------------------------------------------------------------------------
+# Spool (rust/src/spool, bindings/spool.rs)
+# ---------------------------------------------------------------------------
+
+class Message:
+    """An in-flight message: the bytes after dot-unstuffing, with our
+    Received header first. Memory-bounded: past `spill_threshold` bytes it
+    spills to a file in the shard's tmp/ directory. Created by
+    Spool.new_message(); filled by SmtpParser; handed to Spool.submit()."""
+
+    @property
+    def size(self) -> int:
+        """Octets of the client's message (excluding the prefix we added)."""
+    @property
+    def header_size(self) -> int:
+        """Octets of the client's header block so far (up to the empty line)."""
+    @property
+    def header_too_big(self) -> bool:
+        """The client's header block exceeded max_header_size."""
+    @property
+    def received_count(self) -> int:
+        """Number of Received: header fields in the client's header block."""
+    @property
+    def spilled(self) -> bool: ...
+
+class Recipient:
+    address: str
+    state: Literal["queued", "delivered", "deferred", "bounced"]
+    notify: tuple[str, ...] | None
+    orcpt: str | None
+
+class Envelope:
+    """One spooled message's envelope, as listed by SpoolReader / Spool."""
+
+    queue_id: str
+    arrival: float  # unix time
+    size: int  # octets of the stored message (our Received header included)
+    sender: str  # "" for <>
+    recipients: list[Recipient]
+    body: str | None
+    smtputf8: bool
+    ret: str | None
+    envid: str | None
+    helo: str
+    client_ip: str
+    shard: int
+
+class Spool:
+    """One shard of the spool, owned (flock) by this process, with its
+    group-commit writer thread. Opening it recovers the shard: a torn record
+    at the end of the newest segment is truncated; a bad record elsewhere is
+    moved to corrupt/ and reported in `recovery_report`."""
+
+    def __init__(
+        self,
+        root: str,
+        shard: int = 0,
+        *,
+        segment_size: int = 64 * 1024 * 1024,
+        spill_threshold: int = 1024 * 1024,
+        max_header_size: int = 1024 * 1024,
+        sync: bool = True,  # False only for benchmarks of the ceiling; never default
+        sync_log: bool = False,  # tests: record each segment's length after each fdatasync in <shard>/synced.log
+    ) -> None:
+        """Creates root and root/<shard> with mode 0700; raises SpoolError if
+        another process holds the shard's lock."""
+    @property
+    def notify_fd(self) -> int:
+        """Readable when completions are waiting; the event loop watches it
+        (loop.add_reader) and calls completions() once per wake-up."""
+    @property
+    def recovery_report(self) -> list[str]:
+        """Human-readable lines: messages recovered, torn tail truncated, records moved to corrupt/."""
+    def new_queue_id(self) -> str:
+        """Unique across shards and restarts; [A-Za-z0-9]+, sortable by time."""
+    def new_message(self) -> Message: ...
+    def prepend(self, message: Message, data: bytes) -> None:
+        """Put our Received header in front (call before the parser fills the body)."""
+    def submit(
+        self,
+        token: int,
+        queue_id: str,
+        message: Message,
+        *,
+        sender: str,
+        recipients: list[tuple[str, tuple[str, ...] | None, str | None]],  # (address, notify, orcpt)
+        body: str | None = None,
+        smtputf8: bool = False,
+        ret: str | None = None,
+        envid: str | None = None,
+        helo: str = "",
+        client_ip: str = "",
+        arrival: float | None = None,
+    ) -> None:
+        """Queue the message for the writer thread; returns at once. Its
+        completion (token, None | error text) shows up in completions() after
+        the batch holding it was written and fdatasync'ed. The Message is
+        consumed."""
+    def completions(self) -> list[tuple[int, str | None]]:
+        """Drain finished submissions; also clears notify_fd's readiness."""
+    def inject_fault(self, kind: Literal["write", "sync"] | None, errno: int = 28) -> None:
+        """Tests: make the next writes or syncs fail with errno (28 = ENOSPC, 5 = EIO); None clears."""
+    def stats(self) -> dict[str, int]:
+        """batches, syncs, messages, bytes, segments, failed_batches."""
+    def list(self) -> list[Envelope]: ...
+    def close(self) -> None:
+        """Finish every submitted message (write, sync, complete), stop the writer, release the lock."""
+
+class SpoolReader:
+    """Read-only view of every shard under root; safe while the server runs
+    (takes no lock, ignores a torn tail)."""
+
+    def __init__(self, root: str) -> None: ...
+    def list(self) -> list[Envelope]: ...
+    def get(self, queue_id: str) -> Envelope | None: ...
+    def message_bytes(self, queue_id: str) -> bytes | None: ...
+
+STATES: Final[tuple[str, ...]]

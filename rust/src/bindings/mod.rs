@@ -1,0 +1,6 @@
+//! Thin PyO3 wrappers over the core modules. No protocol or format logic
+//! lives here: only conversion, GIL release around disk work, and glue.
+
+pub mod message;
+pub mod smtp;
+pub mod spool;

@@ -1,0 +1,26 @@
+//! Rust core of `mta`: the SMTP parser (`smtp`), header rewriting (`message`)
+//! and the spool (`spool`). These three know nothing of Python; only
+//! `bindings`, `errors` and the `#[pymodule]` below do (feature "python").
+
+pub mod message;
+pub mod smtp;
+pub mod spool;
+
+#[cfg(feature = "python")]
+mod bindings;
+#[cfg(feature = "python")]
+mod errors;
+
+#[cfg(feature = "python")]
+use pyo3::prelude::*;
+
+#[cfg(feature = "python")]
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    errors::register(m)?;
+    bindings::smtp::register(m)?;
+    bindings::message::register(m)?;
+    bindings::spool::register(m)?;
+    Ok(())
+}
