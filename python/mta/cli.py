@@ -1,0 +1,170 @@
+"""The `mta` command: run | queue list | queue show | check-config.
+
+Scripts drive these exactly as written, so options and output formats are a
+contract: `queue list --json` prints one JSON array, an unknown queue id
+exits 1, a bad config exits 2 naming every bad key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as _dt
+import json
+import logging
+import sys
+
+import click
+
+from mta import __version__, config
+from mta.errors import ConfigError, MtaError
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s mta[%(process)d]: %(message)s",
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mta")
+def main() -> None:
+    """mta: a mail transfer agent (Python orchestration, Rust core)."""
+
+
+@main.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML configuration file (default: the embedded defaults).")
+@click.option("--listen", multiple=True, metavar="HOST:PORT", help="Listen address; repeatable; IPv6 as [::1]:2525. Replaces `listen` from the file.")
+@click.option("--spool", metavar="DIR", help=f"Spool directory (default {config.DEFAULT_SPOOL_DIR}).")
+@click.option("--hostname", metavar="NAME", help="Our host name in the greeting and Received headers (default: this machine's name).")
+@click.option("--mynetworks", metavar="CIDR[,CIDR...]", help="Clients allowed to relay anywhere; replaces the default 127.0.0.0/8 and ::1.")
+def run(config_file, listen, spool, hostname, mynetworks) -> None:
+    """Accept mail over SMTP and make it durable in the spool.
+
+    With no options: listens on 127.0.0.1:2525, spools in ./mta-spool, relays
+    only for 127.0.0.0/8 and ::1. SIGTERM stops it cleanly (exit 0).
+    """
+    overrides: dict = {}
+    if listen:
+        overrides["listen"] = list(listen)
+    if spool:
+        overrides["spool.dir"] = spool
+    if hostname:
+        overrides["hostname"] = hostname
+    if mynetworks is not None:
+        overrides["mynetworks"] = [n.strip() for n in mynetworks.split(",") if n.strip()]
+    try:
+        cfg = config.load(config_file, overrides)
+    except ConfigError as e:
+        click.echo(f"mta: configuration error:\n{e}", err=True)
+        sys.exit(2)
+    _setup_logging(cfg.log.level)
+    import uvloop
+
+    from mta.listener import Server
+
+    try:
+        uvloop.run(Server(cfg).run())
+    except MtaError as e:
+        click.echo(f"mta: {e}", err=True)
+        sys.exit(1)
+    except OSError as e:
+        click.echo(f"mta: cannot start: {e}", err=True)
+        sys.exit(1)
+
+
+@main.command("check-config")
+@click.argument("file", type=click.Path(dir_okay=False))
+def check_config(file) -> None:
+    """Validate a configuration file; name every bad key and value."""
+    errors = config.check(file)
+    if errors:
+        for e in errors:
+            click.echo(e, err=True)
+        sys.exit(2)
+    click.echo(f"{file}: ok")
+
+
+@main.group()
+def queue() -> None:
+    """Inspect the spool (read-only; safe while the server runs)."""
+
+
+def _reader(spool_dir: str | None):
+    from mta import _native
+
+    return _native.SpoolReader(spool_dir or config.DEFAULT_SPOOL_DIR)
+
+
+def _rfc3339(t: float) -> str:
+    return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _entry(env) -> dict:
+    return {
+        "id": env.queue_id,
+        "arrival": _rfc3339(env.arrival),
+        "size": env.size,
+        "sender": env.sender,
+        "recipients": [{"address": r.address, "state": r.state} for r in env.recipients],
+    }
+
+
+@queue.command("list")
+@click.option("--spool", metavar="DIR", help=f"Spool directory (default {config.DEFAULT_SPOOL_DIR}).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON array of {id, arrival, size, sender, recipients}.")
+def queue_list(spool, as_json) -> None:
+    """List the queued messages."""
+    entries = [_entry(e) for e in _reader(spool).list()]
+    if as_json:
+        click.echo(json.dumps(entries))
+        return
+    if not entries:
+        click.echo("Mail queue is empty")
+        return
+    for e in entries:
+        click.echo(f"{e['id']:<24} {e['size']:>10} {e['arrival']}  <{e['sender']}>")
+        for r in e["recipients"]:
+            click.echo(f"{'':<24} {r['state']:>10} <{r['address']}>")
+    click.echo(f"-- {len(entries)} message(s)")
+
+
+@queue.command("show")
+@click.argument("queue_id")
+@click.option("--spool", metavar="DIR", help=f"Spool directory (default {config.DEFAULT_SPOOL_DIR}).")
+def queue_show(queue_id, spool) -> None:
+    """Print a message's envelope, a blank line, then its stored bytes exactly."""
+    reader = _reader(spool)
+    env = reader.get(queue_id)
+    data = reader.message_bytes(queue_id) if env is not None else None
+    if env is None or data is None:
+        click.echo(f"mta: no message with queue id {queue_id!r}", err=True)
+        sys.exit(1)
+    lines = [
+        f"queue-id: {env.queue_id}",
+        f"arrival: {_rfc3339(env.arrival)}",
+        f"size: {env.size}",
+        f"sender: <{env.sender}>",
+    ]
+    for attr in ("body", "ret", "envid"):
+        if getattr(env, attr):
+            lines.append(f"{attr}: {getattr(env, attr)}")
+    if env.smtputf8:
+        lines.append("smtputf8: yes")
+    lines.append(f"client: {env.helo} [{env.client_ip}]")
+    for r in env.recipients:
+        extra = ""
+        if r.notify:
+            extra += f" notify={','.join(r.notify)}"
+        if r.orcpt:
+            extra += f" orcpt={r.orcpt}"
+        lines.append(f"recipient: <{r.address}> {r.state}{extra}")
+    out = sys.stdout.buffer
+    out.write(("\n".join(lines) + "\n\n").encode())
+    out.write(data)
+    out.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""The server: listening sockets, the spool shard, and an orderly stop.
+
+Start-up order matters: the spool is opened (and recovered) before any
+socket listens, so nothing is acknowledged that the spool cannot hold. On
+SIGTERM: stop accepting, let sessions finish their transaction (421 the
+idle ones), then close the spool (write, sync, complete what is in flight).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+
+from mta.config import Config
+from mta.dns import ReverseResolver
+from mta.policy import Networks, RelayPolicy
+from mta.session import Session
+from mta.spool import SpoolService
+
+log = logging.getLogger("mta")
+
+SHUTDOWN_GRACE = 10.0
+
+
+def ehlo_lines(cfg: Config) -> bytes:
+    exts = [
+        cfg.hostname,
+        "PIPELINING",
+        f"SIZE {cfg.smtp.max_message_size}",
+        "8BITMIME",
+        "SMTPUTF8",
+        "ENHANCEDSTATUSCODES",
+        "CHUNKING",
+        "DSN",
+    ]
+    out = [f"250-{e}\r\n" for e in exts[:-1]] + [f"250 {exts[-1]}\r\n"]
+    return "".join(out).encode()
+
+
+class Server:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.policy = RelayPolicy(Networks(cfg.mynetworks), cfg.local_domains, cfg.relay_domains)
+        self.rdns = ReverseResolver(cfg.smtp.reverse_dns_timeout, cfg.smtp.reverse_dns)
+        banner = f" {cfg.smtp.banner}" if cfg.smtp.banner else ""
+        self.greeting = f"220 {cfg.hostname} ESMTP{banner}\r\n".encode()
+        self.ehlo_reply = ehlo_lines(cfg)
+        self.helo_reply = f"250 {cfg.hostname}\r\n".encode()
+        self.sessions: set[Session] = set()
+        self.spool: SpoolService | None = None
+        self._servers: list[asyncio.AbstractServer] = []
+        self._stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.spool = SpoolService(self.cfg.spool, self.cfg.smtp.max_header_size)
+        for line in self.spool.recovery_report:
+            log.info("spool recovery: %s", line)
+        self.spool.attach(loop)
+        for host, port in self.cfg.listen:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            srv = await loop.create_server(
+                lambda: Session(self), host, port, family=family,
+                reuse_address=True, backlog=1024,
+            )
+            self._servers.append(srv)
+            shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            log.info("listening on %s as %s", shown, self.cfg.hostname)
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        await self.start()
+        await self._stopping.wait()
+        await self.stop()
+
+    async def stop(self) -> None:
+        log.info("stopping: %d sessions open", len(self.sessions))
+        for srv in self._servers:
+            srv.close()
+        for s in list(self.sessions):
+            s.shutdown()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SHUTDOWN_GRACE
+        while self.sessions and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for s in list(self.sessions):
+            s.force_close()
+        # Let the last completions reach their sessions, then flush the spool.
+        while self.spool.pending and loop.time() < deadline + 5:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0)
+        self.spool.close()
+        log.info("stopped")

@@ -1,0 +1,89 @@
+"""Relay control: who may send where. One place for the decision.
+
+Clients in mynetworks may relay anywhere; everyone else only to the local and
+relay domains of the config. An address that routes by itself (source route,
+percent hack, bang path) never counts as addressed to a local domain, so
+open relay is impossible out of the box.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Iterable
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    code: int
+    enhanced: str
+    text: str
+
+    @property
+    def ok(self) -> bool:
+        return self.code < 400
+
+
+ACCEPT_RCPT = Verdict(250, "2.1.5", "Ok")
+RELAY_DENIED = Verdict(554, "5.7.1", "Relay access denied")
+
+
+class Networks:
+    """Fast membership test of an IP in a list of networks, cached per address."""
+
+    def __init__(self, nets: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]):
+        self._nets = tuple(nets)
+        self._cache: dict[str, bool] = {}
+
+    def __contains__(self, ip: str) -> bool:
+        hit = self._cache.get(ip)
+        if hit is None:
+            try:
+                addr = ipaddress.ip_address(ip.split("%", 1)[0])
+            except ValueError:
+                return False
+            if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+                addr = addr.ipv4_mapped
+            hit = any(addr in n for n in self._nets if n.version == addr.version)
+            if len(self._cache) > 65536:
+                self._cache.clear()
+            self._cache[ip] = hit
+        return hit
+
+
+def domain_of(address: str) -> str:
+    """The domain an address is addressed to, lowercased, '' for none."""
+    at = address.rfind("@")
+    return address[at + 1 :].lower() if at >= 0 else ""
+
+
+def _self_routing(local: str) -> bool:
+    # Percent hack and bang paths: a local part that names another host.
+    # Quoted local parts arrive unquoted from the parser, so '"a@b"@x' is
+    # caught here too.
+    return any(c in local for c in "%!@")
+
+
+class RelayPolicy:
+    def __init__(self, mynetworks: Networks, local_domains: Iterable[str], relay_domains: Iterable[str]):
+        self.mynetworks = mynetworks
+        self.local_domains = frozenset(d.lower() for d in local_domains)
+        self.relay_domains = frozenset(d.lower() for d in relay_domains)
+
+    def trusted(self, ip: str) -> bool:
+        return ip in self.mynetworks
+
+    def check_rcpt(self, address: str, trusted: bool) -> Verdict:
+        if trusted:
+            return ACCEPT_RCPT
+        if address.lower() == "postmaster":
+            return ACCEPT_RCPT
+        at = address.rfind("@")
+        if at <= 0:
+            return RELAY_DENIED
+        domain = address[at + 1 :].lower()
+        if domain not in self.local_domains and domain not in self.relay_domains:
+            return RELAY_DENIED
+        if _self_routing(address[:at]):
+            return RELAY_DENIED
+        return ACCEPT_RCPT

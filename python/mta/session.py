@@ -1,0 +1,484 @@
+"""One SMTP server session: an asyncio Protocol driven by the Rust parser.
+
+The session is a state machine written as data: `TABLE[(state, verb)]`
+names the handler; a verb missing from the table is out of sequence (503).
+Connection state lives on `Session`, transaction state on `Transaction`.
+Replies to pipelined commands go out in one write per read. "250 queued" is
+written only from the spool's completion callback, after fdatasync; while a
+message is being made durable the session reads no further commands, so
+replies keep their order and memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Callable
+
+from mta import _native
+
+if TYPE_CHECKING:
+    from mta.listener import Server
+
+log = logging.getLogger("mta.session")
+
+
+class State(enum.IntEnum):
+    GREETING = 0  # connected, greeting not sent yet (early-talker window)
+    FRESH = 1  # greeted, no EHLO/HELO yet
+    READY = 2  # EHLO/HELO done, no transaction
+    MAIL = 3  # MAIL accepted, no recipient yet
+    RCPT = 4  # at least one recipient
+    BDAT = 5  # BDAT chunks being received
+    CLOSED = 6
+
+
+class Transaction:
+    """What RSET forgets: the envelope and the message being received."""
+
+    __slots__ = ("mail", "rcpts", "queue_id", "message", "started", "size")
+
+    def __init__(self, mail):
+        self.mail = mail
+        self.rcpts: list = []
+        self.queue_id: str | None = None
+        self.message = None
+        self.started = time.time()
+        self.size = 0
+
+
+def _line(code: int, enhanced: str | None, text: str) -> bytes:
+    if enhanced:
+        return f"{code} {enhanced} {text}\r\n".encode()
+    return f"{code} {text}\r\n".encode()
+
+
+R_OK = _line(250, "2.0.0", "Ok")
+R_MAIL_OK = _line(250, "2.1.0", "Ok")
+R_RCPT_OK = _line(250, "2.1.5", "Ok")
+R_DATA_GO = _line(354, None, "End data with <CR><LF>.<CR><LF>")
+R_BYE = _line(221, "2.0.0", "Bye")
+R_VRFY = _line(252, "2.5.2", "Cannot VRFY user, but will accept message and attempt delivery")
+R_HELP = _line(214, "2.0.0", "See RFC 5321; commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP")
+R_NOT_IMPL = _line(502, "5.5.1", "Error: command not implemented")
+R_HTTP = _line(221, "2.7.0", "Error: this is an SMTP server, not a web server. Goodbye")
+R_EARLY = _line(554, "5.5.0", "Error: SMTP protocol synchronization (talking before the greeting)")
+R_TOO_MANY_ERRORS = _line(421, "4.7.0", "Error: too many errors")
+R_IDLE = _line(421, "4.4.2", "Error: timeout exceeded")
+R_SHUTDOWN = _line(421, "4.3.2", "Service shutting down, closing transmission channel")
+R_NO_ROOM = _line(452, "4.3.1", "Insufficient system storage")
+R_TOO_MANY_RCPTS = _line(452, "4.5.3", "Error: too many recipients")
+R_TOO_BIG = _line(552, "5.3.4", "Error: message file too big")
+R_HEADER_TOO_BIG = _line(552, "5.3.4", "Error: message header too big")
+R_BARE_LF = _line(550, "5.5.2", "Error: bare <CR> or <LF> in message; lines must end with <CR><LF>")
+R_HOPS = _line(554, "5.4.0", "Error: too many hops")
+R_STORE_FAILED = _line(451, "4.3.0", "Error: queue file write error, try again later")
+
+# Why a verb is out of sequence, by verb, for the 503 reply.
+_SEQUENCE_TEXT = {
+    "MAIL": "Error: send HELO/EHLO first",
+    "RCPT": "Error: need MAIL command",
+    "DATA": "Error: need RCPT command",
+    "BDAT": "Error: need RCPT command",
+}
+
+
+class Session(asyncio.Protocol):
+    def __init__(self, server: Server):
+        self.server = server
+        self.cfg = server.cfg.smtp
+        self.parser = _native.SmtpParser(
+            max_line=self.cfg.max_line_length,
+            max_message_size=self.cfg.max_message_size,
+            bare_lf=self.cfg.bare_lf,
+        )
+        self.state = State.GREETING
+        self.transport: asyncio.Transport | None = None
+        self.peer_ip = ""
+        self.peer_port = 0
+        self.trusted = False
+        self.rname: str | None = None
+        self.helo = ""
+        self.esmtp = False
+        self.tx: Transaction | None = None
+        self.errors = 0
+        self.messages = 0
+        self.commands = 0
+        self._out: list[bytes] = []
+        self._queue: deque = deque()
+        self._waiting = False  # a message is being made durable
+        self._closing = False
+        self._shutdown = False
+        self._bdat_refusal: bytes | None = None
+        self._bdat_size = 0
+        self._last_active = time.monotonic()
+        self._timers: list[asyncio.TimerHandle] = []
+        self._connected_at = time.monotonic()
+
+    # --- connection -----------------------------------------------------
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername") or ("", 0)
+        self.peer_ip, self.peer_port = peer[0], peer[1]
+        self.trusted = self.server.policy.trusted(self.peer_ip)
+        self.server.sessions.add(self)
+        loop = asyncio.get_running_loop()
+        if self.server.cfg.smtp.reverse_dns and self.peer_ip:
+            fut = self.server.rdns.lookup(self.peer_ip)
+            if fut.done():
+                self.rname = fut.result()
+            else:
+                fut.add_done_callback(self._rdns_done)
+        delay = 0.0 if self.trusted else self.cfg.greeting_delay
+        if delay > 0:
+            self._timers.append(loop.call_later(delay, self._greet))
+        else:
+            self._greet()
+        self._arm_idle(loop, self.cfg.idle_timeout)
+
+    def _rdns_done(self, fut: asyncio.Future) -> None:
+        if not fut.cancelled() and fut.exception() is None:
+            self.rname = fut.result()
+
+    def _greet(self) -> None:
+        if self.state is not State.GREETING:
+            return
+        self.state = State.FRESH
+        self.transport.write(self.server.greeting)
+
+    def _arm_idle(self, loop, delay: float) -> None:
+        self._timers.append(loop.call_later(delay, self._idle_check))
+
+    def _idle_check(self) -> None:
+        if self.state is State.CLOSED:
+            return
+        idle = time.monotonic() - self._last_active
+        if self._waiting or idle < self.cfg.idle_timeout:
+            self._arm_idle(asyncio.get_running_loop(), max(self.cfg.idle_timeout - idle, 0.05))
+            return
+        self._out.append(R_IDLE)
+        self._close()
+
+    def connection_lost(self, exc) -> None:
+        self.state = State.CLOSED
+        for t in self._timers:
+            t.cancel()
+        self._timers.clear()
+        self.server.sessions.discard(self)
+        self.tx = None
+        log.info(
+            "disconnect from %s[%s] helo=%s commands=%d messages=%d errors=%d time=%.3fs",
+            self.rname or "unknown", self.peer_ip, self.helo or "-", self.commands,
+            self.messages, self.errors, time.monotonic() - self._connected_at,
+        )
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        if self.state is State.GREETING:
+            self._out.append(R_EARLY)
+            self.errors += 1
+            self._close()
+            return
+        self._last_active = time.monotonic()
+        self._run(self.parser.feed(data))
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
+
+    # --- the event loop of one session ----------------------------------
+
+    def _run(self, events) -> None:
+        queue = self._queue
+        queue.extend(events)
+        while queue and not self._waiting and not self._closing:
+            ev = queue.popleft()
+            kind = ev[0]
+            if kind == "cmd":
+                self.commands += 1
+                handler = TABLE.get((self.state, ev[1]))
+                if handler is None:
+                    self._out_of_sequence(ev[1])
+                else:
+                    handler(self, ev[2])
+            elif kind == "error":
+                self._reply(_line(ev[1], ev[2], ev[3]), error=True)
+            elif kind == "data_end":
+                self._message_end(ev[1])
+            elif kind == "bdat_end":
+                self._bdat_end(ev[1], ev[2])
+        self._flush()
+
+    def _flush(self) -> None:
+        if self._out and self.transport is not None:
+            out = self._out
+            self._out = []
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _reply(self, line: bytes, error: bool = False) -> None:
+        self._out.append(line)
+        if error or line[0] == 0x35:  # a 5xx reply counts as an error
+            self.errors += 1
+            if self.errors >= self.cfg.max_errors:
+                self._out.append(R_TOO_MANY_ERRORS)
+                self._close()
+
+    def _close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._queue.clear()
+        self._flush()
+        if self.transport is not None:
+            self.transport.close()
+
+    def shutdown(self) -> None:
+        """Server stopping: close now if between transactions, else after it."""
+        self._shutdown = True
+        if self.tx is None and not self._waiting and not self._closing:
+            self._out.append(R_SHUTDOWN)
+            self._close()
+
+    def force_close(self) -> None:
+        if not self._closing:
+            self._out.append(R_SHUTDOWN)
+            self._close()
+
+    # --- commands ---------------------------------------------------------
+
+    def _out_of_sequence(self, verb: str) -> None:
+        if verb == "BDAT":
+            # The chunk must still be read off the wire, then refused.
+            self._bdat_refusal = _line(503, "5.5.1", _SEQUENCE_TEXT["BDAT"])
+            self._queue.extend(self.parser.start_bdat(None))
+            return
+        if verb == "DATA":
+            self._queue.extend(self.parser.resume())
+        if self.state is State.FRESH:
+            text = "Error: send HELO/EHLO first"
+        elif verb == "MAIL":
+            text = "Error: nested MAIL command"
+        elif verb == "DATA" and self.state is State.BDAT:
+            text = "Error: DATA after BDAT in one transaction"
+        else:
+            text = _SEQUENCE_TEXT.get(verb, "Error: bad sequence of commands")
+        self._reply(_line(503, "5.5.1", text))
+
+    def _ehlo(self, domain: str) -> None:
+        self._reset()
+        self.helo, self.esmtp = domain, True
+        self.state = State.READY
+        self._out.append(self.server.ehlo_reply)
+
+    def _helo(self, domain: str) -> None:
+        self._reset()
+        self.helo, self.esmtp = domain, False
+        self.state = State.READY
+        self._out.append(self.server.helo_reply)
+
+    def _mail(self, m) -> None:
+        if m.size is not None and m.size > self.cfg.max_message_size:
+            self._reply(_line(552, "5.3.4", "Error: message size exceeds fixed maximum message size"))
+            return
+        if not self.server.spool.has_room():
+            self._reply(R_NO_ROOM)
+            return
+        if self._shutdown:
+            self._reply(R_SHUTDOWN)
+            self._close()
+            return
+        self.tx = Transaction(m)
+        self.parser.set_smtputf8(m.smtputf8)
+        self.state = State.MAIL
+        self._out.append(R_MAIL_OK)
+
+    def _rcpt(self, r) -> None:
+        tx = self.tx
+        if len(tx.rcpts) >= self.cfg.max_recipients:
+            self._reply(R_TOO_MANY_RCPTS)
+            return
+        verdict = self.server.policy.check_rcpt(r.address, self.trusted)
+        if not verdict.ok:
+            self._reply(_line(verdict.code, verdict.enhanced, verdict.text))
+            return
+        tx.rcpts.append(r)
+        if self.state is State.MAIL:
+            self.state = State.RCPT
+        self._out.append(R_RCPT_OK)
+
+    def _data(self, _arg) -> None:
+        self._begin_message()
+        self._out.append(R_DATA_GO)
+        self._queue.extend(self.parser.start_data(self.tx.message))
+
+    def _bdat(self, arg) -> None:
+        size, _last = arg
+        if self.tx.message is None:
+            self._begin_message()
+            self.state = State.BDAT
+        self._bdat_size = size
+        self._queue.extend(self.parser.start_bdat(self.tx.message))
+
+    def _rset(self, _arg) -> None:
+        self._reset()
+        if self.state is not State.FRESH:
+            self.state = State.READY
+        self._out.append(R_OK)
+
+    def _noop(self, _arg) -> None:
+        self._out.append(R_OK)
+
+    def _quit(self, _arg) -> None:
+        self._out.append(R_BYE)
+        self._close()
+
+    def _vrfy(self, _arg) -> None:
+        self._out.append(R_VRFY)
+
+    def _help(self, _arg) -> None:
+        self._out.append(R_HELP)
+
+    def _not_implemented(self, _arg) -> None:
+        self._reply(R_NOT_IMPL)
+
+    def _http(self, _arg) -> None:
+        self.errors += 1
+        self._out.append(R_HTTP)
+        self._close()
+
+    # --- message end and the spool ---------------------------------------
+
+    def _reset(self) -> None:
+        self.tx = None
+        self._bdat_refusal = None
+        self.parser.set_smtputf8(False)
+
+    def _begin_message(self) -> None:
+        tx = self.tx
+        spool = self.server.spool
+        tx.queue_id = spool.new_queue_id()
+        tx.message = spool.new_message()
+        smtputf8 = tx.mail.smtputf8
+        proto = ("UTF8SMTP" if smtputf8 else "ESMTP") if self.esmtp else "SMTP"
+        spool.prepend(
+            tx.message,
+            _native.received_header(
+                helo=self.helo,
+                reverse_name=self.rname,
+                ip=self.peer_ip,
+                hostname=self.server.cfg.hostname,
+                protocol=proto,
+                queue_id=tx.queue_id,
+                recipient=tx.rcpts[0].address if len(tx.rcpts) == 1 else None,
+                timestamp=time.time(),
+            ),
+        )
+
+    def _bdat_end(self, last: bool, status: str) -> None:
+        if self._bdat_refusal is not None:
+            refusal, self._bdat_refusal = self._bdat_refusal, None
+            self._reply(refusal)
+            return
+        if last:
+            self._message_end(status)
+        else:
+            self._out.append(_line(250, "2.0.0", f"Ok: {self._bdat_size} octets received"))
+
+    def _message_end(self, status: str) -> None:
+        tx = self.tx
+        msg = tx.message
+        verdict = None
+        if status == "bare_lf":
+            verdict = R_BARE_LF
+        elif status == "too_big":
+            verdict = R_TOO_BIG
+        elif msg.header_too_big:
+            verdict = R_HEADER_TOO_BIG
+        elif msg.received_count > self.cfg.max_hops:
+            verdict = R_HOPS
+        if verdict is not None:
+            self._finish_transaction()
+            self._reply(verdict)
+            return
+        m = tx.mail
+        tx.size = msg.size
+        self._waiting = True
+        self._flush()
+        if self.transport is not None:
+            self.transport.pause_reading()
+        self.server.spool.submit(
+            tx.queue_id,
+            msg,
+            self._stored_callback(tx),
+            sender=m.address,
+            recipients=[(r.address, r.notify, r.orcpt) for r in tx.rcpts],
+            body=m.body,
+            smtputf8=m.smtputf8,
+            ret=m.ret,
+            envid=m.envid,
+            helo=self.helo,
+            client_ip=self.peer_ip,
+            arrival=tx.started,
+        )
+
+    def _stored_callback(self, tx: Transaction) -> Callable[[str | None], None]:
+        def stored(error: str | None) -> None:
+            if error is None:
+                self.messages += 1
+                log.info(
+                    "queued %s from=<%s> nrcpt=%d size=%d client=%s[%s]",
+                    tx.queue_id, tx.mail.address, len(tx.rcpts), tx.size,
+                    self.rname or "unknown", self.peer_ip,
+                )
+                line = _line(250, "2.0.0", f"Ok: queued as {tx.queue_id}")
+            else:
+                log.error("spool write failed for %s: %s", tx.queue_id, error)
+                line = R_STORE_FAILED
+            self._waiting = False
+            if self.state is State.CLOSED:
+                return
+            self._finish_transaction()
+            self._out.append(line)
+            if self._shutdown:
+                self._out.append(R_SHUTDOWN)
+                self._close()
+                return
+            self.transport.resume_reading()
+            self._run(())
+
+        return stored
+
+    def _finish_transaction(self) -> None:
+        self._reset()
+        self.state = State.READY
+
+
+# --- the state table --------------------------------------------------------
+
+_TALKING = (State.FRESH, State.READY, State.MAIL, State.RCPT, State.BDAT)
+TABLE: dict[tuple[State, str], Callable] = {}
+for _s in _TALKING:
+    for _verb, _handler in (
+        ("EHLO", Session._ehlo),
+        ("HELO", Session._helo),
+        ("RSET", Session._rset),
+        ("NOOP", Session._noop),
+        ("QUIT", Session._quit),
+        ("VRFY", Session._vrfy),
+        ("HELP", Session._help),
+        ("STARTTLS", Session._not_implemented),
+        ("AUTH", Session._not_implemented),
+        ("HTTP", Session._http),
+    ):
+        TABLE[(_s, _verb)] = _handler
+TABLE[(State.READY, "MAIL")] = Session._mail
+TABLE[(State.MAIL, "RCPT")] = Session._rcpt
+TABLE[(State.RCPT, "RCPT")] = Session._rcpt
+TABLE[(State.RCPT, "DATA")] = Session._data
+TABLE[(State.RCPT, "BDAT")] = Session._bdat
+TABLE[(State.BDAT, "BDAT")] = Session._bdat
+del _s, _verb, _handler

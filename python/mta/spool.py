@@ -1,0 +1,137 @@
+"""The server's handle on its spool shard: submission with completion
+callbacks, one event-loop wake-up per group-commit batch, and the
+free-space guard. Python never opens spool files; the Rust spool does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Callable
+
+from mta import _native
+from mta.errors import SpoolError
+
+log = logging.getLogger("mta.spool")
+
+Completion = Callable[[str | None], None]
+
+
+class SpoolService:
+    """Owns one `_native.Spool` shard for the lifetime of the server."""
+
+    def __init__(self, cfg, max_header_size: int, shard: int = 0):
+        self.cfg = cfg
+        self.root = cfg.dir
+        try:
+            self.spool = _native.Spool(
+                cfg.dir,
+                shard,
+                segment_size=cfg.segment_size,
+                spill_threshold=cfg.spill_threshold,
+                max_header_size=max_header_size,
+                sync=cfg.sync,
+                sync_log=os.environ.get("MTA_TEST_SYNC_LOG") == "1",
+            )
+        except _native.SpoolError as e:
+            raise SpoolError(str(e)) from e
+        self._pending: dict[int, Completion] = {}
+        self._next_token = 1
+        self._free_checked = 0.0
+        self._free_ok = True
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._fault_file = os.environ.get("MTA_TEST_FAULT_FILE")
+        self._fault_seen: str | None = None
+
+    @property
+    def recovery_report(self) -> list[str]:
+        return list(self.spool.recovery_report)
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        loop.add_reader(self.spool.notify_fd, self._on_ready)
+        if self._fault_file:
+            loop.call_soon(self._poll_fault_file)
+
+    def _on_ready(self) -> None:
+        for token, error in self.spool.completions():
+            done = self._pending.pop(token, None)
+            if done is not None:
+                try:
+                    done(error)
+                except Exception:  # a session's bug must not stop the pump
+                    log.exception("completion callback failed")
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def new_queue_id(self) -> str:
+        return self.spool.new_queue_id()
+
+    def new_message(self):
+        return self.spool.new_message()
+
+    def prepend(self, message, data: bytes) -> None:
+        self.spool.prepend(message, data)
+
+    def submit(self, queue_id: str, message, done: Completion, **envelope) -> None:
+        token = self._next_token
+        self._next_token += 1
+        self._pending[token] = done
+        try:
+            self.spool.submit(token, queue_id, message, **envelope)
+        except Exception as e:  # refused before reaching the writer
+            self._pending.pop(token, None)
+            done(str(e))
+
+    def has_room(self) -> bool:
+        """False when free space is below spool.min_free_space (checked at most once a second)."""
+        minimum = self.cfg.min_free_space
+        if not minimum:
+            return True
+        now = time.monotonic()
+        if now - self._free_checked > 1.0:
+            self._free_checked = now
+            try:
+                st = os.statvfs(self.root)
+                self._free_ok = st.f_bavail * st.f_frsize >= minimum
+            except OSError:
+                self._free_ok = False
+        return self._free_ok
+
+    def _poll_fault_file(self) -> None:
+        # Test hook (MTA_TEST_FAULT_FILE): "write 28" / "sync 5" / empty.
+        try:
+            with open(self._fault_file) as f:
+                spec = f.read().strip()
+        except OSError:
+            spec = ""
+        if spec != self._fault_seen:
+            self._fault_seen = spec
+            if spec:
+                kind, _, err = spec.partition(" ")
+                self.spool.inject_fault(kind, int(err or 28))
+            else:
+                self.spool.inject_fault(None)
+            log.warning("test fault injection: %r", spec or "cleared")
+        if self._loop is not None:
+            self._loop.call_later(0.2, self._poll_fault_file)
+
+    def close(self) -> None:
+        if self._loop is not None:
+            try:
+                self._loop.remove_reader(self.spool.notify_fd)
+            except Exception:
+                pass
+        self.spool.close()
+        self._on_ready_final()
+
+    def _on_ready_final(self) -> None:
+        # close() completed everything; deliver the last completions.
+        try:
+            self._on_ready()
+        except Exception:
+            pass
