@@ -339,7 +339,11 @@ pub mod harness {
         let mut bdat_open = false;
         for c in chunks {
             let mut evs = Vec::new();
-            p.feed(c, &mut cur, &mut evs);
+            if p.in_data() {
+                p.feed(c, &mut cur, &mut evs);
+            } else {
+                p.feed(c, &mut Discard, &mut evs);
+            }
             react(&mut p, &mut t, &mut cur, &mut evs, &mut datas, &mut bdat_open);
             assert!(p.in_data() || p.is_paused() || p.buffered() < cfg.max_line);
         }
@@ -397,6 +401,34 @@ pub mod harness {
         }
     }
 
+    /// Fuzz/corpus entry: byte 0 picks the policy and line limit, bytes 1..3 seed the
+    /// split points, the rest is the client stream. Panics if any split changes the result.
+    pub fn check(data: &[u8]) {
+        if data.len() < 3 {
+            return;
+        }
+        let cfg = Config {
+            max_line: [512, 16, 8, 1000][(data[0] & 3) as usize],
+            max_message_size: [52_428_800, 10, 64, 0][((data[0] >> 2) & 3) as usize],
+            bare_lf: if data[0] & 16 == 0 { BareLf::Reject } else { BareLf::Normalize },
+        };
+        let stream = &data[3..];
+        let whole = drive(&cfg, &[stream]);
+        let mut seed = u64::from(data[1]) << 8 | u64::from(data[2]) | 1;
+        let mut cuts = Vec::new();
+        for _ in 0..(data[1] % 8) {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            cuts.push((seed % (stream.len() as u64 + 1)) as usize);
+        }
+        assert_eq!(drive(&cfg, &split(stream, &cuts)), whole, "cuts {cuts:?}");
+        if data[2] & 1 == 1 {
+            let bytewise: Vec<&[u8]> = stream.chunks(1).collect();
+            assert_eq!(drive(&cfg, &bytewise), whole, "byte by byte");
+        }
+    }
+
     /// Split `input` at the given cut points (sorted, deduplicated, clamped).
     pub fn split<'a>(input: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
         let mut cs: Vec<usize> = cuts.iter().map(|&c| c.min(input.len())).collect();
@@ -413,3 +445,212 @@ pub mod harness {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::harness::{check, drive, split};
+    use super::*;
+
+    fn cfg(max_line: usize, bare_lf: BareLf) -> Config {
+        Config { max_line, max_message_size: 1000, bare_lf }
+    }
+
+    fn feed_all(p: &mut Parser, input: &[u8]) -> Vec<Event> {
+        let mut out = Vec::new();
+        p.feed(input, &mut Discard, &mut out);
+        out
+    }
+
+    fn err(code: u16, enh: &'static str, text: &str) -> Event {
+        Event::Error(ErrorReply::new(code, enh, text))
+    }
+
+    fn noop(s: &str) -> Event {
+        Event::Command(Command::Noop(s.into()))
+    }
+
+    #[test]
+    fn line_limit_at_and_past() {
+        // max_line 16 counts the terminator: "NOOP " + 9 + CRLF = 16 fits, 17 does not.
+        let mut p = Parser::new(cfg(16, BareLf::Reject));
+        let at = b"NOOP 123456789\r\n";
+        assert_eq!(at.len(), 16);
+        assert_eq!(feed_all(&mut p, at), [noop("123456789")]);
+        let past = b"NOOP 1234567890\r\nNOOP\r\n";
+        assert_eq!(feed_all(&mut p, past), [err(500, "5.5.2", "line too long"), noop("")]);
+        // LF-only lines count their one-octet terminator.
+        assert_eq!(feed_all(&mut p, b"NOOP 1234567890\n"), [noop("1234567890")]);
+        assert_eq!(feed_all(&mut p, b"NOOP 12345678901\n"), [err(500, "5.5.2", "line too long")]);
+    }
+
+    #[test]
+    fn overlong_line_is_drained_with_one_reply_and_bounded_memory() {
+        let mut p = Parser::new(cfg(16, BareLf::Reject));
+        let mut evs = Vec::new();
+        for _ in 0..1000 {
+            evs.extend(feed_all(&mut p, b"xxxxxxxxxxx"));
+            assert!(p.buffered() < 16);
+        }
+        evs.extend(feed_all(&mut p, b"\r\nQUIT\r\n"));
+        assert_eq!(evs, [err(500, "5.5.2", "line too long"), Event::Command(Command::Quit)]);
+        // Exactly max_line octets without LF already means too long (the LF makes 17).
+        let mut p = Parser::new(cfg(16, BareLf::Reject));
+        assert_eq!(feed_all(&mut p, b"NOOP 1234567890\r"), []);
+        assert_eq!(p.buffered(), 0);
+        assert_eq!(feed_all(&mut p, b"\n"), [err(500, "5.5.2", "line too long")]);
+    }
+
+    #[test]
+    fn nul_and_bare_cr_one_reply_per_line() {
+        let mut p = Parser::new(Config::default());
+        let evs = feed_all(&mut p, b"NOOP \0\0\r\nNOOP a\rb\rc\r\nNOOP\r\r\n\r\nNOOP\n");
+        let bad = err(501, "5.5.2", "NUL or bare CR in command line");
+        assert_eq!(evs, [bad.clone(), bad.clone(), bad, err(500, "5.5.2", "command not recognized"), noop("")]);
+    }
+
+    #[test]
+    fn data_pauses_until_the_session_decides() {
+        let mut p = Parser::new(Config::default());
+        let evs = feed_all(&mut p, b"DATA\r\nNOOP\r\n.\r\n");
+        assert_eq!(evs, [Event::Command(Command::Data)]);
+        assert!(p.is_paused());
+        assert_eq!(p.buffered(), 9);
+        assert_eq!(feed_all(&mut p, b"QUIT\r\n"), []);
+        let mut body = Vec::new();
+        let mut out = Vec::new();
+        p.start_data(&mut body, &mut out).unwrap();
+        assert_eq!(out, [Event::DataEnd(Status::Ok), Event::Command(Command::Quit)]);
+        assert_eq!(body, b"NOOP\r\n");
+        // Refused DATA: the same bytes are commands.
+        let mut p = Parser::new(Config::default());
+        feed_all(&mut p, b"DATA\r\nNOOP\r\n");
+        let mut out = Vec::new();
+        p.resume(&mut out).unwrap();
+        assert_eq!(out, [noop("")]);
+        assert_eq!(p.resume(&mut out), Err(StateError::NotPaused));
+        assert_eq!(p.start_data(&mut Discard, &mut out), Err(StateError::NotAfterData));
+        assert_eq!(p.start_bdat(true, &mut Discard, &mut out), Err(StateError::NotAfterBdat));
+    }
+
+    #[test]
+    fn empty_message_and_lf_ended_data_command() {
+        for input in [&b"DATA\r\n.\r\nQUIT\r\n"[..], b"DATA\n.\r\nQUIT\r\n"] {
+            let t = drive(&Config::default(), &[input]);
+            assert_eq!(t.events, [Event::Command(Command::Data), Event::DataEnd(Status::Ok), Event::Command(Command::Quit)]);
+            assert_eq!(t.messages, [Vec::<u8>::new()]);
+        }
+    }
+
+    #[test]
+    fn smuggling_variants_through_the_parser() {
+        for v in data::tests::SMUGGLE {
+            for pol in [BareLf::Reject, BareLf::Normalize] {
+                let mut input = b"DATA\r\na".to_vec();
+                input.extend_from_slice(v);
+                input.extend_from_slice(b"MAIL FROM:<evil@x>\r\n.\r\nQUIT\r\n");
+                let t = drive(&cfg(512, pol), &[&input]);
+                let st = if pol == BareLf::Reject && !v.contains(&0) { Status::BareLf } else { Status::Ok };
+                assert_eq!(
+                    t.events,
+                    [Event::Command(Command::Data), Event::DataEnd(st), Event::Command(Command::Quit)],
+                    "{v:?} {pol:?}"
+                );
+                for cut in 0..input.len() {
+                    assert_eq!(drive(&cfg(512, pol), &split(&input, &[cut])), t, "{v:?} cut {cut}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bdat_flows() {
+        let input = b"BDAT 4\r\nab\r\nBDAT 3 LAST\r\n\r\n.NOOP\r\nBDAT 0 LAST\r\nBDAT x\r\nQUIT\r\n";
+        let t = drive(&Config::default(), &[input]);
+        let bdat = |size, last| Event::Command(Command::Bdat { size, last });
+        assert_eq!(
+            t.events,
+            [
+                bdat(4, false),
+                Event::BdatEnd { last: false, status: Status::Ok },
+                bdat(3, true),
+                Event::BdatEnd { last: true, status: Status::Ok },
+                noop(""),
+                bdat(0, true),
+                Event::BdatEnd { last: true, status: Status::Ok },
+                err(501, "5.5.4", "Syntax: BDAT size [LAST]"),
+                Event::Command(Command::Quit),
+            ]
+        );
+        assert_eq!(t.messages, [b"ab\r\n\r\n.".to_vec(), vec![]]);
+        // resume() after BDAT discards the chunk instead of parsing it as commands.
+        let mut p = Parser::new(Config::default());
+        feed_all(&mut p, b"BDAT 6\r\nQUIT\r\nNOOP\r\n");
+        let mut out = Vec::new();
+        p.resume(&mut out).unwrap();
+        assert_eq!(out, [Event::BdatEnd { last: false, status: Status::Ok }, noop("")]);
+    }
+
+    #[test]
+    fn bdat_status_accumulates_until_new_transaction() {
+        let mut p = Parser::new(cfg(512, BareLf::Reject));
+        let mut out = Vec::new();
+        p.feed(b"BDAT 2\r\na\n", &mut Discard, &mut out);
+        p.start_bdat(true, &mut Discard, &mut out).unwrap();
+        p.feed(b"BDAT 1\r\nb", &mut Discard, &mut out);
+        p.start_bdat(false, &mut Discard, &mut out).unwrap();
+        p.feed(b"BDAT 1\r\nb", &mut Discard, &mut out);
+        p.start_bdat(true, &mut Discard, &mut out).unwrap();
+        let ends: Vec<_> = out.iter().filter(|e| matches!(e, Event::BdatEnd { .. })).cloned().collect();
+        let end = |status| Event::BdatEnd { last: false, status };
+        assert_eq!(ends, [end(Status::BareLf), end(Status::BareLf), end(Status::Ok)]);
+    }
+
+    #[test]
+    fn utf8_rcpt_needs_set_smtputf8() {
+        let mut p = Parser::new(Config::default());
+        assert!(matches!(feed_all(&mut p, "RCPT TO:<ü@x>\r\n".as_bytes())[..], [Event::Error(ErrorReply { code: 553, .. })]));
+        p.set_smtputf8(true);
+        assert!(matches!(feed_all(&mut p, "RCPT TO:<ü@x>\r\n".as_bytes())[..], [Event::Command(Command::Rcpt(_))]));
+    }
+
+    const SCRIPT: &[u8] = b"EHLO a\r\nMAIL FROM:<a@b> SIZE=10\r\nRCPT TO:<c@d>\r\nDATA\r\nSubject: x\r\n\r\n..dot\r\nbare\nlf\rcr\r\n.\r\n\
+        DATA\r\nNOOP\r\nDATA\r\n.\r\nBDAT 4\r\nab\r\nBDAT 2 LAST\r\n\r\nNOOP \0\r\nGET / HTTP/1.1\r\nxxxxxxxxxxxxxxxxxxxxxxxxx\r\nQUIT\n";
+
+    #[test]
+    fn every_split_of_a_script_gives_the_same_transcript() {
+        for pol in [BareLf::Reject, BareLf::Normalize] {
+            for max_line in [16, 512] {
+                let c = cfg(max_line, pol);
+                let whole = drive(&c, &[SCRIPT]);
+                for a in 0..SCRIPT.len() {
+                    assert_eq!(drive(&c, &split(SCRIPT, &[a])), whole, "cut {a}");
+                    assert_eq!(drive(&c, &split(SCRIPT, &[a, a + 7, a + 40])), whole, "cut {a}+");
+                }
+                let bytewise: Vec<&[u8]> = SCRIPT.chunks(1).collect();
+                assert_eq!(drive(&c, &bytewise), whole);
+            }
+        }
+    }
+
+    #[test]
+    fn corpus_replays_without_panic_and_split_independent() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/parser");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).expect("fuzz/corpus/parser exists") {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                let data = std::fs::read(&path).unwrap();
+                check(&data);
+                for first in 0..32u8 {
+                    let mut d = data.clone();
+                    if !d.is_empty() {
+                        d[0] = first;
+                        check(&d);
+                    }
+                }
+                n += 1;
+            }
+        }
+        assert!(n > 0, "empty corpus");
+    }
+}
