@@ -76,7 +76,11 @@ impl PyRcptArgs {
         let r = &self.0;
         let notify = r.notify.as_ref().map_or("None".to_string(), |n| {
             let items: Vec<String> = n.iter().map(|x| py_str(x.as_str())).collect();
-            format!("({},)", items.join(", "))
+            if items.len() == 1 {
+                format!("({},)", items[0])
+            } else {
+                format!("({})", items.join(", "))
+            }
         });
         format!("RcptArgs(address={}, notify={}, orcpt={})", py_str(&r.address), notify, py_opt(r.orcpt.as_deref()))
     }

@@ -48,12 +48,6 @@ impl Scanner {
         self.status
     }
 
-    /// Octets of content after unstuffing/normalizing, including those not pushed.
-    #[allow(dead_code)]
-    pub(crate) fn size(&self) -> u64 {
-        self.size
-    }
-
     /// Push content, counting it; past the limit (or after any problem) nothing more
     /// is pushed: the message will not be queued, and memory stays bounded.
     fn emit(&mut self, sink: &mut dyn Sink, b: &[u8]) {

@@ -236,9 +236,12 @@ pub fn xtext_decode(v: &[u8]) -> Option<String> {
     Some(out)
 }
 
+/// One ESMTP parameter: keyword and optional value.
+type Param<'a> = (&'a [u8], Option<&'a [u8]>);
+
 /// Split "SP kw[=val] SP kw[=val]..." (one or more spaces between); validate RFC 5321 syntax.
 /// The caller has checked that `s` is empty or starts with a space.
-fn params<'a>(s: &'a [u8]) -> Result<Vec<(&'a [u8], Option<&'a [u8]>)>, ErrorReply> {
+fn params(s: &[u8]) -> Result<Vec<Param<'_>>, ErrorReply> {
     let mut out = Vec::new();
     for tok in s.split(|&b| b == b' ').filter(|t| !t.is_empty()) {
         let (kw, val) = match tok.iter().position(|&b| b == b'=') {
