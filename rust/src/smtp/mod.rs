@@ -119,6 +119,11 @@ enum Mode {
     Bdat,
 }
 
+/// Decisions: a command line ends at LF (a CR before it is dropped; any other CR or a NUL
+/// is a 501), as Postfix does; that CR LF or LF counts as the line end before DATA content.
+/// While paused after DATA/BDAT, `feed` only buffers: the session is expected to stop
+/// reading until it calls start_data / start_bdat / resume (it decides synchronously).
+/// Status precedence: the first problem seen (bare CR/LF or size) is the one reported.
 pub struct Parser {
     cfg: Config,
     mode: Mode,
