@@ -1,6 +1,292 @@
-//! Python binding for `crate::smtp` (stub until implemented).
-use pyo3::prelude::*;
+//! Python binding for `crate::smtp`: `SmtpParser`, frozen `MailArgs`/`RcptArgs`, `format_reply`.
+//! Only conversion lives here: events become tuples as `_native.pyi` says, body bytes go
+//! straight from the input buffer into the held `Message` (no Python objects per line).
 
-pub fn register(_m: &Bound<'_, PyModule>) -> PyResult<()> {
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
+
+use super::spool::PyMessage;
+use crate::smtp::{self, BareLf, Command, Config, Event, MailArgs, Parser, RcptArgs, Sink};
+
+#[pyclass(name = "MailArgs", module = "mta._native", frozen, eq)]
+#[derive(PartialEq)]
+pub struct PyMailArgs(pub MailArgs);
+
+#[pymethods]
+impl PyMailArgs {
+    #[getter]
+    fn address(&self) -> &str {
+        &self.0.address
+    }
+    #[getter]
+    fn size(&self) -> Option<u64> {
+        self.0.size
+    }
+    #[getter]
+    fn body(&self) -> Option<&'static str> {
+        self.0.body.map(|b| b.as_str())
+    }
+    #[getter]
+    fn smtputf8(&self) -> bool {
+        self.0.smtputf8
+    }
+    #[getter]
+    fn ret(&self) -> Option<&'static str> {
+        self.0.ret.map(|r| r.as_str())
+    }
+    #[getter]
+    fn envid(&self) -> Option<&str> {
+        self.0.envid.as_deref()
+    }
+    fn __repr__(&self) -> String {
+        let m = &self.0;
+        format!(
+            "MailArgs(address={}, size={}, body={}, smtputf8={}, ret={}, envid={})",
+            py_str(&m.address),
+            m.size.map_or("None".into(), |n| n.to_string()),
+            py_opt(m.body.map(|b| b.as_str())),
+            if m.smtputf8 { "True" } else { "False" },
+            py_opt(m.ret.map(|r| r.as_str())),
+            py_opt(m.envid.as_deref())
+        )
+    }
+}
+
+#[pyclass(name = "RcptArgs", module = "mta._native", frozen, eq)]
+#[derive(PartialEq)]
+pub struct PyRcptArgs(pub RcptArgs);
+
+#[pymethods]
+impl PyRcptArgs {
+    #[getter]
+    fn address(&self) -> &str {
+        &self.0.address
+    }
+    #[getter]
+    fn notify<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        self.0.notify.as_ref().map(|n| PyTuple::new(py, n.iter().map(|x| x.as_str()))).transpose()
+    }
+    #[getter]
+    fn orcpt(&self) -> Option<&str> {
+        self.0.orcpt.as_deref()
+    }
+    fn __repr__(&self) -> String {
+        let r = &self.0;
+        let notify = r.notify.as_ref().map_or("None".to_string(), |n| {
+            let items: Vec<String> = n.iter().map(|x| py_str(x.as_str())).collect();
+            if items.len() == 1 {
+                format!("({},)", items[0])
+            } else {
+                format!("({})", items.join(", "))
+            }
+        });
+        format!("RcptArgs(address={}, notify={}, orcpt={})", py_str(&r.address), notify, py_opt(r.orcpt.as_deref()))
+    }
+}
+
+/// A Python-looking repr of a string (close enough for debugging output).
+fn py_str(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+fn py_opt(s: Option<&str>) -> String {
+    s.map_or("None".into(), py_str)
+}
+
+/// Writes into the held Message; a `None` message (refused BDAT) discards.
+struct MsgSink<'py>(Option<PyRefMut<'py, PyMessage>>);
+
+impl Sink for MsgSink<'_> {
+    fn push(&mut self, data: &[u8]) {
+        if let Some(m) = self.0.as_mut() {
+            m.push(data);
+        }
+    }
+}
+
+#[pyclass(name = "SmtpParser", module = "mta._native")]
+pub struct PySmtpParser {
+    parser: Parser,
+    /// The Message receiving the current DATA body / BDAT chunk.
+    msg: Option<Py<PyMessage>>,
+    /// The Message of the open BDAT transaction: `Some(None)` when its chunks are discarded.
+    bdat_msg: Option<Option<Py<PyMessage>>>,
+}
+
+impl PySmtpParser {
+    /// Run `f` with a sink for the current Message, then convert the events.
+    fn with_sink<'py>(
+        &mut self,
+        py: Python<'py>,
+        f: impl FnOnce(&mut Parser, &mut dyn Sink, &mut Vec<Event>) -> Result<(), smtp::StateError>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let mut out = Vec::new();
+        {
+            let guard = match &self.msg {
+                Some(m) => Some(m.bind(py).try_borrow_mut()?),
+                None => None,
+            };
+            let mut sink = MsgSink(guard);
+            f(&mut self.parser, &mut sink, &mut out).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        }
+        if !self.parser.in_data() {
+            // Release the Message as soon as its content is complete.
+            self.msg = None;
+        }
+        if out.iter().any(|e| matches!(e, Event::BdatEnd { last: true, .. })) {
+            self.bdat_msg = None;
+        }
+        events_to_py(py, out)
+    }
+}
+
+#[pymethods]
+impl PySmtpParser {
+    #[new]
+    #[pyo3(signature = (*, max_line = 512, max_message_size = 52_428_800, bare_lf = "reject"))]
+    fn new(max_line: usize, max_message_size: u64, bare_lf: &str) -> PyResult<Self> {
+        let bare_lf = match bare_lf {
+            "reject" => BareLf::Reject,
+            "normalize" => BareLf::Normalize,
+            _ => return Err(PyValueError::new_err("bare_lf must be \"reject\" or \"normalize\"")),
+        };
+        if max_line < 1 {
+            return Err(PyValueError::new_err("max_line must be at least 1"));
+        }
+        let parser = Parser::new(Config { max_line, max_message_size, bare_lf });
+        Ok(PySmtpParser { parser, msg: None, bdat_msg: None })
+    }
+
+    fn feed<'py>(&mut self, py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
+        if let Ok(b) = data.cast::<PyBytes>() {
+            let bytes = b.as_bytes();
+            return self.with_sink(py, |p, s, out| {
+                p.feed(bytes, s, out);
+                Ok(())
+            });
+        }
+        let buf = PyBuffer::<u8>::get(data)?;
+        if buf.is_c_contiguous() {
+            // SAFETY: the buffer is held (exported) for the whole call, so a bytearray cannot
+            // be resized, and no Python code runs meanwhile that could write into it.
+            let bytes = unsafe { std::slice::from_raw_parts(buf.buf_ptr() as *const u8, buf.len_bytes()) };
+            self.with_sink(py, |p, s, out| {
+                p.feed(bytes, s, out);
+                Ok(())
+            })
+        } else {
+            let v = buf.to_vec(py)?;
+            self.with_sink(py, |p, s, out| {
+                p.feed(&v, s, out);
+                Ok(())
+            })
+        }
+    }
+
+    fn start_data<'py>(&mut self, py: Python<'py>, message: Py<PyMessage>) -> PyResult<Bound<'py, PyList>> {
+        if !self.parser.is_paused() {
+            return Err(PyValueError::new_err(smtp::StateError::NotAfterData.to_string()));
+        }
+        self.msg = Some(message);
+        let prev_bdat = self.bdat_msg.take();
+        let r = self.with_sink(py, |p, s, out| p.start_data(s, out));
+        if r.is_err() {
+            self.msg = None;
+            self.bdat_msg = prev_bdat;
+        }
+        r
+    }
+
+    #[pyo3(signature = (message))]
+    fn start_bdat<'py>(&mut self, py: Python<'py>, message: Option<Py<PyMessage>>) -> PyResult<Bound<'py, PyList>> {
+        if !self.parser.is_paused() {
+            return Err(PyValueError::new_err(smtp::StateError::NotAfterBdat.to_string()));
+        }
+        // A different Message (or a switch between message and None) starts a new transaction.
+        let new = match (&self.bdat_msg, &message) {
+            (Some(Some(a)), Some(b)) => !a.is(b),
+            (Some(None), None) => false,
+            _ => true,
+        };
+        let prev_bdat = self.bdat_msg.take();
+        self.bdat_msg = Some(message.as_ref().map(|m| m.clone_ref(py)));
+        self.msg = message;
+        let r = self.with_sink(py, |p, s, out| p.start_bdat(new, s, out));
+        if r.is_err() {
+            self.msg = None;
+            self.bdat_msg = prev_bdat;
+        }
+        r
+    }
+
+    fn resume<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        self.msg = None;
+        self.with_sink(py, |p, _s, out| p.resume(out))
+    }
+
+    fn set_smtputf8(&mut self, on: bool) {
+        self.parser.set_smtputf8(on);
+    }
+
+    #[getter]
+    fn buffered(&self) -> usize {
+        self.parser.buffered()
+    }
+}
+
+fn events_to_py(py: Python<'_>, events: Vec<Event>) -> PyResult<Bound<'_, PyList>> {
+    let mut items: Vec<Bound<'_, PyAny>> = Vec::with_capacity(events.len());
+    for e in events {
+        let t = match e {
+            Event::Command(c) => {
+                let verb = c.verb();
+                let arg: Bound<'_, PyAny> = match c {
+                    Command::Ehlo(s)
+                    | Command::Helo(s)
+                    | Command::Noop(s)
+                    | Command::Vrfy(s)
+                    | Command::Help(s)
+                    | Command::Auth(s)
+                    | Command::Http(s) => PyString::new(py, &s).into_any(),
+                    Command::Mail(m) => Bound::new(py, PyMailArgs(m))?.into_any(),
+                    Command::Rcpt(r) => Bound::new(py, PyRcptArgs(r))?.into_any(),
+                    Command::Bdat { size, last } => (size, last).into_pyobject(py)?.into_any(),
+                    Command::Data | Command::Rset | Command::Quit | Command::StartTls => py.None().into_bound(py),
+                };
+                ("cmd", verb, arg).into_pyobject(py)?.into_any()
+            }
+            Event::Error(r) => ("error", r.code, r.enhanced, r.text).into_pyobject(py)?.into_any(),
+            Event::DataEnd(st) => ("data_end", st.as_str()).into_pyobject(py)?.into_any(),
+            Event::BdatEnd { last, status } => ("bdat_end", last, status.as_str()).into_pyobject(py)?.into_any(),
+        };
+        items.push(t);
+    }
+    PyList::new(py, items)
+}
+
+#[pyfunction]
+#[pyo3(signature = (code, enhanced, lines))]
+fn format_reply<'py>(
+    py: Python<'py>,
+    code: u16,
+    enhanced: Option<&str>,
+    lines: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let lines: Vec<String> = match lines.extract::<String>() {
+        Ok(s) => vec![s],
+        Err(_) => lines.extract()?,
+    };
+    let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let out = smtp::format_reply(code, enhanced, &refs).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    Ok(PyBytes::new(py, &out))
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PySmtpParser>()?;
+    m.add_class::<PyMailArgs>()?;
+    m.add_class::<PyRcptArgs>()?;
+    m.add_function(wrap_pyfunction!(format_reply, m)?)?;
     Ok(())
 }

@@ -1,0 +1,197 @@
+//! Server side: format single/multi-line replies ("250-a\r\n250 b\r\n") with enhanced codes.
+//! Client side: an incremental reply parser (any split gives the same replies; a line is
+//! bounded by `max_line`). Text never contains CR or LF, so a reply cannot inject lines.
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplyError {
+    #[error("reply code must be 200..=599, got {0}")]
+    BadCode(u16),
+    #[error("enhanced status code must look like 2.0.0 with the same class as the reply code")]
+    BadEnhanced,
+    #[error("reply text must not contain CR, LF or NUL")]
+    BadText,
+    #[error("malformed reply line")]
+    Malformed,
+    #[error("reply line too long")]
+    TooLong,
+}
+
+fn valid_enhanced(code: u16, e: &str) -> bool {
+    let parts: Vec<&str> = e.split('.').collect();
+    parts.len() == 3
+        && parts.iter().all(|p| (1..=3).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()))
+        && parts[0].len() == 1
+        && parts[0].as_bytes()[0] - b'0' == (code / 100) as u8
+}
+
+/// "CODE-[enh ]text\r\n" for all but the last line, "CODE [enh ]text\r\n" for the last.
+/// No lines gives a single line with the code (and enhanced code) only.
+pub fn format_reply(code: u16, enhanced: Option<&str>, lines: &[&str]) -> Result<Vec<u8>, ReplyError> {
+    if !(200..=599).contains(&code) {
+        return Err(ReplyError::BadCode(code));
+    }
+    if let Some(e) = enhanced {
+        if !valid_enhanced(code, e) {
+            return Err(ReplyError::BadEnhanced);
+        }
+    }
+    if lines.iter().any(|l| l.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0)) {
+        return Err(ReplyError::BadText);
+    }
+    let empty = [""];
+    let lines = if lines.is_empty() { &empty[..] } else { lines };
+    let mut out = Vec::with_capacity(lines.iter().map(|l| l.len() + 16).sum());
+    for (i, l) in lines.iter().enumerate() {
+        out.extend_from_slice(code.to_string().as_bytes());
+        let sep = if i + 1 == lines.len() { b' ' } else { b'-' };
+        let mut body = String::new();
+        if let Some(e) = enhanced {
+            body.push_str(e);
+            if !l.is_empty() {
+                body.push(' ');
+            }
+        }
+        body.push_str(l);
+        if !body.is_empty() || sep == b'-' {
+            out.push(sep);
+        }
+        out.extend_from_slice(body.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    Ok(out)
+}
+
+/// One complete reply as received by a client: code and the text of each line
+/// (without code and separator; enhanced codes, if any, stay in the text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    pub lines: Vec<String>,
+}
+
+impl Reply {
+    /// The RFC 3463 code at the start of the first line, if it has one of the reply's class.
+    pub fn enhanced(&self) -> Option<&str> {
+        let first = self.lines.first()?;
+        let tok = first.split(' ').next()?;
+        valid_enhanced(self.code, tok).then_some(tok)
+    }
+}
+
+/// Incremental parser of server replies (client side). Lines end at LF (a CR before it
+/// is dropped), as real servers vary.
+pub struct ReplyParser {
+    max_line: usize,
+    line: Vec<u8>,
+    code: Option<u16>,
+    lines: Vec<String>,
+}
+
+impl ReplyParser {
+    pub fn new(max_line: usize) -> Self {
+        ReplyParser { max_line, line: Vec::new(), code: None, lines: Vec::new() }
+    }
+
+    /// Feed bytes; complete replies go to `out`. An error is final for the connection.
+    pub fn feed(&mut self, mut input: &[u8], out: &mut Vec<Reply>) -> Result<(), ReplyError> {
+        while !input.is_empty() {
+            let (take, done) = match memchr::memchr(b'\n', input) {
+                Some(j) => (j, true),
+                None => (input.len(), false),
+            };
+            if self.line.len() + take >= self.max_line {
+                return Err(ReplyError::TooLong);
+            }
+            self.line.extend_from_slice(&input[..take]);
+            input = &input[(take + done as usize)..];
+            if done {
+                let line = std::mem::take(&mut self.line);
+                self.line_done(&line, out)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn line_done(&mut self, line: &[u8], out: &mut Vec<Reply>) -> Result<(), ReplyError> {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.len() < 3 || !line[..3].iter().all(u8::is_ascii_digit) {
+            return Err(ReplyError::Malformed);
+        }
+        let code: u16 = std::str::from_utf8(&line[..3]).map_err(|_| ReplyError::Malformed)?.parse().map_err(|_| ReplyError::Malformed)?;
+        if !(200..=599).contains(&code) || self.code.is_some_and(|c| c != code) {
+            return Err(ReplyError::Malformed);
+        }
+        let (more, text) = match line.get(3) {
+            None => (false, &b""[..]),
+            Some(b' ') => (false, &line[4..]),
+            Some(b'-') => (true, &line[4..]),
+            Some(_) => return Err(ReplyError::Malformed),
+        };
+        self.lines.push(String::from_utf8_lossy(text).into_owned());
+        if more {
+            self.code = Some(code);
+        } else {
+            self.code = None;
+            out.push(Reply { code, lines: std::mem::take(&mut self.lines) });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn format_single_and_multi() {
+        assert_eq!(format_reply(250, Some("2.1.0"), &["Ok"]).unwrap(), b"250 2.1.0 Ok\r\n");
+        assert_eq!(format_reply(354, None, &["End data with <CR><LF>.<CR><LF>"]).unwrap(), b"354 End data with <CR><LF>.<CR><LF>\r\n");
+        assert_eq!(format_reply(250, None, &["mx", "PIPELINING", "8BITMIME"]).unwrap(), b"250-mx\r\n250-PIPELINING\r\n250 8BITMIME\r\n");
+        assert_eq!(format_reply(550, Some("5.1.1"), &["a", "b"]).unwrap(), b"550-5.1.1 a\r\n550 5.1.1 b\r\n");
+        assert_eq!(format_reply(250, None, &[]).unwrap(), b"250\r\n");
+        assert_eq!(format_reply(250, Some("2.0.0"), &[]).unwrap(), b"250 2.0.0\r\n");
+        assert_eq!(format_reply(250, None, &["", "x"]).unwrap(), b"250-\r\n250 x\r\n");
+    }
+
+    #[test]
+    fn format_refuses_bad_input() {
+        assert_eq!(format_reply(199, None, &["x"]), Err(ReplyError::BadCode(199)));
+        assert_eq!(format_reply(600, None, &["x"]), Err(ReplyError::BadCode(600)));
+        assert_eq!(format_reply(250, Some("5.0.0"), &["x"]), Err(ReplyError::BadEnhanced));
+        assert_eq!(format_reply(250, Some("2.0"), &["x"]), Err(ReplyError::BadEnhanced));
+        assert_eq!(format_reply(250, None, &["a\r\n250 injected"]), Err(ReplyError::BadText));
+        assert_eq!(format_reply(250, None, &["a\nb"]), Err(ReplyError::BadText));
+    }
+
+    #[test]
+    fn parse_incremental_any_split() {
+        let wire = b"220 mx ESMTP\r\n250-mx\r\n250-SIZE 100\r\n250 8BITMIME\r\n550 5.1.1 no such user\n";
+        let mut whole = Vec::new();
+        ReplyParser::new(512).feed(wire, &mut whole).unwrap();
+        assert_eq!(whole.len(), 3);
+        assert_eq!(whole[1], Reply { code: 250, lines: vec!["mx".into(), "SIZE 100".into(), "8BITMIME".into()] });
+        assert_eq!(whole[2].enhanced(), Some("5.1.1"));
+        assert_eq!(whole[0].enhanced(), None);
+        for cut in 0..wire.len() {
+            let mut p = ReplyParser::new(512);
+            let mut got = Vec::new();
+            p.feed(&wire[..cut], &mut got).unwrap();
+            p.feed(&wire[cut..], &mut got).unwrap();
+            assert_eq!(got, whole, "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn parse_errors_and_limit() {
+        let mut v = Vec::new();
+        assert_eq!(ReplyParser::new(512).feed(b"25 x\r\n", &mut v), Err(ReplyError::Malformed));
+        assert_eq!(ReplyParser::new(512).feed(b"250-a\r\n251 b\r\n", &mut v), Err(ReplyError::Malformed));
+        assert_eq!(ReplyParser::new(512).feed(b"250+a\r\n", &mut v), Err(ReplyError::Malformed));
+        // max_line counts the terminator: 8 octets "250 abc\n" fits in 8, 9 does not.
+        assert!(ReplyParser::new(8).feed(b"250 abc\n", &mut v).is_ok());
+        assert_eq!(ReplyParser::new(8).feed(b"250 abcd\n", &mut v), Err(ReplyError::TooLong));
+        let mut v = Vec::new();
+        ReplyParser::new(512).feed(b"250\r\n", &mut v).unwrap();
+        assert_eq!(v, [Reply { code: 250, lines: vec![String::new()] }]);
+    }
+}
