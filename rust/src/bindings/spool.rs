@@ -177,6 +177,7 @@ type RcptArg = (String, Option<Vec<String>>, Option<String>);
 #[pymethods]
 impl PySpool {
     #[new]
+    #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (root, shard = 0, *, segment_size = 64 * 1024 * 1024, spill_threshold = 1024 * 1024,
                         max_header_size = 1024 * 1024, sync = true, sync_log = false))]
     fn new(

@@ -296,7 +296,8 @@ mod tests {
     #[test]
     fn scanner_table_any_chunking() {
         // (message, max, header_size, received, too_big, done)
-        let cases: &[(&[u8], usize, u64, u32, bool, bool)] = &[
+        type Case = (&'static [u8], usize, u64, u32, bool, bool);
+        let cases: &[Case] = &[
             (b"Subject: x\r\n\r\nbody\r\n", 1000, 12, 0, false, true),
             (b"Received: a\r\n\tb\r\nreceived : c\r\nX-Received: d\r\nRECEIVED:e\r\n\r\n", 1000, 58, 3, false, true),
             (b"Received: a\r\nReceivedX: b\r\nReceive: c\r\n\r\nReceived: body\r\n", 1000, 39, 1, false, true),

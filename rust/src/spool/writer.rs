@@ -174,11 +174,9 @@ impl Writer {
     }
 
     fn write_batch(&mut self, jobs: &[Job], touched: &mut Vec<(u64, u64, Option<File>)>) -> io::Result<Vec<Entry>> {
-        if self.cur.is_none() {
-            self.new_segment(touched)?;
-        } else {
-            let c = self.cur.as_ref().unwrap();
-            touched.push((c.seq, c.synced, None));
+        match &self.cur {
+            Some(c) => touched.push((c.seq, c.synced, None)),
+            None => self.new_segment(touched)?,
         }
         for (seq, len) in self.markers.clone() {
             let r = record::encode_record(Kind::SegmentEnd, &record::encode_segment_end(seq, len), b"").unwrap();
