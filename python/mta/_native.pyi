@@ -116,7 +116,7 @@ def received_header(
     protocol: str,  # "SMTP" "ESMTP" "ESMTPS" "ESMTPA" "ESMTPSA" "UTF8SMTP" "UTF8SMTPS" ...
     queue_id: str,
     recipient: str | None,  # only when the message has exactly one recipient
-    timestamp: float,  # unix time; formatted as RFC 5322 date in local time zone offset
+    timestamp: float,  # unix time; RFC 5322 date with the local zone's offset (libc localtime_r, honours TZ)
     tls: str | None = None,  # e.g. "TLSv1.3 TLS_AES_256_GCM_SHA384"
 ) -> bytes:
     """`Received: from HELO (reverse [ip])\\r\\n\\tby HOSTNAME with PROTO id ID\\r\\n\\tfor <rcpt>; DATE\\r\\n`,
@@ -129,18 +129,29 @@ def received_header(
 class Message:
     """An in-flight message: the bytes after dot-unstuffing, with our
     Received header first. Memory-bounded: past `spill_threshold` bytes it
-    spills to a file in the shard's tmp/ directory. Created by
-    Spool.new_message(); filled by SmtpParser; handed to Spool.submit()."""
+    spills to a file in the shard's tmp/ directory (unlinked at creation, so a
+    crash leaves nothing behind). Created by Spool.new_message(); filled by
+    SmtpParser; handed to Spool.submit(), which consumes it: afterwards its
+    properties raise SpoolError and pushed bytes are ignored."""
 
+    def __init__(self, *, max_header_size: int = 1024 * 1024) -> None:
+        """A memory-only Message that never spills (parser tests); the server
+        uses Spool.new_message()."""
+    def push(self, data: bytes) -> None:
+        """Append client bytes (dot-unstuffed); what SmtpParser does internally."""
+    def bytes(self) -> bytes:
+        """The whole content, our prefix included (tests; reads a spill file back)."""
     @property
     def size(self) -> int:
         """Octets of the client's message (excluding the prefix we added)."""
     @property
     def header_size(self) -> int:
-        """Octets of the client's header block so far (up to the empty line)."""
+        """Octets of the client's header block so far (up to, not including,
+        the empty line; a first line that is not a header field also ends it).
+        Once header_too_big, stays at max_header_size + 1."""
     @property
     def header_too_big(self) -> bool:
-        """The client's header block exceeded max_header_size."""
+        """The client's header block exceeded max_header_size (scanning stops)."""
     @property
     def received_count(self) -> int:
         """Number of Received: header fields in the client's header block."""
@@ -189,6 +200,8 @@ class Spool:
         """Creates root and root/<shard> with mode 0700; raises SpoolError if
         another process holds the shard's lock."""
     @property
+    def shard(self) -> int: ...
+    @property
     def notify_fd(self) -> int:
         """Readable when completions are waiting; the event loop watches it
         (loop.add_reader) and calls completions() once per wake-up."""
@@ -219,7 +232,8 @@ class Spool:
         """Queue the message for the writer thread; returns at once. Its
         completion (token, None | error text) shows up in completions() after
         the batch holding it was written and fdatasync'ed. The Message is
-        consumed."""
+        consumed. ValueError (message left untouched) for a queue_id outside
+        [A-Za-z0-9]+ or an unknown NOTIFY keyword; SpoolError after close()."""
     def completions(self) -> list[tuple[int, str | None]]:
         """Drain finished submissions; also clears notify_fd's readiness."""
     def inject_fault(self, kind: Literal["write", "sync"] | None, errno: int = 28) -> None:
@@ -228,11 +242,13 @@ class Spool:
         """batches, syncs, messages, bytes, segments, failed_batches."""
     def list(self) -> list[Envelope]: ...
     def close(self) -> None:
-        """Finish every submitted message (write, sync, complete), stop the writer, release the lock."""
+        """Finish every submitted message (write, sync, complete), stop the writer, release the lock.
+        Idempotent; completions() still returns what finished during close."""
 
 class SpoolReader:
     """Read-only view of every shard under root; safe while the server runs
-    (takes no lock, ignores a torn tail)."""
+    (takes no lock, ignores a torn tail). Every call rescans the segments (the
+    log is the truth); it may show a record written but not yet synced."""
 
     def __init__(self, root: str) -> None: ...
     def list(self) -> list[Envelope]: ...

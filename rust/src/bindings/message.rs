@@ -1,6 +1,42 @@
-//! Python binding for `crate::message` (stub until implemented).
+//! Python binding for `crate::message`: `received_header`. The Message class
+//! (header scanner results) is in bindings/spool.rs with the spool it feeds.
+use crate::message::trace::{local_utc_offset, received_header as build, Received};
 use pyo3::prelude::*;
+use pyo3::types::PyBytes;
 
-pub fn register(_m: &Bound<'_, PyModule>) -> PyResult<()> {
+/// The Received header we put in front of a message, dated in the local zone.
+#[pyfunction]
+#[pyo3(signature = (*, helo, reverse_name, ip, hostname, protocol, queue_id, recipient, timestamp, tls = None))]
+#[allow(clippy::too_many_arguments)]
+fn received_header<'py>(
+    py: Python<'py>,
+    helo: &str,
+    reverse_name: Option<&str>,
+    ip: &str,
+    hostname: &str,
+    protocol: &str,
+    queue_id: &str,
+    recipient: Option<&str>,
+    timestamp: f64,
+    tls: Option<&str>,
+) -> Bound<'py, PyBytes> {
+    let time = timestamp.floor() as i64;
+    let r = Received {
+        helo,
+        reverse_name,
+        ip,
+        hostname,
+        protocol,
+        queue_id,
+        recipient,
+        tls,
+        time,
+        utc_offset_secs: local_utc_offset(time),
+    };
+    PyBytes::new(py, &build(&r))
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(received_header, m)?)?;
     Ok(())
 }

@@ -1,37 +1,311 @@
-//! Python binding for `crate::spool` (stub: to be replaced by the spool work).
+//! Python binding for `crate::spool`: Message, Spool, SpoolReader, Envelope,
+//! Recipient, STATES. Only conversion and GIL release (around open, close and
+//! reading); the format and the writer live in `crate::spool`.
 //! CONTRACT used by bindings/smtp.rs: `PyMessage::push(&mut self, &[u8])`
 //! appends body bytes (already unstuffed) to the in-flight message.
+use crate::errors::spool_err;
+use crate::spool::incoming::Incoming;
+use crate::spool::index::Entry;
+use crate::spool::reader::SpoolReader;
+use crate::spool::record::{self, Envelope, Recipient, STATES};
+use crate::spool::writer::FaultKind;
+use crate::spool::{now_us, Config, Spool};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyTuple};
+use std::path::PathBuf;
 
 #[pyclass(name = "Message", module = "mta._native")]
 pub struct PyMessage {
-    pub(crate) buf: Vec<u8>,
+    /// None once submitted: the spool owns the bytes from then on.
+    inner: Option<Incoming>,
 }
 
 impl PyMessage {
     /// Append body bytes (dot-unstuffed, policed) to the in-flight message.
+    /// After submit() the bytes are ignored: the message belongs to the spool.
     pub(crate) fn push(&mut self, data: &[u8]) {
-        self.buf.extend_from_slice(data);
+        if let Some(m) = &mut self.inner {
+            m.push(data);
+        }
+    }
+
+    fn get(&self) -> PyResult<&Incoming> {
+        self.inner.as_ref().ok_or_else(|| spool_err("message was already submitted"))
     }
 }
 
 #[pymethods]
 impl PyMessage {
+    /// A memory-only message (never spills); Spool.new_message() is the real one.
     #[new]
-    fn new() -> Self {
-        PyMessage { buf: Vec::new() }
+    #[pyo3(signature = (*, max_header_size = 1024 * 1024))]
+    fn new(max_header_size: usize) -> Self {
+        PyMessage { inner: Some(Incoming::new(None, usize::MAX, max_header_size)) }
+    }
+    #[pyo3(name = "push")]
+    fn py_push(&mut self, data: &[u8]) {
+        self.push(data)
     }
     #[getter]
-    fn size(&self) -> usize {
-        self.buf.len()
+    fn size(&self) -> PyResult<u64> {
+        Ok(self.get()?.size())
     }
-    /// Stub helper for tests until the spool lands.
-    fn bytes(&self) -> Vec<u8> {
-        self.buf.clone()
+    #[getter]
+    fn header_size(&self) -> PyResult<u64> {
+        Ok(self.get()?.scanner.header_size())
+    }
+    #[getter]
+    fn header_too_big(&self) -> PyResult<bool> {
+        Ok(self.get()?.scanner.header_too_big())
+    }
+    #[getter]
+    fn received_count(&self) -> PyResult<u32> {
+        Ok(self.get()?.scanner.received_count())
+    }
+    #[getter]
+    fn spilled(&self) -> PyResult<bool> {
+        Ok(self.get()?.spilled())
+    }
+    /// The content (our prefix included), for tests.
+    fn bytes<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let m = self.inner.as_mut().ok_or_else(|| spool_err("message was already submitted"))?;
+        let v = m.to_vec().map_err(spool_err)?;
+        Ok(PyBytes::new(py, &v))
+    }
+}
+
+#[pyclass(name = "Recipient", module = "mta._native", frozen)]
+pub struct PyRecipient(Recipient);
+
+#[pymethods]
+impl PyRecipient {
+    #[getter]
+    fn address(&self) -> &str {
+        &self.0.address
+    }
+    #[getter]
+    fn state(&self) -> &'static str {
+        STATES[self.0.state as usize]
+    }
+    #[getter]
+    fn notify<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        self.0.notify.map(|m| PyTuple::new(py, record::notify_names(m))).transpose()
+    }
+    #[getter]
+    fn orcpt(&self) -> Option<&str> {
+        self.0.orcpt.as_deref()
+    }
+    fn __repr__(&self) -> String {
+        format!("Recipient({:?}, {})", self.0.address, STATES[self.0.state as usize])
+    }
+}
+
+#[pyclass(name = "Envelope", module = "mta._native", frozen)]
+pub struct PyEnvelope(Entry);
+
+impl PyEnvelope {
+    fn e(&self) -> &Envelope {
+        &self.0.envelope
+    }
+}
+
+#[pymethods]
+impl PyEnvelope {
+    #[getter]
+    fn queue_id(&self) -> &str {
+        &self.e().queue_id
+    }
+    #[getter]
+    fn arrival(&self) -> f64 {
+        self.e().arrival_us as f64 / 1e6
+    }
+    #[getter]
+    fn size(&self) -> u64 {
+        self.0.size
+    }
+    #[getter]
+    fn sender(&self) -> &str {
+        &self.e().sender
+    }
+    #[getter]
+    fn recipients(&self) -> Vec<PyRecipient> {
+        self.e().recipients.iter().cloned().map(PyRecipient).collect()
+    }
+    #[getter]
+    fn body(&self) -> Option<&str> {
+        self.e().body.as_deref()
+    }
+    #[getter]
+    fn smtputf8(&self) -> bool {
+        self.e().smtputf8
+    }
+    #[getter]
+    fn ret(&self) -> Option<&str> {
+        self.e().ret.as_deref()
+    }
+    #[getter]
+    fn envid(&self) -> Option<&str> {
+        self.e().envid.as_deref()
+    }
+    #[getter]
+    fn helo(&self) -> &str {
+        &self.e().helo
+    }
+    #[getter]
+    fn client_ip(&self) -> &str {
+        &self.e().client_ip
+    }
+    #[getter]
+    fn shard(&self) -> u32 {
+        self.0.shard
+    }
+    fn __repr__(&self) -> String {
+        format!("Envelope({}, <{}>, {} recipient(s), {} octets)", self.e().queue_id, self.e().sender, self.e().recipients.len(), self.0.size)
+    }
+}
+
+fn envelopes(v: Vec<Entry>) -> Vec<PyEnvelope> {
+    v.into_iter().map(PyEnvelope).collect()
+}
+
+#[pyclass(name = "Spool", module = "mta._native", frozen)]
+pub struct PySpool(Spool);
+
+type RcptArg = (String, Option<Vec<String>>, Option<String>);
+
+#[pymethods]
+impl PySpool {
+    #[new]
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (root, shard = 0, *, segment_size = 64 * 1024 * 1024, spill_threshold = 1024 * 1024,
+                        max_header_size = 1024 * 1024, sync = true, sync_log = false))]
+    fn new(
+        py: Python<'_>,
+        root: PathBuf,
+        shard: u32,
+        segment_size: u64,
+        spill_threshold: usize,
+        max_header_size: usize,
+        sync: bool,
+        sync_log: bool,
+    ) -> PyResult<Self> {
+        let cfg = Config { segment_size, spill_threshold, max_header_size, sync, sync_log };
+        py.detach(|| Spool::open(&root, shard, cfg)).map(PySpool).map_err(spool_err)
+    }
+    #[getter]
+    fn notify_fd(&self) -> i32 {
+        self.0.notify_fd()
+    }
+    #[getter]
+    fn recovery_report(&self) -> Vec<String> {
+        self.0.recovery_report().to_vec()
+    }
+    #[getter]
+    fn shard(&self) -> u32 {
+        self.0.shard()
+    }
+    fn new_queue_id(&self) -> String {
+        self.0.new_queue_id()
+    }
+    fn new_message(&self) -> PyMessage {
+        PyMessage { inner: Some(self.0.new_message()) }
+    }
+    fn prepend(&self, message: &Bound<'_, PyMessage>, data: &[u8]) -> PyResult<()> {
+        let mut m = message.borrow_mut();
+        m.inner.as_mut().ok_or_else(|| spool_err("message was already submitted"))?.prepend(data);
+        Ok(())
+    }
+    #[pyo3(signature = (token, queue_id, message, *, sender, recipients, body = None, smtputf8 = false,
+                        ret = None, envid = None, helo = String::new(), client_ip = String::new(), arrival = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn submit(
+        &self,
+        token: u64,
+        queue_id: String,
+        message: &Bound<'_, PyMessage>,
+        sender: String,
+        recipients: Vec<RcptArg>,
+        body: Option<String>,
+        smtputf8: bool,
+        ret: Option<String>,
+        envid: Option<String>,
+        helo: String,
+        client_ip: String,
+        arrival: Option<f64>,
+    ) -> PyResult<()> {
+        if queue_id.is_empty() || !queue_id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(PyValueError::new_err("queue_id must be [A-Za-z0-9]+"));
+        }
+        let mut rcpts = Vec::with_capacity(recipients.len());
+        for (address, notify, orcpt) in recipients {
+            let notify = match notify {
+                None => None,
+                Some(n) => Some(
+                    record::notify_mask(&n.iter().map(String::as_str).collect::<Vec<_>>())
+                        .map_err(|e| PyValueError::new_err(e.0))?,
+                ),
+            };
+            rcpts.push(Recipient { address, notify, orcpt, state: 0 });
+        }
+        let arrival_us = arrival.map_or_else(now_us, |t| (t * 1e6) as u64);
+        let env = Envelope { queue_id, arrival_us, sender, recipients: rcpts, body, smtputf8, ret, envid, helo, client_ip };
+        // Validation is done: only now does the spool take the message.
+        let msg = message.borrow_mut().inner.take().ok_or_else(|| spool_err("message was already submitted"))?;
+        self.0.submit(token, env, msg).map_err(spool_err)
+    }
+    fn completions(&self) -> Vec<(u64, Option<String>)> {
+        self.0.completions()
+    }
+    #[pyo3(signature = (kind, errno = 28))]
+    fn inject_fault(&self, kind: Option<&str>, errno: i32) -> PyResult<()> {
+        let k = match kind {
+            None => None,
+            Some("write") => Some((FaultKind::Write, errno)),
+            Some("sync") => Some((FaultKind::Sync, errno)),
+            Some(o) => return Err(PyValueError::new_err(format!("fault kind must be 'write', 'sync' or None, not {o:?}"))),
+        };
+        self.0.inject_fault(k);
+        Ok(())
+    }
+    fn stats(&self) -> std::collections::HashMap<&'static str, u64> {
+        self.0.stats().into_iter().collect()
+    }
+    fn list(&self) -> Vec<PyEnvelope> {
+        envelopes(self.0.list())
+    }
+    fn close(&self, py: Python<'_>) {
+        py.detach(|| self.0.close())
+    }
+}
+
+#[pyclass(name = "SpoolReader", module = "mta._native", frozen)]
+pub struct PySpoolReader(SpoolReader);
+
+#[pymethods]
+impl PySpoolReader {
+    #[new]
+    fn new(root: PathBuf) -> PyResult<Self> {
+        SpoolReader::new(&root).map(PySpoolReader).map_err(spool_err)
+    }
+    fn list(&self, py: Python<'_>) -> PyResult<Vec<PyEnvelope>> {
+        py.detach(|| self.0.list()).map(envelopes).map_err(spool_err)
+    }
+    fn get(&self, py: Python<'_>, queue_id: &str) -> PyResult<Option<PyEnvelope>> {
+        py.detach(|| self.0.get(queue_id)).map(|e| e.map(PyEnvelope)).map_err(spool_err)
+    }
+    fn message_bytes<'py>(&self, py: Python<'py>, queue_id: &str) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let v = py.detach(|| self.0.message_bytes(queue_id)).map_err(spool_err)?;
+        Ok(v.map(|b| PyBytes::new(py, &b)))
     }
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyMessage>()?;
+    m.add_class::<PySpool>()?;
+    m.add_class::<PySpoolReader>()?;
+    m.add_class::<PyEnvelope>()?;
+    m.add_class::<PyRecipient>()?;
+    m.add("STATES", PyTuple::new(m.py(), STATES)?)?;
     Ok(())
 }

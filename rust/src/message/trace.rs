@@ -1,0 +1,228 @@
+//! The trace header we add (RFC 5321 §4.4 Received) and RFC 5322 dates.
+//! Client-supplied text (HELO) is made header-safe: control octets become '?',
+//! so no client can end our header early or inject a field.
+
+/// What the Received header says about one hop.
+pub struct Received<'a> {
+    pub helo: &'a str,
+    pub reverse_name: Option<&'a str>,
+    pub ip: &'a str,
+    pub hostname: &'a str,
+    pub protocol: &'a str,
+    pub queue_id: &'a str,
+    pub recipient: Option<&'a str>,
+    pub tls: Option<&'a str>,
+    /// Unix seconds and the zone offset to print the date in.
+    pub time: i64,
+    pub utc_offset_secs: i32,
+}
+
+const LIMIT: usize = 78;
+
+fn clean(s: &str) -> String {
+    let s: String = s.chars().map(|c| if c.is_control() { '?' } else { c }).collect();
+    if s.is_empty() {
+        "unknown".into()
+    } else {
+        s
+    }
+}
+
+/// `[1.2.3.4]` or `[IPv6:2001:db8::1]` (RFC 5321 address literal).
+pub fn address_literal(ip: &str) -> String {
+    if ip.contains(':') && !ip.starts_with("IPv6:") {
+        format!("[IPv6:{ip}]")
+    } else {
+        format!("[{ip}]")
+    }
+}
+
+/// `Received: ...\r\n` folded with CRLF TAB: each clause (from / by / for)
+/// starts a line, and a clause's words go on the next line when a line would
+/// pass 78 octets (a single over-long word stays whole: never split).
+pub fn received_header(r: &Received) -> Vec<u8> {
+    let mut tls = None;
+    if let Some(t) = r.tls {
+        let mut parts = t.split_whitespace();
+        tls = Some(match (parts.next(), parts.next()) {
+            (Some(v), Some(c)) => format!("(using {} with cipher {})", clean(v), clean(c)),
+            _ => format!("(using {})", clean(t)),
+        });
+    }
+    let from = vec![
+        format!("from {}", clean(r.helo)),
+        format!("({} {})", clean(r.reverse_name.unwrap_or("unknown")), address_literal(&clean(r.ip))),
+    ];
+    let mut by = vec![format!("by {}", clean(r.hostname))];
+    by.extend(tls);
+    by.push(format!("with {}", clean(r.protocol)));
+    by.push(format!("id {}", clean(r.queue_id)));
+    let mut clauses = vec![from, by];
+    if let Some(rc) = r.recipient {
+        clauses.push(vec![format!("for <{}>", clean(rc))]);
+    }
+    clauses.last_mut().unwrap().last_mut().unwrap().push(';');
+    clauses.last_mut().unwrap().push(rfc5322_date(r.time, r.utc_offset_secs));
+
+    let mut out = String::from("Received:");
+    let mut line_len = out.len();
+    let mut line_has_word = false;
+    for (ci, clause) in clauses.iter().enumerate() {
+        for (wi, word) in clause.iter().enumerate() {
+            let new_line = (ci > 0 && wi == 0) || (line_has_word && line_len + 1 + word.len() > LIMIT);
+            line_has_word = true;
+            if new_line {
+                out.push_str("\r\n\t");
+                line_len = 1;
+            } else {
+                out.push(' ');
+                line_len += 1;
+            }
+            out.push_str(word);
+            line_len += word.len();
+        }
+    }
+    out.push_str("\r\n");
+    out.into_bytes()
+}
+
+const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"]; // 1970-01-01 was a Thursday
+const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+
+/// `Sat, 28 Nov 2026 12:57:49 +0100` for unix `secs` shown at `offset` seconds east of UTC.
+pub fn rfc5322_date(secs: i64, offset: i32) -> String {
+    let t = secs + offset as i64;
+    let days = t.div_euclid(86_400);
+    let sod = t.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    let sign = if offset < 0 { '-' } else { '+' };
+    let off = offset.unsigned_abs() / 60;
+    format!(
+        "{}, {} {} {} {:02}:{:02}:{:02} {}{:02}{:02}",
+        DAYS[days.rem_euclid(7) as usize],
+        d,
+        MONTHS[m as usize - 1],
+        y,
+        sod / 3600,
+        sod / 60 % 60,
+        sod % 60,
+        sign,
+        off / 60,
+        off % 60
+    )
+}
+
+/// Howard Hinnant's days → (year, month, day) in the proleptic Gregorian calendar.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + (m <= 2) as i64, m, d)
+}
+
+/// The local zone's offset from UTC at `secs` (libc localtime_r, honours TZ).
+pub fn local_utc_offset(secs: i64) -> i32 {
+    let t = secs as libc::time_t;
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are valid for the call; localtime_r is thread-safe.
+    let ok = unsafe { !libc::localtime_r(&t, &mut tm).is_null() };
+    if ok {
+        tm.tm_gmtoff as i32
+    } else {
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Received<'static> {
+        Received {
+            helo: "client.example.test",
+            reverse_name: Some("mail.example.test"),
+            ip: "192.0.2.7",
+            hostname: "mx.example.test",
+            protocol: "ESMTP",
+            queue_id: "0123456789abC",
+            recipient: Some("bob@example.test"),
+            tls: None,
+            time: 1_795_870_669, // 2026-11-28 12:57:49 UTC
+            utc_offset_secs: 0,
+        }
+    }
+
+    #[test]
+    fn dates() {
+        let cases = [
+            (0, 0, "Thu, 1 Jan 1970 00:00:00 +0000"),
+            (1_795_870_669, 0, "Sat, 28 Nov 2026 12:57:49 +0000"),
+            (1_795_870_669, 3600, "Sat, 28 Nov 2026 13:57:49 +0100"),
+            (1_795_870_669, -(9 * 3600 + 1800), "Sat, 28 Nov 2026 03:27:49 -0930"),
+            (951_782_400, 0, "Tue, 29 Feb 2000 00:00:00 +0000"),
+            (-1, 0, "Wed, 31 Dec 1969 23:59:59 +0000"),
+        ];
+        for (t, off, want) in cases {
+            assert_eq!(rfc5322_date(t, off), want);
+        }
+    }
+
+    #[test]
+    fn received_table() {
+        let s = |r: Received| String::from_utf8(received_header(&r)).unwrap();
+        let cases: Vec<(Received, &str)> = vec![
+            (
+                base(),
+                "Received: from client.example.test (mail.example.test [192.0.2.7])\r\n\
+                 \tby mx.example.test with ESMTP id 0123456789abC\r\n\
+                 \tfor <bob@example.test>; Sat, 28 Nov 2026 12:57:49 +0000\r\n",
+            ),
+            (
+                Received { recipient: None, reverse_name: None, ip: "2001:db8::1", ..base() },
+                "Received: from client.example.test (unknown [IPv6:2001:db8::1])\r\n\
+                 \tby mx.example.test with ESMTP id 0123456789abC;\r\n\
+                 \tSat, 28 Nov 2026 12:57:49 +0000\r\n",
+            ),
+            (
+                Received { tls: Some("TLSv1.3 TLS_AES_256_GCM_SHA384"), protocol: "ESMTPS", ..base() },
+                "Received: from client.example.test (mail.example.test [192.0.2.7])\r\n\
+                 \tby mx.example.test (using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384)\r\n\
+                 \twith ESMTPS id 0123456789abC\r\n\
+                 \tfor <bob@example.test>; Sat, 28 Nov 2026 12:57:49 +0000\r\n",
+            ),
+            (
+                Received { helo: "evil\r\nX-Injected: 1", recipient: None, ..base() },
+                "Received: from evil??X-Injected: 1 (mail.example.test [192.0.2.7])\r\n\
+                 \tby mx.example.test with ESMTP id 0123456789abC;\r\n\
+                 \tSat, 28 Nov 2026 12:57:49 +0000\r\n",
+            ),
+            (
+                Received { helo: "", ..base() },
+                "Received: from unknown (mail.example.test [192.0.2.7])\r\n\
+                 \tby mx.example.test with ESMTP id 0123456789abC\r\n\
+                 \tfor <bob@example.test>; Sat, 28 Nov 2026 12:57:49 +0000\r\n",
+            ),
+        ];
+        for (r, want) in cases {
+            assert_eq!(s(r), want);
+        }
+        // an over-long HELO folds before the comment, never inside a word
+        let long = "h".repeat(90);
+        let out = s(Received { helo: &long, ..base() });
+        assert!(out.starts_with(&format!("Received: from {long}\r\n\t(mail.example.test [192.0.2.7])\r\n")));
+        for line in out.split("\r\n").filter(|l| !l.contains(&long)) {
+            assert!(line.len() <= 78, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn local_offset_is_sane() {
+        let o = local_utc_offset(1_795_870_669);
+        assert!(o.abs() <= 14 * 3600 && o % 60 == 0);
+    }
+}

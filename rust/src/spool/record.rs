@@ -1,0 +1,446 @@
+//! Record framing and envelope encoding (see the FORMAT doc in `spool/mod.rs`).
+//! Invariant: every byte of a record is covered by a CRC32 (header by its own
+//! CRC so a bad length is never trusted, whole record by the trailer CRC).
+use std::fmt;
+
+/// Start of every record; lets recovery resync after a damaged region.
+pub const RECORD_MAGIC: [u8; 4] = *b"MTAr";
+/// Record header: magic(4) kind(1) flags(1) reserved(2) payload_len(4) header_crc(4).
+pub const REC_HDR: usize = 16;
+/// Trailer: CRC32 over the header and the payload.
+pub const REC_TRAILER: usize = 4;
+/// Upper bound on a payload (messages are capped far lower by the server).
+pub const MAX_PAYLOAD: u64 = u32::MAX as u64;
+/// Upper bound on the meta part (envelope) of a payload: bounds recovery memory.
+pub const MAX_META: usize = 16 * 1024 * 1024;
+const META_VERSION: u8 = 1;
+
+/// Record kinds. STATE and DELETE are defined for the queue manager to come;
+/// recovery already applies them to the index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Message = 1,
+    State = 2,
+    Delete = 3,
+    /// "segment SEQ is valid only up to LEN": written after a failed batch so
+    /// that records of messages we answered 451 for never come back.
+    SegmentEnd = 4,
+}
+
+impl Kind {
+    pub fn from_u8(b: u8) -> Option<Kind> {
+        Some(match b {
+            1 => Kind::Message,
+            2 => Kind::State,
+            3 => Kind::Delete,
+            4 => Kind::SegmentEnd,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FormatError(pub String);
+impl fmt::Display for FormatError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for FormatError {}
+fn ferr<T>(s: &str) -> Result<T, FormatError> {
+    Err(FormatError(s.to_string()))
+}
+
+/// Recipient states, in their on-disk numbering (index = byte value).
+pub const STATES: [&str; 4] = ["queued", "delivered", "deferred", "bounced"];
+
+/// DSN NOTIFY= keywords as bits (RFC 3461); `None` = parameter absent.
+pub const NOTIFY_NAMES: [&str; 4] = ["NEVER", "SUCCESS", "FAILURE", "DELAY"];
+
+pub fn notify_mask(names: &[&str]) -> Result<u8, FormatError> {
+    let mut m = 0u8;
+    for n in names {
+        match NOTIFY_NAMES.iter().position(|k| k.eq_ignore_ascii_case(n)) {
+            Some(i) => m |= 1 << i,
+            None => return Err(FormatError(format!("unknown NOTIFY keyword {n:?}"))),
+        }
+    }
+    Ok(m)
+}
+pub fn notify_names(mask: u8) -> Vec<&'static str> {
+    (0..4).filter(|i| mask & (1 << i) != 0).map(|i| NOTIFY_NAMES[i]).collect()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipient {
+    pub address: String,
+    pub notify: Option<u8>,
+    pub orcpt: Option<String>,
+    /// Index into STATES.
+    pub state: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Envelope {
+    pub queue_id: String,
+    pub arrival_us: u64,
+    pub sender: String,
+    pub recipients: Vec<Recipient>,
+    pub body: Option<String>,
+    pub smtputf8: bool,
+    pub ret: Option<String>,
+    pub envid: Option<String>,
+    pub helo: String,
+    pub client_ip: String,
+}
+
+// ---- primitive encoding: LEB128 varints; strings as len+bytes; Option as len+1 (0 = None)
+
+struct W(Vec<u8>);
+impl W {
+    fn varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.0.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        self.0.push(v as u8);
+    }
+    fn str(&mut self, s: &str) {
+        self.varint(s.len() as u64);
+        self.0.extend_from_slice(s.as_bytes());
+    }
+    fn opt(&mut self, s: &Option<String>) {
+        match s {
+            None => self.varint(0),
+            Some(s) => {
+                self.varint(s.len() as u64 + 1);
+                self.0.extend_from_slice(s.as_bytes());
+            }
+        }
+    }
+}
+
+struct R<'a>(&'a [u8], usize);
+impl R<'_> {
+    fn u8(&mut self) -> Result<u8, FormatError> {
+        let b = *self.0.get(self.1).ok_or(FormatError("meta truncated".into()))?;
+        self.1 += 1;
+        Ok(b)
+    }
+    fn varint(&mut self) -> Result<u64, FormatError> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.u8()?;
+            v |= ((b & 0x7f) as u64) << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        ferr("varint too long")
+    }
+    fn bytes(&mut self, n: u64) -> Result<&[u8], FormatError> {
+        let n = usize::try_from(n).map_err(|_| FormatError("length overflow".into()))?;
+        if self.0.len() - self.1 < n {
+            return ferr("meta truncated");
+        }
+        let s = &self.0[self.1..self.1 + n];
+        self.1 += n;
+        Ok(s)
+    }
+    fn str(&mut self) -> Result<String, FormatError> {
+        let n = self.varint()?;
+        let b = self.bytes(n)?;
+        String::from_utf8(b.to_vec()).map_err(|_| FormatError("string not UTF-8".into()))
+    }
+    fn opt(&mut self) -> Result<Option<String>, FormatError> {
+        match self.varint()? {
+            0 => Ok(None),
+            n => {
+                let b = self.bytes(n - 1)?;
+                Ok(Some(String::from_utf8(b.to_vec()).map_err(|_| FormatError("string not UTF-8".into()))?))
+            }
+        }
+    }
+    fn version(&mut self) -> Result<(), FormatError> {
+        match self.u8()? {
+            META_VERSION => Ok(()),
+            v => Err(FormatError(format!("unknown meta version {v}"))),
+        }
+    }
+}
+
+/// MESSAGE meta: the envelope.
+pub fn encode_envelope(e: &Envelope) -> Vec<u8> {
+    let mut w = W(Vec::with_capacity(128));
+    w.0.push(META_VERSION);
+    w.str(&e.queue_id);
+    w.varint(e.arrival_us);
+    w.0.push(e.smtputf8 as u8);
+    w.str(&e.sender);
+    w.opt(&e.body);
+    w.opt(&e.ret);
+    w.opt(&e.envid);
+    w.str(&e.helo);
+    w.str(&e.client_ip);
+    w.varint(e.recipients.len() as u64);
+    for r in &e.recipients {
+        w.str(&r.address);
+        // NOTIFY: 0 = absent, else mask | 0x80 (so an empty-but-present set is representable)
+        w.0.push(r.notify.map_or(0, |m| m | 0x80));
+        w.opt(&r.orcpt);
+        w.0.push(r.state);
+    }
+    w.0
+}
+
+pub fn decode_envelope(b: &[u8]) -> Result<Envelope, FormatError> {
+    let mut r = R(b, 0);
+    r.version()?;
+    let mut e = Envelope {
+        queue_id: r.str()?,
+        arrival_us: r.varint()?,
+        smtputf8: r.u8()? & 1 != 0,
+        sender: r.str()?,
+        body: r.opt()?,
+        ret: r.opt()?,
+        envid: r.opt()?,
+        helo: r.str()?,
+        client_ip: r.str()?,
+        recipients: Vec::new(),
+    };
+    let n = r.varint()?;
+    for _ in 0..n {
+        let address = r.str()?;
+        let nb = r.u8()?;
+        let notify = if nb == 0 { None } else { Some(nb & 0x7f) };
+        let orcpt = r.opt()?;
+        let state = r.u8()?;
+        if state as usize >= STATES.len() {
+            return ferr("bad recipient state");
+        }
+        e.recipients.push(Recipient { address, notify, orcpt, state });
+    }
+    Ok(e)
+}
+
+/// STATE meta: recipient indexes of `queue_id` that changed state at `time_us`.
+pub fn encode_state(queue_id: &str, time_us: u64, changes: &[(u32, u8)]) -> Vec<u8> {
+    let mut w = W(vec![META_VERSION]);
+    w.str(queue_id);
+    w.varint(time_us);
+    w.varint(changes.len() as u64);
+    for &(i, s) in changes {
+        w.varint(i as u64);
+        w.0.push(s);
+    }
+    w.0
+}
+pub type StateChange = (String, u64, Vec<(u32, u8)>);
+pub fn decode_state(b: &[u8]) -> Result<StateChange, FormatError> {
+    let mut r = R(b, 0);
+    r.version()?;
+    let qid = r.str()?;
+    let t = r.varint()?;
+    let n = r.varint()?;
+    let mut v = Vec::new();
+    for _ in 0..n {
+        let i = r.varint()? as u32;
+        v.push((i, r.u8()?));
+    }
+    Ok((qid, t, v))
+}
+
+/// DELETE meta: `queue_id` is gone (every recipient final) at `time_us`.
+pub fn encode_delete(queue_id: &str, time_us: u64) -> Vec<u8> {
+    let mut w = W(vec![META_VERSION]);
+    w.str(queue_id);
+    w.varint(time_us);
+    w.0
+}
+pub fn decode_delete(b: &[u8]) -> Result<(String, u64), FormatError> {
+    let mut r = R(b, 0);
+    r.version()?;
+    Ok((r.str()?, r.varint()?))
+}
+
+/// SEGMENT_END meta: segment `seq` holds valid records only below `len`.
+pub fn encode_segment_end(seq: u64, len: u64) -> Vec<u8> {
+    let mut w = W(vec![META_VERSION]);
+    w.varint(seq);
+    w.varint(len);
+    w.0
+}
+pub fn decode_segment_end(b: &[u8]) -> Result<(u64, u64), FormatError> {
+    let mut r = R(b, 0);
+    r.version()?;
+    Ok((r.varint()?, r.varint()?))
+}
+
+// ---- framing
+
+/// Header of a record whose payload is `meta_len(4) meta data`.
+pub fn encode_header(kind: Kind, payload_len: u32) -> [u8; REC_HDR] {
+    let mut h = [0u8; REC_HDR];
+    h[0..4].copy_from_slice(&RECORD_MAGIC);
+    h[4] = kind as u8;
+    h[8..12].copy_from_slice(&payload_len.to_le_bytes());
+    let c = crc32fast::hash(&h[0..12]);
+    h[12..16].copy_from_slice(&c.to_le_bytes());
+    h
+}
+
+/// Decode a record header; Err when the magic or header CRC is wrong (the
+/// length must then not be trusted).
+pub fn decode_header(h: &[u8]) -> Result<(Kind, u32), FormatError> {
+    if h.len() < REC_HDR || h[0..4] != RECORD_MAGIC {
+        return ferr("bad record magic");
+    }
+    let want = u32::from_le_bytes(h[12..16].try_into().unwrap());
+    if crc32fast::hash(&h[0..12]) != want {
+        return ferr("bad record header CRC");
+    }
+    let kind = Kind::from_u8(h[4]).ok_or(FormatError(format!("unknown record kind {}", h[4])))?;
+    Ok((kind, u32::from_le_bytes(h[8..12].try_into().unwrap())))
+}
+
+/// The part of a record before its data: header + meta_len + meta, with the
+/// CRC state over them. `data_len` is the length of what follows (message bytes).
+pub struct RecordHead {
+    pub bytes: Vec<u8>,
+    pub crc: crc32fast::Hasher,
+    pub total_len: u64,
+}
+
+pub fn record_head(kind: Kind, meta: &[u8], data_len: u64) -> Result<RecordHead, FormatError> {
+    let payload = 4 + meta.len() as u64 + data_len;
+    if payload > MAX_PAYLOAD || meta.len() > MAX_META {
+        return ferr("record too large");
+    }
+    let mut bytes = Vec::with_capacity(REC_HDR + 4 + meta.len());
+    bytes.extend_from_slice(&encode_header(kind, payload as u32));
+    bytes.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(meta);
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&bytes);
+    Ok(RecordHead { bytes, crc, total_len: (REC_HDR + REC_TRAILER) as u64 + payload })
+}
+
+/// A whole small record (no data part) in one buffer.
+pub fn encode_record(kind: Kind, meta: &[u8], data: &[u8]) -> Result<Vec<u8>, FormatError> {
+    let mut h = record_head(kind, meta, data.len() as u64)?;
+    h.crc.update(data);
+    let crc = h.crc.finalize();
+    h.bytes.extend_from_slice(data);
+    h.bytes.extend_from_slice(&crc.to_le_bytes());
+    Ok(h.bytes)
+}
+
+/// Parse a whole record held in memory: (kind, meta, data). Verifies both CRCs.
+pub fn decode_record(b: &[u8]) -> Result<(Kind, &[u8], &[u8]), FormatError> {
+    let (kind, plen) = decode_header(b)?;
+    let end = REC_HDR + plen as usize;
+    if b.len() < end + REC_TRAILER || plen < 4 {
+        return ferr("record truncated");
+    }
+    let want = u32::from_le_bytes(b[end..end + 4].try_into().unwrap());
+    if crc32fast::hash(&b[..end]) != want {
+        return ferr("bad record CRC");
+    }
+    let mlen = u32::from_le_bytes(b[REC_HDR..REC_HDR + 4].try_into().unwrap()) as usize;
+    if mlen > plen as usize - 4 {
+        return ferr("meta length exceeds payload");
+    }
+    let m0 = REC_HDR + 4;
+    Ok((kind, &b[m0..m0 + mlen], &b[m0 + mlen..end]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env() -> Envelope {
+        Envelope {
+            queue_id: "0abcDEF".into(),
+            arrival_us: 1_790_000_000_123_456,
+            sender: "".into(),
+            recipients: vec![
+                Recipient { address: "a@x.test".into(), notify: None, orcpt: None, state: 0 },
+                Recipient {
+                    address: "Postmaster".into(),
+                    notify: Some(notify_mask(&["SUCCESS", "DELAY"]).unwrap()),
+                    orcpt: Some("rfc822;a@y".into()),
+                    state: 2,
+                },
+                Recipient { address: "ü@x".into(), notify: Some(0), orcpt: None, state: 3 },
+            ],
+            body: Some("8BITMIME".into()),
+            smtputf8: true,
+            ret: Some("HDRS".into()),
+            envid: None,
+            helo: "client.test".into(),
+            client_ip: "2001:db8::1".into(),
+        }
+    }
+
+    #[test]
+    fn envelope_roundtrip() {
+        for e in [env(), Envelope::default()] {
+            assert_eq!(decode_envelope(&encode_envelope(&e)).unwrap(), e);
+        }
+        assert_eq!(notify_names(notify_mask(&["delay", "FAILURE"]).unwrap()), vec!["FAILURE", "DELAY"]);
+        assert!(notify_mask(&["SOMETIMES"]).is_err());
+    }
+
+    #[test]
+    fn envelope_truncated_is_error_not_panic() {
+        let b = encode_envelope(&env());
+        for n in 0..b.len() {
+            assert!(decode_envelope(&b[..n]).is_err(), "prefix {n}");
+        }
+    }
+
+    #[test]
+    fn small_metas_roundtrip() {
+        let s = encode_state("Q1", 5, &[(0, 1), (7, 2)]);
+        assert_eq!(decode_state(&s).unwrap(), ("Q1".into(), 5, vec![(0, 1), (7, 2)]));
+        assert_eq!(decode_delete(&encode_delete("Q2", 9)).unwrap(), ("Q2".into(), 9));
+        assert_eq!(decode_segment_end(&encode_segment_end(3, 4096)).unwrap(), (3, 4096));
+    }
+
+    #[test]
+    fn record_roundtrip_and_crc_failures() {
+        let meta = encode_envelope(&env());
+        let rec = encode_record(Kind::Message, &meta, b"Subject: x\r\n\r\nbody\r\n").unwrap();
+        let (k, m, d) = decode_record(&rec).unwrap();
+        assert_eq!((k, m, d), (Kind::Message, &meta[..], &b"Subject: x\r\n\r\nbody\r\n"[..]));
+        // table: (byte to flip, expected error)
+        let cases = [
+            (0, "bad record magic"),
+            (5, "bad record header CRC"),
+            (9, "bad record header CRC"),
+            (REC_HDR + 2, "bad record CRC"),
+            (rec.len() - 3, "bad record CRC"),
+            (rec.len() - 1, "bad record CRC"),
+        ];
+        for (i, want) in cases {
+            let mut b = rec.clone();
+            b[i] ^= 0x40;
+            assert_eq!(decode_record(&b).unwrap_err().0, want, "flip byte {i}");
+        }
+        assert_eq!(decode_record(&rec[..rec.len() - 1]).unwrap_err().0, "record truncated");
+    }
+
+    #[test]
+    fn streamed_head_matches_whole_record() {
+        let data = vec![b'x'; 100_000];
+        let mut h = record_head(Kind::Message, b"meta", data.len() as u64).unwrap();
+        let mut body = crc32fast::Hasher::new();
+        body.update(&data);
+        h.crc.combine(&body);
+        let mut whole = h.bytes.clone();
+        whole.extend_from_slice(&data);
+        whole.extend_from_slice(&h.crc.finalize().to_le_bytes());
+        assert_eq!(whole, encode_record(Kind::Message, b"meta", &data).unwrap());
+        assert_eq!(whole.len() as u64, h.total_len);
+    }
+}
