@@ -91,10 +91,32 @@ def queue() -> None:
     """Inspect the spool (read-only; safe while the server runs)."""
 
 
+class _NoSpool:
+    """A spool directory that does not exist yet holds no mail."""
+
+    def list(self) -> list:
+        return []
+
+    def get(self, _queue_id):
+        return None
+
+    def message_bytes(self, _queue_id):
+        return None
+
+
 def _reader(spool_dir: str | None):
+    import os
+
     from mta import _native
 
-    return _native.SpoolReader(spool_dir or config.DEFAULT_SPOOL_DIR)
+    root = spool_dir or config.DEFAULT_SPOOL_DIR
+    if not os.path.isdir(root):
+        return _NoSpool()
+    try:
+        return _native.SpoolReader(root)
+    except _native.SpoolError as e:
+        click.echo(f"mta: cannot read the spool: {e}", err=True)
+        sys.exit(1)
 
 
 def _rfc3339(t: float) -> str:
