@@ -225,10 +225,10 @@ def test_power_loss_emulation_loses_nothing_acknowledged(tmp_path):
     for seg in (shard / "segments").iterdir():
         os.truncate(seg, synced.get(f"segments/{seg.name}", 0))
     spool = Spool(str(tmp_path))
-    for token, qid in acked:
+    reader = SpoolReader(str(tmp_path))
+    for token, qid in acked[::37]:  # a sample: each message_bytes() rescans the shard
         i = int(token)
-        want = b"Subject: %d\r\n\r\n" % i + bytes([97 + i % 26]) * (500 + 37 * (i % 50))
-        assert SpoolReader(str(tmp_path)).message_bytes(qid) == want if i % 97 == 0 else True
+        assert reader.message_bytes(qid) == b"Subject: %d\r\n\r\n" % i + bytes([97 + i % 26]) * (500 + 37 * (i % 50))
     listed = {e.queue_id for e in spool.list()}
     assert {qid for _, qid in acked} <= listed, spool.recovery_report
     assert not os.listdir(shard / "corrupt"), spool.recovery_report

@@ -3,6 +3,7 @@
 use super::record::{Envelope, Recipient};
 use super::writer::FaultKind;
 use super::*;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 fn env(qid: &str) -> Envelope {
@@ -112,7 +113,6 @@ fn group_commit_batches_concurrent_submits() {
     assert!(st["batches"] < st["messages"], "{st:?}");
     assert_eq!(st["syncs"], st["batches"], "one sync per batch: {st:?}");
 }
-use std::collections::HashMap;
 
 #[test]
 fn fault_fails_whole_batch_then_new_segment() {
