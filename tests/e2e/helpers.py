@@ -347,13 +347,14 @@ def check_received(field: bytes, *, helo: str, qid: str, rcpt,
     assert date.tzinfo is not None, text
 
 
-def body_of(srv, qid: str, *, helo: str | None = "client.example.test", rcpt=ANY) -> bytes:
+def body_of(srv, qid: str, *, helo: str | None = "client.example.test", rcpt=ANY,
+            ip: str = "127.0.0.1") -> bytes:
     """Stored message minus our Received header, which is checked when helo
     is given (rcpt=ANY: its `for <..>` clause is not checked)."""
     msg = stored_message(srv, qid)
     rec, rest = strip_received(msg)
     if helo is not None:
-        check_received(rec, helo=helo, qid=qid, rcpt=rcpt)
+        check_received(rec, helo=helo, qid=qid, rcpt=rcpt, ip=ip)
     return rest
 
 

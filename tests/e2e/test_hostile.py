@@ -15,8 +15,8 @@ import time
 import pytest
 
 from helpers import (
-    MiB, body_of, check, check_entry, config, connect, dot_stuff, mem_growth,
-    mem_snapshot, queue_by_id, queued_id, simple_message,
+    ConnectionClosed, MiB, body_of, check, check_entry, config, connect, dot_stuff,
+    mem_growth, mem_snapshot, queue_by_id, queued_id, simple_message,
 )
 
 SENDER, RCPT = "s@example.test", "r@example.test"
@@ -356,3 +356,70 @@ def test_nul_or_cr_cannot_split_commands(server, line):
         check(c.reply(), 250, "2.0.0")
         c.expect("DATA", 503, "5.5.1")  # no recipient got in
         c.quit()
+
+
+FAKE_STARTS = {"dot-lf": b".\n", "dot-cr": b".\r", "dot-crcrlf": b".\r\r\n", "dot-lf-dot-crlf": b".\n.\r\n"}
+
+
+@pytest.mark.parametrize("fake", list(FAKE_STARTS.values()), ids=list(FAKE_STARTS))
+def test_fake_end_at_start_of_data(server, fake):
+    """The CR LF of the DATA line is a real line end: `.` + bare CR/LF right
+    after 354 is not an end of data either."""
+    with open_data(server) as c:
+        c.send(fake + SMUGGLED + END)
+        check(c.reply(), 550, "5.5.2")
+        c.quit()
+    assert no_evil(server) == {}
+
+
+def test_oversized_message_then_pipelined_transaction(server_factory):
+    """After a 552 the parser is back in command mode exactly at the real end."""
+    srv = server_factory(config=config({"max_message_size": 100000}))
+    big = b"Subject: big\r\n\r\n" + (b"q" * 98 + b"\r\n") * 1500
+    msg2 = simple_message("after big")
+    with open_data(srv) as c:
+        c.send(big + b".\r\nRSET\r\nMAIL FROM:<s2@example.test>\r\nRCPT TO:<r2@example.test>\r\nDATA\r\n")
+        check(c.reply(timeout=60), 552, "5.3.4")
+        check(c.reply(), 250, "2.0.0")
+        check(c.reply(), 250, "2.1.0")
+        check(c.reply(), 250, "2.1.5")
+        check(c.reply(), 354)
+        c.send(dot_stuff(msg2) + b".\r\n")
+        qid = queued_id(c.reply())
+        c.quit()
+    q = queue_by_id(srv)
+    assert list(q) == [qid]
+    check_entry(q[qid], sender="s2@example.test", rcpts=["r2@example.test"])
+    assert body_of(srv, qid, rcpt="r2@example.test") == msg2
+
+
+def test_early_talker_full_transaction_queues_nothing(server_factory):
+    srv = server_factory(args=("--mynetworks", "10.0.0.0/8"),
+                         config='local_domains = ["local.test"]\n')
+    with connect(srv) as c:
+        c.send(b"EHLO e.example.test\r\nMAIL FROM:<evil@x>\r\nRCPT TO:<u@local.test>\r\n"
+               b"DATA\r\nSubject: early\r\n\r\nx\r\n.\r\nQUIT\r\n")
+        check(c.reply(timeout=20), 554, "5.5.0")
+        rest = c.read_to_close()
+        assert b"250" not in rest and b"354" not in rest, rest
+    assert queue_by_id(srv) == {}
+
+
+def test_binary_garbage_first(server):
+    """A TLS ClientHello-ish blob instead of SMTP: errors or a hang-up, and
+    the server goes on serving others."""
+    blob = bytes.fromhex("16030100f4010000f00303") + bytes(range(256)) + b"\r\n"
+    with connect(server) as c:
+        c.greeting()
+        c.send(blob)
+        try:
+            r = c.reply()
+        except ConnectionClosed:  # a hang-up at once is acceptable too
+            r = None
+        assert r is None or 500 <= r.code <= 599, r
+    with connect(server) as c:
+        c.start()
+        c.send_message(SENDER, [RCPT], simple_message())
+        c.quit()
+    assert server.proc.poll() is None
+    assert len(queue_by_id(server)) == 1

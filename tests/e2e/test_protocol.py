@@ -1055,3 +1055,160 @@ def test_swaks_several_runs(server):
                         "--pipeline"))
     q = server.queue()
     assert sorted(e["sender"] for e in q) == [f"s{i}@example.test" for i in range(5)]
+
+
+# ---------------------------------------------------------------------------
+# more limits and corners
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("header", [b"received: from h by h; Mon, 1 Jan 2024 00:00:00 +0000\r\n",
+                                    b"RECEIVED:from h by h; Mon, 1 Jan 2024 00:00:00 +0000\r\n"],
+                         ids=["lower", "upper-no-space"])
+def test_hop_count_field_name_case_insensitive(server, header):
+    with connect(server) as c:
+        c.start()
+        c.mail_rcpt("s@example.test", ["r@example.test"])
+        check(c.data(header * 51 + simple_message("hops")), 554, "5.4.0")
+        c.quit()
+    assert_queue_empty(server)
+
+
+def test_received_lines_in_body_are_not_hops(server):
+    msg = simple_message("body hops", b"Received: from h by h; Mon, 1 Jan 2024 00:00:00 +0000\r\n" * 120)
+    with connect(server) as c:
+        c.start()
+        qid = c.send_message("s@example.test", ["r@example.test"], msg)
+        c.quit()
+    assert body_of(server, qid, rcpt="r@example.test") == msg
+
+
+@pytest.mark.parametrize("length,ok", [(1000, True), (1001, False)])
+def test_max_line_length_config(server_factory, length, ok):
+    srv = server_factory(config=config({"max_line_length": 1000}))
+    line = b"NOOP " + b"x" * (length - 7)
+    with connect(srv) as c:
+        c.start()
+        c.send(line + b"\r\nNOOP\r\n")
+        if ok:
+            check(c.reply(), 250, "2.0.0")
+        else:
+            check(c.reply(), 500, "5.5.2")
+        check(c.reply(), 250, "2.0.0")
+        c.quit()
+
+
+def test_idle_timeout_inside_bdat_chunk(server_factory):
+    srv = server_factory(config=config({"idle_timeout": 1}))
+    with connect(srv) as c:
+        c.start()
+        c.mail_rcpt("s@example.test", ["r@example.test"])
+        c.send(b"BDAT 100 LAST\r\nSubject: only ten")
+        check(c.reply(timeout=20), 421, "4.4.2")
+        c.assert_closed()
+    assert_queue_empty(srv)
+
+
+def test_data_after_bdat_refused(server):
+    chunk = b"Subject: mix\r\n\r\n"
+    with connect(server) as c:
+        c.start()
+        c.mail_rcpt("s@example.test", ["r@example.test"])
+        c.send(b"BDAT %d\r\n" % len(chunk) + chunk)
+        check_enhanced_class(c.reply(), 250)
+        c.expect("DATA", 503, "5.5.1")
+        c.expect("RSET", 250, "2.0.0")
+        c.quit()
+    assert_queue_empty(server)
+
+
+@pytest.mark.parametrize("line", ["BDAT", "BDAT abc", "BDAT -1", "BDAT 5 FOO", "BDAT 1.5 LAST"])
+def test_bdat_syntax_errors(server, line):
+    with connect(server) as c:
+        c.start()
+        c.mail_rcpt("s@example.test", ["r@example.test"])
+        c.expect(line, 501, "5.5.4")
+        c.expect("NOOP", 250, "2.0.0")  # no chunk was read: the next line is a command
+        c.quit()
+    assert_queue_empty(server)
+
+
+def test_rset_after_bdat_chunk_discards_message(server):
+    chunk = b"Subject: discarded\r\n\r\nnever queued\r\n"
+    with connect(server) as c:
+        c.start()
+        c.mail_rcpt("s@example.test", ["r@example.test"])
+        c.send(b"BDAT %d\r\n" % len(chunk) + chunk)
+        check_enhanced_class(c.reply(), 250)
+        c.expect("RSET", 250, "2.0.0")
+        c.expect("BDAT 0 LAST", 503, "5.5.1")
+        qid = c.send_message("s@example.test", ["r2@example.test"], simple_message())
+        c.quit()
+    assert list(queue_by_id(server)) == [qid]
+    assert body_of(server, qid, rcpt="r2@example.test") == simple_message()
+
+
+def test_headerless_message_with_dotted_first_line(server):
+    with connect(server) as c:
+        c.start()
+        c.mail_rcpt("s@example.test", ["r@example.test"])
+        c.expect("DATA", 354)
+        c.send(b"..first\r\nsecond\r\n.\r\n")
+        qid = queued_id(c.reply())
+        c.quit()
+    assert body_of(server, qid, rcpt="r@example.test") == b".first\r\nsecond\r\n"
+
+
+def test_postmaster_without_domain_accepted_from_outside(outside):
+    with outside_client(outside) as c:
+        c.expect("RCPT TO:<Postmaster>", 250, "2.1.5")
+        queued_id(c.data(simple_message()))
+        c.quit()
+    assert [r["address"] for r in only_entry(outside)["recipients"]] in (
+        ["Postmaster"], ["postmaster"])
+
+
+def test_ipv6_loopback_is_in_default_mynetworks(server_factory):
+    srv = server_factory(host="::1", config=config(**DOMAINS))
+    with connect(srv) as c:
+        c.send(b"EHLO client.example.test\r\n")  # no greeting delay, no early-talker check
+        c.greeting()
+        check(c.reply(), 250)
+        qid = c.send_message("s@example.test", ["u@evil.test"], simple_message())
+        c.quit()
+    check_entry(queue_by_id(srv)[qid], sender="s@example.test", rcpts=["u@evil.test"])
+    assert body_of(srv, qid, ip="IPv6:::1", rcpt="u@evil.test") == simple_message()
+
+
+def test_concurrent_clients(server):
+    import threading
+    n_clients, per_client = 10, 5
+    errors: list[BaseException] = []
+    ids: list[str] = []
+    lock = threading.Lock()
+
+    def worker(k: int) -> None:
+        try:
+            with connect(server) as c:
+                c.start(f"c{k}.example.test")
+                for i in range(per_client):
+                    qid = c.send_message(f"s{k}@example.test", [f"r{k}-{i}@example.test"],
+                                         simple_message(f"{k}/{i}"))
+                    with lock:
+                        ids.append(qid)
+                c.quit()
+        except BaseException as e:  # noqa: BLE001 - reported below
+            with lock:
+                errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(n_clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads)
+    assert not errors, errors
+    q = queue_by_id(server)
+    assert len(ids) == len(set(ids)) == n_clients * per_client
+    assert set(q) == set(ids)
+    rcpts = sorted(r["address"] for e in q.values() for r in e["recipients"])
+    assert rcpts == sorted(f"r{k}-{i}@example.test" for k in range(n_clients) for i in range(per_client))
