@@ -190,3 +190,5 @@ def queue_show(queue_id, spool) -> None:
 
 if __name__ == "__main__":
     main()
+from mta.bench.cli import bench as _bench  # noqa: E402
+main.add_command(_bench)
