@@ -116,3 +116,52 @@ def sink(listen, reply_delay, fail_rate, hostname, no_starttls, tls_cert, tls_ke
     if not quiet and json_file != "-":
         render("sink", report, f"mta bench sink on {listen}")
     _write_json(json_file, report)
+
+
+@bench.command()
+@click.option("--config", "config_file", required=True, type=click.Path(exists=True, dir_okay=False), help="TOML file: [compare], [[system]], [[workload]].")
+@click.option("--repeats", type=click.IntRange(min=1), help="Trials per system and workload (default: the file's, else 5).")
+@click.option("--messages", type=click.IntRange(min=1), help="Override every workload's message count (quick runs).")
+@click.option("--only", multiple=True, metavar="SYSTEM", help="Run only these systems (repeatable).")
+@click.option("--output", metavar="PREFIX", help="Write PREFIX.json, PREFIX.md and PREFIX.png (default: the file's).")
+def compare(config_file, repeats, messages, only, output) -> None:
+    """Run the same workloads against several servers in alternation; report side by side."""
+    from mta.bench.compare import load_plan, run_compare
+    from mta.bench.report import write_outputs
+
+    try:
+        plan = load_plan(config_file)
+    except (ValueError, OSError) as e:
+        click.echo(f"mta bench compare: {config_file}: {e}", err=True)
+        sys.exit(2)
+    if repeats:
+        plan.repeats = repeats
+    if messages:
+        for w in plan.workloads:
+            w.messages = messages
+    if only:
+        unknown = set(only) - {s.name for s in plan.systems}
+        if unknown:
+            click.echo(f"mta bench compare: no system named {', '.join(sorted(unknown))}", err=True)
+            sys.exit(2)
+        plan.systems = [s for s in plan.systems if s.name in only]
+    if output:
+        plan.output = output
+
+    def say(row: dict) -> None:
+        if "failed" in row:
+            click.echo(f"  {row['workload']} #{row['repeat'] + 1} {row['system']}: FAILED {row['failed']}", err=True)
+            return
+        e2e = f", end-to-end {row['end_to_end_per_s']:,.0f}/s" if "end_to_end_per_s" in row else ""
+        click.echo(f"  {row['workload']} #{row['repeat'] + 1} {row['system']}: {row['accepted_per_s']:,.0f}/s"
+                   f"{e2e}, server CPU {row['server_cpu_s']:.2f} s, errors {sum(row['errors'].values())}", err=True)
+
+    rows = run_compare(plan, say)
+    meta = {"config": config_file, "repeats": plan.repeats, "generator_workers": plan.generator_workers or "default",
+            "systems": [s.__dict__ for s in plan.systems], "workloads": [w.__dict__ for w in plan.workloads]}
+    paths = write_outputs(plan.output, meta, rows, [s.name for s in plan.systems])
+    with open(paths["markdown"]) as f:
+        click.echo(f.read())
+    click.echo("wrote " + ", ".join(paths.values()), err=True)
+    if any("failed" in r for r in rows):
+        sys.exit(1)

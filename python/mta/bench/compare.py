@@ -1,0 +1,265 @@
+"""`mta bench compare`: the same workloads against several servers, in alternation
+(A B A B ...), each trial on a fresh start of the server in a fresh temporary directory,
+with the CPU of the server's whole process tree read from /proc before and after.
+Figures are medians with min–max; ratios are taken pair by pair against the first system.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from dataclasses import dataclass, field
+
+from mta.bench.procs import tree_cpu_seconds
+from mta.bench.sendrun import run_send
+
+KINDS = ("accept-only", "end-to-end")
+
+
+@dataclass
+class System:
+    name: str
+    port: int
+    start: str
+    stop: str = ""
+    ready: str = ""  # a command that exits 0 when ready; default: a 220 greeting on the port
+    pid: str = ""  # "" = the started process; "file:PATH" = a pid file
+    drained: str = ""  # end-to-end: a command that exits 0 once the queue is empty
+    relays: bool = False
+    env: dict = field(default_factory=dict)
+
+
+@dataclass
+class Workload:
+    name: str
+    kind: str = "accept-only"
+    messages: int = 20000
+    size: int = 1024
+    sessions: int = 50
+    per_connection: int = 1
+    warmup: int = 0
+
+
+@dataclass
+class Plan:
+    systems: list[System] = field(default_factory=list)
+    workloads: list[Workload] = field(default_factory=list)
+    repeats: int = 5
+    sink_port: int = 2626
+    output: str = "bench-results/compare"
+    ready_timeout: float = 60.0
+    drain_timeout: float = 300.0
+    generator_workers: int = 0
+
+
+def _take(d: dict, cls, where: str):
+    known = set(cls.__dataclass_fields__)
+    bad = sorted(set(d) - known)
+    if bad:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(bad)} (known: {', '.join(sorted(known))})")
+    try:
+        return cls(**d)
+    except TypeError as e:
+        raise ValueError(f"{where}: {e}") from None
+
+
+def load_plan(path: str) -> Plan:
+    """Read the TOML file; every mistake is a ValueError naming the table and key."""
+    with open(path, "rb") as f:
+        doc = tomllib.load(f)
+    top = dict(doc.get("compare", {}))
+    systems = [_take(s, System, f"[[system]] #{i + 1}") for i, s in enumerate(doc.get("system", []))]
+    workloads = [_take(w, Workload, f"[[workload]] #{i + 1}") for i, w in enumerate(doc.get("workload", []))]
+    if not systems:
+        raise ValueError(f"{path}: no [[system]] tables")
+    if not workloads:
+        workloads = [Workload(name="accept-only 1 KiB")]
+    for w in workloads:
+        if w.kind not in KINDS:
+            raise ValueError(f"workload {w.name!r}: kind must be one of {', '.join(KINDS)}")
+    names = [s.name for s in systems]
+    if len(set(names)) != len(names):
+        raise ValueError("system names must be unique")
+    if {"systems", "workloads"} & set(top):
+        raise ValueError("[compare]: systems and workloads are [[system]] and [[workload]] tables")
+    plan = _take(top, Plan, "[compare]")
+    plan.systems, plan.workloads = systems, workloads
+    return plan
+
+
+def _fill(cmd: str, sysm: System, plan: Plan, tmp: str) -> str:
+    return cmd.format(port=sysm.port, sink_port=plan.sink_port, tmp=tmp, python=shlex.quote(sys.executable))
+
+
+def _greeting(port: int, deadline: float) -> bool:
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+                if s.recv(512).startswith(b"220"):
+                    s.sendall(b"QUIT\r\n")
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.1)
+    return False
+
+
+def _until_ok(cmd: str, deadline: float, env: dict) -> bool:
+    while time.monotonic() < deadline:
+        if subprocess.run(cmd, shell=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _port_free(port: int, deadline: float) -> None:
+    """Wait until nothing listens on the port (the previous trial's server is gone)."""
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        except OSError:
+            return
+        time.sleep(0.1)
+
+
+class Running:
+    """A started system: its process (if the start command stays in the foreground),
+    the PID whose tree is charged for CPU, and how to stop it."""
+
+    def __init__(self, sysm: System, plan: Plan, tmp: str, log) -> None:
+        self.sysm, self.plan, self.tmp = sysm, plan, tmp
+        self.env = {**os.environ, **{k: str(v) for k, v in sysm.env.items()}}
+        _port_free(sysm.port, time.monotonic() + 10)
+        cmd = _fill(sysm.start, sysm, plan, tmp)
+        self.proc = subprocess.Popen(shlex.split(cmd), env=self.env, cwd=os.getcwd(), start_new_session=True,
+                                     stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + plan.ready_timeout
+        ok = (_until_ok(_fill(sysm.ready, sysm, plan, tmp), deadline, self.env) if sysm.ready
+              else _greeting(sysm.port, deadline))
+        if not ok:
+            self.stop()
+            raise RuntimeError(f"{sysm.name}: not ready within {plan.ready_timeout:.0f} s (see {tmp}/log)")
+        self.pid = self._pid()
+
+    def _pid(self) -> int:
+        spec = self.sysm.pid
+        if not spec:
+            return self.proc.pid
+        if spec.startswith("file:"):
+            with open(_fill(spec[5:], self.sysm, self.plan, self.tmp)) as f:
+                return int(f.read().split()[0])
+        raise ValueError(f"{self.sysm.name}: pid must be empty or file:PATH, not {spec!r}")
+
+    def cpu(self) -> float:
+        return tree_cpu_seconds(self.pid)
+
+    def stop(self) -> None:
+        if self.sysm.stop:
+            subprocess.run(_fill(self.sysm.stop, self.sysm, self.plan, self.tmp), shell=True, env=self.env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+def _start_sink(plan: Plan, count: int, tmp: str, log) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "mta", "bench", "sink", "--listen", f"127.0.0.1:{plan.sink_port}",
+           "--count", str(count), "--json", os.path.join(tmp, "sink.json"), "--quiet", "--no-starttls"]
+    import mta  # the sink must import the same package as this process, wherever it runs
+
+    here = os.path.dirname(os.path.dirname(os.path.abspath(mta.__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))}
+    p = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 30
+    if not _greeting(plan.sink_port, deadline):
+        p.kill()
+        raise RuntimeError(f"the end-to-end sink did not start on port {plan.sink_port}")
+    return p
+
+
+def _finish_sink(p: subprocess.Popen, deadline: float, tmp: str) -> dict:
+    import json
+
+    try:
+        p.wait(max(0.1, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGTERM)
+        p.wait(30)
+    with open(os.path.join(tmp, "sink.json")) as f:
+        return json.load(f)
+
+
+def run_trial(plan: Plan, sysm: System, wl: Workload, repeat: int, say) -> dict:
+    """One system, one workload, once: start fresh, load, (drain), account, stop, clean up."""
+    tmp = tempfile.mkdtemp(prefix=f"mta-compare-{sysm.name}-")
+    e2e = wl.kind == "end-to-end"
+    sink = None
+    log = open(os.path.join(tmp, "log"), "wb")
+    try:
+        if sysm.relays:  # a relay always has somewhere to deliver, so it never piles up retries
+            sink = _start_sink(plan, wl.messages, tmp, log)
+        run = Running(sysm, plan, tmp, log)
+        try:
+            cpu0 = run.cpu()
+            t_wall = time.time()
+            rep = run_send(f"127.0.0.1:{sysm.port}", messages=wl.messages, size=wl.size, sessions=wl.sessions,
+                           per_connection=wl.per_connection, warmup=wl.warmup, workers=plan.generator_workers)
+            row = {"system": sysm.name, "workload": wl.name, "kind": wl.kind, "repeat": repeat,
+                   "messages": rep["messages"], "accepted_per_s": rep["messages_per_s"],
+                   "elapsed_s": rep["elapsed_s"], "latency_ms": rep["latency_ms"], "errors": rep["errors"]}
+            if e2e:
+                deadline = time.monotonic() + plan.drain_timeout
+                if rep["messages"] < wl.messages:  # some were refused: the sink will not count N
+                    deadline = min(deadline, time.monotonic() + 10)
+                srep = _finish_sink(sink, deadline, tmp)
+                sink = None
+                if sysm.drained:
+                    _until_ok(_fill(sysm.drained, sysm, plan, tmp), deadline, run.env)
+                span = srep["last_message_at"] - t_wall if srep["messages"] else 0.0
+                row["delivered"] = srep["messages"]
+                row["end_to_end_per_s"] = round(srep["messages"] / span, 1) if span > 0 else 0.0
+                row["integrity_errors"] = srep["integrity_errors"]
+            cpu = run.cpu() - cpu0
+        finally:
+            run.stop()
+        row["server_cpu_s"] = round(cpu, 3)
+        row["server_cpu_s_per_msg"] = round(cpu / rep["messages"], 7) if rep["messages"] else None
+        say(row)
+        return row
+    finally:
+        if sink is not None:
+            os.killpg(sink.pid, signal.SIGTERM)
+            sink.wait(30)
+        log.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_compare(plan: Plan, say=lambda row: None) -> list[dict]:
+    """Every workload; per workload `repeats` rounds of every system in order (A B A B)."""
+    rows = []
+    for wl in plan.workloads:
+        systems = [s for s in plan.systems if wl.kind == "accept-only" or s.relays]
+        for r in range(plan.repeats):
+            for sysm in systems:
+                try:
+                    rows.append(run_trial(plan, sysm, wl, r, say))
+                except (RuntimeError, OSError, ValueError) as e:
+                    row = {"system": sysm.name, "workload": wl.name, "kind": wl.kind, "repeat": r, "failed": str(e)}
+                    say(row)
+                    rows.append(row)
+    return rows
