@@ -97,4 +97,10 @@ class Server:
             await asyncio.sleep(0.01)
         await asyncio.sleep(0)
         self.spool.close()
+        st = self.spool.spool.stats()
+        log.info(
+            "spool stats: messages=%d batches=%d syncs=%d bytes=%d failed_batches=%d",
+            st.get("messages", 0), st.get("batches", 0), st.get("syncs", 0),
+            st.get("bytes", 0), st.get("failed_batches", 0),
+        )
         log.info("stopped")
