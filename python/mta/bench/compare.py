@@ -58,6 +58,7 @@ class Plan:
     ready_timeout: float = 60.0
     drain_timeout: float = 300.0
     generator_workers: int = 0
+    here: str = ""  # the config file's directory: {here} in commands
 
 
 def _take(d: dict, cls, where: str):
@@ -92,11 +93,13 @@ def load_plan(path: str) -> Plan:
         raise ValueError("[compare]: systems and workloads are [[system]] and [[workload]] tables")
     plan = _take(top, Plan, "[compare]")
     plan.systems, plan.workloads = systems, workloads
+    plan.here = os.path.dirname(os.path.abspath(path))
     return plan
 
 
 def _fill(cmd: str, sysm: System, plan: Plan, tmp: str) -> str:
-    return cmd.format(port=sysm.port, sink_port=plan.sink_port, tmp=tmp, python=shlex.quote(sys.executable))
+    return cmd.format(port=sysm.port, sink_port=plan.sink_port, tmp=tmp, here=shlex.quote(plan.here),
+                      python=shlex.quote(sys.executable))
 
 
 def _greeting(port: int, deadline: float) -> bool:

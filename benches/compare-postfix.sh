@@ -1,0 +1,62 @@
+#!/bin/sh
+# Postfix as a peer relay for `mta bench compare`, configured exactly as in
+# ../shared/BENCHMARKING.md (main.cf written from empty with postconf -e; the smtp inet
+# line replaced by one on a loopback port). It runs as its own instance
+# (/etc/postfix-mta-bench, queue /var/spool/postfix-mta-bench) so the system's Postfix,
+# if any, is left alone. Needs root and the Debian postfix package.
+#   compare-postfix.sh start PORT SINKPORT   configure, empty the queue, start (daemonizes)
+#   compare-postfix.sh stop                  stop, then empty the queue (fresh spool per trial)
+#   compare-postfix.sh drained               exit 0 when the queue is empty
+#   compare-postfix.sh pidfile               print the master's pid file
+set -eu
+CONF=/etc/postfix-mta-bench
+QUEUE=/var/spool/postfix-mta-bench
+DATA=/var/lib/postfix-mta-bench
+
+configure() {
+  port=$1 sinkport=$2
+  mkdir -p "$CONF" "$DATA" "$QUEUE"
+  : > "$CONF/main.cf"
+  pc() { postconf -c "$CONF" -e "$@"; }
+  pc compatibility_level=3.6 myhostname=mta.example.test mydomain=example.test 'myorigin=$myhostname'
+  pc inet_interfaces=loopback-only inet_protocols=ipv4 mydestination= relay_domains=example.test
+  pc "relayhost=[127.0.0.1]:$sinkport" mynetworks=127.0.0.0/8
+  pc smtpd_relay_restrictions=permit_mynetworks,reject_unauth_destination
+  pc smtp_dns_support_level=disabled smtp_host_lookup=native lmtp_host_lookup=native smtpd_peername_lookup=no
+  pc default_process_limit=200 smtpd_client_connection_count_limit=0
+  pc smtpd_client_connection_rate_limit=0 smtpd_client_message_rate_limit=0
+  pc alias_maps= alias_database= local_recipient_maps= biff=no append_dot_mydomain=no
+  pc maillog_file=/var/log/postfix-mta-bench.log
+  # the separate instance: its own queue and data directories
+  pc "queue_directory=$QUEUE" "data_directory=$DATA"
+  sed "s/^smtp \{1,\}inet .*/127.0.0.1:$port inet n - y - - smtpd/" /usr/share/postfix/master.cf.dist > "$CONF/master.cf" 2>/dev/null \
+    || sed "s/^smtp \{1,\}inet .*/127.0.0.1:$port inet n - y - - smtpd/" /etc/postfix/master.cf.proto > "$CONF/master.cf"
+  postfix -c "$CONF" set-permissions >/dev/null 2>&1 || true
+  postfix -c "$CONF" check >/dev/null 2>&1 || true
+}
+
+empty_queue() { postsuper -c "$CONF" -d ALL >/dev/null 2>&1 || true; }
+
+case "${1:-}" in
+  start)
+    configure "${2:?port}" "${3:?sink port}"
+    empty_queue
+    postfix -c "$CONF" start >/dev/null 2>&1
+    ;;
+  stop)
+    postfix -c "$CONF" stop >/dev/null 2>&1 || true
+    # wait for the master to go, so the next trial can bind the port
+    for _ in $(seq 100); do [ -e "$QUEUE/pid/master.pid" ] && kill -0 "$(cat "$QUEUE/pid/master.pid" | tr -d ' ')" 2>/dev/null || break; sleep 0.1; done
+    empty_queue
+    ;;
+  drained)
+    n=$(find "$QUEUE/maildrop" "$QUEUE/incoming" "$QUEUE/active" "$QUEUE/deferred" -type f 2>/dev/null | wc -l)
+    [ "$n" -eq 0 ]
+    ;;
+  pidfile)
+    echo "$QUEUE/pid/master.pid"
+    ;;
+  *)
+    echo "usage: $0 start PORT SINKPORT | stop | drained | pidfile" >&2; exit 2
+    ;;
+esac
