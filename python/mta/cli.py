@@ -7,7 +7,6 @@ exits 1, a bad config exits 2 naming every bad key.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as _dt
 import json
 import logging

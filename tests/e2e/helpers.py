@@ -17,7 +17,6 @@ import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 
@@ -26,16 +25,6 @@ DEFAULT_MAX_SIZE = 52_428_800
 MiB = 1024 * 1024
 
 
-def _absolutize_pythonpath() -> None:
-    """conftest starts `python -m mta` with cwd=tmp_path: a relative
-    PYTHONPATH (the documented `PYTHONPATH=python`) must survive that."""
-    pp = os.environ.get("PYTHONPATH")
-    if pp:
-        os.environ["PYTHONPATH"] = os.pathsep.join(
-            str(Path(p).resolve()) if p else p for p in pp.split(os.pathsep))
-
-
-_absolutize_pythonpath()
 
 ANY = object()  # "don't check" marker
 

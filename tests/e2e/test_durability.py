@@ -32,16 +32,6 @@ from loadgen import (  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def _absolute_pythonpath(monkeypatch):
-    """The server runs with cwd=tmp_path: make a relative PYTHONPATH (e.g. `python`) absolute."""
-    parts = [str(ROOT / "python")]
-    parts += [os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(dict.fromkeys(parts)))
-    if str(ROOT / "python") not in sys.path:
-        sys.path.insert(0, str(ROOT / "python"))
-
-
 def restart(server_factory, old, **kw):
     """A new server on the old one's spool and port."""
     return server_factory(spool=old.spool, port=old.port, **kw)
