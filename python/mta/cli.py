@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import logging
 import sys
 
 import click
@@ -19,11 +18,9 @@ from mta.errors import ConfigError, MtaError
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s mta[%(process)d]: %(message)s",
-    )
+    from mta import log
+
+    log.setup(level)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

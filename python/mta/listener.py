@@ -13,6 +13,7 @@ import logging
 import signal
 import socket
 
+from mta import log as fastlog
 from mta.config import Config
 from mta.dns import ReverseResolver
 from mta.policy import Networks, RelayPolicy
@@ -97,6 +98,7 @@ class Server:
             await asyncio.sleep(0.01)
         await asyncio.sleep(0)
         self.spool.close()
+        fastlog.flush()
         st = self.spool.spool.stats()
         log.info(
             "spool stats: messages=%d batches=%d syncs=%d bytes=%d failed_batches=%d",

@@ -19,6 +19,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Callable
 
 from mta import _native
+from mta import log as fastlog
 
 if TYPE_CHECKING:
     from mta.listener import Server
@@ -170,10 +171,10 @@ class Session(asyncio.Protocol):
         self._timers.clear()
         self.server.sessions.discard(self)
         self.tx = None
-        log.info(
-            "disconnect from %s[%s] helo=%s commands=%d messages=%d errors=%d time=%.3fs",
-            self.rname or "unknown", self.peer_ip, self.helo or "-", self.commands,
-            self.messages, self.errors, time.monotonic() - self._connected_at,
+        fastlog.info(
+            f"disconnect from {self.rname or 'unknown'}[{self.peer_ip}] helo={self.helo or '-'}"
+            f" commands={self.commands} messages={self.messages} errors={self.errors}"
+            f" time={time.monotonic() - self._connected_at:.3f}s"
         )
 
     def data_received(self, data: bytes) -> None:
@@ -429,10 +430,9 @@ class Session(asyncio.Protocol):
         def stored(error: str | None) -> None:
             if error is None:
                 self.messages += 1
-                log.info(
-                    "queued %s from=<%s> nrcpt=%d size=%d client=%s[%s]",
-                    tx.queue_id, tx.mail.address, len(tx.rcpts), tx.size,
-                    self.rname or "unknown", self.peer_ip,
+                fastlog.info(
+                    f"queued {tx.queue_id} from=<{tx.mail.address}> nrcpt={len(tx.rcpts)}"
+                    f" size={tx.size} client={self.rname or 'unknown'}[{self.peer_ip}]"
                 )
                 line = _line(250, "2.0.0", f"Ok: queued as {tx.queue_id}")
             else:
