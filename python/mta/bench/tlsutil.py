@@ -7,6 +7,7 @@ never verifies: it measures servers, it does not trust them.
 
 from __future__ import annotations
 
+import atexit
 import datetime as _dt
 import os
 import shutil
@@ -56,6 +57,7 @@ def throwaway_certificate(name: str = "sink.bench.test") -> tuple[str, str]:
     global _made
     if _made is None:
         d = tempfile.mkdtemp(prefix="mta-bench-tls-")
+        atexit.register(shutil.rmtree, d, True)
         cert, key = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
         try:
             _with_cryptography(cert, key, name)
