@@ -35,7 +35,8 @@ def main() -> None:
 @click.option("--spool", metavar="DIR", help=f"Spool directory (default {config.DEFAULT_SPOOL_DIR}).")
 @click.option("--hostname", metavar="NAME", help="Our host name in the greeting and Received headers (default: this machine's name).")
 @click.option("--mynetworks", metavar="CIDR[,CIDR...]", help="Clients allowed to relay anywhere; replaces the default 127.0.0.0/8 and ::1.")
-def run(config_file, listen, spool, hostname, mynetworks) -> None:
+@click.option("--workers", type=int, metavar="N", help="Worker processes sharing the port, one spool shard each (default 1).")
+def run(config_file, listen, spool, hostname, mynetworks, workers) -> None:
     """Accept mail over SMTP and make it durable in the spool.
 
     With no options: listens on 127.0.0.1:2525, spools in ./mta-spool, relays
@@ -48,6 +49,8 @@ def run(config_file, listen, spool, hostname, mynetworks) -> None:
         overrides["spool.dir"] = spool
     if hostname:
         overrides["hostname"] = hostname
+    if workers is not None:
+        overrides["workers"] = workers
     if mynetworks is not None:
         overrides["mynetworks"] = [n.strip() for n in mynetworks.split(",") if n.strip()]
     try:
@@ -56,18 +59,17 @@ def run(config_file, listen, spool, hostname, mynetworks) -> None:
         click.echo(f"mta: configuration error:\n{e}", err=True)
         sys.exit(2)
     _setup_logging(cfg.log.level)
-    import uvloop
-
-    from mta.listener import Server
+    from mta import workers
 
     try:
-        uvloop.run(Server(cfg).run())
+        status = workers.run(cfg)
     except MtaError as e:
         click.echo(f"mta: {e}", err=True)
         sys.exit(1)
     except OSError as e:
         click.echo(f"mta: cannot start: {e}", err=True)
         sys.exit(1)
+    sys.exit(status)
 
 
 @main.command("check-config")

@@ -41,8 +41,10 @@ def ehlo_lines(cfg: Config) -> bytes:
 
 
 class Server:
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, shard: int = 0, reuse_port: bool = False):
         self.cfg = cfg
+        self.shard = shard
+        self.reuse_port = reuse_port
         self.policy = RelayPolicy(Networks(cfg.mynetworks), cfg.local_domains, cfg.relay_domains)
         self.rdns = ReverseResolver(cfg.smtp.reverse_dns_timeout, cfg.smtp.reverse_dns)
         banner = f" {cfg.smtp.banner}" if cfg.smtp.banner else ""
@@ -56,7 +58,7 @@ class Server:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self.spool = SpoolService(self.cfg.spool, self.cfg.smtp.max_header_size)
+        self.spool = SpoolService(self.cfg.spool, self.cfg.smtp.max_header_size, self.shard)
         for line in self.spool.recovery_report:
             log.info("spool recovery: %s", line)
         self.spool.attach(loop)
@@ -64,7 +66,7 @@ class Server:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             srv = await loop.create_server(
                 lambda: Session(self), host, port, family=family,
-                reuse_address=True, backlog=1024,
+                reuse_address=True, reuse_port=self.reuse_port or None, backlog=1024,
             )
             self._servers.append(srv)
             shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

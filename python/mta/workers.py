@@ -1,0 +1,120 @@
+"""Process model: `workers` copies of the server share the listening ports
+(SO_REUSEPORT), each owning spool shard N. The main process only supervises:
+it forwards SIGTERM/SIGINT, restarts a worker that dies unexpectedly (the new
+one recovers the shard), and its death takes the workers with it
+(PR_SET_PDEATHSIG), so a SIGKILL leaves no orphan holding a port or a shard.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import sys
+import time
+import traceback
+
+from mta import log as fastlog
+from mta.config import Config
+
+log = logging.getLogger("mta")
+
+_PR_SET_PDEATHSIG = 1
+_RESTART_DELAY = 1.0
+_EARLY_EXIT = 3.0  # a worker that fails this soon after start is a configuration problem
+
+
+def _serve(cfg: Config, shard: int, reuse_port: bool) -> None:
+    import uvloop
+
+    from mta.listener import Server
+
+    uvloop.run(Server(cfg, shard=shard, reuse_port=reuse_port).run())
+
+
+def _die_with_parent(parent: int) -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the parent's SIGTERM still reaches us
+        pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def run(cfg: Config) -> int:
+    """Serve until SIGTERM/SIGINT; the exit status for the process."""
+    if cfg.workers == 1:
+        _serve(cfg, 0, reuse_port=False)
+        return 0
+    return _Supervisor(cfg).run()
+
+
+class _Supervisor:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.children: dict[int, tuple[int, float]] = {}  # pid -> (shard, started)
+        self.stopping = False
+        self.status = 0
+
+    def spawn(self, shard: int) -> None:
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                _die_with_parent(parent)
+                fastlog.setup(self.cfg.log.level)
+                _serve(self.cfg, shard, reuse_port=True)
+            except BaseException as e:  # noqa: BLE001 - the child must never return into the parent's code
+                if not isinstance(e, SystemExit):
+                    traceback.print_exc()
+                    code = 1
+                else:
+                    code = e.code if isinstance(e.code, int) else 1
+            finally:
+                fastlog.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        self.children[pid] = (shard, time.monotonic())
+        log.info("worker %d started (pid %d)", shard, pid)
+
+    def _on_signal(self, signum, _frame) -> None:
+        self.stopping = True
+        for pid in list(self.children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        for shard in range(self.cfg.workers):
+            self.spawn(shard)
+        while self.children:
+            try:
+                pid, wstatus = os.wait()
+            except ChildProcessError:
+                break
+            shard, started = self.children.pop(pid, (None, 0.0))
+            if shard is None:
+                continue
+            code = os.waitstatus_to_exitcode(wstatus)
+            if self.stopping:
+                if code != 0:
+                    self.status = 1
+                continue
+            log.error("worker %d (pid %d) exited with %d", shard, pid, code)
+            if time.monotonic() - started < _EARLY_EXIT:
+                # It could not even start (port taken, shard locked): stop all.
+                self.status = 1
+                self._on_signal(signal.SIGTERM, None)
+                continue
+            time.sleep(_RESTART_DELAY)
+            if not self.stopping:
+                self.spawn(shard)
+        return self.status

@@ -1,0 +1,73 @@
+"""Several worker processes: one port (SO_REUSEPORT), one spool shard each,
+every shard listed by `mta queue list`, and no worker outliving the main
+process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import smtplib
+import time
+
+from conftest import free_port
+
+
+def children_of(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+def test_two_workers_share_the_port_and_the_queue(server_factory):
+    srv = server_factory(args=("--workers", "2"))
+    deadline = time.monotonic() + 10
+    while len(children_of(srv.proc.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = children_of(srv.proc.pid)
+    assert len(workers) == 2
+    for i in range(40):
+        with smtplib.SMTP("127.0.0.1", srv.port, timeout=30) as c:
+            refused = c.sendmail("a@example.test", ["b@example.test"], f"Subject: {i}\r\n\r\nbody {i}\r\n")
+            assert refused == {}
+    shards = sorted(p.name for p in srv.spool.iterdir() if p.is_dir())
+    assert shards == ["0", "1"]
+    listed = srv.queue()
+    assert len(listed) == 40
+    assert len({e["id"] for e in listed}) == 40  # ids unique across shards
+
+    # SIGKILL of the main process takes the workers with it and frees the port.
+    srv.stop(signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while any(os.path.exists(f"/proc/{w}") for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(os.path.exists(f"/proc/{w}") for w in workers)
+
+    again = server_factory(args=("--workers", "2"), spool=srv.spool, port=srv.port)
+    assert len(again.queue()) == 40
+    with smtplib.SMTP("127.0.0.1", again.port, timeout=30) as c:
+        assert c.sendmail("a@example.test", ["b@example.test"], "Subject: after\r\n\r\nx\r\n") == {}
+    assert again.stop() == 0  # SIGTERM: workers stop cleanly, exit 0
+    assert len(again.queue()) == 41
+
+
+def test_worker_that_cannot_start_stops_the_server(server_factory, tmp_path):
+    port = free_port()
+    import socket
+
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", port))
+    blocker.listen()
+    try:
+        srv = server_factory(args=("--workers", "2"), port=port, wait=False)
+        assert srv.proc.wait(30) == 1
+        assert "cannot start" in srv.log() or "Address already in use" in srv.log() or "address already in use" in srv.log().lower()
+    finally:
+        blocker.close()
