@@ -99,8 +99,9 @@ def test_documented_example_is_complete_and_valid(tmp_path):
     assert cfg.smtp.idle_timeout == 300.0 and cfg.smtp.reverse_dns_timeout == 1.5
     # "complete": the example sets every key of the schema.
     data = tomllib.loads(text)
-    set_keys = {f"{t}.{k}" for t, v in data.items() if isinstance(v, dict) for k in v}
-    set_keys |= {k for k, v in data.items() if not isinstance(v, dict)}
+    maps = {"aliases", "virtual", "transport"}  # tables whose keys are data, not schema keys
+    set_keys = {f"{t}.{k}" for t, v in data.items() if isinstance(v, dict) and t not in maps for k in v}
+    set_keys |= {k for k, v in data.items() if not isinstance(v, dict) or k in maps}
     assert set_keys == set(config.schema_keys())
 
 
@@ -320,14 +321,14 @@ def test_zero_size_where_zero_disables(tmp_path):
 
 
 @pytest.mark.parametrize("text, expected", [
-    ("300", 300.0), ("2.5", 2.5), ('"300s"', 300.0), ('"5m"', 300.0), ('"1h"', 3600.0),
+    ("300", 300.0), ("2.5", 2.5), ('"300s"', 300.0), ('"5m"', 300.0), ('"1h"', 3600.0), ('"2d"', 172800.0),
     ('"500ms"', 0.5), ('"10"', 10.0), ('"1.5m"', 90.0),
 ])
 def test_durations(tmp_path, text, expected):
     assert load(write(tmp_path, f"[smtp]\nidle_timeout = {text}")).smtp.idle_timeout == expected
 
 
-@pytest.mark.parametrize("text", ["0", '"0s"', "-1", '"5 minutes"', '"5d"', "nan", "inf", "true"])
+@pytest.mark.parametrize("text", ["0", '"0s"', "-1", '"5 minutes"', '"5w"', "nan", "inf", "true"])
 def test_durations_refused(tmp_path, text):
     (err,) = errors_of(tmp_path, f"[smtp]\nidle_timeout = {text}")
     assert err.startswith("smtp.idle_timeout: expected a positive duration")
@@ -366,3 +367,55 @@ def test_banner_limits(tmp_path):
 def test_choices_are_case_insensitive(tmp_path):
     cfg = load(write(tmp_path, '[log]\nlevel = "DEBUG"\n[smtp]\nbare_lf = "Normalize"'))
     assert (cfg.log.level, cfg.smtp.bare_lf) == ("debug", "normalize")
+
+
+# --- routing and delivery keys ------------------------------------------------
+
+def test_transport_map_and_address_maps(tmp_path):
+    cfg = load(write(tmp_path, """
+local_domains = ["example.com"]
+local_recipients = ["alice", "bob@example.com"]
+[aliases]
+root = "alice@example.com"
+[virtual]
+"sales@example.com" = ["alice@example.com", "carol@example.net"]
+[transport]
+"example.net" = "smarthost [2001:db8::1]:2525 tls=required auth=u:p connections=3 per_connection=7"
+"lists.example.com" = "lmtp unix:/run/lmtp"
+"*" = "discard"
+[delivery]
+relay_to = "smart.example.net:587"
+max_lifetime = "2d"
+"""))
+    spec = cfg.transport["example.net"]
+    assert (spec.kind, spec.host, spec.port, spec.tls, spec.auth, spec.connections, spec.per_connection) == (
+        "smarthost", "2001:db8::1", 2525, "required", ("u", "p"), 3, 7)
+    assert cfg.transport["lists.example.com"].host == "/run/lmtp" and cfg.transport["lists.example.com"].port == 0
+    assert cfg.transport["*"].kind == "discard"
+    assert cfg.aliases == {"root": ("alice@example.com",)}
+    assert cfg.virtual["sales@example.com"] == ("alice@example.com", "carol@example.net")
+    assert cfg.local_recipients == {"alice", "bob@example.com"}
+    assert cfg.delivery.relay_to == "smart.example.net:587" and cfg.delivery.max_lifetime == 172800.0
+
+
+def test_bad_routing_values_are_all_named(tmp_path):
+    errs = errors_of(tmp_path, """
+local_recipients = ["no spaces allowed"]
+[aliases]
+"a@b" = "x@example.com"
+root = "not-an-address"
+[transport]
+"example.net" = "smarthost nowhere"
+"bad domain" = "mx"
+"x.example" = "smarthost h.example:25 tls=sometimes"
+[delivery]
+relay_to = "host-without-port"
+retry_schedule = []
+[dns]
+nameservers = ["dns.example"]
+""")
+    text = "\n".join(errs)
+    for key in ('local_recipients[0]', 'aliases."a@b"', 'aliases."root"', 'transport."example.net"',
+                'transport.bad domain', 'transport."x.example"', "delivery.relay_to",
+                "delivery.retry_schedule", "dns.nameservers[0]"):
+        assert key in text, key

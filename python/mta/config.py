@@ -132,8 +132,8 @@ class Size(Kind):
 
 
 # Durations: a number is seconds; a string is a number plus ms, s, m or h.
-_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h)?")
-_DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?")
+_DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 @dataclass(frozen=True)
@@ -365,6 +365,14 @@ class NetworkList(Kind):
 # field; section() marks a nested table.
 # ---------------------------------------------------------------------------
 
+# Routing and delivery kinds live in their own module (it imports the base
+# kinds above, so this import must stay below them).
+from mta.config_routes import (  # noqa: E402
+    TLS_MODES, AddressList, AddressMap, DurationList, IpList, OptionalHostPort, Transport,
+    TransportMap, parse_transport,
+)
+
+
 def opt(default: Any, kind: Kind, doc: str, *, factory: Callable[[], Any] | None = None,
         shown: str | None = None) -> Any:
     meta = {"kind": kind, "doc": doc, "shown": shown}
@@ -420,6 +428,38 @@ class SmtpConfig:
 
 
 @dataclass(frozen=True)
+class DeliveryConfig:
+    relay_to: str = opt("", OptionalHostPort(),
+                        "Smarthost HOST:PORT for all mail that is not local (the --relay-to flag); "
+                        "empty: MX lookup, or the transport map.")
+    local_transport: Any = opt(parse_transport("maildir ./mta-mail/{domain}/{user}"), Transport(),
+                          "How mail for local domains is delivered unless the transport map says otherwise.")
+    retry_schedule: tuple[float, ...] = opt((60.0, 300.0, 900.0, 1800.0, 3600.0), DurationList(),
+                                            "Delays before the first retries of a deferred recipient.")
+    retry_interval: float = opt(7200.0, Duration(), "Delay between later retries, once the schedule is used up.")
+    retry_jitter: int = opt(10, Int(min=0, unit="percent"),
+                            "Random spread added to each retry delay, in percent, so retries do not come in waves.")
+    max_lifetime: float = opt(5 * 86400.0, Duration(),
+                              "A recipient still deferred this long after arrival is bounced (4.4.7).")
+    max_active: int = opt(1000, Int(unit="messages"),
+                          "Messages being delivered at once; the rest wait in the spool, not in memory.")
+    max_connections: int = opt(20, Int(), "Concurrent connections per destination (per route for smarthosts).")
+    messages_per_connection: int = opt(100, Int(), "Messages sent over one connection before it is closed.")
+    tls: str = opt("opportunistic", Choice(TLS_MODES),
+                   "Outbound STARTTLS: none, opportunistic (unverified if offered), required (verified).")
+    log_file: str = opt("", Text(), "Delivery log (one JSON line per recipient outcome); empty: stderr.")
+    route_hook: str = opt("", Text(), 'A "module:function" called for each recipient; a Route it returns '
+                                      "wins over the transport map.")
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    nameservers: tuple[str, ...] = opt((), IpList(), "Resolvers to ask; empty: the system's (/etc/resolv.conf).")
+    port: int = opt(53, Int(), "The resolvers' port.")
+    timeout: float = opt(5.0, Duration(), "Give up on a DNS query after this long (the mail is deferred).")
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = opt("info", Choice(("debug", "info", "warning", "error")), "Least severe message logged.")
 
@@ -441,7 +481,19 @@ class Config:
     workers: int = opt(1, Int(unit="processes"),
                        "Worker processes sharing the listening ports (SO_REUSEPORT), each with its own "
                        "spool shard `<spool.dir>/<n>/`; they die with the main process.")
+    local_recipients: frozenset[str] = opt(
+        frozenset(), AddressList(),
+        "Recipients that exist in the local domains (addresses, or local parts valid in every local domain); "
+        "others get 550 5.1.1 at RCPT. Empty: every local part is accepted. postmaster, alias and "
+        "virtual keys always count.")
+    aliases: dict = opt(None, AddressMap(), "Local part → addresses, for the local domains.", factory=dict, shown="{}")
+    virtual: dict = opt(None, AddressMap(full_keys=True), "Address → addresses (virtual recipients).",
+                        factory=dict, shown="{}")
+    transport: dict = opt(None, TransportMap(), 'Domain (or "*") → transport; overrides MX and relay_to.',
+                          factory=dict, shown="{}")
     spool: SpoolConfig = section(SpoolConfig)
+    delivery: DeliveryConfig = section(DeliveryConfig)
+    dns: DnsConfig = section(DnsConfig)
     smtp: SmtpConfig = section(SmtpConfig)
     log: LogConfig = section(LogConfig)
 
