@@ -1,0 +1,33 @@
+"""LMTP client (RFC 2033): the SMTP client's code with LHLO and one reply per
+accepted recipient after the data (a mix of delivered, deferred and bounced is normal).
+
+Targets are TCP (`Target(host, ip, port)`) or a unix socket: `Target(path, "unix", 0)`,
+the socket's path in `host`, "unix" in `ip` (so results carry remote_host=path,
+remote_ip="unix"). LMTP has no HELO fallback; TLS is never attempted over a unix
+socket; pooling, limits and timeouts are those of `SmtpDelivery`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+from mta.delivery import OutMessage, RcptResult, Target
+from mta.delivery.smtp import SmtpDelivery, SmtpOptions
+
+__all__ = ["LmtpDelivery", "SmtpOptions", "unix_target"]
+
+
+def unix_target(path: str) -> Target:
+    """The Target for an LMTP server on a unix socket."""
+    return Target(path, "unix", 0)
+
+
+class LmtpDelivery(SmtpDelivery):
+    """`SmtpDelivery` that always speaks LMTP, whatever opts.lmtp says."""
+
+    async def deliver(self, key: str, targets: Sequence[Target], opts: SmtpOptions,
+                      msg: OutMessage) -> list[RcptResult]:
+        if not opts.lmtp:
+            opts = dataclasses.replace(opts, lmtp=True)
+        return await super().deliver(key, targets, opts, msg)
