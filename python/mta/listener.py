@@ -17,6 +17,7 @@ from mta import log as fastlog
 from mta.config import Config
 from mta.dns import ReverseResolver
 from mta.policy import Networks, RelayPolicy
+from mta.routing import Router, load_hook
 from mta.session import Session
 from mta.spool import SpoolService
 
@@ -46,6 +47,7 @@ class Server:
         self.shard = shard
         self.reuse_port = reuse_port
         self.policy = RelayPolicy(Networks(cfg.mynetworks), cfg.local_domains, cfg.relay_domains)
+        self.router = Router(cfg, load_hook(cfg.delivery.route_hook))
         self.rdns = ReverseResolver(cfg.smtp.reverse_dns_timeout, cfg.smtp.reverse_dns)
         banner = f" {cfg.smtp.banner}" if cfg.smtp.banner else ""
         self.greeting = f"220 {cfg.hostname} ESMTP{banner}\r\n".encode()

@@ -40,11 +40,12 @@ class State(enum.IntEnum):
 class Transaction:
     """What RSET forgets: the envelope and the message being received."""
 
-    __slots__ = ("mail", "rcpts", "queue_id", "message", "started", "size")
+    __slots__ = ("mail", "rcpts", "final", "queue_id", "message", "started", "size")
 
     def __init__(self, mail):
         self.mail = mail
-        self.rcpts: list = []
+        self.rcpts: list = []  # as the client gave them
+        self.final: list[tuple] = []  # after alias/virtual expansion: (address, notify, orcpt)
         self.queue_id: str | None = None
         self.message = None
         self.started = time.time()
@@ -306,7 +307,16 @@ class Session(asyncio.Protocol):
         if not verdict.ok:
             self._reply(_line(verdict.code, verdict.enhanced, verdict.text))
             return
+        refusal, final = self.server.router.expand(r.address)
+        if refusal is not None:
+            self._reply(_line(refusal.code, refusal.enhanced, refusal.text))
+            return
         tx.rcpts.append(r)
+        if final == [r.address]:
+            tx.final.append((r.address, r.notify, r.orcpt))
+        else:
+            orcpt = r.orcpt or f"rfc822;{r.address}"
+            tx.final.extend((a, r.notify, orcpt) for a in final)
         if self.state is State.MAIL:
             self.state = State.RCPT
         self._out.append(R_RCPT_OK)
@@ -416,7 +426,7 @@ class Session(asyncio.Protocol):
             msg,
             self._stored_callback(tx),
             sender=m.address,
-            recipients=[(r.address, r.notify, r.orcpt) for r in tx.rcpts],
+            recipients=tx.final,
             body=m.body,
             smtputf8=m.smtputf8,
             ret=m.ret,

@@ -1,0 +1,148 @@
+"""Recipient → transport, and the local address book.
+
+One place decides where a recipient goes: a configured `route_hook` first
+(first non-None wins), then the transport map (exact domain, parent domains,
+"*"), then local delivery for local domains, then `relay_to`, then MX.
+Aliases and virtual maps are expanded at RCPT time, so the spool holds the
+final recipients (each remembers the original in ORCPT) and every one of
+them gets its own delivery state.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any, Awaitable, Callable
+
+from mta.config import Config
+from mta.config_routes import TransportSpec, parse_transport
+from mta.policy import Verdict
+
+MAX_EXPANSION_DEPTH = 10
+MAX_EXPANDED = 1000
+
+UNKNOWN_USER = Verdict(550, "5.1.1", "User unknown in local recipient table")
+EXPANSION_LOOP = Verdict(550, "5.4.6", "Alias expansion loop or too many recipients")
+
+MX = TransportSpec("mx")
+
+
+def split(address: str) -> tuple[str, str]:
+    local, at, domain = address.rpartition("@")
+    if not at:
+        return address, ""
+    return local, domain.lower()
+
+
+def load_hook(spec: str) -> Callable[..., Any] | None:
+    """`module:function` → the callable (imported once, at start-up)."""
+    if not spec:
+        return None
+    module, _, name = spec.partition(":")
+    fn = getattr(importlib.import_module(module), name or "route")
+    if not callable(fn):
+        raise TypeError(f"delivery.route_hook {spec!r} is not callable")
+    return fn
+
+
+class Router:
+    def __init__(self, cfg: Config, hook: Callable[..., Any] | None = None):
+        self.cfg = cfg
+        self.local_domains = cfg.local_domains
+        self.transport = cfg.transport
+        self.aliases = cfg.aliases
+        self.virtual = {k.lower(): v for k, v in cfg.virtual.items()}
+        self.local_recipients = cfg.local_recipients
+        self.hook = hook
+        self.relay = parse_transport(f"smarthost {cfg.delivery.relay_to}") if cfg.delivery.relay_to else None
+
+    # --- the address book (RCPT time) -------------------------------------
+
+    def is_local(self, domain: str) -> bool:
+        return domain.lower() in self.local_domains
+
+    def _known_local(self, address: str) -> bool:
+        local, domain = split(address)
+        local_l = local.lower()
+        if local_l == "postmaster" or address.lower() == "postmaster":
+            return True
+        if not self.local_recipients:
+            return True  # no list configured: every local part exists (Postfix's empty local_recipient_maps)
+        return (local_l in self.local_recipients or f"{local_l}@{domain}" in self.local_recipients
+                or local_l in self.aliases or address.lower() in self.virtual)
+
+    def expand(self, address: str) -> tuple[Verdict | None, list[str]]:
+        """(refusal or None, final recipients). Unknown local users are
+        refused here, at RCPT, so nothing is bounced later to a forged sender."""
+        out: list[str] = []
+        seen: set[str] = set()
+
+        def walk(addr: str, depth: int) -> Verdict | None:
+            key = addr.lower()
+            if depth > MAX_EXPANSION_DEPTH or len(out) > MAX_EXPANDED:
+                return EXPANSION_LOOP
+            if key in seen:
+                return None  # a loop back to an address already expanded: deliver it once
+            seen.add(key)
+            targets = self.virtual.get(key)
+            local, domain = split(addr)
+            if targets is None and (not domain or self.is_local(domain)):
+                targets = self.aliases.get(local.lower())
+                if targets is None and not self._known_local(addr):
+                    return UNKNOWN_USER
+            if targets is None:
+                out.append(addr)
+                return None
+            for t in targets:
+                if t.lower() == key:
+                    out.append(addr)  # "alice: alice, bob" keeps a copy for alice herself
+                    continue
+                refusal = walk(t, depth + 1)
+                if refusal is not None:
+                    return refusal
+            return None
+
+        refusal = walk(address, 0)
+        if refusal is not None:
+            return refusal, []
+        if address.lower() == "postmaster" and [a.lower() for a in out] == ["postmaster"]:
+            domain = sorted(self.local_domains)[0] if self.local_domains else self.cfg.hostname
+            out = [f"postmaster@{domain}"]
+        return None, out
+
+    # --- routing (delivery time) -------------------------------------------
+
+    def lookup(self, domain: str) -> TransportSpec:
+        """The configured transport for a domain (no hook)."""
+        d = domain.lower().rstrip(".")
+        probe = d
+        while probe:
+            spec = self.transport.get(probe)
+            if spec is not None:
+                return spec
+            probe = probe.partition(".")[2]
+        if self.is_local(d):
+            return self.cfg.delivery.local_transport
+        spec = self.transport.get("*")
+        if spec is not None:
+            return spec
+        return self.relay or MX
+
+    async def route(self, address: str, ctx: Any = None) -> TransportSpec:
+        if self.hook is not None:
+            result = self.hook(address, ctx)
+            if inspect.isawaitable(result):
+                result = await result
+            if result is not None:
+                return result if isinstance(result, TransportSpec) else _as_spec(result)
+        return self.lookup(split(address)[1])
+
+
+def _as_spec(value: Any) -> TransportSpec:
+    spec = parse_transport(value) if isinstance(value, str) else None
+    if spec is None:
+        raise ValueError(f"route hook returned {value!r}; expected a TransportSpec or a transport string")
+    return spec
+
+
+RouteHook = Callable[[str, Any], "TransportSpec | str | None | Awaitable[TransportSpec | str | None]"]

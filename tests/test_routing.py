@@ -1,0 +1,108 @@
+"""Routing: transport lookup order, alias/virtual expansion, unknown local users."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from mta import config
+from mta.config_routes import parse_transport
+from mta.routing import Router
+
+
+def router(tmp_path, text: str, hook=None) -> Router:
+    p = tmp_path / "c.toml"
+    p.write_text(text)
+    return Router(config.load(str(p)), hook)
+
+
+BASE = """
+local_domains = ["example.com"]
+local_recipients = ["alice", "bob@example.com"]
+[aliases]
+root = "alice@example.com"
+team = ["alice@example.com", "bob@example.com", "carol@example.net"]
+loop1 = "loop2@example.com"
+loop2 = "loop1@example.com"
+self = ["self@example.com", "alice@example.com"]
+[virtual]
+"sales@example.org" = ["team@example.com"]
+[transport]
+"example.net" = "smarthost [192.0.2.1]:2525"
+"sub.example.org" = "discard"
+"*" = "mx"
+"""
+
+
+def test_lookup_order(tmp_path):
+    r = router(tmp_path, BASE)
+    assert r.lookup("example.net").text() == "smarthost 192.0.2.1:2525"
+    assert r.lookup("deep.sub.example.org").kind == "discard"  # parent domain
+    assert r.lookup("example.com").kind == "maildir"  # local domain → local_transport
+    assert r.lookup("elsewhere.test").kind == "mx"
+
+
+def test_relay_to_is_the_default_for_other_domains(tmp_path):
+    r = router(tmp_path, '[delivery]\nrelay_to = "127.0.0.1:2526"\n')
+    spec = r.lookup("anywhere.test")
+    assert (spec.kind, spec.host, spec.port) == ("smarthost", "127.0.0.1", 2526)
+
+
+def test_expansion(tmp_path):
+    r = router(tmp_path, BASE)
+    assert r.expand("alice@example.com") == (None, ["alice@example.com"])
+    assert r.expand("root@example.com") == (None, ["alice@example.com"])
+    refusal, final = r.expand("team@example.com")
+    assert refusal is None and final == ["alice@example.com", "bob@example.com", "carol@example.net"]
+    # virtual → alias → addresses
+    assert r.expand("sales@example.org")[1] == ["alice@example.com", "bob@example.com", "carol@example.net"]
+    # an alias that includes itself keeps a copy
+    assert r.expand("self@example.com")[1] == ["self@example.com", "alice@example.com"]
+    # non-local addresses pass through untouched
+    assert r.expand("x@remote.test") == (None, ["x@remote.test"])
+
+
+def test_unknown_local_user_refused_with_550_511(tmp_path):
+    r = router(tmp_path, BASE)
+    refusal, final = r.expand("mallory@example.com")
+    assert (refusal.code, refusal.enhanced) == (550, "5.1.1") and final == []
+    # postmaster always exists
+    assert r.expand("postmaster@example.com")[0] is None
+    assert r.expand("Postmaster") == (None, ["postmaster@example.com"])
+
+
+def test_alias_loop_terminates(tmp_path):
+    r = router(tmp_path, BASE)
+    refusal, final = r.expand("loop1@example.com")
+    assert refusal is None or refusal.code == 550
+    assert len(final) <= 2
+
+
+def test_empty_local_recipients_accepts_every_local_part(tmp_path):
+    r = router(tmp_path, 'local_domains = ["example.com"]\n')
+    assert r.expand("anyone@example.com") == (None, ["anyone@example.com"])
+
+
+def test_route_hook_first_non_none_wins(tmp_path):
+    calls = []
+
+    async def hook(address, ctx):
+        calls.append(address)
+        return "discard" if address.startswith("drop") else None
+
+    r = router(tmp_path, BASE, hook)
+    assert asyncio.run(r.route("drop@elsewhere.test")).kind == "discard"
+    assert asyncio.run(r.route("keep@example.net")).kind == "smarthost"
+    assert calls == ["drop@elsewhere.test", "keep@example.net"]
+
+
+def test_route_hook_bad_return_is_an_error(tmp_path):
+    r = router(tmp_path, BASE, lambda a, c: 42)
+    with pytest.raises(ValueError):
+        asyncio.run(r.route("x@y.test"))
+
+
+@pytest.mark.parametrize("text", ["mx", "discard", "smarthost h.example:25", "lmtp unix:/run/x", "maildir /m/{user}"])
+def test_transport_text_round_trips(text):
+    assert parse_transport(text).text() == text
