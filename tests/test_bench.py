@@ -5,9 +5,7 @@ workload. Correctness, not speed; loopback only; every wait is bounded.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import signal
 import smtplib
 import socket
@@ -16,7 +14,6 @@ import sys
 import threading
 import time
 import zlib
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
