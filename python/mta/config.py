@@ -445,6 +445,7 @@ class DeliveryConfig:
                           "Messages being delivered at once; the rest wait in the spool, not in memory.")
     max_connections: int = opt(20, Int(), "Concurrent connections per destination (per route for smarthosts).")
     messages_per_connection: int = opt(100, Int(), "Messages sent over one connection before it is closed.")
+    smtp_port: int = opt(25, Int(), "Port used for deliveries to MX hosts (25; another only for tests or private networks).")
     tls: str = opt("opportunistic", Choice(TLS_MODES),
                    "Outbound STARTTLS: none, opportunistic (unverified if offered), required (verified).")
     log_file: str = opt("", Text(), "Delivery log (one JSON line per recipient outcome); empty: stderr.")

@@ -60,7 +60,7 @@ class Server:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self.spool = SpoolService(self.cfg.spool, self.cfg.smtp.max_header_size, self.shard)
+        self.spool = SpoolService(self.cfg.spool, self.cfg.smtp.max_header_size, self.shard, self.cfg.hostname)
         for line in self.spool.recovery_report:
             log.info("spool recovery: %s", line)
         self.spool.attach(loop)

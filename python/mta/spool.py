@@ -22,8 +22,9 @@ Completion = Callable[[str | None], None]
 class SpoolService:
     """Owns one `_native.Spool` shard for the lifetime of the server."""
 
-    def __init__(self, cfg, max_header_size: int, shard: int = 0):
+    def __init__(self, cfg, max_header_size: int, shard: int = 0, hostname: str = "localhost"):
         self.cfg = cfg
+        self.hostname = hostname
         self.root = cfg.dir
         try:
             self.spool = _native.Spool(
@@ -86,6 +87,59 @@ class SpoolService:
         except Exception as e:  # refused before reaching the writer
             self._pending.pop(token, None)
             done(str(e))
+
+    # --- awaitable forms, for the queue manager ---------------------------
+
+    def _future(self) -> tuple[int, asyncio.Future]:
+        fut = self._loop.create_future()
+        token = self._next_token
+        self._next_token += 1
+
+        def done(error: str | None) -> None:
+            if fut.done():
+                return
+            if error is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(SpoolError(error))
+
+        self._pending[token] = done
+        return token, fut
+
+    def update(self, queue_id: str, changes: list) -> asyncio.Future:
+        """Record recipient states durably: [(index, state, attempts, next_attempt, reply)]."""
+        token, fut = self._future()
+        try:
+            self.spool.update(token, queue_id, changes)
+        except Exception as e:
+            self._pending.pop(token, None)
+            fut.set_exception(e)
+        return fut
+
+    def delete(self, queue_id: str) -> asyncio.Future:
+        token, fut = self._future()
+        try:
+            self.spool.delete(token, queue_id)
+        except Exception as e:
+            self._pending.pop(token, None)
+            fut.set_exception(e)
+        return fut
+
+    async def inject(self, data: bytes, *, sender: str, recipient: str) -> str:
+        """Spool a message we made ourselves (a DSN); its queue id once durable."""
+        qid = self.spool.new_queue_id()
+        message = self.spool.new_message()
+        message.push(data)
+        token, fut = self._future()
+        body = "8BITMIME" if any(b > 127 for b in data) else None
+        try:
+            self.spool.submit(token, qid, message, sender=sender, recipients=[(recipient, None, None)],
+                              body=body, helo=self.hostname, client_ip="127.0.0.1")
+        except Exception as e:
+            self._pending.pop(token, None)
+            raise SpoolError(str(e)) from e
+        await fut
+        return qid
 
     def has_room(self) -> bool:
         """False when free space is below spool.min_free_space (checked at most once a second)."""

@@ -1,0 +1,243 @@
+"""Queue manager: turns spooled recipients into deliveries, retries and bounces.
+
+The spool is the source of truth: this module keeps only a bounded window
+of active messages (`delivery.max_active`) and asks the spool which
+messages are due. Every outcome is a durable state record before the next
+step depends on it: a DSN is spooled before its recipient is recorded
+bounced, and a message is deleted only once all its recipients are final.
+A crash between a peer's 250 and our state record can duplicate that one
+delivery; nothing else is repeated and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from typing import TYPE_CHECKING
+
+from mta import bounce
+from mta.delivery import OutMessage, OutRcpt, RcptResult, Target, results_for
+from mta.delivery.maildir import deliver_maildir_async
+from mta.delivery.smtp import SmtpDelivery, SmtpOptions
+from mta.deliverylog import DeliveryLog
+from mta.dns import MxResolver
+from mta.routing import split
+
+if TYPE_CHECKING:
+    from mta.config_routes import TransportSpec
+    from mta.listener import Server
+
+log = logging.getLogger("mta.queue")
+
+FINAL = ("delivered", "bounced")
+_MAX_SLEEP = 30.0
+
+
+class QueueManager:
+    def __init__(self, server: Server):
+        self.server = server
+        self.cfg = server.cfg
+        self.dcfg = server.cfg.delivery
+        self.spool = server.spool
+        self.router = server.router
+        dns = server.cfg.dns
+        self.resolver = MxResolver(list(dns.nameservers) or None, port=dns.port, timeout=dns.timeout)
+        self.smtp = SmtpDelivery()
+        self.dlog = DeliveryLog(self.dcfg.log_file or None)
+        self.active: set[str] = set()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._stopping = False
+        self._tasks: set[asyncio.Task] = set()
+
+    # --- scheduling -----------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="queue-manager")
+
+    def kick(self) -> None:
+        """New mail or a finished attempt: look at the queue now."""
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            self._schedule()
+            next_due = self.spool.spool.next_due()
+            delay = _MAX_SLEEP if next_due is None else min(max(next_due - time.time(), 0.0), _MAX_SLEEP)
+            if delay > 0:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), delay)
+                except asyncio.TimeoutError:
+                    pass
+            elif not self._wake.is_set() and len(self.active) >= self.dcfg.max_active:
+                await self._wake.wait()  # due work, but the window is full
+            else:
+                await asyncio.sleep(0)
+
+    def _schedule(self) -> None:
+        room = self.dcfg.max_active - len(self.active)
+        if room <= 0:
+            return
+        for qid in self.spool.spool.due(time.time(), room + len(self.active)):
+            if qid in self.active:
+                continue
+            self.active.add(qid)
+            task = asyncio.get_running_loop().create_task(self._attempt(qid))
+            self._tasks.add(task)
+            task.add_done_callback(self._attempt_done(qid))
+            room -= 1
+            if room == 0:
+                break
+
+    def _attempt_done(self, qid: str):
+        def done(task: asyncio.Task) -> None:
+            self._tasks.discard(task)
+            self.active.discard(qid)
+            if not task.cancelled() and task.exception() is not None:
+                log.error("delivery attempt for %s failed: %r", qid, task.exception(),
+                          exc_info=task.exception())
+            self.kick()
+        return done
+
+    async def stop(self, grace: float) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+        await self.smtp.close()
+
+    # --- one attempt for one message ----------------------------------------
+
+    def _delay(self, attempts: int) -> float:
+        sched = self.dcfg.retry_schedule
+        base = sched[attempts - 1] if attempts <= len(sched) else self.dcfg.retry_interval
+        return base * (1 + random.uniform(0, self.dcfg.retry_jitter / 100))
+
+    async def _attempt(self, qid: str) -> None:
+        env = self.spool.spool.get(qid)
+        if env is None or env.held:
+            return
+        data = self.spool.spool.message_bytes(qid)
+        now = time.time()
+        pending = [(i, r) for i, r in enumerate(env.recipients)
+                   if r.state == "queued" or (r.state == "deferred" and (r.next_attempt or 0) <= now)]
+        if data is None or not pending:
+            return
+        rcpts = tuple(OutRcpt(r.address, r.notify, r.orcpt, i) for i, r in pending)
+        msg = OutMessage(qid, env.sender, rcpts, data, env.body, env.smtputf8, env.ret, env.envid, env.arrival)
+        groups: dict[str, tuple[TransportSpec, str, list[OutRcpt]]] = {}
+        results: dict[int, RcptResult] = {}
+        for rc in rcpts:
+            try:
+                spec = await self.router.route(rc.address, env)
+            except Exception as e:  # a broken route hook defers, it does not lose mail
+                log.error("route hook failed for %s: %r", rc.address, e)
+                results[rc.index] = RcptResult(rc.address, 451, "4.3.0", "routing error (route hook failed)")
+                continue
+            domain = split(rc.address)[1]
+            key = f"{spec.text()}|{domain if spec.kind == 'mx' else ''}"
+            groups.setdefault(key, (spec, domain, []))[2].append(rc)
+        outcomes = await asyncio.gather(
+            *(self._deliver(spec, domain, _subset(msg, rs)) for spec, domain, rs in groups.values()),
+            return_exceptions=True,
+        )
+        for (spec, _domain, rs), out in zip(groups.values(), outcomes):
+            if isinstance(out, BaseException):
+                log.error("transport %s failed for %s: %r", spec.text(), qid, out, exc_info=out)
+                out = results_for(_subset(msg, rs), 451, "4.3.0", "internal delivery error")
+            for rc, res in zip(rs, out):
+                results[rc.index] = res
+        await self._record(env, msg, results, now)
+
+    async def _record(self, env, msg: OutMessage, results: dict[int, RcptResult], now: float) -> None:
+        expired = now - env.arrival > self.dcfg.max_lifetime
+        changes, failures = [], []
+        by_index = {rc.index: rc for rc in msg.recipients}
+        for index, res in results.items():
+            rc = by_index[index]
+            attempts = env.recipients[index].attempts + 1
+            status = res.status
+            if status == "deferred" and expired:
+                res = RcptResult(res.address, 550, "4.4.7",
+                                 f"delivery time expired; last error: {res.reply()}",
+                                 res.remote_host, res.remote_ip)
+                status = "bounced"
+            if status == "bounced":
+                failures.append((rc, res))
+                changes.append((index, "bounced", attempts, None, res.reply()))
+            elif status == "delivered":
+                changes.append((index, "delivered", attempts, None, res.reply()))
+            else:
+                changes.append((index, "deferred", attempts, now + self._delay(attempts), res.reply()))
+            self.dlog.record(queue_id=msg.queue_id, recipient=rc.address, status=status, result=res,
+                             attempt=attempts, arrival=env.arrival, now=now)
+        if failures:
+            # The DSN is durable before any recipient is recorded bounced: a
+            # crash in between can repeat the DSN, never lose it.
+            await self._send_dsn(msg, failures)
+        await self.spool.update(msg.queue_id, changes)
+        states = {i: r.state for i, r in enumerate(env.recipients)}
+        states.update({c[0]: c[1] for c in changes})
+        if all(s in FINAL for s in states.values()):
+            await self.spool.delete(msg.queue_id)
+
+    async def _send_dsn(self, msg: OutMessage, failures) -> None:
+        dsn = bounce.make_dsn(msg, failures, reporting_mta=self.cfg.hostname)
+        if dsn is None:
+            if not msg.sender:
+                log.info("dropped bounce for %s: the sender is <> (never bounce a bounce)", msg.queue_id)
+            return
+        qid = await self.spool.inject(dsn, sender="", recipient=msg.sender)
+        log.info("bounce %s for %s to <%s> nrcpt=%d", qid, msg.queue_id, msg.sender, len(failures))
+        self.kick()
+
+    # --- transports ------------------------------------------------------------
+
+    def _options(self, spec: TransportSpec, lmtp: bool = False) -> SmtpOptions:
+        return SmtpOptions(
+            helo=self.cfg.hostname,
+            tls=spec.tls or self.dcfg.tls,
+            auth=spec.auth,
+            max_connections=spec.connections or self.dcfg.max_connections,
+            max_messages_per_connection=spec.per_connection or self.dcfg.messages_per_connection,
+            lmtp=lmtp,
+        )
+
+    async def _deliver(self, spec: TransportSpec, domain: str, msg: OutMessage) -> list[RcptResult]:
+        kind = spec.kind
+        if kind == "discard":
+            return results_for(msg, 250, "2.0.0", "discarded by the transport map")
+        if kind == "maildir":
+            out = []
+            for rc in msg.recipients:
+                local, rdomain = split(rc.address)
+                path = spec.path.format(user=local.lower(), domain=rdomain, address=rc.address.lower())
+                out.append(await deliver_maildir_async(path, msg, rc, self.cfg.hostname))
+            return out
+        if kind == "mx":
+            res = await self.resolver.resolve(domain, self.dcfg.smtp_port)
+            if res.kind != "ok":
+                return results_for(msg, res.code, res.enhanced, res.text)
+            return await self.smtp.deliver(f"mx:{domain}", res.targets, self._options(spec), msg)
+        if kind == "lmtp" and spec.port == 0:
+            targets = [Target(spec.host, "unix", 0)]
+        else:
+            targets = await self.resolver.addresses(spec.host, spec.port)
+            if not targets:
+                return results_for(msg, 451, "4.4.4", f"cannot resolve {spec.host}")
+        return await self.smtp.deliver(f"{kind}:{spec.host}:{spec.port}", targets,
+                                       self._options(spec, lmtp=kind == "lmtp"), msg)
+
+
+def _subset(msg: OutMessage, rcpts: list[OutRcpt]) -> OutMessage:
+    return OutMessage(msg.queue_id, msg.sender, tuple(rcpts), msg.data, msg.body, msg.smtputf8,
+                      msg.ret, msg.envid, msg.arrival)
