@@ -363,3 +363,10 @@ def test_compare_rejects_unknown_keys(tmp_path):
     cfg.write_text('[[system]]\nname = "x"\nport = 1\nstart = "true"\nstrat = "typo"\n')
     r = mta("bench", "compare", "--config", str(cfg))
     assert r.returncode == 2 and "strat" in r.stderr
+
+
+def test_starttls_required_but_not_offered(sink):
+    s = sink("--no-starttls")
+    rep = run_send(s.target, messages=4, sessions=2, workers=1, starttls=True)
+    s.stop()
+    assert rep["messages"] == 0 and rep["errors"] == {"no-starttls": 4}
