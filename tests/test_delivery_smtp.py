@@ -1,0 +1,815 @@
+"""The outbound SMTP client against real peers on loopback: aiosmtpd, our own
+`mta run` (CHUNKING, DSN), `mta bench sink` (STARTTLS), and small scripted servers
+where a behaviour must be forced (pipelining, 421 greetings, silence).
+
+Every test is bounded: the client's timeouts are shortened and each test's
+coroutine runs under a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from aiosmtpd.controller import Controller
+
+from mta.delivery import OutMessage, OutRcpt, Target
+from mta.delivery.smtp import ReplyError, ReplyParser, SmtpDelivery, SmtpOptions, wire_body
+
+DEADLINE = 60.0
+
+
+# ---------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(coro, loop: str = "asyncio"):
+    async def bounded():
+        return await asyncio.wait_for(coro, DEADLINE)
+
+    if loop == "uvloop":
+        import uvloop
+
+        return uvloop.run(bounded())
+    return asyncio.run(bounded())
+
+
+def client(**timeouts) -> SmtpDelivery:
+    d = SmtpDelivery()
+    for name in ("greeting", "helo", "starttls", "auth", "rset", "mail", "rcpt", "data_init",
+                 "data_block", "data_done"):
+        setattr(d, f"{name}_timeout", timeouts.get(name, 10.0))
+    return d
+
+
+def message(*rcpts: str, data: bytes = b"Subject: t\r\n\r\nhello\r\n", sender: str = "from@src.test",
+            **kw) -> OutMessage:
+    return OutMessage("Q1", sender, tuple(OutRcpt(r, index=i) for i, r in enumerate(rcpts)), data, **kw)
+
+
+OPTS = SmtpOptions(helo="client.test", connect_timeout=5.0)
+
+
+class Capture:
+    """aiosmtpd handler that records each transaction; RCPT and DATA replies can be scripted."""
+
+    def __init__(self, rcpt_replies: dict[str, str] | None = None, data_reply: str = "250 2.0.0 Ok",
+                 data_delay: float = 0.0) -> None:
+        self.rcpt_replies = rcpt_replies or {}
+        self.data_reply = data_reply
+        self.data_delay = data_delay
+        self.envelopes: list[dict] = []
+        self.peers: set = set()
+        self.active = self.peak = 0
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        self.peers.add(session.peer)
+        session.host_name = hostname
+        return responses
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        reply = self.rcpt_replies.get(address.split("@")[0])
+        if reply:
+            return reply
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 Ok"
+
+    async def handle_DATA(self, server, session, envelope):
+        self.active += 1
+        self.peak = max(self.peak, self.active)
+        try:
+            if self.data_delay:
+                await asyncio.sleep(self.data_delay)
+        finally:
+            self.active -= 1
+        self.envelopes.append(dict(
+            mail_from=envelope.mail_from, rcpt_tos=list(envelope.rcpt_tos),
+            mail_options=list(envelope.mail_options), rcpt_options=list(envelope.rcpt_options),
+            data=envelope.original_content, tls=session.ssl is not None, peer=session.peer,
+        ))
+        return self.data_reply
+
+
+@contextmanager
+def aiosmtpd_peer(handler, **kw):
+    port = free_port()
+    c = Controller(handler, hostname="127.0.0.1", port=port, **kw)
+    c.start()
+    try:
+        yield port
+    finally:
+        c.stop()
+
+
+def target(port: int, host: str = "mx.test") -> Target:
+    return Target(host, "127.0.0.1", port)
+
+
+class Scripted(asyncio.Protocol):
+    """A minimal ESMTP server that records every chunk it receives. With
+    pipelining it answers nothing before the DATA command (a lock-step client
+    would hang); without, it answers each line as it comes."""
+
+    def __init__(self, log: list, pipelining: bool, drop_at_rset: bool = False) -> None:
+        self.log, self.pipelining, self.drop_at_rset = log, pipelining, drop_at_rset
+        self.buf, self.pending, self.in_data = b"", [], False
+
+    def connection_made(self, t) -> None:
+        self.t = t
+        t.write(b"220 scripted ESMTP\r\n")
+
+    def data_received(self, data: bytes) -> None:
+        self.log.append(data)
+        self.buf += data
+        while True:
+            if self.in_data:
+                end = self.buf.find(b"\r\n.\r\n")
+                if end < 0:
+                    return
+                self.buf = self.buf[end + 5:]
+                self.in_data = False
+                self.t.write(b"250 2.0.0 queued\r\n")
+                continue
+            i = self.buf.find(b"\r\n")
+            if i < 0:
+                return
+            line, self.buf = self.buf[:i], self.buf[i + 2:]
+            verb = line[:4].upper()
+            if verb == b"RSET" and self.drop_at_rset:
+                self.t.close()  # as if the connection had died while idle
+                return
+            if verb == b"EHLO":
+                ext = b"250-PIPELINING\r\n" if self.pipelining else b""
+                self.t.write(b"250-scripted\r\n" + ext + b"250 8BITMIME\r\n")
+            elif verb in (b"MAIL", b"RCPT", b"RSET"):
+                self.pending.append(b"250 2.1.0 Ok\r\n")
+            elif verb == b"DATA":
+                self.pending.append(b"354 go on\r\n")
+                self.in_data = True
+            elif verb == b"QUIT":
+                self.t.write(b"221 bye\r\n")
+                self.t.close()
+                return
+            else:
+                self.pending.append(b"502 5.5.1 what\r\n")
+            if self.pending and (not self.pipelining or verb == b"DATA"):
+                self.t.write(b"".join(self.pending))
+                self.pending.clear()
+
+
+async def scripted_server(log: list, pipelining: bool, drop_at_rset: bool = False):
+    loop = asyncio.get_running_loop()
+    srv = await loop.create_server(lambda: Scripted(log, pipelining, drop_at_rset), "127.0.0.1", 0)
+    return srv, srv.sockets[0].getsockname()[1]
+
+
+class Tap:
+    """A loopback TCP relay in front of a peer: records what the client sent on each
+    connection and how many connections were open at once."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream = upstream_port
+        self.streams: list[bytearray] = []
+        self.active = self.peak = 0
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _handle(self, cr, cw) -> None:
+        rec = bytearray()
+        self.streams.append(rec)
+        self.active += 1
+        self.peak = max(self.peak, self.active)
+        try:
+            ur, uw = await asyncio.open_connection("127.0.0.1", self.upstream)
+
+            async def pump(r, w, record):
+                try:
+                    while data := await r.read(65536):
+                        if record is not None:
+                            record.extend(data)
+                        w.write(data)
+                        await w.drain()
+                finally:
+                    w.close()
+
+            await asyncio.gather(pump(cr, uw, rec), pump(ur, cw, None), return_exceptions=True)
+        finally:
+            self.active -= 1
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def wait_greeting(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"peer exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.settimeout(5)
+                if s.recv(512).startswith(b"220"):
+                    s.sendall(b"QUIT\r\n")
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("peer did not start")
+
+
+@contextmanager
+def mta_process(*args: str):
+    port = free_port()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "mta", *args, "--listen", f"127.0.0.1:{port}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        wait_greeting(port, proc)
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def make_cert(directory: Path, name: str = "mx.test") -> tuple[str, str]:
+    """A self-signed certificate for `name` (also usable as its own trust anchor)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
+def server_tls(cert: str, key: str) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+# ---------------------------------------------------------------------------
+# pure functions
+# ---------------------------------------------------------------------------
+
+
+def test_reply_parser_any_split_and_errors():
+    wire = b"220 mx ESMTP\r\n250-mx\r\n250-SIZE 100\r\n250 8BITMIME\r\n550 5.1.1 no such user\n"
+    whole = ReplyParser().feed(wire)
+    assert [r.code for r in whole] == [220, 250, 550]
+    assert whole[1].lines == ["mx", "SIZE 100", "8BITMIME"]
+    assert whole[2].enhanced == "5.1.1" and whole[2].text == "no such user"
+    assert whole[0].enhanced is None
+    for cut in range(len(wire)):
+        p = ReplyParser()
+        assert p.feed(wire[:cut]) + p.feed(wire[cut:]) == whole
+    for bad in (b"25 x\r\n", b"250-a\r\n251 b\r\n", b"250+a\r\n", b"650 x\r\n"):
+        with pytest.raises(ReplyError):
+            ReplyParser().feed(bad)
+    with pytest.raises(ReplyError):
+        ReplyParser(max_line=16).feed(b"250 " + b"x" * 40)
+    assert ReplyParser().feed(b"451 2.0.0 wrong class\r\n")[0].enhanced is None
+
+
+def test_wire_body_stuffs_and_never_leaves_bare_cr_or_lf():
+    assert wire_body(b".a\r\nb\r\n.\r\n..c\r\n", dot_stuff=True) == b"..a\r\nb\r\n..\r\n...c\r\n.\r\n"
+    assert wire_body(b"a\nb\rc\r\n.d", dot_stuff=True) == b"a\r\nb\r\nc\r\n..d\r\n.\r\n"
+    assert wire_body(b"", dot_stuff=True) == b".\r\n"
+    assert wire_body(b".a\nb", dot_stuff=False) == b".a\r\nb\r\n"
+    out = wire_body(b"x\r\r\ny\n\n\rz", dot_stuff=False)
+    assert out.count(b"\r") == out.count(b"\n") == out.count(b"\r\n")
+
+
+# ---------------------------------------------------------------------------
+# delivery
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_byte_exact_with_dots_and_8bit(loop):
+    data = (b"Received: from x\r\n\tby y; now\r\nSubject: caf\xc3\xa9\r\n\r\n"
+            b".leading dot\r\n..two dots\r\n.\r\nmiddle\r\n\xff\xfe 8-bit \x80\r\nlast line\r\n")
+    h = Capture()
+
+    async def go(port):
+        d = client()
+        res = await d.deliver("k", [target(port)], OPTS, message("a@dst.test", "b@dst.test", data=data,
+                                                                    body="8BITMIME"))
+        await d.close()
+        return res
+
+    with aiosmtpd_peer(h) as port:
+        res = run(go(port), loop)
+    assert [(r.code, r.enhanced, r.status) for r in res] == [(250, "2.0.0", "delivered")] * 2
+    assert res[0].remote_host == "mx.test" and res[0].remote_ip == "127.0.0.1"
+    [env] = h.envelopes
+    assert env["data"] == data
+    assert env["mail_from"] == "from@src.test" and env["rcpt_tos"] == ["a@dst.test", "b@dst.test"]
+    assert "BODY=8BITMIME" in env["mail_options"] and f"SIZE={len(data)}" in env["mail_options"]
+
+
+def test_bare_cr_lf_become_crlf_and_missing_final_crlf_added():
+    h = Capture()
+
+    async def go(port):
+        d = client()
+        res = await d.deliver("k", [target(port)], OPTS,
+                              message("a@dst.test", data=b"Subject: x\n\nbare lf\nbare cr\r.x\r\nend"))
+        await d.close()
+        return res
+
+    with aiosmtpd_peer(h) as port:
+        res = run(go(port))
+    assert res[0].code == 250
+    assert h.envelopes[0]["data"] == b"Subject: x\r\n\r\nbare lf\r\nbare cr\r\n.x\r\nend\r\n"
+
+
+def test_pipelining_sends_mail_rcpt_data_in_one_write():
+    log: list[bytes] = []
+
+    async def go():
+        srv, port = await scripted_server(log, pipelining=True)
+        d = client(mail=3, rcpt=3, data_init=3)
+        res = await d.deliver("k", [target(port)], OPTS, message("a@dst.test", "b@dst.test", "c@dst.test"))
+        await d.close()
+        srv.close()
+        return res
+
+    res = run(go())
+    assert [r.code for r in res] == [250, 250, 250]  # a lock-step client would have timed out
+    batch = next(c for c in log if c.startswith(b"MAIL"))
+    assert batch.count(b"\r\n") == 5 and batch.endswith(b"DATA\r\n")
+    assert batch.count(b"RCPT TO:") == 3
+
+
+def test_lock_step_without_pipelining():
+    log: list[bytes] = []
+
+    async def go():
+        srv, port = await scripted_server(log, pipelining=False)
+        d = client()
+        res = await d.deliver("k", [target(port)], OPTS, message("a@dst.test", "b@dst.test"))
+        await d.close()
+        srv.close()
+        return res
+
+    res = run(go())
+    assert [r.code for r in res] == [250, 250]
+    cmds = log[1:log.index(b"DATA\r\n") + 1]
+    assert [c.split(b":")[0] for c in cmds] == [b"MAIL FROM", b"RCPT TO", b"RCPT TO", b"DATA\r\n"]
+
+
+def test_mixed_per_recipient_replies():
+    h = Capture(rcpt_replies={"busy": "450 4.2.1 mailbox busy", "nobody": "550 5.1.1 no such user"})
+
+    async def go(port):
+        d = client()
+        res = await d.deliver("k", [target(port)], OPTS,
+                              message("ok@dst.test", "busy@dst.test", "nobody@dst.test", "ok2@dst.test"))
+        await d.close()
+        return res
+
+    with aiosmtpd_peer(h) as port:
+        res = run(go(port))
+    assert [(r.address, r.code, r.enhanced, r.status) for r in res] == [
+        ("ok@dst.test", 250, "2.0.0", "delivered"),
+        ("busy@dst.test", 450, "4.2.1", "deferred"),
+        ("nobody@dst.test", 550, "5.1.1", "bounced"),
+        ("ok2@dst.test", 250, "2.0.0", "delivered"),
+    ]
+    assert res[2].text == "no such user"
+    assert h.envelopes[0]["rcpt_tos"] == ["ok@dst.test", "ok2@dst.test"]
+
+
+def test_data_reply_applies_to_accepted_recipients_only():
+    h = Capture(rcpt_replies={"nobody": "550 5.1.1 no such user"}, data_reply="554 5.7.1 spam")
+
+    async def go(port):
+        d = client()
+        res = await d.deliver("k", [target(port)], OPTS, message("a@dst.test", "nobody@dst.test"))
+        await d.close()
+        return res
+
+    with aiosmtpd_peer(h) as port:
+        res = run(go(port))
+    assert [(r.code, r.enhanced, r.text) for r in res] == [(554, "5.7.1", "spam"),
+                                                           (550, "5.1.1", "no such user")]
+
+
+def test_all_recipients_refused_sends_no_data():
+    h = Capture(rcpt_replies={"x": "550 5.1.1 no", "y": "450 4.2.0 later"})
+
+    async def go(port):
+        d = client()
+        res = await d.deliver("k", [target(port)], OPTS, message("x@dst.test", "y@dst.test"))
+        res2 = await d.deliver("k", [target(port)], OPTS, message("ok@dst.test"))  # the connection is still usable
+        await d.close()
+        return res, res2, d.connections_opened
+
+    with aiosmtpd_peer(h) as port:
+        res, res2, opened = run(go(port))
+    assert [r.code for r in res] == [550, 450]
+    assert res2[0].code == 250 and opened == 1
+    assert len(h.envelopes) == 1
+
+
+def test_failover_when_first_target_refuses():
+    h = Capture()
+    closed = free_port()
+
+    async def go(port):
+        d = client()
+        res = await d.deliver("k", [target(closed, "mx1.test"), target(port, "mx2.test")], OPTS,
+                              message("a@dst.test"))
+        await d.close()
+        return res
+
+    with aiosmtpd_peer(h) as port:
+        res = run(go(port))
+    assert res[0].code == 250 and res[0].remote_host == "mx2.test"
+
+
+@pytest.mark.parametrize("greeting", [b"421 4.3.2 too busy\r\n", b"554 5.7.1 go away\r\n", None])
+def test_failover_on_bad_greeting_or_silence(greeting):
+    h = Capture()
+
+    async def bad(r, w):
+        if greeting:
+            w.write(greeting)
+            await w.drain()
+            w.close()
+        else:
+            await r.read()  # never greets
+
+    async def go(port):
+        srv = await asyncio.start_server(bad, "127.0.0.1", 0)
+        first = srv.sockets[0].getsockname()[1]
+        d = client(greeting=0.5)
+        res = await d.deliver("k", [target(first, "mx1.test"), target(port, "mx2.test")], OPTS,
+                              message("a@dst.test"))
+        only_bad = await d.deliver("k2", [target(first, "mx1.test")], OPTS, message("a@dst.test"))
+        await d.close()
+        srv.close()
+        return res, only_bad
+
+    with aiosmtpd_peer(h) as port:
+        res, only_bad = run(go(port))
+    assert res[0].code == 250 and res[0].remote_host == "mx2.test"
+    assert only_bad[0].code == 451 and only_bad[0].status == "deferred"  # even a 554 greeting defers
+
+
+def test_all_targets_down_defers_every_recipient():
+    a, b = free_port(), free_port()
+
+    async def go():
+        d = client()
+        return await d.deliver("k", [target(a, "mx1.test"), target(b, "mx2.test")], OPTS,
+                               message("a@dst.test", "b@dst.test"))
+
+    res = run(go())
+    assert [(r.code, r.enhanced, r.status) for r in res] == [(451, "4.4.1", "deferred")] * 2
+    assert res[0].remote_host == "mx2.test" and res[0].remote_ip == "127.0.0.1"
+    assert "refused" in res[0].text.lower() or "failed" in res[0].text.lower()
+    assert run(client().deliver("k", [], OPTS, message("a@dst.test")))[0].code == 451
+
+
+def test_size_refusal_sends_nothing():
+    h = Capture()
+
+    async def go(port):
+        d = client()
+        return await d.deliver("k", [target(port)], OPTS, message("a@dst.test", "b@dst.test",
+                                                                   data=b"x" * 5000 + b"\r\n"))
+
+    with aiosmtpd_peer(h, data_size_limit=1000) as port:
+        res = run(go(port))
+    assert [(r.code, r.enhanced, r.status) for r in res] == [(552, "5.3.4", "bounced")] * 2
+    assert h.envelopes == [] and h.peers  # connected, never sent
+
+
+def test_smtputf8_needed_but_not_offered_bounces():
+    h = Capture()
+
+    async def go(port):
+        d = client()
+        return await d.deliver("k", [target(port)], OPTS, message("jos\u00e9@dst.test", smtputf8=True))
+
+    with aiosmtpd_peer(h, enable_SMTPUTF8=False) as port:
+        res = run(go(port))
+    assert [(r.code, r.enhanced, r.status) for r in res] == [(550, "5.6.7", "bounced")]
+    assert h.envelopes == []
+
+
+def test_smtputf8_passed_when_offered():
+    h = Capture()
+
+    async def go(port):
+        d = client()
+        res = await d.deliver("k", [target(port)], OPTS,
+                              message("jos\u00e9@dst.test", sender="r\u00e9my@src.test", smtputf8=True,
+                                      data="Subject: \u00e9t\u00e9\r\n\r\nx\r\n".encode()))
+        await d.close()
+        return res
+
+    with aiosmtpd_peer(h, enable_SMTPUTF8=True) as port:
+        res = run(go(port))
+    assert res[0].code == 250
+    env = h.envelopes[0]
+    assert "SMTPUTF8" in env["mail_options"] and env["rcpt_tos"] == ["jos\u00e9@dst.test"]
+    assert env["mail_from"] == "r\u00e9my@src.test"
+
+
+def test_bdat_and_dsn_to_mta_run(tmp_path):
+    spool = tmp_path / "spool"
+    data = b"Subject: chunk\r\n\r\n.dot line stays one dot\r\n\xe2\x82\xac\r\n"
+    msg = OutMessage("Q1", "from@src.test",
+                     (OutRcpt("a@dst.test", notify=("SUCCESS", "FAILURE"), orcpt="rfc822;orig+x@src.test"),
+                      OutRcpt("b@dst.test", notify=("NEVER",))),
+                     data, body="8BITMIME", ret="HDRS", envid="env id=1")
+
+    async def go(port):
+        tap = Tap(port)
+        tport = await tap.start()
+        d = client()
+        res = await d.deliver("k", [target(tport)], OPTS, msg)
+        await d.close()
+        await asyncio.sleep(0.1)
+        tap.close()
+        return res, bytes(tap.streams[0])
+
+    with mta_process("run", "--spool", str(spool), "--hostname", "mx.test") as port:
+        res, sent = run(go(port))
+        assert [r.code for r in res] == [250, 250], res
+        assert b"BDAT " in sent and b"\r\nDATA\r\n" not in sent
+        qid = res[0].text.split()[-1]
+        from mta._native import SpoolReader
+
+        reader = SpoolReader(str(spool))
+        stored = reader.message_bytes(qid)
+        env = reader.get(qid)
+    assert stored.endswith(data) and stored.startswith(b"Received:")
+    assert env.sender == "from@src.test" and env.body == "8BITMIME"
+    assert env.ret == "HDRS" and env.envid == "env id=1"
+    assert [(r.address, r.notify, r.orcpt) for r in env.recipients] == [
+        ("a@dst.test", ("SUCCESS", "FAILURE"), "rfc822;orig+x@src.test"),
+        ("b@dst.test", ("NEVER",), None),
+    ]
+
+
+def test_connection_reuse_and_limits():
+    h = Capture()
+
+    async def go(port):
+        d = client()
+        for _ in range(3):
+            assert (await d.deliver("k", [target(port)], OPTS, message("a@dst.test")))[0].code == 250
+        reused = len(h.peers)
+        one = SmtpOptions(helo="client.test", max_messages_per_connection=1)
+        for _ in range(2):
+            assert (await d.deliver("k1", [target(port)], one, message("a@dst.test")))[0].code == 250
+        after_limit = len(h.peers)
+        short = SmtpOptions(helo="client.test", idle_timeout=0.2)
+        await d.deliver("k2", [target(port)], short, message("a@dst.test"))
+        await asyncio.sleep(0.5)
+        await d.deliver("k2", [target(port)], short, message("a@dst.test"))
+        after_idle = len(h.peers)
+        await d.close()
+        return reused, after_limit, after_idle
+
+    with aiosmtpd_peer(h) as port:
+        reused, after_limit, after_idle = run(go(port))
+    assert reused == 1  # three messages, one connection
+    assert after_limit == reused + 2  # one message per connection
+    assert after_idle == after_limit + 2  # the idle connection expired
+    assert len(h.envelopes) == 7
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_pooled_connection_dead_at_rset_is_replaced(pipelining):
+    log: list[bytes] = []
+
+    async def go():
+        srv, port = await scripted_server(log, pipelining=pipelining, drop_at_rset=True)
+        d = client()
+        r1 = await d.deliver("k", [target(port)], OPTS, message("a@dst.test"))
+        r2 = await d.deliver("k", [target(port)], OPTS, message("b@dst.test"))
+        await d.close()
+        srv.close()
+        return r1, r2, d.connections_opened
+
+    r1, r2, opened = run(go())
+    assert r1[0].code == 250 and r2[0].code == 250
+    assert opened == 2 and any(c.startswith(b"RSET") for c in log)
+
+
+def test_max_connections_respected():
+    h = Capture(data_delay=0.3)
+
+    async def go(port):
+        tap = Tap(port)
+        tport = await tap.start()
+        d = client()
+        opts = SmtpOptions(helo="client.test", max_connections=2)
+        res = await asyncio.gather(*(d.deliver("k", [target(tport)], opts, message(f"u{i}@dst.test"))
+                                     for i in range(6)))
+        await d.close()
+        tap.close()
+        return res, tap.peak, len(tap.streams)
+
+    with aiosmtpd_peer(h) as port:
+        res, peak, conns = run(go(port))
+    assert all(r[0].code == 250 for r in res)
+    assert peak <= 2 and conns == 2 and h.peak == 2
+
+
+def test_starttls_opportunistic_against_bench_sink():
+    async def go(port):
+        tap = Tap(port)
+        tport = await tap.start()
+        d = client()
+        res = await d.deliver("k", [target(tport, "sink.bench.test")], OPTS, message("a@dst.test"))
+        await d.close()
+        tap.close()
+        return res, bytes(tap.streams[0])
+
+    with mta_process("bench", "sink", "--workers", "1", "--quiet") as port:
+        res, sent = run(go(port))
+    assert res[0].code // 100 == 2, res
+    assert b"STARTTLS\r\n" in sent and b"MAIL FROM" not in sent  # the transaction went encrypted
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_starttls_opportunistic_and_required(tmp_path, loop):
+    cert, key = make_cert(tmp_path)
+    h = Capture()
+
+    async def go(port):
+        d = client()
+        opp = await d.deliver("k1", [target(port, "whatever.test")], OPTS, message("a@dst.test"))
+        req = SmtpOptions(helo="client.test", tls="required", ca_file=cert)
+        good = await d.deliver("k2", [target(port, "mx.test")], req, message("b@dst.test"))
+        wrong = await d.deliver("k3", [target(port, "wrong.test")], req, message("c@dst.test"))
+        untrusted = await d.deliver("k4", [target(port, "mx.test")],
+                                    SmtpOptions(helo="client.test", tls="required"), message("d@dst.test"))
+        await d.close()
+        return opp, good, wrong, untrusted
+
+    with aiosmtpd_peer(h, tls_context=server_tls(cert, key)) as port:
+        opp, good, wrong, untrusted = run(go(port), loop)
+    assert opp[0].code == 250 and good[0].code == 250
+    assert [e["tls"] for e in h.envelopes] == [True, True]
+    for res in (wrong, untrusted):
+        assert (res[0].code, res[0].enhanced, res[0].status) == (451, "4.7.5", "deferred"), res
+    assert [e["rcpt_tos"] for e in h.envelopes] == [["a@dst.test"], ["b@dst.test"]]
+
+
+def test_required_tls_without_starttls_defers_and_none_skips_tls():
+    h = Capture()
+
+    async def go(port):
+        d = client()
+        req = await d.deliver("k1", [target(port)], SmtpOptions(helo="c.test", tls="required"),
+                              message("a@dst.test"))
+        plain = await d.deliver("k2", [target(port)], SmtpOptions(helo="c.test", tls="none"),
+                                message("b@dst.test"))
+        await d.close()
+        return req, plain
+
+    with aiosmtpd_peer(h) as port:
+        req, plain = run(go(port))
+    assert (req[0].code, req[0].enhanced) == (451, "4.7.5")
+    assert plain[0].code == 250 and h.envelopes[0]["tls"] is False
+
+
+def test_auth_plain_over_tls_and_never_in_clear(tmp_path):
+    cert, key = make_cert(tmp_path)
+    seen = []
+
+    class Auth:
+        def __call__(self, server, session, envelope, mechanism, auth_data):
+            from aiosmtpd.smtp import AuthResult
+            seen.append((mechanism, auth_data.login, auth_data.password))
+            return AuthResult(success=auth_data.password == b"secret", handled=False)
+
+    h = Capture()
+    kw = dict(authenticator=Auth(), auth_require_tls=True, tls_context=server_tls(cert, key))
+
+    async def go(port):
+        d = client()
+        ok = await d.deliver("k1", [target(port)], SmtpOptions(helo="c.test", auth=("u", "secret")),
+                             message("a@dst.test"))
+        bad = await d.deliver("k2", [target(port)], SmtpOptions(helo="c.test", auth=("u", "nope")),
+                              message("b@dst.test"))
+        await d.close()
+        return ok, bad
+
+    with aiosmtpd_peer(h, **kw) as port:
+        ok, bad = run(go(port))
+    assert ok[0].code == 250
+    assert bad[0].status == "deferred" and bad[0].enhanced.startswith("4.7")
+    assert seen == [("PLAIN", b"u", b"secret"), ("PLAIN", b"u", b"nope")]
+
+    async def clear(port):  # a peer without STARTTLS never sees the credentials
+        d = client()
+        return await d.deliver("k", [target(port)], SmtpOptions(helo="c.test", auth=("u", "secret")),
+                               message("c@dst.test"))
+
+    seen.clear()
+    with aiosmtpd_peer(h, authenticator=Auth(), auth_require_tls=False) as port:
+        res = run(clear(port))
+    assert res[0].status == "deferred" and seen == []
+
+
+def test_helo_fallback_when_ehlo_refused():
+    log = []
+
+    async def handle(r, w):
+        w.write(b"220 old SMTP\r\n")
+        while line := await r.readline():
+            log.append(line)
+            verb = line[:4].upper()
+            if verb == b"EHLO":
+                w.write(b"502 5.5.1 EHLO not implemented\r\n")
+            elif verb == b"DATA":
+                w.write(b"354 go\r\n")
+                while (body := await r.readline()) != b".\r\n":
+                    log.append(body)
+                w.write(b"250 ok\r\n")
+            elif verb == b"QUIT":
+                w.write(b"221 bye\r\n")
+                break
+            else:
+                w.write(b"250 ok\r\n")
+        w.close()
+
+    async def go():
+        srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+        d = client()
+        res = await d.deliver("k", [target(srv.sockets[0].getsockname()[1])], OPTS,
+                              message("a@dst.test", data=b"x\r\n", body="8BITMIME"))
+        await d.close()
+        srv.close()
+        return res
+
+    res = run(go())
+    assert res[0].code == 250
+    assert log[1].startswith(b"HELO client.test")
+    mail = next(x for x in log if x.startswith(b"MAIL"))
+    assert mail == b"MAIL FROM:<from@src.test>\r\n"  # no ESMTP parameters after HELO
+
+
+def test_timeout_mid_transaction_defers():
+    async def handle(r, w):
+        w.write(b"220 slow ESMTP\r\n")
+        await r.readline()
+        w.write(b"250 slow\r\n")
+        await r.readline()  # MAIL: never answered
+        await r.read()
+
+    async def go():
+        srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+        d = client(mail=0.3)
+        res = await d.deliver("k", [target(srv.sockets[0].getsockname()[1])], OPTS,
+                              message("a@dst.test", "b@dst.test"))
+        srv.close()
+        return res
+
+    res = run(go())
+    assert [(r.code, r.enhanced) for r in res] == [(451, "4.4.2")] * 2
+    assert "timed out" in res[0].text
