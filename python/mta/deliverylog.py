@@ -1,0 +1,110 @@
+"""The delivery log: one JSON line per recipient outcome, for operators and
+tools (what became of a recipient, where, when, after how long).
+
+Invariants: a record is one write() of one whole line to a file opened with
+O_APPEND, so lines from several workers sharing the file never interleave;
+nothing here raises into the caller — a failure goes to `logging` (with the
+line, so the record survives on stderr) and delivery carries on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+
+from .delivery import RcptResult
+
+__all__ = ["DeliveryLog", "STATUSES"]
+
+STATUSES = ("delivered", "deferred", "bounced", "expired", "dropped")
+
+log = logging.getLogger(__name__)
+
+
+def rfc3339(t: float) -> str:
+    """UTC with milliseconds: 2024-01-02T03:04:05.678Z."""
+    ms = int(t * 1000)
+    sec, ms = divmod(ms, 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{ms:03d}Z"
+
+
+class DeliveryLog:
+    """Appends records to `path`, or to stderr when `path` is None. If the
+    file cannot be opened, records go to stderr until `reopen()` succeeds."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self._open()
+
+    def _open(self) -> None:
+        if self.path is None:
+            return
+        try:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        except OSError as e:
+            self._fd = None
+            log.error("delivery log %s: cannot open (%s); writing records to stderr", self.path, e)
+
+    def reopen(self) -> None:
+        """Close and open the file again (after rotation, on SIGHUP)."""
+        self.close()
+        self._open()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            try:
+                os.close(fd)
+            except OSError as e:
+                log.error("delivery log %s: close: %s", self.path, e)
+
+    def record(self, *, queue_id: str, recipient: str, status: str, result: RcptResult | None,
+               attempt: int, arrival: float, now: float | None = None) -> None:
+        """Write one line. `status` is one of STATUSES; `result` is the reply
+        that decided it (None when there was none, e.g. expired or dropped)."""
+        try:
+            line = self.format(queue_id=queue_id, recipient=recipient, status=status,
+                               result=result, attempt=attempt, arrival=arrival, now=now)
+        except Exception:  # a bad argument must not stop a delivery
+            log.exception("delivery log: cannot format record for %s %s", queue_id, recipient)
+            return
+        self._write(line)
+
+    @staticmethod
+    def format(*, queue_id: str, recipient: str, status: str, result: RcptResult | None,
+               attempt: int, arrival: float, now: float | None = None) -> str:
+        """The JSON line (with its newline) that `record` writes."""
+        now = time.time() if now is None else now
+        rec = {
+            "time": rfc3339(now),
+            "queue_id": queue_id,
+            "recipient": recipient,
+            "status": status,
+            "remote_host": result.remote_host if result else None,
+            "remote_ip": result.remote_ip if result else None,
+            "reply": result.reply() if result else None,
+            "attempt": attempt,
+            "delay_s": round(max(0.0, now - arrival), 3) if arrival else None,
+        }
+        return json.dumps(rec, ensure_ascii=False, separators=(",", ":")) + "\n"
+
+    def _write(self, line: str) -> None:
+        if self._fd is None:
+            try:
+                # Looked up each time, so a replaced sys.stderr (tests, daemons) is honoured.
+                sys.stderr.write(line)
+                sys.stderr.flush()
+            except Exception as e:
+                log.error("delivery log: stderr: %s: %s", e, line.rstrip("\n"))
+            return
+        data = line.encode("utf-8", "backslashreplace")  # a lone surrogate stays valid JSON
+        try:
+            n = os.write(self._fd, data)
+            if n != len(data):  # only on a full disk or a signal mid-write
+                raise OSError(f"short write ({n} of {len(data)} bytes)")
+        except OSError as e:
+            log.error("delivery log %s: %s: %s", self.path, e, line.rstrip("\n"))

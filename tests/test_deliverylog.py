@@ -1,0 +1,109 @@
+"""The delivery log: exact JSON records, append mode, reopen after rotation,
+stderr by default, and no exception ever reaching the caller."""
+
+import json
+import logging
+import os
+import re
+
+from mta.delivery import RcptResult
+from mta.deliverylog import DeliveryLog, rfc3339
+
+KEYS = {"time", "queue_id", "recipient", "status", "remote_host", "remote_ip", "reply",
+        "attempt", "delay_s"}
+NOW = 1_700_000_000.1234
+OK = RcptResult("r@b.test", 250, "2.0.0", "Ok: queued as X", "mx.b.test", "192.0.2.7")
+
+
+def lines(path):
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(x) for x in f.read().splitlines()]
+
+
+def test_record_keys_and_values(tmp_path):
+    p = tmp_path / "delivery.log"
+    d = DeliveryLog(str(p))
+    d.record(queue_id="Q1", recipient="r@b.test", status="delivered", result=OK, attempt=2,
+             arrival=NOW - 61.5, now=NOW)
+    (rec,) = lines(p)
+    assert set(rec) == KEYS
+    assert rec == {
+        "time": "2023-11-14T22:13:20.123Z", "queue_id": "Q1", "recipient": "r@b.test",
+        "status": "delivered", "remote_host": "mx.b.test", "remote_ip": "192.0.2.7",
+        "reply": "250 2.0.0 Ok: queued as X", "attempt": 2, "delay_s": 61.5,
+    }
+
+
+def test_no_result_and_unicode(tmp_path):
+    p = tmp_path / "d.log"
+    d = DeliveryLog(str(p))
+    d.record(queue_id="Q2", recipient="ü@b.test", status="expired", result=None, attempt=9,
+             arrival=NOW - 5 * 86400, now=NOW)
+    rec = lines(p)[0]
+    assert (rec["remote_host"], rec["remote_ip"], rec["reply"]) == (None, None, None)
+    assert rec["recipient"] == "ü@b.test" and rec["delay_s"] == 432000.0
+    assert "ü".encode() in p.read_bytes()  # readable UTF-8, not \u escapes
+
+
+def test_time_format_now_default():
+    assert rfc3339(0) == "1970-01-01T00:00:00.000Z"
+    assert rfc3339(1.9999) == "1970-01-01T00:00:01.999Z"
+    line = DeliveryLog.format(queue_id="Q", recipient="r", status="deferred", result=None,
+                              attempt=1, arrival=0.0)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", json.loads(line)["time"])
+
+
+def test_appends_and_reopens_after_rotation(tmp_path):
+    p = tmp_path / "d.log"
+    p.write_text('{"old": 1}\n')
+    d = DeliveryLog(str(p))
+    d.record(queue_id="A", recipient="r", status="deferred", result=OK, attempt=1, arrival=NOW, now=NOW)
+    # A second writer on the same file (another worker) appends too.
+    d2 = DeliveryLog(str(p))
+    d2.record(queue_id="B", recipient="r", status="bounced", result=OK, attempt=1, arrival=NOW, now=NOW)
+    # No flush or close needed: each line is on disk (in the page cache) at once.
+    assert [r.get("queue_id", "old") for r in lines(p)] == ["old", "A", "B"]
+    os.rename(p, tmp_path / "d.log.1")
+    d.record(queue_id="C", recipient="r", status="delivered", result=OK, attempt=1, arrival=NOW, now=NOW)
+    d.reopen()
+    d.record(queue_id="D", recipient="r", status="delivered", result=OK, attempt=1, arrival=NOW, now=NOW)
+    assert [r.get("queue_id") for r in lines(tmp_path / "d.log.1")][-1] == "C"
+    assert [r["queue_id"] for r in lines(p)] == ["D"]
+    d.close()
+    d2.close()
+
+
+def test_stderr_default(capsys):
+    d = DeliveryLog(None)
+    d.record(queue_id="Q", recipient="r@b.test", status="dropped", result=None, attempt=1,
+             arrival=NOW, now=NOW)
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.endswith("\n") and err.count("\n") == 1
+    assert json.loads(err)["status"] == "dropped" and json.loads(err)["delay_s"] == 0.0
+
+
+def test_unopenable_path_falls_back_to_stderr(tmp_path, capsys, caplog):
+    f = tmp_path / "file"
+    f.write_text("")
+    with caplog.at_level(logging.ERROR):
+        d = DeliveryLog(str(f / "d.log"))  # parent is a file: ENOTDIR
+        d.record(queue_id="Q", recipient="r", status="delivered", result=OK, attempt=1,
+                 arrival=NOW, now=NOW)
+        d.reopen()  # still failing: no exception
+    assert "cannot open" in caplog.text
+    assert json.loads(capsys.readouterr().err)["queue_id"] == "Q"
+
+
+def test_write_failure_never_raises(tmp_path, caplog):
+    d = DeliveryLog(str(tmp_path / "d.log"))
+    os.close(d._fd)
+    d._fd = os.open(os.devnull, os.O_RDONLY)  # not writable: EBADF on write
+    with caplog.at_level(logging.ERROR):
+        d.record(queue_id="Q9", recipient="r", status="delivered", result=OK, attempt=1,
+                 arrival=NOW, now=NOW)
+        d.record(queue_id="Q9", recipient="r", status="delivered", result=object(), attempt=1,
+                 arrival=NOW, now=NOW)  # a bad argument: logged, not raised
+    assert '"queue_id":"Q9"' in caplog.text  # the record itself survives in the log
+    assert "cannot format" in caplog.text
+    d.close()
