@@ -127,8 +127,10 @@ class Scripted(asyncio.Protocol):
     pipelining it answers nothing before the DATA command (a lock-step client
     would hang); without, it answers each line as it comes."""
 
-    def __init__(self, log: list, pipelining: bool, drop_at_rset: bool = False) -> None:
+    def __init__(self, log: list, pipelining: bool, drop_at_rset: bool = False,
+                 broken_tls: bool = False) -> None:
         self.log, self.pipelining, self.drop_at_rset = log, pipelining, drop_at_rset
+        self.broken_tls = broken_tls  # offer STARTTLS, say 220, then hang up mid-handshake
         self.buf, self.pending, self.in_data = b"", [], False
 
     def connection_made(self, t) -> None:
@@ -157,7 +159,12 @@ class Scripted(asyncio.Protocol):
                 return
             if verb == b"EHLO":
                 ext = b"250-PIPELINING\r\n" if self.pipelining else b""
+                ext += b"250-STARTTLS\r\n" if self.broken_tls else b""
                 self.t.write(b"250-scripted\r\n" + ext + b"250 8BITMIME\r\n")
+            elif verb == b"STAR" and self.broken_tls:
+                self.t.write(b"220 2.0.0 go ahead\r\n")
+                self.t.close()
+                return
             elif verb in (b"MAIL", b"RCPT", b"RSET"):
                 self.pending.append(b"250 2.1.0 Ok\r\n")
             elif verb == b"DATA":
@@ -174,9 +181,10 @@ class Scripted(asyncio.Protocol):
                 self.pending.clear()
 
 
-async def scripted_server(log: list, pipelining: bool, drop_at_rset: bool = False):
+async def scripted_server(log: list, pipelining: bool, drop_at_rset: bool = False, broken_tls: bool = False):
     loop = asyncio.get_running_loop()
-    srv = await loop.create_server(lambda: Scripted(log, pipelining, drop_at_rset), "127.0.0.1", 0)
+    srv = await loop.create_server(lambda: Scripted(log, pipelining, drop_at_rset, broken_tls),
+                                   "127.0.0.1", 0)
     return srv, srv.sockets[0].getsockname()[1]
 
 
@@ -650,6 +658,7 @@ def test_max_connections_respected():
                                      for i in range(6)))
         await d.close()
         tap.close()
+        assert d._sems == {} and d._idle == {}  # nothing kept per destination once idle
         return res, tap.peak, len(tap.streams)
 
     with aiosmtpd_peer(h) as port:
@@ -697,6 +706,25 @@ def test_starttls_opportunistic_and_required(tmp_path, loop):
     for res in (wrong, untrusted):
         assert (res[0].code, res[0].enhanced, res[0].status) == (451, "4.7.5", "deferred"), res
     assert [e["rcpt_tos"] for e in h.envelopes] == [["a@dst.test"], ["b@dst.test"]]
+
+
+def test_opportunistic_tls_failure_falls_back_to_clear():
+    log: list[bytes] = []
+
+    async def go():
+        srv, port = await scripted_server(log, pipelining=True, broken_tls=True)
+        d = client()
+        res = await d.deliver("k", [target(port)], OPTS, message("a@dst.test"))
+        req = await d.deliver("k2", [target(port)], SmtpOptions(helo="c.test", tls="required"),
+                              message("a@dst.test"))
+        await d.close()
+        srv.close()
+        return res, req, d.connections_opened
+
+    res, req, opened = run(go())
+    assert res[0].code == 250 and opened == 3  # TLS attempt, clear retry; then the required attempt
+    assert log.count(b"STARTTLS\r\n") == 2
+    assert (req[0].code, req[0].enhanced) == (451, "4.7.5")
 
 
 def test_required_tls_without_starttls_defers_and_none_skips_tls():

@@ -184,13 +184,13 @@ def xtext(s: str) -> str:
     )
 
 
-def _mail_line(msg: OutMessage, ext: dict[str, str]) -> bytes:
+def _mail_line(msg: OutMessage, ext: dict[str, str], utf8: bool) -> bytes:
     params = []
     if "SIZE" in ext:
         params.append(f"SIZE={len(msg.data)}")
     if msg.body and "8BITMIME" in ext:
         params.append(f"BODY={msg.body}")
-    if msg.smtputf8:
+    if utf8:
         params.append("SMTPUTF8")
     if "DSN" in ext:
         if msg.ret:
@@ -405,7 +405,7 @@ class SmtpDelivery:
     data_done_timeout = 600.0
 
     def __init__(self) -> None:
-        self._sems: dict[str, asyncio.Semaphore] = {}
+        self._sems: dict[str, list] = {}  # key -> [Semaphore, deliveries using or awaiting it]
         self._idle: dict[str, list[_Connection]] = {}
         self._closed = False
         self.connections_opened = 0  # counters for tests and stats
@@ -418,11 +418,17 @@ class SmtpDelivery:
         protocol trouble (those become 4xx results)."""
         if not msg.recipients:
             return []
-        sem = self._sems.get(key)
-        if sem is None:
-            sem = self._sems[key] = asyncio.Semaphore(max(1, opts.max_connections))
-        async with sem:
-            return await self._deliver(key, targets, opts, msg)
+        slot = self._sems.get(key)
+        if slot is None:
+            slot = self._sems[key] = [asyncio.Semaphore(max(1, opts.max_connections)), 0]
+        slot[1] += 1
+        try:
+            async with slot[0]:
+                return await self._deliver(key, targets, opts, msg)
+        finally:
+            slot[1] -= 1
+            if not slot[1]:  # forget idle destinations: the dict stays as small as the active set
+                del self._sems[key]
 
     async def close(self) -> None:
         """QUIT every idle pooled connection; connections in use close when their delivery ends."""
@@ -470,6 +476,8 @@ class SmtpDelivery:
         conns = self._idle.get(key)
         while conns:
             c = conns.pop()
+            if not conns:
+                del self._idle[key]
             if c.idle_timer is not None:
                 c.idle_timer.cancel()
                 c.idle_timer = None
@@ -489,6 +497,8 @@ class SmtpDelivery:
             conn.idle_timer = None
             if conn in conns:
                 conns.remove(conn)
+            if not conns and self._idle.get(key) is conns:
+                del self._idle[key]
             conn.quit()
 
         conn.idle_timer = conn.loop.call_later(opts.idle_timeout, expire)
@@ -620,10 +630,16 @@ class SmtpDelivery:
             return results_for(msg, 552, "5.3.4",
                                f"message size {len(msg.data)} exceeds the limit of {conn.name} ({limit})",
                                host, ip)
-        if "SMTPUTF8" not in ext and (msg.smtputf8 or not _ascii(msg)):
+        utf8 = msg.smtputf8 or not _ascii(msg)
+        if utf8 and "SMTPUTF8" not in ext:
             return results_for(msg, 550, "5.6.7",
                                f"{conn.name} does not support SMTPUTF8, which this message needs",
                                host, ip)
+        try:
+            mail = _mail_line(msg, ext, utf8)
+            rcpt_lines = [_rcpt_line(r, ext) for r in msg.recipients]
+        except ValueError as e:  # never from our own receive path, which refuses such addresses
+            return results_for(msg, 550, "5.1.3", str(e), host, ip)
 
         def result(addr: str, r: Reply) -> RcptResult:
             return RcptResult(addr, r.code, r.enhanced, r.text, host, ip)
@@ -638,8 +654,8 @@ class SmtpDelivery:
         cmds: list[tuple[bytes, float, str]] = []
         if reused:
             cmds.append((b"RSET\r\n", self.rset_timeout, "RSET"))
-        cmds.append((_mail_line(msg, ext), self.mail_timeout, "MAIL FROM"))
-        cmds += [(_rcpt_line(r, ext), self.rcpt_timeout, "RCPT TO") for r in rcpts]
+        cmds.append((mail, self.mail_timeout, "MAIL FROM"))
+        cmds += [(line, self.rcpt_timeout, "RCPT TO") for line in rcpt_lines]
         if not chunking:
             cmds.append((b"DATA\r\n", self.data_init_timeout, "DATA"))
         try:
