@@ -661,7 +661,6 @@ class SmtpDelivery:
         try:
             if pipelining:
                 conn.write(b"".join(c[0] for c in cmds))
-            replies = []
             accepted: list[int] = []
             mail_ok = True
             for i, (line, timeout, what) in enumerate(cmds):
@@ -675,7 +674,6 @@ class SmtpDelivery:
                     if what == "RSET":
                         raise _Stale() from None
                     raise
-                replies.append(r)
                 if what == "RSET":
                     if r.code // 100 != 2:
                         raise _Stale()
@@ -711,10 +709,9 @@ class SmtpDelivery:
                 conn.write(view[off:off + _WRITE_BLOCK])
                 await conn.drain(self.data_block_timeout, "the message")
             if opts.lmtp:
-                for k in list(accepted):
+                for k in accepted:
                     r = await conn.reply(self.data_done_timeout, "the end of data")
                     results[k] = result(rcpts[k].address, r)
-                    accepted.remove(k)
             else:
                 r = await conn.reply(self.data_done_timeout, "the end of data")
                 for k in accepted:
