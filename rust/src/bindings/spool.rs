@@ -1,6 +1,6 @@
 //! Python binding for `crate::spool`: Message, Spool, SpoolReader, Envelope,
 //! Recipient, STATES. Only conversion and GIL release (around open, close and
-//! reading); the format and the writer live in `crate::spool`.
+//! reading); the format, the writer and the due schedule live in `crate::spool`.
 //! CONTRACT used by bindings/smtp.rs: `PyMessage::push(&mut self, &[u8])`
 //! appends body bytes (already unstuffed) to the in-flight message.
 use crate::errors::spool_err;
@@ -9,7 +9,7 @@ use crate::spool::index::Entry;
 use crate::spool::reader::SpoolReader;
 use crate::spool::record::{self, Envelope, Recipient, STATES};
 use crate::spool::writer::FaultKind;
-use crate::spool::{now_us, Config, Spool};
+use crate::spool::{now_us, Change, Config, Error as SpoolErr, Spool};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
@@ -96,8 +96,20 @@ impl PyRecipient {
     fn orcpt(&self) -> Option<&str> {
         self.0.orcpt.as_deref()
     }
+    #[getter]
+    fn attempts(&self) -> u32 {
+        self.0.attempts
+    }
+    #[getter]
+    fn next_attempt(&self) -> Option<f64> {
+        self.0.next_attempt_us.map(us_to_secs)
+    }
+    #[getter]
+    fn last_reply(&self) -> Option<&str> {
+        self.0.last_reply.as_deref()
+    }
     fn __repr__(&self) -> String {
-        format!("Recipient({:?}, {})", self.0.address, STATES[self.0.state as usize])
+        format!("Recipient({:?}, {}, attempts={})", self.0.address, STATES[self.0.state as usize], self.0.attempts)
     }
 }
 
@@ -160,8 +172,31 @@ impl PyEnvelope {
     fn shard(&self) -> u32 {
         self.0.shard
     }
+    #[getter]
+    fn held(&self) -> bool {
+        self.e().held
+    }
     fn __repr__(&self) -> String {
         format!("Envelope({}, <{}>, {} recipient(s), {} octets)", self.e().queue_id, self.e().sender, self.e().recipients.len(), self.0.size)
+    }
+}
+
+fn us_to_secs(us: u64) -> f64 {
+    us as f64 / 1e6
+}
+
+fn secs_to_us(t: f64) -> PyResult<u64> {
+    if !t.is_finite() || t < 0.0 {
+        return Err(PyValueError::new_err(format!("time must be a finite unix time >= 0, not {t}")));
+    }
+    Ok((t * 1e6).round() as u64)
+}
+
+/// Invalid arguments are the caller's bug (ValueError); the rest is SpoolError.
+fn op_err(e: SpoolErr) -> PyErr {
+    match e {
+        SpoolErr::Invalid(m) => PyValueError::new_err(m),
+        e => spool_err(e),
     }
 }
 
@@ -173,13 +208,15 @@ fn envelopes(v: Vec<Entry>) -> Vec<PyEnvelope> {
 pub struct PySpool(Spool);
 
 type RcptArg = (String, Option<Vec<String>>, Option<String>);
+/// (recipient index, state name, attempts, next_attempt unix time, last reply)
+type ChangeArg = (u32, String, u32, Option<f64>, Option<String>);
 
 #[pymethods]
 impl PySpool {
     #[new]
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (root, shard = 0, *, segment_size = 64 * 1024 * 1024, spill_threshold = 1024 * 1024,
-                        max_header_size = 1024 * 1024, sync = true, sync_log = false))]
+                        max_header_size = 1024 * 1024, sync = true, sync_log = false, copy_forward_percent = 25))]
     fn new(
         py: Python<'_>,
         root: PathBuf,
@@ -189,8 +226,12 @@ impl PySpool {
         max_header_size: usize,
         sync: bool,
         sync_log: bool,
+        copy_forward_percent: u64,
     ) -> PyResult<Self> {
-        let cfg = Config { segment_size, spill_threshold, max_header_size, sync, sync_log };
+        if copy_forward_percent > 100 {
+            return Err(PyValueError::new_err("copy_forward_percent must be 0..100"));
+        }
+        let cfg = Config { segment_size, spill_threshold, max_header_size, sync, sync_log, copy_forward_percent };
         py.detach(|| Spool::open(&root, shard, cfg)).map(PySpool).map_err(spool_err)
     }
     #[getter]
@@ -246,10 +287,10 @@ impl PySpool {
                         .map_err(|e| PyValueError::new_err(e.0))?,
                 ),
             };
-            rcpts.push(Recipient { address, notify, orcpt, state: 0 });
+            rcpts.push(Recipient { address, notify, orcpt, ..Default::default() });
         }
         let arrival_us = arrival.map_or_else(now_us, |t| (t * 1e6) as u64);
-        let env = Envelope { queue_id, arrival_us, sender, recipients: rcpts, body, smtputf8, ret, envid, helo, client_ip };
+        let env = Envelope { queue_id, arrival_us, sender, recipients: rcpts, body, smtputf8, ret, envid, helo, client_ip, held: false };
         // Validation is done: only now does the spool take the message.
         let msg = message.borrow_mut().inner.take().ok_or_else(|| spool_err("message was already submitted"))?;
         self.0.submit(token, env, msg).map_err(spool_err)
@@ -271,8 +312,37 @@ impl PySpool {
     fn stats(&self) -> std::collections::HashMap<&'static str, u64> {
         self.0.stats().into_iter().collect()
     }
-    fn list(&self) -> Vec<PyEnvelope> {
-        envelopes(self.0.list())
+    fn list(&self, py: Python<'_>) -> Vec<PyEnvelope> {
+        envelopes(py.detach(|| self.0.list()))
+    }
+    fn update(&self, token: u64, queue_id: &str, changes: Vec<ChangeArg>) -> PyResult<()> {
+        let mut v = Vec::with_capacity(changes.len());
+        for (index, state, attempts, next_attempt, last_reply) in changes {
+            let state = record::state_index(&state)
+                .ok_or_else(|| PyValueError::new_err(format!("state must be one of {STATES:?}, not {state:?}")))?;
+            let next_attempt_us = next_attempt.map(secs_to_us).transpose()?;
+            v.push(Change { index, state, attempts, next_attempt_us, last_reply });
+        }
+        self.0.update(token, queue_id, &v).map_err(op_err)
+    }
+    fn hold(&self, token: u64, queue_id: &str, on: bool) -> PyResult<()> {
+        self.0.hold(token, queue_id, on).map_err(op_err)
+    }
+    fn delete(&self, token: u64, queue_id: &str) -> PyResult<()> {
+        self.0.delete(token, queue_id).map_err(op_err)
+    }
+    fn due(&self, now: f64, limit: usize) -> PyResult<Vec<String>> {
+        Ok(self.0.due(secs_to_us(now)?, limit))
+    }
+    fn next_due(&self) -> Option<f64> {
+        self.0.next_due().map(us_to_secs)
+    }
+    fn get(&self, queue_id: &str) -> Option<PyEnvelope> {
+        self.0.get(queue_id).map(PyEnvelope)
+    }
+    fn message_bytes<'py>(&self, py: Python<'py>, queue_id: &str) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let v = py.detach(|| self.0.message_bytes(queue_id)).map_err(spool_err)?;
+        Ok(v.map(|b| PyBytes::new(py, &b)))
     }
     fn close(&self, py: Python<'_>) {
         py.detach(|| self.0.close())

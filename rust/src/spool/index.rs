@@ -3,7 +3,7 @@
 //! both read the log the same way; acting on damage is the caller's job.
 use super::record::{self, Envelope, Kind};
 use super::segment::{self, SegScan, SEG_HDR};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::path::Path;
 
@@ -20,9 +20,24 @@ pub struct Entry {
     pub envelope: Envelope,
 }
 
-/// Scan every segment of a shard, oldest first in the result. Scanned newest
-/// first, because a SEGMENT_END record limits a segment older than its own.
+/// Scan every segment of a shard, oldest first in the result. A segment
+/// removed by compaction while scanning (readers run beside the writer)
+/// restarts the scan: its live messages were copied forward and synced before
+/// the unlink, possibly into a segment this scan had already passed.
 pub fn scan_shard(shard_dir: &Path) -> io::Result<Vec<SegScan>> {
+    let mut tries = 0;
+    loop {
+        match scan_shard_once(shard_dir)? {
+            Some(v) => return Ok(v),
+            None if tries < 20 => tries += 1,
+            None => return Err(io::Error::other("segments keep disappearing while scanning")),
+        }
+    }
+}
+
+/// Scanned newest first, because a SEGMENT_END record limits a segment older
+/// than its own. None: a segment disappeared meanwhile.
+fn scan_shard_once(shard_dir: &Path) -> io::Result<Option<Vec<SegScan>>> {
     let segs = segment::list_segments(&shard_dir.join("segments"))?;
     let mut limits: HashMap<u64, u64> = HashMap::new();
     let mut out = Vec::with_capacity(segs.len());
@@ -34,7 +49,7 @@ pub fn scan_shard(shard_dir: &Path) -> io::Result<Vec<SegScan>> {
         } else {
             match segment::scan_segment(path, *seq, limit) {
                 Ok(s) => s,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue, // removed meanwhile (reader)
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None), // removed meanwhile (reader)
                 Err(e) => return Err(e),
             }
         };
@@ -47,43 +62,248 @@ pub fn scan_shard(shard_dir: &Path) -> io::Result<Vec<SegScan>> {
         out.push(s);
     }
     out.reverse();
-    Ok(out)
+    Ok(Some(out))
 }
 
-/// Apply the records of `scans` (oldest first) to an index. Lines about
-/// records that passed their CRC but could not be decoded go to `report`.
-pub fn build(shard: u32, scans: &[SegScan], report: &mut Vec<String>) -> HashMap<String, Entry> {
-    let mut ix: HashMap<String, Entry> = HashMap::new();
-    for s in scans {
-        for r in &s.records {
-            let res = match r.kind {
-                Kind::Message => record::decode_envelope(&r.meta).map(|envelope| {
-                    let e = Entry {
-                        shard,
-                        seq: s.seq,
-                        offset: r.offset,
-                        len: r.len,
-                        data_offset: r.data_offset,
-                        size: r.data_len,
-                        envelope,
-                    };
-                    ix.insert(e.envelope.queue_id.clone(), e);
-                }),
-                Kind::State => record::decode_state(&r.meta).map(|(qid, _, changes)| {
-                    if let Some(e) = ix.get_mut(&qid) {
-                        for (i, st) in changes {
-                            if let Some(rc) = e.envelope.recipients.get_mut(i as usize) {
-                                rc.state = st;
-                            }
-                        }
+/// What compaction needs to know about one segment.
+#[derive(Debug, Default, Clone)]
+pub struct SegInfo {
+    /// Valid bytes in the file.
+    pub size: u64,
+    /// Live messages whose current MESSAGE record is here, and their record bytes.
+    pub live: u64,
+    pub live_bytes: u64,
+    /// Queue ids with a MESSAGE record here (live, superseded or deleted).
+    pub msgs: Vec<Box<str>>,
+    /// Queue ids with a STATE (false) or DELETE (true) record here.
+    pub refs: Vec<(Box<str>, bool)>,
+    /// SEGMENT_END records here: (segment, valid length).
+    pub markers: Vec<(u64, u64)>,
+}
+
+/// The in-memory index of one shard: messages, the due schedule, and the
+/// segment bookkeeping compaction uses. Every change goes through the methods
+/// below so the schedule never drifts from the envelopes.
+#[derive(Debug, Default)]
+pub struct Index {
+    pub shard: u32,
+    map: HashMap<String, Entry>,
+    /// (due time in µs, queue id) of every message that is not held and has a
+    /// recipient queued (due at 0) or deferred (due at its next_attempt).
+    by_due: BTreeSet<(u64, String)>,
+    /// (arrival µs, queue id) of the messages of `by_due` due at or before
+    /// `watermark`: `due()` answers oldest arrival first without a scan.
+    ready: BTreeSet<(u64, String)>,
+    watermark: u64,
+    pub segs: BTreeMap<u64, SegInfo>,
+    /// Queue id → segments other than its current one that hold a MESSAGE
+    /// record of it (superseded copies; every copy once deleted). A DELETE
+    /// record matters while any of these segments exists.
+    pub copies: HashMap<String, Vec<u64>>,
+}
+
+/// When a message is next due: None if held or no recipient is waiting.
+pub fn due_key(e: &Envelope) -> Option<u64> {
+    if e.held {
+        return None;
+    }
+    e.recipients
+        .iter()
+        .filter_map(|r| match r.state {
+            record::STATE_QUEUED => Some(0),
+            record::STATE_DEFERRED => Some(r.next_attempt_us.unwrap_or(0)),
+            _ => None,
+        })
+        .min()
+}
+
+impl Index {
+    pub fn new(shard: u32) -> Index {
+        Index { shard, ..Default::default() }
+    }
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+    pub fn get(&self, qid: &str) -> Option<&Entry> {
+        self.map.get(qid)
+    }
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.map.values()
+    }
+    pub fn into_map(self) -> HashMap<String, Entry> {
+        self.map
+    }
+
+    fn unschedule(&mut self, qid: &str) {
+        if let Some(e) = self.map.get(qid) {
+            if let Some(k) = due_key(&e.envelope) {
+                let arrival = e.envelope.arrival_us;
+                self.by_due.remove(&(k, qid.to_string()));
+                if k <= self.watermark {
+                    self.ready.remove(&(arrival, qid.to_string()));
+                }
+            }
+        }
+    }
+    fn schedule(&mut self, qid: &str) {
+        if let Some(e) = self.map.get(qid) {
+            if let Some(k) = due_key(&e.envelope) {
+                self.by_due.insert((k, qid.to_string()));
+                if k <= self.watermark {
+                    self.ready.insert((e.envelope.arrival_us, qid.to_string()));
+                }
+            }
+        }
+    }
+
+    /// Queue ids due at `now_us`, oldest arrival first, at most `limit`.
+    /// Cost: the messages that became due since the last call, plus `limit`.
+    pub fn due(&mut self, now_us: u64, limit: usize) -> Vec<String> {
+        if now_us > self.watermark {
+            let from = (self.watermark + 1, String::new());
+            let newly: Vec<(u64, String)> = self
+                .by_due
+                .range(from..)
+                .take_while(|(k, _)| *k <= now_us)
+                .map(|(_, q)| (self.map[q].envelope.arrival_us, q.clone()))
+                .collect();
+            self.ready.extend(newly);
+            self.watermark = now_us;
+        }
+        let mut out = Vec::with_capacity(limit.min(self.ready.len()));
+        for (_, q) in &self.ready {
+            if out.len() >= limit {
+                break;
+            }
+            // Only when called with an earlier `now` than before.
+            if now_us < self.watermark && !matches!(due_key(&self.map[q].envelope), Some(k) if k <= now_us) {
+                continue;
+            }
+            out.push(q.clone());
+        }
+        out
+    }
+
+    /// Earliest due time of any message that is not held (µs; 0 = due now).
+    pub fn next_due(&self) -> Option<u64> {
+        self.by_due.first().map(|(k, _)| *k)
+    }
+
+    pub fn note_segment(&mut self, seq: u64, size: u64) {
+        self.segs.entry(seq).or_default().size = size;
+    }
+
+    /// A durable MESSAGE record (new, copied forward, or a duplicate found at
+    /// recovery: the newest in log order wins).
+    pub fn insert_message(&mut self, e: Entry) {
+        let qid = e.envelope.queue_id.clone();
+        self.unschedule(&qid);
+        if let Some(old) = self.map.remove(&qid) {
+            if let Some(s) = self.segs.get_mut(&old.seq) {
+                s.live -= 1;
+                s.live_bytes -= old.len;
+            }
+            if old.seq != e.seq {
+                self.copies.entry(qid.clone()).or_default().push(old.seq);
+            }
+        }
+        let s = self.segs.entry(e.seq).or_default();
+        s.live += 1;
+        s.live_bytes += e.len;
+        s.msgs.push(qid.clone().into_boxed_str());
+        self.map.insert(qid.clone(), e);
+        self.schedule(&qid);
+    }
+
+    /// A durable STATE record, in segment `seq`. Unknown ids are ignored
+    /// (deleted meanwhile).
+    pub fn apply_state(&mut self, seq: u64, sc: &record::StateChange) {
+        self.segs.entry(seq).or_default().refs.push((sc.queue_id.clone().into_boxed_str(), false));
+        if !self.map.contains_key(&sc.queue_id) {
+            return;
+        }
+        self.unschedule(&sc.queue_id);
+        let env = &mut self.map.get_mut(&sc.queue_id).unwrap().envelope;
+        for c in &sc.changes {
+            if let Some(r) = env.recipients.get_mut(c.index as usize) {
+                c.apply(r);
+            }
+        }
+        if let Some(h) = sc.hold {
+            env.held = h;
+        }
+        self.schedule(&sc.queue_id);
+    }
+
+    /// A durable DELETE record, in segment `seq`.
+    pub fn apply_delete(&mut self, seq: u64, qid: &str) {
+        self.segs.entry(seq).or_default().refs.push((qid.into(), true));
+        self.unschedule(qid);
+        if let Some(old) = self.map.remove(qid) {
+            if let Some(s) = self.segs.get_mut(&old.seq) {
+                s.live -= 1;
+                s.live_bytes -= old.len;
+            }
+            self.copies.entry(qid.to_string()).or_default().push(old.seq);
+        }
+    }
+
+    /// Segment `seq` is gone from disk.
+    pub fn remove_segment(&mut self, seq: u64) {
+        if let Some(s) = self.segs.remove(&seq) {
+            for q in s.msgs {
+                if let Some(v) = self.copies.get_mut(&*q) {
+                    v.retain(|x| *x != seq);
+                    if v.is_empty() {
+                        self.copies.remove(&*q);
                     }
-                }),
-                Kind::Delete => record::decode_delete(&r.meta).map(|(qid, _)| {
-                    ix.remove(&qid);
-                }),
-                Kind::SegmentEnd => Ok(()),
-            };
-            if let Err(e) = res {
+                }
+            }
+        }
+    }
+
+    /// Whether some segment other than `except` may still hold a MESSAGE
+    /// record of the deleted message `qid` (so its DELETE record must stay).
+    pub fn has_other_copy(&self, qid: &str, except: u64) -> bool {
+        self.copies.get(qid).is_some_and(|v| v.iter().any(|s| *s != except && self.segs.contains_key(s)))
+    }
+
+    /// Apply one valid record found by a scan of segment `seq`.
+    pub fn apply_scanned(&mut self, seq: u64, r: &super::segment::Scanned) -> Result<(), record::FormatError> {
+        match r.kind {
+            Kind::Message => record::decode_envelope(&r.meta).map(|envelope| {
+                self.insert_message(Entry {
+                    shard: self.shard,
+                    seq,
+                    offset: r.offset,
+                    len: r.len,
+                    data_offset: r.data_offset,
+                    size: r.data_len,
+                    envelope,
+                })
+            }),
+            Kind::State => record::decode_state(&r.meta).map(|sc| self.apply_state(seq, &sc)),
+            Kind::Delete => record::decode_delete(&r.meta).map(|(qid, _)| self.apply_delete(seq, &qid)),
+            Kind::SegmentEnd => record::decode_segment_end(&r.meta).map(|m| self.segs.entry(seq).or_default().markers.push(m)),
+        }
+    }
+}
+
+/// Apply the records of `scans` (oldest first) to a new index: MESSAGE,
+/// STATE and DELETE in log order, so the newest record of each message wins.
+/// Lines about records that passed their CRC but could not be decoded go to `report`.
+pub fn build(shard: u32, scans: &[SegScan], report: &mut Vec<String>) -> Index {
+    let mut ix = Index::new(shard);
+    for s in scans {
+        if s.bad_header.is_some() || (s.end == 0 && s.records.is_empty()) {
+            continue; // recovery removes or moves these files
+        }
+        ix.note_segment(s.seq, s.end);
+        for r in &s.records {
+            if let Err(e) = ix.apply_scanned(s.seq, r) {
                 report.push(format!(
                     "segment {} offset {}: undecodable {:?} record ({e}); left in place",
                     s.seq, r.offset, r.kind

@@ -2,7 +2,7 @@
 //! thread. Invariant: a submission completes without error only after its
 //! record is fdatasync'ed; recovery never drops a record silently.
 //!
-//! # On-disk format, FORMAT VERSION 1
+//! # On-disk format, FORMAT VERSION 2
 //!
 //! ```text
 //! <root>/                         0700
@@ -16,6 +16,9 @@
 //!
 //! A segment starts with a 32-byte header, all integers little-endian:
 //! `"MTASPOOL" | version u32 | shard u32 | seq u64 | reserved u32 | crc32 of bytes 0..28`.
+//! New segments say version 2; version 1 segments are still read (their
+//! metas are version 1, see below). A version-1 binary refuses version-2
+//! segments (moves them to corrupt/ and reports it): no silent downgrade.
 //!
 //! Then records, back to back:
 //! ```text
@@ -23,18 +26,45 @@
 //! payload: meta_len u32 | meta | data
 //! crc32 of header (16 bytes) + payload
 //! ```
-//! kinds: 1 MESSAGE (meta = envelope, data = the message bytes exactly as they
-//! will be relayed, our Received header first), 2 STATE (recipient state
-//! changes), 3 DELETE, 4 SEGMENT_END (after a failed batch: "segment S is
-//! valid up to length L"; the bytes past L belong to messages that got 451).
-//! Meta encodings (`record.rs`) start with a version byte (1) and use LEB128
-//! varints; strings are length + UTF-8, optional strings length+1 (0 = absent).
+//! Meta encodings (`record.rs`) start with a version byte (2 now; 1 in format
+//! v1) and use LEB128 varints; strings are length + UTF-8, optional strings
+//! and optional numbers are value+1 (0 = absent). Kinds:
 //!
-//! The index (queue id → segment, offset, envelope) lives in memory and is
-//! rebuilt at open by scanning every segment (`index.rs`). After recovery new
-//! records always go to a fresh segment, never after a possibly torn tail.
-//! Not yet done: deleting segments with no live message and copying forward
-//! the few long-lived ones (compaction), which comes with the queue manager.
+//! - 1 MESSAGE: meta = envelope, data = the message bytes exactly as they
+//!   will be relayed, our Received header first. Envelope:
+//!   `ver | queue_id str | arrival_us | smtputf8 u8 | sender str | body opt |
+//!   ret opt | envid opt | helo str | client_ip str | n | n × recipient | held u8`,
+//!   recipient = `address str | notify u8 (0 absent, else mask|0x80) | orcpt opt |
+//!   state u8 | attempts | next_attempt_us optnum | last_reply opt`.
+//!   (v1: no attempts/next_attempt/last_reply, no held byte.)
+//!   A later MESSAGE record with the same queue id supersedes an earlier one:
+//!   compaction copies a live message forward with its current state.
+//! - 2 STATE: `ver 2 | queue_id str | time_us | hold u8 (0 unchanged, 1 held,
+//!   2 released) | n | n × (index | state u8 | attempts | next_attempt_us optnum |
+//!   last_reply opt)`. Each change is the recipient's whole state, not a delta.
+//!   States: 0 queued, 1 delivered, 2 deferred, 3 bounced.
+//! - 3 DELETE: `ver | queue_id str | time_us`: every copy of the message is gone.
+//! - 4 SEGMENT_END: `ver | seq | len` (after a failed batch: "segment S is
+//!   valid up to length L"; the bytes past L belong to messages that got 451).
+//!
+//! Recovery replays every record in log order (segments by sequence number,
+//! records by offset), so a restart resumes exactly where the writer was.
+//!
+//! The index (queue id → segment, offset, envelope, plus the due schedule)
+//! lives in memory and is rebuilt at open by scanning every segment
+//! (`index.rs`). After recovery new records always go to a fresh segment,
+//! never after a possibly torn tail.
+//!
+//! Compaction (writer thread, between batches, bounded steps): a sealed
+//! segment with no live message is deleted; one whose live messages fill
+//! less than `copy_forward_percent` of it first has them copied forward
+//! (current state in a fresh MESSAGE record). Before unlinking a segment the
+//! writer rewrites, in the current segment, whatever of it still matters: a
+//! state snapshot (STATE with every recipient and the hold flag) for a live
+//! message whose MESSAGE record is older, a DELETE whose message still has a
+//! copy in another segment, a SEGMENT_END whose segment still exists. Order:
+//! write, fdatasync, then unlink; a crash in between leaves duplicates that
+//! replay resolves (the newest MESSAGE record wins).
 
 pub mod incoming;
 pub mod index;
@@ -47,17 +77,20 @@ pub mod writer;
 mod tests;
 
 use incoming::Incoming;
+use incoming::Sealed;
 use index::Entry;
-use record::{Envelope, Kind};
+use record::{Envelope, Kind, RcptChange, StateChange};
 use std::fs::OpenOptions;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use writer::{FaultKind, Job, Shared, Writer};
+use writer::{FaultKind, Job, Op, Shared, Writer};
 
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
+/// Segment versions this code reads.
+pub const READ_VERSIONS: [u32; 2] = [1, 2];
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -80,12 +113,32 @@ pub struct Config {
     pub sync: bool,
     /// Append "<segment> <length>" to <shard>/synced.log after each sync (tests).
     pub sync_log: bool,
+    /// Copy a sealed segment's live messages forward when they fill less than
+    /// this percentage of it (0: never copy; empty segments are still deleted).
+    pub copy_forward_percent: u64,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { segment_size: 64 << 20, spill_threshold: 1 << 20, max_header_size: 1 << 20, sync: true, sync_log: false }
+        Config {
+            segment_size: 64 << 20,
+            spill_threshold: 1 << 20,
+            max_header_size: 1 << 20,
+            sync: true,
+            sync_log: false,
+            copy_forward_percent: writer::COPY_FORWARD_PERCENT,
+        }
     }
+}
+
+/// A recipient change asked for by the queue manager.
+#[derive(Clone, Debug)]
+pub struct Change {
+    pub index: u32,
+    pub state: u8,
+    pub attempts: u32,
+    pub next_attempt_us: Option<u64>,
+    pub last_reply: Option<String>,
 }
 
 /// One shard, owned by this process, with its writer thread.
@@ -128,7 +181,7 @@ impl Spool {
             None
         };
         // Queue ids stay unique after a restart even if the clock went back.
-        let last_us = rec.index.keys().filter_map(|q| queue_id_micros(q)).max().unwrap_or(0);
+        let last_us = rec.index.entries().filter_map(|e| queue_id_micros(&e.envelope.queue_id)).max().unwrap_or(0);
         let shared = Arc::new(Shared {
             queue: Mutex::new(Default::default()),
             cv: Condvar::new(),
@@ -137,8 +190,9 @@ impl Spool {
             fault: Mutex::new(None),
             stats: Default::default(),
             index: Mutex::new(rec.index),
+            no_unlink: Default::default(),
         });
-        let w = Writer::new(shared.clone(), shard, dir.clone(), cfg.segment_size, cfg.sync, sync_log, rec.next_seq);
+        let w = Writer::new(shared.clone(), shard, dir.clone(), cfg.segment_size, cfg.sync, sync_log, rec.next_seq, cfg.copy_forward_percent);
         let thread = std::thread::Builder::new()
             .name(format!("spool-writer-{shard}"))
             .spawn(move || w.run())
@@ -193,7 +247,77 @@ impl Spool {
                 return Ok(());
             }
         };
-        self.enqueue(Job { token, kind: Kind::Message, meta, data, envelope: Some(envelope) })
+        self.enqueue(Job { token, kind: Kind::Message, meta, data, op: Op::Message(envelope) })
+    }
+
+    /// Record recipient outcomes of a durable message (a STATE record, applied
+    /// to the index once synced; completion like submit). Invalid: unknown
+    /// queue id, recipient index out of range, state out of range.
+    pub fn update(&self, token: u64, queue_id: &str, changes: &[Change]) -> Result<(), Error> {
+        let sc = {
+            let ix = self.shared.index.lock().unwrap();
+            let e = ix.get(queue_id).ok_or_else(|| Error::Invalid(format!("unknown queue id {queue_id:?}")))?;
+            let n = e.envelope.recipients.len();
+            let mut v = Vec::with_capacity(changes.len());
+            for c in changes {
+                if c.index as usize >= n {
+                    return Err(Error::Invalid(format!("{queue_id}: recipient index {} out of range (0..{n})", c.index)));
+                }
+                if c.state as usize >= record::STATES.len() {
+                    return Err(Error::Invalid(format!("bad state {}", c.state)));
+                }
+                v.push(RcptChange {
+                    index: c.index,
+                    state: c.state,
+                    attempts: c.attempts,
+                    next_attempt_us: c.next_attempt_us,
+                    last_reply: c.last_reply.clone(),
+                });
+            }
+            StateChange { queue_id: queue_id.to_string(), time_us: now_us(), hold: None, changes: v }
+        };
+        self.enqueue_state(token, sc)
+    }
+
+    /// Hold (never due) or release a durable message: a STATE record with the hold flag.
+    pub fn hold(&self, token: u64, queue_id: &str, on: bool) -> Result<(), Error> {
+        self.check_known(queue_id)?;
+        self.enqueue_state(token, StateChange { queue_id: queue_id.to_string(), time_us: now_us(), hold: Some(on), changes: Vec::new() })
+    }
+
+    /// Remove a durable message (a DELETE record; it leaves the index once synced).
+    pub fn delete(&self, token: u64, queue_id: &str) -> Result<(), Error> {
+        self.check_known(queue_id)?;
+        let meta = record::encode_delete(queue_id, now_us());
+        self.enqueue(Job { token, kind: Kind::Delete, meta, data: Sealed::from_bytes(Vec::new()), op: Op::Delete(queue_id.to_string()) })
+    }
+
+    fn check_known(&self, queue_id: &str) -> Result<(), Error> {
+        match self.shared.index.lock().unwrap().get(queue_id) {
+            Some(_) => Ok(()),
+            None => Err(Error::Invalid(format!("unknown queue id {queue_id:?}"))),
+        }
+    }
+
+    fn enqueue_state(&self, token: u64, sc: StateChange) -> Result<(), Error> {
+        let meta = record::encode_state(&sc);
+        self.enqueue(Job { token, kind: Kind::State, meta, data: Sealed::from_bytes(Vec::new()), op: Op::State(sc) })
+    }
+
+    /// Queue ids due at `now_us` (not held; a recipient queued, or deferred
+    /// with next_attempt <= now), oldest arrival first, at most `limit`.
+    pub fn due(&self, now_us: u64, limit: usize) -> Vec<String> {
+        self.shared.index.lock().unwrap().due(now_us, limit)
+    }
+
+    /// Earliest due time (µs) of any message that is not held; 0 = due now.
+    pub fn next_due(&self) -> Option<u64> {
+        self.shared.index.lock().unwrap().next_due()
+    }
+
+    /// Tests: compaction skips the unlink (as if it crashed right before it).
+    pub fn set_no_unlink(&self, on: bool) {
+        self.shared.no_unlink.store(on, Relaxed);
     }
 
     fn enqueue(&self, job: Job) -> Result<(), Error> {
@@ -235,22 +359,33 @@ impl Spool {
             ("bytes", s.bytes.load(Relaxed)),
             ("segments", s.segments.load(Relaxed)),
             ("failed_batches", s.failed_batches.load(Relaxed)),
+            ("segments_deleted", s.segments_deleted.load(Relaxed)),
+            ("messages_copied", s.messages_copied.load(Relaxed)),
+            ("queued_messages", self.shared.index.lock().unwrap().len() as u64),
         ]
     }
 
     /// Durable messages of this shard, by arrival.
     pub fn list(&self) -> Vec<Entry> {
-        index::sorted(self.shared.index.lock().unwrap().values().cloned().collect())
+        index::sorted(self.shared.index.lock().unwrap().entries().cloned().collect())
     }
 
     pub fn get(&self, queue_id: &str) -> Option<Entry> {
         self.shared.index.lock().unwrap().get(queue_id).cloned()
     }
 
+    /// The stored bytes (pread of the segment; safe while the writer appends).
+    /// Compaction may move the message and unlink its old segment between the
+    /// index lookup and the open: then look it up again.
     pub fn message_bytes(&self, queue_id: &str) -> Result<Option<Vec<u8>>, Error> {
-        match self.get(queue_id) {
-            None => Ok(None),
-            Some(e) => index::read_message(&self.dir, &e).map(Some).map_err(|e| Error::Io(format!("read {queue_id}"), e)),
+        let mut tries = 0;
+        loop {
+            let Some(e) = self.get(queue_id) else { return Ok(None) };
+            match index::read_message(&self.dir, &e) {
+                Ok(b) => return Ok(Some(b)),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound && tries < 10 => tries += 1,
+                Err(err) => return Err(Error::Io(format!("read {queue_id}"), err)),
+            }
         }
     }
 

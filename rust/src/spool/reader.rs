@@ -1,6 +1,8 @@
 //! Read-only view of every shard under a root: takes no lock, writes nothing,
 //! and ignores damage (a torn tail is normal while a writer is appending).
 //! It may list a record that was written but not yet synced (never acknowledged).
+//! STATE and DELETE records are applied as at recovery: listings show current
+//! recipient states, and deleted messages are gone.
 use super::index::{self, Entry};
 use std::collections::HashMap;
 use std::io;
@@ -37,7 +39,7 @@ impl SpoolReader {
         let mut all = HashMap::new();
         for shard in self.shards()? {
             let scans = index::scan_shard(&self.root.join(shard.to_string()))?;
-            all.extend(index::build(shard, &scans, &mut Vec::new()));
+            all.extend(index::build(shard, &scans, &mut Vec::new()).into_map());
         }
         Ok(all)
     }

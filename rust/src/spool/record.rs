@@ -13,10 +13,11 @@ pub const REC_TRAILER: usize = 4;
 pub const MAX_PAYLOAD: u64 = u32::MAX as u64;
 /// Upper bound on the meta part (envelope) of a payload: bounds recovery memory.
 pub const MAX_META: usize = 16 * 1024 * 1024;
-const META_VERSION: u8 = 1;
+/// Meta encoding written now. Version 1 (format v1 MESSAGE records) is still
+/// read: its recipients have no attempts/next_attempt/last_reply and no hold flag.
+const META_VERSION: u8 = 2;
 
-/// Record kinds. STATE and DELETE are defined for the queue manager to come;
-/// recovery already applies them to the index.
+/// Record kinds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Message = 1,
@@ -71,13 +72,28 @@ pub fn notify_names(mask: u8) -> Vec<&'static str> {
     (0..4).filter(|i| mask & (1 << i) != 0).map(|i| NOTIFY_NAMES[i]).collect()
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Recipient {
     pub address: String,
     pub notify: Option<u8>,
     pub orcpt: Option<String>,
     /// Index into STATES.
     pub state: u8,
+    /// Delivery attempts so far.
+    pub attempts: u32,
+    /// Unix time in microseconds of the next attempt (deferred recipients).
+    pub next_attempt_us: Option<u64>,
+    /// The last reply (or local error) text.
+    pub last_reply: Option<String>,
+}
+
+pub const STATE_QUEUED: u8 = 0;
+pub const STATE_DELIVERED: u8 = 1;
+pub const STATE_DEFERRED: u8 = 2;
+pub const STATE_BOUNCED: u8 = 3;
+
+pub fn state_index(name: &str) -> Option<u8> {
+    STATES.iter().position(|s| *s == name).map(|i| i as u8)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -92,6 +108,8 @@ pub struct Envelope {
     pub envid: Option<String>,
     pub helo: String,
     pub client_ip: String,
+    /// Message-level hold: never due while set.
+    pub held: bool,
 }
 
 // ---- primitive encoding: LEB128 varints; strings as len+bytes; Option as len+1 (0 = None)
@@ -108,6 +126,10 @@ impl W {
     fn str(&mut self, s: &str) {
         self.varint(s.len() as u64);
         self.0.extend_from_slice(s.as_bytes());
+    }
+    /// Optional number: 0 = absent, else v + 1.
+    fn opt_num(&mut self, v: Option<u64>) {
+        self.varint(v.map_or(0, |v| v + 1));
     }
     fn opt(&mut self, s: &Option<String>) {
         match s {
@@ -161,11 +183,27 @@ impl R<'_> {
             }
         }
     }
-    fn version(&mut self) -> Result<(), FormatError> {
+    fn opt_num(&mut self) -> Result<Option<u64>, FormatError> {
+        Ok(self.varint()?.checked_sub(1))
+    }
+    /// The meta version byte: 1 or 2.
+    fn version(&mut self) -> Result<u8, FormatError> {
+        match self.u8()? {
+            v @ (1 | META_VERSION) => Ok(v),
+            v => Err(FormatError(format!("unknown meta version {v}"))),
+        }
+    }
+    fn version2(&mut self) -> Result<(), FormatError> {
         match self.u8()? {
             META_VERSION => Ok(()),
             v => Err(FormatError(format!("unknown meta version {v}"))),
         }
+    }
+    fn done(&self) -> Result<(), FormatError> {
+        if self.1 != self.0.len() {
+            return ferr("trailing bytes in meta");
+        }
+        Ok(())
     }
 }
 
@@ -189,13 +227,17 @@ pub fn encode_envelope(e: &Envelope) -> Vec<u8> {
         w.0.push(r.notify.map_or(0, |m| m | 0x80));
         w.opt(&r.orcpt);
         w.0.push(r.state);
+        w.varint(r.attempts as u64);
+        w.opt_num(r.next_attempt_us);
+        w.opt(&r.last_reply);
     }
+    w.0.push(e.held as u8);
     w.0
 }
 
 pub fn decode_envelope(b: &[u8]) -> Result<Envelope, FormatError> {
     let mut r = R(b, 0);
-    r.version()?;
+    let v = r.version()?;
     let mut e = Envelope {
         queue_id: r.str()?,
         arrival_us: r.varint()?,
@@ -207,6 +249,7 @@ pub fn decode_envelope(b: &[u8]) -> Result<Envelope, FormatError> {
         helo: r.str()?,
         client_ip: r.str()?,
         recipients: Vec::new(),
+        held: false,
     };
     let n = r.varint()?;
     for _ in 0..n {
@@ -218,36 +261,98 @@ pub fn decode_envelope(b: &[u8]) -> Result<Envelope, FormatError> {
         if state as usize >= STATES.len() {
             return ferr("bad recipient state");
         }
-        e.recipients.push(Recipient { address, notify, orcpt, state });
+        let mut rc = Recipient { address, notify, orcpt, state, ..Default::default() };
+        if v >= 2 {
+            rc.attempts = u32::try_from(r.varint()?).map_err(|_| FormatError("attempts overflow".into()))?;
+            rc.next_attempt_us = r.opt_num()?;
+            rc.last_reply = r.opt()?;
+        }
+        e.recipients.push(rc);
     }
+    if v >= 2 {
+        e.held = r.u8()? & 1 != 0;
+    }
+    r.done()?;
     Ok(e)
 }
 
-/// STATE meta: recipient indexes of `queue_id` that changed state at `time_us`.
-pub fn encode_state(queue_id: &str, time_us: u64, changes: &[(u32, u8)]) -> Vec<u8> {
+/// One recipient's new state in a STATE record: everything about it, so the
+/// newest record for a recipient is its whole truth.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RcptChange {
+    pub index: u32,
+    pub state: u8,
+    pub attempts: u32,
+    pub next_attempt_us: Option<u64>,
+    pub last_reply: Option<String>,
+}
+
+impl RcptChange {
+    pub fn apply(&self, r: &mut Recipient) {
+        r.state = self.state;
+        r.attempts = self.attempts;
+        r.next_attempt_us = self.next_attempt_us;
+        r.last_reply = self.last_reply.clone();
+    }
+    pub fn of(index: u32, r: &Recipient) -> RcptChange {
+        RcptChange { index, state: r.state, attempts: r.attempts, next_attempt_us: r.next_attempt_us, last_reply: r.last_reply.clone() }
+    }
+}
+
+/// A decoded STATE record.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StateChange {
+    pub queue_id: String,
+    pub time_us: u64,
+    /// None: hold unchanged; Some(on): message hold set or cleared.
+    pub hold: Option<bool>,
+    pub changes: Vec<RcptChange>,
+}
+
+/// STATE meta (v2): `queue_id`'s recipients `changes` and/or its hold flag, at `time_us`.
+pub fn encode_state(s: &StateChange) -> Vec<u8> {
     let mut w = W(vec![META_VERSION]);
-    w.str(queue_id);
-    w.varint(time_us);
-    w.varint(changes.len() as u64);
-    for &(i, s) in changes {
-        w.varint(i as u64);
-        w.0.push(s);
+    w.str(&s.queue_id);
+    w.varint(s.time_us);
+    w.0.push(match s.hold {
+        None => 0,
+        Some(true) => 1,
+        Some(false) => 2,
+    });
+    w.varint(s.changes.len() as u64);
+    for c in &s.changes {
+        w.varint(c.index as u64);
+        w.0.push(c.state);
+        w.varint(c.attempts as u64);
+        w.opt_num(c.next_attempt_us);
+        w.opt(&c.last_reply);
     }
     w.0
 }
-pub type StateChange = (String, u64, Vec<(u32, u8)>);
 pub fn decode_state(b: &[u8]) -> Result<StateChange, FormatError> {
     let mut r = R(b, 0);
-    r.version()?;
-    let qid = r.str()?;
-    let t = r.varint()?;
+    r.version2()?;
+    let queue_id = r.str()?;
+    let time_us = r.varint()?;
+    let hold = match r.u8()? {
+        0 => None,
+        1 => Some(true),
+        2 => Some(false),
+        _ => return ferr("bad hold byte"),
+    };
     let n = r.varint()?;
-    let mut v = Vec::new();
+    let mut changes = Vec::new();
     for _ in 0..n {
-        let i = r.varint()? as u32;
-        v.push((i, r.u8()?));
+        let index = u32::try_from(r.varint()?).map_err(|_| FormatError("index overflow".into()))?;
+        let state = r.u8()?;
+        if state as usize >= STATES.len() {
+            return ferr("bad recipient state");
+        }
+        let attempts = u32::try_from(r.varint()?).map_err(|_| FormatError("attempts overflow".into()))?;
+        changes.push(RcptChange { index, state, attempts, next_attempt_us: r.opt_num()?, last_reply: r.opt()? });
     }
-    Ok((qid, t, v))
+    r.done()?;
+    Ok(StateChange { queue_id, time_us, hold, changes })
 }
 
 /// DELETE meta: `queue_id` is gone (every recipient final) at `time_us`.
@@ -364,14 +469,17 @@ mod tests {
             arrival_us: 1_790_000_000_123_456,
             sender: "".into(),
             recipients: vec![
-                Recipient { address: "a@x.test".into(), notify: None, orcpt: None, state: 0 },
+                Recipient { address: "a@x.test".into(), ..Default::default() },
                 Recipient {
                     address: "Postmaster".into(),
                     notify: Some(notify_mask(&["SUCCESS", "DELAY"]).unwrap()),
                     orcpt: Some("rfc822;a@y".into()),
                     state: 2,
+                    attempts: 3,
+                    next_attempt_us: Some(1_790_000_300_000_000),
+                    last_reply: Some("451 4.7.1 try later".into()),
                 },
-                Recipient { address: "ü@x".into(), notify: Some(0), orcpt: None, state: 3 },
+                Recipient { address: "ü@x".into(), notify: Some(0), state: 3, attempts: 1, next_attempt_us: Some(0), ..Default::default() },
             ],
             body: Some("8BITMIME".into()),
             smtputf8: true,
@@ -379,6 +487,7 @@ mod tests {
             envid: None,
             helo: "client.test".into(),
             client_ip: "2001:db8::1".into(),
+            held: true,
         }
     }
 
@@ -391,6 +500,28 @@ mod tests {
         assert!(notify_mask(&["SOMETIMES"]).is_err());
     }
 
+    /// A format v1 MESSAGE meta (written by the previous version) still decodes.
+    #[test]
+    fn envelope_v1_still_decodes() {
+        let mut w = W(vec![1]);
+        w.str("Q");
+        w.varint(7);
+        w.0.push(0);
+        w.str("s@x");
+        for _ in 0..3 {
+            w.opt(&None);
+        }
+        w.str("h");
+        w.str("ip");
+        w.varint(1);
+        w.str("r@y");
+        w.0.push(0);
+        w.opt(&None);
+        w.0.push(2);
+        let e = decode_envelope(&w.0).unwrap();
+        assert_eq!((e.queue_id.as_str(), e.held, e.recipients[0].state, e.recipients[0].attempts), ("Q", false, 2, 0));
+    }
+
     #[test]
     fn envelope_truncated_is_error_not_panic() {
         let b = encode_envelope(&env());
@@ -401,8 +532,20 @@ mod tests {
 
     #[test]
     fn small_metas_roundtrip() {
-        let s = encode_state("Q1", 5, &[(0, 1), (7, 2)]);
-        assert_eq!(decode_state(&s).unwrap(), ("Q1".into(), 5, vec![(0, 1), (7, 2)]));
+        let st = StateChange {
+            queue_id: "Q1".into(),
+            time_us: 5,
+            hold: Some(false),
+            changes: vec![
+                RcptChange { index: 0, state: 1, attempts: 1, next_attempt_us: None, last_reply: Some("250 ok".into()) },
+                RcptChange { index: 7, state: 2, attempts: 2, next_attempt_us: Some(99), last_reply: None },
+            ],
+        };
+        let s = encode_state(&st);
+        assert_eq!(decode_state(&s).unwrap(), st);
+        for n in 0..s.len() {
+            assert!(decode_state(&s[..n]).is_err(), "prefix {n}");
+        }
         assert_eq!(decode_delete(&encode_delete("Q2", 9)).unwrap(), ("Q2".into(), 9));
         assert_eq!(decode_segment_end(&encode_segment_end(3, 4096)).unwrap(), (3, 4096));
     }

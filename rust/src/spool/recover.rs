@@ -1,10 +1,9 @@
 //! Opening a shard: directories (0700), the flock, and recovery. Recovery acts
 //! on what the scan found: a torn tail of the newest segment is truncated,
 //! any other damage is copied to corrupt/ and reported, never dropped silently.
-use super::index::{self, Entry};
+use super::index::{self, Index};
 use super::segment::{self, SegScan, SEG_HDR};
 use super::Error;
-use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
@@ -13,7 +12,7 @@ use std::path::Path;
 
 pub struct Recovered {
     pub lock: File,
-    pub index: HashMap<String, Entry>,
+    pub index: Index,
     pub report: Vec<String>,
     pub next_seq: u64,
 }

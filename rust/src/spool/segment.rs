@@ -45,7 +45,7 @@ pub fn decode_seg_header(h: &[u8]) -> Result<(u32, u64), String> {
         return Err("segment header CRC mismatch".into());
     }
     let v = u32::from_le_bytes(h[8..12].try_into().unwrap());
-    if v != super::FORMAT_VERSION {
+    if !super::READ_VERSIONS.contains(&v) {
         return Err(format!("unsupported segment format version {v}"));
     }
     Ok((u32::from_le_bytes(h[12..16].try_into().unwrap()), u64::from_le_bytes(h[16..24].try_into().unwrap())))

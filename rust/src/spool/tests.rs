@@ -11,7 +11,7 @@ fn env(qid: &str) -> Envelope {
         queue_id: qid.into(),
         arrival_us: now_us(),
         sender: "a@x.test".into(),
-        recipients: vec![Recipient { address: "b@y.test".into(), notify: None, orcpt: None, state: 0 }],
+        recipients: vec![Recipient { address: "b@y.test".into(), ..Default::default() }],
         helo: "x.test".into(),
         client_ip: "192.0.2.1".into(),
         ..Default::default()

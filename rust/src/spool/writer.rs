@@ -3,23 +3,34 @@
 //! event loop ONCE. A failed write/sync fails the whole batch; that segment is
 //! abandoned (never synced again) and a SEGMENT_END record in the next segment
 //! says where its valid part ends, so a message answered 451 never comes back.
+//!
+//! Between batches the same thread compacts, one bounded step at a time (see
+//! `compact_step`): a sealed segment with no live message is deleted, and a
+//! sealed segment whose live messages fill less than `copy_forward_percent`
+//! of it has them copied into the current segment first.
 use super::incoming::Sealed;
-use super::index::Entry;
-use super::record::{self, Envelope, Kind};
+use super::index::{Entry, Index};
+use super::record::{self, Envelope, Kind, RcptChange, StateChange};
 use super::segment::{encode_seg_header, segment_name, SEG_HDR};
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Condvar, Mutex};
 
 /// Batch buffer flushed with one write() when it grows past this.
 const BUF_FLUSH: usize = 1 << 20;
 /// Spilled messages are copied from their tmp file in chunks of this size.
 const COPY_CHUNK: usize = 256 * 1024;
+/// One compaction step copies about this many bytes, then the writer looks
+/// at the submission queue again.
+pub const COMPACT_STEP_BYTES: u64 = 8 << 20;
+/// Default: copy a sealed segment's live messages forward when they fill
+/// less than this percentage of it.
+pub const COPY_FORWARD_PERCENT: u64 = 25;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FaultKind {
@@ -27,13 +38,19 @@ pub enum FaultKind {
     Sync,
 }
 
+/// What a job does to the index once its record is durable.
+pub enum Op {
+    Message(Envelope),
+    State(StateChange),
+    Delete(String),
+}
+
 pub struct Job {
     pub token: u64,
     pub kind: Kind,
     pub meta: Vec<u8>,
     pub data: Sealed,
-    /// For MESSAGE records: what goes into the index once durable.
-    pub envelope: Option<Envelope>,
+    pub op: Op,
 }
 
 #[derive(Default)]
@@ -50,6 +67,8 @@ pub struct Stats {
     pub bytes: AtomicU64,
     pub segments: AtomicU64,
     pub failed_batches: AtomicU64,
+    pub segments_deleted: AtomicU64,
+    pub messages_copied: AtomicU64,
 }
 
 /// State shared by the Spool handle (any thread) and the writer thread.
@@ -60,7 +79,10 @@ pub struct Shared {
     pub notify_w: OwnedFd,
     pub fault: Mutex<Option<(FaultKind, i32)>>,
     pub stats: Stats,
-    pub index: Mutex<HashMap<String, Entry>>,
+    pub index: Mutex<Index>,
+    /// Tests: compaction does everything but the unlink (a crash between
+    /// copy-forward and unlink).
+    pub no_unlink: AtomicBool,
 }
 
 impl Shared {
@@ -100,15 +122,75 @@ pub struct Writer {
     pub sync: bool,
     pub sync_log: Option<File>,
     pub next_seq: u64,
+    pub copy_forward_percent: u64,
     cur: Option<Seg>,
     /// (seq, valid length) of abandoned segments not yet recorded durably.
     markers: Vec<(u64, u64)>,
+    /// Written in the write under way, for the index once it is durable:
+    /// SEGMENT_END records (segment written to, marker) and sealed segments' sizes.
+    marker_locs: Vec<(u64, (u64, u64))>,
+    sealed: Vec<(u64, u64)>,
     buf: Vec<u8>,
+    compact_pending: bool,
+}
+
+/// Where a record went.
+#[derive(Clone, Copy, Debug)]
+struct Loc {
+    seq: u64,
+    offset: u64,
+    len: u64,
+    data_offset: u64,
+}
+
+/// The data part of a record to write.
+enum Src<'a> {
+    Sealed(&'a Sealed),
+    /// (file, offset, length): copied forward from an older segment.
+    Range(&'a File, u64, u64),
+    /// No data part (STATE, DELETE, SEGMENT_END).
+    Empty,
+}
+
+type Touched = Vec<(u64, u64, Option<File>)>;
+
+/// One compaction step, planned under the index lock and done without it.
+enum Plan {
+    /// Copy these live messages of segment `seq` forward: (envelope, data offset, size).
+    Copy(u64, Vec<(Envelope, u64, u64)>),
+    /// Delete segment `seq` after writing what still matters of it in the
+    /// current segment: state snapshots, DELETE records, SEGMENT_END markers.
+    Delete(u64, Vec<StateChange>, Vec<String>, Vec<(u64, u64)>),
 }
 
 impl Writer {
-    pub fn new(shared: std::sync::Arc<Shared>, shard: u32, shard_dir: PathBuf, segment_size: u64, sync: bool, sync_log: Option<File>, next_seq: u64) -> Self {
-        Writer { shared, shard, shard_dir, segment_size, sync, sync_log, next_seq, cur: None, markers: Vec::new(), buf: Vec::new() }
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        shared: std::sync::Arc<Shared>,
+        shard: u32,
+        shard_dir: PathBuf,
+        segment_size: u64,
+        sync: bool,
+        sync_log: Option<File>,
+        next_seq: u64,
+        copy_forward_percent: u64,
+    ) -> Self {
+        Writer {
+            shared,
+            shard,
+            shard_dir,
+            segment_size,
+            sync,
+            sync_log,
+            next_seq,
+            copy_forward_percent,
+            cur: None,
+            markers: Vec::new(),
+            marker_locs: Vec::new(),
+            sealed: Vec::new(),
+            buf: Vec::new(),
+            compact_pending: true,
+        }
     }
 
     pub fn run(mut self) {
@@ -122,10 +204,18 @@ impl Writer {
                     if q.closing {
                         return;
                     }
+                    if self.compact_pending {
+                        break Vec::new();
+                    }
                     q = self.shared.cv.wait(q).unwrap();
                 }
             };
-            self.batch(jobs);
+            if !jobs.is_empty() {
+                self.batch(jobs);
+            }
+            if self.compact_pending {
+                self.compact_pending = self.compact_step();
+            }
         }
     }
 
@@ -133,36 +223,144 @@ impl Writer {
         let st = &self.shared.stats;
         st.batches.fetch_add(1, Relaxed);
         let mut touched = Vec::new();
-        let result = self.write_batch(&jobs, &mut touched);
+        let result = self.write_jobs(&jobs, &mut touched);
         self.buf.clear();
-        let st = &self.shared.stats;
-        let n = jobs.len();
-        let mut out = Vec::with_capacity(n);
+        let tokens: Vec<u64> = jobs.iter().map(|j| j.token).collect();
+        let mut out = Vec::with_capacity(tokens.len());
         match result {
-            Ok(entries) => {
-                st.messages.fetch_add(entries.len() as u64, Relaxed);
-                let mut ix = self.shared.index.lock().unwrap();
-                for e in entries {
-                    st.bytes.fetch_add(e.len, Relaxed);
-                    ix.insert(e.envelope.queue_id.clone(), e);
+            Ok(locs) => {
+                let shared = self.shared.clone();
+                let st = &shared.stats;
+                let mut ix = shared.index.lock().unwrap();
+                if !self.sealed.is_empty() {
+                    self.compact_pending = true;
+                }
+                self.note_written(&mut ix);
+                for (job, loc) in jobs.into_iter().zip(locs) {
+                    match job.op {
+                        Op::Message(envelope) => {
+                            st.messages.fetch_add(1, Relaxed);
+                            st.bytes.fetch_add(loc.len, Relaxed);
+                            ix.insert_message(Entry {
+                                shard: self.shard,
+                                seq: loc.seq,
+                                offset: loc.offset,
+                                len: loc.len,
+                                data_offset: loc.data_offset,
+                                size: job.data.len,
+                                envelope,
+                            });
+                        }
+                        Op::State(sc) => ix.apply_state(loc.seq, &sc),
+                        Op::Delete(qid) => {
+                            ix.apply_delete(loc.seq, &qid);
+                            self.compact_pending = true;
+                        }
+                    }
                 }
                 drop(ix);
-                out.extend(jobs.iter().map(|j| (j.token, None)));
+                out.extend(tokens.iter().map(|t| (*t, None)));
             }
             Err(e) => {
-                st.failed_batches.fetch_add(1, Relaxed);
+                self.shared.stats.failed_batches.fetch_add(1, Relaxed);
                 self.abandon(touched);
                 let text = format!("spool write failed: {e}");
-                out.extend(jobs.iter().map(|j| (j.token, Some(text.clone()))));
+                out.extend(tokens.iter().map(|t| (*t, Some(text.clone()))));
+                drop(jobs); // closes spill files before waking the loop
             }
         }
-        drop(jobs); // closes spill files before waking the loop
         self.shared.complete(out);
+    }
+
+    /// After a successful sync: segment sizes and SEGMENT_END records into the index.
+    fn note_written(&mut self, ix: &mut Index) {
+        for (seq, len) in self.sealed.drain(..) {
+            ix.note_segment(seq, len);
+        }
+        if let Some(c) = &self.cur {
+            ix.note_segment(c.seq, c.len);
+        }
+        for (seq, m) in self.marker_locs.drain(..) {
+            ix.segs.entry(seq).or_default().markers.push(m);
+        }
+    }
+
+    fn write_jobs(&mut self, jobs: &[Job], touched: &mut Touched) -> io::Result<Vec<Loc>> {
+        self.begin(touched)?;
+        let mut locs = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            locs.push(self.write_record(job.kind, &job.meta, Src::Sealed(&job.data), touched)?);
+        }
+        self.finish()?;
+        Ok(locs)
+    }
+
+    /// Start a write: a segment to write to, and the SEGMENT_END records owed.
+    fn begin(&mut self, touched: &mut Touched) -> io::Result<()> {
+        self.marker_locs.clear();
+        self.sealed.clear();
+        match &self.cur {
+            Some(c) => touched.push((c.seq, c.synced, None)),
+            None => self.new_segment(touched)?,
+        }
+        for (seq, len) in self.markers.clone() {
+            self.write_marker(seq, len, touched)?;
+        }
+        Ok(())
+    }
+
+    fn write_marker(&mut self, seq: u64, len: u64, touched: &mut Touched) -> io::Result<()> {
+        let loc = self.write_record(Kind::SegmentEnd, &record::encode_segment_end(seq, len), Src::Empty, touched)?;
+        self.marker_locs.push((loc.seq, (seq, len)));
+        Ok(())
+    }
+
+    fn finish(&mut self) -> io::Result<()> {
+        self.flush()?;
+        self.sync_cur()?;
+        self.markers.clear();
+        Ok(())
+    }
+
+    fn write_record(&mut self, kind: Kind, meta: &[u8], src: Src<'_>, touched: &mut Touched) -> io::Result<Loc> {
+        let n = match &src {
+            Src::Sealed(d) => d.len,
+            Src::Range(_, _, n) => *n,
+            Src::Empty => 0,
+        };
+        let mut head = record::record_head(kind, meta, n).map_err(io::Error::other)?;
+        let cur_len = self.cur.as_ref().unwrap().len;
+        if cur_len > SEG_HDR as u64 && cur_len + head.total_len > self.segment_size {
+            self.roll(touched)?;
+        }
+        let c = self.cur.as_ref().unwrap();
+        let (seq, offset) = (c.seq, c.len);
+        let data_offset = offset + head.bytes.len() as u64;
+        match src {
+            Src::Sealed(d) => {
+                head.crc.combine(&d.crc);
+                self.append(&head.bytes)?;
+                self.append(&d.prefix)?;
+                if let Some((f, n)) = &d.spill {
+                    self.copy_range(f, 0, *n, None)?;
+                }
+                self.append(&d.mem)?;
+            }
+            Src::Range(f, off, n) => {
+                self.append(&head.bytes)?;
+                self.copy_range(f, off, n, Some(&mut head.crc))?;
+            }
+            Src::Empty => self.append(&head.bytes)?,
+        }
+        self.append(&head.crc.finalize().to_le_bytes())?;
+        Ok(Loc { seq, offset, len: head.total_len, data_offset })
     }
 
     /// After a failure: cut every segment this batch touched back to where the
     /// batch began (best effort) and never write or sync it again.
-    fn abandon(&mut self, touched: Vec<(u64, u64, Option<File>)>) {
+    fn abandon(&mut self, touched: Touched) {
+        self.marker_locs.clear();
+        self.sealed.clear();
         let cur = self.cur.take();
         for (seq, start, file) in touched {
             let f = file.as_ref().or(cur.as_ref().filter(|c| c.seq == seq).map(|c| &c.file));
@@ -171,50 +369,6 @@ impl Writer {
             }
             self.markers.push((seq, start));
         }
-    }
-
-    fn write_batch(&mut self, jobs: &[Job], touched: &mut Vec<(u64, u64, Option<File>)>) -> io::Result<Vec<Entry>> {
-        match &self.cur {
-            Some(c) => touched.push((c.seq, c.synced, None)),
-            None => self.new_segment(touched)?,
-        }
-        for (seq, len) in self.markers.clone() {
-            let r = record::encode_record(Kind::SegmentEnd, &record::encode_segment_end(seq, len), b"").unwrap();
-            self.append(&r)?;
-        }
-        let mut entries = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            let mut head = record::record_head(job.kind, &job.meta, job.data.len).map_err(io::Error::other)?;
-            let cur_len = self.cur.as_ref().unwrap().len;
-            if cur_len > SEG_HDR as u64 && cur_len + head.total_len > self.segment_size {
-                self.roll(touched)?;
-            }
-            let offset = self.cur.as_ref().unwrap().len;
-            head.crc.combine(&job.data.crc);
-            self.append(&head.bytes)?;
-            self.append(&job.data.prefix)?;
-            if let Some((f, n)) = &job.data.spill {
-                self.copy_from(f, *n)?;
-            }
-            self.append(&job.data.mem)?;
-            self.append(&head.crc.finalize().to_le_bytes())?;
-            if let Some(env) = &job.envelope {
-                let c = self.cur.as_ref().unwrap();
-                entries.push(Entry {
-                    shard: self.shard,
-                    seq: c.seq,
-                    offset,
-                    len: head.total_len,
-                    data_offset: offset + head.bytes.len() as u64,
-                    size: job.data.len,
-                    envelope: env.clone(),
-                });
-            }
-        }
-        self.flush()?;
-        self.sync_cur()?;
-        self.markers.clear();
-        Ok(entries)
     }
 
     fn append(&mut self, b: &[u8]) -> io::Result<()> {
@@ -241,18 +395,22 @@ impl Writer {
         Ok(())
     }
 
-    /// Copy a spilled message in bounded chunks (memory stays at COPY_CHUNK).
-    fn copy_from(&mut self, f: &File, n: u64) -> io::Result<()> {
+    /// Copy `n` bytes at `off` of `f` (a spill file, or an older segment) in
+    /// bounded chunks (memory stays at COPY_CHUNK), hashing them into `crc` if given.
+    fn copy_range(&mut self, f: &File, off: u64, n: u64, mut crc: Option<&mut crc32fast::Hasher>) -> io::Result<()> {
         self.flush()?;
-        let mut chunk = vec![0u8; COPY_CHUNK];
-        let mut off = 0u64;
-        while off < n {
-            let k = ((n - off) as usize).min(COPY_CHUNK);
-            f.read_exact_at(&mut chunk[..k], off)?;
+        let mut chunk = vec![0u8; COPY_CHUNK.min(n as usize)];
+        let mut done = 0u64;
+        while done < n {
+            let k = ((n - done) as usize).min(COPY_CHUNK);
+            f.read_exact_at(&mut chunk[..k], off + done)?;
+            if let Some(c) = crc.as_deref_mut() {
+                c.update(&chunk[..k]);
+            }
             self.buf.extend_from_slice(&chunk[..k]);
             self.cur.as_mut().unwrap().len += k as u64;
             self.flush()?;
-            off += k as u64;
+            done += k as u64;
         }
         Ok(())
     }
@@ -277,17 +435,18 @@ impl Writer {
 
     /// Finish the current segment (synced now, so the batch's later failure
     /// can still cut it back) and start the next.
-    fn roll(&mut self, touched: &mut Vec<(u64, u64, Option<File>)>) -> io::Result<()> {
+    fn roll(&mut self, touched: &mut Touched) -> io::Result<()> {
         self.flush()?;
         self.sync_cur()?;
         let old = self.cur.take().unwrap();
+        self.sealed.push((old.seq, old.len));
         if let Some(t) = touched.iter_mut().find(|t| t.0 == old.seq) {
             t.2 = Some(old.file);
         }
         self.new_segment(touched)
     }
 
-    fn new_segment(&mut self, touched: &mut Vec<(u64, u64, Option<File>)>) -> io::Result<()> {
+    fn new_segment(&mut self, touched: &mut Touched) -> io::Result<()> {
         let seq = self.next_seq;
         self.next_seq += 1;
         let dir = self.shard_dir.join("segments");
@@ -298,5 +457,159 @@ impl Writer {
         touched.push((seq, 0, None));
         self.cur = Some(Seg { file, seq, len: 0, synced: 0 });
         self.append(&encode_seg_header(self.shard, seq))
+    }
+
+    fn seg_path(&self, seq: u64) -> PathBuf {
+        self.shard_dir.join("segments").join(segment_name(seq))
+    }
+
+    /// Choose the next compaction step: the oldest sealed segment that is
+    /// empty of live messages, or sparse enough to copy forward.
+    fn plan(&self) -> Option<Plan> {
+        let cur_seq = self.cur.as_ref().map(|c| c.seq);
+        let pct = self.copy_forward_percent;
+        let ix = self.shared.index.lock().unwrap();
+        let (&seq, s) = ix
+            .segs
+            .iter()
+            .find(|(seq, s)| Some(**seq) != cur_seq && (s.live == 0 || (pct > 0 && s.live_bytes * 100 < s.size * pct)))?;
+        if s.live > 0 {
+            let mut items = Vec::new();
+            let mut bytes = 0;
+            for q in &s.msgs {
+                match ix.get(q) {
+                    Some(e) if e.seq == seq => {
+                        items.push((e.envelope.clone(), e.data_offset, e.size));
+                        bytes += e.len;
+                        if bytes >= COMPACT_STEP_BYTES {
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            return Some(Plan::Copy(seq, items));
+        }
+        let mut seen = HashSet::new();
+        let (mut states, mut deletes) = (Vec::new(), Vec::new());
+        let now = super::now_us();
+        for (q, del) in &s.refs {
+            if !seen.insert((&**q, *del)) {
+                continue;
+            }
+            match ix.get(q) {
+                // A STATE record newer than the message's MESSAGE record: keep its effect.
+                Some(e) if !*del && e.seq < seq => states.push(StateChange {
+                    queue_id: q.to_string(),
+                    time_us: now,
+                    hold: Some(e.envelope.held),
+                    changes: e.envelope.recipients.iter().enumerate().map(|(i, r)| RcptChange::of(i as u32, r)).collect(),
+                }),
+                // A DELETE record while an older copy of the message is still on disk.
+                None if *del && ix.has_other_copy(q, seq) => deletes.push(q.to_string()),
+                _ => {}
+            }
+        }
+        let markers = s.markers.iter().copied().filter(|(a, _)| *a != seq && self.seg_path(*a).exists()).collect();
+        Some(Plan::Delete(seq, states, deletes, markers))
+    }
+
+    /// One bounded compaction step; true if there may be more to do.
+    /// Crash-safe order: copies and carried records are written and synced
+    /// before the old segment is unlinked; a crash in between leaves
+    /// duplicates that recovery resolves (the newest MESSAGE record wins).
+    fn compact_step(&mut self) -> bool {
+        let Some(plan) = self.plan() else { return false };
+        let mut touched = Vec::new();
+        let res = match &plan {
+            Plan::Copy(seq, items) => self.copy_forward(*seq, items, &mut touched),
+            Plan::Delete(_, states, deletes, markers) => self.carry(states, deletes, markers, &mut touched),
+        };
+        self.buf.clear();
+        let locs = match res {
+            Ok(l) => l,
+            Err(_) => {
+                // Like a failed batch; compaction waits for the next trigger.
+                self.shared.stats.failed_batches.fetch_add(1, Relaxed);
+                self.abandon(touched);
+                return false;
+            }
+        };
+        let shared = self.shared.clone();
+        let mut ix = shared.index.lock().unwrap();
+        self.note_written(&mut ix);
+        match plan {
+            Plan::Copy(_, items) => {
+                self.shared.stats.messages_copied.fetch_add(items.len() as u64, Relaxed);
+                for ((envelope, _, size), loc) in items.into_iter().zip(locs) {
+                    ix.insert_message(Entry {
+                        shard: self.shard,
+                        seq: loc.seq,
+                        offset: loc.offset,
+                        len: loc.len,
+                        data_offset: loc.data_offset,
+                        size,
+                        envelope,
+                    });
+                }
+            }
+            Plan::Delete(seq, states, deletes, _) => {
+                let mut locs = locs.into_iter();
+                for sc in &states {
+                    ix.apply_state(locs.next().unwrap().seq, sc);
+                }
+                for q in &deletes {
+                    ix.apply_delete(locs.next().unwrap().seq, q);
+                }
+                drop(ix);
+                if !self.shared.no_unlink.load(Relaxed) {
+                    let p = self.seg_path(seq);
+                    match std::fs::remove_file(&p) {
+                        Ok(()) => {
+                            let _ = File::open(self.shard_dir.join("segments")).and_then(|d| d.sync_all());
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(_) => return false, // left for the next start
+                    }
+                }
+                self.shared.index.lock().unwrap().remove_segment(seq);
+                self.shared.stats.segments_deleted.fetch_add(1, Relaxed);
+            }
+        }
+        true
+    }
+
+    fn copy_forward(&mut self, seq: u64, items: &[(Envelope, u64, u64)], touched: &mut Touched) -> io::Result<Vec<Loc>> {
+        let src = File::open(self.seg_path(seq))?;
+        self.begin(touched)?;
+        let mut locs = Vec::with_capacity(items.len());
+        for (env, off, n) in items {
+            let meta = record::encode_envelope(env);
+            locs.push(self.write_record(Kind::Message, &meta, Src::Range(&src, *off, *n), touched)?);
+        }
+        self.finish()?;
+        Ok(locs)
+    }
+
+    /// Write what a segment about to be deleted still carries (nothing to
+    /// write: no I/O at all).
+    fn carry(&mut self, states: &[StateChange], deletes: &[String], markers: &[(u64, u64)], touched: &mut Touched) -> io::Result<Vec<Loc>> {
+        if states.is_empty() && deletes.is_empty() && markers.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.begin(touched)?;
+        let mut locs = Vec::new();
+        for sc in states {
+            locs.push(self.write_record(Kind::State, &record::encode_state(sc), Src::Empty, touched)?);
+        }
+        let now = super::now_us();
+        for q in deletes {
+            locs.push(self.write_record(Kind::Delete, &record::encode_delete(q, now), Src::Empty, touched)?);
+        }
+        for (a, l) in markers {
+            self.write_marker(*a, *l, touched)?;
+        }
+        self.finish()?;
+        Ok(locs)
     }
 }
