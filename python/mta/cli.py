@@ -35,8 +35,10 @@ def main() -> None:
 @click.option("--spool", metavar="DIR", help=f"Spool directory (default {config.DEFAULT_SPOOL_DIR}).")
 @click.option("--hostname", metavar="NAME", help="Our host name in the greeting and Received headers (default: this machine's name).")
 @click.option("--mynetworks", metavar="CIDR[,CIDR...]", help="Clients allowed to relay anywhere; replaces the default 127.0.0.0/8 and ::1.")
+@click.option("--relay-to", metavar="HOST:PORT", help="Send all mail that is not local to this smarthost (delivery.relay_to).")
+@click.option("--no-delivery", is_flag=True, default=None, help="Accept and spool mail but deliver nothing (delivery.enabled = false).")
 @click.option("--workers", type=int, metavar="N", help="Worker processes sharing the port, one spool shard each (default 1).")
-def run(config_file, listen, spool, hostname, mynetworks, workers) -> None:
+def run(config_file, listen, spool, hostname, mynetworks, relay_to, no_delivery, workers) -> None:
     """Accept mail over SMTP and make it durable in the spool.
 
     With no options: listens on 127.0.0.1:2525, spools in ./mta-spool, relays
@@ -49,6 +51,10 @@ def run(config_file, listen, spool, hostname, mynetworks, workers) -> None:
         overrides["spool.dir"] = spool
     if hostname:
         overrides["hostname"] = hostname
+    if relay_to is not None:
+        overrides["delivery.relay_to"] = relay_to
+    if no_delivery:
+        overrides["delivery.enabled"] = False
     if workers is not None:
         overrides["workers"] = workers
     if mynetworks is not None:

@@ -429,6 +429,8 @@ class SmtpConfig:
 
 @dataclass(frozen=True)
 class DeliveryConfig:
+    enabled: bool = opt(True, Bool(), "false: accept and spool mail but deliver nothing (maintenance, "
+                                      "accept-path benchmarks); the --no-delivery flag.")
     relay_to: str = opt("", OptionalHostPort(),
                         "Smarthost HOST:PORT for all mail that is not local (the --relay-to flag); "
                         "empty: MX lookup, or the transport map.")

@@ -17,6 +17,7 @@ from mta import log as fastlog
 from mta.config import Config
 from mta.dns import ReverseResolver
 from mta.policy import Networks, RelayPolicy
+from mta.queue import QueueManager
 from mta.routing import Router, load_hook
 from mta.session import Session
 from mta.spool import SpoolService
@@ -55,6 +56,7 @@ class Server:
         self.helo_reply = f"250 {cfg.hostname}\r\n".encode()
         self.sessions: set[Session] = set()
         self.spool: SpoolService | None = None
+        self.queue: QueueManager | None = None
         self._servers: list[asyncio.AbstractServer] = []
         self._stopping = asyncio.Event()
 
@@ -64,6 +66,8 @@ class Server:
         for line in self.spool.recovery_report:
             log.info("spool recovery: %s", line)
         self.spool.attach(loop)
+        self.queue = QueueManager(self)
+        self.queue.start()
         for host, port in self.cfg.listen:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             srv = await loop.create_server(
@@ -97,8 +101,12 @@ class Server:
             await asyncio.sleep(0.05)
         for s in list(self.sessions):
             s.force_close()
-        # Let the last completions reach their sessions, then flush the spool.
+        # Let the last completions reach their sessions, finish (or cut
+        # short) deliveries in flight, then flush the spool.
         while self.spool.pending and loop.time() < deadline + 5:
+            await asyncio.sleep(0.01)
+        await self.queue.stop(grace=max(deadline - loop.time(), 1.0))
+        while self.spool.pending and loop.time() < deadline + 10:
             await asyncio.sleep(0.01)
         await asyncio.sleep(0)
         self.spool.close()

@@ -55,6 +55,9 @@ class QueueManager:
     # --- scheduling -----------------------------------------------------------
 
     def start(self) -> None:
+        if not self.dcfg.enabled:
+            log.info("delivery disabled (delivery.enabled = false): mail is accepted and kept")
+            return
         self._task = asyncio.get_running_loop().create_task(self._run(), name="queue-manager")
 
     def kick(self) -> None:

@@ -86,6 +86,7 @@ def start_server(
     spool: Path | None = None,
     port: int | None = None,
     wait: bool = True,
+    deliver: bool = False,
 ) -> Server:
     """Start `mta run` on a free loopback port; wait until it accepts connections."""
     port = port or free_port(host)
@@ -97,6 +98,9 @@ def start_server(
         cfg_path = tmp_path / f"mta-{port}.toml"
         cfg_path.write_text(config)
         cmd += ["--config", str(cfg_path)]
+    if not deliver:
+        # Receive-path tests inspect the queue; nothing may leave it under them.
+        cmd.append("--no-delivery")
     cmd += list(args)
     log_path = tmp_path / f"mta-{port}.log"
     full_env = dict(os.environ)
