@@ -33,6 +33,7 @@ log = logging.getLogger("mta.queue")
 
 FINAL = ("delivered", "bounced")
 _MAX_SLEEP = 30.0
+_FAILED_ATTEMPT_BACKOFF = 30.0
 
 
 class QueueManager:
@@ -51,6 +52,7 @@ class QueueManager:
         self._task: asyncio.Task | None = None
         self._stopping = False
         self._tasks: set[asyncio.Task] = set()
+        self._backoff: dict[str, float] = {}  # queue id → monotonic time before which it is not retried
 
     # --- scheduling -----------------------------------------------------------
 
@@ -61,48 +63,68 @@ class QueueManager:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="queue-manager")
 
     def kick(self) -> None:
-        """New mail or a finished attempt: look at the queue now."""
+        """Look at the queue now (the window had no room, or the schedule changed)."""
         self._wake.set()
+
+    def new_message(self, qid: str) -> None:
+        """A message just became durable: start on it at once when the
+        window has room, without asking the spool what is due."""
+        if self._task is None or self._stopping:
+            return
+        if len(self.active) < self.dcfg.max_active:
+            self._start(qid)
+        else:
+            self.kick()
+
+    def _start(self, qid: str) -> None:
+        self.active.add(qid)
+        task = asyncio.get_running_loop().create_task(self._attempt(qid))
+        self._tasks.add(task)
+        task.add_done_callback(self._attempt_done(qid))
 
     async def _run(self) -> None:
         while not self._stopping:
             self._wake.clear()
-            self._schedule()
+            started = self._schedule()
             next_due = self.spool.spool.next_due()
             delay = _MAX_SLEEP if next_due is None else min(max(next_due - time.time(), 0.0), _MAX_SLEEP)
-            if delay > 0:
-                try:
-                    await asyncio.wait_for(self._wake.wait(), delay)
-                except asyncio.TimeoutError:
-                    pass
-            elif not self._wake.is_set() and len(self.active) >= self.dcfg.max_active:
-                await self._wake.wait()  # due work, but the window is full
-            else:
-                await asyncio.sleep(0)
+            if delay == 0.0 and not started:
+                # Everything due is in flight, backing off, or waiting for
+                # room in the window: wait for a change instead of spinning.
+                delay = 1.0
+            try:
+                await asyncio.wait_for(self._wake.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
 
-    def _schedule(self) -> None:
+    def _schedule(self) -> int:
         room = self.dcfg.max_active - len(self.active)
         if room <= 0:
-            return
-        for qid in self.spool.spool.due(time.time(), room + len(self.active)):
-            if qid in self.active:
+            return 0
+        started = 0
+        now = time.monotonic()
+        for qid in self.spool.spool.due(time.time(), room + len(self.active) + len(self._backoff)):
+            if qid in self.active or self._backoff.get(qid, 0) > now:
                 continue
-            self.active.add(qid)
-            task = asyncio.get_running_loop().create_task(self._attempt(qid))
-            self._tasks.add(task)
-            task.add_done_callback(self._attempt_done(qid))
-            room -= 1
-            if room == 0:
+            self._backoff.pop(qid, None)
+            self._start(qid)
+            started += 1
+            if started == room:
                 break
+        return started
 
     def _attempt_done(self, qid: str):
         def done(task: asyncio.Task) -> None:
+            full = len(self.active) >= self.dcfg.max_active
             self._tasks.discard(task)
             self.active.discard(qid)
             if not task.cancelled() and task.exception() is not None:
                 log.error("delivery attempt for %s failed: %r", qid, task.exception(),
                           exc_info=task.exception())
-            self.kick()
+                # Its state did not change, so it is still due: retry later, not at once.
+                self._backoff[qid] = time.monotonic() + _FAILED_ATTEMPT_BACKOFF
+            if full:
+                self.kick()  # work may have waited for room in the window
         return done
 
     async def stop(self, grace: float) -> None:
@@ -201,7 +223,7 @@ class QueueManager:
             return
         qid = await self.spool.inject(dsn, sender="", recipient=msg.sender)
         log.info("bounce %s for %s to <%s> nrcpt=%d", qid, msg.queue_id, msg.sender, len(failures))
-        self.kick()
+        self.new_message(qid)
 
     # --- transports ------------------------------------------------------------
 

@@ -445,7 +445,7 @@ class Session(asyncio.Protocol):
                     f" size={tx.size} client={self.rname or 'unknown'}[{self.peer_ip}]"
                 )
                 line = _line(250, "2.0.0", f"Ok: queued as {tx.queue_id}")
-                self.server.queue.kick()
+                self.server.queue.new_message(tx.queue_id)
             else:
                 log.error("spool write failed for %s: %s", tx.queue_id, error)
                 line = R_STORE_FAILED
