@@ -510,8 +510,8 @@ fn compaction_deletes_empty_segments() {
 /// One long-lived message per segment, with state; all the others deleted.
 fn sparse_segments(sp: &Spool) -> Vec<(String, Vec<u8>)> {
     let mut keep = vec![];
-    let mut tok = 1000;
     for i in 0..30 {
+        let tok = 1000 + i as u64;
         let b = body(i, 1500);
         let q = submit_env(sp, i as u64, env2(&sp.new_queue_id(), now_us()), &b);
         ok(sp, 1);
@@ -523,7 +523,6 @@ fn sparse_segments(sp: &Spool) -> Vec<(String, Vec<u8>)> {
             sp.delete(tok, &q).unwrap();
             ok(sp, 1);
         }
-        tok += 1;
     }
     keep
 }
@@ -644,4 +643,27 @@ fn message_bytes_while_compacting() {
         keep
     };
     check_kept(&sp, &keep);
+}
+
+#[test]
+fn segment_with_undecodable_record_is_never_deleted() {
+    let d = tempfile::tempdir().unwrap();
+    let seg;
+    {
+        let sp = Spool::open(d.path(), 0, cfg()).unwrap();
+        let q = submit(&sp, 1, b"x");
+        ok(&sp, 1);
+        seg = d.path().join("0/segments").join(segment::segment_name(sp.get(&q).unwrap().seq));
+        sp.delete(2, &q).unwrap();
+        ok(&sp, 1);
+        sp.close();
+    }
+    // a record from the future: valid CRC, unknown meta version
+    let rec = record::encode_record(record::Kind::State, b"\x09future", b"").unwrap();
+    let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
+    std::io::Write::write_all(&mut f, &rec).unwrap();
+    let sp = Spool::open(d.path(), 0, cfg()).unwrap();
+    assert!(sp.recovery_report().iter().any(|l| l.contains("undecodable")), "{:?}", sp.recovery_report());
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(seg.exists() && sp.list().is_empty());
 }
