@@ -115,6 +115,8 @@ def test_envelope_fields_and_restart_byte_identical(tmp_path):
             ("x@y.test", "queued", ("SUCCESS", "DELAY"), "rfc822;x@y.test"),
             ("Postmaster", "queued", ("NEVER",), None),
         ]
+        assert [(x.attempts, x.next_attempt, x.last_reply) for x in r] == [(0, None, None)] * 2
+        assert e.held is False
         if isinstance(view, Spool):
             assert "recovered 1 message(s)" in view.recovery_report[0]
             view.close()

@@ -163,6 +163,9 @@ class Recipient:
     state: Literal["queued", "delivered", "deferred", "bounced"]
     notify: tuple[str, ...] | None
     orcpt: str | None
+    attempts: int  # delivery attempts so far (as recorded by Spool.update)
+    next_attempt: float | None  # unix time of the next attempt (deferred recipients)
+    last_reply: str | None  # the last reply text (or local error) recorded
 
 class Envelope:
     """One spooled message's envelope, as listed by SpoolReader / Spool."""
@@ -179,6 +182,9 @@ class Envelope:
     helo: str
     client_ip: str
     shard: int
+    held: bool  # message-level hold (Spool.hold): never due while set
+
+RecipientChange = tuple[int, Literal["queued", "delivered", "deferred", "bounced"], int, float | None, str | None]
 
 class Spool:
     """One shard of the spool, owned (flock) by this process, with its
@@ -196,6 +202,7 @@ class Spool:
         max_header_size: int = 1024 * 1024,
         sync: bool = True,  # False only for benchmarks of the ceiling; never default
         sync_log: bool = False,  # tests: record each segment's length after each fdatasync in <shard>/synced.log
+        copy_forward_percent: int = 25,  # copy a sealed segment's live messages forward below this fill; 0 = never
     ) -> None:
         """Creates root and root/<shard> with mode 0700; raises SpoolError if
         another process holds the shard's lock."""
@@ -239,8 +246,41 @@ class Spool:
     def inject_fault(self, kind: Literal["write", "sync"] | None, errno: int = 28) -> None:
         """Tests: make the next writes or syncs fail with errno (28 = ENOSPC, 5 = EIO); None clears."""
     def stats(self) -> dict[str, int]:
-        """batches, syncs, messages, bytes, segments, failed_batches."""
-    def list(self) -> list[Envelope]: ...
+        """batches, syncs, messages, bytes, segments, failed_batches,
+        segments_deleted, messages_copied (compaction), queued_messages (index size)."""
+    def list(self) -> list[Envelope]:
+        """Every durable message of this shard, oldest arrival first (copies
+        the whole index: for tools and tests, not for the queue manager's loop)."""
+
+    # Queue manager API. update/hold/delete complete like submit: (token, None |
+    # error text) in completions(), after the record is fdatasync'ed, in the
+    # same group commit as everything else; the index changes only then.
+    # ValueError at call time for a queue id not (yet) durable in this shard.
+    def update(self, token: int, queue_id: str, changes: list[RecipientChange]) -> None:
+        """Record recipient outcomes: (index into the envelope's recipients,
+        new state, total attempts so far, next attempt unix time or None, last
+        reply or None). Each change is the recipient's whole new state. A STATE
+        record; a restart replays it. ValueError: unknown queue id, index out
+        of range, unknown state name, negative time."""
+    def hold(self, token: int, queue_id: str, on: bool) -> None:
+        """Hold (never due) or release the whole message."""
+    def delete(self, token: int, queue_id: str) -> None:
+        """Remove the message (when every recipient is final): a DELETE record;
+        it leaves the index when durable and its space is reclaimed by compaction."""
+    def due(self, now: float, limit: int) -> list[str]:
+        """Queue ids, oldest arrival first, of messages not held with a
+        recipient "queued", or "deferred" with next_attempt <= now (or None);
+        at most limit. Cheap with a big index (a schedule kept on every
+        change). A message stays due until an update changes that, so the
+        caller skips the ones it already has in flight."""
+    def next_due(self) -> float | None:
+        """Earliest time any message that is not held becomes due (0.0 when
+        something is due already, e.g. a queued recipient); None if none."""
+    def get(self, queue_id: str) -> Envelope | None:
+        """The current envelope (durable state) of one message."""
+    def message_bytes(self, queue_id: str) -> bytes | None:
+        """The stored message bytes (pread, GIL released; safe while the
+        writer appends or compacts)."""
     def close(self) -> None:
         """Finish every submitted message (write, sync, complete), stop the writer, release the lock.
         Idempotent; completions() still returns what finished during close."""
@@ -248,7 +288,9 @@ class Spool:
 class SpoolReader:
     """Read-only view of every shard under root; safe while the server runs
     (takes no lock, ignores a torn tail). Every call rescans the segments (the
-    log is the truth); it may show a record written but not yet synced."""
+    log is the truth); it may show a record written but not yet synced.
+    STATE and DELETE records are applied: recipients show their current state,
+    deleted messages are absent."""
 
     def __init__(self, root: str) -> None: ...
     def list(self) -> list[Envelope]: ...

@@ -79,6 +79,9 @@ pub struct SegInfo {
     pub refs: Vec<(Box<str>, bool)>,
     /// SEGMENT_END records here: (segment, valid length).
     pub markers: Vec<(u64, u64)>,
+    /// Holds a record that passed its CRC but could not be decoded (reported
+    /// at recovery): compaction never deletes it, so nothing goes silently.
+    pub pinned: bool,
 }
 
 /// The in-memory index of one shard: messages, the due schedule, and the
@@ -203,8 +206,8 @@ impl Index {
         self.unschedule(&qid);
         if let Some(old) = self.map.remove(&qid) {
             if let Some(s) = self.segs.get_mut(&old.seq) {
-                s.live -= 1;
-                s.live_bytes -= old.len;
+                s.live = s.live.saturating_sub(1);
+                s.live_bytes = s.live_bytes.saturating_sub(old.len);
             }
             if old.seq != e.seq {
                 self.copies.entry(qid.clone()).or_default().push(old.seq);
@@ -244,8 +247,8 @@ impl Index {
         self.unschedule(qid);
         if let Some(old) = self.map.remove(qid) {
             if let Some(s) = self.segs.get_mut(&old.seq) {
-                s.live -= 1;
-                s.live_bytes -= old.len;
+                s.live = s.live.saturating_sub(1);
+                s.live_bytes = s.live_bytes.saturating_sub(old.len);
             }
             self.copies.entry(qid.to_string()).or_default().push(old.seq);
         }
@@ -304,6 +307,7 @@ pub fn build(shard: u32, scans: &[SegScan], report: &mut Vec<String>) -> Index {
         ix.note_segment(s.seq, s.end);
         for r in &s.records {
             if let Err(e) = ix.apply_scanned(s.seq, r) {
+                ix.segs.entry(s.seq).or_default().pinned = true;
                 report.push(format!(
                     "segment {} offset {}: undecodable {:?} record ({e}); left in place",
                     s.seq, r.offset, r.kind

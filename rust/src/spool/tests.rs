@@ -301,3 +301,369 @@ fn spilled_message_roundtrip() {
     assert_eq!(sp.message_bytes(&qid).unwrap().unwrap(), want);
     assert!(fs_list(&d.path().join("0/tmp")).is_empty());
 }
+
+// ---- queue manager API: STATE / hold / DELETE, due schedule, compaction
+
+fn env2(qid: &str, arrival_us: u64) -> Envelope {
+    let mut e = env(qid);
+    e.arrival_us = arrival_us;
+    e.recipients.push(Recipient { address: "c@z.test".into(), ..Default::default() });
+    e
+}
+
+fn submit_env(sp: &Spool, token: u64, e: Envelope, content: &[u8]) -> String {
+    let qid = e.queue_id.clone();
+    let mut m = sp.new_message();
+    m.push(content);
+    sp.submit(token, e, m).unwrap();
+    qid
+}
+
+fn change(index: u32, state: u8, attempts: u32, next: Option<u64>, reply: Option<&str>) -> Change {
+    Change { index, state, attempts, next_attempt_us: next, last_reply: reply.map(Into::into) }
+}
+
+fn ok(sp: &Spool, n: usize) {
+    let got = wait(sp, n);
+    assert!(got.iter().all(|(_, e)| e.is_none()), "{got:?}");
+}
+
+fn stat(sp: &Spool, k: &str) -> u64 {
+    sp.stats().into_iter().find(|(n, _)| *n == k).unwrap().1
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < Duration::from_secs(20), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn states(sp: &Spool, q: &str) -> Vec<(u8, u32, Option<u64>, Option<String>)> {
+    sp.get(q).unwrap().envelope.recipients.iter().map(|r| (r.state, r.attempts, r.next_attempt_us, r.last_reply.clone())).collect()
+}
+
+#[test]
+fn state_replay_after_reopen() {
+    use record::{STATE_DEFERRED, STATE_DELIVERED};
+    let d = tempfile::tempdir().unwrap();
+    let t = now_us();
+    let q;
+    let want;
+    {
+        let sp = Spool::open(d.path(), 0, cfg()).unwrap();
+        q = submit_env(&sp, 1, env2(&sp.new_queue_id(), t), &body(1, 100));
+        ok(&sp, 1);
+        assert_eq!(sp.due(t, 10), vec![q.clone()]);
+        sp.update(2, &q, &[change(0, STATE_DELIVERED, 1, None, Some("250 ok")), change(1, STATE_DEFERRED, 1, Some(t + 60_000_000), Some("451 later"))]).unwrap();
+        ok(&sp, 1);
+        // a second update of the same recipient: the newest record wins
+        sp.update(3, &q, &[change(1, STATE_DEFERRED, 2, Some(t + 300_000_000), Some("452 full"))]).unwrap();
+        ok(&sp, 1);
+        want = vec![(STATE_DELIVERED, 1, None, Some("250 ok".into())), (STATE_DEFERRED, 2, Some(t + 300_000_000), Some("452 full".into()))];
+        assert_eq!(states(&sp, &q), want);
+        assert!(sp.due(t + 299_000_000, 10).is_empty());
+        assert_eq!(sp.next_due(), Some(t + 300_000_000));
+        // errors at call time
+        assert!(matches!(sp.update(4, "nope", &[]), Err(Error::Invalid(_))));
+        assert!(matches!(sp.update(4, &q, &[change(2, 0, 0, None, None)]), Err(Error::Invalid(_))));
+        assert!(matches!(sp.delete(4, "nope"), Err(Error::Invalid(_))));
+        assert!(matches!(sp.hold(4, "nope", true), Err(Error::Invalid(_))));
+        sp.close();
+    }
+    let sp = Spool::open(d.path(), 0, cfg()).unwrap();
+    assert_eq!(states(&sp, &q), want);
+    assert_eq!(sp.next_due(), Some(t + 300_000_000));
+    assert_eq!(sp.due(t + 300_000_000, 10), vec![q.clone()]);
+    // delivered and bounced everywhere: never due again, also after a restart
+    sp.update(5, &q, &[change(1, record::STATE_BOUNCED, 3, None, Some("550 no"))]).unwrap();
+    ok(&sp, 1);
+    assert!(sp.due(u64::MAX, 10).is_empty() && sp.next_due().is_none());
+    sp.close();
+    drop(sp);
+    let sp = Spool::open(d.path(), 0, cfg()).unwrap();
+    assert!(sp.due(u64::MAX, 10).is_empty() && sp.next_due().is_none());
+    let r = reader::SpoolReader::new(d.path()).unwrap();
+    assert_eq!(r.get(&q).unwrap().unwrap().envelope.recipients[1].last_reply.as_deref(), Some("550 no"));
+}
+
+#[test]
+fn delete_then_reopen_gone() {
+    let d = tempfile::tempdir().unwrap();
+    let (a, b);
+    {
+        let sp = Spool::open(d.path(), 0, cfg()).unwrap();
+        a = submit(&sp, 1, &body(1, 10));
+        b = submit(&sp, 2, &body(2, 10));
+        ok(&sp, 2);
+        sp.delete(3, &a).unwrap();
+        ok(&sp, 1);
+        assert!(sp.get(&a).is_none() && sp.message_bytes(&a).unwrap().is_none());
+        assert_eq!(sp.due(now_us(), 10), vec![b.clone()]);
+        let r = reader::SpoolReader::new(d.path()).unwrap();
+        assert!(r.get(&a).unwrap().is_none());
+        sp.close();
+    }
+    let sp = Spool::open(d.path(), 0, cfg()).unwrap();
+    assert_eq!(sp.list().into_iter().map(|e| e.envelope.queue_id).collect::<Vec<_>>(), vec![b]);
+}
+
+#[test]
+fn due_ordering_limit_and_hold() {
+    use record::STATE_DEFERRED;
+    let d = tempfile::tempdir().unwrap();
+    let sp = Spool::open(d.path(), 0, cfg()).unwrap();
+    let t = 1_800_000_000_000_000u64;
+    // queue ids in one order, arrivals in the reverse: due() follows arrival
+    let ids: Vec<String> = (0..6).map(|i| submit_env(&sp, i, env2(&sp.new_queue_id(), t - i * 1000), b"x")).collect();
+    ok(&sp, 6);
+    let by_arrival: Vec<String> = ids.iter().rev().cloned().collect();
+    assert_eq!(sp.due(t, 100), by_arrival);
+    assert_eq!(sp.due(t, 2), by_arrival[..2].to_vec());
+    assert_eq!(sp.next_due(), Some(0));
+    // defer everything to different times (later arrival → earlier retry)
+    for (i, q) in ids.iter().enumerate() {
+        let at = t + 1_000_000 * (10 - i as u64);
+        sp.update(10 + i as u64, q, &[change(0, STATE_DEFERRED, 1, Some(at), None), change(1, STATE_DEFERRED, 1, Some(at + 5), None)]).unwrap();
+    }
+    ok(&sp, 6);
+    assert!(sp.due(t, 100).is_empty());
+    assert_eq!(sp.next_due(), Some(t + 5_000_000));
+    assert_eq!(sp.due(t + 6_000_000, 100), vec![ids[5].clone(), ids[4].clone()]);
+    assert_eq!(sp.due(t + 20_000_000, 100), by_arrival);
+    // an earlier `now` than before still answers correctly
+    assert_eq!(sp.due(t + 6_000_000, 100), vec![ids[5].clone(), ids[4].clone()]);
+    // hold: never due, not in next_due; release: due again
+    sp.hold(20, &ids[5], true).unwrap();
+    ok(&sp, 1);
+    assert!(sp.get(&ids[5]).unwrap().envelope.held);
+    assert_eq!(sp.due(t + 20_000_000, 100), by_arrival[1..].to_vec());
+    assert_eq!(sp.next_due(), Some(t + 6_000_000));
+    sp.close();
+    drop(sp);
+    let sp = Spool::open(d.path(), 0, cfg()).unwrap();
+    assert!(sp.get(&ids[5]).unwrap().envelope.held);
+    assert_eq!(sp.due(t + 20_000_000, 100), by_arrival[1..].to_vec());
+    sp.hold(21, &ids[5], false).unwrap();
+    ok(&sp, 1);
+    assert_eq!(sp.due(t + 20_000_000, 100), by_arrival);
+    // queued again (e.g. by an operator's "flush") is due at once
+    sp.update(22, &ids[0], &[change(1, record::STATE_QUEUED, 1, None, None)]).unwrap();
+    ok(&sp, 1);
+    assert_eq!(sp.due(t, 100), vec![ids[0].clone()]);
+}
+
+#[test]
+fn due_is_cheap_with_a_big_index() {
+    // 200k messages in the index (built directly): due() and next_due() do not scan.
+    let mut ix = index::Index::new(0);
+    for i in 0..200_000u64 {
+        let mut e = env2(&queue_id(i, 0), i);
+        for r in &mut e.recipients {
+            r.state = record::STATE_DEFERRED;
+            r.next_attempt_us = Some(1_000_000_000 + (i * 7919) % 200_000);
+        }
+        ix.insert_message(index::Entry { shard: 0, seq: 1, offset: 0, len: 1, data_offset: 0, size: 1, envelope: e });
+    }
+    let t0 = Instant::now();
+    for k in 0..1000 {
+        let v = ix.due(1_000_000_000 + k, 100);
+        assert!(v.len() <= 100);
+    }
+    assert_eq!(ix.next_due(), Some(1_000_000_000));
+    let got = ix.due(2_000_000_000, 5);
+    assert_eq!(got, (0..5).map(|i| queue_id(i, 0)).collect::<Vec<_>>());
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+}
+
+fn seg_count(d: &Path) -> usize {
+    fs_list(&d.join("0/segments")).len()
+}
+
+#[test]
+fn compaction_deletes_empty_segments() {
+    let d = tempfile::tempdir().unwrap();
+    let sp = Spool::open(d.path(), 0, Config { segment_size: 8192, ..cfg() }).unwrap();
+    let mut ids = vec![];
+    for i in 0..40 {
+        ids.push(submit(&sp, i, &body(i as usize, 1500)));
+        ok(&sp, 1);
+    }
+    let before = seg_count(d.path());
+    assert!(before >= 8, "{before}");
+    for (i, q) in ids.iter().enumerate().take(35) {
+        sp.delete(100 + i as u64, q).unwrap();
+    }
+    ok(&sp, 35);
+    wait_for("segments deleted", || seg_count(d.path()) <= 3);
+    assert!(stat(&sp, "segments_deleted") >= before as u64 - 3);
+    for (i, q) in ids.iter().enumerate().skip(35) {
+        assert_eq!(sp.message_bytes(q).unwrap().unwrap(), body(i, 1500));
+    }
+    sp.close();
+    drop(sp);
+    let sp = Spool::open(d.path(), 0, cfg()).unwrap();
+    assert_eq!(sp.list().into_iter().map(|e| e.envelope.queue_id).collect::<Vec<_>>(), ids[35..].to_vec());
+}
+
+/// One long-lived message per segment, with state; all the others deleted.
+fn sparse_segments(sp: &Spool) -> Vec<(String, Vec<u8>)> {
+    let mut keep = vec![];
+    for i in 0..30 {
+        let tok = 1000 + i as u64;
+        let b = body(i, 1500);
+        let q = submit_env(sp, i as u64, env2(&sp.new_queue_id(), now_us()), &b);
+        ok(sp, 1);
+        if i % 5 == 0 {
+            sp.update(tok, &q, &[change(0, record::STATE_DELIVERED, 1, None, Some("250 ok")), change(1, record::STATE_DEFERRED, 2, Some(now_us() + 3_600_000_000), Some("451 later"))]).unwrap();
+            ok(sp, 1);
+            keep.push((q, b));
+        } else {
+            sp.delete(tok, &q).unwrap();
+            ok(sp, 1);
+        }
+    }
+    keep
+}
+
+fn check_kept(sp: &Spool, keep: &[(String, Vec<u8>)]) {
+    let listed: Vec<String> = sp.list().into_iter().map(|e| e.envelope.queue_id).collect();
+    assert_eq!(listed, keep.iter().map(|k| k.0.clone()).collect::<Vec<_>>());
+    for (q, b) in keep {
+        assert_eq!(&sp.message_bytes(q).unwrap().unwrap(), b);
+        let s = states(sp, q);
+        assert_eq!((s[0].0, s[0].1, s[1].0, s[1].1, s[1].3.as_deref()), (record::STATE_DELIVERED, 1, record::STATE_DEFERRED, 2, Some("451 later")));
+    }
+    assert!(sp.due(now_us(), 100).is_empty());
+    assert!(sp.next_due().unwrap() > now_us());
+}
+
+#[test]
+fn copy_forward_preserves_bytes_and_state() {
+    let d = tempfile::tempdir().unwrap();
+    let sp = Spool::open(d.path(), 0, Config { segment_size: 8192, ..cfg() }).unwrap();
+    let keep = sparse_segments(&sp);
+    wait_for("copy forward", || stat(&sp, "messages_copied") >= 4 && seg_count(d.path()) <= 4);
+    check_kept(&sp, &keep);
+    sp.close();
+    drop(sp);
+    let sp = Spool::open(d.path(), 0, Config { segment_size: 8192, ..cfg() }).unwrap();
+    check_kept(&sp, &keep);
+    assert!(fs_list(&d.path().join("0/corrupt")).is_empty());
+}
+
+#[test]
+fn crash_between_copy_and_unlink_recovers_without_duplicates() {
+    let d = tempfile::tempdir().unwrap();
+    let sp = Spool::open(d.path(), 0, Config { segment_size: 8192, ..cfg() }).unwrap();
+    sp.set_no_unlink(true);
+    let keep = sparse_segments(&sp);
+    wait_for("copy forward", || stat(&sp, "messages_copied") >= 4 && stat(&sp, "segments_deleted") >= 5);
+    let segs_before = seg_count(d.path());
+    check_kept(&sp, &keep);
+    sp.close();
+    drop(sp);
+    // Every old segment is still there: both copies of each kept message on disk.
+    let r = reader::SpoolReader::new(d.path()).unwrap();
+    assert_eq!(r.list().unwrap().len(), keep.len());
+    let sp = Spool::open(d.path(), 0, Config { segment_size: 8192, ..cfg() }).unwrap();
+    check_kept(&sp, &keep);
+    // and compaction finishes the job after the restart
+    wait_for("old segments removed", || seg_count(d.path()) <= 5 && segs_before > 5);
+    check_kept(&sp, &keep);
+    sp.close();
+    drop(sp);
+    let sp = Spool::open(d.path(), 0, cfg()).unwrap();
+    check_kept(&sp, &keep);
+}
+
+/// A deleted segment held the only STATE record of a live message and the
+/// only DELETE record of a message whose MESSAGE record lives on elsewhere:
+/// both must survive the deletion (carried into the current segment).
+#[test]
+fn deleting_a_segment_keeps_state_and_delete_of_other_segments() {
+    let d = tempfile::tempdir().unwrap();
+    let c = Config { segment_size: 8192, copy_forward_percent: 0, ..cfg() };
+    let sp = Spool::open(d.path(), 0, c.clone()).unwrap();
+    let a = submit_env(&sp, 1, env2(&sp.new_queue_id(), now_us()), &body(1, 5000));
+    let b = submit(&sp, 2, &body(2, 500));
+    ok(&sp, 2);
+    let seg_a = sp.get(&a).unwrap().seq;
+    assert_eq!(sp.get(&b).unwrap().seq, seg_a);
+    let f1 = submit(&sp, 3, &body(3, 3000)); // rolls to the next segment
+    ok(&sp, 1);
+    let seg2 = sp.get(&f1).unwrap().seq;
+    assert!(seg2 > seg_a);
+    sp.update(4, &a, &[change(1, record::STATE_BOUNCED, 1, None, Some("550 unknown"))]).unwrap();
+    sp.hold(5, &a, true).unwrap();
+    sp.delete(6, &b).unwrap();
+    ok(&sp, 3);
+    let f2 = submit(&sp, 7, &body(7, 6000)); // rolls again
+    ok(&sp, 1);
+    assert!(sp.get(&f2).unwrap().seq > seg2);
+    sp.delete(8, &f1).unwrap();
+    ok(&sp, 1);
+    let seg2_path = d.path().join("0/segments").join(segment::segment_name(seg2));
+    wait_for("segment 2 deleted", || !seg2_path.exists());
+    assert!(d.path().join("0/segments").join(segment::segment_name(seg_a)).exists());
+    sp.close();
+    drop(sp);
+    let sp = Spool::open(d.path(), 0, c).unwrap();
+    let ids: Vec<String> = sp.list().into_iter().map(|e| e.envelope.queue_id).collect();
+    assert_eq!(ids, vec![a.clone(), f2.clone()], "{:?}", sp.recovery_report());
+    let e = sp.get(&a).unwrap().envelope;
+    assert!(e.held);
+    assert_eq!((e.recipients[1].state, e.recipients[1].last_reply.as_deref()), (record::STATE_BOUNCED, Some("550 unknown")));
+}
+
+#[test]
+fn message_bytes_while_compacting() {
+    let d = tempfile::tempdir().unwrap();
+    let sp = Arc::new(Spool::open(d.path(), 0, Config { segment_size: 8192, ..cfg() }).unwrap());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let keep = {
+        let sp2 = sp.clone();
+        let stop2 = stop.clone();
+        let reader = std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop2.load(Relaxed) {
+                for e in sp2.list() {
+                    // never an error, even when its segment was just unlinked
+                    assert!(sp2.message_bytes(&e.envelope.queue_id).unwrap().is_some() || sp2.get(&e.envelope.queue_id).is_none());
+                    n += 1;
+                }
+            }
+            n
+        });
+        let keep = sparse_segments(&sp);
+        wait_for("copy forward", || stat(&sp, "messages_copied") >= 4 && seg_count(d.path()) <= 4);
+        stop.store(true, Relaxed);
+        assert!(reader.join().unwrap() > 0);
+        keep
+    };
+    check_kept(&sp, &keep);
+}
+
+#[test]
+fn segment_with_undecodable_record_is_never_deleted() {
+    let d = tempfile::tempdir().unwrap();
+    let seg;
+    {
+        let sp = Spool::open(d.path(), 0, cfg()).unwrap();
+        let q = submit(&sp, 1, b"x");
+        ok(&sp, 1);
+        seg = d.path().join("0/segments").join(segment::segment_name(sp.get(&q).unwrap().seq));
+        sp.delete(2, &q).unwrap();
+        ok(&sp, 1);
+        sp.close();
+    }
+    // a record from the future: valid CRC, unknown meta version
+    let rec = record::encode_record(record::Kind::State, b"\x09future", b"").unwrap();
+    let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
+    std::io::Write::write_all(&mut f, &rec).unwrap();
+    let sp = Spool::open(d.path(), 0, cfg()).unwrap();
+    assert!(sp.recovery_report().iter().any(|l| l.contains("undecodable")), "{:?}", sp.recovery_report());
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(seg.exists() && sp.list().is_empty());
+}

@@ -472,7 +472,7 @@ impl Writer {
         let (&seq, s) = ix
             .segs
             .iter()
-            .find(|(seq, s)| Some(**seq) != cur_seq && (s.live == 0 || (pct > 0 && s.live_bytes * 100 < s.size * pct)))?;
+            .find(|(seq, s)| Some(**seq) != cur_seq && !s.pinned && (s.live == 0 || (pct > 0 && s.live_bytes * 100 < s.size * pct)))?;
         if s.live > 0 {
             let mut items = Vec::new();
             let mut bytes = 0;
@@ -488,7 +488,8 @@ impl Writer {
                     _ => {}
                 }
             }
-            return Some(Plan::Copy(seq, items));
+            // Empty only if the accounting were wrong: do nothing rather than spin.
+            return (!items.is_empty()).then_some(Plan::Copy(seq, items));
         }
         let mut seen = HashSet::new();
         let (mut states, mut deletes) = (Vec::new(), Vec::new());
