@@ -581,7 +581,7 @@ def test_bdat_and_dsn_to_mta_run(tmp_path):
         tap.close()
         return res, bytes(tap.streams[0])
 
-    with mta_process("run", "--spool", str(spool), "--hostname", "mx.test") as port:
+    with mta_process("run", "--spool", str(spool), "--hostname", "mx.test", "--no-delivery") as port:
         res, sent = run(go(port))
         assert [r.code for r in res] == [250, 250], res
         assert b"BDAT " in sent and b"\r\nDATA\r\n" not in sent

@@ -64,6 +64,10 @@ class _Supervisor:
         if pid == 0:
             code = 0
             try:
+                # A SIGTERM that arrives before the event loop has its handler
+                # must not kill the worker uncleanly: keep it pending until
+                # Server.run unblocks it (then it stops the server in order).
+                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 _die_with_parent(parent)
