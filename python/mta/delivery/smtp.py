@@ -21,7 +21,10 @@ for a network problem. Choices, documented:
   verifying the certificate, and if the handshake fails it reconnects to the same
   target once in clear; "required" verifies the chain (system store, or `ca_file`)
   and the name `Target.host`, and a target without working TLS is skipped (451 4.7.5
-  when it was the last). Unix-socket targets (LMTP) never use TLS.
+  when it was the last). Unix-socket targets (LMTP) never use TLS. Every result
+  says what the session had (`RcptResult.tls`: "none" | "opportunistic" | "verified",
+  or "failed" with a TLS-RPT result type in `tls_failure`); MTA-STS (mta.mtasts)
+  builds on tls="required".
 - AUTH (PLAIN, else LOGIN) credentials are sent only over TLS, except when the route
   says tls="none" (an explicit choice of clear text, e.g. a loopback smarthost); a
   peer that offers no AUTH gets the mail unauthenticated (Postfix's behaviour); an
