@@ -429,3 +429,13 @@ def test_report_every_interval_and_at_stop(caplog):
     run(main())
     domains = [json.loads(m.split(" ", 1)[1])["domain"] for m in caplog.messages if m.startswith("tls-report ")]
     assert domains == ["a.test", "b.test"]
+
+
+def test_counters_stay_bounded(caplog):
+    caplog.set_level(logging.INFO, "mta.mtasts")
+    c = TlsCounters()
+    c.max_keys = 3
+    for i in range(5):
+        c.add(f"d{i}.test", "none", "none", None)
+    assert sum(m.startswith("tls-report ") for m in caplog.messages) == 3  # d0..d2 reported early
+    assert [r["domain"] for r in c.snapshot()] == ["d3.test", "d4.test"]

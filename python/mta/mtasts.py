@@ -361,8 +361,12 @@ class TlsCounters:
         self.started = time.time()
         self._counts: dict[tuple[str, str], dict[str, Counter]] = {}
 
+    max_keys = 10_000  # more (domain, policy) pairs in one period: report early, so memory stays bounded
+
     def add(self, domain: str, policy: str, tls: str | None, failure: str | None,
             would_fail: bool = False) -> None:
+        if (domain, policy) not in self._counts and len(self._counts) >= self.max_keys:
+            self.report()
         c = self._counts.setdefault((domain, policy), {
             "total": Counter(), "tls": Counter(), "failures": Counter(), "would_fail": Counter()})
         c["tls"][tls or "no-session"] += 1

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import random
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from mta import bounce
@@ -198,9 +199,8 @@ class QueueManager:
             attempts = env.recipients[index].attempts + 1
             status = res.status
             if status == "deferred" and expired:
-                res = RcptResult(res.address, 550, "4.4.7",
-                                 f"delivery time expired; last error: {res.reply()}",
-                                 res.remote_host, res.remote_ip)
+                res = replace(res, code=550, enhanced="4.4.7",
+                              text=f"delivery time expired; last error: {res.reply()}")
                 status = "bounced"
             if status == "bounced":
                 failures.append((rc, res))
