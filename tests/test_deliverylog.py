@@ -10,9 +10,10 @@ from mta.delivery import RcptResult
 from mta.deliverylog import DeliveryLog, rfc3339
 
 KEYS = {"time", "queue_id", "recipient", "status", "remote_host", "remote_ip", "reply",
-        "attempt", "delay_s"}
+        "attempt", "delay_s", "tls", "policy", "tls_failure"}
 NOW = 1_700_000_000.1234
-OK = RcptResult("r@b.test", 250, "2.0.0", "Ok: queued as X", "mx.b.test", "192.0.2.7")
+OK = RcptResult("r@b.test", 250, "2.0.0", "Ok: queued as X", "mx.b.test", "192.0.2.7", "verified",
+                "mta-sts-enforce")
 
 
 def lines(path):
@@ -31,6 +32,7 @@ def test_record_keys_and_values(tmp_path):
         "time": "2023-11-14T22:13:20.123Z", "queue_id": "Q1", "recipient": "r@b.test",
         "status": "delivered", "remote_host": "mx.b.test", "remote_ip": "192.0.2.7",
         "reply": "250 2.0.0 Ok: queued as X", "attempt": 2, "delay_s": 61.5,
+        "tls": "verified", "policy": "mta-sts-enforce", "tls_failure": None,
     }
 
 
@@ -41,6 +43,7 @@ def test_no_result_and_unicode(tmp_path):
              arrival=NOW - 5 * 86400, now=NOW)
     rec = lines(p)[0]
     assert (rec["remote_host"], rec["remote_ip"], rec["reply"]) == (None, None, None)
+    assert (rec["tls"], rec["policy"], rec["tls_failure"]) == (None, None, None)
     assert rec["recipient"] == "ü@b.test" and rec["delay_s"] == 432000.0
     assert "ü".encode() in p.read_bytes()  # readable UTF-8, not \u escapes
 

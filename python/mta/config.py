@@ -450,6 +450,19 @@ class DeliveryConfig:
     smtp_port: int = opt(25, Int(), "Port used for deliveries to MX hosts (25; another only for tests or private networks).")
     tls: str = opt("opportunistic", Choice(TLS_MODES),
                    "Outbound STARTTLS: none, opportunistic (unverified if offered), required (verified).")
+    tls_ca_file: str = opt("", Text(), "Trust anchors (PEM file) for verified outbound TLS (tls = required, "
+                                       "MTA-STS enforce); empty: the system's CAs.")
+    mta_sts: bool = opt(True, Bool(), "Look up MTA-STS policies (RFC 8461) of MX destinations and apply them: "
+                                      "enforce requires verified TLS to a matching MX, testing only reports.")
+    mta_sts_port: int = opt(443, Int(), "HTTPS port of the mta-sts.<domain> policy hosts (443; another only "
+                                        "for tests).")
+    mta_sts_ca_file: str = opt("", Text(), "Trust anchors (PEM file) for the policy hosts' HTTPS certificates; "
+                                           "empty: the system's CAs.")
+    mta_sts_timeout: float = opt(10.0, Duration(), "Give up on fetching an MTA-STS policy after this long "
+                                                   "(the domain is then treated as having none).")
+    tls_report_interval: float = opt(3600.0, Duration(allow_zero=True),
+                                     "How often the per-domain TLS counters (TLS-RPT style) are logged; they "
+                                     "are also logged at shutdown. 0: only at shutdown.")
     log_file: str = opt("", Text(), "Delivery log (one JSON line per recipient outcome); empty: stderr.")
     route_hook: str = opt("", Text(), 'A "module:function" called for each recipient; a Route it returns '
                                       "wins over the transport map.")

@@ -89,6 +89,11 @@ class DeliveryLog:
             "reply": result.reply() if result else None,
             "attempt": attempt,
             "delay_s": round(max(0.0, now - arrival), 3) if arrival else None,
+            # TLS-RPT style (see mta.mtasts): the session's TLS, the policy applied, and
+            # the failure type (with policy "mta-sts-testing": what enforce would refuse)
+            "tls": result.tls if result else None,
+            "policy": result.policy if result else None,
+            "tls_failure": result.tls_failure if result else None,
         }
         return json.dumps(rec, ensure_ascii=False, separators=(",", ":")) + "\n"
 

@@ -121,7 +121,7 @@ def _tempfail(detail: str) -> Resolution:
 
 @dataclass(frozen=True, slots=True)
 class _Answer:
-    """One query's outcome, as cached: records are texts (A/AAAA) or (pref, name) (MX)."""
+    """One query's outcome, as cached: records are texts (A/AAAA, TXT) or (pref, name) (MX)."""
 
     status: str  # "ok" | "nodata" | "nxdomain" | "tempfail"
     records: tuple = ()
@@ -266,6 +266,15 @@ class MxResolver:
         """Targets for one host; empty when it has no address now (the caller defers)."""
         return list((await self.resolve_host(host, port)).targets)
 
+    async def txt(self, name: str) -> tuple[str, list[str]]:
+        """TXT records of `name` (each record's strings joined, decoded as UTF-8) through
+        the same servers and TTL cache: ("ok" | "nodata" | "nxdomain" | "tempfail", records)."""
+        qname = _name(name.strip().rstrip(".").lower())
+        if qname is None:
+            return "nxdomain", []
+        ans = await self._query(qname, dns.rdatatype.TXT)
+        return ans.status, list(ans.records)
+
     def clear(self) -> None:
         self._cache.clear()
 
@@ -334,6 +343,8 @@ class MxResolver:
         if rdtype == dns.rdatatype.MX:
             records = tuple((r.preference, r.exchange.to_text(omit_final_dot=True).lower() or ".")
                             for r in ans.rrset)
+        elif rdtype == dns.rdatatype.TXT:
+            records = tuple(b"".join(r.strings).decode("utf-8", "replace") for r in ans.rrset)
         else:
             records = tuple(r.address for r in ans.rrset)
         return _Answer("ok", records), ttl

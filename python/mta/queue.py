@@ -15,6 +15,7 @@ import asyncio
 import logging
 import random
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from mta import bounce
@@ -23,6 +24,7 @@ from mta.delivery.maildir import deliver_maildir_async
 from mta.delivery.smtp import SmtpDelivery, SmtpOptions
 from mta.deliverylog import DeliveryLog
 from mta.dns import MxResolver
+from mta.mtasts import MtaStsCache, OutboundTls
 from mta.routing import split
 
 if TYPE_CHECKING:
@@ -46,6 +48,9 @@ class QueueManager:
         dns = server.cfg.dns
         self.resolver = MxResolver(list(dns.nameservers) or None, port=dns.port, timeout=dns.timeout)
         self.smtp = SmtpDelivery()
+        sts = MtaStsCache(self.resolver, port=self.dcfg.mta_sts_port, ca_file=self.dcfg.mta_sts_ca_file,
+                          timeout=self.dcfg.mta_sts_timeout) if self.dcfg.mta_sts else None
+        self.tls_policy = OutboundTls(sts, self.dcfg.tls_report_interval)
         self.dlog = DeliveryLog(self.dcfg.log_file or None)
         self.active: set[str] = set()
         self._wake = asyncio.Event()
@@ -61,6 +66,7 @@ class QueueManager:
             log.info("delivery disabled (delivery.enabled = false): mail is accepted and kept")
             return
         self._task = asyncio.get_running_loop().create_task(self._run(), name="queue-manager")
+        self.tls_policy.start()
 
     def kick(self) -> None:
         """Look at the queue now (the window had no room, or the schedule changed)."""
@@ -139,6 +145,7 @@ class QueueManager:
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
         await self.smtp.close()
+        await self.tls_policy.stop()
 
     # --- one attempt for one message ----------------------------------------
 
@@ -192,9 +199,8 @@ class QueueManager:
             attempts = env.recipients[index].attempts + 1
             status = res.status
             if status == "deferred" and expired:
-                res = RcptResult(res.address, 550, "4.4.7",
-                                 f"delivery time expired; last error: {res.reply()}",
-                                 res.remote_host, res.remote_ip)
+                res = replace(res, code=550, enhanced="4.4.7",
+                              text=f"delivery time expired; last error: {res.reply()}")
                 status = "bounced"
             if status == "bounced":
                 failures.append((rc, res))
@@ -235,6 +241,7 @@ class QueueManager:
             max_connections=spec.connections or self.dcfg.max_connections,
             max_messages_per_connection=spec.per_connection or self.dcfg.messages_per_connection,
             lmtp=lmtp,
+            ca_file=self.dcfg.tls_ca_file or None,
         )
 
     async def _deliver(self, spec: TransportSpec, domain: str, msg: OutMessage) -> list[RcptResult]:
@@ -249,10 +256,12 @@ class QueueManager:
                 out.append(await deliver_maildir_async(path, msg, rc, self.cfg.hostname))
             return out
         if kind == "mx":
-            res = await self.resolver.resolve(domain, self.dcfg.smtp_port)
+            res, policy = await asyncio.gather(self.resolver.resolve(domain, self.dcfg.smtp_port),
+                                               self.tls_policy.policy(domain))
             if res.kind != "ok":
                 return results_for(msg, res.code, res.enhanced, res.text)
-            return await self.smtp.deliver(f"mx:{domain}", res.targets, self._options(spec), msg)
+            return await self.tls_policy.deliver(self.smtp, f"mx:{domain}", domain, policy, res.targets,
+                                                 self._options(spec), msg)
         if kind == "lmtp" and spec.port == 0:
             targets = [Target(spec.host, "unix", 0)]
         else:

@@ -43,6 +43,11 @@ class RcptResult:
     text: str
     remote_host: str | None = None
     remote_ip: str | None = None
+    # TLS-RPT-style facts about the session (None where no SMTP session was tried):
+    tls: str | None = None  # "none" | "opportunistic" | "verified" | "failed"
+    policy: str | None = None  # "mta-sts-enforce" | "mta-sts-testing" | "none" (mx deliveries)
+    tls_failure: str | None = None  # a TLS-RPT result type, e.g. "starttls-not-supported";
+    # with policy "mta-sts-testing" and a delivered status: what would have failed under enforce
 
     @property
     def status(self) -> str:
@@ -68,6 +73,8 @@ class Target(NamedTuple):
 
 
 def results_for(msg: OutMessage, code: int, enhanced: str, text: str,
-                host: str | None = None, ip: str | None = None) -> list[RcptResult]:
+                host: str | None = None, ip: str | None = None, *, tls: str | None = None,
+                policy: str | None = None, tls_failure: str | None = None) -> list[RcptResult]:
     """The same result for every recipient (connection-level outcomes)."""
-    return [RcptResult(r.address, code, enhanced, text, host, ip) for r in msg.recipients]
+    return [RcptResult(r.address, code, enhanced, text, host, ip, tls, policy, tls_failure)
+            for r in msg.recipients]

@@ -21,7 +21,10 @@ for a network problem. Choices, documented:
   verifying the certificate, and if the handshake fails it reconnects to the same
   target once in clear; "required" verifies the chain (system store, or `ca_file`)
   and the name `Target.host`, and a target without working TLS is skipped (451 4.7.5
-  when it was the last). Unix-socket targets (LMTP) never use TLS.
+  when it was the last). Unix-socket targets (LMTP) never use TLS. Every result
+  says what the session had (`RcptResult.tls`: "none" | "opportunistic" | "verified",
+  or "failed" with a TLS-RPT result type in `tls_failure`); MTA-STS (mta.mtasts)
+  builds on tls="required".
 - AUTH (PLAIN, else LOGIN) credentials are sent only over TLS, except when the route
   says tls="none" (an explicit choice of clear text, e.g. a loopback smarthost); a
   peer that offers no AUTH gets the mail unauthenticated (Postfix's behaviour); an
@@ -228,11 +231,25 @@ class _ConnError(Exception):
 
 
 class _Failure(Exception):
-    """This target could not be used; try the next one."""
+    """This target could not be used; try the next one. `tls` is set (to a TLS-RPT
+    result type such as "starttls-not-supported") when TLS was the problem."""
 
-    def __init__(self, enhanced: str, text: str, *, tls: bool = False) -> None:
+    def __init__(self, enhanced: str, text: str, *, tls: str | None = None) -> None:
         super().__init__(text)
         self.enhanced, self.text, self.tls = enhanced, text, tls
+
+
+def _tls_failure_type(e: BaseException) -> str:
+    """The TLS-RPT (RFC 8460 §4.3) result type of a failed handshake."""
+    if isinstance(e, ssl.SSLCertVerificationError):
+        code = getattr(e, "verify_code", None)
+        if code == 62:  # X509_V_ERR_HOSTNAME_MISMATCH
+            return "certificate-host-mismatch"
+        if code == 10:  # X509_V_ERR_CERT_HAS_EXPIRED
+            return "certificate-expired"
+        if code in (2, 18, 19, 20, 21):  # unknown issuer, self-signed, untrusted chain
+            return "certificate-not-trusted"
+    return "validation-failure"
 
 
 class _Stale(Exception):
@@ -254,6 +271,7 @@ class _Connection(asyncio.Protocol):
         self._drain_waiter: asyncio.Future | None = None
         self.ext: dict[str, str] = {}  # EHLO keywords (upper case) -> parameters
         self.tls = False
+        self.verified = False  # TLS with the chain and Target.host checked
         self.messages = 0  # transactions attempted on this connection
         self.broken = False  # out of sync or closing: never reuse
         self.idle_timer: asyncio.TimerHandle | None = None
@@ -307,6 +325,11 @@ class _Connection(asyncio.Protocol):
     def alive(self) -> bool:
         t = self.transport
         return self._error is None and not self.broken and t is not None and not t.is_closing()
+
+    @property
+    def tls_state(self) -> str:
+        """"verified" | "opportunistic" (encrypted, not verified) | "none" (clear)."""
+        return "verified" if self.verified else "opportunistic" if self.tls else "none"
 
     @property
     def name(self) -> str:
@@ -463,7 +486,8 @@ class SmtpDelivery:
         if last is None:
             return results_for(msg, 451, "4.4.1", "no address to deliver to")
         f, t = last
-        return results_for(msg, 451, f.enhanced, f.text, t.host, t.ip)
+        return results_for(msg, 451, f.enhanced, f.text, t.host, t.ip,
+                           tls="failed" if f.tls else None, tls_failure=f.tls)
 
     async def _run(self, conn: _Connection, opts: SmtpOptions, msg: OutMessage) -> list[RcptResult]:
         try:
@@ -551,10 +575,11 @@ class SmtpDelivery:
                 await self._hello(conn, opts)
             elif opts.tls == "required":
                 conn.quit()
-                raise _Failure("4.7.5", f"{conn.name} refused STARTTLS: {r}", tls=True)
+                raise _Failure("4.7.5", f"{conn.name} refused STARTTLS: {r}", tls="starttls-not-supported")
         if opts.tls == "required" and not conn.tls and not unix:
             conn.quit()
-            raise _Failure("4.7.5", f"TLS is required but {conn.name} does not offer STARTTLS", tls=True)
+            raise _Failure("4.7.5", f"TLS is required but {conn.name} does not offer STARTTLS",
+                           tls="starttls-not-supported")
         if opts.auth:
             await self._auth(conn, opts)
 
@@ -594,7 +619,8 @@ class SmtpDelivery:
             await conn.start_tls(ctx, server_hostname, self.starttls_timeout)
         except (ssl.SSLError, ssl.CertificateError, OSError, TimeoutError, ConnectionError) as e:
             conn.abort()
-            raise _Failure("4.7.5", f"TLS with {conn.name} failed: {e}", tls=True) from None
+            raise _Failure("4.7.5", f"TLS with {conn.name} failed: {e}", tls=_tls_failure_type(e)) from None
+        conn.verified = opts.tls == "required"
 
     async def _auth(self, conn: _Connection, opts: SmtpOptions) -> None:
         if not conn.tls and opts.tls != "none":
@@ -624,25 +650,26 @@ class SmtpDelivery:
     async def _transaction(self, conn: _Connection, opts: SmtpOptions,
                            msg: OutMessage) -> list[RcptResult]:
         host, ip = conn.target.host, conn.target.ip
+        tls = conn.tls_state
         ext = conn.ext
         limit = ext.get("SIZE", "")
         if limit.isdigit() and 0 < int(limit) < len(msg.data):
             return results_for(msg, 552, "5.3.4",
                                f"message size {len(msg.data)} exceeds the limit of {conn.name} ({limit})",
-                               host, ip)
+                               host, ip, tls=tls)
         utf8 = msg.smtputf8 or not _ascii(msg)
         if utf8 and "SMTPUTF8" not in ext:
             return results_for(msg, 550, "5.6.7",
                                f"{conn.name} does not support SMTPUTF8, which this message needs",
-                               host, ip)
+                               host, ip, tls=tls)
         try:
             mail = _mail_line(msg, ext, utf8)
             rcpt_lines = [_rcpt_line(r, ext) for r in msg.recipients]
         except ValueError as e:  # never from our own receive path, which refuses such addresses
-            return results_for(msg, 550, "5.1.3", str(e), host, ip)
+            return results_for(msg, 550, "5.1.3", str(e), host, ip, tls=tls)
 
         def result(addr: str, r: Reply) -> RcptResult:
-            return RcptResult(addr, r.code, r.enhanced, r.text, host, ip)
+            return RcptResult(addr, r.code, r.enhanced, r.text, host, ip, tls)
 
         rcpts = msg.recipients
         results: list[RcptResult | None] = [None] * len(rcpts)
@@ -720,7 +747,7 @@ class SmtpDelivery:
         except _ConnError as e:
             conn.abort()
             text = f"{conn.name}: {e}"
-            return [res or RcptResult(rc.address, 451, "4.4.2", text, host, ip)
+            return [res or RcptResult(rc.address, 451, "4.4.2", text, host, ip, tls)
                     for rc, res in zip(rcpts, results)]
 
 
