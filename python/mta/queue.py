@@ -215,11 +215,14 @@ class QueueManager:
             # The DSN is durable before any recipient is recorded bounced: a
             # crash in between can repeat the DSN, never lose it.
             await self._send_dsn(msg, failures)
-        await self.spool.update(msg.queue_id, changes)
         states = {i: r.state for i, r in enumerate(env.recipients)}
         states.update({c[0]: c[1] for c in changes})
         if all(s in FINAL for s in states.values()):
+            # Every recipient is final: one DELETE record says it all (the
+            # delivery log keeps the outcomes), so no STATE record first.
             await self.spool.delete(msg.queue_id)
+        else:
+            await self.spool.update(msg.queue_id, changes)
 
     async def _send_dsn(self, msg: OutMessage, failures) -> None:
         dsn = bounce.make_dsn(msg, failures, reporting_mta=self.cfg.hostname)
