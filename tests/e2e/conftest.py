@@ -150,3 +150,229 @@ def server_factory(tmp_path):
 def server(server_factory) -> Server:
     """A server on the default configuration (mynetworks includes loopback)."""
     return server_factory()
+
+
+# ---------------------------------------------------------------------------
+# Scriptable SMTP / LMTP peers for the delivery tests (appended for issue 5)
+# ---------------------------------------------------------------------------
+
+@dataclass
+class PeerTxn:
+    """One completed DATA transaction a peer received."""
+
+    sender: str
+    mail_params: list[str]
+    rcpts: list[str]  # the recipients the peer accepted at RCPT
+    data: bytes  # the message as sent, un-dot-stuffed, CRLF line ends
+    local_ip: str  # the peer address mta connected to
+    replies: dict = field(default_factory=dict)  # rcpt -> final reply (LMTP: per recipient)
+
+
+class SmtpPeer:
+    """A small real SMTP (or LMTP) server in a background thread, on a loopback
+    TCP address or a unix socket, whose replies the test scripts:
+
+    rcpt(address, n, peer) -> reply line or None (250): n counts RCPTs of that
+        address so far (1 the first time);
+    data(txn, n, peer) -> reply line or None (250) at end of data; n counts
+        data phases so far (1 the first time);
+    lmtp_rcpt(address, n, peer) -> reply line or None, one per accepted
+        recipient after the data (LMTP only; n counts those replies for it).
+    A transaction is recorded in `txns` once its final reply has been written.
+
+    Every read has a deadline; sessions and lines are bounded."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, unix: str | None = None,
+                 lmtp: bool = False, name: str = "peer.test", rcpt=None, data=None,
+                 lmtp_rcpt=None, delay: float = 0.0, extensions=("PIPELINING", "8BITMIME", "SMTPUTF8",
+                                             "ENHANCEDSTATUSCODES", "SIZE 104857600")):
+        import threading
+        self.host, self.port, self.unix, self.lmtp, self.name = host, port, unix, lmtp, name
+        self.rcpt_fn, self.data_fn, self.lmtp_fn = rcpt, data, lmtp_rcpt
+        self.delay = delay  # seconds before each end-of-data reply (a slow peer)
+        self.extensions = list(extensions)
+        self.txns: list[PeerTxn] = []
+        self.rcpt_seen: dict[str, int] = {}
+        self.lmtp_seen: dict[str, int] = {}
+        self.data_seen = 0
+        self.connections = 0
+        self.commands: list[str] = []
+        self._cond = threading.Condition()
+        self._loop = None
+        self._server = None
+        self._thread = None
+
+    # -- life cycle -------------------------------------------------------------
+    def start(self) -> "SmtpPeer":
+        import asyncio
+        import threading
+        ready = threading.Event()
+        err: list[BaseException] = []
+
+        def run():
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            try:
+                if self.unix:
+                    srv = loop.run_until_complete(asyncio.start_unix_server(
+                        self._session, path=self.unix, limit=1 << 20))
+                else:
+                    srv = loop.run_until_complete(asyncio.start_server(
+                        self._session, self.host, self.port, limit=1 << 20, reuse_address=True))
+                    self.port = srv.sockets[0].getsockname()[1]
+                self._server = srv
+            except BaseException as e:  # reported to start()
+                err.append(e)
+                ready.set()
+                loop.close()
+                return
+            ready.set()
+            try:
+                loop.run_forever()
+            finally:
+                srv.close()
+                loop.run_until_complete(srv.wait_closed())
+                for t in asyncio.all_tasks(loop):
+                    t.cancel()
+                loop.run_until_complete(asyncio.sleep(0))
+                loop.close()
+
+        self._thread = threading.Thread(target=run, name=f"peer-{self.host}:{self.port}", daemon=True)
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("peer did not start")
+        if err:
+            raise err[0]
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+
+    # -- inspection ---------------------------------------------------------------
+    def wait_txns(self, n: int, timeout: float = 20) -> list[PeerTxn]:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while len(self.txns) < n:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"peer {self.host}:{self.port}{self.unix or ''} got "
+                                         f"{len(self.txns)} of {n} messages in {timeout}s")
+                self._cond.wait(min(left, 0.5))
+            return list(self.txns)
+
+    # -- the protocol ---------------------------------------------------------------
+    async def _session(self, reader, writer) -> None:
+        import asyncio
+        self.connections += 1
+        sock = writer.get_extra_info("sockname")
+        local_ip = sock[0] if isinstance(sock, tuple) else "unix"
+
+        async def line(timeout: float = 30) -> bytes:
+            return await asyncio.wait_for(reader.readline(), timeout)
+
+        def say(text: str) -> None:
+            writer.write(text.encode() + b"\r\n")
+
+        sender, params, rcpts = None, [], []
+        try:
+            say(f"220 {self.name} {'LMTP' if self.lmtp else 'ESMTP'} test peer")
+            for _ in range(100_000):
+                raw = await line()
+                if not raw:
+                    return
+                cmd = raw.rstrip(b"\r\n").decode("utf-8", "surrogateescape")
+                verb = cmd.split(" ", 1)[0].upper()
+                self.commands.append(cmd)
+                if verb in ("EHLO", "LHLO", "HELO"):
+                    if (verb == "LHLO") != self.lmtp:
+                        say("500 5.5.1 wrong greeting for this protocol")
+                    elif verb == "HELO":
+                        say(f"250 {self.name}")
+                    else:
+                        lines = [self.name, *self.extensions]
+                        for x in lines[:-1]:
+                            say(f"250-{x}")
+                        say(f"250 {lines[-1]}")
+                elif verb == "MAIL":
+                    m = cmd[10:] if cmd[:10].upper() == "MAIL FROM:" else ""
+                    addr, _, rest = m.partition(">")
+                    sender, params, rcpts = addr.lstrip("<"), rest.split(), []
+                    say("250 2.1.0 Ok")
+                elif verb == "RCPT":
+                    addr = cmd[8:].split(">", 1)[0].lstrip("<")
+                    with self._cond:
+                        n = self.rcpt_seen[addr] = self.rcpt_seen.get(addr, 0) + 1
+                    reply = (self.rcpt_fn(addr, n, self) if self.rcpt_fn else None) or "250 2.1.5 Ok"
+                    if reply.startswith("2"):
+                        rcpts.append(addr)
+                    say(reply)
+                elif verb == "DATA":
+                    if sender is None or not rcpts:
+                        say("554 5.5.1 no valid recipients")
+                        continue
+                    say("354 go ahead")
+                    await writer.drain()
+                    chunks = []
+                    for _ in range(10_000_000):
+                        dl = await line()
+                        if not dl:
+                            return
+                        if dl == b".\r\n":
+                            break
+                        chunks.append(dl[1:] if dl.startswith(b".") else dl)
+                    txn = PeerTxn(sender, params, list(rcpts), b"".join(chunks), local_ip)
+                    if self.delay:
+                        await asyncio.sleep(self.delay)
+                    with self._cond:
+                        self.data_seen += 1
+                        n = self.data_seen
+                    if self.lmtp:
+                        for r in rcpts:
+                            with self._cond:
+                                k = self.lmtp_seen[r] = self.lmtp_seen.get(r, 0) + 1
+                            reply = (self.lmtp_fn(r, k, self) if self.lmtp_fn else None) or "250 2.0.0 Ok"
+                            txn.replies[r] = reply
+                            say(reply)
+                    else:
+                        reply = (self.data_fn(txn, n, self) if self.data_fn else None) or "250 2.0.0 Ok: queued"
+                        txn.replies = {r: reply for r in rcpts}
+                        say(reply)
+                    await writer.drain()
+                    with self._cond:
+                        self.txns.append(txn)
+                        self._cond.notify_all()
+                    sender, params, rcpts = None, [], []
+                elif verb == "RSET":
+                    sender, params, rcpts = None, [], []
+                    say("250 2.0.0 Ok")
+                elif verb == "NOOP":
+                    say("250 2.0.0 Ok")
+                elif verb == "QUIT":
+                    say("221 2.0.0 Bye")
+                    await writer.drain()
+                    return
+                else:
+                    say("502 5.5.2 command not implemented")
+                await writer.drain()
+        except (asyncio.TimeoutError, ConnectionError, asyncio.IncompleteReadError,
+                asyncio.LimitOverrunError, ValueError):
+            return
+        finally:
+            writer.close()
+
+
+@pytest.fixture
+def peer_factory():
+    """Call it (SmtpPeer's arguments) to start scriptable peers; all stop at teardown."""
+    peers: list[SmtpPeer] = []
+
+    def factory(**kw) -> SmtpPeer:
+        p = SmtpPeer(**kw).start()
+        peers.append(p)
+        return p
+
+    yield factory
+    for p in peers:
+        p.stop()
