@@ -57,6 +57,7 @@ class QueueManager:
         self._task: asyncio.Task | None = None
         self._stopping = False
         self._tasks: set[asyncio.Task] = set()
+        self._wake_at = 0.0  # when the scheduling loop next looks at the spool by itself
         self._backoff: dict[str, float] = {}  # queue id → monotonic time before which it is not retried
 
     # --- scheduling -----------------------------------------------------------
@@ -98,6 +99,7 @@ class QueueManager:
                 # Everything due is in flight, backing off, or waiting for
                 # room in the window: wait for a change instead of spinning.
                 delay = 1.0
+            self._wake_at = time.time() + delay
             try:
                 await asyncio.wait_for(self._wake.wait(), delay)
             except asyncio.TimeoutError:
@@ -193,6 +195,7 @@ class QueueManager:
     async def _record(self, env, msg: OutMessage, results: dict[int, RcptResult], now: float) -> None:
         expired = now - env.arrival > self.dcfg.max_lifetime
         changes, failures = [], []
+        replan = False  # a retry falls before the loop's next look at the spool
         by_index = {rc.index: rc for rc in msg.recipients}
         for index, res in results.items():
             rc = by_index[index]
@@ -208,7 +211,9 @@ class QueueManager:
             elif status == "delivered":
                 changes.append((index, "delivered", attempts, None, res.reply()))
             else:
-                changes.append((index, "deferred", attempts, now + self._delay(attempts), res.reply()))
+                retry_at = now + self._delay(attempts)
+                changes.append((index, "deferred", attempts, retry_at, res.reply()))
+                replan = replan or retry_at < self._wake_at
             self.dlog.record(queue_id=msg.queue_id, recipient=rc.address, status=status, result=res,
                              attempt=attempts, arrival=env.arrival, now=now)
         if failures:
@@ -223,6 +228,8 @@ class QueueManager:
             await self.spool.delete(msg.queue_id)
         else:
             await self.spool.update(msg.queue_id, changes)
+            if replan:
+                self.kick()
 
     async def _send_dsn(self, msg: OutMessage, failures) -> None:
         dsn = bounce.make_dsn(msg, failures, reporting_mta=self.cfg.hostname)
