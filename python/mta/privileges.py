@@ -11,6 +11,7 @@ silently ignored.
 from __future__ import annotations
 
 import grp
+import importlib
 import logging
 import os
 import pwd
@@ -24,6 +25,32 @@ log = logging.getLogger("mta")
 
 class PrivilegeError(MtaError):
     pass
+
+
+# Modules other code imports lazily, on first use. After the drop the
+# interpreter's own files may be unreadable (a Python under a 0700 home), so
+# they are imported while still root. DNS answers map record types to
+# modules on demand; so does the IDNA codec.
+_PRELOAD = (
+    "encodings.idna",
+    "dns._asyncio_backend",
+    "dns.rdtypes.IN.A",
+    "dns.rdtypes.IN.AAAA",
+    "dns.rdtypes.ANY.MX",
+    "dns.rdtypes.ANY.PTR",
+    "dns.rdtypes.ANY.TXT",
+    "dns.rdtypes.ANY.CNAME",
+    "dns.rdtypes.ANY.SOA",
+    "dns.rdtypes.ANY.NS",
+)
+
+
+def _preload() -> None:
+    for name in _PRELOAD:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            log.debug("preload: no module %s", name)
 
 
 @dataclass(frozen=True)
@@ -67,6 +94,7 @@ def drop(cfg: PrivilegesConfig, spool_dir: str) -> None:
             log.warning("privileges.user = %r, but not started as root: staying uid %d",
                         target.user, os.geteuid())
         return
+    _preload()
     try:
         os.makedirs(spool_dir, mode=0o700, exist_ok=True)
         _chown_tree(spool_dir, target.uid, target.gid)

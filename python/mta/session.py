@@ -153,7 +153,7 @@ class Session(asyncio.Protocol):
         if self.server.cfg.smtp.reverse_dns and self.peer_ip:
             fut = self.server.rdns.lookup(self.peer_ip)
             if fut.done():
-                self.rname = fut.result()
+                self._rdns_done(fut)  # a failed lookup leaves rname None
             else:
                 fut.add_done_callback(self._rdns_done)
         delay = 0.0 if self.trusted else self.cfg.greeting_delay
