@@ -104,6 +104,34 @@ def format_reply(code: int, enhanced: str | None, lines: list[str] | str) -> byt
     enhanced status code (RFC 3463) after the code on every line when given."""
 
 # ---------------------------------------------------------------------------
+# PROXY protocol v1/v2 (rust/src/smtp/proxy.rs, bindings/proxy.rs)
+# ---------------------------------------------------------------------------
+
+class ProxyParser:
+    """Sans-IO parser of the HAProxy PROXY header a load balancer sends first.
+
+    Feed the connection's first bytes as they arrive; the answer does not
+    depend on how they are split. v1 (text, at most 107 bytes with CR LF):
+    TCP4, TCP6, UNKNOWN. v2 (binary, 16 bytes + declared length): command
+    LOCAL or PROXY, families AF_UNSPEC, AF_INET, AF_INET6 over STREAM; TLVs
+    inside the declared length are skipped. AF_UNIX and DGRAM are refused.
+    """
+
+    def __init__(self) -> None: ...
+    def feed(self, data: bytes) -> tuple | None:
+        """None: need more bytes.
+        ("proxy", src_ip: str, src_port: int, dst_ip: str, dst_port: int):
+            the client (src) as the proxy saw it.
+        ("local",): v2 LOCAL, v2 PROXY with AF_UNSPEC, or v1 UNKNOWN: a
+            health check or an unknown client; use the real connection's
+            endpoints.
+        Raises ValueError (with the reason) for anything else; once decided,
+        later calls give the same answer (or raise again)."""
+    @property
+    def rest(self) -> bytes:
+        """Bytes received after the header (b"" until it is complete)."""
+
+# ---------------------------------------------------------------------------
 # Header work (rust/src/message, bindings/message.rs)
 # ---------------------------------------------------------------------------
 

@@ -22,7 +22,8 @@ from typing import Any, Callable, NamedTuple
 from mta.errors import ConfigError
 
 __all__ = [
-    "DEFAULT_SPOOL_DIR", "Config", "SpoolConfig", "SmtpConfig", "LogConfig",
+    "DEFAULT_SPOOL_DIR", "Config", "SpoolConfig", "SmtpConfig", "LogConfig", "LimitsConfig",
+    "PrivilegesConfig",
     "Key", "load", "check", "schema", "schema_keys",
 ]
 
@@ -476,6 +477,48 @@ class DnsConfig:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    apply_to_mynetworks: bool = opt(False, Bool(),
+                                    "false: the limits below spare clients in mynetworks (benchmarks from "
+                                    "loopback are not throttled); true: they apply to every client.")
+    max_connections: int = opt(1000, Int(min=0),
+                               "Concurrent sessions in all (per worker); a limited client beyond it gets "
+                               "421 4.7.0 and is disconnected. 0: unlimited.")
+    max_connections_per_ip: int = opt(20, Int(min=0),
+                                      "Concurrent sessions from one client IP (per worker); beyond: 421 4.7.0. "
+                                      "0: unlimited.")
+    connection_rate_per_ip: int = opt(0, Int(min=0, unit="per minute"),
+                                      "Connection attempts one client IP may make per minute (sliding window, "
+                                      "refused attempts count); beyond: 421 4.7.0. 0: unlimited.")
+    max_messages_per_connection: int = opt(0, Int(min=0),
+                                           "Messages one session may send; the next MAIL gets 421 4.7.0 and "
+                                           "the session is closed. 0: unlimited.")
+    max_recipients_per_connection: int = opt(0, Int(min=0),
+                                             "Recipients accepted in one session, over all its transactions; "
+                                             "further RCPTs get 452 4.5.3. 0: unlimited.")
+    max_commands: int = opt(0, Int(min=0),
+                            "Commands in one session; the next one gets 421 4.7.0 and the session is "
+                            "closed. 0: unlimited.")
+    soft_error_limit: int = opt(3, Int(min=0),
+                                "Errors a session may make before each further error reply is delayed by "
+                                "error_tarpit (smtp.max_errors still disconnects).")
+    error_tarpit: float = opt(1.0, Duration(allow_zero=True),
+                              "Delay of each error reply past soft_error_limit; the server keeps serving "
+                              "others meanwhile. 0 disables.")
+    min_data_rate: int = opt(0, Int(min=0, unit="bytes/second"),
+                             "Slowest DATA/BDAT transfer tolerated, measured over data_rate_window; slower: "
+                             "421 4.4.2 and disconnect (slowloris). 0 disables.")
+    data_rate_window: float = opt(10.0, Duration(), "The window over which min_data_rate is measured.")
+
+
+@dataclass(frozen=True)
+class PrivilegesConfig:
+    user: str = opt("", Text(), "Started as root: after binding the listeners, drop to this user (the spool "
+                                "is made theirs, mode 0700) before reading any client byte. Empty: stay.")
+    group: str = opt("", Text(), "The group to drop to; empty: the user's primary group.")
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = opt("info", Choice(("debug", "info", "warning", "error")), "Least severe message logged.")
 
@@ -507,10 +550,18 @@ class Config:
                         factory=dict, shown="{}")
     transport: dict = opt(None, TransportMap(), 'Domain (or "*") → transport; overrides MX and relay_to.',
                           factory=dict, shown="{}")
+    proxy_protocol: bool = opt(False, Bool(),
+                               "Expect a HAProxy PROXY header (v1 or v2) first on every connection, and take "
+                               "the client IP from it. All listeners for now.")
+    proxy_from: tuple[Network, ...] = opt((), NetworkList(),
+                                          "Addresses allowed to send the PROXY header; with proxy_protocol, "
+                                          "connections from elsewhere are closed.")
     spool: SpoolConfig = section(SpoolConfig)
     delivery: DeliveryConfig = section(DeliveryConfig)
     dns: DnsConfig = section(DnsConfig)
     smtp: SmtpConfig = section(SmtpConfig)
+    limits: LimitsConfig = section(LimitsConfig)
+    privileges: PrivilegesConfig = section(PrivilegesConfig)
     log: LogConfig = section(LogConfig)
 
 
@@ -602,6 +653,10 @@ def _cross_checks(cfg: Config, errs: _Errors) -> None:
     for domain in sorted(cfg.local_domains & cfg.relay_domains):
         # Delivered here or relayed onward: it cannot be both.
         errs.bad("relay_domains", "no domain that is also in local_domains", domain)
+    if cfg.proxy_protocol and not cfg.proxy_from:
+        errs.bad("proxy_from", "at least one network when proxy_protocol = true", [])
+    if cfg.privileges.group and not cfg.privileges.user:
+        errs.bad("privileges.group", "privileges.user to be set too", cfg.privileges.group)
 
 
 def _count_lines(path: str) -> int:

@@ -14,9 +14,12 @@ import signal
 import socket
 
 from mta import log as fastlog
+from mta import privileges
 from mta.config import Config
 from mta.dns import ReverseResolver
+from mta.limits import Limits
 from mta.policy import Networks, RelayPolicy
+from mta.proxy import ProxyGate
 from mta.queue import QueueManager
 from mta.routing import Router, load_hook
 from mta.session import Session
@@ -55,6 +58,8 @@ class Server:
         self.ehlo_reply = ehlo_lines(cfg)
         self.helo_reply = f"250 {cfg.hostname}\r\n".encode()
         self.sessions: set[Session] = set()
+        self.limits = Limits(cfg.limits)
+        self.proxy = ProxyGate(cfg)
         self.spool: SpoolService | None = None
         self.queue: QueueManager | None = None
         self._servers: list[asyncio.AbstractServer] = []
@@ -67,16 +72,21 @@ class Server:
             log.info("spool recovery: %s", line)
         self.spool.attach(loop)
         self.queue = QueueManager(self)
-        self.queue.start()
         for host, port in self.cfg.listen:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             srv = await loop.create_server(
                 lambda: Session(self), host, port, family=family,
                 reuse_address=True, reuse_port=self.reuse_port or None, backlog=1024,
+                start_serving=False,
             )
             self._servers.append(srv)
             shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             log.info("listening on %s as %s", shown, self.cfg.hostname)
+        # Bound, not yet accepting: drop root before any client byte or delivery.
+        privileges.drop(self.cfg.privileges, self.cfg.spool.dir)
+        self.queue.start()
+        for srv in self._servers:
+            await srv.start_serving()
 
     def request_stop(self) -> None:
         self._stopping.set()

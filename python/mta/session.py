@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Callable
 
 from mta import _native
 from mta import log as fastlog
+from mta.limits import SessionGuard
 
 if TYPE_CHECKING:
     from mta.listener import Server
@@ -119,6 +120,9 @@ class Session(asyncio.Protocol):
         self._last_active = time.monotonic()
         self._timers: list[asyncio.TimerHandle] = []
         self._connected_at = time.monotonic()
+        self.guard = SessionGuard(server.cfg.limits)  # abuse limits (mta.limits)
+        self._proxy = None  # a _native.ProxyParser while the PROXY header is awaited
+        self._held = False  # an error reply is being tarpitted: write and read nothing
 
     # --- connection -----------------------------------------------------
 
@@ -126,13 +130,30 @@ class Session(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername") or ("", 0)
         self.peer_ip, self.peer_port = peer[0], peer[1]
-        self.trusted = self.server.policy.trusted(self.peer_ip)
         self.server.sessions.add(self)
         loop = asyncio.get_running_loop()
+        self._arm_idle(loop, self.cfg.idle_timeout)
+        if self.server.proxy.enabled:
+            self._proxy_start()
+        else:
+            self._admit()
+
+    def _admit(self) -> None:
+        """The client's address is known (the socket's, or the PROXY header's):
+        trust, connection limits, reverse DNS, then the greeting."""
+        loop = asyncio.get_running_loop()
+        self.trusted = self.server.policy.trusted(self.peer_ip)
+        self.guard.on = self.server.limits.applies(self.trusted)
+        refusal = self.server.limits.admit(self.peer_ip, self.guard.on)
+        if refusal is not None:
+            fastlog.info(f"refused [{self.peer_ip}]: {refusal.decode().strip()}")
+            self._limit_close(refusal)
+            return
+        self.guard.counted_ip = self.peer_ip
         if self.server.cfg.smtp.reverse_dns and self.peer_ip:
             fut = self.server.rdns.lookup(self.peer_ip)
             if fut.done():
-                self.rname = fut.result()
+                self._rdns_done(fut)  # a failed lookup leaves rname None
             else:
                 fut.add_done_callback(self._rdns_done)
         delay = 0.0 if self.trusted else self.cfg.greeting_delay
@@ -140,7 +161,37 @@ class Session(asyncio.Protocol):
             self._timers.append(loop.call_later(delay, self._greet))
         else:
             self._greet()
-        self._arm_idle(loop, self.cfg.idle_timeout)
+
+    def _proxy_start(self) -> None:
+        if not self.server.proxy.accepts(self.peer_ip):
+            log.warning("PROXY protocol: connection from [%s], not in proxy_from; closed", self.peer_ip)
+            self._close()
+            return
+        self._proxy = self.server.proxy.parser()
+
+    def _proxy_data(self, data: bytes) -> None:
+        proxy = self._proxy
+        try:
+            header = proxy.feed(data)
+        except ValueError as e:
+            log.warning("PROXY protocol: bad header from [%s]: %s; closed", self.peer_ip, e)
+            self._proxy = None
+            self._close()
+            return
+        if header is None:
+            return
+        self._proxy = None
+        if header[0] == "proxy":
+            fastlog.info(f"proxied connection from [{header[1]}]:{header[2]} via [{self.peer_ip}]")
+            self.peer_ip, self.peer_port = header[1], header[2]
+        self._admit()
+        if proxy.rest and not self._closing:
+            self.data_received(proxy.rest)  # talking before the greeting
+
+    def _limit_close(self, reply: bytes) -> None:
+        """A limit was hit: this reply, then the connection is closed."""
+        self._out.append(reply)
+        self._close()
 
     def _rdns_done(self, fut: asyncio.Future) -> None:
         if not fut.cancelled() and fut.exception() is None:
@@ -158,6 +209,9 @@ class Session(asyncio.Protocol):
     def _idle_check(self) -> None:
         if self.state is State.CLOSED:
             return
+        if self._proxy is not None:  # no PROXY header in time: nothing to say to a proxy
+            self._close()
+            return
         idle = time.monotonic() - self._last_active
         if self._waiting or idle < self.cfg.idle_timeout:
             self._arm_idle(asyncio.get_running_loop(), max(self.cfg.idle_timeout - idle, 0.05))
@@ -171,6 +225,10 @@ class Session(asyncio.Protocol):
             t.cancel()
         self._timers.clear()
         self.server.sessions.discard(self)
+        self.guard.data_stopped()
+        if self.guard.counted_ip is not None:
+            self.server.limits.release(self.guard.counted_ip)
+            self.guard.counted_ip = None
         self.tx = None
         fastlog.info(
             f"disconnect from {self.rname or 'unknown'}[{self.peer_ip}] helo={self.helo or '-'}"
@@ -181,12 +239,16 @@ class Session(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
+        if self._proxy is not None:
+            self._proxy_data(data)
+            return
         if self.state is State.GREETING:
             self._out.append(R_EARLY)
             self.errors += 1
             self._close()
             return
         self._last_active = time.monotonic()
+        self.guard.data_bytes(len(data))
         self._run(self.parser.feed(data))
 
     def eof_received(self) -> bool | None:
@@ -197,11 +259,14 @@ class Session(asyncio.Protocol):
     def _run(self, events) -> None:
         queue = self._queue
         queue.extend(events)
-        while queue and not self._waiting and not self._closing:
+        while queue and not self._waiting and not self._closing and not self._held:
             ev = queue.popleft()
             kind = ev[0]
             if kind == "cmd":
                 self.commands += 1
+                if (refusal := self.guard.command(self.commands)) is not None:
+                    self._limit_close(refusal)
+                    break
                 handler = TABLE.get((self.state, ev[1]))
                 if handler is None:
                     self._out_of_sequence(ev[1])
@@ -216,7 +281,7 @@ class Session(asyncio.Protocol):
         self._flush()
 
     def _flush(self) -> None:
-        if self._out and self.transport is not None:
+        if self._out and self.transport is not None and not self._held:
             out = self._out
             self._out = []
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
@@ -228,11 +293,31 @@ class Session(asyncio.Protocol):
             if self.errors >= self.cfg.max_errors:
                 self._out.append(R_TOO_MANY_ERRORS)
                 self._close()
+            elif delay := self.guard.error_delay(self.errors):
+                self._hold(delay)
+
+    def _hold(self, delay: float) -> None:
+        """Tarpit: keep this reply (and everything after it) back for `delay`
+        seconds without blocking the loop; reading pauses meanwhile."""
+        self._held = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+        self._timers.append(asyncio.get_running_loop().call_later(delay, self._release_hold))
+
+    def _release_hold(self) -> None:
+        if not self._held or self._closing:
+            return
+        self._held = False
+        self._flush()
+        if not self._waiting:
+            self.transport.resume_reading()
+        self._run(())
 
     def _close(self) -> None:
         if self._closing:
             return
         self._closing = True
+        self._held = False
         self._queue.clear()
         self._flush()
         if self.transport is not None:
@@ -283,6 +368,9 @@ class Session(asyncio.Protocol):
         self._out.append(self.server.helo_reply)
 
     def _mail(self, m) -> None:
+        if (refusal := self.guard.mail(self.messages)) is not None:
+            self._limit_close(refusal)
+            return
         if m.size is not None and m.size > self.cfg.max_message_size:
             self._reply(_line(552, "5.3.4", "Error: message size exceeds fixed maximum message size"))
             return
@@ -303,6 +391,9 @@ class Session(asyncio.Protocol):
         if len(tx.rcpts) >= self.cfg.max_recipients:
             self._reply(R_TOO_MANY_RCPTS)
             return
+        if (refusal := self.guard.rcpt()) is not None:
+            self._reply(refusal)
+            return
         verdict = self.server.policy.check_rcpt(r.address, self.trusted)
         if not verdict.ok:
             self._reply(_line(verdict.code, verdict.enhanced, verdict.text))
@@ -312,6 +403,7 @@ class Session(asyncio.Protocol):
             self._reply(_line(refusal.code, refusal.enhanced, refusal.text))
             return
         tx.rcpts.append(r)
+        self.guard.rcpts += 1
         if final == [r.address]:
             tx.final.append((r.address, r.notify, r.orcpt))
         else:
@@ -324,6 +416,7 @@ class Session(asyncio.Protocol):
     def _data(self, _arg) -> None:
         self._begin_message()
         self._out.append(R_DATA_GO)
+        self.guard.data_started(self._limit_close)
         self._queue.extend(self.parser.start_data(self.tx.message))
 
     def _bdat(self, arg) -> None:
@@ -331,6 +424,7 @@ class Session(asyncio.Protocol):
         if self.tx.message is None:
             self._begin_message()
             self.state = State.BDAT
+            self.guard.data_started(self._limit_close)
         self._bdat_size = size
         self._queue.extend(self.parser.start_bdat(self.tx.message))
 
@@ -365,6 +459,7 @@ class Session(asyncio.Protocol):
 
     def _reset(self) -> None:
         self.tx = None
+        self.guard.data_stopped()
         self._bdat_refusal = None
         self.parser.set_smtputf8(False)
 
@@ -417,6 +512,7 @@ class Session(asyncio.Protocol):
             return
         m = tx.mail
         tx.size = msg.size
+        self.guard.data_stopped()
         self._waiting = True
         self._flush()
         if self.transport is not None:

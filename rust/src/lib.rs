@@ -20,6 +20,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     errors::register(m)?;
     bindings::smtp::register(m)?;
+    bindings::proxy::register(m)?;
     bindings::message::register(m)?;
     bindings::spool::register(m)?;
     Ok(())

@@ -2,5 +2,6 @@
 //! lives here: only conversion, GIL release around disk work, and glue.
 
 pub mod message;
+pub mod proxy;
 pub mod smtp;
 pub mod spool;

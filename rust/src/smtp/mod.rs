@@ -6,6 +6,7 @@ pub mod bdat;
 pub mod command;
 pub mod data;
 pub mod path;
+pub mod proxy;
 pub mod reply;
 
 pub use command::Command;

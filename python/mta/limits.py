@@ -1,0 +1,152 @@
+"""Abuse limits: connections (in all, per IP, per minute per IP), and per
+session messages, recipients, commands, the error tarpit and the minimum
+data rate. One place for these decisions; the session only asks.
+
+Invariants: every counter is bounded (per-IP tables are pruned, a rate
+window holds at most `rate` timestamps); a delay never blocks the event loop
+(the session holds its replies on a timer, in order). Counters are per
+worker process; a cluster-wide throttle would sit behind `Limits`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from typing import Callable
+
+from mta.config import LimitsConfig
+
+RATE_WINDOW = 60.0  # connection_rate_per_ip is per minute
+_PRUNE_AT = 10_000  # IPs in the rate table before stale ones are swept
+
+
+def _line(code: int, enhanced: str, text: str) -> bytes:
+    return f"{code} {enhanced} {text}\r\n".encode()
+
+
+R_TOO_MANY_MESSAGES = _line(421, "4.7.0", "Error: too many messages in this session")
+R_TOO_MANY_RCPTS = _line(452, "4.5.3", "Error: too many recipients in this session")
+R_TOO_MANY_COMMANDS = _line(421, "4.7.0", "Error: too many commands")
+R_TOO_SLOW = _line(421, "4.4.2", "Error: too slow, data rate below the minimum")
+
+
+class Limits:
+    """Server-wide (per worker) connection accounting."""
+
+    def __init__(self, cfg: LimitsConfig):
+        self.cfg = cfg
+        self.total = 0
+        self.per_ip: dict[str, int] = {}
+        self._attempts: dict[str, deque] = {}
+
+    def applies(self, trusted: bool) -> bool:
+        return self.cfg.apply_to_mynetworks or not trusted
+
+    def admit(self, ip: str, limited: bool) -> bytes | None:
+        """Count a new session; a 421 reply (and no count) if it is refused.
+        Every session counts towards the totals; only limited ones are refused."""
+        cfg = self.cfg
+        if limited:
+            if cfg.connection_rate_per_ip and self._too_fast(ip, cfg.connection_rate_per_ip):
+                return _line(421, "4.7.0", f"Error: too many connections from {ip}, slow down")
+            if cfg.max_connections and self.total >= cfg.max_connections:
+                return _line(421, "4.7.0", "Error: too many connections, try again later")
+            if cfg.max_connections_per_ip and self.per_ip.get(ip, 0) >= cfg.max_connections_per_ip:
+                return _line(421, "4.7.0", f"Error: too many connections from {ip}")
+        self.total += 1
+        self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
+        return None
+
+    def release(self, ip: str) -> None:
+        self.total -= 1
+        n = self.per_ip.get(ip, 0) - 1
+        if n > 0:
+            self.per_ip[ip] = n
+        else:
+            self.per_ip.pop(ip, None)
+
+    def _too_fast(self, ip: str, rate: int) -> bool:
+        now = time.monotonic()
+        attempts = self._attempts.get(ip)
+        if attempts is None:
+            if len(self._attempts) >= _PRUNE_AT:
+                self._prune(now)
+            attempts = self._attempts[ip] = deque(maxlen=rate)
+        while attempts and now - attempts[0] >= RATE_WINDOW:
+            attempts.popleft()
+        over = len(attempts) >= rate
+        attempts.append(now)  # refused attempts count too, as Postfix's anvil does
+        return over
+
+    def _prune(self, now: float) -> None:
+        stale = [ip for ip, a in self._attempts.items() if not a or now - a[-1] >= RATE_WINDOW]
+        for ip in stale:
+            del self._attempts[ip]
+
+
+class SessionGuard:
+    """One session's limits. `on` is False for clients the limits spare."""
+
+    __slots__ = ("cfg", "on", "counted_ip", "rcpts", "_timer", "_bytes", "_on_slow")
+
+    def __init__(self, cfg: LimitsConfig):
+        self.cfg = cfg
+        self.on = False
+        self.counted_ip: str | None = None  # set once Limits.admit counted the session
+        self.rcpts = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._bytes = 0
+        self._on_slow: Callable[[bytes], None] | None = None
+
+    # --- per-session counters: each returns the refusal, or None ---------
+
+    def command(self, count: int) -> bytes | None:
+        n = self.cfg.max_commands
+        return R_TOO_MANY_COMMANDS if self.on and n and count > n else None
+
+    def mail(self, messages: int) -> bytes | None:
+        n = self.cfg.max_messages_per_connection
+        return R_TOO_MANY_MESSAGES if self.on and n and messages >= n else None
+
+    def rcpt(self) -> bytes | None:
+        n = self.cfg.max_recipients_per_connection
+        return R_TOO_MANY_RCPTS if self.on and n and self.rcpts >= n else None
+
+    def error_delay(self, errors: int) -> float:
+        """Seconds to hold the reply to the `errors`-th error (0: none)."""
+        if self.on and self.cfg.error_tarpit > 0 and errors > self.cfg.soft_error_limit:
+            return self.cfg.error_tarpit
+        return 0.0
+
+    # --- minimum data rate (slowloris) ---------------------------------------
+
+    def data_started(self, on_slow: Callable[[bytes], None]) -> None:
+        """DATA or a BDAT transaction began; idempotent across BDAT chunks."""
+        if not self.on or not self.cfg.min_data_rate or self._timer is not None:
+            return
+        self._bytes = 0
+        self._on_slow = on_slow
+        self._timer = asyncio.get_running_loop().call_later(self.cfg.data_rate_window, self._tick)
+
+    def data_bytes(self, n: int) -> None:
+        if self._timer is not None:
+            self._bytes += n
+
+    def data_stopped(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._on_slow = None
+
+    def _tick(self) -> None:
+        window = self.cfg.data_rate_window
+        if self._bytes / window < self.cfg.min_data_rate:
+            on_slow = self._on_slow
+            self._timer = None
+            self._on_slow = None
+            if on_slow is not None:
+                on_slow(R_TOO_SLOW)
+            return
+        self._bytes = 0
+        self._timer = asyncio.get_running_loop().call_later(window, self._tick)

@@ -1,0 +1,115 @@
+"""Dropping root: started as root (to bind port 25, 465, 587), each server
+process binds its listeners, gives the spool to the configured user (owner,
+mode 0700), then becomes that user and group, supplementary groups cleared,
+before the event loop reads a single client byte.
+
+Invariant: after `drop()` returns the process cannot regain root (real,
+effective and saved ids all change); a failure to drop is fatal, never
+silently ignored.
+"""
+
+from __future__ import annotations
+
+import grp
+import importlib
+import logging
+import os
+import pwd
+from dataclasses import dataclass
+
+from mta.config import PrivilegesConfig
+from mta.errors import MtaError
+
+log = logging.getLogger("mta")
+
+
+class PrivilegeError(MtaError):
+    pass
+
+
+# Modules other code imports lazily, on first use. After the drop the
+# interpreter's own files may be unreadable (a Python under a 0700 home), so
+# they are imported while still root. DNS answers map record types to
+# modules on demand; so does the IDNA codec.
+_PRELOAD = (
+    "encodings.idna",
+    "dns._asyncio_backend",
+    "dns.rdtypes.IN.A",
+    "dns.rdtypes.IN.AAAA",
+    "dns.rdtypes.ANY.MX",
+    "dns.rdtypes.ANY.PTR",
+    "dns.rdtypes.ANY.TXT",
+    "dns.rdtypes.ANY.CNAME",
+    "dns.rdtypes.ANY.SOA",
+    "dns.rdtypes.ANY.NS",
+)
+
+
+def _preload() -> None:
+    for name in _PRELOAD:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            log.debug("preload: no module %s", name)
+
+
+@dataclass(frozen=True)
+class Target:
+    user: str
+    uid: int
+    gid: int
+
+
+def resolve(cfg: PrivilegesConfig) -> Target | None:
+    """The user and group to become, or None when there is nothing to do."""
+    if not cfg.user:
+        return None
+    try:
+        pw = pwd.getpwnam(cfg.user)
+    except KeyError:
+        raise PrivilegeError(f"privileges.user: no such user {cfg.user!r}") from None
+    gid = pw.pw_gid
+    if cfg.group:
+        try:
+            gid = grp.getgrnam(cfg.group).gr_gid
+        except KeyError:
+            raise PrivilegeError(f"privileges.group: no such group {cfg.group!r}") from None
+    return Target(cfg.user, pw.pw_uid, gid)
+
+
+def _chown_tree(root: str, uid: int, gid: int) -> None:
+    os.chown(root, uid, gid, follow_symlinks=False)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            os.chown(os.path.join(dirpath, name), uid, gid, follow_symlinks=False)
+
+
+def drop(cfg: PrivilegesConfig, spool_dir: str) -> None:
+    """Become `cfg.user` if running as root; call once the listeners are bound."""
+    target = resolve(cfg)
+    if target is None:
+        return
+    if os.geteuid() != 0:
+        if os.geteuid() != target.uid:
+            log.warning("privileges.user = %r, but not started as root: staying uid %d",
+                        target.user, os.geteuid())
+        return
+    _preload()
+    try:
+        os.makedirs(spool_dir, mode=0o700, exist_ok=True)
+        _chown_tree(spool_dir, target.uid, target.gid)
+        os.chmod(spool_dir, 0o700)
+        os.setgroups([])
+        os.setgid(target.gid)
+        os.setuid(target.uid)
+    except OSError as e:
+        raise PrivilegeError(f"cannot drop privileges to {target.user!r}: {e}") from e
+    if os.getuid() != target.uid or os.geteuid() != target.uid or os.getegid() != target.gid:
+        raise PrivilegeError(f"dropping privileges to {target.user!r} did not take effect")
+    try:
+        os.setuid(0)
+    except PermissionError:
+        pass
+    else:
+        raise PrivilegeError("root could be regained after dropping privileges")
+    log.info("running as user %s (uid %d, gid %d)", target.user, target.uid, target.gid)

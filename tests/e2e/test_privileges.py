@@ -1,0 +1,119 @@
+"""Started as root with [privileges] user set, the server binds, gives the
+spool to the user (0700) and runs as that user before serving: checked in
+/proc/<pid>/status while the port still answers and mail still queues."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import stat
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import start_server
+from helpers import connect, simple_message
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop privileges")
+
+
+def ids(pid: int) -> dict[str, list[int]]:
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("Uid", "Gid"):
+            out[key] = [int(x) for x in rest.split()]
+        if key == "Groups":
+            out[key] = [int(x) for x in rest.split()]
+    return out
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for t in os.listdir(f"/proc/{pid}/task"):
+        out += [int(x) for x in Path(f"/proc/{pid}/task/{t}/children").read_text().split()]
+    return out
+
+
+@pytest.fixture
+def open_dir():
+    # pytest's tmp_path lives under a root-only directory; the dropped server
+    # must reach its spool, so use a traversable one.
+    d = tempfile.mkdtemp(prefix="mta-priv-")
+    os.chmod(d, 0o755)
+    yield Path(d)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def check_dropped(pid: int, user: pwd.struct_passwd) -> None:
+    got = ids(pid)
+    assert got["Uid"] == [user.pw_uid] * 4, got
+    assert got["Gid"] == [user.pw_gid] * 4, got
+    assert got["Groups"] == [], got
+
+
+def send_one(srv) -> None:
+    with connect(srv) as c:
+        c.start()
+        c.send_message("s@example.test", ["r@example.test"], simple_message())
+        c.quit()
+
+
+def test_drops_to_nobody_after_binding(tmp_path, open_dir):
+    nobody = pwd.getpwnam("nobody")
+    spool = open_dir / "spool"
+    srv = start_server(tmp_path, spool=spool, config='[privileges]\nuser = "nobody"\n')
+    try:
+        check_dropped(srv.proc.pid, nobody)
+        send_one(srv)  # the port answers and the spool takes mail as nobody
+        st = spool.stat()
+        assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (nobody.pw_uid, 0o700)
+        for p in spool.rglob("*"):
+            assert p.lstat().st_uid == nobody.pw_uid, p
+        assert "running as user nobody" in srv.log()
+        assert "Traceback" not in srv.log(), srv.log()
+    finally:
+        assert srv.stop() == 0, srv.log()
+    assert len(srv.queue()) == 1
+
+
+def test_each_worker_drops(tmp_path, open_dir):
+    nobody = pwd.getpwnam("nobody")
+    srv = start_server(tmp_path, spool=open_dir / "spool", args=("--workers", "2"),
+                       config='[privileges]\nuser = "nobody"\ngroup = "nogroup"\n'
+                       if _has_group("nogroup") else '[privileges]\nuser = "nobody"\n')
+    try:
+        deadline = time.monotonic() + 10
+        while len(children(srv.proc.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        workers = children(srv.proc.pid)
+        assert len(workers) == 2
+        time.sleep(0.5)
+        for pid in workers:
+            got = ids(pid)
+            assert got["Uid"] == [nobody.pw_uid] * 4, got
+            assert got["Groups"] == [], got
+        for _ in range(4):
+            send_one(srv)
+    finally:
+        srv.stop()
+
+
+def _has_group(name: str) -> bool:
+    import grp
+
+    try:
+        grp.getgrnam(name)
+        return True
+    except KeyError:
+        return False
+
+
+def test_unknown_user_refuses_to_start(tmp_path, open_dir):
+    srv = start_server(tmp_path, spool=open_dir / "spool", wait=False,
+                       config='[privileges]\nuser = "no-such-user-mta"\n')
+    assert srv.proc.wait(20) != 0
+    assert "no such user" in srv.log()
