@@ -22,7 +22,7 @@ from mta.queue import QueueManager
 from mta.routing import Router, load_hook
 from mta.session import Session
 from mta.spool import SpoolService
-from mta.tls import TlsContext
+from mta.tls import HANDSHAKE_TIMEOUT, TlsContext
 
 log = logging.getLogger("mta")
 
@@ -77,16 +77,17 @@ class Server:
         self.queue.start()
         for lst in self.cfg.listeners:
             family = socket.AF_INET6 if ":" in lst.host else socket.AF_INET
-            # Implicit TLS is started by the session itself (loop.start_tls
-            # before the greeting), so that it always uses the current,
-            # possibly reloaded, context.
+            tls = {}
+            if lst.tls == "implicit" and self.tls is not None:
+                # The session is made after the handshake (greeting over TLS).
+                tls = {"ssl": self.tls.front, "ssl_handshake_timeout": HANDSHAKE_TIMEOUT}
             srv = await loop.create_server(
                 lambda lst=lst: Session(self, lst), lst.host, lst.port, family=family,
-                reuse_address=True, reuse_port=self.reuse_port or None, backlog=1024,
+                reuse_address=True, reuse_port=self.reuse_port or None, backlog=1024, **tls,
             )
             self._servers.append(srv)
-            tls = "" if lst.tls == "none" else f" tls={lst.tls}"
-            log.info("listening on %s as %s profile=%s%s", lst.address, self.cfg.hostname, lst.profile, tls)
+            shown = "" if lst.tls == "none" else f" tls={lst.tls}"
+            log.info("listening on %s as %s profile=%s%s", lst.address, self.cfg.hostname, lst.profile, shown)
 
     def request_stop(self) -> None:
         self._stopping.set()

@@ -158,18 +158,14 @@ class Session(asyncio.Protocol):
                 self.rname = fut.result()
             else:
                 fut.add_done_callback(self._rdns_done)
-        self._arm_idle(loop, self.cfg.idle_timeout)
-        if self.tls_mode == "implicit":
-            self._start_tls(self._schedule_greeting)
-        else:
-            self._schedule_greeting()
-
-    def _schedule_greeting(self) -> None:
+        # On an implicit-TLS listener the handshake is already done here.
+        self.tls_info = TlsInfo.of(transport)
         delay = 0.0 if self.trusted else self.cfg.greeting_delay
         if delay > 0:
-            self._timers.append(asyncio.get_running_loop().call_later(delay, self._greet))
+            self._timers.append(loop.call_later(delay, self._greet))
         else:
             self._greet()
+        self._arm_idle(loop, self.cfg.idle_timeout)
 
     def _rdns_done(self, fut: asyncio.Future) -> None:
         if not fut.cancelled() and fut.exception() is None:
@@ -414,16 +410,15 @@ class Session(asyncio.Protocol):
         self.state = State.FRESH
         self._out.append(R_TLS_GO)
         self._flush()
-        self._start_tls(None)
-
-    def _start_tls(self, then: Callable[[], None] | None) -> None:
-        """Hand the transport to the TLS layer; `then` runs after the handshake."""
         self._tls_busy = True
-        self.transport.pause_reading()  # no more plaintext reaches data_received
+        # Reading is active here (we are inside data_received), so this takes
+        # effect at once: no more plaintext reaches data_received, and the
+        # bytes the kernel still holds go to the TLS layer.
+        self.transport.pause_reading()
         loop = asyncio.get_running_loop()
-        self._tls_task = loop.create_task(self._handshake(loop, then))
+        self._tls_task = loop.create_task(self._handshake(loop))
 
-    async def _handshake(self, loop, then) -> None:
+    async def _handshake(self, loop) -> None:
         plain = self.transport
         try:
             tls = await loop.start_tls(
@@ -432,7 +427,7 @@ class Session(asyncio.Protocol):
             )
         except (OSError, ValueError, asyncio.TimeoutError, asyncio.CancelledError) as e:
             reason = type(e).__name__ if isinstance(e, asyncio.CancelledError) else (str(e) or type(e).__name__)
-            fastlog.info(f"TLS handshake failed from {self.rname or 'unknown'}[{self.peer_ip}]: {reason}")
+            fastlog.info(f"STARTTLS handshake failed from {self.rname or 'unknown'}[{self.peer_ip}]: {reason}")
             self.errors += 1
             self._closing = True
             plain.close()
@@ -444,9 +439,7 @@ class Session(asyncio.Protocol):
         self.tls_info = TlsInfo.of(tls)
         self._tls_busy = False
         self._last_active = time.monotonic()
-        fastlog.info(f"TLS established from {self.rname or 'unknown'}[{self.peer_ip}]: {self.tls_info}")
-        if then is not None:
-            then()
+        fastlog.info(f"STARTTLS established from {self.rname or 'unknown'}[{self.peer_ip}]: {self.tls_info}")
 
     def _http(self, _arg) -> None:
         self.errors += 1

@@ -2,9 +2,12 @@
 and `mta tls selfsigned`.
 
 Reload builds a whole new context from the files; only if that succeeds does
-it replace the current one, so a bad file never takes TLS down. Sessions hold
-no reference to the context after their handshake, so a reload never touches
-them; new handshakes (STARTTLS and implicit) always use `TlsContext.current`.
+it replace the current one, so a bad file never takes TLS down. Established
+sessions keep the connection they have, so a reload never touches them.
+STARTTLS hands `TlsContext.current` to loop.start_tls; implicit-TLS
+listening sockets are bound once to `TlsContext.front` (the first context),
+whose servername callback, run by OpenSSL for every ClientHello (with or
+without SNI), moves the new connection to `current`.
 """
 
 from __future__ import annotations
@@ -73,6 +76,14 @@ class TlsContext:
     def __init__(self, cfg: TlsConfig):
         self.cfg = cfg
         self.current: ssl.SSLContext = build_context(cfg)
+        # What implicit-TLS listeners are created with: never replaced.
+        self.front = build_context(cfg)
+        self.front.sni_callback = self._switch
+        self.front.sslobject_class = _ImplicitSSLObject
+
+    def _switch(self, sslobj: ssl.SSLObject, _server_name: str | None, ctx: ssl.SSLContext) -> None:
+        if ctx is not self.current:
+            sslobj.context = self.current  # the reloaded certificate and key
 
     def reload(self) -> bool:
         try:
@@ -83,6 +94,20 @@ class TlsContext:
         self.current = ctx
         log.info("tls: reloaded certificate %s", self.cfg.cert)
         return True
+
+
+class _ImplicitSSLObject(ssl.SSLObject):
+    """Logs a failed handshake on an implicit-TLS listener (the event loop
+    drops those silently: no session exists yet to log it)."""
+
+    def do_handshake(self) -> None:
+        try:
+            super().do_handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise
+        except ssl.SSLError as e:
+            log.info("implicit TLS handshake failed: %s", e.reason or e)
+            raise
 
 
 # --- mta tls selfsigned -----------------------------------------------------------
