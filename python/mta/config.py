@@ -370,7 +370,7 @@ from mta.config_routes import (  # noqa: E402
     TransportMap, parse_transport,
 )
 from mta.config_listeners import (  # noqa: E402
-    Listener, ListenerTables, TlsVersion, cross_checks as _listener_checks, resolve as _resolve_listeners,
+    CipherString, Listener, ListenerTables, TlsVersion, cross_checks as _listener_checks, resolve as _resolve_listeners,
 )
 
 
@@ -470,7 +470,7 @@ class TlsConfig:
                                 "re-read on SIGHUP.")
     key: str = opt("", Text(), "Private key of cert (PEM file, unencrypted); set both or neither.")
     min_version: str = opt("TLSv1.2", TlsVersion(), "Oldest TLS version a client may negotiate.")
-    ciphers: str = opt("", Text(), "OpenSSL cipher string for TLS 1.2; empty: Python's default.")
+    ciphers: str = opt("", CipherString(), "OpenSSL cipher string for TLS 1.2; empty: Python's default.")
 
 
 @dataclass(frozen=True)

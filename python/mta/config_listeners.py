@@ -94,14 +94,24 @@ class TlsVersion(Kind):
         return _BAD
 
 
-def check_ciphers(path: str, value: str, errs: _Errors) -> None:
-    """An OpenSSL cipher string must select something (no file access)."""
-    if not value:
-        return
-    try:
-        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(value)
-    except ssl.SSLError:
-        errs.bad(path, "an OpenSSL cipher string that selects at least one cipher", value)
+@dataclass(frozen=True)
+class CipherString(Kind):
+    """An OpenSSL cipher string that selects something (no file access);
+    empty means the ssl module's default."""
+
+    type_name = "string"
+
+    def parse(self, path, raw, errs):
+        if not isinstance(raw, str) or "\0" in raw:
+            errs.bad(path, "a string", raw)
+            return _BAD
+        if raw:
+            try:
+                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(raw)
+            except ssl.SSLError:
+                errs.bad(path, "an OpenSSL cipher string that selects at least one cipher", raw)
+                return _BAD
+        return raw
 
 
 def resolve(cfg) -> tuple[Listener, ...]:
@@ -119,7 +129,6 @@ def cross_checks(cfg, errs: _Errors) -> None:
     if bool(tls.cert) != bool(tls.key):
         missing, given = ("tls.key", "tls.cert") if tls.cert else ("tls.cert", "tls.key")
         errs.bad(missing, f"a PEM file path, since {given} is set (both or neither)", "")
-    check_ciphers("tls.ciphers", tls.ciphers, errs)
     if not cfg.listen and not cfg.listener:
         errs.bad("listen", "at least one HOST:PORT", [])
     seen = {(h, p): "listen" for h, p in cfg.listen}
