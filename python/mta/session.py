@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Callable
 
 from mta import _native
 from mta import log as fastlog
-
 from mta.tls import HANDSHAKE_TIMEOUT, TlsInfo
 
 if TYPE_CHECKING:
@@ -425,8 +424,8 @@ class Session(asyncio.Protocol):
                 plain, self, self.server.tls.current, server_side=True,
                 ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
             )
-        except (OSError, ValueError, asyncio.TimeoutError, asyncio.CancelledError) as e:
-            reason = type(e).__name__ if isinstance(e, asyncio.CancelledError) else (str(e) or type(e).__name__)
+        except (Exception, asyncio.CancelledError) as e:  # noqa: BLE001 - any failure closes this session only
+            reason = str(e) or type(e).__name__
             fastlog.info(f"STARTTLS handshake failed from {self.rname or 'unknown'}[{self.peer_ip}]: {reason}")
             self.errors += 1
             self._closing = True
