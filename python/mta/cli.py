@@ -1,4 +1,4 @@
-"""The `mta` command: run | queue list | queue show | check-config.
+"""The `mta` command: run | queue list | queue show | check-config | tls selfsigned.
 
 Scripts drive these exactly as written, so options and output formats are a
 contract: `queue list --json` prints one JSON array, an unknown queue id
@@ -88,6 +88,33 @@ def check_config(file) -> None:
             click.echo(e, err=True)
         sys.exit(2)
     click.echo(f"{file}: ok")
+
+
+@main.group()
+def tls() -> None:
+    """TLS certificates for the listeners."""
+
+
+@tls.command("selfsigned")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), metavar="DIR",
+              help="Directory to write key.pem (mode 0600) and cert.pem into; created if missing.")
+@click.option("--hostname", metavar="NAME", help="Name in the certificate (default: this machine's name); "
+              "localhost, 127.0.0.1 and ::1 are always added.")
+@click.option("--days", type=click.IntRange(min=1), default=365, show_default=True, help="Validity in days.")
+def tls_selfsigned(out_dir, hostname, days) -> None:
+    """Write a self-signed key and certificate for development and tests."""
+    import socket
+
+    from mta import tls as _tls
+
+    name = hostname or socket.gethostname()
+    try:
+        key_path, cert_path = _tls.selfsigned(out_dir, name, days)
+    except OSError as e:
+        click.echo(f"mta: cannot write to {out_dir}: {e.strerror or e}", err=True)
+        sys.exit(1)
+    click.echo(f"wrote {key_path} and {cert_path} (CN={name}, {days} days)")
+    click.echo(f'[tls]\ncert = "{cert_path}"\nkey = "{key_path}"')
 
 
 @main.group()

@@ -23,7 +23,7 @@ from mta.errors import ConfigError
 
 __all__ = [
     "DEFAULT_SPOOL_DIR", "Config", "SpoolConfig", "SmtpConfig", "LogConfig", "LimitsConfig",
-    "PrivilegesConfig",
+    "PrivilegesConfig", "TlsConfig", "Listener",
     "Key", "load", "check", "schema", "schema_keys",
 ]
 
@@ -316,9 +316,7 @@ class ListenList(Kind):
         addrs = _each(path, raw, errs, '"HOST:PORT" strings', lambda p, item: _parse_listen(p, item, errs))
         if addrs is None:
             return _BAD
-        if not addrs:
-            errs.bad(path, "at least one HOST:PORT", raw)
-            return _BAD
+        # Empty is allowed here when [[listener]] tables exist (a cross-check).
         for i, addr in enumerate(addrs):
             if addr in addrs[:i]:  # a second bind of the same address fails at start-up
                 errs.bad(f"{path}[{i}]", "each address once", raw[i])
@@ -371,6 +369,9 @@ class NetworkList(Kind):
 from mta.config_routes import (  # noqa: E402
     TLS_MODES, AddressList, AddressMap, DurationList, IpList, OptionalHostPort, Transport,
     TransportMap, parse_transport,
+)
+from mta.config_listeners import (  # noqa: E402
+    CipherString, Listener, ListenerTables, TlsVersion, cross_checks as _listener_checks, resolve as _resolve_listeners,
 )
 
 
@@ -519,6 +520,16 @@ class PrivilegesConfig:
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    cert: str = opt("", Text(), "Server certificate chain (PEM file). With key: STARTTLS is offered on every "
+                                'listener whose tls is "starttls" (and on every `listen` address); '
+                                "re-read on SIGHUP.")
+    key: str = opt("", Text(), "Private key of cert (PEM file, unencrypted); set both or neither.")
+    min_version: str = opt("TLSv1.2", TlsVersion(), "Oldest TLS version a client may negotiate.")
+    ciphers: str = opt("", CipherString(), "OpenSSL cipher string for TLS 1.2; empty: Python's default.")
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = opt("info", Choice(("debug", "info", "warning", "error")), "Least severe message logged.")
 
@@ -529,7 +540,12 @@ class Config:
                         factory=lambda: socket.gethostname(), shown="socket.gethostname()")
     listen: tuple[tuple[str, int], ...] = opt(
         (("127.0.0.1", 2525),), ListenList(),
-        "Addresses to accept SMTP on: IP literals, IPv6 in brackets. At least one.")
+        "Plain listeners (profile mx; STARTTLS offered when [tls] is set): IP literals, IPv6 in brackets. "
+        "At least one address here or in [[listener]].")
+    listener: tuple = opt((), ListenerTables(),
+                          'More listeners, each a [[listener]] table: address = "HOST:PORT", '
+                          'profile = "mx" or "submission" (default mx), tls = "starttls", "implicit" or "none" '
+                          "(default starttls when [tls] is set, else none; implicit: TLS from the first byte).")
     mynetworks: tuple[Network, ...] = opt(
         (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")), NetworkList(),
         "Trusted clients: may relay anywhere and skip greeting_delay.")
@@ -562,7 +578,13 @@ class Config:
     smtp: SmtpConfig = section(SmtpConfig)
     limits: LimitsConfig = section(LimitsConfig)
     privileges: PrivilegesConfig = section(PrivilegesConfig)
+    tls: TlsConfig = section(TlsConfig)
     log: LogConfig = section(LogConfig)
+
+    @property
+    def listeners(self) -> tuple[Listener, ...]:
+        """Every address to listen on, with its profile and TLS mode."""
+        return _resolve_listeners(self)
 
 
 class Key(NamedTuple):
@@ -657,6 +679,7 @@ def _cross_checks(cfg: Config, errs: _Errors) -> None:
         errs.bad("proxy_from", "at least one network when proxy_protocol = true", [])
     if cfg.privileges.group and not cfg.privileges.user:
         errs.bad("privileges.group", "privileges.user to be set too", cfg.privileges.group)
+    _listener_checks(cfg, errs)
 
 
 def _count_lines(path: str) -> int:

@@ -4,6 +4,7 @@ Start-up order matters: the spool is opened (and recovered) before any
 socket listens, so nothing is acknowledged that the spool cannot hold. On
 SIGTERM: stop accepting, let sessions finish their transaction (421 the
 idle ones), then close the spool (write, sync, complete what is in flight).
+SIGHUP re-reads the TLS certificate and key (mta.tls); open sessions go on.
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ from mta.queue import QueueManager
 from mta.routing import Router, load_hook
 from mta.session import Session
 from mta.spool import SpoolService
+from mta.tls import HANDSHAKE_TIMEOUT, TlsContext
 
 log = logging.getLogger("mta")
 
 SHUTDOWN_GRACE = 10.0
 
 
-def ehlo_lines(cfg: Config) -> bytes:
+def ehlo_lines(cfg: Config, starttls: bool = False) -> bytes:
     exts = [
         cfg.hostname,
         "PIPELINING",
@@ -41,6 +43,8 @@ def ehlo_lines(cfg: Config) -> bytes:
         "CHUNKING",
         "DSN",
     ]
+    if starttls:
+        exts.append("STARTTLS")
     out = [f"250-{e}\r\n" for e in exts[:-1]] + [f"250 {exts[-1]}\r\n"]
     return "".join(out).encode()
 
@@ -56,6 +60,9 @@ class Server:
         banner = f" {cfg.smtp.banner}" if cfg.smtp.banner else ""
         self.greeting = f"220 {cfg.hostname} ESMTP{banner}\r\n".encode()
         self.ehlo_reply = ehlo_lines(cfg)
+        self.ehlo_reply_starttls = ehlo_lines(cfg, starttls=True)
+        # Raises TlsError (an MtaError) if the files are unusable at start-up.
+        self.tls: TlsContext | None = TlsContext(cfg.tls) if cfg.tls.cert else None
         self.helo_reply = f"250 {cfg.hostname}\r\n".encode()
         self.sessions: set[Session] = set()
         self.limits = Limits(cfg.limits)
@@ -72,16 +79,20 @@ class Server:
             log.info("spool recovery: %s", line)
         self.spool.attach(loop)
         self.queue = QueueManager(self)
-        for host, port in self.cfg.listen:
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        for lst in self.cfg.listeners:
+            family = socket.AF_INET6 if ":" in lst.host else socket.AF_INET
+            tls = {}
+            if lst.tls == "implicit" and self.tls is not None:
+                # The session is made after the handshake (greeting over TLS).
+                tls = {"ssl": self.tls.front, "ssl_handshake_timeout": HANDSHAKE_TIMEOUT}
             srv = await loop.create_server(
-                lambda: Session(self), host, port, family=family,
+                lambda lst=lst: Session(self, lst), lst.host, lst.port, family=family,
                 reuse_address=True, reuse_port=self.reuse_port or None, backlog=1024,
-                start_serving=False,
+                start_serving=False, **tls,
             )
             self._servers.append(srv)
-            shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            log.info("listening on %s as %s", shown, self.cfg.hostname)
+            shown = "" if lst.tls == "none" else f" tls={lst.tls}"
+            log.info("listening on %s as %s profile=%s%s", lst.address, self.cfg.hostname, lst.profile, shown)
         # Bound, not yet accepting: drop root before any client byte or delivery.
         privileges.drop(self.cfg.privileges, self.cfg.spool.dir)
         self.queue.start()
@@ -91,10 +102,17 @@ class Server:
     def request_stop(self) -> None:
         self._stopping.set()
 
+    def reload_tls(self) -> None:
+        if self.tls is None:
+            log.info("SIGHUP: no [tls] configured, nothing to reload")
+            return
+        self.tls.reload()
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_tls)
         # A worker blocks these until its handlers exist (workers.py).
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
         await self.start()

@@ -7,6 +7,12 @@ Replies to pipelined commands go out in one write per read. "250 queued" is
 written only from the spool's completion callback, after fdatasync; while a
 message is being made durable the session reads no further commands, so
 replies keep their order and memory stays bounded.
+
+TLS (RFC 3207, RFC 8314): after "220 Ready to start TLS" the session reads
+nothing more in plaintext: commands already received behind STARTTLS are
+dropped with the parser that held them (CVE-2011-0411), and after the
+handshake the session is FRESH again (EHLO, HELO and any MAIL forgotten). On
+an implicit-TLS listener the greeting waits for the handshake.
 """
 
 from __future__ import annotations
@@ -21,8 +27,10 @@ from typing import TYPE_CHECKING, Callable
 from mta import _native
 from mta import log as fastlog
 from mta.limits import SessionGuard
+from mta.tls import HANDSHAKE_TIMEOUT, TlsInfo
 
 if TYPE_CHECKING:
+    from mta.config import Listener
     from mta.listener import Server
 
 log = logging.getLogger("mta.session")
@@ -79,6 +87,8 @@ R_HEADER_TOO_BIG = _line(552, "5.3.4", "Error: message header too big")
 R_BARE_LF = _line(550, "5.5.2", "Error: bare <CR> or <LF> in message; lines must end with <CR><LF>")
 R_HOPS = _line(554, "5.4.0", "Error: too many hops")
 R_STORE_FAILED = _line(451, "4.3.0", "Error: queue file write error, try again later")
+R_TLS_GO = _line(220, "2.0.0", "Ready to start TLS")
+R_TLS_ALREADY = _line(503, "5.5.1", "Error: TLS already active")
 
 # Why a verb is out of sequence, by verb, for the 503 reply.
 _SEQUENCE_TEXT = {
@@ -90,14 +100,19 @@ _SEQUENCE_TEXT = {
 
 
 class Session(asyncio.Protocol):
-    def __init__(self, server: Server):
+    def __init__(self, server: Server, listener: Listener | None = None):
         self.server = server
         self.cfg = server.cfg.smtp
-        self.parser = _native.SmtpParser(
-            max_line=self.cfg.max_line_length,
-            max_message_size=self.cfg.max_message_size,
-            bare_lf=self.cfg.bare_lf,
-        )
+        self.listener = listener
+        self.profile = listener.profile if listener else "mx"  # "mx" | "submission"
+        tls_mode = listener.tls if listener else "none"
+        if server.tls is None:
+            tls_mode = "none"
+        self.tls_mode = tls_mode  # "starttls" | "implicit" | "none"
+        self.tls_info: TlsInfo | None = None  # set once a TLS handshake completed
+        self._tls_busy = False  # between "220 Ready to start TLS" and the handshake's end
+        self._tls_task: asyncio.Task | None = None
+        self.parser = self._new_parser()
         self.state = State.GREETING
         self.transport: asyncio.Transport | None = None
         self.peer_ip = ""
@@ -124,12 +139,21 @@ class Session(asyncio.Protocol):
         self._proxy = None  # a _native.ProxyParser while the PROXY header is awaited
         self._held = False  # an error reply is being tarpitted: write and read nothing
 
+    def _new_parser(self):
+        return _native.SmtpParser(
+            max_line=self.cfg.max_line_length,
+            max_message_size=self.cfg.max_message_size,
+            bare_lf=self.cfg.bare_lf,
+        )
+
     # --- connection -----------------------------------------------------
 
     def connection_made(self, transport) -> None:
         self.transport = transport
         peer = transport.get_extra_info("peername") or ("", 0)
         self.peer_ip, self.peer_port = peer[0], peer[1]
+        # On an implicit-TLS listener the handshake is already done here.
+        self.tls_info = TlsInfo.of(transport)
         self.server.sessions.add(self)
         loop = asyncio.get_running_loop()
         self._arm_idle(loop, self.cfg.idle_timeout)
@@ -220,6 +244,8 @@ class Session(asyncio.Protocol):
         self._close()
 
     def connection_lost(self, exc) -> None:
+        if self.state is State.CLOSED:
+            return  # a failed handshake may report the loss twice
         self.state = State.CLOSED
         for t in self._timers:
             t.cancel()
@@ -233,12 +259,13 @@ class Session(asyncio.Protocol):
         fastlog.info(
             f"disconnect from {self.rname or 'unknown'}[{self.peer_ip}] helo={self.helo or '-'}"
             f" commands={self.commands} messages={self.messages} errors={self.errors}"
+            f" tls={self.tls_info.version + '/' + self.tls_info.cipher if self.tls_info else '-'}"
             f" time={time.monotonic() - self._connected_at:.3f}s"
         )
 
     def data_received(self, data: bytes) -> None:
-        if self._closing:
-            return
+        if self._closing or self._tls_busy:
+            return  # plaintext behind STARTTLS is never executed
         if self._proxy is not None:
             self._proxy_data(data)
             return
@@ -259,7 +286,7 @@ class Session(asyncio.Protocol):
     def _run(self, events) -> None:
         queue = self._queue
         queue.extend(events)
-        while queue and not self._waiting and not self._closing and not self._held:
+        while queue and not self._waiting and not self._closing and not self._held and not self._tls_busy:
             ev = queue.popleft()
             kind = ev[0]
             if kind == "cmd":
@@ -281,6 +308,9 @@ class Session(asyncio.Protocol):
         self._flush()
 
     def _flush(self) -> None:
+        if self._tls_busy:  # the transport belongs to the TLS layer now
+            self._out = []
+            return
         if self._out and self.transport is not None and not self._held:
             out = self._out
             self._out = []
@@ -359,7 +389,10 @@ class Session(asyncio.Protocol):
         self._reset()
         self.helo, self.esmtp = domain, True
         self.state = State.READY
-        self._out.append(self.server.ehlo_reply)
+        if self.tls_mode == "starttls" and self.tls_info is None:
+            self._out.append(self.server.ehlo_reply_starttls)
+        else:
+            self._out.append(self.server.ehlo_reply)
 
     def _helo(self, domain: str) -> None:
         self._reset()
@@ -450,6 +483,57 @@ class Session(asyncio.Protocol):
     def _not_implemented(self, _arg) -> None:
         self._reply(R_NOT_IMPL)
 
+    # --- TLS ----------------------------------------------------------------
+
+    def _starttls(self, _arg) -> None:
+        # STARTTLS with arguments is refused by the parser (501 5.5.4).
+        if self.tls_info is not None or self.tls_mode == "implicit":
+            self._reply(R_TLS_ALREADY)
+            return
+        if self.tls_mode != "starttls":
+            self._reply(R_NOT_IMPL)
+            return
+        # Forget everything the client said in plaintext (RFC 3207 4.2) and
+        # everything it sent behind STARTTLS: the queued events and the
+        # parser with its buffered bytes go; a fresh parser starts over TLS.
+        self._queue.clear()
+        self.parser = self._new_parser()
+        self._reset()
+        self.helo, self.esmtp = "", False
+        self.state = State.FRESH
+        self._out.append(R_TLS_GO)
+        self._flush()
+        self._tls_busy = True
+        # Reading is active here (we are inside data_received), so this takes
+        # effect at once: no more plaintext reaches data_received, and the
+        # bytes the kernel still holds go to the TLS layer.
+        self.transport.pause_reading()
+        loop = asyncio.get_running_loop()
+        self._tls_task = loop.create_task(self._handshake(loop))
+
+    async def _handshake(self, loop) -> None:
+        plain = self.transport
+        try:
+            tls = await loop.start_tls(
+                plain, self, self.server.tls.current, server_side=True,
+                ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
+            )
+        except (Exception, asyncio.CancelledError) as e:  # noqa: BLE001 - any failure closes this session only
+            reason = str(e) or type(e).__name__
+            fastlog.info(f"STARTTLS handshake failed from {self.rname or 'unknown'}[{self.peer_ip}]: {reason}")
+            self.errors += 1
+            self._closing = True
+            plain.close()
+            self.connection_lost(e)
+            return
+        if tls is None or self.state is State.CLOSED:
+            return
+        self.transport = tls
+        self.tls_info = TlsInfo.of(tls)
+        self._tls_busy = False
+        self._last_active = time.monotonic()
+        fastlog.info(f"STARTTLS established from {self.rname or 'unknown'}[{self.peer_ip}]: {self.tls_info}")
+
     def _http(self, _arg) -> None:
         self.errors += 1
         self._out.append(R_HTTP)
@@ -470,6 +554,8 @@ class Session(asyncio.Protocol):
         tx.message = spool.new_message()
         smtputf8 = tx.mail.smtputf8
         proto = ("UTF8SMTP" if smtputf8 else "ESMTP") if self.esmtp else "SMTP"
+        if self.tls_info is not None and self.esmtp:
+            proto += "S"  # RFC 3848: ESMTPS, UTF8SMTPS (RFC 6531)
         spool.prepend(
             tx.message,
             _native.received_header(
@@ -481,6 +567,7 @@ class Session(asyncio.Protocol):
                 queue_id=tx.queue_id,
                 recipient=tx.rcpts[0].address if len(tx.rcpts) == 1 else None,
                 timestamp=time.time(),
+                tls=str(self.tls_info) if self.tls_info is not None else None,
             ),
         )
 
@@ -577,7 +664,7 @@ for _s in _TALKING:
         ("QUIT", Session._quit),
         ("VRFY", Session._vrfy),
         ("HELP", Session._help),
-        ("STARTTLS", Session._not_implemented),
+        ("STARTTLS", Session._starttls),
         ("AUTH", Session._not_implemented),
         ("HTTP", Session._http),
     ):

@@ -1,8 +1,9 @@
 """Process model: `workers` copies of the server share the listening ports
 (SO_REUSEPORT), each owning spool shard N. The main process only supervises:
-it forwards SIGTERM/SIGINT, restarts a worker that dies unexpectedly (the new
-one recovers the shard), and its death takes the workers with it
-(PR_SET_PDEATHSIG), so a SIGKILL leaves no orphan holding a port or a shard.
+it forwards SIGTERM/SIGINT and SIGHUP (the TLS reload), restarts a worker
+that dies unexpectedly (the new one recovers the shard), and its death takes
+the workers with it (PR_SET_PDEATHSIG), so a SIGKILL leaves no orphan
+holding a port or a shard.
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ def _die_with_parent(parent: int) -> None:
 
 def run(cfg: Config) -> int:
     """Serve until SIGTERM/SIGINT; the exit status for the process."""
+    if cfg.tls.cert:
+        from mta.tls import build_context
+
+        build_context(cfg.tls)  # unusable files stop the start here (TlsError), not in N workers
     if cfg.workers == 1:
         _serve(cfg, 0, reuse_port=False)
         return 0
@@ -70,6 +75,7 @@ class _Supervisor:
                 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the worker's loop handles it
                 _die_with_parent(parent)
                 fastlog.setup(self.cfg.log.level)
                 _serve(self.cfg, shard, reuse_port=True)
@@ -94,9 +100,17 @@ class _Supervisor:
             except ProcessLookupError:
                 pass
 
+    def _on_hup(self, _signum, _frame) -> None:
+        for pid in list(self.children):  # each worker reloads its TLS certificate
+            try:
+                os.kill(pid, signal.SIGHUP)
+            except ProcessLookupError:
+                pass
+
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGHUP, self._on_hup)
         for shard in range(self.cfg.workers):
             self.spawn(shard)
         while self.children:

@@ -1,0 +1,156 @@
+"""Server-side TLS: the SSLContext built from [tls], its reload on SIGHUP,
+and `mta tls selfsigned`.
+
+Reload builds a whole new context from the files; only if that succeeds does
+it replace the current one, so a bad file never takes TLS down. Established
+sessions keep the connection they have, so a reload never touches them.
+STARTTLS hands `TlsContext.current` to loop.start_tls; implicit-TLS
+listening sockets are bound once to `TlsContext.front` (the first context),
+whose servername callback, run by OpenSSL for every ClientHello (with or
+without SNI), moves the new connection to `current`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import ipaddress
+import logging
+import os
+import ssl
+from typing import NamedTuple
+
+from mta.config import TlsConfig
+from mta.errors import MtaError
+
+log = logging.getLogger("mta.tls")
+
+HANDSHAKE_TIMEOUT = 30.0
+_VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
+
+
+class TlsError(MtaError):
+    """The certificate or key cannot be used."""
+
+
+class TlsInfo(NamedTuple):
+    """What a session knows about its TLS layer (for Received, logs, AUTH)."""
+
+    version: str  # "TLSv1.3"
+    cipher: str  # "TLS_AES_256_GCM_SHA384"
+    bits: int
+
+    def __str__(self) -> str:
+        return f"{self.version} {self.cipher}"
+
+    @classmethod
+    def of(cls, transport) -> TlsInfo | None:
+        obj = transport.get_extra_info("ssl_object")
+        if obj is None:
+            return None
+        name, _proto, bits = obj.cipher() or ("unknown", "", 0)
+        return cls(obj.version() or "unknown", name, bits or 0)
+
+
+def build_context(cfg: TlsConfig) -> ssl.SSLContext:
+    """A server context from the files; raises TlsError naming the problem."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = _VERSIONS[cfg.min_version]
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    if hasattr(ssl, "OP_NO_RENEGOTIATION"):
+        ctx.options |= ssl.OP_NO_RENEGOTIATION
+    if cfg.ciphers:
+        ctx.set_ciphers(cfg.ciphers)  # validated by the config already
+    try:
+        ctx.load_cert_chain(cfg.cert, cfg.key)
+    except FileNotFoundError as e:
+        raise TlsError(f"tls: cannot read {e.filename}: {e.strerror}") from e
+    except OSError as e:  # ssl.SSLError is an OSError
+        what = getattr(e, "reason", None) or e.strerror or str(e)
+        raise TlsError(f"tls: cannot load tls.cert {cfg.cert!r} with tls.key {cfg.key!r}: {what}") from e
+    return ctx
+
+
+class TlsContext:
+    """The current server context; `reload()` swaps it if the files are good."""
+
+    def __init__(self, cfg: TlsConfig):
+        self.cfg = cfg
+        self.current: ssl.SSLContext = build_context(cfg)
+        # What implicit-TLS listeners are created with: never replaced.
+        self.front = build_context(cfg)
+        self.front.sni_callback = self._switch
+        self.front.sslobject_class = _ImplicitSSLObject
+
+    def _switch(self, sslobj: ssl.SSLObject, _server_name: str | None, ctx: ssl.SSLContext) -> None:
+        if ctx is not self.current:
+            sslobj.context = self.current  # the reloaded certificate and key
+
+    def reload(self) -> bool:
+        try:
+            ctx = build_context(self.cfg)
+        except TlsError as e:
+            log.error("%s; keeping the certificate loaded before", e)
+            return False
+        self.current = ctx
+        log.info("tls: reloaded certificate %s", self.cfg.cert)
+        return True
+
+
+class _ImplicitSSLObject(ssl.SSLObject):
+    """Logs a failed handshake on an implicit-TLS listener (the event loop
+    drops those silently: no session exists yet to log it)."""
+
+    def do_handshake(self) -> None:
+        try:
+            super().do_handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise
+        except ssl.SSLError as e:
+            log.info("implicit TLS handshake failed: %s", e.reason or e)
+            raise
+
+
+# --- mta tls selfsigned -----------------------------------------------------------
+
+
+def selfsigned(out_dir: str, hostname: str, days: int) -> tuple[str, str]:
+    """Write key.pem (0600) and cert.pem into out_dir; return their paths.
+    The certificate names hostname, localhost, 127.0.0.1 and ::1."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
+    now = _dt.datetime.now(_dt.timezone.utc)
+    dns = list(dict.fromkeys([hostname, "localhost"]))
+    alt = [x509.DNSName(n) for n in dns] + [
+        x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", "::1")
+    ]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _dt.timedelta(minutes=5))
+        .not_valid_after(now + _dt.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName(alt), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    os.makedirs(out_dir, exist_ok=True)
+    key_path = os.path.join(out_dir, "key.pem")
+    cert_path = os.path.join(out_dir, "cert.pem")
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        os.fchmod(f.fileno(), 0o600)  # an existing file keeps its mode otherwise
+        f.write(key_pem)
+    with open(cert_path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    return key_path, cert_path
