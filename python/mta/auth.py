@@ -201,8 +201,9 @@ class UserDB:
 
 @contextlib.contextmanager
 def _locked(path: str):
-    """Serialize concurrent `mta user` edits of one file (a sidecar lock file)."""
-    fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    """Serialize concurrent `mta user` edits: flock on the file's directory (it
+    survives the rename that replaces the file, and leaves no lock file behind)."""
+    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
