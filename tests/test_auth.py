@@ -418,6 +418,27 @@ def test_present_headers_are_recognised(block, expect):
     assert [line.split(":")[0] for line in out.split("\r\n") if line] == expect
 
 
+def test_header_block_of_a_message_feeds_the_fix_up():
+    m = _native.Message()
+    m.push(b"Subject: x\r\nmessage-id: <a@b>\r\n\r\nbody\r\nDate: not a header\r\n")
+    assert m.header_block() == b"Subject: x\r\nmessage-id: <a@b>\r\n"
+    out = add_missing_headers(m.header_block(), hostname="h.example", now=NOW)
+    assert out.startswith(b"Date: ") and b"Message-ID" not in out
+
+
+def test_header_block_of_a_spilled_message(tmp_path):
+    spool = _native.Spool(str(tmp_path / "spool"), spill_threshold=64)
+    try:
+        m = spool.new_message()
+        spool.prepend(m, b"Received: by us\r\n")
+        head = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"v" * 40) for i in range(20))
+        for i in range(0, len(head + b"\r\n" + b"z" * 10000), 100):
+            m.push((head + b"\r\n" + b"z" * 10000)[i:i + 100])
+        assert m.spilled and m.header_block() == head
+    finally:
+        spool.close()
+
+
 # --- mta user ----------------------------------------------------------------------------
 
 def mta(*args: str, stdin: str | None = None, cwd=None) -> subprocess.CompletedProcess:

@@ -164,6 +164,11 @@ class Message:
         """Octets of the client's header block so far (up to, not including,
         the empty line; a first line that is not a header field also ends it).
         Once header_too_big, stays at max_header_size + 1."""
+    def header_block(self) -> bytes:
+        """The client's header block (header_size octets: up to, not including,
+        the empty line), without our prefix; read back from the spill file if the
+        message spilled. At most max_header_size + 1 octets. Used for the
+        submission fix-up (mta.auth.add_missing_headers) at end of data."""
     @property
     def header_too_big(self) -> bool:
         """The client's header block exceeded max_header_size (scanning stops)."""
