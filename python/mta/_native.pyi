@@ -62,6 +62,12 @@ class RcptArgs:
 #       553 5.6.7 non-ASCII address without SMTPUTF8 (MAIL); for RCPT the
 #           parser does not know about SMTPUTF8 in MAIL: the session passes it
 #           with set_smtputf8(True) after an accepted MAIL ... SMTPUTF8.
+#   ("line", raw: bytes)
+#       only after take_line(): the client's next complete line, unparsed,
+#       without its CR LF / LF (an AUTH response: base64 or "*"). The parser
+#       pauses again after it: call take_line() for another line or resume().
+#       A raw line longer than max_line gives ("error", 500, "5.5.2",
+#       "line too long") instead and line mode ends (commands follow).
 #   ("data_end", status)          end of DATA reached (CR LF . CR LF)
 #   ("bdat_end", last: bool, status)   a BDAT chunk fully consumed
 #       status: "ok" | "bare_lf" | "too_big"
@@ -92,9 +98,18 @@ class SmtpParser:
         discarded when None (the session rejected the BDAT). The same Message
         must be passed for every chunk of one transaction."""
     def resume(self) -> list[Event]:
-        """After a DATA command the session refused: continue parsing commands."""
+        """After a DATA command the session refused, or when an AUTH exchange
+        needs no (more) raw lines: continue parsing commands."""
     def set_smtputf8(self, on: bool) -> None:
         """Whether UTF-8 addresses are allowed in RCPT for the current transaction."""
+    def set_auth_pause(self, on: bool) -> None:
+        """On: the parser pauses after each "AUTH" command, as after DATA, until the
+        session calls take_line() (the next line is a SASL response) or resume().
+        Off (the default): AUTH is an ordinary command."""
+    def take_line(self) -> list[Event]:
+        """Paused after AUTH or after a ("line", ...) event: return the next
+        complete line as ("line", bytes) (processing bytes already buffered).
+        ValueError when not paused there."""
     @property
     def buffered(self) -> int:
         """Bytes received but not yet consumed (bounded by max_line while in command mode)."""
@@ -177,6 +192,11 @@ class Message:
         """Octets of the client's header block so far (up to, not including,
         the empty line; a first line that is not a header field also ends it).
         Once header_too_big, stays at max_header_size + 1."""
+    def header_block(self) -> bytes:
+        """The client's header block (header_size octets: up to, not including,
+        the empty line), without our prefix; read back from the spill file if the
+        message spilled. At most max_header_size + 1 octets. Used for the
+        submission fix-up (mta.auth.add_missing_headers) at end of data."""
     @property
     def header_too_big(self) -> bool:
         """The client's header block exceeded max_header_size (scanning stops)."""

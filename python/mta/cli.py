@@ -1,4 +1,5 @@
-"""The `mta` command: run | queue list | queue show | check-config | tls selfsigned.
+"""The `mta` command: run | queue list | queue show | check-config | tls selfsigned |
+user add|del|list.
 
 Scripts drive these exactly as written, so options and output formats are a
 contract: `queue list --json` prints one JSON array, an unknown queue id
@@ -217,6 +218,101 @@ def queue_show(queue_id, spool) -> None:
     out.write(("\n".join(lines) + "\n\n").encode())
     out.write(data)
     out.flush()
+
+
+DEFAULT_USERS_FILE = "./mta-users"
+
+
+def _users_file(users_file: str | None, config_file: str | None) -> str:
+    """--users-file, else [auth] users_file of --config, else ./mta-users."""
+    if users_file:
+        return users_file
+    if config_file:
+        try:
+            cfg = config.load(config_file)
+        except ConfigError as e:
+            click.echo(f"mta: configuration error:\n{e}", err=True)
+            sys.exit(2)
+        if cfg.auth.users_file:
+            return cfg.auth.users_file
+    return DEFAULT_USERS_FILE
+
+
+_users_file_opt = click.option("--users-file", metavar="FILE",
+                               help=f"The user file (default: [auth] users_file of --config, else {DEFAULT_USERS_FILE}).")
+_config_opt = click.option("--config", "config_file", type=click.Path(dir_okay=False),
+                           help="Configuration file naming the user file ([auth] users_file).")
+
+
+@main.group()
+def user() -> None:
+    """Manage the SMTP AUTH user file (scrypt hashes, mode 0600)."""
+
+
+@user.command("add")
+@click.argument("name")
+@_users_file_opt
+@_config_opt
+@click.option("--password-stdin", is_flag=True, help="Read the password from the first line of stdin instead of prompting.")
+def user_add(name, users_file, config_file, password_stdin) -> None:
+    """Add a user, or set a new password for an existing one."""
+    from mta import auth
+
+    if not auth.valid_user_name(name):
+        click.echo(f"mta: invalid user name {name!r}: 1-255 characters, no whitespace, ':' or control characters",
+                   err=True)
+        sys.exit(2)
+    path = _users_file(users_file, config_file)
+    if password_stdin:
+        password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    if not password:
+        click.echo("mta: empty password refused", err=True)
+        sys.exit(2)
+    try:
+        new = auth.set_user(path, name, auth.hash_password(password))
+    except OSError as e:
+        click.echo(f"mta: {path}: {e.strerror or e}", err=True)
+        sys.exit(1)
+    click.echo(f"{path}: {'added' if new else 'changed the password of'} {name}")
+
+
+@user.command("del")
+@click.argument("name")
+@_users_file_opt
+@_config_opt
+def user_del(name, users_file, config_file) -> None:
+    """Remove a user (exit 1 if there is no such user)."""
+    from mta import auth
+
+    path = _users_file(users_file, config_file)
+    try:
+        removed = auth.delete_user(path, name)
+    except OSError as e:
+        click.echo(f"mta: {path}: {e.strerror or e}", err=True)
+        sys.exit(1)
+    if not removed:
+        click.echo(f"mta: {path}: no user {name!r}", err=True)
+        sys.exit(1)
+    click.echo(f"{path}: removed {name}")
+
+
+@user.command("list")
+@_users_file_opt
+@_config_opt
+def user_list(users_file, config_file) -> None:
+    """Print the user names, one per line (no hashes)."""
+    from mta import auth
+
+    path = _users_file(users_file, config_file)
+    try:
+        names = auth.UserDB(path).users()
+    except OSError as e:
+        click.echo(f"mta: {path}: {e.strerror or e}", err=True)
+        sys.exit(1)
+    for n in names:
+        click.echo(n)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from mta.errors import ConfigError
 
 __all__ = [
     "DEFAULT_SPOOL_DIR", "Config", "SpoolConfig", "SmtpConfig", "LogConfig", "LimitsConfig",
-    "PrivilegesConfig", "TlsConfig", "Listener",
+    "PrivilegesConfig", "TlsConfig", "Listener", "AuthConfig",
     "Key", "load", "check", "schema", "schema_keys",
 ]
 
@@ -367,7 +367,7 @@ class NetworkList(Kind):
 # Routing and delivery kinds live in their own module (it imports the base
 # kinds above, so this import must stay below them).
 from mta.config_routes import (  # noqa: E402
-    TLS_MODES, AddressList, AddressMap, DurationList, IpList, OptionalHostPort, Transport,
+    TLS_MODES, AddressList, AddressMap, DurationList, IpList, OptionalHostPort, SenderLoginMap, Transport,
     TransportMap, parse_transport,
 )
 from mta.config_listeners import (  # noqa: E402
@@ -530,6 +530,27 @@ class TlsConfig:
 
 
 @dataclass(frozen=True)
+class AuthConfig:
+    users_file: str = opt("", Text(),
+                          "User file for SMTP AUTH (`user:$scrypt$...` lines, mode 0600, managed with "
+                          "`mta user`; re-read when it changes). Empty: AUTH is not offered.")
+    sender_login: dict = opt(None, SenderLoginMap(),
+                             'User → envelope senders it may use (addresses, or "@domain" for a whole '
+                             "domain); any other sender gets 553 5.7.1. The null sender <> is always allowed.",
+                             factory=dict, shown="{}")
+    sender_login_default: str = opt("none", Choice(("none", "self", "any")),
+                                    "Senders allowed beyond the map: none, self (the user name, when it is "
+                                    "an address), any (no check).")
+    max_failures: int = opt(5, Int(), "AUTH failures from one IP within failure_window before 421 4.7.0 "
+                                      "and disconnection.")
+    failure_window: float = opt(600.0, Duration(), "Sliding window over which AUTH failures are counted, "
+                                                   "per client IP and per user.")
+    tarpit_max: float = opt(8.0, Duration(allow_zero=True),
+                            "Longest delay before a 535 reply (1 s, 2 s, 4 s ... per recent failure); "
+                            "0 disables the tarpit.")
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = opt("info", Choice(("debug", "info", "warning", "error")), "Least severe message logged.")
 
@@ -579,6 +600,7 @@ class Config:
     limits: LimitsConfig = section(LimitsConfig)
     privileges: PrivilegesConfig = section(PrivilegesConfig)
     tls: TlsConfig = section(TlsConfig)
+    auth: AuthConfig = section(AuthConfig)
     log: LogConfig = section(LogConfig)
 
     @property

@@ -182,6 +182,39 @@ class AddressMap(Kind):
 
 
 @dataclass(frozen=True)
+class SenderLoginMap(Kind):
+    """[auth] sender_login: user name → the envelope senders it may use, each an
+    address or "@domain" (every address in that domain)."""
+
+    type_name = "table: user → list of addresses or @domains"
+
+    def parse(self, path, raw, errs: _Errors):
+        from mta.auth import valid_user_name  # the one rule for user names
+
+        if not isinstance(raw, dict):
+            errs.bad(path, 'a table of user = ["address", "@domain", ...]', raw)
+            return _BAD
+        out = {}
+        for key, value in raw.items():
+            kpath = f'{path}."{key}"'
+            if not valid_user_name(key):
+                errs.bad(kpath, "a user name (no whitespace, ':' or control characters)", key)
+                continue
+            values = [value] if isinstance(value, str) else value
+            ok = isinstance(values, list) and all(
+                isinstance(v, str) and (_address_ok(v) or (v.startswith("@") and _domain(v[1:]) is not None))
+                for v in values)
+            if not ok:
+                errs.bad(kpath, 'an address, "@domain", or a list of them', value)
+                continue
+            out[key] = tuple(v.lower() for v in values)
+        return out
+
+    def render(self, value):
+        return "{}" if not value else json.dumps({k: list(v) for k, v in value.items()})
+
+
+@dataclass(frozen=True)
 class AddressList(Kind):
     """Addresses, or bare local parts (valid in every local domain)."""
 

@@ -230,6 +230,14 @@ impl PySmtpParser {
         self.parser.set_smtputf8(on);
     }
 
+    fn set_auth_pause(&mut self, on: bool) {
+        self.parser.set_auth_pause(on);
+    }
+
+    fn take_line<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        self.with_sink(py, |p, _s, out| p.take_line(out))
+    }
+
     #[getter]
     fn buffered(&self) -> usize {
         self.parser.buffered()
@@ -260,6 +268,7 @@ fn events_to_py(py: Python<'_>, events: Vec<Event>) -> PyResult<Bound<'_, PyList
             Event::Error(r) => ("error", r.code, r.enhanced, r.text).into_pyobject(py)?.into_any(),
             Event::DataEnd(st) => ("data_end", st.as_str()).into_pyobject(py)?.into_any(),
             Event::BdatEnd { last, status } => ("bdat_end", last, status.as_str()).into_pyobject(py)?.into_any(),
+            Event::Line(l) => ("line", PyBytes::new(py, &l)).into_pyobject(py)?.into_any(),
         };
         items.push(t);
     }

@@ -67,6 +67,11 @@ impl PyMessage {
     fn spilled(&self) -> PyResult<bool> {
         Ok(self.get()?.spilled())
     }
+    /// The client's header block (up to, not including, the empty line), without our prefix.
+    fn header_block<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let v = self.get()?.header_block().map_err(spool_err)?;
+        Ok(PyBytes::new(py, &v))
+    }
     /// The content (our prefix included), for tests.
     fn bytes<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
         let m = self.inner.as_mut().ok_or_else(|| spool_err("message was already submitted"))?;

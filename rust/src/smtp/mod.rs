@@ -78,6 +78,8 @@ pub enum Event {
     Error(ErrorReply),
     DataEnd(Status),
     BdatEnd { last: bool, status: Status },
+    /// A raw line asked for with `take_line` (an AUTH response): terminator removed.
+    Line(Vec<u8>),
 }
 
 /// Receiver of message content (already unstuffed and policed).
@@ -107,6 +109,8 @@ pub enum StateError {
     NotAfterBdat,
     #[error("resume: the parser is not paused")]
     NotPaused,
+    #[error("take_line: the parser is not paused after an AUTH command or an AUTH response line")]
+    NotAfterAuth,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,6 +122,11 @@ enum Mode {
     PausedBdat { size: u64, last: bool },
     Data,
     Bdat,
+    /// After AUTH (with `set_auth_pause(true)`) and after each raw line: waiting for
+    /// take_line (the next line is an AUTH response) or resume (commands again).
+    PausedAuth,
+    /// The next complete line is returned as `Event::Line`, not parsed.
+    Line,
 }
 
 /// Decisions: a command line ends at LF (a CR before it is dropped; any other CR or a NUL
@@ -134,6 +143,7 @@ pub struct Parser {
     /// Inside an over-long line: drop bytes up to its LF, then one 500 reply.
     draining: bool,
     smtputf8: bool,
+    auth_pause: bool,
     data: Scanner,
     bdat: BdatTxn,
 }
@@ -142,7 +152,16 @@ impl Parser {
     pub fn new(cfg: Config) -> Self {
         let data = Scanner::new(true, cfg.bare_lf, cfg.max_message_size);
         let bdat = BdatTxn::new(cfg.bare_lf, cfg.max_message_size);
-        Parser { cfg, mode: Mode::Command, buf: Vec::new(), draining: false, smtputf8: false, data, bdat }
+        Parser {
+            cfg,
+            mode: Mode::Command,
+            buf: Vec::new(),
+            draining: false,
+            smtputf8: false,
+            auth_pause: false,
+            data,
+            bdat,
+        }
     }
 
     pub fn config(&self) -> &Config {
@@ -156,7 +175,7 @@ impl Parser {
 
     /// Whether the parser waits for start_data / start_bdat / resume.
     pub fn is_paused(&self) -> bool {
-        matches!(self.mode, Mode::PausedData | Mode::PausedBdat { .. })
+        matches!(self.mode, Mode::PausedData | Mode::PausedBdat { .. } | Mode::PausedAuth)
     }
 
     /// Whether bytes fed now would go to a sink (DATA body or BDAT chunk).
@@ -167,6 +186,25 @@ impl Parser {
     /// UTF-8 addresses in RCPT for the current transaction (after MAIL ... SMTPUTF8).
     pub fn set_smtputf8(&mut self, on: bool) {
         self.smtputf8 = on;
+    }
+
+    /// Pause after each AUTH command, as after DATA, so that the session can ask
+    /// for the client's next line raw (`take_line`): an AUTH response is base64,
+    /// not a command. Off by default (AUTH is then an ordinary command).
+    pub fn set_auth_pause(&mut self, on: bool) {
+        self.auth_pause = on;
+    }
+
+    /// After AUTH (paused) or after an `Event::Line`: the next complete line is
+    /// returned as `Event::Line` (CR LF or LF removed), and the parser pauses again.
+    /// A line longer than max_line gives the usual 500 reply and ends line mode.
+    pub fn take_line(&mut self, out: &mut Vec<Event>) -> Result<(), StateError> {
+        if self.mode != Mode::PausedAuth {
+            return Err(StateError::NotAfterAuth);
+        }
+        self.mode = Mode::Line;
+        self.replay(&mut Discard, out);
+        Ok(())
     }
 
     /// Append client bytes; events go to `out`, content bytes to `sink`.
@@ -222,6 +260,11 @@ impl Parser {
                 Ok(())
             }
             Mode::PausedBdat { .. } => self.start_bdat(true, &mut Discard, out),
+            Mode::PausedAuth => {
+                self.mode = Mode::Command;
+                self.replay(&mut Discard, out);
+                Ok(())
+            }
             _ => Err(StateError::NotPaused),
         }
     }
@@ -253,8 +296,8 @@ impl Parser {
             }
             let rest = &input[i..];
             match self.mode {
-                Mode::Command => i += self.command_step(rest, out),
-                Mode::PausedData | Mode::PausedBdat { .. } => {
+                Mode::Command | Mode::Line => i += self.command_step(rest, out),
+                Mode::PausedData | Mode::PausedBdat { .. } | Mode::PausedAuth => {
                     self.buf.extend_from_slice(rest);
                     return;
                 }
@@ -271,7 +314,36 @@ impl Parser {
         }
     }
 
-    /// Consume at most one command line from `rest`; returns bytes consumed.
+    /// The 500 reply for an over-long line; it also ends line mode (the exchange is over).
+    fn too_long(&mut self, out: &mut Vec<Event>) {
+        if self.mode == Mode::Line {
+            self.mode = Mode::Command;
+        }
+        out.push(Event::Error(ErrorReply::new(500, "5.5.2", "line too long")));
+    }
+
+    /// A complete line (LF excluded): a raw `Line` in line mode, else a command.
+    fn complete(&mut self, line: &[u8], out: &mut Vec<Event>) {
+        if self.mode == Mode::Line {
+            out.push(Event::Line(line.strip_suffix(b"\r").unwrap_or(line).to_vec()));
+            self.mode = Mode::PausedAuth;
+            return;
+        }
+        match command::parse_line(line, self.smtputf8) {
+            Ok(cmd) => {
+                match cmd {
+                    Command::Data => self.mode = Mode::PausedData,
+                    Command::Bdat { size, last } => self.mode = Mode::PausedBdat { size, last },
+                    Command::Auth(_) if self.auth_pause => self.mode = Mode::PausedAuth,
+                    _ => {}
+                }
+                out.push(Event::Command(cmd));
+            }
+            Err(e) => out.push(Event::Error(e)),
+        }
+    }
+
+    /// Consume at most one command line (or raw line) from `rest`; returns bytes consumed.
     fn command_step(&mut self, rest: &[u8], out: &mut Vec<Event>) -> usize {
         let max = self.cfg.max_line;
         // A command line ends at LF; a CR right before it is part of the terminator.
@@ -292,32 +364,25 @@ impl Parser {
         };
         if self.draining {
             self.draining = false;
-            out.push(Event::Error(ErrorReply::new(500, "5.5.2", "line too long")));
+            self.too_long(out);
             return j + 1;
         }
         if self.buf.len() + j >= max {
             self.buf.clear();
-            out.push(Event::Error(ErrorReply::new(500, "5.5.2", "line too long")));
+            self.too_long(out);
             return j + 1;
         }
-        let ev = if self.buf.is_empty() {
-            command::parse_line(&rest[..j], self.smtputf8)
+        if self.buf.is_empty() {
+            self.complete(&rest[..j], out);
         } else {
-            self.buf.extend_from_slice(&rest[..j]);
-            let ev = command::parse_line(&self.buf, self.smtputf8);
-            self.buf.clear();
-            ev
-        };
-        match ev {
-            Ok(cmd) => {
-                match cmd {
-                    Command::Data => self.mode = Mode::PausedData,
-                    Command::Bdat { size, last } => self.mode = Mode::PausedBdat { size, last },
-                    _ => {}
-                }
-                out.push(Event::Command(cmd));
+            let mut line = std::mem::take(&mut self.buf);
+            line.extend_from_slice(&rest[..j]);
+            self.complete(&line, out);
+            line.clear();
+            // Keep the allocation unless the line completed a pause that re-buffered.
+            if self.buf.is_empty() {
+                self.buf = line;
             }
-            Err(e) => out.push(Event::Error(e)),
         }
         j + 1
     }
@@ -338,11 +403,17 @@ pub mod harness {
 
     /// Feed `chunks` in order; react to pauses deterministically (by event count).
     pub fn drive(cfg: &Config, chunks: &[&[u8]]) -> Transcript {
+        drive_with(cfg, chunks, false)
+    }
+
+    /// `auth`: pause after AUTH; an AUTH without initial response takes raw lines
+    /// until "*", or one line for PLAIN, two otherwise (LOGIN), then commands resume.
+    pub fn drive_with(cfg: &Config, chunks: &[&[u8]], auth: bool) -> Transcript {
         let mut p = Parser::new(cfg.clone());
+        p.set_auth_pause(auth);
         let mut t = Transcript::default();
         let mut cur: Vec<u8> = Vec::new();
-        let mut datas = 0usize;
-        let mut bdat_open = false;
+        let mut st = State { auth, ..State::default() };
         for c in chunks {
             let mut evs = Vec::new();
             if p.in_data() {
@@ -350,26 +421,55 @@ pub mod harness {
             } else {
                 p.feed(c, &mut Discard, &mut evs);
             }
-            react(&mut p, &mut t, &mut cur, &mut evs, &mut datas, &mut bdat_open);
+            react(&mut p, &mut t, &mut cur, &mut evs, &mut st);
             assert!(p.in_data() || p.is_paused() || p.buffered() < cfg.max_line);
         }
-        if !cur.is_empty() || bdat_open {
+        if !cur.is_empty() || st.bdat_open {
             t.messages.push(std::mem::take(&mut cur));
         }
         t
     }
 
-    fn react(
-        p: &mut Parser,
-        t: &mut Transcript,
-        cur: &mut Vec<u8>,
-        evs: &mut Vec<Event>,
-        datas: &mut usize,
-        bdat_open: &mut bool,
-    ) {
+    #[derive(Default)]
+    struct State {
+        datas: usize,
+        bdat_open: bool,
+        auth_lines: usize,
+        auth_want: usize,
+        auth: bool,
+    }
+
+    fn react(p: &mut Parser, t: &mut Transcript, cur: &mut Vec<u8>, evs: &mut Vec<Event>, st: &mut State) {
+        let State { datas, bdat_open, auth_lines, auth_want, auth } = st;
         while !evs.is_empty() {
             let batch = std::mem::take(evs);
             for e in batch {
+                if *auth {
+                    match &e {
+                        Event::Command(Command::Auth(arg)) => {
+                            *auth_lines = 0;
+                            *auth_want = if arg.eq_ignore_ascii_case("PLAIN") { 1 } else { 2 };
+                            if arg.is_empty() || !arg.contains(' ') {
+                                p.take_line(evs).unwrap();
+                            } else {
+                                p.resume(evs).unwrap();
+                            }
+                        }
+                        Event::Line(l) => {
+                            *auth_lines += 1;
+                            if l.as_slice() == b"*" || *auth_lines >= *auth_want {
+                                p.resume(evs).unwrap();
+                            } else {
+                                p.take_line(evs).unwrap();
+                            }
+                        }
+                        _ => {}
+                    }
+                    if matches!(e, Event::Command(Command::Auth(_)) | Event::Line(_)) {
+                        t.events.push(e);
+                        continue;
+                    }
+                }
                 let pausing = matches!(e, Event::Command(Command::Data | Command::Bdat { .. }));
                 let cmd = match &e {
                     Event::Command(c) => Some(c.clone()),
@@ -418,6 +518,8 @@ pub mod harness {
             max_message_size: [52_428_800, 10, 64, 0][((data[0] >> 2) & 3) as usize],
             bare_lf: if data[0] & 16 == 0 { BareLf::Reject } else { BareLf::Normalize },
         };
+        let auth = data[0] & 32 != 0;
+        let drive = |cfg: &Config, chunks: &[&[u8]]| drive_with(cfg, chunks, auth);
         let stream = &data[3..];
         let whole = drive(&cfg, &[stream]);
         let mut seed = u64::from(data[1]) << 8 | u64::from(data[2]) | 1;
@@ -454,7 +556,7 @@ pub mod harness {
 
 #[cfg(test)]
 mod tests {
-    use super::harness::{check, drive, split};
+    use super::harness::{check, drive, drive_with, split};
     use super::*;
 
     fn cfg(max_line: usize, bare_lf: BareLf) -> Config {
@@ -617,6 +719,132 @@ mod tests {
         assert!(matches!(feed_all(&mut p, "RCPT TO:<ü@x>\r\n".as_bytes())[..], [Event::Error(ErrorReply { code: 553, .. })]));
         p.set_smtputf8(true);
         assert!(matches!(feed_all(&mut p, "RCPT TO:<ü@x>\r\n".as_bytes())[..], [Event::Command(Command::Rcpt(_))]));
+    }
+
+    fn auth(s: &str) -> Event {
+        Event::Command(Command::Auth(s.into()))
+    }
+
+    fn line(s: &[u8]) -> Event {
+        Event::Line(s.to_vec())
+    }
+
+    #[test]
+    fn auth_is_an_ordinary_command_without_auth_pause() {
+        let mut p = Parser::new(Config::default());
+        let evs = feed_all(&mut p, b"AUTH PLAIN\r\ndGVzdA==\r\nNOOP\r\n");
+        assert_eq!(evs, [auth("PLAIN"), err(500, "5.5.2", "command not recognized"), noop("")]);
+        assert!(!p.is_paused());
+        assert_eq!(p.take_line(&mut Vec::new()), Err(StateError::NotAfterAuth));
+    }
+
+    #[test]
+    fn auth_pause_take_line_and_resume_table() {
+        // (input fed at once, session's reaction to each pause: true = take_line, expected events)
+        type Case = (&'static [u8], &'static [bool], Vec<Event>);
+        let cases: Vec<Case> = vec![
+            // PLAIN with the response after 334, then a pipelined command
+            (b"AUTH PLAIN\r\ndGVzdA==\r\nNOOP\r\n", &[true, false], vec![auth("PLAIN"), line(b"dGVzdA=="), noop("")]),
+            // PLAIN with an initial response: the session resumes at once
+            (b"AUTH PLAIN dGVzdA==\r\nNOOP\r\n", &[false], vec![auth("PLAIN dGVzdA=="), noop("")]),
+            // LOGIN: two raw lines, LF-only terminators accepted, a CR before LF removed
+            (b"AUTH LOGIN\r\nYWxpY2U=\nc2VjcmV0\r\nQUIT\r\n", &[true, true, false],
+             vec![auth("LOGIN"), line(b"YWxpY2U="), line(b"c2VjcmV0"), Event::Command(Command::Quit)]),
+            // cancel: "*" is a line like any other; the session decides
+            (b"AUTH LOGIN\r\n*\r\nNOOP\r\n", &[true, false], vec![auth("LOGIN"), line(b"*"), noop("")]),
+            // a raw line is never parsed, even if it looks like a command or holds NUL / bare CR
+            (b"AUTH PLAIN\r\nMAIL FROM:<a@b>\r\n", &[true, false], vec![auth("PLAIN"), line(b"MAIL FROM:<a@b>")]),
+            (b"AUTH PLAIN\r\na\0b\rc\r\n", &[true, false], vec![auth("PLAIN"), line(b"a\0b\rc")]),
+            // an empty line is an (empty) response
+            (b"AUTH PLAIN\r\n\r\nNOOP\r\n", &[true, false], vec![auth("PLAIN"), line(b""), noop("")]),
+            // AUTH with bad syntax is still AUTH (the session answers it)
+            (b"auth\r\nNOOP\r\n", &[false], vec![auth(""), noop("")]),
+        ];
+        for (input, reactions, expected) in cases {
+            let mut p = Parser::new(Config::default());
+            p.set_auth_pause(true);
+            let mut evs = feed_all(&mut p, input);
+            for &take in reactions {
+                assert!(p.is_paused(), "{input:?}");
+                let mut more = Vec::new();
+                if take {
+                    p.take_line(&mut more).unwrap();
+                } else {
+                    p.resume(&mut more).unwrap();
+                }
+                evs.extend(more);
+            }
+            assert_eq!(evs, expected, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn raw_line_waits_for_its_end_and_respects_max_line() {
+        let mut p = Parser::new(cfg(16, BareLf::Reject));
+        p.set_auth_pause(true);
+        assert_eq!(feed_all(&mut p, b"AUTH LOGIN\r\nabc"), [auth("LOGIN")]);
+        let mut out = Vec::new();
+        p.take_line(&mut out).unwrap();
+        assert_eq!(out, []);
+        assert!(!p.is_paused());
+        assert_eq!(feed_all(&mut p, b"def\r\nNOOP\r\n"), [line(b"abcdef")]);
+        // Paused again: the buffered NOOP is still raw if the session asks for it.
+        let mut out = Vec::new();
+        p.take_line(&mut out).unwrap();
+        assert_eq!(out, [line(b"NOOP")]);
+        // At the limit (14 + CRLF = 16) a line; one past, one 500 and line mode ends.
+        p.take_line(&mut Vec::new()).unwrap();
+        assert_eq!(feed_all(&mut p, b"0123456789abcd\r\n"), [line(b"0123456789abcd")]);
+        p.take_line(&mut Vec::new()).unwrap();
+        let evs = feed_all(&mut p, b"0123456789abcde\r\nNOOP\r\n");
+        assert_eq!(evs, [err(500, "5.5.2", "line too long"), noop("")]);
+        assert!(!p.is_paused());
+        // The same when the over-long line arrives in pieces (drained, bounded memory).
+        feed_all(&mut p, b"AUTH LOGIN\r\n");
+        p.take_line(&mut Vec::new()).unwrap();
+        let mut evs = feed_all(&mut p, b"xxxxxxxxxxxxxxxxxxxxxxxx");
+        assert!(p.buffered() < 16);
+        evs.extend(feed_all(&mut p, b"xxxx\r\nNOOP\r\n"));
+        assert_eq!(evs, [err(500, "5.5.2", "line too long"), noop("")]);
+        // Misuse: take_line only right after AUTH or a raw line.
+        let mut p = Parser::new(Config::default());
+        p.set_auth_pause(true);
+        feed_all(&mut p, b"DATA\r\n");
+        assert_eq!(p.take_line(&mut Vec::new()), Err(StateError::NotAfterAuth));
+        assert_eq!(p.start_data(&mut Discard, &mut Vec::new()), Ok(()));
+    }
+
+    const AUTH_SCRIPT: &[u8] = b"EHLO a\r\nAUTH PLAIN\r\ndGVzdA==\r\nAUTH PLAIN dGVzdA==\r\nAUTH LOGIN\r\nYQ==\nYg==\r\n\
+        AUTH LOGIN\r\n*\r\nAUTH LOGIN\r\nxxxxxxxxxxxxxxxxxxxxxxxxx\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nx\r\n.\r\nQUIT\r\n";
+
+    #[test]
+    fn every_split_of_an_auth_script_gives_the_same_transcript() {
+        for max_line in [16, 512] {
+            let c = cfg(max_line, BareLf::Reject);
+            let whole = drive_with(&c, &[AUTH_SCRIPT], true);
+            assert!(whole.events.iter().filter(|e| matches!(e, Event::Line(_))).count() >= 3);
+            for a in 0..AUTH_SCRIPT.len() {
+                assert_eq!(drive_with(&c, &split(AUTH_SCRIPT, &[a]), true), whole, "cut {a}");
+                assert_eq!(drive_with(&c, &split(AUTH_SCRIPT, &[a, a + 5, a + 30]), true), whole, "cut {a}+");
+            }
+            let bytewise: Vec<&[u8]> = AUTH_SCRIPT.chunks(1).collect();
+            assert_eq!(drive_with(&c, &bytewise, true), whole);
+        }
+        let whole = drive_with(&Config::default(), &[AUTH_SCRIPT], true);
+        let expect_prefix = [
+            Event::Command(Command::Ehlo("a".into())),
+            auth("PLAIN"),
+            line(b"dGVzdA=="),
+            auth("PLAIN dGVzdA=="),
+            auth("LOGIN"),
+            line(b"YQ=="),
+            line(b"Yg=="),
+            auth("LOGIN"),
+            line(b"*"),
+            auth("LOGIN"),
+            line(b"xxxxxxxxxxxxxxxxxxxxxxxxx"),
+        ];
+        assert_eq!(whole.events[..expect_prefix.len()], expect_prefix);
     }
 
     const SCRIPT: &[u8] = b"EHLO a\r\nMAIL FROM:<a@b> SIZE=10\r\nRCPT TO:<c@d>\r\nDATA\r\nSubject: x\r\n\r\n..dot\r\nbare\nlf\rcr\r\n.\r\n\

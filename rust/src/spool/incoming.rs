@@ -128,6 +128,23 @@ impl Incoming {
         Ok(v)
     }
 
+    /// The client's header block (the first `scanner.header_size()` octets of the body,
+    /// without our prefix): from memory, or read back from the spill file's start.
+    /// Bounded by max_header_size + 1. For the submission fix-up (Message-ID, Date).
+    pub fn header_block(&self) -> io::Result<Vec<u8>> {
+        self.check()?;
+        let n = self.scanner.header_size().min(self.body_len) as usize;
+        let Some(f) = &self.spill else {
+            return Ok(self.mem[..n.min(self.mem.len())].to_vec());
+        };
+        let from_file = (n as u64).min(self.spilled_len) as usize;
+        let mut v = vec![0u8; from_file];
+        f.read_exact_at(&mut v, 0)?;
+        let rest = (n - from_file).min(self.mem.len());
+        v.extend_from_slice(&self.mem[..rest]);
+        Ok(v)
+    }
+
     fn check(&self) -> io::Result<()> {
         match &self.error {
             Some(e) => Err(io::Error::other(e.clone())),
@@ -196,6 +213,27 @@ mod tests {
         }
         // spill files are unlinked at once
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn header_block_from_memory_and_from_a_spill_file() {
+        let d = tempfile::tempdir().unwrap();
+        let head = b"Subject: x\r\nFrom: a@b\r\n".to_vec();
+        let mut msg = head.clone();
+        msg.extend_from_slice(b"\r\n");
+        msg.extend(std::iter::repeat_n(b'y', 5000));
+        for (thr, chunk) in [(1 << 20, 3), (0, 1), (5, 7), (20, 4096)] {
+            let mut m = Incoming::new(Some(d.path().into()), thr, 1 << 20);
+            m.prepend(b"Received: us\r\n");
+            for c in msg.chunks(chunk) {
+                m.push(c);
+            }
+            assert_eq!(m.spilled(), thr < msg.len());
+            assert_eq!(m.header_block().unwrap(), head, "thr {thr} chunk {chunk}");
+        }
+        let mut m = Incoming::new(None, usize::MAX, 1 << 20);
+        m.push(b"Subject: unfinished");
+        assert_eq!(m.header_block().unwrap(), b"Subject: unfinished");
     }
 
     #[test]
