@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,7 +29,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "python"))
-from mta.bench.procs import tree_cpu_seconds  # noqa: E402  (sums the /proc tree, reaped children included)
+from mta.bench.procs import tree_cpu_seconds, wait_greeting, wait_port_free  # noqa: E402  (sums the /proc tree, reaped children included)
 
 POSTFIX_SH = os.path.join(HERE, "compare-postfix.sh")
 SYSTEMS = ("mta", "postfix", "sink")
@@ -56,28 +55,12 @@ _cleanups: list = []
 
 
 def _greeting(port: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
-                if s.recv(512).startswith(b"220"):
-                    s.sendall(b"QUIT\r\n")
-                    return True
-        except OSError:
-            pass
-        time.sleep(0.1)
-    return False
+    return wait_greeting(port, time.monotonic() + timeout)
 
 
 def _port_free(port: int, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-        except OSError:
-            return
-        time.sleep(0.2)
-    raise RuntimeError(f"port {port} is still in use by something else")
+    if not wait_port_free(port, time.monotonic() + timeout):
+        raise RuntimeError(f"port {port} is still in use by something else")
 
 
 def _spawn(argv: list[str], log, env=None) -> subprocess.Popen:

@@ -10,7 +10,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,7 +17,7 @@ import time
 import tomllib
 from dataclasses import dataclass, field
 
-from mta.bench.procs import tree_cpu_seconds
+from mta.bench.procs import tree_cpu_seconds, wait_greeting, wait_port_free
 from mta.bench.sendrun import run_send
 
 KINDS = ("accept-only", "end-to-end")
@@ -102,35 +101,12 @@ def _fill(cmd: str, sysm: System, plan: Plan, tmp: str) -> str:
                       python=shlex.quote(sys.executable))
 
 
-def _greeting(port: int, deadline: float) -> bool:
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
-                if s.recv(512).startswith(b"220"):
-                    s.sendall(b"QUIT\r\n")
-                    return True
-        except OSError:
-            pass
-        time.sleep(0.1)
-    return False
-
-
 def _until_ok(cmd: str, deadline: float, env: dict) -> bool:
     while time.monotonic() < deadline:
         if subprocess.run(cmd, shell=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0:
             return True
         time.sleep(0.2)
     return False
-
-
-def _port_free(port: int, deadline: float) -> None:
-    """Wait until nothing listens on the port (the previous trial's server is gone)."""
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-        except OSError:
-            return
-        time.sleep(0.1)
 
 
 class Running:
@@ -140,13 +116,13 @@ class Running:
     def __init__(self, sysm: System, plan: Plan, tmp: str, log) -> None:
         self.sysm, self.plan, self.tmp = sysm, plan, tmp
         self.env = {**os.environ, **{k: str(v) for k, v in sysm.env.items()}}
-        _port_free(sysm.port, time.monotonic() + 10)
+        wait_port_free(sysm.port, time.monotonic() + 10)
         cmd = _fill(sysm.start, sysm, plan, tmp)
         self.proc = subprocess.Popen(shlex.split(cmd), env=self.env, cwd=os.getcwd(), start_new_session=True,
                                      stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + plan.ready_timeout
         ok = (_until_ok(_fill(sysm.ready, sysm, plan, tmp), deadline, self.env) if sysm.ready
-              else _greeting(sysm.port, deadline))
+              else wait_greeting(sysm.port, deadline))
         if not ok:
             self.stop()
             raise RuntimeError(f"{sysm.name}: not ready within {plan.ready_timeout:.0f} s (see {tmp}/log)")
@@ -189,7 +165,7 @@ def _start_sink(plan: Plan, count: int, tmp: str, log) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))}
     p = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 30
-    if not _greeting(plan.sink_port, deadline):
+    if not wait_greeting(plan.sink_port, deadline):
         p.kill()
         raise RuntimeError(f"the end-to-end sink did not start on port {plan.sink_port}")
     return p

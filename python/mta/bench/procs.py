@@ -9,6 +9,8 @@ import ctypes
 import multiprocessing as mp
 import os
 import signal
+import socket
+import time
 
 _CLK = os.sysconf("SC_CLK_TCK")
 
@@ -60,3 +62,28 @@ def tree_cpu_seconds(root: int) -> float:
         total += procs[pid][1]
         todo.extend(children.get(pid, ()))
     return total
+
+
+def wait_greeting(port: int, deadline: float) -> bool:
+    """True once a server on 127.0.0.1:port greets with 220 (False at the deadline)."""
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+                if s.recv(512).startswith(b"220"):
+                    s.sendall(b"QUIT\r\n")
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.1)
+    return False
+
+
+def wait_port_free(port: int, deadline: float) -> bool:
+    """True once nothing listens on 127.0.0.1:port (the previous server is gone)."""
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        except OSError:
+            return True
+        time.sleep(0.1)
+    return False
