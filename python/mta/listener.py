@@ -14,6 +14,7 @@ import logging
 import signal
 import socket
 
+from mta import auth
 from mta import log as fastlog
 from mta import privileges
 from mta.config import Config
@@ -32,7 +33,7 @@ log = logging.getLogger("mta")
 SHUTDOWN_GRACE = 10.0
 
 
-def ehlo_lines(cfg: Config, starttls: bool = False) -> bytes:
+def ehlo_lines(cfg: Config, starttls: bool = False, auth_mechs: tuple[str, ...] = ()) -> bytes:
     exts = [
         cfg.hostname,
         "PIPELINING",
@@ -45,6 +46,8 @@ def ehlo_lines(cfg: Config, starttls: bool = False) -> bytes:
     ]
     if starttls:
         exts.append("STARTTLS")
+    if auth_mechs:
+        exts.append("AUTH " + " ".join(auth_mechs))
     out = [f"250-{e}\r\n" for e in exts[:-1]] + [f"250 {exts[-1]}\r\n"]
     return "".join(out).encode()
 
@@ -61,6 +64,13 @@ class Server:
         self.greeting = f"220 {cfg.hostname} ESMTP{banner}\r\n".encode()
         self.ehlo_reply = ehlo_lines(cfg)
         self.ehlo_reply_starttls = ehlo_lines(cfg, starttls=True)
+        self.ehlo_reply_auth = ehlo_lines(cfg, auth_mechs=auth.MECHANISMS)  # submission over TLS
+        # SMTP AUTH (mta.submission): no user file, no AUTH.
+        a = cfg.auth
+        self.users: auth.UserDB | None = auth.UserDB(a.users_file) if a.users_file else None
+        self.auth_guard = auth.AuthGuard(max_failures=a.max_failures, window=a.failure_window,
+                                         tarpit_max=a.tarpit_max)
+        self.sender_login = auth.SenderLogin.from_config(a)
         # Raises TlsError (an MtaError) if the files are unusable at start-up.
         self.tls: TlsContext | None = TlsContext(cfg.tls) if cfg.tls.cert else None
         self.helo_reply = f"250 {cfg.hostname}\r\n".encode()

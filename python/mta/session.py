@@ -13,6 +13,8 @@ nothing more in plaintext: commands already received behind STARTTLS are
 dropped with the parser that held them (CVE-2011-0411), and after the
 handshake the session is FRESH again (EHLO, HELO and any MAIL forgotten). On
 an implicit-TLS listener the greeting waits for the handshake.
+
+AUTH (submission listeners, over TLS only) lives in mta.submission.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import TYPE_CHECKING, Callable
 from mta import _native
 from mta import log as fastlog
 from mta.limits import SessionGuard
+from mta.submission import SubmissionMixin
 from mta.tls import HANDSHAKE_TIMEOUT, TlsInfo
 
 if TYPE_CHECKING:
@@ -49,7 +52,7 @@ class State(enum.IntEnum):
 class Transaction:
     """What RSET forgets: the envelope and the message being received."""
 
-    __slots__ = ("mail", "rcpts", "final", "queue_id", "message", "started", "size")
+    __slots__ = ("mail", "rcpts", "final", "queue_id", "message", "started", "size", "received")
 
     def __init__(self, mail):
         self.mail = mail
@@ -59,6 +62,7 @@ class Transaction:
         self.message = None
         self.started = time.time()
         self.size = 0
+        self.received = b""  # our Received header, when it waits for the submission fix-up
 
 
 def _line(code: int, enhanced: str | None, text: str) -> bytes:
@@ -99,7 +103,7 @@ _SEQUENCE_TEXT = {
 }
 
 
-class Session(asyncio.Protocol):
+class Session(SubmissionMixin, asyncio.Protocol):
     def __init__(self, server: Server, listener: Listener | None = None):
         self.server = server
         self.cfg = server.cfg.smtp
@@ -138,6 +142,9 @@ class Session(asyncio.Protocol):
         self.guard = SessionGuard(server.cfg.limits)  # abuse limits (mta.limits)
         self._proxy = None  # a _native.ProxyParser while the PROXY header is awaited
         self._held = False  # an error reply is being tarpitted: write and read nothing
+        self.user: str | None = None  # the authenticated login (mta.submission)
+        self.sasl = None  # an AUTH exchange in progress
+        self.auth_ok = False  # AUTH is offered now: submission, TLS, a user file
 
     def _new_parser(self):
         return _native.SmtpParser(
@@ -154,6 +161,7 @@ class Session(asyncio.Protocol):
         self.peer_ip, self.peer_port = peer[0], peer[1]
         # On an implicit-TLS listener the handshake is already done here.
         self.tls_info = TlsInfo.of(transport)
+        self._auth_setup()
         self.server.sessions.add(self)
         loop = asyncio.get_running_loop()
         self._arm_idle(loop, self.cfg.idle_timeout)
@@ -299,7 +307,11 @@ class Session(asyncio.Protocol):
                     self._out_of_sequence(ev[1])
                 else:
                     handler(self, ev[2])
+            elif kind == "line":
+                self._sasl_line(ev[1])
             elif kind == "error":
+                if self.sasl is not None:
+                    self._sasl_error()
                 self._reply(_line(ev[1], ev[2], ev[3]), error=True)
             elif kind == "data_end":
                 self._message_end(ev[1])
@@ -391,6 +403,8 @@ class Session(asyncio.Protocol):
         self.state = State.READY
         if self.tls_mode == "starttls" and self.tls_info is None:
             self._out.append(self.server.ehlo_reply_starttls)
+        elif self.auth_ok:
+            self._out.append(self.server.ehlo_reply_auth)
         else:
             self._out.append(self.server.ehlo_reply)
 
@@ -403,6 +417,9 @@ class Session(asyncio.Protocol):
     def _mail(self, m) -> None:
         if (refusal := self.guard.mail(self.messages)) is not None:
             self._limit_close(refusal)
+            return
+        if (refusal := self._mail_refusal(m.address)) is not None:
+            self._reply(refusal)
             return
         if m.size is not None and m.size > self.cfg.max_message_size:
             self._reply(_line(552, "5.3.4", "Error: message size exceeds fixed maximum message size"))
@@ -427,7 +444,7 @@ class Session(asyncio.Protocol):
         if (refusal := self.guard.rcpt()) is not None:
             self._reply(refusal)
             return
-        verdict = self.server.policy.check_rcpt(r.address, self.trusted)
+        verdict = self.server.policy.check_rcpt(r.address, self.trusted or self.user is not None)
         if not verdict.ok:
             self._reply(_line(verdict.code, verdict.enhanced, verdict.text))
             return
@@ -480,9 +497,6 @@ class Session(asyncio.Protocol):
     def _help(self, _arg) -> None:
         self._out.append(R_HELP)
 
-    def _not_implemented(self, _arg) -> None:
-        self._reply(R_NOT_IMPL)
-
     # --- TLS ----------------------------------------------------------------
 
     def _starttls(self, _arg) -> None:
@@ -530,6 +544,7 @@ class Session(asyncio.Protocol):
             return
         self.transport = tls
         self.tls_info = TlsInfo.of(tls)
+        self._auth_setup()  # the new parser; any earlier login is forgotten
         self._tls_busy = False
         self._last_active = time.monotonic()
         fastlog.info(f"STARTTLS established from {self.rname or 'unknown'}[{self.peer_ip}]: {self.tls_info}")
@@ -552,24 +567,21 @@ class Session(asyncio.Protocol):
         spool = self.server.spool
         tx.queue_id = spool.new_queue_id()
         tx.message = spool.new_message()
-        smtputf8 = tx.mail.smtputf8
-        proto = ("UTF8SMTP" if smtputf8 else "ESMTP") if self.esmtp else "SMTP"
-        if self.tls_info is not None and self.esmtp:
-            proto += "S"  # RFC 3848: ESMTPS, UTF8SMTPS (RFC 6531)
-        spool.prepend(
-            tx.message,
-            _native.received_header(
-                helo=self.helo,
-                reverse_name=self.rname,
-                ip=self.peer_ip,
-                hostname=self.server.cfg.hostname,
-                protocol=proto,
-                queue_id=tx.queue_id,
-                recipient=tx.rcpts[0].address if len(tx.rcpts) == 1 else None,
-                timestamp=time.time(),
-                tls=str(self.tls_info) if self.tls_info is not None else None,
-            ),
+        received = _native.received_header(
+            helo=self.helo,
+            reverse_name=self.rname,
+            ip=self.peer_ip,
+            hostname=self.server.cfg.hostname,
+            protocol=self._protocol(tx.mail.smtputf8),
+            queue_id=tx.queue_id,
+            recipient=tx.rcpts[0].address if len(tx.rcpts) == 1 else None,
+            timestamp=time.time(),
+            tls=str(self.tls_info) if self.tls_info is not None else None,
         )
+        if self.user is not None and self.profile == "submission":
+            tx.received = received  # prepended at the end, above the fix-up
+        else:
+            spool.prepend(tx.message, received)
 
     def _bdat_end(self, last: bool, status: str) -> None:
         if self._bdat_refusal is not None:
@@ -597,6 +609,12 @@ class Session(asyncio.Protocol):
             self._finish_transaction()
             self._reply(verdict)
             return
+        if tx.received:
+            # Submission: Received first, then any Message-ID/Date we add.
+            fixup = self._submission_fixup(msg)
+            if fixup:
+                self.server.spool.prepend(msg, fixup)
+            self.server.spool.prepend(msg, tx.received)
         m = tx.mail
         tx.size = msg.size
         self.guard.data_stopped()
@@ -665,7 +683,7 @@ for _s in _TALKING:
         ("VRFY", Session._vrfy),
         ("HELP", Session._help),
         ("STARTTLS", Session._starttls),
-        ("AUTH", Session._not_implemented),
+        ("AUTH", Session._auth),
         ("HTTP", Session._http),
     ):
         TABLE[(_s, _verb)] = _handler

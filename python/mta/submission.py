@@ -1,0 +1,172 @@
+"""SMTP AUTH (RFC 4954) in the server session: the socket side of mta.auth.
+
+A mixin of `Session`. AUTH is advertised and accepted only on `submission`
+listeners, only over TLS, and only with a user file; the parser pauses after
+each AUTH command (set_auth_pause) so the SASL responses are read as raw
+lines, never as commands. A password lives only inside one SaslStep and the
+executor call that checks it; it never reaches a log line. Failures are
+counted per IP and per user (AuthGuard), tarpitted, and end in 421 4.7.0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from mta import auth
+from mta import log as fastlog
+
+R_AUTH_REQUIRED = b"530 5.7.0 Authentication required\r\n"
+R_AUTH_HELO_FIRST = b"503 5.5.1 Error: send HELO/EHLO first\r\n"
+R_NOT_IMPL = b"502 5.5.1 Error: command not implemented\r\n"
+
+
+def r_sender_not_owned(user: str) -> bytes:
+    return f"553 5.7.1 Sender address rejected: not owned by user {auth._printable(user)}\r\n".encode()
+
+
+class SubmissionMixin:
+    """AUTH for Session: `user` (the authenticated login or None), `sasl` (the
+    exchange in progress), `auth_ok` (AUTH may be offered right now)."""
+
+    user: str | None = None
+    sasl: auth.SaslExchange | None = None
+    auth_ok: bool = False
+
+    @property
+    def auth_required(self) -> bool:
+        """MAIL needs AUTH first: a submission listener with a user file."""
+        return self.profile == "submission" and self.server.users is not None
+
+    def _auth_setup(self) -> None:
+        """At connect (implicit TLS) and after each STARTTLS handshake: forget any
+        login, decide whether AUTH is offered, and tell the (new) parser."""
+        self.user = None
+        self.sasl = None
+        self.auth_ok = self.auth_required and self.tls_info is not None
+        self.parser.set_auth_pause(self.auth_ok)
+
+    # --- the AUTH command ---------------------------------------------------
+
+    def _auth(self, arg: str) -> None:
+        if not self.auth_ok:
+            # The parser did not pause: AUTH is an ordinary command here.
+            self._reply(auth.R_AUTH_NEED_TLS if self.auth_required else R_NOT_IMPL)
+            return
+        if self.state.name == "FRESH":
+            refusal = R_AUTH_HELO_FIRST
+        elif self.user is not None:
+            refusal = auth.R_AUTH_TWICE
+        elif self.tx is not None:
+            refusal = auth.R_AUTH_IN_TX
+        else:
+            refusal = None
+        if refusal is None and self.server.auth_guard.blocked(self.peer_ip):
+            fastlog.info(f"AUTH refused from [{self.peer_ip}]: too many failures")
+            self._limit_close(auth.R_AUTH_BLOCKED)
+            return
+        if refusal is not None:
+            self._reply(refusal)
+            self._queue.extend(self.parser.resume())
+            return
+        self.sasl = auth.SaslExchange()
+        self._sasl_step(self.sasl.start(arg))
+
+    def _sasl_line(self, line: bytes) -> None:
+        """A ("line", raw) event: the client's answer to our 334."""
+        if self.sasl is None:  # cannot happen: lines come only after take_line()
+            self._queue.extend(self.parser.resume())
+            return
+        self._sasl_step(self.sasl.feed(line))
+
+    def _sasl_error(self) -> None:
+        """An ("error", ...) event during the exchange (a line too long): the
+        parser left line mode; the exchange is over."""
+        self.sasl = None
+
+    def _sasl_step(self, step: auth.SaslStep) -> None:
+        if step.kind == "challenge":
+            self._out.append(step.reply)
+            self._queue.extend(self.parser.take_line())
+            return
+        mechanism, self.sasl = self.sasl.mechanism, None
+        if step.kind == "reply" and not step.failure:
+            self._reply(step.reply)  # 501 / 504: no credentials were tried
+            self._queue.extend(self.parser.resume())
+            return
+        # Credentials to check (scrypt, in a thread) or a failure to tarpit:
+        # read nothing more until the answer is out.
+        self._waiting = True
+        self._flush()
+        self.transport.pause_reading()
+        asyncio.ensure_future(self._finish_auth(step, mechanism))
+
+    async def _finish_auth(self, step: auth.SaslStep, mechanism: str) -> None:
+        guard = self.server.auth_guard
+        ok = False
+        if step.kind == "verify":
+            try:
+                ok = await self.server.users.verify(step.user, step.password)
+            except Exception as e:  # noqa: BLE001 - an executor failure fails this login only
+                log_reason = type(e).__name__
+                fastlog.info(f"AUTH check failed for [{self.peer_ip}]: {log_reason}")
+                ok = False
+        if self._gone():
+            return
+        if ok:
+            guard.succeeded(self.peer_ip, step.user)
+            self.user = step.user
+            self._waiting = False
+            self._out.append(auth.R_AUTH_OK)
+        else:
+            guard.failed(self.peer_ip, step.user or None, mechanism)
+            delay = guard.delay(self.peer_ip, step.user or None)
+            if delay > 0:
+                await asyncio.sleep(delay)
+                if self._gone():
+                    return
+            self._waiting = False
+            if guard.blocked(self.peer_ip):
+                self._limit_close(auth.R_AUTH_BLOCKED)
+                return
+            self._reply(auth.R_AUTH_FAILED)
+            if self._closing:
+                return
+        events = self.parser.resume()
+        if not self._held:
+            self.transport.resume_reading()
+        self._run(events)
+
+    def _gone(self) -> bool:
+        return self._closing or self.state.name == "CLOSED"
+
+    # --- what AUTH changes ----------------------------------------------------
+
+    def _mail_refusal(self, address: str) -> bytes | None:
+        """On a submission listener with a user file: AUTH first, then only the
+        senders the sender-login map allows the user."""
+        if not self.auth_required:
+            return None
+        if self.user is None:
+            return R_AUTH_REQUIRED
+        if not self.server.sender_login.check(self.user, address):
+            fastlog.info(f"sender rejected from [{self.peer_ip}]: <{address}> not owned by user"
+                         f" {auth._printable(self.user)}")
+            return r_sender_not_owned(self.user)
+        return None
+
+    def _protocol(self, smtputf8: bool) -> str:
+        """The Received header's "with": RFC 3848 and RFC 6531 names."""
+        if not self.esmtp:
+            return "SMTP"
+        proto = "UTF8SMTP" if smtputf8 else "ESMTP"
+        if self.tls_info is not None:
+            proto += "S"
+        if self.user is not None:
+            proto += "A"
+        return proto
+
+    def _submission_fixup(self, msg) -> bytes:
+        """Message-ID and Date for authenticated submission, when missing."""
+        if self.user is None or self.profile != "submission":
+            return b""
+        return auth.add_missing_headers(msg.header_block(), hostname=self.server.cfg.hostname)
