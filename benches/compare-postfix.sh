@@ -27,6 +27,13 @@ configure() {
   pc smtpd_client_connection_rate_limit=0 smtpd_client_message_rate_limit=0
   pc alias_maps= alias_database= local_recipient_maps= biff=no append_dot_mydomain=no
   pc maillog_file=/var/log/postfix-mta-bench.log
+  if [ -n "${POSTFIX_TLS_DIR:-}" ]; then
+    # STARTTLS offered (server side only), for the TLS comparison (benches/compare-tls.toml)
+    pc "smtpd_tls_cert_file=$POSTFIX_TLS_DIR/cert.pem" "smtpd_tls_key_file=$POSTFIX_TLS_DIR/key.pem" \
+       smtpd_tls_security_level=may
+  else
+    pc smtpd_tls_security_level=none
+  fi
   # the separate instance: its own queue and data directories
   pc "queue_directory=$QUEUE" "data_directory=$DATA"
   sed "s/^smtp \{1,\}inet .*/127.0.0.1:$port inet n - y - - smtpd/" /usr/share/postfix/master.cf.dist > "$CONF/master.cf" 2>/dev/null \

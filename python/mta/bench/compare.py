@@ -45,6 +45,7 @@ class Workload:
     sessions: int = 50
     per_connection: int = 1
     warmup: int = 0
+    starttls: bool = False  # the generator uses STARTTLS (the system must offer it)
 
 
 @dataclass
@@ -197,7 +198,8 @@ def run_trial(plan: Plan, sysm: System, wl: Workload, repeat: int, say) -> dict:
             cpu0 = run.cpu()
             t_wall = time.time()
             rep = run_send(f"127.0.0.1:{sysm.port}", messages=wl.messages, size=wl.size, sessions=wl.sessions,
-                           per_connection=wl.per_connection, warmup=wl.warmup, workers=plan.generator_workers)
+                           per_connection=wl.per_connection, warmup=wl.warmup, workers=plan.generator_workers,
+                           starttls=wl.starttls)
             row = {"system": sysm.name, "workload": wl.name, "kind": wl.kind, "repeat": repeat,
                    "messages": rep["messages"], "accepted_per_s": rep["messages_per_s"],
                    "elapsed_s": rep["elapsed_s"], "latency_ms": rep["latency_ms"], "errors": rep["errors"]}
