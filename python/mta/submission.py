@@ -107,9 +107,7 @@ class SubmissionMixin:
             try:
                 ok = await self.server.users.verify(step.user, step.password)
             except Exception as e:  # noqa: BLE001 - an executor failure fails this login only
-                log_reason = type(e).__name__
-                fastlog.info(f"AUTH check failed for [{self.peer_ip}]: {log_reason}")
-                ok = False
+                fastlog.info(f"AUTH check failed for [{self.peer_ip}]: {type(e).__name__}")
         if self._gone():
             return
         if ok:

@@ -234,6 +234,31 @@ def test_after_starttls_plain_exchange_and_cancel(sub):
         c.quit()
 
 
+def test_pipelined_auth_and_long_sasl_line(sub):
+    c, _ = tls_client(sub)
+    with c:
+        # a response line longer than the command-line limit ends the exchange with 500
+        c.expect("AUTH LOGIN", 334)
+        check(c.cmd("A" * 2000), 500, "5.5.2")
+        c.expect("NOOP", 250)  # back to commands
+        # AUTH with its initial response pipelined with the transaction (the MAIL waits
+        # for the password check; the SASL lines are never parsed as commands)
+        c.send(("AUTH PLAIN " + plain() + "\r\nMAIL FROM:<alice@example.com>\r\n"
+                "RCPT TO:<x@far-away.example>\r\n").encode())
+        check(c.reply(), 235, "2.7.0")
+        check(c.reply(), 250, "2.1.0")
+        check(c.reply(), 250, "2.1.5")
+        c.expect("RSET", 250)
+        c.quit()
+    c, _ = tls_client(sub)
+    with c:
+        # "MAIL FROM" sent as a SASL response is base64 garbage, not a command
+        c.expect("AUTH LOGIN", 334)
+        check(c.cmd("MAIL FROM:<alice@example.com>"), 501, "5.5.2")
+        check(c.cmd("MAIL FROM:<alice@example.com>"), 530, "5.7.0")
+        c.quit()
+
+
 # --- failures: tarpit, block, no password in the log -------------------------------------
 
 
@@ -272,3 +297,41 @@ def test_password_not_logged_on_success(sub):
     assert "authenticated: ip=127.0.0.1 user='alice'" in log_text, log_text[-2000:]
     for secret in (PASSWORD, b64(PASSWORD), plain()):
         assert secret not in log_text
+
+
+# --- Postfix as a SASL + TLS client relaying through mta (issue 6 §6) ---------------------
+
+
+def test_postfix_relays_through_mta_with_sasl_and_tls(sub, tmp_path):
+    from postfix_peer import PostfixPeer
+
+    class PostfixClient(PostfixPeer):
+        """The private Postfix, relaying everything not its own to mta's
+        submission port: STARTTLS required, then AUTH as alice."""
+
+        def _main_cf(self) -> str:
+            relay = f"[127.0.0.1]:{sub.sub_port}"
+            return super()._main_cf() + "".join(f"{k} = {v}\n" for k, v in {
+                "relayhost": relay,
+                "smtp_tls_security_level": "encrypt",
+                "smtp_sasl_auth_enable": "yes",
+                "smtp_sasl_password_maps": f"inline:{{ {relay}={USER}:{PASSWORD} }}",
+                "smtp_sasl_security_options": "noanonymous",
+                "smtp_sasl_tls_security_options": "noanonymous",
+            }.items())
+
+    with PostfixClient(tmp_path / "pf", domain="dest.test") as pf:
+        with smtplib.SMTP("127.0.0.1", pf.port, local_hostname="client.example.test", timeout=15) as s:
+            assert s.sendmail("alice@example.com", ["bob@far-away.example"],
+                              b"From: alice@example.com\r\nSubject: via postfix\r\n\r\nrelayed\r\n") == {}
+        deadline = time.monotonic() + 60
+        entries = []
+        while time.monotonic() < deadline and not entries:
+            entries = [e for e in sub.queue() if e["sender"] == "alice@example.com"]
+            time.sleep(0.2)
+        assert entries, f"nothing arrived from Postfix; its log:\n{pf.log()[-4000:]}\nmta log:\n{sub.log()[-3000:]}"
+        text, rest = received_and_rest(sub, entries[0]["id"])
+        assert text.startswith("Received: from postfix.dest.test"), text  # Postfix's EHLO name
+        assert "with ESMTPSA" in text and "TLSv1." in text, text
+        assert b"Subject: via postfix" in rest
+    assert PASSWORD not in sub.log()
