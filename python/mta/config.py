@@ -566,7 +566,8 @@ class Config:
     listener: tuple = opt((), ListenerTables(),
                           'More listeners, each a [[listener]] table: address = "HOST:PORT", '
                           'profile = "mx" or "submission" (default mx), tls = "starttls", "implicit" or "none" '
-                          "(default starttls when [tls] is set, else none; implicit: TLS from the first byte).")
+                          "(default starttls when [tls] is set, else none; implicit: TLS from the first byte), "
+                          "proxy_protocol = true or false (default: the top-level proxy_protocol).")
     mynetworks: tuple[Network, ...] = opt(
         (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")), NetworkList(),
         "Trusted clients: may relay anywhere and skip greeting_delay.")
@@ -589,7 +590,7 @@ class Config:
                           factory=dict, shown="{}")
     proxy_protocol: bool = opt(False, Bool(),
                                "Expect a HAProxy PROXY header (v1 or v2) first on every connection, and take "
-                               "the client IP from it. All listeners for now.")
+                               "the client IP from it: the default of every listener ([[listener]] tables may set their own).")
     proxy_from: tuple[Network, ...] = opt((), NetworkList(),
                                           "Addresses allowed to send the PROXY header; with proxy_protocol, "
                                           "connections from elsewhere are closed.")
@@ -697,8 +698,8 @@ def _cross_checks(cfg: Config, errs: _Errors) -> None:
     for domain in sorted(cfg.local_domains & cfg.relay_domains):
         # Delivered here or relayed onward: it cannot be both.
         errs.bad("relay_domains", "no domain that is also in local_domains", domain)
-    if cfg.proxy_protocol and not cfg.proxy_from:
-        errs.bad("proxy_from", "at least one network when proxy_protocol = true", [])
+    if not cfg.proxy_from and any(lst.proxy for lst in cfg.listeners):
+        errs.bad("proxy_from", "at least one network when a listener has proxy_protocol = true", [])
     if cfg.privileges.group and not cfg.privileges.user:
         errs.bad("privileges.group", "privileges.user to be set too", cfg.privileges.group)
     _listener_checks(cfg, errs)

@@ -17,7 +17,7 @@ from mta.config import _BAD, Choice, Kind, _Errors, _parse_listen
 PROFILES = ("mx", "submission")
 LISTENER_TLS = ("starttls", "implicit", "none")
 TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
-_LISTENER_KEYS = ("address", "profile", "tls")
+_LISTENER_KEYS = ("address", "profile", "tls", "proxy_protocol")
 
 
 class Listener(NamedTuple):
@@ -27,6 +27,7 @@ class Listener(NamedTuple):
     port: int
     profile: str  # "mx" | "submission"
     tls: str  # "starttls" | "implicit" | "none"; starttls only when [tls] is set
+    proxy: bool = False  # a PROXY protocol header comes first (from proxy_from only)
 
     @property
     def address(self) -> str:
@@ -42,15 +43,16 @@ class ListenerSpec:
     port: int
     profile: str = "mx"
     tls: str | None = None
+    proxy: bool | None = None  # None: the top-level proxy_protocol
 
 
 @dataclass(frozen=True)
 class ListenerTables(Kind):
-    type_name = "array of tables (address, profile, tls)"
+    type_name = "array of tables (address, profile, tls, proxy_protocol)"
 
     def parse(self, path, raw, errs):
         if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
-            errs.bad(path, "an array of tables ([[listener]] with address, profile, tls)", raw)
+            errs.bad(path, "an array of tables ([[listener]] with address, profile, tls, proxy_protocol)", raw)
             return _BAD
         out = [self._one(f"{path}[{i}]", t, errs) for i, t in enumerate(raw)]
         return _BAD if any(v is _BAD for v in out) else tuple(out)
@@ -71,9 +73,13 @@ class ListenerTables(Kind):
         tls = table.get("tls")
         if tls is not None:
             tls = Choice(LISTENER_TLS).parse(f"{path}.tls", tls, errs)
-        if not ok or _BAD in (addr, profile, tls):
+        proxy = table.get("proxy_protocol")
+        if proxy is not None and not isinstance(proxy, bool):
+            errs.bad(f"{path}.proxy_protocol", "true or false", proxy)
+            proxy = _BAD
+        if not ok or _BAD in (addr, profile, tls, proxy):
             return _BAD
-        return ListenerSpec(addr[0], addr[1], profile, tls)
+        return ListenerSpec(addr[0], addr[1], profile, tls, proxy)
 
     def render(self, value):
         return json.dumps([])  # the only default; documented as []
@@ -119,8 +125,10 @@ def resolve(cfg) -> tuple[Listener, ...]:
     with the tls default filled in."""
     have_tls = bool(cfg.tls.cert)
     default = "starttls" if have_tls else "none"
-    out = [Listener(h, p, "mx", default) for h, p in cfg.listen]
-    out += [Listener(s.host, s.port, s.profile, s.tls or default) for s in cfg.listener]
+    proxy = cfg.proxy_protocol
+    out = [Listener(h, p, "mx", default, proxy) for h, p in cfg.listen]
+    out += [Listener(s.host, s.port, s.profile, s.tls or default, proxy if s.proxy is None else s.proxy)
+            for s in cfg.listener]
     return tuple(out)
 
 

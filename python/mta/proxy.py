@@ -15,7 +15,6 @@ from mta.policy import Networks
 
 class ProxyGate:
     def __init__(self, cfg: Config):
-        self.enabled = cfg.proxy_protocol
         self.allowed = Networks(cfg.proxy_from)
 
     def accepts(self, ip: str) -> bool:

@@ -165,7 +165,7 @@ class Session(SubmissionMixin, asyncio.Protocol):
         self.server.sessions.add(self)
         loop = asyncio.get_running_loop()
         self._arm_idle(loop, self.cfg.idle_timeout)
-        if self.server.proxy.enabled:
+        if self.listener is not None and self.listener.proxy:
             self._proxy_start()
         else:
             self._admit()

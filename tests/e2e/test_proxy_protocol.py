@@ -146,3 +146,30 @@ def test_limits_count_the_proxied_ip(tmp_path, started):
         c.assert_closed()
     finally:
         a.close(), b.close(), c.close()
+
+
+def test_proxy_protocol_per_listener(tmp_path, started):
+    """A [[listener]] may expect the header while the plain `listen` address does not."""
+    from conftest import free_port
+
+    proxied = free_port()
+    cfg = (f'proxy_from = ["127.0.0.1"]\nlocal_domains = ["local.test"]\n'
+           f'[[listener]]\naddress = "127.0.0.1:{proxied}"\nproxy_protocol = true\n'
+           f"[smtp]\ngreeting_delay = 0\nreverse_dns = false\n")
+    srv = start_server(tmp_path, config=cfg, args=("--mynetworks", "10.0.0.0/8"))
+    started.append(srv)
+    # the `listen` address greets at once: no header expected there
+    with socket.create_connection(srv.addr, timeout=10) as s:
+        assert s.recv(512).startswith(b"220")
+    # the proxied listener waits for the header, then greets and uses its address
+    with socket.create_connection(("127.0.0.1", proxied), timeout=10) as s:
+        s.settimeout(1.0)
+        try:
+            early = s.recv(512)
+        except socket.timeout:
+            early = b""
+        assert early == b""
+        s.settimeout(10)
+        s.sendall(b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 25\r\n")
+        assert s.recv(512).startswith(b"220")
+    assert "192.0.2.7" in srv.log()
