@@ -22,7 +22,10 @@ def test_version():
     assert mta.__version__ in out.stdout
 
 
-@pytest.mark.parametrize("cmd", [(), ("run",), ("queue",), ("queue", "list"), ("queue", "show"), ("check-config",)])
+@pytest.mark.parametrize("cmd", [(), ("run",), ("queue",), ("queue", "list"), ("queue", "show"), ("check-config",),
+                                 ("tls",), ("tls", "selfsigned"), ("user",), ("user", "add"), ("user", "del"),
+                                 ("user", "list"), ("bench",), ("bench", "send"), ("bench", "sink"),
+                                 ("bench", "compare")])
 def test_every_command_has_help(cmd):
     out = mta_run(*cmd, "--help")
     assert out.returncode == 0, out.stderr
@@ -32,7 +35,8 @@ def test_every_command_has_help(cmd):
 
 def test_run_help_names_every_flag():
     out = mta_run("run", "--help").stdout
-    for flag in ("--config", "--listen", "--spool", "--hostname", "--mynetworks"):
+    for flag in ("--config", "--listen", "--spool", "--hostname", "--mynetworks", "--relay-to",
+                 "--no-delivery", "--workers"):
         assert flag in out
 
 
