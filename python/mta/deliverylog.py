@@ -9,6 +9,7 @@ line, so the record survives on stderr) and delivery carries on.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -24,11 +25,16 @@ STATUSES = ("delivered", "deferred", "bounced", "expired", "dropped")
 log = logging.getLogger(__name__)
 
 
+_sec_cache: list = [None, ""]  # (second, its formatted prefix): one strftime a second
+
+
 def rfc3339(t: float) -> str:
     """UTC with milliseconds: 2024-01-02T03:04:05.678Z."""
     ms = int(t * 1000)
     sec, ms = divmod(ms, 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{ms:03d}Z"
+    if _sec_cache[0] != sec:
+        _sec_cache[0], _sec_cache[1] = sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+    return f"{_sec_cache[1]}.{ms:03d}Z"
 
 
 class DeliveryLog:
@@ -38,6 +44,7 @@ class DeliveryLog:
     def __init__(self, path: str | None) -> None:
         self.path = path
         self._fd: int | None = None
+        self._stderr_pending: list[str] = []
         self._open()
 
     def _open(self) -> None:
@@ -55,6 +62,7 @@ class DeliveryLog:
         self._open()
 
     def close(self) -> None:
+        self._flush_stderr()
         if self._fd is not None:
             fd, self._fd = self._fd, None
             try:
@@ -97,14 +105,32 @@ class DeliveryLog:
         }
         return json.dumps(rec, ensure_ascii=False, separators=(",", ":")) + "\n"
 
+    def _flush_stderr(self) -> None:
+        lines, self._stderr_pending = self._stderr_pending, []
+        if lines:
+            self._stderr_write("".join(lines))
+
+    @staticmethod
+    def _stderr_write(text: str) -> None:
+        try:
+            # Looked up each time, so a replaced sys.stderr (tests, daemons) is honoured.
+            sys.stderr.write(text)
+            sys.stderr.flush()
+        except Exception as e:
+            log.error("delivery log: stderr: %s: %s", e, text.rstrip("\n"))
+
     def _write(self, line: str) -> None:
         if self._fd is None:
+            # stderr: the lines of one event-loop iteration go out in one write
+            # (under load, a flush per record was a syscall per message).
             try:
-                # Looked up each time, so a replaced sys.stderr (tests, daemons) is honoured.
-                sys.stderr.write(line)
-                sys.stderr.flush()
-            except Exception as e:
-                log.error("delivery log: stderr: %s: %s", e, line.rstrip("\n"))
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self._stderr_write(line)
+                return
+            if not self._stderr_pending:
+                loop.call_soon(self._flush_stderr)
+            self._stderr_pending.append(line)
             return
         data = line.encode("utf-8", "backslashreplace")  # a lone surrogate stays valid JSON
         try:

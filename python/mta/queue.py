@@ -57,6 +57,8 @@ class QueueManager:
         self._task: asyncio.Task | None = None
         self._stopping = False
         self._tasks: set[asyncio.Task] = set()
+        self._opts_cache: dict = {}  # (TransportSpec, lmtp) → SmtpOptions; specs come from the config
+        self._refill = False  # due work is waiting for room in the window
         self._wake_at = 0.0  # when the scheduling loop next looks at the spool by itself
         self._backoff: dict[str, float] = {}  # queue id → monotonic time before which it is not retried
 
@@ -81,7 +83,7 @@ class QueueManager:
         if len(self.active) < self.dcfg.max_active:
             self._start(qid)
         else:
-            self.kick()
+            self._refill = True  # taken up when the window drains to half
 
     def _start(self, qid: str) -> None:
         self.active.add(qid)
@@ -108,6 +110,7 @@ class QueueManager:
     def _schedule(self) -> int:
         room = self.dcfg.max_active - len(self.active)
         if room <= 0:
+            self._refill = True
             return 0
         started = 0
         now = time.monotonic()
@@ -118,12 +121,12 @@ class QueueManager:
             self._start(qid)
             started += 1
             if started == room:
+                self._refill = True  # more may be due than the window holds
                 break
         return started
 
     def _attempt_done(self, qid: str):
         def done(task: asyncio.Task) -> None:
-            full = len(self.active) >= self.dcfg.max_active
             self._tasks.discard(task)
             self.active.discard(qid)
             if not task.cancelled() and task.exception() is not None:
@@ -131,8 +134,11 @@ class QueueManager:
                           exc_info=task.exception())
                 # Its state did not change, so it is still due: retry later, not at once.
                 self._backoff[qid] = time.monotonic() + _FAILED_ATTEMPT_BACKOFF
-            if full:
-                self.kick()  # work may have waited for room in the window
+            if self._refill and len(self.active) <= self.dcfg.max_active // 2:
+                # Work waits for room in the window: refill half of it at once
+                # (one look at the spool per many completions, not one each).
+                self._refill = False
+                self.kick()
         return done
 
     async def stop(self, grace: float) -> None:
@@ -147,6 +153,7 @@ class QueueManager:
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
         await self.smtp.close()
+        self.dlog.close()
         await self.tls_policy.stop()
 
     # --- one attempt for one message ----------------------------------------
@@ -244,6 +251,14 @@ class QueueManager:
     # --- transports ------------------------------------------------------------
 
     def _options(self, spec: TransportSpec, lmtp: bool = False) -> SmtpOptions:
+        opts = self._opts_cache.get((spec, lmtp))
+        if opts is None:
+            if len(self._opts_cache) > 1000:  # a route hook may make specs on the fly
+                self._opts_cache.clear()
+            opts = self._opts_cache[(spec, lmtp)] = self._make_options(spec, lmtp)
+        return opts
+
+    def _make_options(self, spec: TransportSpec, lmtp: bool) -> SmtpOptions:
         return SmtpOptions(
             helo=self.cfg.hostname,
             tls=spec.tls or self.dcfg.tls,
