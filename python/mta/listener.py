@@ -104,7 +104,7 @@ class Server:
             shown = "" if lst.tls == "none" else f" tls={lst.tls}"
             log.info("listening on %s as %s profile=%s%s", lst.address, self.cfg.hostname, lst.profile, shown)
         # Bound, not yet accepting: drop root before any client byte or delivery.
-        privileges.drop(self.cfg.privileges, self.cfg.spool.dir)
+        privileges.drop(self.cfg.privileges, self.cfg.spool.dir, (self.cfg.auth.users_file,))
         self.queue.start()
         for srv in self._servers:
             await srv.start_serving()

@@ -84,8 +84,10 @@ def _chown_tree(root: str, uid: int, gid: int) -> None:
             os.chown(os.path.join(dirpath, name), uid, gid, follow_symlinks=False)
 
 
-def drop(cfg: PrivilegesConfig, spool_dir: str) -> None:
-    """Become `cfg.user` if running as root; call once the listeners are bound."""
+def drop(cfg: PrivilegesConfig, spool_dir: str, private_files: tuple[str, ...] = ()) -> None:
+    """Become `cfg.user` if running as root; call once the listeners are bound.
+    `private_files` (the AUTH user file) are made the user's own, mode 0600, so
+    the server can still read them and nobody else can."""
     target = resolve(cfg)
     if target is None:
         return
@@ -99,6 +101,10 @@ def drop(cfg: PrivilegesConfig, spool_dir: str) -> None:
         os.makedirs(spool_dir, mode=0o700, exist_ok=True)
         _chown_tree(spool_dir, target.uid, target.gid)
         os.chmod(spool_dir, 0o700)
+        for path in private_files:
+            if path and os.path.exists(path):
+                os.chown(path, target.uid, target.gid)
+                os.chmod(path, 0o600)
         os.setgroups([])
         os.setgid(target.gid)
         os.setuid(target.uid)

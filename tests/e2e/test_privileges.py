@@ -117,3 +117,22 @@ def test_unknown_user_refuses_to_start(tmp_path, open_dir):
                        config='[privileges]\nuser = "no-such-user-mta"\n')
     assert srv.proc.wait(20) != 0
     assert "no such user" in srv.log()
+
+
+def test_user_file_becomes_the_users_own(tmp_path, open_dir):
+    """The AUTH user file stays readable by the dropped server, and by nobody else."""
+    import subprocess
+    import sys
+
+    nobody = pwd.getpwnam("nobody")
+    users = open_dir / "users"
+    subprocess.run([sys.executable, "-m", "mta", "user", "add", "alice", "--users-file", str(users),
+                    "--password-stdin"], input=b"s3cret\n", check=True, timeout=60)
+    srv = start_server(tmp_path, spool=open_dir / "spool",
+                       config=f'[privileges]\nuser = "nobody"\n[auth]\nusers_file = "{users}"\n')
+    try:
+        check_dropped(srv.proc.pid, nobody)
+        st = users.stat()
+        assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (nobody.pw_uid, 0o600)
+    finally:
+        assert srv.stop() == 0, srv.log()
