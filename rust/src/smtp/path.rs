@@ -94,19 +94,10 @@ fn unsupported(kw: &str) -> ErrorReply {
 /// `args` is what follows "MAIL " on the line.
 pub fn parse_mail(args: &[u8]) -> Result<MailArgs, ErrorReply> {
     let rest = strip_prefix_ci(args, b"FROM:").ok_or_else(|| e501(MAIL_USAGE))?;
-    let rest = trim_start(rest); // "MAIL FROM: <a@b>" is accepted like Postfix
     let bad = || ErrorReply::new(501, "5.1.7", "bad sender address syntax");
-    let (addr, non_ascii, n) = parse_path(rest, false).map_err(|_| bad())?;
-    if rest.get(n).is_some_and(|&b| b != b' ') {
-        return Err(bad());
-    }
+    let (addr, non_ascii, params) = path_and_params(rest, false, bad)?;
     let mut m = MailArgs { address: addr, ..Default::default() };
-    let mut seen = Vec::new();
-    for (kw, val) in params(&rest[n..])? {
-        let key = String::from_utf8_lossy(kw).to_ascii_uppercase();
-        if seen.contains(&key) {
-            return Err(e501(format!("duplicate parameter {key}")));
-        }
+    for (key, val) in params {
         match (key.as_str(), val) {
             ("SIZE", Some(v)) => {
                 let ok = !v.is_empty() && v.len() <= 20 && v.iter().all(u8::is_ascii_digit);
@@ -134,7 +125,6 @@ pub fn parse_mail(args: &[u8]) -> Result<MailArgs, ErrorReply> {
             ("SMTPUTF8", Some(_)) => return Err(e501("SMTPUTF8 takes no value")),
             _ => return Err(unsupported(&key)),
         }
-        seen.push(key);
     }
     if non_ascii && !m.smtputf8 {
         return Err(ErrorReply::new(553, "5.6.7", "non-ASCII address requires SMTPUTF8"));
@@ -145,29 +135,16 @@ pub fn parse_mail(args: &[u8]) -> Result<MailArgs, ErrorReply> {
 /// `args` is what follows "RCPT " on the line; `smtputf8` comes from the transaction's MAIL.
 pub fn parse_rcpt(args: &[u8], smtputf8: bool) -> Result<RcptArgs, ErrorReply> {
     let rest = strip_prefix_ci(args, b"TO:").ok_or_else(|| e501(RCPT_USAGE))?;
-    let rest = trim_start(rest);
     let bad = || ErrorReply::new(501, "5.1.3", "bad recipient address syntax");
-    let (addr, non_ascii, n) = parse_path(rest, true).map_err(|_| bad())?;
-    if addr.is_empty() {
-        return Err(bad());
-    }
-    if rest.get(n).is_some_and(|&b| b != b' ') {
-        return Err(bad());
-    }
+    let (addr, non_ascii, params) = path_and_params(rest, true, bad)?;
     let mut r = RcptArgs { address: addr, ..Default::default() };
-    let mut seen = Vec::new();
-    for (kw, val) in params(&rest[n..])? {
-        let key = String::from_utf8_lossy(kw).to_ascii_uppercase();
-        if seen.contains(&key) {
-            return Err(e501(format!("duplicate parameter {key}")));
-        }
+    for (key, val) in params {
         match (key.as_str(), val) {
             ("NOTIFY", Some(v)) => r.notify = Some(parse_notify(v).ok_or_else(|| e501("bad NOTIFY value (NEVER or SUCCESS,FAILURE,DELAY)"))?),
             ("ORCPT", Some(v)) => r.orcpt = Some(parse_orcpt(v).ok_or_else(|| e501("bad ORCPT value (addr-type;xtext)"))?),
             ("NOTIFY" | "ORCPT", None) => return Err(e501(format!("{key} needs a value"))),
             _ => return Err(unsupported(&key)),
         }
-        seen.push(key);
     }
     if non_ascii && !smtputf8 {
         return Err(ErrorReply::new(553, "5.6.7", "non-ASCII address requires SMTPUTF8"));
@@ -237,12 +214,13 @@ pub fn xtext_decode(v: &[u8]) -> Option<String> {
 }
 
 /// One ESMTP parameter: keyword and optional value.
-type Param<'a> = (&'a [u8], Option<&'a [u8]>);
+type Param<'a> = (String, Option<&'a [u8]>);
 
 /// Split "SP kw[=val] SP kw[=val]..." (one or more spaces between); validate RFC 5321 syntax.
 /// The caller has checked that `s` is empty or starts with a space.
+/// ESMTP parameters after the path: keywords uppercased, each at most once.
 fn params(s: &[u8]) -> Result<Vec<Param<'_>>, ErrorReply> {
-    let mut out = Vec::new();
+    let mut out: Vec<Param<'_>> = Vec::new();
     for tok in s.split(|&b| b == b' ').filter(|t| !t.is_empty()) {
         let (kw, val) = match tok.iter().position(|&b| b == b'=') {
             Some(p) => (&tok[..p], Some(&tok[p + 1..])),
@@ -255,9 +233,26 @@ fn params(s: &[u8]) -> Result<Vec<Param<'_>>, ErrorReply> {
             let shown = String::from_utf8_lossy(kw);
             return Err(e501(format!("bad parameter syntax {shown}")));
         }
-        out.push((kw, val));
+        let key = String::from_utf8_lossy(kw).to_ascii_uppercase();
+        if out.iter().any(|(k, _)| *k == key) {
+            return Err(e501(format!("duplicate parameter {key}")));
+        }
+        out.push((key, val));
     }
     Ok(out)
+}
+
+/// The path after "FROM:"/"TO:" (optional space allowed, as Postfix does), then
+/// the parameters: (address, non-ASCII seen, parameters). `bad` is the reply
+/// for a malformed path.
+fn path_and_params(rest: &[u8], rcpt: bool, bad: fn() -> ErrorReply)
+    -> Result<(String, bool, Vec<Param<'_>>), ErrorReply> {
+    let rest = trim_start(rest);
+    let (addr, non_ascii, n) = parse_path(rest, rcpt).map_err(|_| bad())?;
+    if (rcpt && addr.is_empty()) || rest.get(n).is_some_and(|&b| b != b' ') {
+        return Err(bad());
+    }
+    Ok((addr, non_ascii, params(&rest[n..])?))
 }
 
 fn strip_prefix_ci<'a>(s: &'a [u8], p: &[u8]) -> Option<&'a [u8]> {
