@@ -37,6 +37,10 @@ def rfc3339(t: float) -> str:
     return f"{_sec_cache[1]}.{ms:03d}Z"
 
 
+# Made once: json.dumps with non-default arguments builds an encoder per call.
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
 class DeliveryLog:
     """Appends records to `path`, or to stderr when `path` is None. If the
     file cannot be opened, records go to stderr until `reopen()` succeeds."""
@@ -103,7 +107,7 @@ class DeliveryLog:
             "policy": result.policy if result else None,
             "tls_failure": result.tls_failure if result else None,
         }
-        return json.dumps(rec, ensure_ascii=False, separators=(",", ":")) + "\n"
+        return _ENCODE(rec) + "\n"
 
     def _flush_stderr(self) -> None:
         lines, self._stderr_pending = self._stderr_pending, []

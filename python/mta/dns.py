@@ -149,6 +149,14 @@ def _is_ip(text: str) -> bool:
     return True
 
 
+def is_ip_literal(host: str) -> bool:
+    """True for an IP address or "[literal]": what resolve_host answers without DNS."""
+    host = host.strip()
+    if host.startswith("[") and host.endswith("]"):
+        return _literal(host) is not None
+    return _is_ip(host)
+
+
 def _negative_ttl(response) -> float:
     """RFC 2308: min(SOA TTL, SOA MINIMUM) from the authority section, else 60 s."""
     if response is not None:

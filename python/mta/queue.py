@@ -23,7 +23,7 @@ from mta.delivery import OutMessage, OutRcpt, RcptResult, Target, results_for
 from mta.delivery.maildir import deliver_maildir_async
 from mta.delivery.smtp import SmtpDelivery, SmtpOptions
 from mta.deliverylog import DeliveryLog
-from mta.dns import MxResolver
+from mta.dns import MxResolver, is_ip_literal
 from mta.mtasts import MtaStsCache, OutboundTls
 from mta.routing import split
 
@@ -60,6 +60,7 @@ class QueueManager:
         self._opts_cache: dict = {}  # (TransportSpec, lmtp) → SmtpOptions; specs come from the config
         self._refill = False  # due work is waiting for room in the window
         self._wake_at = 0.0  # when the scheduling loop next looks at the spool by itself
+        self._literal_targets: dict[tuple[str, int], list[Target]] = {}  # IP-literal smarthosts
         self._backoff: dict[str, float] = {}  # queue id → monotonic time before which it is not retried
 
     # --- scheduling -----------------------------------------------------------
@@ -164,18 +165,18 @@ class QueueManager:
         return base * (1 + random.uniform(0, self.dcfg.retry_jitter / 100))
 
     async def _attempt(self, qid: str) -> None:
-        env = self.spool.spool.get(qid)
+        spool = self.spool.spool
+        env = spool.get(qid)
         if env is None or env.held:
             return
-        data = self.spool.spool.message_bytes(qid)
+        data = spool.message_bytes(qid)
         now = time.time()
-        pending = [(i, r) for i, r in enumerate(env.recipients)
-                   if r.state == "queued" or (r.state == "deferred" and (r.next_attempt or 0) <= now)]
-        if data is None or not pending:
+        rcpts = tuple(OutRcpt(r.address, r.notify, r.orcpt, i) for i, r in enumerate(env.recipients)
+                      if r.state == "queued" or (r.state == "deferred" and (r.next_attempt or 0) <= now))
+        if data is None or not rcpts:
             return
-        rcpts = tuple(OutRcpt(r.address, r.notify, r.orcpt, i) for i, r in pending)
         msg = OutMessage(qid, env.sender, rcpts, data, env.body, env.smtputf8, env.ret, env.envid, env.arrival)
-        groups: dict[str, tuple[TransportSpec, str, list[OutRcpt]]] = {}
+        groups: dict[tuple, tuple[TransportSpec, str, list[OutRcpt]]] = {}
         results: dict[int, RcptResult] = {}
         for rc in rcpts:
             try:
@@ -185,12 +186,24 @@ class QueueManager:
                 results[rc.index] = RcptResult(rc.address, 451, "4.3.0", "routing error (route hook failed)")
                 continue
             domain = split(rc.address)[1]
-            key = f"{spec.text()}|{domain if spec.kind == 'mx' else ''}"
-            groups.setdefault(key, (spec, domain, []))[2].append(rc)
-        outcomes = await asyncio.gather(
-            *(self._deliver(spec, domain, _subset(msg, rs)) for spec, domain, rs in groups.values()),
-            return_exceptions=True,
-        )
+            key = (spec, domain if spec.kind == "mx" else "")
+            group = groups.get(key)
+            if group is None:
+                groups[key] = (spec, domain, [rc])
+            else:
+                group[2].append(rc)
+        if len(groups) == 1 and not results:
+            # The common case (one destination): no gather, no extra tasks.
+            spec, domain, rs = next(iter(groups.values()))
+            try:
+                outcomes = [await self._deliver(spec, domain, msg)]
+            except Exception as e:
+                outcomes = [e]
+        else:
+            outcomes = await asyncio.gather(
+                *(self._deliver(spec, domain, _subset(msg, rs)) for spec, domain, rs in groups.values()),
+                return_exceptions=True,
+            )
         for (spec, _domain, rs), out in zip(groups.values(), outcomes):
             if isinstance(out, BaseException):
                 log.error("transport %s failed for %s: %r", spec.text(), qid, out, exc_info=out)
@@ -290,9 +303,13 @@ class QueueManager:
         if kind == "lmtp" and spec.port == 0:
             targets = [Target(spec.host, "unix", 0)]
         else:
-            targets = await self.resolver.addresses(spec.host, spec.port)
-            if not targets:
-                return results_for(msg, 451, "4.4.4", f"cannot resolve {spec.host}")
+            targets = self._literal_targets.get((spec.host, spec.port))
+            if targets is None:
+                targets = await self.resolver.addresses(spec.host, spec.port)
+                if not targets:
+                    return results_for(msg, 451, "4.4.4", f"cannot resolve {spec.host}")
+                if is_ip_literal(spec.host) and len(self._literal_targets) < 1000:
+                    self._literal_targets[(spec.host, spec.port)] = targets  # never changes
         return await self.smtp.deliver(f"{kind}:{spec.host}:{spec.port}", targets,
                                        self._options(spec, lmtp=kind == "lmtp"), msg)
 

@@ -252,6 +252,11 @@ def _tls_failure_type(e: BaseException) -> str:
     return "validation-failure"
 
 
+def _expire(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(False)
+
+
 class _Stale(Exception):
     """A pooled connection was dead or refused RSET; nothing was decided on it."""
 
@@ -268,7 +273,6 @@ class _Connection(asyncio.Protocol):
         self._waiter: asyncio.Future | None = None
         self._error: str | None = None
         self._paused = False
-        self._drain_waiter: asyncio.Future | None = None
         self.ext: dict[str, str] = {}  # EHLO keywords (upper case) -> parameters
         self.tls = False
         self.verified = False  # TLS with the chain and Target.host checked
@@ -282,32 +286,29 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         try:
-            self._replies.extend(self._parser.feed(data))
+            replies = self._parser.feed(data)
         except ReplyError as e:
             self._fail(str(e))
             self.abort()
             return
-        self._wake()
+        if replies:
+            self._replies.extend(replies)
+            self._wake()
 
     def eof_received(self) -> bool:
         self._fail("connection closed by the server")
         return False
 
     def connection_lost(self, exc) -> None:
-        self._fail(f"connection lost ({exc})" if exc else "connection closed by the server")
         self._paused = False
-        w, self._drain_waiter = self._drain_waiter, None
-        if w is not None and not w.done():
-            w.set_result(None)
+        self._fail(f"connection lost ({exc})" if exc else "connection closed by the server")
 
     def pause_writing(self) -> None:
         self._paused = True
 
     def resume_writing(self) -> None:
         self._paused = False
-        w, self._drain_waiter = self._drain_waiter, None
-        if w is not None and not w.done():
-            w.set_result(None)
+        self._wake()
 
     def _fail(self, why: str) -> None:
         if self._error is None:
@@ -318,7 +319,7 @@ class _Connection(asyncio.Protocol):
     def _wake(self) -> None:
         w = self._waiter
         if w is not None and not w.done():
-            w.set_result(None)
+            w.set_result(True)
 
     # -- used by the client --
     @property
@@ -341,15 +342,23 @@ class _Connection(asyncio.Protocol):
             raise _ConnError(self._error)
         self.transport.write(data)
 
+    async def _wait(self, timeout: float) -> bool:
+        """Wait for `_wake` (a reply, an error, drained); False on timeout. One
+        future and one timer handle: this runs twice per message, and
+        asyncio.timeout() costs several times as much."""
+        fut = self._waiter = self.loop.create_future()
+        timer = self.loop.call_later(timeout, _expire, fut)
+        try:
+            return await fut
+        finally:
+            timer.cancel()
+            self._waiter = None
+
     async def drain(self, timeout: float, what: str) -> None:
         while self._paused and self._error is None:
-            self._drain_waiter = self.loop.create_future()
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._drain_waiter
-            except TimeoutError:
+            if not await self._wait(timeout):
                 self.broken = True
-                raise _ConnError(f"timed out while sending {what}") from None
+                raise _ConnError(f"timed out while sending {what}")
         if self._error is not None:
             raise _ConnError(f"{self._error} while sending {what}")
 
@@ -357,15 +366,9 @@ class _Connection(asyncio.Protocol):
         while not self._replies:
             if self._error is not None:
                 raise _ConnError(f"{self._error} while waiting for the reply to {what}")
-            self._waiter = self.loop.create_future()
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._waiter
-            except TimeoutError:
+            if not await self._wait(timeout):
                 self.broken = True
-                raise _ConnError(f"timed out waiting for the reply to {what}") from None
-            finally:
-                self._waiter = None
+                raise _ConnError(f"timed out waiting for the reply to {what}")
         r = self._replies.popleft()
         if r.code == 421:
             self.broken = True

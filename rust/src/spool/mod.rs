@@ -247,7 +247,7 @@ impl Spool {
                 return Ok(());
             }
         };
-        self.enqueue(Job { token, kind: Kind::Message, meta, data, op: Op::Message(envelope) })
+        self.enqueue(Job { token, kind: Kind::Message, meta, data, op: Op::Message(envelope) }, false)
     }
 
     /// Record recipient outcomes of a durable message (a STATE record, applied
@@ -276,20 +276,20 @@ impl Spool {
             }
             StateChange { queue_id: queue_id.to_string(), time_us: now_us(), hold: None, changes: v }
         };
-        self.enqueue_state(token, sc)
+        self.enqueue_state(token, sc, true)
     }
 
     /// Hold (never due) or release a durable message: a STATE record with the hold flag.
     pub fn hold(&self, token: u64, queue_id: &str, on: bool) -> Result<(), Error> {
         self.check_known(queue_id)?;
-        self.enqueue_state(token, StateChange { queue_id: queue_id.to_string(), time_us: now_us(), hold: Some(on), changes: Vec::new() })
+        self.enqueue_state(token, StateChange { queue_id: queue_id.to_string(), time_us: now_us(), hold: Some(on), changes: Vec::new() }, false)
     }
 
     /// Remove a durable message (a DELETE record; it leaves the index once synced).
     pub fn delete(&self, token: u64, queue_id: &str) -> Result<(), Error> {
         self.check_known(queue_id)?;
         let meta = record::encode_delete(queue_id, now_us());
-        self.enqueue(Job { token, kind: Kind::Delete, meta, data: Sealed::from_bytes(Vec::new()), op: Op::Delete(queue_id.to_string()) })
+        self.enqueue(Job { token, kind: Kind::Delete, meta, data: Sealed::from_bytes(Vec::new()), op: Op::Delete(queue_id.to_string()) }, true)
     }
 
     fn check_known(&self, queue_id: &str) -> Result<(), Error> {
@@ -299,9 +299,9 @@ impl Spool {
         }
     }
 
-    fn enqueue_state(&self, token: u64, sc: StateChange) -> Result<(), Error> {
+    fn enqueue_state(&self, token: u64, sc: StateChange, lazy: bool) -> Result<(), Error> {
         let meta = record::encode_state(&sc);
-        self.enqueue(Job { token, kind: Kind::State, meta, data: Sealed::from_bytes(Vec::new()), op: Op::State(sc) })
+        self.enqueue(Job { token, kind: Kind::State, meta, data: Sealed::from_bytes(Vec::new()), op: Op::State(sc) }, lazy)
     }
 
     /// Queue ids due at `now_us` (not held; a recipient queued, or deferred
@@ -320,14 +320,19 @@ impl Spool {
         self.shared.no_unlink.store(on, Relaxed);
     }
 
-    fn enqueue(&self, job: Job) -> Result<(), Error> {
+    /// `lazy`: a delivery outcome, which may wait up to `LAZY_DELAY` to share a
+    /// sync (see writer.rs); everything else wakes the writer at once.
+    fn enqueue(&self, job: Job, lazy: bool) -> Result<(), Error> {
         let mut q = self.shared.queue.lock().unwrap();
         if q.closing {
             return Err(Error::Closed);
         }
-        q.jobs.push(job);
+        let first_lazy = lazy && q.lazy_since.is_none();
+        q.push(job, lazy);
         drop(q);
-        self.shared.cv.notify_one();
+        if !lazy || first_lazy {
+            self.shared.cv.notify_one();
+        }
         Ok(())
     }
 

@@ -410,6 +410,37 @@ fn delete_then_reopen_gone() {
 }
 
 #[test]
+fn lazy_outcomes_share_one_sync_and_eager_work_takes_them_along() {
+    let d = tempfile::tempdir().unwrap();
+    let sp = Spool::open(d.path(), 0, cfg()).unwrap();
+    let qids: Vec<String> = (0..20).map(|i| submit(&sp, i, &body(i as usize, 10))).collect();
+    ok(&sp, 20);
+    // 20 DELETEs in quick succession, nothing eager: fewer syncs than records,
+    // and none completes before its record is durable (index updated).
+    let syncs0 = stat(&sp, "syncs");
+    let t0 = Instant::now();
+    for (i, q) in qids[..10].iter().enumerate() {
+        sp.delete(100 + i as u64, q).unwrap();
+    }
+    ok(&sp, 10);
+    assert!(t0.elapsed() >= writer::LAZY_DELAY, "lazy records synced before LAZY_DELAY");
+    assert!(stat(&sp, "syncs") - syncs0 < 10, "each DELETE had its own sync");
+    assert!(qids[..10].iter().all(|q| sp.get(q).is_none()));
+    // an eager submission takes waiting lazy records into its own batch at once
+    let syncs1 = stat(&sp, "syncs");
+    for (i, q) in qids[10..].iter().enumerate() {
+        sp.delete(200 + i as u64, q).unwrap();
+    }
+    submit(&sp, 300, &body(300, 10));
+    ok(&sp, 11);
+    assert!(stat(&sp, "syncs") - syncs1 <= 2);
+    sp.close();
+    drop(sp);
+    let sp = Spool::open(d.path(), 0, cfg()).unwrap();
+    assert_eq!(sp.list().len(), 1, "the DELETEs are durable after a restart");
+}
+
+#[test]
 fn due_ordering_limit_and_hold() {
     use record::STATE_DEFERRED;
     let d = tempfile::tempdir().unwrap();

@@ -53,10 +53,38 @@ pub struct Job {
     pub op: Op,
 }
 
+/// How long a batch of lazy jobs alone (delivery outcomes: STATE and DELETE
+/// records) may wait for company before the writer syncs it. Under load they
+/// ride on the next message batch's sync; alone, many share one sync instead
+/// of costing one each. Losing one in a crash repeats a delivery that was
+/// already acknowledged, which the queue manager's window bounds anyway.
+pub const LAZY_DELAY: std::time::Duration = std::time::Duration::from_millis(10);
+
 #[derive(Default)]
 pub struct Queue {
     pub jobs: Vec<Job>,
     pub closing: bool,
+    /// Jobs in `jobs` whose submitter waits on the sync (messages, holds).
+    pub eager: usize,
+    /// When the oldest lazy job in `jobs` arrived.
+    pub lazy_since: Option<std::time::Instant>,
+}
+
+impl Queue {
+    pub fn push(&mut self, job: Job, lazy: bool) {
+        if lazy {
+            self.lazy_since.get_or_insert_with(std::time::Instant::now);
+        } else {
+            self.eager += 1;
+        }
+        self.jobs.push(job);
+    }
+
+    fn take(&mut self) -> Vec<Job> {
+        self.eager = 0;
+        self.lazy_since = None;
+        std::mem::take(&mut self.jobs)
+    }
 }
 
 #[derive(Default)]
@@ -199,7 +227,12 @@ impl Writer {
                 let mut q = self.shared.queue.lock().unwrap();
                 loop {
                     if !q.jobs.is_empty() {
-                        break std::mem::take(&mut q.jobs);
+                        let waited = q.lazy_since.map_or(LAZY_DELAY, |t| t.elapsed());
+                        if q.eager > 0 || q.closing || waited >= LAZY_DELAY {
+                            break q.take();
+                        }
+                        q = self.shared.cv.wait_timeout(q, LAZY_DELAY - waited).unwrap().0;
+                        continue;
                     }
                     if q.closing {
                         return;
