@@ -118,7 +118,8 @@ class Trial:
             env = {**os.environ, "PYTHONPATH": os.pathsep.join(
                 filter(None, [os.path.abspath(args.mta_python), os.environ.get("PYTHONPATH")]))}
             argv = [sys.executable, "-m", "mta", "run", "--config", cfg, "--listen", f"127.0.0.1:{self.port}",
-                    "--spool", os.path.join(tmp, "spool"), "--hostname", "mx.example.test"]
+                    "--spool", os.path.join(tmp, "spool"), "--hostname", "mx.example.test",
+                    "--workers", str(args.mta_workers)]
             if args.mta_delivery == "relay":  # relays into a counting sink, as Postfix does (relayhost)
                 sink_port = self.port + 1
                 _port_free(sink_port)
@@ -227,11 +228,11 @@ def run_trial(args, system: str, size: int, mode: str, index: int) -> dict:
         log = srv.stop()
         srv = None
         if system == "mta":
-            m = STATS_RE.search(log)
+            found = STATS_RE.findall(log)  # one line per worker (shard)
             queued = sum(1 for ln in log.splitlines() if " queued " in ln)
             row["queued_lines"] = queued
-            if m:
-                msgs, batches, syncs, nbytes, failed = map(int, m.groups())
+            if found:
+                msgs, batches, syncs, nbytes, failed = (sum(int(g[i]) for g in found) for i in range(5))
                 row.update(spool_messages=msgs, batches=batches, syncs=syncs, spool_bytes=nbytes,
                            failed_batches=failed, syncs_per_s=round(syncs / elapsed, 1),
                            msgs_per_sync=round(msgs / syncs, 2) if syncs else None)
@@ -348,6 +349,8 @@ def parse_args(argv=None):
     ap.add_argument("--mta-delivery", choices=("relay", "off", "default"), default="relay",
                     help="relay: mta relays into an smtp-sink -c while accepting, as the Postfix peer does "
                          "(default); off: --no-delivery; default: the configuration's own delivery")
+    ap.add_argument("--mta-workers", type=int, default=1,
+                    help="mta run --workers N (processes sharing the port, a spool shard each; default 1)")
     ap.add_argument("--out", default="accept-results.json", help="JSON with every trial and the summary")
     args = ap.parse_args(argv)
     bad = [s for s in args.systems if s not in SYSTEMS] + [m for m in args.modes if m not in MODES]
