@@ -260,7 +260,13 @@ def _control(op: str, spool: str | None, ids: tuple[str, ...], every: bool) -> N
 
     root = spool or config.DEFAULT_SPOOL_DIR
     up, down, failed = [], [], False
-    for shard in control.shards(root):
+    try:
+        present = control.shards(root)
+    except OSError as e:
+        click.echo(f"mta: cannot read the spool {root}: {e.strerror or e} "
+                   "(run as the user the server runs as, or root)", err=True)
+        sys.exit(1)
+    for shard in present:
         try:
             control.call(root, shard, {"op": "ping"}, timeout=10)
             up.append(shard)

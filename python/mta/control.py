@@ -1,11 +1,7 @@
-"""The control channel: one unix socket per spool shard, `<spool>/<shard>/control.sock`
-(mode 0600, made by the server that holds the shard's lock, removed at a clean stop),
-through which `mta queue hold|release|delete|flush` reach the running server.
-
-Protocol: one request line in, one reply line out, both JSON objects, each at most
-MAX_LINE bytes. A reply reports only records that are already durable: it is sent
-after the SpoolService futures (fdatasync) of every change it names complete.
-Python never touches spool files here either; it asks the shard's own Spool.
+"""The control channel: a unix socket per spool shard (<spool>/<shard>/control.sock,
+0600) through which `mta queue hold|release|delete|flush` reach the running server.
+One JSON request line in, one JSON reply line out, both bounded; a reply names only
+changes already durable (their SpoolService futures completed after fdatasync).
 """
 
 from __future__ import annotations
@@ -26,7 +22,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("mta.control")
 
 SOCKET_NAME = "control.sock"
-MAX_LINE = 64 * 1024  # bytes, request or reply line, newline included
+MAX_LINE = 64 * 1024  # bytes in a request line, newline included
+MAX_REPLY = 1024 * 1024  # bytes in a reply line (at most MAX_IDS results of bounded size)
 MAX_IDS = 1000  # queue ids in one request (the CLI sends more in several requests)
 MAX_CLIENTS = 8  # control connections served at once; more are refused with an error
 READ_TIMEOUT = 5.0  # seconds for a client to send its request line
@@ -244,7 +241,7 @@ class ControlServer:
         done = await asyncio.gather(*(f for _, f in flat), return_exceptions=True)
         for (q, _), res in zip(flat, done):
             if isinstance(res, BaseException):
-                out[q] = f"error: {res}"
+                out[q] = f"error: {res}"[:200]
         for q, s in out.items():
             if s == ok and self._native.get(q) is None:
                 out[q] = "gone"
@@ -375,8 +372,6 @@ def shards(spool_dir: str) -> list[int]:
 def call(spool_dir: str, shard: int, request: dict, timeout: float = CLIENT_TIMEOUT) -> dict:
     """Send one request to a shard's server; its reply (ok true), or NoServer / ControlError."""
     path = socket_path(spool_dir, shard)
-    if not os.path.exists(path):
-        raise NoServer(f"no control socket {path}")
     data = encode(request)
     if len(data) > MAX_LINE:
         raise ValueError("request too long")
@@ -385,7 +380,7 @@ def call(spool_dir: str, shard: int, request: dict, timeout: float = CLIENT_TIME
         try:
             with _SunPath(path) as p:
                 s.connect(p)
-        except (ConnectionRefusedError, FileNotFoundError) as e:
+        except (ConnectionRefusedError, FileNotFoundError, NotADirectoryError) as e:
             raise NoServer(f"{path}: {e.strerror}") from None
         except PermissionError as e:
             raise ControlError(f"{path}: {e.strerror} (run as the user the server runs as, or root)") from None
@@ -397,12 +392,14 @@ def call(spool_dir: str, shard: int, request: dict, timeout: float = CLIENT_TIME
                 if not chunk:
                     break
                 buf += chunk
-                if len(buf) > MAX_LINE:
-                    raise ControlError(f"shard {shard}: reply longer than {MAX_LINE} bytes")
+                if len(buf) > MAX_REPLY:
+                    raise ControlError(f"shard {shard}: reply longer than {MAX_REPLY} bytes")
         except socket.timeout:
             raise ControlError(f"shard {shard}: no reply within {timeout:g} s") from None
         except OSError as e:
             raise ControlError(f"shard {shard}: {e.strerror or e}") from None
+    if not buf:
+        raise ControlError(f"shard {shard}: the server closed the connection without a reply (stopping?)")
     try:
         reply = json.loads(buf)
     except ValueError:
