@@ -298,6 +298,22 @@ def test_no_server_running_is_a_clear_error(tmp_path, server_factory):
     assert ctl(srv3, "hold", qid).returncode == 0
 
 
+def test_hold_survives_kill_9_right_after_the_reply(tmp_path, server_factory):
+    srv = server_factory()
+    ids = [send(srv, f"m{i}") for i in range(3)]
+    out = ctl(srv, "hold", *ids[:2])
+    assert out.returncode == 0, out.stderr
+    srv.stop(signal_kill())  # the reply came after the record was durable
+    again = server_factory(spool=srv.spool)
+    q = by_id(again)
+    assert [q[i]["held"] for i in ids] == [True, True, False]
+    out = ctl(again, "delete", ids[0])
+    assert out.returncode == 0, out.stderr
+    again.stop(signal_kill())
+    third = server_factory(spool=srv.spool)
+    assert sorted(by_id(third)) == sorted(ids[1:])
+
+
 def signal_kill() -> int:
     import signal
 
