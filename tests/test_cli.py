@@ -22,7 +22,8 @@ def test_version():
     assert mta.__version__ in out.stdout
 
 
-@pytest.mark.parametrize("cmd", [(), ("run",), ("queue",), ("queue", "list"), ("queue", "show"), ("check-config",),
+@pytest.mark.parametrize("cmd", [(), ("run",), ("queue",), ("queue", "list"), ("queue", "show"), ("queue", "hold"),
+                                 ("queue", "release"), ("queue", "delete"), ("queue", "flush"), ("check-config",),
                                  ("tls",), ("tls", "selfsigned"), ("user",), ("user", "add"), ("user", "del"),
                                  ("user", "list"), ("bench",), ("bench", "send"), ("bench", "sink"),
                                  ("bench", "compare")])
@@ -85,3 +86,26 @@ def test_queue_show_unknown_id_exits_1(tmp_path):
     out = mta_run("queue", "show", "NOSUCHID", "--spool", str(tmp_path))
     assert out.returncode == 1
     assert "NOSUCHID" in out.stderr
+
+
+@pytest.mark.parametrize("cmd", ["hold", "release", "delete", "flush"])
+def test_queue_control_help_says_what_it_does(cmd):
+    out = mta_run("queue", cmd, "--help").stdout
+    assert "--spool" in out
+    assert ("postsuper" in out) or ("postqueue" in out)
+    assert "Exit 1 when no server runs" in " ".join(out.split())
+
+
+@pytest.mark.parametrize("cmd", ["hold", "release", "delete"])
+def test_queue_control_needs_ids_or_all(tmp_path, cmd):
+    out = mta_run("queue", cmd, "--spool", str(tmp_path))
+    assert out.returncode == 2 and "ALL" in out.stderr
+    out = mta_run("queue", cmd, "ALL", "Q1", "--spool", str(tmp_path))
+    assert out.returncode == 2 and "ALL stands alone" in out.stderr
+
+
+@pytest.mark.parametrize("args", [("hold", "Q1"), ("release", "ALL"), ("delete", "Q1"), ("flush",)])
+def test_queue_control_without_a_server_exits_1(tmp_path, args):
+    out = mta_run("queue", *args, "--spool", str(tmp_path / "spool"))
+    assert out.returncode == 1
+    assert "no server is running" in out.stderr

@@ -1,5 +1,5 @@
-"""The `mta` command: run | queue list | queue show | check-config | tls selfsigned |
-user add|del|list.
+"""The `mta` command: run | queue list|show|hold|release|delete|flush | check-config |
+tls selfsigned | user add|del|list.
 
 Scripts drive these exactly as written, so options and output formats are a
 contract: `queue list --json` prints one JSON array, an unknown queue id
@@ -120,7 +120,12 @@ def tls_selfsigned(out_dir, hostname, days) -> None:
 
 @main.group()
 def queue() -> None:
-    """Inspect the spool (read-only; safe while the server runs)."""
+    """Inspect the spool, and hold, release, delete or flush mail.
+
+    list and show read the spool files (read-only; safe while the server
+    runs). hold, release, delete and flush ask the running server, through
+    the control socket of each spool shard: they fail when no server runs.
+    """
 
 
 class _NoSpool:
@@ -161,15 +166,17 @@ def _entry(env) -> dict:
         "arrival": _rfc3339(env.arrival),
         "size": env.size,
         "sender": env.sender,
+        "held": env.held,
         "recipients": [{"address": r.address, "state": r.state} for r in env.recipients],
     }
 
 
 @queue.command("list")
 @click.option("--spool", metavar="DIR", help=f"Spool directory (default {config.DEFAULT_SPOOL_DIR}).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON array of {id, arrival, size, sender, recipients}.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON array of {id, arrival, size, sender, held, recipients}.")
 def queue_list(spool, as_json) -> None:
-    """List the queued messages."""
+    """List the queued messages; held ones say (held)."""
     entries = [_entry(e) for e in _reader(spool).list()]
     if as_json:
         click.echo(json.dumps(entries))
@@ -178,7 +185,8 @@ def queue_list(spool, as_json) -> None:
         click.echo("Mail queue is empty")
         return
     for e in entries:
-        click.echo(f"{e['id']:<24} {e['size']:>10} {e['arrival']}  <{e['sender']}>")
+        held = "  (held)" if e["held"] else ""
+        click.echo(f"{e['id']:<24} {e['size']:>10} {e['arrival']}  <{e['sender']}>{held}")
         for r in e["recipients"]:
             click.echo(f"{'':<24} {r['state']:>10} <{r['address']}>")
     click.echo(f"-- {len(entries)} message(s)")
@@ -206,6 +214,8 @@ def queue_show(queue_id, spool) -> None:
             lines.append(f"{attr}: {getattr(env, attr)}")
     if env.smtputf8:
         lines.append("smtputf8: yes")
+    if env.held:
+        lines.append("held: yes")
     lines.append(f"client: {env.helo} [{env.client_ip}]")
     for r in env.recipients:
         extra = ""
@@ -218,6 +228,202 @@ def queue_show(queue_id, spool) -> None:
     out.write(("\n".join(lines) + "\n\n").encode())
     out.write(data)
     out.flush()
+
+
+# --- hold | release | delete | flush: requests to the running server(s) -----
+
+# status → (is it success, what to print); "{id}" is the queue id.
+_STATUS = {
+    "held": (True, "{id}: held"),
+    "released": (True, "{id}: released, due now"),
+    "not held": (True, "{id}: was not held"),
+    "deleted": (True, "{id}: deleted"),
+    "flushed": (True, "{id}: due now"),
+    "active": (True, "{id}: being delivered right now"),
+    "busy": (False, "{id}: being delivered right now; it is held, so it will not be retried: "
+                    "run delete again once the attempt ends"),
+    "gone": (False, "{id}: left the queue meanwhile (its delivery attempt ended)"),
+}
+_STATUS_FLUSH = {"held": (False, "{id}: held, not flushed (mta queue release {id})")}
+
+
+def _status(op: str, status: str, every: bool = False) -> tuple[bool, str]:
+    if op == "flush" and status == "held" and every:
+        return True, "held, left alone"
+    if op == "flush" and status in _STATUS_FLUSH:
+        return _STATUS_FLUSH[status]
+    return _STATUS.get(status, (False, "{id}: " + status))
+
+
+def _control(op: str, spool: str | None, ids: tuple[str, ...], every: bool) -> None:
+    from mta import control
+
+    root = spool or config.DEFAULT_SPOOL_DIR
+    up, down, failed = [], [], False
+    try:
+        present = control.shards(root)
+    except OSError as e:
+        click.echo(f"mta: cannot read the spool {root}: {e.strerror or e} "
+                   "(run as the user the server runs as, or root)", err=True)
+        sys.exit(1)
+    for shard in present:
+        try:
+            control.call(root, shard, {"op": "ping"}, timeout=10)
+            up.append(shard)
+        except control.NoServer:
+            down.append(shard)
+        except control.ControlError as e:
+            click.echo(f"mta: {e}", err=True)
+            failed = True
+    if not up:
+        if not failed:
+            click.echo(f"mta: no server is running on the spool {root} (no control socket answers); "
+                       f"{op} needs the running server: start `mta run --spool {root}` first", err=True)
+        sys.exit(1)
+
+    def ask(shard: int, request: dict) -> dict | None:
+        nonlocal failed
+        try:
+            return control.call(root, shard, request)
+        except (control.NoServer, control.ControlError) as e:
+            click.echo(f"mta: shard {shard}: {e}", err=True)
+            failed = True
+            return None
+
+    if every:
+        counts: dict[str, int] = {}
+        for shard in up:
+            reply = ask(shard, {"op": op, "all": True})
+            for status, n in (reply or {}).get("counts", {}).items():
+                counts[status] = counts.get(status, 0) + n
+        for status, n in sorted(counts.items()):
+            ok, _ = _status(op, status, every=True)
+            failed = failed or not ok
+            click.echo(f"{n} message(s): {status}", err=not ok)
+        if not counts:
+            click.echo("no messages")
+        untouched = _messages_in(root, down)
+        for shard, n in sorted(untouched.items()):
+            click.echo(f"mta: shard {shard} holds {n} message(s) but no server owns it: not touched", err=True)
+            failed = True
+        sys.exit(1 if failed else 0)
+
+    valid = [q for q in dict.fromkeys(ids) if control.QUEUE_ID.fullmatch(q)]
+    results: dict[str, str] = {}
+    for shard in up:
+        for i in range(0, len(valid), control.MAX_IDS):
+            reply = ask(shard, {"op": op, "ids": valid[i:i + control.MAX_IDS]})
+            for q, status in (reply or {}).get("results", {}).items():
+                if status != "unknown" or q not in results:
+                    results[q] = status
+    where = _shard_of(root, down) if down else {}
+    for q in dict.fromkeys(ids):
+        status = results.get(q, "unknown")
+        if status == "unknown":
+            if q in where:
+                click.echo(f"mta: {q} is in shard {where[q]}, and no server owns that shard", err=True)
+            else:
+                click.echo(f"mta: no message with queue id {q!r}", err=True)
+            failed = True
+            continue
+        ok, text = _status(op, status)
+        failed = failed or not ok
+        click.echo(text.format(id=q), err=not ok)
+    sys.exit(1 if failed else 0)
+
+
+def _down_envelopes(root: str, down: list[int]):
+    from mta import _native
+
+    if not down:
+        return []
+    try:
+        return [e for e in _native.SpoolReader(root).list() if e.shard in down]
+    except _native.SpoolError:
+        return []
+
+
+def _messages_in(root: str, down: list[int]) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for e in _down_envelopes(root, down):
+        out[e.shard] = out.get(e.shard, 0) + 1
+    return out
+
+
+def _shard_of(root: str, down: list[int]) -> dict[str, int]:
+    return {e.queue_id: e.shard for e in _down_envelopes(root, down)}
+
+
+def _ids_or_all(ids: tuple[str, ...], allow_none: bool = False) -> tuple[tuple[str, ...], bool]:
+    if "ALL" in ids:
+        if len(ids) > 1:
+            raise click.UsageError("ALL stands alone: give ALL or queue ids, not both")
+        return (), True
+    if not ids:
+        if allow_none:
+            return (), True
+        raise click.UsageError("give one or more queue ids, or ALL")
+    return ids, False
+
+
+_spool_opt = click.option("--spool", metavar="DIR", help=f"Spool directory (default {config.DEFAULT_SPOOL_DIR}).")
+
+
+@queue.command("hold")
+@click.argument("queue_ids", nargs=-1, metavar="QUEUE_ID... | ALL")
+@_spool_opt
+def queue_hold(queue_ids, spool) -> None:
+    """Put messages on hold: they stay queued and are not delivered until released.
+
+    Like postsuper -h. A message being delivered right now finishes that
+    attempt; it is not retried while held. ALL holds every queued message.
+    Exit 1 when no server runs or a queue id is unknown.
+    """
+    ids, every = _ids_or_all(queue_ids)
+    _control("hold", spool, ids, every)
+
+
+@queue.command("release")
+@click.argument("queue_ids", nargs=-1, metavar="QUEUE_ID... | ALL")
+@_spool_opt
+def queue_release(queue_ids, spool) -> None:
+    """Release held messages and make them due now.
+
+    Like postsuper -H, plus a flush of the released messages: their deferred
+    recipients are retried at once. ALL releases every held message. Exit 1
+    when no server runs or a queue id is unknown.
+    """
+    ids, every = _ids_or_all(queue_ids)
+    _control("release", spool, ids, every)
+
+
+@queue.command("delete")
+@click.argument("queue_ids", nargs=-1, metavar="QUEUE_ID... | ALL")
+@_spool_opt
+def queue_delete(queue_ids, spool) -> None:
+    """Delete messages from the queue, without a bounce; the server logs each one.
+
+    Like postsuper -d. A message being delivered right now is held first; the
+    delete waits up to 10 s for that attempt to end, else says so (exit 1: run
+    it again). ALL deletes every queued message. Exit 1 when no server runs or
+    a queue id is unknown.
+    """
+    ids, every = _ids_or_all(queue_ids)
+    _control("delete", spool, ids, every)
+
+
+@queue.command("flush")
+@click.argument("queue_ids", nargs=-1, metavar="[QUEUE_ID...]")
+@_spool_opt
+def queue_flush(queue_ids, spool) -> None:
+    """Retry deferred mail now: all of it, or the messages named.
+
+    Like postqueue -f (no ids) and postqueue -i ID. Held messages are left
+    alone (a named one is an error). Exit 1 when no server runs or a queue id
+    is unknown.
+    """
+    ids, every = _ids_or_all(queue_ids, allow_none=True)
+    _control("flush", spool, ids, every)
 
 
 DEFAULT_USERS_FILE = "./mta-users"

@@ -5,6 +5,8 @@ socket listens, so nothing is acknowledged that the spool cannot hold. On
 SIGTERM: stop accepting, let sessions finish their transaction (421 the
 idle ones), then close the spool (write, sync, complete what is in flight).
 SIGHUP re-reads the TLS certificate and key (mta.tls); open sessions go on.
+The shard's control socket (mta.control) lives from after the privilege drop
+until the start of the stop.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from mta import auth
 from mta import log as fastlog
 from mta import privileges
 from mta.config import Config
+from mta.control import ControlServer
 from mta.dns import ReverseResolver
 from mta.limits import Limits
 from mta.policy import Networks, RelayPolicy
@@ -79,6 +82,7 @@ class Server:
         self.proxy = ProxyGate(cfg)
         self.spool: SpoolService | None = None
         self.queue: QueueManager | None = None
+        self.control: ControlServer | None = None
         self._servers: list[asyncio.AbstractServer] = []
         self._stopping = asyncio.Event()
 
@@ -106,6 +110,10 @@ class Server:
         # Bound, not yet accepting: drop root before any client byte or delivery.
         privileges.drop(self.cfg.privileges, self.cfg.spool.dir, (self.cfg.auth.users_file,))
         self.queue.start()
+        # The admin's way in (mta queue hold|release|delete|flush): made after
+        # the privilege drop, so the socket belongs to the user that serves.
+        self.control = ControlServer(self)
+        await self.control.start()
         for srv in self._servers:
             await srv.start_serving()
 
@@ -131,6 +139,8 @@ class Server:
 
     async def stop(self) -> None:
         log.info("stopping: %d sessions open", len(self.sessions))
+        if self.control is not None:
+            await self.control.stop()
         for srv in self._servers:
             srv.close()
         for s in list(self.sessions):

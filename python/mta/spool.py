@@ -116,6 +116,16 @@ class SpoolService:
             fut.set_exception(e)
         return fut
 
+    def hold(self, queue_id: str, on: bool) -> asyncio.Future:
+        """Hold (never due) or release a message durably: a STATE record with the hold flag."""
+        token, fut = self._future()
+        try:
+            self.spool.hold(token, queue_id, on)
+        except Exception as e:
+            self._pending.pop(token, None)
+            fut.set_exception(e)
+        return fut
+
     def delete(self, queue_id: str) -> asyncio.Future:
         token, fut = self._future()
         try:

@@ -1,0 +1,410 @@
+"""The control channel: a unix socket per spool shard (<spool>/<shard>/control.sock,
+0600) through which `mta queue hold|release|delete|flush` reach the running server.
+One JSON request line in, one JSON reply line out, both bounded; a reply names only
+changes already durable (their SpoolService futures completed after fdatasync).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import socket
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mta.listener import Server
+
+log = logging.getLogger("mta.control")
+
+SOCKET_NAME = "control.sock"
+MAX_LINE = 64 * 1024  # bytes in a request line, newline included
+MAX_REPLY = 1024 * 1024  # bytes in a reply line (at most MAX_IDS results of bounded size)
+MAX_IDS = 1000  # queue ids in one request (the CLI sends more in several requests)
+MAX_CLIENTS = 8  # control connections served at once; more are refused with an error
+READ_TIMEOUT = 5.0  # seconds for a client to send its request line
+WRITE_TIMEOUT = 5.0
+DELETE_WAIT = 10.0  # seconds delete waits for an attempt in flight before answering "busy"
+CLIENT_TIMEOUT = 60.0  # the CLI's bound on one request's reply
+
+OPS = ("ping", "hold", "release", "delete", "flush")
+QUEUE_ID = re.compile(r"[A-Za-z0-9]{1,64}")
+_SUN_PATH_MAX = 107  # sun_path is 108 bytes with its NUL
+
+
+class RequestError(ValueError):
+    """A request line the server refuses; the text goes back as the error reply."""
+
+
+@dataclass(frozen=True)
+class Request:
+    op: str
+    ids: tuple[str, ...] = ()
+    all: bool = False  # every message of the shard instead of `ids`
+
+
+def parse_request(line: bytes) -> Request:
+    """One request line → Request, or RequestError saying what is wrong.
+
+    Forms: {"op": "ping"}; {"op": OP, "ids": [ID, ...]}; {"op": OP, "all": true},
+    OP one of hold, release, delete, flush; 1..MAX_IDS ids of [A-Za-z0-9]{1,64}.
+    """
+    if len(line) > MAX_LINE:
+        raise RequestError(f"request longer than {MAX_LINE} bytes")
+    try:
+        obj = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise RequestError("request is not a JSON object on one line") from None
+    if not isinstance(obj, dict):
+        raise RequestError("request is not a JSON object on one line")
+    unknown = sorted(set(obj) - {"op", "ids", "all"})
+    if unknown:
+        raise RequestError(f"unknown request field(s): {', '.join(map(repr, unknown))}")
+    op = obj.get("op")
+    if op not in OPS:
+        raise RequestError(f"op must be one of {', '.join(OPS)}, not {op!r}")
+    ids, every = obj.get("ids"), obj.get("all", False)
+    if every not in (True, False):
+        raise RequestError("all must be true or false")
+    if op == "ping":
+        if ids is not None or every:
+            raise RequestError("ping takes no ids and no all")
+        return Request(op)
+    if every:
+        if ids is not None:
+            raise RequestError("give either ids or all, not both")
+        return Request(op, all=True)
+    if not isinstance(ids, list) or not ids:
+        raise RequestError(f"{op} needs ids (a non-empty list of queue ids) or all: true")
+    if len(ids) > MAX_IDS:
+        raise RequestError(f"at most {MAX_IDS} ids in one request, not {len(ids)}")
+    for q in ids:
+        if not isinstance(q, str) or not QUEUE_ID.fullmatch(q):
+            raise RequestError(f"bad queue id {q!r}: expected 1-64 letters and digits")
+    return Request(op, tuple(dict.fromkeys(ids)))
+
+
+def encode(obj: dict) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+
+
+def socket_path(spool_dir: str, shard: int) -> str:
+    return os.path.join(spool_dir, str(shard), SOCKET_NAME)
+
+
+class _SunPath:
+    """A path usable in bind/connect: the path itself, or for one longer than
+    sun_path allows, /proc/self/fd/<dir fd>/<name> (Linux) while the fd is open."""
+
+    def __init__(self, path: str):
+        self.path, self._fd = path, None
+        if len(os.fsencode(path)) > _SUN_PATH_MAX:
+            self._fd = os.open(os.path.dirname(path) or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            self.path = f"/proc/self/fd/{self._fd}/{os.path.basename(path)}"
+
+    def __enter__(self) -> str:
+        return self.path
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+
+
+# ---------------------------------------------------------------------------
+# the server side: one ControlServer per worker, next to its queue manager
+# ---------------------------------------------------------------------------
+
+class ControlServer:
+    def __init__(self, server: Server):
+        self.server = server
+        self.path = socket_path(server.cfg.spool.dir, server.shard)
+        self._srv: asyncio.AbstractServer | None = None
+        self._clients: set[asyncio.Task] = set()
+
+    async def start(self) -> None:
+        # We hold the shard's lock, so a socket already there is a dead server's.
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            with _SunPath(self.path) as p:
+                sock.bind(p)
+            # Nobody can connect before listen(), and the shard directory is 0700.
+            os.chmod(self.path, 0o600)
+            sock.listen(16)
+            sock.setblocking(False)
+            self._srv = await asyncio.start_unix_server(self._client, sock=sock, limit=MAX_LINE)
+        except BaseException:
+            sock.close()
+            raise
+        log.info("control socket %s", self.path)
+
+    async def stop(self, grace: float = 2.0) -> None:
+        if self._srv is None:
+            return
+        self._srv.close()
+        self._srv = None
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        if self._clients:
+            _, pending = await asyncio.wait(set(self._clients), timeout=grace)
+            for t in pending:  # records already handed to the spool are still written
+                t.cancel()
+
+    def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.get_running_loop().create_task(self._serve(reader, writer, len(self._clients)))
+        self._clients.add(task)
+        task.add_done_callback(self._clients.discard)
+
+    async def _serve(self, reader, writer, others: int) -> None:
+        try:
+            if others >= MAX_CLIENTS:
+                reply = {"ok": False, "error": f"busy: {MAX_CLIENTS} control requests in progress, try again"}
+            else:
+                reply = await self._answer(reader)
+            if reply is not None:
+                reply.setdefault("shard", self.server.shard)
+                writer.write(encode(reply))
+                await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
+        except (ConnectionError, asyncio.TimeoutError):
+            pass
+        except Exception:  # a bug here must not reach the event loop
+            log.exception("control connection failed")
+        finally:
+            writer.close()
+
+    async def _answer(self, reader) -> dict | None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), READ_TIMEOUT)
+        except asyncio.TimeoutError:
+            return {"ok": False, "error": f"no request line within {READ_TIMEOUT:g} s"}
+        except (ValueError, asyncio.LimitOverrunError):
+            return {"ok": False, "error": f"request longer than {MAX_LINE} bytes"}
+        if not line.strip():
+            return None if not line else {"ok": False, "error": "empty request"}
+        try:
+            req = parse_request(line)
+        except RequestError as e:
+            return {"ok": False, "error": str(e)}
+        try:
+            return await self.handle(req)
+        except Exception as e:
+            log.exception("control request %s failed", req.op)
+            return {"ok": False, "error": f"{req.op} failed: {e}"}
+
+    # --- the operations ---------------------------------------------------------
+
+    @property
+    def _native(self):
+        return self.server.spool.spool
+
+    @property
+    def _active(self) -> set[str]:
+        q = self.server.queue
+        return q.active if q is not None else set()
+
+    async def handle(self, req: Request) -> dict:
+        if req.op == "ping":
+            return {"ok": True, "pid": os.getpid()}
+        if req.all:
+            envs = self._native.list()
+            ids = [e.queue_id for e in envs]
+        else:
+            ids = list(req.ids)
+            envs = [self._native.get(q) for q in ids]
+        found = {e.queue_id: e for e in envs if e is not None}
+        results = {q: "unknown" for q in ids if q not in found}
+        op = getattr(self, f"_op_{req.op}")
+        results.update(await op(found))
+        reply: dict = {"ok": True}
+        if req.all:
+            counts: dict[str, int] = {}
+            for s in results.values():
+                counts[s] = counts.get(s, 0) + 1
+            reply["counts"] = counts
+        else:
+            reply["results"] = results
+        return reply
+
+    async def _settle(self, futs: dict[str, list[asyncio.Future]], ok: str) -> dict[str, str]:
+        """Await every id's records; `ok`, "gone" (finished meanwhile) or the error."""
+        out = {q: ok for q in futs}
+        flat = [(q, f) for q, fs in futs.items() for f in fs]
+        done = await asyncio.gather(*(f for _, f in flat), return_exceptions=True)
+        for (q, _), res in zip(flat, done):
+            if isinstance(res, BaseException):
+                out[q] = f"error: {res}"[:200]
+        for q, s in out.items():
+            if s == ok and self._native.get(q) is None:
+                out[q] = "gone"
+        return out
+
+    def _due_now(self, env) -> asyncio.Future | None:
+        """Make every deferred recipient due now (one STATE record), or None."""
+        now = time.time()
+        changes = [(i, "deferred", r.attempts, now, r.last_reply) for i, r in enumerate(env.recipients)
+                   if r.state == "deferred" and (r.next_attempt or 0) > now]
+        return self.server.spool.update(env.queue_id, changes) if changes else None
+
+    async def _op_hold(self, found: dict) -> dict[str, str]:
+        # A message in flight: the record is written now; that attempt finishes,
+        # and the queue manager does not start another while it is held.
+        futs = {q: [self.server.spool.hold(q, True)] if not e.held else [] for q, e in found.items()}
+        out = await self._settle(futs, "held")
+        for q, s in out.items():
+            if s == "held":
+                log.info("%s: held by the administrator", q)
+        return out
+
+    async def _op_release(self, found: dict) -> dict[str, str]:
+        futs: dict[str, list] = {}
+        out: dict[str, str] = {}
+        for q, e in found.items():
+            if not e.held:
+                out[q] = "not held"
+                continue
+            futs[q] = [self.server.spool.hold(q, False)]
+            due = None if q in self._active else self._due_now(e)
+            if due is not None:
+                futs[q].append(due)
+        settled = await self._settle(futs, "released")
+        for q, s in settled.items():
+            if s == "released":
+                log.info("%s: released by the administrator", q)
+        out.update(settled)
+        if futs:
+            self._kick()
+        return out
+
+    async def _op_flush(self, found: dict) -> dict[str, str]:
+        futs: dict[str, list] = {}
+        out: dict[str, str] = {}
+        active = self._active
+        for q, e in found.items():
+            if e.held:
+                out[q] = "held"
+            elif q in active:
+                out[q] = "active"  # being attempted right now
+            else:
+                due = self._due_now(e)
+                futs[q] = [due] if due is not None else []
+        out.update(await self._settle(futs, "flushed"))
+        self._kick()
+        return out
+
+    async def _op_delete(self, found: dict) -> dict[str, str]:
+        out: dict[str, str] = {}
+        active = self._active
+        busy = {q: e for q, e in found.items() if q in active}
+        idle = {q: e for q, e in found.items() if q not in active}
+        out.update(await self._delete(idle))
+        if busy:
+            # An attempt is in flight: hold the message so no other starts, wait
+            # (bounded) for the attempt to end, then delete what is left of it.
+            held = await self._settle({q: [self.server.spool.hold(q, True)] if not e.held else []
+                                       for q, e in busy.items()}, "held")
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + DELETE_WAIT
+            waiting = {q for q, s in held.items() if s == "held"}
+            out.update({q: s for q, s in held.items() if s != "held"})
+            while waiting & self._active and loop.time() < deadline:
+                await asyncio.sleep(0.05)
+            still = waiting & self._active
+            out.update({q: "busy" for q in still})
+            rest = {q: self._native.get(q) for q in waiting - still}
+            out.update({q: "gone" for q, e in rest.items() if e is None})
+            out.update(await self._delete({q: e for q, e in rest.items() if e is not None}))
+        return out
+
+    async def _delete(self, found: dict) -> dict[str, str]:
+        out = await self._settle({q: [self.server.spool.delete(q)] for q in found}, "deleted")
+        for q, s in list(out.items()):
+            if s == "gone":  # our DELETE made it gone: that is the success case here
+                out[q] = "deleted"
+            if out[q] == "deleted":
+                _log_delete(found[q], q in self._active)
+        return out
+
+    def _kick(self) -> None:
+        if self.server.queue is not None:
+            self.server.queue.kick()
+
+
+def _log_delete(env, raced: bool) -> None:
+    waiting = [r.address for r in env.recipients if r.state in ("queued", "deferred")]
+    shown = ",".join(f"<{a}>" for a in waiting[:10]) + (f" and {len(waiting) - 10} more" if len(waiting) > 10 else "")
+    log.warning("%s: deleted by the administrator (mta queue delete), no bounce: from=<%s> size=%d "
+                "undelivered=%d %s", env.queue_id, env.sender, env.size, len(waiting), shown)
+    if raced:
+        log.warning("%s: a delivery attempt started while the delete was being written; "
+                    "its outcome is in the delivery log", env.queue_id)
+
+
+# ---------------------------------------------------------------------------
+# the client side, for the CLI
+# ---------------------------------------------------------------------------
+
+class NoServer(Exception):
+    """No server answers on this shard's socket (none, or a dead one's)."""
+
+
+class ControlError(Exception):
+    """The server answered with an error, or broke the protocol."""
+
+
+def shards(spool_dir: str) -> list[int]:
+    """The shard numbers present in the spool directory."""
+    try:
+        names = os.listdir(spool_dir)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(int(n) for n in names if n.isdigit() and os.path.isdir(os.path.join(spool_dir, n)))
+
+
+def call(spool_dir: str, shard: int, request: dict, timeout: float = CLIENT_TIMEOUT) -> dict:
+    """Send one request to a shard's server; its reply (ok true), or NoServer / ControlError."""
+    path = socket_path(spool_dir, shard)
+    data = encode(request)
+    if len(data) > MAX_LINE:
+        raise ValueError("request too long")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        try:
+            with _SunPath(path) as p:
+                s.connect(p)
+        except (ConnectionRefusedError, FileNotFoundError, NotADirectoryError) as e:
+            raise NoServer(f"{path}: {e.strerror}") from None
+        except PermissionError as e:
+            raise ControlError(f"{path}: {e.strerror} (run as the user the server runs as, or root)") from None
+        try:
+            s.sendall(data)
+            buf = bytearray()
+            while not buf.endswith(b"\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+                if len(buf) > MAX_REPLY:
+                    raise ControlError(f"shard {shard}: reply longer than {MAX_REPLY} bytes")
+        except socket.timeout:
+            raise ControlError(f"shard {shard}: no reply within {timeout:g} s") from None
+        except OSError as e:
+            raise ControlError(f"shard {shard}: {e.strerror or e}") from None
+    if not buf:
+        raise ControlError(f"shard {shard}: the server closed the connection without a reply (stopping?)")
+    try:
+        reply = json.loads(buf)
+    except ValueError:
+        raise ControlError(f"shard {shard}: unreadable reply {bytes(buf[:200])!r}") from None
+    if not isinstance(reply, dict) or reply.get("ok") is not True:
+        err = reply.get("error") if isinstance(reply, dict) else None
+        raise ControlError(f"shard {shard}: {err or 'bad reply'}")
+    return reply

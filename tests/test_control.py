@@ -1,0 +1,115 @@
+"""The control protocol's parsing and the client's view of a shard without a
+server (mta.control); the server side is exercised end to end in
+tests/e2e/test_queue_control.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import pytest
+
+from mta import control
+from mta.control import MAX_IDS, MAX_LINE, Request, RequestError, parse_request
+
+
+def line(obj) -> bytes:
+    return json.dumps(obj).encode() + b"\n"
+
+
+@pytest.mark.parametrize("obj, want", [
+    ({"op": "ping"}, Request("ping")),
+    ({"op": "hold", "ids": ["ABC1"]}, Request("hold", ("ABC1",))),
+    ({"op": "release", "ids": ["A", "B", "A"]}, Request("release", ("A", "B"))),  # duplicates once
+    ({"op": "delete", "all": True}, Request("delete", all=True)),
+    ({"op": "flush", "all": True}, Request("flush", all=True)),
+    ({"op": "flush", "ids": ["x" * 64], "all": False}, Request("flush", ("x" * 64,))),
+])
+def test_good_requests(obj, want):
+    assert parse_request(line(obj)) == want
+
+
+def test_a_request_without_newline_is_the_same_request():
+    assert parse_request(b'{"op":"hold","ids":["Q1"]}') == Request("hold", ("Q1",))
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"hold Q1\n", "not a JSON object"),
+    (b"\xff\n", "not a JSON object"),
+    (b'"hold"\n', "not a JSON object"),
+    (b"[]\n", "not a JSON object"),
+    (line({"op": "HOLD", "ids": ["Q"]}), "op must be one of"),
+    (line({"ids": ["Q"]}), "op must be one of"),
+    (line({"op": "hold"}), "needs ids"),
+    (line({"op": "hold", "ids": []}), "needs ids"),
+    (line({"op": "hold", "ids": "Q1"}), "needs ids"),
+    (line({"op": "hold", "ids": [1]}), "bad queue id 1"),
+    (line({"op": "hold", "ids": ["a b"]}), "bad queue id 'a b'"),
+    (line({"op": "hold", "ids": ["x" * 65]}), "bad queue id"),
+    (line({"op": "hold", "ids": ["Q"], "all": True}), "either ids or all"),
+    (line({"op": "hold", "all": "yes"}), "all must be true or false"),
+    (line({"op": "ping", "all": True}), "ping takes no ids"),
+    (line({"op": "hold", "ids": ["Q"], "force": True}), "unknown request field(s): 'force'"),
+    (line({"op": "hold", "ids": [f"Q{i}" for i in range(MAX_IDS + 1)]}), f"at most {MAX_IDS} ids"),
+    (b"{" + b" " * MAX_LINE + b"}\n", f"longer than {MAX_LINE} bytes"),
+])
+def test_bad_requests_say_what_is_wrong(data, message):
+    with pytest.raises(RequestError) as e:
+        parse_request(data)
+    assert message in str(e.value)
+
+
+def test_request_error_is_a_value_error():
+    assert issubclass(RequestError, ValueError)
+
+
+def test_replies_are_one_line():
+    out = control.encode({"ok": False, "error": "a\nb"})
+    assert out.endswith(b"\n") and out.count(b"\n") == 1
+
+
+def test_shards_are_the_numbered_directories(tmp_path):
+    for name in ("0", "1", "10", "corrupt", "x1"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "2").write_text("not a directory")
+    assert control.shards(str(tmp_path)) == [0, 1, 10]
+    assert control.shards(str(tmp_path / "missing")) == []
+
+
+def test_no_socket_and_stale_socket_mean_no_server(tmp_path):
+    (tmp_path / "0").mkdir()
+    with pytest.raises(control.NoServer):
+        control.call(str(tmp_path), 0, {"op": "ping"})
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(control.socket_path(str(tmp_path), 0))
+    s.close()  # bound, never listening, left behind: a killed server's socket
+    with pytest.raises(control.NoServer):
+        control.call(str(tmp_path), 0, {"op": "ping"})
+
+
+def test_client_reads_a_reply_over_a_long_path(tmp_path):
+    d = tmp_path / ("x" * 70) / ("y" * 70) / "0"
+    d.mkdir(parents=True)
+    path = control.socket_path(str(d.parent), 0)
+    assert len(os.fsencode(path)) > 108
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with control._SunPath(path) as p:
+        srv.bind(p)
+    srv.listen(1)
+    import threading
+
+    def answer():
+        c, _ = srv.accept()
+        with c:
+            c.recv(1000)
+            c.sendall(b'{"ok": false, "error": "nope"}\n')
+
+    t = threading.Thread(target=answer)
+    t.start()
+    try:
+        with pytest.raises(control.ControlError, match="nope"):
+            control.call(str(d.parent), 0, {"op": "ping"}, timeout=10)
+    finally:
+        t.join(10)
+        srv.close()
