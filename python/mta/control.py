@@ -297,7 +297,8 @@ class ControlServer:
                 due = self._due_now(e)
                 futs[q] = [due] if due is not None else []
         out.update(await self._settle(futs, "flushed"))
-        self._kick()
+        if self.server.queue is not None:
+            self.server.queue.retry_now([q for q, s in out.items() if s == "flushed"])
         return out
 
     async def _op_delete(self, found: dict) -> dict[str, str]:
@@ -325,7 +326,14 @@ class ControlServer:
         return out
 
     async def _delete(self, found: dict) -> dict[str, str]:
-        out = await self._settle({q: [self.server.spool.delete(q)] for q in found}, "deleted")
+        queue = self.server.queue
+        if queue is not None:
+            queue.exclude(found)  # no attempt may start while the DELETE is being synced
+        try:
+            out = await self._settle({q: [self.server.spool.delete(q)] for q in found}, "deleted")
+        finally:
+            if queue is not None:
+                queue.include(found)
         for q, s in list(out.items()):
             if s == "gone":  # our DELETE made it gone: that is the success case here
                 out[q] = "deleted"

@@ -62,6 +62,7 @@ class QueueManager:
         self._wake_at = 0.0  # when the scheduling loop next looks at the spool by itself
         self._literal_targets: dict[tuple[str, int], list[Target]] = {}  # IP-literal smarthosts
         self._backoff: dict[str, float] = {}  # queue id → monotonic time before which it is not retried
+        self._excluded: set[str] = set()  # ids an administrator's operation owns (mta.control)
 
     # --- scheduling -----------------------------------------------------------
 
@@ -76,6 +77,22 @@ class QueueManager:
         """Look at the queue now (the window had no room, or the schedule changed)."""
         self._wake.set()
 
+    def exclude(self, qids) -> None:
+        """Start no attempt for these ids until `include` (an admin delete is being synced)."""
+        self._excluded.update(qids)
+
+    def include(self, qids) -> None:
+        self._excluded.difference_update(qids)
+
+    def retry_now(self, qids=None) -> None:
+        """Forget the back-off after failed attempts (all ids, or these): `mta queue flush`."""
+        if qids is None:
+            self._backoff.clear()
+        else:
+            for q in qids:
+                self._backoff.pop(q, None)
+        self.kick()
+
     def new_message(self, qid: str) -> None:
         """A message just became durable: start on it at once when the
         window has room, without asking the spool what is due."""
@@ -87,6 +104,8 @@ class QueueManager:
             self._refill = True  # taken up when the window drains to half
 
     def _start(self, qid: str) -> None:
+        if qid in self._excluded:
+            return
         self.active.add(qid)
         task = asyncio.get_running_loop().create_task(self._attempt(qid))
         self._tasks.add(task)
@@ -116,7 +135,7 @@ class QueueManager:
         started = 0
         now = time.monotonic()
         for qid in self.spool.spool.due(time.time(), room + len(self.active) + len(self._backoff)):
-            if qid in self.active or self._backoff.get(qid, 0) > now:
+            if qid in self.active or qid in self._excluded or self._backoff.get(qid, 0) > now:
                 continue
             self._backoff.pop(qid, None)
             self._start(qid)
