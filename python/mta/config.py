@@ -140,6 +140,7 @@ _DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d"
 @dataclass(frozen=True)
 class Duration(Kind):
     allow_zero: bool = False
+    max: float | None = None  # seconds
     type_name = "duration"
 
     def parse(self, path, raw, errs):
@@ -154,6 +155,9 @@ class Duration(Kind):
             return _BAD
         if value < 0 or (value == 0 and not self.allow_zero):
             errs.bad(path, f"a {bound} duration (seconds)", raw)
+            return _BAD
+        if self.max is not None and value > self.max:
+            errs.bad(path, f"a duration of at most {self.max:g} s", raw)
             return _BAD
         return value
 
@@ -403,6 +407,11 @@ class SpoolConfig:
     sync: bool = opt(True, Bool(),
                      "fdatasync before replying 250. false only for benchmarks: "
                      "it loses acknowledged mail on a crash.")
+    commit_delay: float = opt(0.0005, Duration(allow_zero=True, max=0.1),
+                              "Group commit under load: while the spool writer is busy (it synced "
+                              "less than 5 ms ago), a message waits up to this long for others "
+                              "to share its fdatasync (16 waiting end the wait at once); an idle "
+                              "spool syncs at once. 0 syncs every batch at once.")
 
 
 @dataclass(frozen=True)

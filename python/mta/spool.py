@@ -34,6 +34,7 @@ class SpoolService:
                 spill_threshold=cfg.spill_threshold,
                 max_header_size=max_header_size,
                 sync=cfg.sync,
+                commit_delay=cfg.commit_delay,
                 sync_log=os.environ.get("MTA_TEST_SYNC_LOG") == "1",
             )
         except _native.SpoolError as e:

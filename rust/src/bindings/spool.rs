@@ -221,7 +221,8 @@ impl PySpool {
     #[new]
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (root, shard = 0, *, segment_size = 64 * 1024 * 1024, spill_threshold = 1024 * 1024,
-                        max_header_size = 1024 * 1024, sync = true, sync_log = false, copy_forward_percent = 25))]
+                        max_header_size = 1024 * 1024, sync = true, sync_log = false, copy_forward_percent = 25,
+                        commit_delay = 0.0))]
     fn new(
         py: Python<'_>,
         root: PathBuf,
@@ -232,11 +233,16 @@ impl PySpool {
         sync: bool,
         sync_log: bool,
         copy_forward_percent: u64,
+        commit_delay: f64,
     ) -> PyResult<Self> {
         if copy_forward_percent > 100 {
             return Err(PyValueError::new_err("copy_forward_percent must be 0..100"));
         }
-        let cfg = Config { segment_size, spill_threshold, max_header_size, sync, sync_log, copy_forward_percent };
+        if !(0.0..=1.0).contains(&commit_delay) {
+            return Err(PyValueError::new_err("commit_delay must be 0..1 seconds"));
+        }
+        let commit_delay = std::time::Duration::from_secs_f64(commit_delay);
+        let cfg = Config { segment_size, spill_threshold, max_header_size, sync, sync_log, copy_forward_percent, commit_delay };
         py.detach(|| Spool::open(&root, shard, cfg)).map(PySpool).map_err(spool_err)
     }
     #[getter]

@@ -116,6 +116,9 @@ pub struct Config {
     /// Copy a sealed segment's live messages forward when they fill less than
     /// this percentage of it (0: never copy; empty segments are still deleted).
     pub copy_forward_percent: u64,
+    /// Under load, how long a submission may wait for others to share its
+    /// fdatasync (group commit; 0: never wait).
+    pub commit_delay: std::time::Duration,
 }
 
 impl Default for Config {
@@ -127,6 +130,7 @@ impl Default for Config {
             sync: true,
             sync_log: false,
             copy_forward_percent: writer::COPY_FORWARD_PERCENT,
+            commit_delay: std::time::Duration::ZERO,
         }
     }
 }
@@ -192,7 +196,7 @@ impl Spool {
             index: Mutex::new(rec.index),
             no_unlink: Default::default(),
         });
-        let w = Writer::new(shared.clone(), shard, dir.clone(), cfg.segment_size, cfg.sync, sync_log, rec.next_seq, cfg.copy_forward_percent);
+        let w = Writer::new(shared.clone(), shard, dir.clone(), cfg.segment_size, cfg.sync, sync_log, rec.next_seq, cfg.copy_forward_percent, cfg.commit_delay);
         let thread = std::thread::Builder::new()
             .name(format!("spool-writer-{shard}"))
             .spawn(move || w.run())
@@ -329,8 +333,11 @@ impl Spool {
         }
         let first_lazy = lazy && q.lazy_since.is_none();
         q.push(job, lazy);
+        // While the writer waits out a commit delay, only the first eager job
+        // and a full batch need to wake it.
+        let wake = if lazy { first_lazy } else { q.eager == 1 || q.eager >= writer::COMMIT_BATCH };
         drop(q);
-        if !lazy || first_lazy {
+        if wake {
             self.shared.cv.notify_one();
         }
         Ok(())

@@ -441,6 +441,34 @@ fn lazy_outcomes_share_one_sync_and_eager_work_takes_them_along() {
 }
 
 #[test]
+fn commit_delay_groups_a_busy_writers_submissions_and_never_delays_an_idle_one() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = Config { commit_delay: Duration::from_millis(300), ..cfg() };
+    let sp = Spool::open(d.path(), 0, cfg).unwrap();
+    // idle (no sync yet): completes at once, far below the delay
+    let t0 = Instant::now();
+    submit(&sp, 1, &body(1, 10));
+    ok(&sp, 1);
+    assert!(t0.elapsed() < Duration::from_millis(250), "an idle spool waited for the commit delay");
+    // busy (synced just now): submissions trickling in share one sync
+    let syncs0 = stat(&sp, "syncs");
+    for i in 0..5 {
+        submit(&sp, 10 + i, &body(i as usize, 10));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    ok(&sp, 5);
+    assert!(stat(&sp, "syncs") - syncs0 <= 2, "the commit delay did not group submissions");
+    // a full batch (COMMIT_BATCH waiting) ends the wait at once
+    std::thread::sleep(Duration::from_millis(1));
+    let t1 = Instant::now();
+    for i in 0..writer::COMMIT_BATCH as u64 {
+        submit(&sp, 100 + i, &body(i as usize, 10));
+    }
+    ok(&sp, writer::COMMIT_BATCH);
+    assert!(t1.elapsed() < Duration::from_millis(250), "a full batch waited for the commit delay");
+}
+
+#[test]
 fn due_ordering_limit_and_hold() {
     use record::STATE_DEFERRED;
     let d = tempfile::tempdir().unwrap();

@@ -60,6 +60,12 @@ pub struct Job {
 /// already acknowledged, which the queue manager's window bounds anyway.
 pub const LAZY_DELAY: std::time::Duration = std::time::Duration::from_millis(10);
 
+/// With a commit delay, this many waiting submissions end the wait at once.
+pub const COMMIT_BATCH: usize = 16;
+/// The writer counts as busy (and applies the commit delay) when its last
+/// sync ended less than this long ago; an idle spool syncs at once.
+const BUSY_WINDOW: std::time::Duration = std::time::Duration::from_millis(5);
+
 #[derive(Default)]
 pub struct Queue {
     pub jobs: Vec<Job>,
@@ -68,6 +74,8 @@ pub struct Queue {
     pub eager: usize,
     /// When the oldest lazy job in `jobs` arrived.
     pub lazy_since: Option<std::time::Instant>,
+    /// When the oldest eager job in `jobs` arrived.
+    pub eager_since: Option<std::time::Instant>,
 }
 
 impl Queue {
@@ -76,6 +84,7 @@ impl Queue {
             self.lazy_since.get_or_insert_with(std::time::Instant::now);
         } else {
             self.eager += 1;
+            self.eager_since.get_or_insert_with(std::time::Instant::now);
         }
         self.jobs.push(job);
     }
@@ -83,6 +92,7 @@ impl Queue {
     fn take(&mut self) -> Vec<Job> {
         self.eager = 0;
         self.lazy_since = None;
+        self.eager_since = None;
         std::mem::take(&mut self.jobs)
     }
 }
@@ -151,6 +161,10 @@ pub struct Writer {
     pub sync_log: Option<File>,
     pub next_seq: u64,
     pub copy_forward_percent: u64,
+    /// How long a submission may wait for others to share its sync while the
+    /// writer is busy (0: sync at once).
+    pub commit_delay: std::time::Duration,
+    last_sync: Option<std::time::Instant>,
     cur: Option<Seg>,
     /// (seq, valid length) of abandoned segments not yet recorded durably.
     markers: Vec<(u64, u64)>,
@@ -202,8 +216,11 @@ impl Writer {
         sync_log: Option<File>,
         next_seq: u64,
         copy_forward_percent: u64,
+        commit_delay: std::time::Duration,
     ) -> Self {
         Writer {
+            commit_delay,
+            last_sync: None,
             shared,
             shard,
             shard_dir,
@@ -221,12 +238,25 @@ impl Writer {
         }
     }
 
+    fn busy(&self) -> bool {
+        !self.commit_delay.is_zero() && self.last_sync.is_some_and(|t| t.elapsed() < BUSY_WINDOW)
+    }
+
     pub fn run(mut self) {
         loop {
             let jobs = {
                 let mut q = self.shared.queue.lock().unwrap();
                 loop {
                     if !q.jobs.is_empty() {
+                        if q.eager > 0 && !q.closing && q.eager < COMMIT_BATCH && self.busy() {
+                            // Group commit under load: wait a little for more company,
+                            // as PostgreSQL's commit_delay does (bounded per job).
+                            let waited = q.eager_since.map_or(self.commit_delay, |t| t.elapsed());
+                            if waited < self.commit_delay {
+                                q = self.shared.cv.wait_timeout(q, self.commit_delay - waited).unwrap().0;
+                                continue;
+                            }
+                        }
                         let waited = q.lazy_since.map_or(LAZY_DELAY, |t| t.elapsed());
                         if q.eager > 0 || q.closing || waited >= LAZY_DELAY {
                             break q.take();
@@ -457,6 +487,7 @@ impl Writer {
         // `synced` moves only after a successful sync: a failure cuts back to it.
         self.shared.fault(FaultKind::Sync)?;
         c.file.sync_data()?;
+        self.last_sync = Some(std::time::Instant::now());
         c.synced = c.len;
         self.shared.stats.syncs.fetch_add(1, Relaxed);
         if let Some(log) = &mut self.sync_log {
