@@ -132,6 +132,7 @@ class Session(SubmissionMixin, asyncio.Protocol):
         self._out: list[bytes] = []
         self._queue: deque = deque()
         self._waiting = False  # a message is being made durable
+        self._eof = False  # the client half-closed while a message was being stored
         self._closing = False
         self._shutdown = False
         self._bdat_refusal: bytes | None = None
@@ -284,9 +285,17 @@ class Session(SubmissionMixin, asyncio.Protocol):
             return
         self._last_active = time.monotonic()
         self.guard.data_bytes(len(data))
+        if self._waiting:
+            # Bytes behind a message being stored: this read is parsed and
+            # queued, nothing more is read until the reply is out (bounded memory).
+            self.transport.pause_reading()
         self._run(self.parser.feed(data))
 
     def eof_received(self) -> bool | None:
+        if self._waiting and not self._closing:
+            # Half-closed behind a message being stored: its reply is still owed.
+            self._eof = True
+            return True
         return None  # close our side too
 
     # --- the event loop of one session ----------------------------------
@@ -620,8 +629,9 @@ class Session(SubmissionMixin, asyncio.Protocol):
         self.guard.data_stopped()
         self._waiting = True
         self._flush()
-        if self.transport is not None:
-            self.transport.pause_reading()
+        # Reading pauses only if the client sends more before the 250 (see
+        # data_received): most clients wait, and two epoll_ctl calls per
+        # message are a measurable part of the accept path.
         self.server.spool.submit(
             tx.queue_id,
             msg,
@@ -658,6 +668,11 @@ class Session(SubmissionMixin, asyncio.Protocol):
             if self._shutdown:
                 self._out.append(R_SHUTDOWN)
                 self._close()
+                return
+            if self._eof:
+                self._run(())  # what came before the EOF, then goodbye
+                if not self._waiting:  # (or after the next message it held)
+                    self._close()
                 return
             self.transport.resume_reading()
             self._run(())

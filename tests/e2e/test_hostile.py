@@ -313,6 +313,18 @@ def test_half_close_after_data_still_answered(server):
     assert body_of(server, qid, rcpt=RCPT) == msg
 
 
+def test_half_close_with_quit_pipelined_behind_data(server):
+    """The message, QUIT and the EOF in one burst: the EOF arrives while the
+    message is being stored, yet both replies come, in order."""
+    msg = simple_message("half close + quit")
+    with open_data(server) as c:
+        c.send(dot_stuff(msg) + b".\r\nQUIT\r\n")
+        c.sock.shutdown(socket.SHUT_WR)
+        qid = queued_id(c.reply())
+        assert c.reply().code == 221
+    assert body_of(server, qid, rcpt=RCPT) == msg
+
+
 def test_nul_only_body_accepted_byte_exact(server):
     msg = b"Subject: nul\r\n\r\n\x00\x00\x00\r\n\x00.\x00\r\n"
     with open_data(server) as c:
