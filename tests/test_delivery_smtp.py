@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from aiosmtpd.controller import Controller
 
 from mta.delivery import OutMessage, OutRcpt, Target
@@ -313,6 +315,29 @@ def test_reply_parser_any_split_and_errors():
     with pytest.raises(ReplyError):
         ReplyParser(max_line=16).feed(b"250 " + b"x" * 40)
     assert ReplyParser().feed(b"451 2.0.0 wrong class\r\n")[0].enhanced is None
+
+
+_REPLY_PIECES = [b"220 mx ESMTP\r\n", b"250-mx\r\n", b"250 8BITMIME\r\n", b"354 go\n", b"550 5.1.1 no\r\n",
+                 b"251 x\r\n", b"250", b"-", b" ", b"\r", b"\n", b"x" * 30, b"\xc3\xa9", b"\xff", b"650 x\r\n"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(wire=st.lists(st.one_of(st.sampled_from(_REPLY_PIECES), st.binary(max_size=6)), max_size=25).map(b"".join),
+       cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=5),
+       max_line=st.sampled_from([8, 16, 8192]))
+def test_reply_parser_same_replies_and_error_for_every_split(wire, cuts, max_line):
+    def run(chunks):
+        p, out = ReplyParser(max_line=max_line), []
+        for c in chunks:
+            try:
+                out += p.feed(c)
+            except ReplyError as e:
+                return out + e.replies, "error"
+        return out, p.buffered
+    whole = run([wire])
+    bounds = sorted({0, len(wire), *(c % (len(wire) + 1) for c in cuts)})
+    assert run([wire[a:b] for a, b in zip(bounds, bounds[1:])]) == whole
+    assert run([wire[i:i + 1] for i in range(len(wire))]) == whole
 
 
 def test_wire_body_stuffs_and_never_leaves_bare_cr_or_lf():

@@ -114,6 +114,23 @@ class SmtpParser:
     def buffered(self) -> int:
         """Bytes received but not yet consumed (bounded by max_line while in command mode)."""
 
+class ReplyParser:
+    """Client side: incremental parser of server replies (any split of the input
+    gives the same replies). Lines end at LF, a CR before it dropped; the code
+    must be 200..599 and the same on every line of a multi-line reply."""
+
+    def __init__(self, max_line: int = 8192) -> None: ...
+    @property
+    def buffered(self) -> bool:
+        """Part of a reply has been received (a partial line or continuation lines)."""
+    @property
+    def error(self) -> str | None:
+        """Set (final) once the input stopped being replies: "malformed reply line"
+        or "reply line too long"."""
+    def feed(self, data: bytes) -> list[tuple[int, list[str]]]:
+        """Complete replies as (code, text of each line without code and separator),
+        including those completed before an error; once `error` is set, ValueError."""
+
 def format_reply(code: int, enhanced: str | None, lines: list[str] | str) -> bytes:
     """Single- or multi-line reply: b"250-first\\r\\n250 last\\r\\n", with the
     enhanced status code (RFC 3463) after the code on every line when given."""

@@ -4,9 +4,9 @@ I/O model: an asyncio Protocol per connection (`_Connection`), not streams. Repl
 are parsed incrementally in `data_received` into a queue that the transaction code
 awaits one reply at a time, so a pipelined batch (RSET, MAIL, every RCPT, DATA) is
 one `transport.write` and its replies are consumed in order without extra buffering
-layers; STARTTLS is `loop.start_tls` on the same protocol. The reply grammar mirrors
-`rust/src/smtp/reply.rs` (lines end at LF, a CR before it dropped; the code must be
-the same on every line); it is pure Python because the Rust parser has no binding yet.
+layers; STARTTLS is `loop.start_tls` on the same protocol. Replies are parsed by the
+Rust parser (`rust/src/smtp/reply.rs`: lines end at LF, a CR before it dropped; the
+code must be the same on every line).
 
 Invariants: nothing with a bare CR or LF goes out (bare ones become CRLF); DATA is
 dot-stuffed, BDAT is not; a message the peer refuses by SIZE (552 5.3.4) or that
@@ -43,6 +43,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import NamedTuple, Sequence
 
+from mta import _native
 from mta.delivery import OutMessage, OutRcpt, RcptResult, Target, results_for
 
 __all__ = ["SmtpOptions", "SmtpDelivery", "Reply", "ReplyParser", "ReplyError", "wire_body"]
@@ -76,7 +77,12 @@ _ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})\Z")
 
 
 class ReplyError(Exception):
-    """The peer sent something that is not an SMTP reply (fatal for the connection)."""
+    """The peer sent something that is not an SMTP reply (fatal for the connection);
+    `replies` are those it completed before that, in order."""
+
+    def __init__(self, text: str, replies: list | None = None) -> None:
+        super().__init__(text)
+        self.replies = replies or []
 
 
 class Reply(NamedTuple):
@@ -107,53 +113,28 @@ class Reply(NamedTuple):
 
 
 class ReplyParser:
-    """Incremental parser of server replies: bytes in, complete `Reply`s out."""
+    """Incremental parser of server replies: bytes in, complete `Reply`s out
+    (the Rust parser, rust/src/smtp/reply.rs)."""
 
-    __slots__ = ("_buf", "_code", "_lines", "max_line")
+    __slots__ = ("_p", "max_line")
 
     def __init__(self, max_line: int = _MAX_REPLY_LINE) -> None:
         self.max_line = max_line
-        self._buf = b""
-        self._code: int | None = None
-        self._lines: list[str] = []
+        self._p = _native.ReplyParser(max_line)
 
     @property
     def buffered(self) -> bool:
         """True when part of a reply has been received (matters after STARTTLS's 220)."""
-        return bool(self._buf or self._lines)
+        return self._p.buffered
 
     def feed(self, data: bytes) -> list[Reply]:
-        buf = self._buf + data if self._buf else data
-        out: list[Reply] = []
-        start = 0
-        while (j := buf.find(b"\n", start)) >= 0:
-            self._line(buf[start:j], out)
-            start = j + 1
-        self._buf = buf[start:]
-        if len(self._buf) >= self.max_line:
-            raise ReplyError("reply line too long")
-        return out
-
-    def _line(self, line: bytes, out: list[Reply]) -> None:
-        if len(line) >= self.max_line:
-            raise ReplyError("reply line too long")
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        head = line[:3]
-        if len(head) < 3 or not head.isdigit():
-            raise ReplyError(f"malformed reply {line[:80]!r}")
-        code = int(head)
-        if not 200 <= code <= 599 or (self._code is not None and code != self._code):
-            raise ReplyError(f"malformed reply {line[:80]!r}")
-        sep = line[3:4]
-        if sep not in (b"", b" ", b"-"):
-            raise ReplyError(f"malformed reply {line[:80]!r}")
-        self._lines.append(line[4:].decode("utf-8", "replace"))
-        if sep == b"-":
-            self._code = code
-        else:
-            out.append(Reply(code, self._lines))
-            self._code, self._lines = None, []
+        try:
+            replies = [Reply(code, lines) for code, lines in self._p.feed(data)]
+        except ValueError as e:
+            raise ReplyError(str(e)) from None
+        if self._p.error is not None:
+            raise ReplyError(f"{self._p.error}: {data[:80]!r}", replies)
+        return replies
 
 
 # ---------------------------------------------------------------------------
@@ -288,6 +269,7 @@ class _Connection(asyncio.Protocol):
         try:
             replies = self._parser.feed(data)
         except ReplyError as e:
+            self._replies.extend(e.replies)  # answers that came before the garbage still count
             self._fail(str(e))
             self.abort()
             return

@@ -1,4 +1,5 @@
-//! Python binding for `crate::smtp`: `SmtpParser`, frozen `MailArgs`/`RcptArgs`, `format_reply`.
+//! Python binding for `crate::smtp`: `SmtpParser`, frozen `MailArgs`/`RcptArgs`, `format_reply`,
+//! and the client side's `ReplyParser` (replies become `(code, [line, ...])` tuples).
 //! Only conversion lives here: events become tuples as `_native.pyi` says, body bytes go
 //! straight from the input buffer into the held `Message` (no Python objects per line).
 
@@ -8,7 +9,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
 use super::spool::PyMessage;
-use crate::smtp::{self, BareLf, Command, Config, Event, MailArgs, Parser, RcptArgs, Sink};
+use crate::smtp::{self, BareLf, Command, Config, Event, MailArgs, Parser, RcptArgs, ReplyParser, Sink};
 
 #[pyclass(name = "MailArgs", module = "mta._native", frozen, eq)]
 #[derive(PartialEq)]
@@ -294,8 +295,59 @@ fn format_reply<'py>(
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PySmtpParser>()?;
+    m.add_class::<PyReplyParser>()?;
     m.add_class::<PyMailArgs>()?;
     m.add_class::<PyRcptArgs>()?;
     m.add_function(wrap_pyfunction!(format_reply, m)?)?;
     Ok(())
+}
+
+/// Incremental reply parser for the SMTP/LMTP client (`crate::smtp::ReplyParser`).
+#[pyclass(name = "ReplyParser", module = "mta._native")]
+pub struct PyReplyParser {
+    parser: ReplyParser,
+    out: Vec<smtp::Reply>,
+    error: Option<String>,
+}
+
+#[pymethods]
+impl PyReplyParser {
+    #[new]
+    #[pyo3(signature = (max_line = 8192))]
+    fn new(max_line: usize) -> PyResult<Self> {
+        if max_line < 5 {
+            return Err(PyValueError::new_err("max_line must be at least 5"));
+        }
+        Ok(PyReplyParser { parser: ReplyParser::new(max_line), out: Vec::new(), error: None })
+    }
+
+    /// True when part of a reply has been received (matters after STARTTLS's 220).
+    #[getter]
+    fn buffered(&self) -> bool {
+        self.parser.buffered()
+    }
+
+    /// Why parsing stopped (not a reply, a line longer than max_line); final.
+    #[getter]
+    fn error(&self) -> Option<&str> {
+        self.error.as_deref()
+    }
+
+    /// Complete replies in `data` (and what came before it) as `(code, lines)`.
+    /// When the input stops being replies, the replies completed before that are
+    /// still returned and `error` is set; feeding again raises ValueError.
+    fn feed<'py>(&mut self, py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyList>> {
+        if let Some(e) = &self.error {
+            return Err(PyValueError::new_err(e.clone()));
+        }
+        if let Err(e) = self.parser.feed(data, &mut self.out) {
+            self.error = Some(e.to_string());
+        }
+        let list = PyList::empty(py);
+        for r in self.out.drain(..) {
+            let lines = PyList::new(py, r.lines.iter().map(|l| PyString::new(py, l)))?;
+            list.append((r.code, lines))?;
+        }
+        Ok(list)
+    }
 }

@@ -92,6 +92,11 @@ impl ReplyParser {
         ReplyParser { max_line, line: Vec::new(), code: None, lines: Vec::new() }
     }
 
+    /// Part of a reply received: a partial line, or lines of a multi-line reply.
+    pub fn buffered(&self) -> bool {
+        !self.line.is_empty() || !self.lines.is_empty()
+    }
+
     /// Feed bytes; complete replies go to `out`. An error is final for the connection.
     pub fn feed(&mut self, mut input: &[u8], out: &mut Vec<Reply>) -> Result<(), ReplyError> {
         while !input.is_empty() {
@@ -138,9 +143,62 @@ impl ReplyParser {
     }
 }
 
+/// Fuzz/corpus entry for the client-side parser.
+pub mod harness {
+    use super::*;
+
+    fn run(max_line: usize, chunks: &[&[u8]]) -> (Vec<Reply>, Option<ReplyError>) {
+        let mut p = ReplyParser::new(max_line);
+        let mut out = Vec::new();
+        for c in chunks {
+            if let Err(e) = p.feed(c, &mut out) {
+                return (out, Some(e)); // final: nothing is fed after an error
+            }
+            assert!(p.line.len() < max_line, "a partial line outgrew max_line");
+        }
+        (out, None)
+    }
+
+    /// Byte 0: line limit; bytes 1-2: split seed; the rest: the server's bytes.
+    /// Replies and the error do not depend on how the input is split.
+    pub fn check(data: &[u8]) {
+        if data.len() < 3 {
+            return;
+        }
+        let max_line = 5 + data[0] as usize * 4;
+        let (seed, input) = (u16::from_le_bytes([data[1], data[2]]) as usize, &data[3..]);
+        let whole = run(max_line, &[input]);
+        let bytewise: Vec<&[u8]> = input.chunks(1).collect();
+        assert_eq!(run(max_line, &bytewise), whole);
+        let cut = seed % (input.len() + 1);
+        assert_eq!(run(max_line, &[&input[..cut], &input[cut..]]), whole);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn corpus_replays_split_independent() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/reply");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).expect("fuzz/corpus/reply exists") {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                let data = std::fs::read(&path).unwrap();
+                for first in [0u8, 1, 2, 8, 255] {
+                    let mut d = data.clone();
+                    if !d.is_empty() {
+                        d[0] = first;
+                    }
+                    harness::check(&d);
+                }
+                n += 1;
+            }
+        }
+        assert!(n > 0, "empty corpus");
+    }
 
     #[test]
     fn format_single_and_multi() {
