@@ -642,15 +642,20 @@ def test_connection_reuse_and_limits():
         await asyncio.sleep(0.5)
         await d.deliver("k2", [target(port)], short, message("a@dst.test"))
         after_idle = len(h.peers)
+        for _ in range(6):  # used more often than idle_timeout: the one timer re-arms, no expiry
+            await d.deliver("k2", [target(port)], short, message("a@dst.test"))
+            await asyncio.sleep(0.08)
+        kept_busy = len(h.peers)
         await d.close()
-        return reused, after_limit, after_idle
+        return reused, after_limit, after_idle, kept_busy
 
     with aiosmtpd_peer(h) as port:
-        reused, after_limit, after_idle = run(go(port))
+        reused, after_limit, after_idle, kept_busy = run(go(port))
     assert reused == 1  # three messages, one connection
     assert after_limit == reused + 2  # one message per connection
     assert after_idle == after_limit + 2  # the idle connection expired
-    assert len(h.envelopes) == 7
+    assert kept_busy == after_idle  # 0.48 s of use every 0.08 s outlived the 0.2 s timeout on one connection
+    assert len(h.envelopes) == 13
 
 
 @pytest.mark.parametrize("pipelining", [True, False])

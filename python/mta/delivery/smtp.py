@@ -260,6 +260,7 @@ class _Connection(asyncio.Protocol):
         self.messages = 0  # transactions attempted on this connection
         self.broken = False  # out of sync or closing: never reuse
         self.idle_timer: asyncio.TimerHandle | None = None
+        self.idle_since = 0.0  # loop time of the last release to the pool
 
     # -- protocol callbacks --
     def connection_made(self, transport) -> None:
@@ -487,11 +488,8 @@ class SmtpDelivery:
             c = conns.pop()
             if not conns:
                 del self._idle[key]
-            if c.idle_timer is not None:
-                c.idle_timer.cancel()
-                c.idle_timer = None
             if c.alive:
-                return c
+                return c  # its idle timer stays armed; it checks on firing (_expire)
             c.abort()
         return None
 
@@ -499,18 +497,27 @@ class SmtpDelivery:
         if self._closed or not conn.alive or conn.messages >= opts.max_messages_per_connection:
             conn.quit()
             return
-        conns = self._idle.setdefault(key, [])
-        conns.append(conn)
+        self._idle.setdefault(key, []).append(conn)
+        conn.idle_since = conn.loop.time()
+        if conn.idle_timer is None:
+            # One timer per connection, re-armed lazily: a pooled connection is taken
+            # and released once per message, and a cancel + call_later each time cost more.
+            conn.idle_timer = conn.loop.call_later(opts.idle_timeout, self._expire, key, conn,
+                                                   opts.idle_timeout)
 
-        def expire() -> None:
-            conn.idle_timer = None
-            if conn in conns:
-                conns.remove(conn)
-            if not conns and self._idle.get(key) is conns:
-                del self._idle[key]
-            conn.quit()
-
-        conn.idle_timer = conn.loop.call_later(opts.idle_timeout, expire)
+    def _expire(self, key: str, conn: _Connection, timeout: float) -> None:
+        conn.idle_timer = None
+        conns = self._idle.get(key)
+        if conns is None or conn not in conns:
+            return  # in use (re-armed at its release) or gone
+        idle = conn.loop.time() - conn.idle_since
+        if idle < timeout:
+            conn.idle_timer = conn.loop.call_later(timeout - idle, self._expire, key, conn, timeout)
+            return
+        conns.remove(conn)
+        if not conns:
+            del self._idle[key]
+        conn.quit()
 
     # -- opening a connection: connect, greeting, EHLO, STARTTLS, AUTH --
     async def _connect(self, target: Target, opts: SmtpOptions) -> _Connection:
