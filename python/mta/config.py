@@ -442,6 +442,10 @@ class SmtpConfig:
 class DeliveryConfig:
     enabled: bool = opt(True, Bool(), "false: accept and spool mail but deliver nothing (maintenance, "
                                       "accept-path benchmarks); the --no-delivery flag.")
+    agent: bool = opt(True, Bool(),
+                      "SMTP and LMTP delivery run in a child process of each worker (the delivery "
+                      "agent), so accepting and delivering use two cores; false: in the worker's "
+                      "own event loop. Queue decisions and spool records stay in the worker either way.")
     relay_to: str = opt("", OptionalHostPort(),
                         "Smarthost HOST:PORT for all mail that is not local (the --relay-to flag); "
                         "empty: MX lookup, or the transport map.")

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from mta import bounce
 from mta.delivery import OutMessage, OutRcpt, RcptResult, Target, results_for
+from mta.delivery.agent import AgentDelivery
 from mta.delivery.maildir import deliver_maildir_async
 from mta.delivery.smtp import SmtpDelivery, SmtpOptions
 from mta.deliverylog import DeliveryLog
@@ -47,7 +48,9 @@ class QueueManager:
         self.router = server.router
         dns = server.cfg.dns
         self.resolver = MxResolver(list(dns.nameservers) or None, port=dns.port, timeout=dns.timeout)
-        self.smtp = SmtpDelivery()
+        # SMTP/LMTP peers are talked to in the delivery agent process (mta.delivery.agent)
+        # or here; both have the same deliver() and close().
+        self.smtp = AgentDelivery() if self.dcfg.agent else SmtpDelivery()
         sts = MtaStsCache(self.resolver, port=self.dcfg.mta_sts_port, ca_file=self.dcfg.mta_sts_ca_file,
                           timeout=self.dcfg.mta_sts_timeout) if self.dcfg.mta_sts else None
         self.tls_policy = OutboundTls(sts, self.dcfg.tls_report_interval)

@@ -107,34 +107,26 @@ class SpoolService:
         self._pending[token] = done
         return token, fut
 
-    def update(self, queue_id: str, changes: list) -> asyncio.Future:
-        """Record recipient states durably: [(index, state, attempts, next_attempt, reply)]."""
+    def _call(self, method, *args) -> asyncio.Future:
+        """Submit one record through `method(token, *args)`; the future completes once it is durable."""
         token, fut = self._future()
         try:
-            self.spool.update(token, queue_id, changes)
+            method(token, *args)
         except Exception as e:
             self._pending.pop(token, None)
             fut.set_exception(e)
         return fut
+
+    def update(self, queue_id: str, changes: list) -> asyncio.Future:
+        """Record recipient states durably: [(index, state, attempts, next_attempt, reply)]."""
+        return self._call(self.spool.update, queue_id, changes)
 
     def hold(self, queue_id: str, on: bool) -> asyncio.Future:
         """Hold (never due) or release a message durably: a STATE record with the hold flag."""
-        token, fut = self._future()
-        try:
-            self.spool.hold(token, queue_id, on)
-        except Exception as e:
-            self._pending.pop(token, None)
-            fut.set_exception(e)
-        return fut
+        return self._call(self.spool.hold, queue_id, on)
 
     def delete(self, queue_id: str) -> asyncio.Future:
-        token, fut = self._future()
-        try:
-            self.spool.delete(token, queue_id)
-        except Exception as e:
-            self._pending.pop(token, None)
-            fut.set_exception(e)
-        return fut
+        return self._call(self.spool.delete, queue_id)
 
     async def inject(self, data: bytes, *, sender: str, recipient: str) -> str:
         """Spool a message we made ourselves (a DSN); its queue id once durable."""

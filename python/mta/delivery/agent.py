@@ -1,0 +1,289 @@
+"""Delivery agent: SMTP and LMTP delivery in a child process, so that accepting
+(the worker's event loop) and talking to peers use two cores.
+
+The worker keeps every decision (routing, MX lookups, MTA-STS, retries, spool
+records, the delivery log); the agent only runs `SmtpDelivery`: a job (destination
+key, targets, options, message) in, one `RcptResult` per recipient out. Both ways
+a frame is a 4-byte length and a marshal'ed list of items, written once per
+event-loop iteration, so a busy queue costs one wake-up per batch, not per message.
+If the agent dies, its jobs in flight come back as 451 4.3.0 (deferred and retried:
+nothing is lost; a message a peer had already taken may be delivered twice, as
+after a crash), and the next job starts a new agent. The agent dies with the
+worker (PR_SET_PDEATHSIG) and runs with the worker's (dropped) privileges.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import marshal
+import os
+import signal
+import socket
+import sys
+from dataclasses import fields
+from typing import Callable, Sequence
+
+from mta.delivery import OutMessage, OutRcpt, RcptResult, Target, results_for
+from mta.delivery.smtp import SmtpDelivery, SmtpOptions
+
+log = logging.getLogger("mta.delivery")
+
+_FLUSH_AT = 1 << 20  # a batch this big is written at once, not at the end of the iteration
+_MAX_FRAME = 1 << 31
+_START_TIMEOUT = 30.0
+_STOP_GRACE = 10.0
+_OPT_FIELDS = tuple(f.name for f in fields(SmtpOptions))
+
+
+class _Framed(asyncio.Protocol):
+    """Length-prefixed marshal frames over a stream socket, batched per iteration."""
+
+    def __init__(self, on_items: Callable[[list], None], on_lost: Callable[[Exception | None], None]):
+        self.on_items, self.on_lost = on_items, on_lost
+        self.transport: asyncio.Transport | None = None
+        self._buf = bytearray()
+        self._out: list = []
+        self._size = 0
+        self._scheduled = False
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf
+        buf += data
+        items: list = []
+        start = 0
+        while len(buf) - start >= 4:
+            n = int.from_bytes(buf[start:start + 4], "big")
+            if n > _MAX_FRAME:
+                self.transport.abort()
+                return
+            if len(buf) - start - 4 < n:
+                break
+            items.extend(marshal.loads(memoryview(buf)[start + 4:start + 4 + n]))
+            start += 4 + n
+        if start:
+            del buf[:start]
+        if items:
+            self.on_items(items)
+
+    def connection_lost(self, exc) -> None:
+        self.transport = None
+        self.on_lost(exc)
+
+    def send(self, item: tuple, size: int = 0) -> None:
+        self._out.append(item)
+        self._size += size
+        if self._size >= _FLUSH_AT:
+            self.flush()
+        elif not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        items, self._out, self._size = self._out, [], 0
+        if items and self.transport is not None:
+            payload = marshal.dumps(items)
+            self.transport.write(len(payload).to_bytes(4, "big") + payload)
+
+
+def _result_row(r: RcptResult) -> tuple:
+    return (r.address, r.code, r.enhanced, r.text, r.remote_host, r.remote_ip, r.tls, r.policy, r.tls_failure)
+
+
+# ---------------------------------------------------------------------------
+# the worker's side
+# ---------------------------------------------------------------------------
+
+
+class AgentDelivery:
+    """Stands in for `SmtpDelivery` in the queue manager: the same `deliver` and
+    `close`, served by the agent process (started at the first delivery)."""
+
+    def __init__(self) -> None:
+        self._proto: _Framed | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._starting: asyncio.Task | None = None
+        self._pending: dict[int, tuple[asyncio.Future, OutMessage]] = {}
+        self._next = 1
+        self._closed = False
+        self._opts: dict[SmtpOptions, tuple] = {}
+        self.agents_started = 0
+
+    async def deliver(self, key: str, targets: Sequence[Target], opts: SmtpOptions,
+                      msg: OutMessage) -> list[RcptResult]:
+        if not msg.recipients:
+            return []
+        if self._closed:
+            return results_for(msg, 451, "4.3.2", "delivery stopped (the server is shutting down)")
+        proto = self._proto
+        if proto is None:
+            try:
+                proto = await self._start()
+            except Exception as e:  # noqa: BLE001 - a failed start defers, it does not bounce
+                log.error("delivery agent did not start: %s", e)
+                return results_for(msg, 451, "4.3.0", f"delivery agent did not start: {e}")
+        job = self._next
+        self._next += 1
+        fut = asyncio.get_running_loop().create_future()
+        self._pending[job] = (fut, msg)
+        o = self._opts.get(opts)
+        if o is None:
+            if len(self._opts) > 1000:  # route hooks may make options on the fly
+                self._opts.clear()
+            o = self._opts[opts] = tuple(getattr(opts, f) for f in _OPT_FIELDS)
+        proto.send(("job", job, key, [tuple(t) for t in targets], o,
+                    (msg.queue_id, msg.sender, [(r.address, r.notify, r.orcpt, r.index) for r in msg.recipients],
+                     msg.data, msg.body, msg.smtputf8, msg.ret, msg.envid, msg.arrival)), len(msg.data))
+        try:
+            return await fut
+        finally:
+            self._pending.pop(job, None)
+
+    def _on_items(self, items: list) -> None:
+        for item in items:
+            entry = self._pending.get(item[1])
+            if entry is None or entry[0].done():
+                continue
+            fut, msg = entry
+            if item[0] == "res":
+                fut.set_result([RcptResult(*row) for row in item[2]])
+            else:  # ("err", job, text): the agent failed on this job; retry later
+                log.error("delivery agent: job for %s failed: %s", msg.queue_id, item[2])
+                fut.set_result(results_for(msg, 451, "4.3.0", "internal delivery error"))
+
+    def _on_lost(self, exc: Exception | None) -> None:
+        self._proto = None
+        if self._pending and not self._closed:
+            log.error("delivery agent connection lost (%s): %d deliveries deferred",
+                      exc or "agent exited", len(self._pending))
+        for fut, msg in list(self._pending.values()):
+            if not fut.done():
+                fut.set_result(results_for(msg, 451, "4.3.0", "delivery agent died; will retry"))
+
+    async def _start(self) -> _Framed:
+        if self._starting is None:
+            self._starting = asyncio.get_running_loop().create_task(self._spawn())
+        task = self._starting
+        try:
+            return await asyncio.shield(task)
+        finally:
+            if task.done():
+                self._starting = None
+
+    async def _spawn(self) -> _Framed:
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.kill()  # a lost connection with the process still there
+            await self._proc.wait()
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        import mta
+
+        root = os.path.dirname(os.path.dirname(os.path.abspath(mta.__file__)))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+        level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+        try:
+            self._proc = await asyncio.wait_for(asyncio.create_subprocess_exec(
+                sys.executable, "-m", "mta.delivery.agent", str(theirs.fileno()), str(os.getpid()), str(level),
+                stdin=asyncio.subprocess.DEVNULL, pass_fds=(theirs.fileno(),), env=env), _START_TIMEOUT)
+        finally:
+            theirs.close()
+        try:
+            _, proto = await loop.create_unix_connection(lambda: _Framed(self._on_items, self._on_lost), sock=ours)
+        except BaseException:
+            ours.close()
+            raise
+        self.agents_started += 1
+        log.info("delivery agent started (pid %d)", self._proc.pid)
+        self._proto = proto
+        return proto
+
+    async def close(self) -> None:
+        """Ask the agent to QUIT its pooled connections and exit; kill it if it does not."""
+        self._closed = True
+        proc, proto = self._proc, self._proto
+        if proto is not None:
+            proto.send(("close", 0))
+            proto.flush()
+        if proc is not None and proc.returncode is None:
+            try:
+                await asyncio.wait_for(proc.wait(), _STOP_GRACE)
+            except asyncio.TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
+# ---------------------------------------------------------------------------
+# the agent's side
+# ---------------------------------------------------------------------------
+
+
+async def _serve(fd: int) -> None:
+    loop = asyncio.get_running_loop()
+    smtp = SmtpDelivery()
+    done = loop.create_future()
+    tasks: set[asyncio.Task] = set()
+    proto: _Framed | None = None
+
+    async def run(item: tuple) -> None:
+        _, job, key, targets, o, m = item
+        try:
+            msg = OutMessage(m[0], m[1], tuple(OutRcpt(*r) for r in m[2]), *m[3:])
+            res = await smtp.deliver(key, [Target(*t) for t in targets], SmtpOptions(*o), msg)
+            proto.send(("res", job, [_result_row(r) for r in res]))
+        except Exception as e:  # noqa: BLE001 - reported to the worker, which defers
+            log.exception("delivery agent: job %d failed", job)
+            proto.send(("err", job, f"{type(e).__name__}: {e}"))
+
+    def on_items(items: list) -> None:
+        for item in items:
+            if item[0] == "job":
+                t = loop.create_task(run(item))
+                tasks.add(t)
+                t.add_done_callback(tasks.discard)
+            elif item[0] == "close" and not done.done():
+                done.set_result(None)
+
+    def on_lost(_exc) -> None:
+        if not done.done():
+            done.set_result(None)
+
+    sock = socket.socket(fileno=fd)
+    _, proto = await loop.create_unix_connection(lambda: _Framed(on_items, on_lost), sock=sock)
+    await done
+    if tasks:
+        await asyncio.wait(set(tasks), timeout=_STOP_GRACE)
+    proto.flush()
+    await smtp.close()
+
+
+def _die_with(parent: int) -> None:
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def main(argv: list[str]) -> int:
+    fd, parent, level = int(argv[0]), int(argv[1]), argv[2]
+    _die_with(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when the agent stops
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    from mta import log as fastlog
+
+    fastlog.setup(level)
+    import uvloop
+
+    uvloop.run(_serve(fd))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
