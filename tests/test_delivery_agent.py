@@ -1,0 +1,150 @@
+"""The delivery agent (mta.delivery.agent): SMTP delivery in a child process,
+against a real aiosmtpd peer. Byte-exact delivery and per-recipient results
+through the process boundary, jobs of a killed agent deferred (never lost,
+never bounced), a new agent for the next job, a clean close, and the agent's
+death with the process that started it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+from mta.delivery import OutMessage, OutRcpt
+from mta.delivery.agent import AgentDelivery
+
+from test_delivery_smtp import OPTS, Capture, aiosmtpd_peer, message, run, target
+
+
+def test_delivers_byte_exact_with_per_recipient_results():
+    h = Capture(rcpt_replies={"nobody": "550 5.1.1 no such user", "later": "451 4.2.0 try later"})
+    octets = bytes(b for b in range(1, 256) if b not in (10, 13))
+    data = b"Subject: agent\r\n\r\n" + b"\r\n".join([octets] * 40) + b"\r\n.dot line\r\n"
+
+    async def go(port):
+        d = AgentDelivery()
+        try:
+            msg = OutMessage("QA1", "from@src.test", (OutRcpt("a@dst.test", ("SUCCESS",), "rfc822;a@dst.test", 0),
+                                                     OutRcpt("nobody@dst.test", index=1),
+                                                     OutRcpt("later@dst.test", index=2)),
+                             data, body="8BITMIME")
+            res = await d.deliver("k", [target(port)], OPTS, msg)
+            res2 = await d.deliver("k", [target(port)], OPTS, message("b@dst.test"))
+            return res, res2, d.agents_started
+        finally:
+            await d.close()
+
+    with aiosmtpd_peer(h) as port:
+        res, res2, started = run(go(port))
+    assert [(r.address, r.code, r.enhanced) for r in res] == [
+        ("a@dst.test", 250, "2.0.0"), ("nobody@dst.test", 550, "5.1.1"), ("later@dst.test", 451, "4.2.0")]
+    assert res[0].remote_ip == "127.0.0.1" and res[0].remote_host == "mx.test" and res[0].tls == "none"
+    assert res2[0].code == 250
+    assert started == 1  # one agent for both jobs
+    first = h.envelopes[0]
+    assert first["rcpt_tos"] == ["a@dst.test"]
+    assert first["data"] == data  # 8-bit octets and the dot line through both processes
+
+
+def test_killed_agent_defers_its_jobs_and_the_next_job_starts_a_new_one():
+    h = Capture(data_delay=3.0)  # the first delivery is in flight when the agent is killed
+
+    async def go(port):
+        d = AgentDelivery()
+        try:
+            slow = asyncio.ensure_future(d.deliver("k", [target(port)], OPTS, message("a@dst.test")))
+            for _ in range(200):  # until the peer is inside DATA
+                if h.active:
+                    break
+                await asyncio.sleep(0.02)
+            assert h.active, "the delivery never reached DATA"
+            pid = d._proc.pid
+            os.kill(pid, signal.SIGKILL)
+            res = await asyncio.wait_for(slow, 10)
+            h.data_delay = 0.0
+            again = await d.deliver("k", [target(port)], OPTS, message("b@dst.test"))
+            return res, again, d.agents_started, pid, d._proc.pid
+        finally:
+            await d.close()
+
+    with aiosmtpd_peer(h) as port:
+        res, again, started, old, new = run(go(port))
+    assert (res[0].code, res[0].enhanced) == (451, "4.3.0")  # deferred: retried later, not bounced
+    assert "agent died" in res[0].text
+    assert again[0].code == 250
+    assert started == 2 and old != new
+
+
+def test_close_quits_pooled_connections_and_the_agent_exits():
+    h = Capture()
+
+    async def go(port):
+        d = AgentDelivery()
+        await d.deliver("k", [target(port)], OPTS, message("a@dst.test"))
+        proc = d._proc
+        await d.close()
+        after = await d.deliver("k", [target(port)], OPTS, message("b@dst.test"))
+        return proc.returncode, after
+
+    with aiosmtpd_peer(h) as port:
+        code, after = run(go(port))
+    assert code == 0
+    assert (after[0].code, after[0].enhanced) == (451, "4.3.2")  # after close: deferred, never sent
+    assert len(h.envelopes) == 1
+
+
+def test_an_empty_recipient_list_needs_no_agent():
+    async def go():
+        d = AgentDelivery()
+        res = await d.deliver("k", [target(9)], OPTS, OutMessage("Q", "a@b", (), b"x\r\n"))
+        await d.close()
+        return res, d.agents_started
+
+    assert run(go()) == ([], 0)
+
+
+def test_agent_dies_with_the_process_that_started_it(tmp_path):
+    """SIGKILL of the worker (here: a small script standing in for it) takes the agent along."""
+    pidfile = tmp_path / "agent.pid"
+    script = textwrap.dedent(f"""
+        import asyncio, os, sys
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        from mta.delivery.agent import AgentDelivery
+        async def main():
+            d = AgentDelivery()
+            await d._start()
+            open({str(pidfile)!r}, "w").write(str(d._proc.pid))
+            await asyncio.sleep(60)
+        asyncio.run(main())
+    """)
+    worker = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 30
+        while not (pidfile.exists() and pidfile.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        agent = int(pidfile.read_text())
+        os.kill(agent, 0)  # it runs
+        worker.kill()
+        worker.wait(10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(agent, 0)
+            except ProcessLookupError:
+                break
+            try:  # a zombie until init reaps it: look at its state
+                with open(f"/proc/{agent}/stat") as f:
+                    if f.read().split(")")[-1].split()[0] == "Z":
+                        break
+            except FileNotFoundError:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError(f"the agent (pid {agent}) outlived its worker")
+    finally:
+        if worker.poll() is None:
+            worker.kill()
