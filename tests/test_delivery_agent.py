@@ -148,3 +148,16 @@ def test_agent_dies_with_the_process_that_started_it(tmp_path):
     finally:
         if worker.poll() is None:
             worker.kill()
+
+
+def test_an_agent_that_cannot_start_defers(monkeypatch):
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python")
+
+    async def go():
+        d = AgentDelivery()
+        res = await d.deliver("k", [target(9)], OPTS, message("a@dst.test"))
+        await d.close()
+        return res
+
+    (r,) = run(go())
+    assert (r.code, r.enhanced) == (451, "4.3.0") and "did not start" in r.text

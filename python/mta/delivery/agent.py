@@ -190,6 +190,9 @@ class AgentDelivery:
             self._proc = await asyncio.wait_for(asyncio.create_subprocess_exec(
                 sys.executable, "-m", "mta.delivery.agent", str(theirs.fileno()), str(os.getpid()), str(level),
                 stdin=asyncio.subprocess.DEVNULL, pass_fds=(theirs.fileno(),), env=env), _START_TIMEOUT)
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
         try:
