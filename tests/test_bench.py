@@ -6,6 +6,7 @@ workload. Correctness, not speed; loopback only; every wait is bounded.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import smtplib
 import socket
@@ -370,3 +371,21 @@ def test_starttls_required_but_not_offered(sink):
     rep = run_send(s.target, messages=4, sessions=2, workers=1, starttls=True)
     s.stop()
     assert rep["messages"] == 0 and rep["errors"] == {"no-starttls": 4}
+
+
+def test_every_committed_bench_plan_and_config_loads():
+    """benches/compare*.toml are valid plans and benches/mta-bench*.toml valid mta configs."""
+    import glob
+
+    from mta import config as mta_config
+    from mta.bench.compare import load_plan
+
+    benches = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benches")
+    plans = sorted(glob.glob(os.path.join(benches, "compare*.toml")))
+    configs = sorted(glob.glob(os.path.join(benches, "mta-bench*.toml")))
+    assert len(plans) >= 3 and len(configs) >= 3
+    for path in plans:
+        plan = load_plan(path)
+        assert plan.systems and plan.workloads, path
+    for path in configs:
+        mta_config.load(path)
