@@ -71,3 +71,46 @@ def test_worker_that_cannot_start_stops_the_server(server_factory, tmp_path):
         assert "cannot start" in srv.log() or "Address already in use" in srv.log() or "address already in use" in srv.log().lower()
     finally:
         blocker.close()
+
+
+def _agents_under(pid: int) -> list[int]:
+    """Delivery agents among the descendants of pid (workers' children)."""
+    found, todo = [], [pid]
+    while todo:
+        for child in children_of(todo.pop()):
+            try:
+                with open(f"/proc/{child}/cmdline", "rb") as f:
+                    cmd = f.read()
+            except OSError:
+                continue
+            if b"mta.delivery.agent" in cmd:
+                found.append(child)
+            todo.append(child)
+    return found
+
+
+def test_delivery_agents_deliver_and_die_with_the_server(server_factory, tmp_path):
+    """Each worker starts its delivery agent at its first SMTP delivery; SIGKILL of the
+    main process takes workers and agents with it."""
+    from conftest import SmtpPeer
+
+    peer = SmtpPeer().start()
+    try:
+        srv = server_factory(deliver=True, args=("--workers", "2", "--relay-to", f"127.0.0.1:{peer.port}"))
+        for i in range(30):  # enough connections for both workers to get some
+            with smtplib.SMTP("127.0.0.1", srv.port, timeout=30) as c:
+                assert c.sendmail("a@example.test", ["b@example.test"], f"Subject: {i}\r\n\r\nbody {i}\r\n") == {}
+        assert len(peer.wait_txns(30)) >= 30
+        deadline = time.monotonic() + 20
+        while srv.queue() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert srv.queue() == []
+        agents = _agents_under(srv.proc.pid)
+        assert 1 <= len(agents) <= 2 and srv.log().count("delivery agent started") == len(agents)
+        srv.stop(signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while any(os.path.exists(f"/proc/{a}") for a in agents) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(os.path.exists(f"/proc/{a}") for a in agents), "a delivery agent outlived the server"
+    finally:
+        peer.stop()
