@@ -407,11 +407,12 @@ class SpoolConfig:
     sync: bool = opt(True, Bool(),
                      "fdatasync before replying 250. false only for benchmarks: "
                      "it loses acknowledged mail on a crash.")
-    commit_delay: float = opt(0.0005, Duration(allow_zero=True, max=0.1),
+    commit_delay: float = opt(0.002, Duration(allow_zero=True, max=0.1),
                               "Group commit under load: while the spool writer is busy (it synced "
-                              "less than 5 ms ago), a message waits up to this long for others "
-                              "to share its fdatasync (16 waiting end the wait at once); an idle "
-                              "spool syncs at once. 0 syncs every batch at once.")
+                              "a batch of several messages less than 5 ms ago), a message waits up "
+                              "to this long for others to share its fdatasync (16 waiting end the "
+                              "wait at once); an idle spool, or one client alone, syncs at once. "
+                              "0 syncs every batch at once.")
 
 
 @dataclass(frozen=True)

@@ -450,7 +450,18 @@ fn commit_delay_groups_a_busy_writers_submissions_and_never_delays_an_idle_one()
     submit(&sp, 1, &body(1, 10));
     ok(&sp, 1);
     assert!(t0.elapsed() < Duration::from_millis(250), "an idle spool waited for the commit delay");
-    // busy (synced just now): submissions trickling in share one sync
+    // one client alone, submitting in a loop: never waits for the delay
+    let t2 = Instant::now();
+    for i in 0..5 {
+        submit(&sp, 50 + i, &body(i as usize, 10));
+        ok(&sp, 1);
+    }
+    assert!(t2.elapsed() < Duration::from_millis(250), "a lone client waited for the commit delay");
+    // busy (a batch of several just synced): submissions trickling in share one sync
+    for i in 0..20 {
+        submit(&sp, 60 + i, &body(i as usize, 10));
+    }
+    ok(&sp, 20);
     let syncs0 = stat(&sp, "syncs");
     for i in 0..5 {
         submit(&sp, 10 + i, &body(i as usize, 10));
@@ -462,7 +473,7 @@ fn commit_delay_groups_a_busy_writers_submissions_and_never_delays_an_idle_one()
     std::thread::sleep(Duration::from_millis(1));
     let t1 = Instant::now();
     for i in 0..writer::COMMIT_BATCH as u64 {
-        submit(&sp, 100 + i, &body(i as usize, 10));
+        submit(&sp, 200 + i, &body(i as usize, 10));
     }
     ok(&sp, writer::COMMIT_BATCH);
     assert!(t1.elapsed() < Duration::from_millis(250), "a full batch waited for the commit delay");

@@ -63,7 +63,8 @@ pub const LAZY_DELAY: std::time::Duration = std::time::Duration::from_millis(10)
 /// With a commit delay, this many waiting submissions end the wait at once.
 pub const COMMIT_BATCH: usize = 16;
 /// The writer counts as busy (and applies the commit delay) when its last
-/// sync ended less than this long ago; an idle spool syncs at once.
+/// sync, of several submissions, ended less than this long ago; an idle
+/// spool, or one client alone, syncs at once.
 const BUSY_WINDOW: std::time::Duration = std::time::Duration::from_millis(5);
 
 #[derive(Default)]
@@ -165,6 +166,9 @@ pub struct Writer {
     /// writer is busy (0: sync at once).
     pub commit_delay: std::time::Duration,
     last_sync: Option<std::time::Instant>,
+    /// Submissions waiting on the last batch's sync: 1 means a lone client,
+    /// whom a commit delay would only slow down.
+    last_eager: usize,
     cur: Option<Seg>,
     /// (seq, valid length) of abandoned segments not yet recorded durably.
     markers: Vec<(u64, u64)>,
@@ -221,6 +225,7 @@ impl Writer {
         Writer {
             commit_delay,
             last_sync: None,
+            last_eager: 0,
             shared,
             shard,
             shard_dir,
@@ -238,8 +243,12 @@ impl Writer {
         }
     }
 
+    /// The commit delay applies when others are likely to come: the writer
+    /// synced a batch of several submissions less than BUSY_WINDOW ago.
     fn busy(&self) -> bool {
-        !self.commit_delay.is_zero() && self.last_sync.is_some_and(|t| t.elapsed() < BUSY_WINDOW)
+        !self.commit_delay.is_zero()
+            && self.last_eager >= 2
+            && self.last_sync.is_some_and(|t| t.elapsed() < BUSY_WINDOW)
     }
 
     pub fn run(mut self) {
@@ -259,6 +268,9 @@ impl Writer {
                         }
                         let waited = q.lazy_since.map_or(LAZY_DELAY, |t| t.elapsed());
                         if q.eager > 0 || q.closing || waited >= LAZY_DELAY {
+                            if q.eager > 0 {
+                                self.last_eager = q.eager;
+                            }
                             break q.take();
                         }
                         q = self.shared.cv.wait_timeout(q, LAZY_DELAY - waited).unwrap().0;
