@@ -338,7 +338,7 @@ class ControlServer:
             if s == "gone":  # our DELETE made it gone: that is the success case here
                 out[q] = "deleted"
             if out[q] == "deleted":
-                _log_delete(found[q], q in self._active)
+                _log_delete(found[q], q in self._active, queue.dlog if queue is not None else None)
         return out
 
     def _kick(self) -> None:
@@ -346,8 +346,15 @@ class ControlServer:
             self.server.queue.kick()
 
 
-def _log_delete(env, raced: bool) -> None:
-    waiting = [r.address for r in env.recipients if r.state in ("queued", "deferred")]
+def _log_delete(env, raced: bool, dlog=None) -> None:
+    """The server log says who deleted what; the delivery log gets the outcome
+    ("deleted") of every recipient that was still waiting (invariant 5)."""
+    pending = [r for r in env.recipients if r.state in ("queued", "deferred")]
+    waiting = [r.address for r in pending]
+    if dlog is not None:
+        for r in pending:
+            dlog.record(queue_id=env.queue_id, recipient=r.address, status="deleted", result=None,
+                        attempt=r.attempts, arrival=env.arrival)
     shown = ",".join(f"<{a}>" for a in waiting[:10]) + (f" and {len(waiting) - 10} more" if len(waiting) > 10 else "")
     log.warning("%s: deleted by the administrator (mta queue delete), no bounce: from=<%s> size=%d "
                 "undelivered=%d %s", env.queue_id, env.sender, env.size, len(waiting), shown)

@@ -20,7 +20,9 @@ from .delivery import RcptResult
 
 __all__ = ["DeliveryLog", "STATUSES"]
 
-STATUSES = ("delivered", "deferred", "bounced", "expired", "dropped")
+# "deleted": an administrator removed the message (mta queue delete) before this
+# recipient was delivered or bounced; no DSN is sent.
+STATUSES = ("delivered", "deferred", "bounced", "expired", "dropped", "deleted")
 
 log = logging.getLogger(__name__)
 
