@@ -15,7 +15,6 @@ worker (PR_SET_PDEATHSIG) and runs with the worker's (dropped) privileges.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import marshal
 import os
@@ -264,18 +263,11 @@ async def _serve(fd: int) -> None:
     await smtp.close()
 
 
-def _die_with(parent: int) -> None:
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent:
-        os._exit(1)
-
-
 def main(argv: list[str]) -> int:
     fd, parent, level = int(argv[0]), int(argv[1]), argv[2]
-    _die_with(parent)
+    from mta.workers import _die_with_parent
+
+    _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when the agent stops
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
