@@ -126,6 +126,8 @@ class AgentDelivery:
             except Exception as e:  # noqa: BLE001 - a failed start defers, it does not bounce
                 log.error("delivery agent did not start: %s", e)
                 return results_for(msg, 451, "4.3.0", f"delivery agent did not start: {e}")
+            if proto.transport is None:  # lost while we waited: _on_lost has run already
+                return results_for(msg, 451, "4.3.0", "delivery agent died; will retry")
         job = self._next
         self._next += 1
         fut = asyncio.get_running_loop().create_future()
