@@ -193,6 +193,11 @@ def test_addresses_for_smarthosts(dns_server):
                                                        Target("relay.example", "2001:db8::90", 587)]
     assert run(r.addresses("[relay.example]", 25))[0].ip == "192.0.2.90"
     assert run(r.addresses("192.0.2.91", 25)) == [Target("192.0.2.91", "192.0.2.91", 25)]
+    # literals are answered from a cache the second time (the same, port kept apart)
+    assert run(r.addresses("192.0.2.91", 25)) == [Target("192.0.2.91", "192.0.2.91", 25)]
+    assert run(r.addresses("192.0.2.91", 2525)) == [Target("192.0.2.91", "192.0.2.91", 2525)]
+    assert run(r.addresses("[192.0.2.92]", 25)) == run(r.addresses("[192.0.2.92]", 25)) == [
+        Target("192.0.2.92", "192.0.2.92", 25)]
     assert run(r.addresses("[IPv6:::1]", 25)) == [Target("::1", "::1", 25)]
     assert run(r.addresses("missing.example", 25)) == []
     assert dns_server.count("relay.example", "MX") == 0

@@ -29,6 +29,7 @@ from mta.delivery import Target
 
 _CACHE_MAX = 10_000
 _NEGATIVE_TTL = 60.0
+_LITERALS_MAX = 1000  # cached resolve_host answers for address literals (they never change)
 
 
 class ReverseResolver:
@@ -149,14 +150,6 @@ def _is_ip(text: str) -> bool:
     return True
 
 
-def is_ip_literal(host: str) -> bool:
-    """True for an IP address or "[literal]": what resolve_host answers without DNS."""
-    host = host.strip()
-    if host.startswith("[") and host.endswith("]"):
-        return _literal(host) is not None
-    return _is_ip(host)
-
-
 def _negative_ttl(response) -> float:
     """RFC 2308: min(SOA TTL, SOA MINIMUM) from the authority section, else 60 s."""
     if response is not None:
@@ -181,6 +174,7 @@ class MxResolver:
         self.timeout = timeout
         self.prefer_ipv6 = prefer_ipv6
         self._cache: OrderedDict[tuple[str, int], tuple[_Answer, float]] = OrderedDict()
+        self._literals: dict[tuple[str, int], Resolution] = {}
         self._inflight: dict[tuple[str, int], asyncio.Task] = {}
         self._setup_error: str | None = None
         self._resolver: dns.asyncresolver.Resolver | None = None
@@ -249,15 +243,19 @@ class MxResolver:
 
     async def resolve_host(self, host: str, port: int) -> Resolution:
         """A/AAAA of one host (no MX), e.g. a smarthost; "[name]" means the name, a literal is used as is."""
+        hit = self._literals.get((host, port))
+        if hit is not None:  # a smarthost given as an address: parsed once, not per message
+            return hit
+        key = (host, port)
         host = host.strip()
         if host.startswith("[") and host.endswith("]"):
             ip = _literal(host)
             if ip is not None:
-                return Resolution("ok", (Target(ip, ip, port),))
+                return self._literal_result(key, Resolution("ok", (Target(ip, ip, port),)))
             host = host[1:-1]
         host = host.rstrip(".").lower()
         if _is_ip(host):
-            return Resolution("ok", (Target(host, host, port),))
+            return self._literal_result(key, Resolution("ok", (Target(host, host, port),)))
         name = _name(host)
         if name is None:
             return _nxdomain("invalid host name")
@@ -285,6 +283,13 @@ class MxResolver:
 
     def clear(self) -> None:
         self._cache.clear()
+        self._literals.clear()
+
+    def _literal_result(self, key: tuple[str, int], res: Resolution) -> Resolution:
+        if len(self._literals) >= _LITERALS_MAX:  # route hooks may name addresses on the fly
+            self._literals.clear()
+        self._literals[key] = res
+        return res
 
     # -- internals ---------------------------------------------------------
 

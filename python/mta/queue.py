@@ -24,7 +24,7 @@ from mta.delivery.agent import AgentDelivery
 from mta.delivery.maildir import deliver_maildir_async
 from mta.delivery.smtp import SmtpDelivery, SmtpOptions
 from mta.deliverylog import DeliveryLog
-from mta.dns import MxResolver, is_ip_literal
+from mta.dns import MxResolver
 from mta.mtasts import MtaStsCache, OutboundTls
 from mta.routing import split
 
@@ -63,7 +63,6 @@ class QueueManager:
         self._opts_cache: dict = {}  # (TransportSpec, lmtp) → SmtpOptions; specs come from the config
         self._refill = False  # due work is waiting for room in the window
         self._wake_at = 0.0  # when the scheduling loop next looks at the spool by itself
-        self._literal_targets: dict[tuple[str, int], list[Target]] = {}  # IP-literal smarthosts
         self._backoff: dict[str, float] = {}  # queue id → monotonic time before which it is not retried
         self._excluded: set[str] = set()  # ids an administrator's operation owns (mta.control)
 
@@ -325,13 +324,9 @@ class QueueManager:
         if kind == "lmtp" and spec.port == 0:
             targets = [Target(spec.host, "unix", 0)]
         else:
-            targets = self._literal_targets.get((spec.host, spec.port))
-            if targets is None:
-                targets = await self.resolver.addresses(spec.host, spec.port)
-                if not targets:
-                    return results_for(msg, 451, "4.4.4", f"cannot resolve {spec.host}")
-                if is_ip_literal(spec.host) and len(self._literal_targets) < 1000:
-                    self._literal_targets[(spec.host, spec.port)] = targets  # never changes
+            targets = await self.resolver.addresses(spec.host, spec.port)
+            if not targets:
+                return results_for(msg, 451, "4.4.4", f"cannot resolve {spec.host}")
         return await self.smtp.deliver(f"{kind}:{spec.host}:{spec.port}", targets,
                                        self._options(spec, lmtp=kind == "lmtp"), msg)
 

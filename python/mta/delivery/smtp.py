@@ -116,10 +116,9 @@ class ReplyParser:
     """Incremental parser of server replies: bytes in, complete `Reply`s out
     (the Rust parser, rust/src/smtp/reply.rs)."""
 
-    __slots__ = ("_p", "max_line")
+    __slots__ = ("_p",)
 
     def __init__(self, max_line: int = _MAX_REPLY_LINE) -> None:
-        self.max_line = max_line
         self._p = _native.ReplyParser(max_line)
 
     @property

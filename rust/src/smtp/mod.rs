@@ -868,23 +868,29 @@ mod tests {
 
     #[test]
     fn corpus_replays_without_panic_and_split_independent() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/parser");
-        let mut n = 0;
-        for entry in std::fs::read_dir(&dir).expect("fuzz/corpus/parser exists") {
-            let path = entry.unwrap().path();
-            if path.is_file() {
-                let data = std::fs::read(&path).unwrap();
-                check(&data);
-                for first in 0..32u8 {
-                    let mut d = data.clone();
-                    if !d.is_empty() {
-                        d[0] = first;
-                        check(&d);
-                    }
+        for data in corpus("parser") {
+            check(&data);
+            for first in 0..32u8 {
+                let mut d = data.clone();
+                if !d.is_empty() {
+                    d[0] = first;
+                    check(&d);
                 }
-                n += 1;
             }
         }
-        assert!(n > 0, "empty corpus");
     }
+}
+
+/// Tests: the files of fuzz/corpus/NAME (at least one), for replaying a fuzz target's corpus.
+#[cfg(test)]
+pub(crate) fn corpus(name: &str) -> Vec<Vec<u8>> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(name);
+    let files: Vec<Vec<u8>> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| entry.unwrap().path())
+        .filter(|p| p.is_file())
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    assert!(!files.is_empty(), "empty corpus {}", dir.display());
+    files
 }
