@@ -79,19 +79,24 @@ def by_id(srv) -> dict[str, dict]:
     return {e["id"]: e for e in srv.queue()}
 
 
+def read_reply(s: socket.socket) -> dict:
+    """The server's one JSON line (read until newline or close)."""
+    buf = b""
+    while not buf.endswith(b"\n"):
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+    return json.loads(buf)
+
+
 def raw_request(path: str, data: bytes, timeout: float = 15) -> dict:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         s.connect(path)
         if data:
             s.sendall(data)
-        buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-    return json.loads(buf)
+        return read_reply(s)
 
 
 class Switch:
@@ -356,13 +361,7 @@ def test_bad_requests_get_an_error_reply_and_the_server_carries_on(server):
         for data, expected in cases.items():
             reply = raw_request(path, data)
             assert reply["ok"] is False and expected in reply["error"], (data[:60], reply)
-        buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = idle.recv(4096)
-            if not chunk:
-                break
-            buf += chunk
-        reply = json.loads(buf)
+        reply = read_reply(idle)
         assert reply["ok"] is False and "no request line" in reply["error"]
     finally:
         idle.close()
