@@ -172,4 +172,8 @@ def test_proxy_protocol_per_listener(tmp_path, started):
         s.settimeout(10)
         s.sendall(b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 25\r\n")
         assert s.recv(512).startswith(b"220")
+    # the line is written at the end of the server's loop iteration, maybe after the 220
+    deadline = time.monotonic() + 10
+    while "192.0.2.7" not in srv.log() and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert "192.0.2.7" in srv.log()
