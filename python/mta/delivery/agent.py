@@ -4,8 +4,9 @@
 The worker keeps every decision (routing, MX lookups, MTA-STS, retries, spool
 records, the delivery log); the agent only runs `SmtpDelivery`: a job (destination
 key, targets, options, message) in, one `RcptResult` per recipient out. Both ways
-a frame is a 4-byte length and a marshal'ed list of items, written once per
-event-loop iteration, so a busy queue costs one wake-up per batch, not per message.
+a frame is a 4-byte length and a marshal'ed list of items, written at most once a
+millisecond (`_WINDOW`), so a busy queue costs one wake-up of the other process per
+batch, not per message (each write to a sleeping peer is a cross-CPU wake-up).
 If the agent dies, its jobs in flight come back as 451 4.3.0 (deferred and retried:
 nothing is lost; a message a peer had already taken may be delivered twice, as
 after a crash), and the next job starts a new agent. The agent dies with the
@@ -29,7 +30,8 @@ from mta.delivery.smtp import SmtpDelivery, SmtpOptions
 
 log = logging.getLogger("mta.delivery")
 
-_FLUSH_AT = 1 << 20  # a batch this big is written at once, not at the end of the iteration
+_FLUSH_AT = 1 << 20  # a batch this big is written at once, not at the end of the window
+_WINDOW = 0.001  # items wait this long for company: each write wakes the other process
 _MAX_FRAME = 1 << 31
 _START_TIMEOUT = 30.0
 _STOP_GRACE = 10.0
@@ -37,7 +39,7 @@ _OPT_FIELDS = tuple(f.name for f in fields(SmtpOptions))
 
 
 class _Framed(asyncio.Protocol):
-    """Length-prefixed marshal frames over a stream socket, batched per iteration."""
+    """Length-prefixed marshal frames over a stream socket, batched per `_WINDOW`."""
 
     def __init__(self, on_items: Callable[[list], None], on_lost: Callable[[Exception | None], None]):
         self.on_items, self.on_lost = on_items, on_lost
@@ -80,7 +82,7 @@ class _Framed(asyncio.Protocol):
             self.flush()
         elif not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
+            asyncio.get_running_loop().call_later(_WINDOW, self.flush)
 
     def flush(self) -> None:
         self._scheduled = False
