@@ -688,7 +688,7 @@ def test_max_connections_respected():
                                      for i in range(6)))
         await d.close()
         tap.close()
-        assert d._sems == {} and d._idle == {}  # nothing kept per destination once idle
+        assert d._gates == {} and d._idle == {}  # nothing kept per destination once idle
         return res, tap.peak, len(tap.streams)
 
     with aiosmtpd_peer(h) as port:
@@ -871,3 +871,64 @@ def test_timeout_mid_transaction_defers():
     res = run(go())
     assert [(r.code, r.enhanced) for r in res] == [(451, "4.4.2")] * 2
     assert "timed out" in res[0].text
+
+
+def test_reply_timer_rearms_for_a_longer_wait():
+    """One timer per connection watches every reply wait: armed by the short
+    greeting wait, it fires during the longer EHLO wait, which must not time out
+    early; the MAIL wait after it still times out on its own deadline."""
+    async def handle(r, w):
+        w.write(b"220 slow ESMTP\r\n")
+        await r.readline()
+        await asyncio.sleep(0.5)  # past the greeting's 0.2 s, within EHLO's 3 s
+        w.write(b"250 slow\r\n")
+        await r.readline()  # MAIL: never answered
+        await r.read()
+
+    async def go():
+        srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+        d = client(greeting=0.2, helo=3.0, mail=0.4)
+        t0 = time.monotonic()
+        res = await d.deliver("k", [target(srv.sockets[0].getsockname()[1])], OPTS, message("a@dst.test"))
+        srv.close()
+        return res, time.monotonic() - t0
+
+    res, took = run(go())
+    assert (res[0].code, res[0].enhanced) == (451, "4.4.2")
+    assert "waiting for the reply to MAIL FROM" in res[0].text  # not the EHLO: that reply came in time
+    assert 0.8 <= took < 3.0
+
+
+def test_cancelled_waiter_gives_up_its_place():
+    """Deliveries beyond max_connections wait in order; one cancelled while it
+    waits, or just after it was given its place, does not block those behind it."""
+    h = Capture(data_delay=0.2)
+
+    async def go(port):
+        d = client()
+        opts = SmtpOptions(helo="client.test", max_connections=1)
+        first = asyncio.ensure_future(d.deliver("k", [target(port)], opts, message("a@dst.test")))
+        await asyncio.sleep(0)
+        second = asyncio.ensure_future(d.deliver("k", [target(port)], opts, message("b@dst.test")))
+        third = asyncio.ensure_future(d.deliver("k", [target(port)], opts, message("c@dst.test")))
+        await asyncio.sleep(0.05)
+        second.cancel()
+        r1, r3 = await asyncio.wait_for(asyncio.gather(first, third), 10)
+        fourth = asyncio.ensure_future(d.deliver("k", [target(port)], opts, message("d@dst.test")))
+        fifth = asyncio.ensure_future(d.deliver("k", [target(port)], opts, message("e@dst.test")))
+        await asyncio.sleep(0)
+        fut = d._gates["k"].waiting[0]
+        while not fut.done():  # cancel the fifth right after it is handed the place
+            await asyncio.sleep(0.01)
+        fifth.cancel()
+        r4 = await asyncio.wait_for(fourth, 10)
+        with pytest.raises(asyncio.CancelledError):
+            await fifth
+        sixth = await asyncio.wait_for(d.deliver("k", [target(port)], opts, message("f@dst.test")), 10)
+        await d.close()
+        assert d._gates == {}
+        return r1, r3, r4, sixth
+
+    with aiosmtpd_peer(h) as port:
+        r1, r3, r4, r6 = run(go(port))
+    assert [r[0].code for r in (r1, r3, r4, r6)] == [250] * 4

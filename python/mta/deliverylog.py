@@ -129,13 +129,12 @@ class DeliveryLog:
         if self._fd is None:
             # stderr: the lines of one event-loop iteration go out in one write
             # (under load, a flush per record was a syscall per message).
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                self._stderr_write(line)
-                return
             if not self._stderr_pending:
-                loop.call_soon(self._flush_stderr)
+                try:
+                    asyncio.get_running_loop().call_soon(self._flush_stderr)
+                except RuntimeError:
+                    self._stderr_write(line)
+                    return
             self._stderr_pending.append(line)
             return
         data = line.encode("utf-8", "backslashreplace")  # a lone surrogate stays valid JSON

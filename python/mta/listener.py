@@ -85,9 +85,11 @@ class Server:
         self.control: ControlServer | None = None
         self._servers: list[asyncio.AbstractServer] = []
         self._stopping = asyncio.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None  # set by start()
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
+        # Kept for the sessions: asyncio.get_running_loop() costs a getpid() syscall per call.
+        loop = self.loop = asyncio.get_running_loop()
         self.spool = SpoolService(self.cfg.spool, self.cfg.smtp.max_header_size, self.shard, self.cfg.hostname)
         for line in self.spool.recovery_report:
             log.info("spool recovery: %s", line)

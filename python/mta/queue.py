@@ -72,7 +72,8 @@ class QueueManager:
         if not self.dcfg.enabled:
             log.info("delivery disabled (delivery.enabled = false): mail is accepted and kept")
             return
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="queue-manager")
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._run(), name="queue-manager")
         self.tls_policy.start()
 
     def kick(self) -> None:
@@ -109,7 +110,7 @@ class QueueManager:
         if qid in self._excluded:
             return
         self.active.add(qid)
-        task = asyncio.get_running_loop().create_task(self._attempt(qid))
+        task = self._loop.create_task(self._attempt(qid))
         self._tasks.add(task)
         task.add_done_callback(self._attempt_done(qid))
 
@@ -192,21 +193,26 @@ class QueueManager:
             return
         data = spool.message_bytes(qid)
         now = time.time()
-        rcpts = tuple(OutRcpt(r.address, r.notify, r.orcpt, i) for i, r in enumerate(env.recipients)
+        spooled = env.recipients  # each read of the property builds the list anew
+        rcpts = tuple(OutRcpt(r.address, r.notify, r.orcpt, i) for i, r in enumerate(spooled)
                       if r.state == "queued" or (r.state == "deferred" and (r.next_attempt or 0) <= now))
         if data is None or not rcpts:
             return
         msg = OutMessage(qid, env.sender, rcpts, data, env.body, env.smtputf8, env.ret, env.envid, env.arrival)
         groups: dict[tuple, tuple[TransportSpec, str, list[OutRcpt]]] = {}
         results: dict[int, RcptResult] = {}
+        router = self.router
         for rc in rcpts:
-            try:
-                spec = await self.router.route(rc.address, env)
-            except Exception as e:  # a broken route hook defers, it does not lose mail
-                log.error("route hook failed for %s: %r", rc.address, e)
-                results[rc.index] = RcptResult(rc.address, 451, "4.3.0", "routing error (route hook failed)")
-                continue
             domain = split(rc.address)[1]
+            if router.hook is None:
+                spec = router.lookup(domain)  # what route() does without a hook, minus a coroutine
+            else:
+                try:
+                    spec = await router.route(rc.address, env)
+                except Exception as e:  # a broken route hook defers, it does not lose mail
+                    log.error("route hook failed for %s: %r", rc.address, e)
+                    results[rc.index] = RcptResult(rc.address, 451, "4.3.0", "routing error (route hook failed)")
+                    continue
             key = (spec, domain if spec.kind == "mx" else "")
             group = groups.get(key)
             if group is None:
@@ -231,16 +237,18 @@ class QueueManager:
                 out = results_for(_subset(msg, rs), 451, "4.3.0", "internal delivery error")
             for rc, res in zip(rs, out):
                 results[rc.index] = res
-        await self._record(env, msg, results, now)
+        await self._record(env, spooled, msg, results, now)
 
-    async def _record(self, env, msg: OutMessage, results: dict[int, RcptResult], now: float) -> None:
+    async def _record(self, env, spooled: list, msg: OutMessage, results: dict[int, RcptResult],
+                      now: float) -> None:
+        """`spooled`: env.recipients, read once by the caller."""
         expired = now - env.arrival > self.dcfg.max_lifetime
         changes, failures = [], []
         replan = False  # a retry falls before the loop's next look at the spool
         by_index = {rc.index: rc for rc in msg.recipients}
         for index, res in results.items():
             rc = by_index[index]
-            attempts = env.recipients[index].attempts + 1
+            attempts = spooled[index].attempts + 1
             status = res.status
             if status == "deferred" and expired:
                 res = replace(res, code=550, enhanced="4.4.7",
@@ -261,7 +269,7 @@ class QueueManager:
             # The DSN is durable before any recipient is recorded bounced: a
             # crash in between can repeat the DSN, never lose it.
             await self._send_dsn(msg, failures)
-        states = {i: r.state for i, r in enumerate(env.recipients)}
+        states = {i: r.state for i, r in enumerate(spooled)}
         states.update({c[0]: c[1] for c in changes})
         if all(s in FINAL for s in states.values()):
             # Every recipient is final: one DELETE record says it all (the

@@ -164,7 +164,7 @@ class Session(SubmissionMixin, asyncio.Protocol):
         self.tls_info = TlsInfo.of(transport)
         self._auth_setup()
         self.server.sessions.add(self)
-        loop = asyncio.get_running_loop()
+        loop = self.server.loop
         self._arm_idle(loop, self.cfg.idle_timeout)
         if self.listener is not None and self.listener.proxy:
             self._proxy_start()
@@ -174,7 +174,7 @@ class Session(SubmissionMixin, asyncio.Protocol):
     def _admit(self) -> None:
         """The client's address is known (the socket's, or the PROXY header's):
         trust, connection limits, reverse DNS, then the greeting."""
-        loop = asyncio.get_running_loop()
+        loop = self.server.loop
         self.trusted = self.server.policy.trusted(self.peer_ip)
         self.guard.on = self.server.limits.applies(self.trusted)
         refusal = self.server.limits.admit(self.peer_ip, self.guard.on)
@@ -247,7 +247,7 @@ class Session(SubmissionMixin, asyncio.Protocol):
             return
         idle = time.monotonic() - self._last_active
         if self._waiting or idle < self.cfg.idle_timeout:
-            self._arm_idle(asyncio.get_running_loop(), max(self.cfg.idle_timeout - idle, 0.05))
+            self._arm_idle(self.server.loop, max(self.cfg.idle_timeout - idle, 0.05))
             return
         self._out.append(R_IDLE)
         self._close()

@@ -48,6 +48,7 @@ class _Framed(asyncio.Protocol):
         self._out: list = []
         self._size = 0
         self._scheduled = False
+        self._loop = asyncio.get_running_loop()  # once: each call is a getpid() syscall
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -82,7 +83,7 @@ class _Framed(asyncio.Protocol):
             self.flush()
         elif not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_later(_WINDOW, self.flush)
+            self._loop.call_later(_WINDOW, self.flush)
 
     def flush(self) -> None:
         self._scheduled = False
@@ -132,7 +133,7 @@ class AgentDelivery:
                 return results_for(msg, 451, "4.3.0", "delivery agent died; will retry")
         job = self._next
         self._next += 1
-        fut = asyncio.get_running_loop().create_future()
+        fut = proto._loop.create_future()
         self._pending[job] = (fut, msg)
         o = self._opts.get(opts)
         if o is None:

@@ -232,11 +232,6 @@ def _tls_failure_type(e: BaseException) -> str:
     return "validation-failure"
 
 
-def _expire(fut: asyncio.Future) -> None:
-    if not fut.done():
-        fut.set_result(False)
-
-
 class _Stale(Exception):
     """A pooled connection was dead or refused RSET; nothing was decided on it."""
 
@@ -260,6 +255,10 @@ class _Connection(asyncio.Protocol):
         self.broken = False  # out of sync or closing: never reuse
         self.idle_timer: asyncio.TimerHandle | None = None
         self.idle_since = 0.0  # loop time of the last release to the pool
+        # One lazily re-armed timer watches every reply wait (see _wait).
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_due = 0.0
 
     # -- protocol callbacks --
     def connection_made(self, transport) -> None:
@@ -283,6 +282,9 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         self._paused = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._fail(f"connection lost ({exc})" if exc else "connection closed by the server")
 
     def pause_writing(self) -> None:
@@ -325,16 +327,34 @@ class _Connection(asyncio.Protocol):
         self.transport.write(data)
 
     async def _wait(self, timeout: float) -> bool:
-        """Wait for `_wake` (a reply, an error, drained); False on timeout. One
-        future and one timer handle: this runs twice per message, and
-        asyncio.timeout() costs several times as much."""
-        fut = self._waiter = self.loop.create_future()
-        timer = self.loop.call_later(timeout, _expire, fut)
+        """Wait for `_wake` (a reply, an error, drained); False on timeout.
+        This runs twice per message and the reply nearly always comes within
+        milliseconds of timeouts of minutes, so one timer per connection watches
+        the current deadline and is re-armed only when it fires early or a
+        shorter deadline comes (a call_later + cancel per wait cost more)."""
+        loop = self.loop
+        fut = self._waiter = loop.create_future()
+        deadline = self._deadline = loop.time() + timeout
+        if self._timer is None or deadline < self._timer_due:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = loop.call_at(deadline, self._check_deadline)
+            self._timer_due = deadline
         try:
             return await fut
         finally:
-            timer.cancel()
             self._waiter = None
+
+    def _check_deadline(self) -> None:
+        self._timer = None
+        w = self._waiter
+        if w is None or w.done():
+            return  # nobody waits: the next wait arms a timer again
+        if self.loop.time() >= self._deadline:
+            w.set_result(False)
+        else:
+            self._timer = self.loop.call_at(self._deadline, self._check_deadline)
+            self._timer_due = self._deadline
 
     async def drain(self, timeout: float, what: str) -> None:
         while self._paused and self._error is None:
@@ -396,6 +416,28 @@ def _soft(enhanced: str | None, default: str) -> str:
     return "4" + enhanced[1:] if enhanced else default
 
 
+class _Gate:
+    """At most max_connections deliveries per destination key; the rest wait in
+    order. A plain counter and futures: an asyncio.Semaphore cost more per message."""
+
+    __slots__ = ("running", "waiting")
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.waiting: deque[asyncio.Future] = deque()
+
+    def pass_on(self, key: str, gates: dict) -> None:
+        """A delivery is done: its place goes to the first live waiter, or is freed."""
+        while self.waiting:
+            fut = self.waiting.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+        self.running -= 1
+        if not self.running:  # forget idle destinations: the dict stays as small as the active set
+            del gates[key]
+
+
 class SmtpDelivery:
     """Delivers messages over SMTP (or LMTP with opts.lmtp) with an idle connection
     pool and a concurrency limit per destination key. One instance per event loop."""
@@ -413,7 +455,7 @@ class SmtpDelivery:
     data_done_timeout = 600.0
 
     def __init__(self) -> None:
-        self._sems: dict[str, list] = {}  # key -> [Semaphore, deliveries using or awaiting it]
+        self._gates: dict[str, _Gate] = {}  # key -> its concurrency limit (only while in use)
         self._idle: dict[str, list[_Connection]] = {}
         self._closed = False
         self.connections_opened = 0  # counters for tests and stats
@@ -426,17 +468,26 @@ class SmtpDelivery:
         protocol trouble (those become 4xx results)."""
         if not msg.recipients:
             return []
-        slot = self._sems.get(key)
-        if slot is None:
-            slot = self._sems[key] = [asyncio.Semaphore(max(1, opts.max_connections)), 0]
-        slot[1] += 1
+        gate = self._gates.get(key)
+        if gate is None:
+            gate = self._gates[key] = _Gate()
+        if gate.running >= max(1, opts.max_connections):
+            fut = asyncio.get_running_loop().create_future()
+            gate.waiting.append(fut)
+            try:
+                await fut  # our turn: the finishing delivery passed its place on to us
+            except BaseException:
+                if fut.done() and not fut.cancelled():
+                    gate.pass_on(key, self._gates)  # given a place, then cancelled: hand it on
+                elif fut in gate.waiting:  # (a finishing delivery may have skipped it already)
+                    gate.waiting.remove(fut)
+                raise
+        else:
+            gate.running += 1
         try:
-            async with slot[0]:
-                return await self._deliver(key, targets, opts, msg)
+            return await self._deliver(key, targets, opts, msg)
         finally:
-            slot[1] -= 1
-            if not slot[1]:  # forget idle destinations: the dict stays as small as the active set
-                del self._sems[key]
+            gate.pass_on(key, self._gates)
 
     async def close(self) -> None:
         """QUIT every idle pooled connection; connections in use close when their delivery ends."""
