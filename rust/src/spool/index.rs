@@ -321,7 +321,18 @@ pub fn build(shard: u32, scans: &[SegScan], report: &mut Vec<String>) -> Index {
 /// Exact stored message bytes of an entry, CRC-verified.
 pub fn read_message(shard_dir: &Path, e: &Entry) -> io::Result<Vec<u8>> {
     let path = shard_dir.join("segments").join(segment::segment_name(e.seq));
-    let mut rec = segment::read_range(&path, e.offset, e.len)?;
+    message_of(segment::read_range(&path, e.offset, e.len)?, e)
+}
+
+/// The same from an open segment file (one pread, no open/seek/close).
+pub fn read_message_at(file: &std::fs::File, e: &Entry) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut rec = vec![0u8; e.len as usize];
+    file.read_exact_at(&mut rec, e.offset)?;
+    message_of(rec, e)
+}
+
+fn message_of(mut rec: Vec<u8>, e: &Entry) -> io::Result<Vec<u8>> {
     let (_, _, data) = record::decode_record(&rec).map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err.0))?;
     if data.len() as u64 != e.size {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "record does not match the index"));

@@ -195,6 +195,7 @@ impl Spool {
             stats: Default::default(),
             index: Mutex::new(rec.index),
             no_unlink: Default::default(),
+            segment_files: Mutex::new(Vec::new()),
         });
         let w = Writer::new(shared.clone(), shard, dir.clone(), cfg.segment_size, cfg.sync, sync_log, rec.next_seq, cfg.copy_forward_percent, cfg.commit_delay);
         let thread = std::thread::Builder::new()
@@ -393,12 +394,34 @@ impl Spool {
         let mut tries = 0;
         loop {
             let Some(e) = self.get(queue_id) else { return Ok(None) };
-            match index::read_message(&self.dir, &e) {
+            match self.segment_file(e.seq).and_then(|f| index::read_message_at(&f, &e)) {
                 Ok(b) => return Ok(Some(b)),
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound && tries < 10 => tries += 1,
                 Err(err) => return Err(Error::Io(format!("read {queue_id}"), err)),
             }
         }
+    }
+
+    /// An open file of segment `seq`, from the cache or opened now. The open
+    /// and the insertion happen under the cache's lock, and the writer forgets
+    /// a segment under that lock after unlinking it: a file opened before the
+    /// unlink is either forgotten with it or was never cached, and one opened
+    /// after fails with NotFound. An unlinked segment still reads as it was,
+    /// which is right for an entry looked up before its message moved.
+    fn segment_file(&self, seq: u64) -> std::io::Result<Arc<std::fs::File>> {
+        let mut files = self.shared.segment_files.lock().unwrap();
+        if let Some(i) = files.iter().position(|(s, _)| *s == seq) {
+            let f = files[i].1.clone();
+            if i != 0 {
+                let hit = files.remove(i);
+                files.insert(0, hit);
+            }
+            return Ok(f);
+        }
+        let f = Arc::new(std::fs::File::open(self.dir.join("segments").join(segment::segment_name(seq)))?);
+        files.insert(0, (seq, f.clone()));
+        files.truncate(writer::SEGMENT_FILES);
+        Ok(f)
     }
 
     /// Write, sync and complete everything submitted, stop the writer, unlock.

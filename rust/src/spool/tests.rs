@@ -577,6 +577,48 @@ fn compaction_deletes_empty_segments() {
     assert_eq!(sp.list().into_iter().map(|e| e.envelope.queue_id).collect::<Vec<_>>(), ids[35..].to_vec());
 }
 
+/// Reads go through cached open segments: none of them outlives its segment's
+/// unlink (no space pinned), and reads after compaction still match.
+#[test]
+fn cached_segment_files_follow_deletion() {
+    let d = tempfile::tempdir().unwrap();
+    let sp = Spool::open(d.path(), 0, Config { segment_size: 8192, ..cfg() }).unwrap();
+    let mut ids = vec![];
+    for i in 0..40 {
+        ids.push(submit(&sp, i, &body(i as usize, 1500)));
+        ok(&sp, 1);
+    }
+    for (i, q) in ids.iter().enumerate() {
+        assert_eq!(sp.message_bytes(q).unwrap().unwrap(), body(i, 1500));
+    }
+    let cached = |sp: &Spool| sp.shared.segment_files.lock().unwrap().iter().map(|(s, _)| *s).collect::<Vec<_>>();
+    assert_eq!(cached(&sp).len(), writer::SEGMENT_FILES);
+    for (i, q) in ids.iter().enumerate().take(39) {
+        sp.delete(100 + i as u64, q).unwrap();
+    }
+    ok(&sp, 39);
+    wait_for("segments deleted", || seg_count(d.path()) <= 2);
+    let on_disk = fs_list(&d.path().join("0/segments"));
+    for seq in cached(&sp) {
+        let name = segment::segment_name(seq);
+        assert!(on_disk.contains(&name), "{name} cached but deleted");
+    }
+    assert_eq!(sp.message_bytes(&ids[39]).unwrap().unwrap(), body(39, 1500));
+    assert!(sp.message_bytes(&ids[0]).unwrap().is_none());
+}
+
+#[test]
+fn cached_segment_reads_survive_copy_forward() {
+    let d = tempfile::tempdir().unwrap();
+    let sp = Spool::open(d.path(), 0, Config { segment_size: 8192, ..cfg() }).unwrap();
+    let keep = sparse_segments(&sp);
+    for (q, b) in &keep {
+        assert_eq!(&sp.message_bytes(q).unwrap().unwrap(), b); // caches the old segments
+    }
+    wait_for("copy forward", || stat(&sp, "messages_copied") >= 4 && seg_count(d.path()) <= 4);
+    check_kept(&sp, &keep);
+}
+
 /// One long-lived message per segment, with state; all the others deleted.
 fn sparse_segments(sp: &Spool) -> Vec<(String, Vec<u8>)> {
     let mut keep = vec![];

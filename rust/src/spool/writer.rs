@@ -122,9 +122,21 @@ pub struct Shared {
     /// Tests: compaction does everything but the unlink (a crash between
     /// copy-forward and unlink).
     pub no_unlink: AtomicBool,
+    /// Segments the queue manager read from lately, kept open (newest first,
+    /// at most SEGMENT_FILES): a message read is one pread, not open + read +
+    /// close. The writer forgets a segment as it unlinks it, so no deleted
+    /// segment's space stays pinned by an open file.
+    pub segment_files: Mutex<Vec<(u64, std::sync::Arc<File>)>>,
 }
 
+pub const SEGMENT_FILES: usize = 4;
+
 impl Shared {
+    /// Drop the open file of a segment that is being deleted.
+    pub fn forget_segment(&self, seq: u64) {
+        self.segment_files.lock().unwrap().retain(|(s, _)| *s != seq);
+    }
+
     /// Publish finished submissions and wake the event loop (one byte per call).
     pub fn complete(&self, mut items: Vec<(u64, Option<String>)>) {
         if items.is_empty() {
@@ -641,7 +653,9 @@ impl Writer {
                 drop(ix);
                 if !self.shared.no_unlink.load(Relaxed) {
                     let p = self.seg_path(seq);
-                    match std::fs::remove_file(&p) {
+                    let removed = std::fs::remove_file(&p);
+                    self.shared.forget_segment(seq); // after the unlink: see Spool::segment_file
+                    match removed {
                         Ok(()) => {
                             let _ = File::open(self.shard_dir.join("segments")).and_then(|d| d.sync_all());
                         }
