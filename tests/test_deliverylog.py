@@ -6,6 +6,9 @@ import logging
 import os
 import re
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from mta.delivery import RcptResult
 from mta.deliverylog import DeliveryLog, rfc3339
 
@@ -110,3 +113,36 @@ def test_write_failure_never_raises(tmp_path, caplog):
     assert '"queue_id":"Q9"' in caplog.text  # the record itself survives in the log
     assert "cannot format" in caplog.text
     d.close()
+
+
+def _reference(queue_id, recipient, status, result, attempt, arrival, now):
+    """What the log wrote when it was json.dumps of a dict: the format must not drift."""
+    rec = {
+        "time": rfc3339(now), "queue_id": queue_id, "recipient": recipient, "status": status,
+        "remote_host": result.remote_host if result else None,
+        "remote_ip": result.remote_ip if result else None,
+        "reply": result.reply() if result else None,
+        "attempt": attempt,
+        "delay_s": round(max(0.0, now - arrival), 3) if arrival else None,
+        "tls": result.tls if result else None, "policy": result.policy if result else None,
+        "tls_failure": result.tls_failure if result else None,
+    }
+    return json.dumps(rec, ensure_ascii=False, separators=(",", ":")) + "\n"
+
+
+_text = st.text(alphabet=st.characters(), max_size=40)  # quotes, controls, surrogates, non-ASCII
+_opt = st.none() | _text
+
+
+@settings(max_examples=300, deadline=None)
+@given(queue_id=_text, recipient=_text, status=st.sampled_from(["delivered", "deferred", "bounced"]),
+       code=st.integers(200, 599), enhanced=st.none() | st.just("2.0.0"), text=_text,
+       host=_opt, ip=_opt, tls=_opt, policy=_opt, failure=_opt, with_result=st.booleans(),
+       attempt=st.integers(0, 10**6), arrival=st.sampled_from([0.0, NOW - 3.21, NOW - 1e6, NOW + 5]))
+def test_format_is_the_json_of_the_record(queue_id, recipient, status, code, enhanced, text, host, ip,
+                                          tls, policy, failure, with_result, attempt, arrival):
+    result = RcptResult(recipient, code, enhanced, text, host, ip, tls, policy, failure) if with_result else None
+    line = DeliveryLog.format(queue_id=queue_id, recipient=recipient, status=status, result=result,
+                              attempt=attempt, arrival=arrival, now=NOW)
+    assert line == _reference(queue_id, recipient, status, result, attempt, arrival, NOW)
+    assert set(json.loads(line)) == KEYS

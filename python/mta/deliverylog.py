@@ -39,8 +39,12 @@ def rfc3339(t: float) -> str:
     return f"{_sec_cache[1]}.{ms:03d}Z"
 
 
-# Made once: json.dumps with non-default arguments builds an encoder per call.
-_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+# JSON strings as json.dumps(ensure_ascii=False) writes them (the C encoder when there).
+_STR = json.encoder.c_encode_basestring or json.encoder.py_encode_basestring
+
+
+def _s(v: str | None) -> str:
+    return "null" if v is None else _STR(v)
 
 
 class DeliveryLog:
@@ -93,23 +97,20 @@ class DeliveryLog:
                attempt: int, arrival: float, now: float | None = None) -> str:
         """The JSON line (with its newline) that `record` writes."""
         now = time.time() if now is None else now
-        rec = {
-            "time": rfc3339(now),
-            "queue_id": queue_id,
-            "recipient": recipient,
-            "status": status,
-            "remote_host": result.remote_host if result else None,
-            "remote_ip": result.remote_ip if result else None,
-            "reply": result.reply() if result else None,
-            "attempt": attempt,
-            "delay_s": round(max(0.0, now - arrival), 3) if arrival else None,
-            # TLS-RPT style (see mta.mtasts): the session's TLS, the policy applied, and
-            # the failure type (with policy "mta-sts-testing": what enforce would refuse)
-            "tls": result.tls if result else None,
-            "policy": result.policy if result else None,
-            "tls_failure": result.tls_failure if result else None,
-        }
-        return _ENCODE(rec) + "\n"
+        delay = "null" if not arrival else repr(round(max(0.0, now - arrival), 3))
+        if result is None:
+            tail = '"remote_host":null,"remote_ip":null,"reply":null'
+            tls = '"tls":null,"policy":null,"tls_failure":null'
+        else:
+            tail = (f'"remote_host":{_s(result.remote_host)},"remote_ip":{_s(result.remote_ip)},'
+                    f'"reply":{_STR(result.reply())}')
+            tls = f'"tls":{_s(result.tls)},"policy":{_s(result.policy)},"tls_failure":{_s(result.tls_failure)}'
+        # One object per line, keys in this order. Written by hand, not json.dumps of a
+        # dict: this runs once per recipient on the worker's event loop. The last three
+        # are TLS-RPT style (see mta.mtasts): the session's TLS, the policy applied, and
+        # the failure type (with policy "mta-sts-testing": what enforce would refuse).
+        return (f'{{"time":"{rfc3339(now)}","queue_id":{_STR(queue_id)},"recipient":{_STR(recipient)},'
+                f'"status":{_STR(status)},{tail},"attempt":{int(attempt)},"delay_s":{delay},{tls}}}\n')
 
     def _flush_stderr(self) -> None:
         lines, self._stderr_pending = self._stderr_pending, []
