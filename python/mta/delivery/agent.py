@@ -236,11 +236,21 @@ async def _serve(fd: int) -> None:
     tasks: set[asyncio.Task] = set()
     proto: _Framed | None = None
 
+    # The same few options and target lists come with every job: made once, not
+    # per message (SmtpOptions validates itself when made).
+    made: dict[tuple, tuple[SmtpOptions, list[Target]]] = {}
+
     async def run(item: tuple) -> None:
         _, job, key, targets, o, m = item
         try:
+            ck = (o, tuple(targets))
+            hit = made.get(ck)
+            if hit is None:
+                if len(made) > 1000:  # route hooks may make options or targets on the fly
+                    made.clear()
+                hit = made[ck] = (SmtpOptions(*o), [Target(*t) for t in targets])
             msg = OutMessage(m[0], m[1], tuple(OutRcpt(*r) for r in m[2]), *m[3:])
-            res = await smtp.deliver(key, [Target(*t) for t in targets], SmtpOptions(*o), msg)
+            res = await smtp.deliver(key, hit[1], hit[0], msg)
             proto.send(("res", job, [_result_row(r) for r in res]))
         except Exception as e:  # noqa: BLE001 - reported to the worker, which defers
             log.exception("delivery agent: job %d failed", job)
