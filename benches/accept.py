@@ -112,6 +112,7 @@ class Trial:
         if system == "mta":
             cfg = os.path.join(tmp, "mta.toml")
             with open(cfg, "w") as f:  # what the Postfix peer also turns off (as benches/mta-bench.toml)
+                f.write(f'cpu_affinity = "{args.mta_cpu_affinity}"\n')  # a dedicated relay host's tuning
                 f.write("[smtp]\nreverse_dns = false\n")  # smtpd_peername_lookup=no
                 if args.mta_delivery == "relay":
                     f.write('[delivery]\ntls = "none"\n')  # Postfix "No configuration": no STARTTLS out
@@ -351,6 +352,9 @@ def parse_args(argv=None):
                          "(default); off: --no-delivery; default: the configuration's own delivery")
     ap.add_argument("--mta-workers", type=int, default=1,
                     help="mta run --workers N (processes sharing the port, a spool shard each; default 1)")
+    ap.add_argument("--mta-cpu-affinity", choices=("none", "auto"), default="auto",
+                    help="mta's cpu_affinity: auto (default here: event loop on a CPU of its own, spool "
+                         "writer and delivery agent on the others, as on a dedicated relay host) or none")
     ap.add_argument("--out", default="accept-results.json", help="JSON with every trial and the summary")
     args = ap.parse_args(argv)
     bad = [s for s in args.systems if s not in SYSTEMS] + [m for m in args.modes if m not in MODES]

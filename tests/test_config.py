@@ -419,3 +419,10 @@ nameservers = ["dns.example"]
                 'transport.bad domain', 'transport."x.example"', "delivery.relay_to",
                 "delivery.retry_schedule", "dns.nameservers[0]"):
         assert key in text, key
+
+
+def test_cpu_affinity(tmp_path):
+    assert load(None).cpu_affinity == "none"
+    assert load(write(tmp_path, 'cpu_affinity = "AUTO"\n')).cpu_affinity == "auto"
+    errs = errors_of(tmp_path, 'cpu_affinity = "pinned"\n')
+    assert any(e.startswith("cpu_affinity: expected one of 'none', 'auto'") and e.endswith("got 'pinned'") for e in errs)

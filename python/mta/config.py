@@ -592,6 +592,12 @@ class Config:
     workers: int = opt(1, Int(unit="processes"),
                        "Worker processes sharing the listening ports (SO_REUSEPORT), each with its own "
                        "spool shard `<spool.dir>/<n>/`; they die with the main process.")
+    cpu_affinity: str = opt("none", Choice(options=("none", "auto")),
+                            "\"auto\": each worker's event loop is pinned to a CPU of its own (worker n to the "
+                            "n-th allowed CPU) and its spool writer thread and delivery agent to the other CPUs, "
+                            "so the thread that answers clients is not preempted by its helpers (nginx's "
+                            "worker_cpu_affinity auto). For a host that runs the relay and little else; "
+                            "\"none\" leaves placement to the kernel. No effect with one CPU.")
     local_recipients: frozenset[str] = opt(
         frozenset(), AddressList(),
         "Recipients that exist in the local domains (addresses, or local parts valid in every local domain); "

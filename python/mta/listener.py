@@ -16,7 +16,7 @@ import logging
 import signal
 import socket
 
-from mta import auth
+from mta import affinity, auth
 from mta import log as fastlog
 from mta import privileges
 from mta.config import Config
@@ -86,11 +86,18 @@ class Server:
         self._servers: list[asyncio.AbstractServer] = []
         self._stopping = asyncio.Event()
         self.loop: asyncio.AbstractEventLoop | None = None  # set by start()
+        self.affinity = affinity.Affinity(cfg.cpu_affinity, shard)
 
     async def start(self) -> None:
         # Kept for the sessions: asyncio.get_running_loop() costs a getpid() syscall per call.
         loop = self.loop = asyncio.get_running_loop()
+        # The spool's writer thread inherits this thread's CPUs when it starts:
+        # the helpers' set first, then the event loop's own (mta.affinity).
+        affinity.pin(self.affinity.helpers, "spool writer")
         self.spool = SpoolService(self.cfg.spool, self.cfg.smtp.max_header_size, self.shard, self.cfg.hostname)
+        affinity.pin(self.affinity.loop, "event loop")
+        if self.affinity:
+            log.info(self.affinity.describe())
         for line in self.spool.recovery_report:
             log.info("spool recovery: %s", line)
         self.spool.attach(loop)

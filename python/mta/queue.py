@@ -50,7 +50,7 @@ class QueueManager:
         self.resolver = MxResolver(list(dns.nameservers) or None, port=dns.port, timeout=dns.timeout)
         # SMTP/LMTP peers are talked to in the delivery agent process (mta.delivery.agent)
         # or here; both have the same deliver() and close().
-        self.smtp = AgentDelivery() if self.dcfg.agent else SmtpDelivery()
+        self.smtp = AgentDelivery(cpus=server.affinity.helpers) if self.dcfg.agent else SmtpDelivery()
         sts = MtaStsCache(self.resolver, port=self.dcfg.mta_sts_port, ca_file=self.dcfg.mta_sts_ca_file,
                           timeout=self.dcfg.mta_sts_timeout) if self.dcfg.mta_sts else None
         self.tls_policy = OutboundTls(sts, self.dcfg.tls_report_interval)

@@ -9,6 +9,8 @@ import signal
 import smtplib
 import time
 
+import pytest
+
 from conftest import free_port
 
 
@@ -114,3 +116,64 @@ def test_delivery_agents_deliver_and_die_with_the_server(server_factory, tmp_pat
         assert not any(os.path.exists(f"/proc/{a}") for a in agents), "a delivery agent outlived the server"
     finally:
         peer.stop()
+
+
+def _allowed(task_status: str) -> set[int]:
+    """Cpus_allowed_list of a /proc status file, as a set."""
+    with open(task_status) as f:
+        line = next(x for x in f if x.startswith("Cpus_allowed_list:"))
+    out: set[int] = set()
+    for part in line.split(":", 1)[1].strip().split(","):
+        lo, _, hi = part.partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def _threads(pid: int) -> dict[str, set[int]]:
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/comm") as f:
+            name = f.read().strip()
+        out[name if int(tid) != pid else "main"] = _allowed(f"/proc/{pid}/task/{tid}/status")
+    return out
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="cpu_affinity needs two CPUs")
+@pytest.mark.parametrize("workers", [1, 2])
+def test_cpu_affinity_auto_separates_the_loop_from_its_helpers(server_factory, workers):
+    """cpu_affinity = "auto": worker n's event loop on the n-th allowed CPU, its spool
+    writer thread and delivery agent on the other CPUs; mail still flows."""
+    from conftest import SmtpPeer
+
+    cpus = sorted(os.sched_getaffinity(0))
+    peer = SmtpPeer().start()
+    try:
+        srv = server_factory(deliver=True, config='cpu_affinity = "auto"\n',
+                             args=("--workers", str(workers), "--relay-to", f"127.0.0.1:{peer.port}"))
+        for i in range(10 * workers):
+            with smtplib.SMTP("127.0.0.1", srv.port, timeout=30) as c:
+                assert c.sendmail("a@example.test", ["b@example.test"], f"Subject: {i}\r\n\r\n{i}\r\n") == {}
+        assert len(peer.wait_txns(10 * workers)) >= 10 * workers
+        agents = set(_agents_under(srv.proc.pid))
+        pids = [srv.proc.pid] if workers == 1 else [p for p in children_of(srv.proc.pid) if p not in agents]
+        assert len(pids) == workers
+        seen_loops = set()
+        for pid in pids:
+            threads = _threads(pid)
+            loop = threads["main"]
+            assert len(loop) == 1 and loop <= set(cpus)
+            seen_loops |= loop
+            writers = [v for k, v in threads.items() if k.startswith("spool-writer")]
+            assert writers and all(w == set(cpus) - loop for w in writers)
+            for agent in _agents_under(pid):
+                assert _allowed(f"/proc/{agent}/status") == set(cpus) - loop
+        assert len(seen_loops) == min(workers, len(cpus))  # each worker a CPU of its own
+        assert "cpu affinity: event loop on CPU" in srv.log()
+    finally:
+        peer.stop()
+
+
+def test_cpu_affinity_none_leaves_placement_alone(server_factory):
+    srv = server_factory()
+    assert all(v == os.sched_getaffinity(0) for v in _threads(srv.proc.pid).values())
+    assert "cpu affinity" not in srv.log()

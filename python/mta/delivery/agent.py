@@ -106,7 +106,8 @@ class AgentDelivery:
     """Stands in for `SmtpDelivery` in the queue manager: the same `deliver` and
     `close`, served by the agent process (started at the first delivery)."""
 
-    def __init__(self) -> None:
+    def __init__(self, cpus: frozenset[int] = frozenset()) -> None:
+        self._cpus = cpus  # where the agent runs (mta.affinity); empty: anywhere
         self._proto: _Framed | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._starting: asyncio.Task | None = None
@@ -193,6 +194,7 @@ class AgentDelivery:
         try:
             self._proc = await asyncio.wait_for(asyncio.create_subprocess_exec(
                 sys.executable, "-m", "mta.delivery.agent", str(theirs.fileno()), str(os.getpid()), str(level),
+                ",".join(map(str, sorted(self._cpus))),
                 stdin=asyncio.subprocess.DEVNULL, pass_fds=(theirs.fileno(),), env=env), _START_TIMEOUT)
         except BaseException:
             ours.close()
@@ -280,6 +282,7 @@ async def _serve(fd: int) -> None:
 
 def main(argv: list[str]) -> int:
     fd, parent, level = int(argv[0]), int(argv[1]), argv[2]
+    from mta import affinity
     from mta.workers import _die_with_parent
 
     _die_with_parent(parent)
@@ -289,6 +292,7 @@ def main(argv: list[str]) -> int:
     from mta import log as fastlog
 
     fastlog.setup(level)
+    affinity.pin(affinity.parse(argv[3] if len(argv) > 3 else ""), "delivery agent")
     import uvloop
 
     uvloop.run(_serve(fd))
