@@ -389,3 +389,14 @@ def test_every_committed_bench_plan_and_config_loads():
         assert plan.systems and plan.workloads, path
     for path in configs:
         mta_config.load(path)
+
+
+def test_hotpaths_bench_runs_every_path():
+    """benches/hotpaths.py (a benchmark, not a timed test): each path completes its
+    messages and prints a figure; nothing is asserted about the figures."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, os.path.join(root, "benches", "hotpaths.py"), "--messages", "200",
+                          "--repeats", "1"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    names = [line.split()[0] for line in out.stdout.splitlines() if "us/msg" in line]
+    assert names == ["session", "queue", "client"]
