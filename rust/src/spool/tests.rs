@@ -551,15 +551,21 @@ fn seg_count(d: &Path) -> usize {
     fs_list(&d.join("0/segments")).len()
 }
 
-#[test]
-fn compaction_deletes_empty_segments() {
-    let d = tempfile::tempdir().unwrap();
-    let sp = Spool::open(d.path(), 0, Config { segment_size: 8192, ..cfg() }).unwrap();
+/// A spool of 8 KiB segments holding `n` messages of 1,500 bytes (body(i, 1500)), each synced.
+fn small_segments(d: &Path, n: u64) -> (Spool, Vec<String>) {
+    let sp = Spool::open(d, 0, Config { segment_size: 8192, ..cfg() }).unwrap();
     let mut ids = vec![];
-    for i in 0..40 {
+    for i in 0..n {
         ids.push(submit(&sp, i, &body(i as usize, 1500)));
         ok(&sp, 1);
     }
+    (sp, ids)
+}
+
+#[test]
+fn compaction_deletes_empty_segments() {
+    let d = tempfile::tempdir().unwrap();
+    let (sp, ids) = small_segments(d.path(), 40);
     let before = seg_count(d.path());
     assert!(before >= 8, "{before}");
     for (i, q) in ids.iter().enumerate().take(35) {
@@ -582,12 +588,7 @@ fn compaction_deletes_empty_segments() {
 #[test]
 fn cached_segment_files_follow_deletion() {
     let d = tempfile::tempdir().unwrap();
-    let sp = Spool::open(d.path(), 0, Config { segment_size: 8192, ..cfg() }).unwrap();
-    let mut ids = vec![];
-    for i in 0..40 {
-        ids.push(submit(&sp, i, &body(i as usize, 1500)));
-        ok(&sp, 1);
-    }
+    let (sp, ids) = small_segments(d.path(), 40);
     for (i, q) in ids.iter().enumerate() {
         assert_eq!(sp.message_bytes(q).unwrap().unwrap(), body(i, 1500));
     }
