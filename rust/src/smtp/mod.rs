@@ -554,6 +554,20 @@ pub mod harness {
 }
 
 
+/// Tests: the files of fuzz/corpus/NAME (at least one), for replaying a fuzz target's corpus.
+#[cfg(test)]
+pub(crate) fn corpus(name: &str) -> Vec<Vec<u8>> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(name);
+    let files: Vec<Vec<u8>> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| entry.unwrap().path())
+        .filter(|p| p.is_file())
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    assert!(!files.is_empty(), "empty corpus {}", dir.display());
+    files
+}
+
 #[cfg(test)]
 mod tests {
     use super::harness::{check, drive, drive_with, split};
@@ -879,18 +893,4 @@ mod tests {
             }
         }
     }
-}
-
-/// Tests: the files of fuzz/corpus/NAME (at least one), for replaying a fuzz target's corpus.
-#[cfg(test)]
-pub(crate) fn corpus(name: &str) -> Vec<Vec<u8>> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(name);
-    let files: Vec<Vec<u8>> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|entry| entry.unwrap().path())
-        .filter(|p| p.is_file())
-        .map(|p| std::fs::read(p).unwrap())
-        .collect();
-    assert!(!files.is_empty(), "empty corpus {}", dir.display());
-    files
 }
