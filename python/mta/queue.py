@@ -58,6 +58,7 @@ class QueueManager:
         self.active: set[str] = set()
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # set by start(); kept: each lookup is a getpid()
         self._stopping = False
         self._tasks: set[asyncio.Task] = set()
         self._opts_cache: dict = {}  # (TransportSpec, lmtp) → SmtpOptions; specs come from the config
