@@ -106,3 +106,11 @@ def test_route_hook_bad_return_is_an_error(tmp_path):
 @pytest.mark.parametrize("text", ["mx", "discard", "smarthost h.example:25", "lmtp unix:/run/x", "maildir /m/{user}"])
 def test_transport_text_round_trips(text):
     assert parse_transport(text).text() == text
+
+
+def test_fixed_route_is_routes_answer_without_a_hook(tmp_path):
+    r = router(tmp_path, BASE)
+    for addr in ("x@example.net", "x@deep.sub.example.org", "alice@example.com", "x@elsewhere.test"):
+        assert r.fixed(addr) == asyncio.run(r.route(addr))
+    hooked = router(tmp_path, BASE, lambda address, ctx: None)
+    assert hooked.fixed("x@example.net") is None  # a hook may change it: ask route()

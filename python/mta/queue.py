@@ -205,9 +205,8 @@ class QueueManager:
         router = self.router
         for rc in rcpts:
             domain = split(rc.address)[1]
-            if router.hook is None:
-                spec = router.lookup(domain)  # what route() does without a hook, minus a coroutine
-            else:
+            spec = router.fixed(rc.address)
+            if spec is None:
                 try:
                     spec = await router.route(rc.address, env)
                 except Exception as e:  # a broken route hook defers, it does not lose mail

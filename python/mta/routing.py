@@ -128,6 +128,11 @@ class Router:
             return spec
         return self.relay or MX
 
+    def fixed(self, address: str) -> TransportSpec | None:
+        """The transport when no route hook can change it (what route() would
+        return, without a coroutine); None when there is a hook to ask."""
+        return self.lookup(split(address)[1]) if self.hook is None else None
+
     async def route(self, address: str, ctx: Any = None) -> TransportSpec:
         if self.hook is not None:
             result = self.hook(address, ctx)

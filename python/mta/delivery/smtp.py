@@ -258,7 +258,6 @@ class _Connection(asyncio.Protocol):
         # One lazily re-armed timer watches every reply wait (see _wait).
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
-        self._timer_due = 0.0
 
     # -- protocol callbacks --
     def connection_made(self, transport) -> None:
@@ -335,11 +334,10 @@ class _Connection(asyncio.Protocol):
         loop = self.loop
         fut = self._waiter = loop.create_future()
         deadline = self._deadline = loop.time() + timeout
-        if self._timer is None or deadline < self._timer_due:
+        if self._timer is None or deadline < self._timer.when():
             if self._timer is not None:
                 self._timer.cancel()
             self._timer = loop.call_at(deadline, self._check_deadline)
-            self._timer_due = deadline
         try:
             return await fut
         finally:
@@ -354,7 +352,6 @@ class _Connection(asyncio.Protocol):
             w.set_result(False)
         else:
             self._timer = self.loop.call_at(self._deadline, self._check_deadline)
-            self._timer_due = self._deadline
 
     async def drain(self, timeout: float, what: str) -> None:
         while self._paused and self._error is None:
