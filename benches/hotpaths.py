@@ -72,9 +72,20 @@ class _ServerSide(asyncio.Transport):
 
 
 class _InstantTransport:
-    """Stands in for the delivery agent: every recipient accepted at once."""
+    """Stands in for the delivery agent: every recipient accepted on the next loop turn."""
+
+    def __init__(self, loop) -> None:
+        self.loop = loop
+
+    def submit(self, key, targets, opts, msg, done) -> bool:
+        self.loop.call_soon(done, self._results(msg))
+        return True
 
     async def deliver(self, key, targets, opts, msg):
+        return self._results(msg)
+
+    @staticmethod
+    def _results(msg):
         return results_for(msg, 250, "2.0.0", "Ok: queued as X", "127.0.0.1", "127.0.0.1", tls="none")
 
     async def close(self) -> None:
@@ -173,7 +184,7 @@ async def queue_path(n: int, repeats: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         srv = await _server(tmp, **{"delivery.relay_to": "127.0.0.1:2626"})
         q, sp = srv.queue, srv.spool
-        q.smtp = _InstantTransport()
+        q.smtp = _InstantTransport(asyncio.get_running_loop())
 
         def submit() -> None:
             qid = sp.new_queue_id()

@@ -79,6 +79,48 @@ def test_killed_agent_defers_its_jobs_and_the_next_job_starts_a_new_one():
     assert started == 2 and old != new
 
 
+def test_submit_runs_jobs_through_a_running_agent_and_defers_them_when_it_dies():
+    """The queue's callback lane: `submit` declines before the agent runs and after
+    close; in between each callback gets its results once, 451s if the agent dies."""
+    h = Capture(data_delay=3.0)
+
+    async def go(port):
+        d = AgentDelivery()
+        loop = asyncio.get_running_loop()
+        got: dict[str, list] = {}
+
+        def into(name):
+            def done(res):
+                assert name not in got, f"{name}: called twice"
+                got[name] = res
+            return done
+
+        before = d.submit("k", [target(port)], OPTS, message("x@dst.test"), into("x"))
+        h.data_delay = 0.0
+        await d.deliver("k", [target(port)], OPTS, message("a@dst.test"))  # starts the agent
+        ok = d.submit("k", [target(port)], OPTS, message("b@dst.test"), into("b"))
+        while "b" not in got:
+            await asyncio.sleep(0.01)
+        h.data_delay = 3.0
+        d.submit("k", [target(port)], OPTS, message("c@dst.test"), into("c"))
+        while not h.active:
+            await asyncio.sleep(0.01)
+        os.kill(d._proc.pid, signal.SIGKILL)
+        deadline = loop.time() + 10
+        while "c" not in got and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        await d.close()
+        after = d.submit("k", [target(port)], OPTS, message("y@dst.test"), into("y"))
+        return before, ok, after, got
+
+    with aiosmtpd_peer(h) as port:
+        before, ok, after, got = run(go(port))
+    assert before is False and after is False and ok is True
+    assert set(got) == {"b", "c"}  # nothing for the declined ones
+    assert got["b"][0].code == 250 and got["b"][0].address == "b@dst.test"
+    assert (got["c"][0].code, got["c"][0].enhanced) == (451, "4.3.0") and "agent died" in got["c"][0].text
+
+
 def test_close_quits_pooled_connections_and_the_agent_exits():
     h = Capture()
 

@@ -241,21 +241,33 @@ class MxResolver:
             return _tempfail("; ".join(failures))
         return _failure("no_hosts", 550, "5.4.4", "no mail host (no MX host has an address)")
 
-    async def resolve_host(self, host: str, port: int) -> Resolution:
-        """A/AAAA of one host (no MX), e.g. a smarthost; "[name]" means the name, a literal is used as is."""
+    def literal_host(self, host: str, port: int) -> Resolution | None:
+        """`resolve_host` without a coroutine when no lookup is needed (an address,
+        or "[address]"); None when the host is a name to look up."""
         hit = self._literals.get((host, port))
         if hit is not None:  # a smarthost given as an address: parsed once, not per message
             return hit
-        key = (host, port)
+        h = host.strip()
+        ip = None
+        if h.startswith("[") and h.endswith("]"):
+            ip = _literal(h)
+            h = h[1:-1]
+        if ip is None:
+            h = h.rstrip(".").lower()
+            ip = h if _is_ip(h) else None
+        if ip is None:
+            return None
+        return self._literal_result((host, port), Resolution("ok", (Target(ip, ip, port),)))
+
+    async def resolve_host(self, host: str, port: int) -> Resolution:
+        """A/AAAA of one host (no MX), e.g. a smarthost; "[name]" means the name, a literal is used as is."""
+        hit = self.literal_host(host, port)
+        if hit is not None:
+            return hit
         host = host.strip()
         if host.startswith("[") and host.endswith("]"):
-            ip = _literal(host)
-            if ip is not None:
-                return self._literal_result(key, Resolution("ok", (Target(ip, ip, port),)))
             host = host[1:-1]
         host = host.rstrip(".").lower()
-        if _is_ip(host):
-            return self._literal_result(key, Resolution("ok", (Target(host, host, port),)))
         name = _name(host)
         if name is None:
             return _nxdomain("invalid host name")

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import sys
+import threading
 import time
 
 FORMAT = "%(asctime)s mta[%(process)d]: %(message)s"
@@ -24,11 +25,14 @@ _fd = 2
 _prefix_sec = -1
 _prefix = ""
 _pid_tag = ""
+_loop: asyncio.AbstractEventLoop | None = None  # kept: each get_running_loop() is a getpid()
+_loop_thread = 0
 
 
 def setup(level: str) -> None:
     """Configure `logging` to stderr and the fast path at the same level."""
-    global _enabled, _pid_tag, _fd
+    global _enabled, _pid_tag, _fd, _loop
+    _loop = None  # a forked worker: the parent's loop is not ours
     lvl = getattr(logging, level.upper(), logging.INFO)
     logging.basicConfig(stream=sys.stderr, level=lvl, format=FORMAT)
     _enabled = lvl <= logging.INFO
@@ -48,11 +52,22 @@ def info(msg: str) -> None:
         _prefix = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(sec))
     _buf.append(f"{_prefix},{int((now - sec) * 1000):03d}{_pid_tag}{msg}\n")
     if not _scheduled:
+        _schedule()
+
+
+def _schedule() -> None:
+    """Flush at the end of this loop iteration (at once outside a running loop)."""
+    global _scheduled, _loop, _loop_thread
+    loop = _loop
+    if loop is None or _loop_thread != threading.get_ident() or not loop.is_running():
         try:
-            asyncio.get_running_loop().call_soon(flush)
-            _scheduled = True
+            loop = asyncio.get_running_loop()
         except RuntimeError:
             flush()
+            return
+        _loop, _loop_thread = loop, threading.get_ident()
+    loop.call_soon(flush)
+    _scheduled = True
 
 
 def flush() -> None:

@@ -25,6 +25,7 @@ from mta.delivery.maildir import deliver_maildir_async
 from mta.delivery.smtp import SmtpDelivery, SmtpOptions
 from mta.deliverylog import DeliveryLog
 from mta.dns import MxResolver
+from mta.errors import SpoolError
 from mta.mtasts import MtaStsCache, OutboundTls
 from mta.routing import split
 
@@ -51,6 +52,9 @@ class QueueManager:
         # SMTP/LMTP peers are talked to in the delivery agent process (mta.delivery.agent)
         # or here; both have the same deliver() and close().
         self.smtp = AgentDelivery(cpus=server.affinity.helpers) if self.dcfg.agent else SmtpDelivery()
+        self._fast: dict[str, float] = {}  # queue id → start time, of attempts on the callback lane
+        self._fast_idle: asyncio.Event | None = None  # set by stop() to learn when _fast empties
+        self._abandoned = False  # stop() gave up waiting for the callback lane
         sts = MtaStsCache(self.resolver, port=self.dcfg.mta_sts_port, ca_file=self.dcfg.mta_sts_ca_file,
                           timeout=self.dcfg.mta_sts_timeout) if self.dcfg.mta_sts else None
         self.tls_policy = OutboundTls(sts, self.dcfg.tls_report_interval)
@@ -111,7 +115,13 @@ class QueueManager:
         if qid in self._excluded:
             return
         self.active.add(qid)
-        task = self._loop.create_task(self._attempt(qid))
+        prep = self._prepare(qid)
+        if prep is None:
+            self._finished(qid, None)  # gone, held or nothing due
+            return
+        if self._start_fast(prep):
+            return
+        task = self._loop.create_task(self._attempt(prep))
         self._tasks.add(task)
         task.add_done_callback(self._attempt_done(qid))
 
@@ -152,24 +162,35 @@ class QueueManager:
     def _attempt_done(self, qid: str):
         def done(task: asyncio.Task) -> None:
             self._tasks.discard(task)
-            self.active.discard(qid)
-            if not task.cancelled() and task.exception() is not None:
-                log.error("delivery attempt for %s failed: %r", qid, task.exception(),
-                          exc_info=task.exception())
-                # Its state did not change, so it is still due: retry later, not at once.
-                self._backoff[qid] = time.monotonic() + _FAILED_ATTEMPT_BACKOFF
-            if self._refill and len(self.active) <= self.dcfg.max_active // 2:
-                # Work waits for room in the window: refill half of it at once
-                # (one look at the spool per many completions, not one each).
-                self._refill = False
-                self.kick()
+            self._finished(qid, None if task.cancelled() else task.exception())
         return done
+
+    def _finished(self, qid: str, exc: BaseException | None) -> None:
+        self.active.discard(qid)
+        if exc is not None:
+            log.error("delivery attempt for %s failed: %r", qid, exc, exc_info=exc)
+            # Its state did not change, so it is still due: retry later, not at once.
+            self._backoff[qid] = time.monotonic() + _FAILED_ATTEMPT_BACKOFF
+        if self._refill and len(self.active) <= self.dcfg.max_active // 2:
+            # Work waits for room in the window: refill half of it at once
+            # (one look at the spool per many completions, not one each).
+            self._refill = False
+            self.kick()
 
     async def stop(self, grace: float) -> None:
         self._stopping = True
         self._wake.set()
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
+        if self._fast:  # attempts on the callback lane end when their results come
+            self._fast_idle = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._fast_idle.wait(), grace)
+            except asyncio.TimeoutError:
+                # As a cancelled attempt: whatever comes back is not recorded, and the
+                # message is tried again after the restart.
+                self._abandoned = True
+                self._fast.clear()
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
             for t in pending:
@@ -187,19 +208,90 @@ class QueueManager:
         base = sched[attempts - 1] if attempts <= len(sched) else self.dcfg.retry_interval
         return base * (1 + random.uniform(0, self.dcfg.retry_jitter / 100))
 
-    async def _attempt(self, qid: str) -> None:
+    def _prepare(self, qid: str) -> tuple | None:
+        """(envelope, its recipients as read once, the message, now) for an attempt;
+        None when there is nothing to attempt (gone, held, nothing due)."""
         spool = self.spool.spool
         env = spool.get(qid)
         if env is None or env.held:
-            return
+            return None
         data = spool.message_bytes(qid)
         now = time.time()
         spooled = env.recipients  # each read of the property builds the list anew
         rcpts = tuple(OutRcpt(r.address, r.notify, r.orcpt, i) for i, r in enumerate(spooled)
                       if r.state == "queued" or (r.state == "deferred" and (r.next_attempt or 0) <= now))
         if data is None or not rcpts:
-            return
+            return None
         msg = OutMessage(qid, env.sender, rcpts, data, env.body, env.smtputf8, env.ret, env.envid, env.arrival)
+        return env, spooled, msg, now
+
+    # --- the callback lane: the common case without a coroutine ----------------
+
+    def _start_fast(self, prep: tuple) -> bool:
+        """Start an attempt without a task when nothing in it can suspend but the
+        delivery itself: every recipient due, routed without a hook to one smarthost
+        or LMTP host given as an address (no DNS), through a transport that takes a
+        callback (the delivery agent, once running). False: the caller takes the
+        general path. Its outcome is recorded as `_record` would (see _fast_done)."""
+        submit = getattr(self.smtp, "submit", None)
+        env, spooled, msg, now = prep
+        if submit is None or self._stopping or len(msg.recipients) != len(spooled):
+            return False
+        spec = None
+        for rc in msg.recipients:
+            s = self.router.fixed(rc.address)
+            if s is None or s.kind not in ("smarthost", "lmtp") or (spec is not None and s != spec):
+                return False
+            spec = s
+        if spec.kind == "lmtp" and spec.port == 0:
+            targets: list[Target] | tuple = [Target(spec.host, "unix", 0)]
+        else:
+            res = self.resolver.literal_host(spec.host, spec.port)
+            if res is None or not res.targets:
+                return False
+            targets = res.targets
+        qid = msg.queue_id
+        if not submit(f"{spec.kind}:{spec.host}:{spec.port}", targets,
+                      self._options(spec, lmtp=spec.kind == "lmtp"), msg,
+                      lambda out: self._fast_done(env, spooled, msg, out, now)):
+            return False
+        self._fast[qid] = now
+        return True
+
+    def _fast_done(self, env, spooled: list, msg: OutMessage, out: list[RcptResult], now: float) -> None:
+        """Every recipient delivered: the delivery log and one DELETE, no coroutine.
+        Anything else (a deferral, a bounce and its DSN) goes through `_record`."""
+        if self._abandoned:
+            return
+        qid = msg.queue_id
+        results = {rc.index: r for rc, r in zip(msg.recipients, out)}
+        if any(r.status != "delivered" for r in out):
+            task = self._loop.create_task(self._record(env, spooled, msg, results, now))
+            self._tasks.add(task)
+            task.add_done_callback(self._fast_task_done(qid))
+            return
+        for rc, res in zip(msg.recipients, out):
+            self.dlog.record(queue_id=qid, recipient=rc.address, status="delivered", result=res,
+                             attempt=spooled[rc.index].attempts + 1, arrival=env.arrival, now=now)
+        self.spool.delete_then(qid, lambda error: self._fast_end(qid, None if error is None else SpoolError(error)))
+
+    def _fast_task_done(self, qid: str):
+        def done(task: asyncio.Task) -> None:
+            self._tasks.discard(task)
+            self._fast_end(qid, None if task.cancelled() else task.exception())
+        return done
+
+    def _fast_end(self, qid: str, exc: BaseException | None) -> None:
+        self._fast.pop(qid, None)
+        self._finished(qid, exc)
+        if not self._fast and self._fast_idle is not None:
+            self._fast_idle.set()
+
+    # --- one attempt for one message (the general path) ------------------------
+
+    async def _attempt(self, prep: tuple) -> None:
+        env, spooled, msg, now = prep
+        rcpts = msg.recipients
         groups: dict[tuple, tuple[TransportSpec, str, list[OutRcpt]]] = {}
         results: dict[int, RcptResult] = {}
         router = self.router

@@ -74,6 +74,10 @@ class Router:
     def expand(self, address: str) -> tuple[Verdict | None, list[str]]:
         """(refusal or None, final recipients). Unknown local users are
         refused here, at RCPT, so nothing is bounced later to a forged sender."""
+        if not self.virtual:
+            domain = split(address)[1]
+            if domain and not self.is_local(domain):
+                return None, [address]  # relayed as it is: nothing to expand (the common case)
         out: list[str] = []
         seen: set[str] = set()
 

@@ -128,6 +128,17 @@ class SpoolService:
     def delete(self, queue_id: str) -> asyncio.Future:
         return self._call(self.spool.delete, queue_id)
 
+    def delete_then(self, queue_id: str, done: Completion) -> None:
+        """`delete` with a completion callback instead of a future (the queue's callback lane)."""
+        token = self._next_token
+        self._next_token += 1
+        self._pending[token] = done
+        try:
+            self.spool.delete(token, queue_id)
+        except Exception as e:
+            self._pending.pop(token, None)
+            done(str(e))
+
     async def inject(self, data: bytes, *, sender: str, recipient: str) -> str:
         """Spool a message we made ourselves (a DSN); its queue id once durable."""
         qid = self.spool.new_queue_id()

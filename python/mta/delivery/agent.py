@@ -111,7 +111,7 @@ class AgentDelivery:
         self._proto: _Framed | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._starting: asyncio.Task | None = None
-        self._pending: dict[int, tuple[asyncio.Future, OutMessage]] = {}
+        self._pending: dict[int, tuple[Callable[[list[RcptResult]], object], OutMessage]] = {}
         self._next = 1
         self._closed = False
         self._opts: dict[SmtpOptions, tuple] = {}
@@ -132,10 +132,29 @@ class AgentDelivery:
                 return results_for(msg, 451, "4.3.0", f"delivery agent did not start: {e}")
             if proto.transport is None:  # lost while we waited: _on_lost has run already
                 return results_for(msg, 451, "4.3.0", "delivery agent died; will retry")
+        fut = proto._loop.create_future()
+        job = self._send(proto, key, targets, opts, msg, lambda res: fut.done() or fut.set_result(res))
+        try:
+            return await fut
+        finally:
+            self._pending.pop(job, None)
+
+    def submit(self, key: str, targets: Sequence[Target], opts: SmtpOptions, msg: OutMessage,
+               done: Callable[[list[RcptResult]], object]) -> bool:
+        """`deliver` with a callback, for the queue's callback lane: `done(results)` is
+        called exactly once (451s if the agent dies). False, and nothing sent, when the
+        agent is not running (the caller takes `deliver`, which starts it)."""
+        proto = self._proto
+        if proto is None or proto.transport is None or self._closed or not msg.recipients:
+            return False
+        self._send(proto, key, targets, opts, msg, done)
+        return True
+
+    def _send(self, proto: _Framed, key: str, targets: Sequence[Target], opts: SmtpOptions,
+              msg: OutMessage, done: Callable[[list[RcptResult]], object]) -> int:
         job = self._next
         self._next += 1
-        fut = proto._loop.create_future()
-        self._pending[job] = (fut, msg)
+        self._pending[job] = (done, msg)
         o = self._opts.get(opts)
         if o is None:
             if len(self._opts) > 1000:  # route hooks may make options on the fly
@@ -144,31 +163,36 @@ class AgentDelivery:
         proto.send(("job", job, key, [tuple(t) for t in targets], o,
                     (msg.queue_id, msg.sender, [(r.address, r.notify, r.orcpt, r.index) for r in msg.recipients],
                      msg.data, msg.body, msg.smtputf8, msg.ret, msg.envid, msg.arrival)), len(msg.data))
-        try:
-            return await fut
-        finally:
-            self._pending.pop(job, None)
+        return job
 
     def _on_items(self, items: list) -> None:
+        pending = self._pending
         for item in items:
-            entry = self._pending.get(item[1])
-            if entry is None or entry[0].done():
+            entry = pending.pop(item[1], None)
+            if entry is None:
                 continue
-            fut, msg = entry
+            done, msg = entry
             if item[0] == "res":
-                fut.set_result([RcptResult(*row) for row in item[2]])
+                res = [RcptResult(*row) for row in item[2]]
             else:  # ("err", job, text): the agent failed on this job; retry later
                 log.error("delivery agent: job for %s failed: %s", msg.queue_id, item[2])
-                fut.set_result(results_for(msg, 451, "4.3.0", "internal delivery error"))
+                res = results_for(msg, 451, "4.3.0", "internal delivery error")
+            try:
+                done(res)
+            except Exception:  # one caller's bug must not lose the other results in this frame
+                log.exception("delivery agent: result callback for %s failed", msg.queue_id)
 
     def _on_lost(self, exc: Exception | None) -> None:
         self._proto = None
         if self._pending and not self._closed:
             log.error("delivery agent connection lost (%s): %d deliveries deferred",
                       exc or "agent exited", len(self._pending))
-        for fut, msg in list(self._pending.values()):
-            if not fut.done():
-                fut.set_result(results_for(msg, 451, "4.3.0", "delivery agent died; will retry"))
+        pending, self._pending = self._pending, {}
+        for done, msg in pending.values():
+            try:
+                done(results_for(msg, 451, "4.3.0", "delivery agent died; will retry"))
+            except Exception:
+                log.exception("delivery agent: result callback for %s failed", msg.queue_id)
 
     async def _start(self) -> _Framed:
         if self._starting is None:

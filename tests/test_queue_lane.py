@@ -1,0 +1,234 @@
+"""The queue's callback lane (QueueManager._start_fast) against its general path.
+
+The lane takes an attempt without a task when its transport has `submit` and every
+recipient goes to one smarthost given as an address. Whatever the peer answers, the
+spool, the delivery log and the DSNs must come out as the general path leaves them;
+the lane must not be taken where a coroutine is needed (MX, a named host, a route
+hook, the agent not running); stop() must wait for attempts in flight on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import time
+
+import pytest
+import uvloop
+
+from dnsserver import DNSServer
+from mta import config
+from mta.delivery import results_for
+from mta.listener import Server
+
+BODY = b"From: <from@example.test>\r\nTo: <rcpt@example.test>\r\nSubject: lane\r\n\r\nhello\r\n"
+
+
+class Peer:
+    """Stands in for the delivery agent: answers by recipient (local part → reply)."""
+
+    def __init__(self, loop, answers: dict[str, tuple[int, str]], lane: bool = True) -> None:
+        self.loop, self.answers, self.lane = loop, answers, lane
+        self.calls: list[str] = []  # "submit" | "deliver", per attempt
+        self.hold = False  # keep submitted callbacks until release()
+        self.held: list = []
+
+    def _results(self, msg):
+        out = []
+        for r in msg.recipients:
+            code, enh = self.answers.get(r.address.split("@")[0], (250, "2.0.0"))
+            out += results_for(msg.__class__(msg.queue_id, msg.sender, (r,), msg.data), code, enh,
+                               f"answer for {r.address}", "peer.test", "127.0.0.1", tls="none")
+        return out
+
+    def submit(self, key, targets, opts, msg, done) -> bool:
+        if not self.lane:
+            return False  # as the agent before it runs
+        self.calls.append("submit")
+        if self.hold:
+            self.held.append((done, self._results(msg)))
+        else:
+            self.loop.call_soon(done, self._results(msg))
+        return True
+
+    def release(self) -> None:
+        for done, res in self.held:
+            done(res)
+        self.held.clear()
+
+    async def deliver(self, key, targets, opts, msg):
+        self.calls.append("deliver")
+        await asyncio.sleep(0)
+        return self._results(msg)
+
+    async def close(self) -> None:
+        pass
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _server(tmp, **extra) -> Server:
+    os.makedirs(tmp, exist_ok=True)
+    cfg = config.load(None, {"listen": [f"127.0.0.1:{_port()}"], "spool.dir": os.path.join(tmp, "spool"),
+                             "hostname": "mx.example.test", "smtp.reverse_dns": False,
+                             "delivery.log_file": os.path.join(tmp, "delivery.log"),
+                             "delivery.relay_to": "127.0.0.1:2626", **extra})
+    srv = Server(cfg)
+    await srv.start()
+    return srv
+
+
+DURABLE: set[str] = set()  # queue ids whose submission completed
+
+
+def _submit(srv: Server, rcpts: list[str]) -> str:
+    sp, q = srv.spool, srv.queue
+    qid = sp.new_queue_id()
+    m = sp.new_message()
+    m.push(BODY)
+
+    def stored(err) -> None:
+        assert err is None, err
+        DURABLE.add(qid)
+        q.new_message(qid)
+
+    sp.submit(qid, m, stored, sender="from@example.test",
+              recipients=[(r, None, None) for r in rcpts], body=None, smtputf8=False, ret=None,
+              envid=None, helo="client.example.test", client_ip="127.0.0.1", arrival=time.time())
+    return qid
+
+
+async def _settle(srv: Server, qids: list[str]) -> None:
+    """Until every message is attempted once (a DSN may follow) and nothing is active."""
+    deadline = time.monotonic() + 10
+    spool = srv.spool.spool
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+        envs = {q: spool.get(q) for q in qids}
+        attempted = all(q in DURABLE and (e is None or all(r.attempts for r in e.recipients))
+                        for q, e in envs.items())
+        if attempted and not srv.queue.active:
+            return
+    raise AssertionError("the queue did not settle in 10 s")
+
+
+def _outcome(srv: Server, tmp, qids: list[str]) -> dict:
+    spool = srv.spool.spool
+    kept = {}
+    for q in qids:
+        env = spool.get(q)
+        kept[q] = None if env is None else [(r.address, r.state, r.attempts, r.last_reply) for r in env.recipients]
+    dsns = sorted((e.sender, tuple(r.address for r in e.recipients)) for e in spool.list() if e.queue_id not in qids)
+    with open(os.path.join(tmp, "delivery.log")) as f:
+        log = sorted((d["queue_id"], d["recipient"], d["status"], d["attempt"]) for d in map(json.loads, f))
+    return {"kept": [kept[q] for q in qids], "dsns": dsns, "log": [x[1:] for x in log]}
+
+
+SCENARIOS = {
+    "delivered": [["a@example.test"], ["b@example.test", "c@example.test"]],
+    "deferred": [["busy@example.test"]],
+    "bounced": [["gone@example.test"]],
+    "mixed": [["a@example.test", "busy@example.test", "gone@example.test"]],
+}
+# "from" defers: a DSN to the sender stays in the spool, to be compared.
+ANSWERS = {"busy": (451, "4.3.0"), "gone": (550, "5.1.1"), "from": (451, "4.2.1")}
+
+
+async def _run_scenario(tmp, messages, lane: bool):
+    srv = await _server(tmp)
+    try:
+        peer = srv.queue.smtp = Peer(asyncio.get_running_loop(), ANSWERS, lane=lane)
+        qids = [_submit(srv, rcpts) for rcpts in messages]
+        await _settle(srv, qids)
+        return _outcome(srv, tmp, qids), peer.calls
+    finally:
+        await srv.stop()
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_the_lane_leaves_what_the_general_path_leaves(tmp_path, name):
+    fast, fast_calls = uvloop.run(_run_scenario(str(tmp_path / "fast"), SCENARIOS[name], lane=True))
+    slow, slow_calls = uvloop.run(_run_scenario(str(tmp_path / "slow"), SCENARIOS[name], lane=False))
+    dsn = 1 if name in ("bounced", "mixed") else 0  # the DSN's own attempt
+    assert fast_calls == ["submit"] * (len(SCENARIOS[name]) + dsn)
+    assert slow_calls == ["deliver"] * (len(SCENARIOS[name]) + dsn)
+    assert fast == slow
+    if name == "delivered":
+        assert fast["kept"] == [None, None] and fast["dsns"] == []
+    if name == "mixed":
+        assert fast["kept"][0] is not None and [r[1] for r in fast["kept"][0]] == ["delivered", "deferred", "bounced"]
+        assert fast["dsns"] == [("", ("from@example.test",))]
+
+
+ZONE = {"example.test": [("MX", "10 mx.example.test")], "mx.example.test": [("A", "127.0.0.1")],
+        "relay.example.test": [("A", "127.0.0.1")]}
+
+
+@pytest.mark.parametrize("relay_to", [
+    "relay.example.test:2626",  # a name: resolving it can suspend
+    "",  # MX: DNS and the MTA-STS policy
+])
+def test_the_lane_is_not_taken_where_a_coroutine_is_needed(tmp_path, relay_to):
+    async def main(dns):
+        srv = await _server(str(tmp_path), **{"delivery.relay_to": relay_to, "delivery.mta_sts": False,
+                                              "dns.nameservers": dns.nameservers, "dns.port": dns.port})
+        try:
+            peer = srv.queue.smtp = Peer(asyncio.get_running_loop(), {})
+            qid = _submit(srv, ["a@example.test"])
+            await _settle(srv, [qid])
+            return peer.calls, srv.spool.spool.get(qid)
+        finally:
+            await srv.stop()
+    with DNSServer(ZONE) as dns:
+        calls, env = uvloop.run(main(dns))
+    assert calls == ["deliver"]
+    assert env is None  # delivered (by the general path) and deleted
+
+
+def test_the_lane_waits_for_the_agent_to_run(tmp_path):
+    """Before the agent runs, `submit` declines and `deliver` (which starts it) is used."""
+    fast, calls = uvloop.run(_run_scenario(str(tmp_path), [["a@example.test"]], lane=False))
+    assert calls == ["deliver"] and fast["kept"] == [None]
+
+
+def test_stop_waits_for_attempts_on_the_lane(tmp_path):
+    async def main():
+        srv = await _server(str(tmp_path))
+        peer = srv.queue.smtp = Peer(asyncio.get_running_loop(), {})
+        peer.hold = True
+        qid = _submit(srv, ["a@example.test"])
+        while not peer.held:
+            await asyncio.sleep(0.01)
+        asyncio.get_running_loop().call_later(0.2, peer.release)
+        t = time.monotonic()
+        await srv.queue.stop(grace=5)
+        waited = time.monotonic() - t
+        gone = srv.spool.spool.get(qid) is None
+        await srv.stop()
+        return waited, gone
+    waited, gone = uvloop.run(main())
+    assert gone, "the result that came during stop() was not recorded"
+    assert 0.15 < waited < 5
+
+
+def test_stop_gives_up_after_the_grace_and_records_nothing_later(tmp_path):
+    async def main():
+        srv = await _server(str(tmp_path))
+        peer = srv.queue.smtp = Peer(asyncio.get_running_loop(), {})
+        peer.hold = True
+        qid = _submit(srv, ["a@example.test"])
+        while not peer.held:
+            await asyncio.sleep(0.01)
+        await srv.queue.stop(grace=0.1)
+        peer.release()  # comes after the grace: as a cancelled attempt, not recorded
+        env = srv.spool.spool.get(qid)
+        await srv.stop()
+        return env
+    env = uvloop.run(main())
+    assert env is not None and env.recipients[0].state == "queued"
