@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import re
 import socket
 import ssl
 import subprocess
@@ -347,6 +348,27 @@ def test_wire_body_stuffs_and_never_leaves_bare_cr_or_lf():
     assert wire_body(b".a\nb", dot_stuff=False) == b".a\r\nb\r\n"
     out = wire_body(b"x\r\r\ny\n\n\rz", dot_stuff=False)
     assert out.count(b"\r") == out.count(b"\n") == out.count(b"\r\n")
+
+
+def _wire_body_reference(data: bytes, dot_stuff: bool) -> bytes:
+    """The encoding as written in Python before it moved to Rust: the oracle."""
+    data = re.sub(rb"\r\n|\r|\n", b"\r\n", data)
+    if data and not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    if dot_stuff:
+        data = data.replace(b"\r\n.", b"\r\n..")
+        if data.startswith(b"."):
+            data = b"." + data
+        data += b".\r\n"
+    return data
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from([b".", b"\r", b"\n", b"\r\n", b"a", b"..", b"\x00", b"\xff", b"xyz"]), max_size=60),
+       st.booleans())
+def test_wire_body_equals_the_reference_encoding(parts, dot_stuff):
+    data = b"".join(parts)
+    assert wire_body(data, dot_stuff=dot_stuff) == _wire_body_reference(data, dot_stuff)
 
 
 # ---------------------------------------------------------------------------

@@ -182,6 +182,11 @@ def received_header(
     """`Received: from HELO (reverse [ip])\\r\\n\\tby HOSTNAME with PROTO id ID\\r\\n\\tfor <rcpt>; DATE\\r\\n`,
     folded so each line stays under 78 octets where possible."""
 
+def wire_body(data: bytes, *, dot_stuff: bool) -> bytes:
+    """The stored message as it goes to the next hop: every line ending CRLF (a bare CR
+    or LF becomes one), ending with CRLF; with dot_stuff (DATA) a "." opening a line is
+    doubled and the terminating ".\\r\\n" appended. One pass (rust/src/message/wire.rs)."""
+
 # ---------------------------------------------------------------------------
 # Spool (rust/src/spool, bindings/spool.rs)
 # ---------------------------------------------------------------------------

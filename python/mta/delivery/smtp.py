@@ -140,24 +140,12 @@ class ReplyParser:
 # Wire encoding
 # ---------------------------------------------------------------------------
 
-_EOL = re.compile(rb"\r\n|\r|\n")
-
-
 def wire_body(data: bytes, *, dot_stuff: bool) -> bytes:
     """The message as it goes on the wire: every line ending CRLF (bare CR or LF
     become CRLF), ending with CRLF; with dot_stuff (DATA) lines starting with "."
-    get another one and the terminating ".CRLF" is appended."""
-    n = data.count(b"\r\n")
-    if data.count(b"\r") != n or data.count(b"\n") != n:
-        data = _EOL.sub(b"\r\n", data)
-    if data and not data.endswith(b"\r\n"):
-        data += b"\r\n"
-    if dot_stuff:
-        data = data.replace(b"\r\n.", b"\r\n..")
-        if data.startswith(b"."):
-            data = b"." + data
-        data += b".\r\n"
-    return data
+    get another one and the terminating ".CRLF" is appended. In Rust: in Python
+    the passes over a 64 KiB message cost more than its whole SMTP transaction."""
+    return _native.wire_body(data, dot_stuff=dot_stuff)
 
 
 def xtext(s: str) -> str:

@@ -1,4 +1,6 @@
 //! Header work on raw message bytes: the incremental header scanner and field
-//! index (`headers`), and the trace header we add (`trace`). No Python here.
+//! index (`headers`), the trace header we add (`trace`), and the encoding for the
+//! next hop (`wire`). No Python here.
 pub mod headers;
 pub mod trace;
+pub mod wire;

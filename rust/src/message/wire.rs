@@ -1,0 +1,128 @@
+//! A stored message as it goes on the wire to the next hop: every line ending
+//! CRLF (a bare CR or LF becomes one), a final CRLF, and for DATA the lines
+//! that start with "." doubled (RFC 5321 4.5.2) and the ".CRLF" terminator.
+//! One pass with memchr; the output is never shorter than the input.
+use memchr::memchr2;
+
+pub fn wire_body(data: &[u8], dot_stuff: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + data.len() / 32 + 5);
+    let mut start = 0;
+    while start < data.len() {
+        if dot_stuff && data[start] == b'.' {
+            out.push(b'.');
+        }
+        match memchr2(b'\r', b'\n', &data[start..]) {
+            Some(n) => {
+                let eol = start + n;
+                out.extend_from_slice(&data[start..eol]);
+                out.extend_from_slice(b"\r\n");
+                start = if data[eol] == b'\r' && data.get(eol + 1) == Some(&b'\n') { eol + 2 } else { eol + 1 };
+            }
+            None => {
+                out.extend_from_slice(&data[start..]);
+                out.extend_from_slice(b"\r\n");
+                start = data.len();
+            }
+        }
+    }
+    if dot_stuff {
+        out.extend_from_slice(b".\r\n");
+    }
+    out
+}
+
+/// Fuzz/corpus entry: no panic; with dot-stuffing, undoing it (as a server reading
+/// DATA does) gives the input with its line endings made CRLF; without, exactly the
+/// input's lines, each ending CRLF.
+pub mod harness {
+    use super::wire_body;
+
+    fn crlf_lines(data: &[u8]) -> Vec<&[u8]> {
+        let mut lines = Vec::new();
+        let mut start = 0;
+        let mut i = 0;
+        while i < data.len() {
+            if data[i] == b'\r' || data[i] == b'\n' {
+                lines.push(&data[start..i]);
+                i += if data[i] == b'\r' && data.get(i + 1) == Some(&b'\n') { 2 } else { 1 };
+                start = i;
+            } else {
+                i += 1;
+            }
+        }
+        if start < data.len() {
+            lines.push(&data[start..]);
+        }
+        lines
+    }
+
+    pub fn check(data: &[u8]) {
+        let plain = wire_body(data, false);
+        let stuffed = wire_body(data, true);
+        let want = crlf_lines(data);
+        // Without stuffing: exactly the input's lines, each ending CRLF.
+        let mut expect = Vec::new();
+        for l in &want {
+            expect.extend_from_slice(l);
+            expect.extend_from_slice(b"\r\n");
+        }
+        assert_eq!(plain, expect);
+        // With stuffing: the reader's view (strip the terminator, undo the doubled dots).
+        assert!(stuffed.ends_with(b".\r\n"));
+        let body = &stuffed[..stuffed.len() - 3];
+        let mut undone = Vec::new();
+        for line in body.split_inclusive(|&b| b == b'\n') {
+            assert!(line.ends_with(b"\r\n"), "bare LF in {stuffed:?}");
+            assert!(!line[..line.len() - 2].contains(&b'\r') && !line[..line.len() - 2].contains(&b'\n'));
+            assert!(line != b".\r\n", "a lone dot line would end the data early");
+            undone.extend_from_slice(line.strip_prefix(b".").unwrap_or(line));
+        }
+        assert_eq!(undone, expect);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{harness, wire_body};
+
+    #[test]
+    fn corpus_replays() {
+        for data in crate::smtp::corpus("wire") {
+            harness::check(&data);
+        }
+    }
+
+    #[test]
+    fn table() {
+        let cases: &[(&[u8], bool, &[u8])] = &[
+            (b"", true, b".\r\n"),
+            (b"", false, b""),
+            (b"a\r\nb\r\n", true, b"a\r\nb\r\n.\r\n"),
+            (b"a\r\nb", false, b"a\r\nb\r\n"),
+            (b".a\r\nb\r\n.\r\n..c\r\n", true, b"..a\r\nb\r\n..\r\n...c\r\n.\r\n"),
+            (b".a\nb", false, b".a\r\nb\r\n"),
+            (b"a\nb\rc\r\n.d", true, b"a\r\nb\r\nc\r\n..d\r\n.\r\n"),
+            (b"\n\r", true, b"\r\n\r\n.\r\n"),
+            (b"\r\r\n", false, b"\r\n\r\n"),
+            (b".", true, b"..\r\n.\r\n"),
+            (b"\r\n.", true, b"\r\n..\r\n.\r\n"),
+            (b"x\r", true, b"x\r\n.\r\n"),
+        ];
+        for (input, dot, want) in cases {
+            assert_eq!(wire_body(input, *dot), *want, "{:?} dot_stuff={dot}", String::from_utf8_lossy(input));
+        }
+    }
+
+    #[test]
+    fn generated_inputs_pass_the_harness() {
+        let mut seed = 0x9e3779b97f4a7c15u64;
+        for _ in 0..2000 {
+            let mut input = Vec::new();
+            for _ in 0..(seed % 40) {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                input.push(b".\r\nab"[(seed >> 60) as usize % 5]);
+            }
+            harness::check(&input);
+        }
+    }
+}
