@@ -467,7 +467,7 @@ class OutboundTls:
 
     def _done(self, domain: str, label: str, results: list[RcptResult],
               would_fail: str | None = None) -> list[RcptResult]:
-        out = [replace(r, policy=label, tls_failure=would_fail or r.tls_failure) for r in results]
+        out = [r._replace(policy=label, tls_failure=would_fail or r.tls_failure) for r in results]
         if out:
             first = out[0]
             self.counters.add(domain, label, first.tls, would_fail or first.tls_failure,

@@ -15,7 +15,6 @@ import asyncio
 import logging
 import random
 import time
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from mta import bounce
@@ -343,7 +342,7 @@ class QueueManager:
             attempts = spooled[index].attempts + 1
             status = res.status
             if status == "deferred" and expired:
-                res = replace(res, code=550, enhanced="4.4.7",
+                res = res._replace(code=550, enhanced="4.4.7",
                               text=f"delivery time expired; last error: {res.reply()}")
                 status = "bounced"
             if status == "bounced":

@@ -94,7 +94,7 @@ class _Framed(asyncio.Protocol):
 
 
 def _result_row(r: RcptResult) -> tuple:
-    return (r.address, r.code, r.enhanced, r.text, r.remote_host, r.remote_ip, r.tls, r.policy, r.tls_failure)
+    return tuple(r)  # marshal takes plain tuples only
 
 
 # ---------------------------------------------------------------------------
@@ -161,7 +161,7 @@ class AgentDelivery:
                 self._opts.clear()
             o = self._opts[opts] = tuple(getattr(opts, f) for f in _OPT_FIELDS)
         proto.send(("job", job, key, [tuple(t) for t in targets], o,
-                    (msg.queue_id, msg.sender, [(r.address, r.notify, r.orcpt, r.index) for r in msg.recipients],
+                    (msg.queue_id, msg.sender, [tuple(r) for r in msg.recipients],
                      msg.data, msg.body, msg.smtputf8, msg.ret, msg.envid, msg.arrival)), len(msg.data))
         return job
 
