@@ -14,8 +14,11 @@ import sys
 import textwrap
 import time
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from mta.delivery import OutMessage, OutRcpt
-from mta.delivery.agent import AgentDelivery
+from mta.delivery.agent import _MAX_FRAME, AgentDelivery, _Framed
 
 from test_delivery_smtp import OPTS, Capture, aiosmtpd_peer, message, run, target
 
@@ -203,3 +206,43 @@ def test_an_agent_that_cannot_start_defers(monkeypatch):
 
     (r,) = run(go())
     assert (r.code, r.enhanced) == (451, "4.3.0") and "did not start" in r.text
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.binary(max_size=300), max_size=4), min_size=1, max_size=6),
+       st.lists(st.integers(min_value=0, max_value=4000), max_size=12))
+def test_frames_read_the_same_for_every_split(batches, cuts):
+    """_Framed.data_received: whatever the reads cut, the same items in the same order,
+    nothing left over, and a frame over the limit aborts."""
+    import marshal
+
+    wire = b"".join(len(p).to_bytes(4, "big") + p for p in (marshal.dumps([tuple(b)]) for b in batches))
+    bounds = sorted({0, len(wire), *(c % (len(wire) + 1) for c in cuts)})
+
+    async def read(chunks):
+        got: list = []
+        f = _Framed(got.extend, lambda exc: None)
+        for c in chunks:
+            f.data_received(c)
+        return got, bytes(f._buf)
+
+    whole = run(read([wire]))
+    assert whole == ([tuple(b) for b in batches], b"")
+    assert run(read([wire[a:b] for a, b in zip(bounds, bounds[1:])])) == whole
+    assert run(read([wire[i:i + 1] for i in range(len(wire))])) == whole
+
+
+def test_a_frame_over_the_limit_aborts_the_connection():
+    class T:
+        aborted = False
+
+        def abort(self):
+            self.aborted = True
+
+    async def go():
+        f = _Framed(lambda items: None, lambda exc: None)
+        f.transport = t = T()
+        f.data_received((_MAX_FRAME + 1).to_bytes(4, "big") + b"x")
+        return t.aborted
+
+    assert run(go())

@@ -25,6 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from aiosmtpd.controller import Controller
 
+from mta import _native
 from mta.delivery import OutMessage, OutRcpt, Target
 from mta.delivery.smtp import ReplyError, ReplyParser, SmtpDelivery, SmtpOptions, wire_body
 
@@ -369,6 +370,9 @@ def _wire_body_reference(data: bytes, dot_stuff: bool) -> bytes:
 def test_wire_body_equals_the_reference_encoding(parts, dot_stuff):
     data = b"".join(parts)
     assert wire_body(data, dot_stuff=dot_stuff) == _wire_body_reference(data, dot_stuff)
+    # The client sends a message in wire form as it is: exactly when encoding changes nothing.
+    as_is = data + (b".\r\n" if dot_stuff else b"")
+    assert _native.is_wire_form(data, dot_stuff=dot_stuff) == (_wire_body_reference(data, dot_stuff) == as_is)
 
 
 # ---------------------------------------------------------------------------

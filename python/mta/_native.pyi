@@ -182,6 +182,10 @@ def received_header(
     """`Received: from HELO (reverse [ip])\\r\\n\\tby HOSTNAME with PROTO id ID\\r\\n\\tfor <rcpt>; DATE\\r\\n`,
     folded so each line stays under 78 octets where possible."""
 
+def is_wire_form(data: bytes, *, dot_stuff: bool) -> bool:
+    """True when `wire_body` would change nothing but append the terminator: every line
+    ends CRLF (no bare CR or LF), the last included, and with dot_stuff none starts with "."."""
+
 def wire_body(data: bytes, *, dot_stuff: bool) -> bytes:
     """The stored message as it goes to the next hop: every line ending CRLF (a bare CR
     or LF becomes one), ending with CRLF; with dot_stuff (DATA) a "." opening a line is

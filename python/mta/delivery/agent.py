@@ -54,21 +54,30 @@ class _Framed(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
+        # Whole frames are read where they arrived; only a frame's unfinished part is
+        # kept in _buf (messages of 64 KiB and more are not copied in and out of it).
         buf = self._buf
-        buf += data
+        if buf:
+            buf += data
+            data = buf
+        view = memoryview(data)
         items: list = []
         start = 0
-        while len(buf) - start >= 4:
-            n = int.from_bytes(buf[start:start + 4], "big")
+        end = len(data)
+        while end - start >= 4:
+            n = int.from_bytes(view[start:start + 4], "big")
             if n > _MAX_FRAME:
                 self.transport.abort()
                 return
-            if len(buf) - start - 4 < n:
+            if end - start - 4 < n:
                 break
-            items.extend(marshal.loads(memoryview(buf)[start + 4:start + 4 + n]))
+            items.extend(marshal.loads(view[start + 4:start + 4 + n]))
             start += 4 + n
-        if start:
+        view.release()
+        if data is buf:
             del buf[:start]
+        elif start < end:
+            buf += data[start:]
         if items:
             self.on_items(items)
 
@@ -90,7 +99,7 @@ class _Framed(asyncio.Protocol):
         items, self._out, self._size = self._out, [], 0
         if items and self.transport is not None:
             payload = marshal.dumps(items)
-            self.transport.write(len(payload).to_bytes(4, "big") + payload)
+            self.transport.writelines((len(payload).to_bytes(4, "big"), payload))  # no copy of the batch
 
 
 def _result_row(r: RcptResult) -> tuple:

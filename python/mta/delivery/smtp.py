@@ -313,6 +313,11 @@ class _Connection(asyncio.Protocol):
             raise _ConnError(self._error)
         self.transport.write(data)
 
+    def writelines(self, parts: list[bytes]) -> None:
+        if self._error is not None:
+            raise _ConnError(self._error)
+        self.transport.writelines(parts)
+
     async def _wait(self, timeout: float) -> bool:
         """Wait for `_wake` (a reply, an error, drained); False on timeout.
         This runs twice per message and the reply nearly always comes within
@@ -516,6 +521,19 @@ class SmtpDelivery:
         except BaseException:
             conn.abort()  # cancelled or a bug: the conversation state is unknown
             raise
+
+    async def _send_data(self, conn: _Connection, parts: list[bytes]) -> None:
+        """The data phase's bytes: one gathered write when small, else blocks that must
+        each drain within data_block_timeout."""
+        if sum(map(len, parts)) <= _WRITE_BLOCK:
+            conn.writelines(parts)
+            await conn.drain(self.data_block_timeout, "the message")
+            return
+        for part in parts:
+            view = memoryview(part)
+            for off in range(0, len(view), _WRITE_BLOCK):
+                conn.write(view[off:off + _WRITE_BLOCK])
+                await conn.drain(self.data_block_timeout, "the message")
 
     def _take_idle(self, key: str) -> _Connection | None:
         conns = self._idle.get(key)
@@ -753,15 +771,15 @@ class SmtpDelivery:
                         await conn.reply(self.data_done_timeout, "the end of data")
             if not mail_ok or not accepted:
                 return results  # type: ignore[return-value]
+            dot = not chunking
+            data = msg.data
+            # Stored messages nearly always are in wire form already (CRLF lines, none
+            # opening with "."): then they go out as they are, with no copy.
+            parts = ([data, b".\r\n"] if dot else [data]) if _native.is_wire_form(data, dot_stuff=dot) \
+                else [wire_body(data, dot_stuff=dot)]
             if chunking:
-                body = wire_body(msg.data, dot_stuff=False)
-                conn.write(b"BDAT %d LAST\r\n" % len(body))
-            else:
-                body = wire_body(msg.data, dot_stuff=True)
-            view = memoryview(body)
-            for off in range(0, len(view), _WRITE_BLOCK):
-                conn.write(view[off:off + _WRITE_BLOCK])
-                await conn.drain(self.data_block_timeout, "the message")
+                parts.insert(0, b"BDAT %d LAST\r\n" % len(parts[0]))
+            await self._send_data(conn, parts)
             if opts.lmtp:
                 for k in accepted:
                     r = await conn.reply(self.data_done_timeout, "the end of data")

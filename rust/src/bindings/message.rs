@@ -1,4 +1,4 @@
-//! Python binding for `crate::message`: `received_header`, `wire_body`. The Message class
+//! Python binding for `crate::message`: `received_header`, `wire_body`, `is_wire_form`. The Message class
 //! (header scanner results) is in bindings/spool.rs with the spool it feeds.
 use crate::message::trace::{local_utc_offset, received_header as build, Received};
 use pyo3::prelude::*;
@@ -43,8 +43,16 @@ fn wire_body<'py>(py: Python<'py>, data: &[u8], dot_stuff: bool) -> Bound<'py, P
     PyBytes::new(py, &crate::message::wire::wire_body(data, dot_stuff))
 }
 
+/// True when the stored message needs no re-encoding for the wire (crate::message::wire).
+#[pyfunction]
+#[pyo3(signature = (data, *, dot_stuff))]
+fn is_wire_form(data: &[u8], dot_stuff: bool) -> bool {
+    crate::message::wire::is_wire_form(data, dot_stuff)
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(received_header, m)?)?;
     m.add_function(wrap_pyfunction!(wire_body, m)?)?;
+    m.add_function(wrap_pyfunction!(is_wire_form, m)?)?;
     Ok(())
 }

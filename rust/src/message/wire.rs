@@ -4,6 +4,27 @@
 //! One pass with memchr; the output is never shorter than the input.
 use memchr::memchr2;
 
+/// True when `data` is already what `wire_body` would send before the terminator: every
+/// CR is followed by LF and every LF follows a CR, it ends with CRLF (or is empty), and,
+/// with `dot_stuff`, no line starts with ".". Such a message can be written as it is
+/// (then ".CRLF"), without the copy.
+pub fn is_wire_form(data: &[u8], dot_stuff: bool) -> bool {
+    if !data.is_empty() && !data.ends_with(b"\r\n") {
+        return false;
+    }
+    let mut start = 0;
+    while start < data.len() {
+        if dot_stuff && data[start] == b'.' {
+            return false;
+        }
+        match memchr2(b'\r', b'\n', &data[start..]) {
+            Some(n) if data[start + n] == b'\r' && data.get(start + n + 1) == Some(&b'\n') => start += n + 2,
+            _ => return false, // a bare LF or CR (the end is a CRLF, so None cannot happen)
+        }
+    }
+    true
+}
+
 pub fn wire_body(data: &[u8], dot_stuff: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len() + data.len() / 32 + 5);
     let mut start = 0;
@@ -78,6 +99,9 @@ pub mod harness {
             undone.extend_from_slice(line.strip_prefix(b".").unwrap_or(line));
         }
         assert_eq!(undone, expect);
+        // The shortcut holds exactly when the encoding changes nothing.
+        assert_eq!(super::is_wire_form(data, false), plain == data);
+        assert_eq!(super::is_wire_form(data, true), stuffed.strip_suffix(b".\r\n") == Some(data));
     }
 }
 
@@ -110,6 +134,20 @@ mod tests {
         ];
         for (input, dot, want) in cases {
             assert_eq!(wire_body(input, *dot), *want, "{:?} dot_stuff={dot}", String::from_utf8_lossy(input));
+        }
+        let forms: &[(&[u8], bool, bool)] = &[
+            (b"", true, true),
+            (b"a\r\nb\r\n", true, true),
+            (b"a\r\n.b\r\n", true, false),
+            (b"a\r\n.b\r\n", false, true),
+            (b".a\r\n", true, false),
+            (b"a\r\nb", false, false),
+            (b"a\nb\r\n", false, false),
+            (b"a\rb\r\n", false, false),
+            (b"a\r\r\n", false, false),
+        ];
+        for (input, dot, want) in forms {
+            assert_eq!(super::is_wire_form(input, *dot), *want, "{:?} dot_stuff={dot}", String::from_utf8_lossy(input));
         }
     }
 
