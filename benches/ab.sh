@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # A/B of mta builds on the relaying accept path: for each round, each build in turn
-# (A B C A B C ...) accepts N x 1 KiB from smtp-source (50 sessions, one message per
+# (A B C A B C ...) accepts N messages of SIZE bytes (default 1 KiB) from smtp-source (50 sessions, one message per
 # connection) while relaying everything into an `smtp-sink -c`. Prints the rate and the
 # CPU per message of the mta process tree (worker, spool writer, delivery agent), of the
 # sink and of the generator, so a build's cost is seen apart from the machine's noise.
 #
-#   benches/ab.sh [-n N] [-r ROUNDS] [-w WORKERS] [-c CONFIG] PYTHONDIR...
+#   benches/ab.sh [-n N] [-r ROUNDS] [-w WORKERS] [-c CONFIG] [-s SIZE] PYTHONDIR...
 #
 # Each PYTHONDIR holds an `mta` package with its extension built (a worktree of the
 # commit: `git worktree add --detach /tmp/snap REV && cd /tmp/snap &&
@@ -13,12 +13,12 @@
 # ln -sf ../../target/release/libmta_core.so python/mta/_native.abi3.so`).
 # Needs the Debian postfix package (smtp-source, smtp-sink). Ports 3525/3526.
 set -euo pipefail
-N=20000 ROUNDS=3 WORKERS=1 CONFIG=""
-while getopts "n:r:w:c:" o; do
-  case $o in n) N=$OPTARG ;; r) ROUNDS=$OPTARG ;; w) WORKERS=$OPTARG ;; c) CONFIG=$OPTARG ;; *) exit 2 ;; esac
+N=20000 ROUNDS=3 WORKERS=1 CONFIG="" SIZE=1024
+while getopts "n:r:w:c:s:" o; do
+  case $o in n) N=$OPTARG ;; r) ROUNDS=$OPTARG ;; w) WORKERS=$OPTARG ;; c) CONFIG=$OPTARG ;; s) SIZE=$OPTARG ;; *) exit 2 ;; esac
 done
 shift $((OPTIND - 1))
-[ $# -ge 1 ] || { echo "usage: $0 [-n N] [-r ROUNDS] [-w WORKERS] [-c CONFIG] PYTHONDIR..." >&2; exit 2; }
+[ $# -ge 1 ] || { echo "usage: $0 [-n N] [-r ROUNDS] [-w WORKERS] [-c CONFIG] [-s SIZE] PYTHONDIR..." >&2; exit 2; }
 HERE=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d)
 trap 'kill $MTA $SINK 2>/dev/null || true; rm -rf "$work"' EXIT
@@ -39,7 +39,7 @@ for round in $(seq "$ROUNDS"); do
     wait_port 3525 || { echo "mta did not start"; cat "$work/mta.log"; exit 1; }
     sleep 0.5
     m0=$(tree_cpu $MTA); k0=$(tree_cpu $SINK); t0=$(date +%s.%N)
-    ( /usr/bin/time -f "%U %S" timeout 600 /usr/sbin/smtp-source -s 50 -m "$N" -l 1024 -f from@example.test \
+    ( /usr/bin/time -f "%U %S" timeout 600 /usr/sbin/smtp-source -s 50 -m "$N" -l "$SIZE" -f from@example.test \
         -t to@example.test -M client.example.test 127.0.0.1:3525 ) 2> "$work/src.time"
     t1=$(date +%s.%N); m1=$(tree_cpu $MTA); k1=$(tree_cpu $SINK)
     awk -v py="$py" -v r="$round" -v n="$N" -v t="$(echo "$t1 - $t0" | bc -l)" -v m="$(echo "$m1 - $m0" | bc -l)" \
