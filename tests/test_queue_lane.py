@@ -197,14 +197,20 @@ def test_the_lane_waits_for_the_agent_to_run(tmp_path):
     assert calls == ["deliver"] and fast["kept"] == [None]
 
 
+async def _held_attempt(tmp) -> tuple[Server, Peer, str]:
+    """A server with one attempt on the lane whose result the peer keeps back."""
+    srv = await _server(str(tmp))
+    peer = srv.queue.smtp = Peer(asyncio.get_running_loop(), {})
+    peer.hold = True
+    qid = _submit(srv, ["a@example.test"])
+    while not peer.held:
+        await asyncio.sleep(0.01)
+    return srv, peer, qid
+
+
 def test_stop_waits_for_attempts_on_the_lane(tmp_path):
     async def main():
-        srv = await _server(str(tmp_path))
-        peer = srv.queue.smtp = Peer(asyncio.get_running_loop(), {})
-        peer.hold = True
-        qid = _submit(srv, ["a@example.test"])
-        while not peer.held:
-            await asyncio.sleep(0.01)
+        srv, peer, qid = await _held_attempt(tmp_path)
         asyncio.get_running_loop().call_later(0.2, peer.release)
         t = time.monotonic()
         await srv.queue.stop(grace=5)
@@ -219,12 +225,7 @@ def test_stop_waits_for_attempts_on_the_lane(tmp_path):
 
 def test_stop_gives_up_after_the_grace_and_records_nothing_later(tmp_path):
     async def main():
-        srv = await _server(str(tmp_path))
-        peer = srv.queue.smtp = Peer(asyncio.get_running_loop(), {})
-        peer.hold = True
-        qid = _submit(srv, ["a@example.test"])
-        while not peer.held:
-            await asyncio.sleep(0.01)
+        srv, peer, qid = await _held_attempt(tmp_path)
         await srv.queue.stop(grace=0.1)
         peer.release()  # comes after the grace: as a cancelled attempt, not recorded
         env = srv.spool.spool.get(qid)

@@ -6,7 +6,10 @@ messages are due. Every outcome is a durable state record before the next
 step depends on it: a DSN is spooled before its recipient is recorded
 bounced, and a message is deleted only once all its recipients are final.
 A crash between a peer's 250 and our state record can duplicate that one
-delivery; nothing else is repeated and nothing is lost.
+delivery; nothing else is repeated and nothing is lost. The common attempt
+(one smarthost given as an address, through the delivery agent) runs on
+callbacks instead of a task (`_start_fast`); its outcomes are recorded exactly
+as the general path records them.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ class QueueManager:
         # SMTP/LMTP peers are talked to in the delivery agent process (mta.delivery.agent)
         # or here; both have the same deliver() and close().
         self.smtp = AgentDelivery(cpus=server.affinity.helpers) if self.dcfg.agent else SmtpDelivery()
-        self._fast: dict[str, float] = {}  # queue id → start time, of attempts on the callback lane
+        self._fast: set[str] = set()  # queue ids of attempts on the callback lane
         self._fast_idle: asyncio.Event | None = None  # set by stop() to learn when _fast empties
         self._abandoned = False  # stop() gave up waiting for the callback lane
         sts = MtaStsCache(self.resolver, port=self.dcfg.mta_sts_port, ca_file=self.dcfg.mta_sts_ca_file,
@@ -254,7 +257,7 @@ class QueueManager:
                       self._options(spec, lmtp=spec.kind == "lmtp"), msg,
                       lambda out: self._fast_done(env, spooled, msg, out, now)):
             return False
-        self._fast[qid] = now
+        self._fast.add(qid)
         return True
 
     def _fast_done(self, env, spooled: list, msg: OutMessage, out: list[RcptResult], now: float) -> None:
@@ -281,7 +284,7 @@ class QueueManager:
         return done
 
     def _fast_end(self, qid: str, exc: BaseException | None) -> None:
-        self._fast.pop(qid, None)
+        self._fast.discard(qid)
         self._finished(qid, exc)
         if not self._fast and self._fast_idle is not None:
             self._fast_idle.set()
