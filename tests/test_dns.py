@@ -205,6 +205,29 @@ def test_addresses_for_smarthosts(dns_server):
     assert (res.kind, res.code) == ("nxdomain", 550)
 
 
+def test_cached_host_answers_without_a_coroutine_only_what_resolve_host_would(dns_server):
+    """The queue's callback lane asks cached_host: an address or [address] at once, a
+    name only while its A and AAAA answers are cached and fresh, as resolve_host gives."""
+    dns_server.add("relay.example", [("A", "192.0.2.90", 1), ("AAAA", "2001:db8::90", 300)])
+    dns_server.add("v6.example", [("AAAA", "2001:db8::91")])
+    dns_server.add("none.example", [("MX", "10 x.example")])
+    r = resolver(dns_server)
+    assert r.cached_host("192.0.2.91", 25).targets == (Target("192.0.2.91", "192.0.2.91", 25),)
+    assert r.cached_host("[IPv6:::1]", 25).targets == (Target("::1", "::1", 25),)
+    assert r.cached_host("relay.example", 587) is None  # not looked up yet
+    looked_up = run(r.resolve_host("relay.example", 587))
+    for spelling in ("relay.example", "Relay.Example.", "[relay.example]"):
+        assert r.cached_host(spelling, 587) == looked_up, spelling
+    queries = dns_server.count("relay.example")
+    time.sleep(1.1)  # the A answer expires, the AAAA one does not
+    assert r.cached_host("relay.example", 587) is None
+    assert dns_server.count("relay.example") == queries  # cached_host never asks
+    run(r.resolve_host("v6.example", 25))
+    assert r.cached_host("v6.example", 25).targets == (Target("v6.example", "2001:db8::91", 25),)
+    run(r.resolve_host("none.example", 25))  # NODATA for both: no address to give
+    assert r.cached_host("none.example", 25) is None
+
+
 def test_cache_hit_and_ttl_expiry(dns_server):
     dns_server.add("ttl.example", [("MX", "10 mx.ttl.example", 1)])
     dns_server.add("mx.ttl.example", [("A", "192.0.2.100", 1), ("AAAA", "2001:db8::100", 300)])

@@ -1,10 +1,10 @@
 """The queue's callback lane (QueueManager._start_fast) against its general path.
 
 The lane takes an attempt without a task when its transport has `submit` and every
-recipient goes to one smarthost given as an address. Whatever the peer answers, the
+recipient goes to one smarthost whose address is at hand. Whatever the peer answers, the
 spool, the delivery log and the DSNs must come out as the general path leaves them;
-the lane must not be taken where a coroutine is needed (MX, a named host, a route
-hook, the agent not running); stop() must wait for attempts in flight on it.
+the lane must not be taken where a coroutine is needed (MX, a name not in the DNS cache,
+the agent not running); stop() must wait for attempts in flight on it.
 """
 
 from __future__ import annotations
@@ -170,31 +170,59 @@ ZONE = {"example.test": [("MX", "10 mx.example.test")], "mx.example.test": [("A"
         "relay.example.test": [("A", "127.0.0.1")]}
 
 
-@pytest.mark.parametrize("relay_to", [
-    "relay.example.test:2626",  # a name: resolving it can suspend
-    "",  # MX: DNS and the MTA-STS policy
+@pytest.mark.parametrize("relay_to, calls", [
+    # A name: the first attempt looks it up (a coroutine); the next finds it in the cache.
+    ("relay.example.test:2626", ["deliver", "submit"]),
+    ("", ["deliver", "deliver"]),  # MX: DNS and the MTA-STS policy, every time
 ])
-def test_the_lane_is_not_taken_where_a_coroutine_is_needed(tmp_path, relay_to):
+def test_the_lane_is_taken_only_when_nothing_needs_a_lookup(tmp_path, relay_to, calls):
     async def main(dns):
         srv = await _server(str(tmp_path), **{"delivery.relay_to": relay_to, "delivery.mta_sts": False,
                                               "dns.nameservers": dns.nameservers, "dns.port": dns.port})
         try:
             peer = srv.queue.smtp = Peer(asyncio.get_running_loop(), {})
-            qid = _submit(srv, ["a@example.test"])
-            await _settle(srv, [qid])
-            return peer.calls, srv.spool.spool.get(qid)
+            kept = []
+            for _ in calls:  # one after the other: the second comes once the first is done
+                qid = _submit(srv, ["a@example.test"])
+                await _settle(srv, [qid])
+                kept.append(srv.spool.spool.get(qid))
+            return peer.calls, kept
         finally:
             await srv.stop()
     with DNSServer(ZONE) as dns:
-        calls, env = uvloop.run(main(dns))
-    assert calls == ["deliver"]
-    assert env is None  # delivered (by the general path) and deleted
+        got, kept = uvloop.run(main(dns))
+    assert got == calls
+    assert kept == [None, None]  # delivered and deleted, by either path
 
 
 def test_the_lane_waits_for_the_agent_to_run(tmp_path):
     """Before the agent runs, `submit` declines and `deliver` (which starts it) is used."""
     fast, calls = uvloop.run(_run_scenario(str(tmp_path), [["a@example.test"]], lane=False))
     assert calls == ["deliver"] and fast["kept"] == [None]
+
+
+def test_a_message_started_twice_is_attempted_once(tmp_path):
+    """new_message() for a message already being attempted (a DSN's comes a loop turn
+    after it is durable; the scheduler may have started it meanwhile) starts nothing."""
+    async def main():
+        srv = await _server(str(tmp_path))
+        try:
+            peer = srv.queue.smtp = Peer(asyncio.get_running_loop(), {})
+            peer.hold = True
+            qid = _submit(srv, ["a@example.test"])
+            while not peer.held:
+                await asyncio.sleep(0.01)
+            srv.queue.new_message(qid)  # while the first attempt is in flight
+            srv.queue._schedule()
+            calls = list(peer.calls)
+            peer.release()
+            await _settle(srv, [qid])
+            return calls, peer.calls, srv.spool.spool.get(qid)
+        finally:
+            await srv.stop()
+    during, after, env = uvloop.run(main())
+    assert during == after == ["submit"]
+    assert env is None
 
 
 async def _held_attempt(tmp) -> tuple[Server, Peer, str]:

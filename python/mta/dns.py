@@ -259,15 +259,28 @@ class MxResolver:
             return None
         return self._literal_result((host, port), Resolution("ok", (Target(ip, ip, port),)))
 
+    def cached_host(self, host: str, port: int) -> Resolution | None:
+        """`resolve_host` without a coroutine when its answer is at hand: an address, or
+        a name whose A and AAAA answers are both in the cache, fresh, with an address
+        among them. None: ask `resolve_host` (which looks up and caches)."""
+        hit = self.literal_host(host, port)
+        if hit is not None:
+            return hit
+        h = _host_text(host)
+        if not h.isascii():
+            return None  # an IDN's cache key is its A-label form: leave it to resolve_host
+        a, aaaa = self._fresh((f"{h}.", dns.rdatatype.A)), self._fresh((f"{h}.", dns.rdatatype.AAAA))
+        if a is None or aaaa is None:
+            return None
+        ips = _combine(a, aaaa, self.prefer_ipv6)[0]
+        return Resolution("ok", tuple(Target(h, ip, port) for ip in ips)) if ips else None
+
     async def resolve_host(self, host: str, port: int) -> Resolution:
         """A/AAAA of one host (no MX), e.g. a smarthost; "[name]" means the name, a literal is used as is."""
         hit = self.literal_host(host, port)
         if hit is not None:
             return hit
-        host = host.strip()
-        if host.startswith("[") and host.endswith("]"):
-            host = host[1:-1]
-        host = host.rstrip(".").lower()
+        host = _host_text(host)
         name = _name(host)
         if name is None:
             return _nxdomain("invalid host name")
@@ -309,17 +322,15 @@ class MxResolver:
         """(ips in preference order, "ok" | "nxdomain" | "nodata" | "tempfail", detail)."""
         a, aaaa = await asyncio.gather(self._query(name, dns.rdatatype.A),
                                        self._query(name, dns.rdatatype.AAAA))
-        first, second = (aaaa, a) if self.prefer_ipv6 else (a, aaaa)
-        ips = [*(first.records if first.status == "ok" else ()),
-               *(second.records if second.status == "ok" else ())]
-        if ips:
-            return ips, "ok", ""
-        for ans in (a, aaaa):
-            if ans.status == "tempfail":
-                return [], "tempfail", ans.detail
-        if a.status == "nxdomain" or aaaa.status == "nxdomain":
-            return [], "nxdomain", ""
-        return [], "nodata", ""
+        return _combine(a, aaaa, self.prefer_ipv6)
+
+    def _fresh(self, key: tuple[str, int]) -> _Answer | None:
+        """A cached answer that has not expired (no query)."""
+        hit = self._cache.get(key)
+        if hit is None or hit[1] <= time.monotonic():
+            return None
+        self._cache.move_to_end(key)
+        return hit[0]
 
     async def _query(self, name: dns.name.Name, rdtype: int) -> _Answer:
         """One (name, type) through the cache; concurrent callers share one query."""
@@ -373,6 +384,30 @@ class MxResolver:
         else:
             records = tuple(r.address for r in ans.rrset)
         return _Answer("ok", records), ttl
+
+
+def _combine(a: _Answer, aaaa: _Answer, prefer_ipv6: bool) -> tuple[list[str], str, str]:
+    """A host's A and AAAA answers as (ips in preference order, "ok" | "nxdomain" |
+    "nodata" | "tempfail", detail)."""
+    first, second = (aaaa, a) if prefer_ipv6 else (a, aaaa)
+    ips = [*(first.records if first.status == "ok" else ()),
+           *(second.records if second.status == "ok" else ())]
+    if ips:
+        return ips, "ok", ""
+    for ans in (a, aaaa):
+        if ans.status == "tempfail":
+            return [], "tempfail", ans.detail
+    if a.status == "nxdomain" or aaaa.status == "nxdomain":
+        return [], "nxdomain", ""
+    return [], "nodata", ""
+
+
+def _host_text(host: str) -> str:
+    """A configured host as it is looked up: "[name]" is the name, no final dot, lower case."""
+    host = host.strip()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host.rstrip(".").lower()
 
 
 def _name(text: str) -> dns.name.Name | None:

@@ -7,7 +7,7 @@ step depends on it: a DSN is spooled before its recipient is recorded
 bounced, and a message is deleted only once all its recipients are final.
 A crash between a peer's 250 and our state record can duplicate that one
 delivery; nothing else is repeated and nothing is lost. The common attempt
-(one smarthost given as an address, through the delivery agent) runs on
+(to one smarthost, its address at hand, through the delivery agent) runs on
 callbacks instead of a task (`_start_fast`); its outcomes are recorded exactly
 as the general path records them.
 """
@@ -114,7 +114,9 @@ class QueueManager:
             self._refill = True  # taken up when the window drains to half
 
     def _start(self, qid: str) -> None:
-        if qid in self._excluded:
+        if qid in self._excluded or qid in self.active:
+            # At most one attempt per message: a DSN's new_message() comes a loop turn
+            # after it became durable, and _schedule() may have started it meanwhile.
             return
         self.active.add(qid)
         prep = self._prepare(qid)
@@ -232,8 +234,9 @@ class QueueManager:
     def _start_fast(self, prep: tuple) -> bool:
         """Start an attempt without a task when nothing in it can suspend but the
         delivery itself: every recipient due, routed without a hook to one smarthost
-        or LMTP host given as an address (no DNS), through a transport that takes a
-        callback (the delivery agent, once running). False: the caller takes the
+        or LMTP host that needs no lookup now (an address, or a name with fresh
+        answers in the DNS cache), through a transport that takes a callback (the
+        delivery agent, once running). False: the caller takes the
         general path. Its outcome is recorded as `_record` would (see _fast_done)."""
         submit = getattr(self.smtp, "submit", None)
         env, spooled, msg, now = prep
@@ -248,7 +251,7 @@ class QueueManager:
         if spec.kind == "lmtp" and spec.port == 0:
             targets: list[Target] | tuple = [Target(spec.host, "unix", 0)]
         else:
-            res = self.resolver.literal_host(spec.host, spec.port)
+            res = self.resolver.cached_host(spec.host, spec.port)
             if res is None or not res.targets:
                 return False
             targets = res.targets
