@@ -269,8 +269,8 @@ class QueueManager:
         if self._abandoned:
             return
         qid = msg.queue_id
-        results = {rc.index: r for rc, r in zip(msg.recipients, out)}
         if any(r.status != "delivered" for r in out):
+            results = {rc.index: r for rc, r in zip(msg.recipients, out)}
             task = self._loop.create_task(self._record(env, spooled, msg, results, now))
             self._tasks.add(task)
             task.add_done_callback(self._fast_task_done(qid))
