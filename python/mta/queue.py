@@ -125,9 +125,7 @@ class QueueManager:
             return
         if self._start_fast(prep):
             return
-        task = self._loop.create_task(self._attempt(prep))
-        self._tasks.add(task)
-        task.add_done_callback(self._attempt_done(qid))
+        self._run_task(self._attempt(prep), qid, self._finished)
 
     async def _run(self) -> None:
         while not self._stopping:
@@ -163,11 +161,15 @@ class QueueManager:
                 break
         return started
 
-    def _attempt_done(self, qid: str):
-        def done(task: asyncio.Task) -> None:
-            self._tasks.discard(task)
-            self._finished(qid, None if task.cancelled() else task.exception())
-        return done
+    def _run_task(self, coro, qid: str, end) -> None:
+        """Run an attempt's coroutine as a task (stop() waits for it); `end(qid, exc)` once it is over."""
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task) -> None:
+            self._tasks.discard(t)
+            end(qid, None if t.cancelled() else t.exception())
+        task.add_done_callback(done)
 
     def _finished(self, qid: str, exc: BaseException | None) -> None:
         self.active.discard(qid)
@@ -271,20 +273,12 @@ class QueueManager:
         qid = msg.queue_id
         if any(r.status != "delivered" for r in out):
             results = {rc.index: r for rc, r in zip(msg.recipients, out)}
-            task = self._loop.create_task(self._record(env, spooled, msg, results, now))
-            self._tasks.add(task)
-            task.add_done_callback(self._fast_task_done(qid))
+            self._run_task(self._record(env, spooled, msg, results, now), qid, self._fast_end)
             return
         for rc, res in zip(msg.recipients, out):
             self.dlog.record(queue_id=qid, recipient=rc.address, status="delivered", result=res,
                              attempt=spooled[rc.index].attempts + 1, arrival=env.arrival, now=now)
         self.spool.delete_then(qid, lambda error: self._fast_end(qid, None if error is None else SpoolError(error)))
-
-    def _fast_task_done(self, qid: str):
-        def done(task: asyncio.Task) -> None:
-            self._tasks.discard(task)
-            self._fast_end(qid, None if task.cancelled() else task.exception())
-        return done
 
     def _fast_end(self, qid: str, exc: BaseException | None) -> None:
         self._fast.discard(qid)

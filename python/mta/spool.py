@@ -80,11 +80,15 @@ class SpoolService:
         self.spool.prepend(message, data)
 
     def submit(self, queue_id: str, message, done: Completion, **envelope) -> None:
+        self._then(self.spool.submit, done, queue_id, message, **envelope)
+
+    def _then(self, method, done: Completion, *args, **kw) -> None:
+        """`method(token, *args, **kw)` with `done(error)` as its completion."""
         token = self._next_token
         self._next_token += 1
         self._pending[token] = done
         try:
-            self.spool.submit(token, queue_id, message, **envelope)
+            method(token, *args, **kw)
         except Exception as e:  # refused before reaching the writer
             self._pending.pop(token, None)
             done(str(e))
@@ -130,14 +134,7 @@ class SpoolService:
 
     def delete_then(self, queue_id: str, done: Completion) -> None:
         """`delete` with a completion callback instead of a future (the queue's callback lane)."""
-        token = self._next_token
-        self._next_token += 1
-        self._pending[token] = done
-        try:
-            self.spool.delete(token, queue_id)
-        except Exception as e:
-            self._pending.pop(token, None)
-            done(str(e))
+        self._then(self.spool.delete, done, queue_id)
 
     async def inject(self, data: bytes, *, sender: str, recipient: str) -> str:
         """Spool a message we made ourselves (a DSN); its queue id once durable."""
