@@ -9,7 +9,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
 use super::spool::PyMessage;
-use crate::smtp::{self, BareLf, Command, Config, Event, MailArgs, Parser, RcptArgs, ReplyParser, Sink};
+use crate::smtp::client::{Step, Transaction};
+use crate::smtp::{self, BareLf, Command, Config, Event, MailArgs, Parser, RcptArgs, Reply, ReplyParser, Sink};
 
 #[pyclass(name = "MailArgs", module = "mta._native", frozen, eq)]
 #[derive(PartialEq)]
@@ -296,6 +297,7 @@ fn format_reply<'py>(
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PySmtpParser>()?;
     m.add_class::<PyReplyParser>()?;
+    m.add_class::<PyClientTransaction>()?;
     m.add_class::<PyMailArgs>()?;
     m.add_class::<PyRcptArgs>()?;
     m.add_function(wrap_pyfunction!(format_reply, m)?)?;
@@ -347,6 +349,118 @@ impl PyReplyParser {
         for r in self.out.drain(..) {
             let lines = PyList::new(py, r.lines.iter().map(|l| PyString::new(py, l)))?;
             list.append((r.code, lines))?;
+        }
+        Ok(list)
+    }
+}
+
+/// One pipelined mail transaction on the client side (`crate::smtp::client`): replies are
+/// parsed by the connection's `ReplyParser` and decided here, with no Python object per reply.
+#[pyclass(name = "ClientTransaction", module = "mta._native")]
+pub struct PyClientTransaction {
+    tx: Transaction,
+    replies: Vec<Reply>,
+}
+
+// Step codes returned by `feed` (mirrored in mta.delivery.lane).
+const WAIT: u8 = 0;
+const SEND_DATA: u8 = 1;
+const SEND_EMPTY_END: u8 = 2;
+const DONE: u8 = 3;
+const STALE: u8 = 4;
+const UNEXPECTED: u8 = 5;
+const GARBAGE: u8 = 6;
+
+fn step_code(s: Step) -> u8 {
+    match s {
+        Step::Wait => WAIT,
+        Step::SendData => SEND_DATA,
+        Step::SendEmptyEnd => SEND_EMPTY_END,
+        Step::Done => DONE,
+        Step::Stale => STALE,
+        Step::Unexpected => UNEXPECTED,
+    }
+}
+
+#[pymethods]
+impl PyClientTransaction {
+    #[new]
+    #[pyo3(signature = (rcpts, *, reset, chunking, lmtp))]
+    fn new(rcpts: usize, reset: bool, chunking: bool, lmtp: bool) -> Self {
+        PyClientTransaction { tx: Transaction::new(rcpts, reset, chunking, lmtp), replies: Vec::new() }
+    }
+
+    /// Parse `data` with `parser` and decide on each complete reply. Returns the step:
+    /// 0 wait, 1 send the data, 2 send an empty data phase (".CRLF"), 3 done, 4 stale
+    /// (RSET refused), 5 a reply nothing was owed, 6 not a reply (`parser.error` says why;
+    /// the replies before it were decided).
+    fn feed(&mut self, parser: &Bound<'_, PyReplyParser>, data: &[u8]) -> PyResult<u8> {
+        let mut p = parser.try_borrow_mut()?;
+        if p.error.is_some() {
+            return Ok(GARBAGE);
+        }
+        let parsed = p.parser.feed(data, &mut self.replies);
+        if let Err(e) = &parsed {
+            p.error = Some(e.to_string());
+        }
+        let mut step = WAIT;
+        for r in self.replies.drain(..) {
+            if step != WAIT {
+                if step != STALE {
+                    step = UNEXPECTED; // the server spoke when it owed nothing
+                }
+                break;
+            }
+            step = if self.tx.is_done() { UNEXPECTED } else { step_code(self.tx.on_reply(&r)) };
+        }
+        self.replies.clear();
+        if parsed.is_err() && matches!(step, WAIT | SEND_DATA | SEND_EMPTY_END) {
+            step = GARBAGE;
+        }
+        Ok(step)
+    }
+
+    /// The command whose reply is awaited ("RSET", "MAIL FROM", "RCPT TO", "DATA",
+    /// "the end of data"; "" when none).
+    #[getter]
+    fn waiting_for(&self) -> &'static str {
+        self.tx.waiting_for()
+    }
+
+    /// A 421 came: the connection must not be reused.
+    #[getter]
+    fn closing(&self) -> bool {
+        self.tx.closing
+    }
+
+    #[getter]
+    fn done(&self) -> bool {
+        self.tx.is_done()
+    }
+
+    /// The connection failed: every recipient still undecided gets 451 4.4.2 `text`.
+    fn fail(&mut self, text: &str) {
+        self.tx.fail(text);
+    }
+
+    /// One `RcptResult`-shaped tuple per recipient (`recipients[i][0]` is the address):
+    /// (address, code, enhanced, text, host, ip, tls, None, None). Only once done.
+    fn rows<'py>(
+        &self,
+        py: Python<'py>,
+        recipients: &Bound<'py, PyAny>,
+        host: Option<&str>,
+        ip: Option<&str>,
+        tls: Option<&str>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        if !self.tx.is_done() {
+            return Err(PyValueError::new_err("the transaction is not done"));
+        }
+        let list = PyList::empty(py);
+        for (o, r) in self.tx.outcomes().iter().zip(recipients.try_iter()?) {
+            let o = o.as_ref().expect("done: every recipient decided");
+            let addr = r?.get_item(0)?;
+            list.append((addr, o.code, o.enhanced.as_deref(), o.text.as_str(), host, ip, tls, py.None(), py.None()))?;
         }
         Ok(list)
     }

@@ -3,6 +3,7 @@
 //! is split into `feed` calls; in command mode at most `max_line - 1` bytes are buffered.
 
 pub mod bdat;
+pub mod client;
 pub mod command;
 pub mod data;
 pub mod path;

@@ -1,0 +1,325 @@
+"""The wire side of the SMTP/LMTP client: replies, command lines, and the
+asyncio Protocol of one connection (`_Connection`). mta.delivery.smtp runs
+transactions on it with coroutines, mta.delivery.lane with callbacks.
+
+Invariants: nothing with a bare CR or LF goes out (`_line` refuses it; bodies go
+through `wire_body`); one reply timer per connection watches the current deadline,
+whichever of the two drives the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import ssl
+from collections import deque
+from typing import NamedTuple
+
+from mta import _native
+from mta.delivery import OutMessage, OutRcpt, Target
+
+_MAX_REPLY_LINE = 8192
+
+# ---------------------------------------------------------------------------
+# Replies
+# ---------------------------------------------------------------------------
+
+_ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})\Z")
+
+
+class ReplyError(Exception):
+    """The peer sent something that is not an SMTP reply (fatal for the connection);
+    `replies` are those it completed before that, in order."""
+
+    def __init__(self, text: str, replies: list | None = None) -> None:
+        super().__init__(text)
+        self.replies = replies or []
+
+
+class Reply(NamedTuple):
+    code: int
+    lines: list[str]  # text of each line, without code and separator
+
+    @property
+    def enhanced(self) -> str | None:
+        """The RFC 3463 code opening the first line, if it has the reply's class."""
+        tok = self.lines[0].split(" ", 1)[0] if self.lines else ""
+        m = _ENHANCED.match(tok)
+        return tok if m and int(m.group(1)) == self.code // 100 else None
+
+    @property
+    def text(self) -> str:
+        """All lines as one, each without its enhanced code."""
+        enh = self.enhanced
+        out = []
+        for line in self.lines:
+            if enh and (line == enh or line.startswith(enh + " ")):
+                line = line[len(enh) + 1:]
+            out.append(line)
+        return " ".join(x for x in out if x)
+
+    def __str__(self) -> str:
+        enh = f" {self.enhanced}" if self.enhanced else ""
+        return f"{self.code}{enh} {self.text}".rstrip()
+
+
+class ReplyParser:
+    """Incremental parser of server replies: bytes in, complete `Reply`s out
+    (the Rust parser, rust/src/smtp/reply.rs)."""
+
+    __slots__ = ("_p",)
+
+    def __init__(self, max_line: int = _MAX_REPLY_LINE) -> None:
+        self._p = _native.ReplyParser(max_line)
+
+    @property
+    def buffered(self) -> bool:
+        """True when part of a reply has been received (matters after STARTTLS's 220)."""
+        return self._p.buffered
+
+    def feed(self, data: bytes) -> list[Reply]:
+        try:
+            replies = [Reply(code, lines) for code, lines in self._p.feed(data)]
+        except ValueError as e:
+            raise ReplyError(str(e)) from None
+        if self._p.error is not None:
+            raise ReplyError(f"{self._p.error}: {data[:80]!r}", replies)
+        return replies
+
+
+# ---------------------------------------------------------------------------
+# Wire encoding
+# ---------------------------------------------------------------------------
+
+def wire_body(data: bytes, *, dot_stuff: bool) -> bytes:
+    """The message as it goes on the wire: every line ending CRLF (bare CR or LF
+    become CRLF), ending with CRLF; with dot_stuff (DATA) lines starting with "."
+    get another one and the terminating ".CRLF" is appended. In Rust: in Python
+    the passes over a 64 KiB message cost more than its whole SMTP transaction."""
+    return _native.wire_body(data, dot_stuff=dot_stuff)
+
+
+def xtext(s: str) -> str:
+    """RFC 3461 xtext: "+", "=", controls, space and non-ASCII octets as +XX."""
+    return "".join(
+        chr(b) if 33 <= b <= 126 and b not in (43, 61) else f"+{b:02X}" for b in s.encode("utf-8")
+    )
+
+
+def _mail_line(msg: OutMessage, ext: dict[str, str], utf8: bool) -> bytes:
+    params = []
+    if "SIZE" in ext:
+        params.append(f"SIZE={len(msg.data)}")
+    if msg.body and "8BITMIME" in ext:
+        params.append(f"BODY={msg.body}")
+    if utf8:
+        params.append("SMTPUTF8")
+    if "DSN" in ext:
+        if msg.ret:
+            params.append(f"RET={msg.ret}")
+        if msg.envid:
+            params.append(f"ENVID={xtext(msg.envid)}")
+    return _line(f"MAIL FROM:<{msg.sender}>", params)
+
+
+def _rcpt_line(r: OutRcpt, ext: dict[str, str]) -> bytes:
+    params = []
+    if "DSN" in ext:
+        if r.notify:
+            params.append("NOTIFY=" + ",".join(r.notify))
+        if r.orcpt:
+            kind, _, addr = r.orcpt.partition(";")
+            params.append(f"ORCPT={kind};{xtext(addr)}")
+    return _line(f"RCPT TO:<{r.address}>", params)
+
+
+def _line(cmd: str, params: list[str]) -> bytes:
+    s = " ".join([cmd, *params]) + "\r\n"
+    if "\r" in s[:-2] or "\n" in s[:-2]:
+        raise ValueError("CR or LF in an envelope address or parameter")
+    return s.encode("utf-8")
+
+
+# ---------------------------------------------------------------------------
+# One connection
+# ---------------------------------------------------------------------------
+
+
+class _ConnError(Exception):
+    """The conversation broke (timeout, connection lost, garbage): the text says where."""
+
+
+class _Stale(Exception):
+    """A pooled connection was dead or refused RSET; nothing was decided on it."""
+
+
+class _Connection(asyncio.Protocol):
+    """The byte side of one SMTP/LMTP connection plus what we learnt about the peer."""
+
+    def __init__(self, target: Target, loop: asyncio.AbstractEventLoop) -> None:
+        self.target = target
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self._parser = ReplyParser()
+        self._replies: deque[Reply] = deque()
+        self._waiter: asyncio.Future | None = None
+        self._error: str | None = None
+        self._paused = False
+        self.ext: dict[str, str] = {}  # EHLO keywords (upper case) -> parameters
+        self.tls = False
+        self.verified = False  # TLS with the chain and Target.host checked
+        self.messages = 0  # transactions attempted on this connection
+        self.broken = False  # out of sync or closing: never reuse
+        self.idle_timer: asyncio.TimerHandle | None = None
+        self.idle_since = 0.0  # loop time of the last release to the pool
+        # One lazily re-armed timer watches every reply wait (see _wait).
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+
+    # -- protocol callbacks --
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            replies = self._parser.feed(data)
+        except ReplyError as e:
+            self._replies.extend(e.replies)  # answers that came before the garbage still count
+            self._fail(str(e))
+            self.abort()
+            return
+        if replies:
+            self._replies.extend(replies)
+            self._wake()
+
+    def eof_received(self) -> bool:
+        self._fail("connection closed by the server")
+        return False
+
+    def connection_lost(self, exc) -> None:
+        self._paused = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._fail(f"connection lost ({exc})" if exc else "connection closed by the server")
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._wake()
+
+    def _fail(self, why: str) -> None:
+        if self._error is None:
+            self._error = why
+        self.broken = True
+        self._wake()
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(True)
+
+    # -- used by the client --
+    @property
+    def alive(self) -> bool:
+        t = self.transport
+        return self._error is None and not self.broken and t is not None and not t.is_closing()
+
+    @property
+    def tls_state(self) -> str:
+        """"verified" | "opportunistic" (encrypted, not verified) | "none" (clear)."""
+        return "verified" if self.verified else "opportunistic" if self.tls else "none"
+
+    @property
+    def name(self) -> str:
+        t = self.target
+        return t.host if t.ip == "unix" else f"{t.host}[{t.ip}]:{t.port}"
+
+    def write(self, data: bytes) -> None:
+        if self._error is not None:
+            raise _ConnError(self._error)
+        self.transport.write(data)
+
+    def writelines(self, parts: list[bytes]) -> None:
+        if self._error is not None:
+            raise _ConnError(self._error)
+        self.transport.writelines(parts)
+
+    async def _wait(self, timeout: float) -> bool:
+        """Wait for `_wake` (a reply, an error, drained); False on timeout.
+        This runs twice per message and the reply nearly always comes within
+        milliseconds of timeouts of minutes, so one timer per connection watches
+        the current deadline and is re-armed only when it fires early or a
+        shorter deadline comes (a call_later + cancel per wait cost more)."""
+        loop = self.loop
+        fut = self._waiter = loop.create_future()
+        deadline = self._deadline = loop.time() + timeout
+        if self._timer is None or deadline < self._timer.when():
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = loop.call_at(deadline, self._check_deadline)
+        try:
+            return await fut
+        finally:
+            self._waiter = None
+
+    def _check_deadline(self) -> None:
+        self._timer = None
+        w = self._waiter
+        if w is None or w.done():
+            return  # nobody waits: the next wait arms a timer again
+        if self.loop.time() >= self._deadline:
+            w.set_result(False)
+        else:
+            self._timer = self.loop.call_at(self._deadline, self._check_deadline)
+
+    async def drain(self, timeout: float, what: str) -> None:
+        while self._paused and self._error is None:
+            if not await self._wait(timeout):
+                self.broken = True
+                raise _ConnError(f"timed out while sending {what}")
+        if self._error is not None:
+            raise _ConnError(f"{self._error} while sending {what}")
+
+    async def reply(self, timeout: float, what: str) -> Reply:
+        while not self._replies:
+            if self._error is not None:
+                raise _ConnError(f"{self._error} while waiting for the reply to {what}")
+            if not await self._wait(timeout):
+                self.broken = True
+                raise _ConnError(f"timed out waiting for the reply to {what}")
+        r = self._replies.popleft()
+        if r.code == 421:
+            self.broken = True
+        return r
+
+    async def start_tls(self, ctx: ssl.SSLContext, server_hostname: str | None, timeout: float) -> None:
+        if self._replies or self._parser.buffered:
+            # bytes after the 220 would be injected into the TLS session (CVE-2011-0411 style)
+            self.broken = True
+            raise _ConnError("the server sent data after its reply to STARTTLS")
+        self.transport = await self.loop.start_tls(
+            self.transport, self, ctx, server_hostname=server_hostname, ssl_handshake_timeout=timeout)
+        self.tls = True
+
+    def quit(self) -> None:
+        """Say goodbye without waiting for 221 (close flushes the QUIT first)."""
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+        t = self.transport
+        if t is not None and not t.is_closing():
+            if self._error is None and not self.broken:
+                t.write(b"QUIT\r\n")
+            t.close()
+        self.broken = True
+
+    def abort(self) -> None:
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+        self.broken = True
+        if self.transport is not None:
+            self.transport.abort()
