@@ -275,17 +275,19 @@ async def _serve(fd: int) -> None:
     # per message (SmtpOptions validates itself when made).
     made: dict[tuple, tuple[SmtpOptions, list[Target]]] = {}
 
-    async def run(item: tuple) -> None:
+    def unpack(item: tuple) -> tuple:
         _, job, key, targets, o, m = item
+        ck = (o, tuple(targets))
+        hit = made.get(ck)
+        if hit is None:
+            if len(made) > 1000:  # route hooks may make options or targets on the fly
+                made.clear()
+            hit = made[ck] = (SmtpOptions(*o), [Target(*t) for t in targets])
+        return job, key, hit[1], hit[0], OutMessage(m[0], m[1], tuple(OutRcpt(*r) for r in m[2]), *m[3:])
+
+    async def run(job: int, key: str, targets: list[Target], opts: SmtpOptions, msg: OutMessage) -> None:
         try:
-            ck = (o, tuple(targets))
-            hit = made.get(ck)
-            if hit is None:
-                if len(made) > 1000:  # route hooks may make options or targets on the fly
-                    made.clear()
-                hit = made[ck] = (SmtpOptions(*o), [Target(*t) for t in targets])
-            msg = OutMessage(m[0], m[1], tuple(OutRcpt(*r) for r in m[2]), *m[3:])
-            res = await smtp.deliver(key, hit[1], hit[0], msg)
+            res = await smtp.deliver(key, targets, opts, msg)
             proto.send(("res", job, [_result_row(r) for r in res]))
         except Exception as e:  # noqa: BLE001 - reported to the worker, which defers
             log.exception("delivery agent: job %d failed", job)
@@ -294,7 +296,17 @@ async def _serve(fd: int) -> None:
     def on_items(items: list) -> None:
         for item in items:
             if item[0] == "job":
-                t = loop.create_task(run(item))
+                try:
+                    job, key, targets, opts, msg = unpack(item)
+                except Exception as e:  # noqa: BLE001 - reported to the worker, which defers
+                    log.exception("delivery agent: job %d is malformed", item[1])
+                    proto.send(("err", item[1], f"{type(e).__name__}: {e}"))
+                    continue
+                # Most jobs find a pooled connection: they run on callbacks, not as a task.
+                if smtp.submit(key, targets, opts, msg, lambda rows, job=job: proto.send(("res", job, rows)),
+                               lambda text, job=job: proto.send(("err", job, text))):
+                    continue
+                t = loop.create_task(run(job, key, targets, opts, msg))
                 tasks.add(t)
                 t.add_done_callback(tasks.discard)
             elif item[0] == "close" and not done.done():
@@ -309,6 +321,7 @@ async def _serve(fd: int) -> None:
     await done
     if tasks:
         await asyncio.wait(set(tasks), timeout=_STOP_GRACE)
+    await smtp.settle(_STOP_GRACE)
     proto.flush()
     await smtp.close()
 

@@ -24,7 +24,7 @@ _MAX_REPLY_LINE = 8192
 # Replies
 # ---------------------------------------------------------------------------
 
-_ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})\Z")
+_ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})\Z", re.ASCII)  # as the Rust side (smtp/client.rs)
 
 
 class ReplyError(Exception):
@@ -175,12 +175,18 @@ class _Connection(asyncio.Protocol):
         # One lazily re-armed timer watches every reply wait (see _wait).
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        # A callback-driven transaction (mta.delivery.lane) while one runs on this
+        # connection: it gets the bytes, failures, drains and timeouts instead of _waiter.
+        self.lane = None
 
     # -- protocol callbacks --
     def connection_made(self, transport) -> None:
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
+        if self.lane is not None:
+            self.lane.data(data)
+            return
         try:
             replies = self._parser.feed(data)
         except ReplyError as e:
@@ -208,12 +214,16 @@ class _Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._paused = False
+        if self.lane is not None:
+            self.lane.resumed()
         self._wake()
 
     def _fail(self, why: str) -> None:
         if self._error is None:
             self._error = why
         self.broken = True
+        if self.lane is not None:
+            self.lane.failed()
         self._wake()
 
     def _wake(self) -> None:
@@ -253,27 +263,33 @@ class _Connection(asyncio.Protocol):
         milliseconds of timeouts of minutes, so one timer per connection watches
         the current deadline and is re-armed only when it fires early or a
         shorter deadline comes (a call_later + cancel per wait cost more)."""
-        loop = self.loop
-        fut = self._waiter = loop.create_future()
-        deadline = self._deadline = loop.time() + timeout
-        if self._timer is None or deadline < self._timer.when():
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = loop.call_at(deadline, self._check_deadline)
+        fut = self._waiter = self.loop.create_future()
+        self.arm(timeout)
         try:
             return await fut
         finally:
             self._waiter = None
 
+    def arm(self, timeout: float) -> None:
+        """The current wait ends `timeout` seconds from now."""
+        loop = self.loop
+        deadline = self._deadline = loop.time() + timeout
+        if self._timer is None or deadline < self._timer.when():
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = loop.call_at(deadline, self._check_deadline)
+
     def _check_deadline(self) -> None:
         self._timer = None
-        w = self._waiter
-        if w is None or w.done():
+        lane, w = self.lane, self._waiter
+        if lane is None and (w is None or w.done()):
             return  # nobody waits: the next wait arms a timer again
-        if self.loop.time() >= self._deadline:
-            w.set_result(False)
-        else:
+        if self.loop.time() < self._deadline:
             self._timer = self.loop.call_at(self._deadline, self._check_deadline)
+        elif lane is not None:
+            lane.timed_out()
+        else:
+            w.set_result(False)
 
     async def drain(self, timeout: float, what: str) -> None:
         while self._paused and self._error is None:

@@ -40,13 +40,14 @@ import base64
 import ssl
 from collections import deque
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from mta import _native
 from mta.delivery import OutMessage, RcptResult, Target, results_for
 from mta.delivery.protocol import (
     Reply, ReplyError, ReplyParser, _ConnError, _Connection, _mail_line, _rcpt_line, _Stale, wire_body,
 )
+from mta.delivery.lane import Lane
 
 __all__ = ["SmtpOptions", "SmtpDelivery", "Reply", "ReplyParser", "ReplyError", "wire_body"]
 
@@ -146,6 +147,8 @@ class SmtpDelivery:
         self._closed = False
         self.connections_opened = 0  # counters for tests and stats
         self.connections_reused = 0
+        self.lanes = 0  # callback-lane transactions in flight (mta.delivery.lane)
+        self._settled: asyncio.Future | None = None  # set when `lanes` drops to 0
 
     # -- public API --
     async def deliver(self, key: str, targets: Sequence[Target], opts: SmtpOptions,
@@ -174,6 +177,56 @@ class SmtpDelivery:
             return await self._deliver(key, targets, opts, msg)
         finally:
             gate.pass_on(key, self._gates)
+
+    def submit(self, key: str, targets: Sequence[Target], opts: SmtpOptions, msg: OutMessage,
+               done: Callable[[list[tuple]], object], error: Callable[[str], object]) -> bool:
+        """`deliver` on callbacks (mta.delivery.lane), for the common case: a place at
+        the gate with nobody waiting, a pooled connection that offers PIPELINING, and a
+        message of one write block that this peer's SIZE and SMTPUTF8 let through.
+        `done(rows)` (RcptResult-shaped tuples) or `error(text)` is called exactly once.
+        False, with nothing done, when the message must take `deliver`."""
+        if self._closed or not msg.recipients or len(msg.data) > _WRITE_BLOCK:
+            return False
+        gate = self._gates.get(key)
+        if gate is not None and (gate.waiting or gate.running >= max(1, opts.max_connections)):
+            return False
+        conn = self._take_idle(key)
+        if conn is None:
+            return False
+        ext = conn.ext
+        limit = ext.get("SIZE", "")
+        utf8 = msg.smtputf8 or not _ascii(msg)
+        try:
+            if ("PIPELINING" not in ext or (limit.isdigit() and 0 < int(limit) < len(msg.data))
+                    or (utf8 and "SMTPUTF8" not in ext)):
+                raise ValueError  # _transaction says why
+            commands = [b"RSET\r\n", _mail_line(msg, ext, utf8)]
+            commands += [_rcpt_line(r, ext) for r in msg.recipients]
+        except ValueError:
+            self._idle.setdefault(key, []).append(conn)  # back, as it was: its timer still runs
+            return False
+        if "CHUNKING" not in ext:
+            commands.append(b"DATA\r\n")
+        if gate is None:
+            gate = self._gates[key] = _Gate()
+        gate.running += 1
+        self.lanes += 1
+        Lane(self, key, targets, opts, msg, conn, done, error).start(b"".join(commands))
+        return True
+
+    def _lane_end(self, key: str) -> None:
+        gate = self._gates.get(key)
+        if gate is not None:
+            gate.pass_on(key, self._gates)
+        self.lanes -= 1
+        if not self.lanes and self._settled is not None and not self._settled.done():
+            self._settled.set_result(None)
+
+    async def settle(self, timeout: float) -> None:
+        """Wait (at most `timeout` seconds) for the callback lane's transactions to end."""
+        if self.lanes:
+            self._settled = asyncio.get_running_loop().create_future()
+            await asyncio.wait([self._settled], timeout=timeout)
 
     async def close(self) -> None:
         """QUIT every idle pooled connection; connections in use close when their delivery ends."""
@@ -243,7 +296,8 @@ class SmtpDelivery:
         return None
 
     def _release(self, key: str, conn: _Connection, opts: SmtpOptions) -> None:
-        if self._closed or not conn.alive or conn.messages >= opts.max_messages_per_connection:
+        if (self._closed or not conn.alive or conn.messages >= opts.max_messages_per_connection
+                or conn._replies):  # a reply to no command: out of sync
             conn.quit()
             return
         self._idle.setdefault(key, []).append(conn)

@@ -1,0 +1,188 @@
+"""The SMTP client's callback lane: one transaction on a pooled connection that
+offers PIPELINING, driven by the connection's callbacks and the Rust
+`ClientTransaction` (rust/src/smtp/client.rs), with no task, coroutine or Python
+object per reply. `SmtpDelivery.submit` decides what may take it.
+
+It decides what `SmtpDelivery._transaction` decides, with the same texts
+(tests/test_delivery_lane.py runs both against the same peers), with one
+difference: a reply that no command is owed is an error here (the connection is
+out of sync and is not reused). A pooled connection found dead or refusing RSET
+hands the message to the coroutine path with its place at the gate, as
+`SmtpDelivery._deliver` retries on the next connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Callable
+
+from mta import _native
+from mta.delivery import OutMessage
+from mta.delivery.protocol import _Connection, wire_body
+
+log = logging.getLogger("mta.delivery")
+
+# Steps of ClientTransaction.feed (rust/src/bindings/smtp.rs).
+WAIT, SEND_DATA, SEND_EMPTY_END, DONE, STALE, UNEXPECTED, GARBAGE = range(7)
+
+# The reply awaited (ClientTransaction.waiting_for) -> the SmtpDelivery timeout for it.
+_TIMEOUT = {
+    "RSET": "rset_timeout",
+    "MAIL FROM": "mail_timeout",
+    "RCPT TO": "rcpt_timeout",
+    "DATA": "data_init_timeout",
+    "the end of data": "data_done_timeout",
+}
+
+Rows = list[tuple]  # RcptResult-shaped tuples, one per recipient
+
+
+class Lane:
+    """One transaction; `done(rows)` or `error(text)` is called exactly once."""
+
+    __slots__ = ("smtp", "key", "targets", "opts", "msg", "conn", "tx", "done", "error",
+                 "sending", "chunking", "tls")
+
+    def __init__(self, smtp, key: str, targets, opts, msg: OutMessage, conn: _Connection,
+                 done: Callable[[Rows], object], error: Callable[[str], object]) -> None:
+        self.smtp, self.key, self.targets, self.opts, self.msg = smtp, key, targets, opts, msg
+        self.conn = conn
+        self.chunking = "CHUNKING" in conn.ext
+        self.tx = _native.ClientTransaction(len(msg.recipients), reset=True, chunking=self.chunking,
+                                            lmtp=opts.lmtp)
+        self.done, self.error = done, error
+        self.sending = False  # the data is written but not yet drained
+        self.tls = conn.tls_state
+
+    def start(self, commands: bytes) -> None:
+        conn = self.conn
+        conn.lane = self
+        conn.messages += 1
+        conn.transport.write(commands)
+        conn.arm(self.smtp.rset_timeout)
+
+    # -- the connection's events ------------------------------------------------
+
+    def data(self, data: bytes) -> None:
+        try:
+            self._step(self.tx.feed(self.conn._parser._p, data), data)
+        except Exception:  # noqa: BLE001 - a bug here must not leave the message hanging
+            self._bug()
+
+    def failed(self) -> None:
+        """The connection failed (closed, lost); its reason is conn._error."""
+        why = self.conn._error
+        if self.sending:
+            self._fail(f"{why} while sending the message")
+        else:
+            self._broken(why)
+
+    def resumed(self) -> None:
+        if self.sending:
+            self.sending = False
+            self.conn.arm(self.smtp.data_done_timeout)
+
+    def timed_out(self) -> None:
+        self.conn.broken = True
+        if self.sending:
+            self._fail("timed out while sending the message")
+        elif self.tx.waiting_for == "RSET":
+            self._stale()
+        else:
+            self._fail(f"timed out waiting for the reply to {self.tx.waiting_for}")
+
+    # -- steps ------------------------------------------------------------------
+
+    def _step(self, step: int, data: bytes) -> None:
+        conn, smtp = self.conn, self.smtp
+        if step == WAIT:
+            conn.arm(getattr(smtp, _TIMEOUT[self.tx.waiting_for]))
+        elif step == SEND_DATA:
+            self._send_data()
+        elif step == SEND_EMPTY_END:
+            conn.transport.write(b".\r\n")
+            conn.arm(smtp.data_done_timeout)
+        elif step == DONE:
+            if self.tx.closing:
+                conn.broken = True  # a 421: the server is going away
+            parse_error = conn._parser._p.error
+            if parse_error is not None:  # garbage after the last reply: decided, not reusable
+                conn._error = f"{parse_error}: {data[:80]!r}"
+                conn.broken = True
+            self._finish()
+        elif step == STALE:
+            self._stale()
+        elif step == UNEXPECTED and self.tx.done:
+            conn.broken = True  # decided, but out of sync: never reused
+            self._finish()
+        elif step == UNEXPECTED:
+            self._broken("the server sent a reply to no command")
+        else:  # GARBAGE
+            self._broken(f"{conn._parser._p.error}: {data[:80]!r}")
+
+    def _send_data(self) -> None:
+        conn, data = self.conn, self.msg.data
+        dot = not self.chunking
+        # Stored messages nearly always are in wire form already: sent as they are.
+        parts = ([data, b".\r\n"] if dot else [data]) if _native.is_wire_form(data, dot_stuff=dot) \
+            else [wire_body(data, dot_stuff=dot)]
+        if self.chunking:
+            parts.insert(0, b"BDAT %d LAST\r\n" % len(parts[0]))
+        conn.transport.writelines(parts)
+        if conn._paused:
+            self.sending = True
+            conn.arm(self.smtp.data_block_timeout)
+        else:
+            conn.arm(self.smtp.data_done_timeout)
+
+    def _broken(self, why: str) -> None:
+        """The conversation broke while a reply was awaited (the coroutine path's _ConnError)."""
+        if self.conn._error is None:
+            self.conn._error = why
+        self.conn.broken = True
+        if self.tx.waiting_for == "RSET":
+            self._stale()
+        else:
+            self._fail(f"{why} while waiting for the reply to {self.tx.waiting_for}")
+
+    def _fail(self, why: str) -> None:
+        self.tx.fail(f"{self.conn.name}: {why}")
+        self.conn.lane = None
+        self.conn.abort()
+        self._finish()
+
+    def _finish(self) -> None:
+        conn, smtp = self.conn, self.smtp
+        conn.lane = None
+        target = conn.target
+        rows = self.tx.rows(self.msg.recipients, target.host, target.ip, self.tls)
+        smtp._release(self.key, conn, self.opts)
+        smtp.connections_reused += 1
+        smtp._lane_end(self.key)
+        self.done(rows)
+
+    def _stale(self) -> None:
+        """Dead or refusing RSET: nothing was decided; the coroutine path takes over."""
+        self.conn.lane = None
+        self.conn.abort()
+        task = asyncio.get_running_loop().create_task(
+            self.smtp._deliver(self.key, self.targets, self.opts, self.msg))
+        task.add_done_callback(self._resumed_done)
+
+    def _resumed_done(self, task: asyncio.Task) -> None:
+        self.smtp._lane_end(self.key)
+        if task.cancelled():
+            self.error("CancelledError: delivery cancelled")
+        elif (e := task.exception()) is not None:
+            self.error(f"{type(e).__name__}: {e}")
+        else:
+            self.done([tuple(r) for r in task.result()])
+
+    def _bug(self) -> None:
+        log.exception("delivery lane: transaction for %s failed", self.msg.queue_id)
+        conn = self.conn
+        conn.lane = None
+        conn.abort()
+        self.smtp._lane_end(self.key)
+        self.error("internal error in the delivery lane")
