@@ -8,6 +8,7 @@ benches/test_micro.py, which times the Rust parts).
   queue     a spooled message through the queue manager: attempt, routing to a
             smarthost, an instant 250 from a stand-in transport, delivery log, DELETE
   client    SmtpDelivery's transaction against an in-memory peer that answers at once
+  lane      the same through SmtpDelivery.submit (the callback lane) on pooled connections
 
 Each figure is the event-loop thread's CPU time per message (time.thread_time), the
 best of --repeats runs. Run: PYTHONPATH=python python benches/hotpaths.py [--messages N]
@@ -209,7 +210,7 @@ async def queue_path(n: int, repeats: int) -> float:
         return us
 
 
-async def client_path(n: int, repeats: int) -> float:
+async def client_path(n: int, repeats: int, lane: bool = False) -> float:
     loop = asyncio.get_running_loop()
     d = client_mod.SmtpDelivery()
 
@@ -225,19 +226,33 @@ async def client_path(n: int, repeats: int) -> float:
     targets = [Target("127.0.0.1", "127.0.0.1", 2626)]
     data = b"Received: from client.example.test by mx.example.test; now\r\n" + BODY
 
+    async def one(i: int) -> None:
+        msg = OutMessage(f"Q{i}", "from@example.test", (OutRcpt("to@example.test", None, None, 0),),
+                         data, None, False, None, None, time.time())
+        if lane:
+            fut = loop.create_future()
+            if d.submit("relay", targets, opts, msg, fut.set_result, fut.set_exception):
+                rows = await fut
+                assert rows[0][1] == 250, rows
+                return
+        res = await d.deliver("relay", targets, opts, msg)
+        assert res[0].code == 250, res
+
     async def run(count: int) -> None:
-        async def one(i: int) -> None:
-            msg = OutMessage(f"Q{i}", "from@example.test", (OutRcpt("to@example.test", None, None, 0),),
-                             data, None, False, None, None, time.time())
-            res = await d.deliver("relay", targets, opts, msg)
-            assert res[0].code == 250, res
         for i in range(0, count, 50):
             await asyncio.gather(*(one(i + k) for k in range(50)))
 
+    if lane:  # 50 pooled connections first, as the agent has under load
+        opts = client_mod.SmtpOptions(helo="mx.example.test", tls="none", max_connections=50)
+        await run(50)
     return await _measure(run, n, repeats)
 
 
-PATHS = {"session": session_path, "queue": queue_path, "client": client_path}
+async def lane_path(n: int, repeats: int) -> float:
+    return await client_path(n, repeats, lane=True)
+
+
+PATHS = {"session": session_path, "queue": queue_path, "client": client_path, "lane": lane_path}
 
 
 def main(argv=None) -> int:
@@ -245,7 +260,7 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--messages", type=int, default=10000, help="messages per run (default 10000)")
     ap.add_argument("--repeats", type=int, default=5, help="runs per path; the best is kept (default 5)")
-    ap.add_argument("--paths", default=",".join(PATHS), help="which of session,queue,client (default all)")
+    ap.add_argument("--paths", default=",".join(PATHS), help="which of session,queue,client,lane (default all)")
     args = ap.parse_args(argv)
     fastlog.setup("INFO")  # logging and the delivery log on, as in `mta run`, into /dev/null:
     devnull = os.open(os.devnull, os.O_WRONLY)

@@ -7,7 +7,7 @@ Three parts: the sans-IO SMTP parser (`SmtpParser`), header work
 (`SpoolReader.message_bytes`).
 """
 
-from typing import Final, Literal
+from typing import Final, Literal, Sequence
 
 __version__: str
 
@@ -130,6 +130,39 @@ class ReplyParser:
     def feed(self, data: bytes) -> list[tuple[int, list[str]]]:
         """Complete replies as (code, text of each line without code and separator),
         including those completed before an error; once `error` is set, ValueError."""
+
+class ClientTransaction:
+    """Client side of one pipelined mail transaction (rust/src/smtp/client.rs): the
+    replies owed (RSET if `reset`, MAIL, one per recipient, DATA unless `chunking`,
+    then the end of data: one per accepted recipient with `lmtp`) and what each
+    decides. The caller writes the whole command batch, then feeds the server's bytes."""
+
+    def __init__(self, rcpts: int, *, reset: bool, chunking: bool, lmtp: bool) -> None: ...
+    def feed(self, parser: ReplyParser, data: bytes) -> int:
+        """Parse `data` with the connection's `parser` and decide on each complete
+        reply: 0 wait, 1 send the data now, 2 send an empty data phase (".\\r\\n": the
+        server said 354 though no recipient was accepted), 3 done, 4 stale (RSET
+        refused: nothing decided), 5 a reply that no command was owed, 6 not a reply
+        (`parser.error` says why; the replies before it were decided). The answer
+        does not depend on how the bytes are split."""
+    @property
+    def waiting_for(self) -> str:
+        """The command whose reply is awaited: "RSET", "MAIL FROM", "RCPT TO",
+        "DATA", "the end of data", or "" when none is."""
+    @property
+    def closing(self) -> bool:
+        """A 421 came: the connection must not be reused."""
+    @property
+    def done(self) -> bool:
+        """Every recipient has its outcome."""
+    def fail(self, text: str) -> None:
+        """The connection failed: each recipient still undecided gets 451 4.4.2 `text`."""
+    def rows(self, recipients: Sequence[Sequence[object]], host: str | None, ip: str | None,
+             tls: str | None) -> list[tuple]:
+        """One RcptResult-shaped tuple per recipient (`recipients[i][0]` is its
+        address): (address, code, enhanced, text, host, ip, tls, None, None); the
+        text has every line of the reply without its enhanced code. ValueError
+        before `done`."""
 
 def format_reply(code: int, enhanced: str | None, lines: list[str] | str) -> bytes:
     """Single- or multi-line reply: b"250-first\\r\\n250 last\\r\\n", with the

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import signal
 import socket
+import time
 
 from mta import affinity, auth
 from mta import log as fastlog
@@ -85,6 +86,7 @@ class Server:
         self.control: ControlServer | None = None
         self._servers: list[asyncio.AbstractServer] = []
         self._stopping = asyncio.Event()
+        self._sweep_timer: asyncio.TimerHandle | None = None
         self.loop: asyncio.AbstractEventLoop | None = None  # set by start()
         self.affinity = affinity.Affinity(cfg.cpu_affinity, shard)
 
@@ -123,8 +125,18 @@ class Server:
         # the privilege drop, so the socket belongs to the user that serves.
         self.control = ControlServer(self)
         await self.control.start()
+        self._sweep()
         for srv in self._servers:
             await srv.start_serving()
+
+    def _sweep(self) -> None:
+        """Close the sessions idle for smtp.idle_timeout; a session is closed at most
+        a quarter of the timeout (or a second) late."""
+        timeout = self.cfg.smtp.idle_timeout
+        now = time.monotonic()
+        for s in list(self.sessions):
+            s.idle_check(now, timeout)
+        self._sweep_timer = self.loop.call_later(min(timeout / 4, 1.0), self._sweep)
 
     def request_stop(self) -> None:
         self._stopping.set()
@@ -168,6 +180,8 @@ class Server:
         while self.spool.pending and loop.time() < deadline + 10:
             await asyncio.sleep(0.01)
         await asyncio.sleep(0)
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
         self.spool.close()
         fastlog.flush()
         st = self.spool.spool.stats()

@@ -163,9 +163,7 @@ class Session(SubmissionMixin, asyncio.Protocol):
         # On an implicit-TLS listener the handshake is already done here.
         self.tls_info = TlsInfo.of(transport)
         self._auth_setup()
-        self.server.sessions.add(self)
-        loop = self.server.loop
-        self._arm_idle(loop, self.cfg.idle_timeout)
+        self.server.sessions.add(self)  # the server's idle sweep watches it from now on
         if self.listener is not None and self.listener.proxy:
             self._proxy_start()
         else:
@@ -236,18 +234,16 @@ class Session(SubmissionMixin, asyncio.Protocol):
         self.state = State.FRESH
         self.transport.write(self.server.greeting)
 
-    def _arm_idle(self, loop, delay: float) -> None:
-        self._timers.append(loop.call_later(delay, self._idle_check))
-
-    def _idle_check(self) -> None:
+    def idle_check(self, now: float, timeout: float) -> None:
+        """From the server's sweep (one timer for all sessions: a timer armed and
+        cancelled per connection was a measurable part of a short session)."""
         if self.state is State.CLOSED:
             return
         if self._proxy is not None:  # no PROXY header in time: nothing to say to a proxy
-            self._close()
+            if now - self._connected_at >= timeout:
+                self._close()
             return
-        idle = time.monotonic() - self._last_active
-        if self._waiting or idle < self.cfg.idle_timeout:
-            self._arm_idle(self.server.loop, max(self.cfg.idle_timeout - idle, 0.05))
+        if self._waiting or now - self._last_active < timeout:
             return
         self._out.append(R_IDLE)
         self._close()

@@ -31,6 +31,8 @@ for a network problem. Choices, documented:
   AUTH failure skips the target (a deferral, never a bounce: 535 becomes 4.7.8).
 - A pooled connection is RSET before its next transaction (pipelined with it); if
   it turns out dead or refuses the RSET, the delivery retries on a new connection.
+- `submit` runs the common transaction (a pooled PIPELINING connection, a message of
+  one write block) on callbacks instead (mta.delivery.lane), deciding the same.
 """
 
 from __future__ import annotations
