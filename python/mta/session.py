@@ -49,6 +49,12 @@ class State(enum.IntEnum):
     CLOSED = 6
 
 
+# Plain names for the states: `State.X` costs about 170 ns per access (the enum
+# class's attribute lookup), a module global 20 ns, and the session tests its
+# state on every command.
+GREETING, FRESH, READY, MAIL_GIVEN, RCPT_GIVEN, BDAT_OPEN, CLOSED = State
+
+
 class Transaction:
     """What RSET forgets: the envelope and the message being received."""
 
@@ -117,7 +123,7 @@ class Session(SubmissionMixin, asyncio.Protocol):
         self._tls_busy = False  # between "220 Ready to start TLS" and the handshake's end
         self._tls_task: asyncio.Task | None = None
         self.parser = self._new_parser()
-        self.state = State.GREETING
+        self.state = GREETING
         self.transport: asyncio.Transport | None = None
         self.peer_ip = ""
         self.peer_port = 0
@@ -229,15 +235,15 @@ class Session(SubmissionMixin, asyncio.Protocol):
             self.rname = fut.result()
 
     def _greet(self) -> None:
-        if self.state is not State.GREETING:
+        if self.state is not GREETING:
             return
-        self.state = State.FRESH
+        self.state = FRESH
         self.transport.write(self.server.greeting)
 
     def idle_check(self, now: float, timeout: float) -> None:
         """From the server's sweep (one timer for all sessions: a timer armed and
         cancelled per connection was a measurable part of a short session)."""
-        if self.state is State.CLOSED:
+        if self.state is CLOSED:
             return
         if self._proxy is not None:  # no PROXY header in time: nothing to say to a proxy
             if now - self._connected_at >= timeout:
@@ -249,9 +255,9 @@ class Session(SubmissionMixin, asyncio.Protocol):
         self._close()
 
     def connection_lost(self, exc) -> None:
-        if self.state is State.CLOSED:
+        if self.state is CLOSED:
             return  # a failed handshake may report the loss twice
-        self.state = State.CLOSED
+        self.state = CLOSED
         for t in self._timers:
             t.cancel()
         self._timers.clear()
@@ -274,7 +280,7 @@ class Session(SubmissionMixin, asyncio.Protocol):
         if self._proxy is not None:
             self._proxy_data(data)
             return
-        if self.state is State.GREETING:
+        if self.state is GREETING:
             self._out.append(R_EARLY)
             self.errors += 1
             self._close()
@@ -392,11 +398,11 @@ class Session(SubmissionMixin, asyncio.Protocol):
             return
         if verb == "DATA":
             self._queue.extend(self.parser.resume())
-        if self.state is State.FRESH:
+        if self.state is FRESH:
             text = "Error: send HELO/EHLO first"
         elif verb == "MAIL":
             text = "Error: nested MAIL command"
-        elif verb == "DATA" and self.state is State.BDAT:
+        elif verb == "DATA" and self.state is BDAT_OPEN:
             text = "Error: DATA after BDAT in one transaction"
         else:
             text = _SEQUENCE_TEXT.get(verb, "Error: bad sequence of commands")
@@ -405,7 +411,7 @@ class Session(SubmissionMixin, asyncio.Protocol):
     def _ehlo(self, domain: str) -> None:
         self._reset()
         self.helo, self.esmtp = domain, True
-        self.state = State.READY
+        self.state = READY
         if self.tls_mode == "starttls" and self.tls_info is None:
             self._out.append(self.server.ehlo_reply_starttls)
         elif self.auth_ok:
@@ -416,7 +422,7 @@ class Session(SubmissionMixin, asyncio.Protocol):
     def _helo(self, domain: str) -> None:
         self._reset()
         self.helo, self.esmtp = domain, False
-        self.state = State.READY
+        self.state = READY
         self._out.append(self.server.helo_reply)
 
     def _mail(self, m) -> None:
@@ -438,7 +444,7 @@ class Session(SubmissionMixin, asyncio.Protocol):
             return
         self.tx = Transaction(m)
         self.parser.set_smtputf8(m.smtputf8)
-        self.state = State.MAIL
+        self.state = MAIL_GIVEN
         self._out.append(R_MAIL_OK)
 
     def _rcpt(self, r) -> None:
@@ -464,8 +470,8 @@ class Session(SubmissionMixin, asyncio.Protocol):
         else:
             orcpt = r.orcpt or f"rfc822;{r.address}"
             tx.final.extend((a, r.notify, orcpt) for a in final)
-        if self.state is State.MAIL:
-            self.state = State.RCPT
+        if self.state is MAIL_GIVEN:
+            self.state = RCPT_GIVEN
         self._out.append(R_RCPT_OK)
 
     def _data(self, _arg) -> None:
@@ -478,15 +484,15 @@ class Session(SubmissionMixin, asyncio.Protocol):
         size, _last = arg
         if self.tx.message is None:
             self._begin_message()
-            self.state = State.BDAT
+            self.state = BDAT_OPEN
             self.guard.data_started(self._limit_close)
         self._bdat_size = size
         self._queue.extend(self.parser.start_bdat(self.tx.message))
 
     def _rset(self, _arg) -> None:
         self._reset()
-        if self.state is not State.FRESH:
-            self.state = State.READY
+        if self.state is not FRESH:
+            self.state = READY
         self._out.append(R_OK)
 
     def _noop(self, _arg) -> None:
@@ -519,7 +525,7 @@ class Session(SubmissionMixin, asyncio.Protocol):
         self.parser = self._new_parser()
         self._reset()
         self.helo, self.esmtp = "", False
-        self.state = State.FRESH
+        self.state = FRESH
         self._out.append(R_TLS_GO)
         self._flush()
         self._tls_busy = True
@@ -545,7 +551,7 @@ class Session(SubmissionMixin, asyncio.Protocol):
             plain.close()
             self.connection_lost(e)
             return
-        if tls is None or self.state is State.CLOSED:
+        if tls is None or self.state is CLOSED:
             return
         self.transport = tls
         self.tls_info = TlsInfo.of(tls)
@@ -657,7 +663,7 @@ class Session(SubmissionMixin, asyncio.Protocol):
                 log.error("spool write failed for %s: %s", tx.queue_id, error)
                 line = R_STORE_FAILED
             self._waiting = False
-            if self.state is State.CLOSED:
+            if self.state is CLOSED:
                 return
             self._finish_transaction()
             self._out.append(line)
@@ -677,12 +683,12 @@ class Session(SubmissionMixin, asyncio.Protocol):
 
     def _finish_transaction(self) -> None:
         self._reset()
-        self.state = State.READY
+        self.state = READY
 
 
 # --- the state table --------------------------------------------------------
 
-_TALKING = (State.FRESH, State.READY, State.MAIL, State.RCPT, State.BDAT)
+_TALKING = (FRESH, READY, MAIL_GIVEN, RCPT_GIVEN, BDAT_OPEN)
 TABLE: dict[tuple[State, str], Callable] = {}
 for _s in _TALKING:
     for _verb, _handler in (
@@ -698,10 +704,10 @@ for _s in _TALKING:
         ("HTTP", Session._http),
     ):
         TABLE[(_s, _verb)] = _handler
-TABLE[(State.READY, "MAIL")] = Session._mail
-TABLE[(State.MAIL, "RCPT")] = Session._rcpt
-TABLE[(State.RCPT, "RCPT")] = Session._rcpt
-TABLE[(State.RCPT, "DATA")] = Session._data
-TABLE[(State.RCPT, "BDAT")] = Session._bdat
-TABLE[(State.BDAT, "BDAT")] = Session._bdat
+TABLE[(READY, "MAIL")] = Session._mail
+TABLE[(MAIL_GIVEN, "RCPT")] = Session._rcpt
+TABLE[(RCPT_GIVEN, "RCPT")] = Session._rcpt
+TABLE[(RCPT_GIVEN, "DATA")] = Session._data
+TABLE[(RCPT_GIVEN, "BDAT")] = Session._bdat
+TABLE[(BDAT_OPEN, "BDAT")] = Session._bdat
 del _s, _verb, _handler

@@ -17,23 +17,55 @@ pub struct Received<'a> {
     pub utc_offset_secs: i32,
 }
 
+use std::borrow::Cow;
+
 const LIMIT: usize = 78;
 
-fn clean(s: &str) -> String {
-    let s: String = s.chars().map(|c| if c.is_control() { '?' } else { c }).collect();
+fn clean(s: &str) -> Cow<'_, str> {
     if s.is_empty() {
-        "unknown".into()
+        Cow::Borrowed("unknown")
+    } else if s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        Cow::Borrowed(s) // the usual case: printable ASCII, nothing to copy
     } else {
-        s
+        Cow::Owned(s.chars().map(|c| if c.is_control() { '?' } else { c }).collect())
     }
 }
 
 /// `[1.2.3.4]` or `[IPv6:2001:db8::1]` (RFC 5321 address literal).
 pub fn address_literal(ip: &str) -> String {
+    let (open, ip) = literal_parts(ip);
+    format!("{open}{ip}]")
+}
+
+fn literal_parts(ip: &str) -> (&'static str, &str) {
     if ip.contains(':') && !ip.starts_with("IPv6:") {
-        format!("[IPv6:{ip}]")
+        ("[IPv6:", ip)
     } else {
-        format!("[{ip}]")
+        ("[", ip)
+    }
+}
+
+/// Words go on the current line, or the next when the line would pass LIMIT.
+struct Folder {
+    out: String,
+    line_len: usize,
+    line_has_word: bool,
+}
+
+impl Folder {
+    /// A word made of `parts`; `clause` starts a new line (every clause after the first does).
+    fn word(&mut self, parts: &[&str], clause: bool) {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if clause || (self.line_has_word && self.line_len + 1 + len > LIMIT) {
+            self.out.push_str("\r\n\t");
+            self.line_len = 1;
+        } else {
+            self.out.push(' ');
+            self.line_len += 1;
+        }
+        self.line_has_word = true;
+        parts.iter().for_each(|p| self.out.push_str(p));
+        self.line_len += len;
     }
 }
 
@@ -41,49 +73,30 @@ pub fn address_literal(ip: &str) -> String {
 /// starts a line, and a clause's words go on the next line when a line would
 /// pass 78 octets (a single over-long word stays whole: never split).
 pub fn received_header(r: &Received) -> Vec<u8> {
-    let mut tls = None;
+    let mut f = Folder { out: String::with_capacity(256), line_len: 0, line_has_word: false };
+    f.out.push_str("Received:");
+    f.line_len = f.out.len();
+    f.word(&["from ", &clean(r.helo)], false);
+    let ip = clean(r.ip);
+    let (open, ip) = literal_parts(&ip);
+    f.word(&["(", &clean(r.reverse_name.unwrap_or("unknown")), " ", open, ip, "])"], false);
+    f.word(&["by ", &clean(r.hostname)], true);
     if let Some(t) = r.tls {
         let mut parts = t.split_whitespace();
-        tls = Some(match (parts.next(), parts.next()) {
-            (Some(v), Some(c)) => format!("(using {} with cipher {})", clean(v), clean(c)),
-            _ => format!("(using {})", clean(t)),
-        });
-    }
-    let from = vec![
-        format!("from {}", clean(r.helo)),
-        format!("({} {})", clean(r.reverse_name.unwrap_or("unknown")), address_literal(&clean(r.ip))),
-    ];
-    let mut by = vec![format!("by {}", clean(r.hostname))];
-    by.extend(tls);
-    by.push(format!("with {}", clean(r.protocol)));
-    by.push(format!("id {}", clean(r.queue_id)));
-    let mut clauses = vec![from, by];
-    if let Some(rc) = r.recipient {
-        clauses.push(vec![format!("for <{}>", clean(rc))]);
-    }
-    clauses.last_mut().unwrap().last_mut().unwrap().push(';');
-    clauses.last_mut().unwrap().push(rfc5322_date(r.time, r.utc_offset_secs));
-
-    let mut out = String::from("Received:");
-    let mut line_len = out.len();
-    let mut line_has_word = false;
-    for (ci, clause) in clauses.iter().enumerate() {
-        for (wi, word) in clause.iter().enumerate() {
-            let new_line = (ci > 0 && wi == 0) || (line_has_word && line_len + 1 + word.len() > LIMIT);
-            line_has_word = true;
-            if new_line {
-                out.push_str("\r\n\t");
-                line_len = 1;
-            } else {
-                out.push(' ');
-                line_len += 1;
-            }
-            out.push_str(word);
-            line_len += word.len();
+        match (parts.next(), parts.next()) {
+            (Some(v), Some(c)) => f.word(&["(using ", &clean(v), " with cipher ", &clean(c), ")"], false),
+            _ => f.word(&["(using ", &clean(t), ")"], false),
         }
     }
-    out.push_str("\r\n");
-    out.into_bytes()
+    f.word(&["with ", &clean(r.protocol)], false);
+    let end = if r.recipient.is_some() { "" } else { ";" };
+    f.word(&["id ", &clean(r.queue_id), end], false);
+    if let Some(rc) = r.recipient {
+        f.word(&["for <", &clean(rc), ">;"], true);
+    }
+    f.word(&[&rfc5322_date(r.time, r.utc_offset_secs)], false);
+    f.out.push_str("\r\n");
+    f.out.into_bytes()
 }
 
 const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"]; // 1970-01-01 was a Thursday
