@@ -399,4 +399,4 @@ def test_hotpaths_bench_runs_every_path():
                           "--repeats", "1"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     names = [line.split()[0] for line in out.stdout.splitlines() if "us/msg" in line]
-    assert names == ["session", "queue", "client"]
+    assert names == ["session", "queue", "client", "lane"]
