@@ -1,6 +1,6 @@
 """One SMTP server session: an asyncio Protocol driven by the Rust parser.
 
-The session is a state machine written as data: `TABLE[(state, verb)]`
+The session is a state machine written as data: `TABLE[state][verb]`
 names the handler; a verb missing from the table is out of sequence (503).
 Connection state lives on `Session`, transaction state on `Transaction`.
 Replies to pipelined commands go out in one write per read. "250 queued" is
@@ -313,7 +313,7 @@ class Session(SubmissionMixin, asyncio.Protocol):
                 if (refusal := self.guard.command(self.commands)) is not None:
                     self._limit_close(refusal)
                     break
-                handler = TABLE.get((self.state, ev[1]))
+                handler = TABLE[self.state].get(ev[1])
                 if handler is None:
                     self._out_of_sequence(ev[1])
                 else:
@@ -689,7 +689,8 @@ class Session(SubmissionMixin, asyncio.Protocol):
 # --- the state table --------------------------------------------------------
 
 _TALKING = (FRESH, READY, MAIL_GIVEN, RCPT_GIVEN, BDAT_OPEN)
-TABLE: dict[tuple[State, str], Callable] = {}
+# TABLE[state][verb]: one dict per state, indexed by the state's number.
+TABLE: list[dict[str, Callable]] = [{} for _ in State]
 for _s in _TALKING:
     for _verb, _handler in (
         ("EHLO", Session._ehlo),
@@ -703,11 +704,11 @@ for _s in _TALKING:
         ("AUTH", Session._auth),
         ("HTTP", Session._http),
     ):
-        TABLE[(_s, _verb)] = _handler
-TABLE[(READY, "MAIL")] = Session._mail
-TABLE[(MAIL_GIVEN, "RCPT")] = Session._rcpt
-TABLE[(RCPT_GIVEN, "RCPT")] = Session._rcpt
-TABLE[(RCPT_GIVEN, "DATA")] = Session._data
-TABLE[(RCPT_GIVEN, "BDAT")] = Session._bdat
-TABLE[(BDAT_OPEN, "BDAT")] = Session._bdat
+        TABLE[_s][_verb] = _handler
+TABLE[READY]["MAIL"] = Session._mail
+TABLE[MAIL_GIVEN]["RCPT"] = Session._rcpt
+TABLE[RCPT_GIVEN]["RCPT"] = Session._rcpt
+TABLE[RCPT_GIVEN]["DATA"] = Session._data
+TABLE[RCPT_GIVEN]["BDAT"] = Session._bdat
+TABLE[BDAT_OPEN]["BDAT"] = Session._bdat
 del _s, _verb, _handler
