@@ -658,28 +658,35 @@ class Session(SubmissionMixin, asyncio.Protocol):
                     f" size={tx.size} client={self.rname or 'unknown'}[{self.peer_ip}]"
                 )
                 line = _line(250, "2.0.0", f"Ok: queued as {tx.queue_id}")
-                self.server.queue.new_message(tx.queue_id)
             else:
                 log.error("spool write failed for %s: %s", tx.queue_id, error)
                 line = R_STORE_FAILED
             self._waiting = False
-            if self.state is CLOSED:
-                return
-            self._finish_transaction()
-            self._out.append(line)
-            if self._shutdown:
-                self._out.append(R_SHUTDOWN)
-                self._close()
-                return
-            if self._eof:
-                self._run(())  # what came before the EOF, then goodbye
-                if not self._waiting:  # (or after the next message it held)
-                    self._close()
-                return
-            self.transport.resume_reading()
-            self._run(())
+            try:
+                if self.state is not CLOSED:
+                    self._stored_reply(line)
+            finally:
+                if error is None:
+                    # After the 250 is written: the client does not wait for the
+                    # queue's first step, nor (in a group commit) for the others'.
+                    self.server.queue.new_message(tx.queue_id)
 
         return stored
+
+    def _stored_reply(self, line: bytes) -> None:
+        self._finish_transaction()
+        self._out.append(line)
+        if self._shutdown:
+            self._out.append(R_SHUTDOWN)
+            self._close()
+            return
+        if self._eof:
+            self._run(())  # what came before the EOF, then goodbye
+            if not self._waiting:  # (or after the next message it held)
+                self._close()
+            return
+        self.transport.resume_reading()
+        self._run(())
 
     def _finish_transaction(self) -> None:
         self._reset()
