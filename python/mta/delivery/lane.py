@@ -19,7 +19,7 @@ from typing import Callable
 
 from mta import _native
 from mta.delivery import OutMessage
-from mta.delivery.protocol import _Connection, wire_body
+from mta.delivery.protocol import _Connection, data_parts
 
 log = logging.getLogger("mta.delivery")
 
@@ -122,14 +122,8 @@ class Lane:
             self._broken(f"{conn._parser._p.error}: {data[:80]!r}")
 
     def _send_data(self) -> None:
-        conn, data = self.conn, self.msg.data
-        dot = not self.chunking
-        # Stored messages nearly always are in wire form already: sent as they are.
-        parts = ([data, b".\r\n"] if dot else [data]) if _native.is_wire_form(data, dot_stuff=dot) \
-            else [wire_body(data, dot_stuff=dot)]
-        if self.chunking:
-            parts.insert(0, b"BDAT %d LAST\r\n" % len(parts[0]))
-        conn.transport.writelines(parts)
+        conn = self.conn
+        conn.transport.writelines(data_parts(self.msg.data, chunking=self.chunking))
         if conn._paused:
             self.sending = True
             conn.arm(self.smtp.data_block_timeout)

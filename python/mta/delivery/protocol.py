@@ -99,6 +99,19 @@ def wire_body(data: bytes, *, dot_stuff: bool) -> bytes:
     return _native.wire_body(data, dot_stuff=dot_stuff)
 
 
+def data_parts(data: bytes, *, chunking: bool) -> list[bytes]:
+    """What the data phase writes: the message and ".CRLF" (DATA), or "BDAT n LAST"
+    and the message (CHUNKING). Stored messages nearly always are in wire form
+    already (CRLF lines, none opening with "." when dot-stuffing counts): then they
+    go out as they are, with no copy."""
+    dot = not chunking
+    parts = ([data, b".\r\n"] if dot else [data]) if _native.is_wire_form(data, dot_stuff=dot) \
+        else [wire_body(data, dot_stuff=dot)]
+    if chunking:
+        parts.insert(0, b"BDAT %d LAST\r\n" % len(parts[0]))
+    return parts
+
+
 def xtext(s: str) -> str:
     """RFC 3461 xtext: "+", "=", controls, space and non-ASCII octets as +XX."""
     return "".join(

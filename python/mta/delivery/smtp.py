@@ -44,10 +44,10 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from mta import _native
 from mta.delivery import OutMessage, RcptResult, Target, results_for
 from mta.delivery.protocol import (
-    Reply, ReplyError, ReplyParser, _ConnError, _Connection, _mail_line, _rcpt_line, _Stale, wire_body,
+    Reply, ReplyError, ReplyParser, _ConnError, _Connection, _mail_line, _rcpt_line, _Stale, data_parts,
+    wire_body,
 )
 from mta.delivery.lane import Lane
 
@@ -523,15 +523,7 @@ class SmtpDelivery:
                         await conn.reply(self.data_done_timeout, "the end of data")
             if not mail_ok or not accepted:
                 return results  # type: ignore[return-value]
-            dot = not chunking
-            data = msg.data
-            # Stored messages nearly always are in wire form already (CRLF lines, none
-            # opening with "."): then they go out as they are, with no copy.
-            parts = ([data, b".\r\n"] if dot else [data]) if _native.is_wire_form(data, dot_stuff=dot) \
-                else [wire_body(data, dot_stuff=dot)]
-            if chunking:
-                parts.insert(0, b"BDAT %d LAST\r\n" % len(parts[0]))
-            await self._send_data(conn, parts)
+            await self._send_data(conn, data_parts(msg.data, chunking=chunking))
             if opts.lmtp:
                 for k in accepted:
                     r = await conn.reply(self.data_done_timeout, "the end of data")
