@@ -116,8 +116,6 @@ class Server:
                 start_serving=False, **tls,
             )
             self._servers.append(srv)
-            shown = "" if lst.tls == "none" else f" tls={lst.tls}"
-            log.info("listening on %s as %s profile=%s%s", lst.address, self.cfg.hostname, lst.profile, shown)
         # Bound, not yet accepting: drop root before any client byte or delivery.
         privileges.drop(self.cfg.privileges, self.cfg.spool.dir, (self.cfg.auth.users_file,))
         self.queue.start()
@@ -128,6 +126,9 @@ class Server:
         self._sweep()
         for srv in self._servers:
             await srv.start_serving()
+        for lst in self.cfg.listeners:  # logged once connectable: tests and admins wait for it
+            shown = "" if lst.tls == "none" else f" tls={lst.tls}"
+            log.info("listening on %s as %s profile=%s%s", lst.address, self.cfg.hostname, lst.profile, shown)
 
     def _sweep(self) -> None:
         """Close the sessions idle for smtp.idle_timeout; a session is closed at most
