@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from mta import _native
 from mta.delivery import OutMessage, OutRcpt, RcptResult, Target
 from mta.delivery.lane import DONE, GARBAGE, SEND_DATA, STALE, UNEXPECTED, WAIT
-from mta.delivery.smtp import SmtpDelivery, SmtpOptions
+from mta.delivery.smtp import SmtpOptions
+from test_delivery_smtp import client
 
 DEADLINE = 30.0
 OK = b"250 2.0.0 Ok\r\n"
@@ -139,14 +140,6 @@ async def peer(script: list[dict], log: list, ext: bytes = b"", lmtp: bool = Fal
     return srv, srv.sockets[0].getsockname()[1]
 
 
-def client() -> SmtpDelivery:
-    d = SmtpDelivery()
-    for name in ("greeting", "helo", "starttls", "auth", "rset", "mail", "rcpt", "data_init",
-                 "data_block", "data_done"):
-        setattr(d, f"{name}_timeout", 0.5)
-    return d
-
-
 def message(*rcpts: str, data: bytes = b"Subject: t\r\n\r\nhello\r\n") -> OutMessage:
     return OutMessage("Q2", "from@src.test", tuple(OutRcpt(r, index=i) for i, r in enumerate(rcpts)), data)
 
@@ -157,7 +150,7 @@ async def second_message(script: list[dict], msg: OutMessage, lane: bool, ext: b
     (submit) or the coroutine path (deliver): (results, what the peer got, connections)."""
     log: list = []
     srv, port = await peer([{}] + script, log, ext, lmtp)
-    d = client()
+    d = client(0.5)
     opts = SmtpOptions(helo="client.test", tls="none", connect_timeout=5.0, lmtp=lmtp)
     targets = [Target("mx.test", "127.0.0.1", port)]
     first = await d.deliver("k", targets, opts, message("a@dst.test"))
@@ -277,7 +270,7 @@ def test_submit_declines_what_the_coroutine_path_must_do():
     async def go():
         log: list = []
         srv, port = await peer([{}], log, ext=b"250-SIZE 100\r\n")
-        d = client()
+        d = client(0.5)
         opts = SmtpOptions(helo="client.test", tls="none", max_connections=1)
         targets = [Target("mx.test", "127.0.0.1", port)]
         never = lambda *_: pytest.fail("called")  # noqa: E731
@@ -307,7 +300,7 @@ def test_settle_waits_for_transactions_in_flight():
     async def go():
         log: list = []
         srv, port = await peer([{}, {"END": "silent"}], log)
-        d = client()
+        d = client(0.5)
         opts = SmtpOptions(helo="client.test", tls="none")
         targets = [Target("mx.test", "127.0.0.1", port)]
         await d.deliver("k", targets, opts, message("a@dst.test"))

@@ -54,11 +54,12 @@ def run(coro, loop: str = "asyncio"):
     return asyncio.run(bounded())
 
 
-def client(**timeouts) -> SmtpDelivery:
+def client(default: float = 10.0, **timeouts) -> SmtpDelivery:
+    """A client whose RFC 5321 timeouts are `default` seconds (or as named), not minutes."""
     d = SmtpDelivery()
     for name in ("greeting", "helo", "starttls", "auth", "rset", "mail", "rcpt", "data_init",
                  "data_block", "data_done"):
-        setattr(d, f"{name}_timeout", timeouts.get(name, 10.0))
+        setattr(d, f"{name}_timeout", timeouts.get(name, default))
     return d
 
 

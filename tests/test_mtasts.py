@@ -15,7 +15,8 @@ from dnsserver import DNSServer
 from ststools import CA, PolicyServer, policy_text, smtp_peer
 
 from mta.delivery import OutMessage, OutRcpt
-from mta.delivery.smtp import SmtpDelivery, SmtpOptions
+from mta.delivery.smtp import SmtpOptions
+from test_delivery_smtp import client
 from mta.dns import MxResolver
 from mta.mtasts import (
     MAX_AGE_LIMIT, MtaStsCache, OutboundTls, Policy, PolicyError, TlsCounters, fetch_policy, mx_matches,
@@ -269,14 +270,6 @@ def test_no_policy_cases(ca, dns_server, policy_server):
 def message(*rcpts: str) -> OutMessage:
     return OutMessage("Q1", "from@src.test", tuple(OutRcpt(r, index=i) for i, r in enumerate(rcpts)),
                       b"Subject: t\r\n\r\nhello\r\n")
-
-
-def client() -> SmtpDelivery:
-    d = SmtpDelivery()
-    for name in ("greeting", "helo", "starttls", "auth", "rset", "mail", "rcpt", "data_init",
-                 "data_block", "data_done"):
-        setattr(d, f"{name}_timeout", 10.0)
-    return d
 
 
 def deliver(ca, dns_server, policy_server, port: int, msgs: int = 1, sts: bool = True):
