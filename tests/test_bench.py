@@ -400,3 +400,14 @@ def test_hotpaths_bench_runs_every_path():
     assert out.returncode == 0, out.stderr
     names = [line.split()[0] for line in out.stdout.splitlines() if "us/msg" in line]
     assert names == ["session", "queue", "client", "lane"]
+
+
+def test_agent_bench_delivers_every_message():
+    """benches/agent.py (a benchmark): the agent delivers its jobs into smtp-sink and the
+    line says so; the figures themselves are not asserted."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, os.path.join(root, "benches", "agent.py"), "--messages", "100",
+                          "--runs", "1"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    (line,) = out.stdout.splitlines()
+    assert "us/msg" in line and line.endswith("not delivered: 0"), line
