@@ -196,17 +196,11 @@ class SmtpDelivery:
         if conn is None:
             return False
         ext = conn.ext
-        limit = ext.get("SIZE", "")
-        utf8 = msg.smtputf8 or not _ascii(msg)
-        try:
-            if ("PIPELINING" not in ext or (limit.isdigit() and 0 < int(limit) < len(msg.data))
-                    or (utf8 and "SMTPUTF8" not in ext)):
-                raise ValueError  # _transaction says why
-            commands = [b"RSET\r\n", _mail_line(msg, ext, utf8)]
-            commands += [_rcpt_line(r, ext) for r in msg.recipients]
-        except ValueError:
+        envelope = _envelope(conn, msg) if "PIPELINING" in ext else None
+        if envelope is None or envelope[0] is not None:  # lock-step, or refused: the coroutine path
             self._idle.setdefault(key, []).append(conn)  # back, as it was: its timer still runs
             return False
+        commands = [b"RSET\r\n", envelope[1], *envelope[2]]
         if "CHUNKING" not in ext:
             commands.append(b"DATA\r\n")
         if gate is None:
@@ -449,21 +443,9 @@ class SmtpDelivery:
         host, ip = conn.target.host, conn.target.ip
         tls = conn.tls_state
         ext = conn.ext
-        limit = ext.get("SIZE", "")
-        if limit.isdigit() and 0 < int(limit) < len(msg.data):
-            return results_for(msg, 552, "5.3.4",
-                               f"message size {len(msg.data)} exceeds the limit of {conn.name} ({limit})",
-                               host, ip, tls=tls)
-        utf8 = msg.smtputf8 or not _ascii(msg)
-        if utf8 and "SMTPUTF8" not in ext:
-            return results_for(msg, 550, "5.6.7",
-                               f"{conn.name} does not support SMTPUTF8, which this message needs",
-                               host, ip, tls=tls)
-        try:
-            mail = _mail_line(msg, ext, utf8)
-            rcpt_lines = [_rcpt_line(r, ext) for r in msg.recipients]
-        except ValueError as e:  # never from our own receive path, which refuses such addresses
-            return results_for(msg, 550, "5.1.3", str(e), host, ip, tls=tls)
+        refused, mail, rcpt_lines = _envelope(conn, msg)
+        if refused is not None:
+            return refused
 
         def result(addr: str, r: Reply) -> RcptResult:
             return RcptResult(addr, r.code, r.enhanced, r.text, host, ip, tls)
@@ -538,6 +520,26 @@ class SmtpDelivery:
             text = f"{conn.name}: {e}"
             return [res or RcptResult(rc.address, 451, "4.4.2", text, host, ip, tls)
                     for rc, res in zip(rcpts, results)]
+
+
+def _envelope(conn: _Connection, msg: OutMessage) -> tuple[list[RcptResult] | None, bytes, list[bytes]]:
+    """(None, MAIL line, RCPT lines) for this peer, or (the results, b"", []) when the
+    message must not go to it: too big for its SIZE, or needing SMTPUTF8 it lacks."""
+    ext = conn.ext
+    host, ip, tls = conn.target.host, conn.target.ip, conn.tls_state
+    limit = ext.get("SIZE", "")
+    if limit.isdigit() and 0 < int(limit) < len(msg.data):
+        return results_for(msg, 552, "5.3.4",
+                           f"message size {len(msg.data)} exceeds the limit of {conn.name} ({limit})",
+                           host, ip, tls=tls), b"", []
+    utf8 = msg.smtputf8 or not _ascii(msg)
+    if utf8 and "SMTPUTF8" not in ext:
+        return results_for(msg, 550, "5.6.7", f"{conn.name} does not support SMTPUTF8, which this message needs",
+                           host, ip, tls=tls), b"", []
+    try:
+        return None, _mail_line(msg, ext, utf8), [_rcpt_line(r, ext) for r in msg.recipients]
+    except ValueError as e:  # never from our own receive path, which refuses such addresses
+        return results_for(msg, 550, "5.1.3", str(e), host, ip, tls=tls), b"", []
 
 
 def _ascii(msg: OutMessage) -> bool:
