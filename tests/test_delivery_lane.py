@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from mta import _native
 from mta.delivery import OutMessage, OutRcpt, RcptResult, Target
 from mta.delivery.lane import DONE, GARBAGE, SEND_DATA, STALE, UNEXPECTED, WAIT
+from mta.delivery.protocol import _Connection
 from mta.delivery.smtp import SmtpOptions
 from test_delivery_smtp import client
 
@@ -359,6 +360,74 @@ def test_binding_steps_for_stale_unexpected_and_garbage():
     assert tx.rows([("a@x",)], None, None, None)[0][1:4] == (451, "4.4.2", "mx: broken")
     p = _native.ReplyParser(8192)
     tx = _native.ClientTransaction(1, reset=False, chunking=False, lmtp=False)
+    p = _native.ReplyParser(8192)
+    tx = _native.ClientTransaction(1, reset=False, chunking=False, lmtp=False)
+    assert tx.feed(p, b"250 Ok\r\n250 Ok\r\n354 go\r\n") == SEND_DATA
+    assert tx.feed(p, b"250 2.0.0 queued\r\n") == DONE and tx.done
+    p = _native.ReplyParser(8192)
+    tx = _native.ClientTransaction(1, reset=False, chunking=False, lmtp=False)
     # the end-of-data reply before the data was sent: out of sync, nothing decided by it
     assert tx.feed(p, b"250 Ok\r\n250 Ok\r\n354 go\r\n250 Ok\r\n") == UNEXPECTED
     assert not tx.done
+
+
+class _FullBuffer(asyncio.Transport):
+    """A peer in memory whose socket buffer fills with the data phase: the commands get
+    their replies on the next loop turn, the data pauses writing, and `resume_after`
+    seconds later (None: never) writing resumes and the end of data is answered."""
+
+    def __init__(self, conn: _Connection, resume_after: float | None) -> None:
+        super().__init__()
+        self.conn, self.resume_after, self.closed = conn, resume_after, False
+        self.loop = asyncio.get_running_loop()
+
+    def write(self, data) -> None:
+        self.loop.call_soon(self.conn.data_received, b"250 2.0.0 Ok\r\n250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 go\r\n")
+
+    def writelines(self, parts) -> None:
+        self.conn.pause_writing()
+        if self.resume_after is not None:
+            self.loop.call_later(self.resume_after, self._drained)
+
+    def _drained(self) -> None:
+        self.conn.resume_writing()
+        self.conn.data_received(b"250 2.0.0 queued\r\n")
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    abort = close
+
+
+async def _through_a_full_buffer(lane: bool, resume_after: float | None) -> list:
+    loop = asyncio.get_running_loop()
+    d = client(0.2)  # data_block_timeout 0.2 s
+    target = Target("mx.test", "127.0.0.1", 25)
+    conn = _Connection(target, loop)
+    conn.connection_made(_FullBuffer(conn, resume_after))
+    conn.ext, conn.messages = {"PIPELINING": ""}, 1  # as pooled after a first message
+    d._idle["k"] = [conn]
+    opts = SmtpOptions(helo="client.test", tls="none")
+    msg = message("b@dst.test")
+    if not lane:
+        return list(await d.deliver("k", [target], opts, msg))
+    fut = loop.create_future()
+    assert d.submit("k", [target], opts, msg, fut.set_result, fut.set_exception)
+    return [RcptResult(*row) for row in await fut]
+
+
+@pytest.mark.parametrize("resume_after", [0.05, None])
+def test_a_paused_transport_is_waited_for_and_timed_out_alike(resume_after):
+    async def both():
+        return (await _through_a_full_buffer(False, resume_after),
+                await _through_a_full_buffer(True, resume_after))
+
+    coro, lane = asyncio.run(both())
+    assert lane == coro
+    if resume_after is None:
+        assert (lane[0].code, lane[0].text) == (451, "mx.test[127.0.0.1]:25: timed out while sending the message")
+    else:
+        assert (lane[0].code, lane[0].text) == (250, "queued")
