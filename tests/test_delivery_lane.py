@@ -431,3 +431,30 @@ def test_a_paused_transport_is_waited_for_and_timed_out_alike(resume_after):
         assert (lane[0].code, lane[0].text) == (451, "mx.test[127.0.0.1]:25: timed out while sending the message")
     else:
         assert (lane[0].code, lane[0].text) == (250, "queued")
+
+
+def test_a_bug_in_the_lane_answers_the_job_with_an_error(monkeypatch):
+    from mta.delivery import lane as lane_mod
+
+    def broken(self):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(lane_mod.Lane, "_send_data", broken)
+
+    async def go():
+        loop = asyncio.get_running_loop()
+        d = client(0.2)
+        target = Target("mx.test", "127.0.0.1", 25)
+        conn = _Connection(target, loop)
+        conn.connection_made(_FullBuffer(conn, None))
+        conn.ext, conn.messages = {"PIPELINING": ""}, 1
+        d._idle["k"] = [conn]
+        got: list = []
+        assert d.submit("k", [target], SmtpOptions(helo="client.test", tls="none"), message("b@dst.test"),
+                        lambda rows: got.append(("done", rows)), lambda text: got.append(("error", text)))
+        await asyncio.sleep(0.5)  # past the reply timeout: it must not answer a second time
+        return got, d.lanes, d._gates, conn.transport.is_closing()
+
+    got, lanes, gates, closed = asyncio.run(go())
+    assert got == [("error", "internal error in the delivery lane")]
+    assert (lanes, gates, closed) == (0, {}, True)

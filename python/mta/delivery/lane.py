@@ -64,19 +64,25 @@ class Lane:
 
     # -- the connection's events ------------------------------------------------
 
+    # Each runs inside a transport or timer callback: a bug in one is caught and ends
+    # the job with an error (the worker defers it), never leaving it without an answer.
+
     def data(self, data: bytes) -> None:
         try:
             self._step(self.tx.feed(self.conn._parser._p, data), data)
-        except Exception:  # noqa: BLE001 - a bug here must not leave the message hanging
+        except Exception:  # noqa: BLE001
             self._bug()
 
     def failed(self) -> None:
         """The connection failed (closed, lost); its reason is conn._error."""
-        why = self.conn._error
-        if self.sending:
-            self._fail(f"{why} while sending the message")
-        else:
-            self._broken(why)
+        try:
+            why = self.conn._error
+            if self.sending:
+                self._fail(f"{why} while sending the message")
+            else:
+                self._broken(why)
+        except Exception:  # noqa: BLE001
+            self._bug()
 
     def resumed(self) -> None:
         if self.sending:
@@ -84,13 +90,16 @@ class Lane:
             self.conn.arm(self.smtp.data_done_timeout)
 
     def timed_out(self) -> None:
-        self.conn.broken = True
-        if self.sending:
-            self._fail("timed out while sending the message")
-        elif self.tx.waiting_for == "RSET":
-            self._stale()
-        else:
-            self._fail(f"timed out waiting for the reply to {self.tx.waiting_for}")
+        try:
+            self.conn.broken = True
+            if self.sending:
+                self._fail("timed out while sending the message")
+            elif self.tx.waiting_for == "RSET":
+                self._stale()
+            else:
+                self._fail(f"timed out waiting for the reply to {self.tx.waiting_for}")
+        except Exception:  # noqa: BLE001
+            self._bug()
 
     # -- steps ------------------------------------------------------------------
 
@@ -142,15 +151,15 @@ class Lane:
 
     def _fail(self, why: str) -> None:
         self.tx.fail(f"{self.conn.name}: {why}")
-        self.conn.lane = None
-        self.conn.abort()
-        self._finish()
+        self._finish(abort=True)
 
-    def _finish(self) -> None:
+    def _finish(self, abort: bool = False) -> None:
         conn, smtp = self.conn, self.smtp
-        conn.lane = None
         target = conn.target
         rows = self.tx.rows(self.msg.recipients, target.host, target.ip, self.tls)
+        conn.lane = None  # from here on the job is answered: _bug leaves it alone
+        if abort:
+            conn.abort()
         smtp._release(self.key, conn, self.opts)
         smtp.connections_reused += 1
         smtp._lane_end(self.key)
@@ -176,6 +185,8 @@ class Lane:
     def _bug(self) -> None:
         log.exception("delivery lane: transaction for %s failed", self.msg.queue_id)
         conn = self.conn
+        if conn.lane is not self:
+            return  # it had already ended (done or handed to the coroutine path): answered once
         conn.lane = None
         conn.abort()
         self.smtp._lane_end(self.key)
