@@ -131,6 +131,11 @@ class ReplyParser:
         """Complete replies as (code, text of each line without code and separator),
         including those completed before an error; once `error` is set, ValueError."""
 
+def reply_parts(code: int, lines: list[str]) -> tuple[str | None, str]:
+    """(enhanced code, text) of a client-side reply: the RFC 3463 code opening the first
+    line when it has the reply's class (2, 4 or 5), and every line without it, joined
+    with spaces, empty ones left out. ClientTransaction's outcomes use the same rule."""
+
 class ClientTransaction:
     """Client side of one pipelined mail transaction (rust/src/smtp/client.rs): the
     replies owed (RSET if `reset`, MAIL, one per recipient, DATA unless `chunking`,

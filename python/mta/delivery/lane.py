@@ -55,11 +55,12 @@ class Lane:
         self.sending = False  # the data is written but not yet drained
         self.tls = conn.tls_state
 
-    def start(self, commands: bytes) -> None:
+    def start(self, mail: bytes, rcpt_lines: list[bytes]) -> None:
+        """One write for what the transaction owes replies to (as self.tx was made)."""
         conn = self.conn
         conn.lane = self
         conn.messages += 1
-        conn.transport.write(commands)
+        conn.transport.write(b"".join([b"RSET\r\n", mail, *rcpt_lines, b"" if self.chunking else b"DATA\r\n"]))
         conn.arm(self.smtp.rset_timeout)
 
     # -- the connection's events ------------------------------------------------

@@ -10,7 +10,6 @@ whichever of the two drives the connection.
 from __future__ import annotations
 
 import asyncio
-import re
 import ssl
 from collections import deque
 from typing import NamedTuple
@@ -24,7 +23,6 @@ _MAX_REPLY_LINE = 8192
 # Replies
 # ---------------------------------------------------------------------------
 
-_ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})\Z", re.ASCII)  # as the Rust side (smtp/client.rs)
 
 
 class ReplyError(Exception):
@@ -40,27 +38,20 @@ class Reply(NamedTuple):
     code: int
     lines: list[str]  # text of each line, without code and separator
 
+    # The rule is the Rust one (rust/src/smtp/client.rs), which the callback lane also uses.
     @property
     def enhanced(self) -> str | None:
-        """The RFC 3463 code opening the first line, if it has the reply's class."""
-        tok = self.lines[0].split(" ", 1)[0] if self.lines else ""
-        m = _ENHANCED.match(tok)
-        return tok if m and int(m.group(1)) == self.code // 100 else None
+        """The RFC 3463 code opening the first line, if it has the reply's class (2, 4, 5)."""
+        return _native.reply_parts(self.code, self.lines)[0]
 
     @property
     def text(self) -> str:
-        """All lines as one, each without its enhanced code."""
-        enh = self.enhanced
-        out = []
-        for line in self.lines:
-            if enh and (line == enh or line.startswith(enh + " ")):
-                line = line[len(enh) + 1:]
-            out.append(line)
-        return " ".join(x for x in out if x)
+        """All lines as one, each without its enhanced code, empty ones left out."""
+        return _native.reply_parts(self.code, self.lines)[1]
 
     def __str__(self) -> str:
-        enh = f" {self.enhanced}" if self.enhanced else ""
-        return f"{self.code}{enh} {self.text}".rstrip()
+        enh, text = _native.reply_parts(self.code, self.lines)
+        return f"{self.code}{' ' + enh if enh else ''} {text}".rstrip()
 
 
 class ReplyParser:

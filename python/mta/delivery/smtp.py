@@ -200,14 +200,11 @@ class SmtpDelivery:
         if envelope is None or envelope[0] is not None:  # lock-step, or refused: the coroutine path
             self._idle.setdefault(key, []).append(conn)  # back, as it was: its timer still runs
             return False
-        commands = [b"RSET\r\n", envelope[1], *envelope[2]]
-        if "CHUNKING" not in ext:
-            commands.append(b"DATA\r\n")
         if gate is None:
             gate = self._gates[key] = _Gate()
         gate.running += 1
         self.lanes += 1
-        Lane(self, key, targets, opts, msg, conn, done, error).start(b"".join(commands))
+        Lane(self, key, targets, opts, msg, conn, done, error).start(envelope[1], envelope[2])
         return True
 
     def _lane_end(self, key: str) -> None:

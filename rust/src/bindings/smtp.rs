@@ -9,7 +9,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
 use super::spool::PyMessage;
-use crate::smtp::client::{Step, Transaction};
+use crate::smtp::client::{Outcome, Step, Transaction};
 use crate::smtp::{self, BareLf, Command, Config, Event, MailArgs, Parser, RcptArgs, Reply, ReplyParser, Sink};
 
 #[pyclass(name = "MailArgs", module = "mta._native", frozen, eq)]
@@ -298,6 +298,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PySmtpParser>()?;
     m.add_class::<PyReplyParser>()?;
     m.add_class::<PyClientTransaction>()?;
+    m.add_function(wrap_pyfunction!(reply_parts, m)?)?;
     m.add_class::<PyMailArgs>()?;
     m.add_class::<PyRcptArgs>()?;
     m.add_function(wrap_pyfunction!(format_reply, m)?)?;
@@ -352,6 +353,14 @@ impl PyReplyParser {
         }
         Ok(list)
     }
+}
+
+/// (enhanced code, text) of a reply, as `ClientTransaction` reports them: one rule for both
+/// of the client's paths (`crate::smtp::client::Outcome`).
+#[pyfunction]
+fn reply_parts(code: u16, lines: Vec<String>) -> (Option<String>, String) {
+    let o = Outcome::of(&Reply { code, lines });
+    (o.enhanced, o.text)
 }
 
 /// One pipelined mail transaction on the client side (`crate::smtp::client`): replies are
