@@ -123,7 +123,12 @@ class QueueManager:
         if prep is None:
             self._finished(qid, None)  # gone, held or nothing due
             return
-        if self._start_fast(prep):
+        try:
+            fast = self._start_fast(prep)
+        except Exception as e:  # a bug: the message stays queued and is retried later
+            self._finished(qid, e)
+            return
+        if fast:
             return
         self._run_task(self._attempt(prep), qid, self._finished)
 
@@ -238,8 +243,8 @@ class QueueManager:
         delivery itself: every recipient due, routed without a hook to one smarthost
         or LMTP host that needs no lookup now (an address, or a name with fresh
         answers in the DNS cache), through a transport that takes a callback (the
-        delivery agent, once running). False: the caller takes the
-        general path. Its outcome is recorded as `_record` would (see _fast_done)."""
+        delivery agent once running; in the worker, the SMTP client when a pooled
+        connection is at hand). False: the caller takes the general path. Its outcome is recorded as `_record` would (see _fast_done)."""
         submit = getattr(self.smtp, "submit", None)
         env, spooled, msg, now = prep
         if submit is None or self._stopping or len(msg.recipients) != len(spooled):
@@ -258,9 +263,16 @@ class QueueManager:
                 return False
             targets = res.targets
         qid = msg.queue_id
-        if not submit(f"{spec.kind}:{spec.host}:{spec.port}", targets,
-                      self._options(spec, lmtp=spec.kind == "lmtp"), msg,
-                      lambda out: self._fast_done(env, spooled, msg, out, now)):
+        key, opts = f"{spec.kind}:{spec.host}:{spec.port}", self._options(spec, lmtp=spec.kind == "lmtp")
+        if isinstance(self.smtp, SmtpDelivery):
+            # In-process delivery (delivery.agent = false): the client's own lane
+            # (mta.delivery.lane) answers with RcptResult rows, or with an error text.
+            ok = submit(key, targets, opts, msg,
+                        lambda rows: self._fast_done(env, spooled, msg, [RcptResult(*r) for r in rows], now),
+                        lambda text: self._fast_done(env, spooled, msg, _lane_error(msg, text), now))
+        else:
+            ok = submit(key, targets, opts, msg, lambda out: self._fast_done(env, spooled, msg, out, now))
+        if not ok:
             return False
         self._fast.add(qid)
         return True
@@ -428,6 +440,12 @@ class QueueManager:
                 return results_for(msg, 451, "4.4.4", f"cannot resolve {spec.host}")
         return await self.smtp.deliver(f"{kind}:{spec.host}:{spec.port}", targets,
                                        self._options(spec, lmtp=kind == "lmtp"), msg)
+
+
+def _lane_error(msg: OutMessage, text: str) -> list[RcptResult]:
+    """A bug in the in-process lane: deferred and retried, as the agent's "err" answer is."""
+    log.error("delivery lane: job for %s failed: %s", msg.queue_id, text)
+    return results_for(msg, 451, "4.3.0", "internal delivery error")
 
 
 def _subset(msg: OutMessage, rcpts: list[OutRcpt]) -> OutMessage:

@@ -558,3 +558,32 @@ def test_lmtp_tcp_per_recipient_replies(tmp_path, server_factory, peer_factory):
 
 def test_lmtp_unix_socket_per_recipient_replies(tmp_path, server_factory, peer_factory):
     _lmtp_test(tmp_path, server_factory, peer_factory, unix=True)
+
+
+# ---------------------------------------------------------------------------
+# 6. the queue's callback lane through either transport
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("agent", [True, False], ids=["agent", "in-process"])
+def test_relay_reuses_the_pooled_connection_through_either_transport(tmp_path, server_factory,
+                                                                      peer_factory, agent):
+    """After the first message (a new connection, the coroutine path), the next ones find
+    the connection pooled and take the callback lane: in the delivery agent, or with
+    `delivery.agent = false` in the worker's own SMTP client. Every message arrives once,
+    over that one connection, and the queue ends empty (a wrong callback signature once
+    left every lane attempt active for ever: nothing but the first was delivered)."""
+    peer = peer_factory(name="hub.test")
+    srv = server_factory(config=mta_config(tmp_path, delivery={"agent": agent}), deliver=True,
+                         args=("--relay-to", f"127.0.0.1:{peer.port}"))
+    qids = []
+    for i in range(5):  # one at a time: each finds the previous one's connection idle in the pool
+        qids.append(send(srv, ["user@dest.test"], message(f"lane {i}")))
+        recs = wait_log(tmp_path, srv, rec("user@dest.test", "delivered"), n=i + 1)
+    assert sorted(r["queue_id"] for r in recs) == sorted(qids), recs
+    assert all(r["attempt"] == 1 for r in recs), recs
+    txns = peer.wait_txns(5)
+    assert len(txns) == 5 and peer.connections == 1, (peer.connections, peer.commands)
+    assert sorted(t.data.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0] for t in txns) == \
+        [f"lane {i}".encode() for i in range(5)]
+    queue_empty(srv)
+    assert "completion callback failed" not in srv.log() and "Traceback" not in srv.log(), srv.log()[-3000:]
