@@ -230,6 +230,31 @@ def wire_body(data: bytes, *, dot_stuff: bool) -> bytes:
     doubled and the terminating ".\\r\\n" appended. One pass (rust/src/message/wire.rs)."""
 
 # ---------------------------------------------------------------------------
+# The delivery log's line (rust/src/logline.rs, bindings/logline.rs)
+# ---------------------------------------------------------------------------
+
+def delivery_log_line(
+    now: float,
+    queue_id: str,
+    recipient: str,
+    status: str,
+    attempt: int,
+    arrival: float | None,  # 0 or None: "delay_s" is null
+    code: int | None = None,  # None: no reply (remote_host .. tls_failure all null)
+    enhanced: str | None = None,
+    text: str | None = None,
+    remote_host: str | None = None,
+    remote_ip: str | None = None,
+    tls: str | None = None,
+    policy: str | None = None,
+    tls_failure: str | None = None,
+) -> str:
+    """One JSON line (with its newline), as json.dumps(ensure_ascii=False) of the record
+    would write it: keys time, queue_id, recipient, status, remote_host, remote_ip, reply
+    ("code enhanced text"), attempt, delay_s (round(max(0, now - arrival), 3)), tls,
+    policy, tls_failure. A lone surrogate comes out as its backslashreplace escape."""
+
+# ---------------------------------------------------------------------------
 # Spool (rust/src/spool, bindings/spool.rs)
 # ---------------------------------------------------------------------------
 

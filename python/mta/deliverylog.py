@@ -10,12 +10,12 @@ line, so the record survives on stderr) and delivery carries on.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import sys
 import time
 
+from . import _native
 from .delivery import RcptResult
 
 __all__ = ["DeliveryLog", "STATUSES"]
@@ -37,14 +37,6 @@ def rfc3339(t: float) -> str:
     if _sec_cache[0] != sec:
         _sec_cache[0], _sec_cache[1] = sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
     return f"{_sec_cache[1]}.{ms:03d}Z"
-
-
-# JSON strings as json.dumps(ensure_ascii=False) writes them (the C encoder when there).
-_STR = json.encoder.c_encode_basestring or json.encoder.py_encode_basestring
-
-
-def _s(v: str | None) -> str:
-    return "null" if v is None else _STR(v)
 
 
 class DeliveryLog:
@@ -95,22 +87,18 @@ class DeliveryLog:
     @staticmethod
     def format(*, queue_id: str, recipient: str, status: str, result: RcptResult | None,
                attempt: int, arrival: float, now: float | None = None) -> str:
-        """The JSON line (with its newline) that `record` writes."""
+        """The JSON line (with its newline) that `record` writes: one object, keys in
+        the order time, queue_id, recipient, status, remote_host, remote_ip, reply,
+        attempt, delay_s, tls, policy, tls_failure (the last three are TLS-RPT style,
+        see mta.mtasts: the session's TLS, the policy applied, and the failure type).
+        Made in Rust (rust/src/logline.rs): this runs once per recipient on the
+        worker's event loop."""
         now = time.time() if now is None else now
-        delay = "null" if not arrival else repr(round(max(0.0, now - arrival), 3))
         if result is None:
-            tail = '"remote_host":null,"remote_ip":null,"reply":null'
-            tls = '"tls":null,"policy":null,"tls_failure":null'
-        else:
-            tail = (f'"remote_host":{_s(result.remote_host)},"remote_ip":{_s(result.remote_ip)},'
-                    f'"reply":{_STR(result.reply())}')
-            tls = f'"tls":{_s(result.tls)},"policy":{_s(result.policy)},"tls_failure":{_s(result.tls_failure)}'
-        # One object per line, keys in this order. Written by hand, not json.dumps of a
-        # dict: this runs once per recipient on the worker's event loop. The last three
-        # are TLS-RPT style (see mta.mtasts): the session's TLS, the policy applied, and
-        # the failure type (with policy "mta-sts-testing": what enforce would refuse).
-        return (f'{{"time":"{rfc3339(now)}","queue_id":{_STR(queue_id)},"recipient":{_STR(recipient)},'
-                f'"status":{_STR(status)},{tail},"attempt":{int(attempt)},"delay_s":{delay},{tls}}}\n')
+            return _native.delivery_log_line(now, queue_id, recipient, status, int(attempt), arrival or 0.0)
+        return _native.delivery_log_line(now, queue_id, recipient, status, int(attempt), arrival or 0.0,
+                                         result.code, result.enhanced, result.text, result.remote_host,
+                                         result.remote_ip, result.tls, result.policy, result.tls_failure)
 
     def _flush_stderr(self) -> None:
         lines, self._stderr_pending = self._stderr_pending, []

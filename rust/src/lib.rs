@@ -1,7 +1,8 @@
-//! Rust core of `mta`: the SMTP parser (`smtp`), header rewriting (`message`)
-//! and the spool (`spool`). These three know nothing of Python; only
-//! `bindings`, `errors` and the `#[pymodule]` below do (feature "python").
+//! Rust core of `mta`: the SMTP parser (`smtp`), header rewriting (`message`),
+//! the spool (`spool`) and the delivery log's line (`logline`). These know nothing
+//! of Python; only `bindings`, `errors` and the `#[pymodule]` below do (feature "python").
 
+pub mod logline;
 pub mod message;
 pub mod smtp;
 pub mod spool;
@@ -22,6 +23,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     bindings::smtp::register(m)?;
     bindings::proxy::register(m)?;
     bindings::message::register(m)?;
+    bindings::logline::register(m)?;
     bindings::spool::register(m)?;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Thin PyO3 wrappers over the core modules. No protocol or format logic
 //! lives here: only conversion, GIL release around disk work, and glue.
 
+pub mod logline;
 pub mod message;
 pub mod proxy;
 pub mod smtp;

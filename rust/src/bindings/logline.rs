@@ -1,0 +1,70 @@
+//! Python binding for `crate::logline`: `delivery_log_line`. A str argument holding a
+//! lone surrogate is passed on as its "surrogatepass" bytes (the line escapes it).
+use crate::logline::{line, Record, Reply};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyString};
+use std::borrow::Cow;
+
+fn wtf8<'a>(s: &'a Bound<'_, PyString>) -> PyResult<Cow<'a, [u8]>> {
+    match s.to_str() {
+        Ok(t) => Ok(Cow::Borrowed(t.as_bytes())),
+        Err(_) => {
+            let b = s.call_method1("encode", ("utf-8", "surrogatepass"))?;
+            Ok(Cow::Owned(b.cast::<PyBytes>()?.as_bytes().to_vec()))
+        }
+    }
+}
+
+fn opt<'a>(s: &'a Option<Bound<'_, PyString>>) -> PyResult<Option<Cow<'a, [u8]>>> {
+    s.as_ref().map(wtf8).transpose()
+}
+
+/// One delivery-log record as its JSON line (mta.deliverylog); `code` None: no reply.
+#[pyfunction]
+#[pyo3(signature = (now, queue_id, recipient, status, attempt, arrival, code = None, enhanced = None,
+                    text = None, remote_host = None, remote_ip = None, tls = None, policy = None,
+                    tls_failure = None))]
+#[allow(clippy::too_many_arguments)]
+fn delivery_log_line(
+    now: f64,
+    queue_id: Bound<'_, PyString>,
+    recipient: Bound<'_, PyString>,
+    status: Bound<'_, PyString>,
+    attempt: i64,
+    arrival: Option<f64>,
+    code: Option<i64>,
+    enhanced: Option<Bound<'_, PyString>>,
+    text: Option<Bound<'_, PyString>>,
+    remote_host: Option<Bound<'_, PyString>>,
+    remote_ip: Option<Bound<'_, PyString>>,
+    tls: Option<Bound<'_, PyString>>,
+    policy: Option<Bound<'_, PyString>>,
+    tls_failure: Option<Bound<'_, PyString>>,
+) -> PyResult<String> {
+    let (q, r, s) = (wtf8(&queue_id)?, wtf8(&recipient)?, wtf8(&status)?);
+    let (enh, txt) = (opt(&enhanced)?, opt(&text)?);
+    let (host, ip, t, p, f) = (opt(&remote_host)?, opt(&remote_ip)?, opt(&tls)?, opt(&policy)?, opt(&tls_failure)?);
+    let reply = code.map(|code| Reply {
+        code,
+        enhanced: enh.as_deref().unwrap_or(b""),
+        text: txt.as_deref().unwrap_or(b""),
+        remote_host: host.as_deref(),
+        remote_ip: ip.as_deref(),
+        tls: t.as_deref(),
+        policy: p.as_deref(),
+        tls_failure: f.as_deref(),
+    });
+    Ok(line(&Record {
+        now,
+        queue_id: &q,
+        recipient: &r,
+        status: &s,
+        reply,
+        attempt,
+        arrival: arrival.unwrap_or(0.0),
+    }))
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(delivery_log_line, m)?)
+}
