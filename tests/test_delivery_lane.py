@@ -284,17 +284,81 @@ def test_submit_declines_what_the_coroutine_path_must_do():
         pooled = sum(len(v) for v in d._idle.values())  # each gave the connection back
         fut = asyncio.get_running_loop().create_future()
         taken = d.submit("k", targets, opts, small, fut.set_result, fut.set_exception)
-        busy = d.submit("k", targets, opts, small, never, never)  # max_connections=1 is in use
         rows = await fut
         await d.close()
         closed = d.submit("k", targets, opts, small, never, never)
         srv.close()
-        return first, too_big, utf8, pooled, taken, busy, rows, closed
+        return first, too_big, utf8, pooled, taken, rows, closed
 
-    first, too_big, utf8, pooled, taken, busy, rows, closed = asyncio.run(go())
-    assert (first, too_big, utf8, taken, busy, closed) == (False, False, False, True, False, False)
+    first, too_big, utf8, pooled, taken, rows, closed = asyncio.run(go())
+    assert (first, too_big, utf8, taken, closed) == (False, False, False, True, False)
     assert pooled == 1
     assert rows[0][:3] == ("a@dst.test", 250, "2.0.0")
+
+
+def test_jobs_wait_at_the_gate_in_order_and_take_the_freed_connection():
+    """max_connections=1 and the connection busy: jobs for the lane queue at the gate,
+    behind and before coroutines waiting there, and each takes the pooled connection
+    its place comes with; nothing opens a second connection."""
+    async def go():
+        log: list = []
+        srv, port = await peer([{}], log)
+        d = client(0.5)
+        opts = SmtpOptions(helo="client.test", tls="none", max_connections=1)
+        targets = [Target("mx.test", "127.0.0.1", port)]
+        await d.deliver("k", targets, opts, message("first@dst.test"))
+        loop = asyncio.get_running_loop()
+        futs = {n: loop.create_future() for n in "abd"}
+        order: list[str] = []
+
+        def on(n):
+            return lambda rows: (order.append(n), futs[n].set_result(rows))
+        assert d.submit("k", targets, opts, message("a@dst.test"), on("a"), futs["a"].set_exception)
+        assert d.submit("k", targets, opts, message("b@dst.test"), on("b"), futs["b"].set_exception)
+        queued = d.lanes
+        c = loop.create_task(d.deliver("k", targets, opts, message("c@dst.test")))
+        await asyncio.sleep(0)  # c waits at the gate, behind b
+        assert d.submit("k", targets, opts, message("d@dst.test"), on("d"), futs["d"].set_exception)
+        rows = {n: await f for n, f in futs.items()}
+        c_res = await c
+        lanes_after = d.lanes
+        await d.close()
+        srv.close()
+        return queued, rows, c_res, log, d.connections_opened, lanes_after, order
+
+    queued, rows, c_res, log, opened, lanes_after, order = asyncio.run(go())
+    assert queued == 2  # a on the connection, b queued: both answered on callbacks
+    assert all(r[0][1:3] == (250, "2.0.0") for r in rows.values()), rows
+    assert c_res[0].code == 250
+    rcpts = [x.split(b"<")[1].split(b"@")[0] for x in log if x.startswith(b"RCPT TO:")]
+    assert rcpts == [b"first", b"a", b"b", b"c", b"d"]  # the order they asked
+    assert order == ["a", "b", "d"]
+    assert opened == 1 and lanes_after == 0
+
+
+def test_a_queued_job_whose_connection_is_gone_takes_the_coroutine_path():
+    """The delivery in flight ends with a 421 (its connection is not pooled again): the
+    job queued behind it opens a new connection on the coroutine path, with its place."""
+    async def go():
+        log: list = []
+        srv, port = await peer([{}, {"END": b"421 4.3.2 shutting down\r\n"}, {}], log)
+        d = client(0.5)
+        opts = SmtpOptions(helo="client.test", tls="none", max_connections=1)
+        targets = [Target("mx.test", "127.0.0.1", port)]
+        await d.deliver("k", targets, opts, message("first@dst.test"))
+        loop = asyncio.get_running_loop()
+        a, b = loop.create_future(), loop.create_future()
+        assert d.submit("k", targets, opts, message("a@dst.test"), a.set_result, a.set_exception)
+        assert d.submit("k", targets, opts, message("b@dst.test"), b.set_result, b.set_exception)
+        ra, rb = await a, await b
+        gates, lanes = dict(d._gates), d.lanes
+        await d.close()
+        srv.close()
+        return ra, rb, d.connections_opened, gates, lanes
+
+    ra, rb, opened, gates, lanes = asyncio.run(go())
+    assert ra[0][1] == 421 and rb[0][1:3] == (250, "2.0.0")
+    assert opened == 2 and gates == {} and lanes == 0  # the place was given back
 
 
 def test_settle_waits_for_transactions_in_flight():

@@ -8,7 +8,9 @@ It decides what `SmtpDelivery._transaction` decides, with the same texts
 difference: a reply that no command is owed is an error here (the connection is
 out of sync and is not reused). A pooled connection found dead or refusing RSET
 hands the message to the coroutine path with its place at the gate, as
-`SmtpDelivery._deliver` retries on the next connection.
+`SmtpDelivery._deliver` retries on the next connection. A job that finds every
+connection of its destination in use waits at the gate (`Queued`) and then runs here
+on the connection its place comes with.
 """
 
 from __future__ import annotations
@@ -170,18 +172,7 @@ class Lane:
         """Dead or refusing RSET: nothing was decided; the coroutine path takes over."""
         self.conn.lane = None
         self.conn.abort()
-        task = asyncio.get_running_loop().create_task(
-            self.smtp._deliver(self.key, self.targets, self.opts, self.msg))
-        task.add_done_callback(self._resumed_done)
-
-    def _resumed_done(self, task: asyncio.Task) -> None:
-        self.smtp._lane_end(self.key)
-        if task.cancelled():
-            self.error("CancelledError: delivery cancelled")
-        elif (e := task.exception()) is not None:
-            self.error(f"{type(e).__name__}: {e}")
-        else:
-            self.done([tuple(r) for r in task.result()])
+        resume(self.smtp, self.key, self.targets, self.opts, self.msg, self.done, self.error)
 
     def _bug(self) -> None:
         log.exception("delivery lane: transaction for %s failed", self.msg.queue_id)
@@ -192,3 +183,41 @@ class Lane:
         conn.abort()
         self.smtp._lane_end(self.key)
         self.error("internal error in the delivery lane")
+
+
+class Queued:
+    """A job for the lane that found every connection of its destination in use
+    (SmtpDelivery.submit): it waits at the gate, in order with the coroutines waiting
+    there, and `start()` runs when a finishing delivery hands it its place, usually
+    with that delivery's connection back in the pool."""
+
+    __slots__ = ("smtp", "key", "targets", "opts", "msg", "done", "error")
+
+    def __init__(self, smtp, key: str, targets, opts, msg: OutMessage,
+                 done: Callable[[Rows], object], error: Callable[[str], object]) -> None:
+        self.smtp, self.key, self.targets, self.opts, self.msg = smtp, key, targets, opts, msg
+        self.done, self.error = done, error
+
+    def start(self) -> None:
+        try:
+            self.smtp._run_queued(self)
+        except Exception:  # noqa: BLE001 - answered once, and the place goes on
+            log.exception("delivery lane: queued transaction for %s failed", self.msg.queue_id)
+            self.smtp._lane_end(self.key)
+            self.error("internal error in the delivery lane")
+
+
+def resume(smtp, key: str, targets, opts, msg: OutMessage, done: Callable[[Rows], object],
+           error: Callable[[str], object]) -> None:
+    """The coroutine path for a job of the lane that holds its place at the gate."""
+    task = asyncio.get_running_loop().create_task(smtp._deliver(key, targets, opts, msg))
+
+    def ended(t: asyncio.Task) -> None:
+        smtp._lane_end(key)
+        if t.cancelled():
+            error("CancelledError: delivery cancelled")
+        elif (e := t.exception()) is not None:
+            error(f"{type(e).__name__}: {e}")
+        else:
+            done([tuple(r) for r in t.result()])
+    task.add_done_callback(ended)

@@ -49,7 +49,7 @@ from mta.delivery.protocol import (
     Reply, ReplyError, ReplyParser, _ConnError, _Connection, _mail_line, _rcpt_line, _Stale, data_parts,
     wire_body,
 )
-from mta.delivery.lane import Lane
+from mta.delivery.lane import Lane, Queued, resume
 
 __all__ = ["SmtpOptions", "SmtpDelivery", "Reply", "ReplyParser", "ReplyError", "wire_body"]
 
@@ -116,11 +116,15 @@ class _Gate:
         self.waiting: deque[asyncio.Future] = deque()
 
     def pass_on(self, key: str, gates: dict) -> None:
-        """A delivery is done: its place goes to the first live waiter, or is freed."""
+        """A delivery is done: its place goes to the first live waiter (a coroutine's
+        future, or a job queued for the callback lane), or is freed."""
         while self.waiting:
-            fut = self.waiting.popleft()
-            if not fut.done():
-                fut.set_result(None)
+            w = self.waiting.popleft()
+            if isinstance(w, Queued):
+                w.start()  # on the lane, or the coroutine path: it has the place now
+                return
+            if not w.done():
+                w.set_result(None)
                 return
         self.running -= 1
         if not self.running:  # forget idle destinations: the dict stays as small as the active set
@@ -182,16 +186,20 @@ class SmtpDelivery:
 
     def submit(self, key: str, targets: Sequence[Target], opts: SmtpOptions, msg: OutMessage,
                done: Callable[[list[tuple]], object], error: Callable[[str], object]) -> bool:
-        """`deliver` on callbacks (mta.delivery.lane), for the common case: a place at
-        the gate with nobody waiting, a pooled connection that offers PIPELINING, and a
-        message of one write block that this peer's SIZE and SMTPUTF8 let through.
-        `done(rows)` (RcptResult-shaped tuples) or `error(text)` is called exactly once.
-        False, with nothing done, when the message must take `deliver`."""
+        """`deliver` on callbacks (mta.delivery.lane), for the common case: a message of
+        one write block, and a pooled connection that offers PIPELINING and whose SIZE
+        and SMTPUTF8 let it through. When the destination's connections are all in use,
+        the job waits at the gate in order with the coroutines waiting there, and takes
+        the connection its place comes with (`Queued`). `done(rows)` (RcptResult-shaped
+        tuples) or `error(text)` is called exactly once. False, with nothing done, when
+        the message must take `deliver`."""
         if self._closed or not msg.recipients or len(msg.data) > _WRITE_BLOCK:
             return False
         gate = self._gates.get(key)
         if gate is not None and (gate.waiting or gate.running >= max(1, opts.max_connections)):
-            return False
+            gate.waiting.append(Queued(self, key, targets, opts, msg, done, error))
+            self.lanes += 1  # answered on callbacks, like a lane: settle() waits for it
+            return True
         conn = self._take_idle(key)
         if conn is None:
             return False
@@ -206,6 +214,18 @@ class SmtpDelivery:
         self.lanes += 1
         Lane(self, key, targets, opts, msg, conn, done, error).start(envelope[1], envelope[2])
         return True
+
+    def _run_queued(self, q: Queued) -> None:
+        """A queued job's turn (its place at the gate is held): the lane on a pooled
+        connection when one takes it, else the coroutine path."""
+        conn = None if self._closed else self._take_idle(q.key)
+        if conn is not None:
+            envelope = _envelope(conn, q.msg) if "PIPELINING" in conn.ext else None
+            if envelope is not None and envelope[0] is None:
+                Lane(self, q.key, q.targets, q.opts, q.msg, conn, q.done, q.error).start(envelope[1], envelope[2])
+                return
+            self._idle.setdefault(q.key, []).append(conn)  # back, as it was
+        resume(self, q.key, q.targets, q.opts, q.msg, q.done, q.error)
 
     def _lane_end(self, key: str) -> None:
         gate = self._gates.get(key)
