@@ -411,3 +411,45 @@ def test_agent_bench_delivers_every_message():
     assert out.returncode == 0, out.stderr
     (line,) = out.stdout.splitlines()
     assert "us/msg" in line and line.endswith("not delivered: 0"), line
+
+
+def test_latency_probe_times_every_step(sink):
+    """benches/latency.py against `mta bench sink` for about a second: every step of
+    every session is timed (the figures are not asserted), and --json has them all."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    s = sink()
+    out = subprocess.run([sys.executable, os.path.join(root, "benches", "latency.py"), "--port", str(s.port),
+                          "--seconds", "1", "--json"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    steps = ["connect", "greeting", "EHLO", "MAIL", "RCPT", "DATA", "data", "QUIT"]
+    assert list(got) == steps
+    counts = {v["n"] for v in got.values()}
+    assert len(counts) == 1 and counts.pop() >= 1  # each session timed every step
+    assert all(0 <= v["p50_ms"] <= v["p90_ms"] for v in got.values())
+
+
+def test_latency_probe_stops_at_a_refused_step():
+    """A server refusing MAIL ends the probe with the refusal, not with figures."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benches"))
+    import latency
+
+    with socket.socket() as ls:
+        ls.bind(("127.0.0.1", 0))
+        ls.listen()
+        port = ls.getsockname()[1]
+
+        def serve():
+            c, _ = ls.accept()
+            with c:
+                c.sendall(b"220 hi\r\n")
+                c.recv(100)
+                c.sendall(b"250 ok\r\n")
+                c.recv(100)
+                c.sendall(b"550 5.7.1 no\r\n")
+                c.recv(100)
+        t = threading.Thread(target=serve, daemon=True)
+        t.start()
+        with pytest.raises(ConnectionError, match="MAIL: b'550"):
+            latency.probe("127.0.0.1", port, 5.0, timeout=5.0)
+        t.join(5)
