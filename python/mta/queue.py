@@ -244,7 +244,8 @@ class QueueManager:
         or LMTP host that needs no lookup now (an address, or a name with fresh
         answers in the DNS cache), through a transport that takes a callback (the
         delivery agent once running; in the worker, the SMTP client when a pooled
-        connection is at hand). False: the caller takes the general path. Its outcome is recorded as `_record` would (see _fast_done)."""
+        connection is at hand). False: the caller takes the general path. Its outcome
+        is recorded as `_record` would (see _fast_done)."""
         submit = getattr(self.smtp, "submit", None)
         env, spooled, msg, now = prep
         if submit is None or self._stopping or len(msg.recipients) != len(spooled):

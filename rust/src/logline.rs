@@ -5,6 +5,7 @@
 //! lone surrogate (a Python str may hold one) comes out as `\udcXX` text, as Python's
 //! "backslashreplace" writes it: the bytes are the ones the Python reference wrote.
 
+use crate::message::trace::civil_from_days;
 use std::fmt::Write;
 
 /// A Python str's code points as WTF-8: UTF-8, except that a lone surrogate is
@@ -95,20 +96,6 @@ pub fn rfc3339(out: &mut String, t: f64) {
     let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (y, m, d) = civil_from_days(days);
     let _ = write!(out, "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{milli:03}Z", sod / 3600, sod / 60 % 60, sod % 60);
-}
-
-/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
-/// (H. Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 /// Python's round(x, 3): the nearest multiple of 0.001 by the exact binary value,

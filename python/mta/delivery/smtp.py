@@ -113,7 +113,7 @@ class _Gate:
 
     def __init__(self) -> None:
         self.running = 0
-        self.waiting: deque[asyncio.Future] = deque()
+        self.waiting: deque[asyncio.Future | Queued] = deque()  # in arrival order
 
     def pass_on(self, key: str, gates: dict) -> None:
         """A delivery is done: its place goes to the first live waiter (a coroutine's
