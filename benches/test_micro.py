@@ -111,6 +111,27 @@ def test_received_header(benchmark):
 
 
 # ---------------------------------------------------------------------------
+# the delivery log's line (one per recipient outcome, on the worker's event loop)
+# ---------------------------------------------------------------------------
+
+def test_delivery_log_line(benchmark):
+    from mta.delivery import RcptResult
+    from mta.deliverylog import DeliveryLog
+
+    result = RcptResult("to@example.test", 250, "2.0.0", "Ok: queued as 4FkR2x0Abc1234", "relay.example.test",
+                        "127.0.0.1", "none", None, None)
+    now = time.time()
+
+    def hundred():
+        for _ in range(100):
+            DeliveryLog.format(queue_id="4FkR2x0Abc1234", recipient="to@example.test", status="delivered",
+                               result=result, attempt=1, arrival=now - 0.25, now=now)
+
+    benchmark(hundred)
+    benchmark.extra_info["calls_per_s"] = round(100 / benchmark.stats.stats.median)
+
+
+# ---------------------------------------------------------------------------
 # spool append with group commit (fdatasync on)
 # ---------------------------------------------------------------------------
 
