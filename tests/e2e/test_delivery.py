@@ -520,7 +520,7 @@ def test_maildir_aliases_and_unknown_user(tmp_path, server_factory):
     queue_empty(srv)
 
 
-def _lmtp_test(tmp_path, server_factory, peer_factory, *, unix: bool):
+def _lmtp_test(tmp_path, server_factory, peer_factory, *, unix: bool, agent: bool = True):
     script = {"a@lists.test": "250 2.0.0 delivered",
               "b@lists.test": "452 4.2.2 over quota",
               "c@lists.test": "550 5.1.1 no such mailbox"}
@@ -533,7 +533,8 @@ def _lmtp_test(tmp_path, server_factory, peer_factory, *, unix: bool):
     else:
         peer = peer_factory(**kw)
         transport = f"lmtp 127.0.0.1:{peer.port}"
-    srv = server_factory(config=mta_config(tmp_path, transport={"lists.test": transport}), deliver=True)
+    srv = server_factory(config=mta_config(tmp_path, transport={"lists.test": transport}, delivery={"agent": agent}),
+                         deliver=True)
     qid = send(srv, list(script), message("lmtp", to="a@lists.test"))
     wait_log(tmp_path, srv, lambda r: r["queue_id"] == qid and r["attempt"] == 1, n=3)
     first = {r["recipient"]: r for r in log_records(tmp_path) if r["queue_id"] == qid and r["attempt"] == 1}
@@ -558,6 +559,11 @@ def test_lmtp_tcp_per_recipient_replies(tmp_path, server_factory, peer_factory):
 
 def test_lmtp_unix_socket_per_recipient_replies(tmp_path, server_factory, peer_factory):
     _lmtp_test(tmp_path, server_factory, peer_factory, unix=True)
+
+
+def test_lmtp_per_recipient_replies_delivered_in_the_worker(tmp_path, server_factory, peer_factory):
+    """The same with `delivery.agent = false`: the worker's own client, same outcomes."""
+    _lmtp_test(tmp_path, server_factory, peer_factory, unix=False, agent=False)
 
 
 # ---------------------------------------------------------------------------
