@@ -254,6 +254,9 @@ def delivery_log_line(
     ("code enhanced text"), attempt, delay_s (round(max(0, now - arrival), 3)), tls,
     policy, tls_failure. A lone surrogate comes out as its backslashreplace escape."""
 
+def rfc3339(t: float) -> str:
+    """UTC with milliseconds, 2024-01-02T03:04:05.678Z (the milliseconds truncated)."""
+
 # ---------------------------------------------------------------------------
 # Spool (rust/src/spool, bindings/spool.rs)
 # ---------------------------------------------------------------------------

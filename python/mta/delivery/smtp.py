@@ -200,32 +200,39 @@ class SmtpDelivery:
             gate.waiting.append(Queued(self, key, targets, opts, msg, done, error))
             self.lanes += 1  # answered on callbacks, like a lane: settle() waits for it
             return True
-        conn = self._take_idle(key)
-        if conn is None:
-            return False
-        ext = conn.ext
-        envelope = _envelope(conn, msg) if "PIPELINING" in ext else None
-        if envelope is None or envelope[0] is not None:  # lock-step, or refused: the coroutine path
-            self._idle.setdefault(key, []).append(conn)  # back, as it was: its timer still runs
+        found = self._lane_connection(key, msg)
+        if found is None:
             return False
         if gate is None:
             gate = self._gates[key] = _Gate()
         gate.running += 1
         self.lanes += 1
+        conn, envelope = found
         Lane(self, key, targets, opts, msg, conn, done, error).start(envelope[1], envelope[2])
         return True
+
+    def _lane_connection(self, key: str, msg: OutMessage) -> tuple[_Connection, tuple] | None:
+        """A pooled connection that takes `msg` on the lane, with the envelope's lines;
+        None when there is none (one that pipelines not, or refuses the message, goes
+        back to the pool as it was: its idle timer still runs)."""
+        conn = self._take_idle(key)
+        if conn is None:
+            return None
+        envelope = _envelope(conn, msg) if "PIPELINING" in conn.ext else None
+        if envelope is None or envelope[0] is not None:  # lock-step, or refused: the coroutine path
+            self._idle.setdefault(key, []).append(conn)
+            return None
+        return conn, envelope
 
     def _run_queued(self, q: Queued) -> None:
         """A queued job's turn (its place at the gate is held): the lane on a pooled
         connection when one takes it, else the coroutine path."""
-        conn = None if self._closed else self._take_idle(q.key)
-        if conn is not None:
-            envelope = _envelope(conn, q.msg) if "PIPELINING" in conn.ext else None
-            if envelope is not None and envelope[0] is None:
-                Lane(self, q.key, q.targets, q.opts, q.msg, conn, q.done, q.error).start(envelope[1], envelope[2])
-                return
-            self._idle.setdefault(q.key, []).append(conn)  # back, as it was
-        resume(self, q.key, q.targets, q.opts, q.msg, q.done, q.error)
+        found = None if self._closed else self._lane_connection(q.key, q.msg)
+        if found is None:
+            resume(self, q.key, q.targets, q.opts, q.msg, q.done, q.error)
+            return
+        conn, envelope = found
+        Lane(self, q.key, q.targets, q.opts, q.msg, conn, q.done, q.error).start(envelope[1], envelope[2])
 
     def _lane_end(self, key: str) -> None:
         gate = self._gates.get(key)

@@ -1,6 +1,6 @@
-//! Python binding for `crate::logline`: `delivery_log_line`. A str argument holding a
+//! Python binding for `crate::logline`: `delivery_log_line`, `rfc3339`. A str argument holding a
 //! lone surrogate is passed on as its "surrogatepass" bytes (the line escapes it).
-use crate::logline::{line, Record, Reply};
+use crate::logline::{line, rfc3339 as format_time, Record, Reply};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
 use std::borrow::Cow;
@@ -65,6 +65,16 @@ fn delivery_log_line(
     }))
 }
 
+/// UTC with milliseconds, 2024-01-02T03:04:05.678Z: the log line's time, for the
+/// other JSON records that carry one (mta.mtasts's reports).
+#[pyfunction]
+fn rfc3339(t: f64) -> String {
+    let mut s = String::with_capacity(24);
+    format_time(&mut s, t);
+    s
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_function(wrap_pyfunction!(delivery_log_line, m)?)
+    m.add_function(wrap_pyfunction!(delivery_log_line, m)?)?;
+    m.add_function(wrap_pyfunction!(rfc3339, m)?)
 }
