@@ -667,8 +667,9 @@ class Session(SubmissionMixin, asyncio.Protocol):
                     self._stored_reply(line)
             finally:
                 if error is None:
-                    # After the 250 is written: the client does not wait for the
-                    # queue's first step, nor (in a group commit) for the others'.
+                    # After the 250 is written: the client does not wait for its own
+                    # message's first delivery step (in a group commit, it still waits
+                    # for those of the messages completed before it).
                     self.server.queue.new_message(tx.queue_id)
 
         return stored

@@ -24,7 +24,6 @@ _MAX_REPLY_LINE = 8192
 # ---------------------------------------------------------------------------
 
 
-
 class ReplyError(Exception):
     """The peer sent something that is not an SMTP reply (fatal for the connection);
     `replies` are those it completed before that, in order."""
@@ -49,8 +48,12 @@ class Reply(NamedTuple):
         """All lines as one, each without its enhanced code, empty ones left out."""
         return _native.reply_parts(self.code, self.lines)[1]
 
+    def parts(self) -> tuple[str | None, str]:
+        """(enhanced, text) in one call: what a result records of a reply."""
+        return _native.reply_parts(self.code, self.lines)
+
     def __str__(self) -> str:
-        enh, text = _native.reply_parts(self.code, self.lines)
+        enh, text = self.parts()
         return f"{self.code}{' ' + enh if enh else ''} {text}".rstrip()
 
 

@@ -472,7 +472,7 @@ class SmtpDelivery:
             return refused
 
         def result(addr: str, r: Reply) -> RcptResult:
-            return RcptResult(addr, r.code, r.enhanced, r.text, host, ip, tls)
+            return RcptResult(addr, r.code, *r.parts(), host, ip, tls)
 
         rcpts = msg.recipients
         results: list[RcptResult | None] = [None] * len(rcpts)
