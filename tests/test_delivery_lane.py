@@ -23,6 +23,7 @@ from test_delivery_smtp import client
 
 DEADLINE = 30.0
 OK = b"250 2.0.0 Ok\r\n"
+READS: list[bytes] = []  # every read of every Peer, in order (tests clear it first)
 
 
 class Peer(asyncio.Protocol):
@@ -39,6 +40,7 @@ class Peer(asyncio.Protocol):
         self.bdat = -1  # octets of BDAT content still to read
         self.data = False
         self.received = bytearray()
+        self.reads: list[bytes] = []  # what each read brought, to see what came in one write
 
     def connection_made(self, t) -> None:
         self.t = t
@@ -63,6 +65,8 @@ class Peer(asyncio.Protocol):
         return True
 
     def data_received(self, data: bytes) -> None:
+        self.reads.append(data)
+        READS.append(data)
         self.buf += data
         out: list[bytes] = []
         while self._one(out):
@@ -361,6 +365,90 @@ def test_a_queued_job_whose_connection_is_gone_takes_the_coroutine_path():
     assert opened == 2 and gates == {} and lanes == 0  # the place was given back
 
 
+async def _pipelined(script: list[dict], names: str, per_connection: int = 100):
+    """`names` submitted at once to a destination with one connection, pooled by a first
+    delivery: the first runs on it, the rest wait at the gate and are pipelined behind
+    each other's data. (rows by name, the peer's log, its reads, connections, chained)."""
+    log: list = []
+    READS.clear()
+    srv, port = await peer([{}] + script, log)
+    d = client(0.5)
+    opts = SmtpOptions(helo="client.test", tls="none", max_connections=1,
+                       max_messages_per_connection=per_connection)
+    targets = [Target("mx.test", "127.0.0.1", port)]
+    await d.deliver("k", targets, opts, message("first@dst.test"))
+    loop = asyncio.get_running_loop()
+    futs = {n: loop.create_future() for n in names}
+    for n in names:
+        assert d.submit("k", targets, opts, message(f"{n}@dst.test"), futs[n].set_result, futs[n].set_exception)
+    rows = {n: await asyncio.wait_for(f, DEADLINE) for n, f in futs.items()}
+    state = (d.connections_opened, d.chained, d.lanes, dict(d._gates))
+    await d.close()
+    srv.close()
+    return rows, log, list(READS), state
+
+
+def _rcpts(log: list) -> list[bytes]:
+    return [x.split(b"<")[1].split(b"@")[0] for x in log if isinstance(x, bytes) and x.startswith(b"RCPT TO:")]
+
+
+def test_queued_jobs_are_pipelined_behind_the_data_one_round_trip_each():
+    """Jobs waiting at the gate go behind the data of the transaction before them, in
+    the same write, with no RSET: one connection, every message delivered in order."""
+    rows, log, reads, (opened, chained, lanes, gates) = asyncio.run(_pipelined([{}], "abcd"))
+    assert all(r[0][1:4] == (250, "2.0.0", "queued") for r in rows.values()), rows
+    assert _rcpts(log) == [b"first", b"a", b"b", b"c", b"d"]
+    assert sum(1 for x in log if x == b"RSET") == 1  # before a, on the pooled connection; none after
+    assert opened == 1 and chained == 3 and lanes == 0 and gates == {}
+    for n in b"bcd":  # each envelope came in the same read as the message before it
+        assert any(b".\r\nMAIL FROM:" in r and b"<%c@dst.test>" % n in r for r in reads), (n, reads)
+
+
+def test_a_pipelined_job_whose_connection_closes_first_starts_again_elsewhere():
+    """The server closes at a's end of data, unanswered: a is deferred, as ever; b, whose
+    commands went behind a's data and got no reply, was not started at the server and is
+    delivered over a new connection."""
+    rows, log, _, (opened, chained, lanes, gates) = asyncio.run(_pipelined([{"END": "close"}, {}], "ab"))
+    assert rows["a"][0][1:3] == (451, "4.4.2") and "end of data" in rows["a"][0][3]
+    assert rows["b"][0][1:4] == (250, "2.0.0", "queued")
+    assert opened == 2 and chained == 1 and lanes == 0 and gates == {}
+
+
+def test_a_421_at_the_end_of_data_sends_the_pipelined_job_elsewhere():
+    rows, _, _, (opened, chained, lanes, gates) = asyncio.run(
+        _pipelined([{"END": b"421 4.3.2 shutting down\r\n"}, {}], "ab"))
+    assert rows["a"][0][1:3] == (421, "4.3.2")
+    assert rows["b"][0][1:4] == (250, "2.0.0", "queued")
+    assert opened == 2 and chained == 1 and lanes == 0 and gates == {}
+
+
+def test_a_pipelined_job_refused_at_mail_is_decided_and_the_connection_goes_on():
+    rows, log, _, (opened, chained, lanes, gates) = asyncio.run(_pipelined(
+        [{}, {"MAIL": b"452 4.3.1 full\r\n", "RCPT": b"503 5.5.1 need MAIL\r\n",
+              "DATA": b"503 5.5.1 need RCPT\r\n"}, {}], "abc"))
+    assert rows["a"][0][1:3] == (250, "2.0.0")
+    assert rows["b"][0][1:4] == (452, "4.3.1", "full")
+    assert rows["c"][0][1:3] == (250, "2.0.0")
+    assert opened == 1 and lanes == 0 and gates == {}
+    assert chained == 1  # b refused (no data to write behind): c waited for b's end, then RSET
+    assert _rcpts(log) == [b"first", b"a", b"b", b"c"]
+
+
+def test_a_pipelined_job_that_times_out_untouched_starts_again_elsewhere():
+    rows, _, _, (opened, chained, lanes, gates) = asyncio.run(_pipelined([{"END": "silent"}, {}], "ab"))
+    assert rows["a"][0][1:3] == (451, "4.4.2") and "timed out" in rows["a"][0][3]
+    assert rows["b"][0][1:4] == (250, "2.0.0", "queued")
+    assert opened == 2 and chained == 1 and lanes == 0 and gates == {}
+
+
+def test_pipelining_stops_at_the_connection_message_limit():
+    """messages_per_connection = 2 (first and a): b is not pipelined on it, and takes a
+    new connection once a's ends and closes it."""
+    rows, _, _, (opened, chained, lanes, gates) = asyncio.run(_pipelined([{}], "ab", per_connection=2))
+    assert all(r[0][1:3] == (250, "2.0.0") for r in rows.values())
+    assert opened == 2 and chained == 0 and lanes == 0 and gates == {}
+
+
 def test_settle_waits_for_transactions_in_flight():
     async def go():
         log: list = []
@@ -401,6 +489,47 @@ def test_the_same_steps_for_every_split_of_the_replies(cuts):
     chunks = [REPLIES[a:b] for a, b in zip([0] + cuts, cuts + [len(REPLIES)])]
     assert _feed_all(chunks) == _feed_all([REPLIES])
     assert _feed_all([REPLIES]) == ([SEND_DATA], ("the end of data", False))
+
+
+# A transaction's end of data, then the MAIL, RCPT and DATA replies of the one pipelined
+# behind it (chain/adopt), as a server may answer them in one write.
+CHAINED = b"250 2.0.0 queued\r\n250 2.1.0 Ok\r\n250-2.1.5 Ok\r\n250 2.1.5 Ok\r\n354 go\r\n"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=len(CHAINED)), max_size=8))
+def test_a_chained_transaction_takes_the_replies_behind_the_first_for_every_split(cuts):
+    cuts = sorted(set(cuts))
+    chunks = [CHAINED[a:b] for a, b in zip([0] + cuts, cuts + [len(CHAINED)])]
+    parser = _native.ReplyParser(8192)
+    first = _native.ClientTransaction(1, reset=False, chunking=False, lmtp=False)
+    assert first.feed(parser, b"250 Ok\r\n250 Ok\r\n354 go\r\n") == SEND_DATA
+    first.chain()
+    second = _native.ClientTransaction(1, reset=False, chunking=False, lmtp=False)
+    steps: list[tuple[str, int]] = []
+    tx = first
+    for c in chunks:
+        step = tx.feed(parser, c)
+        if step != WAIT:
+            steps.append(("first" if tx is first else "second", step))
+        if tx is first and step == DONE:
+            assert second.untouched
+            second.adopt(first)  # what came behind the first's last reply, if anything
+            tx = second
+            if (step := tx.feed(parser, b"")) != WAIT:
+                steps.append(("second", step))
+    assert steps == [("first", DONE), ("second", SEND_DATA)]
+    assert not second.untouched and second.waiting_for == "the end of data"
+    assert second.feed(parser, b"250 2.0.0 again\r\n") == DONE
+    assert first.rows([("a@x",)], None, None, None)[0][1:4] == (250, "2.0.0", "queued")
+    assert second.rows([("b@x",)], None, None, None)[0][1:4] == (250, "2.0.0", "again")
+
+
+def test_without_chain_a_reply_behind_the_last_is_unexpected():
+    parser = _native.ReplyParser(8192)
+    tx = _native.ClientTransaction(1, reset=False, chunking=False, lmtp=False)
+    assert tx.feed(parser, b"250 Ok\r\n250 Ok\r\n354 go\r\n") == SEND_DATA
+    assert tx.feed(parser, CHAINED) == UNEXPECTED
 
 
 def test_binding_steps_for_stale_unexpected_and_garbage():

@@ -150,6 +150,16 @@ class ClientTransaction:
         refused: nothing decided), 5 a reply that no command was owed, 6 not a reply
         (`parser.error` says why; the replies before it were decided). The answer
         does not depend on how the bytes are split."""
+    def chain(self) -> None:
+        """Another transaction's MAIL, RCPT and DATA were written behind this one's
+        data (RFC 2920): from now on `feed` returns 3 (done) with the replies after
+        this transaction's last kept for that one, instead of 5."""
+    def adopt(self, prev: ClientTransaction) -> None:
+        """Take the replies `prev` kept for this transaction (see `chain`); the next
+        `feed` (data may be b"") decides on them before what it parses."""
+    @property
+    def untouched(self) -> bool:
+        """No reply has been decided on yet."""
     @property
     def waiting_for(self) -> str:
         """The command whose reply is awaited: "RSET", "MAIL FROM", "RCPT TO",

@@ -10,7 +10,12 @@ out of sync and is not reused). A pooled connection found dead or refusing RSET
 hands the message to the coroutine path with its place at the gate, as
 `SmtpDelivery._deliver` retries on the next connection. A job that finds every
 connection of its destination in use waits at the gate (`Queued`) and then runs here
-on the connection its place comes with.
+on the connection its place comes with. A job queued there when a transaction sends
+its data is pipelined behind it on the same connection (RFC 2920 lets MAIL, RCPT and
+DATA follow the message content in one group): one round trip per message instead of
+two, and no RSET. Until its first reply is decided, such a job has had no effect at
+the server: if the connection fails meanwhile it takes the coroutine path, as a stale
+pooled connection's job does.
 """
 
 from __future__ import annotations
@@ -44,18 +49,20 @@ class Lane:
     """One transaction; `done(rows)` or `error(text)` is called exactly once."""
 
     __slots__ = ("smtp", "key", "targets", "opts", "msg", "conn", "tx", "done", "error",
-                 "sending", "chunking", "tls")
+                 "sending", "chunking", "tls", "chained", "next")
 
     def __init__(self, smtp, key: str, targets, opts, msg: OutMessage, conn: _Connection,
-                 done: Callable[[Rows], object], error: Callable[[str], object]) -> None:
+                 done: Callable[[Rows], object], error: Callable[[str], object], chained: bool = False) -> None:
         self.smtp, self.key, self.targets, self.opts, self.msg = smtp, key, targets, opts, msg
         self.conn = conn
         self.chunking = "CHUNKING" in conn.ext
-        self.tx = _native.ClientTransaction(len(msg.recipients), reset=True, chunking=self.chunking,
+        self.tx = _native.ClientTransaction(len(msg.recipients), reset=not chained, chunking=self.chunking,
                                             lmtp=opts.lmtp)
         self.done, self.error = done, error
         self.sending = False  # the data is written but not yet drained
         self.tls = conn.tls_state
+        self.chained = chained  # pipelined behind another transaction's data: no RSET
+        self.next: Lane | None = None  # the transaction pipelined behind this one
 
     def start(self, mail: bytes, rcpt_lines: list[bytes]) -> None:
         """One write for what the transaction owes replies to (as self.tx was made)."""
@@ -97,14 +104,28 @@ class Lane:
             self.conn.broken = True
             if self.sending:
                 self._fail("timed out while sending the message")
-            elif self.tx.waiting_for == "RSET":
+            elif self._undecided():
                 self._stale()
             else:
                 self._fail(f"timed out waiting for the reply to {self.tx.waiting_for}")
         except Exception:  # noqa: BLE001
             self._bug()
 
+    def adopted(self, prev) -> None:
+        """The transaction before this one on the connection is done: decide on the
+        replies that came behind its last (they may be this one's first)."""
+        try:
+            self.tx.adopt(prev)
+            self._step(self.tx.feed(self.conn._parser._p, b""), b"")
+        except Exception:  # noqa: BLE001
+            self._bug()
+
     # -- steps ------------------------------------------------------------------
+
+    def _undecided(self) -> bool:
+        """Nothing of this job has happened at the server: a failure now hands it to
+        the coroutine path instead of deferring it."""
+        return self.tx.waiting_for == "RSET" or (self.chained and self.tx.untouched)
 
     def _step(self, step: int, data: bytes) -> None:
         conn, smtp = self.conn, self.smtp
@@ -135,7 +156,11 @@ class Lane:
 
     def _send_data(self) -> None:
         conn = self.conn
-        conn.transport.writelines(data_parts(self.msg.data, chunking=self.chunking))
+        parts = data_parts(self.msg.data, chunking=self.chunking)
+        nxt = self.smtp._chain_behind(self)
+        if nxt is not None:
+            parts.extend(nxt)
+        conn.transport.writelines(parts)
         if conn._paused:
             self.sending = True
             conn.arm(self.smtp.data_block_timeout)
@@ -147,7 +172,7 @@ class Lane:
         if self.conn._error is None:
             self.conn._error = why
         self.conn.broken = True
-        if self.tx.waiting_for == "RSET":
+        if self._undecided():
             self._stale()
         else:
             self._fail(f"{why} while waiting for the reply to {self.tx.waiting_for}")
@@ -163,13 +188,24 @@ class Lane:
         conn.lane = None  # from here on the job is answered: _bug leaves it alone
         if abort:
             conn.abort()
-        smtp._release(self.key, conn, self.opts)
         smtp.connections_reused += 1
-        smtp._lane_end(self.key)
+        nxt = self.next
+        if nxt is None:
+            smtp._release(self.key, conn, self.opts)
+            smtp._lane_end(self.key)
+        else:
+            # The job pipelined behind this one has this one's place at the gate.
+            smtp._lane_end(self.key, pass_place=False)
+            if conn.alive:
+                conn.lane = nxt
+                nxt.adopted(self.tx)
+            else:  # closing (a 421), out of sync or failed: nothing of it was decided
+                nxt._stale()
         self.done(rows)
 
     def _stale(self) -> None:
-        """Dead or refusing RSET: nothing was decided; the coroutine path takes over."""
+        """Dead or refusing RSET (or failed before a job pipelined behind another had
+        its first reply): nothing was decided; the coroutine path takes over."""
         self.conn.lane = None
         self.conn.abort()
         resume(self.smtp, self.key, self.targets, self.opts, self.msg, self.done, self.error)
@@ -181,7 +217,11 @@ class Lane:
             return  # it had already ended (done or handed to the coroutine path): answered once
         conn.lane = None
         conn.abort()
-        self.smtp._lane_end(self.key)
+        if self.next is not None:  # its commands went on this connection: it starts again elsewhere
+            self.smtp._lane_end(self.key, pass_place=False)
+            self.next._stale()
+        else:
+            self.smtp._lane_end(self.key)
         self.error("internal error in the delivery lane")
 
 

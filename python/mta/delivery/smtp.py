@@ -154,6 +154,7 @@ class SmtpDelivery:
         self.connections_opened = 0  # counters for tests and stats
         self.connections_reused = 0
         self.lanes = 0  # callback-lane transactions in flight (mta.delivery.lane)
+        self.chained = 0  # transactions pipelined behind another's data (mta.delivery.lane)
         self._settled: asyncio.Future | None = None  # set when `lanes` drops to 0
 
     # -- public API --
@@ -234,9 +235,33 @@ class SmtpDelivery:
         conn, envelope = found
         Lane(self, q.key, q.targets, q.opts, q.msg, conn, q.done, q.error).start(envelope[1], envelope[2])
 
-    def _lane_end(self, key: str) -> None:
+    def _chain_behind(self, lane: Lane) -> list[bytes] | None:
+        """The commands of the job first in line at `lane`'s gate, to be written behind
+        `lane`'s data on its connection, with that job now `lane.next`; None when there is
+        none, or it must not go there (see lane.py)."""
+        conn, opts = lane.conn, lane.opts
+        gate = self._gates.get(lane.key)
+        if (gate is None or not gate.waiting or self._closed or lane.chunking or opts.lmtp
+                or conn.messages >= opts.max_messages_per_connection or not conn.alive):
+            return None
+        q = gate.waiting[0]
+        if not isinstance(q, Queued):
+            return None  # a coroutine is first: it keeps its turn
+        refused, mail, rcpt_lines = _envelope(conn, q.msg)
+        if refused is not None or len(q.msg.data) > _WRITE_BLOCK:
+            return None  # its turn comes when this one ends: the coroutine path, or its own lane
+        gate.waiting.popleft()
+        lane.tx.chain()
+        lane.next = Lane(self, q.key, q.targets, q.opts, q.msg, conn, q.done, q.error, chained=True)
+        conn.messages += 1
+        self.chained += 1
+        return [mail, *rcpt_lines, b"DATA\r\n"]
+
+    def _lane_end(self, key: str, pass_place: bool = True) -> None:
+        """A lane's job is answered; its place at the gate goes on (unless the job
+        pipelined behind it holds it now)."""
         gate = self._gates.get(key)
-        if gate is not None:
+        if gate is not None and pass_place:
             gate.pass_on(key, self._gates)
         self.lanes -= 1
         if not self.lanes and self._settled is not None and not self._settled.done():

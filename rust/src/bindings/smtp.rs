@@ -368,7 +368,11 @@ fn reply_parts(code: u16, lines: Vec<String>) -> (Option<String>, String) {
 #[pyclass(name = "ClientTransaction", module = "mta._native")]
 pub struct PyClientTransaction {
     tx: Transaction,
+    /// Replies parsed and not yet decided: after `Done`, with a transaction pipelined
+    /// behind this one (`chain`), the rest are that one's (`adopt` takes them).
     replies: Vec<Reply>,
+    chained: bool,
+    answered: usize,
 }
 
 // Step codes returned by `feed` (mirrored in mta.delivery.lane).
@@ -396,7 +400,34 @@ impl PyClientTransaction {
     #[new]
     #[pyo3(signature = (rcpts, *, reset, chunking, lmtp))]
     fn new(rcpts: usize, reset: bool, chunking: bool, lmtp: bool) -> Self {
-        PyClientTransaction { tx: Transaction::new(rcpts, reset, chunking, lmtp), replies: Vec::new() }
+        PyClientTransaction {
+            tx: Transaction::new(rcpts, reset, chunking, lmtp),
+            replies: Vec::new(),
+            chained: false,
+            answered: 0,
+        }
+    }
+
+    /// Another transaction's commands were written behind this one's data (RFC 2920
+    /// allows MAIL, RCPT and DATA after the message content, in one group): replies
+    /// after this one's last are kept for it (`adopt`) instead of being `Unexpected`.
+    fn chain(&mut self) {
+        self.chained = true;
+    }
+
+    /// Take the replies `prev` kept for this transaction (`chain`); the next `feed`
+    /// decides on them first, before what it parses.
+    fn adopt(&mut self, prev: &Bound<'_, PyClientTransaction>) -> PyResult<()> {
+        let mut p = prev.try_borrow_mut()?;
+        self.replies.append(&mut p.replies);
+        Ok(())
+    }
+
+    /// No reply has been decided on yet: for a transaction pipelined behind another,
+    /// nothing of it has happened at the server that a failure now could leave behind.
+    #[getter]
+    fn untouched(&self) -> bool {
+        self.answered == 0
     }
 
     /// Parse `data` with `parser` and decide on each complete reply. Returns the step:
@@ -413,16 +444,26 @@ impl PyClientTransaction {
             p.error = Some(e.to_string());
         }
         let mut step = WAIT;
-        for r in self.replies.drain(..) {
+        let mut used = 0;
+        for r in &self.replies {
             if step != WAIT {
+                if step == DONE && self.chained {
+                    break; // the rest answer the transaction pipelined behind this one
+                }
                 if step != STALE {
                     step = UNEXPECTED; // the server spoke when it owed nothing
                 }
                 break;
             }
-            step = if self.tx.is_done() { UNEXPECTED } else { step_code(self.tx.on_reply(&r)) };
+            used += 1;
+            step = if self.tx.is_done() { UNEXPECTED } else { step_code(self.tx.on_reply(r)) };
         }
-        self.replies.clear();
+        self.answered += used;
+        if step == DONE && self.chained {
+            self.replies.drain(..used);
+        } else {
+            self.replies.clear();
+        }
         if parsed.is_err() && matches!(step, WAIT | SEND_DATA | SEND_EMPTY_END) {
             step = GARBAGE;
         }
