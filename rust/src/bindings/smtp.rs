@@ -9,7 +9,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
 use super::spool::PyMessage;
-use crate::smtp::client::{Outcome, Step, Transaction};
+use crate::smtp::client::{self, Outcome, Step, Transaction};
 use crate::smtp::{self, BareLf, Command, Config, Event, MailArgs, Parser, RcptArgs, Reply, ReplyParser, Sink};
 
 #[pyclass(name = "MailArgs", module = "mta._native", frozen, eq)]
@@ -443,24 +443,11 @@ impl PyClientTransaction {
         if let Err(e) = &parsed {
             p.error = Some(e.to_string());
         }
-        let mut step = WAIT;
-        let mut used = 0;
-        for r in &self.replies {
-            if step != WAIT {
-                if step == DONE && self.chained {
-                    break; // the rest answer the transaction pipelined behind this one
-                }
-                if step != STALE {
-                    step = UNEXPECTED; // the server spoke when it owed nothing
-                }
-                break;
-            }
-            used += 1;
-            step = if self.tx.is_done() { UNEXPECTED } else { step_code(self.tx.on_reply(r)) };
-        }
+        let (decided, used) = client::decide(&mut self.tx, &self.replies, self.chained);
+        let mut step = step_code(decided);
         self.answered += used;
-        if step == DONE && self.chained {
-            self.replies.drain(..used);
+        if decided == Step::Done && self.chained {
+            self.replies.drain(..used); // the rest answer the transaction pipelined behind
         } else {
             self.replies.clear();
         }

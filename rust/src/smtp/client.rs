@@ -218,6 +218,30 @@ impl Transaction {
     }
 }
 
+/// Decide on `replies` in order, up to the first that needs the caller (`Wait` when
+/// none did): the step and how many replies it used. A reply behind the step is the
+/// server speaking out of turn (`Unexpected`), except behind `Done` when `chained`:
+/// then it belongs to the transaction pipelined behind this one, which takes the
+/// unused rest. `Stale` ignores what follows (nothing was decided).
+pub fn decide(tx: &mut Transaction, replies: &[Reply], chained: bool) -> (Step, usize) {
+    let mut step = Step::Wait;
+    let mut used = 0;
+    for r in replies {
+        if step != Step::Wait {
+            if step == Step::Done && chained {
+                break;
+            }
+            if step != Step::Stale {
+                step = Step::Unexpected;
+            }
+            break;
+        }
+        used += 1;
+        step = if tx.is_done() { Step::Unexpected } else { tx.on_reply(r) };
+    }
+    (step, used)
+}
+
 /// Fuzz/corpus entry: a transaction shape from the first byte, the rest as server bytes
 /// fed through a `ReplyParser`, whole and byte by byte.
 pub mod harness {
@@ -270,6 +294,37 @@ pub mod harness {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decide_keeps_what_follows_done_only_when_chained() {
+        use Step::*;
+        let r = |c: u16, t: &str| Reply { code: c, lines: vec![t.to_string()] };
+        let after_354 = || {
+            let mut tx = Transaction::new(1, false, false, false);
+            assert_eq!(decide(&mut tx, &[r(250, "Ok"), r(250, "Ok"), r(354, "go")], false), (SendData, 3));
+            tx
+        };
+        let next = [r(250, "2.0.0 queued"), r(250, "2.1.0 Ok"), r(250, "2.1.5 Ok"), r(354, "go")];
+        // (chained, replies, step, used)
+        let table: Vec<(bool, &[Reply], Step, usize)> = vec![
+            (true, &next, Done, 1),        // the other three are the next transaction's
+            (false, &next, Unexpected, 1), // nobody owed them: out of sync
+            (true, &next[..1], Done, 1),
+            (false, &next[..1], Done, 1),
+            (true, &[], Wait, 0),
+        ];
+        for (chained, replies, step, used) in table {
+            let mut tx = after_354();
+            assert_eq!(decide(&mut tx, replies, chained), (step, used), "chained={chained} {replies:?}");
+            assert_eq!(tx.is_done(), used == 1);
+        }
+        // The next transaction (no RSET) decides on the rest as if it had read them itself.
+        let mut tx = Transaction::new(1, false, false, false);
+        assert_eq!(decide(&mut tx, &next[1..], false), (SendData, 3));
+        // A refused RSET: what follows does not matter.
+        let mut tx = Transaction::new(1, true, false, false);
+        assert_eq!(decide(&mut tx, &[r(421, "4.4.2 bye"), r(250, "Ok")], true), (Stale, 1));
+    }
 
     fn reply(code: u16, lines: &[&str]) -> Reply {
         Reply { code, lines: lines.iter().map(|s| s.to_string()).collect() }
