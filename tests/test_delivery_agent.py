@@ -246,3 +246,43 @@ def test_a_frame_over_the_limit_aborts_the_connection():
         return t.aborted
 
     assert run(go())
+
+
+def test_a_malformed_job_in_the_agents_first_read_is_answered():
+    """Jobs sent before the agent was up come in its first read, which may run before
+    create_unix_connection has returned to the agent (seen under load): a malformed one
+    still gets its ("err", ...) answer through the agent's protocol, and the agent goes
+    on serving. The early read is made certain here by delivering it from inside
+    create_unix_connection."""
+    import marshal
+    import socket
+
+    from mta.delivery.agent import _serve
+
+    payload = marshal.dumps([("job", 7, "key", [], (), ("too", "short")), ("close", 0)])
+
+    async def go():
+        loop = asyncio.get_running_loop()
+        real = loop.create_unix_connection
+
+        async def early_read(factory, **kw):
+            transport, protocol = await real(factory, **kw)
+            protocol.data_received(len(payload).to_bytes(4, "big") + payload)
+            return transport, protocol
+
+        loop.create_unix_connection = early_read
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        await asyncio.wait_for(_serve(os.dup(theirs.fileno())), 30)
+        theirs.close()
+        ours.settimeout(5)
+        got = b""
+        while len(got) < 4 or len(got) < 4 + int.from_bytes(got[:4], "big"):
+            chunk = ours.recv(65536)
+            assert chunk, f"the agent closed without answering: {got!r}"
+            got += chunk
+        ours.close()
+        return got
+
+    got = run(go())
+    items = marshal.loads(got[4:4 + int.from_bytes(got[:4], "big")])
+    assert items[0][:2] == ("err", 7) and "SmtpOptions" in items[0][2], items

@@ -317,7 +317,10 @@ async def _serve(fd: int) -> None:
             done.set_result(None)
 
     sock = socket.socket(fileno=fd)
-    _, proto = await loop.create_unix_connection(lambda: _Framed(on_items, on_lost), sock=sock)
+    # Made before the connection: its first read (jobs sent before the agent was up)
+    # may come before create_unix_connection returns, and on_items answers through it.
+    proto = _Framed(on_items, on_lost)
+    await loop.create_unix_connection(lambda: proto, sock=sock)
     await done
     if tasks:
         await asyncio.wait(set(tasks), timeout=_STOP_GRACE)
