@@ -242,7 +242,7 @@ class SmtpDelivery:
         conn, opts = lane.conn, lane.opts
         gate = self._gates.get(lane.key)
         if (gate is None or not gate.waiting or self._closed or lane.chunking or opts.lmtp
-                or conn.messages >= opts.max_messages_per_connection or not conn.alive):
+                or conn.messages >= opts.max_messages_per_connection or not conn.alive or lane.tx.closing):
             return None
         q = gate.waiting[0]
         if not isinstance(q, Queued):
