@@ -365,13 +365,13 @@ def test_a_queued_job_whose_connection_is_gone_takes_the_coroutine_path():
     assert opened == 2 and gates == {} and lanes == 0  # the place was given back
 
 
-async def _pipelined(script: list[dict], names: str, per_connection: int = 100):
+async def _pipelined(script: list[dict], names: str, per_connection: int = 100, ext: bytes = b""):
     """`names` submitted at once to a destination with one connection, pooled by a first
     delivery: the first runs on it, the rest wait at the gate and are pipelined behind
     each other's data. (rows by name, the peer's log, its reads, connections, chained)."""
     log: list = []
     READS.clear()
-    srv, port = await peer([{}] + script, log)
+    srv, port = await peer([{}] + script, log, ext)
     d = client(0.5)
     opts = SmtpOptions(helo="client.test", tls="none", max_connections=1,
                        max_messages_per_connection=per_connection)
@@ -402,6 +402,17 @@ def test_queued_jobs_are_pipelined_behind_the_data_one_round_trip_each():
     assert opened == 1 and chained == 3 and lanes == 0 and gates == {}
     for n in b"bcd":  # each envelope came in the same read as the message before it
         assert any(b".\r\nMAIL FROM:" in r and b"<%c@dst.test>" % n in r for r in reads), (n, reads)
+
+
+def test_with_chunking_the_envelope_goes_behind_the_bdat_chunk():
+    rows, log, reads, (opened, chained, lanes, gates) = asyncio.run(
+        _pipelined([{}], "abc", ext=b"250-CHUNKING\r\n"))
+    assert all(r[0][1:4] == (250, "2.0.0", "queued") for r in rows.values()), rows
+    assert _rcpts(log) == [b"first", b"a", b"b", b"c"]
+    assert sum(1 for x in log if x == b"RSET") == 1 and not any(x == b"DATA" for x in log)
+    assert opened == 1 and chained == 2 and lanes == 0 and gates == {}
+    for n in b"bc":  # the next envelope in the read that brought the chunk before it
+        assert any(b"hello\r\nMAIL FROM:" in r and b"<%c@dst.test>" % n in r for r in reads), (n, reads)
 
 
 def test_a_pipelined_job_whose_connection_closes_first_starts_again_elsewhere():

@@ -90,8 +90,9 @@ def _master_cf(port: int) -> str:
 
 class PostfixPeer:
     def __init__(self, base: Path, *, domain: str = "dest.test", users=("user",),
-                 port: int | None = None, owner: str = "postfix"):
+                 port: int | None = None, owner: str = "postfix", extra: dict[str, str] | None = None):
         self.base = Path(base)
+        self.extra = dict(extra or {})  # main.cf settings over the defaults below
         self.domain = domain
         self.users = list(users)
         self.port = port or _free_port()
@@ -158,6 +159,7 @@ class PostfixPeer:
             "ipc_timeout": "60s",
             "import_environment": "MAIL_CONFIG MAIL_DEBUG MAIL_LOGTAG TZ LANG=C",
         }
+        settings.update(self.extra)
         return "".join(f"{k} = {v}\n" for k, v in settings.items())
 
     def configure(self) -> None:

@@ -258,6 +258,54 @@ def test_relay_into_postfix_byte_exact(tmp_path, server_factory):
         pf.stop()
 
 
+@pytest.mark.parametrize("agent", [True, False], ids=["agent", "in-process"])
+def test_queued_messages_are_pipelined_into_postfix_without_rset(tmp_path, server_factory, agent):
+    """One connection allowed (delivery.max_connections = 1) and Postfix pausing a second
+    before each end-of-data reply: the messages that wait meanwhile go behind the data (a
+    BDAT chunk: Postfix offers CHUNKING) of the one before them, envelope in the same write
+    and no RSET (RFC 2920). Postfix takes every one, byte for byte, never logs improper
+    pipelining, and counts fewer RSETs than transactions on its connection."""
+    pf = PostfixPeer(tmp_path / "pf", domain="dest.test", extra={"smtpd_end_of_data_restrictions": "sleep 1"})
+    try:
+        pf.start()
+        srv = server_factory(config=mta_config(tmp_path, delivery={"agent": agent, "max_connections": 1}),
+                             deliver=True, args=("--relay-to", f"127.0.0.1:{pf.port}"))
+        n = 6
+        contents = [message(f"chained {i}") for i in range(n)]
+        # The first opens the connection (and starts the agent); the rest come while one
+        # after the other waits a second for its end-of-data reply, on the pooled connection.
+        qids = [send(srv, ["user@dest.test"], contents[0])]
+        wait_log(tmp_path, srv, lambda r: r["status"] == "delivered", n=1)
+        with connect(srv) as c:
+            c.start()
+            qids += [c.send_message(SENDER, ["user@dest.test"], content) for content in contents[1:]]
+            c.quit()
+        files = pf.wait_messages("user", n, timeout=WAIT + n)
+        got = sorted(f.read_bytes() for f in files)
+        assert len(got) == n, got
+        for content in contents:
+            assert sum(1 for g in got if content.replace(b"\r\n", b"\n") in g) == 1, content
+        recs = wait_log(tmp_path, srv, lambda r: r["status"] == "delivered", n=n)
+        assert sorted(r["queue_id"] for r in recs) == sorted(qids) and all(r["attempt"] == 1 for r in recs), recs
+        queue_empty(srv)
+        assert srv.stop() == 0  # QUITs the pooled connection: Postfix logs its command counts
+        deadline = time.monotonic() + WAIT
+        while "disconnect from" not in (log := pf.log()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "improper command pipelining" not in log, log[-3000:]
+        counts = {"mail": 0, "rset": 0}
+        for line in log.splitlines():
+            if "disconnect from" in line:
+                for k in counts:
+                    counts[k] += sum(int(w.split("=")[1].split("/")[0]) for w in line.split() if w.startswith(k + "="))
+        # RSET before the first of the five on the pooled connection, and perhaps the second
+        # (if it came after the first's chunk went); the others went behind a chunk.
+        assert counts["mail"] == n and counts["rset"] <= 2, (counts, log[-3000:])
+        assert "Traceback" not in srv.log(), srv.log()[-3000:]
+    finally:
+        pf.stop()
+
+
 # ---------------------------------------------------------------------------
 # 2. MX through the loopback DNS server
 # ---------------------------------------------------------------------------

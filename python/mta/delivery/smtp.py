@@ -241,7 +241,7 @@ class SmtpDelivery:
         none, or it must not go there (see lane.py)."""
         conn, opts = lane.conn, lane.opts
         gate = self._gates.get(lane.key)
-        if (gate is None or not gate.waiting or self._closed or lane.chunking or opts.lmtp
+        if (gate is None or not gate.waiting or self._closed or opts.lmtp
                 or conn.messages >= opts.max_messages_per_connection or not conn.alive or lane.tx.closing):
             return None
         q = gate.waiting[0]
@@ -255,7 +255,7 @@ class SmtpDelivery:
         lane.next = Lane(self, q.key, q.targets, q.opts, q.msg, conn, q.done, q.error, chained=True)
         conn.messages += 1
         self.chained += 1
-        return [mail, *rcpt_lines, b"DATA\r\n"]
+        return [mail, *rcpt_lines] if lane.chunking else [mail, *rcpt_lines, b"DATA\r\n"]
 
     def _lane_end(self, key: str, pass_place: bool = True) -> None:
         """A lane's job is answered; its place at the gate goes on (unless the job
