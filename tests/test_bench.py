@@ -453,3 +453,47 @@ def test_latency_probe_stops_at_a_refused_step():
         with pytest.raises(ConnectionError, match="MAIL: b'550"):
             latency.probe("127.0.0.1", port, 5.0, timeout=5.0)
         t.join(5)
+
+
+def test_tree_threads_sees_a_child_and_its_busy_thread():
+    """benches/threads.py's /proc reading: every thread of a process tree (a child's
+    included), the time a busy one spent on a CPU, its switches, and differences taken
+    thread by thread."""
+    from mta.bench.procs import cpu_times, tree_threads
+
+    busy = ("import sys, threading, time\n"
+            "def spin():\n    t = time.thread_time()\n    while time.thread_time() - t < 0.3: pass\n"
+            "    print('spun', flush=True); time.sleep(30)\n"
+            "threading.Thread(target=spin, daemon=True).start(); time.sleep(30)")
+    child = subprocess.Popen([sys.executable, "-c", busy], stdout=subprocess.PIPE)
+    try:
+        before = tree_threads(os.getpid())
+        assert child.stdout.readline() == b"spun\n"
+        after = tree_threads(os.getpid())
+        theirs = {k: v for k, v in after.items() if k.startswith(f"{child.pid}/")}
+        assert len(theirs) == 2, theirs  # its main thread and the spinner
+        spinner = max(theirs.values(), key=lambda t: t.run_ns)
+        assert spinner.run_ns >= 250_000_000 and spinner.user_s + spinner.sys_s >= 0.2, spinner
+        assert spinner.voluntary + spinner.involuntary >= 1
+        key = f"{os.getpid()}/{os.getpid()}"
+        d = after[key].minus(before[key])
+        assert d.run_ns >= 0 and d.voluntary >= 1 and d.name == after[key].name  # it slept in readline
+        assert spinner.minus(None) is spinner
+    finally:
+        child.kill()
+        child.wait()
+    cpus = cpu_times()
+    assert "cpu" in cpus and len(cpus["cpu"]) == 8 and all(v >= 0 for v in cpus["cpu"])
+
+
+def test_threads_bench_reports_the_busy_threads():
+    """benches/threads.py (a benchmark): a short relaying run, reported thread by thread
+    (the figures themselves are not asserted)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, os.path.join(root, "benches", "threads.py"), "--messages", "300",
+                          "--port", str(free_port())], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("run 1: ") and lines[0].endswith("msgs/s accepted"), lines
+    assert any(x.strip().startswith("mta-worker") and "us/msg" in x for x in lines), lines
+    assert any(x.strip().startswith("cpu ") and "idle" in x for x in lines), lines

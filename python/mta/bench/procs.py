@@ -1,6 +1,7 @@
 """Process plumbing shared by the bench tools: forked workers that die with their parent,
-and CPU accounting of a whole process tree from /proc (user + system, exited children
-included through their reaper's cutime/cstime, so nothing that ran is missed).
+CPU accounting of a whole process tree from /proc (user + system, exited children
+included through their reaper's cutime/cstime, so nothing that ran is missed), and the
+scheduler's view of each thread of a tree (benches/threads.py).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 import signal
 import socket
 import time
+from dataclasses import dataclass
 
 _CLK = os.sysconf("SC_CLK_TCK")
 
@@ -87,3 +89,82 @@ def wait_port_free(port: int, deadline: float) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+@dataclass(frozen=True)
+class ThreadStat:
+    """One thread as the scheduler saw it so far (/proc/PID/task/TID)."""
+
+    name: str  # comm
+    run_ns: int  # on a CPU (schedstat)
+    wait_ns: int  # runnable but waiting for a CPU (schedstat)
+    user_s: float
+    sys_s: float
+    voluntary: int  # context switches: went to sleep
+    involuntary: int  # context switches: preempted
+
+    def minus(self, before: "ThreadStat | None") -> "ThreadStat":
+        if before is None:
+            return self
+        return ThreadStat(self.name, self.run_ns - before.run_ns, self.wait_ns - before.wait_ns,
+                          self.user_s - before.user_s, self.sys_s - before.sys_s,
+                          self.voluntary - before.voluntary, self.involuntary - before.involuntary)
+
+
+def _thread(pid: int, tid: int) -> ThreadStat | None:
+    base = f"/proc/{pid}/task/{tid}"
+    try:
+        with open(f"{base}/comm") as f:
+            name = f.read().strip()
+        with open(f"{base}/schedstat") as f:
+            run_ns, wait_ns, _ = (int(x) for x in f.read().split())
+        with open(f"{base}/stat", "rb") as f:
+            raw = f.read()
+        with open(f"{base}/status") as f:
+            switches = {k: int(v) for k, v in (line.split(":") for line in f if "ctxt_switches" in line)}
+    except (OSError, ValueError):
+        return None  # gone meanwhile, or a kernel without schedstats
+    if name.startswith("python") and pid == tid:  # which of mta's processes it is
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            name = "delivery-agent" if b"mta.delivery.agent" in argv else \
+                "mta-worker" if b"mta" in argv and b"run" in argv else name
+        except OSError:
+            pass
+    fields = raw[raw.rindex(b")") + 2:].split()
+    return ThreadStat(name, run_ns, wait_ns, int(fields[11]) / _CLK, int(fields[12]) / _CLK,
+                      switches.get("voluntary_ctxt_switches", 0), switches.get("nonvoluntary_ctxt_switches", 0))
+
+
+def tree_threads(root: int) -> dict[str, ThreadStat]:
+    """Every live thread of `root` and its descendants, keyed "pid/tid"."""
+    out: dict[str, ThreadStat] = {}
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        except OSError:
+            continue
+        for tid in tids:
+            st = _thread(pid, tid)
+            if st is not None:
+                out[f"{pid}/{tid}"] = st
+            try:
+                with open(f"/proc/{pid}/task/{tid}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+            except OSError:
+                pass
+    return out
+
+
+def cpu_times() -> dict[str, list[int]]:
+    """/proc/stat's per-CPU counters (user nice system idle iowait irq softirq steal), in ticks."""
+    out = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("cpu"):
+                name, *vals = line.split()
+                out[name] = [int(v) for v in vals[:8]]
+    return out
