@@ -220,7 +220,7 @@ class QueueManager:
         return base * (1 + random.uniform(0, self.dcfg.retry_jitter / 100))
 
     def _prepare(self, qid: str) -> tuple | None:
-        """(envelope, its recipients as read once, the message, now) for an attempt;
+        """(envelope, its recipients as read once, the message) for an attempt;
         None when there is nothing to attempt (gone, held, nothing due)."""
         spool = self.spool.spool
         env = spool.get(qid)
@@ -234,7 +234,7 @@ class QueueManager:
         if data is None or not rcpts:
             return None
         msg = OutMessage(qid, env.sender, rcpts, data, env.body, env.smtputf8, env.ret, env.envid, env.arrival)
-        return env, spooled, msg, now
+        return env, spooled, msg
 
     # --- the callback lane: the common case without a coroutine ----------------
 
@@ -247,7 +247,7 @@ class QueueManager:
         connection is at hand). False: the caller takes the general path. Its outcome
         is recorded as `_record` would (see _fast_done)."""
         submit = getattr(self.smtp, "submit", None)
-        env, spooled, msg, now = prep
+        env, spooled, msg = prep
         if submit is None or self._stopping or len(msg.recipients) != len(spooled):
             return False
         spec = None
@@ -269,20 +269,21 @@ class QueueManager:
             # In-process delivery (delivery.agent = false): the client's own lane
             # (mta.delivery.lane) answers with RcptResult rows, or with an error text.
             ok = submit(key, targets, opts, msg,
-                        lambda rows: self._fast_done(env, spooled, msg, [RcptResult(*r) for r in rows], now),
-                        lambda text: self._fast_done(env, spooled, msg, _lane_error(msg, text), now))
+                        lambda rows: self._fast_done(env, spooled, msg, [RcptResult(*r) for r in rows]),
+                        lambda text: self._fast_done(env, spooled, msg, _lane_error(msg, text)))
         else:
-            ok = submit(key, targets, opts, msg, lambda out: self._fast_done(env, spooled, msg, out, now))
+            ok = submit(key, targets, opts, msg, lambda out: self._fast_done(env, spooled, msg, out))
         if not ok:
             return False
         self._fast.add(qid)
         return True
 
-    def _fast_done(self, env, spooled: list, msg: OutMessage, out: list[RcptResult], now: float) -> None:
+    def _fast_done(self, env, spooled: list, msg: OutMessage, out: list[RcptResult]) -> None:
         """Every recipient delivered: the delivery log and one DELETE, no coroutine.
         Anything else (a deferral, a bounce and its DSN) goes through `_record`."""
         if self._abandoned:
             return
+        now = time.time()  # the outcome's time: the records' time and delay, and retries, count from it
         qid = msg.queue_id
         if any(r.status != "delivered" for r in out):
             results = {rc.index: r for rc, r in zip(msg.recipients, out)}
@@ -302,7 +303,7 @@ class QueueManager:
     # --- one attempt for one message (the general path) ------------------------
 
     async def _attempt(self, prep: tuple) -> None:
-        env, spooled, msg, now = prep
+        env, spooled, msg = prep
         rcpts = msg.recipients
         groups: dict[tuple, tuple[TransportSpec, str, list[OutRcpt]]] = {}
         results: dict[int, RcptResult] = {}
@@ -341,7 +342,7 @@ class QueueManager:
                 out = results_for(_subset(msg, rs), 451, "4.3.0", "internal delivery error")
             for rc, res in zip(rs, out):
                 results[rc.index] = res
-        await self._record(env, spooled, msg, results, now)
+        await self._record(env, spooled, msg, results, time.time())  # the outcome's time
 
     async def _record(self, env, spooled: list, msg: OutMessage, results: dict[int, RcptResult],
                       now: float) -> None:

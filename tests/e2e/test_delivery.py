@@ -618,6 +618,23 @@ def test_lmtp_per_recipient_replies_delivered_in_the_worker(tmp_path, server_fac
 # 6. the queue's callback lane through either transport
 # ---------------------------------------------------------------------------
 
+def test_the_delivery_log_times_the_outcome_not_the_attempts_start(tmp_path, server_factory, peer_factory):
+    """A peer that takes 1.5 s before its end-of-data reply: each record's time and
+    delay_s count from when the reply came (like Postfix's delay=), for a first message
+    (a new connection, the coroutine path) and for the next one (the pooled connection's
+    callback lane)."""
+    peer = peer_factory(name="slow.test", delay=1.5)
+    srv = server_factory(config=mta_config(tmp_path), deliver=True, args=("--relay-to", f"127.0.0.1:{peer.port}"))
+    for i in range(2):
+        sent = time.time()
+        qid = send(srv, ["user@dest.test"], message(f"slow {i}"))
+        (r,) = wait_log(tmp_path, srv, rec("user@dest.test", "delivered", qid))
+        logged = time.mktime(time.strptime(r["time"][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+        assert r["delay_s"] >= 1.4, r
+        assert logged + 1 >= sent + 1.4, (r, sent)  # (the record's time has whole seconds here)
+    assert peer.connections == 1
+
+
 @pytest.mark.parametrize("agent", [True, False], ids=["agent", "in-process"])
 def test_relay_reuses_the_pooled_connection_through_either_transport(tmp_path, server_factory,
                                                                       peer_factory, agent):
