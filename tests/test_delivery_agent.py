@@ -286,3 +286,40 @@ def test_a_malformed_job_in_the_agents_first_read_is_answered():
     got = run(go())
     items = marshal.loads(got[4:4 + int.from_bytes(got[:4], "big")])
     assert items[0][:2] == ("err", 7) and "SmtpOptions" in items[0][2], items
+
+
+def test_a_delivered_job_with_its_log_context_is_logged_by_the_agent(tmp_path):
+    """submit(..., log=(arrival, attempts)): when every recipient is delivered the agent
+    writes the delivery-log records (to the same file) and answers LOGGED; when one is
+    not, the worker gets the results and nothing is written by the agent."""
+    import json
+
+    from mta.delivery.agent import LOGGED
+
+    h = Capture(rcpt_replies={"nobody": "550 5.1.1 no such user"})
+    path = tmp_path / "delivery.log"
+
+    async def go(port):
+        d = AgentDelivery(log_file=str(path))
+        await d.deliver("k", [target(port)], OPTS, message("first@dst.test"))  # starts the agent
+        got: dict[str, object] = {}
+        arrival = time.time() - 60
+        ok = message("a@dst.test", "b@dst.test")._replace(queue_id="QOK", arrival=arrival)
+        mixed = message("c@dst.test", "nobody@dst.test")._replace(queue_id="QMIX", arrival=arrival)
+        assert d.submit("k", [target(port)], OPTS, ok, lambda res: got.setdefault("ok", res), log=(arrival, (1, 3)))
+        assert d.submit("k", [target(port)], OPTS, mixed, lambda res: got.setdefault("mixed", res), log=(arrival, (1, 1)))
+        while len(got) < 2:
+            await asyncio.sleep(0.01)
+        await d.close()  # the agent flushes its log as it exits
+        return got
+
+    with aiosmtpd_peer(h) as port:
+        got = run(go(port))
+    assert got["ok"] is LOGGED
+    mixed = got["mixed"]
+    assert [(r.address, r.code) for r in mixed] == [("c@dst.test", 250), ("nobody@dst.test", 550)]
+    recs = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(r["queue_id"], r["recipient"], r["status"], r["attempt"]) for r in recs] == [
+        ("QOK", "a@dst.test", "delivered", 1), ("QOK", "b@dst.test", "delivered", 3)]
+    assert all(60 <= r["delay_s"] < 90 and r["reply"].startswith("250") and r["remote_ip"] == "127.0.0.1"
+               for r in recs), recs

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from mta import bounce
 from mta.delivery import OutMessage, OutRcpt, RcptResult, Target, results_for
-from mta.delivery.agent import AgentDelivery
+from mta.delivery.agent import LOGGED, AgentDelivery
 from mta.delivery.maildir import deliver_maildir_async
 from mta.delivery.smtp import SmtpDelivery, SmtpOptions
 from mta.deliverylog import DeliveryLog
@@ -53,7 +53,8 @@ class QueueManager:
         self.resolver = MxResolver(list(dns.nameservers) or None, port=dns.port, timeout=dns.timeout)
         # SMTP/LMTP peers are talked to in the delivery agent process (mta.delivery.agent)
         # or here; both have the same deliver() and close().
-        self.smtp = AgentDelivery(cpus=server.affinity.helpers) if self.dcfg.agent else SmtpDelivery()
+        self.smtp = AgentDelivery(cpus=server.affinity.helpers, log_file=self.dcfg.log_file or None) \
+            if self.dcfg.agent else SmtpDelivery()
         self._fast: set[str] = set()  # queue ids of attempts on the callback lane
         self._fast_idle: asyncio.Event | None = None  # set by stop() to learn when _fast empties
         self._abandoned = False  # stop() gave up waiting for the callback lane
@@ -271,6 +272,11 @@ class QueueManager:
             ok = submit(key, targets, opts, msg,
                         lambda rows: self._fast_done(env, spooled, msg, [RcptResult(*r) for r in rows]),
                         lambda text: self._fast_done(env, spooled, msg, _lane_error(msg, text)))
+        elif isinstance(self.smtp, AgentDelivery):
+            # The agent logs an all-delivered outcome itself (its CPU is the less busy one)
+            # and answers LOGGED; anything else comes back as results, recorded here.
+            ok = submit(key, targets, opts, msg, lambda out: self._fast_done(env, spooled, msg, out),
+                        log=(env.arrival, tuple(spooled[rc.index].attempts + 1 for rc in msg.recipients)))
         else:
             ok = submit(key, targets, opts, msg, lambda out: self._fast_done(env, spooled, msg, out))
         if not ok:
@@ -278,20 +284,22 @@ class QueueManager:
         self._fast.add(qid)
         return True
 
-    def _fast_done(self, env, spooled: list, msg: OutMessage, out: list[RcptResult]) -> None:
-        """Every recipient delivered: the delivery log and one DELETE, no coroutine.
-        Anything else (a deferral, a bounce and its DSN) goes through `_record`."""
+    def _fast_done(self, env, spooled: list, msg: OutMessage, out) -> None:
+        """Every recipient delivered: the delivery log (unless the agent wrote it: `out`
+        is LOGGED) and one DELETE, no coroutine. Anything else (a deferral, a bounce and
+        its DSN) goes through `_record`."""
         if self._abandoned:
             return
-        now = time.time()  # the outcome's time: the records' time and delay, and retries, count from it
         qid = msg.queue_id
-        if any(r.status != "delivered" for r in out):
-            results = {rc.index: r for rc, r in zip(msg.recipients, out)}
-            self._run_task(self._record(env, spooled, msg, results, now), qid, self._fast_end)
-            return
-        for rc, res in zip(msg.recipients, out):
-            self.dlog.record(queue_id=qid, recipient=rc.address, status="delivered", result=res,
-                             attempt=spooled[rc.index].attempts + 1, arrival=env.arrival, now=now)
+        if out is not LOGGED:
+            now = time.time()  # the outcome's time: the records' time and delay, and retries, count from it
+            if any(r.status != "delivered" for r in out):
+                results = {rc.index: r for rc, r in zip(msg.recipients, out)}
+                self._run_task(self._record(env, spooled, msg, results, now), qid, self._fast_end)
+                return
+            for rc, res in zip(msg.recipients, out):
+                self.dlog.record(queue_id=qid, recipient=rc.address, status="delivered", result=res,
+                                 attempt=spooled[rc.index].attempts + 1, arrival=env.arrival, now=now)
         self.spool.delete_then(qid, lambda error: self._fast_end(qid, None if error is None else SpoolError(error)))
 
     def _fast_end(self, qid: str, exc: BaseException | None) -> None:

@@ -9,7 +9,10 @@ millisecond (`_WINDOW`), so a busy queue costs one wake-up of the other process 
 batch, not per message (each write to a sleeping peer is a cross-CPU wake-up).
 If the agent dies, its jobs in flight come back as 451 4.3.0 (deferred and retried:
 nothing is lost; a message a peer had already taken may be delivered twice, as
-after a crash), and the next job starts a new agent. The agent dies with the
+after a crash), and the next job starts a new agent. A job sent with its log context
+(`submit(..., log=...)`) whose recipients were all delivered is logged here, in the
+agent's own DeliveryLog on the same file, and answered `LOGGED`: the worker's event
+loop, the busiest thread, then only deletes the message. The agent dies with the
 worker (PR_SET_PDEATHSIG) and runs with the worker's (dropped) privileges.
 """
 
@@ -22,11 +25,13 @@ import os
 import signal
 import socket
 import sys
+import time
 from dataclasses import fields
 from typing import Callable, Sequence
 
 from mta.delivery import OutMessage, OutRcpt, RcptResult, Target, results_for
 from mta.delivery.smtp import SmtpDelivery, SmtpOptions
+from mta.deliverylog import DeliveryLog
 
 log = logging.getLogger("mta.delivery")
 
@@ -36,6 +41,18 @@ _MAX_FRAME = 1 << 31
 _START_TIMEOUT = 30.0
 _STOP_GRACE = 10.0
 _OPT_FIELDS = tuple(f.name for f in fields(SmtpOptions))
+
+
+class _Logged:
+    """What `done` gets for a job whose recipients were all delivered and logged by the agent."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "LOGGED"
+
+
+LOGGED = _Logged()
 
 
 class _Framed(asyncio.Protocol):
@@ -115,8 +132,9 @@ class AgentDelivery:
     """Stands in for `SmtpDelivery` in the queue manager: the same `deliver` and
     `close`, served by the agent process (started at the first delivery)."""
 
-    def __init__(self, cpus: frozenset[int] = frozenset()) -> None:
+    def __init__(self, cpus: frozenset[int] = frozenset(), log_file: str | None = None) -> None:
         self._cpus = cpus  # where the agent runs (mta.affinity); empty: anywhere
+        self._log_file = log_file  # the delivery log's file (None: stderr), for LOGGED jobs
         self._proto: _Framed | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._starting: asyncio.Task | None = None
@@ -149,18 +167,22 @@ class AgentDelivery:
             self._pending.pop(job, None)
 
     def submit(self, key: str, targets: Sequence[Target], opts: SmtpOptions, msg: OutMessage,
-               done: Callable[[list[RcptResult]], object]) -> bool:
+               done: Callable[[list[RcptResult] | _Logged], object],
+               log: tuple[float, tuple[int, ...]] | None = None) -> bool:
         """`deliver` with a callback, for the queue's callback lane: `done(results)` is
-        called exactly once (451s if the agent dies). False, and nothing sent, when the
-        agent is not running (the caller takes `deliver`, which starts it)."""
+        called exactly once (451s if the agent dies). With `log` (the message's arrival
+        and each recipient's attempt number), a job whose recipients are all delivered
+        gets its delivery-log records written by the agent and `done(LOGGED)`. False,
+        and nothing sent, when the agent is not running (the caller takes `deliver`,
+        which starts it)."""
         proto = self._proto
         if proto is None or proto.transport is None or self._closed or not msg.recipients:
             return False
-        self._send(proto, key, targets, opts, msg, done)
+        self._send(proto, key, targets, opts, msg, done, log)
         return True
 
     def _send(self, proto: _Framed, key: str, targets: Sequence[Target], opts: SmtpOptions,
-              msg: OutMessage, done: Callable[[list[RcptResult]], object]) -> int:
+              msg: OutMessage, done: Callable, log: tuple | None = None) -> int:
         job = self._next
         self._next += 1
         self._pending[job] = (done, msg)
@@ -171,7 +193,7 @@ class AgentDelivery:
             o = self._opts[opts] = tuple(getattr(opts, f) for f in _OPT_FIELDS)
         proto.send(("job", job, key, [tuple(t) for t in targets], o,
                     (msg.queue_id, msg.sender, [tuple(r) for r in msg.recipients],
-                     msg.data, msg.body, msg.smtputf8, msg.ret, msg.envid, msg.arrival)), len(msg.data))
+                     msg.data, msg.body, msg.smtputf8, msg.ret, msg.envid, msg.arrival), log), len(msg.data))
         return job
 
     def _on_items(self, items: list) -> None:
@@ -181,7 +203,10 @@ class AgentDelivery:
             if entry is None:
                 continue
             done, msg = entry
-            if item[0] == "res":
+            kind = item[0]
+            if kind == "ok":  # delivered, and logged by the agent
+                res = LOGGED
+            elif kind == "res":
                 res = [RcptResult(*row) for row in item[2]]
             else:  # ("err", job, text): the agent failed on this job; retry later
                 log.error("delivery agent: job for %s failed: %s", msg.queue_id, item[2])
@@ -227,7 +252,7 @@ class AgentDelivery:
         try:
             self._proc = await asyncio.wait_for(asyncio.create_subprocess_exec(
                 sys.executable, "-m", "mta.delivery.agent", str(theirs.fileno()), str(os.getpid()), str(level),
-                ",".join(map(str, sorted(self._cpus))),
+                ",".join(map(str, sorted(self._cpus))), self._log_file or "",
                 stdin=asyncio.subprocess.DEVNULL, pass_fds=(theirs.fileno(),), env=env), _START_TIMEOUT)
         except BaseException:
             ours.close()
@@ -264,9 +289,10 @@ class AgentDelivery:
 # ---------------------------------------------------------------------------
 
 
-async def _serve(fd: int) -> None:
+async def _serve(fd: int, log_file: str | None = None) -> None:
     loop = asyncio.get_running_loop()
     smtp = SmtpDelivery()
+    dlog = DeliveryLog(log_file)
     done = loop.create_future()
     tasks: set[asyncio.Task] = set()
     proto: _Framed | None = None
@@ -276,7 +302,7 @@ async def _serve(fd: int) -> None:
     made: dict[tuple, tuple[SmtpOptions, list[Target]]] = {}
 
     def unpack(item: tuple) -> tuple:
-        _, job, key, targets, o, m = item
+        _, job, key, targets, o, m = item[:6]
         ck = (o, tuple(targets))
         hit = made.get(ck)
         if hit is None:
@@ -285,10 +311,24 @@ async def _serve(fd: int) -> None:
             hit = made[ck] = (SmtpOptions(*o), [Target(*t) for t in targets])
         return job, key, hit[1], hit[0], OutMessage(m[0], m[1], tuple(OutRcpt(*r) for r in m[2]), *m[3:])
 
-    async def run(job: int, key: str, targets: list[Target], opts: SmtpOptions, msg: OutMessage) -> None:
+    def answer(job: int, msg: OutMessage, rows: list, ctx: tuple | None) -> None:
+        """The outcome to the worker: LOGGED when every recipient was delivered and the
+        job came with its log context (the records are written here, first), else the rows."""
+        if ctx is not None and all(200 <= row[1] < 300 for row in rows):
+            arrival, attempts = ctx
+            now = time.time()
+            for row, attempt in zip(rows, attempts):
+                dlog.record(queue_id=msg.queue_id, recipient=row[0], status="delivered",
+                            result=RcptResult(*row), attempt=attempt, arrival=arrival, now=now)
+            proto.send(("ok", job))
+        else:
+            proto.send(("res", job, rows))
+
+    async def run(job: int, key: str, targets: list[Target], opts: SmtpOptions, msg: OutMessage,
+                  ctx: tuple | None) -> None:
         try:
             res = await smtp.deliver(key, targets, opts, msg)
-            proto.send(("res", job, [_result_row(r) for r in res]))
+            answer(job, msg, [_result_row(r) for r in res], ctx)
         except Exception as e:  # noqa: BLE001 - reported to the worker, which defers
             log.exception("delivery agent: job %d failed", job)
             proto.send(("err", job, f"{type(e).__name__}: {e}"))
@@ -302,11 +342,13 @@ async def _serve(fd: int) -> None:
                     log.exception("delivery agent: job %d is malformed", item[1])
                     proto.send(("err", item[1], f"{type(e).__name__}: {e}"))
                     continue
+                ctx = item[6] if len(item) > 6 else None
                 # Most jobs find a pooled connection: they run on callbacks, not as a task.
-                if smtp.submit(key, targets, opts, msg, lambda rows, job=job: proto.send(("res", job, rows)),
+                if smtp.submit(key, targets, opts, msg,
+                               lambda rows, job=job, msg=msg, ctx=ctx: answer(job, msg, rows, ctx),
                                lambda text, job=job: proto.send(("err", job, text))):
                     continue
-                t = loop.create_task(run(job, key, targets, opts, msg))
+                t = loop.create_task(run(job, key, targets, opts, msg, ctx))
                 tasks.add(t)
                 t.add_done_callback(tasks.discard)
             elif item[0] == "close" and not done.done():
@@ -326,6 +368,7 @@ async def _serve(fd: int) -> None:
         await asyncio.wait(set(tasks), timeout=_STOP_GRACE)
     await smtp.settle(_STOP_GRACE)
     proto.flush()
+    dlog.close()
     await smtp.close()
 
 
@@ -344,7 +387,7 @@ def main(argv: list[str]) -> int:
     affinity.pin(affinity.parse(argv[3] if len(argv) > 3 else ""), "delivery agent")
     import uvloop
 
-    uvloop.run(_serve(fd))
+    uvloop.run(_serve(fd, (argv[4] if len(argv) > 4 else "") or None))
     return 0
 
 
