@@ -290,17 +290,19 @@ def test_a_malformed_job_in_the_agents_first_read_is_answered():
 
 def test_a_delivered_job_with_its_log_context_is_logged_by_the_agent(tmp_path):
     """submit(..., log=(arrival, attempts)): when every recipient is delivered the agent
-    writes the delivery-log records (to the same file) and answers LOGGED; when one is
-    not, the worker gets the results and nothing is written by the agent."""
+    writes the delivery-log records (through the fd it was given) and answers LOGGED;
+    when one is not, the worker gets the results and nothing is written by the agent."""
     import json
 
     from mta.delivery.agent import LOGGED
 
     h = Capture(rcpt_replies={"nobody": "550 5.1.1 no such user"})
     path = tmp_path / "delivery.log"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    os.unlink(path)  # the agent writes through the worker's fd (as after a privilege drop), not by name
 
     async def go(port):
-        d = AgentDelivery(log_file=str(path))
+        d = AgentDelivery(log_fd=fd)
         await d.deliver("k", [target(port)], OPTS, message("first@dst.test"))  # starts the agent
         got: dict[str, object] = {}
         arrival = time.time() - 60
@@ -318,7 +320,11 @@ def test_a_delivered_job_with_its_log_context_is_logged_by_the_agent(tmp_path):
     assert got["ok"] is LOGGED
     mixed = got["mixed"]
     assert [(r.address, r.code) for r in mixed] == [("c@dst.test", 250), ("nobody@dst.test", 550)]
-    recs = [json.loads(line) for line in path.read_text().splitlines()]
+    with open(f"/proc/self/fd/{fd}", "rb") as f:
+        text = f.read().decode()
+    os.close(fd)
+    assert not path.exists()
+    recs = [json.loads(line) for line in text.splitlines()]
     assert [(r["queue_id"], r["recipient"], r["status"], r["attempt"]) for r in recs] == [
         ("QOK", "a@dst.test", "delivered", 1), ("QOK", "b@dst.test", "delivered", 3)]
     assert all(60 <= r["delay_s"] < 90 and r["reply"].startswith("250") and r["remote_ip"] == "127.0.0.1"

@@ -42,6 +42,19 @@ class DeliveryLog:
         self._stderr_pending: list[str] = []
         self._open()
 
+    @classmethod
+    def on_fd(cls, fd: int | None) -> "DeliveryLog":
+        """Records to an fd opened elsewhere (the delivery agent writes through the
+        worker's, which was opened before privileges were dropped); None: stderr."""
+        dlog = cls(None)
+        dlog._fd = fd
+        return dlog
+
+    @property
+    def fd(self) -> int | None:
+        """The open file the records go to; None while they go to stderr."""
+        return self._fd
+
     def _open(self) -> None:
         if self.path is None:
             return

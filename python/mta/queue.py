@@ -53,7 +53,8 @@ class QueueManager:
         self.resolver = MxResolver(list(dns.nameservers) or None, port=dns.port, timeout=dns.timeout)
         # SMTP/LMTP peers are talked to in the delivery agent process (mta.delivery.agent)
         # or here; both have the same deliver() and close().
-        self.smtp = AgentDelivery(cpus=server.affinity.helpers, log_file=self.dcfg.log_file or None) \
+        self.dlog = DeliveryLog(self.dcfg.log_file or None)
+        self.smtp = AgentDelivery(cpus=server.affinity.helpers, log_fd=self.dlog.fd) \
             if self.dcfg.agent else SmtpDelivery()
         self._fast: set[str] = set()  # queue ids of attempts on the callback lane
         self._fast_idle: asyncio.Event | None = None  # set by stop() to learn when _fast empties
@@ -61,7 +62,6 @@ class QueueManager:
         sts = MtaStsCache(self.resolver, port=self.dcfg.mta_sts_port, ca_file=self.dcfg.mta_sts_ca_file,
                           timeout=self.dcfg.mta_sts_timeout) if self.dcfg.mta_sts else None
         self.tls_policy = OutboundTls(sts, self.dcfg.tls_report_interval)
-        self.dlog = DeliveryLog(self.dcfg.log_file or None)
         self.active: set[str] = set()
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None

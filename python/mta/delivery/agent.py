@@ -10,9 +10,10 @@ batch, not per message (each write to a sleeping peer is a cross-CPU wake-up).
 If the agent dies, its jobs in flight come back as 451 4.3.0 (deferred and retried:
 nothing is lost; a message a peer had already taken may be delivered twice, as
 after a crash), and the next job starts a new agent. A job sent with its log context
-(`submit(..., log=...)`) whose recipients were all delivered is logged here, in the
-agent's own DeliveryLog on the same file, and answered `LOGGED`: the worker's event
-loop, the busiest thread, then only deletes the message. The agent dies with the
+(`submit(..., log=...)`) whose recipients were all delivered is logged here, through
+the worker's delivery-log file (its fd is passed on: it was opened before privileges
+were dropped), and answered `LOGGED`: the worker's event loop, the busiest thread, then
+only deletes the message. The agent dies with the
 worker (PR_SET_PDEATHSIG) and runs with the worker's (dropped) privileges.
 """
 
@@ -132,9 +133,9 @@ class AgentDelivery:
     """Stands in for `SmtpDelivery` in the queue manager: the same `deliver` and
     `close`, served by the agent process (started at the first delivery)."""
 
-    def __init__(self, cpus: frozenset[int] = frozenset(), log_file: str | None = None) -> None:
+    def __init__(self, cpus: frozenset[int] = frozenset(), log_fd: int | None = None) -> None:
         self._cpus = cpus  # where the agent runs (mta.affinity); empty: anywhere
-        self._log_file = log_file  # the delivery log's file (None: stderr), for LOGGED jobs
+        self._log_fd = log_fd  # the delivery log's open file (None: stderr), for LOGGED jobs
         self._proto: _Framed | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._starting: asyncio.Task | None = None
@@ -252,8 +253,10 @@ class AgentDelivery:
         try:
             self._proc = await asyncio.wait_for(asyncio.create_subprocess_exec(
                 sys.executable, "-m", "mta.delivery.agent", str(theirs.fileno()), str(os.getpid()), str(level),
-                ",".join(map(str, sorted(self._cpus))), self._log_file or "",
-                stdin=asyncio.subprocess.DEVNULL, pass_fds=(theirs.fileno(),), env=env), _START_TIMEOUT)
+                ",".join(map(str, sorted(self._cpus))), "" if self._log_fd is None else str(self._log_fd),
+                stdin=asyncio.subprocess.DEVNULL, env=env,
+                pass_fds=(theirs.fileno(),) if self._log_fd is None else (theirs.fileno(), self._log_fd)),
+                _START_TIMEOUT)
         except BaseException:
             ours.close()
             raise
@@ -289,10 +292,10 @@ class AgentDelivery:
 # ---------------------------------------------------------------------------
 
 
-async def _serve(fd: int, log_file: str | None = None) -> None:
+async def _serve(fd: int, log_fd: int | None = None) -> None:
     loop = asyncio.get_running_loop()
     smtp = SmtpDelivery()
-    dlog = DeliveryLog(log_file)
+    dlog = DeliveryLog.on_fd(log_fd)
     done = loop.create_future()
     tasks: set[asyncio.Task] = set()
     proto: _Framed | None = None
@@ -387,7 +390,8 @@ def main(argv: list[str]) -> int:
     affinity.pin(affinity.parse(argv[3] if len(argv) > 3 else ""), "delivery agent")
     import uvloop
 
-    uvloop.run(_serve(fd, (argv[4] if len(argv) > 4 else "") or None))
+    log_fd = argv[4] if len(argv) > 4 else ""
+    uvloop.run(_serve(fd, int(log_fd) if log_fd else None))
     return 0
 
 
