@@ -15,6 +15,8 @@ import importlib
 import logging
 import os
 import pwd
+import subprocess
+import sys
 from dataclasses import dataclass
 
 from mta.config import PrivilegesConfig
@@ -119,3 +121,22 @@ def drop(cfg: PrivilegesConfig, spool_dir: str, private_files: tuple[str, ...] =
     else:
         raise PrivilegeError("root could be regained after dropping privileges")
     log.info("running as user %s (uid %d, gid %d)", target.user, target.uid, target.gid)
+
+
+def helper_blocked(cfg: PrivilegesConfig, module: str, env: dict[str, str]) -> str | None:
+    """Before the drop: why `python -m module`'s imports would fail when started as the
+    user to become (a helper process the worker starts after the drop, such as the
+    delivery agent: the interpreter or the package may be under a 0700 home), or None
+    when they work or there is no user to become. Runs the interpreter once as that user."""
+    target = resolve(cfg)
+    if target is None or os.geteuid() != 0:
+        return None
+    try:
+        r = subprocess.run([sys.executable, "-c", f"import {module}"], user=target.uid, group=target.gid,
+                           extra_groups=[], env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"{sys.executable}: {e}"
+    if r.returncode == 0:
+        return None
+    lines = r.stderr.decode(errors="replace").strip().splitlines()
+    return lines[-1] if lines else f"{sys.executable} exited with status {r.returncode}"

@@ -20,7 +20,7 @@ import random
 import time
 from typing import TYPE_CHECKING
 
-from mta import bounce
+from mta import bounce, privileges
 from mta.delivery import OutMessage, OutRcpt, RcptResult, Target, results_for
 from mta.delivery.agent import LOGGED, AgentDelivery
 from mta.delivery.maildir import deliver_maildir_async
@@ -54,8 +54,14 @@ class QueueManager:
         # SMTP/LMTP peers are talked to in the delivery agent process (mta.delivery.agent)
         # or here; both have the same deliver() and close().
         self.dlog = DeliveryLog(self.dcfg.log_file or None)
-        self.smtp = AgentDelivery(cpus=server.affinity.helpers, log_fd=self.dlog.fd) \
-            if self.dcfg.agent else SmtpDelivery()
+        agent = self.dcfg.agent
+        if agent and (why := privileges.helper_blocked(server.cfg.privileges, "mta.delivery.agent",
+                                                       AgentDelivery.environment())):
+            # Made before the privilege drop; the agent is started after it, as that user.
+            log.error("the delivery agent could not start as user %s (%s): delivering in the "
+                      "worker instead, as with delivery.agent = false", server.cfg.privileges.user, why)
+            agent = False
+        self.smtp = AgentDelivery(cpus=server.affinity.helpers, log_fd=self.dlog.fd) if agent else SmtpDelivery()
         self._fast: set[str] = set()  # queue ids of attempts on the callback lane
         self._fast_idle: asyncio.Event | None = None  # set by stop() to learn when _fast empties
         self._abandoned = False  # stop() gave up waiting for the callback lane

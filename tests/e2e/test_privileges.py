@@ -136,3 +136,41 @@ def test_user_file_becomes_the_users_own(tmp_path, open_dir):
         assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (nobody.pw_uid, 0o600)
     finally:
         assert srv.stop() == 0, srv.log()
+
+
+def test_mail_is_delivered_after_the_drop(tmp_path, open_dir, peer_factory):
+    """Relaying with [privileges] user = nobody and delivery.log_file in a directory only
+    root may enter (opened before the drop). The delivery agent is started after the
+    drop, as nobody: where nobody cannot run this interpreter (a Python under a 0700
+    home, as on this machine) the worker says so at start and delivers itself instead of
+    deferring every message. Either way each message reaches the peer and gets its
+    record in the delivery log, none on stderr."""
+    import json
+
+    logs = open_dir / "logs"
+    logs.mkdir(mode=0o700)  # root's: nobody could not open the file by name
+    path = logs / "delivery.log"
+    peer = peer_factory(name="hub.test")
+    srv = start_server(tmp_path, spool=open_dir / "spool", deliver=True,
+                       args=("--relay-to", f"127.0.0.1:{peer.port}"),
+                       config=f'[privileges]\nuser = "nobody"\n[smtp]\nreverse_dns = false\n'
+                              f'[delivery]\ntls = "none"\nlog_file = "{path}"\n')
+    try:
+        check_dropped(srv.proc.pid, pwd.getpwnam("nobody"))
+        for i in range(3):  # one at a time: the second and third find the connection pooled
+            send_one(srv)
+            deadline = time.monotonic() + 20
+            while (path.read_text().count('"delivered"') if path.exists() else 0) < i + 1:
+                assert time.monotonic() < deadline, (path.read_text() if path.exists() else "", srv.log()[-3000:])
+                time.sleep(0.05)
+        assert len(peer.wait_txns(3)) == 3
+        recs = [json.loads(line) for line in path.read_text().splitlines()]
+        assert [r["status"] for r in recs] == ["delivered"] * 3, recs
+        log = srv.log()
+        assert "Traceback" not in log and '"status":"delivered"' not in log, log[-3000:]
+        if "the delivery agent could not start as user nobody" in log:
+            assert "delivering in the worker instead" in log
+        else:
+            assert "delivery agent started" in log, log[-3000:]
+    finally:
+        assert srv.stop() == 0, srv.log()

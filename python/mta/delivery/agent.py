@@ -239,16 +239,21 @@ class AgentDelivery:
             if task.done():
                 self._starting = None
 
+    @staticmethod
+    def environment() -> dict[str, str]:
+        """The agent's environment: this one, with the mta package importable."""
+        import mta
+
+        root = os.path.dirname(os.path.dirname(os.path.abspath(mta.__file__)))
+        return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+
     async def _spawn(self) -> _Framed:
         if self._proc is not None and self._proc.returncode is None:
             self._proc.kill()  # a lost connection with the process still there
             await self._proc.wait()
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        import mta
-
-        root = os.path.dirname(os.path.dirname(os.path.abspath(mta.__file__)))
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+        env = self.environment()
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
         try:
             self._proc = await asyncio.wait_for(asyncio.create_subprocess_exec(
