@@ -189,19 +189,23 @@ class Lane:
         if abort:
             conn.abort()
         smtp.connections_reused += 1
-        nxt = self.next
-        if nxt is None:
+        if self.next is None:
             smtp._release(self.key, conn, self.opts)
             smtp._lane_end(self.key)
-        else:
-            # The job pipelined behind this one has this one's place at the gate.
-            smtp._lane_end(self.key, pass_place=False)
-            if conn.alive:
-                conn.lane = nxt
-                nxt.adopted(self.tx)
-            else:  # closing (a 421), out of sync or failed: nothing of it was decided
-                nxt._stale()
+        else:  # closing (a 421), out of sync or failed: nothing of the next one was decided
+            self._hand_on(conn.alive)
         self.done(rows)
+
+    def _hand_on(self, usable: bool) -> None:
+        """This one is answered; the job pipelined behind it takes its place at the gate
+        and goes on here (`usable`) or, undecided, on the coroutine path."""
+        nxt = self.next
+        self.smtp._lane_end(self.key, pass_place=False)
+        if usable:
+            self.conn.lane = nxt
+            nxt.adopted(self.tx)
+        else:
+            nxt._stale()
 
     def _stale(self) -> None:
         """Dead or refusing RSET (or failed before a job pipelined behind another had
@@ -218,8 +222,7 @@ class Lane:
         conn.lane = None
         conn.abort()
         if self.next is not None:  # its commands went on this connection: it starts again elsewhere
-            self.smtp._lane_end(self.key, pass_place=False)
-            self.next._stale()
+            self._hand_on(False)
         else:
             self.smtp._lane_end(self.key)
         self.error("internal error in the delivery lane")
@@ -237,6 +240,11 @@ class Queued:
                  done: Callable[[Rows], object], error: Callable[[str], object]) -> None:
         self.smtp, self.key, self.targets, self.opts, self.msg = smtp, key, targets, opts, msg
         self.done, self.error = done, error
+
+    def lane(self, conn: _Connection, chained: bool = False) -> Lane:
+        """Its transaction on `conn` (which it has the place for)."""
+        return Lane(self.smtp, self.key, self.targets, self.opts, self.msg, conn, self.done, self.error,
+                    chained=chained)
 
     def start(self) -> None:
         try:

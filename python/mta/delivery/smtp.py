@@ -233,7 +233,7 @@ class SmtpDelivery:
             resume(self, q.key, q.targets, q.opts, q.msg, q.done, q.error)
             return
         conn, envelope = found
-        Lane(self, q.key, q.targets, q.opts, q.msg, conn, q.done, q.error).start(envelope[1], envelope[2])
+        q.lane(conn).start(envelope[1], envelope[2])
 
     def _chain_behind(self, lane: Lane) -> list[bytes] | None:
         """The commands of the job first in line at `lane`'s gate, to be written behind
@@ -252,7 +252,7 @@ class SmtpDelivery:
             return None  # its turn comes when this one ends: the coroutine path, or its own lane
         gate.waiting.popleft()
         lane.tx.chain()
-        lane.next = Lane(self, q.key, q.targets, q.opts, q.msg, conn, q.done, q.error, chained=True)
+        lane.next = q.lane(conn, chained=True)
         conn.messages += 1
         self.chained += 1
         return [mail, *rcpt_lines] if lane.chunking else [mail, *rcpt_lines, b"DATA\r\n"]
