@@ -329,3 +329,36 @@ def test_a_delivered_job_with_its_log_context_is_logged_by_the_agent(tmp_path):
         ("QOK", "a@dst.test", "delivered", 1), ("QOK", "b@dst.test", "delivered", 3)]
     assert all(60 <= r["delay_s"] < 90 and r["reply"].startswith("250") and r["remote_ip"] == "127.0.0.1"
                for r in recs), recs
+
+
+def test_prestart_runs_the_agent_before_any_job_and_close_waits_for_a_start_under_way():
+    h = Capture()
+
+    async def go(port):
+        d = AgentDelivery()
+        d.prestart()
+        d.prestart()  # a second call while it starts: still one agent
+        try:
+            for _ in range(300):  # up to 30 s: an interpreter starting on a loaded machine
+                if d._proto is not None:
+                    break
+                await asyncio.sleep(0.1)
+            up = d._proto is not None and d._proc.returncode is None
+            # Its first job goes straight through the running agent (the callback form).
+            got = asyncio.get_running_loop().create_future()
+            took = d.submit("k", [target(port)], OPTS, message("a@dst.test"), got.set_result)
+            res = await asyncio.wait_for(got, 30)
+        finally:
+            await d.close()
+        # Closed while starting: close() waits for the start, then stops that agent.
+        d2 = AgentDelivery()
+        d2.prestart()
+        await d2.close()
+        return up, took, res, d.agents_started, d2._proc
+
+    with aiosmtpd_peer(h) as port:
+        up, took, res, started, proc2 = run(go(port))
+    assert up and took
+    assert [(r.address, r.code) for r in res] == [("a@dst.test", 250)]
+    assert started == 1
+    assert proc2 is None or proc2.returncode is not None  # no agent left running

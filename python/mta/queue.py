@@ -88,6 +88,8 @@ class QueueManager:
             return
         self._loop = asyncio.get_running_loop()
         self._task = self._loop.create_task(self._run(), name="queue-manager")
+        if isinstance(self.smtp, AgentDelivery):
+            self.smtp.prestart()  # after the privilege drop (start() is called after it)
         self.tls_policy.start()
 
     def kick(self) -> None:

@@ -131,7 +131,8 @@ def _result_row(r: RcptResult) -> tuple:
 
 class AgentDelivery:
     """Stands in for `SmtpDelivery` in the queue manager: the same `deliver` and
-    `close`, served by the agent process (started at the first delivery)."""
+    `close`, served by the agent process (started by `prestart`, at the server's
+    start, or else at the first delivery)."""
 
     def __init__(self, cpus: frozenset[int] = frozenset(), log_fd: int | None = None) -> None:
         self._cpus = cpus  # where the agent runs (mta.affinity); empty: anywhere
@@ -229,10 +230,27 @@ class AgentDelivery:
             except Exception:
                 log.exception("delivery agent: result callback for %s failed", msg.queue_id)
 
-    async def _start(self) -> _Framed:
+    def prestart(self) -> None:
+        """Start the agent now, at the server's start, not at the first delivery: the
+        first messages then find it running and take the callback lane, instead of
+        waiting on the coroutine path while an interpreter starts and imports (about a
+        quarter of a second of CPU). A failure is logged; the first delivery tries again."""
+        if self._proto is None and self._starting is None and not self._closed:
+            self._starting_task().add_done_callback(self._prestarted)
+
+    def _prestarted(self, task: asyncio.Task) -> None:
+        if self._starting is task:
+            self._starting = None
+        if not task.cancelled() and (e := task.exception()) is not None:
+            log.error("delivery agent did not start: %s (the first delivery tries again)", e)
+
+    def _starting_task(self) -> asyncio.Task:
         if self._starting is None:
             self._starting = asyncio.get_running_loop().create_task(self._spawn())
-        task = self._starting
+        return self._starting
+
+    async def _start(self) -> _Framed:
+        task = self._starting_task()
         try:
             return await asyncio.shield(task)
         finally:
@@ -280,6 +298,8 @@ class AgentDelivery:
     async def close(self) -> None:
         """Ask the agent to QUIT its pooled connections and exit; kill it if it does not."""
         self._closed = True
+        if self._starting is not None:  # started at the server's start and not up yet
+            await asyncio.wait([self._starting], timeout=_START_TIMEOUT)
         proc, proto = self._proc, self._proto
         if proto is not None:
             proto.send(("close", 0))
