@@ -2,13 +2,14 @@
 """Accept-path benchmark (issue 4 §1): messages accepted per second and server CPU per
 message for `mta run` (fdatasync on), Postfix's smtp-sink (no disk: the ceiling) and Postfix
 as configured in ../shared/BENCHMARKING.md (benches/compare-postfix.sh), loaded by Postfix's
-smtp-source, systems in alternation (A B C A B C ...), each trial on a fresh spool removed after.
+smtp-source, systems in alternation (A B C A B C ...), each trial on a fresh spool removed after,
+starting once the machine is written back and quiet (`--settle`).
 
 Invariants: every subprocess has a timeout; every server started is stopped on exit, error or
 Ctrl-C; an mta trial counts only if the server stored exactly N messages.
 
   python benches/accept.py [--messages N] [--trials T] [--sizes 1024,65536]
-                           [--modes conn,keep] [--systems mta,postfix,sink] [--out results.json]
+                           [--modes conn,keep] [--systems mta,postfix,sink] [--settle S] [--out results.json]
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "python"))
-from mta.bench.procs import tree_cpu_seconds, wait_greeting, wait_port_free  # noqa: E402  (sums the /proc tree, reaped children included)
+from mta.bench.procs import settle, tree_cpu_seconds, wait_greeting, wait_port_free  # noqa: E402  (sums the /proc tree, reaped children included)
 
 POSTFIX_SH = os.path.join(HERE, "compare-postfix.sh")
 SYSTEMS = ("mta", "postfix", "sink")
@@ -200,9 +201,13 @@ def check_disk(args, size: int) -> None:
 
 def run_trial(args, system: str, size: int, mode: str, index: int) -> dict:
     check_disk(args, size)
+    # The trial before (another system's) leaves dirty pages, a spool or queue being removed
+    # and processes exiting: each trial starts on a written-back, quiet machine instead.
+    waited, idle = settle(args.settle) if args.settle > 0 else (0.0, None)
     tmp = tempfile.mkdtemp(prefix=f"mta-accept-{system}-", dir=args.workdir)
     row = {"system": system, "size": size, "mode": mode, "trial": index, "messages": args.messages,
-           "loadavg_before": os.getloadavg()[0]}
+           "loadavg_before": os.getloadavg()[0], "settle_s": round(waited, 2),
+           "idle_before": None if idle is None else round(idle, 3)}
     srv = None
     try:
         srv = Trial(system, args, tmp)
@@ -341,6 +346,9 @@ def parse_args(argv=None):
                          "(default 3525)")
     ap.add_argument("--workdir", default=tempfile.gettempdir(), help="where the per-trial spool dirs go")
     ap.add_argument("--timeout", type=float, default=900, help="seconds one smtp-source run may take")
+    ap.add_argument("--settle", type=float, default=15,
+                    help="before each trial: sync, then wait up to this many seconds for the CPUs to be 90%% "
+                         "idle (0: start at once; default 15)")
     ap.add_argument("--ready-timeout", type=float, default=60, help="seconds a server has to greet")
     ap.add_argument("--busy-wait", type=float, default=300,
                     help="seconds to wait for the shared Postfix bench instance to be free")

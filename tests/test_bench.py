@@ -497,3 +497,24 @@ def test_threads_bench_reports_the_busy_threads():
     assert lines[0].startswith("run 1: ") and lines[0].endswith("msgs/s accepted"), lines
     assert any(x.strip().startswith("mta-worker") and "us/msg" in x for x in lines), lines
     assert any(x.strip().startswith("cpu ") and "idle" in x for x in lines), lines
+
+
+def test_settle_waits_for_busy_cpus_up_to_its_limit_and_reports_the_idle_share():
+    """accept.py's start of a trial: with every CPU kept busy by spinners it waits out its
+    limit and reports a low idle share; asked for an idle share of 0 it returns after one
+    window."""
+    from mta.bench.procs import idle_share, settle
+
+    spin = "import time\nt = time.time()\nwhile time.time() - t < 30: pass"
+    spinners = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(os.cpu_count() or 1)]
+    try:
+        time.sleep(0.2)
+        waited, share = settle(limit=1.0, idle=0.9, window=0.25)
+        assert 1.0 <= waited < 5.0 and share < 0.5, (waited, share)
+        waited, share = settle(limit=10.0, idle=0.0, window=0.25)
+        assert waited < 5.0 and 0.0 <= share <= 1.0
+    finally:
+        for p in spinners:
+            p.kill()
+            p.wait()
+    assert 0.0 <= idle_share(0.1) <= 1.0

@@ -168,3 +168,25 @@ def cpu_times() -> dict[str, list[int]]:
                 name, *vals = line.split()
                 out[name] = [int(v) for v in vals[:8]]
     return out
+
+
+def idle_share(window: float = 0.5) -> float:
+    """The share of all CPUs' time spent idle (idle + iowait) over the next `window` seconds."""
+    a = cpu_times()["cpu"]
+    time.sleep(window)
+    b = cpu_times()["cpu"]
+    d = [y - x for x, y in zip(a, b)]
+    return (d[3] + d[4]) / (sum(d) or 1)
+
+
+def settle(limit: float = 15.0, idle: float = 0.9, window: float = 0.5) -> tuple[float, float]:
+    """Before a trial: write back what earlier trials left dirty (sync), then wait until the
+    CPUs are at least `idle` idle over a `window` (a server stopped just before may still be
+    exiting, its removed spool still journalling), for at most `limit` seconds. Returns
+    (seconds waited, the last idle share): a trial that starts on a busy machine says so."""
+    t0 = time.monotonic()
+    os.sync()
+    share = idle_share(window)
+    while share < idle and time.monotonic() - t0 < limit:
+        share = idle_share(window)
+    return time.monotonic() - t0, share
