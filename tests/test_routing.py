@@ -114,3 +114,21 @@ def test_fixed_route_is_routes_answer_without_a_hook(tmp_path):
         assert r.fixed(addr) == asyncio.run(r.route(addr))
     hooked = router(tmp_path, BASE, lambda address, ctx: None)
     assert hooked.fixed("x@example.net") is None  # a hook may change it: ask route()
+
+
+def test_fixed_is_lookup_of_the_domain_for_every_spelling_and_stays_bounded(tmp_path):
+    """fixed() keeps its answer per domain as written: every spelling (case, a trailing
+    dot, several "@", none) gets what lookup() gives for its domain, the second time from
+    the cache, and many domains do not grow the cache without end."""
+    r = router(tmp_path, BASE)
+    addresses = ["a@example.net", "b@EXAMPLE.NET", "c@example.net.", "d@x.sub.example.org", "e@example.com",
+                 '"odd@local"@example.net', "postmaster", "f@elsewhere.test", "g@Sub.Example.Org"]
+    for _ in range(2):
+        for a in addresses:
+            assert r.fixed(a) == r.lookup(a.rpartition("@")[2]), a
+    assert r.fixed("b@EXAMPLE.NET") is r.fixed("b@EXAMPLE.NET")
+    for i in range(10050):
+        r.fixed(f"u@d{i}.test")
+    assert len(r._routes) <= 10001
+    assert r.fixed("a@example.net").text() == "smarthost 192.0.2.1:2525"
+    assert router(tmp_path, BASE, hook=lambda a, c: None).fixed("a@example.net") is None

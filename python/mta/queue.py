@@ -62,6 +62,9 @@ class QueueManager:
                       "worker instead, as with delivery.agent = false", server.cfg.privileges.user, why)
             agent = False
         self.smtp = AgentDelivery(cpus=server.affinity.helpers, log_fd=self.dlog.fd) if agent else SmtpDelivery()
+        # (transport, how the callback lane reaches it: see _start_fast), made at first use.
+        self._lane: tuple[object, str | None] = (None, None)
+        self._fast_ways: dict[int, tuple] = {}  # id(spec) -> _fast_way(spec)
         self._fast: set[str] = set()  # queue ids of attempts on the callback lane
         self._fast_idle: asyncio.Event | None = None  # set by stop() to learn when _fast empties
         self._abandoned = False  # stop() gave up waiting for the callback lane
@@ -238,8 +241,8 @@ class QueueManager:
         data = spool.message_bytes(qid)
         now = time.time()
         spooled = env.recipients  # each read of the property builds the list anew
-        rcpts = tuple(OutRcpt(r.address, r.notify, r.orcpt, i) for i, r in enumerate(spooled)
-                      if r.state == "queued" or (r.state == "deferred" and (r.next_attempt or 0) <= now))
+        rcpts = tuple([OutRcpt(r.address, r.notify, r.orcpt, i) for i, r in enumerate(spooled)
+                       if (st := r.state) == "queued" or (st == "deferred" and (r.next_attempt or 0) <= now)])
         if data is None or not rcpts:
             return None
         msg = OutMessage(qid, env.sender, rcpts, data, env.body, env.smtputf8, env.ret, env.envid, env.arrival)
@@ -255,42 +258,69 @@ class QueueManager:
         delivery agent once running; in the worker, the SMTP client when a pooled
         connection is at hand). False: the caller takes the general path. Its outcome
         is recorded as `_record` would (see _fast_done)."""
-        submit = getattr(self.smtp, "submit", None)
+        smtp = self.smtp
+        if self._lane[0] is not smtp:  # (tests put stand-ins in its place)
+            self._lane = (smtp, "agent" if isinstance(smtp, AgentDelivery) else
+                          "worker" if isinstance(smtp, SmtpDelivery) else
+                          "other" if hasattr(smtp, "submit") else None)
+        lane = self._lane[1]
         env, spooled, msg = prep
-        if submit is None or self._stopping or len(msg.recipients) != len(spooled):
+        rcpts = msg.recipients
+        if lane is None or self._stopping or len(rcpts) != len(spooled):
             return False
-        spec = None
-        for rc in msg.recipients:
-            s = self.router.fixed(rc.address)
-            if s is None or s.kind not in ("smarthost", "lmtp") or (spec is not None and s != spec):
+        fixed = self.router.fixed
+        spec = fixed(rcpts[0].address)
+        if spec is None:
+            return False
+        for rc in rcpts[1:]:
+            s = fixed(rc.address)
+            if s is not spec and s != spec:
                 return False
-            spec = s
-        if spec.kind == "lmtp" and spec.port == 0:
-            targets: list[Target] | tuple = [Target(spec.host, "unix", 0)]
-        else:
+        way = self._fast_ways.get(id(spec))
+        if way is None or way[0] is not spec:
+            way = self._fast_way(spec)
+            if way is None:
+                return False
+        _, key, opts, targets = way
+        if targets is None:
             res = self.resolver.cached_host(spec.host, spec.port)
             if res is None or not res.targets:
                 return False
             targets = res.targets
-        qid = msg.queue_id
-        key, opts = f"{spec.kind}:{spec.host}:{spec.port}", self._options(spec, lmtp=spec.kind == "lmtp")
-        if isinstance(self.smtp, SmtpDelivery):
-            # In-process delivery (delivery.agent = false): the client's own lane
-            # (mta.delivery.lane) answers with RcptResult rows, or with an error text.
-            ok = submit(key, targets, opts, msg,
-                        lambda rows: self._fast_done(env, spooled, msg, [RcptResult(*r) for r in rows]),
-                        lambda text: self._fast_done(env, spooled, msg, _lane_error(msg, text)))
-        elif isinstance(self.smtp, AgentDelivery):
+        if lane == "agent":
             # The agent logs an all-delivered outcome itself (its CPU is the less busy one)
             # and answers LOGGED; anything else comes back as results, recorded here.
-            ok = submit(key, targets, opts, msg, lambda out: self._fast_done(env, spooled, msg, out),
-                        log=(env.arrival, tuple(spooled[rc.index].attempts + 1 for rc in msg.recipients)))
+            attempts = tuple(spooled[rc.index].attempts + 1 for rc in rcpts) if len(rcpts) > 1 \
+                else (spooled[rcpts[0].index].attempts + 1,)
+            ok = smtp.submit(key, targets, opts, msg, lambda out: self._fast_done(env, spooled, msg, out),
+                             log=(env.arrival, attempts))
+        elif lane == "other":
+            ok = smtp.submit(key, targets, opts, msg, lambda out: self._fast_done(env, spooled, msg, out))
         else:
-            ok = submit(key, targets, opts, msg, lambda out: self._fast_done(env, spooled, msg, out))
+            # In-process delivery (delivery.agent = false): the client's own lane
+            # (mta.delivery.lane) answers with RcptResult rows, or with an error text.
+            ok = smtp.submit(key, targets, opts, msg,
+                             lambda rows: self._fast_done(env, spooled, msg, [RcptResult(*r) for r in rows]),
+                             lambda text: self._fast_done(env, spooled, msg, _lane_error(msg, text)))
         if not ok:
             return False
-        self._fast.add(qid)
+        self._fast.add(msg.queue_id)
         return True
+
+    def _fast_way(self, spec: TransportSpec) -> tuple | None:
+        """(spec, destination key, options, targets or None: ask the DNS cache) for a
+        transport the callback lane takes; None for the others. Kept per spec object
+        (the router hands out the configuration's own): a spec's hash and options are
+        made once, not per message."""
+        kind = spec.kind
+        if kind not in ("smarthost", "lmtp"):
+            return None
+        targets = (Target(spec.host, "unix", 0),) if kind == "lmtp" and spec.port == 0 else None
+        if len(self._fast_ways) > 1000:  # a route hook may make specs on the fly
+            self._fast_ways.clear()
+        way = self._fast_ways[id(spec)] = (spec, f"{kind}:{spec.host}:{spec.port}",
+                                           self._options(spec, lmtp=kind == "lmtp"), targets)
+        return way
 
     def _fast_done(self, env, spooled: list, msg: OutMessage, out) -> None:
         """Every recipient delivered: the delivery log (unless the agent wrote it: `out`

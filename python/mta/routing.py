@@ -55,6 +55,7 @@ class Router:
         self.local_recipients = cfg.local_recipients
         self.hook = hook
         self.relay = parse_transport(f"smarthost {cfg.delivery.relay_to}") if cfg.delivery.relay_to else None
+        self._routes: dict[str, TransportSpec] = {}  # domain as written -> lookup(domain)
 
     # --- the address book (RCPT time) -------------------------------------
 
@@ -135,7 +136,17 @@ class Router:
     def fixed(self, address: str) -> TransportSpec | None:
         """The transport when no route hook can change it (what route() would
         return, without a coroutine); None when there is a hook to ask."""
-        return self.lookup(split(address)[1]) if self.hook is None else None
+        if self.hook is not None:
+            return None
+        # Once per domain, not per message: the tables are the configuration's, fixed
+        # for the router's life (a reload makes a new router).
+        domain = address[address.rfind("@") + 1:] if "@" in address else ""
+        spec = self._routes.get(domain)
+        if spec is None:
+            if len(self._routes) > 10000:  # many domains: start over rather than grow
+                self._routes.clear()
+            spec = self._routes[domain] = self.lookup(domain)
+        return spec
 
     async def route(self, address: str, ctx: Any = None) -> TransportSpec:
         if self.hook is not None:

@@ -143,7 +143,7 @@ class AgentDelivery:
         self._pending: dict[int, tuple[Callable[[list[RcptResult]], object], OutMessage]] = {}
         self._next = 1
         self._closed = False
-        self._opts: dict[SmtpOptions, tuple] = {}
+        self._forms: dict[int, tuple] = {}  # id(options or targets) -> (it, its marshal form)
         self.agents_started = 0
 
     async def deliver(self, key: str, targets: Sequence[Target], opts: SmtpOptions,
@@ -188,12 +188,20 @@ class AgentDelivery:
         job = self._next
         self._next += 1
         self._pending[job] = (done, msg)
-        o = self._opts.get(opts)
-        if o is None:
-            if len(self._opts) > 1000:  # route hooks may make options on the fly
-                self._opts.clear()
-            o = self._opts[opts] = tuple(getattr(opts, f) for f in _OPT_FIELDS)
-        proto.send(("job", job, key, [tuple(t) for t in targets], o,
+        # The same few options and target lists come with every job: their marshal form
+        # is made once per object (the queue manager keeps them), not per message.
+        hit = self._forms.get(id(opts))
+        if hit is None or hit[0] is not opts:
+            if len(self._forms) > 1000:  # route hooks may make options on the fly
+                self._forms.clear()
+            hit = self._forms[id(opts)] = (opts, tuple(getattr(opts, f) for f in _OPT_FIELDS))
+        o = hit[1]
+        hit = self._forms.get(id(targets))
+        if hit is None or hit[0] is not targets:
+            if len(self._forms) > 1000:
+                self._forms.clear()
+            hit = self._forms[id(targets)] = (targets, [tuple(x) for x in targets])
+        proto.send(("job", job, key, hit[1], o,
                     (msg.queue_id, msg.sender, [tuple(r) for r in msg.recipients],
                      msg.data, msg.body, msg.smtputf8, msg.ret, msg.envid, msg.arrival), log), len(msg.data))
         return job
