@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import smtplib
 import socket
@@ -518,3 +519,17 @@ def test_settle_waits_for_busy_cpus_up_to_its_limit_and_reports_the_idle_share()
             p.kill()
             p.wait()
     assert 0.0 <= idle_share(0.1) <= 1.0
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None or shutil.which("callgrind_control") is None,
+                    reason="valgrind is not installed")
+def test_server_instructions_counts_the_worker_and_the_agent():
+    """benches/server-instructions.sh (a benchmark): a short callgrind run of the real
+    server relaying, one figure per process (the figures themselves are not asserted)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(["bash", os.path.join(root, "benches", "server-instructions.sh"), "-n", "100"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    figures = dict(line.rsplit(None, 2)[:2] for line in out.stdout.splitlines() if line.endswith("instructions/msg"))
+    assert set(figures) == {"worker", "delivery agent"}, out.stdout
+    assert all(int(v) > 10_000 for v in figures.values()), figures
