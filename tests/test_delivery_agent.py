@@ -362,3 +362,69 @@ def test_prestart_runs_the_agent_before_any_job_and_close_waits_for_a_start_unde
     assert [(r.address, r.code) for r in res] == [("a@dst.test", 250)]
     assert started == 1
     assert proc2 is None or proc2.returncode is not None  # no agent left running
+
+
+def test_spooled_jobs_are_made_from_the_spool_and_answered_once_each(tmp_path):
+    """submit_spooled: the job is made from the spool entry (Rust), delivered byte-exact;
+    a message that is not fresh is answered UNSENT without anything sent; a job in flight
+    when the agent dies is answered Deferred (the caller makes the 451s)."""
+    from mta._native import Spool
+    from mta.delivery.agent import UNSENT, Deferred, LOGGED
+
+    from test_spool import completions, fill
+
+    h = Capture(rcpt_replies={"nobody": "550 5.1.1 no such user"})
+    spool = Spool(str(tmp_path / "spool"), sync=False)
+    data = b"Subject: spooled\r\n\r\n" + bytes(b for b in range(32, 256)) + b"\r\n.dot\r\n"
+
+    def store(*rcpts):
+        qid = spool.new_queue_id()
+        spool.submit(len(rcpts) * 100 + ord(rcpts[0][0]), qid, fill(spool, data), sender="from@src.test",
+                     recipients=[(r, None, None) for r in rcpts], body="8BITMIME")
+        return qid
+
+    ok, mixed, attempted, slow = store("a@dst.test"), store("b@dst.test", "nobody@dst.test"), \
+        store("c@dst.test"), store("d@dst.test")
+    asyncio.run(completions(spool, 4))
+    spool.update(9, attempted, [(0, "deferred", 1, time.time() + 60, "451 4.0.0 later")])
+    asyncio.run(completions(spool, 1))
+
+    async def go(port):
+        d = AgentDelivery(log_fd=os.open(os.devnull, os.O_WRONLY), encode=spool.encode_jobs)
+        d.prestart()
+        for _ in range(300):
+            if d._proto is not None:
+                break
+            await asyncio.sleep(0.1)
+        loop = asyncio.get_running_loop()
+        futs = {q: loop.create_future() for q in (ok, mixed, attempted)}
+        try:
+            for q, f in futs.items():
+                assert d.submit_spooled("k", [target(port)], OPTS, q, f.set_result)
+            got = {q: await asyncio.wait_for(f, 30) for q, f in futs.items()}
+            h.data_delay = 3.0
+            dying = loop.create_future()
+            assert d.submit_spooled("k", [target(port)], OPTS, slow, dying.set_result)
+            for _ in range(200):  # until the peer is inside DATA
+                if h.active:
+                    break
+                await asyncio.sleep(0.02)
+            os.kill(d._proc.pid, signal.SIGKILL)
+            got[slow] = await asyncio.wait_for(dying, 10)
+        finally:
+            await d.close()
+        return got
+
+    try:
+        with aiosmtpd_peer(h) as port:
+            got = run(go(port))
+    finally:
+        spool.close()
+    assert got[ok] is LOGGED
+    assert [(r.address, r.code, r.enhanced) for r in got[mixed]] == [
+        ("b@dst.test", 250, "2.0.0"), ("nobody@dst.test", 550, "5.1.1")]
+    assert got[attempted] is UNSENT
+    assert got[slow] == Deferred("4.3.0", "delivery agent died; will retry")
+    delivered = [e for e in h.envelopes if e["rcpt_tos"] == ["a@dst.test"]]
+    assert len(delivered) == 1 and delivered[0]["data"] == data
+    assert not any("c@dst.test" in e["rcpt_tos"] for e in h.envelopes)  # nothing sent for it

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import marshal
 import os
 import socket
 import time
@@ -20,7 +21,8 @@ import uvloop
 
 from dnsserver import DNSServer
 from mta import config
-from mta.delivery import results_for
+from mta.delivery import OutMessage, OutRcpt, results_for
+from mta.delivery.agent import UNSENT, AgentDelivery, Deferred
 from mta.listener import Server
 
 BODY = b"From: <from@example.test>\r\nTo: <rcpt@example.test>\r\nSubject: lane\r\n\r\nhello\r\n"
@@ -87,19 +89,22 @@ async def _server(tmp, **extra) -> Server:
 DURABLE: set[str] = set()  # queue ids whose submission completed
 
 
-def _submit(srv: Server, rcpts: list[str]) -> str:
+def _submit(srv: Server, rcpts: list[str], from_session: bool = False) -> str:
+    """Spool a message; once durable, hand it to the queue as the server's own code does
+    (with its recipients, as a session does, when `from_session`)."""
     sp, q = srv.spool, srv.queue
     qid = sp.new_queue_id()
     m = sp.new_message()
     m.push(BODY)
+    final = [(r, None, None) for r in rcpts]
 
     def stored(err) -> None:
         assert err is None, err
         DURABLE.add(qid)
-        q.new_message(qid)
+        q.new_message(qid, final if from_session else None)
 
     sp.submit(qid, m, stored, sender="from@example.test",
-              recipients=[(r, None, None) for r in rcpts], body=None, smtputf8=False, ret=None,
+              recipients=final, body=None, smtputf8=False, ret=None,
               envid=None, helo="client.example.test", client_ip="127.0.0.1", arrival=time.time())
     return qid
 
@@ -261,3 +266,81 @@ def test_stop_gives_up_after_the_grace_and_records_nothing_later(tmp_path):
         return env
     env = uvloop.run(main())
     assert env is not None and env.recipients[0].state == "queued"
+
+
+class SpooledPeer(AgentDelivery):
+    """Stands in for the delivery agent on the spooled lane (submit_spooled): the job is
+    made from the spool by the real encoder and answered as `Peer` answers (results,
+    recorded by the worker), or as an agent that died (`Deferred`)."""
+
+    def __init__(self, loop, spool, answers, died: bool = False) -> None:
+        super().__init__(encode=spool.encode_jobs)
+        self.peer, self.died = Peer(loop, answers), died
+        self.calls = self.peer.calls
+
+    def submit_spooled(self, key, targets, opts, queue_id, done) -> bool:
+        self.calls.append("spooled")
+        payload, left = self._encode([(1, queue_id, marshal.dumps(key, 2) + marshal.dumps([], 2)
+                                       + marshal.dumps(None, 2))])
+        if left:
+            self.peer.loop.call_soon(done, UNSENT)
+            return True
+        m = marshal.loads(payload)[0][5]
+        msg = OutMessage(m[0], m[1], tuple(OutRcpt(*r) for r in m[2]), *m[3:])
+        out = Deferred("4.3.0", "delivery agent died; will retry") if self.died else self.peer._results(msg)
+        self.peer.loop.call_soon(done, out)
+        return True
+
+    def submit(self, *a, **kw) -> bool:
+        return self.peer.submit(*a[:5])
+
+    async def deliver(self, *a):
+        return await self.peer.deliver(*a)
+
+    async def close(self) -> None:
+        pass
+
+
+async def _run_spooled(tmp, messages, died: bool = False):
+    srv = await _server(tmp)
+    try:
+        peer = srv.queue.smtp = SpooledPeer(asyncio.get_running_loop(), srv.spool.spool, ANSWERS, died)
+        qids = [_submit(srv, rcpts, from_session=True) for rcpts in messages]
+        await _settle(srv, qids)
+        return _outcome(srv, tmp, qids), peer.calls
+    finally:
+        await srv.stop()
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_the_spooled_lane_leaves_what_the_general_path_leaves(tmp_path, name):
+    """A fresh message from a session: its job made from the spool entry, the outcome
+    recorded from the entry; the spool, the log and the DSNs as the general path leaves them
+    (a DSN, which comes from no session, takes the general lane)."""
+    fast, calls = uvloop.run(_run_spooled(str(tmp_path / "fast"), SCENARIOS[name]))
+    slow, _ = uvloop.run(_run_scenario(str(tmp_path / "slow"), SCENARIOS[name], lane=False))
+    dsn = 1 if name in ("bounced", "mixed") else 0
+    assert calls == ["spooled"] * len(SCENARIOS[name]) + ["submit"] * dsn
+    assert fast == slow
+
+
+def test_a_spooled_job_of_a_dead_agent_is_deferred_and_one_not_fresh_goes_the_general_way(tmp_path):
+    async def main():
+        srv = await _server(str(tmp_path))
+        try:
+            srv.queue.smtp = SpooledPeer(asyncio.get_running_loop(), srv.spool.spool, {}, died=True)
+            qid = _submit(srv, ["a@example.test", "b@example.test"], from_session=True)
+            await _settle(srv, [qid])
+            deferred = [(r.state, r.attempts, r.last_reply) for r in srv.spool.spool.get(qid).recipients]
+            # Attempted once: no longer fresh, so the encoder leaves it out and the queue
+            # takes its general path (the stand-in's lane answers 250 there), due now.
+            await srv.spool.update(qid, [(i, "deferred", 1, time.time() - 1, "451 4.3.0 x") for i in (0, 1)])
+            peer = srv.queue.smtp = SpooledPeer(asyncio.get_running_loop(), srv.spool.spool, {})
+            srv.queue._start_spooled(qid, [("a@example.test", None, None), ("b@example.test", None, None)])
+            await _settle(srv, [qid])
+            return deferred, peer.calls, srv.spool.spool.get(qid)
+        finally:
+            await srv.stop()
+    deferred, calls, env = uvloop.run(main())
+    assert deferred == [("deferred", 1, "451 4.3.0 delivery agent died; will retry")] * 2
+    assert calls == ["spooled", "submit"] and env is None

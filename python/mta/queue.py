@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from mta import bounce, privileges
 from mta.delivery import OutMessage, OutRcpt, RcptResult, Target, results_for
-from mta.delivery.agent import LOGGED, AgentDelivery
+from mta.delivery.agent import LOGGED, UNSENT, AgentDelivery, Deferred
 from mta.delivery.maildir import deliver_maildir_async
 from mta.delivery.smtp import SmtpDelivery, SmtpOptions
 from mta.deliverylog import DeliveryLog
@@ -61,7 +61,8 @@ class QueueManager:
             log.error("the delivery agent could not start as user %s (%s): delivering in the "
                       "worker instead, as with delivery.agent = false", server.cfg.privileges.user, why)
             agent = False
-        self.smtp = AgentDelivery(cpus=server.affinity.helpers, log_fd=self.dlog.fd) if agent else SmtpDelivery()
+        self.smtp = AgentDelivery(cpus=server.affinity.helpers, log_fd=self.dlog.fd,
+                                  encode=self.spool.spool.encode_jobs) if agent else SmtpDelivery()
         # (transport, how the callback lane reaches it: see _start_fast), made at first use.
         self._lane: tuple[object, str | None] = (None, None)
         self._fast_ways: dict[int, tuple] = {}  # id(spec) -> _fast_way(spec)
@@ -115,13 +116,16 @@ class QueueManager:
                 self._backoff.pop(q, None)
         self.kick()
 
-    def new_message(self, qid: str) -> None:
+    def new_message(self, qid: str, recipients: list[tuple] | None = None) -> None:
         """A message just became durable: start on it at once when the
-        window has room, without asking the spool what is due."""
+        window has room, without asking the spool what is due. `recipients`:
+        its recipients as spooled ((address, notify, orcpt)), from the session
+        that spooled it, for `_start_spooled`."""
         if self._task is None or self._stopping:
             return
         if len(self.active) < self.dcfg.max_active:
-            self._start(qid)
+            if recipients is None or not self._start_spooled(qid, recipients):
+                self._start(qid)
         else:
             self._refill = True  # taken up when the window drains to half
 
@@ -306,6 +310,67 @@ class QueueManager:
             return False
         self._fast.add(msg.queue_id)
         return True
+
+    def _start_spooled(self, qid: str, recipients: list[tuple]) -> bool:
+        """A fresh message's first attempt through the delivery agent, routed as
+        `_start_fast` routes, with its job made from the spool entry in Rust
+        (AgentDelivery.submit_spooled): nothing of the message becomes a Python
+        object unless the outcome needs recording (see _spooled_done). False: the
+        caller takes `_start`."""
+        smtp = self.smtp
+        if not isinstance(smtp, AgentDelivery) or qid in self._excluded or qid in self.active:
+            return False
+        fixed = self.router.fixed
+        spec = fixed(recipients[0][0])
+        if spec is None:
+            return False
+        for r in recipients[1:]:
+            s = fixed(r[0])
+            if s is not spec and s != spec:
+                return False
+        way = self._fast_ways.get(id(spec))
+        if way is None or way[0] is not spec:
+            way = self._fast_way(spec)
+            if way is None:
+                return False
+        _, key, opts, targets = way
+        if targets is None:
+            res = self.resolver.cached_host(spec.host, spec.port)
+            if res is None or not res.targets:
+                return False
+            targets = res.targets
+        if not smtp.submit_spooled(key, targets, opts, qid, lambda out: self._spooled_done(qid, out)):
+            return False
+        self.active.add(qid)
+        self._fast.add(qid)
+        return True
+
+    def _spooled_done(self, qid: str, out) -> None:
+        """The outcome of a `_start_spooled` job: all delivered and logged by the agent
+        (LOGGED): one DELETE; anything else is recorded as `_fast_done` records it, from
+        the spool's entry (the message was not touched meanwhile: it is active)."""
+        if self._abandoned:
+            return
+        if out is LOGGED:
+            self.spool.delete_then(qid, lambda error: self._fast_end(qid, None if error is None else SpoolError(error)))
+            return
+        if out is UNSENT:  # not fresh after all: the general way
+            self._fast.discard(qid)
+            self.active.discard(qid)
+            self._start(qid)
+            return
+        try:
+            prep = self._prepare(qid)
+        except Exception as e:  # unreadable now: retried after the back-off
+            self._fast_end(qid, e)
+            return
+        if prep is None:
+            self._fast_end(qid, None)
+            return
+        env, spooled, msg = prep
+        if isinstance(out, Deferred):
+            out = results_for(msg, 451, out.enhanced, out.text)
+        self._fast_done(env, spooled, msg, out)
 
     def _fast_way(self, spec: TransportSpec) -> tuple | None:
         """(spec, destination key, options, targets or None: ask the DNS cache) for a

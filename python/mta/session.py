@@ -670,7 +670,7 @@ class Session(SubmissionMixin, asyncio.Protocol):
                     # After the 250 is written: the client does not wait for its own
                     # message's first delivery step (in a group commit, it still waits
                     # for those of the messages completed before it).
-                    self.server.queue.new_message(tx.queue_id)
+                    self.server.queue.new_message(tx.queue_id, tx.final)
 
         return stored
 

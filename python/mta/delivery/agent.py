@@ -28,7 +28,7 @@ import socket
 import sys
 import time
 from dataclasses import fields
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 from mta.delivery import OutMessage, OutRcpt, RcptResult, Target, results_for
 from mta.delivery.smtp import SmtpDelivery, SmtpOptions
@@ -56,14 +56,41 @@ class _Logged:
 LOGGED = _Logged()
 
 
+class _Unsent:
+    """What `done` gets for a `submit_spooled` job whose message could not be made into a
+    job from the spool (gone, held, attempted already, unreadable): nothing was sent."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "UNSENT"
+
+
+UNSENT = _Unsent()
+
+
+class Deferred(NamedTuple):
+    """What `done` gets for a `submit_spooled` job that failed as a whole (the agent died,
+    or failed on it): the caller, who has the message, makes its 451 results."""
+
+    enhanced: str
+    text: str
+
+
 class _Framed(asyncio.Protocol):
     """Length-prefixed marshal frames over a stream socket, batched per `_WINDOW`."""
 
-    def __init__(self, on_items: Callable[[list], None], on_lost: Callable[[Exception | None], None]):
+    def __init__(self, on_items: Callable[[list], None], on_lost: Callable[[Exception | None], None],
+                 encode: Callable[[list], tuple[bytes, list]] | None = None,
+                 on_left: Callable[[list], None] | None = None):
         self.on_items, self.on_lost = on_items, on_lost
+        # Jobs made at the flush, in one call, by `encode` (the spool's encode_jobs):
+        # (payload, entries left out), the latter given to `on_left`.
+        self.encode, self.on_left = encode, on_left
         self.transport: asyncio.Transport | None = None
         self._buf = bytearray()
         self._out: list = []
+        self._spooled: list = []
         self._size = 0
         self._scheduled = False
         self._loop = asyncio.get_running_loop()  # once: each call is a getpid() syscall
@@ -112,12 +139,34 @@ class _Framed(asyncio.Protocol):
             self._scheduled = True
             self._loop.call_later(_WINDOW, self.flush)
 
+    def send_spooled(self, entry: tuple) -> None:
+        """A job that `encode` makes at the flush (see __init__)."""
+        self._spooled.append(entry)
+        if len(self._spooled) >= 256:
+            self.flush()
+        elif not self._scheduled:
+            self._scheduled = True
+            self._loop.call_later(_WINDOW, self.flush)
+
     def flush(self) -> None:
         self._scheduled = False
         items, self._out, self._size = self._out, [], 0
         if items and self.transport is not None:
             payload = marshal.dumps(items)
             self.transport.writelines((len(payload).to_bytes(4, "big"), payload))  # no copy of the batch
+        if self._spooled:
+            jobs, self._spooled = self._spooled, []
+            payload, left = self.encode(jobs)
+            if self.transport is not None:
+                self.transport.writelines((len(payload).to_bytes(4, "big"), payload))
+            if left:
+                self.on_left(left)
+
+
+def _deferral(m: OutMessage | str, text: str) -> list[RcptResult] | Deferred:
+    """A job that failed as a whole: 451 4.3.0 for each recipient, or, for a spooled job
+    (`m` is its queue id), a `Deferred` the caller turns into those."""
+    return Deferred("4.3.0", text) if isinstance(m, str) else results_for(m, 451, "4.3.0", text)
 
 
 def _result_row(r: RcptResult) -> tuple:
@@ -134,9 +183,12 @@ class AgentDelivery:
     `close`, served by the agent process (started by `prestart`, at the server's
     start, or else at the first delivery)."""
 
-    def __init__(self, cpus: frozenset[int] = frozenset(), log_fd: int | None = None) -> None:
+    def __init__(self, cpus: frozenset[int] = frozenset(), log_fd: int | None = None,
+                 encode: Callable[[list], tuple[bytes, list]] | None = None) -> None:
         self._cpus = cpus  # where the agent runs (mta.affinity); empty: anywhere
         self._log_fd = log_fd  # the delivery log's open file (None: stderr), for LOGGED jobs
+        self._encode = encode  # the spool's encode_jobs, for submit_spooled; None: not offered
+        self._heads: dict[tuple, tuple] = {}  # (key, id(targets), id(opts)) -> (targets, opts, head)
         self._proto: _Framed | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._starting: asyncio.Task | None = None
@@ -183,25 +235,64 @@ class AgentDelivery:
         self._send(proto, key, targets, opts, msg, done, log)
         return True
 
+    def submit_spooled(self, key: str, targets: Sequence[Target], opts: SmtpOptions, queue_id: str,
+                       done: Callable[[list[RcptResult] | _Logged | _Unsent | Deferred], object]) -> bool:
+        """`submit` for a fresh message in the spool (every recipient queued, none tried),
+        logged by the agent when all are delivered: the job is made from the spool entry,
+        in Rust, at the next flush (the spool's encode_jobs), so the event loop makes no
+        Python object of the message. `done` is called exactly once: LOGGED, the results,
+        `Deferred` (the job failed as a whole; the caller makes the 451s) or UNSENT (the
+        entry was not fresh: nothing was sent). False, and nothing sent, when the agent is
+        not running or this was made without the spool."""
+        proto = self._proto
+        if proto is None or proto.transport is None or self._closed or self._encode is None:
+            return False
+        job = self._next
+        self._next += 1
+        self._pending[job] = (done, queue_id)
+        hk = (key, id(targets), id(opts))
+        hit = self._heads.get(hk)
+        if hit is None or hit[0] is not targets or hit[1] is not opts:
+            if len(self._heads) > 1000:  # route hooks may make options or targets on the fly
+                self._heads.clear()
+            # Version 2: no back-references, so the pieces concatenate with the job's own.
+            head = b"".join(marshal.dumps(x, 2) for x in (key, self._form(targets), self._form(opts)))
+            hit = self._heads[hk] = (targets, opts, head)
+        proto.send_spooled((job, queue_id, hit[2]))
+        return True
+
+    def _left(self, jobs: list[int]) -> None:
+        """Spooled jobs encode_jobs left out: nothing of them was sent."""
+        for job in jobs:
+            entry = self._pending.pop(job, None)
+            if entry is not None:
+                self._answer(entry, UNSENT)
+
+    def _answer(self, entry: tuple, res) -> None:
+        try:
+            entry[0](res)
+        except Exception:  # one caller's bug must not lose the other results
+            m = entry[1]
+            log.exception("delivery agent: result callback for %s failed", m if isinstance(m, str) else m.queue_id)
+
+    def _form(self, x):
+        """The marshal form of an options or targets object, made once per object: the same
+        few come with every job (the queue manager keeps them)."""
+        hit = self._forms.get(id(x))
+        if hit is None or hit[0] is not x:
+            if len(self._forms) > 1000:  # route hooks may make options on the fly
+                self._forms.clear()
+            form = tuple(getattr(x, f) for f in _OPT_FIELDS) if isinstance(x, SmtpOptions) \
+                else [tuple(t) for t in x]
+            hit = self._forms[id(x)] = (x, form)
+        return hit[1]
+
     def _send(self, proto: _Framed, key: str, targets: Sequence[Target], opts: SmtpOptions,
               msg: OutMessage, done: Callable, log: tuple | None = None) -> int:
         job = self._next
         self._next += 1
         self._pending[job] = (done, msg)
-        # The same few options and target lists come with every job: their marshal form
-        # is made once per object (the queue manager keeps them), not per message.
-        hit = self._forms.get(id(opts))
-        if hit is None or hit[0] is not opts:
-            if len(self._forms) > 1000:  # route hooks may make options on the fly
-                self._forms.clear()
-            hit = self._forms[id(opts)] = (opts, tuple(getattr(opts, f) for f in _OPT_FIELDS))
-        o = hit[1]
-        hit = self._forms.get(id(targets))
-        if hit is None or hit[0] is not targets:
-            if len(self._forms) > 1000:
-                self._forms.clear()
-            hit = self._forms[id(targets)] = (targets, [tuple(x) for x in targets])
-        proto.send(("job", job, key, hit[1], o,
+        proto.send(("job", job, key, self._form(targets), self._form(opts),
                     (msg.queue_id, msg.sender, [tuple(r) for r in msg.recipients],
                      msg.data, msg.body, msg.smtputf8, msg.ret, msg.envid, msg.arrival), log), len(msg.data))
         return job
@@ -212,19 +303,16 @@ class AgentDelivery:
             entry = pending.pop(item[1], None)
             if entry is None:
                 continue
-            done, msg = entry
             kind = item[0]
             if kind == "ok":  # delivered, and logged by the agent
                 res = LOGGED
             elif kind == "res":
                 res = [RcptResult(*row) for row in item[2]]
             else:  # ("err", job, text): the agent failed on this job; retry later
-                log.error("delivery agent: job for %s failed: %s", msg.queue_id, item[2])
-                res = results_for(msg, 451, "4.3.0", "internal delivery error")
-            try:
-                done(res)
-            except Exception:  # one caller's bug must not lose the other results in this frame
-                log.exception("delivery agent: result callback for %s failed", msg.queue_id)
+                m = entry[1]
+                log.error("delivery agent: job for %s failed: %s", m if isinstance(m, str) else m.queue_id, item[2])
+                res = _deferral(m, "internal delivery error")
+            self._answer(entry, res)
 
     def _on_lost(self, exc: Exception | None) -> None:
         self._proto = None
@@ -232,11 +320,8 @@ class AgentDelivery:
             log.error("delivery agent connection lost (%s): %d deliveries deferred",
                       exc or "agent exited", len(self._pending))
         pending, self._pending = self._pending, {}
-        for done, msg in pending.values():
-            try:
-                done(results_for(msg, 451, "4.3.0", "delivery agent died; will retry"))
-            except Exception:
-                log.exception("delivery agent: result callback for %s failed", msg.queue_id)
+        for entry in pending.values():
+            self._answer(entry, _deferral(entry[1], "delivery agent died; will retry"))
 
     def prestart(self) -> None:
         """Start the agent now, at the server's start, not at the first delivery: the
@@ -294,7 +379,8 @@ class AgentDelivery:
         finally:
             theirs.close()
         try:
-            _, proto = await loop.create_unix_connection(lambda: _Framed(self._on_items, self._on_lost), sock=ours)
+            _, proto = await loop.create_unix_connection(
+                lambda: _Framed(self._on_items, self._on_lost, self._encode, self._left), sock=ours)
         except BaseException:
             ours.close()
             raise

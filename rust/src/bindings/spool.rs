@@ -3,6 +3,7 @@
 //! reading); the format, the writer and the due schedule live in `crate::spool`.
 //! CONTRACT used by bindings/smtp.rs: `PyMessage::push(&mut self, &[u8])`
 //! appends body bytes (already unstuffed) to the in-flight message.
+use crate::bindings::marshal;
 use crate::errors::spool_err;
 use crate::spool::incoming::Incoming;
 use crate::spool::index::Entry;
@@ -354,6 +355,34 @@ impl PySpool {
     fn message_bytes<'py>(&self, py: Python<'py>, queue_id: &str) -> PyResult<Option<Bound<'py, PyBytes>>> {
         let v = py.detach(|| self.0.message_bytes(queue_id)).map_err(spool_err)?;
         Ok(v.map(|b| PyBytes::new(py, &b)))
+    }
+    /// The delivery agent's frame payload (a marshal list of job items) for `jobs`, each
+    /// (job number, queue id, the marshal form of (key, targets, options)), and the job
+    /// numbers left out: a message gone, held, not fresh (a recipient attempted already)
+    /// or unreadable, which the caller sends its general way (bindings/marshal.rs).
+    fn encode_jobs<'py>(&self, py: Python<'py>, jobs: Vec<(i64, String, Vec<u8>)>)
+        -> (Bound<'py, PyBytes>, Vec<i64>) {
+        let (frame, left) = py.detach(|| {
+            let mut items = Vec::with_capacity(jobs.len());
+            let mut left = Vec::new();
+            for (job, qid, head) in &jobs {
+                match self.0.get(qid).filter(marshal::fresh) {
+                    Some(e) => match self.0.message_bytes(qid) {
+                        Ok(Some(data)) => items.push((*job, head, e, data)),
+                        _ => left.push(*job),
+                    },
+                    None => left.push(*job),
+                }
+            }
+            let size: usize = items.iter().map(|(_, h, _, d)| h.len() + d.len() + 256).sum();
+            let mut out = marshal::Marshal(Vec::with_capacity(size + 5));
+            out.seq(b'[', items.len());
+            for (job, head, e, data) in &items {
+                marshal::job(&mut out, *job, head, e, data);
+            }
+            (out.0, left)
+        });
+        (PyBytes::new(py, &frame), left)
     }
     fn close(&self, py: Python<'_>) {
         py.detach(|| self.0.close())

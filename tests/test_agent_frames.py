@@ -1,0 +1,127 @@
+"""The delivery agent's job frames made in Rust from spool entries (Spool.encode_jobs,
+rust/src/bindings/marshal.rs) against the ones the worker's Python makes
+(AgentDelivery._send) for the same messages: the same items, value for value and type
+for type, for any envelope; entries that are not fresh (held, a recipient attempted,
+gone) are left out and named."""
+
+from __future__ import annotations
+
+import asyncio
+import marshal
+import time
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mta._native import Spool
+from mta.delivery import OutMessage, OutRcpt, Target
+from mta.delivery.agent import AgentDelivery
+from mta.delivery.smtp import SmtpOptions
+
+from test_spool import completions, fill
+
+OPTS = SmtpOptions(helo="mx.test", tls="none", max_connections=3)
+TARGETS = (Target("relay.test", "192.0.2.7", 2525), Target("relay.test", "2001:db8::7", 2525))
+KEY = "smarthost:relay.test:2525"
+
+local = st.text(st.characters(min_codepoint=33, max_codepoint=0x2FFF, exclude_characters='<>@"\\ '),
+                min_size=1, max_size=12)
+address = st.builds(lambda a, d: f"{a}@{d}", local, st.sampled_from(["example.test", "bücher.test", "x.test"]))
+rcpt = st.tuples(address,
+                 st.one_of(st.none(), st.sampled_from([["NEVER"], ["SUCCESS"], ["SUCCESS", "FAILURE", "DELAY"],
+                                                       ["DELAY", "FAILURE"]])),
+                 st.one_of(st.none(), address.map(lambda a: "rfc822;" + a)))
+envelope = st.fixed_dictionaries({
+    "sender": st.one_of(st.just(""), address),
+    "recipients": st.lists(rcpt, min_size=1, max_size=4),
+    "body": st.sampled_from([None, "7BIT", "8BITMIME"]),
+    "smtputf8": st.booleans(),
+    "ret": st.sampled_from([None, "FULL", "HDRS"]),
+    "envid": st.one_of(st.none(), st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=20)),
+    "arrival": st.floats(min_value=1e9, max_value=4e9),
+})
+
+
+class _Capture:
+    """Stands in for the agent connection: keeps what AgentDelivery._send sends."""
+
+    def __init__(self) -> None:
+        self.items: list = []
+
+    def send(self, item, size=0) -> None:
+        self.items.append(item)
+
+
+def python_item(spool: Spool, qid: str, job: int) -> tuple:
+    """The item the Python path sends for this entry (as QueueManager._prepare reads it)."""
+    env = spool.get(qid)
+    rcpts = tuple(OutRcpt(r.address, r.notify, r.orcpt, i) for i, r in enumerate(env.recipients))
+    msg = OutMessage(qid, env.sender, rcpts, spool.message_bytes(qid), env.body, env.smtputf8, env.ret,
+                     env.envid, env.arrival)
+    d, cap = AgentDelivery(), _Capture()
+    d._next = job
+    d._send(cap, KEY, TARGETS, OPTS, msg, lambda res: None,
+            log=(env.arrival, tuple(r.attempts + 1 for r in env.recipients)))
+    return cap.items[0]
+
+
+def head() -> bytes:
+    d = AgentDelivery()
+    return b"".join(marshal.dumps(x, 2) for x in (KEY, d._form(TARGETS), d._form(OPTS)))
+
+
+def typed(x):
+    """A value with its type at every level (1 == 1.0 == True must not pass)."""
+    if isinstance(x, (tuple, list)):
+        return (type(x).__name__, [typed(v) for v in x])
+    return (type(x).__name__, x)
+
+
+def store(spool: Spool, envs: list[dict], data: bytes) -> list[str]:
+    qids = []
+    for i, e in enumerate(envs):
+        qid = spool.new_queue_id()
+        spool.submit(i + 1, qid, fill(spool, data), helo="client.test", client_ip="192.0.2.1", **e)
+        qids.append(qid)
+    asyncio.run(completions(spool, len(envs)))
+    return qids
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(envs=st.lists(envelope, min_size=1, max_size=5),
+       data=st.binary(min_size=0, max_size=3000).map(lambda b: b"Subject: t\r\n\r\n" + b),
+       first_job=st.sampled_from([1, 2**31 - 2, 2**31, 2**40 + 5]))
+def test_encoded_jobs_are_the_python_paths_items(tmp_path_factory, envs, data, first_job):
+    spool = Spool(str(tmp_path_factory.mktemp("spool")), sync=False)
+    try:
+        qids = store(spool, envs, data)
+        jobs = [(first_job + i, qid, head()) for i, qid in enumerate(qids)]
+        payload, left = spool.encode_jobs(jobs)
+        assert left == []
+        items = marshal.loads(payload)
+        assert len(items) == len(qids)
+        for (job, qid, _), item in zip(jobs, items):
+            assert typed(item) == typed(python_item(spool, qid, job))
+    finally:
+        spool.close()
+
+
+def test_entries_not_fresh_are_left_out_and_named(tmp_path):
+    spool = Spool(str(tmp_path / "spool"), sync=False)
+    try:
+        env = {"sender": "a@example.test", "recipients": [("b@example.test", None, None), ("c@x.test", None, None)]}
+        fresh, attempted, held, deleted = store(spool, [env] * 4, b"Subject: t\r\n\r\nbody\r\n")
+        spool.update(10, attempted, [(1, "deferred", 1, time.time() + 60, "451 4.0.0 later")])
+        spool.hold(11, held, True)
+        spool.delete(12, deleted)
+        asyncio.run(completions(spool, 3))
+        jobs = [(1, fresh, head()), (2, attempted, head()), (3, held, head()), (4, deleted, head()),
+                (5, "NoSuchId00", head())]
+        payload, left = spool.encode_jobs(jobs)
+        assert sorted(left) == [2, 3, 4, 5]
+        [item] = marshal.loads(payload)
+        assert item[1] == 1 and item[5][0] == fresh
+        assert typed(item) == typed(python_item(spool, fresh, 1))
+        assert spool.encode_jobs([]) == (marshal.dumps([], 2), [])
+    finally:
+        spool.close()
