@@ -235,18 +235,22 @@ class QueueManager:
         base = sched[attempts - 1] if attempts <= len(sched) else self.dcfg.retry_interval
         return base * (1 + random.uniform(0, self.dcfg.retry_jitter / 100))
 
-    def _prepare(self, qid: str) -> tuple | None:
+    def _prepare(self, qid: str, made: bool = False) -> tuple | None:
         """(envelope, its recipients as read once, the message) for an attempt;
-        None when there is nothing to attempt (gone, held, nothing due)."""
+        None when there is nothing to attempt (gone, held, nothing due). `made`: for
+        an attempt already made of a fresh message (_spooled_done): its recipients are
+        the ones still queued, held or not (a hold during the attempt stops retries,
+        not the recording of this one)."""
         spool = self.spool.spool
         env = spool.get(qid)
-        if env is None or env.held:
+        if env is None or (env.held and not made):
             return None
         data = spool.message_bytes(qid)
         now = time.time()
         spooled = env.recipients  # each read of the property builds the list anew
         rcpts = tuple([OutRcpt(r.address, r.notify, r.orcpt, i) for i, r in enumerate(spooled)
-                       if (st := r.state) == "queued" or (st == "deferred" and (r.next_attempt or 0) <= now)])
+                       if (st := r.state) == "queued"
+                       or (st == "deferred" and not made and (r.next_attempt or 0) <= now)])
         if data is None or not rcpts:
             return None
         msg = OutMessage(qid, env.sender, rcpts, data, env.body, env.smtputf8, env.ret, env.envid, env.arrival)
@@ -360,7 +364,7 @@ class QueueManager:
             self._start(qid)
             return
         try:
-            prep = self._prepare(qid)
+            prep = self._prepare(qid, made=True)
         except Exception as e:  # unreadable now: retried after the back-off
             self._fast_end(qid, e)
             return
