@@ -280,6 +280,9 @@ class SpooledPeer(AgentDelivery):
 
     def submit_spooled(self, key, targets, opts, queue_id, done) -> bool:
         self.calls.append("spooled")
+        if self.peer.hold:  # kept until release(), answered UNSENT then
+            self.peer.held.append((done, UNSENT))
+            return True
         payload, left = self._encode([(1, queue_id, marshal.dumps(key, 2) + marshal.dumps([], 2)
                                        + marshal.dumps(None, 2))])
         if left:
@@ -344,3 +347,31 @@ def test_a_spooled_job_of_a_dead_agent_is_deferred_and_one_not_fresh_goes_the_ge
     deferred, calls, env = uvloop.run(main())
     assert deferred == [("deferred", 1, "451 4.3.0 delivery agent died; will retry")] * 2
     assert calls == ["spooled", "submit"] and env is None
+
+
+def test_a_spooled_job_answered_unsent_while_stopping_ends_the_wait_and_stays_queued(tmp_path):
+    async def main():
+        srv = await _server(str(tmp_path))
+        peer = srv.queue.smtp = SpooledPeer(asyncio.get_running_loop(), srv.spool.spool, {})
+        peer.peer.hold = True
+        qid = _submit(srv, ["a@example.test"], from_session=True)
+        while not peer.peer.held:
+            await asyncio.sleep(0.01)
+        stopping = asyncio.ensure_future(srv.stop())
+        while not srv.queue._stopping:
+            await asyncio.sleep(0.01)
+        peer.peer.release()  # UNSENT while stop() waits for the lane
+        await asyncio.wait_for(stopping, 60)
+        return srv.queue._abandoned, peer.calls, qid
+    abandoned, calls, qid = uvloop.run(main())
+    assert calls == ["spooled"]  # not started again on the general path while stopping
+    assert abandoned is False  # the wait for the lane ended with the answer, not at the grace period
+    # Still queued, never attempted: a server started on the same spool delivers it.
+    async def again():
+        srv = await _server(str(tmp_path))
+        try:
+            env = srv.spool.spool.get(qid)
+            return [(r.state, r.attempts) for r in env.recipients]
+        finally:
+            await srv.stop()
+    assert uvloop.run(again()) == [("queued", 0)]

@@ -343,10 +343,12 @@ class QueueManager:
             if res is None or not res.targets:
                 return False
             targets = res.targets
-        if not smtp.submit_spooled(key, targets, opts, qid, lambda out: self._spooled_done(qid, out)):
-            return False
         self.active.add(qid)
         self._fast.add(qid)
+        if not smtp.submit_spooled(key, targets, opts, qid, lambda out: self._spooled_done(qid, out)):
+            self._fast.discard(qid)
+            self.active.discard(qid)
+            return False
         return True
 
     def _spooled_done(self, qid: str, out) -> None:
@@ -358,10 +360,10 @@ class QueueManager:
         if out is LOGGED:
             self.spool.delete_then(qid, lambda error: self._fast_end(qid, None if error is None else SpoolError(error)))
             return
-        if out is UNSENT:  # not fresh after all: the general way
-            self._fast.discard(qid)
-            self.active.discard(qid)
-            self._start(qid)
+        if out is UNSENT:  # not fresh after all: the general way (after a restart, if stopping)
+            self._fast_end(qid, None)
+            if not self._stopping:
+                self._start(qid)
             return
         try:
             prep = self._prepare(qid, made=True)

@@ -140,11 +140,10 @@ class _Framed(asyncio.Protocol):
             self._loop.call_later(_WINDOW, self.flush)
 
     def send_spooled(self, entry: tuple) -> None:
-        """A job that `encode` makes at the flush (see __init__)."""
+        """A job that `encode` makes at the flush (see __init__). Never flushes here: the
+        flush answers the entries left out, which must not run inside the caller's submit."""
         self._spooled.append(entry)
-        if len(self._spooled) >= 256:
-            self.flush()
-        elif not self._scheduled:
+        if not self._scheduled:
             self._scheduled = True
             self._loop.call_later(_WINDOW, self.flush)
 
