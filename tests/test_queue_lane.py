@@ -145,11 +145,15 @@ SCENARIOS = {
 ANSWERS = {"busy": (451, "4.3.0"), "gone": (550, "5.1.1"), "from": (451, "4.2.1")}
 
 
-async def _run_scenario(tmp, messages, lane: bool):
+async def _run_scenario(tmp, messages, lane: bool, spooled: bool = False):
+    """The messages through the lane (or the general path), or, `spooled`, handed over
+    as a session hands them to a SpooledPeer (the spooled lane)."""
     srv = await _server(tmp)
     try:
-        peer = srv.queue.smtp = Peer(asyncio.get_running_loop(), ANSWERS, lane=lane)
-        qids = [_submit(srv, rcpts) for rcpts in messages]
+        loop = asyncio.get_running_loop()
+        peer = srv.queue.smtp = SpooledPeer(loop, srv.spool.spool, ANSWERS) if spooled \
+            else Peer(loop, ANSWERS, lane=lane)
+        qids = [_submit(srv, rcpts, from_session=spooled) for rcpts in messages]
         await _settle(srv, qids)
         return _outcome(srv, tmp, qids), peer.calls
     finally:
@@ -304,23 +308,12 @@ class SpooledPeer(AgentDelivery):
         pass
 
 
-async def _run_spooled(tmp, messages, died: bool = False):
-    srv = await _server(tmp)
-    try:
-        peer = srv.queue.smtp = SpooledPeer(asyncio.get_running_loop(), srv.spool.spool, ANSWERS, died)
-        qids = [_submit(srv, rcpts, from_session=True) for rcpts in messages]
-        await _settle(srv, qids)
-        return _outcome(srv, tmp, qids), peer.calls
-    finally:
-        await srv.stop()
-
-
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
 def test_the_spooled_lane_leaves_what_the_general_path_leaves(tmp_path, name):
     """A fresh message from a session: its job made from the spool entry, the outcome
     recorded from the entry; the spool, the log and the DSNs as the general path leaves them
     (a DSN, which comes from no session, takes the general lane)."""
-    fast, calls = uvloop.run(_run_spooled(str(tmp_path / "fast"), SCENARIOS[name]))
+    fast, calls = uvloop.run(_run_scenario(str(tmp_path / "fast"), SCENARIOS[name], lane=True, spooled=True))
     slow, _ = uvloop.run(_run_scenario(str(tmp_path / "slow"), SCENARIOS[name], lane=False))
     dsn = 1 if name in ("bounced", "mixed") else 0
     assert calls == ["spooled"] * len(SCENARIOS[name]) + ["submit"] * dsn

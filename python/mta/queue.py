@@ -276,25 +276,10 @@ class QueueManager:
         rcpts = msg.recipients
         if lane is None or self._stopping or len(rcpts) != len(spooled):
             return False
-        fixed = self.router.fixed
-        spec = fixed(rcpts[0].address)
-        if spec is None:
+        route = self._lane_route([rc.address for rc in rcpts])
+        if route is None:
             return False
-        for rc in rcpts[1:]:
-            s = fixed(rc.address)
-            if s is not spec and s != spec:
-                return False
-        way = self._fast_ways.get(id(spec))
-        if way is None or way[0] is not spec:
-            way = self._fast_way(spec)
-            if way is None:
-                return False
-        _, key, opts, targets = way
-        if targets is None:
-            res = self.resolver.cached_host(spec.host, spec.port)
-            if res is None or not res.targets:
-                return False
-            targets = res.targets
+        key, opts, targets = route
         if lane == "agent":
             # The agent logs an all-delivered outcome itself (its CPU is the less busy one)
             # and answers LOGGED; anything else comes back as results, recorded here.
@@ -324,25 +309,10 @@ class QueueManager:
         smtp = self.smtp
         if not isinstance(smtp, AgentDelivery) or qid in self._excluded or qid in self.active:
             return False
-        fixed = self.router.fixed
-        spec = fixed(recipients[0][0])
-        if spec is None:
+        route = self._lane_route([r[0] for r in recipients])
+        if route is None:
             return False
-        for r in recipients[1:]:
-            s = fixed(r[0])
-            if s is not spec and s != spec:
-                return False
-        way = self._fast_ways.get(id(spec))
-        if way is None or way[0] is not spec:
-            way = self._fast_way(spec)
-            if way is None:
-                return False
-        _, key, opts, targets = way
-        if targets is None:
-            res = self.resolver.cached_host(spec.host, spec.port)
-            if res is None or not res.targets:
-                return False
-            targets = res.targets
+        key, opts, targets = route
         self.active.add(qid)
         self._fast.add(qid)
         if not smtp.submit_spooled(key, targets, opts, qid, lambda out: self._spooled_done(qid, out)):
@@ -377,6 +347,31 @@ class QueueManager:
         if isinstance(out, Deferred):
             out = results_for(msg, 451, out.enhanced, out.text)
         self._fast_done(env, spooled, msg, out)
+
+    def _lane_route(self, addresses: list[str]) -> tuple | None:
+        """(destination key, options, targets) when every address goes, with no route
+        hook, to one smarthost or LMTP host whose address is at hand (a literal, or a
+        name with fresh answers in the DNS cache); None when a coroutine is needed."""
+        fixed = self.router.fixed
+        spec = fixed(addresses[0])
+        if spec is None:
+            return None
+        for a in addresses[1:]:
+            s = fixed(a)
+            if s is not spec and s != spec:
+                return None
+        way = self._fast_ways.get(id(spec))
+        if way is None or way[0] is not spec:
+            way = self._fast_way(spec)
+            if way is None:
+                return None
+        _, key, opts, targets = way
+        if targets is None:
+            res = self.resolver.cached_host(spec.host, spec.port)
+            if res is None or not res.targets:
+                return None
+            targets = res.targets
+        return key, opts, targets
 
     def _fast_way(self, spec: TransportSpec) -> tuple | None:
         """(spec, destination key, options, targets or None: ask the DNS cache) for a
