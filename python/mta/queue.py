@@ -276,7 +276,7 @@ class QueueManager:
         rcpts = msg.recipients
         if lane is None or self._stopping or len(rcpts) != len(spooled):
             return False
-        route = self._lane_route([rc.address for rc in rcpts])
+        route = self._lane_route(rcpts)
         if route is None:
             return False
         key, opts, targets = route
@@ -309,7 +309,7 @@ class QueueManager:
         smtp = self.smtp
         if not isinstance(smtp, AgentDelivery) or qid in self._excluded or qid in self.active:
             return False
-        route = self._lane_route([r[0] for r in recipients])
+        route = self._lane_route(recipients)
         if route is None:
             return False
         key, opts, targets = route
@@ -348,16 +348,17 @@ class QueueManager:
             out = results_for(msg, 451, out.enhanced, out.text)
         self._fast_done(env, spooled, msg, out)
 
-    def _lane_route(self, addresses: list[str]) -> tuple | None:
-        """(destination key, options, targets) when every address goes, with no route
-        hook, to one smarthost or LMTP host whose address is at hand (a literal, or a
-        name with fresh answers in the DNS cache); None when a coroutine is needed."""
+    def _lane_route(self, rcpts) -> tuple | None:
+        """(destination key, options, targets) when every recipient (OutRcpts, or a
+        session's (address, notify, orcpt): the address first either way) goes, with no
+        route hook, to one smarthost or LMTP host whose address is at hand (a literal, or
+        a name with fresh answers in the DNS cache); None when a coroutine is needed."""
         fixed = self.router.fixed
-        spec = fixed(addresses[0])
+        spec = fixed(rcpts[0][0])
         if spec is None:
             return None
-        for a in addresses[1:]:
-            s = fixed(a)
+        for r in rcpts[1:]:
+            s = fixed(r[0])
             if s is not spec and s != spec:
                 return None
         way = self._fast_ways.get(id(spec))
