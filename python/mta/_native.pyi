@@ -431,6 +431,12 @@ class Spool:
     def message_bytes(self, queue_id: str) -> bytes | None:
         """The stored message bytes (pread, GIL released; safe while the
         writer appends or compacts)."""
+    def encode_jobs(self, jobs: list[tuple[int, str, bytes]]) -> tuple[bytes, list[int]]:
+        """The delivery agent's frame payload for `jobs`, each (job number, queue id,
+        marshal form (version 2) of (key, targets, options)): a marshal list of the
+        items AgentDelivery._send would send for those entries, with their log context;
+        and the job numbers left out (gone, held, a recipient not queued, unreadable).
+        GIL released."""
     def close(self) -> None:
         """Finish every submitted message (write, sync, complete), stop the writer, release the lock.
         Idempotent; completions() still returns what finished during close."""
