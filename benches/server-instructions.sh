@@ -10,6 +10,8 @@
 #
 #   benches/server-instructions.sh [-p PYTHONDIR] [-n N] [-- MTA_ARGS...]   (e.g. -- --no-delivery)
 #
+# PYTHONDIR (default ./python, which needs ./scripts/dev-build) holds the mta package to run.
+#
 # Needs valgrind and Postfix's smtp-source/smtp-sink (Debian packages). About 30 s at N=2000.
 set -euo pipefail
 PD=python N=2000
@@ -29,7 +31,9 @@ PYTHONPATH=$PD timeout 600 valgrind --tool=callgrind --trace-children=yes --inst
   --callgrind-out-file="$WORK/cg.%p" "$PY" -m mta run --config "$HERE/mta-bench.toml" \
   --listen "127.0.0.1:$PORT" --spool "$WORK/spool" --hostname mx.example.test \
   --relay-to "127.0.0.1:$((PORT + 1))" "$@" >"$WORK/mta.log" 2>&1 & pids=($! "${pids[@]}")
-for _ in $(seq 300); do (echo >"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.2; done
+up=""
+for _ in $(seq 300); do (echo >"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && { up=1; break; }; sleep 0.2; done
+[ -n "$up" ] || { echo "mta did not start (PYTHONPATH=$PD):" >&2; tail -20 "$WORK/mta.log" >&2; exit 1; }
 send() { timeout 600 "$SBIN/smtp-source" -s 10 -m "$1" -l 1024 -f from@example.test -t to@example.test \
   -M client.example.test "127.0.0.1:$PORT"; }
 send 200

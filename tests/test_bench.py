@@ -526,9 +526,12 @@ def test_settle_waits_for_busy_cpus_up_to_its_limit_and_reports_the_idle_share()
 def test_server_instructions_counts_the_worker_and_the_agent():
     """benches/server-instructions.sh (a benchmark): a short callgrind run of the real
     server relaying, one figure per process (the figures themselves are not asserted)."""
+    import mta
+
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run(["bash", os.path.join(root, "benches", "server-instructions.sh"), "-n", "100"],
-                         capture_output=True, text=True, timeout=300)
+    package_dir = os.path.dirname(os.path.dirname(os.path.abspath(mta.__file__)))  # the one under test
+    out = subprocess.run(["bash", os.path.join(root, "benches", "server-instructions.sh"), "-p", package_dir,
+                          "-n", "100"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     figures = dict(line.rsplit(None, 2)[:2] for line in out.stdout.splitlines() if line.endswith("instructions/msg"))
     assert set(figures) == {"worker", "delivery agent"}, out.stdout
