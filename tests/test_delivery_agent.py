@@ -428,3 +428,21 @@ def test_spooled_jobs_are_made_from_the_spool_and_answered_once_each(tmp_path):
     delivered = [e for e in h.envelopes if e["rcpt_tos"] == ["a@dst.test"]]
     assert len(delivered) == 1 and delivered[0]["data"] == data
     assert not any("c@dst.test" in e["rcpt_tos"] for e in h.envelopes)  # nothing sent for it
+
+
+def test_spooled_jobs_that_cannot_be_made_are_handed_back_not_lost():
+    """A failing encoder (a bug) sends nothing and names every job left out, so the queue
+    takes their general path instead of waiting on answers that never come."""
+    async def go():
+        left: list = []
+
+        def broken(jobs):
+            raise RuntimeError("boom")
+
+        f = _Framed(lambda items: None, lambda exc: None, broken, left.extend)
+        f.send_spooled((7, "Q7", b"N"))
+        f.send_spooled((8, "Q8", b"N"))
+        f.flush()
+        return left
+
+    assert run(go()) == [7, 8]

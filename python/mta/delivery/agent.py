@@ -13,7 +13,9 @@ after a crash), and the next job starts a new agent. A job sent with its log con
 (`submit(..., log=...)`) whose recipients were all delivered is logged here, through
 the worker's delivery-log file (its fd is passed on: it was opened before privileges
 were dropped), and answered `LOGGED`: the worker's event loop, the busiest thread, then
-only deletes the message. The agent dies with the
+only deletes the message. A fresh message's job (`submit_spooled`) is made from its spool
+entry by the spool itself, in Rust, at the frame's flush: no Python object of the message
+on the worker. The agent dies with the
 worker (PR_SET_PDEATHSIG) and runs with the worker's (dropped) privileges.
 """
 
@@ -155,8 +157,12 @@ class _Framed(asyncio.Protocol):
             self.transport.writelines((len(payload).to_bytes(4, "big"), payload))  # no copy of the batch
         if self._spooled:
             jobs, self._spooled = self._spooled, []
-            payload, left = self.encode(jobs)
-            if self.transport is not None:
+            try:
+                payload, left = self.encode(jobs)
+            except Exception:  # a bug: nothing of these was sent; they go their general way
+                log.exception("delivery agent: cannot make %d job(s) from the spool", len(jobs))
+                payload, left = None, [j[0] for j in jobs]
+            if payload is not None and self.transport is not None:
                 self.transport.writelines((len(payload).to_bytes(4, "big"), payload))
             if left:
                 self.on_left(left)
@@ -191,7 +197,8 @@ class AgentDelivery:
         self._proto: _Framed | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._starting: asyncio.Task | None = None
-        self._pending: dict[int, tuple[Callable[[list[RcptResult]], object], OutMessage]] = {}
+        # job -> (done, its message; or its queue id, for a submit_spooled job)
+        self._pending: dict[int, tuple[Callable[..., object], OutMessage | str]] = {}
         self._next = 1
         self._closed = False
         self._forms: dict[int, tuple] = {}  # id(options or targets) -> (it, its marshal form)
