@@ -8,8 +8,9 @@ bounced, and a message is deleted only once all its recipients are final.
 A crash between a peer's 250 and our state record can duplicate that one
 delivery; nothing else is repeated and nothing is lost. The common attempt
 (to one smarthost, its address at hand, through the delivery agent) runs on
-callbacks instead of a task (`_start_fast`); its outcomes are recorded exactly
-as the general path records them.
+callbacks instead of a task (`_start_fast`); a new message's first one has its
+job made from the spool entry in Rust (`_start_spooled`). Their outcomes are
+recorded exactly as the general path records them.
 """
 
 from __future__ import annotations
