@@ -125,3 +125,29 @@ def test_entries_not_fresh_are_left_out_and_named(tmp_path):
         assert spool.encode_jobs([]) == (marshal.dumps([], 2), [])
     finally:
         spool.close()
+
+
+def test_a_destination_head_is_made_once_for_equal_target_lists():
+    """A smarthost's name answers from the DNS cache as a new tuple of the same targets
+    for each message: one head for all of them; other targets or options get their own."""
+    async def go():
+        d = AgentDelivery(encode=lambda jobs: (marshal.dumps([], 2), []))
+
+        class Proto:
+            transport = object()
+
+            def send_spooled(self, entry):
+                sent.append(entry)
+        sent: list = []
+        d._proto = Proto()
+        for _ in range(3):
+            assert d.submit_spooled(KEY, tuple(list(TARGETS)), OPTS, "Q1", lambda out: None)  # equal, not the same
+        assert d.submit_spooled(KEY, TARGETS[:1], OPTS, "Q2", lambda out: None)
+        other = SmtpOptions(helo="mx.test", tls="none", max_connections=4)
+        assert d.submit_spooled(KEY, TARGETS, other, "Q3", lambda out: None)
+        return d, sent
+
+    d, sent = asyncio.run(go())
+    assert len(d._heads) == 3
+    assert sent[0][2] is sent[1][2] is sent[2][2] == head()
+    assert sent[3][2] != sent[0][2] and sent[4][2] != sent[0][2]

@@ -522,7 +522,7 @@ def test_settle_waits_for_busy_cpus_up_to_its_limit_and_reports_the_idle_share()
 
 
 @pytest.mark.skipif(shutil.which("valgrind") is None or shutil.which("callgrind_control") is None,
-                    reason="valgrind is not installed")
+                    reason="valgrind is not installed (scripts/test installs it)")
 def test_server_instructions_counts_the_worker_and_the_agent():
     """benches/server-instructions.sh (a benchmark): a short callgrind run of the real
     server relaying, one figure per process (the figures themselves are not asserted)."""

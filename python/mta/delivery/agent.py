@@ -193,7 +193,7 @@ class AgentDelivery:
         self._cpus = cpus  # where the agent runs (mta.affinity); empty: anywhere
         self._log_fd = log_fd  # the delivery log's open file (None: stderr), for LOGGED jobs
         self._encode = encode  # the spool's encode_jobs, for submit_spooled; None: not offered
-        self._heads: dict[tuple, tuple] = {}  # (key, id(targets), id(opts)) -> (targets, opts, head)
+        self._heads: dict[tuple, tuple] = {}  # (key, targets, id(opts)) -> (targets, opts, head)
         self._proto: _Framed | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._starting: asyncio.Task | None = None
@@ -256,9 +256,11 @@ class AgentDelivery:
         job = self._next
         self._next += 1
         self._pending[job] = (done, queue_id)
-        hk = (key, id(targets), id(opts))
+        # Targets by value: a smarthost's name answers from the DNS cache as a new tuple
+        # each time, with the same addresses.
+        hk = (key, targets if type(targets) is tuple else id(targets), id(opts))
         hit = self._heads.get(hk)
-        if hit is None or hit[0] is not targets or hit[1] is not opts:
+        if hit is None or hit[1] is not opts or (hit[0] is not targets and hit[0] != targets):
             if len(self._heads) > 1000:  # route hooks may make options or targets on the fly
                 self._heads.clear()
             # Version 2: no back-references, so the pieces concatenate with the job's own.
