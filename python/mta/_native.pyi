@@ -271,6 +271,16 @@ def rfc3339(t: float) -> str:
 # Spool (rust/src/spool, bindings/spool.rs)
 # ---------------------------------------------------------------------------
 
+class ServerLog:
+    """The server log's buffered lines (mta.log): `add` stamps a message with the local
+    time as logging's "%(asctime)s" does, `write` writes them all (False: they could
+    not be, and are dropped). `len()` is the bytes waiting."""
+
+    def __init__(self, tag: str) -> None: ...
+    def add(self, msg: str) -> None: ...
+    def write(self, fd: int) -> bool: ...
+    def __len__(self) -> int: ...
+
 class Message:
     """An in-flight message: the bytes after dot-unstuffing, with our
     Received header first. Memory-bounded: past `spill_threshold` bytes it

@@ -110,6 +110,16 @@ _SEQUENCE_TEXT = {
 
 
 class Session(SubmissionMixin, asyncio.Protocol):
+    # Slots: no instance dict (a session is made per connection and its ~40
+    # attributes are read on every command).
+    __slots__ = (
+        "server", "cfg", "listener", "profile", "tls_mode", "tls_info", "_tls_busy", "_tls_task",
+        "parser", "state", "transport", "peer_ip", "peer_port", "trusted", "rname", "helo", "esmtp",
+        "tx", "errors", "messages", "commands", "_out", "_queue", "_waiting", "_eof", "_closing",
+        "_shutdown", "_bdat_refusal", "_bdat_size", "_last_active", "_timers", "_connected_at",
+        "guard", "_proxy", "_held", "user", "sasl", "auth_ok",
+    )
+
     def __init__(self, server: Server, listener: Listener | None = None):
         self.server = server
         self.cfg = server.cfg.smtp
@@ -167,7 +177,7 @@ class Session(SubmissionMixin, asyncio.Protocol):
         peer = transport.get_extra_info("peername") or ("", 0)
         self.peer_ip, self.peer_port = peer[0], peer[1]
         # On an implicit-TLS listener the handshake is already done here.
-        self.tls_info = TlsInfo.of(transport)
+        self.tls_info = TlsInfo.of(transport) if self.tls_mode == "implicit" else None
         self._auth_setup()
         self.server.sessions.add(self)  # the server's idle sweep watches it from now on
         if self.listener is not None and self.listener.proxy:
@@ -455,21 +465,23 @@ class Session(SubmissionMixin, asyncio.Protocol):
         if (refusal := self.guard.rcpt()) is not None:
             self._reply(refusal)
             return
-        verdict = self.server.policy.check_rcpt(r.address, self.trusted or self.user is not None)
+        address = r.address  # each read of a parser field makes a new str
+        verdict = self.server.policy.check_rcpt(address, self.trusted or self.user is not None)
         if not verdict.ok:
             self._reply(_line(verdict.code, verdict.enhanced, verdict.text))
             return
-        refusal, final = self.server.router.expand(r.address)
+        refusal, final = self.server.router.expand(address)
         if refusal is not None:
             self._reply(_line(refusal.code, refusal.enhanced, refusal.text))
             return
         tx.rcpts.append(r)
         self.guard.rcpts += 1
-        if final == [r.address]:
-            tx.final.append((r.address, r.notify, r.orcpt))
+        if len(final) == 1 and final[0] == address:
+            tx.final.append((address, r.notify, r.orcpt))
         else:
-            orcpt = r.orcpt or f"rfc822;{r.address}"
-            tx.final.extend((a, r.notify, orcpt) for a in final)
+            orcpt = r.orcpt or f"rfc822;{address}"
+            notify = r.notify
+            tx.final.extend((a, notify, orcpt) for a in final)
         if self.state is MAIL_GIVEN:
             self.state = RCPT_GIVEN
         self._out.append(R_RCPT_OK)

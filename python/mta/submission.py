@@ -26,11 +26,10 @@ def r_sender_not_owned(user: str) -> bytes:
 
 class SubmissionMixin:
     """AUTH for Session: `user` (the authenticated login or None), `sasl` (the
-    exchange in progress), `auth_ok` (AUTH may be offered right now)."""
+    exchange in progress), `auth_ok` (AUTH may be offered right now); their slots are
+    Session's."""
 
-    user: str | None = None
-    sasl: auth.SaslExchange | None = None
-    auth_ok: bool = False
+    __slots__ = ()
 
     @property
     def auth_required(self) -> bool:

@@ -1,9 +1,11 @@
 //! Rust core of `mta`: the SMTP parser (`smtp`), header rewriting (`message`),
-//! the spool (`spool`) and the delivery log's line (`logline`). These know nothing
+//! the spool (`spool`), the delivery log's line (`logline`) and the server log's
+//! buffered lines (`serverlog`). These know nothing
 //! of Python; only `bindings`, `errors` and the `#[pymodule]` below do (feature "python").
 
 pub mod logline;
 pub mod message;
+pub mod serverlog;
 pub mod smtp;
 pub mod spool;
 

@@ -1,6 +1,9 @@
-//! Python binding for `crate::logline`: `delivery_log_line`, `rfc3339`. A str argument holding a
-//! lone surrogate is passed on as its "surrogatepass" bytes (the line escapes it).
+//! Python binding for `crate::logline`: `delivery_log_line`, `rfc3339`; and for
+//! `crate::serverlog`: `ServerLog`. A delivery-log str holding a lone surrogate is passed
+//! on as its "surrogatepass" bytes (the line escapes it); a server-log one is written as
+//! "backslashreplace" makes it, as the Python version of the log did.
 use crate::logline::{line, rfc3339 as format_time, Record, Reply};
+use crate::serverlog::ServerLog;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
 use std::borrow::Cow;
@@ -74,7 +77,46 @@ fn rfc3339(t: f64) -> String {
     s
 }
 
+/// The server log's buffered lines (mta.log's fast path): `add` a message, `write` them
+/// all to a descriptor once per event-loop iteration.
+#[pyclass(name = "ServerLog", module = "mta._native")]
+pub struct PyServerLog(ServerLog);
+
+#[pymethods]
+impl PyServerLog {
+    #[new]
+    fn new(tag: &str) -> Self {
+        PyServerLog(ServerLog::new(tag))
+    }
+
+    /// One line, stamped now.
+    fn add(&mut self, msg: &Bound<'_, PyString>) -> PyResult<()> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        match msg.to_str() {
+            Ok(s) => self.0.push_local(now, s.as_bytes()),
+            Err(_) => {
+                let b = msg.call_method1("encode", ("utf-8", "backslashreplace"))?;
+                self.0.push_local(now, b.cast::<PyBytes>()?.as_bytes());
+            }
+        }
+        Ok(())
+    }
+
+    /// Write what is buffered to `fd`; False when it could not be (the lines are dropped).
+    fn write(&mut self, py: Python<'_>, fd: i32) -> bool {
+        let log = &mut self.0;
+        py.detach(|| log.write_to(fd).is_ok()) // as os.write: other threads run meanwhile
+    }
+
+    fn __len__(&self) -> usize {
+        self.0.pending().len()
+    }
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyServerLog>()?;
     m.add_function(wrap_pyfunction!(delivery_log_line, m)?)?;
     m.add_function(wrap_pyfunction!(rfc3339, m)?)
 }

@@ -1,8 +1,13 @@
 //! Python binding for `crate::message`: `received_header`, `wire_body`, `is_wire_form`. The Message class
 //! (header scanner results) is in bindings/spool.rs with the spool it feeds.
-use crate::message::trace::{local_utc_offset, received_header as build, Received};
+use crate::message::trace::{received_header as build, LocalDates, Received};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
+use std::cell::RefCell;
+
+thread_local! {
+    static DATES: RefCell<LocalDates> = const { RefCell::new(LocalDates::new()) };
+}
 
 /// The Received header we put in front of a message, dated in the local zone.
 #[pyfunction]
@@ -21,19 +26,10 @@ fn received_header<'py>(
     tls: Option<&str>,
 ) -> Bound<'py, PyBytes> {
     let time = timestamp.floor() as i64;
-    let r = Received {
-        helo,
-        reverse_name,
-        ip,
-        hostname,
-        protocol,
-        queue_id,
-        recipient,
-        tls,
-        time,
-        utc_offset_secs: local_utc_offset(time),
-    };
-    PyBytes::new(py, &build(&r))
+    DATES.with_borrow_mut(|dates| {
+        let r = Received { helo, reverse_name, ip, hostname, protocol, queue_id, recipient, tls, date: dates.at(time) };
+        PyBytes::new(py, &build(&r))
+    })
 }
 
 /// The stored message as it goes on the wire (crate::message::wire).

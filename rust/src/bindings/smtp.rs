@@ -5,6 +5,7 @@
 
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyValueError;
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
@@ -246,12 +247,28 @@ impl PySmtpParser {
     }
 }
 
+/// A fixed word of an event (verb, status) as an interned str, made once: the session
+/// compares these and looks them up in its state table on every command, and a fresh
+/// str each time costs an allocation, a decode and a hash.
+fn word<'py>(py: Python<'py>, s: &'static str) -> Bound<'py, PyString> {
+    macro_rules! interned {
+        ($($lit:literal),*) => {
+            match s {
+                $($lit => intern!(py, $lit).clone(),)*
+                _ => PyString::new(py, s),
+            }
+        };
+    }
+    interned!("EHLO", "HELO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "QUIT", "VRFY", "HELP",
+              "STARTTLS", "AUTH", "HTTP", "ok", "bare_lf", "too_big")
+}
+
 fn events_to_py(py: Python<'_>, events: Vec<Event>) -> PyResult<Bound<'_, PyList>> {
     let mut items: Vec<Bound<'_, PyAny>> = Vec::with_capacity(events.len());
     for e in events {
         let t = match e {
             Event::Command(c) => {
-                let verb = c.verb();
+                let verb = word(py, c.verb());
                 let arg: Bound<'_, PyAny> = match c {
                     Command::Ehlo(s)
                     | Command::Helo(s)
@@ -265,12 +282,14 @@ fn events_to_py(py: Python<'_>, events: Vec<Event>) -> PyResult<Bound<'_, PyList
                     Command::Bdat { size, last } => (size, last).into_pyobject(py)?.into_any(),
                     Command::Data | Command::Rset | Command::Quit | Command::StartTls => py.None().into_bound(py),
                 };
-                ("cmd", verb, arg).into_pyobject(py)?.into_any()
+                (intern!(py, "cmd"), verb, arg).into_pyobject(py)?.into_any()
             }
-            Event::Error(r) => ("error", r.code, r.enhanced, r.text).into_pyobject(py)?.into_any(),
-            Event::DataEnd(st) => ("data_end", st.as_str()).into_pyobject(py)?.into_any(),
-            Event::BdatEnd { last, status } => ("bdat_end", last, status.as_str()).into_pyobject(py)?.into_any(),
-            Event::Line(l) => ("line", PyBytes::new(py, &l)).into_pyobject(py)?.into_any(),
+            Event::Error(r) => (intern!(py, "error"), r.code, r.enhanced, r.text).into_pyobject(py)?.into_any(),
+            Event::DataEnd(st) => (intern!(py, "data_end"), word(py, st.as_str())).into_pyobject(py)?.into_any(),
+            Event::BdatEnd { last, status } => {
+                (intern!(py, "bdat_end"), last, word(py, status.as_str())).into_pyobject(py)?.into_any()
+            }
+            Event::Line(l) => (intern!(py, "line"), PyBytes::new(py, &l)).into_pyobject(py)?.into_any(),
         };
         items.push(t);
     }

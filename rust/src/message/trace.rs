@@ -12,9 +12,8 @@ pub struct Received<'a> {
     pub queue_id: &'a str,
     pub recipient: Option<&'a str>,
     pub tls: Option<&'a str>,
-    /// Unix seconds and the zone offset to print the date in.
-    pub time: i64,
-    pub utc_offset_secs: i32,
+    /// The RFC 5322 date (rfc5322_date, or LocalDates for the local zone).
+    pub date: &'a str,
 }
 
 use std::borrow::Cow;
@@ -94,7 +93,7 @@ pub fn received_header(r: &Received) -> Vec<u8> {
     if let Some(rc) = r.recipient {
         f.word(&["for <", &clean(rc), ">;"], true);
     }
-    f.word(&[&rfc5322_date(r.time, r.utc_offset_secs)], false);
+    f.word(&[r.date], false);
     f.out.push_str("\r\n");
     f.out.into_bytes()
 }
@@ -139,6 +138,34 @@ pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + (m <= 2) as i64, m, d)
 }
 
+/// The local-zone date of the last second asked for: every message received in one
+/// second shows the same date, so localtime_r and the formatting run once a second,
+/// not once a message.
+pub struct LocalDates {
+    secs: i64,
+    date: String,
+}
+
+impl LocalDates {
+    pub const fn new() -> Self {
+        LocalDates { secs: i64::MIN, date: String::new() }
+    }
+
+    pub fn at(&mut self, secs: i64) -> &str {
+        if secs != self.secs {
+            self.date = rfc5322_date(secs, local_utc_offset(secs));
+            self.secs = secs;
+        }
+        &self.date
+    }
+}
+
+impl Default for LocalDates {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// The local zone's offset from UTC at `secs` (libc localtime_r, honours TZ).
 pub fn local_utc_offset(secs: i64) -> i32 {
     let t = secs as libc::time_t;
@@ -166,8 +193,7 @@ mod tests {
             queue_id: "0123456789abC",
             recipient: Some("bob@example.test"),
             tls: None,
-            time: 1_795_870_669, // 2026-11-28 12:57:49 UTC
-            utc_offset_secs: 0,
+            date: "Sat, 28 Nov 2026 12:57:49 +0000",
         }
     }
 
@@ -231,6 +257,14 @@ mod tests {
         assert!(out.starts_with(&format!("Received: from {long}\r\n\t(mail.example.test [192.0.2.7])\r\n")));
         for line in out.split("\r\n").filter(|l| !l.contains(&long)) {
             assert!(line.len() <= 78, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn local_dates_follow_the_second() {
+        let mut d = LocalDates::new();
+        for t in [1_795_870_669, 1_795_870_669, 1_795_870_670, 1_795_870_669, 0] {
+            assert_eq!(d.at(t), rfc5322_date(t, local_utc_offset(t)));
         }
     }
 
