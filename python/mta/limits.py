@@ -11,6 +11,7 @@ worker process; a cluster-wide throttle would sit behind `Limits`.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections import deque
 from typing import Callable
@@ -88,16 +89,26 @@ class Limits:
 class SessionGuard:
     """One session's limits. `on` is False for clients the limits spare."""
 
-    __slots__ = ("cfg", "on", "counted_ip", "rcpts", "_timer", "_bytes", "_on_slow")
+    __slots__ = ("cfg", "on", "counted_ip", "rcpts", "commands_free", "timer", "_bytes", "_on_slow")
 
     def __init__(self, cfg: LimitsConfig):
         self.cfg = cfg
         self.on = False
         self.counted_ip: str | None = None  # set once Limits.admit counted the session
         self.rcpts = 0
-        self._timer: asyncio.TimerHandle | None = None
+        # What the session may read without a call (a call per command or read was
+        # measurable): `command` refuses nothing up to this count, and while `timer` is
+        # None no data rate is measured (data_bytes and data_stopped have nothing to do).
+        self.commands_free = sys.maxsize
+        self.timer: asyncio.TimerHandle | None = None
         self._bytes = 0
         self._on_slow: Callable[[bytes], None] | None = None
+
+    def enable(self, on: bool) -> None:
+        """The limits apply to this session (or spare it)."""
+        self.on = on
+        n = self.cfg.max_commands
+        self.commands_free = n if on and n else sys.maxsize
 
     # --- per-session counters: each returns the refusal, or None ---------
 
@@ -123,30 +134,30 @@ class SessionGuard:
 
     def data_started(self, on_slow: Callable[[bytes], None]) -> None:
         """DATA or a BDAT transaction began; idempotent across BDAT chunks."""
-        if not self.on or not self.cfg.min_data_rate or self._timer is not None:
+        if not self.on or not self.cfg.min_data_rate or self.timer is not None:
             return
         self._bytes = 0
         self._on_slow = on_slow
-        self._timer = asyncio.get_running_loop().call_later(self.cfg.data_rate_window, self._tick)
+        self.timer = asyncio.get_running_loop().call_later(self.cfg.data_rate_window, self._tick)
 
     def data_bytes(self, n: int) -> None:
-        if self._timer is not None:
+        if self.timer is not None:
             self._bytes += n
 
     def data_stopped(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         self._on_slow = None
 
     def _tick(self) -> None:
         window = self.cfg.data_rate_window
         if self._bytes / window < self.cfg.min_data_rate:
             on_slow = self._on_slow
-            self._timer = None
+            self.timer = None
             self._on_slow = None
             if on_slow is not None:
                 on_slow(R_TOO_SLOW)
             return
         self._bytes = 0
-        self._timer = asyncio.get_running_loop().call_later(window, self._tick)
+        self.timer = asyncio.get_running_loop().call_later(window, self._tick)

@@ -376,7 +376,7 @@ class QueueManager:
         return key, opts, targets
 
     def _fast_way(self, spec: TransportSpec) -> tuple | None:
-        """(spec, destination key, options, targets or None: ask the DNS cache) for a
+        """(spec, destination key, options, targets or None: a name, ask the DNS cache) for a
         transport the callback lane takes; None for the others. Kept per spec object
         (the router hands out the configuration's own): a spec's hash and options are
         made once, not per message."""
@@ -384,6 +384,8 @@ class QueueManager:
         if kind not in ("smarthost", "lmtp"):
             return None
         targets = (Target(spec.host, "unix", 0),) if kind == "lmtp" and spec.port == 0 else None
+        if targets is None and (lit := self.resolver.literal_host(spec.host, spec.port)) is not None:
+            targets = lit.targets  # an address: no DNS cache to ask per message
         if len(self._fast_ways) > 1000:  # a route hook may make specs on the fly
             self._fast_ways.clear()
         way = self._fast_ways[id(spec)] = (spec, f"{kind}:{spec.host}:{spec.port}",

@@ -117,7 +117,7 @@ class Session(SubmissionMixin, asyncio.Protocol):
         "parser", "state", "transport", "peer_ip", "peer_port", "trusted", "rname", "helo", "esmtp",
         "tx", "errors", "messages", "commands", "_out", "_queue", "_waiting", "_eof", "_closing",
         "_shutdown", "_bdat_refusal", "_bdat_size", "_last_active", "_timers", "_connected_at",
-        "guard", "_proxy", "_held", "user", "sasl", "auth_ok",
+        "guard", "_proxy", "_held", "user", "sasl", "auth_ok", "auth_required",
     )
 
     def __init__(self, server: Server, listener: Listener | None = None):
@@ -162,6 +162,8 @@ class Session(SubmissionMixin, asyncio.Protocol):
         self.user: str | None = None  # the authenticated login (mta.submission)
         self.sasl = None  # an AUTH exchange in progress
         self.auth_ok = False  # AUTH is offered now: submission, TLS, a user file
+        # MAIL needs AUTH first: a submission listener with a user file (mta.submission).
+        self.auth_required = self.profile == "submission" and server.users is not None
 
     def _new_parser(self):
         return _native.SmtpParser(
@@ -178,7 +180,8 @@ class Session(SubmissionMixin, asyncio.Protocol):
         self.peer_ip, self.peer_port = peer[0], peer[1]
         # On an implicit-TLS listener the handshake is already done here.
         self.tls_info = TlsInfo.of(transport) if self.tls_mode == "implicit" else None
-        self._auth_setup()
+        if self.auth_required:  # (otherwise __init__ left nothing for _auth_setup to do)
+            self._auth_setup()
         self.server.sessions.add(self)  # the server's idle sweep watches it from now on
         if self.listener is not None and self.listener.proxy:
             self._proxy_start()
@@ -190,7 +193,7 @@ class Session(SubmissionMixin, asyncio.Protocol):
         trust, connection limits, reverse DNS, then the greeting."""
         loop = self.server.loop
         self.trusted = self.server.policy.trusted(self.peer_ip)
-        self.guard.on = self.server.limits.applies(self.trusted)
+        self.guard.enable(self.server.limits.applies(self.trusted))
         refusal = self.server.limits.admit(self.peer_ip, self.guard.on)
         if refusal is not None:
             fastlog.info(f"refused [{self.peer_ip}]: {refusal.decode().strip()}")
@@ -272,7 +275,8 @@ class Session(SubmissionMixin, asyncio.Protocol):
             t.cancel()
         self._timers.clear()
         self.server.sessions.discard(self)
-        self.guard.data_stopped()
+        if self.guard.timer is not None:
+            self.guard.data_stopped()
         if self.guard.counted_ip is not None:
             self.server.limits.release(self.guard.counted_ip)
             self.guard.counted_ip = None
@@ -296,7 +300,8 @@ class Session(SubmissionMixin, asyncio.Protocol):
             self._close()
             return
         self._last_active = time.monotonic()
-        self.guard.data_bytes(len(data))
+        if self.guard.timer is not None:  # the data rate is being measured
+            self.guard.data_bytes(len(data))
         if self._waiting:
             # Bytes behind a message being stored: this read is parsed and
             # queued, nothing more is read until the reply is out (bounded memory).
@@ -320,7 +325,8 @@ class Session(SubmissionMixin, asyncio.Protocol):
             kind = ev[0]
             if kind == "cmd":
                 self.commands += 1
-                if (refusal := self.guard.command(self.commands)) is not None:
+                if self.commands > self.guard.commands_free and (
+                        refusal := self.guard.command(self.commands)) is not None:
                     self._limit_close(refusal)
                     break
                 handler = TABLE[self.state].get(ev[1])
@@ -338,7 +344,8 @@ class Session(SubmissionMixin, asyncio.Protocol):
                 self._message_end(ev[1])
             elif kind == "bdat_end":
                 self._bdat_end(ev[1], ev[2])
-        self._flush()
+        if self._out:
+            self._flush()
 
     def _flush(self) -> None:
         if self._tls_busy:  # the transport belongs to the TLS layer now
@@ -439,7 +446,7 @@ class Session(SubmissionMixin, asyncio.Protocol):
         if (refusal := self.guard.mail(self.messages)) is not None:
             self._limit_close(refusal)
             return
-        if (refusal := self._mail_refusal(m.address)) is not None:
+        if self.auth_required and (refusal := self._mail_refusal(m.address)) is not None:
             self._reply(refusal)
             return
         if m.size is not None and m.size > self.cfg.max_message_size:
@@ -453,7 +460,8 @@ class Session(SubmissionMixin, asyncio.Protocol):
             self._close()
             return
         self.tx = Transaction(m)
-        self.parser.set_smtputf8(m.smtputf8)
+        if m.smtputf8:  # (False already: a new parser, or _reset after a transaction with it)
+            self.parser.set_smtputf8(True)
         self.state = MAIL_GIVEN
         self._out.append(R_MAIL_OK)
 
@@ -467,7 +475,7 @@ class Session(SubmissionMixin, asyncio.Protocol):
             return
         address = r.address  # each read of a parser field makes a new str
         verdict = self.server.policy.check_rcpt(address, self.trusted or self.user is not None)
-        if not verdict.ok:
+        if verdict.code >= 400:
             self._reply(_line(verdict.code, verdict.enhanced, verdict.text))
             return
         refusal, final = self.server.router.expand(address)
@@ -580,10 +588,15 @@ class Session(SubmissionMixin, asyncio.Protocol):
     # --- message end and the spool ---------------------------------------
 
     def _reset(self) -> None:
+        tx = self.tx
+        if tx is None and self._bdat_refusal is None:
+            return  # no transaction: nothing to forget (EHLO, HELO, RSET between them)
         self.tx = None
-        self.guard.data_stopped()
+        if self.guard.timer is not None:
+            self.guard.data_stopped()
         self._bdat_refusal = None
-        self.parser.set_smtputf8(False)
+        if tx is not None and tx.mail.smtputf8:
+            self.parser.set_smtputf8(False)
 
     def _begin_message(self) -> None:
         tx = self.tx
@@ -687,7 +700,8 @@ class Session(SubmissionMixin, asyncio.Protocol):
         return stored
 
     def _stored_reply(self, line: bytes) -> None:
-        self._finish_transaction()
+        self._reset()
+        self.state = READY
         self._out.append(line)
         if self._shutdown:
             self._out.append(R_SHUTDOWN)

@@ -26,15 +26,11 @@ def r_sender_not_owned(user: str) -> bytes:
 
 class SubmissionMixin:
     """AUTH for Session: `user` (the authenticated login or None), `sasl` (the
-    exchange in progress), `auth_ok` (AUTH may be offered right now); their slots are
+    exchange in progress), `auth_ok` (AUTH may be offered right now), `auth_required`
+    (MAIL needs AUTH first: a submission listener with a user file); their slots are
     Session's."""
 
     __slots__ = ()
-
-    @property
-    def auth_required(self) -> bool:
-        """MAIL needs AUTH first: a submission listener with a user file."""
-        return self.profile == "submission" and self.server.users is not None
 
     def _auth_setup(self) -> None:
         """At connect (implicit TLS) and after each STARTTLS handshake: forget any
@@ -42,7 +38,8 @@ class SubmissionMixin:
         self.user = None
         self.sasl = None
         self.auth_ok = self.auth_required and self.tls_info is not None
-        self.parser.set_auth_pause(self.auth_ok)
+        if self.auth_ok:  # (a new parser does not pause)
+            self.parser.set_auth_pause(True)
 
     # --- the AUTH command ---------------------------------------------------
 
