@@ -89,7 +89,7 @@ class Limits:
 class SessionGuard:
     """One session's limits. `on` is False for clients the limits spare."""
 
-    __slots__ = ("cfg", "on", "counted_ip", "rcpts", "commands_free", "timer", "_bytes", "_on_slow")
+    __slots__ = ("cfg", "on", "counted_ip", "rcpts", "commands_free", "rate_on", "timer", "_bytes", "_on_slow")
 
     def __init__(self, cfg: LimitsConfig):
         self.cfg = cfg
@@ -97,9 +97,11 @@ class SessionGuard:
         self.counted_ip: str | None = None  # set once Limits.admit counted the session
         self.rcpts = 0
         # What the session may read without a call (a call per command or read was
-        # measurable): `command` refuses nothing up to this count, and while `timer` is
-        # None no data rate is measured (data_bytes and data_stopped have nothing to do).
+        # measurable): `command` refuses nothing up to this count, `data_started` does
+        # nothing unless `rate_on`, and while `timer` is None no data rate is measured
+        # (data_bytes and data_stopped have nothing to do).
         self.commands_free = sys.maxsize
+        self.rate_on = False
         self.timer: asyncio.TimerHandle | None = None
         self._bytes = 0
         self._on_slow: Callable[[bytes], None] | None = None
@@ -109,6 +111,7 @@ class SessionGuard:
         self.on = on
         n = self.cfg.max_commands
         self.commands_free = n if on and n else sys.maxsize
+        self.rate_on = on and bool(self.cfg.min_data_rate)
 
     # --- per-session counters: each returns the refusal, or None ---------
 

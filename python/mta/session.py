@@ -497,7 +497,8 @@ class Session(SubmissionMixin, asyncio.Protocol):
     def _data(self, _arg) -> None:
         self._begin_message()
         self._out.append(R_DATA_GO)
-        self.guard.data_started(self._limit_close)
+        if self.guard.rate_on:
+            self.guard.data_started(self._limit_close)
         self._queue.extend(self.parser.start_data(self.tx.message))
 
     def _bdat(self, arg) -> None:
@@ -505,7 +506,8 @@ class Session(SubmissionMixin, asyncio.Protocol):
         if self.tx.message is None:
             self._begin_message()
             self.state = BDAT_OPEN
-            self.guard.data_started(self._limit_close)
+            if self.guard.rate_on:
+                self.guard.data_started(self._limit_close)
         self._bdat_size = size
         self._queue.extend(self.parser.start_bdat(self.tx.message))
 
@@ -653,9 +655,11 @@ class Session(SubmissionMixin, asyncio.Protocol):
             self.server.spool.prepend(msg, tx.received)
         m = tx.mail
         tx.size = msg.size
-        self.guard.data_stopped()
+        if self.guard.timer is not None:
+            self.guard.data_stopped()
         self._waiting = True
-        self._flush()
+        if self._out:
+            self._flush()
         # Reading pauses only if the client sends more before the 250 (see
         # data_received): most clients wait, and two epoll_ctl calls per
         # message are a measurable part of the accept path.
@@ -682,7 +686,7 @@ class Session(SubmissionMixin, asyncio.Protocol):
                     f"queued {tx.queue_id} from=<{tx.mail.address}> nrcpt={len(tx.rcpts)}"
                     f" size={tx.size} client={self.rname or 'unknown'}[{self.peer_ip}]"
                 )
-                line = _line(250, "2.0.0", f"Ok: queued as {tx.queue_id}")
+                line = f"250 2.0.0 Ok: queued as {tx.queue_id}\r\n".encode()
             else:
                 log.error("spool write failed for %s: %s", tx.queue_id, error)
                 line = R_STORE_FAILED
@@ -713,7 +717,10 @@ class Session(SubmissionMixin, asyncio.Protocol):
                 self._close()
             return
         self.transport.resume_reading()
-        self._run(())
+        if self._queue:
+            self._run(())  # commands that came behind the message
+        else:
+            self._flush()
 
     def _finish_transaction(self) -> None:
         self._reset()

@@ -44,6 +44,11 @@ class SpoolService:
         self._free_checked = 0.0
         self._free_ok = True
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Per message, straight to the native spool (no Python frame each):
+        # new_queue_id() -> str, new_message() -> Message, prepend(message, data).
+        self.new_queue_id = self.spool.new_queue_id
+        self.new_message = self.spool.new_message
+        self.prepend = self.spool.prepend
         self._fault_file = os.environ.get("MTA_TEST_FAULT_FILE")
         self._fault_seen: str | None = None
 
@@ -69,15 +74,6 @@ class SpoolService:
     @property
     def pending(self) -> int:
         return len(self._pending)
-
-    def new_queue_id(self) -> str:
-        return self.spool.new_queue_id()
-
-    def new_message(self):
-        return self.spool.new_message()
-
-    def prepend(self, message, data: bytes) -> None:
-        self.spool.prepend(message, data)
 
     def submit(self, queue_id: str, message, done: Completion, *, sender: str, recipients: list,
                body: str | None = None, smtputf8: bool = False, ret: str | None = None,
