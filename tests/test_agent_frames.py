@@ -90,10 +90,11 @@ def store(spool: Spool, envs: list[dict], data: bytes) -> list[str]:
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(envs=st.lists(envelope, min_size=1, max_size=5),
        data=st.binary(min_size=0, max_size=3000).map(lambda b: b"Subject: t\r\n\r\n" + b),
-       first_job=st.sampled_from([1, 2**31 - 2, 2**31, 2**40 + 5]))
-def test_encoded_jobs_are_the_python_paths_items(tmp_path_factory, envs, data, first_job):
+       first_job=st.sampled_from([1, 2**31 - 2, 2**31, 2**40 + 5]), keep=st.booleans())
+def test_encoded_jobs_are_the_python_paths_items(tmp_path_factory, envs, data, first_job, keep):
     spool = Spool(str(tmp_path_factory.mktemp("spool")), sync=False)
     try:
+        spool.keep_fresh(keep)  # the bytes from memory (just made durable) or read back
         qids = store(spool, envs, data)
         jobs = [(first_job + i, qid, head()) for i, qid in enumerate(qids)]
         payload, left = spool.encode_jobs(jobs)
@@ -102,6 +103,31 @@ def test_encoded_jobs_are_the_python_paths_items(tmp_path_factory, envs, data, f
         assert len(items) == len(qids)
         for (job, qid, _), item in zip(jobs, items):
             assert typed(item) == typed(python_item(spool, qid, job))
+    finally:
+        spool.close()
+
+
+def test_with_keep_fresh_new_messages_bytes_come_from_memory_once(tmp_path):
+    """keep_fresh: a message just made durable goes into its job from memory (so a
+    segment that can no longer be read does not matter), once; a message past 256 KiB
+    is not kept and is read back."""
+    spool = Spool(str(tmp_path / "spool"), sync=False)
+    try:
+        spool.keep_fresh(True)
+        env = {"sender": "a@example.test", "recipients": [("b@example.test", None, None)]}
+        small = store(spool, [env] * 3, b"Subject: t\r\n\r\n" + b"x" * 2000)
+        [big] = store(spool, [env], b"Subject: t\r\n\r\n" + b"y" * (300 << 10))
+        want = {qid: typed(python_item(spool, qid, i + 1)) for i, qid in enumerate(small)}
+        for f in (tmp_path / "spool" / "0" / "segments").iterdir():  # shard 0
+            with open(f, "r+b") as seg:
+                seg.truncate(0)  # what is read back from here now fails
+        jobs = [(i + 1, qid, head()) for i, qid in enumerate(small)] + [(9, big, head())]
+        payload, left = spool.encode_jobs(jobs)
+        assert left == [9]
+        items = marshal.loads(payload)
+        assert [typed(item) for item in items] == [want[qid] for qid in small]
+        _, left = spool.encode_jobs(jobs[:1])
+        assert left == [1], "taken once: the second job reads the segment"
     finally:
         spool.close()
 

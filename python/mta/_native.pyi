@@ -447,6 +447,10 @@ class Spool:
         items AgentDelivery._send would send for those entries, with their log context;
         and the job numbers left out (gone, held, a recipient not queued, unreadable).
         GIL released."""
+    def keep_fresh(self, on: bool) -> None:
+        """Keep the bytes of messages just made durable in memory for a moment (at most
+        1024 of them, 8 MiB, 256 KiB each), for encode_jobs to take instead of reading
+        them back; off (the default) keeps none."""
     def close(self) -> None:
         """Finish every submitted message (write, sync, complete), stop the writer, release the lock.
         Idempotent; completions() still returns what finished during close."""

@@ -67,6 +67,7 @@ class QueueManager:
         # (transport, how the callback lane reaches it: see _start_fast), made at first use.
         self._lane: tuple[object, str | None] = (None, None)
         self._fast_ways: dict[int, tuple] = {}  # id(spec) -> _fast_way(spec)
+        self._keeping_fresh = False  # the spool keeps new messages' bytes for encode_jobs
         self._fast: set[str] = set()  # queue ids of attempts on the callback lane
         self._fast_idle: asyncio.Event | None = None  # set by stop() to learn when _fast empties
         self._abandoned = False  # stop() gave up waiting for the callback lane
@@ -314,6 +315,9 @@ class QueueManager:
         if route is None:
             return False
         key, opts, targets = route
+        if not self._keeping_fresh:  # from the first: the job takes the bytes from memory
+            self._keeping_fresh = True
+            self.spool.spool.keep_fresh(True)
         self.active.add(qid)
         self._fast.add(qid)
         if not smtp.submit_spooled(key, targets, opts, qid, lambda out: self._spooled_done(qid, out)):

@@ -53,10 +53,14 @@ impl Marshal {
             None => self.none(),
         }
     }
-    pub fn bytes(&mut self, b: &[u8]) {
+    /// One bytes object made of `parts`.
+    pub fn bytes_parts(&mut self, parts: &[&[u8]]) {
+        let n: usize = parts.iter().map(|p| p.len()).sum();
         self.0.push(b's');
-        self.0.extend_from_slice(&(b.len() as u32).to_le_bytes());
-        self.0.extend_from_slice(b);
+        self.0.extend_from_slice(&(n as u32).to_le_bytes());
+        for p in parts {
+            self.0.extend_from_slice(p);
+        }
     }
     /// A tuple ('(') or list ('[') of `n` items, which the caller writes next.
     pub fn seq(&mut self, kind: u8, n: usize) {
@@ -73,8 +77,9 @@ pub fn fresh(e: &Entry) -> bool {
 }
 
 /// One job item: ("job", job, key, targets, options, message, (arrival, attempts)), where
-/// `head` is the marshal form of (key, targets, options), made once per destination.
-pub fn job(out: &mut Marshal, job: i64, head: &[u8], e: &Entry, data: &[u8]) {
+/// `head` is the marshal form of (key, targets, options), made once per destination, and
+/// the message's bytes are `data` concatenated.
+pub fn job(out: &mut Marshal, job: i64, head: &[u8], e: &Entry, data: &[&[u8]]) {
     let env = &e.envelope;
     let arrival = env.arrival_us as f64 / 1e6;
     out.seq(b'(', 7);
@@ -101,7 +106,7 @@ pub fn job(out: &mut Marshal, job: i64, head: &[u8], e: &Entry, data: &[u8]) {
         out.opt_str(r.orcpt.as_deref());
         out.int(i as i64);
     }
-    out.bytes(data);
+    out.bytes_parts(data);
     out.opt_str(env.body.as_deref());
     out.bool(env.smtputf8);
     out.opt_str(env.ret.as_deref());

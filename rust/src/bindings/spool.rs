@@ -367,22 +367,26 @@ impl PySpool {
             let mut left = Vec::new();
             for (job, qid, head) in &jobs {
                 match self.0.get(qid).filter(marshal::fresh) {
-                    Some(e) => match self.0.message_bytes(qid) {
+                    Some(e) => match self.0.entry_bytes(&e) {
                         Ok(Some(data)) => items.push((*job, head, e, data)),
                         _ => left.push(*job),
                     },
                     None => left.push(*job),
                 }
             }
-            let size: usize = items.iter().map(|(_, h, _, d)| h.len() + d.len() + 256).sum();
+            let size: usize = items.iter().map(|(_, h, _, (p, r))| h.len() + p.len() + r.len() + 256).sum();
             let mut out = marshal::Marshal(Vec::with_capacity(size + 5));
             out.seq(b'[', items.len());
-            for (job, head, e, data) in &items {
-                marshal::job(&mut out, *job, head, e, data);
+            for (job, head, e, (p, r)) in &items {
+                marshal::job(&mut out, *job, head, e, &[p, r]);
             }
             (out.0, left)
         });
         (PyBytes::new(py, &frame), left)
+    }
+    /// Keep messages just made durable in memory a moment, for encode_jobs (see the stub).
+    fn keep_fresh(&self, on: bool) {
+        self.0.keep_fresh(on)
     }
     fn close(&self, py: Python<'_>) {
         py.detach(|| self.0.close())

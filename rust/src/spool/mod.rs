@@ -66,6 +66,7 @@
 //! write, fdatasync, then unlink; a crash in between leaves duplicates that
 //! replay resolves (the newest MESSAGE record wins).
 
+mod fresh;
 pub mod incoming;
 pub mod index;
 pub mod reader;
@@ -196,6 +197,7 @@ impl Spool {
             index: Mutex::new(rec.index),
             no_unlink: Default::default(),
             segment_files: Mutex::new(Vec::new()),
+            fresh: Mutex::new(Default::default()),
         });
         let w = Writer::new(shared.clone(), shard, dir.clone(), cfg.segment_size, cfg.sync, sync_log, rec.next_seq, cfg.copy_forward_percent, cfg.commit_delay);
         let thread = std::thread::Builder::new()
@@ -385,6 +387,22 @@ impl Spool {
 
     pub fn get(&self, queue_id: &str) -> Option<Entry> {
         self.shared.index.lock().unwrap().get(queue_id).cloned()
+    }
+
+    /// Keep the bytes of messages just made durable for a moment (spool::fresh), for
+    /// `entry_bytes`: on when the queue makes first attempts' jobs with encode_jobs.
+    pub fn keep_fresh(&self, on: bool) {
+        self.shared.fresh.lock().unwrap().set_on(on);
+    }
+
+    /// The stored bytes of the message `e` is the entry of, as (prefix, rest) to be
+    /// concatenated: from memory if it was made durable a moment ago (keep_fresh), else
+    /// read from its segment (rest only). None: the message is gone.
+    pub fn entry_bytes(&self, e: &Entry) -> Result<Option<(Vec<u8>, Vec<u8>)>, Error> {
+        if let Some(parts) = self.shared.fresh.lock().unwrap().take(&e.envelope.queue_id, e.size) {
+            return Ok(Some(parts));
+        }
+        Ok(self.message_bytes(&e.envelope.queue_id)?.map(|b| (Vec::new(), b)))
     }
 
     /// The stored bytes (pread of the segment; safe while the writer appends).

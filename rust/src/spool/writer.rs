@@ -127,6 +127,8 @@ pub struct Shared {
     /// close. The writer forgets a segment as it unlinks it, so no deleted
     /// segment's space stays pinned by an open file.
     pub segment_files: Mutex<Vec<(u64, std::sync::Arc<File>)>>,
+    /// Messages just made durable, for the queue's first attempt (spool::fresh).
+    pub fresh: Mutex<super::fresh::Fresh>,
 }
 
 pub const SEGMENT_FILES: usize = 4;
@@ -323,11 +325,16 @@ impl Writer {
                     self.compact_pending = true;
                 }
                 self.note_written(&mut ix);
+                let keep = shared.fresh.lock().unwrap().is_on();
+                let mut fresh = Vec::new();
                 for (job, loc) in jobs.into_iter().zip(locs) {
                     match job.op {
                         Op::Message(envelope) => {
                             st.messages.fetch_add(1, Relaxed);
                             st.bytes.fetch_add(loc.len, Relaxed);
+                            if keep && job.data.spill.is_none() {
+                                fresh.push((envelope.queue_id.clone(), job.data.prefix, job.data.mem));
+                            }
                             ix.insert_message(Entry {
                                 shard: self.shard,
                                 seq: loc.seq,
@@ -346,6 +353,12 @@ impl Writer {
                     }
                 }
                 drop(ix);
+                if !fresh.is_empty() {
+                    let mut f = shared.fresh.lock().unwrap();
+                    for (qid, prefix, rest) in fresh {
+                        f.put(&qid, prefix, rest);
+                    }
+                }
                 out.extend(tokens.iter().map(|t| (*t, None)));
             }
             Err(e) => {
