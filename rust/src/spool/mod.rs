@@ -353,7 +353,8 @@ impl Spool {
         loop {
             // SAFETY: valid fd and buffer.
             let n = unsafe { libc::read(self.notify_r.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
-            if n <= 0 {
+            // A short read took all the pipe held: no second read just to hear EAGAIN.
+            if n <= 0 || (n as usize) < buf.len() {
                 break;
             }
         }
