@@ -85,3 +85,40 @@ def test_disabled_below_info(pipe, monkeypatch):
     monkeypatch.setattr(log, "_enabled", False)
     log.info("quiet")
     assert _read(r) == "" and len(log._lines) == 0
+
+
+def test_lines_from_another_thread_while_one_writes(pipe):
+    """The write releases the GIL: a line added meanwhile by another thread neither
+    fails nor is lost (the buffer is taken out before the write)."""
+    import threading
+
+    r, _ = pipe
+    os.set_blocking(r, True)
+    got = bytearray()
+    done = threading.Event()
+
+    def drain() -> None:
+        while not done.is_set() or len(got.splitlines()) < 2000:
+            chunk = os.read(r, 1 << 16)
+            if not chunk:
+                return
+            got.extend(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+
+    def adder() -> None:
+        for i in range(1000):
+            log.info(f"other {i}")  # no loop in this thread: added and written at once
+
+    t = threading.Thread(target=adder)
+    t.start()
+    for i in range(1000):
+        log._lines.add(f"main {i}")
+        log.flush()
+    t.join()
+    log.flush()
+    done.set()
+    reader.join(10)
+    lines = [LINE.match(x).group(4) for x in got.decode().splitlines()]
+    assert sorted(lines) == sorted([f"other {i}" for i in range(1000)] + [f"main {i}" for i in range(1000)])

@@ -44,31 +44,37 @@ impl ServerLog {
         &self.buf
     }
 
-    /// Everything buffered into `fd` (retrying a full pipe, as the blocking write it
-    /// was); on any other error the batch is dropped: a log that cannot be written
-    /// must not stop the server. Ok(()) when all of it went out.
-    pub fn write_to(&mut self, fd: i32) -> Result<(), std::io::Error> {
-        let mut at = 0;
-        let result = loop {
-            if at >= self.buf.len() {
-                break Ok(());
-            }
-            let rest = &self.buf[at..];
-            // SAFETY: the pointer and length describe `rest`, alive for the call.
-            let n = unsafe { libc::write(fd, rest.as_ptr().cast(), rest.len()) };
-            if n >= 0 {
-                at += n as usize;
-                continue;
-            }
-            let e = std::io::Error::last_os_error();
-            match e.kind() {
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => continue,
-                _ => break Err(e),
-            }
-        };
-        self.buf.clear();
-        result
+    /// The lines buffered so far, leaving the buffer empty (for `write_all`).
+    pub fn take(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
     }
+
+    /// Everything buffered into `fd`; see `write_all`.
+    pub fn write_to(&mut self, fd: i32) -> Result<(), std::io::Error> {
+        write_all(fd, &self.take())
+    }
+}
+
+/// All of `buf` into `fd`, retrying a full pipe (as the blocking write it was); any other
+/// error ends it, and the caller drops the batch: a log that cannot be written must not
+/// stop the server.
+pub fn write_all(fd: i32, buf: &[u8]) -> Result<(), std::io::Error> {
+    let mut at = 0;
+    while at < buf.len() {
+        let rest = &buf[at..];
+        // SAFETY: the pointer and length describe `rest`, alive for the call.
+        let n = unsafe { libc::write(fd, rest.as_ptr().cast(), rest.len()) };
+        if n >= 0 {
+            at += n as usize;
+            continue;
+        }
+        let e = std::io::Error::last_os_error();
+        match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => continue,
+            _ => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// "2026-12-01 23:49:17" for local seconds `t` (seconds since the epoch plus the offset).

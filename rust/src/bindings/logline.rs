@@ -3,7 +3,7 @@
 //! on as its "surrogatepass" bytes (the line escapes it); a server-log one is written as
 //! "backslashreplace" makes it, as the Python version of the log did.
 use crate::logline::{line, rfc3339 as format_time, Record, Reply};
-use crate::serverlog::ServerLog;
+use crate::serverlog::{write_all, ServerLog};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
 use std::borrow::Cow;
@@ -105,9 +105,11 @@ impl PyServerLog {
     }
 
     /// Write what is buffered to `fd`; False when it could not be (the lines are dropped).
-    fn write(&mut self, py: Python<'_>, fd: i32) -> bool {
-        let log = &mut self.0;
-        py.detach(|| log.write_to(fd).is_ok()) // as os.write: other threads run meanwhile
+    fn write(slf: &Bound<'_, Self>, fd: i32) -> bool {
+        // Taken out first: another thread may add lines while this one writes (the GIL is
+        // released for the write, as os.write releases it).
+        let buf = slf.borrow_mut().0.take();
+        slf.py().detach(|| write_all(fd, &buf).is_ok())
     }
 
     fn __len__(&self) -> usize {
