@@ -76,6 +76,8 @@ pub mod segment;
 pub mod writer;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod zero_ahead_tests;
 
 use incoming::Incoming;
 use incoming::Sealed;

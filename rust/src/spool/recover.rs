@@ -104,7 +104,9 @@ fn act_on(dir: &Path, s: &SegScan, newest: bool, report: &mut Vec<String>) -> Re
             report.push(format!("{name}: {why} at offset {off} up to the end, {len} byte(s) copied to corrupt/{f}"));
         }
     }
-    if s.end < s.file_len && s.tail.is_none() {
+    if let Some(z) = s.unused {
+        truncate(&s.path, z)?; // zeros ahead of the records (writer::ZERO_AHEAD): nothing to report
+    } else if s.end < s.file_len && s.tail.is_none() {
         truncate(&s.path, s.end)?;
         report.push(format!("{name}: cut back to {} byte(s) (the rest belonged to a batch that failed)", s.end));
     }

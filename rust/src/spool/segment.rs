@@ -95,6 +95,10 @@ pub struct SegScan {
     pub corrupt: Vec<(u64, u64, String)>,
     /// Offset where trailing damage starts (no valid record after it).
     pub tail: Option<(u64, String)>,
+    /// Offset from which the file holds only zeros to its end: space the writer wrote
+    /// ahead of its records (writer::ZERO_AHEAD), or a crash's zero-filled blocks; never a
+    /// record, so neither damage nor a torn tail.
+    pub unused: Option<u64>,
 }
 
 const WINDOW: usize = 1 << 20;
@@ -137,8 +141,26 @@ pub fn scan_segment(path: &Path, seq: u64, limit: Option<u64>) -> io::Result<Seg
             }
         }
     }
+    let stop = bad.as_ref().map_or(end, |(b, _)| *b); // where the records end
+    if stop < file_len && only_zeros(&f, stop, file_len)? {
+        s.unused = Some(stop);
+        bad = None;
+    }
     s.tail = bad;
     Ok(s)
+}
+
+fn only_zeros(f: &File, mut from: u64, end: u64) -> io::Result<bool> {
+    let mut buf = vec![0u8; WINDOW];
+    while from < end {
+        let n = ((end - from) as usize).min(WINDOW);
+        f.read_exact_at(&mut buf[..n], from)?;
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        from += n as u64;
+    }
+    Ok(true)
 }
 
 enum RecErr {
@@ -285,6 +307,25 @@ mod tests {
         assert!(s.corrupt.is_empty() && s.tail.is_none() && s.bad_header.is_none());
     }
 
+    #[test]
+    fn a_zero_tail_is_unused_space() {
+        let d = tempfile::tempdir().unwrap();
+        let (p, offs) = seg_with(d.path(), &[rec(1, 10), rec(2, 300)]);
+        let end = std::fs::metadata(&p).unwrap().len();
+        let mut b = std::fs::read(&p).unwrap();
+        b.extend_from_slice(&vec![0u8; 3 * WINDOW + 17]); // past one read window
+        std::fs::write(&p, &b).unwrap();
+        let s = scan_segment(&p, 1, None).unwrap();
+        assert_eq!(s.records.iter().map(|r| r.offset).collect::<Vec<_>>(), offs);
+        assert_eq!((s.unused, s.tail.is_none(), s.corrupt.len()), (Some(end), true, 0));
+        // one byte that is not zero, far in: damage after all
+        let at = b.len() - 5;
+        b[at] = 1;
+        std::fs::write(&p, &b).unwrap();
+        let s = scan_segment(&p, 1, None).unwrap();
+        assert_eq!((s.unused, s.tail.as_ref().map(|t| t.0)), (None, Some(end)));
+    }
+
     /// Table: damage applied to the middle record → (corrupt regions, tail)
     #[test]
     fn damage_table() {
@@ -301,7 +342,8 @@ mod tests {
             ("length flip (header CRC catches it)", |b, m| b[m + 9] ^= 0x10, 2, Some(mid_len), false),
             ("magic zeroed", |b, m| b[m..m + 4].fill(0), 2, Some(mid_len), false),
             ("torn tail: last record cut", |b, _| b.truncate(b.len() - 7), 2, None, true),
-            ("torn tail: zeros at end", |b, _| b.extend_from_slice(&[0u8; 300]), 3, None, true),
+            ("zeros at the end: unused space, not a tail", |b, _| b.extend_from_slice(&[0u8; 300]), 3, None, false),
+            ("torn tail, then zeros", |b, _| { b.truncate(b.len() - 7); b.extend_from_slice(&[0u8; 300]) }, 2, None, true),
         ];
         for (name, dmg, nvalid, corrupt, tail) in cases {
             let mut b = full.clone();
