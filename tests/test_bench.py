@@ -6,6 +6,7 @@ workload. Correctness, not speed; loopback only; every wait is bounded.
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import signal
@@ -536,3 +537,15 @@ def test_server_instructions_counts_the_worker_and_the_agent():
     figures = dict(line.rsplit(None, 2)[:2] for line in out.stdout.splitlines() if line.endswith("instructions/msg"))
     assert set(figures) == {"worker", "delivery agent"}, out.stdout
     assert all(int(v) > 10_000 for v in figures.values()), figures
+
+
+def test_fsync_bench_times_both_ways_and_leaves_no_file(tmp_path):
+    """benches/fsync.py (a benchmark): one line per way of writing, each with a rate,
+    three latency percentiles and the CPU per sync; its file is removed."""
+    bench = os.path.join(os.path.dirname(__file__), "..", "benches", "fsync.py")
+    out = subprocess.run([sys.executable, bench, "--dir", str(tmp_path), "--syncs", "40", "--rounds", "1"],
+                         capture_output=True, text=True, timeout=120, check=True).stdout.splitlines()
+    assert [line.split("  ")[0].strip() for line in out] == ["append", "zeros ahead"]
+    for line in out:
+        assert re.search(r"\d+ syncs/s  p50 +\d+ us  p90 +\d+ us  p99 +\d+ us  CPU +\d+ us/sync$", line), line
+    assert list(tmp_path.iterdir()) == []
