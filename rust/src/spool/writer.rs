@@ -559,7 +559,9 @@ impl Writer {
         self.flush()?;
         self.sync_cur()?;
         let old = self.cur.take().unwrap();
-        old.file.set_len(old.len)?; // its zeros ahead are not needed any more
+        // Its zeros ahead are not needed any more; best effort (a zero tail scans as
+        // unused space), and nothing here may fail before `touched` holds the file.
+        let _ = old.file.set_len(old.len);
         self.sealed.push((old.seq, old.len));
         if let Some(t) = touched.iter_mut().find(|t| t.0 == old.seq) {
             t.2 = Some(old.file);
