@@ -49,10 +49,6 @@ impl ServerLog {
         std::mem::take(&mut self.buf)
     }
 
-    /// Everything buffered into `fd`; see `write_all`.
-    pub fn write_to(&mut self, fd: i32) -> Result<(), std::io::Error> {
-        write_all(fd, &self.take())
-    }
 }
 
 /// All of `buf` into `fd`, retrying a full pipe (as the blocking write it was); any other
@@ -130,7 +126,7 @@ mod tests {
         assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
         let mut log = ServerLog::new(" t: ");
         log.push(0.0, |_| 0, b"hello");
-        log.write_to(fds[1]).unwrap();
+        write_all(fds[1], &log.take()).unwrap();
         assert!(log.pending().is_empty());
         let mut got = [0u8; 64];
         // SAFETY: got is a valid buffer of its length.
@@ -142,7 +138,7 @@ mod tests {
             libc::close(fds[1]);
         }
         log.push(0.0, |_| 0, b"lost");
-        assert!(log.write_to(-1).is_err()); // EBADF (a closed number may be reused by another test)
+        assert!(write_all(-1, &log.take()).is_err()); // EBADF (a closed number may be reused by another test)
         assert!(log.pending().is_empty(), "a failed batch is dropped, not kept to grow");
     }
 }

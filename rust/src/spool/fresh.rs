@@ -9,8 +9,9 @@ use std::collections::{HashMap, VecDeque};
 
 /// Most entries kept; at thousands of messages a second, entries live a few ms.
 pub const MAX_ENTRIES: usize = 1024;
-/// Most bytes kept, and the largest message kept.
+/// Most bytes kept in all.
 pub const MAX_BYTES: usize = 8 << 20;
+/// The largest message kept; a bigger one is read back from its segment.
 pub const MAX_ONE: usize = 256 << 10;
 
 #[derive(Default)]
