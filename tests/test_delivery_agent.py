@@ -400,11 +400,30 @@ def test_spooled_jobs_are_made_from_the_spool_and_answered_once_each(tmp_path):
         futs = {q: loop.create_future() for q in (ok, mixed, attempted)}
         try:
             for q, f in futs.items():
-                assert d.submit_spooled("k", [target(port)], OPTS, q, f.set_result)
+                assert d.submit_spooled("k", [target(port)], OPTS, q, lambda qid, out, f=f: f.set_result((qid, out)))
             got = {q: await asyncio.wait_for(f, 30) for q, f in futs.items()}
+            assert all(qid == q for q, (qid, _) in got.items())
+            got = {q: out for q, (_, out) in got.items()}
+            # With a `logged` callback, the LOGGED ones come to it as a list of queue ids (one
+            # call per answer frame), everything else to `done` as before.
+            batched: list = []
+            more = [store("e@dst.test"), store("f@dst.test"), store("g@dst.test", "nobody@dst.test")]
+            await completions(spool, 3)
+            other = loop.create_future()
+            for q in more:
+                assert d.submit_spooled("k", [target(port)], OPTS, q,
+                                        lambda qid, out: other.set_result((qid, out)), batched.extend)
+            qid, out = await asyncio.wait_for(other, 30)
+            assert qid == more[2] and [(r.address, r.code) for r in out] == [
+                ("g@dst.test", 250), ("nobody@dst.test", 550)]
+            for _ in range(300):
+                if len(batched) == 2:
+                    break
+                await asyncio.sleep(0.02)
+            assert sorted(batched) == sorted(more[:2])
             h.data_delay = 3.0
             dying = loop.create_future()
-            assert d.submit_spooled("k", [target(port)], OPTS, slow, dying.set_result)
+            assert d.submit_spooled("k", [target(port)], OPTS, slow, lambda qid, out: dying.set_result(out))
             for _ in range(200):  # until the peer is inside DATA
                 if h.active:
                     break

@@ -152,3 +152,33 @@ def test_format_is_the_json_of_the_record(queue_id, recipient, status, code, enh
     written = _reference(queue_id, recipient, status, result, attempt, arrival, now).encode("utf-8", "backslashreplace")
     assert line.encode("utf-8") == written
     assert set(json.loads(line)) == KEYS
+
+
+_row = st.tuples(_text, st.integers(200, 299), st.none() | st.just("2.0.0"), _text, _opt, _opt, _opt, _opt, _opt)
+
+
+@settings(max_examples=150, deadline=None)
+@given(queue_id=_text, rows=st.lists(_row, min_size=1, max_size=4), attempt=st.integers(1, 10**6),
+       arrival=st.sampled_from([0.0, NOW - 3.21]) | st.floats(0, 2 * NOW, allow_nan=False))
+def test_delivered_rows_are_the_records_of_record(tmp_path_factory, queue_id, rows, attempt, arrival):
+    """The delivery agent's per-message path (`delivered`: rows as tuples, one write) leaves
+    the same lines, byte for byte, as `record` for each recipient."""
+    d = tmp_path_factory.mktemp("d")
+    one, many = DeliveryLog(str(d / "one.log")), DeliveryLog(str(d / "many.log"))
+    attempts = [attempt + i for i in range(len(rows))]
+    for row, a in zip(rows, attempts):
+        one.record(queue_id=queue_id, recipient=row[0], status="delivered", result=RcptResult(*row),
+                   attempt=a, arrival=arrival, now=NOW)
+    many.delivered(queue_id, rows, attempts, arrival, NOW)
+    one.close()
+    many.close()
+    assert (d / "many.log").read_bytes() == (d / "one.log").read_bytes()
+    assert len((d / "many.log").read_bytes().splitlines()) == len(rows)
+
+
+def test_delivered_with_a_bad_row_never_raises(tmp_path, caplog):
+    d = DeliveryLog(str(tmp_path / "d.log"))
+    with caplog.at_level(logging.ERROR):
+        d.delivered("Q1", [("r@b.test", "not a code")], [1], NOW, NOW)
+    assert "cannot format the records of Q1" in caplog.text
+    assert (tmp_path / "d.log").read_bytes() == b""

@@ -277,26 +277,37 @@ class SpooledPeer(AgentDelivery):
     made from the spool by the real encoder and answered as `Peer` answers (results,
     recorded by the worker), or as an agent that died (`Deferred`)."""
 
-    def __init__(self, loop, spool, answers, died: bool = False) -> None:
+    def __init__(self, loop, spool, answers, died: bool = False, logs: bool = False) -> None:
         super().__init__(encode=spool.encode_jobs)
         self.peer, self.died = Peer(loop, answers), died
         self.calls = self.peer.calls
+        # As the agent with the log context: all delivered -> logged; kept until
+        # answer_frame() passes them to `logged` together, as one answer frame does.
+        self.logs, self.frame, self.logged = logs, [], None
 
-    def submit_spooled(self, key, targets, opts, queue_id, done) -> bool:
+    def submit_spooled(self, key, targets, opts, queue_id, done, logged=None) -> bool:
         self.calls.append("spooled")
         if self.peer.hold:  # kept until release(), answered UNSENT then
-            self.peer.held.append((done, UNSENT))
+            self.peer.held.append((lambda out: done(queue_id, out), UNSENT))
             return True
         payload, left = self._encode([(1, queue_id, marshal.dumps(key, 2) + marshal.dumps([], 2)
                                        + marshal.dumps(None, 2))])
         if left:
-            self.peer.loop.call_soon(done, UNSENT)
+            self.peer.loop.call_soon(done, queue_id, UNSENT)
             return True
         m = marshal.loads(payload)[0][5]
         msg = OutMessage(m[0], m[1], tuple(OutRcpt(*r) for r in m[2]), *m[3:])
         out = Deferred("4.3.0", "delivery agent died; will retry") if self.died else self.peer._results(msg)
-        self.peer.loop.call_soon(done, out)
+        if self.logs and logged is not None and not self.died and all(r.code == 250 for r in out):
+            self.frame.append(queue_id)
+            self.logged = logged
+            return True
+        self.peer.loop.call_soon(done, queue_id, out)
         return True
+
+    def answer_frame(self) -> None:
+        ids, self.frame = self.frame, []
+        self.logged(ids)
 
     def submit(self, *a, **kw) -> bool:
         return self.peer.submit(*a[:5])
@@ -318,6 +329,34 @@ def test_the_spooled_lane_leaves_what_the_general_path_leaves(tmp_path, name):
     dsn = 1 if name in ("bounced", "mixed") else 0
     assert calls == ["spooled"] * len(SCENARIOS[name]) + ["submit"] * dsn
     assert fast == slow
+
+
+def test_spooled_jobs_logged_by_the_agent_are_deleted_as_one_group(tmp_path):
+    """Jobs of one answer frame, all delivered and logged by the agent: one DELETE group
+    (one sync, one completion) for them; each leaves the spool and the queue's window. A
+    message deleted meanwhile (by an admin) is reported and does not hold up the others."""
+    async def main():
+        srv = await _server(str(tmp_path))
+        try:
+            peer = srv.queue.smtp = SpooledPeer(asyncio.get_running_loop(), srv.spool.spool, {}, logs=True)
+            qids = [_submit(srv, [f"r{i}@example.test"], from_session=True) for i in range(6)]
+            deadline = time.monotonic() + 10
+            while len(peer.frame) < 6 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            assert sorted(peer.frame) == sorted(qids) and srv.queue.active == set(qids)
+            await srv.spool.delete(qids[2])  # before its group's DELETE: unknown by then
+            before = srv.spool.spool.stats()["syncs"]
+            peer.answer_frame()
+            while srv.queue.active and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            return ([srv.spool.spool.get(q) for q in qids], set(srv.queue.active),
+                    srv.spool.spool.stats()["syncs"] - before, dict(srv.queue._backoff))
+        finally:
+            await srv.stop()
+    left, active, syncs, backoff = uvloop.run(main())
+    assert left == [None] * 6 and active == set()
+    assert syncs == 1  # the five DELETE records of the group share one sync
+    assert len(backoff) == 1  # the one deleted meanwhile is reported as a failed attempt
 
 
 def test_a_spooled_job_of_a_dead_agent_is_deferred_and_one_not_fresh_goes_the_general_way(tmp_path):

@@ -427,6 +427,11 @@ class Spool:
     def delete(self, token: int, queue_id: str) -> None:
         """Remove the message (when every recipient is final): a DELETE record;
         it leaves the index when durable and its space is reclaimed by compaction."""
+    def delete_many(self, token: int, queue_ids: list[str]) -> list[str]:
+        """`delete` for several messages, with one completion (`token`) once one
+        sync made all their DELETE records durable. Returns the unknown queue ids,
+        which were left out; when none was known nothing is queued and `token`
+        never completes."""
     def due(self, now: float, limit: int) -> list[str]:
         """Queue ids, oldest arrival first, of messages not held with a
         recipient "queued", or "deferred" with next_attempt <= now (or None);

@@ -320,11 +320,22 @@ class QueueManager:
             self.spool.spool.keep_fresh(True)
         self.active.add(qid)
         self._fast.add(qid)
-        if not smtp.submit_spooled(key, targets, opts, qid, lambda out: self._spooled_done(qid, out)):
+        if not smtp.submit_spooled(key, targets, opts, qid, self._spooled_done, self._spooled_logged):
             self._fast.discard(qid)
             self.active.discard(qid)
             return False
         return True
+
+    def _spooled_logged(self, qids: list[str]) -> None:
+        """`_start_spooled` jobs of one answer frame, every recipient delivered and logged
+        by the agent: one DELETE group (one sync, one completion) for them all."""
+        if not self._abandoned:
+            self.spool.delete_many_then(qids, self._spooled_deleted)
+
+    def _spooled_deleted(self, qids: list[str], error: str | None) -> None:
+        exc = None if error is None else SpoolError(error)
+        for qid in qids:
+            self._fast_end(qid, exc)
 
     def _spooled_done(self, qid: str, out) -> None:
         """The outcome of a `_start_spooled` job: all delivered and logged by the agent

@@ -146,6 +146,25 @@ class SpoolService:
         """`delete` with a completion callback instead of a future (the queue's callback lane)."""
         self._then(self.spool.delete, done, queue_id)
 
+    def delete_many_then(self, queue_ids: list[str], done: Callable[[list[str], str | None], None]) -> None:
+        """`delete` of several messages made durable by one sync, with one completion:
+        `done(ids, error)` for the known ones once their DELETE records are synced (error
+        None) or failed, and, at once, for any unknown ones with their error."""
+        token = self._next_token
+        self._next_token += 1
+        try:
+            unknown = self.spool.delete_many(token, queue_ids)
+        except Exception as e:  # refused before reaching the writer (a closed spool)
+            done(queue_ids, str(e))
+            return
+        known = queue_ids
+        if unknown:
+            gone = set(unknown)
+            known = [q for q in queue_ids if q not in gone]
+            done(unknown, "unknown queue id")
+        if known:
+            self._pending[token] = lambda error: done(known, error)
+
     async def inject(self, data: bytes, *, sender: str, recipient: str) -> str:
         """Spool a message we made ourselves (a DSN); its queue id once durable."""
         qid = self.spool.new_queue_id()

@@ -198,7 +198,8 @@ class AgentDelivery:
         self._proc: asyncio.subprocess.Process | None = None
         self._starting: asyncio.Task | None = None
         # job -> (done, its message; or its queue id, for a submit_spooled job)
-        self._pending: dict[int, tuple[Callable[..., object], OutMessage | str]] = {}
+        # job -> (done, message) from submit, (done, queue id, logged) from submit_spooled
+        self._pending: dict[int, tuple] = {}
         self._next = 1
         self._closed = False
         self._forms: dict[int, tuple] = {}  # id(options or targets) -> (it, its marshal form)
@@ -242,20 +243,23 @@ class AgentDelivery:
         return True
 
     def submit_spooled(self, key: str, targets: Sequence[Target], opts: SmtpOptions, queue_id: str,
-                       done: Callable[[list[RcptResult] | _Logged | _Unsent | Deferred], object]) -> bool:
+                       done: Callable[[str, list[RcptResult] | _Logged | _Unsent | Deferred], object],
+                       logged: Callable[[list[str]], object] | None = None) -> bool:
         """`submit` for a fresh message in the spool (every recipient queued, none tried),
         logged by the agent when all are delivered: the job is made from the spool entry,
         in Rust, at the next flush (the spool's encode_jobs), so the event loop makes no
-        Python object of the message. `done` is called exactly once: LOGGED, the results,
-        `Deferred` (the job failed as a whole; the caller makes the 451s) or UNSENT (the
-        entry was not fresh: nothing was sent). False, and nothing sent, when the agent is
-        not running or this was made without the spool."""
+        Python object of the message. `done(queue_id, outcome)` is called exactly once:
+        LOGGED, the results, `Deferred` (the job failed as a whole; the caller makes the
+        451s) or UNSENT (the entry was not fresh: nothing was sent). With `logged`, the
+        jobs of one answer frame that came back LOGGED go to `logged(queue_ids)` in one
+        call instead (one DELETE group for them all). False, and nothing sent, when the
+        agent is not running or this was made without the spool."""
         proto = self._proto
         if proto is None or proto.transport is None or self._closed or self._encode is None:
             return False
         job = self._next
         self._next += 1
-        self._pending[job] = (done, queue_id)
+        self._pending[job] = (done, queue_id, logged)
         # Targets by value: a smarthost's name answers from the DNS cache as a new tuple
         # each time, with the same addresses.
         hk = (key, targets if type(targets) is tuple else id(targets), id(opts))
@@ -278,7 +282,10 @@ class AgentDelivery:
 
     def _answer(self, entry: tuple, res) -> None:
         try:
-            entry[0](res)
+            if len(entry) == 3:  # a spooled job: (done, queue id, logged)
+                entry[0](entry[1], res)
+            else:
+                entry[0](res)
         except Exception:  # one caller's bug must not lose the other results
             m = entry[1]
             log.exception("delivery agent: result callback for %s failed", m if isinstance(m, str) else m.queue_id)
@@ -307,12 +314,21 @@ class AgentDelivery:
 
     def _on_items(self, items: list) -> None:
         pending = self._pending
+        logged: dict | None = None  # logged callback -> the queue ids it gets
         for item in items:
             entry = pending.pop(item[1], None)
             if entry is None:
                 continue
             kind = item[0]
             if kind == "ok":  # delivered, and logged by the agent
+                if len(entry) == 3 and entry[2] is not None:
+                    if logged is None:
+                        logged = {entry[2]: [entry[1]]}
+                    elif (ids := logged.get(entry[2])) is not None:
+                        ids.append(entry[1])
+                    else:
+                        logged[entry[2]] = [entry[1]]
+                    continue
                 res = LOGGED
             elif kind == "res":
                 res = [RcptResult(*row) for row in item[2]]
@@ -321,6 +337,12 @@ class AgentDelivery:
                 log.error("delivery agent: job for %s failed: %s", m if isinstance(m, str) else m.queue_id, item[2])
                 res = _deferral(m, "internal delivery error")
             self._answer(entry, res)
+        if logged is not None:
+            for fn, ids in logged.items():
+                try:
+                    fn(ids)
+                except Exception:  # one caller's bug must not lose the other results
+                    log.exception("delivery agent: result callback for %d message(s) failed", len(ids))
 
     def _on_lost(self, exc: Exception | None) -> None:
         self._proto = None
@@ -445,11 +467,7 @@ async def _serve(fd: int, log_fd: int | None = None) -> None:
         """The outcome to the worker: LOGGED when every recipient was delivered and the
         job came with its log context (the records are written here, first), else the rows."""
         if ctx is not None and all(200 <= row[1] < 300 for row in rows):
-            arrival, attempts = ctx
-            now = time.time()
-            for row, attempt in zip(rows, attempts):
-                dlog.record(queue_id=msg.queue_id, recipient=row[0], status="delivered",
-                            result=RcptResult(*row), attempt=attempt, arrival=arrival, now=now)
+            dlog.delivered(msg.queue_id, rows, ctx[1], ctx[0], time.time())
             proto.send(("ok", job))
         else:
             proto.send(("res", job, rows))

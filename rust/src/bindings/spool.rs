@@ -343,6 +343,12 @@ impl PySpool {
     fn delete(&self, token: u64, queue_id: &str) -> PyResult<()> {
         self.0.delete(token, queue_id).map_err(op_err)
     }
+    /// DELETE records for several messages, made durable by one sync and completed as
+    /// one (`token`); the unknown queue ids, left out (none known: `token` never completes).
+    fn delete_many(&self, token: u64, queue_ids: Vec<String>) -> PyResult<Vec<String>> {
+        let ids: Vec<&str> = queue_ids.iter().map(String::as_str).collect();
+        self.0.delete_many(token, &ids).map_err(op_err)
+    }
     fn due(&self, now: f64, limit: usize) -> PyResult<Vec<String>> {
         Ok(self.0.due(secs_to_us(now)?, limit))
     }

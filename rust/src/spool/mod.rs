@@ -78,6 +78,8 @@ pub mod writer;
 mod tests;
 #[cfg(test)]
 mod zero_ahead_tests;
+#[cfg(test)]
+mod delete_many_tests;
 
 use incoming::Incoming;
 use incoming::Sealed;
@@ -299,6 +301,42 @@ impl Spool {
         self.check_known(queue_id)?;
         let meta = record::encode_delete(queue_id, now_us());
         self.enqueue(Job { token, kind: Kind::Delete, meta, data: Sealed::from_bytes(Vec::new()), op: Op::Delete(queue_id.to_string()) }, true)
+    }
+
+    /// Remove several durable messages with one completion (`token`): their DELETE
+    /// records go into one batch, so one sync makes them all durable. Unknown queue
+    /// ids are left out and returned; when none is known, nothing is queued and
+    /// `token` never completes (the caller knows from the returned list).
+    pub fn delete_many(&self, token: u64, queue_ids: &[&str]) -> Result<Vec<String>, Error> {
+        let mut unknown = Vec::new();
+        let mut jobs = Vec::with_capacity(queue_ids.len());
+        {
+            let ix = self.shared.index.lock().unwrap();
+            let now = now_us();
+            for qid in queue_ids {
+                if ix.get(qid).is_none() {
+                    unknown.push(qid.to_string());
+                    continue;
+                }
+                let meta = record::encode_delete(qid, now);
+                jobs.push(Job { token: writer::SILENT, kind: Kind::Delete, meta, data: Sealed::from_bytes(Vec::new()), op: Op::Delete(qid.to_string()) });
+            }
+        }
+        let Some(last) = jobs.last_mut() else { return Ok(unknown) };
+        last.token = token;
+        let mut q = self.shared.queue.lock().unwrap();
+        if q.closing {
+            return Err(Error::Closed);
+        }
+        let first_lazy = q.lazy_since.is_none();
+        for job in jobs {
+            q.push(job, true);
+        }
+        drop(q);
+        if first_lazy {
+            self.shared.cv.notify_one();
+        }
+        Ok(unknown)
     }
 
     fn check_known(&self, queue_id: &str) -> Result<(), Error> {

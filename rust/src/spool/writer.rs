@@ -52,6 +52,11 @@ pub enum Op {
     Delete(String),
 }
 
+/// The token of a job that completes nobody: one of a group (`Spool::delete_many`)
+/// whose last job carries the group's token. A group is queued under one lock, so
+/// the writer takes it whole into one batch: one sync, one outcome for all.
+pub const SILENT: u64 = u64::MAX;
+
 pub struct Job {
     pub token: u64,
     pub kind: Kind,
@@ -326,7 +331,7 @@ impl Writer {
         let mut touched = Vec::new();
         let result = self.write_jobs(&jobs, &mut touched);
         self.buf.clear();
-        let tokens: Vec<u64> = jobs.iter().map(|j| j.token).collect();
+        let tokens: Vec<u64> = jobs.iter().map(|j| j.token).filter(|t| *t != SILENT).collect();
         let mut out = Vec::with_capacity(tokens.len());
         match result {
             Ok(locs) => {
