@@ -407,3 +407,29 @@ def test_a_spooled_job_answered_unsent_while_stopping_ends_the_wait_and_stays_qu
         finally:
             await srv.stop()
     assert uvloop.run(again()) == [("queued", 0)]
+
+
+class RaisingPeer(Peer):
+    """A transport with a bug: every delivery raises."""
+
+    async def deliver(self, key, targets, opts, msg):
+        self.calls.append("deliver")
+        raise RuntimeError("transport bug")
+
+
+def test_a_transport_that_raises_defers_its_recipients_with_451(tmp_path, caplog):
+    """The general path's guard: a transport's exception is logged with the queue id and
+    its recipients are recorded deferred (451 4.3.0), not left unrecorded."""
+    async def main():
+        srv = await _server(str(tmp_path))
+        try:
+            srv.queue.smtp = RaisingPeer(asyncio.get_running_loop(), {}, lane=False)
+            qid = _submit(srv, ["a@example.test", "b@example.test"])
+            await _settle(srv, [qid])
+            return qid, [(r.state, r.attempts, r.last_reply) for r in srv.spool.spool.get(qid).recipients]
+        finally:
+            await srv.stop()
+    with caplog.at_level("ERROR"):
+        qid, states = uvloop.run(main())
+    assert states == [("deferred", 1, "451 4.3.0 internal delivery error")] * 2
+    assert f"failed for {qid}" in caplog.text and "transport bug" in caplog.text

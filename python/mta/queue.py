@@ -469,7 +469,7 @@ class QueueManager:
             )
         for (spec, _domain, rs), out in zip(groups.values(), outcomes):
             if isinstance(out, BaseException):
-                log.error("transport %s failed for %s: %r", spec.text(), qid, out, exc_info=out)
+                log.error("transport %s failed for %s: %r", spec.text(), msg.queue_id, out, exc_info=out)
                 out = results_for(_subset(msg, rs), 451, "4.3.0", "internal delivery error")
             for rc, res in zip(rs, out):
                 results[rc.index] = res
