@@ -1,9 +1,9 @@
-"""The wire side of the SMTP/LMTP client: replies, command lines, and the
+"""The wire side of the SMTP/LMTP client: replies, message bodies, and the
 asyncio Protocol of one connection (`_Connection`). mta.delivery.smtp runs
 transactions on it with coroutines, mta.delivery.lane with callbacks.
 
-Invariants: nothing with a bare CR or LF goes out (`_line` refuses it; bodies go
-through `wire_body`); one reply timer per connection watches the current deadline,
+Invariants: nothing with a bare CR or LF goes out (the envelope's lines are made
+and checked in Rust, `_native.envelope_lines`; bodies go through `wire_body`); one reply timer per connection watches the current deadline,
 whichever of the two drives the connection.
 """
 
@@ -15,7 +15,7 @@ from collections import deque
 from typing import NamedTuple
 
 from mta import _native
-from mta.delivery import OutMessage, OutRcpt, Target
+from mta.delivery import Target
 
 _MAX_REPLY_LINE = 8192
 
@@ -104,47 +104,6 @@ def data_parts(data: bytes, *, chunking: bool) -> list[bytes]:
     if chunking:
         parts.insert(0, b"BDAT %d LAST\r\n" % len(parts[0]))
     return parts
-
-
-def xtext(s: str) -> str:
-    """RFC 3461 xtext: "+", "=", controls, space and non-ASCII octets as +XX."""
-    return "".join(
-        chr(b) if 33 <= b <= 126 and b not in (43, 61) else f"+{b:02X}" for b in s.encode("utf-8")
-    )
-
-
-def _mail_line(msg: OutMessage, ext: dict[str, str], utf8: bool) -> bytes:
-    params = []
-    if "SIZE" in ext:
-        params.append(f"SIZE={len(msg.data)}")
-    if msg.body and "8BITMIME" in ext:
-        params.append(f"BODY={msg.body}")
-    if utf8:
-        params.append("SMTPUTF8")
-    if "DSN" in ext:
-        if msg.ret:
-            params.append(f"RET={msg.ret}")
-        if msg.envid:
-            params.append(f"ENVID={xtext(msg.envid)}")
-    return _line(f"MAIL FROM:<{msg.sender}>", params)
-
-
-def _rcpt_line(r: OutRcpt, ext: dict[str, str]) -> bytes:
-    params = []
-    if "DSN" in ext:
-        if r.notify:
-            params.append("NOTIFY=" + ",".join(r.notify))
-        if r.orcpt:
-            kind, _, addr = r.orcpt.partition(";")
-            params.append(f"ORCPT={kind};{xtext(addr)}")
-    return _line(f"RCPT TO:<{r.address}>", params)
-
-
-def _line(cmd: str, params: list[str]) -> bytes:
-    s = " ".join([cmd, *params]) + "\r\n"
-    if "\r" in s[:-2] or "\n" in s[:-2]:
-        raise ValueError("CR or LF in an envelope address or parameter")
-    return s.encode("utf-8")
 
 
 # ---------------------------------------------------------------------------

@@ -44,9 +44,10 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from mta import _native
 from mta.delivery import OutMessage, RcptResult, Target, results_for
 from mta.delivery.protocol import (
-    Reply, ReplyError, ReplyParser, _ConnError, _Connection, _mail_line, _rcpt_line, _Stale, data_parts,
+    Reply, ReplyError, ReplyParser, _ConnError, _Connection, _Stale, data_parts,
     wire_body,
 )
 from mta.delivery.lane import Lane, Queued, resume
@@ -586,7 +587,10 @@ def _envelope(conn: _Connection, msg: OutMessage) -> tuple[list[RcptResult] | No
         return results_for(msg, 550, "5.6.7", f"{conn.name} does not support SMTPUTF8, which this message needs",
                            host, ip, tls=tls), b"", []
     try:
-        return None, _mail_line(msg, ext, utf8), [_rcpt_line(r, ext) for r in msg.recipients]
+        mail, rcpts = _native.envelope_lines(msg.sender, msg.recipients, len(msg.data) if "SIZE" in ext else None,
+                                             msg.body if "8BITMIME" in ext else None, utf8, msg.ret, msg.envid,
+                                             "DSN" in ext)
+        return None, mail, rcpts
     except ValueError as e:  # never from our own receive path, which refuses such addresses
         return results_for(msg, 550, "5.1.3", str(e), host, ip, tls=tls), b"", []
 

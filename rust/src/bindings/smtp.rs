@@ -10,6 +10,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
 use super::spool::PyMessage;
+use crate::smtp::envelope;
 use crate::smtp::client::{self, Outcome, Step, Transaction};
 use crate::smtp::{self, BareLf, Command, Config, Event, MailArgs, Parser, RcptArgs, Reply, ReplyParser, Sink};
 
@@ -313,7 +314,40 @@ fn format_reply<'py>(
     Ok(PyBytes::new(py, &out))
 }
 
+/// The MAIL FROM line and one RCPT TO line per recipient (`crate::smtp::envelope`), with
+/// the parameters the peer offers; each recipient a sequence whose first three items are
+/// (address, notify or None, orcpt or None), as `OutRcpt`. ValueError on a CR or LF.
+#[pyfunction]
+#[pyo3(signature = (sender, recipients, size, body, smtputf8, ret, envid, dsn))]
+#[allow(clippy::too_many_arguments)]
+fn envelope_lines<'py>(
+    py: Python<'py>,
+    sender: &str,
+    recipients: &Bound<'py, PyAny>,
+    size: Option<usize>,
+    body: Option<&str>,
+    smtputf8: bool,
+    ret: Option<&str>,
+    envid: Option<&str>,
+    dsn: bool,
+) -> PyResult<(Bound<'py, PyBytes>, Vec<Bound<'py, PyBytes>>)> {
+    let crlf = |e: envelope::CrLf| PyValueError::new_err(e.to_string());
+    let m = envelope::Mail { sender, size, body, smtputf8, ret, envid, dsn };
+    let mail = PyBytes::new(py, &envelope::mail_line(&m).map_err(crlf)?);
+    let mut rcpts = Vec::new();
+    for r in recipients.try_iter()? {
+        let r = r?;
+        let address: String = r.get_item(0)?.extract()?;
+        let notify: Option<Vec<String>> = r.get_item(1)?.extract()?;
+        let orcpt: Option<String> = r.get_item(2)?.extract()?;
+        let line = envelope::rcpt_line(&address, notify.as_deref().unwrap_or(&[]), orcpt.as_deref(), dsn).map_err(crlf)?;
+        rcpts.push(PyBytes::new(py, &line));
+    }
+    Ok((mail, rcpts))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(envelope_lines, m)?)?;
     m.add_class::<PySmtpParser>()?;
     m.add_class::<PyReplyParser>()?;
     m.add_class::<PyClientTransaction>()?;

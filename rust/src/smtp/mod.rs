@@ -6,6 +6,7 @@ pub mod bdat;
 pub mod client;
 pub mod command;
 pub mod data;
+pub mod envelope;
 pub mod path;
 pub mod proxy;
 pub mod reply;
