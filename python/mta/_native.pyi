@@ -183,6 +183,22 @@ def format_reply(code: int, enhanced: str | None, lines: list[str] | str) -> byt
     """Single- or multi-line reply: b"250-first\\r\\n250 last\\r\\n", with the
     enhanced status code (RFC 3463) after the code on every line when given."""
 
+def envelope_lines(
+    sender: str,
+    recipients: Sequence[tuple],
+    size: int | None,
+    body: str | None,
+    smtputf8: bool,
+    ret: str | None,
+    envid: str | None,
+    dsn: bool,
+) -> tuple[bytes, list[bytes]]:
+    """The client's MAIL FROM line and one RCPT TO line per recipient (each a sequence
+    opening with address, notify or None, orcpt or None, as OutRcpt), with the parameters
+    the peer offers: SIZE= when `size` is given, BODY= when `body` is, SMTPUTF8, and with
+    `dsn` RET=, ENVID= (xtext), NOTIFY= and ORCPT= (its address as xtext); empty values are
+    left out (rust/src/smtp/envelope.rs). ValueError on a CR or LF in any line."""
+
 # ---------------------------------------------------------------------------
 # PROXY protocol v1/v2 (rust/src/smtp/proxy.rs, bindings/proxy.rs)
 # ---------------------------------------------------------------------------
