@@ -1,39 +1,13 @@
 //! `Spool::delete_many`: several DELETE records made durable by one sync and completed
 //! by one token; unknown queue ids left out and returned; nothing queued when none is
 //! known; the deletes survive a restart.
-use super::record::{Envelope, Recipient};
+use super::tests::{stat, submit as submit_body, wait};
 use super::writer::FaultKind;
 use super::*;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn submit(sp: &Spool, token: u64) -> String {
-    let qid = sp.new_queue_id();
-    let mut m = sp.new_message();
-    m.push(b"Subject: x\r\n\r\nbody\r\n");
-    let e = Envelope {
-        queue_id: qid.clone(),
-        arrival_us: now_us(),
-        sender: "a@x.test".into(),
-        recipients: vec![Recipient { address: "b@y.test".into(), ..Default::default() }],
-        ..Default::default()
-    };
-    sp.submit(token, e, m).unwrap();
-    qid
-}
-
-fn completions(sp: &Spool, n: usize) -> Vec<(u64, Option<String>)> {
-    let t0 = Instant::now();
-    let mut got = Vec::new();
-    while got.len() < n {
-        got.extend(sp.completions());
-        assert!(t0.elapsed() < Duration::from_secs(20), "timed out waiting for completions");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    got
-}
-
-fn syncs(sp: &Spool) -> u64 {
-    sp.stats().into_iter().find(|(n, _)| *n == "syncs").unwrap().1
+    submit_body(sp, token, b"Subject: x\r\n\r\nbody\r\n")
 }
 
 #[test]
@@ -44,18 +18,18 @@ fn one_token_one_sync_for_the_group_and_unknown_ids_returned() {
     {
         let sp = Spool::open(d.path(), 0, Config { sync_log: true, ..Default::default() }).unwrap();
         let qids: Vec<String> = (0..12).map(|i| submit(&sp, i)).collect();
-        assert!(completions(&sp, 12).iter().all(|(_, e)| e.is_none()));
-        let s0 = syncs(&sp);
+        assert!(wait(&sp, 12).iter().all(|(_, e)| e.is_none()));
+        let s0 = stat(&sp, "syncs");
         let mut ask: Vec<&str> = qids[..10].iter().map(String::as_str).collect();
         ask.insert(3, "NOSUCHID0001");
         ask.push("NOSUCHID0002");
         let unknown = sp.delete_many(500, &ask).unwrap();
         assert_eq!(unknown, vec!["NOSUCHID0001".to_string(), "NOSUCHID0002".to_string()]);
-        let got = completions(&sp, 1);
+        let got = wait(&sp, 1);
         assert_eq!(got, vec![(500, None)], "one completion for the group, by its token");
         std::thread::sleep(Duration::from_millis(50));
         assert!(sp.completions().is_empty(), "the group's other records complete nobody");
-        assert_eq!(syncs(&sp) - s0, 1, "the group's records share one sync");
+        assert_eq!(stat(&sp, "syncs") - s0, 1, "the group's records share one sync");
         assert!(qids[..10].iter().all(|q| sp.get(q).is_none()), "completed only once durable and indexed");
         kept = qids[10..].to_vec();
         gone = qids[..10].to_vec();
@@ -81,11 +55,11 @@ fn a_failed_sync_fails_the_group_by_its_token() {
     let d = tempfile::tempdir().unwrap();
     let sp = Spool::open(d.path(), 0, Config::default()).unwrap();
     let qids: Vec<String> = (0..3).map(|i| submit(&sp, i)).collect();
-    assert!(completions(&sp, 3).iter().all(|(_, e)| e.is_none()));
+    assert!(wait(&sp, 3).iter().all(|(_, e)| e.is_none()));
     sp.inject_fault(Some((FaultKind::Sync, 5)));
     let ask: Vec<&str> = qids.iter().map(String::as_str).collect();
     assert!(sp.delete_many(9, &ask).unwrap().is_empty());
-    let got = completions(&sp, 1);
+    let got = wait(&sp, 1);
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].0, 9);
     assert!(got[0].1.as_deref().is_some_and(|e| e.contains("spool write failed")), "{got:?}");

@@ -25,7 +25,7 @@ fn body(i: usize, n: usize) -> Vec<u8> {
 }
 
 /// Submit and wait for the completions of `tokens` (polling the list).
-fn wait(sp: &Spool, n: usize) -> Vec<(u64, Option<String>)> {
+pub(super) fn wait(sp: &Spool, n: usize) -> Vec<(u64, Option<String>)> {
     let t0 = Instant::now();
     let mut got = Vec::new();
     while got.len() < n {
@@ -37,7 +37,7 @@ fn wait(sp: &Spool, n: usize) -> Vec<(u64, Option<String>)> {
     got
 }
 
-fn submit(sp: &Spool, token: u64, content: &[u8]) -> String {
+pub(super) fn submit(sp: &Spool, token: u64, content: &[u8]) -> String {
     let qid = sp.new_queue_id();
     let mut m = sp.new_message();
     m.push(content);
@@ -328,7 +328,7 @@ fn ok(sp: &Spool, n: usize) {
     assert!(got.iter().all(|(_, e)| e.is_none()), "{got:?}");
 }
 
-fn stat(sp: &Spool, k: &str) -> u64 {
+pub(super) fn stat(sp: &Spool, k: &str) -> u64 {
     sp.stats().into_iter().find(|(n, _)| *n == k).unwrap().1
 }
 
