@@ -197,7 +197,6 @@ class AgentDelivery:
         self._proto: _Framed | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._starting: asyncio.Task | None = None
-        # job -> (done, its message; or its queue id, for a submit_spooled job)
         # job -> (done, message) from submit, (done, queue id, logged) from submit_spooled
         self._pending: dict[int, tuple] = {}
         self._next = 1

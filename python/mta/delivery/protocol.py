@@ -3,8 +3,9 @@ asyncio Protocol of one connection (`_Connection`). mta.delivery.smtp runs
 transactions on it with coroutines, mta.delivery.lane with callbacks.
 
 Invariants: nothing with a bare CR or LF goes out (the envelope's lines are made
-and checked in Rust, `_native.envelope_lines`; bodies go through `wire_body`); one reply timer per connection watches the current deadline,
-whichever of the two drives the connection.
+and checked in Rust, `_native.envelope_lines`; bodies go through `wire_body`); one
+reply timer per connection watches the current deadline, whichever of the two
+drives the connection.
 """
 
 from __future__ import annotations
