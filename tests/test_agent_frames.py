@@ -167,10 +167,10 @@ def test_a_destination_head_is_made_once_for_equal_target_lists():
         sent: list = []
         d._proto = Proto()
         for _ in range(3):
-            assert d.submit_spooled(KEY, tuple(list(TARGETS)), OPTS, "Q1", lambda q, out: None)  # equal, not the same
-        assert d.submit_spooled(KEY, TARGETS[:1], OPTS, "Q2", lambda q, out: None)
+            assert d.submit_spooled(KEY, tuple(list(TARGETS)), OPTS, "Q1", lambda q, out: None, lambda ids: None)  # equal, not the same
+        assert d.submit_spooled(KEY, TARGETS[:1], OPTS, "Q2", lambda q, out: None, lambda ids: None)
         other = SmtpOptions(helo="mx.test", tls="none", max_connections=4)
-        assert d.submit_spooled(KEY, TARGETS, other, "Q3", lambda q, out: None)
+        assert d.submit_spooled(KEY, TARGETS, other, "Q3", lambda q, out: None, lambda ids: None)
         return d, sent
 
     d, sent = asyncio.run(go())

@@ -399,13 +399,18 @@ def test_spooled_jobs_are_made_from_the_spool_and_answered_once_each(tmp_path):
         loop = asyncio.get_running_loop()
         futs = {q: loop.create_future() for q in (ok, mixed, attempted)}
         try:
+            def logged(ids):  # delivered and logged by the agent: by queue id, to `logged`
+                for i in ids:
+                    futs[i].set_result((i, LOGGED))
+
             for q, f in futs.items():
-                assert d.submit_spooled("k", [target(port)], OPTS, q, lambda qid, out, f=f: f.set_result((qid, out)))
+                assert d.submit_spooled("k", [target(port)], OPTS, q, lambda qid, out, f=f: f.set_result((qid, out)),
+                                        logged)
             got = {q: await asyncio.wait_for(f, 30) for q, f in futs.items()}
             assert all(qid == q for q, (qid, _) in got.items())
             got = {q: out for q, (_, out) in got.items()}
-            # With a `logged` callback, the LOGGED ones come to it as a list of queue ids (one
-            # call per answer frame), everything else to `done` as before.
+            # The LOGGED ones of one answer frame come to `logged` in one call, as a list of
+            # queue ids; everything else to `done`.
             batched: list = []
             more = [store("e@dst.test"), store("f@dst.test"), store("g@dst.test", "nobody@dst.test")]
             await completions(spool, 3)
@@ -423,7 +428,8 @@ def test_spooled_jobs_are_made_from_the_spool_and_answered_once_each(tmp_path):
             assert sorted(batched) == sorted(more[:2])
             h.data_delay = 3.0
             dying = loop.create_future()
-            assert d.submit_spooled("k", [target(port)], OPTS, slow, lambda qid, out: dying.set_result(out))
+            assert d.submit_spooled("k", [target(port)], OPTS, slow, lambda qid, out: dying.set_result(out),
+                                    batched.extend)
             for _ in range(200):  # until the peer is inside DATA
                 if h.active:
                     break

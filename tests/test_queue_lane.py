@@ -285,7 +285,7 @@ class SpooledPeer(AgentDelivery):
         # answer_frame() passes them to `logged` together, as one answer frame does.
         self.logs, self.frame, self.logged = logs, [], None
 
-    def submit_spooled(self, key, targets, opts, queue_id, done, logged=None) -> bool:
+    def submit_spooled(self, key, targets, opts, queue_id, done, logged) -> bool:
         self.calls.append("spooled")
         if self.peer.hold:  # kept until release(), answered UNSENT then
             self.peer.held.append((lambda out: done(queue_id, out), UNSENT))
@@ -298,7 +298,7 @@ class SpooledPeer(AgentDelivery):
         m = marshal.loads(payload)[0][5]
         msg = OutMessage(m[0], m[1], tuple(OutRcpt(*r) for r in m[2]), *m[3:])
         out = Deferred("4.3.0", "delivery agent died; will retry") if self.died else self.peer._results(msg)
-        if self.logs and logged is not None and not self.died and all(r.code == 250 for r in out):
+        if self.logs and not self.died and all(r.code == 250 for r in out):
             self.frame.append(queue_id)
             self.logged = logged
             return True

@@ -338,13 +338,10 @@ class QueueManager:
             self._fast_end(qid, exc)
 
     def _spooled_done(self, qid: str, out) -> None:
-        """The outcome of a `_start_spooled` job: all delivered and logged by the agent
-        (LOGGED): one DELETE; anything else is recorded as `_fast_done` records it, from
+        """The outcome of a `_start_spooled` job that was not all delivered and logged by
+        the agent (those go to `_spooled_logged`): recorded as `_fast_done` records it, from
         the spool's entry (the message was not touched meanwhile: it is active)."""
         if self._abandoned:
-            return
-        if out is LOGGED:
-            self.spool.delete_then(qid, lambda error: self._fast_end(qid, None if error is None else SpoolError(error)))
             return
         if out is UNSENT:  # not fresh after all: the general way (after a restart, if stopping)
             self._fast_end(qid, None)

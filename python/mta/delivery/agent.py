@@ -242,17 +242,17 @@ class AgentDelivery:
         return True
 
     def submit_spooled(self, key: str, targets: Sequence[Target], opts: SmtpOptions, queue_id: str,
-                       done: Callable[[str, list[RcptResult] | _Logged | _Unsent | Deferred], object],
-                       logged: Callable[[list[str]], object] | None = None) -> bool:
+                       done: Callable[[str, list[RcptResult] | _Unsent | Deferred], object],
+                       logged: Callable[[list[str]], object]) -> bool:
         """`submit` for a fresh message in the spool (every recipient queued, none tried),
         logged by the agent when all are delivered: the job is made from the spool entry,
         in Rust, at the next flush (the spool's encode_jobs), so the event loop makes no
-        Python object of the message. `done(queue_id, outcome)` is called exactly once:
-        LOGGED, the results, `Deferred` (the job failed as a whole; the caller makes the
-        451s) or UNSENT (the entry was not fresh: nothing was sent). With `logged`, the
-        jobs of one answer frame that came back LOGGED go to `logged(queue_ids)` in one
-        call instead (one DELETE group for them all). False, and nothing sent, when the
-        agent is not running or this was made without the spool."""
+        Python object of the message. Each job is answered exactly once: delivered and
+        logged, by `logged(queue_ids)` with the others of its answer frame that were (one
+        call, so one DELETE group for them all); else by `done(queue_id, outcome)` with
+        the results, `Deferred` (the job failed as a whole; the caller makes the 451s) or
+        UNSENT (the entry was not fresh: nothing was sent). False, and nothing sent, when
+        the agent is not running or this was made without the spool."""
         proto = self._proto
         if proto is None or proto.transport is None or self._closed or self._encode is None:
             return False
@@ -320,13 +320,10 @@ class AgentDelivery:
                 continue
             kind = item[0]
             if kind == "ok":  # delivered, and logged by the agent
-                if len(entry) == 3 and entry[2] is not None:
+                if len(entry) == 3:  # a spooled job: to its `logged`, with the frame's others
                     if logged is None:
-                        logged = {entry[2]: [entry[1]]}
-                    elif (ids := logged.get(entry[2])) is not None:
-                        ids.append(entry[1])
-                    else:
-                        logged[entry[2]] = [entry[1]]
+                        logged = {}
+                    logged.setdefault(entry[2], []).append(entry[1])
                     continue
                 res = LOGGED
             elif kind == "res":

@@ -258,7 +258,7 @@ impl Spool {
                 return Ok(());
             }
         };
-        self.enqueue(Job { token, kind: Kind::Message, meta, data, op: Op::Message(envelope) }, false)
+        self.enqueue([Job { token, kind: Kind::Message, meta, data, op: Op::Message(envelope) }], false)
     }
 
     /// Record recipient outcomes of a durable message (a STATE record, applied
@@ -298,9 +298,10 @@ impl Spool {
 
     /// Remove a durable message (a DELETE record; it leaves the index once synced).
     pub fn delete(&self, token: u64, queue_id: &str) -> Result<(), Error> {
-        self.check_known(queue_id)?;
-        let meta = record::encode_delete(queue_id, now_us());
-        self.enqueue(Job { token, kind: Kind::Delete, meta, data: Sealed::from_bytes(Vec::new()), op: Op::Delete(queue_id.to_string()) }, true)
+        match self.delete_many(token, &[queue_id])?.pop() {
+            None => Ok(()),
+            Some(q) => Err(Error::Invalid(format!("unknown queue id {q:?}"))),
+        }
     }
 
     /// Remove several durable messages with one completion (`token`): their DELETE
@@ -324,18 +325,7 @@ impl Spool {
         }
         let Some(last) = jobs.last_mut() else { return Ok(unknown) };
         last.token = token;
-        let mut q = self.shared.queue.lock().unwrap();
-        if q.closing {
-            return Err(Error::Closed);
-        }
-        let first_lazy = q.lazy_since.is_none();
-        for job in jobs {
-            q.push(job, true);
-        }
-        drop(q);
-        if first_lazy {
-            self.shared.cv.notify_one();
-        }
+        self.enqueue(jobs, true)?;
         Ok(unknown)
     }
 
@@ -348,7 +338,7 @@ impl Spool {
 
     fn enqueue_state(&self, token: u64, sc: StateChange, lazy: bool) -> Result<(), Error> {
         let meta = record::encode_state(&sc);
-        self.enqueue(Job { token, kind: Kind::State, meta, data: Sealed::from_bytes(Vec::new()), op: Op::State(sc) }, lazy)
+        self.enqueue([Job { token, kind: Kind::State, meta, data: Sealed::from_bytes(Vec::new()), op: Op::State(sc) }], lazy)
     }
 
     /// Queue ids due at `now_us` (not held; a recipient queued, or deferred
@@ -368,17 +358,21 @@ impl Spool {
     }
 
     /// `lazy`: a delivery outcome, which may wait up to `LAZY_DELAY` to share a
-    /// sync (see writer.rs); everything else wakes the writer at once.
-    fn enqueue(&self, job: Job, lazy: bool) -> Result<(), Error> {
+    /// sync (see writer.rs); everything else wakes the writer at once. The jobs are
+    /// queued under one lock, so the writer takes them into one batch.
+    fn enqueue(&self, jobs: impl IntoIterator<Item = Job>, lazy: bool) -> Result<(), Error> {
         let mut q = self.shared.queue.lock().unwrap();
         if q.closing {
             return Err(Error::Closed);
         }
         let first_lazy = lazy && q.lazy_since.is_none();
-        q.push(job, lazy);
+        let eager_before = q.eager;
+        for job in jobs {
+            q.push(job, lazy);
+        }
         // While the writer waits out a commit delay, only the first eager job
         // and a full batch need to wake it.
-        let wake = if lazy { first_lazy } else { q.eager == 1 || q.eager >= writer::COMMIT_BATCH };
+        let wake = if lazy { first_lazy } else { eager_before == 0 || q.eager >= writer::COMMIT_BATCH };
         drop(q);
         if wake {
             self.shared.cv.notify_one();
