@@ -553,7 +553,10 @@ impl Writer {
         self.shared.stats.syncs.fetch_add(1, Relaxed);
         if let Some(log) = &mut self.sync_log {
             // Plain write: the power-loss emulation reads it after the process is gone.
-            let _ = writeln!(log, "segments/{} {}", segment_name(c.seq), c.synced);
+            // One write() per line: writeln! on a File writes each formatted piece on its
+            // own, and a SIGKILL between them left a torn last line.
+            let line = format!("segments/{} {}\n", segment_name(c.seq), c.synced);
+            let _ = log.write_all(line.as_bytes());
         }
         Ok(())
     }
