@@ -21,16 +21,23 @@ shift $((OPTIND - 1))
 HERE=$(cd "$(dirname "$0")" && pwd)
 PY=$(python3 -c "import sys; print(sys.executable)")  # the interpreter itself, not a shim script
 SBIN=/usr/sbin
-PORT=$(python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])")
+# Two free ports, each found free (PORT + 1 may be any other socket's).
+read -r PORT SINK_PORT < <(python3 -c "import socket
+a, b = socket.socket(), socket.socket()
+a.bind(('127.0.0.1', 0)); b.bind(('127.0.0.1', 0))
+print(a.getsockname()[1], b.getsockname()[1])")
 WORK=$(mktemp -d /tmp/mta-instr-XXXXXX)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
-timeout 600 "$SBIN/smtp-sink" -c -u postfix "127.0.0.1:$((PORT + 1))" 1024 >/dev/null 2>&1 & pids+=($!)
+timeout 600 "$SBIN/smtp-sink" -c -u postfix "127.0.0.1:$SINK_PORT" 1024 >"$WORK/sink.log" 2>&1 & pids+=($!)
+sink_up=""
+for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$SINK_PORT") 2>/dev/null && { sink_up=1; break; }; sleep 0.1; done
+[ -n "$sink_up" ] || { echo "smtp-sink did not start on $SINK_PORT:" >&2; cat "$WORK/sink.log" >&2; exit 1; }
 PYTHONPATH=$PD timeout 600 valgrind --tool=callgrind --trace-children=yes --instr-atstart=no \
   --callgrind-out-file="$WORK/cg.%p" "$PY" -m mta run --config "$HERE/mta-bench.toml" \
   --listen "127.0.0.1:$PORT" --spool "$WORK/spool" --hostname mx.example.test \
-  --relay-to "127.0.0.1:$((PORT + 1))" "$@" >"$WORK/mta.log" 2>&1 & pids=($! "${pids[@]}")
+  --relay-to "127.0.0.1:$SINK_PORT" "$@" >"$WORK/mta.log" 2>&1 & pids=($! "${pids[@]}")
 up=""
 for _ in $(seq 300); do (echo >"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && { up=1; break; }; sleep 0.2; done
 [ -n "$up" ] || { echo "mta did not start (PYTHONPATH=$PD):" >&2; tail -20 "$WORK/mta.log" >&2; exit 1; }
