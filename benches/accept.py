@@ -10,6 +10,7 @@ Ctrl-C; an mta trial counts only if the server stored exactly N messages.
 
   python benches/accept.py [--messages N] [--trials T] [--sizes 1024,65536]
                            [--modes conn,keep] [--systems mta,postfix,sink] [--settle S] [--out results.json]
+                           [--mta-delivery relay|off|ideal|default]
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -109,6 +111,7 @@ class Trial:
         self.procs: list[subprocess.Popen] = []
         self.port = {"mta": args.port, "postfix": args.port + 100, "sink": args.port + 200}[system]
         self.postfix_started = False
+        self.sink_port = 0
         _port_free(self.port)
         if system == "mta":
             cfg = os.path.join(tmp, "mta.toml")
@@ -122,13 +125,14 @@ class Trial:
             argv = [sys.executable, "-m", "mta", "run", "--config", cfg, "--listen", f"127.0.0.1:{self.port}",
                     "--spool", os.path.join(tmp, "spool"), "--hostname", "mx.example.test",
                     "--workers", str(args.mta_workers)]
-            if args.mta_delivery == "relay":  # relays into a counting sink, as Postfix does (relayhost)
-                sink_port = self.port + 1
-                _port_free(sink_port)
-                self.procs.append(_spawn([sbin("smtp-sink"), "-c", "-u", "postfix", f"127.0.0.1:{sink_port}",
+            if args.mta_delivery in ("relay", "ideal"):  # relays into a counting sink, as Postfix does
+                self.sink_port = self.port + 1
+                _port_free(self.sink_port)
+                self.procs.append(_spawn([sbin("smtp-sink"), "-c", "-u", "postfix", f"127.0.0.1:{self.sink_port}",
                                           "1024"], subprocess.DEVNULL))
-                argv += ["--relay-to", f"127.0.0.1:{sink_port}"]
-            elif args.mta_delivery == "off":
+            if args.mta_delivery == "relay":
+                argv += ["--relay-to", f"127.0.0.1:{self.sink_port}"]
+            elif args.mta_delivery in ("off", "ideal"):
                 argv.append("--no-delivery")
             p = _spawn(argv, self.log, env)
             self.procs.insert(0, p)  # stopped first, before its relay sink
@@ -199,6 +203,75 @@ def check_disk(args, size: int) -> None:
                      f"{args.messages} x {size} B messages needs {need / 2**30:.2f} GiB (N x SIZE x 2)")
 
 
+class _Relayer:
+    """`--mta-delivery ideal`: while mta only accepts, a C client relays what it has accepted,
+    as it accepts it, into mta's counting sink: each time mta's log shows `BATCH` more
+    messages queued, `smtp-source -d -s 20` (kept connections, as many as mta's relay
+    connections; smtp-source does not pipeline) sends that many of the same size. The
+    cheapest relaying any client of ours could add, with no spool read and no coordination
+    with the worker. Its CPU (wait4's rusage of every run) is counted as the server's."""
+
+    BATCH = 500
+
+    def __init__(self, args, size: int, sink_port: int, log_path: str, t0: float):
+        self.args, self.size, self.sink_port, self.log_path, self.t0 = args, size, sink_port, log_path, t0
+        self.accepting = True  # cleared when the load has ended: relay the rest
+        self.relayed, self.cpu, self.ended, self.error = 0, 0.0, None, None
+        self.proc: subprocess.Popen | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        seen, pos = 0, 0
+        deadline = self.t0 + self.args.timeout
+        idle_since = None  # once the load has ended: when the log last had nothing new
+        try:
+            with open(self.log_path, "rb") as log:
+                while self.relayed < self.args.messages and time.monotonic() < deadline:
+                    log.seek(pos)
+                    chunk = log.read()
+                    cut = chunk.rfind(b"\n") + 1  # whole lines only
+                    pos += cut
+                    seen += chunk[:cut].count(b" queued ")
+                    todo = min(seen, self.args.messages) - self.relayed
+                    if todo >= self.BATCH or (todo > 0 and not self.accepting):
+                        self._send(todo)
+                        idle_since = None
+                    elif not self.accepting and idle_since is None:
+                        idle_since = time.monotonic()
+                    elif idle_since is not None and time.monotonic() - idle_since > 2.0:
+                        break  # the load ended short of N (it failed): nothing more will come
+                    else:
+                        time.sleep(0.005)
+            if self.relayed < self.args.messages:
+                self.error = f"the ideal relayer relayed {self.relayed} of {self.args.messages} in time"
+            self.ended = time.monotonic() - self.t0
+        except (OSError, RuntimeError) as e:
+            self.error = str(e)
+
+    def _send(self, n: int) -> None:
+        self.proc = subprocess.Popen([sbin("smtp-source"), "-d", "-s", str(min(20, n)), "-m", str(n), "-l",
+                                      str(self.size), "-f", "from@example.test", "-t", "to@example.test",
+                                      "-M", "mx.example.test", f"127.0.0.1:{self.sink_port}"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _, status, ru = os.wait4(self.proc.pid, 0)
+        self.proc.returncode = os.waitstatus_to_exitcode(status)
+        self.cpu += ru.ru_utime + ru.ru_stime
+        if self.proc.returncode != 0:
+            raise RuntimeError(f"the ideal relayer (smtp-source -d) exited {self.proc.returncode}")
+        self.relayed += n
+
+    def result(self) -> tuple[float, float]:
+        """The load has ended: relay the rest; (seconds from t0 to the last relayed, CPU seconds)."""
+        self.accepting = False
+        self.thread.join(max(0.0, self.t0 + self.args.timeout - time.monotonic()) + 5)
+        if self.thread.is_alive() and self.proc is not None:
+            self.proc.kill()
+        if self.error or self.ended is None:
+            raise RuntimeError(self.error or "the ideal relayer did not finish in time")
+        return self.ended, self.cpu
+
+
 def run_trial(args, system: str, size: int, mode: str, index: int) -> dict:
     check_disk(args, size)
     # The trial before (another system's) leaves dirty pages, a spool or queue being removed
@@ -217,14 +290,22 @@ def run_trial(args, system: str, size: int, mode: str, index: int) -> dict:
             cmd.append("-d")
         cmd.append(f"127.0.0.1:{srv.port}")
         row["command"] = " ".join(cmd)
+        ideal = system == "mta" and args.mta_delivery == "ideal"
         cpu0 = srv.cpu()
         t0 = time.monotonic()
+        relayer = _Relayer(args, size, srv.sink_port, srv.log.name, t0) if ideal else None
         try:
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
             elapsed = time.monotonic() - t0
         except subprocess.TimeoutExpired:
             raise RuntimeError(f"smtp-source did not finish within {args.timeout:.0f} s") from None
+        finally:
+            relayed = relayer.result() if relayer else None
         cpu = srv.cpu() - cpu0
+        if relayed is not None:  # the emulated relay client's CPU is the server's: mta would spend it
+            # (what it relays after the load has ended counts too, as mta's relaying after it would)
+            row.update(relay_done_s=round(relayed[0], 3), relay_client_cpu_s=round(relayed[1], 3))
+            cpu += relayed[1]
         row.update(elapsed_s=round(elapsed, 3), accepted_per_s=round(args.messages / elapsed, 1),
                    server_cpu_s=round(cpu, 3), server_cpu_s_per_msg=round(cpu / args.messages, 7))
         complaints = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.strip()]
@@ -293,6 +374,14 @@ def _n(x, fmt="{:,.0f}"):
     return "—" if x is None else fmt.format(x)
 
 
+MTA_DELIVERY = {"relay": "relaying into smtp-sink -c", "off": "accepting only",
+                "ideal": "accepting; a C client relays", "default": "its configured delivery"}
+
+
+def _name(system: str, args) -> str:
+    return f"{NAMES[system]} ({MTA_DELIVERY[args.mta_delivery]})" if system == "mta" else NAMES[system]
+
+
 def markdown(summary: list[dict], args) -> str:
     lines = [f"N = {args.messages:,} per trial, {args.sessions} sessions, {args.trials} trials in alternation; "
              f"medians (min–max); ratios pair by pair (same trial index), then the median. {NOTE}", "",
@@ -303,13 +392,13 @@ def markdown(summary: list[dict], args) -> str:
         size = f"{s['size'] // 1024} KiB" if s["size"] % 1024 == 0 else f"{s['size']} B"
         mode = "1/conn" if s["mode"] == "conn" else "kept (-d)"
         if not s["trials_ok"]:
-            lines.append(f"| {NAMES[s['system']]} | {size} | {mode} | failed ({s['trials_failed']}) | | | | | |")
+            lines.append(f"| {_name(s['system'], args)} | {size} | {mode} | failed ({s['trials_failed']}) | | | | | |")
             continue
         sync = (f"{_n(s.get('msgs_per_sync'), '{:.1f}')} ({_n(s.get('syncs_per_s'))})"
                 if s["system"] == "mta" else "—")
         fail = f" ({s['trials_failed']} failed)" if s["trials_failed"] else ""
         lines.append(
-            f"| {NAMES[s['system']]} | {size} | {mode} | {_n(s['median_per_s'])}{fail} | "
+            f"| {_name(s['system'], args)} | {size} | {mode} | {_n(s['median_per_s'])}{fail} | "
             f"{_n(s['min_per_s'])}–{_n(s['max_per_s'])} | {_n(s['cpu_s_per_20k'], '{:.1f}')} | "
             f"{'—' if s['system'] == 'postfix' else _n(s.get('ratio_vs_postfix'), '{:.2f}x')} | "
             f"{'—' if s['system'] == 'sink' else _n(s.get('ratio_vs_sink'), '{:.0%}')} | {sync} |")
@@ -355,9 +444,12 @@ def parse_args(argv=None):
     ap.add_argument("--mta-python", default=os.path.join(ROOT, "python"),
                     help="directory holding the mta package to run (default ./python; a pinned snapshot "
                          "with a .commit file beside it is reported under that commit)")
-    ap.add_argument("--mta-delivery", choices=("relay", "off", "default"), default="relay",
+    ap.add_argument("--mta-delivery", choices=("relay", "off", "ideal", "default"), default="relay",
                     help="relay: mta relays into an smtp-sink -c while accepting, as the Postfix peer does "
-                         "(default); off: --no-delivery; default: the configuration's own delivery")
+                         "(default); off: --no-delivery; ideal: --no-delivery while a C client (smtp-source "
+                         "-d -s 20) relays the same N into that sink at the same time, its CPU counted as "
+                         "the server's (the best any relay client could do); default: the "
+                         "configuration's own delivery")
     ap.add_argument("--mta-workers", type=int, default=1,
                     help="mta run --workers N (processes sharing the port, a spool shard each; default 1)")
     ap.add_argument("--mta-cpu-affinity", choices=("none", "auto"), default="auto",

@@ -551,3 +551,54 @@ def test_fsync_bench_times_both_ways_and_leaves_no_file(tmp_path):
     for line in out:
         assert re.search(r"\d+ syncs/s  p50 +\d+ us  p90 +\d+ us  p99 +\d+ us  CPU +\d+ us/sync$", line), line
     assert list(tmp_path.iterdir()) == []
+
+
+def _free_ports(*offsets: int) -> int:
+    """A port P with P + each offset free on 127.0.0.1 (accept.py puts its sinks there)."""
+    for _ in range(50):
+        base = free_port()
+        if base + max(offsets) > 65535:
+            continue
+        try:
+            socks = []
+            for off in offsets:
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", base + off))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise AssertionError("no free port group found")
+
+
+@pytest.mark.parametrize("delivery", ["relay", "ideal"])
+def test_accept_bench_runs_mta_and_the_sink(tmp_path, delivery):
+    """benches/accept.py (the issue-4 benchmark) on a tiny workload: mta relaying (or
+    accepting while smtp-source -d relays the same N: `ideal`) and the ceiling, every
+    message stored, the sync figures read from mta's log, the relayer's CPU counted as the
+    server's (the figures themselves are not asserted)."""
+    assert shutil.which("smtp-source", path="/usr/sbin:/usr/bin"), "postfix is not installed (scripts/test)"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out_json = tmp_path / "accept.json"
+    cmd = [sys.executable, os.path.join(root, "benches", "accept.py"), "--messages", "200", "--trials", "1",
+           "--sizes", "1024", "--modes", "conn", "--systems", "mta,sink", "--settle", "0",
+           "--mta-delivery", delivery, "--port", str(_free_ports(0, 1, 200)), "--workdir", str(tmp_path),
+           "--out", str(out_json), "--timeout", "120"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    result = json.loads(out_json.read_text())
+    trials = {t["system"]: t for t in result["trials"]}
+    assert set(trials) == {"mta", "sink"} and not any("failed" in t for t in trials.values()), trials
+    mta = trials["mta"]
+    assert mta["queued_lines"] == 200 and mta["syncs"] >= 1 and mta["accepted_per_s"] > 0, mta
+    if delivery == "ideal":
+        assert mta["relay_client_cpu_s"] > 0 and mta["relay_done_s"] > 0, mta
+        assert mta["server_cpu_s"] >= mta["relay_client_cpu_s"], mta
+    else:
+        assert "relay_client_cpu_s" not in mta, mta
+    label = {"relay": "relaying into smtp-sink -c", "ideal": "accepting; a C client relays"}[delivery]
+    assert f"| mta run ({label}) | 1 KiB | 1/conn |" in out.stdout, out.stdout
+    assert not list(tmp_path.glob("mta-accept-*")), "a trial's spool was left behind"
