@@ -581,9 +581,13 @@ def test_accept_bench_runs_mta_and_the_sink(tmp_path, delivery):
     message stored, the sync figures read from mta's log, the relayer's CPU counted as the
     server's (the figures themselves are not asserted)."""
     assert shutil.which("smtp-source", path="/usr/sbin:/usr/bin"), "postfix is not installed (scripts/test)"
+    import mta
+
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    package_dir = os.path.dirname(os.path.dirname(os.path.abspath(mta.__file__)))  # the one under test
     out_json = tmp_path / "accept.json"
-    cmd = [sys.executable, os.path.join(root, "benches", "accept.py"), "--messages", "200", "--trials", "1",
+    cmd = [sys.executable, os.path.join(root, "benches", "accept.py"), "--mta-python", package_dir,
+           "--messages", "200", "--trials", "1",
            "--sizes", "1024", "--modes", "conn", "--systems", "mta,sink", "--settle", "0",
            "--mta-delivery", delivery, "--port", str(_free_ports(0, 1, 200)), "--workdir", str(tmp_path),
            "--out", str(out_json), "--timeout", "120"]
