@@ -126,10 +126,7 @@ class Trial:
                     "--spool", os.path.join(tmp, "spool"), "--hostname", "mx.example.test",
                     "--workers", str(args.mta_workers)]
             if args.mta_delivery in ("relay", "ideal"):  # relays into a counting sink, as Postfix does
-                self.sink_port = self.port + 1
-                _port_free(self.sink_port)
-                self.procs.append(_spawn([sbin("smtp-sink"), "-c", "-u", "postfix", f"127.0.0.1:{self.sink_port}",
-                                          "1024"], subprocess.DEVNULL))
+                self._counting_sink()
             if args.mta_delivery == "relay":
                 argv += ["--relay-to", f"127.0.0.1:{self.sink_port}"]
             elif args.mta_delivery in ("off", "ideal"):
@@ -148,12 +145,9 @@ class Trial:
                     raise RuntimeError("the Postfix bench instance (compare-postfix.sh) is running already: "
                                        "another benchmark is using it")
                 time.sleep(2)
-            sink_port = self.port + 1
-            _port_free(sink_port)
-            self.procs.append(_spawn([sbin("smtp-sink"), "-c", "-u", "postfix", f"127.0.0.1:{sink_port}", "1024"],
-                                     subprocess.DEVNULL))
+            self._counting_sink()
             _cleanups.append(self._postfix_stop)
-            r = _postfix_sh("start", str(self.port), str(sink_port))
+            r = _postfix_sh("start", str(self.port), str(self.sink_port))
             self.postfix_started = True
             if r.returncode != 0:
                 raise RuntimeError(f"compare-postfix.sh start failed: {r.stderr.strip()}")
@@ -163,6 +157,13 @@ class Trial:
             self.pid = _postfix_master()
             if self.pid is None:
                 raise RuntimeError("Postfix master pid not found")
+
+    def _counting_sink(self) -> None:
+        """The relay's next hop: an `smtp-sink -c` on the port after the server's."""
+        self.sink_port = self.port + 1
+        _port_free(self.sink_port)
+        self.procs.append(_spawn([sbin("smtp-sink"), "-c", "-u", "postfix", f"127.0.0.1:{self.sink_port}", "1024"],
+                                 subprocess.DEVNULL))
 
     def cpu(self) -> float:
         return tree_cpu_seconds(self.pid)

@@ -313,7 +313,7 @@ class AgentDelivery:
 
     def _on_items(self, items: list) -> None:
         pending = self._pending
-        logged: dict | None = None  # logged callback -> the queue ids it gets
+        logged: dict = {}  # logged callback -> the queue ids it gets
         for item in items:
             entry = pending.pop(item[1], None)
             if entry is None:
@@ -321,8 +321,6 @@ class AgentDelivery:
             kind = item[0]
             if kind == "ok":  # delivered, and logged by the agent
                 if len(entry) == 3:  # a spooled job: to its `logged`, with the frame's others
-                    if logged is None:
-                        logged = {}
                     logged.setdefault(entry[2], []).append(entry[1])
                     continue
                 res = LOGGED
@@ -333,12 +331,11 @@ class AgentDelivery:
                 log.error("delivery agent: job for %s failed: %s", m if isinstance(m, str) else m.queue_id, item[2])
                 res = _deferral(m, "internal delivery error")
             self._answer(entry, res)
-        if logged is not None:
-            for fn, ids in logged.items():
-                try:
-                    fn(ids)
-                except Exception:  # one caller's bug must not lose the other results
-                    log.exception("delivery agent: result callback for %d message(s) failed", len(ids))
+        for fn, ids in logged.items():
+            try:
+                fn(ids)
+            except Exception:  # one caller's bug must not lose the other results
+                log.exception("delivery agent: result callback for %d message(s) failed", len(ids))
 
     def _on_lost(self, exc: Exception | None) -> None:
         self._proto = None

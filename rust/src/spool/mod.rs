@@ -109,6 +109,10 @@ pub enum Error {
     Invalid(String),
 }
 
+fn unknown_id(queue_id: &str) -> Error {
+    Error::Invalid(format!("unknown queue id {queue_id:?}"))
+}
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub segment_size: u64,
@@ -267,7 +271,7 @@ impl Spool {
     pub fn update(&self, token: u64, queue_id: &str, changes: &[Change]) -> Result<(), Error> {
         let sc = {
             let ix = self.shared.index.lock().unwrap();
-            let e = ix.get(queue_id).ok_or_else(|| Error::Invalid(format!("unknown queue id {queue_id:?}")))?;
+            let e = ix.get(queue_id).ok_or_else(|| unknown_id(queue_id))?;
             let n = e.envelope.recipients.len();
             let mut v = Vec::with_capacity(changes.len());
             for c in changes {
@@ -300,7 +304,7 @@ impl Spool {
     pub fn delete(&self, token: u64, queue_id: &str) -> Result<(), Error> {
         match self.delete_many(token, &[queue_id])?.pop() {
             None => Ok(()),
-            Some(q) => Err(Error::Invalid(format!("unknown queue id {q:?}"))),
+            Some(q) => Err(unknown_id(&q)),
         }
     }
 
@@ -332,7 +336,7 @@ impl Spool {
     fn check_known(&self, queue_id: &str) -> Result<(), Error> {
         match self.shared.index.lock().unwrap().get(queue_id) {
             Some(_) => Ok(()),
-            None => Err(Error::Invalid(format!("unknown queue id {queue_id:?}"))),
+            None => Err(unknown_id(queue_id)),
         }
     }
 
