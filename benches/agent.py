@@ -22,7 +22,7 @@ import uvloop
 
 from mta.delivery import OutMessage, OutRcpt, Target
 from mta.delivery.agent import AgentDelivery
-from mta.delivery.smtp import SmtpOptions
+from mta.delivery.smtp.client import SmtpOptions
 
 DATA = b"Received: from x by y; now\r\nSubject: t\r\n\r\n" + (b"x" * 70 + b"\r\n") * 13
 

@@ -26,12 +26,12 @@ import time
 
 import uvloop
 
-from mta import config
+from mta.config import schema as config
 from mta import log as fastlog
 from mta.delivery import OutMessage, OutRcpt, Target, results_for
-from mta.delivery import smtp as client_mod
-from mta.listener import Server
-from mta.session import Session
+from mta.delivery.smtp import client as client_mod
+from mta.app.server import Server
+from mta.smtp.session import Session
 
 BODY = (b"From: <from@example.test>\r\nTo: <to@example.test>\r\nSubject: test\r\n\r\n"
         + (b"x" * 70 + b"\r\n") * 13)

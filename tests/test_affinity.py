@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from mta import affinity
-from mta.affinity import Affinity
+from mta.app import affinity
+from mta.app.affinity import Affinity
 
 
 @pytest.mark.parametrize("allowed, shard, loop, helpers", [

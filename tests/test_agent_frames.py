@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from mta._native import Spool
 from mta.delivery import OutMessage, OutRcpt, Target
 from mta.delivery.agent import AgentDelivery
-from mta.delivery.smtp import SmtpOptions
+from mta.delivery.smtp.client import SmtpOptions
 
 from test_spool import completions, fill
 

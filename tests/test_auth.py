@@ -17,8 +17,10 @@ import threading
 
 import pytest
 
-from mta import _native, auth, config
-from mta.auth import AuthGuard, SaslExchange, add_missing_headers, check_sender
+from mta import _native
+from mta.auth import users as auth
+from mta.config import schema as config
+from mta.auth.users import AuthGuard, SaslExchange, add_missing_headers, check_sender
 from mta.errors import ConfigError
 
 FAST = {"n": 1024, "r": 8, "p": 1}  # cheap parameters for tests; the format is the same

@@ -381,7 +381,7 @@ def test_every_committed_bench_plan_and_config_loads():
     """benches/compare*.toml are valid plans and benches/mta-bench*.toml valid mta configs."""
     import glob
 
-    from mta import config as mta_config
+    from mta.config import schema as mta_config
     from mta.bench.compare import load_plan
 
     benches = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benches")

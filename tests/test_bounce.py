@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from mta.bounce import make_dsn, success_dsn, wants_dsn
+from mta.queue.bounce import make_dsn, success_dsn, wants_dsn
 from mta.delivery import OutMessage, OutRcpt, RcptResult
 
 ORIG = (b"Received: from c.test by mx.a.test\r\nFrom: s@a.test\r\nTo: r1@b.test\r\n"
@@ -114,7 +114,7 @@ def test_ret_full_returns_whole_message():
 def test_ret_full_ignored_for_delay_and_oversize(monkeypatch):
     part = parse(dsn(message(ret="FULL"), action="delayed")).get_payload()[2]
     assert part.get_content_type() == "text/rfc822-headers"
-    import mta.bounce as b
+    import mta.queue.bounce as b
     monkeypatch.setattr(b, "FULL_LIMIT", 10)
     part = parse(dsn(message(ret="FULL"))).get_payload()[2]
     assert part.get_content_type() == "text/rfc822-headers"

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from mta import config
-from mta.config import KiB, MiB, load
+from mta.config import schema as config
+from mta.config.kinds import KiB, MiB
+from mta.config.schema import load
 from mta.errors import ConfigError, MtaError
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"

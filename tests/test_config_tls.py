@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mta.config import Listener, load
+from mta.config.schema import Listener, load
 from mta.errors import ConfigError
 
 TLS = '[tls]\ncert = "/etc/mta/cert.pem"\nkey = "/etc/mta/key.pem"\n'

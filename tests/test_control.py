@@ -10,8 +10,8 @@ import socket
 
 import pytest
 
-from mta import control
-from mta.control import MAX_IDS, MAX_LINE, Request, RequestError, parse_request
+from mta.app import control
+from mta.app.control import MAX_IDS, MAX_LINE, Request, RequestError, parse_request
 
 
 def line(obj) -> bytes:

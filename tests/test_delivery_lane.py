@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 
 from mta import _native
 from mta.delivery import OutMessage, OutRcpt, RcptResult, Target
-from mta.delivery.lane import DONE, GARBAGE, SEND_DATA, STALE, UNEXPECTED, WAIT
-from mta.delivery.protocol import _Connection
-from mta.delivery.smtp import SmtpOptions
+from mta.delivery.smtp.lane import DONE, GARBAGE, SEND_DATA, STALE, UNEXPECTED, WAIT
+from mta.delivery.smtp.protocol import _Connection
+from mta.delivery.smtp.client import SmtpOptions
 from test_delivery_smtp import client
 
 DEADLINE = 30.0
@@ -638,7 +638,7 @@ def test_a_paused_transport_is_waited_for_and_timed_out_alike(resume_after):
 
 
 def test_a_bug_in_the_lane_answers_the_job_with_an_error(monkeypatch):
-    from mta.delivery import lane as lane_mod
+    from mta.delivery.smtp import lane as lane_mod
 
     def broken(self):
         raise RuntimeError("a bug")

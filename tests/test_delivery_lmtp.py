@@ -17,7 +17,7 @@ from aiosmtpd.lmtp import LMTP
 
 from mta.delivery import OutMessage, OutRcpt, Target
 from mta.delivery.lmtp import LmtpDelivery, unix_target
-from mta.delivery.smtp import SmtpDelivery, SmtpOptions
+from mta.delivery.smtp.client import SmtpDelivery, SmtpOptions
 
 DEADLINE = 60.0
 OPTS = SmtpOptions(helo="client.test", tls="none", connect_timeout=5.0)

@@ -27,7 +27,7 @@ from aiosmtpd.controller import Controller
 
 from mta import _native
 from mta.delivery import OutMessage, OutRcpt, Target
-from mta.delivery.smtp import ReplyError, ReplyParser, SmtpDelivery, SmtpOptions, wire_body
+from mta.delivery.smtp.client import ReplyError, ReplyParser, SmtpDelivery, SmtpOptions, wire_body
 
 DEADLINE = 60.0
 

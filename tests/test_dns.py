@@ -11,7 +11,7 @@ import pytest
 from dnsserver import DNSServer
 
 from mta.delivery import Target
-from mta.dns import MxResolver, Resolution
+from mta.delivery.mx import MxResolver, Resolution
 
 
 @pytest.fixture

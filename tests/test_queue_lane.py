@@ -20,10 +20,10 @@ import pytest
 import uvloop
 
 from dnsserver import DNSServer
-from mta import config
+from mta.config import schema as config
 from mta.delivery import OutMessage, OutRcpt, results_for
 from mta.delivery.agent import UNSENT, AgentDelivery, Deferred
-from mta.listener import Server
+from mta.app.server import Server
 
 BODY = b"From: <from@example.test>\r\nTo: <rcpt@example.test>\r\nSubject: lane\r\n\r\nhello\r\n"
 

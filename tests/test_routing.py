@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from mta import config
-from mta.config_routes import parse_transport
-from mta.routing import Router
+from mta.config import schema as config
+from mta.config.routes import parse_transport
+from mta.delivery.router import Router
 
 
 def router(tmp_path, text: str, hook=None) -> Router:

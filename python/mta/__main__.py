@@ -1,6 +1,6 @@
 """`python -m mta` is the same as the `mta` command."""
 
-from mta.cli import main
+from mta.app.cli import main
 
 if __name__ == "__main__":
     main()

@@ -12,7 +12,7 @@ import shutil
 import ssl
 import tempfile
 
-from mta.tls import selfsigned
+from mta.smtp.tls import selfsigned
 
 _made: tuple[str, str] | None = None
 

@@ -33,8 +33,8 @@ from dataclasses import fields
 from typing import Callable, NamedTuple, Sequence
 
 from mta.delivery import OutMessage, OutRcpt, RcptResult, Target, results_for
-from mta.delivery.smtp import SmtpDelivery, SmtpOptions
-from mta.deliverylog import DeliveryLog
+from mta.delivery.smtp.client import SmtpDelivery, SmtpOptions
+from mta.queue.deliverylog import DeliveryLog
 
 log = logging.getLogger("mta.delivery")
 
@@ -515,8 +515,8 @@ async def _serve(fd: int, log_fd: int | None = None) -> None:
 
 def main(argv: list[str]) -> int:
     fd, parent, level = int(argv[0]), int(argv[1]), argv[2]
-    from mta import affinity
-    from mta.workers import _die_with_parent
+    from mta.app import affinity
+    from mta.app.workers import _die_with_parent
 
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when the agent stops

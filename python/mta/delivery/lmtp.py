@@ -13,7 +13,7 @@ import dataclasses
 from typing import Sequence
 
 from mta.delivery import OutMessage, RcptResult, Target
-from mta.delivery.smtp import SmtpDelivery, SmtpOptions
+from mta.delivery.smtp.client import SmtpDelivery, SmtpOptions
 
 __all__ = ["LmtpDelivery", "SmtpOptions", "unix_target"]
 

@@ -22,7 +22,7 @@ import os
 import time
 from concurrent.futures import Executor
 
-from . import OutMessage, OutRcpt, RcptResult
+from mta.delivery import OutMessage, OutRcpt, RcptResult
 
 __all__ = ["deliver_maildir", "deliver_maildir_async", "maildir_bytes"]
 

@@ -20,7 +20,7 @@ import secrets
 import time
 from email.utils import formatdate, make_msgid
 
-from .delivery import OutMessage, OutRcpt, RcptResult
+from mta.delivery import OutMessage, OutRcpt, RcptResult
 
 __all__ = ["make_dsn", "success_dsn", "wants_dsn"]
 

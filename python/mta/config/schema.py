@@ -11,15 +11,23 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import ipaddress
-import json
-import math
-import re
 import socket
 import tomllib
 from dataclasses import MISSING, dataclass, field
 from typing import Any, Callable, NamedTuple
 
 from mta.errors import ConfigError
+
+from mta.config.kinds import (  # noqa: F401 (re-exported: tests and docs name kinds through the schema)
+    BAD, Bool, Choice, DomainSet, Duration, Errors, Hostname, Int, Kind, ListenList, MiB, Network, NetworkList, Size, Text,
+)
+from mta.config.listeners import (
+    CipherString, Listener, ListenerTables, TlsVersion, cross_checks as listener_checks, resolve as resolve_listeners,
+)
+from mta.config.routes import (
+    TLS_MODES, AddressList, AddressMap, DurationList, IpList, OptionalHostPort, SenderLoginMap, Transport,
+    TransportMap, parse_transport,
+)
 
 __all__ = [
     "DEFAULT_SPOOL_DIR", "Config", "SpoolConfig", "SmtpConfig", "LogConfig", "LimitsConfig",
@@ -31,353 +39,9 @@ __all__ = [
 # `mta run` without root; production configs set an absolute path.
 DEFAULT_SPOOL_DIR = "./mta-spool"
 
-KiB, MiB, GiB = 1024, 1024**2, 1024**3
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-_BAD = object()  # a parse failed; the error is already recorded
-
-
-class _Errors:
-    """Collects every problem; knows which keys the command line set, so a
-    message can say where a bad value came from."""
-
-    def __init__(self) -> None:
-        self.items: list[str] = []
-        self.from_cli: set[str] = set()
-
-    def _origin(self, path: str) -> str:
-        return " (from the command line)" if path.split("[", 1)[0] in self.from_cli else ""
-
-    def bad(self, path: str, expected: str, got: Any) -> None:
-        self.items.append(f"{path}: expected {expected}, got {got!r}{self._origin(path)}")
-
-    def unknown(self, path: str, suggestion: str | None) -> None:
-        hint = f" (did you mean {suggestion!r}?)" if suggestion else ""
-        self.items.append(f"{path}: unknown key{hint}{self._origin(path)}")
-
-
-# ---------------------------------------------------------------------------
-# Kinds: how one value is parsed from TOML and rendered back for the docs.
-# parse() records its own errors and returns _BAD, so lists report every bad
-# element rather than the first.
-# ---------------------------------------------------------------------------
-
-class Kind:
-    type_name = "value"
-
-    def parse(self, path: str, raw: Any, errs: _Errors) -> Any:
-        raise NotImplementedError
-
-    def render(self, value: Any) -> str:
-        """The default as it would be written in TOML (docs/configuration.md)."""
-        return json.dumps(value)
-
-
-def _is_int(raw: Any) -> bool:
-    return isinstance(raw, int) and not isinstance(raw, bool)  # TOML true is not 1
-
-
-def _bound_text(minimum: int | float, unit: str) -> str:
-    what = {1: "a positive integer", 0: "a non-negative integer"}.get(minimum, f"an integer >= {minimum}")
-    return f"{what} ({unit})" if unit else what
-
-
-@dataclass(frozen=True)
-class Int(Kind):
-    min: int = 1
-    unit: str = ""
-    type_name = "integer"
-
-    def parse(self, path, raw, errs):
-        if not _is_int(raw) or raw < self.min:
-            errs.bad(path, _bound_text(self.min, self.unit), raw)
-            return _BAD
-        return raw
-
-    def render(self, value):
-        return str(value)
-
-
-# Sizes: a bare integer is bytes; a string is digits plus an optional unit
-# k/M/G (case-insensitive, optionally followed by "iB" or "B"). Every unit is
-# binary (1024-based): "50M" == "50MB" == "50MiB" == 52428800. Mail limits do
-# not need the decimal/binary distinction, and one rule is easier to remember.
-_SIZE_RE = re.compile(r"(\d+)\s*(?:([kmg])(?:i?b)?|b)?", re.IGNORECASE)
-_SIZE_UNITS = {None: 1, "k": KiB, "m": MiB, "g": GiB}
-
-
-@dataclass(frozen=True)
-class Size(Kind):
-    min: int = 1
-    type_name = "size"
-
-    def parse(self, path, raw, errs):
-        if _is_int(raw):
-            value = raw
-        elif isinstance(raw, str) and (m := _SIZE_RE.fullmatch(raw.strip())):
-            value = int(m[1]) * _SIZE_UNITS[m[2] and m[2].lower()]
-        else:
-            errs.bad(path, 'a size: bytes as an integer, or a string such as "50M", "1MiB", "64k"', raw)
-            return _BAD
-        if value < self.min:
-            errs.bad(path, _bound_text(self.min, "bytes"), raw)
-            return _BAD
-        return value
-
-    def render(self, value):
-        for unit, name in ((GiB, "GiB"), (MiB, "MiB"), (KiB, "KiB")):
-            if value and value % unit == 0:
-                return f'"{value // unit}{name}"'
-        return str(value)
-
-
-# Durations: a number is seconds; a string is a number plus ms, s, m or h.
-_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?")
-_DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-@dataclass(frozen=True)
-class Duration(Kind):
-    allow_zero: bool = False
-    max: float | None = None  # seconds
-    type_name = "duration"
-
-    def parse(self, path, raw, errs):
-        bound = "non-negative" if self.allow_zero else "positive"
-        if (_is_int(raw) or isinstance(raw, float)) and math.isfinite(raw):
-            value = float(raw)
-        elif isinstance(raw, str) and (m := _DURATION_RE.fullmatch(raw.strip())):
-            value = float(m[1]) * _DURATION_UNITS[m[2]]
-        else:
-            examples = '"300s", "5m", "500ms"'
-            errs.bad(path, f"a {bound} duration: seconds as a number, or a string such as {examples}", raw)
-            return _BAD
-        if value < 0 or (value == 0 and not self.allow_zero):
-            errs.bad(path, f"a {bound} duration (seconds)", raw)
-            return _BAD
-        if self.max is not None and value > self.max:
-            errs.bad(path, f"a duration of at most {self.max:g} s", raw)
-            return _BAD
-        return value
-
-    def render(self, value):
-        return repr(float(value))
-
-
-@dataclass(frozen=True)
-class Bool(Kind):
-    type_name = "boolean"
-
-    def parse(self, path, raw, errs):
-        if not isinstance(raw, bool):
-            errs.bad(path, "true or false", raw)
-            return _BAD
-        return raw
-
-    def render(self, value):
-        return "true" if value else "false"
-
-
-@dataclass(frozen=True)
-class Text(Kind):
-    nonempty: bool = False
-    max_len: int | None = None
-    ascii_printable: bool = False  # for text sent on the wire (no CR/LF injection)
-    type_name = "string"
-
-    def parse(self, path, raw, errs):
-        ok = isinstance(raw, str) and "\0" not in raw
-        if ok and self.nonempty:
-            ok = raw != ""
-        if ok and self.max_len is not None:
-            ok = len(raw) <= self.max_len
-        if ok and self.ascii_printable:
-            ok = all(" " <= c <= "~" for c in raw)
-        if not ok:
-            parts = ["a non-empty string" if self.nonempty else "a string"]
-            if self.ascii_printable:
-                parts.append("of printable ASCII (no control characters)")
-            if self.max_len is not None:
-                parts.append(f"of at most {self.max_len} characters")
-            errs.bad(path, " ".join(parts), raw)
-            return _BAD
-        return raw
-
-
-@dataclass(frozen=True)
-class Choice(Kind):
-    options: tuple[str, ...] = ()
-
-    @property
-    def type_name(self):  # type: ignore[override]
-        return "string: " + ", ".join(self.options)
-
-    def parse(self, path, raw, errs):
-        if isinstance(raw, str) and raw.lower() in self.options:
-            return raw.lower()
-        expected = "one of " + ", ".join(map(repr, self.options))
-        if isinstance(raw, str) and (close := difflib.get_close_matches(raw.lower(), self.options, 1, 0.6)):
-            expected += f" (did you mean {close[0]!r}?)"
-        errs.bad(path, expected, raw)
-        return _BAD
-
-
-# Domain names: ASCII labels (IDNs in their xn-- form), 1..63 characters of
-# letters, digits and hyphens, no hyphen at either end, 253 characters in all.
-# Stored lowercased without the trailing dot. A last label of digits only is
-# refused, so that an IP address is not mistaken for a domain.
-_LABEL_RE = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
-
-
-def _domain(raw: Any) -> str | None:
-    if not isinstance(raw, str):
-        return None
-    name = raw.lower().removesuffix(".")
-    labels = name.split(".")
-    if not name or len(name) > 253 or labels[-1].isdigit():
-        return None
-    return name if all(_LABEL_RE.fullmatch(label) for label in labels) else None
-
-
-_DOMAIN_TEXT = "a domain name (ASCII labels of letters, digits and hyphens; IDNs as xn--)"
-
-
-@dataclass(frozen=True)
-class Hostname(Kind):
-    type_name = "string (domain name)"
-
-    def parse(self, path, raw, errs):
-        name = _domain(raw)
-        if name is None:
-            errs.bad(path, _DOMAIN_TEXT, raw)
-            return _BAD
-        return name
-
-
-def _each(path: str, raw: Any, errs: _Errors, what: str, parse_one: Callable[[str, Any], Any]) -> list | None:
-    """Parse a TOML array element by element; report every bad element."""
-    if not isinstance(raw, list):
-        errs.bad(path, f"a list of {what}", raw)
-        return None
-    out = [parse_one(f"{path}[{i}]", item) for i, item in enumerate(raw)]
-    return None if any(v is _BAD for v in out) else out
-
-
-@dataclass(frozen=True)
-class DomainSet(Kind):
-    type_name = "list of strings (domain names)"
-
-    def parse(self, path, raw, errs):
-        def one(p, item):
-            name = _domain(item)
-            if name is None:
-                errs.bad(p, _DOMAIN_TEXT, item)
-                return _BAD
-            return name
-        names = _each(path, raw, errs, "domain names", one)
-        return _BAD if names is None else frozenset(names)
-
-    def render(self, value):
-        return json.dumps(sorted(value))
-
-
-_LISTEN_TEXT = "HOST:PORT (IPv6 as [::1]:2525)"
-
-
-def _parse_listen(path: str, raw: Any, errs: _Errors) -> Any:
-    """HOST is an IP literal, not a name: binding must not depend on DNS."""
-    if not isinstance(raw, str):
-        errs.bad(path, _LISTEN_TEXT, raw)
-        return _BAD
-    if raw.startswith("["):
-        host, sep, port = raw[1:].partition("]:")
-        family = ipaddress.IPv6Address
-    else:
-        host, sep, port = raw.rpartition(":")
-        family = ipaddress.IPv4Address
-    if not sep or not host or not port.isdigit():
-        errs.bad(path, _LISTEN_TEXT, raw)
-        return _BAD
-    try:
-        family(host)
-    except ValueError:
-        ipv6_unbracketed = ":" in host
-        name_text = "HOST:PORT with HOST an IP address, not a name"
-        errs.bad(path, _LISTEN_TEXT if ipv6_unbracketed else name_text, raw)
-        return _BAD
-    if not 1 <= int(port) <= 65535:
-        errs.bad(path, "a port in 1..65535", raw)
-        return _BAD
-    return (host, int(port))
-
-
-@dataclass(frozen=True)
-class ListenList(Kind):
-    type_name = "list of strings (HOST:PORT)"
-
-    def parse(self, path, raw, errs):
-        addrs = _each(path, raw, errs, '"HOST:PORT" strings', lambda p, item: _parse_listen(p, item, errs))
-        if addrs is None:
-            return _BAD
-        # Empty is allowed here when [[listener]] tables exist (a cross-check).
-        for i, addr in enumerate(addrs):
-            if addr in addrs[:i]:  # a second bind of the same address fails at start-up
-                errs.bad(f"{path}[{i}]", "each address once", raw[i])
-                return _BAD
-        return tuple(addrs)
-
-    def render(self, value):
-        return json.dumps([f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in value])
-
-
-def _parse_network(path: str, raw: Any, errs: _Errors) -> Any:
-    if isinstance(raw, str):  # ip_network() would also take an int
-        try:
-            return ipaddress.ip_network(raw, strict=True)
-        except ValueError:
-            try:
-                net = ipaddress.ip_network(raw, strict=False)
-            except ValueError:
-                pass
-            else:
-                errs.bad(path, f"a network without host bits set (did you mean {str(net)!r}?)", raw)
-                return _BAD
-    errs.bad(path, 'an IP network such as "10.0.0.0/8" or "::1/128", or a single address', raw)
-    return _BAD
-
-
-@dataclass(frozen=True)
-class NetworkList(Kind):
-    """Rule: a bare address means that one host (/32 or /128); a network with
-    host bits set ("10.1.2.3/8") is refused, since it is most likely a typo
-    and silently widening or narrowing a trust list is worse than an error."""
-
-    type_name = "list of strings (CIDR)"
-
-    def parse(self, path, raw, errs):
-        nets = _each(path, raw, errs, "CIDR strings", lambda p, item: _parse_network(p, item, errs))
-        return _BAD if nets is None else tuple(nets)
-
-    def render(self, value):
-        return json.dumps([str(n) for n in value])
-
-
-# ---------------------------------------------------------------------------
 # The schema: the dataclasses themselves. opt() attaches kind and doc to a
 # field; section() marks a nested table.
-# ---------------------------------------------------------------------------
-
-# Routing and delivery kinds live in their own module (it imports the base
-# kinds above, so this import must stay below them).
-from mta.config_routes import (  # noqa: E402
-    TLS_MODES, AddressList, AddressMap, DurationList, IpList, OptionalHostPort, SenderLoginMap, Transport,
-    TransportMap, parse_transport,
-)
-from mta.config_listeners import (  # noqa: E402
-    CipherString, Listener, ListenerTables, TlsVersion, cross_checks as _listener_checks, resolve as _resolve_listeners,
-)
-
 
 def opt(default: Any, kind: Kind, doc: str, *, factory: Callable[[], Any] | None = None,
         shown: str | None = None) -> Any:
@@ -627,7 +291,7 @@ class Config:
     @property
     def listeners(self) -> tuple[Listener, ...]:
         """Every address to listen on, with its profile and TLS mode."""
-        return _resolve_listeners(self)
+        return resolve_listeners(self)
 
 
 class Key(NamedTuple):
@@ -680,7 +344,7 @@ def _suggest(path: str, siblings: list[str]) -> str | None:
     return close[0] if close else None
 
 
-def _build(cls: type, table: dict, prefix: str, errs: _Errors) -> Any:
+def _build(cls: type, table: dict, prefix: str, errs: Errors) -> Any:
     fields = dataclasses.fields(cls)
     names = [f.name for f in fields]
     for name in table:
@@ -708,12 +372,12 @@ def _build(cls: type, table: dict, prefix: str, errs: _Errors) -> Any:
                 errs.items[-1] += f" (the default, {f.metadata['shown']}; set {path} or use --{f.name})"
         else:
             continue
-        if value is not _BAD:
+        if value is not BAD:
             kwargs[f.name] = value
     return cls(**kwargs)
 
 
-def _cross_checks(cfg: Config, errs: _Errors) -> None:
+def _cross_checks(cfg: Config, errs: Errors) -> None:
     """Rules that span keys; run only once every value parsed, so they see real values."""
     for domain in sorted(cfg.local_domains & cfg.relay_domains):
         # Delivered here or relayed onward: it cannot be both.
@@ -722,7 +386,7 @@ def _cross_checks(cfg: Config, errs: _Errors) -> None:
         errs.bad("proxy_from", "at least one network when a listener has proxy_protocol = true", [])
     if cfg.privileges.group and not cfg.privileges.user:
         errs.bad("privileges.group", "privileges.user to be set too", cfg.privileges.group)
-    _listener_checks(cfg, errs)
+    listener_checks(cfg, errs)
 
 
 def _count_lines(path: str) -> int:
@@ -744,7 +408,7 @@ def _read(path: str) -> dict:
         raise ConfigError(f"{path}: invalid TOML: not UTF-8 (byte offset {e.start})") from e
 
 
-def _apply_overrides(data: dict, overrides: dict, errs: _Errors) -> None:
+def _apply_overrides(data: dict, overrides: dict, errs: Errors) -> None:
     """Dotted keys from CLI flags replace (not merge with) the file's values.
     None means "flag not given", so the CLI can pass every flag through."""
     for key, value in overrides.items():
@@ -765,7 +429,7 @@ def load(path: str | None, overrides: dict | None = None) -> Config:
     """Read, override, validate. path None means the built-in defaults.
     Raises ConfigError listing every problem."""
     data = _read(path) if path is not None else {}
-    errs = _Errors()
+    errs = Errors()
     _apply_overrides(data, overrides or {}, errs)
     cfg = _build(Config, data, "", errs)
     if not errs.items:

@@ -17,20 +17,21 @@ import signal
 import socket
 import time
 
-from mta import affinity, auth
+from mta.app import affinity
+from mta.auth import users as auth
 from mta import log as fastlog
-from mta import privileges
-from mta.config import Config
-from mta.control import ControlServer
-from mta.dns import ReverseResolver
-from mta.limits import Limits
-from mta.policy import Networks, RelayPolicy
-from mta.proxy import ProxyGate
-from mta.queue import QueueManager
-from mta.routing import Router, load_hook
-from mta.session import Session
-from mta.spool import SpoolService
-from mta.tls import HANDSHAKE_TIMEOUT, TlsContext
+from mta.app import privileges
+from mta.config.schema import Config
+from mta.app.control import ControlServer
+from mta.smtp.rdns import ReverseResolver
+from mta.smtp.limits import Limits
+from mta.policy.relay import Networks, RelayPolicy
+from mta.smtp.proxy import ProxyGate
+from mta.queue.manager import QueueManager
+from mta.delivery.router import Router, load_hook
+from mta.smtp.session import Session
+from mta.queue.store import SpoolService
+from mta.smtp.tls import HANDSHAKE_TIMEOUT, TlsContext
 
 log = logging.getLogger("mta")
 

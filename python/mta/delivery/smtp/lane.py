@@ -26,7 +26,7 @@ from typing import Callable
 
 from mta import _native
 from mta.delivery import OutMessage
-from mta.delivery.protocol import _Connection, data_parts
+from mta.delivery.smtp.protocol import _Connection, data_parts
 
 log = logging.getLogger("mta.delivery")
 

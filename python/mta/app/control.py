@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from mta.listener import Server
+    from mta.app.server import Server
 
 log = logging.getLogger("mta.control")
 

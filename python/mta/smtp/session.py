@@ -28,13 +28,13 @@ from typing import TYPE_CHECKING, Callable
 
 from mta import _native
 from mta import log as fastlog
-from mta.limits import SessionGuard
-from mta.submission import SubmissionMixin
-from mta.tls import HANDSHAKE_TIMEOUT, TlsInfo
+from mta.smtp.limits import SessionGuard
+from mta.smtp.submission import SubmissionMixin
+from mta.smtp.tls import HANDSHAKE_TIMEOUT, TlsInfo
 
 if TYPE_CHECKING:
-    from mta.config import Listener
-    from mta.listener import Server
+    from mta.config.schema import Listener
+    from mta.app.server import Server
 
 log = logging.getLogger("mta.session")
 

@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from mta.config import _BAD, Duration, Kind, _domain, _Errors
+from mta.config.kinds import BAD, Duration, Errors, Kind, domain_name
 
 TLS_MODES = ("none", "opportunistic", "required")
 _SPEC_TEXT = ('a transport: "mx", "discard", "smarthost HOST:PORT [tls=..] [auth=USER:PASS] '
@@ -59,7 +59,7 @@ def _host_port(text: str) -> tuple[str, int] | None:
     try:
         ipaddress.ip_address(host)
     except ValueError:
-        if _domain(host) is None:
+        if domain_name(host) is None:
             return None
     return host, int(port)
 
@@ -111,7 +111,7 @@ class Transport(Kind):
         spec = parse_transport(raw)
         if spec is None:
             errs.bad(path, _SPEC_TEXT, raw)
-            return _BAD
+            return BAD
         return spec
 
     def render(self, value):
@@ -124,18 +124,18 @@ class TransportMap(Kind):
 
     type_name = "table: domain or \"*\" → transport"
 
-    def parse(self, path, raw, errs: _Errors):
+    def parse(self, path, raw, errs: Errors):
         if not isinstance(raw, dict):
             errs.bad(path, "a table of domain = transport", raw)
-            return _BAD
+            return BAD
         out = {}
         for key, value in raw.items():
-            domain = "*" if key == "*" else _domain(key)
+            domain = "*" if key == "*" else domain_name(key)
             if domain is None:
                 errs.bad(f"{path}.{key}", 'a domain name or "*" as the key', key)
                 continue
             spec = Transport().parse(f'{path}."{key}"', value, errs)
-            if spec is not _BAD:
+            if spec is not BAD:
                 out[domain] = spec
         return out
 
@@ -147,7 +147,7 @@ def _address_ok(text: Any) -> bool:
     if not isinstance(text, str) or not text or any(c.isspace() or c in "<>" for c in text):
         return False
     local, at, domain = text.rpartition("@")
-    return bool(at and local and _domain(domain))
+    return bool(at and local and domain_name(domain))
 
 
 @dataclass(frozen=True)
@@ -157,10 +157,10 @@ class AddressMap(Kind):
     full_keys: bool = False  # virtual maps are keyed by whole addresses
     type_name = "table: key → list of addresses"
 
-    def parse(self, path, raw, errs: _Errors):
+    def parse(self, path, raw, errs: Errors):
         if not isinstance(raw, dict):
             errs.bad(path, "a table of name = [addresses]", raw)
-            return _BAD
+            return BAD
         out = {}
         for key, value in raw.items():
             kpath = f'{path}."{key}"'
@@ -188,12 +188,12 @@ class SenderLoginMap(Kind):
 
     type_name = "table: user → list of addresses or @domains"
 
-    def parse(self, path, raw, errs: _Errors):
-        from mta.auth import valid_user_name  # the one rule for user names
+    def parse(self, path, raw, errs: Errors):
+        from mta.auth.users import valid_user_name  # the one rule for user names
 
         if not isinstance(raw, dict):
             errs.bad(path, 'a table of user = ["address", "@domain", ...]', raw)
-            return _BAD
+            return BAD
         out = {}
         for key, value in raw.items():
             kpath = f'{path}."{key}"'
@@ -202,7 +202,7 @@ class SenderLoginMap(Kind):
                 continue
             values = [value] if isinstance(value, str) else value
             ok = isinstance(values, list) and all(
-                isinstance(v, str) and (_address_ok(v) or (v.startswith("@") and _domain(v[1:]) is not None))
+                isinstance(v, str) and (_address_ok(v) or (v.startswith("@") and domain_name(v[1:]) is not None))
                 for v in values)
             if not ok:
                 errs.bad(kpath, 'an address, "@domain", or a list of them', value)
@@ -220,10 +220,10 @@ class AddressList(Kind):
 
     type_name = "list of strings (addresses or local parts)"
 
-    def parse(self, path, raw, errs: _Errors):
+    def parse(self, path, raw, errs: Errors):
         if not isinstance(raw, list):
             errs.bad(path, "a list of addresses or local parts", raw)
-            return _BAD
+            return BAD
         out = []
         for i, item in enumerate(raw):
             if isinstance(item, str) and item and (("@" not in item and not any(c.isspace() for c in item)) or _address_ok(item)):
@@ -240,12 +240,12 @@ class AddressList(Kind):
 class DurationList(Kind):
     type_name = "list of durations"
 
-    def parse(self, path, raw, errs: _Errors):
+    def parse(self, path, raw, errs: Errors):
         if not isinstance(raw, list) or not raw:
             errs.bad(path, 'a non-empty list of durations such as ["1m", "5m"]', raw)
-            return _BAD
+            return BAD
         out = [Duration().parse(f"{path}[{i}]", item, errs) for i, item in enumerate(raw)]
-        return _BAD if any(v is _BAD for v in out) else tuple(out)
+        return BAD if any(v is BAD for v in out) else tuple(out)
 
     def render(self, value):
         return json.dumps([_short(v) for v in value])
@@ -262,10 +262,10 @@ def _short(seconds: float) -> str:
 class IpList(Kind):
     type_name = "list of strings (IP addresses)"
 
-    def parse(self, path, raw, errs: _Errors):
+    def parse(self, path, raw, errs: Errors):
         if not isinstance(raw, list):
             errs.bad(path, "a list of IP addresses", raw)
-            return _BAD
+            return BAD
         out = []
         for i, item in enumerate(raw):
             try:
@@ -279,10 +279,10 @@ class IpList(Kind):
 class OptionalHostPort(Kind):
     type_name = "string (HOST:PORT, or empty)"
 
-    def parse(self, path, raw, errs: _Errors):
+    def parse(self, path, raw, errs: Errors):
         if raw == "":
             return ""
         if isinstance(raw, str) and _host_port(raw) is not None:
             return raw
         errs.bad(path, 'HOST:PORT (IPv6 as [2001:db8::1]:25), or "" for none', raw)
-        return _BAD
+        return BAD

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 
-from mta import auth
+from mta.auth import users as auth
 from mta import log as fastlog
 
 R_AUTH_REQUIRED = b"530 5.7.0 Authentication required\r\n"

@@ -14,9 +14,9 @@ import importlib
 import inspect
 from typing import Any, Awaitable, Callable
 
-from mta.config import Config
-from mta.config_routes import TransportSpec, parse_transport
-from mta.policy import Verdict
+from mta.config.schema import Config
+from mta.config.routes import TransportSpec, parse_transport
+from mta.policy.relay import Verdict
 
 MAX_EXPANSION_DEPTH = 10
 MAX_EXPANDED = 1000

@@ -19,7 +19,7 @@ import os
 import ssl
 from typing import NamedTuple
 
-from mta.config import TlsConfig
+from mta.config.schema import TlsConfig
 from mta.errors import MtaError
 
 log = logging.getLogger("mta.tls")

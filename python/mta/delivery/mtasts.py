@@ -47,11 +47,11 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Sequence
 
 from mta.delivery import OutMessage, RcptResult, Target, results_for
-from mta.deliverylog import rfc3339
+from mta.queue.deliverylog import rfc3339
 
 if TYPE_CHECKING:
-    from mta.delivery.smtp import SmtpDelivery, SmtpOptions
-    from mta.dns import MxResolver
+    from mta.delivery.smtp.client import SmtpDelivery, SmtpOptions
+    from mta.delivery.mx import MxResolver
 
 __all__ = ["Policy", "PolicyError", "parse_policy", "parse_txt", "mx_matches", "fetch_policy",
            "MtaStsCache", "OutboundTls", "TlsCounters", "MAX_AGE_LIMIT", "MAX_POLICY_SIZE"]

@@ -19,7 +19,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from mta.config import PrivilegesConfig
+from mta.config.schema import PrivilegesConfig
 from mta.errors import MtaError
 
 log = logging.getLogger("mta")

@@ -14,7 +14,8 @@ import sys
 
 import click
 
-from mta import __version__, config
+from mta import __version__
+from mta.config import schema as config
 from mta.errors import ConfigError, MtaError
 
 
@@ -66,7 +67,7 @@ def run(config_file, listen, spool, hostname, mynetworks, relay_to, no_delivery,
         click.echo(f"mta: configuration error:\n{e}", err=True)
         sys.exit(2)
     _setup_logging(cfg.log.level)
-    from mta import workers
+    from mta.app import workers
 
     try:
         status = workers.run(cfg)
@@ -106,7 +107,7 @@ def tls_selfsigned(out_dir, hostname, days) -> None:
     """Write a self-signed key and certificate for development and tests."""
     import socket
 
-    from mta import tls as _tls
+    from mta.smtp import tls as _tls
 
     name = hostname or socket.gethostname()
     try:
@@ -256,7 +257,7 @@ def _status(op: str, status: str, every: bool = False) -> tuple[bool, str]:
 
 
 def _control(op: str, spool: str | None, ids: tuple[str, ...], every: bool) -> None:
-    from mta import control
+    from mta.app import control
 
     root = spool or config.DEFAULT_SPOOL_DIR
     up, down, failed = [], [], False
@@ -462,7 +463,7 @@ def user() -> None:
 @click.option("--password-stdin", is_flag=True, help="Read the password from the first line of stdin instead of prompting.")
 def user_add(name, users_file, config_file, password_stdin) -> None:
     """Add a user, or set a new password for an existing one."""
-    from mta import auth
+    from mta.auth import users as auth
 
     if not auth.valid_user_name(name):
         click.echo(f"mta: invalid user name {name!r}: 1-255 characters, no whitespace, ':' or control characters",
@@ -490,7 +491,7 @@ def user_add(name, users_file, config_file, password_stdin) -> None:
 @_config_opt
 def user_del(name, users_file, config_file) -> None:
     """Remove a user (exit 1 if there is no such user)."""
-    from mta import auth
+    from mta.auth import users as auth
 
     path = _users_file(users_file, config_file)
     try:
@@ -509,7 +510,7 @@ def user_del(name, users_file, config_file) -> None:
 @_config_opt
 def user_list(users_file, config_file) -> None:
     """Print the user names, one per line (no hashes)."""
-    from mta import auth
+    from mta.auth import users as auth
 
     path = _users_file(users_file, config_file)
     try:

@@ -16,7 +16,7 @@ import time
 from collections import deque
 from typing import Callable
 
-from mta.config import LimitsConfig
+from mta.config.schema import LimitsConfig
 
 RATE_WINDOW = 60.0  # connection_rate_per_ip is per minute
 _PRUNE_AT = 10_000  # IPs in the rate table before stale ones are swept

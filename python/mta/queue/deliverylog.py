@@ -15,8 +15,8 @@ import os
 import sys
 import time
 
-from . import _native
-from .delivery import RcptResult
+from mta import _native
+from mta.delivery import RcptResult
 
 __all__ = ["DeliveryLog", "STATUSES"]
 

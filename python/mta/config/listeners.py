@@ -12,7 +12,7 @@ import ssl
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from mta.config import _BAD, Choice, Kind, _Errors, _parse_listen
+from mta.config.kinds import BAD, Choice, Errors, Kind, parse_listen
 
 PROFILES = ("mx", "submission")
 LISTENER_TLS = ("starttls", "implicit", "none")
@@ -53,12 +53,12 @@ class ListenerTables(Kind):
     def parse(self, path, raw, errs):
         if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
             errs.bad(path, "an array of tables ([[listener]] with address, profile, tls, proxy_protocol)", raw)
-            return _BAD
+            return BAD
         out = [self._one(f"{path}[{i}]", t, errs) for i, t in enumerate(raw)]
-        return _BAD if any(v is _BAD for v in out) else tuple(out)
+        return BAD if any(v is BAD for v in out) else tuple(out)
 
     @staticmethod
-    def _one(path: str, table: dict, errs: _Errors) -> Any:
+    def _one(path: str, table: dict, errs: Errors) -> Any:
         ok = True
         for key in table:
             if key not in _LISTENER_KEYS:
@@ -67,8 +67,8 @@ class ListenerTables(Kind):
                 ok = False
         if "address" not in table:
             errs.items.append(f"{path}.address: missing (HOST:PORT, IPv6 as [::1]:465)")
-            return _BAD
-        addr = _parse_listen(f"{path}.address", table["address"], errs)
+            return BAD
+        addr = parse_listen(f"{path}.address", table["address"], errs)
         profile = Choice(PROFILES).parse(f"{path}.profile", table.get("profile", "mx"), errs)
         tls = table.get("tls")
         if tls is not None:
@@ -76,9 +76,9 @@ class ListenerTables(Kind):
         proxy = table.get("proxy_protocol")
         if proxy is not None and not isinstance(proxy, bool):
             errs.bad(f"{path}.proxy_protocol", "true or false", proxy)
-            proxy = _BAD
-        if not ok or _BAD in (addr, profile, tls, proxy):
-            return _BAD
+            proxy = BAD
+        if not ok or BAD in (addr, profile, tls, proxy):
+            return BAD
         return ListenerSpec(addr[0], addr[1], profile, tls, proxy)
 
     def render(self, value):
@@ -97,7 +97,7 @@ class TlsVersion(Kind):
                 if raw.lower() == v.lower():
                     return v
         errs.bad(path, "one of " + ", ".join(map(repr, TLS_VERSIONS)), raw)
-        return _BAD
+        return BAD
 
 
 @dataclass(frozen=True)
@@ -110,13 +110,13 @@ class CipherString(Kind):
     def parse(self, path, raw, errs):
         if not isinstance(raw, str) or "\0" in raw:
             errs.bad(path, "a string", raw)
-            return _BAD
+            return BAD
         if raw:
             try:
                 ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(raw)
             except ssl.SSLError:
                 errs.bad(path, "an OpenSSL cipher string that selects at least one cipher", raw)
-                return _BAD
+                return BAD
         return raw
 
 
@@ -132,7 +132,7 @@ def resolve(cfg) -> tuple[Listener, ...]:
     return tuple(out)
 
 
-def cross_checks(cfg, errs: _Errors) -> None:
+def cross_checks(cfg, errs: Errors) -> None:
     tls = cfg.tls
     if bool(tls.cert) != bool(tls.key):
         missing, given = ("tls.key", "tls.cert") if tls.cert else ("tls.cert", "tls.key")

@@ -46,11 +46,11 @@ from typing import Callable, Sequence
 
 from mta import _native
 from mta.delivery import OutMessage, RcptResult, Target, results_for
-from mta.delivery.protocol import (
+from mta.delivery.smtp.protocol import (
     Reply, ReplyError, ReplyParser, _ConnError, _Connection, _Stale, data_parts,
     wire_body,
 )
-from mta.delivery.lane import Lane, Queued, resume
+from mta.delivery.smtp.lane import Lane, Queued, resume
 
 __all__ = ["SmtpOptions", "SmtpDelivery", "Reply", "ReplyParser", "ReplyError", "wire_body"]
 

@@ -17,7 +17,7 @@ import time
 import traceback
 
 from mta import log as fastlog
-from mta.config import Config
+from mta.config.schema import Config
 
 log = logging.getLogger("mta")
 
@@ -29,7 +29,7 @@ _EARLY_EXIT = 3.0  # a worker that fails this soon after start is a configuratio
 def _serve(cfg: Config, shard: int, reuse_port: bool) -> None:
     import uvloop
 
-    from mta.listener import Server
+    from mta.app.server import Server
 
     uvloop.run(Server(cfg, shard=shard, reuse_port=reuse_port).run())
 
@@ -47,7 +47,7 @@ def _die_with_parent(parent: int) -> None:
 def run(cfg: Config) -> int:
     """Serve until SIGTERM/SIGINT; the exit status for the process."""
     if cfg.tls.cert:
-        from mta.tls import build_context
+        from mta.smtp.tls import build_context
 
         build_context(cfg.tls)  # unusable files stop the start here (TlsError), not in N workers
     if cfg.workers == 1:

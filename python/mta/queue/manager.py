@@ -21,20 +21,21 @@ import random
 import time
 from typing import TYPE_CHECKING
 
-from mta import bounce, privileges
+from mta.queue import bounce
+from mta.app import privileges
 from mta.delivery import OutMessage, OutRcpt, RcptResult, Target, results_for
 from mta.delivery.agent import LOGGED, UNSENT, AgentDelivery, Deferred
 from mta.delivery.maildir import deliver_maildir_async
-from mta.delivery.smtp import SmtpDelivery, SmtpOptions
-from mta.deliverylog import DeliveryLog
-from mta.dns import MxResolver
+from mta.delivery.smtp.client import SmtpDelivery, SmtpOptions
+from mta.queue.deliverylog import DeliveryLog
+from mta.delivery.mx import MxResolver
 from mta.errors import SpoolError
-from mta.mtasts import MtaStsCache, OutboundTls
-from mta.routing import split
+from mta.delivery.mtasts import MtaStsCache, OutboundTls
+from mta.delivery.router import split
 
 if TYPE_CHECKING:
-    from mta.config_routes import TransportSpec
-    from mta.listener import Server
+    from mta.config.routes import TransportSpec
+    from mta.app.server import Server
 
 log = logging.getLogger("mta.queue")
 

@@ -9,8 +9,8 @@ anything else closes the connection without a reply.
 from __future__ import annotations
 
 from mta import _native
-from mta.config import Config
-from mta.policy import Networks
+from mta.config.schema import Config
+from mta.policy.relay import Networks
 
 
 class ProxyGate:

@@ -1,0 +1,9 @@
+"""Configuration: value kinds (`kinds`) at the bottom, routing and listener kinds
+(`routes`, `listeners`) on them, the schema with load/check (`schema`) on top.
+The package re-exports the schema's public names but `schema()` itself, which
+would hide the submodule of that name."""
+
+from mta.config.schema import (  # noqa: F401
+    DEFAULT_SPOOL_DIR, AuthConfig, Config, Key, LimitsConfig, Listener, LogConfig, PrivilegesConfig, SmtpConfig,
+    SpoolConfig, TlsConfig, check, load, schema_keys,
+)
