@@ -1,10 +1,6 @@
-"""The exception tree: everything mta raises on purpose is an MtaError.
-
-Errors change type once, at a boundary (see DESIGN.md): the native extension
-raises its own `_native.SpoolError`; the server wraps it in the SpoolError
-below so callers catch one tree. This module imports nothing from the
-extension, so it works before the extension is built (check-config, docs).
-"""
+"""The exception tree: everything mta raises on purpose is an MtaError. Errors change
+type once, at a boundary (the spool's native error becomes SpoolError here); this
+module imports nothing from the extension, so it works before the extension is built."""
 
 from __future__ import annotations
 

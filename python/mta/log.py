@@ -1,12 +1,6 @@
-"""Logging: the standard `logging` module for rare events, and a fast path
-for the two lines every message costs (session end, message queued).
-
-The fast path formats like the standard handler but buffers lines and
-writes them with one write per event-loop iteration: at thousands of
-messages a second, `logging`'s per-record machinery was a fifth of the
-server's CPU. The buffer, the time stamp and the write are Rust's
-(`_native.ServerLog`): a Python stamp per line was 5% of the accept path.
-"""
+"""Logging: the standard `logging` module for rare events, and a fast path for the two
+lines every message costs (session end, message queued), buffered and written once per
+event-loop iteration by Rust's `_native.ServerLog`."""
 
 from __future__ import annotations
 
@@ -17,6 +11,9 @@ import sys
 import threading
 
 from mta import _native
+
+# At thousands of messages a second `logging`'s per-record machinery was a fifth of the
+# server's CPU, and a Python time stamp per line 5% of the accept path.
 
 FORMAT = "%(asctime)s mta[%(process)d]: %(message)s"
 

@@ -1,14 +1,14 @@
-"""CPU affinity (`cpu_affinity = "auto"`): each worker's event loop gets a CPU of
-its own, and its spool writer thread and delivery agent run on the others, so
-the thread that answers clients is never preempted by its own helpers. Like
-nginx's `worker_cpu_affinity auto`: for a host that runs the relay and little
-else. Nothing here raises: a refused setting is logged and serving goes on.
-"""
+"""CPU affinity (`cpu_affinity = "auto"`): each worker's event loop gets a CPU of its
+own, its spool writer and delivery agent the others. Never raises: a refused setting
+is logged and serving goes on."""
 
 from __future__ import annotations
 
 import logging
 import os
+
+# Like nginx's `worker_cpu_affinity auto`: for a host that runs the relay and little
+# else, so the thread that answers clients is never preempted by its own helpers.
 
 log = logging.getLogger("mta")
 

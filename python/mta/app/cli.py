@@ -1,10 +1,6 @@
-"""The `mta` command: run | queue list|show|hold|release|delete|flush | check-config |
-tls selfsigned | user add|del|list.
-
-Scripts drive these exactly as written, so options and output formats are a
-contract: `queue list --json` prints one JSON array, an unknown queue id
-exits 1, a bad config exits 2 naming every bad key.
-"""
+"""The `mta` command (run, queue, check-config, tls, user, bench). Options and output
+formats are a contract scripts rely on: `queue list --json` prints one JSON array, an
+unknown queue id exits 1, a bad config exits 2 naming every bad key."""
 
 from __future__ import annotations
 

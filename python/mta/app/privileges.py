@@ -1,12 +1,6 @@
-"""Dropping root: started as root (to bind port 25, 465, 587), each server
-process binds its listeners, gives the spool to the configured user (owner,
-mode 0700), then becomes that user and group, supplementary groups cleared,
-before the event loop reads a single client byte.
-
-Invariant: after `drop()` returns the process cannot regain root (real,
-effective and saved ids all change); a failure to drop is fatal, never
-silently ignored.
-"""
+"""Dropping root after binding: the spool goes to the configured user (0700), then the
+process becomes that user and group. After `drop()` returns, root cannot be regained
+(real, effective and saved ids all change); a failure to drop is fatal."""
 
 from __future__ import annotations
 

@@ -1,13 +1,6 @@
-"""The server: listening sockets, the spool shard, and an orderly stop.
-
-Start-up order matters: the spool is opened (and recovered) before any
-socket listens, so nothing is acknowledged that the spool cannot hold. On
-SIGTERM: stop accepting, let sessions finish their transaction (421 the
-idle ones), then close the spool (write, sync, complete what is in flight).
-SIGHUP re-reads the TLS certificate and key (mta.tls); open sessions go on.
-The shard's control socket (mta.control) lives from after the privilege drop
-until the start of the stop.
-"""
+"""The wiring: builds each component of one worker from the config, hands each what it
+uses, and runs them. The spool is open (and recovered) before any socket listens, so
+nothing is acknowledged that the spool cannot hold; SIGTERM stops in order."""
 
 from __future__ import annotations
 
@@ -32,6 +25,11 @@ from mta.delivery.router import Router, load_hook
 from mta.smtp.session import Session
 from mta.queue.store import SpoolService
 from mta.smtp.tls import HANDSHAKE_TIMEOUT, TlsContext
+
+# On SIGTERM: stop accepting, let sessions finish their transaction (421 the idle
+# ones), then close the spool (write, sync, complete what is in flight). SIGHUP
+# re-reads the TLS certificate and key; open sessions go on. The shard's control
+# socket lives from after the privilege drop until the start of the stop.
 
 log = logging.getLogger("mta")
 

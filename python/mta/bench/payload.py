@@ -1,10 +1,6 @@
-"""Benchmark messages: built once, sent many times, checked by the sink.
-
-A message is exactly `size` bytes (headers included, terminator excluded) and
-carries `X-Bench-Checksum: crc32=HEX; len=N` over its body, so a sink anywhere
-downstream (behind a relay that adds headers) can tell a corrupted body from a good one.
-No body line starts with "." so the bytes on the wire need no dot-stuffing.
-"""
+"""Benchmark messages of exactly `size` bytes, carrying `X-Bench-Checksum: crc32=HEX;
+len=N` over the body so a sink behind any relay can tell a corrupted body from a good
+one. No body line starts with "." (no dot-stuffing on the wire)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,6 @@
-"""TLS for the bench tools: a throwaway self-signed certificate and the two contexts.
-
-The certificate lives in a temporary directory for the life of the process; it is made
-the way `mta tls selfsigned` makes one (mta.tls.selfsigned). The client
-never verifies: it measures servers, it does not trust them.
-"""
+"""TLS for the bench tools: a throwaway self-signed certificate (made as `mta tls
+selfsigned` does) and the two contexts. The client never verifies: it measures
+servers, it does not trust them."""
 
 from __future__ import annotations
 

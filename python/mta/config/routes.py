@@ -1,14 +1,5 @@
-"""Config kinds for routing and delivery: transport specs, address maps and
-retry schedules. Split from config.py to keep each file to one job; the
-schema itself (which key has which kind) stays in config.py.
-
-A transport spec is one string, the way Postfix's transport map reads:
-  "mx" | "discard" | "smarthost HOST:PORT [opts]" | "lmtp HOST:PORT [opts]"
-  | "lmtp unix:/path" | "maildir PATH"
-with opts `tls=none|opportunistic|required`, `auth=USER:PASSWORD`,
-`connections=N`, `per_connection=N`. A maildir PATH may use {user},
-{domain} and {address}.
-"""
+"""Config kinds for routing and delivery: transport specs, address maps, retry
+schedules. A transport spec is one string, as Postfix's transport map reads it."""
 
 from __future__ import annotations
 
@@ -18,6 +9,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from mta.config.kinds import BAD, Duration, Errors, Kind, domain_name
+
+# "mx" | "discard" | "smarthost HOST:PORT [opts]" | "lmtp HOST:PORT [opts]"
+# | "lmtp unix:/path" | "maildir PATH", with opts `tls=none|opportunistic|required`,
+# `auth=USER:PASSWORD`, `connections=N`, `per_connection=N`. A maildir PATH may use
+# {user}, {domain} and {address}.
 
 TLS_MODES = ("none", "opportunistic", "required")
 _SPEC_TEXT = ('a transport: "mx", "discard", "smarthost HOST:PORT [tls=..] [auth=USER:PASS] '

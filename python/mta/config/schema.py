@@ -1,10 +1,6 @@
-"""Configuration: a TOML file plus command-line overrides → frozen dataclasses.
-
-The schema is declared once, as field metadata on the dataclasses below (kind,
-default, doc); loading validates everything in one pass and raises a single
-ConfigError listing every problem. No DNS, no filesystem access beyond reading
-the file: a config that checks here checks the same on any machine.
-"""
+"""The configuration's schema (every key, its kind, default and doc, as field metadata of
+frozen dataclasses) and load/check: a TOML file plus overrides, validated in one pass
+into one ConfigError listing every problem; no DNS or filesystem access but the file."""
 
 from __future__ import annotations
 

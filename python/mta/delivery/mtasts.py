@@ -1,37 +1,6 @@
-"""Outbound TLS policy: MTA-STS (RFC 8461) and TLS-RPT-style counters.
-
-`MtaStsCache.policy(domain)` finds a domain's policy: the TXT record
-`_mta-sts.<domain>` ("v=STSv1; id=..."), then the policy file at
-`https://mta-sts.<domain>/.well-known/mta-sts.txt`, fetched by a tiny HTTP/1.1
-client on asyncio + ssl (certificate verified against the mta-sts host name;
-no redirects; 200 and text/plain only; 64 KiB cap; every step under a timeout).
-The host name resolves through the same configured DNS as MX lookups (so the
-tests' loopback DNS server can point it at 127.0.0.x), and the HTTPS port and
-trust anchors are configurable for tests.
-
-Caching (RFC 8461 §5): a policy is kept for its max_age; while the TXT id is the
-one it was fetched under, it is not fetched again. A new id refetches; when that
-fetch fails, the cached policy (if not expired) stays in force. No TXT record,
-or a DNS failure, keeps a cached policy in force too; without one the domain
-has no policy and mail goes as usual. A failed fetch is not retried for the same
-id for `fetch_retry` seconds. Policies live in memory only (per worker
-process): a restart fetches them again (nothing is persisted to disk, yet).
-
-`OutboundTls.deliver` applies the policy to one mx delivery:
-- enforce: only MX hosts matching the policy's mx patterns are tried (none
-  left: 451 4.7.5), with tls="required" (chain and MX host name verified); a
-  delivery that fails TLS is deferred, never sent in clear. Such connections
-  are pooled under their own key, so a clear connection opened before the
-  policy was known is never reused for it.
-- testing: the delivery is first tried as enforce would; if that cannot
-  establish a verified session (or no MX matches), it is logged and counted as
-  "would fail" and the mail goes as usual (opportunistic, every MX).
-- none / no policy: as usual.
-Every result carries `tls` ("none" | "opportunistic" | "verified" | "failed"),
-`policy` and `tls_failure` (a TLS-RPT result type, or "mx-mismatch"), which
-the delivery log records; per-domain counters are logged (one JSON line per
-domain and policy) every `report_interval` seconds and at shutdown.
-"""
+"""Outbound TLS policy: MTA-STS (RFC 8461) with a per-worker policy cache, and TLS-RPT-style
+counters. Under an enforce policy a delivery that fails TLS is deferred, never sent
+in clear; a DNS or fetch failure keeps a cached policy in force."""
 
 from __future__ import annotations
 
@@ -48,6 +17,38 @@ from typing import TYPE_CHECKING, Sequence
 
 from mta.delivery import OutMessage, RcptResult, Target, results_for
 from mta.queue.deliverylog import rfc3339
+
+# `MtaStsCache.policy(domain)` finds a domain's policy: the TXT record
+# `_mta-sts.<domain>` ("v=STSv1; id=..."), then the policy file at
+# `https://mta-sts.<domain>/.well-known/mta-sts.txt`, fetched by a tiny HTTP/1.1
+# client on asyncio + ssl (certificate verified against the mta-sts host name;
+# no redirects; 200 and text/plain only; 64 KiB cap; every step under a timeout).
+# The host name resolves through the same configured DNS as MX lookups (so the
+# tests' loopback DNS server can point it at 127.0.0.x), and the HTTPS port and
+# trust anchors are configurable for tests.
+#
+# Caching (RFC 8461 §5): a policy is kept for its max_age; while the TXT id is the
+# one it was fetched under, it is not fetched again. A new id refetches; when that
+# fetch fails, the cached policy (if not expired) stays in force. No TXT record,
+# or a DNS failure, keeps a cached policy in force too; without one the domain
+# has no policy and mail goes as usual. A failed fetch is not retried for the same
+# id for `fetch_retry` seconds. Policies live in memory only (per worker
+# process): a restart fetches them again (nothing is persisted to disk, yet).
+#
+# `OutboundTls.deliver` applies the policy to one mx delivery:
+# - enforce: only MX hosts matching the policy's mx patterns are tried (none
+#   left: 451 4.7.5), with tls="required" (chain and MX host name verified); a
+#   delivery that fails TLS is deferred, never sent in clear. Such connections
+#   are pooled under their own key, so a clear connection opened before the
+#   policy was known is never reused for it.
+# - testing: the delivery is first tried as enforce would; if that cannot
+#   establish a verified session (or no MX matches), it is logged and counted as
+#   "would fail" and the mail goes as usual (opportunistic, every MX).
+# - none / no policy: as usual.
+# Every result carries `tls` ("none" | "opportunistic" | "verified" | "failed"),
+# `policy` and `tls_failure` (a TLS-RPT result type, or "mx-mismatch"), which
+# the delivery log records; per-domain counters are logged (one JSON line per
+# domain and policy) every `report_interval` seconds and at shutdown.
 
 if TYPE_CHECKING:
     from mta.delivery.smtp.client import SmtpDelivery, SmtpOptions
