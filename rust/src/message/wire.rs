@@ -111,7 +111,7 @@ mod tests {
 
     #[test]
     fn corpus_replays() {
-        for data in crate::smtp::corpus("wire") {
+        for data in crate::corpus::files("wire") {
             harness::check(&data);
         }
     }
