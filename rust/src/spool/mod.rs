@@ -66,6 +66,7 @@
 //! write, fdatasync, then unlink; a crash in between leaves duplicates that
 //! replay resolves (the newest MESSAGE record wins).
 
+mod compact;
 mod fresh;
 pub mod incoming;
 pub mod index;
@@ -138,7 +139,7 @@ impl Default for Config {
             max_header_size: 1 << 20,
             sync: true,
             sync_log: false,
-            copy_forward_percent: writer::COPY_FORWARD_PERCENT,
+            copy_forward_percent: compact::COPY_FORWARD_PERCENT,
             commit_delay: std::time::Duration::ZERO,
         }
     }
