@@ -27,7 +27,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     bindings::smtp::register(m)?;
     bindings::proxy::register(m)?;
     bindings::message::register(m)?;
-    bindings::logline::register(m)?;
+    bindings::log::register(m)?;
     bindings::spool::register(m)?;
     Ok(())
 }

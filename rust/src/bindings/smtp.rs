@@ -1,7 +1,6 @@
-//! Python binding for `crate::smtp` (server and client): `SmtpParser`, frozen `MailArgs`/`RcptArgs`, `format_reply`,
-//! and the client side's `ReplyParser` (replies become `(code, [line, ...])` tuples).
-//! Only conversion lives here: events become tuples as `_native.pyi` says, body bytes go
-//! straight from the input buffer into the held `Message` (no Python objects per line).
+//! Python binding for `crate::smtp`: `SmtpParser`, `MailArgs`/`RcptArgs`, `format_reply`, and the
+//! client's `ReplyParser`, `ClientTransaction`, `envelope_lines`. Invariant: only conversion, as
+//! `_native.pyi` says; body bytes go from the input buffer into the held `Message`, no per-line objects.
 
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyValueError;
