@@ -2,8 +2,6 @@
 //! fdatasync, then completes them all and wakes the event loop ONCE (`compact` runs between).
 //! Invariant: a failed write/sync fails the whole batch and abandons that segment for good.
 
-// A segment abandoned after a failure is never synced again; a SEGMENT_END record in the next
-// segment says where its valid part ends, so a message answered 451 never comes back.
 use super::incoming::Sealed;
 use super::index::{Entry, Index};
 use super::record::{self, Envelope, Kind, StateChange};
@@ -193,6 +191,7 @@ pub struct Writer {
     /// SEGMENT_END records (segment written to, marker) and sealed segments' sizes.
     marker_locs: Vec<(u64, (u64, u64))>,
     sealed: Vec<(u64, u64)>,
+    /// Records not yet written; a failed batch or compaction step drops them.
     pub(super) buf: Vec<u8>,
     compact_pending: bool,
 }
@@ -459,7 +458,9 @@ impl Writer {
     }
 
     /// After a failure: cut every segment this batch touched back to where the
-    /// batch began (best effort) and never write or sync it again.
+    /// batch began (best effort) and never write or sync it again; a SEGMENT_END
+    /// record in the next segment says where its valid part ends, so a message
+    /// answered 451 never comes back.
     pub(super) fn abandon(&mut self, touched: Touched) {
         self.marker_locs.clear();
         self.sealed.clear();
