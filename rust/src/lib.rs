@@ -1,13 +1,15 @@
-//! Rust core of `mta`: the SMTP parser (`smtp`), header rewriting (`message`),
-//! the spool (`spool`), the delivery log's line (`logline`) and the server log's
-//! buffered lines (`serverlog`). These know nothing
-//! of Python; only `bindings`, `errors` and the `#[pymodule]` below do (feature "python").
+//! Rust core of `mta`: `smtp` (server and client, sans I/O), `proxy`, `message`, `spool`, `log`.
+//! Invariant: the core knows nothing of Python; only `bindings`, `errors` and the `#[pymodule]`
+//! below do (feature "python"), so `cargo test` builds and tests the core without it.
 
-pub mod logline;
+pub mod log;
 pub mod message;
-pub mod serverlog;
+pub mod proxy;
 pub mod smtp;
 pub mod spool;
+
+#[cfg(test)]
+mod corpus;
 
 #[cfg(feature = "python")]
 mod bindings;
@@ -25,7 +27,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     bindings::smtp::register(m)?;
     bindings::proxy::register(m)?;
     bindings::message::register(m)?;
-    bindings::logline::register(m)?;
+    bindings::log::register(m)?;
     bindings::spool::register(m)?;
     Ok(())
 }

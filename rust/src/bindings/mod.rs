@@ -2,7 +2,7 @@
 //! lives here: only conversion, GIL release around disk work, and glue (marshal: the
 //! Python agent's job frames, written from spool entries without Python objects).
 
-pub mod logline;
+pub mod log;
 pub mod marshal;
 pub mod message;
 pub mod proxy;

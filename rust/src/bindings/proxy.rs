@@ -1,11 +1,11 @@
-//! Python binding for `crate::smtp::proxy`: `ProxyParser.feed(bytes) -> None | tuple`.
+//! Python binding for `crate::proxy`: `ProxyParser.feed(bytes) -> None | tuple`.
 //! Only conversion lives here; the outcomes are described in `_native.pyi`.
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 
-use crate::smtp::proxy::{Outcome, ProxyParser};
+use crate::proxy::{Outcome, ProxyParser};
 
 #[pyclass(name = "ProxyParser", module = "mta._native")]
 pub struct PyProxyParser(ProxyParser);

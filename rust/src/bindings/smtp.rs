@@ -1,7 +1,6 @@
-//! Python binding for `crate::smtp`: `SmtpParser`, frozen `MailArgs`/`RcptArgs`, `format_reply`,
-//! and the client side's `ReplyParser` (replies become `(code, [line, ...])` tuples).
-//! Only conversion lives here: events become tuples as `_native.pyi` says, body bytes go
-//! straight from the input buffer into the held `Message` (no Python objects per line).
+//! Python binding for `crate::smtp`: `SmtpParser`, `MailArgs`/`RcptArgs`, `format_reply`, and the
+//! client's `ReplyParser`, `ClientTransaction`, `envelope_lines`. Invariant: only conversion, as
+//! `_native.pyi` says; body bytes go from the input buffer into the held `Message`, no per-line objects.
 
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyValueError;
@@ -10,9 +9,10 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
 use super::spool::PyMessage;
-use crate::smtp::envelope;
-use crate::smtp::client::{self, Outcome, Step, Transaction};
-use crate::smtp::{self, BareLf, Command, Config, Event, MailArgs, Parser, RcptArgs, Reply, ReplyParser, Sink};
+use crate::smtp;
+use crate::smtp::client::transaction::{self, Outcome, Step, Transaction};
+use crate::smtp::client::{envelope, Reply, ReplyParser};
+use crate::smtp::server::{BareLf, Command, Config, Event, MailArgs, Parser, RcptArgs, Sink, StateError};
 
 #[pyclass(name = "MailArgs", module = "mta._native", frozen, eq)]
 #[derive(PartialEq)]
@@ -124,7 +124,7 @@ impl PySmtpParser {
     fn with_sink<'py>(
         &mut self,
         py: Python<'py>,
-        f: impl FnOnce(&mut Parser, &mut dyn Sink, &mut Vec<Event>) -> Result<(), smtp::StateError>,
+        f: impl FnOnce(&mut Parser, &mut dyn Sink, &mut Vec<Event>) -> Result<(), StateError>,
     ) -> PyResult<Bound<'py, PyList>> {
         let mut out = Vec::new();
         {
@@ -191,7 +191,7 @@ impl PySmtpParser {
 
     fn start_data<'py>(&mut self, py: Python<'py>, message: Py<PyMessage>) -> PyResult<Bound<'py, PyList>> {
         if !self.parser.is_paused() {
-            return Err(PyValueError::new_err(smtp::StateError::NotAfterData.to_string()));
+            return Err(PyValueError::new_err(StateError::NotAfterData.to_string()));
         }
         self.msg = Some(message);
         let prev_bdat = self.bdat_msg.take();
@@ -206,7 +206,7 @@ impl PySmtpParser {
     #[pyo3(signature = (message))]
     fn start_bdat<'py>(&mut self, py: Python<'py>, message: Option<Py<PyMessage>>) -> PyResult<Bound<'py, PyList>> {
         if !self.parser.is_paused() {
-            return Err(PyValueError::new_err(smtp::StateError::NotAfterBdat.to_string()));
+            return Err(PyValueError::new_err(StateError::NotAfterBdat.to_string()));
         }
         // A different Message (or a switch between message and None) starts a new transaction.
         let new = match (&self.bdat_msg, &message) {
@@ -314,7 +314,7 @@ fn format_reply<'py>(
     Ok(PyBytes::new(py, &out))
 }
 
-/// The MAIL FROM line and one RCPT TO line per recipient (`crate::smtp::envelope`), with
+/// The MAIL FROM line and one RCPT TO line per recipient (`crate::smtp::client::envelope`), with
 /// the parameters the peer offers; each recipient a sequence whose first three items are
 /// (address, notify or None, orcpt or None), as `OutRcpt`. ValueError on a CR or LF.
 #[pyfunction]
@@ -358,11 +358,11 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     Ok(())
 }
 
-/// Incremental reply parser for the SMTP/LMTP client (`crate::smtp::ReplyParser`).
+/// Incremental reply parser for the SMTP/LMTP client (`crate::smtp::client::ReplyParser`).
 #[pyclass(name = "ReplyParser", module = "mta._native")]
 pub struct PyReplyParser {
     parser: ReplyParser,
-    out: Vec<smtp::Reply>,
+    out: Vec<Reply>,
     error: Option<String>,
 }
 
@@ -409,14 +409,14 @@ impl PyReplyParser {
 }
 
 /// (enhanced code, text) of a reply, as `ClientTransaction` reports them: one rule for both
-/// of the client's paths (`crate::smtp::client::Outcome`).
+/// of the client's paths (`crate::smtp::client::transaction::Outcome`).
 #[pyfunction]
 fn reply_parts(code: u16, lines: Vec<String>) -> (Option<String>, String) {
     let o = Outcome::of(&Reply { code, lines });
     (o.enhanced, o.text)
 }
 
-/// One pipelined mail transaction on the client side (`crate::smtp::client`): replies are
+/// One pipelined mail transaction on the client side (`crate::smtp::client::transaction`): replies are
 /// parsed by the connection's `ReplyParser` and decided here, with no Python object per reply.
 #[pyclass(name = "ClientTransaction", module = "mta._native")]
 pub struct PyClientTransaction {
@@ -496,7 +496,7 @@ impl PyClientTransaction {
         if let Err(e) = &parsed {
             p.error = Some(e.to_string());
         }
-        let (decided, used) = client::decide(&mut self.tx, &self.replies, self.chained);
+        let (decided, used) = transaction::decide(&mut self.tx, &self.replies, self.chained);
         let mut step = step_code(decided);
         self.answered += used;
         if decided == Step::Done && self.chained {

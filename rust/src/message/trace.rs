@@ -125,7 +125,7 @@ pub fn rfc5322_date(secs: i64, offset: i32) -> String {
 }
 
 /// Howard Hinnant's days → (year, month, day) in the proleptic Gregorian calendar
-/// (also the delivery log's dates, crate::logline).
+/// (also the delivery log's dates, crate::log::delivery).
 pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);

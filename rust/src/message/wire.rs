@@ -1,7 +1,7 @@
-//! A stored message as it goes on the wire to the next hop: every line ending
-//! CRLF (a bare CR or LF becomes one), a final CRLF, and for DATA the lines
-//! that start with "." doubled (RFC 5321 4.5.2) and the ".CRLF" terminator.
-//! One pass with memchr; the output is never shorter than the input.
+//! A stored message as it goes on the wire to the next hop: every line ending CRLF (a bare CR
+//! or LF becomes one), a final CRLF, and for DATA dot-stuffing (RFC 5321 4.5.2) and ".CRLF".
+//! Invariant: one memchr pass; the output is never shorter than the input.
+
 use memchr::memchr2;
 
 /// True when `data` is already what `wire_body` would send before the terminator: every
@@ -111,7 +111,7 @@ mod tests {
 
     #[test]
     fn corpus_replays() {
-        for data in crate::smtp::corpus("wire") {
+        for data in crate::corpus::files("wire") {
             harness::check(&data);
         }
     }

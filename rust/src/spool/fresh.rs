@@ -1,9 +1,6 @@
-//! The bytes of messages just made durable, kept in memory for a moment: the queue's
-//! first delivery attempt of a fresh message (the delivery agent's job, made by
-//! `encode_jobs` within milliseconds of the sync) then does not read them back from
-//! the segment. Off until the queue turns it on (nothing would take the entries);
-//! bounded in count and bytes, oldest out first; an entry is taken at most once, and
-//! a message not found here is read from its segment as before.
+//! The bytes of messages just made durable, kept in memory for a moment so that the first
+//! delivery attempt (`encode_jobs`, milliseconds after the sync) does not read them back. Invariant:
+//! bounded in count and bytes, oldest out first; an entry is taken at most once, else read from disk.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -25,6 +22,7 @@ pub struct Fresh {
 }
 
 impl Fresh {
+    /// Off until the queue turns it on: nothing would take the entries.
     pub fn set_on(&mut self, on: bool) {
         self.on = on;
         if !on {

@@ -1,7 +1,7 @@
-//! An in-flight message: our prefix (Received header) + the client's bytes.
-//! Bounded memory: past `spill_threshold` the body goes to an already-unlinked
-//! file in <shard>/tmp/, so a crash never leaves it behind. A running CRC means
-//! the writer thread never hashes the body a second time.
+//! An in-flight message: our prefix (Received header) + the client's bytes, with a running CRC
+//! (the writer never hashes the body again). Invariant: bounded memory; past `spill_threshold`
+//! the body goes to an already-unlinked file in <shard>/tmp/, so a crash never leaves it behind.
+
 use crate::message::headers::HeaderScanner;
 use std::fs::File;
 use std::io::{self, Write};

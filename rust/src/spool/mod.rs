@@ -1,71 +1,72 @@
 //! The spool: one append-only log per shard, group-committed by one writer
 //! thread. Invariant: a submission completes without error only after its
 //! record is fdatasync'ed; recovery never drops a record silently.
-//!
-//! # On-disk format, FORMAT VERSION 2
-//!
-//! ```text
-//! <root>/                         0700
-//!   <shard>/                      0700, one per worker ("0", "1", ...)
-//!     lock                        flock(LOCK_EX|LOCK_NB) while a process owns the shard
-//!     segments/00000000000000001.seg   append-only logs, 17-digit sequence number: names sort in write order
-//!     tmp/                        spill files of in-flight messages (unlinked at creation)
-//!     corrupt/                    damaged bytes found by recovery: <segment>.<offset>.bad
-//!     synced.log                  only with sync_log=True (tests): "<segment path> <synced length>" lines
-//! ```
-//!
-//! A segment starts with a 32-byte header, all integers little-endian:
-//! `"MTASPOOL" | version u32 | shard u32 | seq u64 | reserved u32 | crc32 of bytes 0..28`.
-//! New segments say version 2; version 1 segments are still read (their
-//! metas are version 1, see below). A version-1 binary refuses version-2
-//! segments (moves them to corrupt/ and reports it): no silent downgrade.
-//!
-//! Then records, back to back:
-//! ```text
-//! "MTAr" | kind u8 | flags u8 (0) | reserved u16 (0) | payload_len u32 | crc32 of bytes 0..12
-//! payload: meta_len u32 | meta | data
-//! crc32 of header (16 bytes) + payload
-//! ```
-//! Meta encodings (`record.rs`) start with a version byte (2 now; 1 in format
-//! v1) and use LEB128 varints; strings are length + UTF-8, optional strings
-//! and optional numbers are value+1 (0 = absent). Kinds:
-//!
-//! - 1 MESSAGE: meta = envelope, data = the message bytes exactly as they
-//!   will be relayed, our Received header first. Envelope:
-//!   `ver | queue_id str | arrival_us | smtputf8 u8 | sender str | body opt |
-//!   ret opt | envid opt | helo str | client_ip str | n | n × recipient | held u8`,
-//!   recipient = `address str | notify u8 (0 absent, else mask|0x80) | orcpt opt |
-//!   state u8 | attempts | next_attempt_us optnum | last_reply opt`.
-//!   (v1: no attempts/next_attempt/last_reply, no held byte.)
-//!   A later MESSAGE record with the same queue id supersedes an earlier one:
-//!   compaction copies a live message forward with its current state.
-//! - 2 STATE: `ver 2 | queue_id str | time_us | hold u8 (0 unchanged, 1 held,
-//!   2 released) | n | n × (index | state u8 | attempts | next_attempt_us optnum |
-//!   last_reply opt)`. Each change is the recipient's whole state, not a delta.
-//!   States: 0 queued, 1 delivered, 2 deferred, 3 bounced.
-//! - 3 DELETE: `ver | queue_id str | time_us`: every copy of the message is gone.
-//! - 4 SEGMENT_END: `ver | seq | len` (after a failed batch: "segment S is
-//!   valid up to length L"; the bytes past L belong to messages that got 451).
-//!
-//! Recovery replays every record in log order (segments by sequence number,
-//! records by offset), so a restart resumes exactly where the writer was.
-//!
-//! The index (queue id → segment, offset, envelope, plus the due schedule)
-//! lives in memory and is rebuilt at open by scanning every segment
-//! (`index.rs`). After recovery new records always go to a fresh segment,
-//! never after a possibly torn tail.
-//!
-//! Compaction (writer thread, between batches, bounded steps): a sealed
-//! segment with no live message is deleted; one whose live messages fill
-//! less than `copy_forward_percent` of it first has them copied forward
-//! (current state in a fresh MESSAGE record). Before unlinking a segment the
-//! writer rewrites, in the current segment, whatever of it still matters: a
-//! state snapshot (STATE with every recipient and the hold flag) for a live
-//! message whose MESSAGE record is older, a DELETE whose message still has a
-//! copy in another segment, a SEGMENT_END whose segment still exists. Order:
-//! write, fdatasync, then unlink; a crash in between leaves duplicates that
-//! replay resolves (the newest MESSAGE record wins).
 
+// # On-disk format, FORMAT VERSION 2
+//
+// ```text
+// <root>/                         0700
+//   <shard>/                      0700, one per worker ("0", "1", ...)
+//     lock                        flock(LOCK_EX|LOCK_NB) while a process owns the shard
+//     segments/00000000000000001.seg   append-only logs, 17-digit sequence number: names sort in write order
+//     tmp/                        spill files of in-flight messages (unlinked at creation)
+//     corrupt/                    damaged bytes found by recovery: <segment>.<offset>.bad
+//     synced.log                  only with sync_log=True (tests): "<segment path> <synced length>" lines
+// ```
+//
+// A segment starts with a 32-byte header, all integers little-endian:
+// `"MTASPOOL" | version u32 | shard u32 | seq u64 | reserved u32 | crc32 of bytes 0..28`.
+// New segments say version 2; version 1 segments are still read (their
+// metas are version 1, see below). A version-1 binary refuses version-2
+// segments (moves them to corrupt/ and reports it): no silent downgrade.
+//
+// Then records, back to back:
+// ```text
+// "MTAr" | kind u8 | flags u8 (0) | reserved u16 (0) | payload_len u32 | crc32 of bytes 0..12
+// payload: meta_len u32 | meta | data
+// crc32 of header (16 bytes) + payload
+// ```
+// Meta encodings (`record.rs`) start with a version byte (2 now; 1 in format
+// v1) and use LEB128 varints; strings are length + UTF-8, optional strings
+// and optional numbers are value+1 (0 = absent). Kinds:
+//
+// - 1 MESSAGE: meta = envelope, data = the message bytes exactly as they
+//   will be relayed, our Received header first. Envelope:
+//   `ver | queue_id str | arrival_us | smtputf8 u8 | sender str | body opt |
+//   ret opt | envid opt | helo str | client_ip str | n | n × recipient | held u8`,
+//   recipient = `address str | notify u8 (0 absent, else mask|0x80) | orcpt opt |
+//   state u8 | attempts | next_attempt_us optnum | last_reply opt`.
+//   (v1: no attempts/next_attempt/last_reply, no held byte.)
+//   A later MESSAGE record with the same queue id supersedes an earlier one:
+//   compaction copies a live message forward with its current state.
+// - 2 STATE: `ver 2 | queue_id str | time_us | hold u8 (0 unchanged, 1 held,
+//   2 released) | n | n × (index | state u8 | attempts | next_attempt_us optnum |
+//   last_reply opt)`. Each change is the recipient's whole state, not a delta.
+//   States: 0 queued, 1 delivered, 2 deferred, 3 bounced.
+// - 3 DELETE: `ver | queue_id str | time_us`: every copy of the message is gone.
+// - 4 SEGMENT_END: `ver | seq | len` (after a failed batch: "segment S is
+//   valid up to length L"; the bytes past L belong to messages that got 451).
+//
+// Recovery replays every record in log order (segments by sequence number,
+// records by offset), so a restart resumes exactly where the writer was.
+//
+// The index (queue id → segment, offset, envelope, plus the due schedule)
+// lives in memory and is rebuilt at open by scanning every segment
+// (`index.rs`). After recovery new records always go to a fresh segment,
+// never after a possibly torn tail.
+//
+// Compaction (writer thread, between batches, bounded steps): a sealed
+// segment with no live message is deleted; one whose live messages fill
+// less than `copy_forward_percent` of it first has them copied forward
+// (current state in a fresh MESSAGE record). Before unlinking a segment the
+// writer rewrites, in the current segment, whatever of it still matters: a
+// state snapshot (STATE with every recipient and the hold flag) for a live
+// message whose MESSAGE record is older, a DELETE whose message still has a
+// copy in another segment, a SEGMENT_END whose segment still exists. Order:
+// write, fdatasync, then unlink; a crash in between leaves duplicates that
+// replay resolves (the newest MESSAGE record wins).
+
+mod compact;
 mod fresh;
 pub mod incoming;
 pub mod index;
@@ -138,7 +139,7 @@ impl Default for Config {
             max_header_size: 1 << 20,
             sync: true,
             sync_log: false,
-            copy_forward_percent: writer::COPY_FORWARD_PERCENT,
+            copy_forward_percent: compact::COPY_FORWARD_PERCENT,
             commit_delay: std::time::Duration::ZERO,
         }
     }

@@ -1,18 +1,11 @@
-//! The group-commit writer: one thread per shard takes every waiting submission,
-//! appends them all, runs ONE fdatasync, then completes them all and wakes the
-//! event loop ONCE. A failed write/sync fails the whole batch; that segment is
-//! abandoned (never synced again) and a SEGMENT_END record in the next segment
-//! says where its valid part ends, so a message answered 451 never comes back.
-//!
-//! Between batches the same thread compacts, one bounded step at a time (see
-//! `compact_step`): a sealed segment with no live message is deleted, and a
-//! sealed segment whose live messages fill less than `copy_forward_percent`
-//! of it has them copied into the current segment first.
+//! The group-commit writer: one thread per shard appends every waiting submission, runs ONE
+//! fdatasync, then completes them all and wakes the event loop ONCE (`compact` runs between).
+//! Invariant: a failed write/sync fails the whole batch and abandons that segment for good.
+
 use super::incoming::Sealed;
 use super::index::{Entry, Index};
-use super::record::{self, Envelope, Kind, RcptChange, StateChange};
+use super::record::{self, Envelope, Kind, StateChange};
 use super::segment::{encode_seg_header, segment_name, SEG_HDR};
-use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -32,12 +25,6 @@ const COPY_CHUNK: usize = 256 * 1024;
 /// (BENCHMARKS.md, eighth session). The zeros are never a record (scan: a zero tail
 /// is unused space); a sealed segment is cut back to its records.
 const ZERO_AHEAD: u64 = 1 << 20;
-/// One compaction step copies about this many bytes, then the writer looks
-/// at the submission queue again.
-pub const COMPACT_STEP_BYTES: u64 = 8 << 20;
-/// Default: copy a sealed segment's live messages forward when they fill
-/// less than this percentage of it.
-pub const COPY_FORWARD_PERCENT: u64 = 25;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FaultKind {
@@ -204,21 +191,22 @@ pub struct Writer {
     /// SEGMENT_END records (segment written to, marker) and sealed segments' sizes.
     marker_locs: Vec<(u64, (u64, u64))>,
     sealed: Vec<(u64, u64)>,
-    buf: Vec<u8>,
+    /// Records not yet written; a failed batch or compaction step drops them.
+    pub(super) buf: Vec<u8>,
     compact_pending: bool,
 }
 
 /// Where a record went.
 #[derive(Clone, Copy, Debug)]
-struct Loc {
-    seq: u64,
-    offset: u64,
-    len: u64,
-    data_offset: u64,
+pub(super) struct Loc {
+    pub(super) seq: u64,
+    pub(super) offset: u64,
+    pub(super) len: u64,
+    pub(super) data_offset: u64,
 }
 
 /// The data part of a record to write.
-enum Src<'a> {
+pub(super) enum Src<'a> {
     Sealed(&'a Sealed),
     /// (file, offset, length): copied forward from an older segment.
     Range(&'a File, u64, u64),
@@ -226,16 +214,7 @@ enum Src<'a> {
     Empty,
 }
 
-type Touched = Vec<(u64, u64, Option<File>)>;
-
-/// One compaction step, planned under the index lock and done without it.
-enum Plan {
-    /// Copy these live messages of segment `seq` forward: (envelope, data offset, size).
-    Copy(u64, Vec<(Envelope, u64, u64)>),
-    /// Delete segment `seq` after writing what still matters of it in the
-    /// current segment: state snapshots, DELETE records, SEGMENT_END markers.
-    Delete(u64, Vec<StateChange>, Vec<String>, Vec<(u64, u64)>),
-}
+pub(super) type Touched = Vec<(u64, u64, Option<File>)>;
 
 impl Writer {
     #[allow(clippy::too_many_arguments)]
@@ -389,8 +368,13 @@ impl Writer {
         self.shared.complete(out);
     }
 
+    /// The segment being written to, which compaction leaves alone.
+    pub(super) fn cur_seq(&self) -> Option<u64> {
+        self.cur.as_ref().map(|c| c.seq)
+    }
+
     /// After a successful sync: segment sizes and SEGMENT_END records into the index.
-    fn note_written(&mut self, ix: &mut Index) {
+    pub(super) fn note_written(&mut self, ix: &mut Index) {
         for (seq, len) in self.sealed.drain(..) {
             ix.note_segment(seq, len);
         }
@@ -413,7 +397,7 @@ impl Writer {
     }
 
     /// Start a write: a segment to write to, and the SEGMENT_END records owed.
-    fn begin(&mut self, touched: &mut Touched) -> io::Result<()> {
+    pub(super) fn begin(&mut self, touched: &mut Touched) -> io::Result<()> {
         self.marker_locs.clear();
         self.sealed.clear();
         match &self.cur {
@@ -426,20 +410,20 @@ impl Writer {
         Ok(())
     }
 
-    fn write_marker(&mut self, seq: u64, len: u64, touched: &mut Touched) -> io::Result<()> {
+    pub(super) fn write_marker(&mut self, seq: u64, len: u64, touched: &mut Touched) -> io::Result<()> {
         let loc = self.write_record(Kind::SegmentEnd, &record::encode_segment_end(seq, len), Src::Empty, touched)?;
         self.marker_locs.push((loc.seq, (seq, len)));
         Ok(())
     }
 
-    fn finish(&mut self) -> io::Result<()> {
+    pub(super) fn finish(&mut self) -> io::Result<()> {
         self.flush()?;
         self.sync_cur()?;
         self.markers.clear();
         Ok(())
     }
 
-    fn write_record(&mut self, kind: Kind, meta: &[u8], src: Src<'_>, touched: &mut Touched) -> io::Result<Loc> {
+    pub(super) fn write_record(&mut self, kind: Kind, meta: &[u8], src: Src<'_>, touched: &mut Touched) -> io::Result<Loc> {
         let n = match &src {
             Src::Sealed(d) => d.len,
             Src::Range(_, _, n) => *n,
@@ -474,8 +458,10 @@ impl Writer {
     }
 
     /// After a failure: cut every segment this batch touched back to where the
-    /// batch began (best effort) and never write or sync it again.
-    fn abandon(&mut self, touched: Touched) {
+    /// batch began (best effort) and never write or sync it again; a SEGMENT_END
+    /// record in the next segment says where its valid part ends, so a message
+    /// answered 451 never comes back.
+    pub(super) fn abandon(&mut self, touched: Touched) {
         self.marker_locs.clear();
         self.sealed.clear();
         let cur = self.cur.take();
@@ -588,162 +574,5 @@ impl Writer {
         touched.push((seq, 0, None));
         self.cur = Some(Seg { file, seq, len: 0, synced: 0, zeroed: 0 });
         self.append(&encode_seg_header(self.shard, seq))
-    }
-
-    fn seg_path(&self, seq: u64) -> PathBuf {
-        self.shard_dir.join("segments").join(segment_name(seq))
-    }
-
-    /// Choose the next compaction step: the oldest sealed segment that is
-    /// empty of live messages, or sparse enough to copy forward.
-    fn plan(&self) -> Option<Plan> {
-        let cur_seq = self.cur.as_ref().map(|c| c.seq);
-        let pct = self.copy_forward_percent;
-        let ix = self.shared.index.lock().unwrap();
-        let (&seq, s) = ix
-            .segs
-            .iter()
-            .find(|(seq, s)| Some(**seq) != cur_seq && !s.pinned && (s.live == 0 || (pct > 0 && s.live_bytes * 100 < s.size * pct)))?;
-        if s.live > 0 {
-            let mut items = Vec::new();
-            let mut bytes = 0;
-            for q in &s.msgs {
-                match ix.get(q) {
-                    Some(e) if e.seq == seq => {
-                        items.push((e.envelope.clone(), e.data_offset, e.size));
-                        bytes += e.len;
-                        if bytes >= COMPACT_STEP_BYTES {
-                            break;
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            // Empty only if the accounting were wrong: do nothing rather than spin.
-            return (!items.is_empty()).then_some(Plan::Copy(seq, items));
-        }
-        let mut seen = HashSet::new();
-        let (mut states, mut deletes) = (Vec::new(), Vec::new());
-        let now = super::now_us();
-        for (q, del) in &s.refs {
-            if !seen.insert((&**q, *del)) {
-                continue;
-            }
-            match ix.get(q) {
-                // A STATE record newer than the message's MESSAGE record: keep its effect.
-                Some(e) if !*del && e.seq < seq => states.push(StateChange {
-                    queue_id: q.to_string(),
-                    time_us: now,
-                    hold: Some(e.envelope.held),
-                    changes: e.envelope.recipients.iter().enumerate().map(|(i, r)| RcptChange::of(i as u32, r)).collect(),
-                }),
-                // A DELETE record while an older copy of the message is still on disk.
-                None if *del && ix.has_other_copy(q, seq) => deletes.push(q.to_string()),
-                _ => {}
-            }
-        }
-        let markers = s.markers.iter().copied().filter(|(a, _)| *a != seq && self.seg_path(*a).exists()).collect();
-        Some(Plan::Delete(seq, states, deletes, markers))
-    }
-
-    /// One bounded compaction step; true if there may be more to do.
-    /// Crash-safe order: copies and carried records are written and synced
-    /// before the old segment is unlinked; a crash in between leaves
-    /// duplicates that recovery resolves (the newest MESSAGE record wins).
-    fn compact_step(&mut self) -> bool {
-        let Some(plan) = self.plan() else { return false };
-        let mut touched = Vec::new();
-        let res = match &plan {
-            Plan::Copy(seq, items) => self.copy_forward(*seq, items, &mut touched),
-            Plan::Delete(_, states, deletes, markers) => self.carry(states, deletes, markers, &mut touched),
-        };
-        self.buf.clear();
-        let locs = match res {
-            Ok(l) => l,
-            Err(_) => {
-                // Like a failed batch; compaction waits for the next trigger.
-                self.shared.stats.failed_batches.fetch_add(1, Relaxed);
-                self.abandon(touched);
-                return false;
-            }
-        };
-        let shared = self.shared.clone();
-        let mut ix = shared.index.lock().unwrap();
-        self.note_written(&mut ix);
-        match plan {
-            Plan::Copy(_, items) => {
-                self.shared.stats.messages_copied.fetch_add(items.len() as u64, Relaxed);
-                for ((envelope, _, size), loc) in items.into_iter().zip(locs) {
-                    ix.insert_message(Entry {
-                        shard: self.shard,
-                        seq: loc.seq,
-                        offset: loc.offset,
-                        len: loc.len,
-                        data_offset: loc.data_offset,
-                        size,
-                        envelope,
-                    });
-                }
-            }
-            Plan::Delete(seq, states, deletes, _) => {
-                let mut locs = locs.into_iter();
-                for sc in &states {
-                    ix.apply_state(locs.next().unwrap().seq, sc);
-                }
-                for q in &deletes {
-                    ix.apply_delete(locs.next().unwrap().seq, q);
-                }
-                drop(ix);
-                if !self.shared.no_unlink.load(Relaxed) {
-                    let p = self.seg_path(seq);
-                    let removed = std::fs::remove_file(&p);
-                    self.shared.forget_segment(seq); // after the unlink: see Spool::segment_file
-                    match removed {
-                        Ok(()) => {
-                            let _ = File::open(self.shard_dir.join("segments")).and_then(|d| d.sync_all());
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                        Err(_) => return false, // left for the next start
-                    }
-                }
-                self.shared.index.lock().unwrap().remove_segment(seq);
-                self.shared.stats.segments_deleted.fetch_add(1, Relaxed);
-            }
-        }
-        true
-    }
-
-    fn copy_forward(&mut self, seq: u64, items: &[(Envelope, u64, u64)], touched: &mut Touched) -> io::Result<Vec<Loc>> {
-        let src = File::open(self.seg_path(seq))?;
-        self.begin(touched)?;
-        let mut locs = Vec::with_capacity(items.len());
-        for (env, off, n) in items {
-            let meta = record::encode_envelope(env);
-            locs.push(self.write_record(Kind::Message, &meta, Src::Range(&src, *off, *n), touched)?);
-        }
-        self.finish()?;
-        Ok(locs)
-    }
-
-    /// Write what a segment about to be deleted still carries (nothing to
-    /// write: no I/O at all).
-    fn carry(&mut self, states: &[StateChange], deletes: &[String], markers: &[(u64, u64)], touched: &mut Touched) -> io::Result<Vec<Loc>> {
-        if states.is_empty() && deletes.is_empty() && markers.is_empty() {
-            return Ok(Vec::new());
-        }
-        self.begin(touched)?;
-        let mut locs = Vec::new();
-        for sc in states {
-            locs.push(self.write_record(Kind::State, &record::encode_state(sc), Src::Empty, touched)?);
-        }
-        let now = super::now_us();
-        for q in deletes {
-            locs.push(self.write_record(Kind::Delete, &record::encode_delete(q, now), Src::Empty, touched)?);
-        }
-        for (a, l) in markers {
-            self.write_marker(*a, *l, touched)?;
-        }
-        self.finish()?;
-        Ok(locs)
     }
 }

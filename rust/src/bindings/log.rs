@@ -1,9 +1,9 @@
-//! Python binding for `crate::logline`: `delivery_log_line`, `rfc3339`; and for
-//! `crate::serverlog`: `ServerLog`. A delivery-log str holding a lone surrogate is passed
-//! on as its "surrogatepass" bytes (the line escapes it); a server-log one is written as
-//! "backslashreplace" makes it, as the Python version of the log did.
-use crate::logline::{line, rfc3339 as format_time, Record, Reply};
-use crate::serverlog::{write_all, ServerLog};
+//! Python binding for `crate::log`: `delivery_log_line`, `rfc3339` (`log::delivery`) and
+//! `ServerLog` (`log::server`). Invariant: only conversion here; a str holding a lone surrogate
+//! goes on as "surrogatepass" bytes (delivery line) or as "backslashreplace" writes it (server log).
+
+use crate::log::delivery::{line, rfc3339 as format_time, Record, Reply};
+use crate::log::server::{write_all, ServerLog};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
 use std::borrow::Cow;

@@ -121,7 +121,7 @@ fn trim_start(s: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::smtp::path::Notify;
+    use crate::smtp::server::path::Notify;
 
     fn p(s: &str) -> Result<Command, (u16, &'static str)> {
         parse_line(s.as_bytes(), false).map_err(|e| (e.code, e.enhanced))

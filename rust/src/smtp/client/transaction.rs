@@ -1,9 +1,6 @@
-//! Client side of one pipelined SMTP/LMTP mail transaction, sans I/O: which replies
-//! are owed (RSET, MAIL, each RCPT, DATA, the end of data), what each one decides, and
-//! one outcome per recipient. The caller writes the whole command batch at once, feeds
-//! the replies in order, and writes the message when told to.
-//! Invariants: once `Done`, every recipient has an outcome; a reply that nothing is
-//! owed for is an error (`Unexpected`), never taken as the answer to a later command.
+//! One pipelined SMTP/LMTP mail transaction on the client side, sans I/O: which replies are
+//! owed (RSET, MAIL, each RCPT, DATA, end of data) and what each decides. Invariants: once
+//! `Done`, every recipient has an outcome; a reply nothing is owed for is `Unexpected`.
 
 use std::collections::VecDeque;
 
@@ -82,6 +79,8 @@ pub enum Step {
     Unexpected,
 }
 
+/// The caller writes the whole command batch at once, feeds the replies in order, and
+/// writes the message when told to; the result is one outcome per recipient.
 pub struct Transaction {
     owed: VecDeque<Owed>,
     chunking: bool,
@@ -246,7 +245,7 @@ pub fn decide(tx: &mut Transaction, replies: &[Reply], chained: bool) -> (Step, 
 /// fed through a `ReplyParser`, whole and byte by byte.
 pub mod harness {
     use super::*;
-    use crate::smtp::ReplyParser;
+    use crate::smtp::client::ReplyParser;
 
     type Run = (Vec<Step>, Vec<Option<Outcome>>, bool);
 
@@ -434,7 +433,7 @@ mod tests {
 
     #[test]
     fn corpus_replays_split_independent() {
-        for data in crate::smtp::corpus("client") {
+        for data in crate::corpus::files("client") {
             for shape in [0u8, 1, 2, 9, 17, 33, 43, 63] {
                 let mut d = data.clone();
                 if !d.is_empty() {

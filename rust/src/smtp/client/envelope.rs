@@ -1,7 +1,6 @@
-//! The client's envelope commands: the MAIL FROM and RCPT TO lines of one message, with
-//! the ESMTP parameters the peer offers (SIZE, BODY, SMTPUTF8, DSN's RET, ENVID, NOTIFY,
-//! ORCPT). Invariant: no line holds a CR or LF before its own CRLF (a command cannot be
-//! smuggled through an address or a parameter); such input is refused, never sent.
+//! The client's envelope commands: MAIL FROM and RCPT TO lines with the ESMTP parameters the
+//! peer offers (SIZE, BODY, SMTPUTF8, RET, ENVID, NOTIFY, ORCPT). Invariant: no line holds a
+//! CR or LF before its own CRLF (nothing smuggled through an address); such input is refused.
 
 use std::fmt::Write;
 

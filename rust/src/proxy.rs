@@ -1,7 +1,6 @@
-//! Sans-IO parser of the HAProxy PROXY protocol header, versions 1 (text) and 2 (binary).
-//! Invariants: the result does not depend on how the input is split into `feed` calls (the
-//! first byte that decides an error is the same for every split); at most 107 bytes (v1) or
-//! 16 + 65535 bytes (v2) are buffered; bytes after the header are kept for the caller.
+//! Sans-IO parser of the HAProxy PROXY protocol header, v1 (text) and v2 (binary). Invariants:
+//! the result (even the byte that decides an error) does not depend on the split; at most 107
+//! (v1) or 16 + 65535 (v2) bytes are buffered; bytes after the header are kept for the caller.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 

@@ -242,7 +242,7 @@ pub(crate) mod tests {
         let mut s = Scanner::new(dotted, policy, limit);
         let mut out = Vec::new();
         let mut consumed = 0;
-        for c in crate::smtp::harness::split(input, cuts) {
+        for c in crate::smtp::server::harness::split(input, cuts) {
             let (n, ended) = s.scan(c, &mut out);
             consumed += n;
             if ended {

@@ -1,7 +1,6 @@
-//! The server log's fast path (mta.log): the lines every message costs, formatted as
-//! Python's logging formats "%(asctime)s mta[%(process)d]: %(message)s" (local time
-//! to the millisecond) and buffered until the event loop writes them in one call.
-//! The date part is made once a second; a write error drops the batch, never blocks.
+//! The server log's fast path (mta.log): lines formatted as Python's logging formats
+//! "%(asctime)s mta[%(process)d]: %(message)s" (local time, ms) and buffered for one write.
+//! Invariants: the date part is made once a second; a write error drops the batch, never blocks.
 
 use crate::message::trace::{civil_from_days, local_utc_offset};
 use std::fmt::Write;

@@ -1,10 +1,9 @@
-//! The delivery log's line (mta.deliverylog): one JSON object per recipient outcome,
-//! keys in a fixed order. Written here because it runs once per recipient on the
-//! worker's event loop (34k instructions in Python, most of the queue's own cost).
-//! Strings are escaped as Python's `json` escapes them with ensure_ascii=False, and a
-//! lone surrogate (a Python str may hold one) comes out as `\udcXX` text, as Python's
-//! "backslashreplace" writes it: the bytes are the ones the Python reference wrote.
+//! The delivery log's line (mta.queue.deliverylog): one JSON object per recipient outcome, keys
+//! in a fixed order. Invariant: the bytes are the ones the Python reference wrote (`json` with
+//! ensure_ascii=False; a lone surrogate as `\udcXX`, as "backslashreplace" writes it).
 
+// Why in Rust: it runs once per recipient on the worker's event loop (34k instructions in
+// Python, most of the queue's own cost).
 use crate::message::trace::civil_from_days;
 use std::fmt::Write;
 
