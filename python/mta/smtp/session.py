@@ -86,7 +86,6 @@ class Session(SubmissionMixin, asyncio.Protocol):
         self,
         listener: Listener | None,
         settings: SessionSettings,
-        *,
         loop: asyncio.AbstractEventLoop,
         store: AcceptStore,
         on_durable: OnDurable,
