@@ -71,11 +71,14 @@ class Transaction:
 
 
 class Session(SubmissionMixin, asyncio.Protocol):
-    # Slots: no instance dict (a session is made per connection and its ~40
+    # Slots: no instance dict (a session is made per connection and its ~55
     # attributes are read on every command).
     __slots__ = (
-        "settings", "loop", "store", "on_durable", "policy", "expand", "limits", "rdns", "proxy_gate", "tls",
-        "users", "auth_guard", "sender_login", "sessions", "listener", "profile", "tls_mode", "tls_info", "_tls_busy", "_tls_task",
+        # collaborators (shared by the sessions of a listener)
+        "settings", "loop", "store", "on_durable", "policy", "expand", "limits", "sessions", "rdns", "proxy_gate",
+        "tls", "users", "auth_guard", "sender_login",
+        # this connection
+        "listener", "profile", "tls_mode", "tls_info", "_tls_busy", "_tls_task",
         "parser", "state", "transport", "peer_ip", "peer_port", "trusted", "rname", "helo", "esmtp",
         "tx", "errors", "messages", "commands", "_out", "_queue", "_waiting", "_eof", "_closing",
         "_shutdown", "_bdat_refusal", "_bdat_size", "_last_active", "_timers", "_connected_at",

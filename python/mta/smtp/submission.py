@@ -18,7 +18,8 @@ class SubmissionMixin:
     """AUTH for Session: `user` (the authenticated login or None), `sasl` (the
     exchange in progress), `auth_ok` (AUTH may be offered right now), `auth_required`
     (MAIL needs AUTH first: a submission listener with a user file); their slots are
-    Session's."""
+    Session's, as are the collaborators used here: `users`, `auth_guard`,
+    `sender_login` and `settings`."""
 
     __slots__ = ()
 
