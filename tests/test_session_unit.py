@@ -105,6 +105,21 @@ def test_message_durable_in_the_spool_then_on_durable(tmp_path):
     assert f"id {qid}".encode() in data
 
 
+def test_store_failure_is_a_451_and_nothing_durable(tmp_path):
+    async def body(s):
+        greeted(s)
+        s.store.spool.inject_fault("write", 28)  # ENOSPC on the next write
+        s.send(b"MAIL FROM:<a@sender.test>\r\nRCPT TO:<b@example.test>\r\nDATA\r\n" + BODY + b".\r\n")
+        assert s.replies()[:3] == ["250 2.1.0 Ok", "250 2.1.5 Ok", "354 End data with <CR><LF>.<CR><LF>"]
+        assert await s.next_replies() == ["451 4.3.0 Error: queue file write error, try again later"]
+        assert s.durable == [] and s.session.tx is None
+        s.store.spool.inject_fault(None)
+        s.send(b"MAIL FROM:<a@sender.test>\r\n")
+        assert s.replies() == ["250 2.1.0 Ok"]
+
+    run(body, tmp_path)
+
+
 def test_relay_denied_from_outside_mynetworks(tmp_path):
     async def body(s):
         greeted(s)

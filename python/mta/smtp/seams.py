@@ -21,6 +21,14 @@ OnDurable = Callable[[str, list], None]
 Completion = Callable[[str | None], None]
 
 
+class RelayCheck(Protocol):
+    """Who may relay (mta.policy.relay.RelayPolicy)."""
+
+    def trusted(self, ip: str) -> bool: ...
+
+    def check_rcpt(self, address: str, trusted: bool) -> Verdict: ...
+
+
 class AcceptStore(Protocol):
     """The accept side of the spool: the calls a session makes per message."""
 

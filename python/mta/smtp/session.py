@@ -28,11 +28,10 @@ if TYPE_CHECKING:
     from mta.auth.senders import SenderLogin
     from mta.auth.users import UserDB
     from mta.config.schema import Listener
-    from mta.policy.relay import RelayPolicy
     from mta.smtp.limits import Limits
     from mta.smtp.proxy import ProxyGate
     from mta.smtp.rdns import ReverseResolver
-    from mta.smtp.seams import AcceptStore, Expand, OnDurable, SessionSettings
+    from mta.smtp.seams import AcceptStore, Expand, OnDurable, RelayCheck, SessionSettings
     from mta.smtp.tls import TlsContext
 
 log = logging.getLogger("mta.session")
@@ -92,7 +91,7 @@ class Session(SubmissionMixin, asyncio.Protocol):
         loop: asyncio.AbstractEventLoop,
         store: AcceptStore,
         on_durable: OnDurable,
-        policy: RelayPolicy,
+        policy: RelayCheck,
         expand: Expand,
         limits: Limits,
         sessions: set,
