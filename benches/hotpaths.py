@@ -159,12 +159,12 @@ async def _server(tmp: str, **extra) -> Server:
 async def session_path(n: int, repeats: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         srv = await _server(tmp, **{"delivery.enabled": False})
-        lst = srv.cfg.listeners[0]
+        new_session = srv.session_factory(srv.cfg.listeners[0])
         loop = asyncio.get_running_loop()
 
         async def one() -> None:
             t = _ServerSide(loop)
-            s = t.session = Session(srv, lst)
+            s = t.session = new_session()
             s.connection_made(t)
             for line in CONVERSATION:
                 s.data_received(line)

@@ -18,9 +18,14 @@ import threading
 import pytest
 
 from mta import _native
+from mta.auth import passwords
+from mta.auth import senders
 from mta.auth import users as auth
+from mta.auth.guard import AuthGuard
+from mta.auth.headers import add_missing_headers
+from mta.auth.sasl import SaslExchange
+from mta.auth.senders import check_sender
 from mta.config import schema as config
-from mta.auth.users import AuthGuard, SaslExchange, add_missing_headers, check_sender
 from mta.errors import ConfigError
 
 FAST = {"n": 1024, "r": 8, "p": 1}  # cheap parameters for tests; the format is the same
@@ -37,18 +42,18 @@ def mode_of(path) -> int:
 # --- hashes ---------------------------------------------------------------------
 
 def test_hash_format_and_verification():
-    h = auth.hash_password("s3cret")
+    h = passwords.hash_password("s3cret")
     assert re.fullmatch(r"\$scrypt\$n=16384,r=8,p=1\$[A-Za-z0-9+/]{22}\$[A-Za-z0-9+/]{43}", h)
-    assert auth.verify_password("s3cret", h)
-    assert not auth.verify_password("s3cret ", h)
-    assert not auth.verify_password("", h)
-    assert auth.hash_password("s3cret") != h  # salted
+    assert passwords.verify_password("s3cret", h)
+    assert not passwords.verify_password("s3cret ", h)
+    assert not passwords.verify_password("", h)
+    assert passwords.hash_password("s3cret") != h  # salted
 
 
 def test_non_ascii_password_and_cheap_parameters():
-    h = auth.hash_password("pässwörd", **FAST)
+    h = passwords.hash_password("pässwörd", **FAST)
     assert h.startswith("$scrypt$n=1024,r=8,p=1$")
-    assert auth.verify_password("pässwörd", h) and not auth.verify_password("passwort", h)
+    assert passwords.verify_password("pässwörd", h) and not passwords.verify_password("passwort", h)
 
 
 @pytest.mark.parametrize("bad", [
@@ -57,18 +62,18 @@ def test_non_ascii_password_and_cheap_parameters():
     "$scrypt$n=16384,r=8,p=1$!!!$" + "A" * 43, "$argon2id$v=19$m=65536,t=3,p=4$x$y",
 ])
 def test_malformed_hash_never_verifies(bad):
-    assert auth.verify_password("x", bad) is False
+    assert passwords.verify_password("x", bad) is False
 
 
 # --- the user file ------------------------------------------------------------------
 
 def test_set_user_creates_0600_and_keeps_comments(tmp_path):
     path = str(tmp_path / "users")
-    assert auth.set_user(path, "alice", auth.hash_password("a", **FAST)) is True
+    assert auth.set_user(path, "alice", passwords.hash_password("a", **FAST)) is True
     assert mode_of(path) == 0o600
     with open(path, "a") as f:
-        f.write("# a comment\n\nbob@example.com:" + auth.hash_password("b", **FAST) + "\n")
-    assert auth.set_user(path, "alice", auth.hash_password("a2", **FAST)) is False  # password changed
+        f.write("# a comment\n\nbob@example.com:" + passwords.hash_password("b", **FAST) + "\n")
+    assert auth.set_user(path, "alice", passwords.hash_password("a2", **FAST)) is False  # password changed
     lines = open(path).read().splitlines()
     assert lines[0].startswith("alice:") and lines[1] == "# a comment" and lines[3].startswith("bob@example.com:")
     assert mode_of(path) == 0o600
@@ -84,14 +89,14 @@ def test_set_user_creates_0600_and_keeps_comments(tmp_path):
 def test_invalid_user_names(tmp_path, name):
     assert not auth.valid_user_name(name)
     with pytest.raises(ValueError):
-        auth.set_user(str(tmp_path / "users"), name, auth.hash_password("p", **FAST))
+        auth.set_user(str(tmp_path / "users"), name, passwords.hash_password("p", **FAST))
 
 
 def test_verify_runs_in_a_thread_and_unknown_user_costs_a_hash(tmp_path, monkeypatch):
     path = str(tmp_path / "users")
-    auth.set_user(path, "alice", auth.hash_password("right", **FAST))
+    auth.set_user(path, "alice", passwords.hash_password("right", **FAST))
     calls = []
-    real = auth.verify_password
+    real = passwords.verify_password
 
     def spy(password, encoded):
         calls.append((threading.get_ident(), encoded))
@@ -107,15 +112,15 @@ def test_verify_runs_in_a_thread_and_unknown_user_costs_a_hash(tmp_path, monkeyp
     assert asyncio.run(main()) == [True, False, False, False]  # user names are case-sensitive
     loop_thread = threading.get_ident()
     assert len(calls) == 4 and all(tid != loop_thread for tid, _ in calls)
-    assert calls[2][1] == auth._DUMMY_HASH  # no shortcut for unknown users (timing)
+    assert calls[2][1] == passwords.DUMMY_HASH  # no shortcut for unknown users (timing)
 
 
 def test_reload_when_the_file_changes(tmp_path):
     path = str(tmp_path / "users")
-    auth.set_user(path, "alice", auth.hash_password("a", **FAST))
+    auth.set_user(path, "alice", passwords.hash_password("a", **FAST))
     db = auth.UserDB(path)
     assert "alice" in db and "bob" not in db
-    auth.set_user(path, "bob", auth.hash_password("b", **FAST))  # rename: new inode
+    auth.set_user(path, "bob", passwords.hash_password("b", **FAST))  # rename: new inode
     assert "bob" in db and db.verify_sync("bob", "b")
     # Edited in place (same inode): the mtime/size change is noticed.
     text = open(path).read().replace("bob:", "carol:")
@@ -128,7 +133,7 @@ def test_reload_when_the_file_changes(tmp_path):
 
 def test_bad_lines_ignored_and_group_readable_file_warned(tmp_path, caplog):
     path = tmp_path / "users"
-    good = auth.hash_password("p", **FAST)
+    good = passwords.hash_password("p", **FAST)
     path.write_text(f"alice:{good}\nbroken line\nbob:$scrypt$nope\n  # indented comment\ncarol:{good}\n")
     os.chmod(path, 0o644)
     with caplog.at_level(logging.WARNING, logger="mta.auth"):
@@ -360,7 +365,7 @@ SENDERS = {"alice": ("alice@example.com", "@example.org"), "bob@example.com": ("
 ])
 def test_check_sender(user, sender, default, ok):
     assert check_sender(user, sender, SENDERS, default) is ok
-    assert auth.SenderLogin(SENDERS, default).check(user, sender) is ok
+    assert senders.SenderLogin(SENDERS, default).check(user, sender) is ok
 
 
 def test_sender_login_from_config(tmp_path):
@@ -370,7 +375,7 @@ def test_sender_login_from_config(tmp_path):
     cfg = config.load(str(path))
     assert cfg.auth.users_file == "/etc/mta/users"
     assert cfg.auth.sender_login == {"alice": ("alice@example.com", "@example.org"), "bob": ("bob@example.net",)}
-    s = auth.SenderLogin.from_config(cfg.auth)
+    s = senders.SenderLogin.from_config(cfg.auth)
     assert s.check("alice", "x@example.org") and s.check("bob", "bob@example.net") and not s.check("bob", "x@y.test")
     d = config.load(None).auth
     assert (d.users_file, d.sender_login, d.sender_login_default) == ("", {}, "none")

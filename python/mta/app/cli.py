@@ -460,6 +460,7 @@ def user() -> None:
 def user_add(name, users_file, config_file, password_stdin) -> None:
     """Add a user, or set a new password for an existing one."""
     from mta.auth import users as auth
+    from mta.auth.passwords import hash_password
 
     if not auth.valid_user_name(name):
         click.echo(f"mta: invalid user name {name!r}: 1-255 characters, no whitespace, ':' or control characters",
@@ -474,7 +475,7 @@ def user_add(name, users_file, config_file, password_stdin) -> None:
         click.echo("mta: empty password refused", err=True)
         sys.exit(2)
     try:
-        new = auth.set_user(path, name, auth.hash_password(password))
+        new = auth.set_user(path, name, hash_password(password))
     except OSError as e:
         click.echo(f"mta: {path}: {e.strerror or e}", err=True)
         sys.exit(1)

@@ -1,10 +1,6 @@
-"""Relay control: who may send where. One place for the decision.
-
-Clients in mynetworks may relay anywhere; everyone else only to the local and
-relay domains of the config. An address that routes by itself (source route,
-percent hack, bang path) never counts as addressed to a local domain, so
-open relay is impossible out of the box.
-"""
+"""Relay control, the one place for who may send where: mynetworks may relay anywhere,
+everyone else only to the local and relay domains. An address that routes by itself
+(source route, percent hack, bang path) never counts as local: no open relay by default."""
 
 from __future__ import annotations
 

@@ -1,12 +1,6 @@
-"""Abuse limits: connections (in all, per IP, per minute per IP), and per
-session messages, recipients, commands, the error tarpit and the minimum
-data rate. One place for these decisions; the session only asks.
-
-Invariants: every counter is bounded (per-IP tables are pruned, a rate
-window holds at most `rate` timestamps); a delay never blocks the event loop
-(the session holds its replies on a timer, in order). Counters are per
-worker process; a cluster-wide throttle would sit behind `Limits`.
-"""
+"""Abuse limits: connections (in all, per IP, per minute per IP) and, per session,
+messages, recipients, commands, the error tarpit and the minimum data rate. Every
+counter is bounded; a delay never blocks the event loop. Counters are per worker."""
 
 from __future__ import annotations
 
@@ -17,21 +11,14 @@ from collections import deque
 from typing import Callable
 
 from mta.config.schema import LimitsConfig
+from mta.smtp.replies import (R_TOO_MANY_COMMANDS, R_TOO_MANY_CONNECTIONS, R_TOO_MANY_MESSAGES,
+                              R_TOO_MANY_SESSION_RCPTS, R_TOO_SLOW, too_fast_from, too_many_from)
 
 RATE_WINDOW = 60.0  # connection_rate_per_ip is per minute
 _PRUNE_AT = 10_000  # IPs in the rate table before stale ones are swept
 
 
-def _line(code: int, enhanced: str, text: str) -> bytes:
-    return f"{code} {enhanced} {text}\r\n".encode()
-
-
-R_TOO_MANY_MESSAGES = _line(421, "4.7.0", "Error: too many messages in this session")
-R_TOO_MANY_RCPTS = _line(452, "4.5.3", "Error: too many recipients in this session")
-R_TOO_MANY_COMMANDS = _line(421, "4.7.0", "Error: too many commands")
-R_TOO_SLOW = _line(421, "4.4.2", "Error: too slow, data rate below the minimum")
-
-
+# A cluster-wide throttle would sit behind `Limits` (its counters are per worker process).
 class Limits:
     """Server-wide (per worker) connection accounting."""
 
@@ -50,11 +37,11 @@ class Limits:
         cfg = self.cfg
         if limited:
             if cfg.connection_rate_per_ip and self._too_fast(ip, cfg.connection_rate_per_ip):
-                return _line(421, "4.7.0", f"Error: too many connections from {ip}, slow down")
+                return too_fast_from(ip)
             if cfg.max_connections and self.total >= cfg.max_connections:
-                return _line(421, "4.7.0", "Error: too many connections, try again later")
+                return R_TOO_MANY_CONNECTIONS
             if cfg.max_connections_per_ip and self.per_ip.get(ip, 0) >= cfg.max_connections_per_ip:
-                return _line(421, "4.7.0", f"Error: too many connections from {ip}")
+                return too_many_from(ip)
         self.total += 1
         self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
         return None
@@ -125,7 +112,7 @@ class SessionGuard:
 
     def rcpt(self) -> bytes | None:
         n = self.cfg.max_recipients_per_connection
-        return R_TOO_MANY_RCPTS if self.on and n and self.rcpts >= n else None
+        return R_TOO_MANY_SESSION_RCPTS if self.on and n and self.rcpts >= n else None
 
     def error_delay(self, errors: int) -> float:
         """Seconds to hold the reply to the `errors`-th error (0: none)."""

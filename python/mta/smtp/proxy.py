@@ -1,10 +1,6 @@
-"""HAProxy PROXY protocol on the server side: who may send the header.
-
-The header itself is parsed in Rust (`_native.ProxyParser`, sans-IO, v1 and
-v2). Invariant: with `proxy_protocol` on, a session reads nothing but the
-header until it is complete, and only from an address in `proxy_from`;
-anything else closes the connection without a reply.
-"""
+"""HAProxy PROXY protocol on the server side: who may send the header (parsed in Rust,
+`_native.ProxyParser`). Invariant: with `proxy_protocol` on, a session reads only the
+header, only from an address in `proxy_from`; anything else is closed without a reply."""
 
 from __future__ import annotations
 

@@ -1,21 +1,6 @@
-"""One SMTP server session: an asyncio Protocol driven by the Rust parser.
-
-The session is a state machine written as data: `TABLE[state][verb]`
-names the handler; a verb missing from the table is out of sequence (503).
-Connection state lives on `Session`, transaction state on `Transaction`.
-Replies to pipelined commands go out in one write per read. "250 queued" is
-written only from the spool's completion callback, after fdatasync; while a
-message is being made durable the session reads no further commands, so
-replies keep their order and memory stays bounded.
-
-TLS (RFC 3207, RFC 8314): after "220 Ready to start TLS" the session reads
-nothing more in plaintext: commands already received behind STARTTLS are
-dropped with the parser that held them (CVE-2011-0411), and after the
-handshake the session is FRESH again (EHLO, HELO and any MAIL forgotten). On
-an implicit-TLS listener the greeting waits for the handshake.
-
-AUTH (submission listeners, over TLS only) lives in mta.submission.
-"""
+"""One SMTP server session: an asyncio Protocol driven by the Rust parser, its
+commands dispatched by the table `TABLE[state][verb]` (a missing verb is a 503).
+Invariant: "250 queued" goes out only after the store made the message durable."""
 
 from __future__ import annotations
 
@@ -29,12 +14,25 @@ from typing import TYPE_CHECKING, Callable
 from mta import _native
 from mta import log as fastlog
 from mta.smtp.limits import SessionGuard
+from mta.smtp.replies import (
+    R_BARE_LF, R_BYE, R_DATA_AFTER_BDAT, R_DATA_GO, R_EARLY, R_HEADER_TOO_BIG, R_HELO_FIRST, R_HELP, R_HOPS,
+    R_HTTP, R_IDLE, R_MAIL_OK, R_NESTED_MAIL, R_NO_ROOM, R_NOT_IMPL, R_OK, R_RCPT_OK,
+    R_BAD_SEQUENCE, R_SHUTDOWN, R_SIZE_EXCEEDED, R_STORE_FAILED, R_TLS_ALREADY, R_TLS_GO, R_TOO_BIG,
+    R_TOO_MANY_ERRORS, R_TOO_MANY_RCPTS, R_VRFY, SEQUENCE, bdat_chunk, line, queued,
+)
 from mta.smtp.submission import SubmissionMixin
 from mta.smtp.tls import HANDSHAKE_TIMEOUT, TlsInfo
 
 if TYPE_CHECKING:
+    from mta.auth.guard import AuthGuard
+    from mta.auth.senders import SenderLogin
+    from mta.auth.users import UserDB
     from mta.config.schema import Listener
-    from mta.app.server import Server
+    from mta.smtp.limits import Limits
+    from mta.smtp.proxy import ProxyGate
+    from mta.smtp.rdns import ReverseResolver
+    from mta.smtp.seams import AcceptStore, Expand, OnDurable, RelayCheck, SessionSettings
+    from mta.smtp.tls import TlsContext
 
 log = logging.getLogger("mta.session")
 
@@ -71,62 +69,61 @@ class Transaction:
         self.received = b""  # our Received header, when it waits for the submission fix-up
 
 
-def _line(code: int, enhanced: str | None, text: str) -> bytes:
-    if enhanced:
-        return f"{code} {enhanced} {text}\r\n".encode()
-    return f"{code} {text}\r\n".encode()
-
-
-R_OK = _line(250, "2.0.0", "Ok")
-R_MAIL_OK = _line(250, "2.1.0", "Ok")
-R_RCPT_OK = _line(250, "2.1.5", "Ok")
-R_DATA_GO = _line(354, None, "End data with <CR><LF>.<CR><LF>")
-R_BYE = _line(221, "2.0.0", "Bye")
-R_VRFY = _line(252, "2.5.2", "Cannot VRFY user, but will accept message and attempt delivery")
-R_HELP = _line(214, "2.0.0", "See RFC 5321; commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP")
-R_NOT_IMPL = _line(502, "5.5.1", "Error: command not implemented")
-R_HTTP = _line(221, "2.7.0", "Error: this is an SMTP server, not a web server. Goodbye")
-R_EARLY = _line(554, "5.5.0", "Error: SMTP protocol synchronization (talking before the greeting)")
-R_TOO_MANY_ERRORS = _line(421, "4.7.0", "Error: too many errors")
-R_IDLE = _line(421, "4.4.2", "Error: timeout exceeded")
-R_SHUTDOWN = _line(421, "4.3.2", "Service shutting down, closing transmission channel")
-R_NO_ROOM = _line(452, "4.3.1", "Insufficient system storage")
-R_TOO_MANY_RCPTS = _line(452, "4.5.3", "Error: too many recipients")
-R_TOO_BIG = _line(552, "5.3.4", "Error: message file too big")
-R_HEADER_TOO_BIG = _line(552, "5.3.4", "Error: message header too big")
-R_BARE_LF = _line(550, "5.5.2", "Error: bare <CR> or <LF> in message; lines must end with <CR><LF>")
-R_HOPS = _line(554, "5.4.0", "Error: too many hops")
-R_STORE_FAILED = _line(451, "4.3.0", "Error: queue file write error, try again later")
-R_TLS_GO = _line(220, "2.0.0", "Ready to start TLS")
-R_TLS_ALREADY = _line(503, "5.5.1", "Error: TLS already active")
-
-# Why a verb is out of sequence, by verb, for the 503 reply.
-_SEQUENCE_TEXT = {
-    "MAIL": "Error: send HELO/EHLO first",
-    "RCPT": "Error: need MAIL command",
-    "DATA": "Error: need RCPT command",
-    "BDAT": "Error: need RCPT command",
-}
-
-
 class Session(SubmissionMixin, asyncio.Protocol):
-    # Slots: no instance dict (a session is made per connection and its ~40
+    # Slots: no instance dict (a session is made per connection and its ~55
     # attributes are read on every command).
     __slots__ = (
-        "server", "cfg", "listener", "profile", "tls_mode", "tls_info", "_tls_busy", "_tls_task",
+        # collaborators (shared by the sessions of a listener)
+        "settings", "loop", "store", "on_durable", "policy", "expand", "limits", "sessions", "rdns", "proxy_gate",
+        "tls", "users", "auth_guard", "sender_login",
+        # this connection
+        "listener", "profile", "tls_mode", "tls_info", "_tls_busy", "_tls_task",
         "parser", "state", "transport", "peer_ip", "peer_port", "trusted", "rname", "helo", "esmtp",
         "tx", "errors", "messages", "commands", "_out", "_queue", "_waiting", "_eof", "_closing",
         "_shutdown", "_bdat_refusal", "_bdat_size", "_last_active", "_timers", "_connected_at",
         "guard", "_proxy", "_held", "user", "sasl", "auth_ok", "auth_required",
     )
 
-    def __init__(self, server: Server, listener: Listener | None = None):
-        self.server = server
-        self.cfg = server.cfg.smtp
+    def __init__(
+        self,
+        listener: Listener | None,
+        settings: SessionSettings,
+        loop: asyncio.AbstractEventLoop,
+        store: AcceptStore,
+        on_durable: OnDurable,
+        policy: RelayCheck,
+        expand: Expand,
+        limits: Limits,
+        sessions: set,
+        rdns: ReverseResolver | None = None,
+        proxy_gate: ProxyGate | None = None,
+        tls: TlsContext | None = None,
+        users: UserDB | None = None,
+        auth_guard: AuthGuard | None = None,
+        sender_login: SenderLogin | None = None,
+    ):
+        # Made per connection by the wiring's factory; the collaborators are shared.
+        # `loop` is kept because asyncio.get_running_loop() costs a getpid() per call;
+        # `rdns` is None when reverse DNS is off; `sessions` is the set the server's
+        # idle sweep and stop walk.
+        self.settings = settings
+        self.loop = loop
+        self.store = store
+        self.on_durable = on_durable
+        self.policy = policy
+        self.expand = expand
+        self.limits = limits
+        self.sessions = sessions
+        self.rdns = rdns
+        self.proxy_gate = proxy_gate
+        self.tls = tls
+        self.users = users
+        self.auth_guard = auth_guard
+        self.sender_login = sender_login
         self.listener = listener
         self.profile = listener.profile if listener else "mx"  # "mx" | "submission"
         tls_mode = listener.tls if listener else "none"
-        if server.tls is None:
+        if tls is None:
             tls_mode = "none"
         self.tls_mode = tls_mode  # "starttls" | "implicit" | "none"
         self.tls_info: TlsInfo | None = None  # set once a TLS handshake completed
@@ -156,20 +153,21 @@ class Session(SubmissionMixin, asyncio.Protocol):
         self._last_active = time.monotonic()
         self._timers: list[asyncio.TimerHandle] = []
         self._connected_at = time.monotonic()
-        self.guard = SessionGuard(server.cfg.limits)  # abuse limits (mta.limits)
+        self.guard = SessionGuard(limits.cfg)  # abuse limits (mta.limits)
         self._proxy = None  # a _native.ProxyParser while the PROXY header is awaited
         self._held = False  # an error reply is being tarpitted: write and read nothing
         self.user: str | None = None  # the authenticated login (mta.submission)
         self.sasl = None  # an AUTH exchange in progress
         self.auth_ok = False  # AUTH is offered now: submission, TLS, a user file
         # MAIL needs AUTH first: a submission listener with a user file (mta.submission).
-        self.auth_required = self.profile == "submission" and server.users is not None
+        self.auth_required = self.profile == "submission" and users is not None
 
     def _new_parser(self):
+        settings = self.settings
         return _native.SmtpParser(
-            max_line=self.cfg.max_line_length,
-            max_message_size=self.cfg.max_message_size,
-            bare_lf=self.cfg.bare_lf,
+            max_line=settings.max_line_length,
+            max_message_size=settings.max_message_size,
+            bare_lf=settings.bare_lf,
         )
 
     # --- connection -----------------------------------------------------
@@ -182,7 +180,7 @@ class Session(SubmissionMixin, asyncio.Protocol):
         self.tls_info = TlsInfo.of(transport) if self.tls_mode == "implicit" else None
         if self.auth_required:  # (otherwise __init__ left nothing for _auth_setup to do)
             self._auth_setup()
-        self.server.sessions.add(self)  # the server's idle sweep watches it from now on
+        self.sessions.add(self)  # the server's idle sweep watches it from now on
         if self.listener is not None and self.listener.proxy:
             self._proxy_start()
         else:
@@ -191,33 +189,33 @@ class Session(SubmissionMixin, asyncio.Protocol):
     def _admit(self) -> None:
         """The client's address is known (the socket's, or the PROXY header's):
         trust, connection limits, reverse DNS, then the greeting."""
-        loop = self.server.loop
-        self.trusted = self.server.policy.trusted(self.peer_ip)
-        self.guard.enable(self.server.limits.applies(self.trusted))
-        refusal = self.server.limits.admit(self.peer_ip, self.guard.on)
+        limits = self.limits
+        self.trusted = self.policy.trusted(self.peer_ip)
+        self.guard.enable(limits.applies(self.trusted))
+        refusal = limits.admit(self.peer_ip, self.guard.on)
         if refusal is not None:
             fastlog.info(f"refused [{self.peer_ip}]: {refusal.decode().strip()}")
             self._limit_close(refusal)
             return
         self.guard.counted_ip = self.peer_ip
-        if self.server.cfg.smtp.reverse_dns and self.peer_ip:
-            fut = self.server.rdns.lookup(self.peer_ip)
+        if self.rdns is not None and self.peer_ip:
+            fut = self.rdns.lookup(self.peer_ip)
             if fut.done():
                 self._rdns_done(fut)  # a failed lookup leaves rname None
             else:
                 fut.add_done_callback(self._rdns_done)
-        delay = 0.0 if self.trusted else self.cfg.greeting_delay
+        delay = 0.0 if self.trusted else self.settings.greeting_delay
         if delay > 0:
-            self._timers.append(loop.call_later(delay, self._greet))
+            self._timers.append(self.loop.call_later(delay, self._greet))
         else:
             self._greet()
 
     def _proxy_start(self) -> None:
-        if not self.server.proxy.accepts(self.peer_ip):
+        if not self.proxy_gate.accepts(self.peer_ip):
             log.warning("PROXY protocol: connection from [%s], not in proxy_from; closed", self.peer_ip)
             self._close()
             return
-        self._proxy = self.server.proxy.parser()
+        self._proxy = self.proxy_gate.parser()
 
     def _proxy_data(self, data: bytes) -> None:
         proxy = self._proxy
@@ -251,7 +249,7 @@ class Session(SubmissionMixin, asyncio.Protocol):
         if self.state is not GREETING:
             return
         self.state = FRESH
-        self.transport.write(self.server.greeting)
+        self.transport.write(self.settings.greeting)
 
     def idle_check(self, now: float, timeout: float) -> None:
         """From the server's sweep (one timer for all sessions: a timer armed and
@@ -274,11 +272,11 @@ class Session(SubmissionMixin, asyncio.Protocol):
         for t in self._timers:
             t.cancel()
         self._timers.clear()
-        self.server.sessions.discard(self)
+        self.sessions.discard(self)
         if self.guard.timer is not None:
             self.guard.data_stopped()
         if self.guard.counted_ip is not None:
-            self.server.limits.release(self.guard.counted_ip)
+            self.limits.release(self.guard.counted_ip)
             self.guard.counted_ip = None
         self.tx = None
         fastlog.info(
@@ -339,7 +337,7 @@ class Session(SubmissionMixin, asyncio.Protocol):
             elif kind == "error":
                 if self.sasl is not None:
                     self._sasl_error()
-                self._reply(_line(ev[1], ev[2], ev[3]), error=True)
+                self._reply(line(ev[1], ev[2], ev[3]), error=True)
             elif kind == "data_end":
                 self._message_end(ev[1])
             elif kind == "bdat_end":
@@ -356,11 +354,11 @@ class Session(SubmissionMixin, asyncio.Protocol):
             self._out = []
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
-    def _reply(self, line: bytes, error: bool = False) -> None:
-        self._out.append(line)
-        if error or line[0] == 0x35:  # a 5xx reply counts as an error
+    def _reply(self, reply: bytes, error: bool = False) -> None:
+        self._out.append(reply)
+        if error or reply[0] == 0x35:  # a 5xx reply counts as an error
             self.errors += 1
-            if self.errors >= self.cfg.max_errors:
+            if self.errors >= self.settings.max_errors:
                 self._out.append(R_TOO_MANY_ERRORS)
                 self._close()
             elif delay := self.guard.error_delay(self.errors):
@@ -410,37 +408,37 @@ class Session(SubmissionMixin, asyncio.Protocol):
     def _out_of_sequence(self, verb: str) -> None:
         if verb == "BDAT":
             # The chunk must still be read off the wire, then refused.
-            self._bdat_refusal = _line(503, "5.5.1", _SEQUENCE_TEXT["BDAT"])
+            self._bdat_refusal = SEQUENCE["BDAT"]
             self._queue.extend(self.parser.start_bdat(None))
             return
         if verb == "DATA":
             self._queue.extend(self.parser.resume())
         if self.state is FRESH:
-            text = "Error: send HELO/EHLO first"
+            refusal = R_HELO_FIRST
         elif verb == "MAIL":
-            text = "Error: nested MAIL command"
+            refusal = R_NESTED_MAIL
         elif verb == "DATA" and self.state is BDAT_OPEN:
-            text = "Error: DATA after BDAT in one transaction"
+            refusal = R_DATA_AFTER_BDAT
         else:
-            text = _SEQUENCE_TEXT.get(verb, "Error: bad sequence of commands")
-        self._reply(_line(503, "5.5.1", text))
+            refusal = SEQUENCE.get(verb, R_BAD_SEQUENCE)
+        self._reply(refusal)
 
     def _ehlo(self, domain: str) -> None:
         self._reset()
         self.helo, self.esmtp = domain, True
         self.state = READY
         if self.tls_mode == "starttls" and self.tls_info is None:
-            self._out.append(self.server.ehlo_reply_starttls)
+            self._out.append(self.settings.ehlo_reply_starttls)
         elif self.auth_ok:
-            self._out.append(self.server.ehlo_reply_auth)
+            self._out.append(self.settings.ehlo_reply_auth)
         else:
-            self._out.append(self.server.ehlo_reply)
+            self._out.append(self.settings.ehlo_reply)
 
     def _helo(self, domain: str) -> None:
         self._reset()
         self.helo, self.esmtp = domain, False
         self.state = READY
-        self._out.append(self.server.helo_reply)
+        self._out.append(self.settings.helo_reply)
 
     def _mail(self, m) -> None:
         if (refusal := self.guard.mail(self.messages)) is not None:
@@ -449,10 +447,10 @@ class Session(SubmissionMixin, asyncio.Protocol):
         if self.auth_required and (refusal := self._mail_refusal(m.address)) is not None:
             self._reply(refusal)
             return
-        if m.size is not None and m.size > self.cfg.max_message_size:
-            self._reply(_line(552, "5.3.4", "Error: message size exceeds fixed maximum message size"))
+        if m.size is not None and m.size > self.settings.max_message_size:
+            self._reply(R_SIZE_EXCEEDED)
             return
-        if not self.server.spool.has_room():
+        if not self.store.has_room():
             self._reply(R_NO_ROOM)
             return
         if self._shutdown:
@@ -467,20 +465,20 @@ class Session(SubmissionMixin, asyncio.Protocol):
 
     def _rcpt(self, r) -> None:
         tx = self.tx
-        if len(tx.rcpts) >= self.cfg.max_recipients:
+        if len(tx.rcpts) >= self.settings.max_recipients:
             self._reply(R_TOO_MANY_RCPTS)
             return
         if (refusal := self.guard.rcpt()) is not None:
             self._reply(refusal)
             return
         address = r.address  # each read of a parser field makes a new str
-        verdict = self.server.policy.check_rcpt(address, self.trusted or self.user is not None)
+        verdict = self.policy.check_rcpt(address, self.trusted or self.user is not None)
         if verdict.code >= 400:
-            self._reply(_line(verdict.code, verdict.enhanced, verdict.text))
+            self._reply(line(verdict.code, verdict.enhanced, verdict.text))
             return
-        refusal, final = self.server.router.expand(address)
+        refusal, final = self.expand(address)
         if refusal is not None:
-            self._reply(_line(refusal.code, refusal.enhanced, refusal.text))
+            self._reply(line(refusal.code, refusal.enhanced, refusal.text))
             return
         tx.rcpts.append(r)
         self.guard.rcpts += 1
@@ -532,6 +530,11 @@ class Session(SubmissionMixin, asyncio.Protocol):
 
     # --- TLS ----------------------------------------------------------------
 
+    # STARTTLS (RFC 3207): after "220 Ready to start TLS" nothing more is read in
+    # plaintext; commands already received behind STARTTLS are dropped with the parser
+    # that held them (CVE-2011-0411), and after the handshake the session is FRESH again
+    # (EHLO, HELO and any MAIL forgotten). On an implicit-TLS listener (RFC 8314) the
+    # session is made after the handshake, so the greeting waits for it.
     def _starttls(self, _arg) -> None:
         # STARTTLS with arguments is refused by the parser (501 5.5.4).
         if self.tls_info is not None or self.tls_mode == "implicit":
@@ -562,7 +565,7 @@ class Session(SubmissionMixin, asyncio.Protocol):
         plain = self.transport
         try:
             tls = await loop.start_tls(
-                plain, self, self.server.tls.current, server_side=True,
+                plain, self, self.tls.current, server_side=True,
                 ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
             )
         except (Exception, asyncio.CancelledError) as e:  # noqa: BLE001 - any failure closes this session only
@@ -602,14 +605,14 @@ class Session(SubmissionMixin, asyncio.Protocol):
 
     def _begin_message(self) -> None:
         tx = self.tx
-        spool = self.server.spool
-        tx.queue_id = spool.new_queue_id()
-        tx.message = spool.new_message()
+        store = self.store
+        tx.queue_id = store.new_queue_id()
+        tx.message = store.new_message()
         received = _native.received_header(
             helo=self.helo,
             reverse_name=self.rname,
             ip=self.peer_ip,
-            hostname=self.server.cfg.hostname,
+            hostname=self.settings.hostname,
             protocol=self._protocol(tx.mail.smtputf8),
             queue_id=tx.queue_id,
             recipient=tx.rcpts[0].address if len(tx.rcpts) == 1 else None,
@@ -619,7 +622,7 @@ class Session(SubmissionMixin, asyncio.Protocol):
         if self.user is not None and self.profile == "submission":
             tx.received = received  # prepended at the end, above the fix-up
         else:
-            spool.prepend(tx.message, received)
+            store.prepend(tx.message, received)
 
     def _bdat_end(self, last: bool, status: str) -> None:
         if self._bdat_refusal is not None:
@@ -629,7 +632,7 @@ class Session(SubmissionMixin, asyncio.Protocol):
         if last:
             self._message_end(status)
         else:
-            self._out.append(_line(250, "2.0.0", f"Ok: {self._bdat_size} octets received"))
+            self._out.append(bdat_chunk(self._bdat_size))
 
     def _message_end(self, status: str) -> None:
         tx = self.tx
@@ -641,7 +644,7 @@ class Session(SubmissionMixin, asyncio.Protocol):
             verdict = R_TOO_BIG
         elif msg.header_too_big:
             verdict = R_HEADER_TOO_BIG
-        elif msg.received_count > self.cfg.max_hops:
+        elif msg.received_count > self.settings.max_hops:
             verdict = R_HOPS
         if verdict is not None:
             self._finish_transaction()
@@ -651,19 +654,23 @@ class Session(SubmissionMixin, asyncio.Protocol):
             # Submission: Received first, then any Message-ID/Date we add.
             fixup = self._submission_fixup(msg)
             if fixup:
-                self.server.spool.prepend(msg, fixup)
-            self.server.spool.prepend(msg, tx.received)
+                self.store.prepend(msg, fixup)
+            self.store.prepend(msg, tx.received)
         m = tx.mail
         tx.size = msg.size
         if self.guard.timer is not None:
             self.guard.data_stopped()
+        # While a message is being made durable the session runs no further command
+        # (the replies keep their order, memory stays bounded); its 250 is written from
+        # the store's completion, after fdatasync. Pipelined replies go out in one
+        # write per read.
         self._waiting = True
         if self._out:
             self._flush()
         # Reading pauses only if the client sends more before the 250 (see
         # data_received): most clients wait, and two epoll_ctl calls per
         # message are a measurable part of the accept path.
-        self.server.spool.submit(
+        self.store.submit(
             tx.queue_id,
             msg,
             self._stored_callback(tx),
@@ -686,27 +693,27 @@ class Session(SubmissionMixin, asyncio.Protocol):
                     f"queued {tx.queue_id} from=<{tx.mail.address}> nrcpt={len(tx.rcpts)}"
                     f" size={tx.size} client={self.rname or 'unknown'}[{self.peer_ip}]"
                 )
-                line = f"250 2.0.0 Ok: queued as {tx.queue_id}\r\n".encode()
+                reply = queued(tx.queue_id)
             else:
                 log.error("spool write failed for %s: %s", tx.queue_id, error)
-                line = R_STORE_FAILED
+                reply = R_STORE_FAILED
             self._waiting = False
             try:
                 if self.state is not CLOSED:
-                    self._stored_reply(line)
+                    self._stored_reply(reply)
             finally:
                 if error is None:
                     # After the 250 is written: the client does not wait for its own
                     # message's first delivery step (in a group commit, it still waits
                     # for those of the messages completed before it).
-                    self.server.queue.new_message(tx.queue_id, tx.final)
+                    self.on_durable(tx.queue_id, tx.final)
 
         return stored
 
-    def _stored_reply(self, line: bytes) -> None:
+    def _stored_reply(self, reply: bytes) -> None:
         self._reset()
         self.state = READY
-        self._out.append(line)
+        self._out.append(reply)
         if self._shutdown:
             self._out.append(R_SHUTDOWN)
             self._close()

@@ -1,37 +1,30 @@
-"""SMTP AUTH (RFC 4954) in the server session: the socket side of mta.auth.
-
-A mixin of `Session`. AUTH is advertised and accepted only on `submission`
-listeners, only over TLS, and only with a user file; the parser pauses after
-each AUTH command (set_auth_pause) so the SASL responses are read as raw
-lines, never as commands. A password lives only inside one SaslStep and the
-executor call that checks it; it never reaches a log line. Failures are
-counted per IP and per user (AuthGuard), tarpitted, and end in 421 4.7.0.
-"""
+"""SMTP AUTH (RFC 4954) for the server session: a mixin of `Session`, the socket side
+of mta.auth. Invariants: AUTH only on submission listeners, over TLS, with a user file;
+a password never reaches a log line; failures are tarpitted and end in 421 4.7.0."""
 
 from __future__ import annotations
 
 import asyncio
 
-from mta.auth import users as auth
 from mta import log as fastlog
-
-R_AUTH_REQUIRED = b"530 5.7.0 Authentication required\r\n"
-R_AUTH_HELO_FIRST = b"503 5.5.1 Error: send HELO/EHLO first\r\n"
-R_NOT_IMPL = b"502 5.5.1 Error: command not implemented\r\n"
-
-
-def r_sender_not_owned(user: str) -> bytes:
-    return f"553 5.7.1 Sender address rejected: not owned by user {auth._printable(user)}\r\n".encode()
+from mta.auth.headers import add_missing_headers
+from mta.auth.sasl import SaslExchange, SaslStep
+from mta.auth.users import printable
+from mta.smtp.replies import (R_AUTH_BLOCKED, R_AUTH_FAILED, R_AUTH_IN_TX, R_AUTH_NEED_TLS, R_AUTH_OK,
+                              R_AUTH_REQUIRED, R_AUTH_TWICE, R_HELO_FIRST, R_NOT_IMPL, sender_not_owned)
 
 
 class SubmissionMixin:
     """AUTH for Session: `user` (the authenticated login or None), `sasl` (the
     exchange in progress), `auth_ok` (AUTH may be offered right now), `auth_required`
     (MAIL needs AUTH first: a submission listener with a user file); their slots are
-    Session's."""
+    Session's, as are the collaborators used here: `users`, `auth_guard`,
+    `sender_login` and `settings`."""
 
     __slots__ = ()
 
+    # The parser pauses after each AUTH command (set_auth_pause), so the SASL
+    # responses are read as raw lines, never as commands.
     def _auth_setup(self) -> None:
         """At connect (implicit TLS) and after each STARTTLS handshake: forget any
         login, decide whether AUTH is offered, and tell the (new) parser."""
@@ -46,25 +39,25 @@ class SubmissionMixin:
     def _auth(self, arg: str) -> None:
         if not self.auth_ok:
             # The parser did not pause: AUTH is an ordinary command here.
-            self._reply(auth.R_AUTH_NEED_TLS if self.auth_required else R_NOT_IMPL)
+            self._reply(R_AUTH_NEED_TLS if self.auth_required else R_NOT_IMPL)
             return
         if self.state.name == "FRESH":
-            refusal = R_AUTH_HELO_FIRST
+            refusal = R_HELO_FIRST
         elif self.user is not None:
-            refusal = auth.R_AUTH_TWICE
+            refusal = R_AUTH_TWICE
         elif self.tx is not None:
-            refusal = auth.R_AUTH_IN_TX
+            refusal = R_AUTH_IN_TX
         else:
             refusal = None
-        if refusal is None and self.server.auth_guard.blocked(self.peer_ip):
+        if refusal is None and self.auth_guard.blocked(self.peer_ip):
             fastlog.info(f"AUTH refused from [{self.peer_ip}]: too many failures")
-            self._limit_close(auth.R_AUTH_BLOCKED)
+            self._limit_close(R_AUTH_BLOCKED)
             return
         if refusal is not None:
             self._reply(refusal)
             self._queue.extend(self.parser.resume())
             return
-        self.sasl = auth.SaslExchange()
+        self.sasl = SaslExchange()
         self._sasl_step(self.sasl.start(arg))
 
     def _sasl_line(self, line: bytes) -> None:
@@ -79,7 +72,7 @@ class SubmissionMixin:
         parser left line mode; the exchange is over."""
         self.sasl = None
 
-    def _sasl_step(self, step: auth.SaslStep) -> None:
+    def _sasl_step(self, step: SaslStep) -> None:
         if step.kind == "challenge":
             self._out.append(step.reply)
             self._queue.extend(self.parser.take_line())
@@ -96,12 +89,12 @@ class SubmissionMixin:
         self.transport.pause_reading()
         asyncio.ensure_future(self._finish_auth(step, mechanism))
 
-    async def _finish_auth(self, step: auth.SaslStep, mechanism: str) -> None:
-        guard = self.server.auth_guard
+    async def _finish_auth(self, step: SaslStep, mechanism: str) -> None:
+        guard = self.auth_guard
         ok = False
         if step.kind == "verify":
             try:
-                ok = await self.server.users.verify(step.user, step.password)
+                ok = await self.users.verify(step.user, step.password)
             except Exception as e:  # noqa: BLE001 - an executor failure fails this login only
                 fastlog.info(f"AUTH check failed for [{self.peer_ip}]: {type(e).__name__}")
         if self._gone():
@@ -110,7 +103,7 @@ class SubmissionMixin:
             guard.succeeded(self.peer_ip, step.user)
             self.user = step.user
             self._waiting = False
-            self._out.append(auth.R_AUTH_OK)
+            self._out.append(R_AUTH_OK)
         else:
             guard.failed(self.peer_ip, step.user or None, mechanism)
             delay = guard.delay(self.peer_ip, step.user or None)
@@ -120,9 +113,9 @@ class SubmissionMixin:
                     return
             self._waiting = False
             if guard.blocked(self.peer_ip):
-                self._limit_close(auth.R_AUTH_BLOCKED)
+                self._limit_close(R_AUTH_BLOCKED)
                 return
-            self._reply(auth.R_AUTH_FAILED)
+            self._reply(R_AUTH_FAILED)
             if self._closing:
                 return
         events = self.parser.resume()
@@ -142,10 +135,10 @@ class SubmissionMixin:
             return None
         if self.user is None:
             return R_AUTH_REQUIRED
-        if not self.server.sender_login.check(self.user, address):
-            fastlog.info(f"sender rejected from [{self.peer_ip}]: <{address}> not owned by user"
-                         f" {auth._printable(self.user)}")
-            return r_sender_not_owned(self.user)
+        if not self.sender_login.check(self.user, address):
+            user = printable(self.user)
+            fastlog.info(f"sender rejected from [{self.peer_ip}]: <{address}> not owned by user {user}")
+            return sender_not_owned(user)
         return None
 
     def _protocol(self, smtputf8: bool) -> str:
@@ -163,4 +156,4 @@ class SubmissionMixin:
         """Message-ID and Date for authenticated submission, when missing."""
         if self.user is None or self.profile != "submission":
             return b""
-        return auth.add_missing_headers(msg.header_block(), hostname=self.server.cfg.hostname)
+        return add_missing_headers(msg.header_block(), hostname=self.settings.hostname)

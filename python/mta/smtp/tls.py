@@ -1,14 +1,6 @@
-"""Server-side TLS: the SSLContext built from [tls], its reload on SIGHUP,
-and `mta tls selfsigned`.
-
-Reload builds a whole new context from the files; only if that succeeds does
-it replace the current one, so a bad file never takes TLS down. Established
-sessions keep the connection they have, so a reload never touches them.
-STARTTLS hands `TlsContext.current` to loop.start_tls; implicit-TLS
-listening sockets are bound once to `TlsContext.front` (the first context),
-whose servername callback, run by OpenSSL for every ClientHello (with or
-without SNI), moves the new connection to `current`.
-"""
+"""Server-side TLS: the SSLContext built from [tls], its reload on SIGHUP, and
+`mta tls selfsigned`. Invariant: a reload replaces the context only once a whole new
+one was built from the files, so a bad file never takes TLS down."""
 
 from __future__ import annotations
 
@@ -70,6 +62,11 @@ def build_context(cfg: TlsConfig) -> ssl.SSLContext:
     return ctx
 
 
+# Established sessions keep the connection they have, so a reload never touches them.
+# STARTTLS hands `TlsContext.current` to loop.start_tls; implicit-TLS listening sockets
+# are bound once to `TlsContext.front` (the first context), whose servername callback,
+# run by OpenSSL for every ClientHello (with or without SNI), moves the new connection
+# to `current`.
 class TlsContext:
     """The current server context; `reload()` swaps it if the files are good."""
 
