@@ -3,6 +3,7 @@
 //! buffered lines (`serverlog`). These know nothing
 //! of Python; only `bindings`, `errors` and the `#[pymodule]` below do (feature "python").
 
+pub mod agent;
 pub mod logline;
 pub mod message;
 pub mod serverlog;

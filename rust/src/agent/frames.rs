@@ -1,12 +1,21 @@
-//! The delivery agent's job frames (mta.delivery.agent) made from spool entries, in
-//! Python's marshal format (version 2: no references, so pieces made apart concatenate),
-//! for the queue's fresh messages: the worker's event loop makes no Python object per job.
-//! Invariant: `marshal.loads` of a frame gives the items `AgentDelivery._send` would send
-//! for the same entries, value for value and type for type (tests/test_agent_frames.py,
-//! with hypothesis over envelopes and job numbers past 2**31).
+//! The queue <-> delivery agent job frame (mta.delivery.agent), its only definition: a
+//! marshal (version 2: no references, so pieces made apart concatenate) list of items.
+//! Invariant: `marshal.loads` of a job gives what `AgentDelivery._send` sends for the same
+//! message, value for value and type for type (tests/test_agent_frames.py).
 
 use crate::spool::index::Entry;
+use crate::spool::reader::Location;
 use crate::spool::record::{self, STATE_QUEUED};
+
+/// Messages bigger than this travel as their spool location, read by the agent a block
+/// at a time; smaller ones go in the frame (one copy is cheaper than an open and a read).
+pub const INLINE_MAX: u64 = 256 * 1024;
+
+/// A job's message bytes: in the frame (pieces to concatenate), or where the agent reads them.
+pub enum Data<'a> {
+    Inline(&'a [&'a [u8]]),
+    Stored(&'a Location),
+}
 
 /// A marshal (version 2) writer of the few types a job holds.
 pub struct Marshal(pub Vec<u8>);
@@ -76,10 +85,23 @@ pub fn fresh(e: &Entry) -> bool {
     !env.held && env.recipients.iter().all(|r| r.state == STATE_QUEUED)
 }
 
+/// The frame form of a location: ("spool", shard dir, shard, segment, queue id, record
+/// offset, record length, data offset, size); `location` reads it back.
+pub fn stored(out: &mut Marshal, loc: &Location) {
+    out.seq(b'(', 9);
+    out.str("spool");
+    out.str(&loc.shard_dir.to_string_lossy());
+    out.int(loc.shard as i64);
+    out.int(loc.seq as i64);
+    out.str(&loc.queue_id);
+    for v in [loc.offset, loc.len, loc.data_offset, loc.size] {
+        out.int(v as i64);
+    }
+}
+
 /// One job item: ("job", job, key, targets, options, message, (arrival, attempts)), where
-/// `head` is the marshal form of (key, targets, options), made once per destination, and
-/// the message's bytes are `data` concatenated.
-pub fn job(out: &mut Marshal, job: i64, head: &[u8], e: &Entry, data: &[&[u8]]) {
+/// `head` is the marshal form of (key, targets, options), made once per destination.
+pub fn job(out: &mut Marshal, job: i64, head: &[u8], e: &Entry, data: Data<'_>) {
     let env = &e.envelope;
     let arrival = env.arrival_us as f64 / 1e6;
     out.seq(b'(', 7);
@@ -106,7 +128,10 @@ pub fn job(out: &mut Marshal, job: i64, head: &[u8], e: &Entry, data: &[&[u8]]) 
         out.opt_str(r.orcpt.as_deref());
         out.int(i as i64);
     }
-    out.bytes_parts(data);
+    match data {
+        Data::Inline(parts) => out.bytes_parts(parts),
+        Data::Stored(loc) => stored(out, loc),
+    }
     out.opt_str(env.body.as_deref());
     out.bool(env.smtputf8);
     out.opt_str(env.ret.as_deref());
