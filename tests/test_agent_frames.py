@@ -13,7 +13,7 @@ import time
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mta._native import Spool
+from mta._native import INLINE_MAX, Spool, StoredMessage
 from mta.delivery import OutMessage, OutRcpt, Target
 from mta.delivery.agent import AgentDelivery
 from mta.delivery.smtp.client import SmtpOptions
@@ -56,8 +56,8 @@ def python_item(spool: Spool, qid: str, job: int) -> tuple:
     """The item the Python path sends for this entry (as QueueManager._prepare reads it)."""
     env = spool.get(qid)
     rcpts = tuple(OutRcpt(r.address, r.notify, r.orcpt, i) for i, r in enumerate(env.recipients))
-    msg = OutMessage(qid, env.sender, rcpts, spool.message_bytes(qid), env.body, env.smtputf8, env.ret,
-                     env.envid, env.arrival)
+    data = spool.message_bytes(qid) if env.size <= INLINE_MAX else spool.locate(qid)
+    msg = OutMessage(qid, env.sender, rcpts, data, env.body, env.smtputf8, env.ret, env.envid, env.arrival)
     d, cap = AgentDelivery(), _Capture()
     d._next = job
     d._send(cap, KEY, TARGETS, OPTS, msg, lambda res: None,
@@ -110,7 +110,7 @@ def test_encoded_jobs_are_the_python_paths_items(tmp_path_factory, envs, data, f
 def test_with_keep_fresh_new_messages_bytes_come_from_memory_once(tmp_path):
     """keep_fresh: a message just made durable goes into its job from memory (so a
     segment that can no longer be read does not matter), once; a message past 256 KiB
-    is not kept and is read back."""
+    is not kept and goes as its spool location (the agent reads it)."""
     spool = Spool(str(tmp_path / "spool"), sync=False)
     try:
         spool.keep_fresh(True)
@@ -118,14 +118,16 @@ def test_with_keep_fresh_new_messages_bytes_come_from_memory_once(tmp_path):
         small = store(spool, [env] * 3, b"Subject: t\r\n\r\n" + b"x" * 2000)
         [big] = store(spool, [env], b"Subject: t\r\n\r\n" + b"y" * (300 << 10))
         want = {qid: typed(python_item(spool, qid, i + 1)) for i, qid in enumerate(small)}
+        want[big] = typed(python_item(spool, big, 9))
         for f in (tmp_path / "spool" / "0" / "segments").iterdir():  # shard 0
             with open(f, "r+b") as seg:
                 seg.truncate(0)  # what is read back from here now fails
         jobs = [(i + 1, qid, head()) for i, qid in enumerate(small)] + [(9, big, head())]
         payload, left = spool.encode_jobs(jobs)
-        assert left == [9]
+        assert left == []
         items = marshal.loads(payload)
-        assert [typed(item) for item in items] == [want[qid] for qid in small]
+        assert [typed(item) for item in items] == [want[qid] for qid in small + [big]]
+        assert StoredMessage(*items[-1][5][3]) == spool.locate(big) and len(spool.locate(big)) > INLINE_MAX
         _, left = spool.encode_jobs(jobs[:1])
         assert left == [1], "taken once: the second job reads the segment"
     finally:

@@ -32,6 +32,7 @@ import time
 from dataclasses import fields
 from typing import Callable, NamedTuple, Sequence
 
+from mta._native import StoredMessage
 from mta.delivery import OutMessage, OutRcpt, RcptResult, Target, results_for
 from mta.delivery.smtp.client import SmtpDelivery, SmtpOptions
 from mta.queue.deliverylog import DeliveryLog
@@ -306,9 +307,12 @@ class AgentDelivery:
         job = self._next
         self._next += 1
         self._pending[job] = (done, msg)
+        data = msg.data
+        if type(data) is not bytes:  # a big message: where it is stored (agent/frames.rs)
+            data = data.frame()
         proto.send(("job", job, key, self._form(targets), self._form(opts),
                     (msg.queue_id, msg.sender, [tuple(r) for r in msg.recipients],
-                     msg.data, msg.body, msg.smtputf8, msg.ret, msg.envid, msg.arrival), log), len(msg.data))
+                     data, msg.body, msg.smtputf8, msg.ret, msg.envid, msg.arrival), log), len(data))
         return job
 
     def _on_items(self, items: list) -> None:
@@ -454,7 +458,10 @@ async def _serve(fd: int, log_fd: int | None = None) -> None:
             if len(made) > 1000:  # route hooks may make options or targets on the fly
                 made.clear()
             hit = made[ck] = (SmtpOptions(*o), [Target(*t) for t in targets])
-        return job, key, hit[1], hit[0], OutMessage(m[0], m[1], tuple(OutRcpt(*r) for r in m[2]), *m[3:])
+        data = m[3]
+        if type(data) is tuple:  # a big message: read from the spool a block at a time
+            data = StoredMessage(*data)
+        return job, key, hit[1], hit[0], OutMessage(m[0], m[1], tuple(OutRcpt(*r) for r in m[2]), data, *m[4:])
 
     def answer(job: int, msg: OutMessage, rows: list, ctx: tuple | None) -> None:
         """The outcome to the worker: LOGGED when every recipient was delivered and the

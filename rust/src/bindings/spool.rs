@@ -550,6 +550,7 @@ impl PyMessageReader {
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("INLINE_MAX", INLINE_MAX)?;
     m.add_class::<PyStoredMessage>()?;
     m.add_class::<PyMessageReader>()?;
     m.add_class::<PyMessage>()?;
