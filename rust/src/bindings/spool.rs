@@ -480,22 +480,8 @@ impl PyStoredMessage {
     }
     /// The length of the wire form (`open(wire)` read to its end), by reading it once.
     fn wire_length(&self, py: Python<'_>, dot_stuff: bool) -> PyResult<u64> {
-        py.detach(|| {
-            let mut r = self.0.open()?;
-            let mut s = WireStream::new(dot_stuff);
-            let mut out = Vec::new();
-            let mut n = 0u64;
-            loop {
-                let block = r.read(READ_BLOCK)?;
-                if block.is_empty() {
-                    s.finish(&mut out);
-                    return Ok::<u64, std::io::Error>(n + out.len() as u64);
-                }
-                out.clear();
-                s.feed(&block, &mut out);
-                n += out.len() as u64;
-            }
-        }).map_err(|e| spool_err(format!("read {}: {e}", self.0.queue_id)))
+        py.detach(|| self.0.open()?.wire_length(dot_stuff, READ_BLOCK))
+            .map_err(|e| spool_err(format!("read {}: {e}", self.0.queue_id)))
     }
     fn __repr__(&self) -> String {
         format!("StoredMessage({}, {} octets)", self.0.queue_id, self.0.size)
@@ -523,16 +509,26 @@ impl PyMessageReader {
         }
         let (r, wire) = (&mut self.r, &mut self.wire);
         let (out, end) = py.detach(|| {
-            let block = r.read(max)?;
-            let end = block.is_empty();
-            let Some(w) = wire else { return Ok::<_, std::io::Error>((block, end)) };
-            let mut out = Vec::with_capacity(block.len() + block.len() / 32 + 8);
-            if end {
-                w.finish(&mut out);
-            } else {
+            let Some(w) = wire else {
+                let block = r.read(max)?;
+                let end = block.is_empty();
+                return Ok::<_, std::io::Error>((block, end));
+            };
+            // A block may encode to nothing (a CR that waits for its LF): read on, so
+            // that b"" means the end.
+            let mut out = Vec::new();
+            loop {
+                let block = r.read(max)?;
+                if block.is_empty() {
+                    w.finish(&mut out);
+                    return Ok((out, true));
+                }
+                out.reserve(block.len() + block.len() / 32 + 8);
                 w.feed(&block, &mut out);
+                if !out.is_empty() {
+                    return Ok((out, false));
+                }
             }
-            Ok((out, end))
         }).map_err(|e| spool_err(format!("read {}: {e}", self.r_qid())))?;
         self.done = end;
         Ok(PyBytes::new(py, &out))

@@ -6,6 +6,7 @@
 use super::index::{self, Entry};
 use super::record::{decode_header, REC_HDR, REC_TRAILER};
 use super::segment::segment_name;
+use crate::message::wire::WireStream;
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -161,6 +162,23 @@ impl MessageReader {
         self.loc.size - self.pos
     }
 
+    /// The length of the rest in wire form (message::wire), read `block` bytes at a time.
+    pub fn wire_length(mut self, dot_stuff: bool, block: usize) -> io::Result<u64> {
+        let mut stream = WireStream::new(dot_stuff);
+        let mut out = Vec::new();
+        let mut n = 0u64;
+        loop {
+            let piece = self.read(block)?;
+            out.clear();
+            if piece.is_empty() {
+                stream.finish(&mut out);
+                return Ok(n + out.len() as u64);
+            }
+            stream.feed(&piece, &mut out);
+            n += out.len() as u64;
+        }
+    }
+
     /// The next block of at most `max` bytes (at least one while any remain); empty at the end.
     pub fn read(&mut self, max: usize) -> io::Result<Vec<u8>> {
         use std::os::unix::fs::FileExt;
@@ -183,6 +201,7 @@ impl MessageReader {
 #[cfg(test)]
 mod message_reader_tests {
     use super::*;
+    use crate::message::wire::wire_body;
     use crate::spool::record::{encode_record, Kind};
     use crate::spool::segment::{encode_seg_header, SEG_HDR};
     use std::io::Write;
@@ -232,6 +251,14 @@ mod message_reader_tests {
         }
         let empty = shard(&dir.path().join("e"), b"");
         assert_eq!(all(&empty, 10).unwrap(), b"");
+        let text = b"a\r\n.b\rc\n\r\n..\r".repeat(300);
+        let loc = shard(&dir.path().join("t"), &text);
+        for dot in [false, true] {
+            let want = wire_body(&text, dot).len() as u64;
+            for block in [1, 2, 7, 100, 4096, 1 << 20] {
+                assert_eq!(loc.open().unwrap().wire_length(dot, block).unwrap(), want, "block {block} dot {dot}");
+            }
+        }
     }
 
     #[test]
