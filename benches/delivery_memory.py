@@ -2,7 +2,7 @@
 (VmHWM) of the server's processes (main, worker, delivery agent), against a warmed-up
 baseline. A real `mta run` on loopback relays to Postfix's smtp-sink.
 
-    python benches/delivery_memory.py [--scenario relay|bounce|concurrent|all] [--python PY]
+    python benches/delivery_memory.py [--scenario relay|bounce|concurrent|all] [--mta-python DIR]
 
 Each scenario starts a fresh server and sink; the figures are per process and summed.
 tests/e2e/test_delivery_memory.py runs the same scenarios with the issue's bounds.
@@ -105,7 +105,7 @@ class Figures:
 class Run:
     """smtp-sink and `mta run` relaying to it, in a temporary directory."""
 
-    def __init__(self, work: Path, reject: bool, python: str = sys.executable) -> None:
+    def __init__(self, work: Path, reject: bool, mta_python: Path = ROOT / "python") -> None:
         self.work = work
         self.sink_port, self.port = free_port(), free_port()
         sink = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
@@ -128,9 +128,9 @@ max_connections = 20
 [log]
 level = "warning"
 """)
-        env = {**os.environ, "PYTHONPATH": str(ROOT / "python")}
+        env = {**os.environ, "PYTHONPATH": str(mta_python)}
         self.out = open(work / "mta.out", "ab")
-        self.mta = subprocess.Popen([python, "-m", "mta", "run", "--listen", f"127.0.0.1:{self.port}",
+        self.mta = subprocess.Popen([sys.executable, "-m", "mta", "run", "--listen", f"127.0.0.1:{self.port}",
                                      "--spool", str(work / "spool"), "--hostname", "mx.example.test",
                                      "--config", str(cfg)], stdout=self.out, stderr=subprocess.STDOUT,
                                     env=env, cwd=work)
@@ -221,10 +221,10 @@ level = "warning"
         self.out.close()
 
 
-def measure(scenario: str, python: str = sys.executable, work: Path | None = None) -> Figures:
+def measure(scenario: str, mta_python: Path = ROOT / "python", work: Path | None = None) -> Figures:
     size, count, reject = SCENARIOS[scenario]
     with tempfile.TemporaryDirectory(prefix="mta-memory-") as tmp:
-        run = Run(Path(work or tmp), reject, python)
+        run = Run(Path(work or tmp), reject, mta_python)
         try:
             # Warm up: the agent and its imports, a connection to the sink, the block path.
             run.wait({run.send(1024), run.send(300 * 1024, ret_full=reject)})
@@ -260,10 +260,11 @@ def measure(scenario: str, python: str = sys.executable, work: Path | None = Non
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenario", choices=[*SCENARIOS, "all"], default="all")
-    ap.add_argument("--python", default=sys.executable, help="the interpreter that runs mta")
+    ap.add_argument("--mta-python", type=Path, default=ROOT / "python",
+                    help="the directory holding the mta package to run (another build, for a before/after)")
     a = ap.parse_args(argv)
     for name in SCENARIOS if a.scenario == "all" else [a.scenario]:
-        print("\n".join(measure(name, a.python).lines()), flush=True)
+        print("\n".join(measure(name, a.mta_python).lines()), flush=True)
     return 0
 
 
