@@ -1,8 +1,9 @@
-"""The delivery agent's job frames made in Rust from spool entries (Spool.encode_jobs,
-rust/src/bindings/marshal.rs) against the ones the worker's Python makes
-(AgentDelivery._send) for the same messages: the same items, value for value and type
-for type, for any envelope; entries that are not fresh (held, a recipient attempted,
-gone) are left out and named."""
+"""The delivery agent's job frames (one definition: rust/src/agent/frames.rs) made from
+spool entries (Spool.encode_jobs) against the ones made from the queue's Python values
+(AgentDelivery._send, through _native.encode_job) for the same messages: the same items,
+value for value and type for type, for any envelope, a big message's location included;
+the agent reads them back into the same message; entries that are not fresh (held, a
+recipient attempted, gone) are left out and named."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 
 from mta._native import INLINE_MAX, Spool, StoredMessage
 from mta.delivery import OutMessage, OutRcpt, Target
-from mta.delivery.agent import AgentDelivery
+from mta.delivery.agent import AgentDelivery, read_job
 from mta.delivery.smtp.client import SmtpOptions
 
 from test_spool import completions, fill
@@ -62,7 +63,7 @@ def python_item(spool: Spool, qid: str, job: int) -> tuple:
     d._next = job
     d._send(cap, KEY, TARGETS, OPTS, msg, lambda res: None,
             log=(env.arrival, tuple(r.attempts + 1 for r in env.recipients)))
-    return cap.items[0]
+    return marshal.loads(cap.items[0])
 
 
 def head() -> bytes:
@@ -90,8 +91,10 @@ def store(spool: Spool, envs: list[dict], data: bytes) -> list[str]:
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(envs=st.lists(envelope, min_size=1, max_size=5),
        data=st.binary(min_size=0, max_size=3000).map(lambda b: b"Subject: t\r\n\r\n" + b),
-       first_job=st.sampled_from([1, 2**31 - 2, 2**31, 2**40 + 5]), keep=st.booleans())
-def test_encoded_jobs_are_the_python_paths_items(tmp_path_factory, envs, data, first_job, keep):
+       first_job=st.sampled_from([1, 2**31 - 2, 2**31, 2**40 + 5]), keep=st.booleans(), big=st.booleans())
+def test_encoded_jobs_are_the_python_paths_items(tmp_path_factory, envs, data, first_job, keep, big):
+    if big:  # past INLINE_MAX: the job carries where the message is, not its bytes
+        data += b"z" * (INLINE_MAX + 1 - len(data)) + b"\r\n"
     spool = Spool(str(tmp_path_factory.mktemp("spool")), sync=False)
     try:
         spool.keep_fresh(keep)  # the bytes from memory (just made durable) or read back
@@ -103,6 +106,22 @@ def test_encoded_jobs_are_the_python_paths_items(tmp_path_factory, envs, data, f
         assert len(items) == len(qids)
         for (job, qid, _), item in zip(jobs, items):
             assert typed(item) == typed(python_item(spool, qid, job))
+            # ... and the agent reads back the message the queue would have sent
+            _, key, targets, opts, msg = read_job(item, {})
+            env = spool.get(qid)
+            assert (key, tuple(targets), opts) == (KEY, TARGETS, OPTS)
+            assert (msg.queue_id, msg.sender, msg.body, msg.smtputf8, msg.ret, msg.envid) == \
+                (qid, env.sender, env.body, env.smtputf8, env.ret, env.envid)
+            assert [(r.address, r.notify, r.orcpt, r.index) for r in msg.recipients] == \
+                [(r.address, r.notify, r.orcpt, i) for i, r in enumerate(env.recipients)]
+            if big:
+                assert msg.data == spool.locate(qid)
+                reader, got = msg.data.open(), b""
+                while piece := reader.read():
+                    got += piece
+                assert got == spool.message_bytes(qid)
+            else:
+                assert msg.data == spool.message_bytes(qid)
     finally:
         spool.close()
 

@@ -1,6 +1,6 @@
 //! Rust core of `mta`: the SMTP parser (`smtp`), header rewriting (`message`),
-//! the spool (`spool`), the delivery log's line (`logline`) and the server log's
-//! buffered lines (`serverlog`). These know nothing
+//! the spool (`spool`), the delivery agent's job frame (`agent`), the delivery log's line
+//! (`logline`) and the server log's buffered lines (`serverlog`). These know nothing
 //! of Python; only `bindings`, `errors` and the `#[pymodule]` below do (feature "python").
 
 pub mod agent;
@@ -28,5 +28,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     bindings::message::register(m)?;
     bindings::logline::register(m)?;
     bindings::spool::register(m)?;
+    bindings::agent::register(m)?;
     Ok(())
 }

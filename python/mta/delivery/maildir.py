@@ -1,16 +1,13 @@
-"""Maildir delivery: one message, one recipient, one file in <root>/new/.
+"""Maildir delivery: one message, one recipient, one file in <root>/new/, with LF line
+ends and Return-Path/Delivered-To on top. A file appears in new/ only complete and
+fsync'ed, so a 250 survives a crash; every failure is a RcptResult, never an exception."""
 
-Invariant: a file appears in new/ only complete and fsync'ed (write to tmp/,
-fsync, link into new/, fsync new/), so a 250 means the message survives a
-crash. Every failure is a RcptResult, never an exception; see `_ERRNO_MAP`.
-
-Stored messages have CRLF line ends (the SMTP form); Maildir readers expect
-the local LF form, so CRLF becomes LF on the way in, as Postfix's local(8)
-and virtual(8) do. `Return-Path: <sender>` and `Delivered-To: rcpt` go on
-top. File names follow the Maildir spec, `<sec>.M<usec>P<pid>Q<n>.<host>`,
-with wall-clock time (readers use it as the arrival time) and a per-process
-counter; link() refuses to overwrite, so a clash is retried, never lost.
-"""
+# Write to tmp/, fsync, link into new/, fsync new/. Stored messages have CRLF line ends
+# (the SMTP form); Maildir readers expect the local LF form, so CRLF becomes LF on the
+# way in, as Postfix's local(8) and virtual(8) do. File names follow the Maildir spec,
+# `<sec>.M<usec>P<pid>Q<n>.<host>`, with wall-clock time (readers use it as the arrival
+# time) and a per-process counter; link() refuses to overwrite, so a clash is retried,
+# never lost. A big message is read from the spool a block at a time (`_pieces`).
 
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 //! lives here: only conversion, GIL release around disk work, and glue (the agent's job
 //! frames are defined in crate::agent::frames).
 
+pub mod agent;
 pub mod logline;
 pub mod message;
 pub mod proxy;

@@ -440,7 +440,7 @@ impl PySpoolReader {
 /// big message carries instead of its bytes. Its frame form is a plain tuple.
 #[pyclass(name = "StoredMessage", module = "mta._native", frozen, eq)]
 #[derive(PartialEq)]
-pub struct PyStoredMessage(Location);
+pub struct PyStoredMessage(pub(crate) Location);
 
 #[pymethods]
 impl PyStoredMessage {
