@@ -302,3 +302,16 @@ class _Wrapped:
 
     def open(self, wire=None):
         return self.opener()
+
+
+def test_a_location_is_absolute_for_a_relative_spool(tmp_path, monkeypatch):
+    """The delivery agent opens it, and its working directory need not be the worker's."""
+    monkeypatch.chdir(tmp_path)
+    spool = Spool("rel-spool", sync=False)
+    try:
+        stored = store(spool, b"Subject: x\r\n\r\nbody\r\n")
+        assert Path(stored.frame()[1]).is_absolute()
+        monkeypatch.chdir("/")
+        assert read_all(stored, 4) == spool.message_bytes(stored.queue_id)
+    finally:
+        spool.close()

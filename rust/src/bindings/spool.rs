@@ -211,6 +211,12 @@ fn envelopes(v: Vec<Entry>) -> Vec<PyEnvelope> {
     v.into_iter().map(PyEnvelope).collect()
 }
 
+/// The shard's directory as an absolute path: a location is read by another process
+/// (the delivery agent), whose working directory need not be ours.
+fn spool_dir(spool: &Spool) -> PathBuf {
+    std::path::absolute(spool.dir()).unwrap_or_else(|_| spool.dir().to_path_buf())
+}
+
 #[pyclass(name = "Spool", module = "mta._native", frozen)]
 pub struct PySpool(Spool);
 
@@ -379,7 +385,7 @@ impl PySpool {
                 };
                 if e.size > INLINE_MAX {
                     // Read by the agent a block at a time (the fresh store keeps none this big).
-                    let loc = Location::of(self.0.dir(), &e);
+                    let loc = Location::of(&spool_dir(&self.0), &e);
                     items.push((*job, head, e, Err(loc)));
                     continue;
                 }
@@ -404,7 +410,7 @@ impl PySpool {
     }
     /// Where a message is stored, for reading it a block at a time; None: gone.
     fn locate(&self, queue_id: &str) -> Option<PyStoredMessage> {
-        self.0.get(queue_id).map(|e| PyStoredMessage(Location::of(self.0.dir(), &e)))
+        self.0.get(queue_id).map(|e| PyStoredMessage(Location::of(&spool_dir(&self.0), &e)))
     }
     /// Keep messages just made durable in memory a moment, for encode_jobs (see the stub).
     fn keep_fresh(&self, on: bool) {
