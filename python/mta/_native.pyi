@@ -515,6 +515,14 @@ class StoredMessage:
     def wire_length(self, dot_stuff: bool) -> int:
         """The length of the wire form, by reading the message once."""
 
+def encode_job(job: int, head: bytes, queue_id: str, sender: str,
+               recipients: Sequence[tuple[str, tuple[str, ...] | None, str | None, int]],
+               data: bytes | StoredMessage, body: str | None, smtputf8: bool, ret: str | None,
+               envid: str | None, arrival: float, log: tuple[float, tuple[int, ...]] | None) -> bytes:
+    """One job item of the delivery agent's frame (marshal, version 2), made by the frame's
+    one definition (rust/src/agent/frames.rs), as Spool.encode_jobs makes it from a spool
+    entry; `head` is the marshal form of (key, targets, options)."""
+
 class MessageReader:
     """A stored message a block at a time; the record's CRC is checked as it goes, and a
     mismatch raises SpoolError instead of the last block."""
