@@ -316,3 +316,13 @@ def test_a_location_is_absolute_for_a_relative_spool(tmp_path, monkeypatch):
         assert read_all(stored, 4) == whole
     finally:
         spool.close()
+
+
+def test_a_bounce_of_a_message_without_an_empty_line_reads_a_bounded_head(spool):
+    data = b"".join(b"X-Header-%d: value\r\n" % i for i in range(200_000))  # about 4 MiB, all header
+    stored = store(spool, data)
+    fail = RcptResult("a@dst.test", 550, "5.1.1", "no such user")
+    for ret in (None, "FULL"):
+        raw = make_dsn(out_message(stored, ret=ret), [(OutRcpt("a@dst.test"), fail)], reporting_mta="mx.test")
+        assert b"X-Header-0: value" in raw and b"X-Header-199999" not in raw
+        assert (1 << 20) < len(raw) < (1 << 20) + 300 * 1024

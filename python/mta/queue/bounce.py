@@ -42,6 +42,7 @@ _ENHANCED = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 MAX_RETURNED = 50 * 1024  # bounce.max_returned_size's default
 _READ_BLOCK = 64 * 1024
+_MAX_HEAD = 1 << 20  # of a message with no empty line, at most this much is returned
 
 
 def wants_dsn(rcpt: OutRcpt, action: str) -> bool:
@@ -206,6 +207,9 @@ def _original(data, limit: int) -> tuple[bytes, bytes, bytes, int]:
         buf += block
         if not block or b"\r\n\r\n" in buf or b"\n\n" in buf:
             break
+        if len(buf) > _MAX_HEAD:  # no end of the headers in sight: return their lines so far
+            head = bytes(buf[:buf.rfind(b"\n") + 1])
+            return head, b"", b"", len(data) - len(head)
     head = _header_block(bytes(buf))
     skip = len(head) + (2 if buf[len(head):len(head) + 2] == b"\r\n" else 1 if len(head) < len(buf) else 0)
     body = buf[skip:]
