@@ -1,7 +1,8 @@
 //! The queue <-> delivery agent job frame (mta.delivery.agent), its only definition: a
 //! marshal (version 2: no references, so pieces made apart concatenate) list of items.
-//! Invariant: `marshal.loads` of a job gives what `AgentDelivery._send` sends for the same
-//! message, value for value and type for type (tests/test_agent_frames.py).
+//! Both of the worker's ways to make a job come here (`job` from a spool entry,
+//! `encode` from the queue's values through bindings/agent.rs): for the same message they
+//! give the same item, value for value and type for type (tests/test_agent_frames.py).
 
 use crate::spool::index::Entry;
 use crate::spool::reader::Location;

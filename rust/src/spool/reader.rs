@@ -2,7 +2,8 @@
 //! and ignores damage (a torn tail is normal while a writer is appending).
 //! It may list a record that was written but not yet synced (never acknowledged).
 //! STATE and DELETE records are applied as at recovery: listings show current
-//! recipient states, and deleted messages are gone.
+//! recipient states, and deleted messages are gone. `MessageReader` reads one stored
+//! message a block at a time from its segment held open (delivery of big messages).
 use super::index::{self, Entry};
 use super::record::{decode_header, REC_HDR, REC_TRAILER};
 use super::segment::segment_name;
