@@ -1,8 +1,9 @@
-"""The delivery agent's job frames made in Rust from spool entries (Spool.encode_jobs,
-rust/src/bindings/marshal.rs) against the ones the worker's Python makes
-(AgentDelivery._send) for the same messages: the same items, value for value and type
-for type, for any envelope; entries that are not fresh (held, a recipient attempted,
-gone) are left out and named."""
+"""The delivery agent's job frames (one definition: rust/src/agent/frames.rs) made from
+spool entries (Spool.encode_jobs) against the ones made from the queue's Python values
+(AgentDelivery._send, through _native.encode_job) for the same messages: the same items,
+value for value and type for type, for any envelope, a big message's location included;
+the agent reads them back into the same message; entries that are not fresh (held, a
+recipient attempted, gone) are left out and named."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ import time
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mta._native import Spool
+from mta._native import INLINE_MAX, Spool, StoredMessage
 from mta.delivery import OutMessage, OutRcpt, Target
-from mta.delivery.agent import AgentDelivery
+from mta.delivery.agent import AgentDelivery, read_job
 from mta.delivery.smtp.client import SmtpOptions
 
 from test_spool import completions, fill
@@ -56,13 +57,13 @@ def python_item(spool: Spool, qid: str, job: int) -> tuple:
     """The item the Python path sends for this entry (as QueueManager._prepare reads it)."""
     env = spool.get(qid)
     rcpts = tuple(OutRcpt(r.address, r.notify, r.orcpt, i) for i, r in enumerate(env.recipients))
-    msg = OutMessage(qid, env.sender, rcpts, spool.message_bytes(qid), env.body, env.smtputf8, env.ret,
-                     env.envid, env.arrival)
+    data = spool.message_bytes(qid) if env.size <= INLINE_MAX else spool.locate(qid)
+    msg = OutMessage(qid, env.sender, rcpts, data, env.body, env.smtputf8, env.ret, env.envid, env.arrival)
     d, cap = AgentDelivery(), _Capture()
     d._next = job
     d._send(cap, KEY, TARGETS, OPTS, msg, lambda res: None,
             log=(env.arrival, tuple(r.attempts + 1 for r in env.recipients)))
-    return cap.items[0]
+    return marshal.loads(cap.items[0])
 
 
 def head() -> bytes:
@@ -90,8 +91,10 @@ def store(spool: Spool, envs: list[dict], data: bytes) -> list[str]:
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(envs=st.lists(envelope, min_size=1, max_size=5),
        data=st.binary(min_size=0, max_size=3000).map(lambda b: b"Subject: t\r\n\r\n" + b),
-       first_job=st.sampled_from([1, 2**31 - 2, 2**31, 2**40 + 5]), keep=st.booleans())
-def test_encoded_jobs_are_the_python_paths_items(tmp_path_factory, envs, data, first_job, keep):
+       first_job=st.sampled_from([1, 2**31 - 2, 2**31, 2**40 + 5]), keep=st.booleans(), big=st.booleans())
+def test_encoded_jobs_are_the_python_paths_items(tmp_path_factory, envs, data, first_job, keep, big):
+    if big:  # past INLINE_MAX: the job carries where the message is, not its bytes
+        data += b"z" * (INLINE_MAX + 1 - len(data)) + b"\r\n"
     spool = Spool(str(tmp_path_factory.mktemp("spool")), sync=False)
     try:
         spool.keep_fresh(keep)  # the bytes from memory (just made durable) or read back
@@ -103,6 +106,22 @@ def test_encoded_jobs_are_the_python_paths_items(tmp_path_factory, envs, data, f
         assert len(items) == len(qids)
         for (job, qid, _), item in zip(jobs, items):
             assert typed(item) == typed(python_item(spool, qid, job))
+            # ... and the agent reads back the message the queue would have sent
+            _, key, targets, opts, msg = read_job(item, {})
+            env = spool.get(qid)
+            assert (key, tuple(targets), opts) == (KEY, TARGETS, OPTS)
+            assert (msg.queue_id, msg.sender, msg.body, msg.smtputf8, msg.ret, msg.envid) == \
+                (qid, env.sender, env.body, env.smtputf8, env.ret, env.envid)
+            assert [(r.address, r.notify, r.orcpt, r.index) for r in msg.recipients] == \
+                [(r.address, r.notify, r.orcpt, i) for i, r in enumerate(env.recipients)]
+            if big:
+                assert msg.data == spool.locate(qid)
+                reader, got = msg.data.open(), b""
+                while piece := reader.read():
+                    got += piece
+                assert got == spool.message_bytes(qid)
+            else:
+                assert msg.data == spool.message_bytes(qid)
     finally:
         spool.close()
 
@@ -110,7 +129,7 @@ def test_encoded_jobs_are_the_python_paths_items(tmp_path_factory, envs, data, f
 def test_with_keep_fresh_new_messages_bytes_come_from_memory_once(tmp_path):
     """keep_fresh: a message just made durable goes into its job from memory (so a
     segment that can no longer be read does not matter), once; a message past 256 KiB
-    is not kept and is read back."""
+    is not kept and goes as its spool location (the agent reads it)."""
     spool = Spool(str(tmp_path / "spool"), sync=False)
     try:
         spool.keep_fresh(True)
@@ -118,14 +137,16 @@ def test_with_keep_fresh_new_messages_bytes_come_from_memory_once(tmp_path):
         small = store(spool, [env] * 3, b"Subject: t\r\n\r\n" + b"x" * 2000)
         [big] = store(spool, [env], b"Subject: t\r\n\r\n" + b"y" * (300 << 10))
         want = {qid: typed(python_item(spool, qid, i + 1)) for i, qid in enumerate(small)}
+        want[big] = typed(python_item(spool, big, 9))
         for f in (tmp_path / "spool" / "0" / "segments").iterdir():  # shard 0
             with open(f, "r+b") as seg:
                 seg.truncate(0)  # what is read back from here now fails
         jobs = [(i + 1, qid, head()) for i, qid in enumerate(small)] + [(9, big, head())]
         payload, left = spool.encode_jobs(jobs)
-        assert left == [9]
+        assert left == []
         items = marshal.loads(payload)
-        assert [typed(item) for item in items] == [want[qid] for qid in small]
+        assert [typed(item) for item in items] == [want[qid] for qid in small + [big]]
+        assert StoredMessage(*items[-1][5][3]) == spool.locate(big) and len(spool.locate(big)) > INLINE_MAX
         _, left = spool.encode_jobs(jobs[:1])
         assert left == [1], "taken once: the second job reads the segment"
     finally:

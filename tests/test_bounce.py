@@ -114,9 +114,7 @@ def test_ret_full_returns_whole_message():
 def test_ret_full_ignored_for_delay_and_oversize(monkeypatch):
     part = parse(dsn(message(ret="FULL"), action="delayed")).get_payload()[2]
     assert part.get_content_type() == "text/rfc822-headers"
-    import mta.queue.bounce as b
-    monkeypatch.setattr(b, "FULL_LIMIT", 10)
-    part = parse(dsn(message(ret="FULL"))).get_payload()[2]
+    part = parse(dsn(message(ret="FULL"), max_returned=10)).get_payload()[2]
     assert part.get_content_type() == "text/rfc822-headers"
 
 

@@ -468,6 +468,8 @@ class Spool:
         items AgentDelivery._send would send for those entries, with their log context;
         and the job numbers left out (gone, held, a recipient not queued, unreadable).
         GIL released."""
+    def locate(self, queue_id: str) -> StoredMessage | None:
+        """Where the message is stored, to be read a block at a time; None: gone."""
     def keep_fresh(self, on: bool) -> None:
         """Keep the bytes of messages just made durable in memory for a moment (at most
         1024 of them, 8 MiB, 256 KiB each), for encode_jobs to take instead of reading
@@ -489,3 +491,43 @@ class SpoolReader:
     def message_bytes(self, queue_id: str) -> bytes | None: ...
 
 STATES: Final[tuple[str, ...]]
+INLINE_MAX: Final[int]
+"""Messages bigger than this are read a block at a time by delivery (StoredMessage),
+and go in the agent's job frame as their location (rust/src/agent/frames.rs)."""
+
+class StoredMessage:
+    """Where one stored message is (segment, record, data offset, size): what a delivery
+    attempt of a big message carries instead of its bytes. Its frame form (`frame()`) is
+    a plain tuple; `StoredMessage(*frame)` makes it again (in the delivery agent)."""
+    def __init__(self, kind: str, shard_dir: str, shard: int, seq: int, queue_id: str, offset: int,
+                 len: int, data_offset: int, size: int) -> None: ...
+    def frame(self) -> tuple[str, str, int, int, str, int, int, int, int]: ...
+    def __len__(self) -> int: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def queue_id(self) -> str: ...
+    def open(self, wire: bool | None = None) -> MessageReader:
+        """A reader (the segment held open from now on, so compaction cannot take the
+        bytes away; a message moved already is found again by a scan of its shard).
+        wire None: the stored bytes; True: as DATA sends them (dot-stuffed, ".CRLF" at
+        the end); False: as BDAT does. SpoolError when it is gone."""
+    def wire_length(self, dot_stuff: bool) -> int:
+        """The length of the wire form, by reading the message once."""
+
+def encode_job(job: int, head: bytes, queue_id: str, sender: str,
+               recipients: Sequence[tuple[str, tuple[str, ...] | None, str | None, int]],
+               data: bytes | StoredMessage, body: str | None, smtputf8: bool, ret: str | None,
+               envid: str | None, arrival: float, log: tuple[float, tuple[int, ...]] | None) -> bytes:
+    """One job item of the delivery agent's frame (marshal, version 2), made by the frame's
+    one definition (rust/src/agent/frames.rs), as Spool.encode_jobs makes it from a spool
+    entry; `head` is the marshal form of (key, targets, options)."""
+
+class MessageReader:
+    """A stored message a block at a time; the record's CRC is checked as it goes, and a
+    mismatch raises SpoolError instead of the last block."""
+    def read(self, max: int = 262144) -> bytes:
+        """The next block (at most `max` stored bytes; the wire form may be a little
+        longer); b"" at the end, and only there."""
+    @property
+    def remaining(self) -> int: ...

@@ -1,7 +1,8 @@
-//! Rust core of `mta`: `smtp` (server and client, sans I/O), `proxy`, `message`, `spool`, `log`.
-//! Invariant: the core knows nothing of Python; only `bindings`, `errors` and the `#[pymodule]`
-//! below do (feature "python"), so `cargo test` builds and tests the core without it.
+//! Rust core of `mta`: `smtp` (server and client, sans I/O), `proxy`, `message`, `spool`,
+//! `agent` (the delivery agent's job frame) and `log`. Invariant: the core knows nothing of
+//! Python; only `bindings`, `errors` and the `#[pymodule]` below do (feature "python").
 
+pub mod agent;
 pub mod log;
 pub mod message;
 pub mod proxy;
@@ -29,5 +30,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     bindings::message::register(m)?;
     bindings::log::register(m)?;
     bindings::spool::register(m)?;
+    bindings::agent::register(m)?;
     Ok(())
 }

@@ -174,3 +174,25 @@ def test_mail_is_delivered_after_the_drop(tmp_path, open_dir, peer_factory):
             assert "delivery agent started" in log, log[-3000:]
     finally:
         assert srv.stop() == 0, srv.log()
+
+
+def test_a_big_message_is_read_from_the_spool_after_the_drop(tmp_path, open_dir, peer_factory):
+    """A message past _native.INLINE_MAX goes to the delivery agent as its spool location:
+    the agent (or the worker, where nobody cannot run the agent) opens the segment as
+    nobody and sends it byte for byte."""
+    peer = peer_factory(name="hub.test")
+    srv = start_server(tmp_path, spool=open_dir / "spool", deliver=True,
+                       args=("--relay-to", f"127.0.0.1:{peer.port}"),
+                       config='[privileges]\nuser = "nobody"\n[smtp]\nreverse_dns = false\n'
+                              '[delivery]\ntls = "none"\n')
+    try:
+        body = b"".join(b"line %d of a big message\r\n" % i for i in range(30_000))  # about 800 KiB
+        with connect(srv) as c:
+            c.start()
+            c.send_message("s@example.test", ["r@example.test"], simple_message(body=body))
+            c.quit()
+        [txn] = peer.wait_txns(1, timeout=60)
+        assert txn.data.endswith(body), srv.log()[-3000:]
+        assert "Traceback" not in srv.log()
+    finally:
+        assert srv.stop() == 0, srv.log()

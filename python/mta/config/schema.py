@@ -15,7 +15,7 @@ from typing import Any, Callable, NamedTuple
 from mta.errors import ConfigError
 
 from mta.config.kinds import (  # noqa: F401 (re-exported: tests and docs name kinds through the schema)
-    BAD, Bool, Choice, DomainSet, Duration, Errors, Hostname, Int, Kind, ListenList, MiB, Network, NetworkList, Size, Text,
+    BAD, Bool, Choice, DomainSet, Duration, Errors, Hostname, Int, KiB, Kind, ListenList, MiB, Network, NetworkList, Size, Text,
 )
 from mta.config.listeners import (
     CipherString, Listener, ListenerTables, TlsVersion, cross_checks as listener_checks, resolve as resolve_listeners,
@@ -142,6 +142,14 @@ class DeliveryConfig:
     log_file: str = opt("", Text(), "Delivery log (one JSON line per recipient outcome); empty: stderr.")
     route_hook: str = opt("", Text(), 'A "module:function" called for each recipient; a Route it returns '
                                       "wins over the transport map.")
+
+
+@dataclass(frozen=True)
+class BounceConfig:
+    max_returned_size: int = opt(50 * KiB, Size(min=0),
+                                 "A bounce for a sender who asked for the whole message back (RET=FULL) "
+                                 "returns its headers and at most this much of its body; beyond it, the "
+                                 "headers and this much of the body as text/rfc822-headers, with a note.")
 
 
 @dataclass(frozen=True)
@@ -276,6 +284,7 @@ class Config:
                                           "connections from elsewhere are closed.")
     spool: SpoolConfig = section(SpoolConfig)
     delivery: DeliveryConfig = section(DeliveryConfig)
+    bounce: BounceConfig = section(BounceConfig)
     dns: DnsConfig = section(DnsConfig)
     smtp: SmtpConfig = section(SmtpConfig)
     limits: LimitsConfig = section(LimitsConfig)

@@ -28,7 +28,9 @@ class OutMessage(NamedTuple):
     queue_id: str
     sender: str  # "" for the null sender
     recipients: tuple[OutRcpt, ...]
-    data: bytes  # the stored message: our Received header, then the client's bytes
+    # The stored message (our Received header, then the client's bytes): bytes, or for a
+    # big one where it is stored (_native.StoredMessage, read a block at a time).
+    data: bytes
     body: str | None = None  # "7BIT" | "8BITMIME" | None
     smtputf8: bool = False
     ret: str | None = None  # DSN RET: "FULL" | "HDRS"

@@ -1,23 +1,22 @@
-"""Delivery agent: SMTP and LMTP delivery in a child process, so that accepting
-(the worker's event loop) and talking to peers use two cores.
+"""Delivery agent: SMTP and LMTP delivery in a child process of the worker (jobs in,
+one RcptResult per recipient out), so accepting and delivering use two cores. Job items
+are made by the frame's one definition (rust/src/agent/frames.rs); a big message comes
+as its spool location and is read here a block at a time."""
 
-The worker keeps every decision (routing, MX lookups, MTA-STS, retries, spool
-records, the delivery log); the agent only runs `SmtpDelivery`: a job (destination
-key, targets, options, message) in, one `RcptResult` per recipient out. Both ways
-a frame is a 4-byte length and a marshal'ed list of items, written at most once a
-millisecond (`_WINDOW`), so a busy queue costs one wake-up of the other process per
-batch, not per message (each write to a sleeping peer is a cross-CPU wake-up).
-If the agent dies, its jobs in flight come back as 451 4.3.0 (deferred and retried:
-nothing is lost; a message a peer had already taken may be delivered twice, as
-after a crash), and the next job starts a new agent. A job sent with its log context
-(`submit(..., log=...)`) whose recipients were all delivered is logged here, through
-the worker's delivery-log file (its fd is passed on: it was opened before privileges
-were dropped), and answered `LOGGED`: the worker's event loop, the busiest thread, then
-only deletes the message. A fresh message's job (`submit_spooled`) is made from its spool
-entry by the spool itself, in Rust, at the frame's flush: no Python object of the message
-on the worker. The agent dies with the
-worker (PR_SET_PDEATHSIG) and runs with the worker's (dropped) privileges.
-"""
+# The worker keeps every decision (routing, MX lookups, MTA-STS, retries, spool records,
+# the delivery log); the agent only runs `SmtpDelivery`. Both ways a frame is a 4-byte
+# length and a marshal'ed list of items, written at most once a millisecond (`_WINDOW`),
+# so a busy queue costs one wake-up of the other process per batch, not per message (each
+# write to a sleeping peer is a cross-CPU wake-up). If the agent dies, its jobs in flight
+# come back as 451 4.3.0 (deferred and retried: nothing is lost; a message a peer had
+# already taken may be delivered twice, as after a crash), and the next job starts a new
+# agent. A job sent with its log context (`submit(..., log=...)`) whose recipients were
+# all delivered is logged here, through the worker's delivery-log file (its fd is passed
+# on: it was opened before privileges were dropped), and answered `LOGGED`: the worker's
+# event loop, the busiest thread, then only deletes the message. A fresh message's job
+# (`submit_spooled`) is made from its spool entry by the spool itself, in Rust, at the
+# frame's flush: no Python object of the message on the worker. The agent dies with the
+# worker (PR_SET_PDEATHSIG) and runs with the worker's (dropped) privileges.
 
 from __future__ import annotations
 
@@ -32,6 +31,7 @@ import time
 from dataclasses import fields
 from typing import Callable, NamedTuple, Sequence
 
+from mta._native import StoredMessage, encode_job
 from mta.delivery import OutMessage, OutRcpt, RcptResult, Target, results_for
 from mta.delivery.smtp.client import SmtpDelivery, SmtpOptions
 from mta.queue.deliverylog import DeliveryLog
@@ -132,7 +132,7 @@ class _Framed(asyncio.Protocol):
         self.transport = None
         self.on_lost(exc)
 
-    def send(self, item: tuple, size: int = 0) -> None:
+    def send(self, item: tuple | bytes, size: int = 0) -> None:
         self._out.append(item)
         self._size += size
         if self._size >= _FLUSH_AT:
@@ -153,7 +153,7 @@ class _Framed(asyncio.Protocol):
         self._scheduled = False
         items, self._out, self._size = self._out, [], 0
         if items and self.transport is not None:
-            payload = marshal.dumps(items)
+            payload = _payload(items)
             self.transport.writelines((len(payload).to_bytes(4, "big"), payload))  # no copy of the batch
         if self._spooled:
             jobs, self._spooled = self._spooled, []
@@ -166,6 +166,15 @@ class _Framed(asyncio.Protocol):
                 self.transport.writelines((len(payload).to_bytes(4, "big"), payload))
             if left:
                 self.on_left(left)
+
+
+def _payload(items: list) -> bytes:
+    """A frame's payload: the marshal list of `items`, where job items come encoded
+    already (bytes, from _native.encode_job) and go in as they are."""
+    if type(items[0]) is not bytes and not any(type(i) is bytes for i in items):
+        return marshal.dumps(items)
+    return b"".join([b"[", len(items).to_bytes(4, "little"),
+                     *(i if type(i) is bytes else marshal.dumps(i, 2) for i in items)])
 
 
 def _deferral(m: OutMessage | str, text: str) -> list[RcptResult] | Deferred:
@@ -259,6 +268,12 @@ class AgentDelivery:
         job = self._next
         self._next += 1
         self._pending[job] = (done, queue_id, logged)
+        proto.send_spooled((job, queue_id, self._head(key, targets, opts)))
+        return True
+
+    def _head(self, key: str, targets: Sequence[Target], opts: SmtpOptions) -> bytes:
+        """The marshal form (version 2: no back-references, so it concatenates with the
+        job's own pieces) of (key, targets, options), made once per destination."""
         # Targets by value: a smarthost's name answers from the DNS cache as a new tuple
         # each time, with the same addresses.
         hk = (key, targets if type(targets) is tuple else id(targets), id(opts))
@@ -266,11 +281,9 @@ class AgentDelivery:
         if hit is None or hit[1] is not opts or (hit[0] is not targets and hit[0] != targets):
             if len(self._heads) > 1000:  # route hooks may make options or targets on the fly
                 self._heads.clear()
-            # Version 2: no back-references, so the pieces concatenate with the job's own.
             head = b"".join(marshal.dumps(x, 2) for x in (key, self._form(targets), self._form(opts)))
             hit = self._heads[hk] = (targets, opts, head)
-        proto.send_spooled((job, queue_id, hit[2]))
-        return True
+        return hit[2]
 
     def _left(self, jobs: list[int]) -> None:
         """Spooled jobs encode_jobs left out: nothing of them was sent."""
@@ -306,9 +319,11 @@ class AgentDelivery:
         job = self._next
         self._next += 1
         self._pending[job] = (done, msg)
-        proto.send(("job", job, key, self._form(targets), self._form(opts),
-                    (msg.queue_id, msg.sender, [tuple(r) for r in msg.recipients],
-                     msg.data, msg.body, msg.smtputf8, msg.ret, msg.envid, msg.arrival), log), len(msg.data))
+        data = msg.data
+        # The job item is made by the frame's one definition (rust/src/agent/frames.rs).
+        proto.send(encode_job(job, self._head(key, targets, opts), msg.queue_id, msg.sender, msg.recipients, data,
+                              msg.body, msg.smtputf8, msg.ret, msg.envid, msg.arrival, log),
+                   len(data) if type(data) is bytes else 0)
         return job
 
     def _on_items(self, items: list) -> None:
@@ -434,6 +449,23 @@ class AgentDelivery:
 # ---------------------------------------------------------------------------
 
 
+def read_job(item: tuple, made: dict) -> tuple:
+    """(job, key, targets, options, OutMessage) of a job item (rust/src/agent/frames.rs,
+    read by marshal). The same few options and target lists come with every job: made
+    once (`made` keeps them), not per message (SmtpOptions validates itself when made)."""
+    _, job, key, targets, o, m = item[:6]
+    ck = (o, tuple(targets))
+    hit = made.get(ck)
+    if hit is None:
+        if len(made) > 1000:  # route hooks may make options or targets on the fly
+            made.clear()
+        hit = made[ck] = (SmtpOptions(*o), [Target(*t) for t in targets])
+    data = m[3]
+    if type(data) is tuple:  # a big message: read from the spool a block at a time
+        data = StoredMessage(*data)
+    return job, key, hit[1], hit[0], OutMessage(m[0], m[1], tuple(OutRcpt(*r) for r in m[2]), data, *m[4:])
+
+
 async def _serve(fd: int, log_fd: int | None = None) -> None:
     loop = asyncio.get_running_loop()
     smtp = SmtpDelivery()
@@ -442,19 +474,10 @@ async def _serve(fd: int, log_fd: int | None = None) -> None:
     tasks: set[asyncio.Task] = set()
     proto: _Framed | None = None
 
-    # The same few options and target lists come with every job: made once, not
-    # per message (SmtpOptions validates itself when made).
     made: dict[tuple, tuple[SmtpOptions, list[Target]]] = {}
 
     def unpack(item: tuple) -> tuple:
-        _, job, key, targets, o, m = item[:6]
-        ck = (o, tuple(targets))
-        hit = made.get(ck)
-        if hit is None:
-            if len(made) > 1000:  # route hooks may make options or targets on the fly
-                made.clear()
-            hit = made[ck] = (SmtpOptions(*o), [Target(*t) for t in targets])
-        return job, key, hit[1], hit[0], OutMessage(m[0], m[1], tuple(OutRcpt(*r) for r in m[2]), *m[3:])
+        return read_job(item, made)
 
     def answer(job: int, msg: OutMessage, rows: list, ctx: tuple | None) -> None:
         """The outcome to the worker: LOGGED when every recipient was delivered and the

@@ -1,16 +1,13 @@
-"""Maildir delivery: one message, one recipient, one file in <root>/new/.
+"""Maildir delivery: one message, one recipient, one file in <root>/new/, with LF line
+ends and Return-Path/Delivered-To on top. A file appears in new/ only complete and
+fsync'ed, so a 250 survives a crash; every failure is a RcptResult, never an exception."""
 
-Invariant: a file appears in new/ only complete and fsync'ed (write to tmp/,
-fsync, link into new/, fsync new/), so a 250 means the message survives a
-crash. Every failure is a RcptResult, never an exception; see `_ERRNO_MAP`.
-
-Stored messages have CRLF line ends (the SMTP form); Maildir readers expect
-the local LF form, so CRLF becomes LF on the way in, as Postfix's local(8)
-and virtual(8) do. `Return-Path: <sender>` and `Delivered-To: rcpt` go on
-top. File names follow the Maildir spec, `<sec>.M<usec>P<pid>Q<n>.<host>`,
-with wall-clock time (readers use it as the arrival time) and a per-process
-counter; link() refuses to overwrite, so a clash is retried, never lost.
-"""
+# Write to tmp/, fsync, link into new/, fsync new/. Stored messages have CRLF line ends
+# (the SMTP form); Maildir readers expect the local LF form, so CRLF becomes LF on the
+# way in, as Postfix's local(8) and virtual(8) do. File names follow the Maildir spec,
+# `<sec>.M<usec>P<pid>Q<n>.<host>`, with wall-clock time (readers use it as the arrival
+# time) and a per-process counter; link() refuses to overwrite, so a clash is retried,
+# never lost. A big message is read from the spool a block at a time (`_pieces`).
 
 from __future__ import annotations
 
@@ -21,6 +18,7 @@ import logging
 import os
 import time
 from concurrent.futures import Executor
+from typing import Callable, Iterable, Iterator
 
 from mta.delivery import OutMessage, OutRcpt, RcptResult
 
@@ -28,6 +26,7 @@ __all__ = ["deliver_maildir", "deliver_maildir_async", "maildir_bytes"]
 
 log = logging.getLogger(__name__)
 
+_READ_BLOCK = 256 * 1024
 _counter = itertools.count(1)  # next() is atomic under the GIL: thread-safe
 _ready: set[str] = set()  # roots whose tmp/new/cur we have seen or made
 
@@ -62,8 +61,24 @@ def _clean(s: str) -> bytes:
 def maildir_bytes(msg: OutMessage, rcpt: OutRcpt) -> bytes:
     """The file's content: Return-Path and Delivered-To, then the message
     with LF line ends."""
-    head = b"Return-Path: <" + _clean(msg.sender) + b">\nDelivered-To: " + _clean(rcpt.address) + b"\n"
-    return head + msg.data.replace(b"\r\n", b"\n")
+    return b"".join(_pieces(msg, rcpt))
+
+
+def _pieces(msg: OutMessage, rcpt: OutRcpt) -> Iterator[bytes]:
+    """`maildir_bytes` in pieces: a big message (`_native.StoredMessage`) is read from
+    the spool a block at a time, never whole."""
+    yield b"Return-Path: <" + _clean(msg.sender) + b">\nDelivered-To: " + _clean(rcpt.address) + b"\n"
+    data = msg.data
+    if isinstance(data, bytes):
+        yield data.replace(b"\r\n", b"\n")
+        return
+    reader = data.open()
+    carry = b""  # a CR that ended a block: the next one may start with its LF
+    while block := reader.read(_READ_BLOCK):
+        block = carry + block
+        carry = b"\r" if block.endswith(b"\r") else b""
+        yield block[:len(block) - len(carry)].replace(b"\r\n", b"\n")
+    yield carry
 
 
 def _unique_name(hostname: str) -> str:
@@ -105,13 +120,14 @@ def _ensure_dirs(root: str) -> None:
     _ready.add(root)
 
 
-def _write_tmp(path: str, data: bytes) -> None:
+def _write_tmp(path: str, content: Callable[[], Iterable[bytes]]) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
+        for piece in content():
+            view = memoryview(piece)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
         os.fsync(fd)
     except BaseException:
         os.close(fd)
@@ -127,7 +143,7 @@ def _unlink_quietly(path: str) -> None:
         pass
 
 
-def _store(root: str, data: bytes, hostname: str) -> str:
+def _store(root: str, content: Callable[[], Iterable[bytes]], hostname: str) -> str:
     """tmp → fsync → link into new/ → fsync new/. Returns the file name."""
     if root not in _ready:
         _ensure_dirs(root)
@@ -135,14 +151,14 @@ def _store(root: str, data: bytes, hostname: str) -> str:
         name = _unique_name(hostname)
         tmp = os.path.join(root, "tmp", name)
         try:
-            _write_tmp(tmp, data)
+            _write_tmp(tmp, content)
         except FileExistsError:
             continue
         except FileNotFoundError:
             # The maildir vanished since we last saw it: recreate, retry once.
             _ready.discard(root)
             _ensure_dirs(root)
-            _write_tmp(tmp, data)
+            _write_tmp(tmp, content)
         new = os.path.join(root, "new", name)
         try:
             try:
@@ -169,7 +185,7 @@ def deliver_maildir(root: str, msg: OutMessage, rcpt: OutRcpt, hostname: str) ->
     and fsync; run it in a thread). 250 2.0.0 on success; 4xx on any
     failure (see `_ERRNO_MAP`); never raises OSError."""
     try:
-        name = _store(root, maildir_bytes(msg, rcpt), hostname)
+        name = _store(root, lambda: _pieces(msg, rcpt), hostname)
     except OSError as e:
         _ready.discard(root)  # look again next time: it may have been fixed or removed
         code, enhanced, text = _ERRNO_MAP.get(e.errno or 0, _OTHER)

@@ -1,17 +1,14 @@
-"""Delivery status notifications (RFC 3464): the message that tells a sender
-what became of its recipients, to be re-injected with the null sender.
+"""Delivery status notifications (RFC 3464) to be re-injected with the null sender.
+Invariants: never a DSN to the null sender; a recipient's NOTIFY decides whether it is
+reported; CRLF line ends only; of the original, at most its headers and
+`max_returned` bytes of its body are read, a block at a time (never a whole copy)."""
 
-Invariants: never a DSN to the null sender (no bounce of a bounce: None, the
-caller logs and drops); a recipient's DSN NOTIFY decides whether it is
-reported (RFC 3461); output has CRLF line ends only, whatever the original.
-
-Simplifications, on purpose: the original's headers are returned as
-text/rfc822-headers (RET=FULL on a failure: message/rfc822) with their bytes
-as they are and Content-Transfer-Encoding 8bit when not ASCII, rather than
-message/global-headers (RFC 6533); non-ASCII addresses are written as UTF-8
-under address type rfc822. The re-injector sends the DSN with BODY=8BITMIME
-(and SMTPUTF8 when the original had it) whenever the bytes are not ASCII.
-"""
+# Simplifications, on purpose: the original's headers are returned as
+# text/rfc822-headers (RET=FULL on a failure, when the body fits: message/rfc822)
+# with their bytes as they are and Content-Transfer-Encoding 8bit when not ASCII,
+# rather than message/global-headers (RFC 6533); non-ASCII addresses are written as
+# UTF-8 under address type rfc822. The re-injector sends the DSN with BODY=8BITMIME
+# (and SMTPUTF8 when the original had it) whenever the bytes are not ASCII.
 
 from __future__ import annotations
 
@@ -43,7 +40,9 @@ _INTRO = {
 }
 _ENHANCED = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")
 _LINE_END = re.compile(rb"\r\n|\r|\n")
-FULL_LIMIT = 10 * 1024 * 1024  # RET=FULL beyond this returns the headers only
+MAX_RETURNED = 50 * 1024  # bounce.max_returned_size's default
+_READ_BLOCK = 64 * 1024
+_MAX_HEAD = 1 << 20  # of a message with no empty line, at most this much is returned
 
 
 def wants_dsn(rcpt: OutRcpt, action: str) -> bool:
@@ -58,12 +57,14 @@ def wants_dsn(rcpt: OutRcpt, action: str) -> bool:
 
 def make_dsn(msg: OutMessage, failures: list[tuple[OutRcpt, RcptResult]], *, reporting_mta: str,
              action: str = "failed", now: float | None = None,
-             retry_until: float | None = None) -> bytes | None:
+             retry_until: float | None = None, max_returned: int = MAX_RETURNED) -> bytes | None:
     """The DSN for `failures` (any action: failed, delayed, delivered,
     relayed, expanded), a complete message with CRLF line ends, addressed to
     msg.sender; None when there is nobody to tell (null sender, or NOTIFY
     excluded every recipient). `retry_until` adds Will-Retry-Until to a
-    delayed DSN."""
+    delayed DSN. RET=FULL on a failure returns the whole message when its body is at
+    most `max_returned` bytes, else its headers and that much of the body (cut at a
+    line end) as text/rfc822-headers, with a note saying so."""
     if action not in _KEYWORD:
         raise ValueError(f"unknown DSN action {action!r}")
     if msg.sender == "":
@@ -73,12 +74,23 @@ def make_dsn(msg: OutMessage, failures: list[tuple[OutRcpt, RcptResult]], *, rep
         return None
     now = time.time() if now is None else now
     mta = _one_line(reporting_mta)
-    full = (action == "failed" and (msg.ret or "").upper() == "FULL" and len(msg.data) <= FULL_LIMIT)
-    original = _crlf(msg.data if full else _header_block(msg.data))
+    want_body = action == "failed" and (msg.ret or "").upper() == "FULL"
+    head, sep, body, body_size = _original(msg.data, max_returned if want_body else 0)
+    full = want_body and len(body) == body_size
+    cut = None
+    if full:
+        original = _crlf(head + sep + body)
+    else:
+        if want_body:
+            body = body[:max_returned]
+            body = body[:body.rfind(b"\n") + 1]  # whole lines only
+            cut = (len(msg.data), len(body))
+            head += b"\r\n" + body if body else b""
+        original = _crlf(head)
 
     parts = [
         _part(["Content-Description: Notification", "Content-Type: text/plain; charset=utf-8"],
-              _human(msg, todo, action, mta)),
+              _human(msg, todo, action, mta, cut)),
         _part(["Content-Description: Delivery report", "Content-Type: message/delivery-status"],
               _status(msg, todo, action, mta, now, retry_until)),
     ]
@@ -118,7 +130,8 @@ def success_dsn(msg: OutMessage, deliveries: list[tuple[OutRcpt, RcptResult]], *
                     action="relayed" if relayed else "delivered", now=now)
 
 
-def _human(msg: OutMessage, todo: list[tuple[OutRcpt, RcptResult]], action: str, mta: str) -> bytes:
+def _human(msg: OutMessage, todo: list[tuple[OutRcpt, RcptResult]], action: str, mta: str,
+           cut: tuple[int, int] | None = None) -> bytes:
     lines = [f"This is the mail system at host {mta}.", "", _INTRO[action], ""]
     if action == "failed":
         lines += ["For further assistance, please send mail to postmaster.", ""]
@@ -129,6 +142,9 @@ def _human(msg: OutMessage, todo: list[tuple[OutRcpt, RcptResult]], action: str,
             where = f"host {res.remote_host}{ip} said: "
         lines.append(f"<{_one_line(rcpt.address)}>: {where}{_one_line(res.reply())}")
     lines += ["", f"The message had queue ID {msg.queue_id}.", ""]
+    if cut is not None:
+        lines += [f"The message ({cut[0]} octets) is too big to return whole: its headers and the first",
+                  f"{cut[1]} octets of its body follow, as text/rfc822-headers.", ""]
     return "\r\n".join(lines).encode("utf-8", "surrogateescape")
 
 
@@ -174,6 +190,32 @@ def _part(headers: list[str], content: bytes) -> bytes:
     if not content.endswith(b"\r\n"):
         content += b"\r\n"
     return head + b"\r\n\r\n" + content
+
+
+def _original(data, limit: int) -> tuple[bytes, bytes, bytes, int]:
+    """(the header section, the empty line after it, at most `limit` + 1 bytes of the body, the body's size) of the
+    stored message: bytes, or a `_native.StoredMessage` read a block at a time only as
+    far as that needs."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        head = _header_block(data)
+        skip = len(head) + (2 if data[len(head):len(head) + 2] == b"\r\n" else 1 if head != data else 0)
+        return head, bytes(data[len(head):skip]), bytes(data[skip:skip + limit + 1]), len(data) - skip
+    reader = data.open()
+    buf = bytearray()
+    while True:  # the header section (bounded by smtp.max_header_size at receive)
+        block = reader.read(_READ_BLOCK)
+        buf += block
+        if not block or b"\r\n\r\n" in buf or b"\n\n" in buf:
+            break
+        if len(buf) > _MAX_HEAD:  # no end of the headers in sight: return their lines so far
+            head = bytes(buf[:buf.rfind(b"\n") + 1])
+            return head, b"", b"", len(data) - len(head)
+    head = _header_block(bytes(buf))
+    skip = len(head) + (2 if buf[len(head):len(head) + 2] == b"\r\n" else 1 if len(head) < len(buf) else 0)
+    body = buf[skip:]
+    while len(body) <= limit and (block := reader.read(_READ_BLOCK)):
+        body += block
+    return head, bytes(buf[len(head):skip]), bytes(body[:limit + 1]), len(data) - skip
 
 
 def _header_block(data: bytes) -> bytes:

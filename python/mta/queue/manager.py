@@ -248,7 +248,7 @@ class QueueManager:
         env = spool.get(qid)
         if env is None or (env.held and not made):
             return None
-        data = spool.message_bytes(qid)
+        data = self.spool.message_data(qid, env.size)
         now = time.time()
         spooled = env.recipients  # each read of the property builds the list anew
         rcpts = tuple([OutRcpt(r.address, r.notify, r.orcpt, i) for i, r in enumerate(spooled)
@@ -515,7 +515,8 @@ class QueueManager:
                 self.kick()
 
     async def _send_dsn(self, msg: OutMessage, failures) -> None:
-        dsn = bounce.make_dsn(msg, failures, reporting_mta=self.cfg.hostname)
+        dsn = bounce.make_dsn(msg, failures, reporting_mta=self.cfg.hostname,
+                              max_returned=self.cfg.bounce.max_returned_size)
         if dsn is None:
             if not msg.sender:
                 log.info("dropped bounce for %s: the sender is <> (never bounce a bounce)", msg.queue_id)

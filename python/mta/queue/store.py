@@ -17,6 +17,7 @@ from mta.errors import SpoolError
 log = logging.getLogger("mta.spool")
 
 Completion = Callable[[str | None], None]
+INLINE_MAX = _native.INLINE_MAX  # bigger messages are read a block at a time (agent/frames.rs)
 
 
 class SpoolService:
@@ -180,6 +181,14 @@ class SpoolService:
             raise SpoolError(str(e)) from e
         await fut
         return qid
+
+    def message_data(self, queue_id: str, size: int):
+        """The message for a delivery attempt: its bytes when small, else where it is
+        stored (`_native.StoredMessage`, read a block at a time by whoever sends it, the
+        delivery agent included), so no attempt holds a big message whole. None: gone."""
+        if size <= INLINE_MAX:
+            return self.spool.message_bytes(queue_id)
+        return self.spool.locate(queue_id)
 
     def has_room(self) -> bool:
         """False when free space is below spool.min_free_space (checked at most once a second)."""

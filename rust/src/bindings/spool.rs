@@ -3,11 +3,12 @@
 //! reading); the format, the writer and the due schedule live in `crate::spool`.
 //! CONTRACT used by bindings/smtp.rs: `PyMessage::push(&mut self, &[u8])`
 //! appends body bytes (already unstuffed) to the in-flight message.
-use crate::bindings::marshal;
+use crate::agent::frames::{self, Data, INLINE_MAX};
 use crate::errors::spool_err;
 use crate::spool::incoming::Incoming;
 use crate::spool::index::Entry;
-use crate::spool::reader::SpoolReader;
+use crate::message::wire::WireStream;
+use crate::spool::reader::{Location, MessageReader, SpoolReader};
 use crate::spool::record::{self, Envelope, Recipient, STATES};
 use crate::spool::writer::FaultKind;
 use crate::spool::{now_us, Change, Config, Error as SpoolErr, Spool};
@@ -210,6 +211,12 @@ fn envelopes(v: Vec<Entry>) -> Vec<PyEnvelope> {
     v.into_iter().map(PyEnvelope).collect()
 }
 
+/// The shard's directory as an absolute path: a location is read by another process
+/// (the delivery agent), whose working directory need not be ours.
+fn spool_dir(spool: &Spool) -> PathBuf {
+    std::path::absolute(spool.dir()).unwrap_or_else(|_| spool.dir().to_path_buf())
+}
+
 #[pyclass(name = "Spool", module = "mta._native", frozen)]
 pub struct PySpool(Spool);
 
@@ -372,23 +379,38 @@ impl PySpool {
             let mut items = Vec::with_capacity(jobs.len());
             let mut left = Vec::new();
             for (job, qid, head) in &jobs {
-                match self.0.get(qid).filter(marshal::fresh) {
-                    Some(e) => match self.0.entry_bytes(&e) {
-                        Ok(Some(data)) => items.push((*job, head, e, data)),
-                        _ => left.push(*job),
-                    },
-                    None => left.push(*job),
+                let Some(e) = self.0.get(qid).filter(frames::fresh) else {
+                    left.push(*job);
+                    continue;
+                };
+                if e.size > INLINE_MAX {
+                    // Read by the agent a block at a time (the fresh store keeps none this big).
+                    let loc = Location::of(&spool_dir(&self.0), &e);
+                    items.push((*job, head, e, Err(loc)));
+                    continue;
+                }
+                match self.0.entry_bytes(&e) {
+                    Ok(Some(data)) => items.push((*job, head, e, Ok(data))),
+                    _ => left.push(*job),
                 }
             }
-            let size: usize = items.iter().map(|(_, h, _, (p, r))| h.len() + p.len() + r.len() + 256).sum();
-            let mut out = marshal::Marshal(Vec::with_capacity(size + 5));
+            let size: usize = items.iter().map(|(_, h, _, d)| h.len() + d.as_ref().map_or(0, |(p, r)| p.len() + r.len()) + 512).sum();
+            let mut out = frames::Marshal(Vec::with_capacity(size + 5));
             out.seq(b'[', items.len());
-            for (job, head, e, (p, r)) in &items {
-                marshal::job(&mut out, *job, head, e, &[p, r]);
+            for (job, head, e, data) in &items {
+                let data = match data {
+                    Ok((p, r)) => Data::Inline(&[p, r]),
+                    Err(loc) => Data::Stored(loc),
+                };
+                frames::job(&mut out, *job, head, e, data);
             }
             (out.0, left)
         });
         (PyBytes::new(py, &frame), left)
+    }
+    /// Where a message is stored, for reading it a block at a time; None: gone.
+    fn locate(&self, queue_id: &str) -> Option<PyStoredMessage> {
+        self.0.get(queue_id).map(|e| PyStoredMessage(Location::of(&spool_dir(&self.0), &e)))
     }
     /// Keep messages just made durable in memory a moment, for encode_jobs (see the stub).
     fn keep_fresh(&self, on: bool) {
@@ -420,7 +442,119 @@ impl PySpoolReader {
     }
 }
 
+/// Where one stored message is (spool::reader::Location): what a delivery attempt of a
+/// big message carries instead of its bytes. Its frame form is a plain tuple.
+#[pyclass(name = "StoredMessage", module = "mta._native", frozen, eq)]
+#[derive(PartialEq)]
+pub struct PyStoredMessage(pub(crate) Location);
+
+#[pymethods]
+impl PyStoredMessage {
+    /// From the frame form (`frame()`).
+    #[new]
+    #[allow(clippy::too_many_arguments)]
+    fn new(kind: &str, shard_dir: PathBuf, shard: u32, seq: u64, queue_id: String, offset: u64, len: u64,
+           data_offset: u64, size: u64) -> PyResult<Self> {
+        if kind != "spool" {
+            return Err(PyValueError::new_err(format!("not a stored message: {kind:?}")));
+        }
+        Ok(PyStoredMessage(Location { shard_dir, shard, seq, queue_id, offset, len, data_offset, size }))
+    }
+    fn frame<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        let l = &self.0;
+        ("spool", l.shard_dir.to_string_lossy().into_owned(), l.shard, l.seq, l.queue_id.clone(), l.offset, l.len,
+         l.data_offset, l.size).into_pyobject(py)
+    }
+    fn __len__(&self) -> usize {
+        self.0.size as usize
+    }
+    #[getter]
+    fn size(&self) -> u64 {
+        self.0.size
+    }
+    #[getter]
+    fn queue_id(&self) -> &str {
+        &self.0.queue_id
+    }
+    /// A reader of the bytes (the segment is held open from now on). `wire`: None for
+    /// the stored bytes; True for them as DATA sends them (dot-stuffed, with the ".CRLF"
+    /// end), False as BDAT does (message::wire).
+    #[pyo3(signature = (wire = None))]
+    fn open(&self, py: Python<'_>, wire: Option<bool>) -> PyResult<PyMessageReader> {
+        let r = py.detach(|| self.0.open()).map_err(|e| spool_err(format!("read {}: {e}", self.0.queue_id)))?;
+        Ok(PyMessageReader { r, wire: wire.map(WireStream::new), done: false })
+    }
+    /// The length of the wire form (`open(wire)` read to its end), by reading it once.
+    fn wire_length(&self, py: Python<'_>, dot_stuff: bool) -> PyResult<u64> {
+        py.detach(|| self.0.open()?.wire_length(dot_stuff, READ_BLOCK))
+            .map_err(|e| spool_err(format!("read {}: {e}", self.0.queue_id)))
+    }
+    fn __repr__(&self) -> String {
+        format!("StoredMessage({}, {} octets)", self.0.queue_id, self.0.size)
+    }
+}
+
+const READ_BLOCK: usize = 256 * 1024;
+
+/// A stored message read a block at a time (spool::reader::MessageReader), as stored or
+/// in wire form; b"" at the end. A damaged record raises SpoolError before its last block.
+#[pyclass(name = "MessageReader", module = "mta._native")]
+pub struct PyMessageReader {
+    r: MessageReader,
+    wire: Option<WireStream>,
+    done: bool,
+}
+
+#[pymethods]
+impl PyMessageReader {
+    /// The next block: at most `max` stored bytes (their wire form may be a little longer).
+    #[pyo3(signature = (max = READ_BLOCK))]
+    fn read<'py>(&mut self, py: Python<'py>, max: usize) -> PyResult<Bound<'py, PyBytes>> {
+        if self.done {
+            return Ok(PyBytes::new(py, b""));
+        }
+        let (r, wire) = (&mut self.r, &mut self.wire);
+        let (out, end) = py.detach(|| {
+            let Some(w) = wire else {
+                let block = r.read(max)?;
+                let end = block.is_empty();
+                return Ok::<_, std::io::Error>((block, end));
+            };
+            // A block may encode to nothing (a CR that waits for its LF): read on, so
+            // that b"" means the end.
+            let mut out = Vec::new();
+            loop {
+                let block = r.read(max)?;
+                if block.is_empty() {
+                    w.finish(&mut out);
+                    return Ok((out, true));
+                }
+                out.reserve(block.len() + block.len() / 32 + 8);
+                w.feed(&block, &mut out);
+                if !out.is_empty() {
+                    return Ok((out, false));
+                }
+            }
+        }).map_err(|e| spool_err(format!("read {}: {e}", self.r_qid())))?;
+        self.done = end;
+        Ok(PyBytes::new(py, &out))
+    }
+    #[getter]
+    fn remaining(&self) -> u64 {
+        self.r.remaining()
+    }
+}
+
+impl PyMessageReader {
+    fn r_qid(&self) -> String {
+        self.r.queue_id().to_string()
+    }
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("INLINE_MAX", INLINE_MAX)?;
+    m.add_class::<PyStoredMessage>()?;
+    m.add_class::<PyMessageReader>()?;
     m.add_class::<PyMessage>()?;
     m.add_class::<PySpool>()?;
     m.add_class::<PySpoolReader>()?;

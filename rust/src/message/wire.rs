@@ -52,6 +52,70 @@ pub fn wire_body(data: &[u8], dot_stuff: bool) -> Vec<u8> {
     out
 }
 
+/// `wire_body` over a message given in pieces (read from the spool a block at a time):
+/// the concatenated output of `feed` for every piece, then `finish`, is exactly
+/// `wire_body` of the concatenated pieces. The state is the line-start flag and a CR
+/// that ended the previous piece (it may be the first half of a CRLF).
+#[derive(Default)]
+pub struct WireStream {
+    dot_stuff: bool,
+    mid_line: bool,
+    cr_pending: bool,
+}
+
+impl WireStream {
+    pub fn new(dot_stuff: bool) -> WireStream {
+        WireStream { dot_stuff, mid_line: false, cr_pending: false }
+    }
+
+    pub fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) {
+        let mut start = 0;
+        if self.cr_pending {
+            self.cr_pending = false;
+            self.mid_line = false;
+            out.extend_from_slice(b"\r\n");
+            if data.first() == Some(&b'\n') {
+                start = 1;
+            }
+        }
+        while start < data.len() {
+            if !self.mid_line && self.dot_stuff && data[start] == b'.' {
+                out.push(b'.');
+            }
+            self.mid_line = true;
+            match memchr2(b'\r', b'\n', &data[start..]) {
+                Some(n) => {
+                    let eol = start + n;
+                    out.extend_from_slice(&data[start..eol]);
+                    if data[eol] == b'\r' && eol + 1 == data.len() {
+                        self.cr_pending = true; // CRLF or a bare CR: the next piece tells
+                        return;
+                    }
+                    out.extend_from_slice(b"\r\n");
+                    self.mid_line = false;
+                    start = if data[eol] == b'\r' && data[eol + 1] == b'\n' { eol + 2 } else { eol + 1 };
+                }
+                None => {
+                    out.extend_from_slice(&data[start..]);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The end: the last line's CRLF if it had none, and ".CRLF" when dot-stuffing.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if self.cr_pending || self.mid_line {
+            out.extend_from_slice(b"\r\n");
+        }
+        self.cr_pending = false;
+        self.mid_line = false;
+        if self.dot_stuff {
+            out.extend_from_slice(b".\r\n");
+        }
+    }
+}
+
 /// Fuzz/corpus entry: no panic; with dot-stuffing, undoing it (as a server reading
 /// DATA does) gives the input with its line endings made CRLF; without, exactly the
 /// input's lines, each ending CRLF.
@@ -148,6 +212,29 @@ mod tests {
         ];
         for (input, dot, want) in forms {
             assert_eq!(super::is_wire_form(input, *dot), *want, "{:?} dot_stuff={dot}", String::from_utf8_lossy(input));
+        }
+    }
+
+    #[test]
+    fn the_stream_is_wire_body_for_every_cut() {
+        let mut seed = 0x2545f4914f6cdd1du64;
+        for _ in 0..3000 {
+            let mut input = Vec::new();
+            for _ in 0..(seed % 50) {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                input.push(b".\r\nab"[(seed >> 60) as usize % 5]);
+            }
+            for dot in [false, true] {
+                for size in 1..=input.len().max(1) {
+                    let mut s = super::WireStream::new(dot);
+                    let mut out = Vec::new();
+                    for piece in input.chunks(size) {
+                        s.feed(piece, &mut out);
+                    }
+                    s.finish(&mut out);
+                    assert_eq!(out, wire_body(&input, dot), "{:?} size {size} dot {dot}", String::from_utf8_lossy(&input));
+                }
+            }
         }
     }
 

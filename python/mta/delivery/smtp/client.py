@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import ssl
 from collections import deque
 from dataclasses import dataclass
@@ -51,6 +52,8 @@ from mta.delivery.smtp.protocol import (
     wire_body,
 )
 from mta.delivery.smtp.lane import Lane, Queued, resume
+
+log = logging.getLogger("mta.delivery")
 
 __all__ = ["SmtpOptions", "SmtpDelivery", "Reply", "ReplyParser", "ReplyError", "wire_body"]
 
@@ -330,6 +333,17 @@ class SmtpDelivery:
                 conn.write(view[off:off + _WRITE_BLOCK])
                 await conn.drain(self.data_block_timeout, "the message")
 
+    async def _send_stored(self, conn: _Connection, stored, chunking: bool) -> None:
+        """A big message from the spool (`_native.StoredMessage`) in blocks, encoded for
+        the wire as they are read, each drained within data_block_timeout: nothing holds
+        it whole. BDAT needs the length first: one more read of it, counting."""
+        if chunking:
+            conn.write(b"BDAT %d LAST\r\n" % stored.wire_length(False))
+        reader = stored.open(wire=not chunking)
+        while block := reader.read(_WRITE_BLOCK):
+            conn.write(block)
+            await conn.drain(self.data_block_timeout, "the message")
+
     def _take_idle(self, key: str) -> _Connection | None:
         conns = self._idle.get(key)
         while conns:
@@ -555,7 +569,17 @@ class SmtpDelivery:
                         await conn.reply(self.data_done_timeout, "the end of data")
             if not mail_ok or not accepted:
                 return results  # type: ignore[return-value]
-            await self._send_data(conn, data_parts(msg.data, chunking=chunking))
+            data = msg.data
+            if type(data) is bytes:
+                await self._send_data(conn, data_parts(data, chunking=chunking))
+            else:
+                try:
+                    await self._send_stored(conn, data, chunking)
+                except _native.SpoolError as e:  # gone or damaged: no end of data was sent
+                    log.error("cannot read %s from the spool: %s", msg.queue_id, e)
+                    conn.abort()
+                    return [res or RcptResult(rc.address, 451, "4.3.0", "cannot read the message from the spool",
+                                              host, ip, tls) for rc, res in zip(rcpts, results)]
             if opts.lmtp:
                 for k in accepted:
                     r = await conn.reply(self.data_done_timeout, "the end of data")
