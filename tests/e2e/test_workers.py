@@ -166,6 +166,11 @@ def test_cpu_affinity_auto_separates_the_loop_from_its_helpers(server_factory, w
             writers = [v for k, v in threads.items() if k.startswith("spool-writer")]
             assert writers and all(w == set(cpus) - loop for w in writers)
             for agent in _agents_under(pid):
+                # The agent pins itself once its imports are done; until then it has the
+                # worker's CPU (under load that can outlast the ten messages above).
+                deadline = time.monotonic() + 20
+                while _allowed(f"/proc/{agent}/status") != set(cpus) - loop and time.monotonic() < deadline:
+                    time.sleep(0.1)
                 assert _allowed(f"/proc/{agent}/status") == set(cpus) - loop
         assert len(seen_loops) == min(workers, len(cpus))  # each worker a CPU of its own
         assert "cpu affinity: event loop on CPU" in srv.log()
