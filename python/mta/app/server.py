@@ -1,13 +1,6 @@
-"""The server: listening sockets, the spool shard, and an orderly stop.
-
-Start-up order matters: the spool is opened (and recovered) before any
-socket listens, so nothing is acknowledged that the spool cannot hold. On
-SIGTERM: stop accepting, let sessions finish their transaction (421 the
-idle ones), then close the spool (write, sync, complete what is in flight).
-SIGHUP re-reads the TLS certificate and key (mta.tls); open sessions go on.
-The shard's control socket (mta.control) lives from after the privilege drop
-until the start of the stop.
-"""
+"""The server, and the wiring: builds each component with what it uses. The spool is
+opened (and recovered) before any socket listens; on SIGTERM sessions finish, then the
+queue, then the spool closes (SIGHUP re-reads the TLS certificate)."""
 
 from __future__ import annotations
 
@@ -22,11 +15,16 @@ from mta.auth import users as auth
 from mta import log as fastlog
 from mta.app import privileges
 from mta.config.schema import Config
-from mta.app.control import ControlServer
+from mta.app.control import ControlServer, socket_path
 from mta.smtp.rdns import ReverseResolver
 from mta.smtp.limits import Limits
 from mta.policy.relay import Networks, RelayPolicy
 from mta.smtp.proxy import ProxyGate
+from mta.delivery.agent import AgentDelivery
+from mta.delivery.mtasts import MtaStsCache, OutboundTls
+from mta.delivery.mx import MxResolver
+from mta.delivery.transport import InProcess, Maildir, Smtp, Transports
+from mta.queue.deliverylog import DeliveryLog
 from mta.queue.manager import QueueManager
 from mta.delivery.router import Router, load_hook
 from mta.smtp.session import Session
@@ -104,7 +102,7 @@ class Server:
         for line in self.spool.recovery_report:
             log.info("spool recovery: %s", line)
         self.spool.attach(loop)
-        self.queue = QueueManager(self)
+        self.queue = self._queue_manager()
         for lst in self.cfg.listeners:
             family = socket.AF_INET6 if ":" in lst.host else socket.AF_INET
             tls = {}
@@ -122,7 +120,8 @@ class Server:
         self.queue.start()
         # The admin's way in (mta queue hold|release|delete|flush): made after
         # the privilege drop, so the socket belongs to the user that serves.
-        self.control = ControlServer(self)
+        self.control = ControlServer(self.spool, self.queue, self.queue.dlog,
+                                     socket_path(self.cfg.spool.dir, self.shard), self.shard)
         await self.control.start()
         self._sweep()
         for srv in self._servers:
@@ -130,6 +129,29 @@ class Server:
         for lst in self.cfg.listeners:  # logged once connectable: tests and admins wait for it
             shown = "" if lst.tls == "none" else f" tls={lst.tls}"
             log.info("listening on %s as %s profile=%s%s", lst.address, self.cfg.hostname, lst.profile, shown)
+
+    def _queue_manager(self) -> QueueManager:
+        cfg, d = self.cfg, self.cfg.delivery
+        dlog = DeliveryLog(d.log_file or None)
+        resolver = MxResolver(list(cfg.dns.nameservers) or None, port=cfg.dns.port, timeout=cfg.dns.timeout)
+        sts = MtaStsCache(resolver, port=d.mta_sts_port, ca_file=d.mta_sts_ca_file,
+                          timeout=d.mta_sts_timeout) if d.mta_sts else None
+        smtp = Smtp(self._wire(dlog), resolver, OutboundTls(sts, d.tls_report_interval), d, cfg.hostname)
+        return QueueManager(self.spool, self.router, Transports(smtp, Maildir(cfg.hostname)), dlog, d,
+                            cfg.hostname)
+
+    def _wire(self, dlog: DeliveryLog):
+        """Where SMTP/LMTP transactions run: the delivery agent process, or this one."""
+        cfg = self.cfg
+        if not cfg.delivery.agent:
+            return InProcess()
+        why = privileges.helper_blocked(cfg.privileges, "mta.delivery.agent", AgentDelivery.environment())
+        if why:
+            # Made before the privilege drop; the agent is started after it, as that user.
+            log.error("the delivery agent could not start as user %s (%s): delivering in the "
+                      "worker instead, as with delivery.agent = false", cfg.privileges.user, why)
+            return InProcess()
+        return AgentDelivery(cpus=self.affinity.helpers, log_fd=dlog.fd, encode=self.spool.encode_jobs)
 
     def _sweep(self) -> None:
         """Close the sessions idle for smtp.idle_timeout; a session is closed at most
@@ -186,7 +208,7 @@ class Server:
             self._sweep_timer.cancel()
         self.spool.close()
         fastlog.flush()
-        st = self.spool.spool.stats()
+        st = self.spool.stats()
         log.info(
             "spool stats: messages=%d batches=%d syncs=%d bytes=%d failed_batches=%d",
             st.get("messages", 0), st.get("batches", 0), st.get("syncs", 0),

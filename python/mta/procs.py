@@ -1,0 +1,24 @@
+"""Process helpers shared by the supervisor's workers and the delivery agent.
+
+Kept at the bottom of the package (it imports nothing of mta), so a worker and the
+agent it starts can both use it without the agent importing the app layer."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int) -> None:
+    """SIGKILL this process when `parent` dies (Linux), so no orphan keeps a port or a
+    shard; exit at once if the parent is already gone."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the parent's SIGTERM still reaches us
+        pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
