@@ -218,7 +218,7 @@ async def client_path(n: int, repeats: int, lane: bool = False) -> float:
     d = client_mod.SmtpDelivery()
 
     async def open_in_memory(self, target, opts, *, use_tls):
-        conn = client_mod._Connection(target, loop)
+        conn = client_mod.Connection(target, loop)
         conn.connection_made(_PeerSide(conn, loop))
         loop.call_soon(conn.data_received, b"220 peer ESMTP\r\n")
         await self._handshake(conn, opts, use_tls)

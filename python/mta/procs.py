@@ -1,7 +1,5 @@
-"""Process helpers shared by the supervisor's workers and the delivery agent.
-
-Kept at the bottom of the package (it imports nothing of mta), so a worker and the
-agent it starts can both use it without the agent importing the app layer."""
+"""Process helpers for the workers and the delivery agent. It imports nothing of mta, so
+the agent uses it without importing the app layer (which would make an import cycle)."""
 
 from __future__ import annotations
 
