@@ -46,7 +46,7 @@ class Lane:
     """One transaction; `done(rows)` or `error(text)` is called exactly once."""
 
     __slots__ = ("smtp", "key", "targets", "opts", "msg", "conn", "tx", "done", "error",
-                 "sending", "chunking", "tls", "chained", "next")
+                 "sending", "chunking", "tls", "chained", "next", "parser")
 
     def __init__(self, smtp, key: str, targets, opts, msg: OutMessage, conn: Connection,
                  done: Callable[[Rows], object], error: Callable[[str], object], chained: bool = False) -> None:
@@ -60,6 +60,7 @@ class Lane:
         self.tls = conn.tls_state
         self.chained = chained  # pipelined behind another transaction's data: no RSET
         self.next: Lane | None = None  # the transaction pipelined behind this one
+        self.parser = conn.parser.native  # the connection's Rust reply parser, which tx feeds
 
     def start(self, mail: bytes, rcpt_lines: list[bytes]) -> None:
         """One write for what the transaction owes replies to (as self.tx was made)."""
@@ -76,7 +77,7 @@ class Lane:
 
     def data(self, data: bytes) -> None:
         try:
-            self._step(self.tx.feed(self.conn.parser.native, data), data)
+            self._step(self.tx.feed(self.parser, data), data)
         except Exception:  # noqa: BLE001
             self._bug()
 
@@ -113,7 +114,7 @@ class Lane:
         replies that came behind its last (they may be this one's first)."""
         try:
             self.tx.adopt(prev)
-            self._step(self.tx.feed(self.conn.parser.native, b""), b"")
+            self._step(self.tx.feed(self.parser, b""), b"")
         except Exception:  # noqa: BLE001
             self._bug()
 
@@ -136,7 +137,7 @@ class Lane:
         elif step == DONE:
             if self.tx.closing:
                 conn.broken = True  # a 421: the server is going away
-            parse_error = conn.parser.native.error
+            parse_error = self.parser.error
             if parse_error is not None:  # garbage after the last reply: decided, not reusable
                 conn.broke(f"{parse_error}: {data[:80]!r}")
                 conn.broken = True
@@ -149,7 +150,7 @@ class Lane:
         elif step == UNEXPECTED:
             self._broken("the server sent a reply to no command")
         else:  # GARBAGE
-            self._broken(f"{conn.parser.native.error}: {data[:80]!r}")
+            self._broken(f"{self.parser.error}: {data[:80]!r}")
 
     def _send_data(self) -> None:
         conn = self.conn
