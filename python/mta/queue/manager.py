@@ -263,8 +263,10 @@ class QueueManager:
         rcpts = msg.recipients
         # With every recipient in it, an all-delivered attempt may be logged by the
         # delivery agent (it answers LOGGED) and the message deleted at once.
-        ctx = None if len(rcpts) != len(spooled) else (env.arrival, (spooled[rcpts[0].index].attempts + 1,)) \
-            if len(rcpts) == 1 else (env.arrival, tuple(spooled[rc.index].attempts + 1 for rc in rcpts))
+        ctx = None
+        if len(rcpts) == len(spooled):
+            ctx = (env.arrival, (spooled[rcpts[0].index].attempts + 1,) if len(rcpts) == 1
+                   else tuple(spooled[rc.index].attempts + 1 for rc in rcpts))
         return self.transports[spec.kind].submit(Route(spec, domain), msg,
                                                  lambda out: self._done(env, spooled, msg, out), ctx)
 
