@@ -33,12 +33,15 @@ class Clock:
     monotonic = staticmethod(_time.monotonic)
 
 
+SYSTEM_CLOCK = Clock()
+
+
 class QueueManager:
     # A crash between a peer's 250 and our state record can repeat that one delivery;
     # nothing else is repeated and nothing is lost.
 
     def __init__(self, store: SpoolService, router: Router, transports: Transports, dlog: DeliveryLog,
-                 dcfg, hostname: str, clock: Clock = Clock(),
+                 dcfg, hostname: str, clock: Clock = SYSTEM_CLOCK,
                  jitter: Callable[[float, float], float] = random.uniform) -> None:
         self.store = store
         self.router = router
@@ -203,7 +206,7 @@ class QueueManager:
             if prep is None:
                 self._end(qid, None)  # gone, held or nothing due
                 return
-            env, spooled, msg = prep
+            env, _spooled, msg = prep
             groups, failed, pending = self._route(env, msg.recipients)
             if pending is None and not failed and len(groups) == 1 and self._submit(prep, groups[0]):
                 return
