@@ -216,11 +216,9 @@ class Transports:
 
     def __init__(self, smtp: Smtp, maildir: Maildir, discard: Discard | None = None) -> None:
         self.smtp = smtp
-        self._by_kind: dict[str, Transport] = {"mx": smtp, "smarthost": smtp, "lmtp": smtp,
-                                               "maildir": maildir, "discard": discard or Discard()}
-
-    def __getitem__(self, kind: str) -> Transport:
-        return self._by_kind[kind]
+        # A plain dict: looked up once per attempt.
+        self.by_kind: dict[str, Transport] = {"mx": smtp, "smarthost": smtp, "lmtp": smtp,
+                                              "maildir": maildir, "discard": discard or Discard()}
 
     def start(self) -> None:
         self.smtp.start()

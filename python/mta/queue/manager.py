@@ -46,6 +46,7 @@ class QueueManager:
         self.store = store
         self.router = router
         self.transports = transports
+        self._by_kind = transports.by_kind
         self.dlog = dlog
         self.dcfg = dcfg  # the [delivery] section
         self.hostname = hostname
@@ -270,7 +271,7 @@ class QueueManager:
         if len(rcpts) == len(spooled):
             ctx = (env.arrival, (spooled[rcpts[0].index].attempts + 1,) if len(rcpts) == 1
                    else tuple(spooled[rc.index].attempts + 1 for rc in rcpts))
-        return self.transports[spec.kind].submit(Route(spec, domain), msg,
+        return self._by_kind[spec.kind].submit(Route(spec, domain), msg,
                                                  lambda out: self._done(env, spooled, msg, out), ctx)
 
     def _start_spooled(self, qid: str, recipients: list[tuple]) -> bool:
@@ -290,7 +291,7 @@ class QueueManager:
         if spec.kind == "mx":
             return False  # DNS and MTA-STS first: a coroutine
         self.active.add(qid)
-        if not self.transports[spec.kind].submit_spooled(Route(spec, ""), qid, self._spooled_done,
+        if not self._by_kind[spec.kind].submit_spooled(Route(spec, ""), qid, self._spooled_done,
                                                          self._spooled_logged):
             self.active.discard(qid)
             return False
@@ -348,12 +349,12 @@ class QueueManager:
             # The common case (one destination): no gather, no extra tasks.
             spec, domain, rs = groups[0]
             try:
-                outcomes = [await self.transports[spec.kind].deliver(Route(spec, domain), msg)]
+                outcomes = [await self._by_kind[spec.kind].deliver(Route(spec, domain), msg)]
             except Exception as e:
                 outcomes = [e]
         else:
             outcomes = await asyncio.gather(
-                *(self.transports[spec.kind].deliver(Route(spec, domain), _subset(msg, rs))
+                *(self._by_kind[spec.kind].deliver(Route(spec, domain), _subset(msg, rs))
                   for spec, domain, rs in groups),
                 return_exceptions=True,
             )
