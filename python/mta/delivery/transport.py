@@ -10,6 +10,7 @@ from typing import Callable, NamedTuple, Protocol, Sequence
 
 from mta.config.routes import TransportSpec
 from mta.delivery import OutMessage, RcptResult, Target, results_for
+from mta.delivery.agent import LOGGED, UNSENT, Deferred
 from mta.delivery.maildir import deliver_maildir_async
 from mta.delivery.mtasts import OutboundTls
 from mta.delivery.mx import MxResolver
@@ -18,7 +19,13 @@ from mta.delivery.smtp.client import SmtpDelivery, SmtpOptions
 
 log = logging.getLogger("mta.queue")
 
-Done = Callable[[object], None]  # gets list[RcptResult], or the wire's LOGGED
+__all__ = ["LOGGED", "UNSENT", "Deferred", "Discard", "InProcess", "Maildir", "Route", "Smtp", "Transport",
+           "Transports", "Wire"]
+
+# What a wire's callbacks may get besides results (defined with the agent, which sends them):
+# LOGGED (all delivered and logged by the agent), and for jobs made from the store UNSENT
+# (nothing was sent) or Deferred (failed as a whole: the caller makes the 451s).
+Done = Callable[[object], None]  # gets list[RcptResult], or LOGGED
 
 
 class Route(NamedTuple):

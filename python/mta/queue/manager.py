@@ -12,9 +12,8 @@ from typing import Callable
 
 from mta.config.routes import TransportSpec
 from mta.delivery import BOUNCED, DELIVERED, DEFERRED, FINAL, OutMessage, OutRcpt, RcptResult, results_for
-from mta.delivery.agent import LOGGED, UNSENT, Deferred
 from mta.delivery.router import Router, split
-from mta.delivery.transport import Route, Transports
+from mta.delivery.transport import LOGGED, UNSENT, Deferred, Route, Transports
 from mta.errors import SpoolError
 from mta.queue import bounce
 from mta.queue.deliverylog import DeliveryLog
