@@ -132,7 +132,9 @@ class Router:
         return, without a coroutine); None when there is a hook to ask."""
         if self.hook is not None:
             return None
-        return self._table(address)
+        # Once per domain (this runs per recipient and attempt: no further call on a hit)
+        spec = self._routes.get(address[address.rfind("@") + 1:] if "@" in address else "")
+        return spec if spec is not None else self._table(address)
 
     def _table(self, address: str) -> TransportSpec:
         # Once per domain, not per message: the tables are the configuration's, fixed

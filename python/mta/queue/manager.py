@@ -242,10 +242,10 @@ class QueueManager:
         groups: list[list] = []
         failed: dict[int, RcptResult] = {}
         pending = None
-        route_now = self.router.route_now
+        fixed, route_now = self.router.fixed, self.router.route_now
         for rc in rcpts:
             try:
-                spec = route_now(rc.address, env)
+                spec = fixed(rc.address) or route_now(rc.address, env)  # fixed: None with a hook
             except Exception as e:  # a broken route hook defers, it does not lose mail
                 failed[rc.index] = _route_failed(rc, e)
                 continue
@@ -438,13 +438,13 @@ class QueueManager:
 
 def _group(groups: list, spec: TransportSpec, rc: OutRcpt) -> None:
     """Add `rc` to its destination's group: one per spec, and per domain for MX."""
-    domain = split(rc.address)[1]
+    domain = split(rc.address)[1] if spec.kind == "mx" else ""
     for g in groups:
         s = g[0]
-        if (s is spec or s == spec) and (spec.kind != "mx" or g[1] == domain):
+        if (s is spec or s == spec) and g[1] == domain:
             g[2].append(rc)
             return
-    groups.append([spec, domain if spec.kind == "mx" else "", [rc]])
+    groups.append([spec, domain, [rc]])
 
 
 def _route_failed(rc: OutRcpt, e: Exception) -> RcptResult:
