@@ -78,9 +78,12 @@ class _InstantTransport:
     def __init__(self, loop) -> None:
         self.loop = loop
 
-    def submit(self, key, targets, opts, msg, done) -> bool:
+    def submit(self, key, targets, opts, msg, done, log=None) -> bool:
         self.loop.call_soon(done, self._results(msg))
         return True
+
+    def submit_spooled(self, *args) -> bool:
+        return False
 
     async def deliver(self, key, targets, opts, msg):
         return self._results(msg)
@@ -185,7 +188,7 @@ async def queue_path(n: int, repeats: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         srv = await _server(tmp, **{"delivery.relay_to": "127.0.0.1:2626"})
         q, sp = srv.queue, srv.spool
-        q.smtp = _InstantTransport(asyncio.get_running_loop())
+        q.transports.smtp.wire = _InstantTransport(asyncio.get_running_loop())
 
         def submit() -> None:
             qid = sp.new_queue_id()
@@ -202,7 +205,7 @@ async def queue_path(n: int, repeats: int) -> float:
                     await asyncio.sleep(0)
                     while len(q.active) > 500:
                         await asyncio.sleep(0.001)
-            while sp.spool.next_due() is not None or q.active:
+            while sp.next_due() is not None or q.active:
                 await asyncio.sleep(0.001)
 
         us = await _measure(run, n, repeats)
@@ -215,7 +218,7 @@ async def client_path(n: int, repeats: int, lane: bool = False) -> float:
     d = client_mod.SmtpDelivery()
 
     async def open_in_memory(self, target, opts, *, use_tls):
-        conn = client_mod._Connection(target, loop)
+        conn = client_mod.Connection(target, loop)
         conn.connection_made(_PeerSide(conn, loop))
         loop.call_soon(conn.data_received, b"220 peer ESMTP\r\n")
         await self._handshake(conn, opts, use_tls)

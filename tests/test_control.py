@@ -113,3 +113,72 @@ def test_client_reads_a_reply_over_a_long_path(tmp_path):
     finally:
         t.join(10)
         srv.close()
+
+
+class QueueStub:
+    """What the control server asks of the queue manager, recorded."""
+
+    def __init__(self) -> None:
+        self.active: set[str] = set()
+        self.calls: list[tuple] = []
+
+    def kick(self) -> None:
+        self.calls.append(("kick",))
+
+    def retry_now(self, qids=None) -> None:
+        self.calls.append(("retry_now", sorted(qids)))
+
+    def exclude(self, qids) -> None:
+        self.calls.append(("exclude", sorted(qids)))
+
+    def include(self, qids) -> None:
+        self.calls.append(("include", sorted(qids)))
+
+
+def test_the_operations_on_a_real_store_without_a_socket(tmp_path):
+    """ControlServer takes the store and the queue it talks to: hold, release, flush and
+    delete answered from durable records, the queue told what to leave alone and retry."""
+    import asyncio
+    import time
+
+    from mta.config import schema as config
+    from mta.queue.deliverylog import DeliveryLog
+    from mta.queue.store import SpoolService
+
+    cfg = config.load(None, {"listen": ["127.0.0.1:2525"], "spool.dir": str(tmp_path / "spool")})
+
+    async def main():
+        store = SpoolService(cfg.spool, cfg.smtp.max_header_size, 0, "mx.example.test")
+        store.attach(asyncio.get_running_loop())
+        queue = QueueStub()
+        dlog = DeliveryLog(str(tmp_path / "delivery.log"))
+        srv = control.ControlServer(store, queue, dlog, str(tmp_path / "control.sock"), 0)
+        a = await store.inject(b"Subject: a\r\n\r\na\r\n", sender="s@x.test", recipient="r@y.test")
+        b = await store.inject(b"Subject: b\r\n\r\nb\r\n", sender="s@x.test", recipient="r@y.test")
+        await store.update(b, [(0, "deferred", 1, time.time() + 3600, "451 4.3.0 later")])
+        out = [await srv.handle(Request("hold", (a, "NOSUCH")))]
+        out.append(store.get(a).held)
+        out.append(await srv.handle(Request("release", (a, b))))
+        out.append(await srv.handle(Request("flush", (b,))))
+        out.append(store.get(b).recipients[0].next_attempt <= time.time())
+        queue.active.add(a)
+        out.append(await srv.handle(Request("flush", all=True)))
+        queue.active.clear()
+        out.append(await srv.handle(Request("delete", (a,))))
+        out.append((store.get(a), [e.queue_id for e in store.list()]))
+        dlog.close()
+        store.close()
+        return a, b, out, queue.calls
+
+    a, b, out, calls = asyncio.run(main())
+    assert out[0] == {"ok": True, "results": {a: "held", "NOSUCH": "unknown"}}
+    assert out[1] is True
+    assert out[2] == {"ok": True, "results": {a: "released", b: "not held"}}
+    assert out[3] == {"ok": True, "results": {b: "flushed"}}
+    assert out[4] is True
+    assert out[5] == {"ok": True, "counts": {"active": 1, "flushed": 1}}
+    assert out[6] == {"ok": True, "results": {a: "deleted"}}
+    assert out[7] == (None, [b])
+    assert calls == [("kick",), ("retry_now", [b]), ("retry_now", [b]), ("exclude", [a]), ("include", [a])]
+    with open(tmp_path / "delivery.log") as f:
+        assert [(r["queue_id"], r["status"]) for r in map(json.loads, f)] == [(a, "deleted")]

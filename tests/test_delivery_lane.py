@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from mta import _native
 from mta.delivery import OutMessage, OutRcpt, RcptResult, Target
 from mta.delivery.smtp.lane import DONE, GARBAGE, SEND_DATA, STALE, UNEXPECTED, WAIT
-from mta.delivery.smtp.protocol import _Connection
+from mta.delivery.smtp.protocol import Connection
 from mta.delivery.smtp.client import SmtpOptions
 from test_delivery_smtp import client
 
@@ -580,7 +580,7 @@ class _FullBuffer(asyncio.Transport):
     their replies on the next loop turn, the data pauses writing, and `resume_after`
     seconds later (None: never) writing resumes and the end of data is answered."""
 
-    def __init__(self, conn: _Connection, resume_after: float | None) -> None:
+    def __init__(self, conn: Connection, resume_after: float | None) -> None:
         super().__init__()
         self.conn, self.resume_after, self.closed = conn, resume_after, False
         self.loop = asyncio.get_running_loop()
@@ -610,7 +610,7 @@ async def _through_a_full_buffer(lane: bool, resume_after: float | None) -> list
     loop = asyncio.get_running_loop()
     d = client(0.2)  # data_block_timeout 0.2 s
     target = Target("mx.test", "127.0.0.1", 25)
-    conn = _Connection(target, loop)
+    conn = Connection(target, loop)
     conn.connection_made(_FullBuffer(conn, resume_after))
     conn.ext, conn.messages = {"PIPELINING": ""}, 1  # as pooled after a first message
     d._idle["k"] = [conn]
@@ -649,7 +649,7 @@ def test_a_bug_in_the_lane_answers_the_job_with_an_error(monkeypatch):
         loop = asyncio.get_running_loop()
         d = client(0.2)
         target = Target("mx.test", "127.0.0.1", 25)
-        conn = _Connection(target, loop)
+        conn = Connection(target, loop)
         conn.connection_made(_FullBuffer(conn, None))
         conn.ext, conn.messages = {"PIPELINING": ""}, 1
         d._idle["k"] = [conn]

@@ -1,4 +1,4 @@
-"""The queue's callback lane (QueueManager._start_fast) against its general path.
+"""The queue's attempts on callbacks (QueueManager._submit) against those on a coroutine.
 
 The lane takes an attempt without a task when its transport has `submit` and every
 recipient goes to one smarthost whose address is at hand. Whatever the peer answers, the
@@ -45,7 +45,7 @@ class Peer:
                                f"answer for {r.address}", "peer.test", "127.0.0.1", tls="none")
         return out
 
-    def submit(self, key, targets, opts, msg, done) -> bool:
+    def submit(self, key, targets, opts, msg, done, log=None) -> bool:
         if not self.lane:
             return False  # as the agent before it runs
         self.calls.append("submit")
@@ -65,8 +65,17 @@ class Peer:
         await asyncio.sleep(0)
         return self._results(msg)
 
+    def submit_spooled(self, *args) -> bool:
+        return False
+
     async def close(self) -> None:
         pass
+
+
+def _use(srv: Server, peer):
+    """The stand-in as the SMTP transport's wire (where the delivery agent would be)."""
+    srv.queue.transports.smtp.wire = peer
+    return peer
 
 
 def _port() -> int:
@@ -112,7 +121,7 @@ def _submit(srv: Server, rcpts: list[str], from_session: bool = False) -> str:
 async def _settle(srv: Server, qids: list[str]) -> None:
     """Until every message is attempted once (a DSN may follow) and nothing is active."""
     deadline = time.monotonic() + 10
-    spool = srv.spool.spool
+    spool = srv.spool
     while time.monotonic() < deadline:
         await asyncio.sleep(0.01)
         envs = {q: spool.get(q) for q in qids}
@@ -124,7 +133,7 @@ async def _settle(srv: Server, qids: list[str]) -> None:
 
 
 def _outcome(srv: Server, tmp, qids: list[str]) -> dict:
-    spool = srv.spool.spool
+    spool = srv.spool
     kept = {}
     for q in qids:
         env = spool.get(q)
@@ -151,8 +160,8 @@ async def _run_scenario(tmp, messages, lane: bool, spooled: bool = False):
     srv = await _server(tmp)
     try:
         loop = asyncio.get_running_loop()
-        peer = srv.queue.smtp = SpooledPeer(loop, srv.spool.spool, ANSWERS) if spooled \
-            else Peer(loop, ANSWERS, lane=lane)
+        peer = _use(srv, SpooledPeer(loop, srv.spool, ANSWERS) if spooled
+                    else Peer(loop, ANSWERS, lane=lane))
         qids = [_submit(srv, rcpts, from_session=spooled) for rcpts in messages]
         await _settle(srv, qids)
         return _outcome(srv, tmp, qids), peer.calls
@@ -189,12 +198,12 @@ def test_the_lane_is_taken_only_when_nothing_needs_a_lookup(tmp_path, relay_to, 
         srv = await _server(str(tmp_path), **{"delivery.relay_to": relay_to, "delivery.mta_sts": False,
                                               "dns.nameservers": dns.nameservers, "dns.port": dns.port})
         try:
-            peer = srv.queue.smtp = Peer(asyncio.get_running_loop(), {})
+            peer = _use(srv, Peer(asyncio.get_running_loop(), {}))
             kept = []
             for _ in calls:  # one after the other: the second comes once the first is done
                 qid = _submit(srv, ["a@example.test"])
                 await _settle(srv, [qid])
-                kept.append(srv.spool.spool.get(qid))
+                kept.append(srv.spool.get(qid))
             return peer.calls, kept
         finally:
             await srv.stop()
@@ -216,7 +225,7 @@ def test_a_message_started_twice_is_attempted_once(tmp_path):
     async def main():
         srv = await _server(str(tmp_path))
         try:
-            peer = srv.queue.smtp = Peer(asyncio.get_running_loop(), {})
+            peer = _use(srv, Peer(asyncio.get_running_loop(), {}))
             peer.hold = True
             qid = _submit(srv, ["a@example.test"])
             while not peer.held:
@@ -226,7 +235,7 @@ def test_a_message_started_twice_is_attempted_once(tmp_path):
             calls = list(peer.calls)
             peer.release()
             await _settle(srv, [qid])
-            return calls, peer.calls, srv.spool.spool.get(qid)
+            return calls, peer.calls, srv.spool.get(qid)
         finally:
             await srv.stop()
     during, after, env = uvloop.run(main())
@@ -237,7 +246,7 @@ def test_a_message_started_twice_is_attempted_once(tmp_path):
 async def _held_attempt(tmp) -> tuple[Server, Peer, str]:
     """A server with one attempt on the lane whose result the peer keeps back."""
     srv = await _server(str(tmp))
-    peer = srv.queue.smtp = Peer(asyncio.get_running_loop(), {})
+    peer = _use(srv, Peer(asyncio.get_running_loop(), {}))
     peer.hold = True
     qid = _submit(srv, ["a@example.test"])
     while not peer.held:
@@ -252,7 +261,7 @@ def test_stop_waits_for_attempts_on_the_lane(tmp_path):
         t = time.monotonic()
         await srv.queue.stop(grace=5)
         waited = time.monotonic() - t
-        gone = srv.spool.spool.get(qid) is None
+        gone = srv.spool.get(qid) is None
         await srv.stop()
         return waited, gone
     waited, gone = uvloop.run(main())
@@ -265,7 +274,7 @@ def test_stop_gives_up_after_the_grace_and_records_nothing_later(tmp_path):
         srv, peer, qid = await _held_attempt(tmp_path)
         await srv.queue.stop(grace=0.1)
         peer.release()  # comes after the grace: as a cancelled attempt, not recorded
-        env = srv.spool.spool.get(qid)
+        env = srv.spool.get(qid)
         await srv.stop()
         return env
     env = uvloop.run(main())
@@ -338,19 +347,19 @@ def test_spooled_jobs_logged_by_the_agent_are_deleted_as_one_group(tmp_path):
     async def main():
         srv = await _server(str(tmp_path))
         try:
-            peer = srv.queue.smtp = SpooledPeer(asyncio.get_running_loop(), srv.spool.spool, {}, logs=True)
+            peer = _use(srv, SpooledPeer(asyncio.get_running_loop(), srv.spool, {}, logs=True))
             qids = [_submit(srv, [f"r{i}@example.test"], from_session=True) for i in range(6)]
             deadline = time.monotonic() + 10
             while len(peer.frame) < 6 and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
             assert sorted(peer.frame) == sorted(qids) and srv.queue.active == set(qids)
             await srv.spool.delete(qids[2])  # before its group's DELETE: unknown by then
-            before = srv.spool.spool.stats()["syncs"]
+            before = srv.spool.stats()["syncs"]
             peer.answer_frame()
             while srv.queue.active and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
-            return ([srv.spool.spool.get(q) for q in qids], set(srv.queue.active),
-                    srv.spool.spool.stats()["syncs"] - before, dict(srv.queue._backoff))
+            return ([srv.spool.get(q) for q in qids], set(srv.queue.active),
+                    srv.spool.stats()["syncs"] - before, dict(srv.queue._backoff))
         finally:
             await srv.stop()
     left, active, syncs, backoff = uvloop.run(main())
@@ -363,17 +372,17 @@ def test_a_spooled_job_of_a_dead_agent_is_deferred_and_one_not_fresh_goes_the_ge
     async def main():
         srv = await _server(str(tmp_path))
         try:
-            srv.queue.smtp = SpooledPeer(asyncio.get_running_loop(), srv.spool.spool, {}, died=True)
+            _use(srv, SpooledPeer(asyncio.get_running_loop(), srv.spool, {}, died=True))
             qid = _submit(srv, ["a@example.test", "b@example.test"], from_session=True)
             await _settle(srv, [qid])
-            deferred = [(r.state, r.attempts, r.last_reply) for r in srv.spool.spool.get(qid).recipients]
+            deferred = [(r.state, r.attempts, r.last_reply) for r in srv.spool.get(qid).recipients]
             # Attempted once: no longer fresh, so the encoder leaves it out and the queue
             # takes its general path (the stand-in's lane answers 250 there), due now.
             await srv.spool.update(qid, [(i, "deferred", 1, time.time() - 1, "451 4.3.0 x") for i in (0, 1)])
-            peer = srv.queue.smtp = SpooledPeer(asyncio.get_running_loop(), srv.spool.spool, {})
+            peer = _use(srv, SpooledPeer(asyncio.get_running_loop(), srv.spool, {}))
             srv.queue._start_spooled(qid, [("a@example.test", None, None), ("b@example.test", None, None)])
             await _settle(srv, [qid])
-            return deferred, peer.calls, srv.spool.spool.get(qid)
+            return deferred, peer.calls, srv.spool.get(qid)
         finally:
             await srv.stop()
     deferred, calls, env = uvloop.run(main())
@@ -384,7 +393,7 @@ def test_a_spooled_job_of_a_dead_agent_is_deferred_and_one_not_fresh_goes_the_ge
 def test_a_spooled_job_answered_unsent_while_stopping_ends_the_wait_and_stays_queued(tmp_path):
     async def main():
         srv = await _server(str(tmp_path))
-        peer = srv.queue.smtp = SpooledPeer(asyncio.get_running_loop(), srv.spool.spool, {})
+        peer = _use(srv, SpooledPeer(asyncio.get_running_loop(), srv.spool, {}))
         peer.peer.hold = True
         qid = _submit(srv, ["a@example.test"], from_session=True)
         while not peer.peer.held:
@@ -402,7 +411,7 @@ def test_a_spooled_job_answered_unsent_while_stopping_ends_the_wait_and_stays_qu
     async def again():
         srv = await _server(str(tmp_path))
         try:
-            env = srv.spool.spool.get(qid)
+            env = srv.spool.get(qid)
             return [(r.state, r.attempts) for r in env.recipients]
         finally:
             await srv.stop()
@@ -423,10 +432,10 @@ def test_a_transport_that_raises_defers_its_recipients_with_451(tmp_path, caplog
     async def main():
         srv = await _server(str(tmp_path))
         try:
-            srv.queue.smtp = RaisingPeer(asyncio.get_running_loop(), {}, lane=False)
+            _use(srv, RaisingPeer(asyncio.get_running_loop(), {}, lane=False))
             qid = _submit(srv, ["a@example.test", "b@example.test"])
             await _settle(srv, [qid])
-            return qid, [(r.state, r.attempts, r.last_reply) for r in srv.spool.spool.get(qid).recipients]
+            return qid, [(r.state, r.attempts, r.last_reply) for r in srv.spool.get(qid).recipients]
         finally:
             await srv.stop()
     with caplog.at_level("ERROR"):

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from mta.config import schema as config
-from mta.config.routes import parse_transport
+from mta.config.routes import TransportSpec, parse_transport
 from mta.delivery.router import Router
 
 
@@ -132,3 +132,37 @@ def test_fixed_is_lookup_of_the_domain_for_every_spelling_and_stays_bounded(tmp_
     assert len(r._routes) <= 10001
     assert r.fixed("a@example.net").text() == "smarthost 192.0.2.1:2525"
     assert router(tmp_path, BASE, hook=lambda a, c: None).fixed("a@example.net") is None
+
+
+def test_route_now_decides_without_a_coroutine_when_it_can(tmp_path):
+    """Per message: no hook, or a hook that answers at once (None included: the tables
+    decide), gives the spec itself; a hook that is a coroutine gives an awaitable; what a
+    hook raises is raised to the caller (the queue defers that recipient)."""
+    plain = router(tmp_path, BASE)
+    assert plain.route_now("x@example.net") is plain.fixed("x@example.net")
+    none = router(tmp_path, BASE, lambda a, c: None)
+    assert none.route_now("x@example.net") == plain.fixed("x@example.net")
+    assert none.route_now("x@elsewhere.test") == plain.lookup("elsewhere.test")
+    seen = []
+    at_once = router(tmp_path, BASE, lambda a, c: seen.append((a, c)) or "discard")
+    assert at_once.route_now("x@example.net", "ctx").kind == "discard" and seen == [("x@example.net", "ctx")]
+    spec = parse_transport("lmtp unix:/run/lmtp")
+    assert router(tmp_path, BASE, lambda a, c: spec).route_now("x@y.test") is spec
+
+    async def later(a, c):
+        return None if a.startswith("keep") else "smarthost 192.0.2.9:25"
+    hooked = router(tmp_path, BASE, later)
+    keep, other = hooked.route_now("keep@example.net"), hooked.route_now("o@example.net")
+    assert not isinstance(keep, TransportSpec) and not isinstance(other, TransportSpec)
+
+    async def both():
+        return await keep, await other
+    got = asyncio.run(both())
+    assert got == (plain.fixed("keep@example.net"), parse_transport("smarthost 192.0.2.9:25"))
+
+    def broken(a, c):
+        raise RuntimeError("hook bug")
+    with pytest.raises(RuntimeError):
+        router(tmp_path, BASE, broken).route_now("x@y.test")
+    with pytest.raises(ValueError):
+        router(tmp_path, BASE, lambda a, c: 42).route_now("x@y.test")

@@ -1,8 +1,6 @@
-"""The control channel: a unix socket per spool shard (<spool>/<shard>/control.sock,
-0600) through which `mta queue hold|release|delete|flush` reach the running server.
-One JSON request line in, one JSON reply line out, both bounded; a reply names only
-changes already durable (their SpoolService futures completed after fdatasync).
-"""
+"""The control channel: a unix socket per spool shard (0600) through which `mta queue
+hold|release|delete|flush` reach the running server, one bounded JSON line each way;
+a reply names only changes already durable (their store futures completed)."""
 
 from __future__ import annotations
 
@@ -17,7 +15,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from mta.app.server import Server
+    from mta.queue.deliverylog import DeliveryLog
+    from mta.queue.manager import QueueManager
+    from mta.queue.store import SpoolService
 
 log = logging.getLogger("mta.control")
 
@@ -119,9 +119,16 @@ class _SunPath:
 # ---------------------------------------------------------------------------
 
 class ControlServer:
-    def __init__(self, server: Server):
-        self.server = server
-        self.path = socket_path(server.cfg.spool.dir, server.shard)
+    """Serves one shard's socket at `path`: changes go to `store`, and `queue` is told
+    (which ids are in flight, which to leave alone, what to retry now)."""
+
+    def __init__(self, store: SpoolService, queue: QueueManager, dlog: DeliveryLog | None, path: str,
+                 shard: int):
+        self.store = store
+        self.queue = queue
+        self.dlog = dlog
+        self.shard = shard
+        self.path = path
         self._srv: asyncio.AbstractServer | None = None
         self._clients: set[asyncio.Task] = set()
 
@@ -171,7 +178,7 @@ class ControlServer:
             else:
                 reply = await self._answer(reader)
             if reply is not None:
-                reply.setdefault("shard", self.server.shard)
+                reply.setdefault("shard", self.shard)
                 writer.write(encode(reply))
                 await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
         except (ConnectionError, asyncio.TimeoutError):
@@ -203,23 +210,18 @@ class ControlServer:
     # --- the operations ---------------------------------------------------------
 
     @property
-    def _native(self):
-        return self.server.spool.spool
-
-    @property
     def _active(self) -> set[str]:
-        q = self.server.queue
-        return q.active if q is not None else set()
+        return self.queue.active
 
     async def handle(self, req: Request) -> dict:
         if req.op == "ping":
             return {"ok": True, "pid": os.getpid()}
         if req.all:
-            envs = self._native.list()
+            envs = self.store.list()
             ids = [e.queue_id for e in envs]
         else:
             ids = list(req.ids)
-            envs = [self._native.get(q) for q in ids]
+            envs = [self.store.get(q) for q in ids]
         found = {e.queue_id: e for e in envs if e is not None}
         results = {q: "unknown" for q in ids if q not in found}
         op = getattr(self, f"_op_{req.op}")
@@ -243,7 +245,7 @@ class ControlServer:
             if isinstance(res, BaseException):
                 out[q] = f"error: {res}"[:200]
         for q, s in out.items():
-            if s == ok and self._native.get(q) is None:
+            if s == ok and self.store.get(q) is None:
                 out[q] = "gone"
         return out
 
@@ -252,12 +254,12 @@ class ControlServer:
         now = time.time()
         changes = [(i, "deferred", r.attempts, now, r.last_reply) for i, r in enumerate(env.recipients)
                    if r.state == "deferred" and (r.next_attempt or 0) > now]
-        return self.server.spool.update(env.queue_id, changes) if changes else None
+        return self.store.update(env.queue_id, changes) if changes else None
 
     async def _op_hold(self, found: dict) -> dict[str, str]:
         # A message in flight: the record is written now; that attempt finishes,
         # and the queue manager does not start another while it is held.
-        futs = {q: [self.server.spool.hold(q, True)] if not e.held else [] for q, e in found.items()}
+        futs = {q: [self.store.hold(q, True)] if not e.held else [] for q, e in found.items()}
         out = await self._settle(futs, "held")
         for q, s in out.items():
             if s == "held":
@@ -271,7 +273,7 @@ class ControlServer:
             if not e.held:
                 out[q] = "not held"
                 continue
-            futs[q] = [self.server.spool.hold(q, False)]
+            futs[q] = [self.store.hold(q, False)]
             due = None if q in self._active else self._due_now(e)
             if due is not None:
                 futs[q].append(due)
@@ -297,8 +299,7 @@ class ControlServer:
                 due = self._due_now(e)
                 futs[q] = [due] if due is not None else []
         out.update(await self._settle(futs, "flushed"))
-        if self.server.queue is not None:
-            self.server.queue.retry_now([q for q, s in out.items() if s == "flushed"])
+        self.queue.retry_now([q for q, s in out.items() if s == "flushed"])
         return out
 
     async def _op_delete(self, found: dict) -> dict[str, str]:
@@ -310,7 +311,7 @@ class ControlServer:
         if busy:
             # An attempt is in flight: hold the message so no other starts, wait
             # (bounded) for the attempt to end, then delete what is left of it.
-            held = await self._settle({q: [self.server.spool.hold(q, True)] if not e.held else []
+            held = await self._settle({q: [self.store.hold(q, True)] if not e.held else []
                                        for q, e in busy.items()}, "held")
             loop = asyncio.get_running_loop()
             deadline = loop.time() + DELETE_WAIT
@@ -320,30 +321,26 @@ class ControlServer:
                 await asyncio.sleep(0.05)
             still = waiting & self._active
             out.update({q: "busy" for q in still})
-            rest = {q: self._native.get(q) for q in waiting - still}
+            rest = {q: self.store.get(q) for q in waiting - still}
             out.update({q: "gone" for q, e in rest.items() if e is None})
             out.update(await self._delete({q: e for q, e in rest.items() if e is not None}))
         return out
 
     async def _delete(self, found: dict) -> dict[str, str]:
-        queue = self.server.queue
-        if queue is not None:
-            queue.exclude(found)  # no attempt may start while the DELETE is being synced
+        self.queue.exclude(found)  # no attempt may start while the DELETE is being synced
         try:
-            out = await self._settle({q: [self.server.spool.delete(q)] for q in found}, "deleted")
+            out = await self._settle({q: [self.store.delete(q)] for q in found}, "deleted")
         finally:
-            if queue is not None:
-                queue.include(found)
+            self.queue.include(found)
         for q, s in list(out.items()):
             if s == "gone":  # our DELETE made it gone: that is the success case here
                 out[q] = "deleted"
             if out[q] == "deleted":
-                _log_delete(found[q], q in self._active, queue.dlog if queue is not None else None)
+                _log_delete(found[q], q in self._active, self.dlog)
         return out
 
     def _kick(self) -> None:
-        if self.server.queue is not None:
-            self.server.queue.kick()
+        self.queue.kick()
 
 
 def _log_delete(env, raced: bool, dlog=None) -> None:

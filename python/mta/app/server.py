@@ -19,11 +19,16 @@ from mta.auth.users import UserDB
 from mta import log as fastlog
 from mta.app import privileges
 from mta.config.schema import Config
-from mta.app.control import ControlServer
+from mta.app.control import ControlServer, socket_path
 from mta.smtp.rdns import ReverseResolver
 from mta.smtp.limits import Limits
 from mta.policy.relay import Networks, RelayPolicy
 from mta.smtp.proxy import ProxyGate
+from mta.delivery.agent import AgentDelivery
+from mta.delivery.mtasts import MtaStsCache, OutboundTls
+from mta.delivery.mx import MxResolver
+from mta.delivery.transport import InProcess, Maildir, Smtp, Transports
+from mta.queue.deliverylog import DeliveryLog
 from mta.queue.manager import QueueManager
 from mta.delivery.router import Router, load_hook
 from mta.smtp.seams import SessionSettings
@@ -81,7 +86,7 @@ class Server:
         for line in self.spool.recovery_report:
             log.info("spool recovery: %s", line)
         self.spool.attach(loop)
-        self.queue = QueueManager(self)
+        self.queue = self._queue_manager()
         for lst in self.cfg.listeners:
             family = socket.AF_INET6 if ":" in lst.host else socket.AF_INET
             tls = {}
@@ -99,7 +104,8 @@ class Server:
         self.queue.start()
         # The admin's way in (mta queue hold|release|delete|flush): made after
         # the privilege drop, so the socket belongs to the user that serves.
-        self.control = ControlServer(self)
+        self.control = ControlServer(self.spool, self.queue, self.queue.dlog,
+                                     socket_path(self.cfg.spool.dir, self.shard), self.shard)
         await self.control.start()
         self._sweep()
         for srv in self._servers:
@@ -112,7 +118,7 @@ class Server:
         """A new Session per connection on `listener`, handed its collaborators (made
         once, here); after start() has made the spool and the queue."""
         settings, loop, store, sessions = self.session_settings, self.loop, self.spool, self.sessions
-        on_durable = self.queue.new_message  # the 250 went out; the queue takes the message
+        on_durable = self.queue.on_durable  # the 250 went out; the queue takes the message
         policy, expand, limits, proxy_gate, tls = self.policy, self.router.expand, self.limits, self.proxy, self.tls
         rdns = self.rdns if self.cfg.smtp.reverse_dns else None
         users, auth_guard, sender_login = self.users, self.auth_guard, self.sender_login
@@ -123,6 +129,28 @@ class Server:
                            rdns, proxy_gate, tls, users, auth_guard, sender_login)
 
         return new_session
+    def _queue_manager(self) -> QueueManager:
+        cfg, d = self.cfg, self.cfg.delivery
+        dlog = DeliveryLog(d.log_file or None)
+        resolver = MxResolver(list(cfg.dns.nameservers) or None, port=cfg.dns.port, timeout=cfg.dns.timeout)
+        sts = MtaStsCache(resolver, port=d.mta_sts_port, ca_file=d.mta_sts_ca_file,
+                          timeout=d.mta_sts_timeout) if d.mta_sts else None
+        smtp = Smtp(self._wire(dlog), resolver, OutboundTls(sts, d.tls_report_interval), d, cfg.hostname)
+        return QueueManager(self.spool, self.router, Transports(smtp, Maildir(cfg.hostname)), dlog, d,
+                            cfg.hostname, bounce_max=cfg.bounce.max_returned_size)
+
+    def _wire(self, dlog: DeliveryLog):
+        """Where SMTP/LMTP transactions run: the delivery agent process, or this one."""
+        cfg = self.cfg
+        if not cfg.delivery.agent:
+            return InProcess()
+        why = privileges.helper_blocked(cfg.privileges, "mta.delivery.agent", AgentDelivery.environment())
+        if why:
+            # Made before the privilege drop; the agent is started after it, as that user.
+            log.error("the delivery agent could not start as user %s (%s): delivering in the "
+                      "worker instead, as with delivery.agent = false", cfg.privileges.user, why)
+            return InProcess()
+        return AgentDelivery(cpus=self.affinity.helpers, log_fd=dlog.fd, encode=self.spool.encode_jobs)
 
     def _sweep(self) -> None:
         """Close the sessions idle for smtp.idle_timeout; a session is closed at most
@@ -179,7 +207,7 @@ class Server:
             self._sweep_timer.cancel()
         self.spool.close()
         fastlog.flush()
-        st = self.spool.spool.stats()
+        st = self.spool.stats()
         log.info(
             "spool stats: messages=%d batches=%d syncs=%d bytes=%d failed_batches=%d",
             st.get("messages", 0), st.get("batches", 0), st.get("syncs", 0),

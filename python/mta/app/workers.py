@@ -1,14 +1,9 @@
-"""Process model: `workers` copies of the server share the listening ports
-(SO_REUSEPORT), each owning spool shard N. The main process only supervises:
-it forwards SIGTERM/SIGINT and SIGHUP (the TLS reload), restarts a worker
-that dies unexpectedly (the new one recovers the shard), and its death takes
-the workers with it (PR_SET_PDEATHSIG), so a SIGKILL leaves no orphan
-holding a port or a shard.
-"""
+"""Process model: `workers` copies of the server share the listening ports, each owning
+spool shard N; the main process only supervises (forwards signals, restarts a dead worker).
+Its death takes the workers with it (mta.procs), so a SIGKILL leaves no orphan."""
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
@@ -18,10 +13,10 @@ import traceback
 
 from mta import log as fastlog
 from mta.config.schema import Config
+from mta.procs import die_with_parent
 
 log = logging.getLogger("mta")
 
-_PR_SET_PDEATHSIG = 1
 _RESTART_DELAY = 1.0
 _EARLY_EXIT = 3.0  # a worker that fails this soon after start is a configuration problem
 
@@ -32,16 +27,6 @@ def _serve(cfg: Config, shard: int, reuse_port: bool) -> None:
     from mta.app.server import Server
 
     uvloop.run(Server(cfg, shard=shard, reuse_port=reuse_port).run())
-
-
-def _die_with_parent(parent: int) -> None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: the parent's SIGTERM still reaches us
-        pass
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
 
 
 def run(cfg: Config) -> int:
@@ -76,7 +61,7 @@ class _Supervisor:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the worker's loop handles it
-                _die_with_parent(parent)
+                die_with_parent(parent)
                 fastlog.setup(self.cfg.log.level)
                 _serve(self.cfg, shard, reuse_port=True)
             except BaseException as e:  # noqa: BLE001 - the child must never return into the parent's code

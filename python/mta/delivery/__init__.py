@@ -1,16 +1,25 @@
-"""Outbound delivery: the shared vocabulary of every transport.
-
-A transport takes one `OutMessage` (envelope + stored bytes) and returns one
-`RcptResult` per recipient; the queue manager turns results into spool state
-records, retries and bounces. Reply codes decide: 2xx delivered, 4xx
-deferred, 5xx bounced. Failures that are not SMTP replies (connection
-refused, timeout, DNS) are expressed as synthetic replies with enhanced
-codes (RFC 3463), so one rule covers them all.
-"""
+"""Outbound delivery's vocabulary: a transport takes an `OutMessage` and gives one
+`RcptResult` per recipient, whose `Outcome` (delivered/deferred/bounced) follows from
+the reply code by one rule (`status_of`); failures that are no reply get synthetic ones."""
 
 from __future__ import annotations
 
 from typing import NamedTuple
+
+DELIVERED, DEFERRED, BOUNCED = "delivered", "deferred", "bounced"
+FINAL = (DELIVERED, BOUNCED)  # no further attempt follows
+
+
+def status_of(code: int) -> str:
+    """The one rule: 2xx delivered, 4xx deferred, anything else bounced. Failures that
+    are not SMTP replies (connection refused, timeout, DNS) come as synthetic 4xx
+    replies with RFC 3463 codes, so this covers them too."""
+    if 200 <= code < 300:
+        return DELIVERED
+    if 400 <= code < 500:
+        return DEFERRED
+    return BOUNCED
+
 
 # Value types are NamedTuples: immutable like frozen dataclasses, and several are
 # made per message on both sides of the agent's socket, where a frozen dataclass
@@ -53,17 +62,41 @@ class RcptResult(NamedTuple):
 
     @property
     def status(self) -> str:
-        """"delivered" | "deferred" | "bounced", from the reply class."""
-        if 200 <= self.code < 300:
-            return "delivered"
-        if 400 <= self.code < 500:
-            return "deferred"
-        return "bounced"
+        """DELIVERED | DEFERRED | BOUNCED (`status_of` the code)."""
+        return status_of(self.code)
+
+    @property
+    def outcome(self) -> Outcome:
+        return Outcome(status_of(self.code), self.code, self.enhanced, self.text)
 
     def reply(self) -> str:
         """The reply as one line, the way logs and DSNs quote it."""
-        enh = f" {self.enhanced}" if self.enhanced else ""
-        return f"{self.code}{enh} {self.text}"
+        return _reply_line(self.code, self.enhanced, self.text)
+
+
+class Outcome(NamedTuple):
+    """What became of one recipient in one attempt: the status and the reply that decided it."""
+
+    status: str  # DELIVERED | DEFERRED | BOUNCED
+    code: int
+    enhanced: str | None
+    text: str
+
+    @classmethod
+    def of(cls, code: int, enhanced: str | None, text: str) -> Outcome:
+        return cls(status_of(code), code, enhanced, text)
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL
+
+    def reply(self) -> str:
+        return _reply_line(self.code, self.enhanced, self.text)
+
+
+def _reply_line(code: int, enhanced: str | None, text: str) -> str:
+    enh = f" {enhanced}" if enhanced else ""
+    return f"{code}{enh} {text}"
 
 
 class Target(NamedTuple):

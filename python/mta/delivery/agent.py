@@ -539,7 +539,7 @@ async def _serve(fd: int, log_fd: int | None = None) -> None:
 def main(argv: list[str]) -> int:
     fd, parent, level = int(argv[0]), int(argv[1]), argv[2]
     from mta.app import affinity
-    from mta.app.workers import _die_with_parent
+    from mta.procs import die_with_parent as _die_with_parent
 
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when the agent stops

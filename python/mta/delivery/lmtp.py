@@ -1,11 +1,6 @@
-"""LMTP client (RFC 2033): the SMTP client's code with LHLO and one reply per
-accepted recipient after the data (a mix of delivered, deferred and bounced is normal).
-
-Targets are TCP (`Target(host, ip, port)`) or a unix socket: `Target(path, "unix", 0)`,
-the socket's path in `host`, "unix" in `ip` (so results carry remote_host=path,
-remote_ip="unix"). LMTP has no HELO fallback; TLS is never attempted over a unix
-socket; pooling, limits and timeouts are those of `SmtpDelivery`.
-"""
+"""LMTP client (RFC 2033): the SMTP client with LHLO and one reply per accepted recipient
+after the data. Targets are TCP or a unix socket (`unix_target`: the path as host, "unix"
+as ip); no HELO fallback, no TLS over a unix socket."""
 
 from __future__ import annotations
 

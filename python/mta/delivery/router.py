@@ -1,12 +1,6 @@
-"""Recipient → transport, and the local address book.
-
-One place decides where a recipient goes: a configured `route_hook` first
-(first non-None wins), then the transport map (exact domain, parent domains,
-"*"), then local delivery for local domains, then `relay_to`, then MX.
-Aliases and virtual maps are expanded at RCPT time, so the spool holds the
-final recipients (each remembers the original in ORCPT) and every one of
-them gets its own delivery state.
-"""
+"""Where a recipient goes: the address book at RCPT time (aliases, virtual, local users)
+and the route at delivery time (a `route_hook` first, then the transport map, local
+domains, `relay_to`, MX); the spool holds final recipients, each with its own state."""
 
 from __future__ import annotations
 
@@ -138,6 +132,11 @@ class Router:
         return, without a coroutine); None when there is a hook to ask."""
         if self.hook is not None:
             return None
+        # Once per domain (this runs per recipient and attempt: no further call on a hit)
+        spec = self._routes.get(address[address.rfind("@") + 1:] if "@" in address else "")
+        return spec if spec is not None else self._table(address)
+
+    def _table(self, address: str) -> TransportSpec:
         # Once per domain, not per message: the tables are the configuration's, fixed
         # for the router's life (a reload makes a new router).
         domain = address[address.rfind("@") + 1:] if "@" in address else ""
@@ -149,13 +148,27 @@ class Router:
         return spec
 
     async def route(self, address: str, ctx: Any = None) -> TransportSpec:
-        if self.hook is not None:
-            result = self.hook(address, ctx)
-            if inspect.isawaitable(result):
-                result = await result
-            if result is not None:
-                return result if isinstance(result, TransportSpec) else _as_spec(result)
-        return self.lookup(split(address)[1])
+        spec = self.route_now(address, ctx)
+        return spec if isinstance(spec, TransportSpec) else await spec
+
+    def route_now(self, address: str, ctx: Any = None) -> TransportSpec | Awaitable[TransportSpec]:
+        """The route, decided per message: without a coroutine when none is needed (no
+        hook, or one that answered at once, None included); else an awaitable of it.
+        Raises what the hook raises."""
+        if self.hook is None:
+            return self._table(address)
+        result = self.hook(address, ctx)
+        if inspect.isawaitable(result):
+            return self._hooked_later(address, result)
+        return self._hooked(address, result)
+
+    async def _hooked_later(self, address: str, pending: Awaitable) -> TransportSpec:
+        return self._hooked(address, await pending)
+
+    def _hooked(self, address: str, result: Any) -> TransportSpec:
+        if result is None:  # the hook leaves it to the tables
+            return self._table(address)
+        return result if isinstance(result, TransportSpec) else _as_spec(result)
 
 
 def _as_spec(value: Any) -> TransportSpec:

@@ -1,11 +1,6 @@
-"""The delivery log: one JSON line per recipient outcome, for operators and
-tools (what became of a recipient, where, when, after how long).
-
-Invariants: a record is one write() of one whole line to a file opened with
-O_APPEND, so lines from several workers sharing the file never interleave;
-nothing here raises into the caller — a failure goes to `logging` (with the
-line, so the record survives on stderr) and delivery carries on.
-"""
+"""The delivery log: one JSON line per recipient outcome. A record is one write() of a
+whole line to an O_APPEND file (lines from several workers never interleave); nothing here
+raises into the caller (a failure goes to `logging`, with the line)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
-"""The server's handle on its spool shard: submission with completion
-callbacks, one event-loop wake-up per group-commit batch, and the
-free-space guard. Python never opens spool files; the Rust spool does.
-"""
+"""The server's handle on its spool shard (the only user of `_native.Spool`): records with
+completion callbacks or futures, one event-loop wake-up per group-commit batch, reads, and
+the free-space guard. Python never opens spool files; the Rust spool does."""
 
 from __future__ import annotations
 
@@ -50,6 +49,14 @@ class SpoolService:
         self.new_queue_id = self.spool.new_queue_id
         self.new_message = self.spool.new_message
         self.prepend = self.spool.prepend
+        # Reads, straight to the native spool as well (the queue asks them per message).
+        self.get = self.spool.get  # queue id -> its envelope, or None
+        self.message_bytes = self.spool.message_bytes  # queue id -> the stored message, or None
+        self.due = self.spool.due  # (now, limit) -> queue ids with a recipient due
+        self.next_due = self.spool.next_due  # -> the earliest time one is due, or None
+        self.list = self.spool.list  # -> every envelope
+        # The delivery agent's job encoder (fresh messages' jobs made in Rust from the entry).
+        self.encode_jobs = self.spool.encode_jobs
         self._fault_file = os.environ.get("MTA_TEST_FAULT_FILE")
         self._fault_seen: str | None = None
 
@@ -71,6 +78,13 @@ class SpoolService:
                     done(error)
                 except Exception:  # a session's bug must not stop the pump
                     log.exception("completion callback failed")
+
+    def keep_fresh(self, on: bool) -> None:
+        """Keep new messages' bytes in memory for `encode_jobs` (the agent's fresh jobs)."""
+        self.spool.keep_fresh(on)
+
+    def stats(self) -> dict:
+        return self.spool.stats()
 
     @property
     def pending(self) -> int:

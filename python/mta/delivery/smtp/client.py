@@ -1,39 +1,6 @@
 """Outbound SMTP (and LMTP) client: pooled, pipelined, one `RcptResult` per recipient.
-
-I/O model: an asyncio Protocol per connection (`_Connection`), not streams. Replies
-are parsed incrementally in `data_received` into a queue that the transaction code
-awaits one reply at a time, so a pipelined batch (RSET, MAIL, every RCPT, DATA) is
-one `transport.write` and its replies are consumed in order without extra buffering
-layers; STARTTLS is `loop.start_tls` on the same protocol. Replies are parsed by the
-Rust parser (`rust/src/smtp/reply.rs`: lines end at LF, a CR before it dropped; the
-code must be the same on every line).
-
-Invariants: nothing with a bare CR or LF goes out (bare ones become CRLF); DATA is
-dot-stuffed, BDAT is not; a message the peer refuses by SIZE (552 5.3.4) or that
-needs SMTPUTF8 the peer lacks (550 5.6.7) is never sent; failures that are not SMTP
-replies become synthetic 4xx replies (RFC 3463 codes), so nothing is ever bounced
-for a network problem. Choices, documented:
-- BODY=8BITMIME goes out only when the peer offers 8BITMIME; an 8-bit message to a
-  peer without it is sent as is (no 7-bit conversion), as Postfix does by default.
-- DSN parameters (NOTIFY, ORCPT, RET, ENVID) are passed only when the peer offers DSN;
-  the "relayed" notice owed when it does not is the bounce module's business.
-- TLS: "none" never starts TLS; "opportunistic" uses STARTTLS when offered without
-  verifying the certificate, and if the handshake fails it reconnects to the same
-  target once in clear; "required" verifies the chain (system store, or `ca_file`)
-  and the name `Target.host`, and a target without working TLS is skipped (451 4.7.5
-  when it was the last). Unix-socket targets (LMTP) never use TLS. Every result
-  says what the session had (`RcptResult.tls`: "none" | "opportunistic" | "verified",
-  or "failed" with a TLS-RPT result type in `tls_failure`); MTA-STS (mta.mtasts)
-  builds on tls="required".
-- AUTH (PLAIN, else LOGIN) credentials are sent only over TLS, except when the route
-  says tls="none" (an explicit choice of clear text, e.g. a loopback smarthost); a
-  peer that offers no AUTH gets the mail unauthenticated (Postfix's behaviour); an
-  AUTH failure skips the target (a deferral, never a bounce: 535 becomes 4.7.8).
-- A pooled connection is RSET before its next transaction (pipelined with it); if
-  it turns out dead or refuses the RSET, the delivery retries on a new connection.
-- `submit` runs the common transaction (a pooled PIPELINING connection, a message of
-  one write block) on callbacks instead (mta.delivery.lane), deciding the same.
-"""
+Nothing with a bare CR or LF goes out; a network failure is a synthetic 4xx, never a bounce;
+a message the peer refuses by SIZE or lacks SMTPUTF8 for is never sent."""
 
 from __future__ import annotations
 
@@ -48,7 +15,7 @@ from typing import Callable, Sequence
 from mta import _native
 from mta.delivery import OutMessage, RcptResult, Target, results_for
 from mta.delivery.smtp.protocol import (
-    Reply, ReplyError, ReplyParser, _ConnError, _Connection, _Stale, data_parts,
+    Reply, ReplyError, ReplyParser, ConnError, Connection, Stale, data_parts,
     wire_body,
 )
 from mta.delivery.smtp.lane import Lane, Queued, resume
@@ -135,6 +102,31 @@ class _Gate:
             del gates[key]
 
 
+# I/O model: an asyncio Protocol per connection (protocol.Connection), not streams; replies are
+# parsed incrementally (Rust) into a queue the transaction awaits one at a time, so a pipelined
+# batch (RSET, MAIL, every RCPT, DATA) is one write; STARTTLS is loop.start_tls on the same
+# protocol. Invariants: DATA is dot-stuffed, BDAT is not.
+# Choices, documented:
+# - BODY=8BITMIME goes out only when the peer offers 8BITMIME; an 8-bit message to a
+#   peer without it is sent as is (no 7-bit conversion), as Postfix does by default.
+# - DSN parameters (NOTIFY, ORCPT, RET, ENVID) are passed only when the peer offers DSN;
+#   the "relayed" notice owed when it does not is the bounce module's business.
+# - TLS: "none" never starts TLS; "opportunistic" uses STARTTLS when offered without
+#   verifying the certificate, and if the handshake fails it reconnects to the same
+#   target once in clear; "required" verifies the chain (system store, or `ca_file`)
+#   and the name `Target.host`, and a target without working TLS is skipped (451 4.7.5
+#   when it was the last). Unix-socket targets (LMTP) never use TLS. Every result
+#   says what the session had (`RcptResult.tls`: "none" | "opportunistic" | "verified",
+#   or "failed" with a TLS-RPT result type in `tls_failure`); MTA-STS (mta.mtasts)
+#   builds on tls="required".
+# - AUTH (PLAIN, else LOGIN) credentials are sent only over TLS, except when the route
+#   says tls="none" (an explicit choice of clear text, e.g. a loopback smarthost); a
+#   peer that offers no AUTH gets the mail unauthenticated (Postfix's behaviour); an
+#   AUTH failure skips the target (a deferral, never a bounce: 535 becomes 4.7.8).
+# - A pooled connection is RSET before its next transaction (pipelined with it); if
+#   it turns out dead or refuses the RSET, the delivery retries on a new connection.
+# - `submit` runs the common transaction (a pooled PIPELINING connection, a message of
+#   one write block) on callbacks instead (mta.delivery.lane), deciding the same.
 class SmtpDelivery:
     """Delivers messages over SMTP (or LMTP with opts.lmtp) with an idle connection
     pool and a concurrency limit per destination key. One instance per event loop."""
@@ -153,7 +145,7 @@ class SmtpDelivery:
 
     def __init__(self) -> None:
         self._gates: dict[str, _Gate] = {}  # key -> its concurrency limit (only while in use)
-        self._idle: dict[str, list[_Connection]] = {}
+        self._idle: dict[str, list[Connection]] = {}
         self._closed = False
         self.connections_opened = 0  # counters for tests and stats
         self.connections_reused = 0
@@ -185,7 +177,7 @@ class SmtpDelivery:
         else:
             gate.running += 1
         try:
-            return await self._deliver(key, targets, opts, msg)
+            return await self.deliver_held(key, targets, opts, msg)
         finally:
             gate.pass_on(key, self._gates)
 
@@ -216,7 +208,7 @@ class SmtpDelivery:
         Lane(self, key, targets, opts, msg, conn, done, error).start(envelope[1], envelope[2])
         return True
 
-    def _lane_connection(self, key: str, msg: OutMessage) -> tuple[_Connection, tuple] | None:
+    def _lane_connection(self, key: str, msg: OutMessage) -> tuple[Connection, tuple] | None:
         """A pooled connection that takes `msg` on the lane, with the envelope's lines;
         None when there is none (one that pipelines not, or refuses the message, goes
         back to the pool as it was: its idle timer still runs)."""
@@ -229,7 +221,7 @@ class SmtpDelivery:
             return None
         return conn, envelope
 
-    def _run_queued(self, q: Queued) -> None:
+    def run_queued(self, q: Queued) -> None:
         """A queued job's turn (its place at the gate is held): the lane on a pooled
         connection when one takes it, else the coroutine path."""
         found = None if self._closed else self._lane_connection(q.key, q.msg)
@@ -239,7 +231,7 @@ class SmtpDelivery:
         conn, envelope = found
         q.lane(conn).start(envelope[1], envelope[2])
 
-    def _chain_behind(self, lane: Lane) -> list[bytes] | None:
+    def chain_behind(self, lane: Lane) -> list[bytes] | None:
         """The commands of the job first in line at `lane`'s gate, to be written behind
         `lane`'s data on its connection, with that job now `lane.next`; None when there is
         none, or it must not go there (see lane.py)."""
@@ -261,7 +253,7 @@ class SmtpDelivery:
         self.chained += 1
         return [mail, *rcpt_lines] if lane.chunking else [mail, *rcpt_lines, b"DATA\r\n"]
 
-    def _lane_end(self, key: str, pass_place: bool = True) -> None:
+    def lane_end(self, key: str, pass_place: bool = True) -> None:
         """A lane's job is answered; its place at the gate goes on (unless the job
         pipelined behind it holds it now)."""
         gate = self._gates.get(key)
@@ -287,14 +279,16 @@ class SmtpDelivery:
         await asyncio.sleep(0)
 
     # -- internals --
-    async def _deliver(self, key, targets, opts, msg) -> list[RcptResult]:
+    async def deliver_held(self, key, targets, opts, msg) -> list[RcptResult]:
+        """`deliver` for a job that holds its place at the destination's gate (the lane's
+        jobs that must take a coroutine): a pooled connection, else each target in turn."""
         while (conn := self._take_idle(key)) is not None:
             try:
                 results = await self._run(conn, opts, msg)
-            except _Stale:
+            except Stale:
                 conn.abort()
                 continue
-            self._release(key, conn, opts)
+            self.release(key, conn, opts)
             self.connections_reused += 1
             return results
         last: tuple[_Failure, Target] | None = None
@@ -304,8 +298,8 @@ class SmtpDelivery:
             except _Failure as f:
                 last = (f, target)
                 continue
-            results = await self._run(conn, opts, msg)  # a fresh connection is never _Stale
-            self._release(key, conn, opts)
+            results = await self._run(conn, opts, msg)  # a fresh connection is never Stale
+            self.release(key, conn, opts)
             return results
         if last is None:
             return results_for(msg, 451, "4.4.1", "no address to deliver to")
@@ -313,14 +307,14 @@ class SmtpDelivery:
         return results_for(msg, 451, f.enhanced, f.text, t.host, t.ip,
                            tls="failed" if f.tls else None, tls_failure=f.tls)
 
-    async def _run(self, conn: _Connection, opts: SmtpOptions, msg: OutMessage) -> list[RcptResult]:
+    async def _run(self, conn: Connection, opts: SmtpOptions, msg: OutMessage) -> list[RcptResult]:
         try:
             return await self._transaction(conn, opts, msg)
         except BaseException:
             conn.abort()  # cancelled or a bug: the conversation state is unknown
             raise
 
-    async def _send_data(self, conn: _Connection, parts: list[bytes]) -> None:
+    async def _send_data(self, conn: Connection, parts: list[bytes]) -> None:
         """The data phase's bytes: one gathered write when small, else blocks that must
         each drain within data_block_timeout."""
         if sum(map(len, parts)) <= _WRITE_BLOCK:
@@ -333,7 +327,7 @@ class SmtpDelivery:
                 conn.write(view[off:off + _WRITE_BLOCK])
                 await conn.drain(self.data_block_timeout, "the message")
 
-    async def _send_stored(self, conn: _Connection, stored, chunking: bool) -> None:
+    async def _send_stored(self, conn: Connection, stored, chunking: bool) -> None:
         """A big message from the spool (`_native.StoredMessage`) in blocks, encoded for
         the wire as they are read, each drained within data_block_timeout: nothing holds
         it whole. BDAT needs the length first: one more read of it, counting."""
@@ -344,7 +338,7 @@ class SmtpDelivery:
             conn.write(block)
             await conn.drain(self.data_block_timeout, "the message")
 
-    def _take_idle(self, key: str) -> _Connection | None:
+    def _take_idle(self, key: str) -> Connection | None:
         conns = self._idle.get(key)
         while conns:
             c = conns.pop()
@@ -355,9 +349,9 @@ class SmtpDelivery:
             c.abort()
         return None
 
-    def _release(self, key: str, conn: _Connection, opts: SmtpOptions) -> None:
+    def release(self, key: str, conn: Connection, opts: SmtpOptions) -> None:
         if (self._closed or not conn.alive or conn.messages >= opts.max_messages_per_connection
-                or conn._replies):  # a reply to no command: out of sync
+                or conn.unread):  # a reply to no command: out of sync
             conn.quit()
             return
         self._idle.setdefault(key, []).append(conn)
@@ -368,7 +362,7 @@ class SmtpDelivery:
             conn.idle_timer = conn.loop.call_later(opts.idle_timeout, self._expire, key, conn,
                                                    opts.idle_timeout)
 
-    def _expire(self, key: str, conn: _Connection, timeout: float) -> None:
+    def _expire(self, key: str, conn: Connection, timeout: float) -> None:
         conn.idle_timer = None
         conns = self._idle.get(key)
         if conns is None or conn not in conns:
@@ -383,7 +377,7 @@ class SmtpDelivery:
         conn.quit()
 
     # -- opening a connection: connect, greeting, EHLO, STARTTLS, AUTH --
-    async def _connect(self, target: Target, opts: SmtpOptions) -> _Connection:
+    async def _connect(self, target: Target, opts: SmtpOptions) -> Connection:
         try:
             return await self._open(target, opts, use_tls=opts.tls != "none")
         except _Failure as f:
@@ -391,9 +385,9 @@ class SmtpDelivery:
                 raise
         return await self._open(target, opts, use_tls=False)  # once more, in clear
 
-    async def _open(self, target: Target, opts: SmtpOptions, *, use_tls: bool) -> _Connection:
+    async def _open(self, target: Target, opts: SmtpOptions, *, use_tls: bool) -> Connection:
         loop = asyncio.get_running_loop()
-        conn = _Connection(target, loop)
+        conn = Connection(target, loop)
         try:
             async with asyncio.timeout(opts.connect_timeout):
                 if target.ip == "unix":
@@ -407,7 +401,7 @@ class SmtpDelivery:
         self.connections_opened += 1
         try:
             await self._handshake(conn, opts, use_tls)
-        except _ConnError as e:
+        except ConnError as e:
             conn.abort()
             raise _Failure("4.4.2", f"{conn.name}: {e}") from None
         except BaseException:
@@ -415,7 +409,7 @@ class SmtpDelivery:
             raise
         return conn
 
-    async def _handshake(self, conn: _Connection, opts: SmtpOptions, use_tls: bool) -> None:
+    async def _handshake(self, conn: Connection, opts: SmtpOptions, use_tls: bool) -> None:
         r = await conn.reply(self.greeting_timeout, "the greeting")
         if r.code != 220:
             conn.quit()
@@ -438,7 +432,7 @@ class SmtpDelivery:
         if opts.auth:
             await self._auth(conn, opts)
 
-    async def _hello(self, conn: _Connection, opts: SmtpOptions) -> None:
+    async def _hello(self, conn: Connection, opts: SmtpOptions) -> None:
         verb = "LHLO" if opts.lmtp else "EHLO"
         conn.write(f"{verb} {opts.helo}\r\n".encode())
         r = await conn.reply(self.helo_timeout, verb)
@@ -460,7 +454,7 @@ class SmtpDelivery:
             raise _Failure(_soft(r.enhanced, "4.4.1"), f"{conn.name} refused HELO: {r}")
         conn.ext = {}
 
-    async def _tls(self, conn: _Connection, opts: SmtpOptions) -> None:
+    async def _tls(self, conn: Connection, opts: SmtpOptions) -> None:
         host = conn.target.host
         if opts.tls == "required":
             ctx = ssl.create_default_context(cafile=opts.ca_file)
@@ -477,7 +471,7 @@ class SmtpDelivery:
             raise _Failure("4.7.5", f"TLS with {conn.name} failed: {e}", tls=_tls_failure_type(e)) from None
         conn.verified = opts.tls == "required"
 
-    async def _auth(self, conn: _Connection, opts: SmtpOptions) -> None:
+    async def _auth(self, conn: Connection, opts: SmtpOptions) -> None:
         if not conn.tls and opts.tls != "none":
             conn.quit()
             raise _Failure("4.7.0", f"not sending credentials to {conn.name} without TLS")
@@ -502,7 +496,7 @@ class SmtpDelivery:
             raise _Failure(_soft(r.enhanced, "4.7.8"), f"authentication to {conn.name} failed: {r}")
 
     # -- one transaction --
-    async def _transaction(self, conn: _Connection, opts: SmtpOptions,
+    async def _transaction(self, conn: Connection, opts: SmtpOptions,
                            msg: OutMessage) -> list[RcptResult]:
         host, ip = conn.target.host, conn.target.ip
         tls = conn.tls_state
@@ -540,13 +534,13 @@ class SmtpDelivery:
                     conn.write(line)
                 try:
                     r = await conn.reply(timeout, what)
-                except _ConnError:
+                except ConnError:
                     if what == "RSET":
-                        raise _Stale() from None
+                        raise Stale() from None
                     raise
                 if what == "RSET":
                     if r.code // 100 != 2:
-                        raise _Stale()
+                        raise Stale()
                 elif what == "MAIL FROM":
                     if r.code // 100 != 2:
                         mail_ok = False
@@ -589,14 +583,14 @@ class SmtpDelivery:
                 for k in accepted:
                     results[k] = result(rcpts[k].address, r)
             return results  # type: ignore[return-value]
-        except _ConnError as e:
+        except ConnError as e:
             conn.abort()
             text = f"{conn.name}: {e}"
             return [res or RcptResult(rc.address, 451, "4.4.2", text, host, ip, tls)
                     for rc, res in zip(rcpts, results)]
 
 
-def _envelope(conn: _Connection, msg: OutMessage) -> tuple[list[RcptResult] | None, bytes, list[bytes]]:
+def _envelope(conn: Connection, msg: OutMessage) -> tuple[list[RcptResult] | None, bytes, list[bytes]]:
     """(None, MAIL line, RCPT lines) for this peer, or (the results, b"", []) when the
     message must not go to it: too big for its SIZE, or needing SMTPUTF8 it lacks."""
     ext = conn.ext

@@ -1,22 +1,6 @@
-"""The SMTP client's callback lane: one transaction on a pooled connection that
-offers PIPELINING, driven by the connection's callbacks and the Rust
-`ClientTransaction` (rust/src/smtp/client.rs), with no task, coroutine or Python
-object per reply. `SmtpDelivery.submit` decides what may take it.
-
-It decides what `SmtpDelivery._transaction` decides, with the same texts
-(tests/test_delivery_lane.py runs both against the same peers), with one
-difference: a reply that no command is owed is an error here (the connection is
-out of sync and is not reused). A pooled connection found dead or refusing RSET
-hands the message to the coroutine path with its place at the gate, as
-`SmtpDelivery._deliver` retries on the next connection. A job that finds every
-connection of its destination in use waits at the gate (`Queued`) and then runs here
-on the connection its place comes with. A job queued there when a transaction sends
-its data is pipelined behind it on the same connection (RFC 2920 lets MAIL, RCPT and
-DATA follow the message content in one group): one round trip per message instead of
-two, and no RSET. Until its first reply is decided, such a job has had no effect at
-the server: if the connection fails meanwhile it takes the coroutine path, as a stale
-pooled connection's job does.
-"""
+"""The SMTP client's callback lane: one transaction on a pooled PIPELINING connection,
+decided by the Rust `ClientTransaction` with no task or coroutine; it answers exactly once,
+and a job with nothing decided at the server when the connection fails takes the coroutine path."""
 
 from __future__ import annotations
 
@@ -26,7 +10,7 @@ from typing import Callable
 
 from mta import _native
 from mta.delivery import OutMessage
-from mta.delivery.smtp.protocol import _Connection, data_parts
+from mta.delivery.smtp.protocol import Connection, data_parts
 
 log = logging.getLogger("mta.delivery")
 
@@ -45,13 +29,26 @@ _TIMEOUT = {
 Rows = list[tuple]  # RcptResult-shaped tuples, one per recipient
 
 
+# It decides what `SmtpDelivery._transaction` decides, with the same texts
+# (tests/test_delivery_lane.py runs both against the same peers), with one
+# difference: a reply that no command is owed is an error here (the connection is
+# out of sync and is not reused). A pooled connection found dead or refusing RSET
+# hands the message to the coroutine path with its place at the gate, as
+# `SmtpDelivery.deliver_held` retries on the next connection. A job that finds every
+# connection of its destination in use waits at the gate (`Queued`) and then runs here
+# on the connection its place comes with. A job queued there when a transaction sends
+# its data is pipelined behind it on the same connection (RFC 2920 lets MAIL, RCPT and
+# DATA follow the message content in one group): one round trip per message instead of
+# two, and no RSET. Until its first reply is decided, such a job has had no effect at
+# the server: if the connection fails meanwhile it takes the coroutine path, as a stale
+# pooled connection's job does.
 class Lane:
     """One transaction; `done(rows)` or `error(text)` is called exactly once."""
 
     __slots__ = ("smtp", "key", "targets", "opts", "msg", "conn", "tx", "done", "error",
-                 "sending", "chunking", "tls", "chained", "next")
+                 "sending", "chunking", "tls", "chained", "next", "parser")
 
-    def __init__(self, smtp, key: str, targets, opts, msg: OutMessage, conn: _Connection,
+    def __init__(self, smtp, key: str, targets, opts, msg: OutMessage, conn: Connection,
                  done: Callable[[Rows], object], error: Callable[[str], object], chained: bool = False) -> None:
         self.smtp, self.key, self.targets, self.opts, self.msg = smtp, key, targets, opts, msg
         self.conn = conn
@@ -63,6 +60,7 @@ class Lane:
         self.tls = conn.tls_state
         self.chained = chained  # pipelined behind another transaction's data: no RSET
         self.next: Lane | None = None  # the transaction pipelined behind this one
+        self.parser = conn.parser.native  # the connection's Rust reply parser, which tx feeds
 
     def start(self, mail: bytes, rcpt_lines: list[bytes]) -> None:
         """One write for what the transaction owes replies to (as self.tx was made)."""
@@ -79,14 +77,14 @@ class Lane:
 
     def data(self, data: bytes) -> None:
         try:
-            self._step(self.tx.feed(self.conn._parser._p, data), data)
+            self._step(self.tx.feed(self.parser, data), data)
         except Exception:  # noqa: BLE001
             self._bug()
 
     def failed(self) -> None:
-        """The connection failed (closed, lost); its reason is conn._error."""
+        """The connection failed (closed, lost); its reason is conn.error."""
         try:
-            why = self.conn._error
+            why = self.conn.error
             if self.sending:
                 self._fail(f"{why} while sending the message")
             else:
@@ -116,7 +114,7 @@ class Lane:
         replies that came behind its last (they may be this one's first)."""
         try:
             self.tx.adopt(prev)
-            self._step(self.tx.feed(self.conn._parser._p, b""), b"")
+            self._step(self.tx.feed(self.parser, b""), b"")
         except Exception:  # noqa: BLE001
             self._bug()
 
@@ -139,9 +137,9 @@ class Lane:
         elif step == DONE:
             if self.tx.closing:
                 conn.broken = True  # a 421: the server is going away
-            parse_error = conn._parser._p.error
+            parse_error = self.parser.error
             if parse_error is not None:  # garbage after the last reply: decided, not reusable
-                conn._error = f"{parse_error}: {data[:80]!r}"
+                conn.broke(f"{parse_error}: {data[:80]!r}")
                 conn.broken = True
             self._finish()
         elif step == STALE:
@@ -152,25 +150,24 @@ class Lane:
         elif step == UNEXPECTED:
             self._broken("the server sent a reply to no command")
         else:  # GARBAGE
-            self._broken(f"{conn._parser._p.error}: {data[:80]!r}")
+            self._broken(f"{self.parser.error}: {data[:80]!r}")
 
     def _send_data(self) -> None:
         conn = self.conn
         parts = data_parts(self.msg.data, chunking=self.chunking)
-        nxt = self.smtp._chain_behind(self)
+        nxt = self.smtp.chain_behind(self)
         if nxt is not None:
             parts.extend(nxt)
         conn.transport.writelines(parts)
-        if conn._paused:
+        if conn.paused:
             self.sending = True
             conn.arm(self.smtp.data_block_timeout)
         else:
             conn.arm(self.smtp.data_done_timeout)
 
     def _broken(self, why: str) -> None:
-        """The conversation broke while a reply was awaited (the coroutine path's _ConnError)."""
-        if self.conn._error is None:
-            self.conn._error = why
+        """The conversation broke while a reply was awaited (the coroutine path's ConnError)."""
+        self.conn.broke(why)
         self.conn.broken = True
         if self._undecided():
             self._stale()
@@ -190,8 +187,8 @@ class Lane:
             conn.abort()
         smtp.connections_reused += 1
         if self.next is None:
-            smtp._release(self.key, conn, self.opts)
-            smtp._lane_end(self.key)
+            smtp.release(self.key, conn, self.opts)
+            smtp.lane_end(self.key)
         else:  # closing (a 421), out of sync or failed: nothing of the next one was decided
             self._hand_on(conn.alive)
         self.done(rows)
@@ -200,7 +197,7 @@ class Lane:
         """This one is answered; the job pipelined behind it takes its place at the gate
         and goes on here (`usable`) or, undecided, on the coroutine path."""
         nxt = self.next
-        self.smtp._lane_end(self.key, pass_place=False)
+        self.smtp.lane_end(self.key, pass_place=False)
         if usable:
             self.conn.lane = nxt
             nxt.adopted(self.tx)
@@ -224,7 +221,7 @@ class Lane:
         if self.next is not None:  # its commands went on this connection: it starts again elsewhere
             self._hand_on(False)
         else:
-            self.smtp._lane_end(self.key)
+            self.smtp.lane_end(self.key)
         self.error("internal error in the delivery lane")
 
 
@@ -241,27 +238,27 @@ class Queued:
         self.smtp, self.key, self.targets, self.opts, self.msg = smtp, key, targets, opts, msg
         self.done, self.error = done, error
 
-    def lane(self, conn: _Connection, chained: bool = False) -> Lane:
+    def lane(self, conn: Connection, chained: bool = False) -> Lane:
         """Its transaction on `conn` (which it has the place for)."""
         return Lane(self.smtp, self.key, self.targets, self.opts, self.msg, conn, self.done, self.error,
                     chained=chained)
 
     def start(self) -> None:
         try:
-            self.smtp._run_queued(self)
+            self.smtp.run_queued(self)
         except Exception:  # noqa: BLE001 - answered once, and the place goes on
             log.exception("delivery lane: queued transaction for %s failed", self.msg.queue_id)
-            self.smtp._lane_end(self.key)
+            self.smtp.lane_end(self.key)
             self.error("internal error in the delivery lane")
 
 
 def resume(smtp, key: str, targets, opts, msg: OutMessage, done: Callable[[Rows], object],
            error: Callable[[str], object]) -> None:
     """The coroutine path for a job of the lane that holds its place at the gate."""
-    task = asyncio.get_running_loop().create_task(smtp._deliver(key, targets, opts, msg))
+    task = asyncio.get_running_loop().create_task(smtp.deliver_held(key, targets, opts, msg))
 
     def ended(t: asyncio.Task) -> None:
-        smtp._lane_end(key)
+        smtp.lane_end(key)
         if t.cancelled():
             error("CancelledError: delivery cancelled")
         elif (e := t.exception()) is not None:

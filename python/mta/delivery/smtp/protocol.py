@@ -1,12 +1,6 @@
-"""The wire side of the SMTP/LMTP client: replies, message bodies, and the
-asyncio Protocol of one connection (`_Connection`). mta.delivery.smtp runs
-transactions on it with coroutines, mta.delivery.lane with callbacks.
-
-Invariants: nothing with a bare CR or LF goes out (the envelope's lines are made
-and checked in Rust, `_native.envelope_lines`; bodies go through `wire_body`); one
-reply timer per connection watches the current deadline, whichever of the two
-drives the connection.
-"""
+"""The wire side of the SMTP/LMTP client: replies, message bodies, and one connection's
+asyncio Protocol (`Connection`), driven by coroutines (client) or callbacks (lane).
+Nothing with a bare CR or LF goes out; one reply timer per connection watches the deadline."""
 
 from __future__ import annotations
 
@@ -68,6 +62,11 @@ class ReplyParser:
         self._p = _native.ReplyParser(max_line)
 
     @property
+    def native(self) -> _native.ReplyParser:
+        """The Rust parser itself (the lane's ClientTransaction feeds it)."""
+        return self._p
+
+    @property
     def buffered(self) -> bool:
         """True when part of a reply has been received (matters after STARTTLS's 220)."""
         return self._p.buffered
@@ -112,15 +111,15 @@ def data_parts(data: bytes, *, chunking: bool) -> list[bytes]:
 # ---------------------------------------------------------------------------
 
 
-class _ConnError(Exception):
+class ConnError(Exception):
     """The conversation broke (timeout, connection lost, garbage): the text says where."""
 
 
-class _Stale(Exception):
+class Stale(Exception):
     """A pooled connection was dead or refused RSET; nothing was decided on it."""
 
 
-class _Connection(asyncio.Protocol):
+class Connection(asyncio.Protocol):
     """The byte side of one SMTP/LMTP connection plus what we learnt about the peer."""
 
     def __init__(self, target: Target, loop: asyncio.AbstractEventLoop) -> None:
@@ -198,7 +197,31 @@ class _Connection(asyncio.Protocol):
         if w is not None and not w.done():
             w.set_result(True)
 
-    # -- used by the client --
+    # -- used by the client and the lane --
+    @property
+    def error(self) -> str | None:
+        """Why the conversation broke (the first reason), or None."""
+        return self._error
+
+    def broke(self, why: str) -> None:
+        """Record why the conversation broke, unless a reason is known already."""
+        if self._error is None:
+            self._error = why
+
+    @property
+    def parser(self) -> ReplyParser:
+        return self._parser
+
+    @property
+    def paused(self) -> bool:
+        """The transport's buffer is full: writing waits for resume_writing."""
+        return self._paused
+
+    @property
+    def unread(self) -> bool:
+        """Replies came that no command has taken (out of sync, when a transaction is over)."""
+        return bool(self._replies)
+
     @property
     def alive(self) -> bool:
         t = self.transport
@@ -216,12 +239,12 @@ class _Connection(asyncio.Protocol):
 
     def write(self, data: bytes) -> None:
         if self._error is not None:
-            raise _ConnError(self._error)
+            raise ConnError(self._error)
         self.transport.write(data)
 
     def writelines(self, parts: list[bytes]) -> None:
         if self._error is not None:
-            raise _ConnError(self._error)
+            raise ConnError(self._error)
         self.transport.writelines(parts)
 
     async def _wait(self, timeout: float) -> bool:
@@ -262,17 +285,17 @@ class _Connection(asyncio.Protocol):
         while self._paused and self._error is None:
             if not await self._wait(timeout):
                 self.broken = True
-                raise _ConnError(f"timed out while sending {what}")
+                raise ConnError(f"timed out while sending {what}")
         if self._error is not None:
-            raise _ConnError(f"{self._error} while sending {what}")
+            raise ConnError(f"{self._error} while sending {what}")
 
     async def reply(self, timeout: float, what: str) -> Reply:
         while not self._replies:
             if self._error is not None:
-                raise _ConnError(f"{self._error} while waiting for the reply to {what}")
+                raise ConnError(f"{self._error} while waiting for the reply to {what}")
             if not await self._wait(timeout):
                 self.broken = True
-                raise _ConnError(f"timed out waiting for the reply to {what}")
+                raise ConnError(f"timed out waiting for the reply to {what}")
         r = self._replies.popleft()
         if r.code == 421:
             self.broken = True
@@ -282,7 +305,7 @@ class _Connection(asyncio.Protocol):
         if self._replies or self._parser.buffered:
             # bytes after the 220 would be injected into the TLS session (CVE-2011-0411 style)
             self.broken = True
-            raise _ConnError("the server sent data after its reply to STARTTLS")
+            raise ConnError("the server sent data after its reply to STARTTLS")
         self.transport = await self.loop.start_tls(
             self.transport, self, ctx, server_hostname=server_hostname, ssl_handshake_timeout=timeout)
         self.tls = True

@@ -1,0 +1,234 @@
+"""The transports behind one interface: `submit(route, msg, done, log)` on callbacks when
+nothing needs a coroutine (else False), `deliver(route, msg)` otherwise; both give one
+RcptResult per recipient. SMTP/LMTP go through a wire (the delivery agent or in-process)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Callable, NamedTuple, Protocol, Sequence
+
+from mta.config.routes import TransportSpec
+from mta.delivery import OutMessage, RcptResult, Target, results_for
+from mta.delivery.agent import LOGGED, UNSENT, Deferred
+from mta.delivery.maildir import deliver_maildir_async
+from mta.delivery.mtasts import OutboundTls
+from mta.delivery.mx import MxResolver
+from mta.delivery.router import split
+from mta.delivery.smtp.client import SmtpDelivery, SmtpOptions
+
+log = logging.getLogger("mta.queue")
+
+__all__ = ["LOGGED", "UNSENT", "Deferred", "Discard", "InProcess", "Maildir", "Route", "Smtp", "Transport",
+           "Transports", "Wire"]
+
+# What a wire's callbacks may get besides results (defined with the agent, which sends them):
+# LOGGED (all delivered and logged by the agent), and for jobs made from the store UNSENT
+# (nothing was sent) or Deferred (failed as a whole: the caller makes the 451s).
+Done = Callable[[object], None]  # gets list[RcptResult], or LOGGED
+
+
+class Route(NamedTuple):
+    """Where a group of a message's recipients goes: the transport spec, and for MX
+    the recipients' domain ("" for the others: one group per spec)."""
+
+    spec: TransportSpec
+    domain: str
+
+
+class Transport(Protocol):
+    def submit(self, route: Route, msg: OutMessage, done: Done, log: tuple | None = None) -> bool: ...
+
+    def submit_spooled(self, route: Route, queue_id: str, done: Callable, logged: Callable) -> bool: ...
+
+    async def deliver(self, route: Route, msg: OutMessage) -> list[RcptResult]: ...
+
+
+class Wire(Protocol):
+    """Runs SMTP/LMTP transactions: the delivery agent (mta.delivery.agent) or `InProcess`."""
+
+    def submit(self, key: str, targets: Sequence[Target], opts: SmtpOptions, msg: OutMessage,
+               done: Done, log: tuple | None = None) -> bool: ...
+
+    def submit_spooled(self, key: str, targets: Sequence[Target], opts: SmtpOptions, queue_id: str,
+                       done: Callable, logged: Callable) -> bool: ...
+
+    async def deliver(self, key: str, targets: Sequence[Target], opts: SmtpOptions,
+                      msg: OutMessage) -> list[RcptResult]: ...
+
+    def prestart(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class InProcess:
+    """SMTP in the worker (delivery.agent = false): `SmtpDelivery` with the wire's interface."""
+
+    def __init__(self, smtp: SmtpDelivery | None = None) -> None:
+        self.smtp = smtp or SmtpDelivery()
+
+    def submit(self, key, targets, opts, msg: OutMessage, done: Done, log: tuple | None = None) -> bool:
+        # The client's callback lane answers rows, or an error text for a bug in it:
+        # deferred and retried then, as the agent's "err" answer is.
+        return self.smtp.submit(key, targets, opts, msg, lambda rows: done([RcptResult(*r) for r in rows]),
+                                lambda text: done(lane_error(msg, text)))
+
+    def submit_spooled(self, *_args) -> bool:
+        return False  # jobs made from the spool are the agent's
+
+    async def deliver(self, key, targets, opts, msg: OutMessage) -> list[RcptResult]:
+        return await self.smtp.deliver(key, targets, opts, msg)
+
+    def prestart(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        await self.smtp.close()
+
+
+def lane_error(msg: OutMessage, text: str) -> list[RcptResult]:
+    log.error("delivery lane: job for %s failed: %s", msg.queue_id, text)
+    return results_for(msg, 451, "4.3.0", "internal delivery error")
+
+
+class _NoCallbacks:
+    """A transport whose deliveries always take a coroutine."""
+
+    def submit(self, route: Route, msg: OutMessage, done: Done, log: tuple | None = None) -> bool:
+        return False
+
+    def submit_spooled(self, route: Route, queue_id: str, done: Callable, logged: Callable) -> bool:
+        return False
+
+
+class Discard(_NoCallbacks):
+    async def deliver(self, route: Route, msg: OutMessage) -> list[RcptResult]:
+        return results_for(msg, 250, "2.0.0", "discarded by the transport map")
+
+
+class Maildir(_NoCallbacks):
+    def __init__(self, hostname: str) -> None:
+        self.hostname = hostname
+
+    async def deliver(self, route: Route, msg: OutMessage) -> list[RcptResult]:
+        out = []
+        for rc in msg.recipients:
+            local, rdomain = split(rc.address)
+            path = route.spec.path.format(user=local.lower(), domain=rdomain, address=rc.address.lower())
+            out.append(await deliver_maildir_async(path, msg, rc, self.hostname))
+        return out
+
+
+class Smtp:
+    """MX, smarthost and LMTP routes over `wire`. On callbacks (`submit`) when the peer's
+    address is at hand: a smarthost or LMTP host given as an address, or a name with
+    fresh answers in the DNS cache; MX routes (DNS and MTA-STS each time) and the rest
+    take `deliver`."""
+
+    def __init__(self, wire: Wire, resolver: MxResolver, tls_policy: OutboundTls, dcfg, hostname: str) -> None:
+        self.wire = wire
+        self.resolver = resolver
+        self.tls_policy = tls_policy
+        self.dcfg = dcfg
+        self.hostname = hostname
+        self._opts_cache: dict = {}  # (TransportSpec, lmtp) -> SmtpOptions; specs come from the config
+        self._ways: dict[int, tuple] = {}  # id(spec) -> (spec, key, options, targets or None)
+
+    def start(self) -> None:
+        self.wire.prestart()  # after the privilege drop: the agent runs as the serving user
+        self.tls_policy.start()
+
+    async def close(self) -> None:
+        await self.wire.close()
+        await self.tls_policy.stop()
+
+    def submit(self, route: Route, msg: OutMessage, done: Done, log: tuple | None = None) -> bool:
+        at = self.at_hand(route.spec)
+        return at is not None and self.wire.submit(at[0], at[2], at[1], msg, done, log=log)
+
+    def submit_spooled(self, route: Route, queue_id: str, done: Callable, logged: Callable) -> bool:
+        """A fresh message's job made from its spool entry (the agent's; False elsewhere)."""
+        at = self.at_hand(route.spec)
+        return at is not None and self.wire.submit_spooled(at[0], at[2], at[1], queue_id, done, logged)
+
+    def at_hand(self, spec: TransportSpec) -> tuple | None:
+        """(destination key, options, targets) when no lookup is needed now; None else."""
+        way = self._ways.get(id(spec))
+        if way is None or way[0] is not spec:
+            way = self._way(spec)
+            if way is None:
+                return None
+        _, key, opts, targets = way
+        if targets is None:
+            res = self.resolver.cached_host(spec.host, spec.port)
+            if res is None or not res.targets:
+                return None
+            targets = res.targets
+        return key, opts, targets
+
+    def _way(self, spec: TransportSpec) -> tuple | None:
+        # Kept per spec object (the router hands out the configuration's own): a spec's
+        # key and options are made once, not per message.
+        kind = spec.kind
+        if kind not in ("smarthost", "lmtp"):
+            return None
+        targets = (Target(spec.host, "unix", 0),) if kind == "lmtp" and spec.port == 0 else None
+        if targets is None and (lit := self.resolver.literal_host(spec.host, spec.port)) is not None:
+            targets = lit.targets  # an address: no DNS cache to ask per message
+        if len(self._ways) > 1000:  # a route hook may make specs on the fly
+            self._ways.clear()
+        way = self._ways[id(spec)] = (spec, f"{kind}:{spec.host}:{spec.port}",
+                                      self.options(spec, lmtp=kind == "lmtp"), targets)
+        return way
+
+    async def deliver(self, route: Route, msg: OutMessage) -> list[RcptResult]:
+        spec, domain = route
+        kind = spec.kind
+        if kind == "mx":
+            res, policy = await asyncio.gather(self.resolver.resolve(domain, self.dcfg.smtp_port),
+                                               self.tls_policy.policy(domain))
+            if res.kind != "ok":
+                return results_for(msg, res.code, res.enhanced, res.text)
+            return await self.tls_policy.deliver(self.wire, f"mx:{domain}", domain, policy, res.targets,
+                                                 self.options(spec), msg)
+        if kind == "lmtp" and spec.port == 0:
+            targets = [Target(spec.host, "unix", 0)]
+        else:
+            targets = await self.resolver.addresses(spec.host, spec.port)
+            if not targets:
+                return results_for(msg, 451, "4.4.4", f"cannot resolve {spec.host}")
+        return await self.wire.deliver(f"{kind}:{spec.host}:{spec.port}", targets,
+                                       self.options(spec, lmtp=kind == "lmtp"), msg)
+
+    def options(self, spec: TransportSpec, lmtp: bool = False) -> SmtpOptions:
+        opts = self._opts_cache.get((spec, lmtp))
+        if opts is None:
+            if len(self._opts_cache) > 1000:  # a route hook may make specs on the fly
+                self._opts_cache.clear()
+            d = self.dcfg
+            opts = self._opts_cache[(spec, lmtp)] = SmtpOptions(
+                helo=self.hostname,
+                tls=spec.tls or d.tls,
+                auth=spec.auth,
+                max_connections=spec.connections or d.max_connections,
+                max_messages_per_connection=spec.per_connection or d.messages_per_connection,
+                lmtp=lmtp,
+                ca_file=d.tls_ca_file or None,
+            )
+        return opts
+
+
+class Transports:
+    """The transport for each kind of route."""
+
+    def __init__(self, smtp: Smtp, maildir: Maildir, discard: Discard | None = None) -> None:
+        self.smtp = smtp
+        # A plain dict: looked up once per attempt.
+        self.by_kind: dict[str, Transport] = {"mx": smtp, "smarthost": smtp, "lmtp": smtp,
+                                              "maildir": maildir, "discard": discard or Discard()}
+
+    def start(self) -> None:
+        self.smtp.start()
+
+    async def close(self) -> None:
+        await self.smtp.close()
