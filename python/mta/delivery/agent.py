@@ -32,7 +32,7 @@ from dataclasses import fields
 from typing import Callable, NamedTuple, Sequence
 
 from mta._native import StoredMessage, encode_job
-from mta.delivery import OutMessage, OutRcpt, RcptResult, Target, results_for
+from mta.delivery import DELIVERED, OutMessage, OutRcpt, RcptResult, Target, results_for, status_of
 from mta.delivery.smtp.client import SmtpDelivery, SmtpOptions
 from mta.queue.deliverylog import DeliveryLog
 
@@ -482,7 +482,7 @@ async def _serve(fd: int, log_fd: int | None = None) -> None:
     def answer(job: int, msg: OutMessage, rows: list, ctx: tuple | None) -> None:
         """The outcome to the worker: LOGGED when every recipient was delivered and the
         job came with its log context (the records are written here, first), else the rows."""
-        if ctx is not None and all(200 <= row[1] < 300 for row in rows):
+        if ctx is not None and all(status_of(row[1]) == DELIVERED for row in rows):
             dlog.delivered(msg.queue_id, rows, ctx[1], ctx[0], time.time())
             proto.send(("ok", job))
         else:
