@@ -11,6 +11,7 @@ import sys
 import click
 
 from mta import __version__
+from mta.bench import cli as bench_cli
 from mta.config import schema as config
 from mta.errors import ConfigError, MtaError
 
@@ -519,7 +520,7 @@ def user_list(users_file, config_file) -> None:
         click.echo(n)
 
 
+main.add_command(bench_cli.bench)
+
 if __name__ == "__main__":
     main()
-from mta.bench.cli import bench as _bench  # noqa: E402
-main.add_command(_bench)

@@ -11,29 +11,28 @@ import socket
 import time
 from typing import Callable
 
-from mta.app import affinity
+from mta import log as fastlog
+from mta.app import affinity, privileges
+from mta.app.control import ControlServer, socket_path
 from mta.auth.guard import AuthGuard
 from mta.auth.sasl import MECHANISMS
 from mta.auth.senders import SenderLogin
 from mta.auth.users import UserDB
-from mta import log as fastlog
-from mta.app import privileges
 from mta.config.schema import Config
-from mta.app.control import ControlServer, socket_path
-from mta.smtp.rdns import ReverseResolver
-from mta.smtp.limits import Limits
-from mta.policy.relay import Networks, RelayPolicy
-from mta.smtp.proxy import ProxyGate
 from mta.delivery.agent import AgentDelivery
 from mta.delivery.mtasts import MtaStsCache, OutboundTls
 from mta.delivery.mx import MxResolver
+from mta.delivery.router import Router, load_hook
 from mta.delivery.transport import InProcess, Maildir, Smtp, Transports
+from mta.policy.relay import Networks, RelayPolicy
 from mta.queue.deliverylog import DeliveryLog
 from mta.queue.manager import QueueManager
-from mta.delivery.router import Router, load_hook
+from mta.queue.store import SpoolService
+from mta.smtp.limits import Limits
+from mta.smtp.proxy import ProxyGate
+from mta.smtp.rdns import ReverseResolver
 from mta.smtp.seams import SessionSettings
 from mta.smtp.session import Session
-from mta.queue.store import SpoolService
 from mta.smtp.tls import HANDSHAKE_TIMEOUT, TlsContext
 
 log = logging.getLogger("mta")

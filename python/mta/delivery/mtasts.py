@@ -51,8 +51,8 @@ from mta.queue.deliverylog import rfc3339
 # domain and policy) every `report_interval` seconds and at shutdown.
 
 if TYPE_CHECKING:
-    from mta.delivery.smtp.client import SmtpDelivery, SmtpOptions
     from mta.delivery.mx import MxResolver
+    from mta.delivery.smtp.client import SmtpDelivery, SmtpOptions
 
 __all__ = ["Policy", "PolicyError", "parse_policy", "parse_txt", "mx_matches", "fetch_policy",
            "MtaStsCache", "OutboundTls", "TlsCounters", "MAX_AGE_LIMIT", "MAX_POLICY_SIZE"]

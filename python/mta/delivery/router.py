@@ -8,8 +8,8 @@ import importlib
 import inspect
 from typing import Any, Awaitable, Callable
 
-from mta.config.schema import Config
 from mta.config.routes import TransportSpec, parse_transport
+from mta.config.schema import Config
 from mta.policy.relay import Verdict
 
 MAX_EXPANSION_DEPTH = 10
