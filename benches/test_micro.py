@@ -116,7 +116,7 @@ def test_received_header(benchmark):
 
 def test_delivery_log_line(benchmark):
     from mta.delivery import RcptResult
-    from mta.queue.deliverylog import DeliveryLog
+    from mta.delivery.deliverylog import DeliveryLog
 
     result = RcptResult("to@example.test", 250, "2.0.0", "Ok: queued as 4FkR2x0Abc1234", "relay.example.test",
                         "127.0.0.1", "none", None, None)

@@ -8,7 +8,7 @@ import asyncio
 import os
 import time
 
-from mta.auth.sasl import MECHANISMS
+from mta.smtp.sasl import MECHANISMS
 from mta.config import schema as config
 from mta.delivery.router import Router
 from mta.policy.relay import Networks, RelayPolicy

@@ -6,9 +6,8 @@ from __future__ import annotations
 import os
 
 import pytest
-
-from mta.app import affinity
-from mta.app.affinity import Affinity
+from mta import procs
+from mta.procs import Affinity
 
 
 @pytest.mark.parametrize("allowed, shard, loop, helpers", [
@@ -36,12 +35,12 @@ def test_pin_refused_is_logged_not_raised(monkeypatch, caplog):
         raise OSError(22, "Invalid argument")
 
     monkeypatch.setattr(os, "sched_setaffinity", refuse)
-    affinity.pin(frozenset({999}), "event loop")
+    procs.pin(frozenset({999}), "event loop")
     assert "cannot pin the event loop to CPU 999" in caplog.text
-    affinity.pin(frozenset(), "event loop")  # empty: nothing asked, nothing logged twice
+    procs.pin(frozenset(), "event loop")  # empty: nothing asked, nothing logged twice
     assert caplog.text.count("cannot pin") == 1
 
 
 def test_parse_round_trips_the_agents_argument():
-    assert affinity.parse("") == frozenset()
-    assert affinity.parse("1,3") == frozenset({1, 3})
+    assert procs.parse("") == frozenset()
+    assert procs.parse("1,3") == frozenset({1, 3})

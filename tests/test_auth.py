@@ -23,7 +23,7 @@ from mta.auth import senders
 from mta.auth import users as auth
 from mta.auth.guard import AuthGuard
 from mta.auth.headers import add_missing_headers
-from mta.auth.sasl import SaslExchange
+from mta.smtp.sasl import SaslExchange
 from mta.auth.senders import check_sender
 from mta.config import schema as config
 from mta.errors import ConfigError

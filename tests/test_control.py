@@ -142,7 +142,7 @@ def test_the_operations_on_a_real_store_without_a_socket(tmp_path):
     import time
 
     from mta.config import schema as config
-    from mta.queue.deliverylog import DeliveryLog
+    from mta.delivery.deliverylog import DeliveryLog
     from mta.queue.store import SpoolService
 
     cfg = config.load(None, {"listen": ["127.0.0.1:2525"], "spool.dir": str(tmp_path / "spool")})

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mta.delivery import RcptResult
-from mta.queue.deliverylog import DeliveryLog, rfc3339
+from mta.delivery.deliverylog import DeliveryLog, rfc3339
 
 KEYS = {"time", "queue_id", "recipient", "status", "remote_host", "remote_ip", "reply",
         "attempt", "delay_s", "tls", "policy", "tls_failure"}

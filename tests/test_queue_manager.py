@@ -19,7 +19,7 @@ from mta.delivery.mx import MxResolver
 from mta.delivery.mtasts import OutboundTls
 from mta.delivery.router import Router
 from mta.delivery.transport import Maildir, Smtp, Transports
-from mta.queue.deliverylog import DeliveryLog
+from mta.delivery.deliverylog import DeliveryLog
 from mta.queue.manager import QueueManager
 from mta.queue.store import SpoolService
 

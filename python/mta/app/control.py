@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from mta.queue.deliverylog import DeliveryLog
+    from mta.delivery.deliverylog import DeliveryLog
     from mta.queue.manager import QueueManager
     from mta.queue.store import SpoolService
 

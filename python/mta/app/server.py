@@ -12,25 +12,26 @@ import time
 from typing import Callable
 
 from mta import log as fastlog
-from mta.app import affinity, privileges
+from mta import procs
+from mta.app import privileges
 from mta.app.control import ControlServer, socket_path
 from mta.auth.guard import AuthGuard
-from mta.auth.sasl import MECHANISMS
 from mta.auth.senders import SenderLogin
 from mta.auth.users import UserDB
 from mta.config.schema import Config
 from mta.delivery.agent import AgentDelivery
+from mta.delivery.deliverylog import DeliveryLog
 from mta.delivery.mtasts import MtaStsCache, OutboundTls
 from mta.delivery.mx import MxResolver
 from mta.delivery.router import Router, load_hook
 from mta.delivery.transport import InProcess, Maildir, Smtp, Transports
 from mta.policy.relay import Networks, RelayPolicy
-from mta.queue.deliverylog import DeliveryLog
 from mta.queue.manager import QueueManager
 from mta.queue.store import SpoolService
 from mta.smtp.limits import Limits
 from mta.smtp.proxy import ProxyGate
 from mta.smtp.rdns import ReverseResolver
+from mta.smtp.sasl import MECHANISMS
 from mta.smtp.seams import SessionSettings
 from mta.smtp.session import Session
 from mta.smtp.tls import HANDSHAKE_TIMEOUT, TlsContext
@@ -70,16 +71,16 @@ class Server:
         self._stopping = asyncio.Event()
         self._sweep_timer: asyncio.TimerHandle | None = None
         self.loop: asyncio.AbstractEventLoop | None = None  # set by start()
-        self.affinity = affinity.Affinity(cfg.cpu_affinity, shard)
+        self.affinity = procs.Affinity(cfg.cpu_affinity, shard)
 
     async def start(self) -> None:
         # Kept for the sessions: asyncio.get_running_loop() costs a getpid() syscall per call.
         loop = self.loop = asyncio.get_running_loop()
         # The spool's writer thread inherits this thread's CPUs when it starts:
-        # the helpers' set first, then the event loop's own (mta.affinity).
-        affinity.pin(self.affinity.helpers, "spool writer")
+        # the helpers' set first, then the event loop's own (mta.procs).
+        procs.pin(self.affinity.helpers, "spool writer")
         self.spool = SpoolService(self.cfg.spool, self.cfg.smtp.max_header_size, self.shard, self.cfg.hostname)
-        affinity.pin(self.affinity.loop, "event loop")
+        procs.pin(self.affinity.loop, "event loop")
         if self.affinity:
             log.info(self.affinity.describe())
         for line in self.spool.recovery_report:

@@ -34,7 +34,7 @@ from typing import Callable, NamedTuple, Sequence
 from mta._native import StoredMessage, encode_job
 from mta.delivery import DELIVERED, OutMessage, OutRcpt, RcptResult, Target, results_for, status_of
 from mta.delivery.smtp.client import SmtpDelivery, SmtpOptions
-from mta.queue.deliverylog import DeliveryLog
+from mta.delivery.deliverylog import DeliveryLog
 
 log = logging.getLogger("mta.delivery")
 
@@ -199,7 +199,7 @@ class AgentDelivery:
 
     def __init__(self, cpus: frozenset[int] = frozenset(), log_fd: int | None = None,
                  encode: Callable[[list], tuple[bytes, list]] | None = None) -> None:
-        self._cpus = cpus  # where the agent runs (mta.affinity); empty: anywhere
+        self._cpus = cpus  # where the agent runs (mta.procs); empty: anywhere
         self._log_fd = log_fd  # the delivery log's open file (None: stderr), for LOGGED jobs
         self._encode = encode  # the spool's encode_jobs, for submit_spooled; None: not offered
         self._heads: dict[tuple, tuple] = {}  # (key, targets, id(opts)) -> (targets, opts, head)
@@ -538,17 +538,16 @@ async def _serve(fd: int, log_fd: int | None = None) -> None:
 
 def main(argv: list[str]) -> int:
     fd, parent, level = int(argv[0]), int(argv[1]), argv[2]
-    from mta.app import affinity
-    from mta.procs import die_with_parent as _die_with_parent
+    from mta import procs
 
-    _die_with_parent(parent)
+    procs.die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when the agent stops
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from mta import log as fastlog
 
     fastlog.setup(level)
-    affinity.pin(affinity.parse(argv[3] if len(argv) > 3 else ""), "delivery agent")
+    procs.pin(procs.parse(argv[3] if len(argv) > 3 else ""), "delivery agent")
     import uvloop
 
     log_fd = argv[4] if len(argv) > 4 else ""

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Sequence
 
 from mta.delivery import OutMessage, RcptResult, Target, results_for
-from mta.queue.deliverylog import rfc3339
+from mta.delivery.deliverylog import rfc3339
 
 # `MtaStsCache.policy(domain)` finds a domain's policy: the TXT record
 # `_mta-sts.<domain>` ("v=STSv1; id=..."), then the policy file at

@@ -16,7 +16,7 @@ from mta.delivery.router import Router, split
 from mta.delivery.transport import LOGGED, UNSENT, Deferred, Route, Transports
 from mta.errors import SpoolError
 from mta.queue import bounce
-from mta.queue.deliverylog import DeliveryLog
+from mta.delivery.deliverylog import DeliveryLog
 from mta.queue.store import SpoolService
 
 log = logging.getLogger("mta.queue")

@@ -96,7 +96,7 @@ def too_many_from(ip: str) -> bytes:
     return line(421, "4.7.0", f"Error: too many connections from {ip}")
 
 
-# --- AUTH (mta.smtp.submission, mta.auth.sasl) --------------------------------------
+# --- AUTH (mta.smtp.submission, mta.smtp.sasl) --------------------------------------
 
 R_AUTH_OK = line(235, "2.7.0", "Authentication successful")
 R_AUTH_FAILED = line(535, "5.7.8", "Authentication credentials invalid")

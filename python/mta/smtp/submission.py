@@ -8,10 +8,12 @@ import asyncio
 
 from mta import log as fastlog
 from mta.auth.headers import add_missing_headers
-from mta.auth.sasl import SaslExchange, SaslStep
 from mta.auth.users import printable
-from mta.smtp.replies import (R_AUTH_BLOCKED, R_AUTH_FAILED, R_AUTH_IN_TX, R_AUTH_NEED_TLS, R_AUTH_OK,
-                              R_AUTH_REQUIRED, R_AUTH_TWICE, R_HELO_FIRST, R_NOT_IMPL, sender_not_owned)
+from mta.smtp.replies import (
+    R_AUTH_BLOCKED, R_AUTH_FAILED, R_AUTH_IN_TX, R_AUTH_NEED_TLS, R_AUTH_OK, R_AUTH_REQUIRED, R_AUTH_TWICE,
+    R_HELO_FIRST, R_NOT_IMPL, sender_not_owned,
+)
+from mta.smtp.sasl import SaslExchange, SaslStep
 
 
 class SubmissionMixin:

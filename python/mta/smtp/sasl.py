@@ -8,8 +8,10 @@ import base64
 import binascii
 from typing import NamedTuple
 
-from mta.smtp.replies import (R_AUTH_BAD_B64, R_AUTH_CANCELLED, R_AUTH_FAILED, R_AUTH_MALFORMED, R_AUTH_MECH,
-                              R_AUTH_SYNTAX, R_LOGIN_PASS, R_LOGIN_USER, R_PLAIN_GO)
+from mta.smtp.replies import (
+    R_AUTH_BAD_B64, R_AUTH_CANCELLED, R_AUTH_FAILED, R_AUTH_MALFORMED, R_AUTH_MECH, R_AUTH_SYNTAX, R_LOGIN_PASS,
+    R_LOGIN_USER, R_PLAIN_GO,
+)
 
 MECHANISMS = ("PLAIN", "LOGIN")
 
