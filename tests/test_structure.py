@@ -125,6 +125,31 @@ def test_no_import_cycles():
     assert cycles == [], f"import cycles: {cycles}"
 
 
+def _stage(module: str) -> str:
+    """The stage a module belongs to: its package under mta (mta.queue, mta.smtp, ...), or
+    the module itself for the bottom ones (mta.errors, mta.log, mta.procs)."""
+    return ".".join(module.split(".")[:2])
+
+
+def test_stages_import_downward_only():
+    """Packages as well as modules form no cycle: a stage imports only stages below it."""
+    graph: dict[str, set[str]] = {}
+    for m in MODULES:
+        for e in _imports(m)[0]:
+            if e in MODULES and _stage(e) != _stage(m) and _stage(m) != "mta":
+                graph.setdefault(_stage(m), set()).add(_stage(e))
+    up = sorted(f"{a} <-> {b}" for a in graph for b in graph[a] if a < b and a in graph.get(b, ()))
+    assert up == [], f"stages importing each other: {up}"
+    # No longer cycle either: repeatedly drop the stages nothing left imports.
+    left = {k: set(v) for k, v in graph.items()}
+    while left:
+        sinks = [k for k in left if not (left[k] & left.keys())]
+        if not sinks:
+            raise AssertionError(f"a cycle among the stages {sorted(left)}")
+        for k in sinks:
+            del left[k]
+
+
 def test_no_private_names_across_modules():
     offences = []
     for module in sorted(MODULES):
