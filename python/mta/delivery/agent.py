@@ -33,8 +33,8 @@ from typing import Callable, NamedTuple, Sequence
 
 from mta._native import StoredMessage, encode_job
 from mta.delivery import DELIVERED, OutMessage, OutRcpt, RcptResult, Target, results_for, status_of
-from mta.delivery.smtp.client import SmtpDelivery, SmtpOptions
 from mta.delivery.deliverylog import DeliveryLog
+from mta.delivery.smtp.client import SmtpDelivery, SmtpOptions
 
 log = logging.getLogger("mta.delivery")
 

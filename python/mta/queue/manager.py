@@ -11,12 +11,12 @@ import time as _time
 from typing import Callable
 
 from mta.config.routes import TransportSpec
-from mta.delivery import BOUNCED, DELIVERED, DEFERRED, FINAL, OutMessage, OutRcpt, RcptResult, results_for
+from mta.delivery import BOUNCED, DEFERRED, DELIVERED, FINAL, OutMessage, OutRcpt, RcptResult, results_for
+from mta.delivery.deliverylog import DeliveryLog
 from mta.delivery.router import Router, split
 from mta.delivery.transport import LOGGED, UNSENT, Deferred, Route, Transports
 from mta.errors import SpoolError
 from mta.queue import bounce
-from mta.delivery.deliverylog import DeliveryLog
 from mta.queue.store import SpoolService
 
 log = logging.getLogger("mta.queue")
