@@ -173,7 +173,7 @@ def test_module_docstrings_are_short():
             if os.path.getsize(path) > 0 and not module.endswith("__main__"):
                 long.append(f"{module}: no docstring")
             continue
-        if len(doc.strip().splitlines()) > 4:
+        if len(doc.strip().splitlines()) > 3:
             long.append(f"{module}: {len(doc.strip().splitlines())} lines")
     assert long == []
 

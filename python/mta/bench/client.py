@@ -1,8 +1,6 @@
-"""The generator's SMTP side: one Protocol per connection driven by the server's replies
-(a state machine, no coroutine per message), with every command and message pre-built
-as bytes. With PIPELINING, MAIL/RCPT/DATA go in one write and QUIT rides with the last
-message. Latency is from the write of the end of data to its reply.
-"""
+"""The generator's SMTP side: one Protocol per connection, a state machine driven by the
+server's replies, every command and message pre-built as bytes (with PIPELINING, MAIL/RCPT/
+DATA in one write). Latency is from the write of the end of data to its reply."""
 
 from __future__ import annotations
 

@@ -1,8 +1,6 @@
-"""`mta bench compare`: the same workloads against several servers, in alternation
-(A B A B ...), each trial on a fresh start of the server in a fresh temporary directory,
-with the CPU of the server's whole process tree read from /proc before and after.
-Figures are medians with min–max; ratios are taken pair by pair against the first system.
-"""
+"""`mta bench compare`: the same workloads against several servers in alternation, each
+trial on a fresh start in a fresh directory, the CPU of the server's process tree read
+from /proc; medians with min–max, ratios pair by pair against the first system."""
 
 from __future__ import annotations
 

@@ -1,8 +1,6 @@
-"""Process plumbing shared by the bench tools: forked workers that die with their parent,
-CPU accounting of a whole process tree from /proc (user + system, exited children
-included through their reaper's cutime/cstime, so nothing that ran is missed), and the
-scheduler's view of each thread of a tree (benches/threads.py).
-"""
+"""Process plumbing for the bench tools: forked workers that die with their parent, CPU of
+a whole process tree from /proc (exited children included through their reaper's cutime/
+cstime), and the scheduler's view of each thread of a tree (benches/threads.py)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,6 @@
-"""The sink's SMTP side: one Protocol per connection answering every pipelined command
-of a read in one write, DATA and BDAT bodies cut out of the read buffer without copies
-beyond the message itself. Counters live in `SinkCounters`, one per worker process;
-no reply to end-of-data is sent before the message is counted and checked.
-"""
+"""The sink's SMTP side: one Protocol per connection answering every pipelined command of
+a read in one write, DATA and BDAT bodies cut out of the read buffer. No reply to end of
+data goes out before the message is counted and checked (`SinkCounters`, per process)."""
 
 from __future__ import annotations
 

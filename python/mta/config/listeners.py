@@ -1,8 +1,6 @@
-"""Config kinds for listeners and TLS: the `[[listener]]` array of tables
-(address, profile, tls) and the TLS protocol version. Split from config.py
-to keep each file to one job; the schema itself stays in config.py, and the
-rules that need [tls] and `listen` too are in `cross_checks` below.
-"""
+"""Config kinds for listeners and TLS: the `[[listener]]` array of tables (address, profile,
+tls) and the TLS protocol version; `cross_checks` holds the rules that need [tls] and
+`listen` too."""
 
 from __future__ import annotations
 

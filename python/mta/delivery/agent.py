@@ -1,7 +1,6 @@
-"""Delivery agent: SMTP and LMTP delivery in a child process of the worker (jobs in,
-one RcptResult per recipient out), so accepting and delivering use two cores. Job items
-are made by the frame's one definition (rust/src/agent/frames.rs); a big message comes
-as its spool location and is read here a block at a time."""
+"""Delivery agent: SMTP and LMTP delivery in a child process of the worker (jobs in, one
+RcptResult per recipient out), so accepting and delivering use two cores. Jobs are made by
+the frame's one definition (rust/src/agent/frames.rs); a big message comes as its spool location."""
 
 # The worker keeps every decision (routing, MX lookups, MTA-STS, retries, spool records,
 # the delivery log); the agent only runs `SmtpDelivery`. Both ways a frame is a 4-byte

@@ -1,7 +1,6 @@
-"""Delivery status notifications (RFC 3464) to be re-injected with the null sender.
-Invariants: never a DSN to the null sender; a recipient's NOTIFY decides whether it is
-reported; CRLF line ends only; of the original, at most its headers and
-`max_returned` bytes of its body are read, a block at a time (never a whole copy)."""
+"""Delivery status notifications (RFC 3464), re-injected with the null sender: never one to
+<>, NOTIFY decides who is reported, CRLF only; of the original, its headers and at most
+`max_returned` bytes of its body, read a block at a time (never a whole copy)."""
 
 # Simplifications, on purpose: the original's headers are returned as
 # text/rfc822-headers (RET=FULL on a failure, when the body fits: message/rfc822)
