@@ -15,6 +15,12 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benches"))
 import delivery_memory  # noqa: E402
 
+import mta  # noqa: E402
+
+# The package under test (the installed one in CI), not ./python, which a clean clone has
+# without its built extension.
+MTA_PYTHON = Path(mta.__file__).resolve().parents[1]
+
 MiB = 1 << 20
 BOUND = {"relay": 24 * MiB, "bounce": 24 * MiB, "concurrent": 64 * MiB}
 
@@ -24,7 +30,7 @@ pytestmark = pytest.mark.skipif(shutil.which("smtp-sink") is None and not Path("
 
 @pytest.mark.parametrize("scenario", list(BOUND))
 def test_delivery_memory_is_bounded(scenario, tmp_path):
-    fig = delivery_memory.measure(scenario, work=tmp_path)
+    fig = delivery_memory.measure(scenario, MTA_PYTHON, work=tmp_path)
     report = "\n".join(fig.lines())
     want = "bounced" if scenario == "bounce" else "delivered"
     assert fig.outcomes == {want: fig.count}, report
