@@ -137,12 +137,16 @@ def reply_parts(code: int, lines: list[str]) -> tuple[str | None, str]:
     with spaces, empty ones left out. ClientTransaction's outcomes use the same rule."""
 
 class ClientTransaction:
-    """Client side of one pipelined mail transaction (rust/src/smtp/client.rs): the
+    """Client side of one mail transaction (rust/src/smtp/client/transaction.rs): the
     replies owed (RSET if `reset`, MAIL, one per recipient, DATA unless `chunking`,
     then the end of data: one per accepted recipient with `lmtp`) and what each
-    decides. The caller writes the whole command batch, then feeds the server's bytes."""
+    decides. Pipelined, the caller writes the whole command batch, then feeds the
+    server's bytes (`feed`) or each reply (`on_reply`). With `pipelining=False`
+    (lock-step) it writes the command `command` names before each reply, and nothing
+    follows a refused MAIL, nor DATA when no recipient was accepted."""
 
-    def __init__(self, rcpts: int, *, reset: bool, chunking: bool, lmtp: bool) -> None: ...
+    def __init__(self, rcpts: int, *, reset: bool, chunking: bool, lmtp: bool,
+                 pipelining: bool = True) -> None: ...
     def feed(self, parser: ReplyParser, data: bytes) -> int:
         """Parse `data` with the connection's `parser` and decide on each complete
         reply: 0 wait, 1 send the data now, 2 send an empty data phase (".\\r\\n": the
@@ -150,6 +154,14 @@ class ClientTransaction:
         refused: nothing decided), 5 a reply that no command was owed, 6 not a reply
         (`parser.error` says why; the replies before it were decided). The answer
         does not depend on how the bytes are split."""
+    def on_reply(self, reply: tuple[int, list[str]]) -> int:
+        """Decide on one reply already parsed, (code, lines) (a client `Reply`): the
+        step, as `feed` returns it (never 6); 5 once done."""
+    @property
+    def command(self) -> int | None:
+        """Lock-step only: the index of the command to write now, before its reply is
+        awaited, in the batch [RSET if reset, MAIL, each RCPT, DATA unless chunking];
+        None when pipelined or when the reply awaited is the end of data's."""
     def chain(self) -> None:
         """Another transaction's MAIL, RCPT and DATA were written behind this one's
         data (RFC 2920): from now on `feed` returns 3 (done) with the replies after
@@ -170,8 +182,9 @@ class ClientTransaction:
     @property
     def done(self) -> bool:
         """Every recipient has its outcome."""
-    def fail(self, text: str) -> None:
-        """The connection failed: each recipient still undecided gets 451 4.4.2 `text`."""
+    def fail(self, text: str, *, code: int = 451, enhanced: str = "4.4.2") -> None:
+        """The transaction ends here (by default: the connection failed): each
+        recipient still undecided gets `code` `enhanced` `text`."""
     def rows(self, recipients: Sequence[Sequence[object]], host: str | None, ip: str | None,
              tls: str | None) -> list[tuple]:
         """One RcptResult-shaped tuple per recipient (`recipients[i][0]` is its

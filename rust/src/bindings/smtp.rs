@@ -416,8 +416,10 @@ fn reply_parts(code: u16, lines: Vec<String>) -> (Option<String>, String) {
     (o.enhanced, o.text)
 }
 
-/// One pipelined mail transaction on the client side (`crate::smtp::client::transaction`): replies are
-/// parsed by the connection's `ReplyParser` and decided here, with no Python object per reply.
+/// One mail transaction on the client side (`crate::smtp::client::transaction`), pipelined or
+/// lock-step: the lane's replies are parsed by the connection's `ReplyParser` and decided here
+/// with no Python object per reply (`feed`); the coroutine path feeds the replies it awaited
+/// (`on_reply`).
 #[pyclass(name = "ClientTransaction", module = "mta._native")]
 pub struct PyClientTransaction {
     tx: Transaction,
@@ -451,10 +453,15 @@ fn step_code(s: Step) -> u8 {
 #[pymethods]
 impl PyClientTransaction {
     #[new]
-    #[pyo3(signature = (rcpts, *, reset, chunking, lmtp))]
-    fn new(rcpts: usize, reset: bool, chunking: bool, lmtp: bool) -> Self {
+    #[pyo3(signature = (rcpts, *, reset, chunking, lmtp, pipelining = true))]
+    fn new(rcpts: usize, reset: bool, chunking: bool, lmtp: bool, pipelining: bool) -> Self {
+        let tx = if pipelining {
+            Transaction::new(rcpts, reset, chunking, lmtp)
+        } else {
+            Transaction::lockstep(rcpts, reset, chunking, lmtp)
+        };
         PyClientTransaction {
-            tx: Transaction::new(rcpts, reset, chunking, lmtp),
+            tx,
             replies: Vec::new(),
             chained: false,
             answered: 0,
@@ -510,6 +517,25 @@ impl PyClientTransaction {
         Ok(step)
     }
 
+    /// Decide on one reply, `(code, lines)` as the connection parsed it (a `Reply`): the
+    /// step, as `feed` returns it (never 6). A reply after the last owed is 5.
+    fn on_reply(&mut self, reply: (u16, Vec<String>)) -> u8 {
+        if self.tx.is_done() {
+            return UNEXPECTED;
+        }
+        let (code, lines) = reply;
+        self.answered += 1;
+        step_code(self.tx.on_reply(&Reply { code, lines }))
+    }
+
+    /// Lock-step (`pipelining=False`): the index of the command to write now, just before
+    /// its reply is awaited, in the batch [RSET if reset, MAIL, each RCPT, DATA unless
+    /// chunking]; None when pipelined or when no command is to be written.
+    #[getter]
+    fn command(&self) -> Option<usize> {
+        self.tx.command()
+    }
+
     /// The command whose reply is awaited ("RSET", "MAIL FROM", "RCPT TO", "DATA",
     /// "the end of data"; "" when none).
     #[getter]
@@ -528,9 +554,11 @@ impl PyClientTransaction {
         self.tx.is_done()
     }
 
-    /// The connection failed: every recipient still undecided gets 451 4.4.2 `text`.
-    fn fail(&mut self, text: &str) {
-        self.tx.fail(text);
+    /// The transaction ends here (by default: the connection failed): every recipient
+    /// still undecided gets `code` `enhanced` `text`.
+    #[pyo3(signature = (text, *, code = 451, enhanced = "4.4.2"))]
+    fn fail(&mut self, text: &str, code: u16, enhanced: &str) {
+        self.tx.fail_as(code, enhanced, text);
     }
 
     /// One `RcptResult`-shaped tuple per recipient (`recipients[i][0]` is the address):

@@ -18,13 +18,22 @@ from mta.delivery.smtp.protocol import (
     Reply, ReplyError, ReplyParser, ConnError, Connection, Stale, data_parts,
     wire_body,
 )
-from mta.delivery.smtp.lane import Lane, Queued, resume
+from mta.delivery.smtp.lane import SEND_DATA, SEND_EMPTY_END, STALE, WAIT, Lane, Queued, resume
 
 log = logging.getLogger("mta.delivery")
 
 __all__ = ["SmtpOptions", "SmtpDelivery", "Reply", "ReplyParser", "ReplyError", "wire_body"]
 
 _WRITE_BLOCK = 256 * 1024  # the data phase is written in blocks; each must drain within data_block_timeout
+
+# The reply awaited (ClientTransaction.waiting_for) -> the SmtpDelivery timeout for it.
+_TIMEOUT = {
+    "RSET": "rset_timeout",
+    "MAIL FROM": "mail_timeout",
+    "RCPT TO": "rcpt_timeout",
+    "DATA": "data_init_timeout",
+    "the end of data": "data_done_timeout",
+}
 
 
 @dataclass(frozen=True)
@@ -126,7 +135,8 @@ class _Gate:
 # - A pooled connection is RSET before its next transaction (pipelined with it); if
 #   it turns out dead or refuses the RSET, the delivery retries on a new connection.
 # - `submit` runs the common transaction (a pooled PIPELINING connection, a message of
-#   one write block) on callbacks instead (mta.delivery.lane), deciding the same.
+#   one write block) on callbacks instead (mta.delivery.lane). Both paths have the Rust
+#   `ClientTransaction` decide what the replies mean; peers without PIPELINING get it lock-step.
 class SmtpDelivery:
     """Delivers messages over SMTP (or LMTP with opts.lmtp) with an idle connection
     pool and a concurrency limit per destination key. One instance per event loop."""
@@ -498,96 +508,77 @@ class SmtpDelivery:
     # -- one transaction --
     async def _transaction(self, conn: Connection, opts: SmtpOptions,
                            msg: OutMessage) -> list[RcptResult]:
-        host, ip = conn.target.host, conn.target.ip
+        """The Rust `ClientTransaction` decides (as on the lane); this does the I/O: the
+        commands (the batch at once, or lock-step one by one), each reply awaited with its
+        timeout, the data. A ConnError fails the undecided recipients with 451 4.4.2."""
         tls = conn.tls_state
-        ext = conn.ext
         refused, mail, rcpt_lines = _envelope(conn, msg)
-        if refused is not None:
-            return refused
-
-        def result(addr: str, r: Reply) -> RcptResult:
-            return RcptResult(addr, r.code, *r.parts(), host, ip, tls)
-
-        rcpts = msg.recipients
-        results: list[RcptResult | None] = [None] * len(rcpts)
+        if refused is not None or not msg.recipients:
+            return refused or []
         reused = conn.messages > 0
         conn.messages += 1
-        chunking = "CHUNKING" in ext
-        pipelining = "PIPELINING" in ext
-        # (line, timeout, name) of the command batch before the data
-        cmds: list[tuple[bytes, float, str]] = []
-        if reused:
-            cmds.append((b"RSET\r\n", self.rset_timeout, "RSET"))
-        cmds.append((mail, self.mail_timeout, "MAIL FROM"))
-        cmds += [(line, self.rcpt_timeout, "RCPT TO") for line in rcpt_lines]
+        chunking = "CHUNKING" in conn.ext
+        pipelining = "PIPELINING" in conn.ext
+        tx = _native.ClientTransaction(len(msg.recipients), reset=reused, chunking=chunking, lmtp=opts.lmtp,
+                                       pipelining=pipelining)
+        # the command batch, as tx counts it (tx.command is an index into it)
+        cmds = [b"RSET\r\n", mail, *rcpt_lines] if reused else [mail, *rcpt_lines]
         if not chunking:
-            cmds.append((b"DATA\r\n", self.data_init_timeout, "DATA"))
+            cmds.append(b"DATA\r\n")
         try:
             if pipelining:
-                conn.write(b"".join(c[0] for c in cmds))
-            accepted: list[int] = []
-            mail_ok = True
-            for i, (line, timeout, what) in enumerate(cmds):
-                if not pipelining:
-                    if not mail_ok or (what == "DATA" and not accepted):
-                        break  # lock-step: nothing more to say
-                    conn.write(line)
+                conn.write(b"".join(cmds))
+            await self._converse(conn, tx, cmds, msg, chunking)
+        except ConnError as e:
+            conn.abort()
+            tx.fail(f"{conn.name}: {e}")
+        target = conn.target
+        return [RcptResult(*row) for row in tx.rows(msg.recipients, target.host, target.ip, tls)]
+
+    async def _converse(self, conn: Connection, tx: _native.ClientTransaction, cmds: list[bytes],
+                        msg: OutMessage, chunking: bool) -> None:
+        """Do what `tx` says until it is done: write (lock-step), await and feed each reply,
+        send the data. Raises Stale (RSET refused or the connection dead at it), ConnError."""
+        step = WAIT
+        while not tx.done:
+            if step == WAIT:
+                what = tx.waiting_for
+                if (i := tx.command) is not None:
+                    conn.write(cmds[i])  # lock-step: one command, then its reply
                 try:
-                    r = await conn.reply(timeout, what)
+                    r = await conn.reply(getattr(self, _TIMEOUT[what]), what)
                 except ConnError:
                     if what == "RSET":
                         raise Stale() from None
                     raise
-                if what == "RSET":
-                    if r.code // 100 != 2:
-                        raise Stale()
-                elif what == "MAIL FROM":
-                    if r.code // 100 != 2:
-                        mail_ok = False
-                        results = [result(a.address, r) for a in rcpts]
-                elif what == "RCPT TO":
-                    k = i - 1 - reused
-                    if mail_ok:
-                        if r.code // 100 == 2:
-                            accepted.append(k)
-                        else:
-                            results[k] = result(rcpts[k].address, r)
-                elif what == "DATA":
-                    if r.code != 354:
-                        for k in accepted:
-                            results[k] = result(rcpts[k].address, r)
-                        accepted = []
-                    elif not accepted:
-                        # a server that said 354 although nothing was accepted: end it empty
-                        conn.write(b".\r\n")
-                        await conn.reply(self.data_done_timeout, "the end of data")
-            if not mail_ok or not accepted:
-                return results  # type: ignore[return-value]
-            data = msg.data
-            if type(data) is bytes:
-                await self._send_data(conn, data_parts(data, chunking=chunking))
-            else:
-                try:
-                    await self._send_stored(conn, data, chunking)
-                except _native.SpoolError as e:  # gone or damaged: no end of data was sent
-                    log.error("cannot read %s from the spool: %s", msg.queue_id, e)
-                    conn.abort()
-                    return [res or RcptResult(rc.address, 451, "4.3.0", "cannot read the message from the spool",
-                                              host, ip, tls) for rc, res in zip(rcpts, results)]
-            if opts.lmtp:
-                for k in accepted:
-                    r = await conn.reply(self.data_done_timeout, "the end of data")
-                    results[k] = result(rcpts[k].address, r)
-            else:
-                r = await conn.reply(self.data_done_timeout, "the end of data")
-                for k in accepted:
-                    results[k] = result(rcpts[k].address, r)
-            return results  # type: ignore[return-value]
-        except ConnError as e:
+                step = tx.on_reply(r)
+            elif step == SEND_DATA:
+                step = WAIT
+                if not await self._send_message(conn, msg, chunking):
+                    tx.fail("cannot read the message from the spool", enhanced="4.3.0")
+            elif step == SEND_EMPTY_END:
+                # a server that said 354 although nothing was accepted: end it empty
+                conn.write(b".\r\n")
+                step = WAIT
+            elif step == STALE:
+                raise Stale()
+            else:  # a reply is awaited only when one is owed: cannot happen
+                raise ConnError("the server sent a reply to no command")
+
+    async def _send_message(self, conn: Connection, msg: OutMessage, chunking: bool) -> bool:
+        """The data phase; False (the connection aborted) when the spool could not be read:
+        no end of data was sent."""
+        data = msg.data
+        if type(data) is bytes:
+            await self._send_data(conn, data_parts(data, chunking=chunking))
+            return True
+        try:
+            await self._send_stored(conn, data, chunking)
+        except _native.SpoolError as e:  # gone or damaged
+            log.error("cannot read %s from the spool: %s", msg.queue_id, e)
             conn.abort()
-            text = f"{conn.name}: {e}"
-            return [res or RcptResult(rc.address, 451, "4.4.2", text, host, ip, tls)
-                    for rc, res in zip(rcpts, results)]
+            return False
+        return True
 
 
 def _envelope(conn: Connection, msg: OutMessage) -> tuple[list[RcptResult] | None, bytes, list[bytes]]:

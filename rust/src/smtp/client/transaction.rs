@@ -1,6 +1,6 @@
-//! One pipelined SMTP/LMTP mail transaction on the client side, sans I/O: which replies are
-//! owed (RSET, MAIL, each RCPT, DATA, end of data) and what each decides. Invariants: once
-//! `Done`, every recipient has an outcome; a reply nothing is owed for is `Unexpected`.
+//! One SMTP/LMTP mail transaction on the client side (pipelined or lock-step), sans I/O: which
+//! replies are owed (RSET, MAIL, each RCPT, DATA, end of data) and what each decides. Invariants:
+//! once `Done`, every recipient has an outcome; a reply nothing is owed for is `Unexpected`.
 
 use std::collections::VecDeque;
 
@@ -79,12 +79,17 @@ pub enum Step {
     Unexpected,
 }
 
-/// The caller writes the whole command batch at once, feeds the replies in order, and
-/// writes the message when told to; the result is one outcome per recipient.
+/// The caller writes the whole command batch at once (pipelined), or each command named by
+/// `command` just before its reply (lock-step), feeds the replies in order, and writes the
+/// message when told to; the result is one outcome per recipient.
 pub struct Transaction {
     owed: VecDeque<Owed>,
     chunking: bool,
     lmtp: bool,
+    reset: bool,
+    /// A peer without PIPELINING: a command goes only when the one before is answered,
+    /// so after a refused MAIL, or with no recipient accepted, nothing more is owed.
+    lockstep: bool,
     mail_ok: bool,
     accepted: Vec<usize>,
     outcomes: Vec<Option<Outcome>>,
@@ -109,11 +114,36 @@ impl Transaction {
             owed,
             chunking,
             lmtp,
+            reset,
+            lockstep: false,
             mail_ok: true,
             accepted: Vec::new(),
             outcomes: vec![None; rcpts],
             closing: false,
             finished: rcpts == 0,
+        }
+    }
+
+    /// The same for a peer without PIPELINING: the caller writes each command `command`
+    /// names, then feeds its reply; none is written whose reply would not matter.
+    pub fn lockstep(rcpts: usize, reset: bool, chunking: bool, lmtp: bool) -> Self {
+        Transaction { lockstep: true, ..Self::new(rcpts, reset, chunking, lmtp) }
+    }
+
+    /// Lock-step: the command to write now (its reply is the next one owed), as its index in
+    /// the batch [RSET if reset, MAIL, each RCPT, DATA unless chunking]. None when pipelined
+    /// (the whole batch went at once), once done, or when the reply awaited is to no command.
+    pub fn command(&self) -> Option<usize> {
+        if !self.lockstep || self.finished {
+            return None;
+        }
+        let base = self.reset as usize;
+        match self.owed.front()? {
+            Owed::Rset => Some(0),
+            Owed::Mail => Some(base),
+            Owed::Rcpt(k) => Some(base + 1 + k),
+            Owed::Data => Some(base + 1 + self.outcomes.len()),
+            Owed::EmptyEnd | Owed::End | Owed::LmtpEnd(_) => None,
         }
     }
 
@@ -139,7 +169,13 @@ impl Transaction {
 
     /// The connection failed: every recipient without an outcome gets 451 4.4.2 `text`.
     pub fn fail(&mut self, text: &str) {
-        let o = Outcome { code: 451, enhanced: Some("4.4.2".into()), text: text.into() };
+        self.fail_as(451, "4.4.2", text);
+    }
+
+    /// The transaction cannot go on (e.g. the message could not be read): every recipient
+    /// without an outcome gets this synthetic reply, and nothing more is owed.
+    pub fn fail_as(&mut self, code: u16, enhanced: &str, text: &str) {
+        let o = Outcome { code, enhanced: Some(enhanced.into()), text: text.into() };
         for slot in self.outcomes.iter_mut().filter(|s| s.is_none()) {
             *slot = Some(o.clone());
         }
@@ -167,6 +203,9 @@ impl Transaction {
                     self.mail_ok = false;
                     let o = Outcome::of(r);
                     self.outcomes.iter_mut().for_each(|s| *s = Some(o.clone()));
+                    if self.lockstep {
+                        self.owed.clear(); // no RCPT or DATA follows a refused MAIL
+                    }
                 }
             }
             Owed::Rcpt(k) => {
@@ -176,6 +215,9 @@ impl Transaction {
                     } else {
                         self.outcomes[k] = Some(Outcome::of(r));
                     }
+                }
+                if self.lockstep && self.accepted.is_empty() && self.owed.front() == Some(&Owed::Data) {
+                    self.owed.clear(); // the last RCPT refused too: no DATA for nobody
                 }
             }
             Owed::Data => {
@@ -252,7 +294,11 @@ pub mod harness {
     fn run(shape: u8, chunks: &[&[u8]]) -> Run {
         let rcpts = (shape & 7) as usize;
         let (reset, chunking, lmtp) = (shape & 8 != 0, shape & 16 != 0, shape & 32 != 0);
-        let mut tx = Transaction::new(rcpts, reset, chunking, lmtp);
+        let mut tx = if shape & 64 != 0 {
+            Transaction::lockstep(rcpts, reset, chunking, lmtp)
+        } else {
+            Transaction::new(rcpts, reset, chunking, lmtp)
+        };
         let mut p = ReplyParser::new(512);
         let mut steps = Vec::new();
         let mut replies = Vec::new();
@@ -394,10 +440,104 @@ mod tests {
     fn table() {
         for (i, (n, reset, chunking, lmtp, replies, steps, outcomes)) in cases().into_iter().enumerate() {
             let mut tx = Transaction::new(n, reset, chunking, lmtp);
-            let got: Vec<Step> = replies.iter().map(|r| tx.on_reply(r)).collect();
+            let got: Vec<Step> = replies.iter().map(|r| { assert_eq!(tx.command(), None); tx.on_reply(r) }).collect();
             assert_eq!(got, steps, "case {i}");
             assert_eq!(tx.outcomes(), &outcomes[..], "case {i}");
         }
+    }
+
+    /// Feed `replies` to a lock-step transaction: the steps, and the command it said to
+    /// write before each reply.
+    fn lockstep_run(tx: &mut Transaction, replies: &[Reply]) -> (Vec<Step>, Vec<Option<usize>>) {
+        replies.iter().map(|r| (tx.command(), tx.on_reply(r))).map(|(c, s)| (s, c)).unzip()
+    }
+
+    /// Every pipelined case in lock-step: the same steps and outcomes, except where a
+    /// lock-step client writes less (nothing after a refused MAIL; no DATA when no
+    /// recipient was accepted), so its peer answers less. The commands written are the
+    /// batch's, in order, each just before its reply; none for the end of data.
+    #[test]
+    fn table_lockstep() {
+        use Step::*;
+        let ok = |e: &str| reply(250, &[&format!("{e} Ok")]);
+        // case index -> (replies, steps) of a lock-step peer
+        let differs: Vec<(usize, Vec<Reply>, Vec<Step>)> = vec![
+            (2, vec![reply(553, &["5.1.8 bad sender"])], vec![Done]),
+            (3, vec![ok("2.1.0"), reply(450, &["4.2.0 busy"])], vec![Wait, Done]),
+        ];
+        for (i, (n, reset, chunking, lmtp, mut replies, mut steps, outcomes)) in cases().into_iter().enumerate() {
+            if let Some((_, r, s)) = differs.iter().find(|d| d.0 == i) {
+                (replies, steps) = (r.clone(), s.clone());
+            }
+            let mut tx = Transaction::lockstep(n, reset, chunking, lmtp);
+            let (got, commands) = lockstep_run(&mut tx, &replies);
+            assert_eq!(got, steps, "case {i}");
+            assert_eq!(tx.outcomes(), &outcomes[..], "case {i}");
+            let written: Vec<usize> = commands.iter().map_while(|c| *c).collect();
+            assert_eq!(written, (0..written.len()).collect::<Vec<_>>(), "case {i}: the batch in order");
+            assert!(commands[written.len()..].iter().all(Option::is_none), "case {i}: {commands:?}");
+        }
+    }
+
+    /// Lock-step only: (rcpts, reset, chunking, lmtp, replies, steps, commands, outcomes).
+    #[allow(clippy::type_complexity)]
+    fn lockstep_cases() -> Vec<(usize, bool, bool, bool, Vec<Reply>, Vec<Step>, Vec<Option<usize>>, Vec<Option<Outcome>>)> {
+        use Step::*;
+        let ok = |e: &str| reply(250, &[&format!("{e} Ok")]);
+        vec![
+            // RSET, then MAIL refused: no RCPT is written.
+            (2, true, false, false, vec![ok("2.0.0"), reply(553, &["5.1.8 bad sender"])],
+             vec![Wait, Done], vec![Some(0), Some(1)],
+             vec![out(553, Some("5.1.8"), "bad sender"), out(553, Some("5.1.8"), "bad sender")]),
+            // CHUNKING, every RCPT refused: every RCPT is written, then nothing.
+            (2, false, true, false, vec![ok("2.1.0"), reply(550, &["5.1.1 no"]), reply(451, &["4.3.0 later"])],
+             vec![Wait, Wait, Done], vec![Some(0), Some(1), Some(2)],
+             vec![out(550, Some("5.1.1"), "no"), out(451, Some("4.3.0"), "later")]),
+            // A refused RCPT before an accepted one: DATA is still written.
+            (2, false, false, false,
+             vec![ok("2.1.0"), reply(550, &["5.1.1 no"]), ok("2.1.5"), reply(354, &["go"]), reply(250, &["2.0.0 queued"])],
+             vec![Wait, Wait, Wait, SendData, Done], vec![Some(0), Some(1), Some(2), Some(3), None],
+             vec![out(550, Some("5.1.1"), "no"), out(250, Some("2.0.0"), "queued")]),
+            // LMTP with CHUNKING after RSET: BDAT after the last RCPT, a reply per accepted one.
+            (2, true, true, true,
+             vec![ok("2.0.0"), ok("2.1.0"), ok("2.1.5"), ok("2.1.5"), reply(250, &["2.0.0 a done"]),
+                  reply(452, &["4.2.2 b over quota"])],
+             vec![Wait, Wait, Wait, SendData, Wait, Done], vec![Some(0), Some(1), Some(2), Some(3), None, None],
+             vec![out(250, Some("2.0.0"), "a done"), out(452, Some("4.2.2"), "b over quota")]),
+            // A 421 to MAIL: decided, and a reply after that was owed nothing.
+            (1, false, false, false, vec![reply(421, &["4.3.2 shutting down"]), reply(503, &["5.5.1 what"])],
+             vec![Done, Unexpected], vec![Some(0), None],
+             vec![out(421, Some("4.3.2"), "shutting down")]),
+            // DATA refused in lock-step.
+            (1, true, false, false, vec![ok("2.0.0"), ok("2.1.0"), ok("2.1.5"), reply(554, &["5.5.1 no"])],
+             vec![Wait, Wait, Wait, Done], vec![Some(0), Some(1), Some(2), Some(3)],
+             vec![out(554, Some("5.5.1"), "no")]),
+        ]
+    }
+
+    #[test]
+    fn table_lockstep_only() {
+        for (i, (n, reset, chunking, lmtp, replies, steps, commands, outcomes)) in lockstep_cases().into_iter().enumerate() {
+            let mut tx = Transaction::lockstep(n, reset, chunking, lmtp);
+            assert_eq!(lockstep_run(&mut tx, &replies), (steps, commands), "case {i}");
+            assert_eq!(tx.outcomes(), &outcomes[..], "case {i}");
+            assert_eq!(tx.command(), None, "case {i}: nothing more to write");
+        }
+        assert!(Transaction::lockstep(0, true, false, false).is_done());
+        assert_eq!(Transaction::lockstep(0, true, false, false).command(), None);
+    }
+
+    #[test]
+    fn fail_as_fills_only_the_undecided() {
+        let mut tx = Transaction::lockstep(2, false, false, false);
+        for r in [reply(250, &["ok"]), reply(550, &["5.1.1 no"]), reply(250, &["ok"])] {
+            tx.on_reply(&r);
+        }
+        assert_eq!(tx.on_reply(&reply(354, &["go"])), Step::SendData);
+        tx.fail_as(451, "4.3.0", "cannot read the message from the spool");
+        assert!(tx.is_done());
+        assert_eq!(tx.outcomes(), &[out(550, Some("5.1.1"), "no"),
+                                    out(451, Some("4.3.0"), "cannot read the message from the spool")]);
     }
 
     #[test]
@@ -434,7 +574,7 @@ mod tests {
     #[test]
     fn corpus_replays_split_independent() {
         for data in crate::corpus::files("client") {
-            for shape in [0u8, 1, 2, 9, 17, 33, 43, 63] {
+            for shape in [0u8, 1, 2, 9, 17, 33, 43, 63, 65, 74, 82, 107, 127] {
                 let mut d = data.clone();
                 if !d.is_empty() {
                     d[0] = shape;
