@@ -18,23 +18,13 @@ from mta.delivery.smtp.protocol import (
     Reply, ReplyError, ReplyParser, ConnError, Connection, Stale, data_parts,
     wire_body,
 )
-from mta.delivery.smtp.lane import SEND_DATA, SEND_EMPTY_END, STALE, WAIT, Lane, Queued, resume
+from mta.delivery.smtp.lane import SEND_DATA, SEND_EMPTY_END, STALE, TIMEOUT_FOR, WAIT, Lane, Queued, resume
 
 log = logging.getLogger("mta.delivery")
 
 __all__ = ["SmtpOptions", "SmtpDelivery", "Reply", "ReplyParser", "ReplyError", "wire_body"]
 
 _WRITE_BLOCK = 256 * 1024  # the data phase is written in blocks; each must drain within data_block_timeout
-
-# The reply awaited (ClientTransaction.waiting_for) -> the SmtpDelivery timeout for it.
-_TIMEOUT = {
-    "RSET": "rset_timeout",
-    "MAIL FROM": "mail_timeout",
-    "RCPT TO": "rcpt_timeout",
-    "DATA": "data_init_timeout",
-    "the end of data": "data_done_timeout",
-}
-
 
 @dataclass(frozen=True)
 class SmtpOptions:
@@ -546,7 +536,7 @@ class SmtpDelivery:
                 if (i := tx.command) is not None:
                     conn.write(cmds[i])  # lock-step: one command, then its reply
                 try:
-                    r = await conn.reply(getattr(self, _TIMEOUT[what]), what)
+                    r = await conn.reply(getattr(self, TIMEOUT_FOR[what]), what)
                 except ConnError:
                     if what == "RSET":
                         raise Stale() from None

@@ -17,8 +17,9 @@ log = logging.getLogger("mta.delivery")
 # Steps of ClientTransaction.feed (rust/src/bindings/smtp.rs).
 WAIT, SEND_DATA, SEND_EMPTY_END, DONE, STALE, UNEXPECTED, GARBAGE = range(7)
 
-# The reply awaited (ClientTransaction.waiting_for) -> the SmtpDelivery timeout for it.
-_TIMEOUT = {
+# The reply awaited (ClientTransaction.waiting_for) -> the SmtpDelivery timeout for it;
+# both ways of running a transaction (this lane and SmtpDelivery._transaction) use it.
+TIMEOUT_FOR = {
     "RSET": "rset_timeout",
     "MAIL FROM": "mail_timeout",
     "RCPT TO": "rcpt_timeout",
@@ -29,9 +30,9 @@ _TIMEOUT = {
 Rows = list[tuple]  # RcptResult-shaped tuples, one per recipient
 
 
-# It decides what `SmtpDelivery._transaction` decides, with the same texts
-# (tests/test_delivery_lane.py runs both against the same peers), with one
-# difference: a reply that no command is owed is an error here (the connection is
+# The Rust `ClientTransaction` decides here what it decides for `SmtpDelivery._transaction`
+# (tests/test_delivery_lane.py runs both against the same peers); this lane only does the
+# I/O on callbacks. A reply that no command is owed is an error here (the connection is
 # out of sync and is not reused). A pooled connection found dead or refusing RSET
 # hands the message to the coroutine path with its place at the gate, as
 # `SmtpDelivery.deliver_held` retries on the next connection. A job that finds every
@@ -128,7 +129,7 @@ class Lane:
     def _step(self, step: int, data: bytes) -> None:
         conn, smtp = self.conn, self.smtp
         if step == WAIT:
-            conn.arm(getattr(smtp, _TIMEOUT[self.tx.waiting_for]))
+            conn.arm(getattr(smtp, TIMEOUT_FOR[self.tx.waiting_for]))
         elif step == SEND_DATA:
             self._send_data()
         elif step == SEND_EMPTY_END:
