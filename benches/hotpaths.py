@@ -194,7 +194,7 @@ async def queue_path(n: int, repeats: int) -> float:
             qid = sp.new_queue_id()
             m = sp.new_message()
             m.push(BODY)
-            sp.submit(qid, m, lambda err, qid=qid: q.new_message(qid), sender="from@example.test",
+            sp.submit(qid, m, lambda err, qid=qid: q.on_durable(qid), sender="from@example.test",
                       recipients=[("to@example.test", None, None)], body=None, smtputf8=False, ret=None,
                       envid=None, helo="client.example.test", client_ip="127.0.0.1", arrival=time.time())
 

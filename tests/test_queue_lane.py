@@ -110,7 +110,7 @@ def _submit(srv: Server, rcpts: list[str], from_session: bool = False) -> str:
     def stored(err) -> None:
         assert err is None, err
         DURABLE.add(qid)
-        q.new_message(qid, final if from_session else None)
+        q.on_durable(qid, final if from_session else None)
 
     sp.submit(qid, m, stored, sender="from@example.test",
               recipients=final, body=None, smtputf8=False, ret=None,
@@ -220,7 +220,7 @@ def test_the_lane_waits_for_the_agent_to_run(tmp_path):
 
 
 def test_a_message_started_twice_is_attempted_once(tmp_path):
-    """new_message() for a message already being attempted (a DSN's comes a loop turn
+    """on_durable() for a message already being attempted (a DSN's comes a loop turn
     after it is durable; the scheduler may have started it meanwhile) starts nothing."""
     async def main():
         srv = await _server(str(tmp_path))
@@ -230,7 +230,7 @@ def test_a_message_started_twice_is_attempted_once(tmp_path):
             qid = _submit(srv, ["a@example.test"])
             while not peer.held:
                 await asyncio.sleep(0.01)
-            srv.queue.new_message(qid)  # while the first attempt is in flight
+            srv.queue.on_durable(qid)  # while the first attempt is in flight
             srv.queue._schedule()
             calls = list(peer.calls)
             peer.release()

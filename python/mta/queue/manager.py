@@ -109,7 +109,6 @@ class QueueManager:
         else:
             self._refill = True  # taken up when the window drains to half
 
-    new_message = on_durable
 
     async def _run(self) -> None:
         clock = self.clock
