@@ -1,4 +1,4 @@
-"""The `mta` command (run, queue, check-config, tls, user, bench). Options and output
+"""The `mta` command (run, queue, check-config, tls, user, plugins, bench). Options and output
 formats are a contract scripts rely on: `queue list --json` prints one JSON array, an
 unknown queue id exits 1, a bad config exits 2 naming every bad key."""
 
@@ -11,6 +11,7 @@ import sys
 import click
 
 from mta import __version__
+from mta.app import plugins_cli
 from mta.bench import cli as bench_cli
 from mta.config import schema as config
 from mta.errors import ConfigError, MtaError
@@ -68,6 +69,9 @@ def run(config_file, listen, spool, hostname, mynetworks, relay_to, no_delivery,
 
     try:
         status = workers.run(cfg)
+    except ConfigError as e:  # a plugin that cannot load or start
+        click.echo(f"mta: configuration error:\n{e}", err=True)
+        sys.exit(2)
     except MtaError as e:
         click.echo(f"mta: {e}", err=True)
         sys.exit(1)
@@ -80,8 +84,11 @@ def run(config_file, listen, spool, hostname, mynetworks, relay_to, no_delivery,
 @main.command("check-config")
 @click.argument("file", type=click.Path(dir_okay=False))
 def check_config(file) -> None:
-    """Validate a configuration file; name every bad key and value."""
+    """Validate a configuration file; name every bad key and value. Configured plugins are
+    loaded and their setup/start and stop run once, so their errors show here too."""
     errors = config.check(file)
+    if not errors:
+        errors = plugins_cli.problems(config.load(file))
     if errors:
         for e in errors:
             click.echo(e, err=True)
@@ -521,6 +528,7 @@ def user_list(users_file, config_file) -> None:
 
 
 main.add_command(bench_cli.bench)
+main.add_command(plugins_cli.plugins)
 
 if __name__ == "__main__":
     main()

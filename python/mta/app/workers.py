@@ -38,6 +38,9 @@ def run(cfg: Config) -> int:
     if cfg.workers == 1:
         _serve(cfg, 0, reuse_port=False)
         return 0
+    from mta.policy import loader
+
+    loader.load(cfg.plugin, cfg.delivery.route_hook)  # a plugin that cannot load stops the start here (ConfigError)
     return _Supervisor(cfg).run()
 
 

@@ -44,6 +44,19 @@ class TransportSpec:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.kind} {host}:{self.port}"
 
+    def full_text(self) -> str:
+        """text() with the options: what parse_transport reads back into this spec."""
+        words = [self.text()]
+        if self.tls is not None:
+            words.append(f"tls={self.tls}")
+        if self.auth is not None:
+            words.append(f"auth={self.auth[0]}:{self.auth[1]}")
+        if self.connections is not None:
+            words.append(f"connections={self.connections}")
+        if self.per_connection is not None:
+            words.append(f"per_connection={self.per_connection}")
+        return " ".join(words)
+
 
 def _host_port(text: str) -> tuple[str, int] | None:
     if text.startswith("["):

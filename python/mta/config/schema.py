@@ -20,6 +20,7 @@ from mta.config.kinds import (  # noqa: F401 (re-exported: tests and docs name k
 from mta.config.listeners import (
     CipherString, Listener, ListenerTables, TlsVersion, cross_checks as listener_checks, resolve as resolve_listeners,
 )
+from mta.config.plugins import PluginTables
 from mta.config.routes import (
     TLS_MODES, AddressList, AddressMap, DurationList, IpList, OptionalHostPort, SenderLoginMap, Transport,
     TransportMap, parse_transport,
@@ -140,8 +141,8 @@ class DeliveryConfig:
                                      "How often the per-domain TLS counters (TLS-RPT style) are logged; they "
                                      "are also logged at shutdown. 0: only at shutdown.")
     log_file: str = opt("", Text(), "Delivery log (one JSON line per recipient outcome); empty: stderr.")
-    route_hook: str = opt("", Text(), 'A "module:function" called for each recipient; a Route it returns '
-                                      "wins over the transport map.")
+    route_hook: str = opt("", Text(), 'Deprecated: a "module:function" loaded as a plugin with only a '
+                                      '"route" hook (list the module under [[plugin]] instead).')
 
 
 @dataclass(frozen=True)
@@ -282,6 +283,11 @@ class Config:
     proxy_from: tuple[Network, ...] = opt((), NetworkList(),
                                           "Addresses allowed to send the PROXY header; with proxy_protocol, "
                                           "connections from elsewhere are closed.")
+    plugin: tuple = opt((), PluginTables(),
+                        'Python plugins, each a [[plugin]] table, run in the order listed after the built-in '
+                        'policies: module = "an.importable.module" (or an entry point of the group '
+                        '"mta.plugins"), options = { ... } (handed to the plugin), timeout = "5s" (per hook '
+                        'call; default 5s), name = "..." (for logs; default the module). See docs/plugins.md.')
     spool: SpoolConfig = section(SpoolConfig)
     delivery: DeliveryConfig = section(DeliveryConfig)
     bounce: BounceConfig = section(BounceConfig)

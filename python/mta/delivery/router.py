@@ -4,19 +4,20 @@ domains, `relay_to`, MX); the spool holds final recipients, each with its own st
 
 from __future__ import annotations
 
-import importlib
-import inspect
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable
 
 from mta.config.routes import TransportSpec, parse_transport
 from mta.config.schema import Config
-from mta.policy.relay import Verdict
+from mta.plugin import Reject
+
+if TYPE_CHECKING:
+    from mta.policy.chain import Chain
 
 MAX_EXPANSION_DEPTH = 10
 MAX_EXPANDED = 1000
 
-UNKNOWN_USER = Verdict(550, "5.1.1", "User unknown in local recipient table")
-EXPANSION_LOOP = Verdict(550, "5.4.6", "Alias expansion loop or too many recipients")
+UNKNOWN_USER = Reject(550, "5.1.1", "User unknown in local recipient table")
+EXPANSION_LOOP = Reject(550, "5.4.6", "Alias expansion loop or too many recipients")
 
 MX = TransportSpec("mx")
 
@@ -28,26 +29,16 @@ def split(address: str) -> tuple[str, str]:
     return local, domain.lower()
 
 
-def load_hook(spec: str) -> Callable[..., Any] | None:
-    """`module:function` → the callable (imported once, at start-up)."""
-    if not spec:
-        return None
-    module, _, name = spec.partition(":")
-    fn = getattr(importlib.import_module(module), name or "route")
-    if not callable(fn):
-        raise TypeError(f"delivery.route_hook {spec!r} is not callable")
-    return fn
-
-
 class Router:
-    def __init__(self, cfg: Config, hook: Callable[..., Any] | None = None):
+    def __init__(self, cfg: Config, plugins: Chain | None = None):
         self.cfg = cfg
         self.local_domains = cfg.local_domains
         self.transport = cfg.transport
         self.aliases = cfg.aliases
         self.virtual = {k.lower(): v for k, v in cfg.virtual.items()}
         self.local_recipients = cfg.local_recipients
-        self.hook = hook
+        # The plugins' route hooks (mta.policy.chain), or None when no plugin routes.
+        self.hooks = plugins if plugins is not None and plugins.route else None
         self.relay = parse_transport(f"smarthost {cfg.delivery.relay_to}") if cfg.delivery.relay_to else None
         self._routes: dict[str, TransportSpec] = {}  # domain as written -> lookup(domain)
 
@@ -66,7 +57,7 @@ class Router:
         return (local_l in self.local_recipients or f"{local_l}@{domain}" in self.local_recipients
                 or local_l in self.aliases or address.lower() in self.virtual)
 
-    def expand(self, address: str) -> tuple[Verdict | None, list[str]]:
+    def expand(self, address: str) -> tuple[Reject | None, list[str]]:
         """(refusal or None, final recipients). Unknown local users are
         refused here, at RCPT, so nothing is bounced later to a forged sender."""
         if not self.virtual:
@@ -76,7 +67,7 @@ class Router:
         out: list[str] = []
         seen: set[str] = set()
 
-        def walk(addr: str, depth: int) -> Verdict | None:
+        def walk(addr: str, depth: int) -> Reject | None:
             key = addr.lower()
             if depth > MAX_EXPANSION_DEPTH or len(out) > MAX_EXPANDED:
                 return EXPANSION_LOOP
@@ -130,7 +121,7 @@ class Router:
     def fixed(self, address: str) -> TransportSpec | None:
         """The transport when no route hook can change it (what route() would
         return, without a coroutine); None when there is a hook to ask."""
-        if self.hook is not None:
+        if self.hooks is not None:
             return None
         # Once per domain (this runs per recipient and attempt: no further call on a hit)
         spec = self._routes.get(address[address.rfind("@") + 1:] if "@" in address else "")
@@ -147,35 +138,23 @@ class Router:
             spec = self._routes[domain] = self.lookup(domain)
         return spec
 
-    async def route(self, address: str, ctx: Any = None) -> TransportSpec:
-        spec = self.route_now(address, ctx)
+    async def route(self, address: str, msg: Any = None) -> TransportSpec:
+        spec = self.route_now(address, msg)
         return spec if isinstance(spec, TransportSpec) else await spec
 
-    def route_now(self, address: str, ctx: Any = None) -> TransportSpec | Awaitable[TransportSpec]:
-        """The route, decided per message: without a coroutine when none is needed (no
-        hook, or one that answered at once, None included); else an awaitable of it.
-        Raises what the hook raises."""
-        if self.hook is None:
+    def route_now(self, address: str, msg: Any = None) -> TransportSpec | Awaitable[TransportSpec]:
+        """The route, decided per message: the plugins' `route` hooks first (an answer wins),
+        then the tables; without a coroutine when no hook had to wait. Raises RouteError
+        (mta.policy.chain) when a hook failed: the caller defers the recipient."""
+        if self.hooks is None:
             return self._table(address)
-        result = self.hook(address, ctx)
-        if inspect.isawaitable(result):
-            return self._hooked_later(address, result)
-        return self._hooked(address, result)
+        spec = self.hooks.route_now(address, msg)
+        if spec is None:
+            return self._table(address)
+        if isinstance(spec, TransportSpec):
+            return spec
+        return self._hooked_later(address, spec)
 
     async def _hooked_later(self, address: str, pending: Awaitable) -> TransportSpec:
-        return self._hooked(address, await pending)
-
-    def _hooked(self, address: str, result: Any) -> TransportSpec:
-        if result is None:  # the hook leaves it to the tables
-            return self._table(address)
-        return result if isinstance(result, TransportSpec) else _as_spec(result)
-
-
-def _as_spec(value: Any) -> TransportSpec:
-    spec = parse_transport(value) if isinstance(value, str) else None
-    if spec is None:
-        raise ValueError(f"route hook returned {value!r}; expected a TransportSpec or a transport string")
-    return spec
-
-
-RouteHook = Callable[[str, Any], "TransportSpec | str | None | Awaitable[TransportSpec | str | None]"]
+        spec = await pending
+        return self._table(address) if spec is None else spec

@@ -5,23 +5,11 @@ everyone else only to the local and relay domains. An address that routes by its
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
 from typing import Iterable
 
+from mta.plugin import Reject
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    code: int
-    enhanced: str
-    text: str
-
-    @property
-    def ok(self) -> bool:
-        return self.code < 400
-
-
-ACCEPT_RCPT = Verdict(250, "2.1.5", "Ok")
-RELAY_DENIED = Verdict(554, "5.7.1", "Relay access denied")
+RELAY_DENIED = Reject(554, "5.7.1", "Relay access denied")
 
 
 class Networks:
@@ -69,11 +57,12 @@ class RelayPolicy:
     def trusted(self, ip: str) -> bool:
         return ip in self.mynetworks
 
-    def check_rcpt(self, address: str, trusted: bool) -> Verdict:
+    def check_rcpt(self, address: str, trusted: bool) -> Reject | None:
+        """None when `address` may be relayed to, else the refusal."""
         if trusted:
-            return ACCEPT_RCPT
+            return None
         if address.lower() == "postmaster":
-            return ACCEPT_RCPT
+            return None
         at = address.rfind("@")
         if at <= 0:
             return RELAY_DENIED
@@ -82,4 +71,4 @@ class RelayPolicy:
             return RELAY_DENIED
         if _self_routing(address[:at]):
             return RELAY_DENIED
-        return ACCEPT_RCPT
+        return None

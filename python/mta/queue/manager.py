@@ -5,17 +5,20 @@ it (a DSN before its bounced record; a delete only once every recipient is final
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import time as _time
 from typing import Callable
 
-from mta.config.routes import TransportSpec
+from mta.config.routes import TransportSpec, parse_transport
 from mta.delivery import BOUNCED, DEFERRED, DELIVERED, FINAL, OutMessage, OutRcpt, RcptResult, results_for
 from mta.delivery.deliverylog import DeliveryLog
 from mta.delivery.router import Router, split
 from mta.delivery.transport import LOGGED, UNSENT, Deferred, Route, Transports
 from mta.errors import SpoolError
+from mta.plugin import DeliveryEvent, Message, Reply
+from mta.policy.chain import Chain
 from mta.queue import bounce
 from mta.queue.store import SpoolService
 
@@ -42,7 +45,7 @@ class QueueManager:
     def __init__(self, store: SpoolService, router: Router, transports: Transports, dlog: DeliveryLog,
                  dcfg, hostname: str, clock: Clock = SYSTEM_CLOCK,
                  jitter: Callable[[float, float], float] = random.uniform, *,
-                 bounce_max: int = 50 * 1024) -> None:
+                 bounce_max: int = 50 * 1024, hooks: Chain | None = None) -> None:
         self.store = store
         self.router = router
         self.transports = transports
@@ -53,6 +56,10 @@ class QueueManager:
         self.bounce_max = bounce_max  # [bounce] max_returned_size: body bytes a RET=FULL DSN returns
         self.clock = clock
         self._jitter = jitter
+        # The plugins' outbound hooks (on_delivered, on_deferred, on_bounced); with an
+        # on_delivered hook, outcomes come back here rather than being logged by the agent.
+        self.hooks = hooks if hooks is not None else Chain()
+        self._observed = bool(self.hooks.on_delivered or self.hooks.on_deferred or self.hooks.on_bounced)
         self.active: set[str] = set()  # queue ids with an attempt in flight
         self._keeping_fresh = False  # the store keeps new messages' bytes for jobs made from it
         self._idle: asyncio.Event | None = None  # set by stop() to learn when `active` empties
@@ -196,7 +203,8 @@ class QueueManager:
 
     # --- one attempt for one message -------------------------------------------
 
-    def _start(self, qid: str) -> None:
+    def _start(self, qid: str, routed: dict | None = None) -> None:
+        """`routed`: the route hooks' answers already asked for this attempt (address -> spec or awaitable)."""
         if qid in self._excluded or qid in self.active:
             # At most one attempt per message: a DSN's on_durable() comes a loop turn
             # after it became durable, and _schedule() may have started it meanwhile.
@@ -207,8 +215,8 @@ class QueueManager:
             if prep is None:
                 self._end(qid, None)  # gone, held or nothing due
                 return
-            env, _spooled, msg = prep
-            groups, failed, pending = self._route(env, msg.recipients)
+            env, spooled, msg = prep
+            groups, failed, pending = self._route(env, spooled, msg.recipients, routed)
             if pending is None and not failed and len(groups) == 1 and self._submit(prep, groups[0]):
                 return
         except Exception as e:  # a bug: the message stays queued and is retried later
@@ -237,16 +245,27 @@ class QueueManager:
         msg = OutMessage(qid, env.sender, rcpts, data, env.body, env.smtputf8, env.ret, env.envid, env.arrival)
         return env, spooled, msg
 
-    def _route(self, env, rcpts) -> tuple[list, dict, list | None]:
+    def _route(self, env, spooled: list, rcpts, routed: dict | None = None) -> tuple[list, dict, list | None]:
         """([[spec, domain, recipients]] one per destination, {index: result} of those whose
-        route hook failed, [(recipient, awaitable route)] of those a hook answers later or None)."""
+        route hook failed, [(recipient, awaitable route)] of those a hook answers later or None).
+        A recipient's stored next route (from on_deferred) comes first, then `routed`, then
+        the router (route hooks, tables)."""
         groups: list[list] = []
         failed: dict[int, RcptResult] = {}
         pending = None
         fixed, route_now = self.router.fixed, self.router.route_now
+        view = None
         for rc in rcpts:
             try:
-                spec = fixed(rc.address) or route_now(rc.address, env)  # fixed: None with a hook
+                stored = spooled[rc.index].route
+                if stored is not None and (spec := parse_transport(stored)) is not None:
+                    pass
+                elif routed is not None and rc.address in routed:
+                    spec = routed[rc.address]
+                elif (spec := fixed(rc.address)) is None:  # None: there are route hooks to ask
+                    if view is None:
+                        view = self._view(env)
+                    spec = route_now(rc.address, view)
             except Exception as e:  # a broken route hook defers, it does not lose mail
                 failed[rc.index] = _route_failed(rc, e)
                 continue
@@ -268,7 +287,7 @@ class QueueManager:
         # With every recipient in it, an all-delivered attempt may be logged by the
         # delivery agent (it answers LOGGED) and the message deleted at once.
         ctx = None
-        if len(rcpts) == len(spooled):
+        if len(rcpts) == len(spooled) and not self.hooks.on_delivered:
             ctx = (env.arrival, (spooled[rcpts[0].index].attempts + 1,) if len(rcpts) == 1
                    else tuple(spooled[rc.index].attempts + 1 for rc in rcpts))
         return self._by_kind[spec.kind].submit(Route(spec, domain), msg,
@@ -278,12 +297,12 @@ class QueueManager:
         """A fresh message's first attempt with its job made from the store entry (the
         agent's submit_spooled): nothing of the message becomes a Python object unless
         the outcome needs recording (see _spooled_done). False: the caller takes `_start`."""
-        if qid in self._excluded or qid in self.active:
-            return False
-        fixed = self.router.fixed  # None with a route hook: it gets the envelope, in _start
+        if qid in self._excluded or qid in self.active or self.hooks.on_delivered:
+            return False  # (on_delivered needs the results, which the agent would log instead)
+        fixed = self.router.fixed
         spec = fixed(recipients[0][0])
-        if spec is None:
-            return False
+        if spec is None:  # route hooks: asked once here, their answers kept for _start if need be
+            return self._start_routed(qid, recipients)
         for r in recipients[1:]:
             s = fixed(r[0])
             if s is not spec and s != spec:
@@ -299,6 +318,42 @@ class QueueManager:
             self._keeping_fresh = True
             self.store.keep_fresh(True)
         return True
+
+    def _start_routed(self, qid: str, recipients: list[tuple]) -> bool:
+        """`_start_spooled` when route hooks decide: they are asked now, once; when all answer
+        at once with one non-MX route the job is still made from the store, else `_start`
+        goes on with their answers."""
+        env = self.store.get(qid)
+        if env is None:
+            return False
+        view = self._view(env)
+        routed: dict = {}
+        try:
+            for r in recipients:
+                if r[0] not in routed:
+                    routed[r[0]] = self.router.route_now(r[0], view)
+        except Exception:  # a failing hook: _start asks again and defers that recipient
+            return False
+        specs = list(routed.values())
+        first = specs[0]
+        if (isinstance(first, TransportSpec) and first.kind != "mx"
+                and all(s is first or s == first for s in specs[1:])):
+            self.active.add(qid)
+            if self._by_kind[first.kind].submit_spooled(Route(first, ""), qid, self._spooled_done,
+                                                          self._spooled_logged):
+                if not self._keeping_fresh:
+                    self._keeping_fresh = True
+                    self.store.keep_fresh(True)
+                return True
+            self.active.discard(qid)
+        self._start(qid, routed)
+        return True
+
+    def _view(self, env) -> Message:
+        """The queued message as route hooks see it (headers and body read on demand)."""
+        qid, size, store = env.queue_id, env.size, self.store
+        return Message(qid, size, env.sender, [r.address for r in env.recipients], _notes(env),
+                       lambda: store.header_block(qid, size), lambda: store.chunks(qid, size))
 
     def _spooled_logged(self, qids: list[str]) -> None:
         """`_start_spooled` jobs of one answer frame, every recipient delivered and logged
@@ -382,13 +437,19 @@ class QueueManager:
             for rc, res in zip(msg.recipients, out):
                 self.dlog.record(queue_id=qid, recipient=rc.address, status=DELIVERED, result=res,
                                  attempt=spooled[rc.index].attempts + 1, arrival=env.arrival, now=now)
+            if self.hooks.on_delivered:
+                notes = _notes(env)
+                for rc, res in zip(msg.recipients, out):
+                    self.hooks.notify(self.hooks.on_delivered,
+                                      _event(qid, rc.address, res, spooled[rc.index].attempts + 1, None, notes))
         self.store.delete_then(qid, lambda error: self._end(qid, None if error is None else SpoolError(error)))
 
     async def _record(self, env, spooled: list, msg: OutMessage, results: dict[int, RcptResult],
                       now: float) -> None:
         """`spooled`: env.recipients, read once by the caller."""
         expired = now - env.arrival > self.dcfg.max_lifetime
-        changes, failures = [], []
+        changes, failures, events = [], [], []
+        notes = _notes(env) if self._observed else None
         replan = False  # a retry falls before the loop's next look at the store
         by_index = {rc.index: rc for rc in msg.recipients}
         for index, res in results.items():
@@ -403,7 +464,15 @@ class QueueManager:
                 replan = replan or retry_at < self._wake_at
             elif outcome.status == BOUNCED:
                 failures.append((rc, res))
-            changes.append((index, outcome.status, attempts, retry_at, outcome.reply()))
+            change = (index, outcome.status, attempts, retry_at, outcome.reply())
+            if self._observed:
+                event = _event(msg.queue_id, rc.address, res, attempts, retry_at, notes)
+                if outcome.status == DEFERRED and self.hooks.on_deferred:
+                    nxt = await self.hooks.deferred(event)  # a Route: where its next attempt goes
+                    if nxt is not None:
+                        change += (nxt.full_text(),)
+                events.append((outcome.status, event))
+            changes.append(change)
             self.dlog.record(queue_id=msg.queue_id, recipient=rc.address, status=outcome.status, result=res,
                              attempt=attempts, arrival=env.arrival, now=now)
         if failures:
@@ -420,6 +489,12 @@ class QueueManager:
             await self.store.update(msg.queue_id, changes)
             if replan:
                 self.kick()
+        hooks = self.hooks
+        for status, event in events:  # once the outcome is durable
+            if status == DELIVERED:
+                hooks.notify(hooks.on_delivered, event)
+            elif status == BOUNCED:
+                hooks.notify(hooks.on_bounced, event)
 
     def _delay(self, attempts: int) -> float:
         sched = self.dcfg.retry_schedule
@@ -449,8 +524,25 @@ def _group(groups: list, spec: TransportSpec, rc: OutRcpt) -> None:
 
 
 def _route_failed(rc: OutRcpt, e: Exception) -> RcptResult:
-    log.error("route hook failed for %s: %r", rc.address, e)
+    log.error("route hook failed for %s: %s", rc.address, e)
     return RcptResult(rc.address, 451, "4.3.0", "routing error (route hook failed)")
+
+
+def _notes(env) -> dict:
+    """The transaction's notes stored with the message ({} for none)."""
+    text = env.notes
+    if not text:
+        return {}
+    try:
+        return json.loads(text)
+    except ValueError:  # cannot happen for notes we stored; never fail a delivery for it
+        return {}
+
+
+def _event(qid: str, address: str, res: RcptResult, attempt: int, next_attempt: float | None,
+           notes: dict) -> DeliveryEvent:
+    return DeliveryEvent(qid, address, Reply(res.code, res.enhanced, res.text), attempt, res.remote_host,
+                         res.remote_ip, next_attempt, notes)
 
 
 def _subset(msg: OutMessage, rcpts: list[OutRcpt]) -> OutMessage:

@@ -93,7 +93,7 @@ class SpoolService:
     def submit(self, queue_id: str, message, done: Completion, *, sender: str, recipients: list,
                body: str | None = None, smtputf8: bool = False, ret: str | None = None,
                envid: str | None = None, helo: str = "", client_ip: str = "",
-               arrival: float | None = None) -> None:
+               arrival: float | None = None, notes: str | None = None) -> None:
         # Spelled out, not **envelope: once per message, and two dicts of ten items
         # (here and in _then) were a measurable part of it.
         token = self._next_token
@@ -102,7 +102,7 @@ class SpoolService:
         try:
             self.spool.submit(token, queue_id, message, sender=sender, recipients=recipients, body=body,
                               smtputf8=smtputf8, ret=ret, envid=envid, helo=helo, client_ip=client_ip,
-                              arrival=arrival)
+                              arrival=arrival, notes=notes)
         except Exception as e:  # refused before reaching the writer
             self._pending.pop(token, None)
             done(str(e))
@@ -204,6 +204,37 @@ class SpoolService:
             return self.spool.message_bytes(queue_id)
         return self.spool.locate(queue_id)
 
+    def header_block(self, queue_id: str, size: int, limit: int = 1024 * 1024) -> bytes:
+        """The stored message's header block (our Received first; up to, not including, the
+        empty line), read a block at a time from a big one; b"" when it is gone."""
+        data = b""
+        if size <= INLINE_MAX:
+            data = self.spool.message_bytes(queue_id) or b""
+        else:
+            where = self.spool.locate(queue_id)
+            if where is not None:
+                reader = where.open()
+                while len(data) <= limit and b"\n\r\n" not in data and b"\n\n" not in data:
+                    block = reader.read(65536)
+                    if not block:
+                        break
+                    data += block
+        return _header_part(data)
+
+    async def chunks(self, queue_id: str, size: int, block: int = INLINE_MAX):
+        """The stored message a block at a time (an async iterator; never a whole copy of a big one)."""
+        if size <= INLINE_MAX:
+            data = self.spool.message_bytes(queue_id)
+            if data:
+                yield data
+            return
+        where = self.spool.locate(queue_id)
+        if where is None:
+            return
+        reader = where.open()
+        while chunk := reader.read(block):
+            yield chunk
+
     def has_room(self) -> bool:
         """False when free space is below spool.min_free_space (checked at most once a second)."""
         minimum = self.cfg.min_free_space
@@ -252,3 +283,11 @@ class SpoolService:
             self._on_ready()
         except Exception:
             pass
+
+
+def _header_part(data: bytes) -> bytes:
+    """Up to, not including, the empty line that ends the header block (the lines before it)."""
+    if data.startswith((b"\r\n", b"\n")):
+        return b""
+    ends = [(i + keep) for sep, keep in ((b"\n\r\n", 1), (b"\n\n", 1)) if (i := data.find(sep)) >= 0]
+    return data[:min(ends)] if ends else data

@@ -58,6 +58,7 @@ R_HEADER_TOO_BIG = line(552, "5.3.4", "Error: message header too big")
 R_BARE_LF = line(550, "5.5.2", "Error: bare <CR> or <LF> in message; lines must end with <CR><LF>")
 R_HOPS = line(554, "5.4.0", "Error: too many hops")
 R_STORE_FAILED = line(451, "4.3.0", "Error: queue file write error, try again later")
+R_NOTES_FAILED = line(451, "4.3.0", "Temporary policy failure, try again later")
 R_TLS_GO = line(220, "2.0.0", "Ready to start TLS")
 R_TLS_ALREADY = line(503, "5.5.1", "Error: TLS already active")
 
@@ -114,8 +115,3 @@ R_AUTH_REQUIRED = line(530, "5.7.0", "Authentication required")
 R_LOGIN_USER = b"334 VXNlcm5hbWU6\r\n"  # "Username:"
 R_LOGIN_PASS = b"334 UGFzc3dvcmQ6\r\n"  # "Password:"
 R_PLAIN_GO = b"334 \r\n"
-
-
-def sender_not_owned(printable_user: str) -> bytes:
-    """553 for MAIL FROM an address the user may not use; the name already made printable."""
-    return line(553, "5.7.1", f"Sender address rejected: not owned by user {printable_user}")

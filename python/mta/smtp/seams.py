@@ -4,6 +4,7 @@ state; the wiring (mta.app.server) builds the real ones, tests build their own."
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Protocol
 
@@ -11,22 +12,35 @@ from mta.smtp import replies
 
 if TYPE_CHECKING:
     from mta.config.schema import Config
-    from mta.policy.relay import Verdict
+    from mta.plugin import Verdict
 
-# RCPT's recipient check from the router: (refusal or None, the final recipients).
-Expand = Callable[[str], "tuple[Verdict | None, list[str]]"]
 # Told once a message is on disk (after its 250 went out): queue id, final recipients
 # as (address, notify, orcpt).
 OnDurable = Callable[[str, list], None]
 Completion = Callable[[str | None], None]
 
 
-class RelayCheck(Protocol):
-    """Who may relay (mta.policy.relay.RelayPolicy)."""
+class Trust(Protocol):
+    """Which clients are ours (mynetworks: mta.policy.relay.RelayPolicy)."""
 
     def trusted(self, ip: str) -> bool: ...
 
-    def check_rcpt(self, address: str, trusted: bool) -> Verdict: ...
+
+class Hooks(Protocol):
+    """The hook chain (mta.policy.chain.Chain): per stage a tuple of calls (empty: nothing to
+    run), and `run` giving the stage's verdict, at once or as a task."""
+
+    on_connect: tuple
+    on_helo: tuple
+    on_auth: tuple
+    on_mail: tuple
+    on_rcpt: tuple
+    on_data: tuple
+    on_message: tuple
+
+    def run(self, calls: tuple, args: tuple) -> Verdict | None | asyncio.Future: ...
+
+    def failed(self, entry, stage: str, e: BaseException) -> Verdict: ...
 
 
 class AcceptStore(Protocol):
@@ -43,7 +57,7 @@ class AcceptStore(Protocol):
     def submit(self, queue_id: str, message, done: Completion, *, sender: str, recipients: list,
                body: str | None = None, smtputf8: bool = False, ret: str | None = None,
                envid: str | None = None, helo: str = "", client_ip: str = "",
-               arrival: float | None = None) -> None: ...
+               arrival: float | None = None, notes: str | None = None) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,25 +13,26 @@ from typing import TYPE_CHECKING, Callable
 
 from mta import _native
 from mta import log as fastlog
+from mta import plugin
 from mta.smtp.limits import SessionGuard
 from mta.smtp.replies import (
     R_BARE_LF, R_BYE, R_DATA_AFTER_BDAT, R_DATA_GO, R_EARLY, R_HEADER_TOO_BIG, R_HELO_FIRST, R_HELP, R_HOPS,
     R_HTTP, R_IDLE, R_MAIL_OK, R_NESTED_MAIL, R_NO_ROOM, R_NOT_IMPL, R_OK, R_RCPT_OK,
-    R_BAD_SEQUENCE, R_SHUTDOWN, R_SIZE_EXCEEDED, R_STORE_FAILED, R_TLS_ALREADY, R_TLS_GO, R_TOO_BIG,
+    R_AUTH_REQUIRED, R_BAD_SEQUENCE, R_NOTES_FAILED, R_SHUTDOWN, R_SIZE_EXCEEDED, R_STORE_FAILED, R_TLS_ALREADY, R_TLS_GO, R_TOO_BIG,
     R_TOO_MANY_ERRORS, R_TOO_MANY_RCPTS, R_VRFY, SEQUENCE, bdat_chunk, line, queued,
 )
+from mta.smtp.stages import StagesMixin
 from mta.smtp.submission import SubmissionMixin
 from mta.smtp.tls import HANDSHAKE_TIMEOUT, TlsInfo
 
 if TYPE_CHECKING:
     from mta.auth.guard import AuthGuard
-    from mta.auth.senders import SenderLogin
     from mta.auth.users import UserDB
     from mta.config.schema import Listener
     from mta.smtp.limits import Limits
     from mta.smtp.proxy import ProxyGate
     from mta.smtp.rdns import ReverseResolver
-    from mta.smtp.seams import AcceptStore, Expand, OnDurable, RelayCheck, SessionSettings
+    from mta.smtp.seams import AcceptStore, Hooks, OnDurable, Trust, SessionSettings
     from mta.smtp.tls import TlsContext
 
 log = logging.getLogger("mta.session")
@@ -53,13 +54,21 @@ class State(enum.IntEnum):
 GREETING, FRESH, READY, MAIL_GIVEN, RCPT_GIVEN, BDAT_OPEN, CLOSED = State
 
 
-class Transaction:
-    """What RSET forgets: the envelope and the message being received."""
+class Transaction(plugin.Transaction):
+    """What RSET forgets: the envelope and the message being received (the plugins' `tx`)."""
 
-    __slots__ = ("mail", "rcpts", "final", "queue_id", "message", "started", "size", "received")
+    __slots__ = ("rcpts", "final", "queue_id", "message", "started", "size", "received", "data_verdict", "view")
 
-    def __init__(self, mail):
+    def __init__(self, conn, mail):
+        # plugin.Transaction's fields, set here: one __init__ call per transaction, not two
+        self.conn = conn
         self.mail = mail
+        self.sender = mail.address
+        self.recipients = []
+        self.notes = {}
+        self.expansion = []
+        self.data_verdict = None  # on_data's answer: None, a refusal, or a task ending with one
+        self.view = None  # the message view handed to on_message
         self.rcpts: list = []  # as the client gave them
         self.final: list[tuple] = []  # after alias/virtual expansion: (address, notify, orcpt)
         self.queue_id: str | None = None
@@ -69,19 +78,21 @@ class Transaction:
         self.received = b""  # our Received header, when it waits for the submission fix-up
 
 
-class Session(SubmissionMixin, asyncio.Protocol):
+class Session(SubmissionMixin, StagesMixin, asyncio.Protocol):
     # Slots: no instance dict (a session is made per connection and its ~55
     # attributes are read on every command).
     __slots__ = (
         # collaborators (shared by the sessions of a listener)
-        "settings", "loop", "store", "on_durable", "policy", "expand", "limits", "sessions", "rdns", "proxy_gate",
-        "tls", "users", "auth_guard", "sender_login",
+        "settings", "loop", "store", "on_durable", "policy", "hooks", "limits", "sessions", "rdns", "proxy_gate",
+        "tls", "users", "auth_guard",
         # this connection
         "listener", "profile", "tls_mode", "tls_info", "_tls_busy", "_tls_task",
         "parser", "state", "transport", "peer_ip", "peer_port", "trusted", "rname", "helo", "esmtp",
         "tx", "errors", "messages", "commands", "_out", "_queue", "_waiting", "_eof", "_closing",
         "_shutdown", "_bdat_refusal", "_bdat_size", "_last_active", "_timers", "_connected_at",
         "guard", "_proxy", "_held", "user", "sasl", "auth_ok", "auth_required",
+        # the hook stages (mta.smtp.stages)
+        "conn", "_pending_then", "_watching", "_data_wait", "_hooked_end",
     )
 
     def __init__(
@@ -91,8 +102,8 @@ class Session(SubmissionMixin, asyncio.Protocol):
         loop: asyncio.AbstractEventLoop,
         store: AcceptStore,
         on_durable: OnDurable,
-        policy: RelayCheck,
-        expand: Expand,
+        policy: Trust,
+        hooks: Hooks,
         limits: Limits,
         sessions: set,
         rdns: ReverseResolver | None = None,
@@ -100,7 +111,6 @@ class Session(SubmissionMixin, asyncio.Protocol):
         tls: TlsContext | None = None,
         users: UserDB | None = None,
         auth_guard: AuthGuard | None = None,
-        sender_login: SenderLogin | None = None,
     ):
         # Made per connection by the wiring's factory; the collaborators are shared.
         # `loop` is kept because asyncio.get_running_loop() costs a getpid() per call;
@@ -111,7 +121,7 @@ class Session(SubmissionMixin, asyncio.Protocol):
         self.store = store
         self.on_durable = on_durable
         self.policy = policy
-        self.expand = expand
+        self.hooks = hooks  # the chain: built-in policies, then the plugins (mta.policy.chain)
         self.limits = limits
         self.sessions = sessions
         self.rdns = rdns
@@ -119,7 +129,6 @@ class Session(SubmissionMixin, asyncio.Protocol):
         self.tls = tls
         self.users = users
         self.auth_guard = auth_guard
-        self.sender_login = sender_login
         self.listener = listener
         self.profile = listener.profile if listener else "mx"  # "mx" | "submission"
         tls_mode = listener.tls if listener else "none"
@@ -161,6 +170,11 @@ class Session(SubmissionMixin, asyncio.Protocol):
         self.auth_ok = False  # AUTH is offered now: submission, TLS, a user file
         # MAIL needs AUTH first: a submission listener with a user file (mta.submission).
         self.auth_required = self.profile == "submission" and users is not None
+        self.conn: plugin.Connection | None = None  # made once the client's address is known
+        self._pending_then = None  # (continuation, its argument) while a stage's hooks work
+        self._watching = False  # on_data waits for the header block of the message coming in
+        self._data_wait = None  # the transaction whose end of data waits for on_data
+        self._hooked_end = bool(hooks.on_data or hooks.on_message)
 
     def _new_parser(self):
         settings = self.settings
@@ -204,6 +218,19 @@ class Session(SubmissionMixin, asyncio.Protocol):
                 self._rdns_done(fut)  # a failed lookup leaves rname None
             else:
                 fut.add_done_callback(self._rdns_done)
+        conn = self.conn = plugin.Connection(self.peer_ip, self.peer_port, self.listener, self.trusted)
+        conn.tls = self.tls_info
+        if self.hooks.on_connect:
+            self._ask(self.hooks.on_connect, (conn,), self._connected, None)
+        else:
+            self._connected(None, None)
+
+    def _connected(self, _arg, v) -> None:
+        """on_connect answered: the greeting, or the refusal instead of it (then close)."""
+        if v is not None:
+            fastlog.info(f"refused by policy [{self.peer_ip}]: {v.code} {v.enhanced} {v.text}")
+            self._limit_close(v.reply)
+            return
         delay = 0.0 if self.trusted else self.settings.greeting_delay
         if delay > 0:
             self._timers.append(self.loop.call_later(delay, self._greet))
@@ -304,7 +331,10 @@ class Session(SubmissionMixin, asyncio.Protocol):
             # Bytes behind a message being stored: this read is parsed and
             # queued, nothing more is read until the reply is out (bounded memory).
             self.transport.pause_reading()
-        self._run(self.parser.feed(data))
+        events = self.parser.feed(data)
+        if self._watching:  # on_data waits for the header block coming in
+            self._watch_headers()
+        self._run(events)
 
     def eof_received(self) -> bool | None:
         if self._waiting and not self._closing:
@@ -424,8 +454,18 @@ class Session(SubmissionMixin, asyncio.Protocol):
         self._reply(refusal)
 
     def _ehlo(self, domain: str) -> None:
+        if self.hooks.on_helo:
+            self._ask(self.hooks.on_helo, (self.conn, domain), self._ehlo_judged, domain)
+        else:
+            self._ehlo_judged(domain, None)
+
+    def _ehlo_judged(self, domain: str, v) -> None:
+        if v is not None:
+            self._refuse(v)
+            return
         self._reset()
         self.helo, self.esmtp = domain, True
+        self.conn.helo = domain
         self.state = READY
         if self.tls_mode == "starttls" and self.tls_info is None:
             self._out.append(self.settings.ehlo_reply_starttls)
@@ -435,8 +475,18 @@ class Session(SubmissionMixin, asyncio.Protocol):
             self._out.append(self.settings.ehlo_reply)
 
     def _helo(self, domain: str) -> None:
+        if self.hooks.on_helo:
+            self._ask(self.hooks.on_helo, (self.conn, domain), self._helo_judged, domain)
+        else:
+            self._helo_judged(domain, None)
+
+    def _helo_judged(self, domain: str, v) -> None:
+        if v is not None:
+            self._refuse(v)
+            return
         self._reset()
         self.helo, self.esmtp = domain, False
+        self.conn.helo = domain
         self.state = READY
         self._out.append(self.settings.helo_reply)
 
@@ -444,8 +494,8 @@ class Session(SubmissionMixin, asyncio.Protocol):
         if (refusal := self.guard.mail(self.messages)) is not None:
             self._limit_close(refusal)
             return
-        if self.auth_required and (refusal := self._mail_refusal(m.address)) is not None:
-            self._reply(refusal)
+        if self.auth_required and self.user is None:
+            self._reply(R_AUTH_REQUIRED)
             return
         if m.size is not None and m.size > self.settings.max_message_size:
             self._reply(R_SIZE_EXCEEDED)
@@ -457,8 +507,18 @@ class Session(SubmissionMixin, asyncio.Protocol):
             self._reply(R_SHUTDOWN)
             self._close()
             return
-        self.tx = Transaction(m)
-        if m.smtputf8:  # (False already: a new parser, or _reset after a transaction with it)
+        tx = Transaction(self.conn, m)
+        if self.hooks.on_mail:
+            self._ask(self.hooks.on_mail, (tx, m.address), self._mail_judged, tx)
+        else:
+            self._mail_judged(tx, None)
+
+    def _mail_judged(self, tx: Transaction, v) -> None:
+        if v is not None:
+            self._refuse(v)
+            return
+        self.tx = tx
+        if tx.mail.smtputf8:  # (False already: a new parser, or _reset after a transaction with it)
             self.parser.set_smtputf8(True)
         self.state = MAIL_GIVEN
         self._out.append(R_MAIL_OK)
@@ -471,15 +531,18 @@ class Session(SubmissionMixin, asyncio.Protocol):
         if (refusal := self.guard.rcpt()) is not None:
             self._reply(refusal)
             return
+        # Relay control and the address book first (built-in entries of the chain), then
+        # the plugins' on_rcpt.
+        self._ask(self.hooks.on_rcpt, (tx, r.address), self._rcpt_judged, r)
+
+    def _rcpt_judged(self, r, v) -> None:
+        if v is not None:
+            self._refuse(v)
+            return
+        tx = self.tx
         address = r.address  # each read of a parser field makes a new str
-        verdict = self.policy.check_rcpt(address, self.trusted or self.user is not None)
-        if verdict.code >= 400:
-            self._reply(line(verdict.code, verdict.enhanced, verdict.text))
-            return
-        refusal, final = self.expand(address)
-        if refusal is not None:
-            self._reply(line(refusal.code, refusal.enhanced, refusal.text))
-            return
+        final = tx.expansion
+        tx.recipients.append(address)
         tx.rcpts.append(r)
         self.guard.rcpts += 1
         if len(final) == 1 and final[0] == address:
@@ -581,6 +644,8 @@ class Session(SubmissionMixin, asyncio.Protocol):
         self.transport = tls
         self.tls_info = TlsInfo.of(tls)
         self._auth_setup()  # the new parser; any earlier login is forgotten
+        conn = self.conn
+        conn.tls, conn.helo, conn.auth_user = self.tls_info, "", None
         self._tls_busy = False
         self._last_active = time.monotonic()
         fastlog.info(f"STARTTLS established from {self.rname or 'unknown'}[{self.peer_ip}]: {self.tls_info}")
@@ -600,6 +665,8 @@ class Session(SubmissionMixin, asyncio.Protocol):
         if self.guard.timer is not None:
             self.guard.data_stopped()
         self._bdat_refusal = None
+        self._watching = False
+        self._data_wait = None
         if tx is not None and tx.mail.smtputf8:
             self.parser.set_smtputf8(False)
 
@@ -623,6 +690,7 @@ class Session(SubmissionMixin, asyncio.Protocol):
             tx.received = received  # prepended at the end, above the fix-up
         else:
             store.prepend(tx.message, received)
+        self._watching = bool(self.hooks.on_data)
 
     def _bdat_end(self, last: bool, status: str) -> None:
         if self._bdat_refusal is not None:
@@ -632,6 +700,8 @@ class Session(SubmissionMixin, asyncio.Protocol):
         if last:
             self._message_end(status)
         else:
+            if self._watching:
+                self._watch_headers()
             self._out.append(bdat_chunk(self._bdat_size))
 
     def _message_end(self, status: str) -> None:
@@ -650,6 +720,15 @@ class Session(SubmissionMixin, asyncio.Protocol):
             self._finish_transaction()
             self._reply(verdict)
             return
+        if self.guard.timer is not None:
+            self.guard.data_stopped()
+        if self._hooked_end and not self._message_hooks(tx):
+            return  # refused, or a hook is at work (it calls _store)
+        self._store(tx)
+
+    def _store(self, tx: Transaction) -> None:
+        """Hand a complete, accepted message to the store; its 250 comes from the completion."""
+        msg = tx.message
         if tx.received:
             # Submission: Received first, then any Message-ID/Date we add.
             fixup = self._submission_fixup(msg)
@@ -658,8 +737,15 @@ class Session(SubmissionMixin, asyncio.Protocol):
             self.store.prepend(msg, tx.received)
         m = tx.mail
         tx.size = msg.size
-        if self.guard.timer is not None:
-            self.guard.data_stopped()
+        notes = None
+        if tx.notes:
+            try:
+                notes = self._notes(tx)
+            except (TypeError, ValueError) as e:  # not JSON, or too big: the plugins' fault
+                log.error("transaction notes of %s cannot be stored: %s", tx.queue_id, e)
+                self._finish_transaction()
+                self._reply(R_NOTES_FAILED)
+                return
         # While a message is being made durable the session runs no further command
         # (the replies keep their order, memory stays bounded); its 250 is written from
         # the store's completion, after fdatasync. Pipelined replies go out in one
@@ -683,6 +769,7 @@ class Session(SubmissionMixin, asyncio.Protocol):
             helo=self.helo,
             client_ip=self.peer_ip,
             arrival=tx.started,
+            notes=notes,
         )
 
     def _stored_callback(self, tx: Transaction) -> Callable[[str | None], None]:

@@ -8,10 +8,9 @@ import asyncio
 
 from mta import log as fastlog
 from mta.auth.headers import add_missing_headers
-from mta.auth.users import printable
 from mta.smtp.replies import (
-    R_AUTH_BLOCKED, R_AUTH_FAILED, R_AUTH_IN_TX, R_AUTH_NEED_TLS, R_AUTH_OK, R_AUTH_REQUIRED, R_AUTH_TWICE,
-    R_HELO_FIRST, R_NOT_IMPL, sender_not_owned,
+    R_AUTH_BLOCKED, R_AUTH_FAILED, R_AUTH_IN_TX, R_AUTH_NEED_TLS, R_AUTH_OK, R_AUTH_TWICE,
+    R_HELO_FIRST, R_NOT_IMPL,
 )
 from mta.smtp.sasl import SaslExchange, SaslStep
 
@@ -20,8 +19,8 @@ class SubmissionMixin:
     """AUTH for Session: `user` (the authenticated login or None), `sasl` (the
     exchange in progress), `auth_ok` (AUTH may be offered right now), `auth_required`
     (MAIL needs AUTH first: a submission listener with a user file); their slots are
-    Session's, as are the collaborators used here: `users`, `auth_guard`,
-    `sender_login` and `settings`."""
+    Session's, as are the collaborators used here: `users`, `auth_guard`, `hooks`
+    and `settings` (the sender-login map is a built-in entry of the hook chain)."""
 
     __slots__ = ()
 
@@ -103,9 +102,23 @@ class SubmissionMixin:
             return
         if ok:
             guard.succeeded(self.peer_ip, step.user)
-            self.user = step.user
+            verdict = None
+            if self.hooks.on_auth:
+                self.conn.auth_user = step.user
+                verdict = self.hooks.run(self.hooks.on_auth, (self.conn, step.user))
+                if isinstance(verdict, asyncio.Future):
+                    verdict = await verdict
+                if self._gone():
+                    return
             self._waiting = False
-            self._out.append(R_AUTH_OK)
+            if verdict is None:
+                self.user = self.conn.auth_user = step.user
+                self._out.append(R_AUTH_OK)
+            else:  # a plugin refuses this login: as if it had not happened
+                self.conn.auth_user = None
+                self._refuse(verdict)
+                if self._closing:
+                    return
         else:
             guard.failed(self.peer_ip, step.user or None, mechanism)
             delay = guard.delay(self.peer_ip, step.user or None)
@@ -129,19 +142,6 @@ class SubmissionMixin:
         return self._closing or self.state.name == "CLOSED"
 
     # --- what AUTH changes ----------------------------------------------------
-
-    def _mail_refusal(self, address: str) -> bytes | None:
-        """On a submission listener with a user file: AUTH first, then only the
-        senders the sender-login map allows the user."""
-        if not self.auth_required:
-            return None
-        if self.user is None:
-            return R_AUTH_REQUIRED
-        if not self.sender_login.check(self.user, address):
-            user = printable(self.user)
-            fastlog.info(f"sender rejected from [{self.peer_ip}]: <{address}> not owned by user {user}")
-            return sender_not_owned(user)
-        return None
 
     def _protocol(self, smtputf8: bool) -> str:
         """The Received header's "with": RFC 3848 and RFC 6531 names."""

@@ -1,0 +1,55 @@
+"""The built-in policies as the first entries of the hook chain, so they are ordered, timed
+and tested like plugins: relay control and the recipient check at RCPT, the sender-login map
+at MAIL. No plugin verdict overrides them: a recipient they refuse never reaches a plugin."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from mta import log as fastlog
+from mta.auth.senders import SenderLogin
+from mta.auth.users import printable
+from mta.plugin import Reject
+from mta.policy.chain import Entry
+from mta.policy.relay import RelayPolicy
+
+
+def relay_control(policy: RelayPolicy) -> Entry:
+    """Who may relay where: mynetworks and authenticated clients anywhere, others only to
+    our domains (mta.policy.relay)."""
+    check = policy.check_rcpt
+
+    def on_rcpt(tx, address: str):
+        conn = tx.conn
+        return check(address, conn.trusted or conn.auth_user is not None)
+
+    return Entry("relay", {"on_rcpt": on_rcpt}, module="mta.policy.relay", builtin=True)
+
+
+def recipients(expand: Callable) -> Entry:
+    """The address book: unknown local users are refused at RCPT; what a recipient expands
+    to (aliases, virtual) is left in `tx.expansion` for the session and later plugins."""
+
+    def on_rcpt(tx, address: str):
+        refusal, final = expand(address)
+        if refusal is not None:
+            return refusal
+        tx.expansion = final
+        return None
+
+    return Entry("recipients", {"on_rcpt": on_rcpt}, module="mta.delivery.router", builtin=True)
+
+
+def sender_login(senders: SenderLogin) -> Entry:
+    """An authenticated user may use only the envelope senders the map gives it."""
+    check = senders.check
+
+    def on_mail(tx, sender: str):
+        user = tx.conn.auth_user
+        if user is None or check(user, sender):
+            return None
+        shown = printable(user)
+        fastlog.info(f"sender rejected from [{tx.conn.peer_ip}]: <{sender}> not owned by user {shown}")
+        return Reject(553, "5.7.1", f"Sender address rejected: not owned by user {shown}")
+
+    return Entry("sender_login", {"on_mail": on_mail}, module="mta.auth.senders", builtin=True)

@@ -1,0 +1,339 @@
+"""The hook chain: the built-in policies, then every plugin in config order, per stage, each
+call under its plugin's timeout. Invariant: a hook that raises, overruns or answers garbage
+becomes a 451 4.3.0 (inbound) or a deferral (routing), logged with plugin, hook and traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import types
+from typing import Any, Awaitable, Iterable
+
+from mta.config.routes import TransportSpec, parse_transport
+from mta.errors import ConfigError
+from mta.plugin import HOOKS, Accept, Continue, Defer, Disconnect, Reject, Route, Verdict
+
+log = logging.getLogger("mta.plugin")
+
+FAILED = Defer(451, "4.3.0", "Temporary policy failure, try again later")
+REFUSALS = (Reject, Defer, Disconnect)
+_ACCEPTED = object()  # an Accept(): the rest of the stage is skipped
+_monotonic = time.monotonic
+_CORO = types.CoroutineType
+
+
+class Entry:
+    """One plugin as loaded (or a built-in policy): its name, hooks and timeout."""
+
+    __slots__ = ("name", "module", "timeout", "hooks", "obj", "options", "builtin", "failures", "setup", "stop")
+
+    def __init__(self, name: str, hooks: dict[str, Any], *, module: str = "", timeout: float = 5.0,
+                 obj: Any = None, options: dict | None = None, builtin: bool = False,
+                 setup: Any = None, stop: Any = None):
+        self.name = name
+        self.module = module or name
+        self.timeout = timeout
+        self.hooks = hooks
+        self.obj = obj
+        self.options = options or {}
+        self.builtin = builtin
+        self.failures: dict[str, int] = {}  # hook -> calls that raised, overran or answered garbage
+        self.setup = setup  # () -> None | awaitable: setup(options) or Plugin.start()
+        self.stop = stop
+
+    def kinds(self) -> dict[str, str]:
+        """hook -> "sync" | "async", for `mta plugins list`."""
+        return {h: "async" if _is_async(fn) else "sync" for h, fn in self.hooks.items()}
+
+
+def _is_async(fn: Any) -> bool:
+    import inspect
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+
+
+class Chain:
+    """Per stage, the calls to make: tuples of (entry, hook, stage). A stage no entry
+    defines is an empty tuple, so callers test `if chain.on_mail:` and pay nothing."""
+
+    def __init__(self, entries: Iterable[Entry] = ()):
+        self.entries = list(entries)
+        for stage in HOOKS:
+            setattr(self, stage, tuple((e, e.hooks[stage], stage) for e in self.entries if stage in e.hooks))
+        self._tasks: set[asyncio.Task] = set()
+
+    on_connect: tuple
+    on_helo: tuple
+    on_auth: tuple
+    on_mail: tuple
+    on_rcpt: tuple
+    on_data: tuple
+    on_message: tuple
+    route: tuple
+    on_delivered: tuple
+    on_deferred: tuple
+    on_bounced: tuple
+
+    @property
+    def plugins(self) -> list[Entry]:
+        return [e for e in self.entries if not e.builtin]
+
+    def failure_counts(self) -> dict[tuple[str, str], int]:
+        """(plugin, hook) -> failed calls so far (for metrics)."""
+        return {(e.name, h): n for e in self.entries for h, n in e.failures.items()}
+
+    # --- inbound stages: a verdict ----------------------------------------------------------
+
+    def run(self, calls: tuple, args: tuple) -> Verdict | None | asyncio.Task:
+        """The stage's answer: None (go on), a refusal (Reject, Defer, Disconnect), or a task
+        ending with one of those when a hook had to wait. Never raises."""
+        for i in range(len(calls)):
+            entry, fn, stage = calls[i]
+            start = _monotonic()
+            try:
+                r = fn(*args)
+                if r is None:
+                    if not entry.builtin and _monotonic() - start > entry.timeout:
+                        return self._overran(entry, stage)
+                    continue
+                if type(r) is _CORO:
+                    try:
+                        pending = r.send(None)
+                    except StopIteration as done:  # an async hook that never waited
+                        r = done.value
+                    else:
+                        return self._spawn(self._finish(calls, i, r, pending, args, start))
+            except Exception as e:  # noqa: BLE001 - a plugin's failure is this command's 451
+                return self.failed(entry, stage, e)
+            if not entry.builtin and _monotonic() - start > entry.timeout:
+                return self._overran(entry, stage)
+            v = self._judge(entry, stage, r)
+            if v is None:
+                continue
+            return None if v is _ACCEPTED else v
+        return None
+
+    async def _finish(self, calls: tuple, i: int, coro, pending, args: tuple, start: float):
+        entry, _fn, stage = calls[i]
+        try:
+            async with asyncio.timeout(entry.timeout - (_monotonic() - start)):
+                r = await _Resume(coro, pending)
+        except TimeoutError:
+            return self._overran(entry, stage)
+        except Exception as e:  # noqa: BLE001
+            return self.failed(entry, stage, e)
+        v = self._judge(entry, stage, r)
+        if v is _ACCEPTED:
+            return None
+        if v is not None:
+            return v
+        rest = self.run(calls[i + 1:], args)
+        return (await rest) if isinstance(rest, asyncio.Future) else rest
+
+    def _judge(self, entry: Entry, stage: str, r: Any) -> Any:
+        """None (go on), _ACCEPTED, or the verdict to answer with."""
+        if r is None or type(r) is Continue:
+            return None
+        if type(r) is Accept:
+            return _ACCEPTED
+        if isinstance(r, REFUSALS):
+            return r
+        return self.failed(entry, stage, TypeError(f"returned {r!r}, which is not a verdict "
+                                                    "(None, Continue, Accept, Reject, Defer or Disconnect)"))
+
+    def failed(self, entry: Entry, stage: str, e: BaseException) -> Verdict:
+        entry.failures[stage] = entry.failures.get(stage, 0) + 1
+        log.error("plugin %s: hook %s failed: %s: %s", entry.name, stage, type(e).__name__, e, exc_info=e)
+        return FAILED
+
+    def _overran(self, entry: Entry, stage: str) -> Verdict:
+        entry.failures[stage] = entry.failures.get(stage, 0) + 1
+        log.error("plugin %s: hook %s timed out (timeout %gs)", entry.name, stage, entry.timeout)
+        return FAILED
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # --- routing: a transport spec -----------------------------------------------------------
+
+    def route_now(self, address: str, msg: Any) -> TransportSpec | None | Awaitable[TransportSpec | None]:
+        """The first route a plugin gives for `address` (None: nobody did; the tables
+        decide), without a coroutine when every hook answered at once. Raises RouteError."""
+        return self._route_from(0, address, msg)
+
+    def _route_from(self, first: int, address: str, msg: Any):
+        calls = self.route
+        for i in range(first, len(calls)):
+            entry, fn, stage = calls[i]
+            start = _monotonic()
+            try:
+                r = fn(address, msg)
+                if type(r) is _CORO:
+                    try:
+                        pending = r.send(None)
+                    except StopIteration as done:
+                        r = done.value
+                    else:
+                        return self._route_later(calls, i, r, pending, address, msg, start)
+            except Exception as e:  # noqa: BLE001
+                self.failed(entry, stage, e)
+                raise RouteError(f"plugin {entry.name}: route failed: {type(e).__name__}: {e}") from e
+            if _monotonic() - start > entry.timeout:
+                self._overran(entry, stage)
+                raise RouteError(f"plugin {entry.name}: route timed out")
+            if r is not None:
+                return self._spec(entry, r)
+        return None
+
+    async def _route_later(self, calls, i, coro, pending, address, msg, start):
+        entry, _fn, stage = calls[i]
+        try:
+            async with asyncio.timeout(entry.timeout - (_monotonic() - start)):
+                r = await _Resume(coro, pending)
+        except TimeoutError:
+            self._overran(entry, stage)
+            raise RouteError(f"plugin {entry.name}: route timed out") from None
+        except Exception as e:  # noqa: BLE001
+            self.failed(entry, stage, e)
+            raise RouteError(f"plugin {entry.name}: route failed: {type(e).__name__}: {e}") from e
+        if r is not None:
+            return self._spec(entry, r)
+        nxt = self._route_from(i + 1, address, msg)
+        return (await nxt) if not (nxt is None or isinstance(nxt, TransportSpec)) else nxt
+
+    def _spec(self, entry: Entry, r: Any) -> TransportSpec:
+        spec = to_spec(r)
+        if spec is None:
+            self.failed(entry, "route", TypeError(f"returned {r!r}: not None, a transport string or a Route"))
+            raise RouteError(f"plugin {entry.name}: route returned {r!r}")
+        return spec
+
+    # --- outbound events ---------------------------------------------------------------------
+
+    def notify(self, calls: tuple, event: Any) -> None:
+        """Tell the observers (on_delivered, on_bounced): their answers are ignored, their
+        failures logged and counted; async ones finish in the background."""
+        for entry, fn, stage in calls:
+            try:
+                r = fn(event)
+                if type(r) is _CORO:
+                    try:
+                        pending = r.send(None)
+                    except StopIteration:
+                        continue
+                    self._spawn(self._observe(entry, stage, r, pending))
+            except Exception as e:  # noqa: BLE001
+                self.failed(entry, stage, e)
+
+    async def _observe(self, entry: Entry, stage: str, coro, pending) -> None:
+        try:
+            async with asyncio.timeout(entry.timeout):
+                await _Resume(coro, pending)
+        except TimeoutError:
+            self._overran(entry, stage)
+        except Exception as e:  # noqa: BLE001
+            self.failed(entry, stage, e)
+
+    async def deferred(self, event: Any) -> TransportSpec | None:
+        """on_deferred for one recipient: the first Route a hook gives (its next attempt goes
+        there), else None. A failing hook is logged and counted; the deferral stands."""
+        for entry, fn, stage in self.on_deferred:
+            try:
+                async with asyncio.timeout(entry.timeout):
+                    r = fn(event)
+                    if type(r) is _CORO:
+                        r = await r
+            except TimeoutError:
+                self._overran(entry, stage)
+                continue
+            except Exception as e:  # noqa: BLE001
+                self.failed(entry, stage, e)
+                continue
+            if r is None or type(r) is Continue:
+                continue
+            spec = to_spec(r)
+            if spec is None:
+                self.failed(entry, stage, TypeError(f"returned {r!r}: not None or a Route"))
+                continue
+            return spec
+        return None
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """setup(options) / Plugin.start() of each plugin, in order. Raises ConfigError."""
+        for e in self.entries:
+            if e.setup is None:
+                continue
+            try:
+                r = e.setup()
+                if asyncio.iscoroutine(r):
+                    await r
+            except Exception as exc:
+                raise ConfigError([f"plugin {e.name} ({e.module}): setup failed: "
+                                   f"{type(exc).__name__}: {exc}"]) from exc
+
+    async def stop(self) -> None:
+        """stop() of each plugin, last first; failures are logged. Background hooks are
+        given a moment, then cancelled."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=1.0)
+            for t in list(self._tasks):
+                t.cancel()
+        for e in reversed(self.entries):
+            if e.stop is None:
+                continue
+            try:
+                r = e.stop()
+                if asyncio.iscoroutine(r):
+                    await asyncio.wait_for(r, e.timeout)
+            except Exception as exc:  # noqa: BLE001 - stopping goes on
+                log.error("plugin %s: stop failed: %r", e.name, exc, exc_info=exc)
+
+
+class RouteError(Exception):
+    """A route hook raised, overran or answered garbage: the recipient is deferred."""
+
+
+def to_spec(r: Any) -> TransportSpec | None:
+    """A route hook's answer as a transport spec (None when it is not one)."""
+    if isinstance(r, TransportSpec):
+        return r
+    if isinstance(r, Route):
+        return parse_transport(r.text())
+    if isinstance(r, str):
+        return parse_transport(r)
+    return None
+
+
+class _Resume:
+    """Await a coroutine whose first step was already taken (it yielded `pending`): the rest
+    of `yield from`, so an async hook that never waits needs no task at all."""
+
+    __slots__ = ("coro", "pending")
+
+    def __init__(self, coro, pending):
+        self.coro = coro
+        self.pending = pending
+
+    def __await__(self):
+        coro, nxt = self.coro, self.pending
+        while True:
+            try:
+                sent = yield nxt
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as e:  # cancellation (a timeout): into the hook
+                try:
+                    nxt = coro.throw(e)
+                except StopIteration as done:
+                    return done.value
+                continue
+            try:
+                nxt = coro.send(sent)
+            except StopIteration as done:
+                return done.value
