@@ -93,7 +93,7 @@ class SpoolService:
     def submit(self, queue_id: str, message, done: Completion, *, sender: str, recipients: list,
                body: str | None = None, smtputf8: bool = False, ret: str | None = None,
                envid: str | None = None, helo: str = "", client_ip: str = "",
-               arrival: float | None = None) -> None:
+               arrival: float | None = None, notes: str | None = None) -> None:
         # Spelled out, not **envelope: once per message, and two dicts of ten items
         # (here and in _then) were a measurable part of it.
         token = self._next_token
@@ -102,7 +102,7 @@ class SpoolService:
         try:
             self.spool.submit(token, queue_id, message, sender=sender, recipients=recipients, body=body,
                               smtputf8=smtputf8, ret=ret, envid=envid, helo=helo, client_ip=client_ip,
-                              arrival=arrival)
+                              arrival=arrival, notes=notes)
         except Exception as e:  # refused before reaching the writer
             self._pending.pop(token, None)
             done(str(e))
@@ -147,7 +147,8 @@ class SpoolService:
         return fut
 
     def update(self, queue_id: str, changes: list) -> asyncio.Future:
-        """Record recipient states durably: [(index, state, attempts, next_attempt, reply)]."""
+        """Record recipient states durably: [(index, state, attempts, next_attempt, reply)], or
+        6-tuples with the recipient's next route last (a transport string; None clears it)."""
         return self._call(self.spool.update, queue_id, changes)
 
     def hold(self, queue_id: str, on: bool) -> asyncio.Future:
