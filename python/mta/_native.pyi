@@ -355,6 +355,10 @@ class Recipient:
     attempts: int  # delivery attempts so far (as recorded by Spool.update)
     next_attempt: float | None  # unix time of the next attempt (deferred recipients)
     last_reply: str | None  # the last reply text (or local error) recorded
+    @property
+    def route(self) -> str | None:
+        """Where the next attempt goes (a transport string such as "smarthost 10.0.0.5:25",
+        set by the 6-tuple form of Spool.update; opaque to the spool); None: the usual routing."""
 
 class Envelope:
     """One spooled message's envelope, as listed by SpoolReader / Spool."""
@@ -372,8 +376,15 @@ class Envelope:
     client_ip: str
     shard: int
     held: bool  # message-level hold (Spool.hold): never due while set
+    @property
+    def notes(self) -> str | None:
+        """The transaction's notes as given to Spool.submit (JSON text, never parsed by the
+        spool; at most 65536 bytes), durable with the message; None when none were given."""
 
-RecipientChange = tuple[int, Literal["queued", "delivered", "deferred", "bounced"], int, float | None, str | None]
+RecipientChange = (
+    tuple[int, Literal["queued", "delivered", "deferred", "bounced"], int, float | None, str | None]
+    | tuple[int, Literal["queued", "delivered", "deferred", "bounced"], int, float | None, str | None, str | None]
+)
 
 class Spool:
     """One shard of the spool, owned (flock) by this process, with its
@@ -424,12 +435,16 @@ class Spool:
         helo: str = "",
         client_ip: str = "",
         arrival: float | None = None,
+        notes: str | None = None,  # the transaction's notes (JSON text), stored in the envelope
     ) -> None:
         """Queue the message for the writer thread; returns at once. Its
         completion (token, None | error text) shows up in completions() after
         the batch holding it was written and fdatasync'ed. The Message is
         consumed. ValueError (message left untouched) for a queue_id outside
-        [A-Za-z0-9]+ or an unknown NOTIFY keyword; SpoolError after close()."""
+        [A-Za-z0-9]+, an unknown NOTIFY keyword, or notes over 65536 bytes
+        ("transaction notes exceed 65536 bytes"); SpoolError after close().
+        A discarded Message (Message.discard) completes with an error and
+        stores nothing."""
     def completions(self) -> list[tuple[int, str | None]]:
         """Drain finished submissions; also clears notify_fd's readiness."""
     def inject_fault(self, kind: Literal["write", "sync"] | None, errno: int = 28) -> None:
@@ -448,9 +463,12 @@ class Spool:
     def update(self, token: int, queue_id: str, changes: list[RecipientChange]) -> None:
         """Record recipient outcomes: (index into the envelope's recipients,
         new state, total attempts so far, next attempt unix time or None, last
-        reply or None). Each change is the recipient's whole new state. A STATE
-        record; a restart replays it. ValueError: unknown queue id, index out
-        of range, unknown state name, negative time."""
+        reply or None[, route]). Each change is the recipient's whole new state:
+        the optional sixth item is the route of its next attempt (a transport
+        string, opaque to the spool), and a change without one (or with None)
+        clears it. A STATE record; a restart replays it. ValueError: unknown
+        queue id, index out of range, unknown state name, negative time, a
+        change of other than 5 or 6 items."""
     def hold(self, token: int, queue_id: str, on: bool) -> None:
         """Hold (never due) or release the whole message."""
     def delete(self, token: int, queue_id: str) -> None:

@@ -147,7 +147,8 @@ class SpoolService:
         return fut
 
     def update(self, queue_id: str, changes: list) -> asyncio.Future:
-        """Record recipient states durably: [(index, state, attempts, next_attempt, reply)]."""
+        """Record recipient states durably: [(index, state, attempts, next_attempt, reply)], or
+        6-tuples with the recipient's next route last (a transport string; None clears it)."""
         return self._call(self.spool.update, queue_id, changes)
 
     def hold(self, queue_id: str, on: bool) -> asyncio.Future:

@@ -115,6 +115,10 @@ impl PyRecipient {
     fn last_reply(&self) -> Option<&str> {
         self.0.last_reply.as_deref()
     }
+    #[getter]
+    fn route(&self) -> Option<&str> {
+        self.0.route.as_deref()
+    }
     fn __repr__(&self) -> String {
         format!("Recipient({:?}, {}, attempts={})", self.0.address, STATES[self.0.state as usize], self.0.attempts)
     }
@@ -183,6 +187,10 @@ impl PyEnvelope {
     fn held(&self) -> bool {
         self.e().held
     }
+    #[getter]
+    fn notes(&self) -> Option<&str> {
+        self.e().notes.as_deref()
+    }
     fn __repr__(&self) -> String {
         format!("Envelope({}, <{}>, {} recipient(s), {} octets)", self.e().queue_id, self.e().sender, self.e().recipients.len(), self.0.size)
     }
@@ -223,6 +231,8 @@ pub struct PySpool(Spool);
 type RcptArg = (String, Option<Vec<String>>, Option<String>);
 /// (recipient index, state name, attempts, next_attempt unix time, last reply)
 type ChangeArg = (u32, String, u32, Option<f64>, Option<String>);
+/// The same with the recipient's next route last (None clears it).
+type RoutedChangeArg = (u32, String, u32, Option<f64>, Option<String>, Option<String>);
 
 #[pymethods]
 impl PySpool {
@@ -277,7 +287,8 @@ impl PySpool {
         Ok(())
     }
     #[pyo3(signature = (token, queue_id, message, *, sender, recipients, body = None, smtputf8 = false,
-                        ret = None, envid = None, helo = String::new(), client_ip = String::new(), arrival = None))]
+                        ret = None, envid = None, helo = String::new(), client_ip = String::new(), arrival = None,
+                        notes = None))]
     #[allow(clippy::too_many_arguments)]
     fn submit(
         &self,
@@ -293,7 +304,9 @@ impl PySpool {
         helo: String,
         client_ip: String,
         arrival: Option<f64>,
+        notes: Option<String>,
     ) -> PyResult<()> {
+        record::check_notes(notes.as_deref()).map_err(PyValueError::new_err)?;
         if queue_id.is_empty() || !queue_id.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return Err(PyValueError::new_err("queue_id must be [A-Za-z0-9]+"));
         }
@@ -309,7 +322,7 @@ impl PySpool {
             rcpts.push(Recipient { address, notify, orcpt, ..Default::default() });
         }
         let arrival_us = arrival.map_or_else(now_us, |t| (t * 1e6) as u64);
-        let env = Envelope { queue_id, arrival_us, sender, recipients: rcpts, body, smtputf8, ret, envid, helo, client_ip, held: false };
+        let env = Envelope { queue_id, arrival_us, sender, recipients: rcpts, body, smtputf8, ret, envid, helo, client_ip, held: false, notes };
         // Validation is done: only now does the spool take the message.
         let msg = message.borrow_mut().inner.take().ok_or_else(|| spool_err("message was already submitted"))?;
         self.0.submit(token, env, msg).map_err(spool_err)
@@ -334,13 +347,23 @@ impl PySpool {
     fn list(&self, py: Python<'_>) -> Vec<PyEnvelope> {
         envelopes(py.detach(|| self.0.list()))
     }
-    fn update(&self, token: u64, queue_id: &str, changes: Vec<ChangeArg>) -> PyResult<()> {
+    /// Each change a 5-tuple (route None) or a 6-tuple whose last item is the route.
+    fn update(&self, token: u64, queue_id: &str, changes: Vec<Bound<'_, PyTuple>>) -> PyResult<()> {
         let mut v = Vec::with_capacity(changes.len());
-        for (index, state, attempts, next_attempt, last_reply) in changes {
+        for c in changes {
+            let (index, state, attempts, next_attempt, last_reply, route) = match c.len() {
+                5 => {
+                    let (i, s, a, n, r): ChangeArg = c.extract()?;
+                    (i, s, a, n, r, None)
+                }
+                6 => c.extract::<RoutedChangeArg>()?,
+                n => return Err(PyValueError::new_err(format!(
+                    "a change is (index, state, attempts, next_attempt, reply[, route]), not {n} items"))),
+            };
             let state = record::state_index(&state)
                 .ok_or_else(|| PyValueError::new_err(format!("state must be one of {STATES:?}, not {state:?}")))?;
             let next_attempt_us = next_attempt.map(secs_to_us).transpose()?;
-            v.push(Change { index, state, attempts, next_attempt_us, last_reply });
+            v.push(Change { index, state, attempts, next_attempt_us, last_reply, route });
         }
         self.0.update(token, queue_id, &v).map_err(op_err)
     }

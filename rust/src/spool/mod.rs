@@ -26,22 +26,27 @@
 // payload: meta_len u32 | meta | data
 // crc32 of header (16 bytes) + payload
 // ```
-// Meta encodings (`record.rs`) start with a version byte (2 now; 1 in format
-// v1) and use LEB128 varints; strings are length + UTF-8, optional strings
+// Meta encodings (`record.rs`) start with a version byte (3 now; 2 and 1 are
+// still read, 1 only in format v1 segments) and use LEB128 varints; strings are length + UTF-8, optional strings
 // and optional numbers are value+1 (0 = absent). Kinds:
 //
 // - 1 MESSAGE: meta = envelope, data = the message bytes exactly as they
 //   will be relayed, our Received header first. Envelope:
 //   `ver | queue_id str | arrival_us | smtputf8 u8 | sender str | body opt |
-//   ret opt | envid opt | helo str | client_ip str | n | n × recipient | held u8`,
-//   recipient = `address str | notify u8 (0 absent, else mask|0x80) | orcpt opt |
-//   state u8 | attempts | next_attempt_us optnum | last_reply opt`.
-//   (v1: no attempts/next_attempt/last_reply, no held byte.)
+//   ret opt | envid opt | helo str | client_ip str | n | n × recipient | held u8 |
+//   notes opt`, recipient = `address str | notify u8 (0 absent, else mask|0x80) |
+//   orcpt opt | state u8 | attempts | next_attempt_us optnum | last_reply opt |
+//   route opt`. notes: the transaction's notes (plugins' JSON, at most 64 KiB,
+//   never parsed here); route: where the recipient's next attempt goes (a
+//   transport string, opaque here).
+//   (v2: no route, no notes. v1: neither, no attempts/next_attempt/last_reply,
+//   no held byte.)
 //   A later MESSAGE record with the same queue id supersedes an earlier one:
 //   compaction copies a live message forward with its current state.
-// - 2 STATE: `ver 2 | queue_id str | time_us | hold u8 (0 unchanged, 1 held,
+// - 2 STATE: `ver | queue_id str | time_us | hold u8 (0 unchanged, 1 held,
 //   2 released) | n | n × (index | state u8 | attempts | next_attempt_us optnum |
-//   last_reply opt)`. Each change is the recipient's whole state, not a delta.
+//   last_reply opt | route opt)` (v2: no route, read as None). Each change is
+//   the recipient's whole state, not a delta: an absent route clears it.
 //   States: 0 queued, 1 delivered, 2 deferred, 3 bounced.
 // - 3 DELETE: `ver | queue_id str | time_us`: every copy of the message is gone.
 // - 4 SEGMENT_END: `ver | seq | len` (after a failed batch: "segment S is
@@ -153,6 +158,8 @@ pub struct Change {
     pub attempts: u32,
     pub next_attempt_us: Option<u64>,
     pub last_reply: Option<String>,
+    /// The next attempt's route; None clears it.
+    pub route: Option<String>,
 }
 
 /// One shard, owned by this process, with its writer thread.
@@ -254,6 +261,7 @@ impl Spool {
     /// Hand a message to the writer thread; never waits for disk. Its
     /// completion appears in `completions()` once the batch is durable.
     pub fn submit(&self, token: u64, envelope: Envelope, msg: Incoming) -> Result<(), Error> {
+        record::check_notes(envelope.notes.as_deref()).map_err(Error::Invalid)?;
         let meta = record::encode_envelope(&envelope);
         let data = match msg.seal() {
             Ok(d) => d,
@@ -288,6 +296,7 @@ impl Spool {
                     attempts: c.attempts,
                     next_attempt_us: c.next_attempt_us,
                     last_reply: c.last_reply.clone(),
+                    route: c.route.clone(),
                 });
             }
             StateChange { queue_id: queue_id.to_string(), time_us: now_us(), hold: None, changes: v }

@@ -13,9 +13,21 @@ pub const REC_TRAILER: usize = 4;
 pub const MAX_PAYLOAD: u64 = u32::MAX as u64;
 /// Upper bound on the meta part (envelope) of a payload: bounds recovery memory.
 pub const MAX_META: usize = 16 * 1024 * 1024;
-/// Meta encoding written now. Version 1 (format v1 MESSAGE records) is still
-/// read: its recipients have no attempts/next_attempt/last_reply and no hold flag.
-const META_VERSION: u8 = 2;
+/// Meta encoding written now. Older ones are still read: version 2 has no
+/// recipient routes and no transaction notes; version 1 (format v1 MESSAGE
+/// records) also has no attempts/next_attempt/last_reply and no hold flag.
+const META_VERSION: u8 = 3;
+/// Transaction notes (plugins' JSON) above this many bytes are refused at submit:
+/// they ride in every copy of the envelope, and recovery holds every envelope.
+pub const MAX_NOTES: usize = 64 * 1024;
+
+/// Err with the text the submitter sees when `notes` is too big to store.
+pub fn check_notes(notes: Option<&str>) -> Result<(), String> {
+    match notes {
+        Some(n) if n.len() > MAX_NOTES => Err(format!("transaction notes exceed {MAX_NOTES} bytes ({} given)", n.len())),
+        _ => Ok(()),
+    }
+}
 
 /// Record kinds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,6 +97,8 @@ pub struct Recipient {
     pub next_attempt_us: Option<u64>,
     /// The last reply (or local error) text.
     pub last_reply: Option<String>,
+    /// Where the next attempt goes (a transport string chosen by a plugin), opaque here.
+    pub route: Option<String>,
 }
 
 pub const STATE_QUEUED: u8 = 0;
@@ -110,6 +124,8 @@ pub struct Envelope {
     pub client_ip: String,
     /// Message-level hold: never due while set.
     pub held: bool,
+    /// The transaction's notes (JSON text from the plugins), opaque here: never parsed.
+    pub notes: Option<String>,
 }
 
 // ---- primitive encoding: LEB128 varints; strings as len+bytes; Option as len+1 (0 = None)
@@ -186,16 +202,10 @@ impl R<'_> {
     fn opt_num(&mut self) -> Result<Option<u64>, FormatError> {
         Ok(self.varint()?.checked_sub(1))
     }
-    /// The meta version byte: 1 or 2.
-    fn version(&mut self) -> Result<u8, FormatError> {
+    /// The meta version byte, `min..=META_VERSION`.
+    fn version(&mut self, min: u8) -> Result<u8, FormatError> {
         match self.u8()? {
-            v @ (1 | META_VERSION) => Ok(v),
-            v => Err(FormatError(format!("unknown meta version {v}"))),
-        }
-    }
-    fn version2(&mut self) -> Result<(), FormatError> {
-        match self.u8()? {
-            META_VERSION => Ok(()),
+            v if (min..=META_VERSION).contains(&v) => Ok(v),
             v => Err(FormatError(format!("unknown meta version {v}"))),
         }
     }
@@ -230,14 +240,16 @@ pub fn encode_envelope(e: &Envelope) -> Vec<u8> {
         w.varint(r.attempts as u64);
         w.opt_num(r.next_attempt_us);
         w.opt(&r.last_reply);
+        w.opt(&r.route);
     }
     w.0.push(e.held as u8);
+    w.opt(&e.notes);
     w.0
 }
 
 pub fn decode_envelope(b: &[u8]) -> Result<Envelope, FormatError> {
     let mut r = R(b, 0);
-    let v = r.version()?;
+    let v = r.version(1)?;
     let mut e = Envelope {
         queue_id: r.str()?,
         arrival_us: r.varint()?,
@@ -250,6 +262,7 @@ pub fn decode_envelope(b: &[u8]) -> Result<Envelope, FormatError> {
         client_ip: r.str()?,
         recipients: Vec::new(),
         held: false,
+        notes: None,
     };
     let n = r.varint()?;
     for _ in 0..n {
@@ -267,10 +280,16 @@ pub fn decode_envelope(b: &[u8]) -> Result<Envelope, FormatError> {
             rc.next_attempt_us = r.opt_num()?;
             rc.last_reply = r.opt()?;
         }
+        if v >= 3 {
+            rc.route = r.opt()?;
+        }
         e.recipients.push(rc);
     }
     if v >= 2 {
         e.held = r.u8()? & 1 != 0;
+    }
+    if v >= 3 {
+        e.notes = r.opt()?;
     }
     r.done()?;
     Ok(e)
@@ -285,6 +304,8 @@ pub struct RcptChange {
     pub attempts: u32,
     pub next_attempt_us: Option<u64>,
     pub last_reply: Option<String>,
+    /// The next attempt's route; None clears it (v2 records: always None).
+    pub route: Option<String>,
 }
 
 impl RcptChange {
@@ -293,9 +314,17 @@ impl RcptChange {
         r.attempts = self.attempts;
         r.next_attempt_us = self.next_attempt_us;
         r.last_reply = self.last_reply.clone();
+        r.route = self.route.clone();
     }
     pub fn of(index: u32, r: &Recipient) -> RcptChange {
-        RcptChange { index, state: r.state, attempts: r.attempts, next_attempt_us: r.next_attempt_us, last_reply: r.last_reply.clone() }
+        RcptChange {
+            index,
+            state: r.state,
+            attempts: r.attempts,
+            next_attempt_us: r.next_attempt_us,
+            last_reply: r.last_reply.clone(),
+            route: r.route.clone(),
+        }
     }
 }
 
@@ -309,7 +338,7 @@ pub struct StateChange {
     pub changes: Vec<RcptChange>,
 }
 
-/// STATE meta (v2): `queue_id`'s recipients `changes` and/or its hold flag, at `time_us`.
+/// STATE meta: `queue_id`'s recipients `changes` and/or its hold flag, at `time_us`.
 pub fn encode_state(s: &StateChange) -> Vec<u8> {
     let mut w = W(vec![META_VERSION]);
     w.str(&s.queue_id);
@@ -326,12 +355,13 @@ pub fn encode_state(s: &StateChange) -> Vec<u8> {
         w.varint(c.attempts as u64);
         w.opt_num(c.next_attempt_us);
         w.opt(&c.last_reply);
+        w.opt(&c.route);
     }
     w.0
 }
 pub fn decode_state(b: &[u8]) -> Result<StateChange, FormatError> {
     let mut r = R(b, 0);
-    r.version2()?;
+    let v = r.version(2)?;
     let queue_id = r.str()?;
     let time_us = r.varint()?;
     let hold = match r.u8()? {
@@ -349,7 +379,10 @@ pub fn decode_state(b: &[u8]) -> Result<StateChange, FormatError> {
             return ferr("bad recipient state");
         }
         let attempts = u32::try_from(r.varint()?).map_err(|_| FormatError("attempts overflow".into()))?;
-        changes.push(RcptChange { index, state, attempts, next_attempt_us: r.opt_num()?, last_reply: r.opt()? });
+        let next_attempt_us = r.opt_num()?;
+        let last_reply = r.opt()?;
+        let route = if v >= 3 { r.opt()? } else { None };
+        changes.push(RcptChange { index, state, attempts, next_attempt_us, last_reply, route });
     }
     r.done()?;
     Ok(StateChange { queue_id, time_us, hold, changes })
@@ -364,7 +397,7 @@ pub fn encode_delete(queue_id: &str, time_us: u64) -> Vec<u8> {
 }
 pub fn decode_delete(b: &[u8]) -> Result<(String, u64), FormatError> {
     let mut r = R(b, 0);
-    r.version()?;
+    r.version(1)?;
     Ok((r.str()?, r.varint()?))
 }
 
@@ -377,7 +410,7 @@ pub fn encode_segment_end(seq: u64, len: u64) -> Vec<u8> {
 }
 pub fn decode_segment_end(b: &[u8]) -> Result<(u64, u64), FormatError> {
     let mut r = R(b, 0);
-    r.version()?;
+    r.version(1)?;
     Ok((r.varint()?, r.varint()?))
 }
 
@@ -460,130 +493,5 @@ pub fn decode_record(b: &[u8]) -> Result<(Kind, &[u8], &[u8]), FormatError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn env() -> Envelope {
-        Envelope {
-            queue_id: "0abcDEF".into(),
-            arrival_us: 1_790_000_000_123_456,
-            sender: "".into(),
-            recipients: vec![
-                Recipient { address: "a@x.test".into(), ..Default::default() },
-                Recipient {
-                    address: "Postmaster".into(),
-                    notify: Some(notify_mask(&["SUCCESS", "DELAY"]).unwrap()),
-                    orcpt: Some("rfc822;a@y".into()),
-                    state: 2,
-                    attempts: 3,
-                    next_attempt_us: Some(1_790_000_300_000_000),
-                    last_reply: Some("451 4.7.1 try later".into()),
-                },
-                Recipient { address: "ü@x".into(), notify: Some(0), state: 3, attempts: 1, next_attempt_us: Some(0), ..Default::default() },
-            ],
-            body: Some("8BITMIME".into()),
-            smtputf8: true,
-            ret: Some("HDRS".into()),
-            envid: None,
-            helo: "client.test".into(),
-            client_ip: "2001:db8::1".into(),
-            held: true,
-        }
-    }
-
-    #[test]
-    fn envelope_roundtrip() {
-        for e in [env(), Envelope::default()] {
-            assert_eq!(decode_envelope(&encode_envelope(&e)).unwrap(), e);
-        }
-        assert_eq!(notify_names(notify_mask(&["delay", "FAILURE"]).unwrap()), vec!["FAILURE", "DELAY"]);
-        assert!(notify_mask(&["SOMETIMES"]).is_err());
-    }
-
-    /// A format v1 MESSAGE meta (written by the previous version) still decodes.
-    #[test]
-    fn envelope_v1_still_decodes() {
-        let mut w = W(vec![1]);
-        w.str("Q");
-        w.varint(7);
-        w.0.push(0);
-        w.str("s@x");
-        for _ in 0..3 {
-            w.opt(&None);
-        }
-        w.str("h");
-        w.str("ip");
-        w.varint(1);
-        w.str("r@y");
-        w.0.push(0);
-        w.opt(&None);
-        w.0.push(2);
-        let e = decode_envelope(&w.0).unwrap();
-        assert_eq!((e.queue_id.as_str(), e.held, e.recipients[0].state, e.recipients[0].attempts), ("Q", false, 2, 0));
-    }
-
-    #[test]
-    fn envelope_truncated_is_error_not_panic() {
-        let b = encode_envelope(&env());
-        for n in 0..b.len() {
-            assert!(decode_envelope(&b[..n]).is_err(), "prefix {n}");
-        }
-    }
-
-    #[test]
-    fn small_metas_roundtrip() {
-        let st = StateChange {
-            queue_id: "Q1".into(),
-            time_us: 5,
-            hold: Some(false),
-            changes: vec![
-                RcptChange { index: 0, state: 1, attempts: 1, next_attempt_us: None, last_reply: Some("250 ok".into()) },
-                RcptChange { index: 7, state: 2, attempts: 2, next_attempt_us: Some(99), last_reply: None },
-            ],
-        };
-        let s = encode_state(&st);
-        assert_eq!(decode_state(&s).unwrap(), st);
-        for n in 0..s.len() {
-            assert!(decode_state(&s[..n]).is_err(), "prefix {n}");
-        }
-        assert_eq!(decode_delete(&encode_delete("Q2", 9)).unwrap(), ("Q2".into(), 9));
-        assert_eq!(decode_segment_end(&encode_segment_end(3, 4096)).unwrap(), (3, 4096));
-    }
-
-    #[test]
-    fn record_roundtrip_and_crc_failures() {
-        let meta = encode_envelope(&env());
-        let rec = encode_record(Kind::Message, &meta, b"Subject: x\r\n\r\nbody\r\n").unwrap();
-        let (k, m, d) = decode_record(&rec).unwrap();
-        assert_eq!((k, m, d), (Kind::Message, &meta[..], &b"Subject: x\r\n\r\nbody\r\n"[..]));
-        // table: (byte to flip, expected error)
-        let cases = [
-            (0, "bad record magic"),
-            (5, "bad record header CRC"),
-            (9, "bad record header CRC"),
-            (REC_HDR + 2, "bad record CRC"),
-            (rec.len() - 3, "bad record CRC"),
-            (rec.len() - 1, "bad record CRC"),
-        ];
-        for (i, want) in cases {
-            let mut b = rec.clone();
-            b[i] ^= 0x40;
-            assert_eq!(decode_record(&b).unwrap_err().0, want, "flip byte {i}");
-        }
-        assert_eq!(decode_record(&rec[..rec.len() - 1]).unwrap_err().0, "record truncated");
-    }
-
-    #[test]
-    fn streamed_head_matches_whole_record() {
-        let data = vec![b'x'; 100_000];
-        let mut h = record_head(Kind::Message, b"meta", data.len() as u64).unwrap();
-        let mut body = crc32fast::Hasher::new();
-        body.update(&data);
-        h.crc.combine(&body);
-        let mut whole = h.bytes.clone();
-        whole.extend_from_slice(&data);
-        whole.extend_from_slice(&h.crc.finalize().to_le_bytes());
-        assert_eq!(whole, encode_record(Kind::Message, b"meta", &data).unwrap());
-        assert_eq!(whole.len() as u64, h.total_len);
-    }
-}
+#[path = "record_tests.rs"]
+pub(crate) mod tests;

@@ -320,7 +320,7 @@ fn submit_env(sp: &Spool, token: u64, e: Envelope, content: &[u8]) -> String {
 }
 
 fn change(index: u32, state: u8, attempts: u32, next: Option<u64>, reply: Option<&str>) -> Change {
-    Change { index, state, attempts, next_attempt_us: next, last_reply: reply.map(Into::into) }
+    Change { index, state, attempts, next_attempt_us: next, last_reply: reply.map(Into::into), route: None }
 }
 
 fn ok(sp: &Spool, n: usize) {
@@ -550,3 +550,5 @@ fn due_is_cheap_with_a_big_index() {
 // Compaction has its own file; it shares this file's helpers as a child module.
 #[path = "compact_tests.rs"]
 mod compact_tests;
+#[path = "notes_route_tests.rs"]
+mod notes_route_tests;
