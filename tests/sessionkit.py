@@ -11,6 +11,7 @@ import time
 from mta.smtp.sasl import MECHANISMS
 from mta.config import schema as config
 from mta.delivery.router import Router
+from mta.policy import builtins
 from mta.policy.relay import Networks, RelayPolicy
 from mta.queue.store import SpoolService
 from mta.smtp.limits import Limits
@@ -81,12 +82,19 @@ class Scripted:
         self.durable: list[tuple[str, list]] = []
         self.sessions: set = set()
         self.limits = collaborators.pop("limits", None) or Limits(cfg.limits)
+        # The hook chain is made from these (each may be swapped): the relay policy, the
+        # recipient check, the sender-login map (with users), and plugin entries.
+        policy = collaborators.pop("policy", None) or RelayPolicy(Networks(cfg.mynetworks), cfg.local_domains,
+                                                                 cfg.relay_domains)
+        expand = collaborators.pop("expand", None) or Router(cfg).expand
+        senders = collaborators.pop("sender_login", None)
+        plugins = collaborators.pop("plugins", ())
         parts = dict(
             loop=loop,
             store=store,
             on_durable=lambda qid, final: self.durable.append((qid, final)),
-            policy=RelayPolicy(Networks(cfg.mynetworks), cfg.local_domains, cfg.relay_domains),
-            expand=Router(cfg).expand,
+            policy=policy,
+            hooks=builtins.chain(policy, expand, senders, plugins),
             limits=self.limits,
             sessions=self.sessions,
         )

@@ -18,6 +18,7 @@ from mta.delivery import BOUNCED, DEFERRED, DELIVERED, Outcome, RcptResult, resu
 from mta.delivery.mx import MxResolver
 from mta.delivery.mtasts import OutboundTls
 from mta.delivery.router import Router
+from mta.policy.chain import Chain, Entry
 from mta.delivery.transport import Maildir, Smtp, Transports
 from mta.delivery.deliverylog import DeliveryLog
 from mta.queue.manager import QueueManager
@@ -96,7 +97,7 @@ class Harness:
         self.store.attach(asyncio.get_running_loop())
         d = cfg.delivery
         smtp = Smtp(self.wire, MxResolver(None), OutboundTls(None, 0), d, cfg.hostname)
-        self.queue = QueueManager(self.store, Router(cfg, self.hook), Transports(smtp, Maildir(cfg.hostname)),
+        self.queue = QueueManager(self.store, Router(cfg, Chain([Entry("test", {"route": self.hook})] if self.hook else [])), Transports(smtp, Maildir(cfg.hostname)),
                                   DeliveryLog(d.log_file), d, cfg.hostname, clock=self.clock,
                                   jitter=lambda _lo, _hi: 0.0)
         self.queue.start()

@@ -41,15 +41,15 @@ def test_mynetworks(ip, trusted):
 ])
 def test_recipients_from_a_stranger(rcpt, ok):
     verdict = POLICY.check_rcpt(rcpt, trusted=False)
-    assert verdict.ok is ok
+    assert (verdict is None) is ok
     if not ok:
         assert (verdict.code, verdict.enhanced, verdict.text) == (554, "5.7.1", "Relay access denied")
-        assert replies.line(verdict.code, verdict.enhanced, verdict.text) == b"554 5.7.1 Relay access denied\r\n"
+        assert verdict.reply == b"554 5.7.1 Relay access denied\r\n"
 
 
 def test_trusted_clients_relay_anywhere():
     for rcpt in ("user@elsewhere.test", "a%b@example.test", "user"):
-        assert POLICY.check_rcpt(rcpt, trusted=True).ok
+        assert POLICY.check_rcpt(rcpt, trusted=True) is None
 
 
 def test_domain_of():
@@ -167,7 +167,6 @@ def test_fixed_replies():
     assert replies.line(354, None, "go") == b"354 go\r\n"
     assert replies.queued("ABC") == b"250 2.0.0 Ok: queued as ABC\r\n"
     assert replies.bdat_chunk(10) == b"250 2.0.0 Ok: 10 octets received\r\n"
-    assert replies.sender_not_owned("bob") == b"553 5.7.1 Sender address rejected: not owned by user bob\r\n"
     assert replies.R_AUTH_REQUIRED == b"530 5.7.0 Authentication required\r\n"
     assert replies.R_NOT_IMPL == b"502 5.5.1 Error: command not implemented\r\n"
 

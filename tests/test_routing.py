@@ -9,12 +9,14 @@ import pytest
 from mta.config import schema as config
 from mta.config.routes import TransportSpec, parse_transport
 from mta.delivery.router import Router
+from mta.policy.chain import Chain, Entry, RouteError
 
 
 def router(tmp_path, text: str, hook=None) -> Router:
+    """A router; `hook`: a route function, as a one-hook plugin."""
     p = tmp_path / "c.toml"
     p.write_text(text)
-    return Router(config.load(str(p)), hook)
+    return Router(config.load(str(p)), Chain([Entry("test", {"route": hook})] if hook else []))
 
 
 BASE = """
@@ -99,7 +101,7 @@ def test_route_hook_first_non_none_wins(tmp_path):
 
 def test_route_hook_bad_return_is_an_error(tmp_path):
     r = router(tmp_path, BASE, lambda a, c: 42)
-    with pytest.raises(ValueError):
+    with pytest.raises(RouteError, match="returned 42"):
         asyncio.run(r.route("x@y.test"))
 
 
@@ -149,7 +151,12 @@ def test_route_now_decides_without_a_coroutine_when_it_can(tmp_path):
     spec = parse_transport("lmtp unix:/run/lmtp")
     assert router(tmp_path, BASE, lambda a, c: spec).route_now("x@y.test") is spec
 
+    async def at_once_async(a, c):  # an async hook that never waits answers at once too
+        return "discard"
+    assert router(tmp_path, BASE, at_once_async).route_now("x@y.test").kind == "discard"
+
     async def later(a, c):
+        await asyncio.sleep(0)
         return None if a.startswith("keep") else "smarthost 192.0.2.9:25"
     hooked = router(tmp_path, BASE, later)
     keep, other = hooked.route_now("keep@example.net"), hooked.route_now("o@example.net")
@@ -162,7 +169,7 @@ def test_route_now_decides_without_a_coroutine_when_it_can(tmp_path):
 
     def broken(a, c):
         raise RuntimeError("hook bug")
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RouteError, match="RuntimeError: hook bug"):
         router(tmp_path, BASE, broken).route_now("x@y.test")
-    with pytest.raises(ValueError):
+    with pytest.raises(RouteError):
         router(tmp_path, BASE, lambda a, c: 42).route_now("x@y.test")

@@ -147,8 +147,8 @@ def test_unknown_local_user_refused_by_the_recipient_check(tmp_path):
         assert mail == "250 2.1.0 Ok" and rcpt.startswith("550 5.1.1 ")
 
     def expand(address):
-        from mta.policy.relay import Verdict
-        return Verdict(550, "5.1.1", "Recipient address rejected: User unknown"), []
+        from mta.plugin import Reject
+        return Reject(550, "5.1.1", "Recipient address rejected: User unknown"), []
 
     run(body, tmp_path, collaborators={"expand": expand})
 

@@ -64,10 +64,8 @@ class Server:
         self.auth_guard = AuthGuard(max_failures=a.max_failures, window=a.failure_window, tarpit_max=a.tarpit_max)
         self.sender_login = SenderLogin.from_config(a)
         # The hook chain: the built-in policies first, then the plugins, in config order.
-        first = [builtins.relay_control(self.policy), builtins.recipients(self.router.expand)]
-        if self.users is not None:
-            first.append(builtins.sender_login(self.sender_login))
-        self.hooks = Chain(first + plugins)
+        self.hooks = builtins.chain(self.policy, self.router.expand,
+                                    self.sender_login if self.users is not None else None, plugins)
         # Raises TlsError (an MtaError) if the files are unusable at start-up.
         self.tls: TlsContext | None = TlsContext(cfg.tls) if cfg.tls.cert else None
         self.sessions: set[Session] = set()

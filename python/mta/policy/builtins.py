@@ -4,13 +4,13 @@ at MAIL. No plugin verdict overrides them: a recipient they refuse never reaches
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterable
 
 from mta import log as fastlog
 from mta.auth.senders import SenderLogin
 from mta.auth.users import printable
 from mta.plugin import Reject
-from mta.policy.chain import Entry
+from mta.policy.chain import Chain, Entry
 from mta.policy.relay import RelayPolicy
 
 
@@ -48,8 +48,18 @@ def sender_login(senders: SenderLogin) -> Entry:
         user = tx.conn.auth_user
         if user is None or check(user, sender):
             return None
-        shown = printable(user)
+        shown = printable(user).encode("ascii", "replace").decode()
         fastlog.info(f"sender rejected from [{tx.conn.peer_ip}]: <{sender}> not owned by user {shown}")
         return Reject(553, "5.7.1", f"Sender address rejected: not owned by user {shown}")
 
     return Entry("sender_login", {"on_mail": on_mail}, module="mta.auth.senders", builtin=True)
+
+
+def chain(policy: RelayPolicy, expand: Callable, senders: SenderLogin | None = None,
+          plugins: Iterable[Entry] = ()) -> Chain:
+    """The server's chain: relay control, the recipient check, the sender-login map (with
+    users to log in), then the plugins in order."""
+    first = [relay_control(policy), recipients(expand)]
+    if senders is not None:
+        first.append(sender_login(senders))
+    return Chain(first + list(plugins))
