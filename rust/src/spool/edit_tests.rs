@@ -66,3 +66,25 @@ fn a_discarded_message_is_never_stored() {
     }
     assert!(fs_list(&d.path().join("0/tmp")).is_empty());
 }
+
+/// The first attempt reads a fresh message from memory (keep_fresh): edited, it is the
+/// edited bytes there too.
+#[test]
+fn fresh_copy_of_an_edited_message_is_the_edited_bytes() {
+    let d = tempfile::tempdir().unwrap();
+    let sp = Spool::open(d.path(), 0, cfg()).unwrap();
+    sp.keep_fresh(true);
+    let mut m = sp.new_message();
+    m.prepend(b"Received: us\r\n");
+    m.push(b"Subject: old\r\nX: 1\r\n\r\nbody\r\n");
+    m.replace_header_block(b"Subject: new\r\n").unwrap();
+    let q = sp.new_queue_id();
+    sp.submit(1, env(&q), m).unwrap();
+    ok(&sp, 1);
+    let want = b"Received: us\r\nSubject: new\r\n\r\nbody\r\n".to_vec();
+    let e = sp.get(&q).unwrap();
+    let (prefix, rest) = sp.entry_bytes(&e).unwrap().unwrap();
+    assert!(!prefix.is_empty(), "not from the fresh store");
+    assert_eq!([prefix, rest].concat(), want);
+    assert_eq!(sp.message_bytes(&q).unwrap().unwrap(), want);
+}
