@@ -81,3 +81,10 @@ def test_memory_only_message_edit():
     msg.push(b"A: 1\nB: 2\n\nbody\n")
     msg.replace_header_block(b"C: 3\r\n")
     assert msg.bytes() == b"C: 3\r\n\nbody\n" and msg.size == 12 and msg.header_size == 10
+    # only whole fields: the header/body boundary stays where the client put it
+    for bad in (b"C: 3", b"C: 3\r\n\r\nD: 4\r\n", b" folded\r\n", b"not a field\r\n"):
+        with pytest.raises(ValueError, match="whole header fields"):
+            msg.replace_header_block(bad)
+    assert msg.header_block() == b"C: 3\r\n"
+    msg.replace_header_block(b"")
+    assert msg.bytes() == b"\nbody\n" and msg.size == 6

@@ -415,7 +415,9 @@ class Message:
         that. Works for a spilled message (the spill file is not rewritten; the spool
         copies it from after the old block). Spool.prepend still puts its bytes in front of
         everything. header_size and received_count keep describing the client's bytes.
-        ValueError("header block not complete") before header_done or when header_too_big;
+        ValueError("header block not complete") before header_done or when header_too_big,
+        and ValueError when `new_block` is not whole header fields each ending in a line
+        break (b"" is fine), so the header/body boundary stays where the client put it;
         SpoolError after submit, after discard, or after a spill failure."""
     def discard(self) -> None:
         """Stop keeping the client's bytes (memory freed, spill file dropped) for a message

@@ -1,7 +1,6 @@
-//! A header block with reads and edits, for plugins: lookups by name (case-insensitive) over
-//! a `HeaderIndex`, and edits that rewrite the bytes at once (untouched fields copied as is).
-//! Invariant: the index always describes the current bytes, and an edit never writes a field
-//! that would parse differently (names are ftext, values fold only as CRLF + SP/HTAB).
+//! Plugins' header block: reads by name (case-insensitive) over a `HeaderIndex`, and edits
+//! that rewrite the bytes at once. Invariant: the index describes the current bytes, and an
+//! edit writes exactly one well-formed field (ftext name, value folded only as CRLF + WSP).
 use super::headers::{Edit, HeaderIndex};
 
 /// Why an edit was refused.

@@ -1,9 +1,8 @@
-//! An in-flight message: our prefix (Received header) + the client's bytes, with a running CRC
-//! (the writer never hashes the body again), its header block replaceable once complete.
-//! Invariant: bounded memory; past `spill_threshold` the body goes to an already-unlinked file
-//! in <shard>/tmp/, so a crash never leaves it behind.
+//! An in-flight message: our prefix (Received header), the client's bytes with a running CRC,
+//! and maybe a replacement for their header block. Invariant: bounded memory; past
+//! `spill_threshold` the body goes to an already-unlinked file in <shard>/tmp/ (no leftovers).
 
-use crate::message::headers::HeaderScanner;
+use crate::message::headers::{HeaderIndex, HeaderScanner};
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
@@ -127,12 +126,17 @@ impl Incoming {
 
     /// Replace the client's header block (its first `scanner.header_size()` octets, the
     /// empty line after them not included) with `block`; again later replaces it again.
-    /// Only once the scanner found the block's end (not when it gave up: too big).
+    /// Only once the scanner found the block's end (not when it gave up: too big), and
+    /// only with whole fields, so the header/body boundary stays where the client put it.
     pub fn replace_header_block(&mut self, block: &[u8]) -> io::Result<()> {
         self.check()?;
+        // InvalidInput: the caller's mistake (ValueError in Python), not an I/O failure.
+        let invalid = |m: &str| Err(io::Error::new(io::ErrorKind::InvalidInput, m));
         if !self.scanner.done() || self.scanner.header_too_big() {
-            // InvalidInput: the caller asked too early (ValueError in Python), not an I/O failure.
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "header block not complete"));
+            return invalid("header block not complete");
+        }
+        if HeaderIndex::parse(block).header_end != block.len() || block.last().is_some_and(|&b| b != b'\n') {
+            return invalid("a header block is whole header fields, each ending in a line break");
         }
         self.skip = self.scanner.header_size();
         self.head = Some(block.to_vec());
@@ -344,7 +348,8 @@ pub(crate) mod tests {
         let mut msg = head.clone();
         msg.extend_from_slice(b"\r\n");
         msg.extend((0..70_000u32).map(|i| b'a' + (i % 26) as u8));
-        let blocks: [&[u8]; 3] = [b"", b"Subject: y\r\n", &[b'H'; 200]];
+        let long = [&b"X-Long: "[..], &[b'H'; 200], b"\r\n"].concat();
+        let blocks: [&[u8]; 3] = [b"", b"Subject: y\r\n", &long];
         for thr in edit_thresholds(head.len()) {
             for chunk in [1, 7, 4096, msg.len()] {
                 for block in blocks {
@@ -400,6 +405,32 @@ pub(crate) mod tests {
             assert_eq!(r.is_ok(), ok, "{:?}", String::from_utf8_lossy(bytes));
             if !ok {
                 assert_eq!(r.unwrap_err().to_string(), "header block not complete");
+            }
+        }
+    }
+
+    #[test]
+    fn a_new_block_is_whole_fields() {
+        // (new block, accepted)
+        let cases: [(&[u8], bool); 9] = [
+            (b"", true),
+            (b"A: 1\r\n", true),
+            (b"A: 1\nB: 2\r\n\tmore\n", true),
+            (b"A: 1", false),                // would run into the empty line
+            (b"A: 1\r", false),
+            (b"A: 1\r\n\r\nB: 2\r\n", false), // an empty line: B would be body
+            (b" folded\r\n", false),
+            (b"no colon\r\n", false),
+            (b"A: 1\r\nbody\r\n", false),
+        ];
+        for (block, ok) in cases {
+            let mut m = Incoming::new(None, usize::MAX, 1 << 20);
+            m.push(b"Subject: x\r\n\r\nbody\r\n");
+            let r = m.replace_header_block(block);
+            assert_eq!(r.is_ok(), ok, "{:?}", String::from_utf8_lossy(block));
+            if !ok {
+                assert_eq!(r.unwrap_err().kind(), io::ErrorKind::InvalidInput);
+                assert_eq!(m.header_block().unwrap(), b"Subject: x\r\n");
             }
         }
     }
