@@ -378,6 +378,16 @@ class Message:
         """Append client bytes (dot-unstuffed); what SmtpParser does internally."""
     def bytes(self) -> bytes:
         """The whole content, our prefix included (tests; reads a spill file back)."""
+    def read_at(self, offset: int, max: int = 262144) -> bytes:
+        """At most `max` octets of the content (our prefix, a replaced header block, then
+        the client's bytes) from `offset`; b"" at the end. A plugin's body_chunks() at
+        on_message reads the message with it, a block at a time (a spill file included)."""
+    def prepend(self, data: bytes) -> None:
+        """Put `data` in front of everything (as Spool.prepend; for a memory-only message)."""
+    def finish_headers(self) -> None:
+        """The message ended: a header block that no empty line ended (a message of header
+        fields only) ends with its last complete line, so header_done is True and the block
+        may be replaced. The session calls it at end of data."""
     @property
     def size(self) -> int:
         """Octets of the client's message (excluding the prefix we added); after

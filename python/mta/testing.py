@@ -71,7 +71,6 @@ class _Store:
         self.loop = loop
         self.max_header_size = max_header_size
         self.stored: dict[str, dict] = {}
-        self._prefix: dict[int, bytes] = {}
         self._n = 0
 
     def has_room(self) -> bool:
@@ -85,11 +84,11 @@ class _Store:
         return _native.Message(max_header_size=self.max_header_size)
 
     def prepend(self, message, data: bytes) -> None:
-        self._prefix[id(message)] = data + self._prefix.get(id(message), b"")
+        message.prepend(data)
 
     def submit(self, queue_id: str, message, done, *, sender: str, recipients: list, notes: str | None = None,
                **envelope: Any) -> None:
-        data = self._prefix.pop(id(message), b"") + message.bytes()
+        data = message.bytes()
         self.stored[queue_id] = dict(envelope, sender=sender, recipients=[r[0] for r in recipients],
                                      data=data, notes=json.loads(notes) if notes else {})
         self.loop.call_soon(done, None)
@@ -214,6 +213,15 @@ class ScriptedSession:
         import base64
         token = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
         return self.command(f"AUTH PLAIN {token}")
+
+    def send(self, data: bytes) -> None:
+        """Raw bytes as a client would write them (pipelined commands, a message in parts);
+        read what comes back with reply()."""
+        self._call(self.session.data_received, data)
+
+    def reply(self, timeout: float = 60.0) -> SmtpReply:
+        """The next reply the session writes (waiting for hooks at work)."""
+        return self._reply(timeout)
 
     def command(self, line: str) -> SmtpReply:
         """Any command line (without CR LF); its reply."""

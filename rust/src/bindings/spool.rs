@@ -97,6 +97,25 @@ impl PyMessage {
     fn discarded(&self) -> PyResult<bool> {
         Ok(self.get()?.discarded())
     }
+    /// The message ended: a header block no empty line ended ends here (see the stub).
+    fn finish_headers(&mut self) -> PyResult<()> {
+        let m = self.inner.as_mut().ok_or_else(|| spool_err("message was already submitted"))?;
+        m.scanner.finish();
+        Ok(())
+    }
+    /// Put `data` in front of the content (what Spool.prepend does; see the stub).
+    fn prepend(&mut self, data: &[u8]) -> PyResult<()> {
+        let m = self.inner.as_mut().ok_or_else(|| spool_err("message was already submitted"))?;
+        m.prepend(data);
+        Ok(())
+    }
+    /// Up to `max` octets of the content from `offset` (see the stub).
+    #[pyo3(signature = (offset, max = 262144))]
+    fn read_at<'py>(&self, py: Python<'py>, offset: u64, max: usize) -> PyResult<Bound<'py, PyBytes>> {
+        let m = self.get()?;
+        let v = py.allow_threads(|| m.read_at(offset, max)).map_err(spool_err)?;
+        Ok(PyBytes::new(py, &v))
+    }
     /// The content (our prefix included), for tests.
     fn bytes<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
         let m = self.inner.as_mut().ok_or_else(|| spool_err("message was already submitted"))?;
