@@ -5,7 +5,10 @@
 # CPU per message of the mta process tree (worker, spool writer, delivery agent), of the
 # sink and of the generator, so a build's cost is seen apart from the machine's noise.
 #
-#   benches/ab.sh [-n N] [-r ROUNDS] [-w WORKERS] [-c CONFIG] [-s SIZE] PYTHONDIR...
+#   benches/ab.sh [-n N] [-r ROUNDS] [-w WORKERS] [-c CONFIG] [-s SIZE] PYTHONDIR[::CONFIG]...
+#
+# A PYTHONDIR::CONFIG argument runs that build with its own config (the same build with and
+# without a plugin: benches/mta-bench-noop_sync.toml; benches/plugins/ is on PYTHONPATH).
 #
 # Each PYTHONDIR holds an `mta` package with its extension built (a worktree of the
 # commit: `git worktree add --detach /tmp/snap REV && cd /tmp/snap &&
@@ -30,10 +33,12 @@ tree_cpu() { PYTHONPATH="$HERE/../python" python3 -c "from mta.bench.procs impor
 wait_port() { for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 
 for round in $(seq "$ROUNDS"); do
-  for py in "$@"; do
+  for spec in "$@"; do
+    py=${spec%%::*} cfg=$CONFIG label=$spec
+    case $spec in *::*) cfg=${spec#*::} label="$py $(basename "$cfg" .toml)" ;; esac
     rm -rf "$work/spool"
     /usr/sbin/smtp-sink -c -u postfix 127.0.0.1:3526 1024 > "$work/sink.out" 2>&1 & SINK=$!
-    PYTHONPATH=$py timeout 600 python3 -m mta run --config "$CONFIG" --listen 127.0.0.1:3525 \
+    PYTHONPATH=$py:$HERE/plugins timeout 600 python3 -m mta run --config "$cfg" --listen 127.0.0.1:3525 \
       --spool "$work/spool" --hostname mx.example.test --relay-to 127.0.0.1:3526 --workers "$WORKERS" \
       > "$work/mta.log" 2>&1 & MTA=$!
     wait_port 3525 || { echo "mta did not start"; cat "$work/mta.log"; exit 1; }
@@ -42,10 +47,10 @@ for round in $(seq "$ROUNDS"); do
     ( /usr/bin/time -f "%U %S" timeout 600 /usr/sbin/smtp-source -s 50 -m "$N" -l "$SIZE" -f from@example.test \
         -t to@example.test -M client.example.test 127.0.0.1:3525 ) 2> "$work/src.time"
     t1=$(date +%s.%N); m1=$(tree_cpu $MTA); k1=$(tree_cpu $SINK)
-    awk -v py="$py" -v r="$round" -v n="$N" -v t="$(echo "$t1 - $t0" | bc -l)" -v m="$(echo "$m1 - $m0" | bc -l)" \
+    awk -v py="$label" -v r="$round" -v n="$N" -v t="$(echo "$t1 - $t0" | bc -l)" -v m="$(echo "$m1 - $m0" | bc -l)" \
         -v k="$(echo "$k1 - $k0" | bc -l)" -v src="$(tail -1 "$work/src.time")" 'BEGIN {
       split(src, s, " ");
-      printf "round %d %-28s %7.0f msgs/s  mta %5.0f us/msg  sink %4.0f us/msg  smtp-source %4.0f us/msg\n",
+      printf "round %d %-40s %7.0f msgs/s  mta %5.0f us/msg  sink %4.0f us/msg  smtp-source %4.0f us/msg\n",
              r, py, n / t, m * 1e6 / n, k * 1e6 / n, (s[1] + s[2]) * 1e6 / n }'
     kill $MTA; wait $MTA 2>/dev/null || true; kill $SINK; wait $SINK 2>/dev/null || true
   done

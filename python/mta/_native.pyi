@@ -1,8 +1,8 @@
 """Typed stubs of the Rust extension `mta._native` (built by maturin).
 
 Three parts: the sans-IO SMTP parser (`SmtpParser`), header work
-(`received_header`, `HeaderScanner` via `Message`), and the spool (`Spool`,
-`SpoolReader`, `Message`). The message body crosses into Rust once, in
+(`received_header`, `Headers`, `HeaderScanner` via `Message`), and the spool
+(`Spool`, `SpoolReader`, `Message`). The message body crosses into Rust once, in
 `SmtpParser.feed`, and never comes back to Python unless asked
 (`SpoolReader.message_bytes`).
 """
@@ -259,6 +259,59 @@ def received_header(
     """`Received: from HELO (reverse [ip])\\r\\n\\tby HOSTNAME with PROTO id ID\\r\\n\\tfor <rcpt>; DATE\\r\\n`,
     folded so each line stays under 78 octets where possible."""
 
+class Headers:
+    """A header block to read and edit (plugins' `on_data` / `on_message` headers), over the
+    Rust header index (rust/src/message/view.rs). Names are matched case-insensitively
+    (ASCII). Each edit rewrites the block at once, so later reads see it; fields not edited
+    keep their bytes exactly. Bytes after the first line that is not a field are kept after
+    the fields (new fields go before them). Apply the result to a message with
+    `Message.replace_header_block(headers.block())`."""
+
+    def __init__(self, block: bytes, *, readonly: bool = False) -> None:
+        """`block`: fields, each ending in CRLF or LF, without the empty line that ends the
+        block (what `Message.header_block()` returns). `readonly`: every edit raises
+        TypeError("read-only header view")."""
+    def get(self, name: str) -> str | None:
+        """The first field named `name`: its value unfolded (each CRLF or LF followed by SP
+        or HTAB removed), ASCII whitespace stripped at both ends, decoded as UTF-8 (invalid
+        octets become U+FFFD); None when there is none."""
+    def get_all(self, name: str) -> list[str]:
+        """Every field named `name`, in order, each value as `get` gives it."""
+    def get_raw(self, name: str) -> bytes | None:
+        """The first field's value as stored: the octets after the ':' up to, not including,
+        its final line break (folding kept)."""
+    def get_all_raw(self, name: str) -> list[bytes]:
+        """Every field named `name`, in order, each value as `get_raw` gives it."""
+    def items(self) -> list[tuple[str, str]]:
+        """Every field as (name as written, value as `get` gives it), in order."""
+    def names(self) -> list[str]:
+        """Every field's name as written, in order (repeated names repeated)."""
+    def __len__(self) -> int:
+        """The number of fields."""
+    def __contains__(self, name: str) -> bool:
+        """A field named `name` exists."""
+    def add(self, name: str, value: str | bytes) -> None:
+        """Append `name: value` CRLF after the last field (a last field without its line
+        break gets one first). `value` as str is written as UTF-8. ValueError: `name` empty
+        or not ftext (printable ASCII but ':'), or `value` with NUL or a CR or LF other than
+        folding (CRLF followed by SP or HTAB): "header value contains a bare CR or LF ..."."""
+    def prepend(self, name: str, value: str | bytes) -> None:
+        """Insert `name: value` CRLF before the first field; checked as `add`."""
+    def remove(self, name: str) -> int:
+        """Remove every field named `name`; how many were removed."""
+    def replace(self, name: str, value: str | bytes) -> bool:
+        """Replace the value of the first field named `name` (its name kept as written, the
+        field becomes `Name: value` CRLF up to its old end, folding included): True; when
+        there is none, `add` it: False. Checked as `add`."""
+    def block(self) -> bytes:
+        """The current header block."""
+    @property
+    def changed(self) -> bool:
+        """An edit changed the block (removing a name that is absent changes nothing)."""
+    @property
+    def readonly(self) -> bool:
+        """Edits raise TypeError("read-only header view")."""
+
 def is_wire_form(data: bytes, *, dot_stuff: bool) -> bool:
     """True when `wire_body` would change nothing but append the terminator: every line
     ends CRLF (no bare CR or LF), the last included, and with dot_stuff none starts with "."."""
@@ -325,9 +378,20 @@ class Message:
         """Append client bytes (dot-unstuffed); what SmtpParser does internally."""
     def bytes(self) -> bytes:
         """The whole content, our prefix included (tests; reads a spill file back)."""
+    def read_at(self, offset: int, max: int = 262144) -> bytes:
+        """At most `max` octets of the content (our prefix, a replaced header block, then
+        the client's bytes) from `offset`; b"" at the end. A plugin's body_chunks() at
+        on_message reads the message with it, a block at a time (a spill file included)."""
+    def prepend(self, data: bytes) -> None:
+        """Put `data` in front of everything (as Spool.prepend; for a memory-only message)."""
+    def finish_headers(self) -> None:
+        """The message ended: a header block that no empty line ended (a message of header
+        fields only) ends with its last complete line, so header_done is True and the block
+        may be replaced. The session calls it at end of data."""
     @property
     def size(self) -> int:
-        """Octets of the client's message (excluding the prefix we added)."""
+        """Octets of the client's message (excluding the prefix we added); after
+        replace_header_block, of the message with the new header block."""
     @property
     def header_size(self) -> int:
         """Octets of the client's header block so far (up to, not including,
@@ -337,7 +401,8 @@ class Message:
         """The client's header block (header_size octets: up to, not including,
         the empty line), without our prefix; read back from the spill file if the
         message spilled. At most max_header_size + 1 octets. Used for the
-        submission fix-up (mta.auth.add_missing_headers) at end of data."""
+        submission fix-up (mta.auth.add_missing_headers) at end of data. After
+        replace_header_block: the new block."""
     @property
     def header_too_big(self) -> bool:
         """The client's header block exceeded max_header_size (scanning stops)."""
@@ -346,6 +411,32 @@ class Message:
         """Number of Received: header fields in the client's header block."""
     @property
     def spilled(self) -> bool: ...
+    @property
+    def header_done(self) -> bool:
+        """The scanner found the end of the client's header block (the empty line, or a first
+        line that is not a field); also True once it gave up on a block too big
+        (header_too_big). A message that ends inside its header block never gets here."""
+    def replace_header_block(self, new_block: bytes) -> None:
+        """Replace the client's header block (its first header_size octets, up to, not
+        including, the empty line) with `new_block`, e.g. `Headers.block()` after edits;
+        again later replaces the first replacement. Afterwards header_block() is
+        `new_block`, bytes() and the stored message are prefix + new_block + the client's
+        bytes after the old block (the empty line and body unchanged), and size counts
+        that. Works for a spilled message (the spill file is not rewritten; the spool
+        copies it from after the old block). Spool.prepend still puts its bytes in front of
+        everything. header_size and received_count keep describing the client's bytes.
+        ValueError("header block not complete") before header_done or when header_too_big,
+        and ValueError when `new_block` is not whole header fields each ending in a line
+        break (b"" is fine), so the header/body boundary stays where the client put it;
+        SpoolError after submit, after discard, or after a spill failure."""
+    def discard(self) -> None:
+        """Stop keeping the client's bytes (memory freed, spill file dropped) for a message
+        that will be refused: size, header_size, received_count keep counting and
+        header_done keeps scanning; bytes() and header_block() raise SpoolError, and
+        Spool.submit of it completes with an error and stores nothing."""
+    @property
+    def discarded(self) -> bool:
+        """discard() was called."""
 
 class Recipient:
     address: str

@@ -5,7 +5,6 @@ Invariant: "250 queued" goes out only after the store made the message durable."
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import time
 from collections import deque
@@ -16,14 +15,16 @@ from mta import log as fastlog
 from mta import plugin
 from mta.smtp.limits import SessionGuard
 from mta.smtp.replies import (
-    R_BARE_LF, R_BYE, R_DATA_AFTER_BDAT, R_DATA_GO, R_EARLY, R_HEADER_TOO_BIG, R_HELO_FIRST, R_HELP, R_HOPS,
-    R_HTTP, R_IDLE, R_MAIL_OK, R_NESTED_MAIL, R_NO_ROOM, R_NOT_IMPL, R_OK, R_RCPT_OK,
-    R_AUTH_REQUIRED, R_BAD_SEQUENCE, R_NOTES_FAILED, R_SHUTDOWN, R_SIZE_EXCEEDED, R_STORE_FAILED, R_TLS_ALREADY, R_TLS_GO, R_TOO_BIG,
-    R_TOO_MANY_ERRORS, R_TOO_MANY_RCPTS, R_VRFY, SEQUENCE, bdat_chunk, line, queued,
+    R_AUTH_REQUIRED, R_BAD_SEQUENCE, R_BYE, R_DATA_AFTER_BDAT, R_DATA_GO, R_EARLY, R_HELO_FIRST, R_HELP, R_HTTP,
+    R_IDLE, R_MAIL_OK, R_NESTED_MAIL, R_NO_ROOM, R_OK, R_RCPT_OK, R_SHUTDOWN, R_SIZE_EXCEEDED, R_TOO_MANY_ERRORS,
+    R_TOO_MANY_RCPTS, R_VRFY, SEQUENCE, line,
 )
+from mta.smtp.accept import AcceptMixin
 from mta.smtp.stages import StagesMixin
+from mta.smtp.starttls import StartTlsMixin
+from mta.smtp.state import BDAT_OPEN, CLOSED, FRESH, GREETING, MAIL_GIVEN, RCPT_GIVEN, READY, State
 from mta.smtp.submission import SubmissionMixin
-from mta.smtp.tls import HANDSHAKE_TIMEOUT, TlsInfo
+from mta.smtp.tls import TlsInfo
 
 if TYPE_CHECKING:
     from mta.auth.guard import AuthGuard
@@ -36,22 +37,6 @@ if TYPE_CHECKING:
     from mta.smtp.tls import TlsContext
 
 log = logging.getLogger("mta.session")
-
-
-class State(enum.IntEnum):
-    GREETING = 0  # connected, greeting not sent yet (early-talker window)
-    FRESH = 1  # greeted, no EHLO/HELO yet
-    READY = 2  # EHLO/HELO done, no transaction
-    MAIL = 3  # MAIL accepted, no recipient yet
-    RCPT = 4  # at least one recipient
-    BDAT = 5  # BDAT chunks being received
-    CLOSED = 6
-
-
-# Plain names for the states: `State.X` costs about 170 ns per access (the enum
-# class's attribute lookup), a module global 20 ns, and the session tests its
-# state on every command.
-GREETING, FRESH, READY, MAIL_GIVEN, RCPT_GIVEN, BDAT_OPEN, CLOSED = State
 
 
 class Transaction(plugin.Transaction):
@@ -78,7 +63,7 @@ class Transaction(plugin.Transaction):
         self.received = b""  # our Received header, when it waits for the submission fix-up
 
 
-class Session(SubmissionMixin, StagesMixin, asyncio.Protocol):
+class Session(SubmissionMixin, StagesMixin, StartTlsMixin, AcceptMixin, asyncio.Protocol):
     # Slots: no instance dict (a session is made per connection and its ~55
     # attributes are read on every command).
     __slots__ = (
@@ -591,65 +576,6 @@ class Session(SubmissionMixin, StagesMixin, asyncio.Protocol):
     def _help(self, _arg) -> None:
         self._out.append(R_HELP)
 
-    # --- TLS ----------------------------------------------------------------
-
-    # STARTTLS (RFC 3207): after "220 Ready to start TLS" nothing more is read in
-    # plaintext; commands already received behind STARTTLS are dropped with the parser
-    # that held them (CVE-2011-0411), and after the handshake the session is FRESH again
-    # (EHLO, HELO and any MAIL forgotten). On an implicit-TLS listener (RFC 8314) the
-    # session is made after the handshake, so the greeting waits for it.
-    def _starttls(self, _arg) -> None:
-        # STARTTLS with arguments is refused by the parser (501 5.5.4).
-        if self.tls_info is not None or self.tls_mode == "implicit":
-            self._reply(R_TLS_ALREADY)
-            return
-        if self.tls_mode != "starttls":
-            self._reply(R_NOT_IMPL)
-            return
-        # Forget everything the client said in plaintext (RFC 3207 4.2) and
-        # everything it sent behind STARTTLS: the queued events and the
-        # parser with its buffered bytes go; a fresh parser starts over TLS.
-        self._queue.clear()
-        self.parser = self._new_parser()
-        self._reset()
-        self.helo, self.esmtp = "", False
-        self.state = FRESH
-        self._out.append(R_TLS_GO)
-        self._flush()
-        self._tls_busy = True
-        # Reading is active here (we are inside data_received), so this takes
-        # effect at once: no more plaintext reaches data_received, and the
-        # bytes the kernel still holds go to the TLS layer.
-        self.transport.pause_reading()
-        loop = asyncio.get_running_loop()
-        self._tls_task = loop.create_task(self._handshake(loop))
-
-    async def _handshake(self, loop) -> None:
-        plain = self.transport
-        try:
-            tls = await loop.start_tls(
-                plain, self, self.tls.current, server_side=True,
-                ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
-            )
-        except (Exception, asyncio.CancelledError) as e:  # noqa: BLE001 - any failure closes this session only
-            reason = str(e) or type(e).__name__
-            fastlog.info(f"STARTTLS handshake failed from {self.rname or 'unknown'}[{self.peer_ip}]: {reason}")
-            self.errors += 1
-            self._closing = True
-            plain.close()
-            self.connection_lost(e)
-            return
-        if tls is None or self.state is CLOSED:
-            return
-        self.transport = tls
-        self.tls_info = TlsInfo.of(tls)
-        self._auth_setup()  # the new parser; any earlier login is forgotten
-        conn = self.conn
-        conn.tls, conn.helo, conn.auth_user = self.tls_info, "", None
-        self._tls_busy = False
-        self._last_active = time.monotonic()
-        fastlog.info(f"STARTTLS established from {self.rname or 'unknown'}[{self.peer_ip}]: {self.tls_info}")
-
     def _http(self, _arg) -> None:
         self.errors += 1
         self._out.append(R_HTTP)
@@ -669,152 +595,6 @@ class Session(SubmissionMixin, StagesMixin, asyncio.Protocol):
         self._data_wait = None
         if tx is not None and tx.mail.smtputf8:
             self.parser.set_smtputf8(False)
-
-    def _begin_message(self) -> None:
-        tx = self.tx
-        store = self.store
-        tx.queue_id = store.new_queue_id()
-        tx.message = store.new_message()
-        received = _native.received_header(
-            helo=self.helo,
-            reverse_name=self.rname,
-            ip=self.peer_ip,
-            hostname=self.settings.hostname,
-            protocol=self._protocol(tx.mail.smtputf8),
-            queue_id=tx.queue_id,
-            recipient=tx.rcpts[0].address if len(tx.rcpts) == 1 else None,
-            timestamp=time.time(),
-            tls=str(self.tls_info) if self.tls_info is not None else None,
-        )
-        if self.user is not None and self.profile == "submission":
-            tx.received = received  # prepended at the end, above the fix-up
-        else:
-            store.prepend(tx.message, received)
-        self._watching = bool(self.hooks.on_data)
-
-    def _bdat_end(self, last: bool, status: str) -> None:
-        if self._bdat_refusal is not None:
-            refusal, self._bdat_refusal = self._bdat_refusal, None
-            self._reply(refusal)
-            return
-        if last:
-            self._message_end(status)
-        else:
-            if self._watching:
-                self._watch_headers()
-            self._out.append(bdat_chunk(self._bdat_size))
-
-    def _message_end(self, status: str) -> None:
-        tx = self.tx
-        msg = tx.message
-        verdict = None
-        if status == "bare_lf":
-            verdict = R_BARE_LF
-        elif status == "too_big":
-            verdict = R_TOO_BIG
-        elif msg.header_too_big:
-            verdict = R_HEADER_TOO_BIG
-        elif msg.received_count > self.settings.max_hops:
-            verdict = R_HOPS
-        if verdict is not None:
-            self._finish_transaction()
-            self._reply(verdict)
-            return
-        if self.guard.timer is not None:
-            self.guard.data_stopped()
-        if self._hooked_end and not self._message_hooks(tx):
-            return  # refused, or a hook is at work (it calls _store)
-        self._store(tx)
-
-    def _store(self, tx: Transaction) -> None:
-        """Hand a complete, accepted message to the store; its 250 comes from the completion."""
-        msg = tx.message
-        if tx.received:
-            # Submission: Received first, then any Message-ID/Date we add.
-            fixup = self._submission_fixup(msg)
-            if fixup:
-                self.store.prepend(msg, fixup)
-            self.store.prepend(msg, tx.received)
-        m = tx.mail
-        tx.size = msg.size
-        notes = None
-        if tx.notes:
-            try:
-                notes = self._notes(tx)
-            except (TypeError, ValueError) as e:  # not JSON, or too big: the plugins' fault
-                log.error("transaction notes of %s cannot be stored: %s", tx.queue_id, e)
-                self._finish_transaction()
-                self._reply(R_NOTES_FAILED)
-                return
-        # While a message is being made durable the session runs no further command
-        # (the replies keep their order, memory stays bounded); its 250 is written from
-        # the store's completion, after fdatasync. Pipelined replies go out in one
-        # write per read.
-        self._waiting = True
-        if self._out:
-            self._flush()
-        # Reading pauses only if the client sends more before the 250 (see
-        # data_received): most clients wait, and two epoll_ctl calls per
-        # message are a measurable part of the accept path.
-        self.store.submit(
-            tx.queue_id,
-            msg,
-            self._stored_callback(tx),
-            sender=m.address,
-            recipients=tx.final,
-            body=m.body,
-            smtputf8=m.smtputf8,
-            ret=m.ret,
-            envid=m.envid,
-            helo=self.helo,
-            client_ip=self.peer_ip,
-            arrival=tx.started,
-            notes=notes,
-        )
-
-    def _stored_callback(self, tx: Transaction) -> Callable[[str | None], None]:
-        def stored(error: str | None) -> None:
-            if error is None:
-                self.messages += 1
-                fastlog.info(
-                    f"queued {tx.queue_id} from=<{tx.mail.address}> nrcpt={len(tx.rcpts)}"
-                    f" size={tx.size} client={self.rname or 'unknown'}[{self.peer_ip}]"
-                )
-                reply = queued(tx.queue_id)
-            else:
-                log.error("spool write failed for %s: %s", tx.queue_id, error)
-                reply = R_STORE_FAILED
-            self._waiting = False
-            try:
-                if self.state is not CLOSED:
-                    self._stored_reply(reply)
-            finally:
-                if error is None:
-                    # After the 250 is written: the client does not wait for its own
-                    # message's first delivery step (in a group commit, it still waits
-                    # for those of the messages completed before it).
-                    self.on_durable(tx.queue_id, tx.final)
-
-        return stored
-
-    def _stored_reply(self, reply: bytes) -> None:
-        self._reset()
-        self.state = READY
-        self._out.append(reply)
-        if self._shutdown:
-            self._out.append(R_SHUTDOWN)
-            self._close()
-            return
-        if self._eof:
-            self._run(())  # what came before the EOF, then goodbye
-            if not self._waiting:  # (or after the next message it held)
-                self._close()
-            return
-        self.transport.resume_reading()
-        if self._queue:
-            self._run(())  # commands that came behind the message
-        else:
-            self._flush()
 
     def _finish_transaction(self) -> None:
         self._reset()

@@ -11,6 +11,7 @@ from mta import _native
 from mta import log as fastlog
 from mta.plugin import Disconnect, Message
 from mta.policy.chain import FAILED
+from mta.smtp.state import CLOSED
 
 NOTES_MAX = 64 * 1024  # the spool's cap on a transaction's notes
 BODY_BLOCK = 256 * 1024
@@ -37,7 +38,7 @@ class StagesMixin:
         then, arg = self._pending_then
         self._pending_then = None
         self._waiting = False
-        if self._closing or self.state.name == "CLOSED":
+        if self._closing or self.state is CLOSED:
             return
         v = FAILED if fut.cancelled() or fut.exception() is not None else fut.result()
         then(arg, v)
@@ -98,7 +99,7 @@ class StagesMixin:
         if self._data_wait is tx:  # the end of data came first and waits for this
             self._data_wait = None
             self._waiting = False
-            if self._closing or self.state.name == "CLOSED":
+            if self._closing or self.state is CLOSED:
                 return
             self._message_end_hooked(tx)
             self._go_on()

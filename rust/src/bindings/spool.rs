@@ -74,6 +74,48 @@ impl PyMessage {
         let v = self.get()?.header_block().map_err(spool_err)?;
         Ok(PyBytes::new(py, &v))
     }
+    /// The scanner found the end of the client's header block (or gave up: header_too_big).
+    #[getter]
+    fn header_done(&self) -> PyResult<bool> {
+        Ok(self.get()?.scanner.done())
+    }
+    /// Replace the client's header block (see the stub); ValueError before it is complete.
+    fn replace_header_block(&mut self, new_block: &[u8]) -> PyResult<()> {
+        let m = self.inner.as_mut().ok_or_else(|| spool_err("message was already submitted"))?;
+        m.replace_header_block(new_block).map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidInput => PyValueError::new_err(e.to_string()),
+            _ => spool_err(e),
+        })
+    }
+    /// Stop keeping the client's bytes; submitting it then fails (see the stub).
+    fn discard(&mut self) -> PyResult<()> {
+        let m = self.inner.as_mut().ok_or_else(|| spool_err("message was already submitted"))?;
+        m.discard();
+        Ok(())
+    }
+    #[getter]
+    fn discarded(&self) -> PyResult<bool> {
+        Ok(self.get()?.discarded())
+    }
+    /// The message ended: a header block no empty line ended ends here (see the stub).
+    fn finish_headers(&mut self) -> PyResult<()> {
+        let m = self.inner.as_mut().ok_or_else(|| spool_err("message was already submitted"))?;
+        m.scanner.finish();
+        Ok(())
+    }
+    /// Put `data` in front of the content (what Spool.prepend does; see the stub).
+    fn prepend(&mut self, data: &[u8]) -> PyResult<()> {
+        let m = self.inner.as_mut().ok_or_else(|| spool_err("message was already submitted"))?;
+        m.prepend(data);
+        Ok(())
+    }
+    /// Up to `max` octets of the content from `offset` (see the stub).
+    #[pyo3(signature = (offset, max = 262144))]
+    fn read_at<'py>(&self, py: Python<'py>, offset: u64, max: usize) -> PyResult<Bound<'py, PyBytes>> {
+        let m = self.get()?;
+        let v = py.allow_threads(|| m.read_at(offset, max)).map_err(spool_err)?;
+        Ok(PyBytes::new(py, &v))
+    }
     /// The content (our prefix included), for tests.
     fn bytes<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
         let m = self.inner.as_mut().ok_or_else(|| spool_err("message was already submitted"))?;

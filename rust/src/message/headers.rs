@@ -148,6 +148,14 @@ impl HeaderScanner {
         }
     }
 
+    /// The message ended here: a header block that no empty line ended (a message of header
+    /// fields only) ends with its last complete line.
+    pub fn finish(&mut self) {
+        if self.state == St::LineStart {
+            self.state = St::Done;
+        }
+    }
+
     fn field(&mut self) {
         self.fields += 1;
         if self.name_is_received && self.name_len == RECEIVED.len() {

@@ -27,8 +27,11 @@
 // crc32 of header (16 bytes) + payload
 // ```
 // Meta encodings (`record.rs`) start with a version byte (3 now; 2 and 1 are
-// still read, 1 only in format v1 segments) and use LEB128 varints; strings are length + UTF-8, optional strings
-// and optional numbers are value+1 (0 = absent). Kinds:
+// still read, 1 only in format v1 segments) and use LEB128 varints; strings
+// are length + UTF-8, optional strings and optional numbers are value+1
+// (0 = absent). A binary that predates meta v3 reports a v3 record as
+// undecodable and never deletes its segment (index::build): a downgrade
+// loses nothing silently. Kinds:
 //
 // - 1 MESSAGE: meta = envelope, data = the message bytes exactly as they
 //   will be relayed, our Received header first. Envelope:

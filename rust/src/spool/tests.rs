@@ -552,3 +552,5 @@ fn due_is_cheap_with_a_big_index() {
 mod compact_tests;
 #[path = "notes_route_tests.rs"]
 mod notes_route_tests;
+#[path = "edit_tests.rs"]
+mod edit_tests;

@@ -439,11 +439,24 @@ impl Writer {
         let data_offset = offset + head.bytes.len() as u64;
         match src {
             Src::Sealed(d) => {
-                head.crc.combine(&d.crc);
                 self.append(&head.bytes)?;
                 self.append(&d.prefix)?;
-                if let Some((f, n)) = &d.spill {
-                    self.copy_range(f, 0, *n, None)?;
+                // Without a CRC from the message (edited after spilling), hash as we copy.
+                let mut hash = match &d.crc {
+                    Some(c) => {
+                        head.crc.combine(c);
+                        None
+                    }
+                    None => {
+                        head.crc.update(&d.prefix);
+                        Some(&mut head.crc)
+                    }
+                };
+                if let Some((f, off, n)) = &d.spill {
+                    self.copy_range(f, *off, *n, hash.as_deref_mut())?;
+                }
+                if let Some(c) = hash {
+                    c.update(&d.mem);
                 }
                 self.append(&d.mem)?;
             }
