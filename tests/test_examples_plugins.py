@@ -377,3 +377,15 @@ def test_bounce_webhook_bounds_pending_and_stop_gives_up(webhook):
         bounce_webhook.Plugin({"url": "ftp://example.com"})
     with pytest.raises(ValueError, match="options.retries"):
         bounce_webhook.Plugin({"url": hook.url, "retries": -1})
+
+
+# --- docs/plugins.md ---------------------------------------------------------------------------
+
+def test_docs_test_kit_example_runs():
+    """The worked example of the test kit in docs/plugins.md runs as written."""
+    text = (EXAMPLES.parent.parent / "docs" / "plugins.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
+    [example] = [b for b in blocks if "def test_blocklist" in b]
+    scope: dict = {}
+    exec(compile(example, "docs/plugins.md", "exec"), scope)
+    scope["test_blocklist"]()
