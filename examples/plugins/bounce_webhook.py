@@ -20,7 +20,8 @@ What is POSTed (Content-Type: application/json), one request per bounced recipie
      "text": "no such user"}, "attempt": 1, "remote_host": "mx.example.net",
      "remote_ip": "192.0.2.25", "notes": {...}, "time": 1764921600.0}
 
-`notes` are the transaction's notes that plugins set at receipt (`tx.notes`). The receiver
+`notes` are the transaction's notes that plugins set at receipt (`tx.notes`). A bounce of
+mta's own delivery status notification (sender <>, nobody to tell) is posted too. The receiver
 should answer 2xx; a 5xx, 408, 429 or a network error is retried, any other answer is
 final. `id` is the same for every retry of one event, so the receiver can drop duplicates.
 Events are not stored: those still pending when the server stops (after `drain`) are lost,
