@@ -389,3 +389,30 @@ def test_docs_test_kit_example_runs():
     scope: dict = {}
     exec(compile(example, "docs/plugins.md", "exec"), scope)
     scope["test_blocklist"]()
+
+
+@pytest.mark.parametrize("module, hooks", [
+    (tenant_routing, {"route": "sync"}), (sqlite_recipients, {"on_rcpt": "async"}),
+    (header_rewrite, {"on_message": "sync"}), (bounce_webhook, {"on_bounced": "sync"}),
+])
+def test_each_example_docstring_gives_a_plugin_table_that_loads(module, hooks):
+    """The `[[plugin]]` table each example's docstring shows is valid configuration, and the
+    loader finds the hooks the example defines."""
+    import tomllib
+
+    from mta.config import schema as config_schema
+    from mta.policy import loader
+
+    lines = module.__doc__.splitlines()
+    start = lines.index("    [[plugin]]")
+    block = []
+    for line in lines[start:]:
+        if not line.strip():
+            break
+        block.append(line[4:])
+    table = tomllib.loads("\n".join(block))
+    assert table["plugin"][0]["module"] == module.__name__
+    cfg = config_schema.load(None, {"plugin": table["plugin"]})
+    [entry] = loader.load(cfg.plugin)
+    assert entry.kinds() == hooks
+    assert entry.setup is not None  # each example checks its options or opens something first
