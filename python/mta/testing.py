@@ -293,7 +293,7 @@ class ScriptedSession:
                 spec = self._run(self.hooks.deferred(event))
                 chosen = spec.full_text() if spec is not None else chosen
             else:
-                self.hooks.notify(self.hooks.on_delivered if outcome == "delivered" else self.hooks.on_bounced, event)
+                self._call(self.hooks.notify, self.hooks.on_delivered if outcome == "delivered" else self.hooks.on_bounced, event)
                 self._run(self._background())
         return chosen
 
