@@ -416,3 +416,25 @@ def test_each_example_docstring_gives_a_plugin_table_that_loads(module, hooks):
     [entry] = loader.load(cfg.plugin)
     assert entry.kinds() == hooks
     assert entry.setup is not None  # each example checks its options or opens something first
+
+
+def test_test_kit_runs_async_observers_on_the_loop():
+    """docs/plugins.md: deliver() fires the outbound hooks as the server does, on the event
+    loop, and waits for their background work (an async on_bounced that awaits)."""
+    seen = []
+
+    class Observer:
+        async def on_bounced(self, event):
+            await asyncio.sleep(0.01)
+            seen.append((event.recipient, str(event.reply)))
+
+        def on_delivered(self, event):
+            asyncio.get_running_loop()  # a sync hook runs on the loop too
+            seen.append((event.recipient, "delivered"))
+
+    with ScriptedSession(plugins=[Observer()], peer_ip=TRUSTED) as s:
+        _send(s, "a@shop.example", ["bob@remote.test"], b"Subject: s\r\n\r\nbody\r\n")
+        s.deliver(outcome="bounced", reply="550 5.1.1 no such user")
+        s.deliver(outcome="delivered")
+        assert seen == [("bob@remote.test", "550 5.1.1 no such user"), ("bob@remote.test", "delivered")]
+        assert s.hooks.failure_counts() == {}
