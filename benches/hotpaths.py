@@ -12,6 +12,7 @@ benches/test_micro.py, which times the Rust parts).
 
 Each figure is the event-loop thread's CPU time per message (time.thread_time), the
 best of --repeats runs. Run: PYTHONPATH=python python benches/hotpaths.py [--messages N]
+[--plugin MODULE] (a [[plugin]] for the server paths; benches/plugins/ is importable).
 """
 
 from __future__ import annotations
@@ -137,6 +138,9 @@ class _PeerSide(asyncio.Transport):
         return default
 
 
+PLUGINS: list[str] = []  # --plugin
+
+
 async def _measure(run, n: int, repeats: int) -> float:
     await run(min(n, 500))  # warm caches, pools and the spool
     best = float("inf")
@@ -152,8 +156,9 @@ async def _server(tmp: str, **extra) -> Server:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    plugins = [{"module": m} for m in PLUGINS]
     cfg = config.load(None, {"listen": [f"127.0.0.1:{port}"], "spool.dir": os.path.join(tmp, "spool"),
-                             "hostname": "mx.example.test", "smtp.reverse_dns": False, **extra})
+                             "hostname": "mx.example.test", "smtp.reverse_dns": False, "plugin": plugins, **extra})
     srv = Server(cfg)
     await srv.start()
     return srv
@@ -264,7 +269,11 @@ def main(argv=None) -> int:
     ap.add_argument("--messages", type=int, default=10000, help="messages per run (default 10000)")
     ap.add_argument("--repeats", type=int, default=5, help="runs per path; the best is kept (default 5)")
     ap.add_argument("--paths", default=",".join(PATHS), help="which of session,queue,client,lane (default all)")
+    ap.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                    help="a plugin for the session and queue paths (repeatable), e.g. noop_sync")
     args = ap.parse_args(argv)
+    PLUGINS.extend(args.plugin)
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "plugins"))
     fastlog.setup("INFO")  # logging and the delivery log on, as in `mta run`, into /dev/null:
     devnull = os.open(os.devnull, os.O_WRONLY)
     for name in args.paths.split(","):

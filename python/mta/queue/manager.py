@@ -437,12 +437,19 @@ class QueueManager:
             for rc, res in zip(msg.recipients, out):
                 self.dlog.record(queue_id=qid, recipient=rc.address, status=DELIVERED, result=res,
                                  attempt=spooled[rc.index].attempts + 1, arrival=env.arrival, now=now)
-            if self.hooks.on_delivered:
+            if self.hooks.on_delivered:  # told once the outcome is durable
                 notes = _notes(env)
-                for rc, res in zip(msg.recipients, out):
-                    self.hooks.notify(self.hooks.on_delivered,
-                                      _event(qid, rc.address, res, spooled[rc.index].attempts + 1, None, notes))
+                events = [_event(qid, rc.address, res, spooled[rc.index].attempts + 1, None, notes)
+                          for rc, res in zip(msg.recipients, out)]
+                self.store.delete_then(qid, lambda error: self._deleted(qid, error, events))
+                return
         self.store.delete_then(qid, lambda error: self._end(qid, None if error is None else SpoolError(error)))
+
+    def _deleted(self, qid: str, error: str | None, events: list) -> None:
+        self._end(qid, None if error is None else SpoolError(error))
+        if error is None:
+            for event in events:
+                self.hooks.notify(self.hooks.on_delivered, event)
 
     async def _record(self, env, spooled: list, msg: OutMessage, results: dict[int, RcptResult],
                       now: float) -> None:
