@@ -7,6 +7,7 @@ death with the process that started it."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import subprocess
@@ -426,6 +427,15 @@ def test_spooled_jobs_are_made_from_the_spool_and_answered_once_each(tmp_path):
                     break
                 await asyncio.sleep(0.02)
             assert sorted(batched) == sorted(more[:2])
+            # With SmtpOptions.report (on_delivered hooks): the rows come with the logged ids.
+            reported = loop.create_future()
+            q = store("h@dst.test")
+            await completions(spool, 1)
+            assert d.submit_spooled("k", [target(port)], dataclasses.replace(OPTS, report=True), q,
+                                    lambda qid, out: reported.set_result(out),
+                                    lambda ids, rows=None: reported.set_result((ids, rows)))
+            ids, rows = await asyncio.wait_for(reported, 30)
+            assert ids == [q] and [(r[0], r[1]) for r in rows[q]] == [("h@dst.test", 250)]
             h.data_delay = 3.0
             dying = loop.create_future()
             assert d.submit_spooled("k", [target(port)], OPTS, slow, lambda qid, out: dying.set_result(out),

@@ -292,7 +292,7 @@ class SpooledPeer(AgentDelivery):
         self.calls = self.peer.calls
         # As the agent with the log context: all delivered -> logged; kept until
         # answer_frame() passes them to `logged` together, as one answer frame does.
-        self.logs, self.frame, self.logged = logs, [], None
+        self.logs, self.frame, self.logged, self.rows = logs, [], None, {}
 
     def submit_spooled(self, key, targets, opts, queue_id, done, logged) -> bool:
         self.calls.append("spooled")
@@ -310,13 +310,19 @@ class SpooledPeer(AgentDelivery):
         if self.logs and not self.died and all(r.code == 250 for r in out):
             self.frame.append(queue_id)
             self.logged = logged
+            if opts is not None and opts.report:  # as the agent answers with SmtpOptions.report
+                self.rows[queue_id] = [tuple(r) for r in out]
             return True
         self.peer.loop.call_soon(done, queue_id, out)
         return True
 
     def answer_frame(self) -> None:
         ids, self.frame = self.frame, []
-        self.logged(ids)
+        rows, self.rows = self.rows, {}
+        if rows:
+            self.logged(ids, rows)
+        else:
+            self.logged(ids)
 
     def submit(self, *a, **kw) -> bool:
         return self.peer.submit(*a[:5])
@@ -366,6 +372,38 @@ def test_spooled_jobs_logged_by_the_agent_are_deleted_as_one_group(tmp_path):
     assert left == [None] * 6 and active == set()
     assert syncs == 1  # the five DELETE records of the group share one sync
     assert len(backoff) == 1  # the one deleted meanwhile is reported as a failed attempt
+
+
+def test_on_delivered_hooks_keep_the_spooled_lane_and_hear_the_agents_replies(tmp_path):
+    """With plugins' on_delivered hooks the jobs logged by the agent come back with their rows
+    (SmtpOptions.report): the lane stays, and each hook hears its recipient's real reply and
+    the message's notes, once its DELETE is durable."""
+    from mta.policy.chain import Chain, Entry
+
+    heard = []
+
+    async def main():
+        srv = await _server(str(tmp_path))
+        try:
+            srv.queue.hooks = Chain([Entry("p", {"on_delivered": heard.append})])
+            srv.queue.transports.smtp.report = True
+            srv.queue.transports.smtp._opts_cache.clear()
+            peer = _use(srv, SpooledPeer(asyncio.get_running_loop(), srv.spool, {}, logs=True))
+            qids = [_submit(srv, [f"r{i}@example.test"], from_session=True) for i in range(3)]
+            deadline = time.monotonic() + 10
+            while len(peer.frame) < 3 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            assert heard == []
+            peer.answer_frame()
+            while (srv.queue.active or len(heard) < 3) and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            return qids, peer.calls, [srv.spool.get(q) for q in qids]
+        finally:
+            await srv.stop()
+    qids, calls, left = uvloop.run(main())
+    assert calls == ["spooled"] * 3 and left == [None] * 3
+    assert sorted((e.queue_id, e.recipient, e.reply.code, e.attempt) for e in heard) == sorted(
+        (q, f"r{i}@example.test", 250, 1) for i, q in enumerate(qids))
 
 
 def test_a_spooled_job_of_a_dead_agent_is_deferred_and_one_not_fresh_goes_the_general_way(tmp_path):

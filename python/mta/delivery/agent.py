@@ -328,6 +328,7 @@ class AgentDelivery:
     def _on_items(self, items: list) -> None:
         pending = self._pending
         logged: dict = {}  # logged callback -> the queue ids it gets
+        rows: dict = {}  # queue id -> its rows, for the jobs answered with them (SmtpOptions.report)
         for item in items:
             entry = pending.pop(item[1], None)
             if entry is None:
@@ -336,6 +337,8 @@ class AgentDelivery:
             if kind == "ok":  # delivered, and logged by the agent
                 if len(entry) == 3:  # a spooled job: to its `logged`, with the frame's others
                     logged.setdefault(entry[2], []).append(entry[1])
+                    if len(item) > 2:
+                        rows[entry[1]] = item[2]
                     continue
                 res = LOGGED
             elif kind == "res":
@@ -347,7 +350,10 @@ class AgentDelivery:
             self._answer(entry, res)
         for fn, ids in logged.items():
             try:
-                fn(ids)
+                if rows:
+                    fn(ids, rows)
+                else:
+                    fn(ids)
             except Exception:  # one caller's bug must not lose the other results
                 log.exception("delivery agent: result callback for %d message(s) failed", len(ids))
 
@@ -478,12 +484,13 @@ async def _serve(fd: int, log_fd: int | None = None) -> None:
     def unpack(item: tuple) -> tuple:
         return read_job(item, made)
 
-    def answer(job: int, msg: OutMessage, rows: list, ctx: tuple | None) -> None:
+    def answer(job: int, msg: OutMessage, rows: list, ctx: tuple | None, report: bool = False) -> None:
         """The outcome to the worker: LOGGED when every recipient was delivered and the
-        job came with its log context (the records are written here, first), else the rows."""
+        job came with its log context (the records are written here, first), with the rows
+        when its options ask (`report`: plugins are told), else the rows."""
         if ctx is not None and all(status_of(row[1]) == DELIVERED for row in rows):
             dlog.delivered(msg.queue_id, rows, ctx[1], ctx[0], time.time())
-            proto.send(("ok", job))
+            proto.send(("ok", job, rows) if report else ("ok", job))
         else:
             proto.send(("res", job, rows))
 
@@ -491,7 +498,7 @@ async def _serve(fd: int, log_fd: int | None = None) -> None:
                   ctx: tuple | None) -> None:
         try:
             res = await smtp.deliver(key, targets, opts, msg)
-            answer(job, msg, [_result_row(r) for r in res], ctx)
+            answer(job, msg, [_result_row(r) for r in res], ctx, opts.report)
         except Exception as e:  # noqa: BLE001 - reported to the worker, which defers
             log.exception("delivery agent: job %d failed", job)
             proto.send(("err", job, f"{type(e).__name__}: {e}"))
@@ -508,7 +515,7 @@ async def _serve(fd: int, log_fd: int | None = None) -> None:
                 ctx = item[6] if len(item) > 6 else None
                 # Most jobs find a pooled connection: they run on callbacks, not as a task.
                 if smtp.submit(key, targets, opts, msg,
-                               lambda rows, job=job, msg=msg, ctx=ctx: answer(job, msg, rows, ctx),
+                               lambda rows, job=job, msg=msg, ctx=ctx, r=opts.report: answer(job, msg, rows, ctx, r),
                                lambda text, job=job: proto.send(("err", job, text))):
                     continue
                 t = loop.create_task(run(job, key, targets, opts, msg, ctx))

@@ -125,8 +125,10 @@ class Smtp:
     fresh answers in the DNS cache; MX routes (DNS and MTA-STS each time) and the rest
     take `deliver`."""
 
-    def __init__(self, wire: Wire, resolver: MxResolver, tls_policy: OutboundTls, dcfg, hostname: str) -> None:
+    def __init__(self, wire: Wire, resolver: MxResolver, tls_policy: OutboundTls, dcfg, hostname: str,
+                 report: bool = False) -> None:
         self.wire = wire
+        self.report = report  # jobs logged by the agent come back with their rows (on_delivered hooks)
         self.resolver = resolver
         self.tls_policy = tls_policy
         self.dcfg = dcfg
@@ -214,6 +216,7 @@ class Smtp:
                 max_messages_per_connection=spec.per_connection or d.messages_per_connection,
                 lmtp=lmtp,
                 ca_file=d.tls_ca_file or None,
+                report=self.report,
             )
         return opts
 

@@ -297,8 +297,8 @@ class QueueManager:
         """A fresh message's first attempt with its job made from the store entry (the
         agent's submit_spooled): nothing of the message becomes a Python object unless
         the outcome needs recording (see _spooled_done). False: the caller takes `_start`."""
-        if qid in self._excluded or qid in self.active or self.hooks.on_delivered:
-            return False  # (on_delivered needs the results, which the agent would log instead)
+        if qid in self._excluded or qid in self.active:
+            return False
         fixed = self.router.fixed
         spec = fixed(recipients[0][0])
         if spec is None:  # route hooks: asked once here, their answers kept for _start if need be
@@ -355,16 +355,31 @@ class QueueManager:
         return Message(qid, size, env.sender, [r.address for r in env.recipients], _notes(env),
                        lambda: store.header_block(qid, size), lambda: store.chunks(qid, size))
 
-    def _spooled_logged(self, qids: list[str]) -> None:
+    def _spooled_logged(self, qids: list[str], rows: dict | None = None) -> None:
         """`_start_spooled` jobs of one answer frame, every recipient delivered and logged
-        by the agent: one DELETE group (one sync, one completion) for them all."""
-        if not self._abandoned:
+        by the agent: one DELETE group (one sync, one completion) for them all. `rows`: their
+        results by queue id, when on_delivered hooks are to be told (SmtpOptions.report)."""
+        if self._abandoned:
+            return
+        if not rows or not self.hooks.on_delivered:
             self.store.delete_many_then(qids, self._spooled_deleted)
+            return
+        events = []
+        for qid in qids:  # a fresh message's first attempt: read before its DELETE
+            env = self.store.get(qid)
+            notes = _notes(env) if env is not None else {}
+            events.extend(_event(qid, row[0], RcptResult(*row), 1, None, notes) for row in rows.get(qid, ()))
+        self.store.delete_many_then(qids, lambda done, error: self._spooled_deleted(done, error, events))
 
-    def _spooled_deleted(self, qids: list[str], error: str | None) -> None:
+    def _spooled_deleted(self, qids: list[str], error: str | None, events: list | None = None) -> None:
         exc = None if error is None else SpoolError(error)
         for qid in qids:
             self._end(qid, exc)
+        if events and error is None:
+            gone = set(qids)
+            for event in events:
+                if event.queue_id in gone:
+                    self.hooks.notify(self.hooks.on_delivered, event)
 
     def _spooled_done(self, qid: str, out) -> None:
         """The outcome of a `_start_spooled` job not all delivered and logged by the agent

@@ -37,6 +37,9 @@ class SmtpOptions:
     idle_timeout: float = 5.0  # lifetime of an idle pooled connection
     lmtp: bool = False  # RFC 2033: LHLO, one reply per accepted recipient after the data
     ca_file: str | None = None  # trust anchors for tls="required" (default: the system store)
+    # The delivery agent answers a job it delivered and logged with its rows too (the worker
+    # tells plugins' on_delivered hooks the replies).
+    report: bool = False
 
     def __post_init__(self) -> None:
         if self.tls not in ("none", "opportunistic", "required"):
