@@ -75,6 +75,8 @@ def test_route_keeps_its_options_and_becomes_a_transport_spec():
     assert to_spec("no such transport") is None and to_spec(42) is None
     with pytest.raises(ValueError, match="unknown option"):
         Route("mx", color="red")
+    with pytest.raises(ValueError, match="starting with one of smarthost"):
+        Route("smarthots 10.0.0.5:25")  # a typo shows where the Route is made
 
 
 # --- inbound stages ---------------------------------------------------------------------------

@@ -127,6 +127,7 @@ class Disconnect(Verdict):
 # --- routes -------------------------------------------------------------------------------
 
 ROUTE_OPTIONS = ("tls", "connections", "per_connection", "auth")
+TRANSPORT_KINDS = ("smarthost", "lmtp", "maildir", "discard", "mx")
 
 
 class Route:
@@ -138,8 +139,10 @@ class Route:
     __slots__ = ("transport", "options")
 
     def __init__(self, transport: str, **options: Any):
-        if not isinstance(transport, str) or not transport.strip():
-            raise ValueError(f"Route needs a transport string, not {transport!r}")
+        if not isinstance(transport, str) or transport.split(None, 1)[:1] == [] \
+                or transport.split(None, 1)[0].lower() not in TRANSPORT_KINDS:
+            raise ValueError(f"Route needs a transport string starting with one of {', '.join(TRANSPORT_KINDS)}, "
+                             f"not {transport!r}")
         unknown = sorted(set(options) - set(ROUTE_OPTIONS))
         if unknown:
             raise ValueError(f"Route: unknown option(s) {', '.join(unknown)}; expected {', '.join(ROUTE_OPTIONS)}")
