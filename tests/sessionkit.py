@@ -17,58 +17,14 @@ from mta.queue.store import SpoolService
 from mta.smtp.limits import Limits
 from mta.smtp.seams import SessionSettings
 from mta.smtp.session import Session
+from mta.testing import FakeTls, MemoryTransport  # noqa: F401 (FakeTls: for the tests)
 
 CLIENT_IP = "192.0.2.10"  # outside the default mynetworks: relay rules apply
 TRUSTED_IP = "127.0.0.1"
 
 
-class FakeTransport(asyncio.Transport):
-    """Collects what the session writes; close() reports the loss as the loop would."""
-
-    def __init__(self, peer: tuple[str, int], ssl_object=None) -> None:
-        super().__init__()
-        self.peer = peer
-        self.ssl_object = ssl_object  # set: the connection is TLS from the first byte
-        self.session: Session | None = None
-        self.written = bytearray()
-        self.writes = 0
-        self.closed = False
-        self.reading = True
-
-    def write(self, data) -> None:
-        self.written += data
-        self.writes += 1
-
-    def get_extra_info(self, name, default=None):
-        if name == "peername":
-            return self.peer
-        return self.ssl_object if name == "ssl_object" and self.ssl_object is not None else default
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.session.connection_lost(None)
-
-    abort = close
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def pause_reading(self) -> None:
-        self.reading = False
-
-    def resume_reading(self) -> None:
-        self.reading = True
-
-
-class FakeTls:
-    """What TlsInfo reads from an SSL object."""
-
-    def version(self) -> str:
-        return "TLSv1.3"
-
-    def cipher(self) -> tuple[str, str, int]:
-        return ("TLS_AES_256_GCM_SHA384", "TLSv1.3", 256)
+# The kit's transport and TLS stand-in are mta.testing's (what plugin authors use too).
+FakeTransport = MemoryTransport
 
 
 class Scripted:

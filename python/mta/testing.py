@@ -25,7 +25,7 @@ from mta.smtp.sasl import MECHANISMS
 from mta.smtp.seams import SessionSettings
 from mta.smtp.session import Session
 
-__all__ = ["DataResult", "ScriptedSession", "SmtpReply"]
+__all__ = ["DataResult", "FakeTls", "MemoryTransport", "ScriptedSession", "SmtpReply"]
 
 
 class SmtpReply(NamedTuple):
@@ -94,24 +94,28 @@ class _Store:
         self.loop.call_soon(done, None)
 
 
-class _Transport(asyncio.Transport):
-    def __init__(self, peer: tuple[str, int], tls: bool) -> None:
+class MemoryTransport(asyncio.Transport):
+    """What a Session writes to, in memory: `written` collects the replies; close() reports
+    the loss as the event loop would. `ssl_object` set: TLS from the first byte."""
+
+    def __init__(self, peer: tuple[str, int], ssl_object=None) -> None:
         super().__init__()
         self.peer = peer
-        self.tls = tls
+        self.ssl_object = ssl_object
         self.session: Session | None = None
         self.written = bytearray()
+        self.writes = 0
         self.closed = False
+        self.reading = True
 
     def write(self, data) -> None:
         self.written += data
+        self.writes += 1
 
     def get_extra_info(self, name, default=None):
         if name == "peername":
             return self.peer
-        if name == "ssl_object" and self.tls:
-            return _Tls()
-        return default
+        return self.ssl_object if name == "ssl_object" and self.ssl_object is not None else default
 
     def close(self) -> None:
         if not self.closed:
@@ -124,13 +128,15 @@ class _Transport(asyncio.Transport):
         return self.closed
 
     def pause_reading(self) -> None:
-        pass
+        self.reading = False
 
     def resume_reading(self) -> None:
-        pass
+        self.reading = True
 
 
-class _Tls:
+class FakeTls:
+    """What the session reads of a TLS connection (TlsInfo: version and cipher)."""
+
     def version(self) -> str:
         return "TLSv1.3"
 
@@ -181,7 +187,7 @@ class ScriptedSession:
                                lambda qid, final: None, policy, self.hooks, Limits(cfg.limits), set(),
                                None, None, _TlsStub() if tls else None, users_db,
                                AuthGuard(max_failures=100, window=60, tarpit_max=0))
-        self.transport = _Transport((peer_ip, peer_port), tls)
+        self.transport = MemoryTransport((peer_ip, peer_port), FakeTls() if tls else None)
         self.transport.session = self.session
         self._read = 0
         self._call(self.session.connection_made, self.transport)
