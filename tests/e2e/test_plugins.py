@@ -1,0 +1,341 @@
+"""Python plugins (issue 20) through the real `mta run`: every inbound hook with its context,
+every verdict at every stage as the client sees it, plugin failures (raise, timeout, garbage)
+as 451 4.3.0 while other sessions carry on, nothing stored for a refused message, the CLI's
+configuration errors, entry points and two workers. Delivery-side hooks: test_plugins_delivery.py.
+
+The plugins (tests/e2e/plugin_probes.py) are written to a tmp dir on the server's PYTHONPATH
+and report what they saw as JSON lines; their verdicts are chosen by tokens in what the
+client sends. One server serves most tests of this module (module-scoped)."""
+
+from __future__ import annotations
+
+import base64
+import os
+import smtplib
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import mta_cmd, start_server  # noqa: E402
+from helpers import Client, ConnectionClosed, check, connect, queued_id, swaks  # noqa: E402
+from plugin_probes import plugin_env, records, wait_records, write_plugins  # noqa: E402
+
+PROBE_TIMEOUT = 3.0  # the probe's per-hook timeout; the sleeping hook overruns it
+FAILED = "451 4.3.0 Temporary policy failure, try again later"
+
+
+def plugin_config(log: Path, *, probe_options: str = "", second: bool = True, extra: str = "",
+                  probe_module: str = "probe_plugin") -> str:
+    text = f'''mynetworks = ["127.0.0.1/32"]
+local_domains = ["local.test"]
+{extra}
+[smtp]
+greeting_delay = 0
+reverse_dns = false
+
+[[plugin]]
+module = "{probe_module}"
+timeout = "{PROBE_TIMEOUT:g}s"
+options = {{ log = "{log}", alt_port = 1{probe_options} }}
+'''
+    if second:
+        text += f'''
+[[plugin]]
+module = "second_plugin"
+options = {{ log = "{log}" }}
+'''
+    return text
+
+
+class Box:
+    """The module's shared server and its probe log."""
+
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.dir = write_plugins(tmp / "plugins")
+        self.log = tmp / "probe.jsonl"
+        self.srv = start_server(tmp, config=plugin_config(self.log), env=plugin_env(self.dir))
+
+    def records(self, hook=None, **match):
+        return records(self.log, hook, **match)
+
+    def wait(self, hook, n=1, **match):
+        return wait_records(self.log, hook, n, srv=self.srv, **match)
+
+
+@pytest.fixture(scope="module")
+def box(tmp_path_factory):
+    b = Box(tmp_path_factory.mktemp("plugins"))
+    yield b
+    b.srv.stop()
+
+
+def client_from(srv, source_ip: str) -> Client:
+    """A raw client whose connection comes from `source_ip` (any 127/8 address is ours)."""
+    c = Client(srv.addr, connect=False)
+    c.sock = socket.create_connection(srv.addr, timeout=c.timeout, source_address=(source_ip, 0))
+    return c
+
+
+def reply_line(r) -> str:
+    return str(r)
+
+
+def message(subject: str, extra: str = "", body: bytes = b"hello\r\n") -> bytes:
+    return (f"From: <a@sender.test>\r\nTo: <b@dest.test>\r\nSubject: {subject}\r\n"
+            f"Message-ID: <{time.time_ns()}@sender.test>\r\n{extra}\r\n").encode() + body
+
+
+def nothing_pending(c: Client, wait: float = 0.0) -> bool:
+    """No reply bytes have arrived on c (none buffered, none readable)."""
+    if c.buf:
+        return False
+    c.sock.setblocking(False)
+    try:
+        time.sleep(wait)
+        try:
+            c.sock.recv(1, socket.MSG_PEEK)  # data, or b"" for a close: something came
+            return False
+        except BlockingIOError:
+            return True
+    finally:
+        c.sock.setblocking(True)
+
+
+# ---------------------------------------------------------------------------
+# 1. every inbound hook, its context
+# ---------------------------------------------------------------------------
+
+def test_inbound_hooks_see_connection_helo_mail_rcpt_and_headers(box):
+    s = smtplib.SMTP(box.srv.host, box.srv.port, local_hostname="ctx.example.test", timeout=15)
+    try:
+        port = s.sock.getsockname()[1]
+        s.ehlo()
+        assert s.mail("", ["SIZE=123", "BODY=8BITMIME"]) == (250, b"2.1.0 Ok")
+        assert s.rcpt("a@dest.test")[0] == 250
+        assert s.rcpt("b@local.test")[0] == 250
+        content = message("context", "To: <second@dest.test>\r\n")
+        code, text = s.data(content)
+        assert code == 250, text
+    finally:
+        s.quit()
+
+    [conn] = box.records("on_connect", peer_port=port)
+    assert {k: conn[k] for k in ("peer_ip", "peer_port", "trusted", "helo", "tls", "auth_user",
+                                 "listener_address", "listener_profile")} == {
+        "peer_ip": "127.0.0.1", "peer_port": port, "trusted": True, "helo": "", "tls": None,
+        "auth_user": None, "listener_address": f"127.0.0.1:{box.srv.port}", "listener_profile": "mx"}
+    [helo] = box.records("on_helo", peer_port=port)
+    assert helo["name"] == "ctx.example.test"
+    [mail] = box.records("on_mail", peer_port=port)
+    assert mail["sender"] == "" and mail["tx_sender"] == ""
+    assert mail["params"] == {"SIZE": 123, "BODY": "8BITMIME"}
+    assert mail["helo"] == "ctx.example.test"
+    assert mail["conn_notes"] == {"seen_port": port}  # conn.notes kept from on_connect
+    assert mail["recipients"] == []
+    rcpts = box.records("on_rcpt", plugin="probe", helo="ctx.example.test")
+    assert [(r["address"], r["recipients"]) for r in rcpts] == [
+        ("a@dest.test", []), ("b@local.test", ["a@dest.test"])]
+    assert all(r["sender"] == "" for r in rcpts)
+    [data] = box.records("on_data", helo="ctx.example.test")
+    assert data["subject"] == "context"
+    assert data["to_all"] == ["<b@dest.test>", "<second@dest.test>"]
+    assert data["missing"] is None and data["missing_all"] == []
+    assert data["recipients"] == ["a@dest.test", "b@local.test"]
+    # the second plugin (class form, async) ran after the probe at RCPT and at the end of data
+    assert [r["address"] for r in box.records("on_rcpt", plugin="second", helo="ctx.example.test")] == [
+        "a@dest.test", "b@local.test"]
+    assert len(box.records("on_message", plugin="second", helo="ctx.example.test")) == 1
+
+
+def test_on_message_sees_size_headers_and_body_chunks(box):
+    content = message("whole", "X-Probe-Message: body\r\n", body=b"line one\r\n.dot line\r\nend\r\n")
+    with connect(box.srv) as c:
+        c.start("body.example.test")
+        qid = c.send_message("bob@sender.test", ["x@dest.test", "y@dest.test"], content)
+        c.quit()
+    [m] = box.records("on_message", plugin="probe", helo="body.example.test")
+    body = base64.b64decode(m["body"])
+    # our Received header first, then exactly what the client sent (dot-unstuffed)
+    assert body.startswith(b"Received: from body.example.test"), body[:200]
+    assert body.endswith(content), body[-300:]
+    assert m["size"] == len(body)
+    assert m["chunks"] >= 1
+    assert m["queue_id"] is None  # not queued yet at on_message
+    assert m["subject"] == "whole" and m["to_all"] == ["<b@dest.test>"]
+    assert m["sender"] == "bob@sender.test" and m["recipients"] == ["x@dest.test", "y@dest.test"]
+    assert m["notes"]["probe"]["sender"] == "bob@sender.test"
+    entry = {e["id"]: e for e in box.srv.queue()}[qid]
+    assert entry["size"] == m["size"]
+
+
+# ---------------------------------------------------------------------------
+# 2. verdicts at every stage: exactly `code enhanced text`
+# ---------------------------------------------------------------------------
+
+VERDICTS = {
+    "reject": ("554 5.7.1 {stage} refused by probe", False),
+    "defer": ("450 4.7.1 {stage} deferred by probe", False),
+    "disconnect": ("421 4.7.0 {stage} closing by probe", True),
+}
+
+
+@pytest.mark.parametrize("ip,expected", [
+    ("127.0.0.2", "554 5.7.1 on_connect refused by probe"),
+    ("127.0.0.3", "421 4.7.2 on_connect deferred by probe"),
+    ("127.0.0.4", "421 4.7.0 on_connect closing by probe"),
+])
+def test_on_connect_verdict_replaces_the_greeting_then_closes(box, ip, expected):
+    with client_from(box.srv, ip) as c:
+        assert reply_line(c.reply()) == expected
+        c.assert_closed()
+    assert box.records("on_connect", peer_ip=ip)
+
+
+def drive_to(c: Client, stage: str, token: str, tag: str):
+    """Run a session up to `stage` with `token` where that stage's hook looks; its reply."""
+    c.greeting()
+    if stage == "on_helo":
+        return c.cmd(f"EHLO {token}.{tag}.example.test")
+    c.ehlo(f"{tag}.example.test")
+    if stage == "on_mail":
+        return c.cmd(f"MAIL FROM:<{token}@sender.test>")
+    c.expect("MAIL FROM:<a@sender.test>", 250, "2.1.0")
+    if stage == "on_rcpt":
+        return c.cmd(f"RCPT TO:<{token}@dest.test>")
+    c.expect("RCPT TO:<b@dest.test>", 250, "2.1.5")
+    header = "X-Probe-Data" if stage == "on_data" else "X-Probe-Message"
+    return c.data(message(tag, f"{header}: {token}\r\n"))
+
+
+@pytest.mark.parametrize("kind", list(VERDICTS))
+@pytest.mark.parametrize("stage", ["on_helo", "on_mail", "on_rcpt", "on_data", "on_message"])
+def test_verdict_at_each_stage_is_the_exact_reply(box, stage, kind):
+    expected, closes = VERDICTS[kind]
+    tag = f"v-{stage.replace('_', '')}-{kind}"
+    with connect(box.srv) as c:
+        r = drive_to(c, stage, f"probe-{kind}", tag)
+        assert reply_line(r) == expected.format(stage=stage)
+        if closes:
+            c.assert_closed()
+        else:  # the session goes on: a new transaction is served
+            c.expect("RSET", 250)
+            if stage == "on_helo":
+                c.ehlo(f"{tag}.example.test")
+            qid = c.send_message("a@sender.test", ["b@dest.test"], message(tag + "-after"))
+            assert qid
+            c.quit()
+
+
+def test_swaks_sees_the_rcpt_refusal(box):
+    p = swaks(box.srv, "--from", "a@sender.test", "--to", "probe-reject@dest.test", "--quit-after", "RCPT")
+    out = p.stdout.decode(errors="replace")
+    assert "<** 554 5.7.1 on_rcpt refused by probe" in out, out
+
+
+def test_accept_skips_the_later_plugins_of_the_stage(box):
+    with connect(box.srv) as c:
+        c.start("accept.example.test")
+        c.expect("MAIL FROM:<a@sender.test>", 250)
+        # the probe (first) accepts: the second plugin, which would refuse, is not asked
+        c.expect("RCPT TO:<probe-accept-second-reject@dest.test>", 250, "2.1.5")
+        # without the probe's Accept the second plugin refuses it
+        assert reply_line(c.cmd("RCPT TO:<second-reject@dest.test>")) == \
+            "550 5.7.1 second plugin refuses second-reject"
+        c.quit()
+    probe = [r["address"] for r in box.records("on_rcpt", plugin="probe", helo="accept.example.test")]
+    second = [r["address"] for r in box.records("on_rcpt", plugin="second", helo="accept.example.test")]
+    assert probe == ["probe-accept-second-reject@dest.test", "second-reject@dest.test"]
+    assert second == ["second-reject@dest.test"]
+    # in config order: the probe saw the refused one before the second plugin did
+    lines = [r for r in box.records("on_rcpt", address="second-reject@dest.test")]
+    assert [r["plugin"] for r in lines] == ["probe", "second"]
+
+
+def test_relay_denied_recipient_never_reaches_on_rcpt(box):
+    with client_from(box.srv, "127.0.0.5") as c:  # outside mynetworks (127.0.0.1/32)
+        c.start("untrusted.example.test")
+        c.expect("MAIL FROM:<a@sender.test>", 250)
+        r = c.cmd("RCPT TO:<outside@dest.test>")
+        check(r, 554, "5.7.1")
+        c.expect("RCPT TO:<inside@local.test>", 250, "2.1.5")
+        c.quit()
+    [conn] = box.records("on_connect", peer_ip="127.0.0.5")
+    assert conn["trusted"] is False
+    seen = [r["address"] for r in box.records("on_rcpt", helo="untrusted.example.test")]
+    assert seen == ["inside@local.test", "inside@local.test"]  # probe, then second; never outside@
+    assert not box.records("on_rcpt", address="outside@dest.test")
+
+
+# ---------------------------------------------------------------------------
+# 5. failing hooks: raise, overrun, garbage -> 451 4.3.0, logged, others served
+# ---------------------------------------------------------------------------
+
+def test_raising_hook_gives_451_and_logs_the_traceback(box):
+    with connect(box.srv) as c:
+        c.start("raise.example.test")
+        c.expect("MAIL FROM:<a@sender.test>", 250)
+        r = c.cmd("RCPT TO:<probe-raise@dest.test>")
+        assert reply_line(r) == FAILED
+        assert "Traceback" not in r.raw.decode() and "exploded" not in r.raw.decode()
+        c.expect("RCPT TO:<fine@dest.test>", 250, "2.1.5")  # the session goes on
+        c.quit()
+    log = box.srv.log()
+    i = log.find("plugin probe_plugin: hook on_rcpt failed: RuntimeError: probe exploded in on_rcpt")
+    assert i >= 0, log[-3000:]
+    tail = log[i:i + 3000]
+    assert "Traceback (most recent call last):" in tail, tail
+    assert "probe_plugin.py" in tail and "raise RuntimeError" in tail, tail
+
+
+def test_garbage_answers_give_451_and_a_log_line(box):
+    with connect(box.srv) as c:
+        c.greeting()
+        assert reply_line(c.cmd("EHLO probe-garbage.example.test")) == FAILED
+        c.ehlo("garbage.example.test")
+        # a Reject with a 4xx code is a plugin error too (Verdict checks its class)
+        assert reply_line(c.cmd("MAIL FROM:<probe-badcode@sender.test>")) == FAILED
+        c.quit()
+    log = box.srv.log()
+    assert "plugin probe_plugin: hook on_helo failed: TypeError: returned 42, which is not a verdict" in log
+    assert "plugin probe_plugin: hook on_mail failed: ValueError: Reject needs a reply code in 500..599" in log
+
+
+def test_editing_the_on_data_view_is_a_plugin_error(box):
+    with connect(box.srv) as c:
+        c.start("dataedit.example.test")
+        c.mail_rcpt("a@sender.test", ["b@dest.test"])
+        assert reply_line(c.data(message("edit", "X-Probe-Data: edit\r\n"))) == FAILED
+        c.quit()
+    assert "plugin probe_plugin: hook on_data failed: TypeError" in box.srv.log()
+
+
+def test_hook_past_its_timeout_gives_451_while_another_session_is_served(box):
+    slow = connect(box.srv)
+    try:
+        slow.start("slow.example.test")
+        t0 = time.monotonic()
+        slow.send(b"MAIL FROM:<probe-sleep@sender.test>\r\n")
+        # meanwhile another session runs a whole transaction
+        with connect(box.srv) as other:
+            other.start("meanwhile.example.test")
+            qid = other.send_message("a@sender.test", ["b@dest.test"], message("meanwhile"))
+            other.quit()
+        other_done = time.monotonic() - t0
+        assert other_done < PROBE_TIMEOUT, f"the other session took {other_done:.2f}s"
+        assert nothing_pending(slow), "the slow hook's reply came before the other session's 250s"
+        r = slow.reply(timeout=PROBE_TIMEOUT + 10)
+        waited = time.monotonic() - t0
+        assert reply_line(r) == FAILED
+        assert PROBE_TIMEOUT - 0.2 <= waited < PROBE_TIMEOUT + 5, waited
+        slow.expect("MAIL FROM:<a@sender.test>", 250, "2.1.0")  # the session carries on
+        slow.quit()
+    finally:
+        slow.close()
+    assert qid in {e["id"] for e in box.srv.queue()}
+    assert f"plugin probe_plugin: hook on_mail timed out (timeout {PROBE_TIMEOUT:g}s)" in box.srv.log()
