@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import mta_cmd, start_server  # noqa: E402
+from conftest import free_port, mta_cmd, start_server  # noqa: E402
 from helpers import Client, ConnectionClosed, check, connect, queued_id, swaks  # noqa: E402
 from plugin_probes import plugin_env, records, wait_records, write_plugins  # noqa: E402
 
@@ -339,3 +339,175 @@ def test_hook_past_its_timeout_gives_451_while_another_session_is_served(box):
         slow.close()
     assert qid in {e["id"] for e in box.srv.queue()}
     assert f"plugin probe_plugin: hook on_mail timed out (timeout {PROBE_TIMEOUT:g}s)" in box.srv.log()
+
+
+# ---------------------------------------------------------------------------
+# 4. refused messages leave nothing in the spool
+# ---------------------------------------------------------------------------
+
+def spool_bytes(spool: Path) -> int:
+    return sum(p.stat().st_size for p in spool.rglob("*") if p.is_file())
+
+
+def test_refused_messages_leave_nothing_in_the_spool(tmp_path):
+    plugins = write_plugins(tmp_path / "plugins")
+    log = tmp_path / "probe.jsonl"
+    cfg = plugin_config(log, second=False)
+    srv = start_server(tmp_path, config=cfg, env=plugin_env(plugins))
+    try:
+        with connect(srv) as c:
+            c.start("spool.example.test")
+            c.mail_rcpt("a@sender.test", ["b@dest.test"])
+            r = c.data(message("refused whole", "X-Probe-Message: probe-reject\r\n"))
+            assert reply_line(r) == "554 5.7.1 on_message refused by probe"
+            # a large message refused at the end of its headers: the refusal comes at the
+            # end of data, and its body is never stored
+            c.mail_rcpt("a@sender.test", ["b@dest.test"])
+            c.expect("DATA", 354)
+            c.send(message("refused big", "X-Probe-Data: probe-reject\r\n", body=b""))
+            wait_records(log, "on_data", srv=srv, subject="refused big")  # fired mid-DATA
+            line = b"x" * 998 + b"\r\n"
+            for _ in range(8 * 1024 * 1024 // len(line)):  # 8 MiB
+                c.send(line)
+            assert nothing_pending(c, 0.3), "a reply before the end of data"
+            assert spool_bytes(srv.spool) < 1024 * 1024, "the refused body is being kept"
+            c.send(b".\r\n")
+            assert reply_line(c.reply(timeout=60)) == "554 5.7.1 on_data refused by probe"
+            c.quit()
+        assert srv.queue() == []
+        assert spool_bytes(srv.spool) < 1024 * 1024
+        assert "queued " not in srv.log()
+    finally:
+        assert srv.stop() == 0
+    again = start_server(tmp_path, config=cfg, env=plugin_env(plugins), spool=srv.spool)
+    try:
+        assert again.queue() == []
+        assert "recovered 0 message(s)" in again.log(), again.log()
+    finally:
+        again.stop()
+
+
+# ---------------------------------------------------------------------------
+# 9. mta plugins list, check-config and run: configuration errors name the plugin
+# ---------------------------------------------------------------------------
+
+BAD_PLUGINS = {
+    "bad_hook": ("def on_rcp(tx, address):\n    return None\n",
+                 "plugin[0] bad_hook (bad_hook): unknown hook 'on_rcp' (did you mean 'on_rcpt'?)"),
+    "bad_signature": ("def on_rcpt(tx):\n    return None\n",
+                      "plugin[0] bad_signature (bad_signature): hook on_rcpt(tx) has the wrong signature: "
+                      "it is called as on_rcpt(tx, address)"),
+    "bad_import": ("import no_such_dependency_xyz\n\ndef on_rcpt(tx, address):\n    return None\n",
+                   "plugin[0] bad_import (bad_import): import failed: ModuleNotFoundError: "
+                   "No module named 'no_such_dependency_xyz'"),
+    "probe_plugin": (None, "plugin probe_plugin (probe_plugin): setup failed: OptionsError: "
+                           "probe: option map '/nope/map.toml' is not a readable file"),
+}
+
+
+def run_cli(args, env, cwd, timeout=60) -> subprocess.CompletedProcess:
+    return subprocess.run(mta_cmd(*args), capture_output=True, text=True, env={**os.environ, **env},
+                          cwd=cwd, timeout=timeout)
+
+
+def test_plugins_list_shows_hooks_kinds_and_timeouts(tmp_path):
+    plugins = write_plugins(tmp_path / "plugins")
+    cfg = tmp_path / "mta.toml"
+    cfg.write_text(plugin_config(tmp_path / "probe.jsonl"))
+    p = run_cli(["plugins", "list", "--config", str(cfg)], plugin_env(plugins), tmp_path)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[0].startswith("built-in: relay (on_rcpt), recipients (on_rcpt)"), p.stdout
+    assert lines[1:] == [
+        f"1. probe_plugin  module=probe_plugin  timeout={PROBE_TIMEOUT:g}s",
+        "   hooks: on_connect (sync), on_helo (sync), on_mail (async), on_rcpt (sync), on_data (sync), "
+        "on_message (async), route (sync), on_delivered (async), on_deferred (sync), on_bounced (sync)",
+        "   lifecycle: setup/start, stop",
+        "2. second_plugin  module=second_plugin  timeout=5s",
+        "   hooks: on_rcpt (async), on_message (async)",
+        "   lifecycle: setup/start, stop",
+    ], p.stdout
+
+
+@pytest.mark.parametrize("module", list(BAD_PLUGINS))
+def test_configuration_errors_name_the_plugin_at_check_config_and_run(tmp_path, module):
+    plugins = write_plugins(tmp_path / "plugins")
+    source, expected = BAD_PLUGINS[module]
+    options = 'options = { fail_setup = "/nope/map.toml", log = "%s" }' % (tmp_path / "probe.jsonl")
+    if source is not None:
+        (plugins / f"{module}.py").write_text(source)
+        options = ""
+    cfg = tmp_path / "mta.toml"
+    cfg.write_text(f'[[plugin]]\nmodule = "{module}"\n{options}\n')
+    env = plugin_env(plugins)
+    p = run_cli(["check-config", str(cfg)], env, tmp_path)
+    assert p.returncode == 2, (p.stdout, p.stderr)
+    assert expected in p.stderr, p.stderr
+    spool = tmp_path / "spool"
+    port = str(free_port())
+    r = run_cli(["run", "--config", str(cfg), "--spool", str(spool), "--listen", f"127.0.0.1:{port}"],
+                env, tmp_path)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "mta: configuration error:" in r.stderr and expected in r.stderr, r.stderr
+
+
+# ---------------------------------------------------------------------------
+# 11, 12. an entry point plugin by name; two workers; setup/start and stop at SIGTERM
+# ---------------------------------------------------------------------------
+
+def test_entry_point_plugin_loads_by_name(tmp_path):
+    from plugin_probes import PROBE
+    site = tmp_path / "site"
+    dist = site / "acme_probe-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-probe\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[mta.plugins]\nacme-probe = acme_probe_impl\n")
+    (site / "acme_probe_impl.py").write_text(PROBE)
+    log = tmp_path / "probe.jsonl"
+    cfg = plugin_config(log, second=False, probe_module="acme-probe")
+    env = plugin_env(site)
+    cfg_file = tmp_path / "ep.toml"
+    cfg_file.write_text(cfg)
+    p = run_cli(["plugins", "list", "--config", str(cfg_file)], env, tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert f"1. acme-probe  module=acme-probe  timeout={PROBE_TIMEOUT:g}s" in p.stdout, p.stdout
+    srv = start_server(tmp_path, config=cfg, env=env)
+    try:
+        with connect(srv) as c:
+            c.start("entrypoint.example.test")
+            r = c.cmd("MAIL FROM:<probe-reject@sender.test>")
+            assert reply_line(r) == "554 5.7.1 on_mail refused by probe"
+            c.quit()
+        assert records(log, "on_helo", name="entrypoint.example.test")
+    finally:
+        assert srv.stop() == 0
+    assert [r["hook"] for r in records(log) if r["hook"] in ("setup", "stop")] == ["setup", "stop"]
+
+
+def test_two_workers_both_load_the_plugins_and_mail_flows(tmp_path):
+    plugins = write_plugins(tmp_path / "plugins")
+    log = tmp_path / "probe.jsonl"
+    srv = start_server(tmp_path, config=plugin_config(log), env=plugin_env(plugins), args=("--workers", "2"))
+    try:
+        setups = wait_records(log, "setup", 2, srv=srv)
+        pids = {r["pid"] for r in setups}
+        assert len(pids) == 2, setups
+        assert {r["pid"] for r in wait_records(log, "start", 2, srv=srv, plugin="second")} == pids
+        seen: set[int] = set()
+        qids = []
+        for i in range(60):  # connections spread over the workers by SO_REUSEPORT
+            with connect(srv) as c:
+                c.start(f"w{i}.example.test")
+                qids.append(c.send_message("a@sender.test", ["b@dest.test"], message(f"w{i}")))
+                c.quit()
+            seen |= {r["pid"] for r in records(log, "on_mail", helo=f"w{i}.example.test")}
+            if seen == pids and i >= 3:
+                break
+        assert seen == pids, f"on_mail ran in {seen}, workers {pids}"
+        assert sorted(e["id"] for e in srv.queue()) == sorted(qids)
+    finally:
+        assert srv.stop() == 0
+    stops = records(log, "stop")
+    assert {r["pid"] for r in stops if r["plugin"] == "probe"} == pids
+    assert all(r["started"] for r in stops if r["plugin"] == "second")
+    assert {r["pid"] for r in stops if r["plugin"] == "second"} == pids
