@@ -1,0 +1,243 @@
+"""Python plugins (issue 20) on the delivery side of the real `mta run`: `route` and the
+outbound events with their fields, header edits made at on_message arriving byte-exact at an
+aiosmtpd sink and at Postfix, notes stored with the message across a restart, on_deferred
+re-routing, the deprecated delivery.route_hook, and 1,000 messages through a plugin that
+fails 10% of the time. Plugins: tests/e2e/plugin_probes.py (JSON-line reports)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import SmtpPeer, mta_cmd, start_server  # noqa: E402
+from helpers import _toml_value, connect, strip_received  # noqa: E402
+from plugin_probes import plugin_env, records, wait_records, write_plugins  # noqa: E402
+from postfix_peer import PostfixPeer  # noqa: E402
+
+WAIT = 30.0
+SENDER = "alice@sender.test"
+
+
+class Sink:
+    """An aiosmtpd server keeping each message's bytes as received (un-dot-stuffed)."""
+
+    def __init__(self):
+        from aiosmtpd.controller import Controller
+        from conftest import free_port
+
+        self.messages: list[tuple[str, list[str], bytes]] = []
+        self.cond = threading.Condition()
+        sink = self
+
+        class Handler:
+            async def handle_DATA(self, server, session, envelope):
+                with sink.cond:
+                    sink.messages.append((envelope.mail_from, list(envelope.rcpt_tos),
+                                          envelope.original_content))
+                    sink.cond.notify_all()
+                return "250 2.0.0 Ok: kept"
+
+        self.port = free_port()
+        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
+        self.controller.start()
+
+    def stop(self):
+        self.controller.stop()
+
+    def wait(self, pred, what: str, timeout: float = WAIT, srv=None):
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                found = [m for m in self.messages if pred(m)]
+                if found:
+                    return found
+                left = deadline - time.monotonic()
+                if left <= 0 or (srv is not None and srv.proc.poll() is not None):
+                    raise AssertionError(f"sink: no {what} in {timeout}s; got {len(self.messages)} messages"
+                                         + ("" if srv is None else "\nserver:\n" + srv.log()[-3000:]))
+                self.cond.wait(min(left, 0.2))
+
+
+def delivery_config(tmp: Path, log: Path, sink_port: int, edge_port: int, alt_port: int, *,
+                    delivery: dict | None = None, plugins: str | None = None) -> str:
+    d = {"retry_schedule": ["1h"], "retry_interval": "1h", "retry_jitter": 0, "tls": "none",
+         "log_file": str(tmp / "delivery.log"),
+         "local_transport": f"maildir {tmp}/mail/{{domain}}/{{user}}", **(delivery or {})}
+    if plugins is None:
+        plugins = f'''
+[[plugin]]
+module = "probe_plugin"
+timeout = "3s"
+options = {{ log = "{log}", alt_port = {alt_port} }}
+
+[[plugin]]
+module = "flaky_plugin"
+options = {{ flag = "{tmp / 'flaky.on'}", rate = 0.1 }}
+'''
+    lines = ['local_domains = ["sender.test"]', "[smtp]", "reverse_dns = false", "[delivery]"]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in d.items()]
+    lines += ["[transport]", f'"dest.test" = "smarthost 127.0.0.1:{sink_port}"',
+              f'"edge.test" = "smarthost 127.0.0.1:{edge_port}"']
+    return "\n".join(lines) + "\n" + plugins
+
+
+def edge_rcpt(address, n, peer):
+    return "550 5.1.1 no such user here" if address.startswith("bounce-") else None
+
+
+def edge_data(txn, n, peer):
+    return "451 4.3.2 edge is busy, come back later"
+
+
+class Box:
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.plugins = write_plugins(tmp / "plugins")
+        self.log = tmp / "probe.jsonl"
+        self.sink = Sink()
+        self.edge = SmtpPeer(name="edge.test", rcpt=edge_rcpt, data=edge_data).start()
+        self.alt = SmtpPeer(name="alt.test").start()
+        self.config = delivery_config(tmp, self.log, self.sink.port, self.edge.port, self.alt.port)
+        self.srv = start_server(tmp, config=self.config, env=plugin_env(self.plugins), deliver=True)
+
+    def close(self):
+        self.srv.stop()
+        self.sink.stop()
+        self.edge.stop()
+        self.alt.stop()
+
+    def dlog(self) -> list[dict]:
+        p = self.tmp / "delivery.log"
+        return [json.loads(x) for x in p.read_text().splitlines() if x.strip()] if p.exists() else []
+
+    def wait_dlog(self, pred, n=1, timeout=WAIT) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [r for r in self.dlog() if pred(r)]
+            if len(found) >= n:
+                return found
+            if time.monotonic() > deadline or self.srv.proc.poll() is not None:
+                raise AssertionError(f"{len(found)} of {n} delivery-log records in {timeout}s\n"
+                                     f"{self.dlog()[-20:]}\nserver:\n{self.srv.log()[-3000:]}")
+            time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def box(tmp_path_factory):
+    b = Box(tmp_path_factory.mktemp("plugdeliv"))
+    yield b
+    b.close()
+
+
+def message(subject: str, extra: bytes = b"", body: bytes = b"hello\r\n", mid: str | None = None) -> bytes:
+    mid = mid or f"<{subject.replace(' ', '.')}.{time.time_ns()}@sender.test>"
+    return (f"From: Alice <{SENDER}>\r\nTo: <user@dest.test>\r\nSubject: {subject}\r\n"
+            f"Message-ID: {mid}\r\n").encode() + extra + b"\r\n" + body
+
+
+def send(srv, rcpts, content, sender=SENDER, helo="client.example.test") -> str:
+    with connect(srv) as c:
+        c.start(helo)
+        qid = c.send_message(sender, rcpts, content)
+        c.quit()
+    return qid
+
+
+def ctl(srv, *args) -> subprocess.CompletedProcess:
+    return subprocess.run(mta_cmd("queue", *args, "--spool", str(srv.spool)), capture_output=True, text=True,
+                          timeout=60)
+
+
+def mid_of(data: bytes) -> str:
+    m = re.search(rb"^Message-ID: (<[^>]+>)\r?$", data, re.M | re.I)
+    assert m, data[:500]
+    return m.group(1).decode()
+
+
+def peer_txns(peer: SmtpPeer, content: bytes, srv, n: int = 1, timeout: float = WAIT) -> list:
+    """The peer's transactions carrying `content`, once there are n."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [t for t in list(peer.txns) if t.data.endswith(content)]
+        if len(found) >= n:
+            return found
+        if time.monotonic() > deadline or srv.proc.poll() is not None:
+            raise AssertionError(f"peer got {len(found)} of {n} in {timeout}s\nserver:\n{srv.log()[-3000:]}")
+        time.sleep(0.05)
+
+
+PROBE_NOTES = {"probe": {"sender": SENDER, "helo": "client.example.test", "tags": ["a", 1, True, None]}}
+
+
+# ---------------------------------------------------------------------------
+# route and on_delivered: their context
+# ---------------------------------------------------------------------------
+
+def test_route_and_on_delivered_see_queue_id_notes_and_the_reply(box):
+    content = message("routed")
+    qid = send(box.srv, ["u@dest.test", "r@routed.test", "s@string.test"], content)
+    [(sender, rcpts, data)] = box.sink.wait(lambda m: m[2].endswith(content), "the routed message", srv=box.srv)
+    assert (sender, rcpts) == (SENDER, ["u@dest.test"])  # the tables' route: no plugin answer
+    alt = peer_txns(box.alt, content, box.srv, n=2)  # both plugin routes lead to the alt peer
+    assert sorted(r for t in alt for r in t.rcpts) == ["r@routed.test", "s@string.test"]
+    routes = {r["address"]: r for r in records(box.log, "route", queue_id=qid)}
+    assert set(routes) == {"u@dest.test", "r@routed.test", "s@string.test"}
+    for r in routes.values():
+        assert r["notes"] == PROBE_NOTES and r["sender"] == SENDER, r
+        assert r["recipients"] == ["u@dest.test", "r@routed.test", "s@string.test"], r
+    events = {e["recipient"]: e for e in wait_records(box.log, "on_delivered", 3, srv=box.srv, queue_id=qid)}
+    assert set(events) == {"u@dest.test", "r@routed.test", "s@string.test"}
+    u = events["u@dest.test"]
+    assert (u["code"], u["enhanced"], u["text"]) == (250, "2.0.0", "Ok: kept"), u
+    for e in events.values():
+        assert e["attempt"] == 1 and e["remote_ip"] == "127.0.0.1" and e["next_attempt"] is None, e
+        assert e["notes"] == PROBE_NOTES, e
+        assert e["remote_host"], e
+
+
+def test_route_returning_garbage_defers_and_logs(box):
+    qid = send(box.srv, ["g@garbage.test"], message("garbage route"))
+    [rec] = box.wait_dlog(lambda r: r["queue_id"] == qid)
+    assert rec["status"] == "deferred" and rec["reply"].startswith("451 4.3.0"), rec
+    assert "plugin probe_plugin: hook route failed: TypeError: returned 42" in box.srv.log()
+    assert [e["id"] for e in box.srv.queue() if e["id"] == qid] == [qid]  # kept, not lost
+
+
+# ---------------------------------------------------------------------------
+# on_deferred re-routing, on_bounced
+# ---------------------------------------------------------------------------
+
+def test_deferred_and_bounced_events_and_a_reroute_from_on_deferred(box):
+    content = message("edge")
+    t0 = time.time()
+    qid = send(box.srv, ["reroute@edge.test", "later@edge.test", "bounce-me@edge.test"], content)
+    deferred = {e["recipient"]: e for e in wait_records(box.log, "on_deferred", 2, srv=box.srv, queue_id=qid)}
+    assert set(deferred) == {"reroute@edge.test", "later@edge.test"}
+    for e in deferred.values():
+        assert (e["code"], e["enhanced"], e["text"]) == (451, "4.3.2", "edge is busy, come back later"), e
+        assert e["attempt"] == 1 and e["remote_ip"] == "127.0.0.1" and e["remote_host"], e
+        assert t0 + 3000 < e["next_attempt"] < time.time() + 3700, e  # retry_schedule ["1h"]
+        assert e["notes"] == PROBE_NOTES, e
+    [b] = wait_records(box.log, "on_bounced", 1, srv=box.srv, queue_id=qid)
+    assert (b["recipient"], b["code"], b["enhanced"], b["text"]) == (
+        "bounce-me@edge.test", 550, "5.1.1", "no such user here"), b
+    assert b["next_attempt"] is None and b["notes"] == PROBE_NOTES, b
+    assert not any(t.data.endswith(content) for t in box.alt.txns)
+
+    out = ctl(box.srv, "flush", qid)
+    assert out.returncode == 0, out.stderr
+    [txn] = peer_txns(box.alt, content, box.srv)
+    assert txn.rcpts == ["reroute@edge.test"]
+    [d] = wait_records(box.log, "on_delivered", 1, srv=box.srv, queue_id=qid)
+    assert d["recipient"] == "reroute@edge.test" and d["attempt"] == 2, d
+    # the other deferred recipient went back to the edge (its stored route is the table's)
+    again = wait_records(box.log, "on_deferred", 3, srv=box.srv, queue_id=qid)
+    assert [(e["recipient"], e["attempt"]) for e in again[2:]] == [("later@edge.test", 2)]
