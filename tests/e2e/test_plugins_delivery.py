@@ -241,3 +241,133 @@ def test_deferred_and_bounced_events_and_a_reroute_from_on_deferred(box):
     # the other deferred recipient went back to the edge (its stored route is the table's)
     again = wait_records(box.log, "on_deferred", 3, srv=box.srv, queue_id=qid)
     assert [(e["recipient"], e["attempt"]) for e in again[2:]] == [("later@edge.test", 2)]
+
+
+# ---------------------------------------------------------------------------
+# 3. header edits made at on_message arrive byte-exact at the next hop
+# ---------------------------------------------------------------------------
+
+EDIT_BODY = b"line one\r\n.a line starting with a dot\r\n..two dots\r\n\r\nlast line\r\n"
+
+
+def edit_message(tag: str) -> tuple[bytes, bytes]:
+    """(what the client sends, what the next hop must get after our Received header)."""
+    mid = f"<edit.{tag}.{time.time_ns()}@sender.test>".encode()
+    sent = (b"From: Alice <alice@sender.test>\r\n"
+            b"To: <user@dest.test>\r\n"
+            b"Subject: edits " + tag.encode() + b"\r\n"
+            b"X-Internal-Secret: s3cret\r\n\tfolded part\r\n"
+            b"Message-ID: " + mid + b"\r\n"
+            b"X-Folded: one\r\n\ttwo\r\n"
+            b"x-internal-secret: lower case too\r\n"
+            b"X-Probe-Message: edit\r\n"
+            b"Date: Sat, 28 Nov 2026 12:00:00 +0000\r\n"
+            b"\r\n" + EDIT_BODY)
+    expected = (b"From: Alice <alice@sender.test>\r\n"
+                b"To: <user@dest.test>\r\n"
+                b"Subject: [probe] edits " + tag.encode() + b"\r\n"
+                b"Message-ID: " + mid + b"\r\n"
+                b"X-Folded: one\r\n\ttwo\r\n"
+                b"X-Probe-Message: edit\r\n"
+                b"Date: Sat, 28 Nov 2026 12:00:00 +0000\r\n"
+                b"X-Tenant: acme\r\n"
+                b"\r\n" + EDIT_BODY)
+    return sent, expected
+
+
+def test_header_edits_arrive_byte_exact_at_an_aiosmtpd_sink(box):
+    sent, expected = edit_message("sink")
+    qid = send(box.srv, ["edit@dest.test"], sent)
+    [(_, rcpts, data)] = box.sink.wait(lambda m: m[2].endswith(EDIT_BODY) and b"edits sink" in m[2],
+                                       "the edited message", srv=box.srv)
+    assert rcpts == ["edit@dest.test"]
+    received, rest = strip_received(data)
+    assert f"id {qid}".encode() in received.replace(b"\r\n\t", b" "), received
+    assert rest == expected, (rest, expected)
+
+
+def test_header_edits_arrive_byte_exact_at_postfix(tmp_path, box):
+    pf = PostfixPeer(tmp_path / "pf", domain="pf.test", users=["user"])
+    try:
+        pf.start()  # raises PostfixError with Postfix's reason: a failure, never a skip
+        log = tmp_path / "probe.jsonl"
+        plugins = write_plugins(tmp_path / "plugins")
+        cfg = delivery_config(tmp_path, log, box.sink.port, box.edge.port, box.alt.port,
+                              plugins=f'\n[[plugin]]\nmodule = "probe_plugin"\n'
+                                      f'options = {{ log = "{log}", alt_port = 1 }}\n')
+        cfg = cfg.replace("[transport]\n", f'[transport]\n"pf.test" = "smarthost 127.0.0.1:{pf.port}"\n')
+        srv = start_server(tmp_path, config=cfg, env=plugin_env(plugins), deliver=True)
+        try:
+            sent, expected = edit_message("postfix")
+            qid = send(srv, ["user@pf.test"], sent)
+            [path] = pf.wait_messages("user", 1, timeout=WAIT)
+            got = path.read_bytes()
+            head = b"Return-Path: <alice@sender.test>\nX-Original-To: user@pf.test\nDelivered-To: user@pf.test\n"
+            assert got.startswith(head), got[:400]
+            rest = got[len(head):]
+            for by in (b"by postfix.pf.test (Postfix)", f"id {qid}".encode()):  # Postfix's, then ours
+                assert rest.startswith(b"Received:"), rest[:300]
+                end = re.search(rb"\n(?![ \t])", rest).end()
+                assert by in rest[:end].replace(b"\n\t", b" ").replace(b"\n ", b" "), rest[:end]
+                rest = rest[end:]
+            assert rest == expected.replace(b"\r\n", b"\n"), (rest, expected)
+        finally:
+            srv.stop()
+    finally:
+        pf.stop()
+
+
+# ---------------------------------------------------------------------------
+# 7. tx.notes: stored with the message, there after a restart, seen at route and after delivery
+# ---------------------------------------------------------------------------
+
+def test_notes_survive_a_restart_and_reach_route_and_on_delivered(tmp_path, box):
+    log = tmp_path / "probe.jsonl"
+    plugins = write_plugins(tmp_path / "plugins")
+    cfg = delivery_config(tmp_path, log, box.sink.port, box.edge.port, box.alt.port,
+                          plugins=f'\n[[plugin]]\nmodule = "probe_plugin"\n'
+                                  f'options = {{ log = "{log}", alt_port = {box.alt.port} }}\n')
+    first = start_server(tmp_path, config=cfg, env=plugin_env(plugins))  # delivery off
+    content = message("durable notes")
+    try:
+        qid = send(first, ["n1@dest.test", "n2@routed.test"], content)
+        assert not records(log, "route")
+    finally:
+        assert first.stop() == 0
+    second = start_server(tmp_path, config=cfg, env=plugin_env(plugins), spool=first.spool, deliver=True)
+    try:
+        box.sink.wait(lambda m: m[2].endswith(content), "the message accepted before the restart", srv=second)
+        peer_txns(box.alt, content, second)
+        routes = wait_records(log, "route", 2, srv=second, queue_id=qid)
+        assert sorted(r["address"] for r in routes) == ["n1@dest.test", "n2@routed.test"]
+        assert all(r["notes"] == PROBE_NOTES and r["pid"] == second.proc.pid for r in routes), routes
+        events = wait_records(log, "on_delivered", 2, srv=second, queue_id=qid)
+        assert all(e["notes"] == PROBE_NOTES for e in events), events
+    finally:
+        second.stop()
+
+
+# ---------------------------------------------------------------------------
+# 10. the deprecated delivery.route_hook still routes, and says it is deprecated
+# ---------------------------------------------------------------------------
+
+def test_deprecated_route_hook_still_routes(tmp_path, box):
+    plugins = write_plugins(tmp_path / "plugins")
+    legacy_log = tmp_path / "legacy.jsonl"
+    cfg = delivery_config(tmp_path, tmp_path / "unused.jsonl", box.sink.port, box.edge.port, box.alt.port,
+                          delivery={"route_hook": "legacy_route:pick"}, plugins="")
+    srv = start_server(tmp_path, config=cfg, deliver=True,
+                       env=plugin_env(plugins, LEGACY_ROUTE_LOG=str(legacy_log),
+                                      LEGACY_ROUTE_PORT=str(box.alt.port)))
+    try:
+        content = message("legacy route")
+        qid = send(srv, ["x@legacy.test", "y@dest.test"], content)
+        [txn] = peer_txns(box.alt, content, srv)
+        assert txn.rcpts == ["x@legacy.test"]
+        box.sink.wait(lambda m: m[2].endswith(content) and m[1] == ["y@dest.test"], "the table's route", srv=srv)
+        seen = [json.loads(x) for x in legacy_log.read_text().splitlines()]
+        assert {(r["address"], r["queue_id"]) for r in seen} == {("x@legacy.test", qid), ("y@dest.test", qid)}
+        assert ("delivery.route_hook is deprecated: list the module under [[plugin]] with a hook named "
+                "\"route\" (route_hook 'legacy_route:pick' loaded as a one-hook plugin)") in srv.log()
+    finally:
+        srv.stop()
