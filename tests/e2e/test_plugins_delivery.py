@@ -371,3 +371,99 @@ def test_deprecated_route_hook_still_routes(tmp_path, box):
                 "\"route\" (route_hook 'legacy_route:pick' loaded as a one-hook plugin)") in srv.log()
     finally:
         srv.stop()
+
+
+# ---------------------------------------------------------------------------
+# 6. 1,000 messages through a plugin failing 10% of the time: refused 4xx or delivered once
+# ---------------------------------------------------------------------------
+
+N_MESSAGES = 1000
+N_CLIENTS = 4
+FLAKY_BOUND = 120.0  # seconds for the whole test, sending included
+
+
+def flaky_client(srv, first: int, count: int, accepted: dict, refused: dict, errors: list) -> None:
+    try:
+        with connect(srv, timeout=30) as c:
+            c.start(f"flaky{first}.example.test")
+            for i in range(first, first + count):
+                mid = f"<flaky.{i}@sender.test>"
+                content = (f"From: <{SENDER}>\r\nTo: <m{i}@dest.test>\r\nSubject: flaky {i}\r\n"
+                           f"Message-ID: {mid}\r\n\r\nmessage {i}\r\n").encode()
+                c.expect(f"MAIL FROM:<{SENDER}>", 250, "2.1.0")
+                r = c.cmd(f"RCPT TO:<m{i}@dest.test>")
+                if r.code != 250:
+                    assert str(r) == "451 4.3.0 Temporary policy failure, try again later", str(r)
+                    refused[mid] = str(r)
+                    c.expect("RSET", 250)
+                    continue
+                r = c.data(content)
+                if r.code == 250:
+                    accepted[mid] = r.lines[-1].split()[-1]
+                else:
+                    assert str(r) == "451 4.3.0 Temporary policy failure, try again later", str(r)
+                    refused[mid] = str(r)
+            c.quit()
+    except BaseException as e:  # reported by the test
+        errors.append(e)
+
+
+def test_a_thousand_messages_through_a_flaky_plugin_are_refused_or_delivered_once(box):
+    t0 = time.monotonic()
+    flag = box.tmp / "flaky.on"
+    flag.write_text("on")
+    before = len(box.sink.messages)
+    accepted: dict[str, str] = {}
+    refused: dict[str, str] = {}
+    errors: list = []
+    per = N_MESSAGES // N_CLIENTS
+    threads = [threading.Thread(target=flaky_client, args=(box.srv, k * per, per, accepted, refused, errors))
+               for k in range(N_CLIENTS)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(FLAKY_BOUND)
+        assert not any(t.is_alive() for t in threads), "clients did not finish in time"
+        assert not errors, errors
+        assert len(accepted) + len(refused) == N_MESSAGES
+        assert not set(accepted) & set(refused)
+        # about 10% at RCPT, then 10% of the rest at the end of data (bounds loose: 0.1% tails)
+        assert 100 <= len(refused) <= 300, len(refused)
+        qids = set(accepted.values())
+        # every accepted message is delivered or (its route hook failed) deferred
+        deadline = t0 + FLAKY_BOUND
+        while True:
+            outcome = {r["queue_id"]: r for r in box.dlog() if r["queue_id"] in qids}
+            if len(outcome) == len(qids):
+                break
+            assert time.monotonic() < deadline and box.srv.proc.poll() is None, \
+                f"{len(outcome)} of {len(qids)} accepted messages attempted\n{box.srv.log()[-3000:]}"
+            time.sleep(0.2)
+        route_failed = {q for q, r in outcome.items() if r["status"] == "deferred"}
+        assert 30 <= len(route_failed) <= 160, len(route_failed)  # about 10% of ~810
+        assert all(outcome[q]["reply"].startswith("451 4.3.0") for q in route_failed)
+        assert {r["status"] for r in outcome.values()} <= {"delivered", "deferred"}
+    finally:
+        flag.unlink()
+    assert "plugin flaky_plugin: hook on_rcpt failed: RuntimeError: flaky on_rcpt" in box.srv.log()
+    assert "plugin flaky_plugin: hook on_message failed: RuntimeError: flaky on_message" in box.srv.log()
+    # the failure switched off, the deferred ones go at once
+    out = ctl(box.srv, "flush")
+    assert out.returncode == 0, out.stderr
+    deadline = t0 + FLAKY_BOUND
+    while True:
+        got = [mid_of(m[2]) for m in box.sink.messages[before:] if b"@sender.test>\r\n\r\nmessage " in m[2]]
+        if len(got) >= len(accepted):
+            break
+        assert time.monotonic() < deadline and box.srv.proc.poll() is None, \
+            f"sink has {len(got)} of {len(accepted)}\n{box.srv.log()[-3000:]}"
+        time.sleep(0.2)
+    time.sleep(1.0)  # a duplicate would arrive now
+    got = [mid_of(m[2]) for m in box.sink.messages[before:] if b"@sender.test>\r\n\r\nmessage " in m[2]]
+    assert len(got) == len(set(got)), "a message was delivered twice"
+    assert set(got) == set(accepted), (len(got), len(accepted))
+    assert not set(got) & set(refused)
+    assert not [e for e in box.srv.queue() if e["id"] in qids]
+    elapsed = time.monotonic() - t0
+    assert elapsed < FLAKY_BOUND, elapsed
