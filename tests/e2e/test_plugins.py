@@ -272,6 +272,63 @@ def test_relay_denied_recipient_never_reaches_on_rcpt(box):
     assert not box.records("on_rcpt", address="outside@dest.test")
 
 
+def test_helo_runs_on_helo_too(box):
+    with connect(box.srv) as c:
+        c.greeting()
+        assert reply_line(c.cmd("HELO probe-reject.helo.example.test")) == "554 5.7.1 on_helo refused by probe"
+        check(c.cmd("HELO plain-helo.example.test"), 250)
+        c.quit()
+    assert [r["name"] for r in box.records("on_helo") if "helo.example.test" in r["name"]] == [
+        "probe-reject.helo.example.test", "plain-helo.example.test"]
+
+
+def test_pipelined_commands_keep_their_order_while_async_hooks_wait(box):
+    with connect(box.srv) as c:
+        c.start("pipelined.example.test")
+        # on_mail (the probe) and on_rcpt (the second plugin) are async and really suspend
+        c.send(b"MAIL FROM:<a@sender.test>\r\nRCPT TO:<p1@dest.test>\r\nRCPT TO:<second-reject@dest.test>\r\n"
+               b"RCPT TO:<p2@dest.test>\r\nDATA\r\n")
+        assert [reply_line(r) for r in c.replies(5)] == [
+            "250 2.1.0 Ok", "250 2.1.5 Ok", "550 5.7.1 second plugin refuses second-reject", "250 2.1.5 Ok",
+            "354 End data with <CR><LF>.<CR><LF>"]
+        c.send(message("pipelined") + b".\r\n")
+        qid = queued_id(c.reply())
+        # a refused MAIL: the commands pipelined behind it are refused in order
+        c.send(b"MAIL FROM:<probe-reject@sender.test>\r\nRCPT TO:<p3@dest.test>\r\nDATA\r\n")
+        first, second, third = c.replies(3)
+        assert reply_line(first) == "554 5.7.1 on_mail refused by probe"
+        check(second, 503)
+        assert third.code in (503, 554), third
+        c.quit()
+    entry = {e["id"]: e for e in box.srv.queue()}[qid]
+    assert [r["address"] for r in entry["recipients"]] == ["p1@dest.test", "p2@dest.test"]
+    assert [r["recipients"] for r in box.records("on_rcpt", plugin="probe", helo="pipelined.example.test")] == [
+        [], ["p1@dest.test"], ["p1@dest.test"]]
+
+
+def test_bdat_on_data_refusal_comes_with_the_last_chunk(box):
+    with connect(box.srv) as c:
+        c.start("bdat.example.test")
+        c.mail_rcpt("a@sender.test", ["b@dest.test"])
+        head = message("bdat", "X-Probe-Data: probe-defer\r\n", body=b"")
+        c.send(f"BDAT {len(head)}\r\n".encode() + head)
+        check(c.reply(), 250)  # a chunk is acknowledged; the verdict waits for LAST
+        wait_records(box.log, "on_data", srv=box.srv, subject="bdat")
+        body = b"x" * 5000 + b"\r\n"
+        c.send(f"BDAT {len(body)} LAST\r\n".encode() + body)
+        assert reply_line(c.reply()) == "450 4.7.1 on_data deferred by probe"
+        # BDAT with an edit at on_message: stored edited
+        c.mail_rcpt("a@sender.test", ["b@dest.test"])
+        content = message("bdat edit", "X-Probe-Message: edit\r\nX-Internal-Secret: x\r\n")
+        c.send(f"BDAT {len(content)} LAST\r\n".encode() + content)
+        qid = queued_id(c.reply())
+        c.quit()
+    from helpers import body_of
+    stored = body_of(box.srv, qid, helo="bdat.example.test")
+    assert stored == content.replace(b"Subject: bdat edit\r\n", b"Subject: [probe] bdat edit\r\n").replace(
+        b"X-Internal-Secret: x\r\n\r\n", b"X-Tenant: acme\r\n\r\n"), stored
+
+
 # ---------------------------------------------------------------------------
 # 5. failing hooks: raise, overrun, garbage -> 451 4.3.0, logged, others served
 # ---------------------------------------------------------------------------
@@ -492,6 +549,7 @@ def test_two_workers_both_load_the_plugins_and_mail_flows(tmp_path):
         setups = wait_records(log, "setup", 2, srv=srv)
         pids = {r["pid"] for r in setups}
         assert len(pids) == 2, setups
+        assert all(r["options"] == {"log": str(log), "alt_port": 1} for r in setups), setups
         assert {r["pid"] for r in wait_records(log, "start", 2, srv=srv, plugin="second")} == pids
         seen: set[int] = set()
         qids = []
