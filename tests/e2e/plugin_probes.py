@@ -31,7 +31,7 @@ CONNECT_VERDICTS = {
 
 def record(hook, **kw):
     with open(OPTS["log"], "a") as f:
-        f.write(json.dumps({"hook": hook, "plugin": "probe", "pid": os.getpid(), **kw}) + "\n")
+        f.write(json.dumps({"hook": hook, "plugin": "probe", "pid": os.getpid(), **kw}, default=repr) + "\n")
 
 
 def judge(stage, value):
@@ -83,6 +83,8 @@ async def on_mail(tx, sender):
     tx.notes["probe"] = {"sender": sender, "helo": tx.conn.helo, "tags": ["a", 1, True, None]}
     record("on_mail", sender=sender, tx_sender=tx.sender, params=tx.params, helo=tx.conn.helo,
            conn_notes=tx.conn.notes, recipients=list(tx.recipients), peer_port=tx.conn.peer_port)
+    if "probe-badnotes" in sender:
+        tx.notes["bad"] = {1, 2}  # not JSON: the message cannot be stored with it
     if "probe-sleep" in sender:
         await asyncio.sleep(30)
     return judge("on_mail", sender)

@@ -372,6 +372,43 @@ def test_editing_the_on_data_view_is_a_plugin_error(box):
     assert "plugin probe_plugin: hook on_data failed: TypeError" in box.srv.log()
 
 
+def test_a_failure_after_header_edits_stores_nothing(box):
+    with connect(box.srv) as c:
+        c.start("halfedit.example.test")
+        c.mail_rcpt("a@sender.test", ["b@dest.test"])
+        r = c.data(message("half edited", "X-Probe-Message: edit probe-raise\r\n"))
+        assert reply_line(r) == FAILED
+        c.mail_rcpt("probe-badnotes@sender.test", ["b@dest.test"])  # notes that are not JSON
+        assert reply_line(c.data(message("bad notes"))) == FAILED
+        c.quit()
+    assert "plugin probe_plugin: hook on_message failed: RuntimeError: probe exploded in on_message" in box.srv.log()
+    assert "cannot be stored: Object of type set is not JSON serializable" in box.srv.log()
+    senders = {e["sender"] for e in box.srv.queue()}
+    assert "probe-badnotes@sender.test" not in senders
+    for e in box.srv.queue():
+        assert b"half edited" not in box.srv.show(e["id"]).stdout
+
+
+def test_pipelined_rset_and_a_vanished_client_while_a_hook_waits(box):
+    with connect(box.srv) as c:
+        c.start("rset.example.test")
+        c.send(b"MAIL FROM:<probe-sleep@sender.test>\r\nRSET\r\nMAIL FROM:<a@sender.test>\r\n")
+        assert [reply_line(r) for r in c.replies(3, timeout=PROBE_TIMEOUT + 10)] == [
+            FAILED, "250 2.0.0 Ok", "250 2.1.0 Ok"]
+        c.quit()
+    gone = connect(box.srv)
+    gone.start("vanished.example.test")
+    gone.send(b"MAIL FROM:<probe-sleep@sender.test>\r\n")
+    gone.close()  # the client leaves while its hook waits
+    time.sleep(PROBE_TIMEOUT + 0.5)
+    with connect(box.srv) as c:
+        c.start("after-vanished.example.test")
+        c.mail_rcpt("a@sender.test", ["b@dest.test"])
+        assert queued_id(c.data(message("after")))
+        c.quit()
+    assert box.srv.proc.poll() is None
+
+
 def test_hook_past_its_timeout_gives_451_while_another_session_is_served(box):
     slow = connect(box.srv)
     try:
@@ -465,6 +502,12 @@ BAD_PLUGINS = {
 def run_cli(args, env, cwd, timeout=60) -> subprocess.CompletedProcess:
     return subprocess.run(mta_cmd(*args), capture_output=True, text=True, env={**os.environ, **env},
                           cwd=cwd, timeout=timeout)
+
+
+def test_plugins_list_without_a_config_has_no_plugins(tmp_path):
+    p = run_cli(["plugins", "list"], {}, tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines()[1:] == ["no plugins configured"], p.stdout
 
 
 def test_plugins_list_shows_hooks_kinds_and_timeouts(tmp_path):
