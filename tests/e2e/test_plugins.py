@@ -375,7 +375,7 @@ def test_editing_the_on_data_view_is_a_plugin_error(box):
 def test_a_failure_after_header_edits_stores_nothing(box):
     with connect(box.srv) as c:
         c.start("halfedit.example.test")
-        c.mail_rcpt("a@sender.test", ["b@dest.test"])
+        c.mail_rcpt("halfedit@sender.test", ["b@dest.test"])
         r = c.data(message("half edited", "X-Probe-Message: edit probe-raise\r\n"))
         assert reply_line(r) == FAILED
         c.mail_rcpt("probe-badnotes@sender.test", ["b@dest.test"])  # notes that are not JSON
@@ -384,29 +384,28 @@ def test_a_failure_after_header_edits_stores_nothing(box):
     assert "plugin probe_plugin: hook on_message failed: RuntimeError: probe exploded in on_message" in box.srv.log()
     assert "cannot be stored: Object of type set is not JSON serializable" in box.srv.log()
     senders = {e["sender"] for e in box.srv.queue()}
-    assert "probe-badnotes@sender.test" not in senders
-    for e in box.srv.queue():
-        assert b"half edited" not in box.srv.show(e["id"]).stdout
+    assert not senders & {"probe-badnotes@sender.test", "halfedit@sender.test"}, senders
 
 
 def test_pipelined_rset_and_a_vanished_client_while_a_hook_waits(box):
+    gone = connect(box.srv)
+    gone.start("vanished.example.test")
+    gone.send(b"MAIL FROM:<probe-sleep@sender.test>\r\n")
+    gone.close()  # the client leaves while its hook waits
     with connect(box.srv) as c:
         c.start("rset.example.test")
         c.send(b"MAIL FROM:<probe-sleep@sender.test>\r\nRSET\r\nMAIL FROM:<a@sender.test>\r\n")
         assert [reply_line(r) for r in c.replies(3, timeout=PROBE_TIMEOUT + 10)] == [
             FAILED, "250 2.0.0 Ok", "250 2.1.0 Ok"]
         c.quit()
-    gone = connect(box.srv)
-    gone.start("vanished.example.test")
-    gone.send(b"MAIL FROM:<probe-sleep@sender.test>\r\n")
-    gone.close()  # the client leaves while its hook waits
-    time.sleep(PROBE_TIMEOUT + 0.5)
+    # by now the vanished client's hook has overrun too; the server carries on
     with connect(box.srv) as c:
         c.start("after-vanished.example.test")
         c.mail_rcpt("a@sender.test", ["b@dest.test"])
         assert queued_id(c.data(message("after")))
         c.quit()
     assert box.srv.proc.poll() is None
+    assert box.srv.log().count("plugin probe_plugin: hook on_mail timed out") >= 2
 
 
 def test_hook_past_its_timeout_gives_451_while_another_session_is_served(box):
