@@ -329,6 +329,20 @@ def test_bdat_on_data_refusal_comes_with_the_last_chunk(box):
         b"X-Internal-Secret: x\r\n\r\n", b"X-Tenant: acme\r\n\r\n"), stored
 
 
+def test_header_edit_on_a_message_without_a_body(box):
+    """RFC 5322 lets a message end after its fields (no empty line, no body)."""
+    content = b"Subject: headers only\r\nX-Probe-Message: edit\r\n"
+    with connect(box.srv) as c:
+        c.start("nobody.example.test")
+        c.mail_rcpt("a@sender.test", ["b@dest.test"])
+        r = c.data(content)
+        c.quit()
+    assert r.code == 250, f"{r} (server: {box.srv.log()[-1500:]})"
+    from helpers import body_of
+    fields = b"Subject: [probe] headers only\r\nX-Probe-Message: edit\r\nX-Tenant: acme\r\n"
+    assert body_of(box.srv, queued_id(r), helo="nobody.example.test") in (fields, fields + b"\r\n")
+
+
 # ---------------------------------------------------------------------------
 # 5. failing hooks: raise, overrun, garbage -> 451 4.3.0, logged, others served
 # ---------------------------------------------------------------------------
