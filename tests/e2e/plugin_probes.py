@@ -129,7 +129,7 @@ async def on_message(tx, msg):
 
 def route(address, msg):
     record("route", address=address, queue_id=msg.queue_id, notes=msg.notes, sender=msg.sender,
-           recipients=list(msg.recipients), size=msg.size)
+           recipients=list(msg.recipients), size=msg.size, subject=msg.headers.get("Subject"))
     domain = address.rpartition("@")[2]
     if domain == "routed.test":
         return Route(f"smarthost 127.0.0.1:{OPTS['alt_port']}", tls="none")
@@ -232,6 +232,32 @@ def route(address, msg):
     return None
 '''
 
+# An async route hook that reads the queued message's body (msg.body_chunks() at route).
+BODY_ROUTE = r'''
+import base64
+import json
+
+OPTS = {}
+
+
+def setup(options):
+    OPTS.update(options)
+
+
+async def route(address, msg):
+    if not address.endswith("@bodyroute.test"):
+        return None
+    body = b""
+    async for chunk in msg.body_chunks():
+        body += chunk
+    with open(OPTS["log"], "a") as f:
+        f.write(json.dumps({"hook": "route", "plugin": "body_route", "queue_id": msg.queue_id,
+                            "address": address, "size": msg.size,
+                            "body": base64.b64encode(body).decode()}) + "\n")
+    return "smarthost 127.0.0.1:" + str(OPTS["alt_port"])
+'''
+
+
 # The deprecated `delivery.route_hook = "legacy_route:pick"`.
 LEGACY = r'''
 import json
@@ -250,7 +276,7 @@ def pick(address, msg):
 def write_plugins(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     for name, text in (("probe_plugin", PROBE), ("second_plugin", SECOND), ("flaky_plugin", FLAKY),
-                       ("legacy_route", LEGACY)):
+                       ("legacy_route", LEGACY), ("body_route", BODY_ROUTE)):
         (directory / f"{name}.py").write_text(text)
     return directory
 

@@ -6,6 +6,7 @@ fails 10% of the time. Plugins: tests/e2e/plugin_probes.py (JSON-line reports)."
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import subprocess
@@ -76,6 +77,10 @@ def delivery_config(tmp: Path, log: Path, sink_port: int, edge_port: int, alt_po
 [[plugin]]
 module = "probe_plugin"
 timeout = "3s"
+options = {{ log = "{log}", alt_port = {alt_port} }}
+
+[[plugin]]
+module = "body_route"
 options = {{ log = "{log}", alt_port = {alt_port} }}
 
 [[plugin]]
@@ -191,7 +196,7 @@ def test_route_and_on_delivered_see_queue_id_notes_and_the_reply(box):
     routes = {r["address"]: r for r in records(box.log, "route", queue_id=qid)}
     assert set(routes) == {"u@dest.test", "r@routed.test", "s@string.test"}
     for r in routes.values():
-        assert r["notes"] == PROBE_NOTES and r["sender"] == SENDER, r
+        assert r["notes"] == PROBE_NOTES and r["sender"] == SENDER and r["subject"] == "routed", r
         assert r["recipients"] == ["u@dest.test", "r@routed.test", "s@string.test"], r
     events = {e["recipient"]: e for e in wait_records(box.log, "on_delivered", 3, srv=box.srv, queue_id=qid)}
     assert set(events) == {"u@dest.test", "r@routed.test", "s@string.test"}
@@ -201,6 +206,17 @@ def test_route_and_on_delivered_see_queue_id_notes_and_the_reply(box):
         assert e["attempt"] == 1 and e["remote_ip"] == "127.0.0.1" and e["next_attempt"] is None, e
         assert e["notes"] == PROBE_NOTES, e
         assert e["remote_host"] == "127.0.0.1", e  # a smarthost given by address
+
+
+def test_an_async_route_hook_reads_the_queued_body(box):
+    content = message("body at route", body=b"first\r\n.dotted\r\n" + b"y" * 300_000 + b"\r\n")
+    qid = send(box.srv, ["b@bodyroute.test"], content)
+    [txn] = peer_txns(box.alt, content, box.srv)
+    assert txn.rcpts == ["b@bodyroute.test"]
+    [r] = records(box.log, "route", plugin="body_route", queue_id=qid)
+    body = base64.b64decode(r["body"])
+    received, rest = strip_received(body)  # the stored message: our Received header first
+    assert rest == content and r["size"] == len(body), (len(body), r["size"])
 
 
 def test_route_returning_garbage_defers_and_logs(box):
