@@ -137,6 +137,10 @@ def route(address, msg):
         return f"smarthost 127.0.0.1:{OPTS['alt_port']}"
     if domain == "garbage.test":
         return 42
+    if domain == "discard.test":
+        return "discard"
+    if domain == "maildir.test":
+        return Route(f"maildir {OPTS['maildir']}/{{user}}")
     return None
 
 

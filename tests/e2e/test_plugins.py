@@ -625,3 +625,26 @@ def test_two_workers_both_load_the_plugins_and_mail_flows(tmp_path):
     assert {r["pid"] for r in stops if r["plugin"] == "probe"} == pids
     assert all(r["started"] for r in stops if r["plugin"] == "second")
     assert {r["pid"] for r in stops if r["plugin"] == "second"} == pids
+
+
+def test_sigterm_while_a_hook_waits_stops_cleanly_and_runs_stop(tmp_path):
+    import signal
+    plugins = write_plugins(tmp_path / "plugins")
+    log = tmp_path / "probe.jsonl"
+    srv = start_server(tmp_path, config=plugin_config(log), env=plugin_env(plugins))
+    c = connect(srv)
+    try:
+        c.start("sigterm.example.test")
+        c.send(b"MAIL FROM:<probe-sleep@sender.test>\r\n")
+        wait_records(log, "on_mail", srv=srv, helo="sigterm.example.test")
+        srv.proc.send_signal(signal.SIGTERM)
+        # the waiting hook still gets its answer (its timeout), then the client leaves
+        assert reply_line(c.reply(timeout=PROBE_TIMEOUT + 10)) == FAILED
+        r = c.cmd("QUIT")
+        assert r.code in (221, 421), r
+        assert srv.proc.wait(15) == 0, srv.log()[-3000:]
+    finally:
+        c.close()
+        srv.stop()
+    assert [r["plugin"] for r in records(log, "stop")] == ["second", "probe"]  # last first
+    assert "Traceback" not in srv.log(), srv.log()[-3000:]

@@ -77,7 +77,7 @@ def delivery_config(tmp: Path, log: Path, sink_port: int, edge_port: int, alt_po
 [[plugin]]
 module = "probe_plugin"
 timeout = "3s"
-options = {{ log = "{log}", alt_port = {alt_port} }}
+options = {{ log = "{log}", alt_port = {alt_port}, maildir = "{tmp / 'routed-mail'}" }}
 
 [[plugin]]
 module = "body_route"
@@ -217,6 +217,23 @@ def test_an_async_route_hook_reads_the_queued_body(box):
     body = base64.b64decode(r["body"])
     received, rest = strip_received(body)  # the stored message: our Received header first
     assert rest == content and r["size"] == len(body), (len(body), r["size"])
+
+
+def test_route_answers_discard_and_maildir(box):
+    content = message("discard and maildir")
+    qid = send(box.srv, ["gone@discard.test", "kept@maildir.test"], content)
+    recs = {r["recipient"]: r for r in box.wait_dlog(lambda r: r["queue_id"] == qid, n=2)}
+    assert {k: r["status"] for k, r in recs.items()} == {"gone@discard.test": "delivered",
+                                                         "kept@maildir.test": "delivered"}, recs
+    [path] = list((box.tmp / "routed-mail" / "kept" / "new").iterdir())
+    got = path.read_bytes()
+    head = b"Return-Path: <alice@sender.test>\nDelivered-To: kept@maildir.test\n"
+    assert got.startswith(head), got[:300]
+    received, rest = strip_received(got[len(head):].replace(b"\n", b"\r\n"))
+    assert f"id {qid}".encode() in received, received
+    assert rest == content
+    assert not any(m[2].endswith(content) for m in box.sink.messages)
+    assert not any(t.data.endswith(content) for t in box.alt.txns)
 
 
 def test_route_returning_garbage_defers_and_logs(box):
