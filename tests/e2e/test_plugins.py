@@ -22,7 +22,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import free_port, mta_cmd, start_server  # noqa: E402
-from helpers import Client, ConnectionClosed, check, connect, queued_id, swaks  # noqa: E402
+from helpers import Client, check, connect, queued_id, swaks  # noqa: E402
 from plugin_probes import plugin_env, records, wait_records, write_plugins  # noqa: E402
 
 PROBE_TIMEOUT = 3.0  # the probe's per-hook timeout; the sleeping hook overruns it
@@ -502,19 +502,19 @@ BAD_PLUGINS = {
     "bad_hook": ("def on_rcp(tx, address):\n    return None\n",
                  "plugin[0] bad_hook (bad_hook): unknown hook 'on_rcp' (did you mean 'on_rcpt'?)"),
     "bad_signature": ("def on_rcpt(tx):\n    return None\n",
-                      "plugin[0] bad_signature (bad_signature): hook on_rcpt(tx) has the wrong signature: "
-                      "it is called as on_rcpt(tx, address)"),
+                      ("plugin[0] bad_signature (bad_signature): hook on_rcpt(tx) has the wrong signature: "
+                       "it is called as on_rcpt(tx, address)")),
     "bad_import": ("import no_such_dependency_xyz\n\ndef on_rcpt(tx, address):\n    return None\n",
-                   "plugin[0] bad_import (bad_import): import failed: ModuleNotFoundError: "
-                   "No module named 'no_such_dependency_xyz'"),
-    "probe_plugin": (None, "plugin probe_plugin (probe_plugin): setup failed: OptionsError: "
-                           "probe: option map '/nope/map.toml' is not a readable file"),
+                   ("plugin[0] bad_import (bad_import): import failed: ModuleNotFoundError: "
+                    "No module named 'no_such_dependency_xyz'")),
+    "probe_plugin": (None, ("plugin probe_plugin (probe_plugin): setup failed: OptionsError: "
+                            "probe: option map '/nope/map.toml' is not a readable file")),
 }
 
 
 def run_cli(args, env, cwd, timeout=60) -> subprocess.CompletedProcess:
     return subprocess.run(mta_cmd(*args), capture_output=True, text=True, env={**os.environ, **env},
-                          cwd=cwd, timeout=timeout)
+                          cwd=cwd, timeout=timeout, check=False)
 
 
 def test_plugins_list_without_a_config_has_no_plugins(tmp_path):
@@ -533,8 +533,8 @@ def test_plugins_list_shows_hooks_kinds_and_timeouts(tmp_path):
     assert lines[0].startswith("built-in: relay (on_rcpt), recipients (on_rcpt)"), p.stdout
     assert lines[1:] == [
         f"1. probe_plugin  module=probe_plugin  timeout={PROBE_TIMEOUT:g}s",
-        "   hooks: on_connect (sync), on_helo (sync), on_mail (async), on_rcpt (sync), on_data (sync), "
-        "on_message (async), route (sync), on_delivered (async), on_deferred (sync), on_bounced (sync)",
+        ("   hooks: on_connect (sync), on_helo (sync), on_mail (async), on_rcpt (sync), on_data (sync), "
+         "on_message (async), route (sync), on_delivered (async), on_deferred (sync), on_bounced (sync)"),
         "   lifecycle: setup/start, stop",
         "2. second_plugin  module=second_plugin  timeout=5s",
         "   hooks: on_rcpt (async), on_message (async)",
