@@ -252,7 +252,7 @@ class ControlServer:
     def _due_now(self, env) -> asyncio.Future | None:
         """Make every deferred recipient due now (one STATE record), or None."""
         now = time.time()
-        changes = [(i, "deferred", r.attempts, now, r.last_reply) for i, r in enumerate(env.recipients)
+        changes = [(i, "deferred", r.attempts, now, r.last_reply, r.route) for i, r in enumerate(env.recipients)
                    if r.state == "deferred" and (r.next_attempt or 0) > now]
         return self.store.update(env.queue_id, changes) if changes else None
 
