@@ -247,8 +247,13 @@ def test_start_and_stop_in_order_and_a_failing_setup_is_a_config_error(loop):
 
     def bad():
         raise ValueError("options: 'map' is required")
+    calls.clear()
+    failing = Chain([Entry("a", {}, setup=lambda: calls.append("a+"), stop=lambda: calls.append("a-")),
+                     Entry("x", {}, setup=bad, stop=lambda: calls.append("x-")),
+                     Entry("c", {}, setup=lambda: calls.append("c+"), stop=lambda: calls.append("c-"))])
     with pytest.raises(ConfigError, match=r"plugin x \(x\): setup failed: ValueError: options: 'map' is required"):
-        loop.run_until_complete(Chain([Entry("x", {}, setup=bad)]).start())
+        loop.run_until_complete(failing.start())
+    assert calls == ["a+", "a-"]  # the one started is stopped; the failed and the later ones never ran
 
 
 # --- loading --------------------------------------------------------------------------------------

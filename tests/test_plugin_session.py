@@ -62,7 +62,7 @@ def test_each_inbound_hook_is_handed_its_context():
                             ("b@example.com", ["a@example.com"], ["b@example.com"])]
     assert seen["data"] == ("hi", ["1", "2"], 2)
     qid, size, subject, body, sender, rcpts = seen["message"]
-    assert (qid, size, subject, sender, rcpts) == (None, 42, "hi", "", ["a@example.com", "b@example.com"])
+    assert (qid, size, subject, sender, rcpts) == (None, len(body), "hi", "", ["a@example.com", "b@example.com"])
     assert body.startswith(b"Received: from client.example") and body.endswith(b"\r\n\r\nbody line\r\n")
     assert result.message == body  # what the plugin read is what was stored
 

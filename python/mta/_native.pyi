@@ -384,6 +384,10 @@ class Message:
         on_message reads the message with it, a block at a time (a spill file included)."""
     def prepend(self, data: bytes) -> None:
         """Put `data` in front of everything (as Spool.prepend; for a memory-only message)."""
+    @property
+    def stored_size(self) -> int:
+        """Octets of the whole content as it would be stored now: our prefix, a replaced
+        header block, then the client's bytes (what read_at reads)."""
     def finish_headers(self) -> None:
         """The message ended: a header block that no empty line ended (a message of header
         fields only) ends with its last complete line, so header_done is True and the block

@@ -237,7 +237,8 @@ class Transaction:
 class Message:
     """The message (`msg`), at `on_message` (before the 250) and at `route` (queued).
 
-    queue_id, size (octets as received), sender, recipients, notes (the transaction's notes);
+    queue_id (None before the 250), size (octets as stored: our Received header included;
+    what body_chunks() yields), sender, recipients, notes (the transaction's notes);
     headers: a view over the header block (`get`, `get_all`, `get_raw`, `items`, and at
     `on_message` the edits `add`, `prepend`, `remove`, `replace`, stored with the message);
     body_chunks(): an async iterator over the stored bytes, a block at a time."""

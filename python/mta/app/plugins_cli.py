@@ -25,10 +25,8 @@ def problems(cfg) -> list[str]:
     chain = Chain(entries)
 
     async def start_stop() -> None:
-        try:
-            await chain.start()
-        finally:
-            await chain.stop()
+        await chain.start()  # (a failure stops those already started)
+        await chain.stop()
 
     try:
         asyncio.run(start_stop())

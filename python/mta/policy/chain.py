@@ -61,6 +61,7 @@ class Chain:
         for stage in HOOKS:
             setattr(self, stage, tuple((e, e.hooks[stage], stage) for e in self.entries if stage in e.hooks))
         self._tasks: set[asyncio.Task] = set()
+        self._started: list[Entry] = []  # entries whose setup/start ran (stop() stops these)
 
     on_connect: tuple
     on_helo: tuple
@@ -264,26 +265,29 @@ class Chain:
     # --- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """setup(options) / Plugin.start() of each plugin, in order. Raises ConfigError."""
+        """setup(options) / Plugin.start() of each plugin, in order. Raises ConfigError,
+        after stopping the plugins already started."""
         for e in self.entries:
-            if e.setup is None:
-                continue
-            try:
-                r = e.setup()
-                if asyncio.iscoroutine(r):
-                    await r
-            except Exception as exc:
-                raise ConfigError([f"plugin {e.name} ({e.module}): setup failed: "
-                                   f"{type(exc).__name__}: {exc}"]) from exc
+            if e.setup is not None:
+                try:
+                    r = e.setup()
+                    if asyncio.iscoroutine(r):
+                        await r
+                except Exception as exc:
+                    await self.stop()
+                    raise ConfigError([f"plugin {e.name} ({e.module}): setup failed: "
+                                       f"{type(exc).__name__}: {exc}"]) from exc
+            self._started.append(e)
 
     async def stop(self) -> None:
-        """stop() of each plugin, last first; failures are logged. Background hooks are
-        given a moment, then cancelled."""
+        """stop() of each plugin started, last first; failures are logged. Background hooks
+        are given a moment, then cancelled."""
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=1.0)
             for t in list(self._tasks):
                 t.cancel()
-        for e in reversed(self.entries):
+        started, self._started = self._started, []
+        for e in reversed(started):
             if e.stop is None:
                 continue
             try:

@@ -262,6 +262,8 @@ class QueueManager:
                     pass
                 elif routed is not None and rc.address in routed:
                     spec = routed[rc.address]
+                    if isinstance(spec, Exception):  # the hook failed when asked (_start_routed)
+                        raise spec
                 elif (spec := fixed(rc.address)) is None:  # None: there are route hooks to ask
                     if view is None:
                         view = self._view(env)
@@ -328,12 +330,12 @@ class QueueManager:
             return False
         view = self._view(env)
         routed: dict = {}
-        try:
-            for r in recipients:
-                if r[0] not in routed:
+        for r in recipients:
+            if r[0] not in routed:
+                try:
                     routed[r[0]] = self.router.route_now(r[0], view)
-        except Exception:  # a failing hook: _start asks again and defers that recipient
-            return False
+                except Exception as e:  # noqa: BLE001 - kept: _route defers that recipient with it
+                    routed[r[0]] = e
         specs = list(routed.values())
         first = specs[0]
         if (isinstance(first, TransportSpec) and first.kind != "mx"

@@ -40,8 +40,6 @@ class Hooks(Protocol):
 
     def run(self, calls: tuple, args: tuple) -> Verdict | None | asyncio.Future: ...
 
-    def failed(self, entry, stage: str, e: BaseException) -> Verdict: ...
-
 
 class AcceptStore(Protocol):
     """The accept side of the spool: the calls a session makes per message."""

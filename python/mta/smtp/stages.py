@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 
 from mta import _native
 from mta import log as fastlog
@@ -13,6 +14,7 @@ from mta.plugin import Disconnect, Message
 from mta.policy.chain import FAILED
 from mta.smtp.state import CLOSED
 
+log = logging.getLogger("mta.plugin")
 NOTES_MAX = 64 * 1024  # the spool's cap on a transaction's notes
 BODY_BLOCK = 256 * 1024
 
@@ -121,7 +123,7 @@ class StagesMixin:
             return False
         if not self.hooks.on_message:
             return True
-        view = Message(None, tx.message.size, tx.sender, tx.recipients, tx.notes, tx.message.header_block,
+        view = Message(None, tx.message.stored_size, tx.sender, tx.recipients, tx.notes, tx.message.header_block,
                        lambda m=tx.message: _chunks(m), readonly=False)
         tx.view = view
         self._ask(self.hooks.on_message, (tx, view), self._message_judged, tx)
@@ -137,7 +139,7 @@ class StagesMixin:
             try:
                 tx.message.replace_header_block(view.headers.block())
             except Exception as e:  # noqa: BLE001 - as a failed hook: nothing stored
-                self.hooks.failed(self.hooks.on_message[-1][0], "on_message", e)
+                log.error("header edits of the on_message hooks cannot be applied to %s: %s", tx.queue_id, e)
                 self._message_refused(FAILED)
                 return
         self._store(tx)

@@ -97,6 +97,11 @@ impl PyMessage {
     fn discarded(&self) -> PyResult<bool> {
         Ok(self.get()?.discarded())
     }
+    /// Octets of the whole content: our prefix, a replaced header block, the client's bytes.
+    #[getter]
+    fn stored_size(&self) -> PyResult<u64> {
+        Ok(self.get()?.total_len())
+    }
     /// The message ended: a header block no empty line ended ends here (see the stub).
     fn finish_headers(&mut self) -> PyResult<()> {
         let m = self.inner.as_mut().ok_or_else(|| spool_err("message was already submitted"))?;
