@@ -48,7 +48,7 @@ class Scripted:
         parts = dict(
             loop=loop,
             store=store,
-            on_durable=lambda qid, final: self.durable.append((qid, final)),
+            on_durable=lambda qid, final, notes: self.durable.append((qid, final)),
             policy=policy,
             hooks=builtins.chain(policy, expand, senders, plugins),
             limits=self.limits,

@@ -43,8 +43,9 @@ class Hooked(Harness):
         self.queue.start()
         return self
 
-    async def noted(self, notes: dict, *rcpts: str) -> str:
-        """Spool a message with transaction notes, as a session does, and hand it to the queue."""
+    async def noted(self, notes: dict, *rcpts: str, tell: bool = True) -> str:
+        """Spool a message with transaction notes, as a session does, and hand it to the queue
+        (`tell`: with the notes, as a session does; else the queue reads them from the store)."""
         store = self.store
         qid = store.new_queue_id()
         message = store.new_message()
@@ -53,7 +54,7 @@ class Hooked(Harness):
         store.submit(qid, message, lambda err: fut.set_result(err), sender="from@example.test",
                      recipients=[(r, None, None) for r in rcpts], notes=json.dumps(notes))
         assert await fut is None
-        self.queue.on_durable(qid, [(r, None, None) for r in rcpts])
+        self.queue.on_durable(qid, [(r, None, None) for r in rcpts], notes if tell else None)
         return qid
 
 
@@ -68,7 +69,7 @@ def test_route_is_handed_the_queued_message(tmp_path):
     async def main():
         async with Hooked(tmp_path, {"route": route}) as h:
             a = await h.noted({"tenant": "acme"}, "a@example.test")
-            b = await h.noted({"tenant": "other"}, "b@example.test")
+            b = await h.noted({"tenant": "other"}, "b@example.test", tell=False)
             await h.settle()
             return a, b, h.wire.calls, h.states(a), h.states(b)
     a, b, calls, sa, sb = run(main())

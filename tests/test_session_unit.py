@@ -71,7 +71,7 @@ def test_banner_in_the_greeting(tmp_path):
 def test_message_durable_in_the_spool_then_on_durable(tmp_path):
     box = {}
 
-    def on_durable(qid, final):  # records whether the 250 was on the wire by then
+    def on_durable(qid, final, notes):  # records whether the 250 was on the wire by then
         s = box["s"]
         box["250 first"] = f"queued as {qid}".encode() in s.transport.written
         s.durable.append((qid, final))

@@ -184,7 +184,7 @@ class ScriptedSession:
         lst = Listener("127.0.0.1", 2525, listener, "implicit" if tls else "none", False)
         from mta.auth.guard import AuthGuard
         self.session = Session(lst, SessionSettings.from_config(cfg, MECHANISMS), self.loop, self.store,
-                               lambda qid, final: None, policy, self.hooks, Limits(cfg.limits), set(),
+                               lambda qid, final, notes: None, policy, self.hooks, Limits(cfg.limits), set(),
                                None, None, _TlsStub() if tls else None, users_db,
                                AuthGuard(max_failures=100, window=60, tarpit_max=0))
         self.transport = MemoryTransport((peer_ip, peer_port), FakeTls() if tls else None)

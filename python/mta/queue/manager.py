@@ -5,7 +5,6 @@ it (a DSN before its bounced record; a delete only once every recipient is final
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import time as _time
@@ -17,10 +16,11 @@ from mta.delivery.deliverylog import DeliveryLog
 from mta.delivery.router import Router, split
 from mta.delivery.transport import LOGGED, UNSENT, Deferred, Route, Transports
 from mta.errors import SpoolError
-from mta.plugin import DeliveryEvent, Message, Reply
 from mta.policy.chain import Chain
 from mta.queue import bounce
 from mta.queue.store import SpoolService
+from mta.queue.views import QueuedMessage, notes_of
+from mta.queue.views import event as make_event
 
 log = logging.getLogger("mta.queue")
 
@@ -73,6 +73,7 @@ class QueueManager:
         self._wake_at = 0.0  # when the scheduling loop next looks at the store by itself
         self._backoff: dict[str, float] = {}  # queue id -> monotonic time before which it is not retried
         self._excluded: set[str] = set()  # ids an administrator's operation owns (mta.app.control)
+        self._fresh_notes: dict[str, dict] = {}  # spooled-lane attempts: notes from the session, for on_delivered
 
     # --- scheduling -----------------------------------------------------------
 
@@ -104,14 +105,15 @@ class QueueManager:
                 self._backoff.pop(q, None)
         self.kick()
 
-    def on_durable(self, qid: str, recipients: list[tuple] | None = None) -> None:
+    def on_durable(self, qid: str, recipients: list[tuple] | None = None, notes: dict | None = None) -> None:
         """A message just became durable: start on it at once when the window has room,
         without asking the store what is due. `recipients`: as spooled ((address, notify,
-        orcpt)), from the session that spooled it: its job may then be made from the store."""
+        orcpt)), from the session that spooled it: its job may then be made from the store;
+        `notes`: its transaction's notes, as stored (so the fast lane need not read them)."""
         if self._task is None or self._stopping:
             return
         if len(self.active) < self.dcfg.max_active:
-            if recipients is None or not self._start_spooled(qid, recipients):
+            if recipients is None or not self._start_spooled(qid, recipients, notes):
                 self._start(qid)
         else:
             self._refill = True  # taken up when the window drains to half
@@ -155,6 +157,8 @@ class QueueManager:
     def _end(self, qid: str, exc: BaseException | None) -> None:
         """An attempt is over (recorded, or failed with `exc`, a bug: retried after a back-off)."""
         self.active.discard(qid)
+        if self._fresh_notes:
+            self._fresh_notes.pop(qid, None)
         if exc is not None:
             log.error("delivery attempt for %s failed: %r", qid, exc, exc_info=exc)
             # Its state did not change, so it is still due: retry later, not at once.
@@ -295,7 +299,7 @@ class QueueManager:
         return self._by_kind[spec.kind].submit(Route(spec, domain), msg,
                                                  lambda out: self._done(env, spooled, msg, out), ctx)
 
-    def _start_spooled(self, qid: str, recipients: list[tuple]) -> bool:
+    def _start_spooled(self, qid: str, recipients: list[tuple], notes: dict | None = None) -> bool:
         """A fresh message's first attempt with its job made from the store entry (the
         agent's submit_spooled): nothing of the message becomes a Python object unless
         the outcome needs recording (see _spooled_done). False: the caller takes `_start`."""
@@ -304,7 +308,7 @@ class QueueManager:
         fixed = self.router.fixed
         spec = fixed(recipients[0][0])
         if spec is None:  # route hooks: asked once here, their answers kept for _start if need be
-            return self._start_routed(qid, recipients)
+            return self._start_routed(qid, recipients, notes)
         for r in recipients[1:]:
             s = fixed(r[0])
             if s is not spec and s != spec:
@@ -319,16 +323,15 @@ class QueueManager:
         if not self._keeping_fresh:  # from the first: later jobs take the bytes from memory
             self._keeping_fresh = True
             self.store.keep_fresh(True)
+        if notes and self.hooks.on_delivered:
+            self._fresh_notes[qid] = notes
         return True
 
-    def _start_routed(self, qid: str, recipients: list[tuple]) -> bool:
+    def _start_routed(self, qid: str, recipients: list[tuple], notes: dict | None) -> bool:
         """`_start_spooled` when route hooks decide: they are asked now, once; when all answer
         at once with one non-MX route the job is still made from the store, else `_start`
         goes on with their answers."""
-        env = self.store.get(qid)
-        if env is None:
-            return False
-        view = self._view(env)
+        view = QueuedMessage(qid, notes, self.store)
         routed: dict = {}
         for r in recipients:
             if r[0] not in routed:
@@ -346,16 +349,16 @@ class QueueManager:
                 if not self._keeping_fresh:
                     self._keeping_fresh = True
                     self.store.keep_fresh(True)
+                if notes and self.hooks.on_delivered:
+                    self._fresh_notes[qid] = notes
                 return True
             self.active.discard(qid)
         self._start(qid, routed)
         return True
 
-    def _view(self, env) -> Message:
+    def _view(self, env) -> QueuedMessage:
         """The queued message as route hooks see it (headers and body read on demand)."""
-        qid, size, store = env.queue_id, env.size, self.store
-        return Message(qid, size, env.sender, [r.address for r in env.recipients], _notes(env),
-                       lambda: store.header_block(qid, size), lambda: store.chunks(qid, size))
+        return QueuedMessage(env.queue_id, notes_of(env), self.store, env)
 
     def _spooled_logged(self, qids: list[str], rows: dict | None = None) -> None:
         """`_start_spooled` jobs of one answer frame, every recipient delivered and logged
@@ -367,10 +370,10 @@ class QueueManager:
             self.store.delete_many_then(qids, self._spooled_deleted)
             return
         events = []
-        for qid in qids:  # a fresh message's first attempt: read before its DELETE
-            env = self.store.get(qid)
-            notes = _notes(env) if env is not None else {}
-            events.extend(_event(qid, row[0], RcptResult(*row), 1, None, notes) for row in rows.get(qid, ()))
+        fresh = self._fresh_notes
+        for qid in qids:  # a fresh message's first attempt (its notes came from the session)
+            notes = fresh.get(qid) or {}
+            events.extend(make_event(qid, row[0], RcptResult(*row), 1, None, notes) for row in rows.get(qid, ()))
         self.store.delete_many_then(qids, lambda done, error: self._spooled_deleted(done, error, events))
 
     def _spooled_deleted(self, qids: list[str], error: str | None, events: list | None = None) -> None:
@@ -455,8 +458,8 @@ class QueueManager:
                 self.dlog.record(queue_id=qid, recipient=rc.address, status=DELIVERED, result=res,
                                  attempt=spooled[rc.index].attempts + 1, arrival=env.arrival, now=now)
             if self.hooks.on_delivered:  # told once the outcome is durable
-                notes = _notes(env)
-                events = [_event(qid, rc.address, res, spooled[rc.index].attempts + 1, None, notes)
+                notes = notes_of(env)
+                events = [make_event(qid, rc.address, res, spooled[rc.index].attempts + 1, None, notes)
                           for rc, res in zip(msg.recipients, out)]
                 self.store.delete_then(qid, lambda error: self._deleted(qid, error, events))
                 return
@@ -473,7 +476,7 @@ class QueueManager:
         """`spooled`: env.recipients, read once by the caller."""
         expired = now - env.arrival > self.dcfg.max_lifetime
         changes, failures, events = [], [], []
-        notes = _notes(env) if self._observed else None
+        notes = notes_of(env) if self._observed else None
         replan = False  # a retry falls before the loop's next look at the store
         by_index = {rc.index: rc for rc in msg.recipients}
         for index, res in results.items():
@@ -490,7 +493,7 @@ class QueueManager:
                 failures.append((rc, res))
             change = (index, outcome.status, attempts, retry_at, outcome.reply())
             if self._observed:
-                event = _event(msg.queue_id, rc.address, res, attempts, retry_at, notes)
+                event = make_event(msg.queue_id, rc.address, res, attempts, retry_at, notes)
                 if outcome.status == DEFERRED and self.hooks.on_deferred:
                     nxt = await self.hooks.deferred(event)  # a Route: where its next attempt goes
                     if nxt is not None:
@@ -550,23 +553,6 @@ def _group(groups: list, spec: TransportSpec, rc: OutRcpt) -> None:
 def _route_failed(rc: OutRcpt, e: Exception) -> RcptResult:
     log.error("route hook failed for %s: %s", rc.address, e)
     return RcptResult(rc.address, 451, "4.3.0", "routing error (route hook failed)")
-
-
-def _notes(env) -> dict:
-    """The transaction's notes stored with the message ({} for none)."""
-    text = env.notes
-    if not text:
-        return {}
-    try:
-        return json.loads(text)
-    except ValueError:  # cannot happen for notes we stored; never fail a delivery for it
-        return {}
-
-
-def _event(qid: str, address: str, res: RcptResult, attempt: int, next_attempt: float | None,
-           notes: dict) -> DeliveryEvent:
-    return DeliveryEvent(qid, address, Reply(res.code, res.enhanced, res.text), attempt, res.remote_host,
-                         res.remote_ip, next_attempt, notes)
 
 
 def _subset(msg: OutMessage, rcpts: list[OutRcpt]) -> OutMessage:

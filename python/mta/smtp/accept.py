@@ -148,7 +148,7 @@ class AcceptMixin:
                     # After the 250 is written: the client does not wait for its own
                     # message's first delivery step (in a group commit, it still waits
                     # for those of the messages completed before it).
-                    self.on_durable(tx.queue_id, tx.final)
+                    self.on_durable(tx.queue_id, tx.final, tx.notes)
 
         return stored
 

@@ -15,8 +15,8 @@ if TYPE_CHECKING:
     from mta.plugin import Verdict
 
 # Told once a message is on disk (after its 250 went out): queue id, final recipients
-# as (address, notify, orcpt).
-OnDurable = Callable[[str, list], None]
+# as (address, notify, orcpt), and the transaction's notes (as stored with it).
+OnDurable = Callable[[str, list, dict], None]
 Completion = Callable[[str | None], None]
 
 
