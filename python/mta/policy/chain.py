@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import types
 from typing import Any, Awaitable, Iterable
@@ -53,13 +54,15 @@ def _is_async(fn: Any) -> bool:
 
 
 class Chain:
-    """Per stage, the calls to make: tuples of (entry, hook, stage). A stage no entry
+    """Per stage, the calls to make: tuples of (entry, hook, stage, time limit). A stage no entry
     defines is an empty tuple, so callers test `if chain.on_mail:` and pay nothing."""
 
     def __init__(self, entries: Iterable[Entry] = ()):
         self.entries = list(entries)
+        # (entry, hook, stage, its time limit); the built-ins are not timed
         for stage in HOOKS:
-            setattr(self, stage, tuple((e, e.hooks[stage], stage) for e in self.entries if stage in e.hooks))
+            setattr(self, stage, tuple((e, e.hooks[stage], stage, math.inf if e.builtin else e.timeout)
+                                       for e in self.entries if stage in e.hooks))
         self._tasks: set[asyncio.Task] = set()
         self._started: list[Entry] = []  # entries whose setup/start ran (stop() stops these)
 
@@ -88,13 +91,13 @@ class Chain:
     def run(self, calls: tuple, args: tuple) -> Verdict | None | asyncio.Task:
         """The stage's answer: None (go on), a refusal (Reject, Defer, Disconnect), or a task
         ending with one of those when a hook had to wait. Never raises."""
-        for i in range(len(calls)):
-            entry, fn, stage = calls[i]
+        for item in calls:
+            entry, fn, stage, limit = item
             start = _monotonic()
             try:
                 r = fn(*args)
                 if r is None:
-                    if not entry.builtin and _monotonic() - start > entry.timeout:
+                    if _monotonic() - start > limit:
                         return self._overran(entry, stage)
                     continue
                 if type(r) is _CORO:
@@ -103,10 +106,10 @@ class Chain:
                     except StopIteration as done:  # an async hook that never waited
                         r = done.value
                     else:
-                        return self._spawn(self._finish(calls, i, r, pending, args, start))
+                        return self._spawn(self._finish(calls, calls.index(item), r, pending, args, start))
             except Exception as e:  # noqa: BLE001 - a plugin's failure is this command's 451
                 return self.failed(entry, stage, e)
-            if not entry.builtin and _monotonic() - start > entry.timeout:
+            if _monotonic() - start > limit:
                 return self._overran(entry, stage)
             v = self._judge(entry, stage, r)
             if v is None:
@@ -115,7 +118,7 @@ class Chain:
         return None
 
     async def _finish(self, calls: tuple, i: int, coro, pending, args: tuple, start: float):
-        entry, _fn, stage = calls[i]
+        entry, _fn, stage, _limit = calls[i]
         try:
             async with asyncio.timeout(entry.timeout - (_monotonic() - start)):
                 r = await _Resume(coro, pending)
@@ -168,7 +171,7 @@ class Chain:
     def _route_from(self, first: int, address: str, msg: Any):
         calls = self.route
         for i in range(first, len(calls)):
-            entry, fn, stage = calls[i]
+            entry, fn, stage, _limit = calls[i]
             start = _monotonic()
             try:
                 r = fn(address, msg)
@@ -190,7 +193,7 @@ class Chain:
         return None
 
     async def _route_later(self, calls, i, coro, pending, address, msg, start):
-        entry, _fn, stage = calls[i]
+        entry, _fn, stage, _limit = calls[i]
         try:
             async with asyncio.timeout(entry.timeout - (_monotonic() - start)):
                 r = await _Resume(coro, pending)
@@ -217,7 +220,7 @@ class Chain:
     def notify(self, calls: tuple, event: Any) -> None:
         """Tell the observers (on_delivered, on_bounced): their answers are ignored, their
         failures logged and counted; async ones finish in the background."""
-        for entry, fn, stage in calls:
+        for entry, fn, stage, _limit in calls:
             try:
                 r = fn(event)
                 if type(r) is _CORO:
@@ -241,7 +244,7 @@ class Chain:
     async def deferred(self, event: Any) -> TransportSpec | None:
         """on_deferred for one recipient: the first Route a hook gives (its next attempt goes
         there), else None. A failing hook is logged and counted; the deferral stands."""
-        for entry, fn, stage in self.on_deferred:
+        for entry, fn, stage, _limit in self.on_deferred:
             try:
                 async with asyncio.timeout(entry.timeout):
                     r = fn(event)

@@ -75,10 +75,8 @@ class AcceptMixin:
             return
         if self.guard.timer is not None:
             self.guard.data_stopped()
-        if self._hooked_end:
-            msg.finish_headers()  # a message of header fields only: its block ends here
-            if not self._message_hooks(tx):
-                return  # refused, or a hook is at work (it calls _store)
+        if self._hooked_end and not self._message_hooks(tx):
+            return  # refused, or a hook is at work (it calls _store)
         self._store(tx)
 
     def _store(self, tx) -> None:

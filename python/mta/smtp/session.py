@@ -206,7 +206,9 @@ class Session(SubmissionMixin, StagesMixin, StartTlsMixin, AcceptMixin, asyncio.
         conn = self.conn = plugin.Connection(self.peer_ip, self.peer_port, self.listener, self.trusted)
         conn.tls = self.tls_info
         if self.hooks.on_connect:
-            self._ask(self.hooks.on_connect, (conn,), self._connected, None)
+            v = self.hooks.run(self.hooks.on_connect, (conn,))
+            if v is None or not self._later(v, self._connected, None):
+                self._connected(None, v)
         else:
             self._connected(None, None)
 
@@ -317,8 +319,8 @@ class Session(SubmissionMixin, StagesMixin, StartTlsMixin, AcceptMixin, asyncio.
             # queued, nothing more is read until the reply is out (bounded memory).
             self.transport.pause_reading()
         events = self.parser.feed(data)
-        if self._watching:  # on_data waits for the header block coming in
-            self._watch_headers()
+        if self._watching and (self.tx.message.header_done or self.tx.message.header_too_big):
+            self._on_data(self.tx)  # the header block came in: on_data now, the body still coming
         self._run(events)
 
     def eof_received(self) -> bool | None:
@@ -439,10 +441,12 @@ class Session(SubmissionMixin, StagesMixin, StartTlsMixin, AcceptMixin, asyncio.
         self._reply(refusal)
 
     def _ehlo(self, domain: str) -> None:
+        v = None
         if self.hooks.on_helo:
-            self._ask(self.hooks.on_helo, (self.conn, domain), self._ehlo_judged, domain)
-        else:
-            self._ehlo_judged(domain, None)
+            v = self.hooks.run(self.hooks.on_helo, (self.conn, domain))
+            if v is not None and self._later(v, self._ehlo_judged, domain):
+                return
+        self._ehlo_judged(domain, v)
 
     def _ehlo_judged(self, domain: str, v) -> None:
         if v is not None:
@@ -460,10 +464,12 @@ class Session(SubmissionMixin, StagesMixin, StartTlsMixin, AcceptMixin, asyncio.
             self._out.append(self.settings.ehlo_reply)
 
     def _helo(self, domain: str) -> None:
+        v = None
         if self.hooks.on_helo:
-            self._ask(self.hooks.on_helo, (self.conn, domain), self._helo_judged, domain)
-        else:
-            self._helo_judged(domain, None)
+            v = self.hooks.run(self.hooks.on_helo, (self.conn, domain))
+            if v is not None and self._later(v, self._helo_judged, domain):
+                return
+        self._helo_judged(domain, v)
 
     def _helo_judged(self, domain: str, v) -> None:
         if v is not None:
@@ -493,10 +499,12 @@ class Session(SubmissionMixin, StagesMixin, StartTlsMixin, AcceptMixin, asyncio.
             self._close()
             return
         tx = Transaction(self.conn, m)
+        v = None
         if self.hooks.on_mail:
-            self._ask(self.hooks.on_mail, (tx, m.address), self._mail_judged, tx)
-        else:
-            self._mail_judged(tx, None)
+            v = self.hooks.run(self.hooks.on_mail, (tx, m.address))
+            if v is not None and self._later(v, self._mail_judged, tx):
+                return
+        self._mail_judged(tx, v)
 
     def _mail_judged(self, tx: Transaction, v) -> None:
         if v is not None:
@@ -518,7 +526,10 @@ class Session(SubmissionMixin, StagesMixin, StartTlsMixin, AcceptMixin, asyncio.
             return
         # Relay control and the address book first (built-in entries of the chain), then
         # the plugins' on_rcpt.
-        self._ask(self.hooks.on_rcpt, (tx, r.address), self._rcpt_judged, r)
+        v = self.hooks.run(self.hooks.on_rcpt, (tx, r.address))
+        if v is not None and self._later(v, self._rcpt_judged, r):
+            return
+        self._rcpt_judged(r, v)
 
     def _rcpt_judged(self, r, v) -> None:
         if v is not None:
