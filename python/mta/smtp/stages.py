@@ -84,11 +84,7 @@ class StagesMixin:
 
     def _on_data(self, tx) -> None:
         self._watching = False
-        try:
-            block = tx.message.header_block()
-        except Exception:  # noqa: BLE001 - a spill error: the end of data reports it
-            block = b""
-        v = self.hooks.run(self.hooks.on_data, (tx, _native.Headers(block, readonly=True)))
+        v = self.hooks.run(self.hooks.on_data, (tx, HeaderBlock(tx.message)))
         tx.data_verdict = v
         if isinstance(v, asyncio.Future):
             v.add_done_callback(lambda fut, tx=tx: self._data_answered(tx, fut))
@@ -162,6 +158,38 @@ class StagesMixin:
         if len(text.encode()) > NOTES_MAX:
             raise ValueError(f"transaction notes exceed {NOTES_MAX} bytes")
         return text
+
+
+class HeaderBlock:
+    """The read-only header view handed to on_data (a `_native.Headers`), made from the
+    message's header block on first use: a hook that does not look costs no copy."""
+
+    __slots__ = ("_m", "_h")
+
+    def __init__(self, message) -> None:
+        self._m = message
+        self._h = None
+
+    def _view(self):
+        if self._h is None:
+            try:
+                block = self._m.header_block()
+            except Exception:  # noqa: BLE001 - a spill error: the end of data reports it
+                block = b""
+            self._h = _native.Headers(block, readonly=True)
+        return self._h
+
+    def __getattr__(self, name: str):
+        return getattr(self._view(), name)
+
+    def __len__(self) -> int:
+        return len(self._view())
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._view()
+
+    def __repr__(self) -> str:
+        return repr(self._view())
 
 
 class InflightMessage(Message):
