@@ -289,6 +289,13 @@ def test_a_module_plugin_loads_its_hooks_sync_and_async(modules):
     assert sys.modules[name].seen == {"options": {"k": 1}}
 
 
+def test_a_package_may_import_its_hooks_from_its_modules(modules):
+    impl = modules("plug_impl", "def on_mail(tx, sender):\n    return None\nimport os\n")
+    name = modules("plug_pkg", f"from {impl} import on_mail\nfrom os.path import join as on_rcpt_helper_not\n")
+    (entry,) = loader.load(specs({"module": name}))
+    assert set(entry.hooks) == {"on_mail"}  # imported hook found; imported non-hook names ignored
+
+
 def test_a_plugin_class_is_made_once_with_its_options(modules):
     name = modules("plug_cls", """
         class Plugin:

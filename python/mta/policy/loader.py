@@ -71,8 +71,10 @@ def entry_for(source: Any, name: str, options: dict | None = None, timeout: floa
         setup, stop = getattr(obj, "start", None), getattr(obj, "stop", None)
     elif isinstance(source, types.ModuleType):
         obj = source
-        hooks = _hooks(source, [n for n, v in vars(source).items()
-                                if inspect.isfunction(v) and v.__module__ == source.__name__])
+        # Hooks by name, wherever they were defined (a package may import them from its
+        # modules); hook-like names are checked among the functions defined here.
+        hooks = _hooks(source, [n for n, v in vars(source).items() if callable(v) and (
+            n in HOOKS or (inspect.isfunction(v) and v.__module__ == source.__name__))])
         module_setup = getattr(source, "setup", None)
         if module_setup is not None:
             _check_signature("setup", module_setup, 1, "options")

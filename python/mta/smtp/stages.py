@@ -68,7 +68,7 @@ class StagesMixin:
     def _refuse(self, v) -> None:
         """A hook's refusal as the reply to this command (Disconnect: then close)."""
         if type(v) is Disconnect:
-            fastlog_refusal(self, v)
+            fastlog.info(f"disconnect by policy [{self.peer_ip}]: {v.code} {v.enhanced} {v.text}")
             self._limit_close(v.reply)
         else:
             self._reply(v.reply)
@@ -224,7 +224,3 @@ class InflightMessage(Message):
         while block := m.read_at(offset, BODY_BLOCK):
             offset += len(block)
             yield block
-
-
-def fastlog_refusal(session, v) -> None:
-    fastlog.info(f"disconnect by policy [{session.peer_ip}]: {v.code} {v.enhanced} {v.text}")
