@@ -5,6 +5,7 @@ becomes a 451 4.3.0 (inbound) or a deferral (routing), logged with plugin, hook 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import math
 import time
@@ -49,7 +50,6 @@ class Entry:
 
 
 def _is_async(fn: Any) -> bool:
-    import inspect
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
 
 
