@@ -277,3 +277,17 @@ def test_the_sender_login_map_is_a_built_in_entry():
             "553 5.7.1 Sender address rejected: not owned by user alice@example.com")
         assert s.mail("alice@example.com").code == 250
     assert [e.name for e in s.hooks.entries] == ["relay", "recipients", "sender_login"]
+
+
+@pytest.mark.parametrize("size, stored", [(65536, True), (65537, False)])
+def test_notes_at_the_limit_are_stored_and_past_it_refused(size, stored):
+    # '{"k":"' + value + '"}' is 8 octets around the value: the JSON is exactly `size` octets.
+    with session(plugin(on_mail=lambda tx, s: tx.notes.update(k="x" * (size - 8)))) as s:
+        s.ehlo()
+        s.mail("a@b.test")
+        s.rcpt("x@example.com")
+        r = s.data(b"Subject: s\r\n\r\nb\r\n")
+    if stored:
+        assert r.code == 250 and len(r.notes["k"]) == size - 8
+    else:
+        assert str(r.reply) == "451 4.3.0 Temporary policy failure, try again later" and r.queue_id is None
