@@ -26,7 +26,8 @@ def test_version():
                                  ("queue", "release"), ("queue", "delete"), ("queue", "flush"), ("check-config",),
                                  ("tls",), ("tls", "selfsigned"), ("user",), ("user", "add"), ("user", "del"),
                                  ("user", "list"), ("bench",), ("bench", "send"), ("bench", "sink"),
-                                 ("bench", "compare"), ("plugins",), ("plugins", "list")])
+                                 ("bench", "compare"), ("plugins",), ("plugins", "list"), ("dkim",),
+                                 ("dkim", "keygen")])
 def test_every_command_has_help(cmd):
     out = mta_run(*cmd, "--help")
     assert out.returncode == 0, out.stderr
