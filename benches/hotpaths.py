@@ -32,7 +32,7 @@ from mta import log as fastlog
 from mta.delivery import OutMessage, OutRcpt, Target, results_for
 from mta.delivery.smtp import client as client_mod
 from mta.app.server import Server
-from mta.smtp.session import Session
+from mta.testing import MemoryTransport
 
 BODY = (b"From: <from@example.test>\r\nTo: <to@example.test>\r\nSubject: test\r\n\r\n"
         + (b"x" * 70 + b"\r\n") * 13)
@@ -40,31 +40,16 @@ CONVERSATION = (b"EHLO client.example.test\r\n", b"MAIL FROM:<from@example.test>
                 b"RCPT TO:<to@example.test>\r\n", b"DATA\r\n")
 
 
-class _ServerSide(asyncio.Transport):
+class _ServerSide(MemoryTransport):
     """What a Session writes to; `stored` completes at the 250 after the data."""
 
     def __init__(self, loop) -> None:
-        super().__init__()
+        super().__init__(("127.0.0.1", 40000))
         self.stored = loop.create_future()
-        self.session: Session | None = None
-        self.closed = False
 
     def write(self, data) -> None:
         if bytes(data[:9]) == b"250 2.0.0" and not self.stored.done():
             self.stored.set_result(None)
-
-    def get_extra_info(self, name, default=None):
-        return ("127.0.0.1", 40000) if name == "peername" else default
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.session.connection_lost(None)
-
-    abort = close
-
-    def is_closing(self) -> bool:
-        return self.closed
 
     def pause_reading(self) -> None:
         pass

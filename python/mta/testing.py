@@ -20,6 +20,7 @@ from mta.plugin import DeliveryEvent, Message, Reply
 from mta.policy import builtins, loader
 from mta.policy.chain import Chain
 from mta.policy.relay import Networks, RelayPolicy
+from mta.queue.store import header_part
 from mta.smtp.limits import Limits
 from mta.smtp.sasl import MECHANISMS
 from mta.smtp.seams import SessionSettings
@@ -60,8 +61,7 @@ class DataResult(NamedTuple):
         """The stored message's header view (`_native.Headers`, read-only), or None."""
         if self.message is None:
             return None
-        end = _header_end(self.message)
-        return _native.Headers(self.message[:end], readonly=True)
+        return _native.Headers(header_part(self.message), readonly=True)
 
 
 class _Store:
@@ -376,7 +376,7 @@ class ScriptedSession:
         async def chunks():
             yield data
         return Message(qid, len(data), stored["sender"], stored["recipients"], stored["notes"],
-                       lambda: data[:_header_end(data)], chunks)
+                       lambda: header_part(data), chunks)
 
 
 class _TlsStub:
@@ -394,13 +394,6 @@ def _users(tmp: str, users: dict[str, str]) -> str:
             f.write(f"{name}:{hash_password(password)}\n")
     os.chmod(path, 0o600)
     return path
-
-
-def _header_end(data: bytes) -> int:
-    if data.startswith((b"\r\n", b"\n")):
-        return 0
-    ends = [i + 1 for sep in (b"\n\r\n", b"\n\n") if (i := data.find(sep)) >= 0]
-    return min(ends) if ends else len(data)
 
 
 def _parse_reply(text: str) -> tuple[int, str | None, str]:

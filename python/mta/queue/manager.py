@@ -315,6 +315,11 @@ class QueueManager:
                 return False
         if spec.kind == "mx":
             return False  # DNS and MTA-STS first: a coroutine
+        return self._submit_spooled(qid, spec, notes)
+
+    def _submit_spooled(self, qid: str, spec: TransportSpec, notes: dict | None) -> bool:
+        """Hand a fresh message to its transport's spooled lane (the job made from the store
+        entry); False, and nothing started, when the transport does not take it."""
         self.active.add(qid)
         if not self._by_kind[spec.kind].submit_spooled(Route(spec, ""), qid, self._spooled_done,
                                                          self._spooled_logged):
@@ -342,17 +347,9 @@ class QueueManager:
         specs = list(routed.values())
         first = specs[0]
         if (isinstance(first, TransportSpec) and first.kind != "mx"
-                and all(s is first or s == first for s in specs[1:])):
-            self.active.add(qid)
-            if self._by_kind[first.kind].submit_spooled(Route(first, ""), qid, self._spooled_done,
-                                                          self._spooled_logged):
-                if not self._keeping_fresh:
-                    self._keeping_fresh = True
-                    self.store.keep_fresh(True)
-                if notes and self.hooks.on_delivered:
-                    self._fresh_notes[qid] = notes
-                return True
-            self.active.discard(qid)
+                and all(s is first or s == first for s in specs[1:])
+                and self._submit_spooled(qid, first, notes)):
+            return True
         self._start(qid, routed)
         return True
 

@@ -220,7 +220,7 @@ class SpoolService:
                     if not block:
                         break
                     data += block
-        return _header_part(data)
+        return header_part(data)
 
     async def chunks(self, queue_id: str, size: int, block: int = INLINE_MAX):
         """The stored message a block at a time (an async iterator; never a whole copy of a big one)."""
@@ -286,7 +286,7 @@ class SpoolService:
             pass
 
 
-def _header_part(data: bytes) -> bytes:
+def header_part(data: bytes) -> bytes:
     """Up to, not including, the empty line that ends the header block (the lines before it)."""
     if data.startswith((b"\r\n", b"\n")):
         return b""

@@ -10,8 +10,9 @@ from typing import Callable
 
 from mta import _native
 from mta import log as fastlog
+from mta.policy.chain import FAILED
 from mta.smtp.replies import (
-    R_BARE_LF, R_HEADER_TOO_BIG, R_HOPS, R_NOTES_FAILED, R_SHUTDOWN, R_STORE_FAILED, R_TOO_BIG, bdat_chunk, queued,
+    R_BARE_LF, R_HEADER_TOO_BIG, R_HOPS, R_SHUTDOWN, R_STORE_FAILED, R_TOO_BIG, bdat_chunk, queued,
 )
 from mta.smtp.state import CLOSED, READY
 
@@ -97,7 +98,7 @@ class AcceptMixin:
             except (TypeError, ValueError) as e:  # not JSON, or too big: the plugins' fault
                 log.error("transaction notes of %s cannot be stored: %s", tx.queue_id, e)
                 self._finish_transaction()
-                self._reply(R_NOTES_FAILED)
+                self._reply(FAILED.reply)  # as a failing hook: the plugins' fault
                 return
         # While a message is being made durable the session runs no further command
         # (the replies keep their order, memory stays bounded); its 250 is written from

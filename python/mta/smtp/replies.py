@@ -58,7 +58,6 @@ R_HEADER_TOO_BIG = line(552, "5.3.4", "Error: message header too big")
 R_BARE_LF = line(550, "5.5.2", "Error: bare <CR> or <LF> in message; lines must end with <CR><LF>")
 R_HOPS = line(554, "5.4.0", "Error: too many hops")
 R_STORE_FAILED = line(451, "4.3.0", "Error: queue file write error, try again later")
-R_NOTES_FAILED = line(451, "4.3.0", "Temporary policy failure, try again later")
 R_TLS_GO = line(220, "2.0.0", "Ready to start TLS")
 R_TLS_ALREADY = line(503, "5.5.1", "Error: TLS already active")
 

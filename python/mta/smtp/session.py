@@ -319,8 +319,8 @@ class Session(SubmissionMixin, StagesMixin, StartTlsMixin, AcceptMixin, asyncio.
             # queued, nothing more is read until the reply is out (bounded memory).
             self.transport.pause_reading()
         events = self.parser.feed(data)
-        if self._watching and (self.tx.message.header_done or self.tx.message.header_too_big):
-            self._on_data(self.tx)  # the header block came in: on_data now, the body still coming
+        if self._watching:  # on_data waits for the header block coming in
+            self._watch_headers()
         self._run(events)
 
     def eof_received(self) -> bool | None:
