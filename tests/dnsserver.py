@@ -10,6 +10,7 @@ API
         "mx1.example.com": [("A", "127.0.0.1"), ("AAAA", "::1", 30)],   # (type, rdata[, ttl])
         "alias.example":   [("CNAME", "mx1.example.com")],               # chased in-zone
         "broken.example":  "servfail",          # a behaviour instead of records
+        "_spf.example":    [("TXT", "v=spf1 -all")],  # unquoted: one record, split at 255 octets
     }
     with DNSServer(zone, ttl=300, negative_ttl=60) as srv:
         srv.host, srv.port, srv.nameservers     # "127.0.0.1", int, ["127.0.0.1"]
@@ -46,9 +47,18 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
+import dns.rdtypes.ANY.TXT
 import pytest
 
 BEHAVIOURS = ("servfail", "refused", "nxdomain", "timeout")
+
+
+def _txt(value: str):
+    """An unquoted TXT value as one record: its bytes in strings of at most 255 octets (as
+    a zone file would publish a DKIM key); a value starting with '"' is zone-file syntax."""
+    raw = value.encode()
+    return dns.rdtypes.ANY.TXT.TXT(dns.rdataclass.IN, dns.rdatatype.TXT,
+                                   [raw[i:i + 255] for i in range(0, len(raw), 255)] or [b""])
 
 
 def _norm(name) -> str:
@@ -89,8 +99,11 @@ class DNSServer:
         parsed = []
         for rec in records:
             rdtype = dns.rdatatype.from_text(rec[0])
-            rdata = dns.rdata.from_text(dns.rdataclass.IN, rdtype, rec[1], origin=dns.name.root,
-                                        relativize=False)
+            if rdtype == dns.rdatatype.TXT and not rec[1].startswith('"'):
+                rdata = _txt(rec[1])
+            else:
+                rdata = dns.rdata.from_text(dns.rdataclass.IN, rdtype, rec[1], origin=dns.name.root,
+                                            relativize=False)
             parsed.append((rdtype, rdata, rec[2] if len(rec) > 2 else self.ttl))
         with self._lock:
             self._zone[_norm(name)] = parsed

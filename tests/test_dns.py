@@ -321,3 +321,25 @@ def test_works_under_uvloop(dns_server):
     dns_server.add("mx.uv.example", [("A", "192.0.2.150")])
     res = uvloop.run(resolver(dns_server).resolve("uv.example"))
     assert res.targets == (Target("mx.uv.example", "192.0.2.150", 25),)
+
+
+def test_query_gives_each_record_type_through_the_cache(dns_server):
+    """MxResolver.query: the lookups the message-authentication checks make (SPF, DKIM keys,
+    DMARC), through the same servers and cache as MX resolution."""
+    import asyncio
+
+    from mta.delivery.mx import MxResolver
+
+    dns_server.add("q.example", [("TXT", "v=spf1 -all"), ("MX", "10 mx.q.example"), ("A", "127.0.0.9")])
+    dns_server.add("9.0.0.127.in-addr.arpa", [("PTR", "mx.q.example")])
+    r = MxResolver(dns_server.nameservers, port=dns_server.port, timeout=2)
+
+    async def run():
+        return [await r.query(n, t) for n, t in (
+            ("q.example", "TXT"), ("Q.example.", "MX"), ("q.example", "A"), ("q.example", "AAAA"),
+            ("missing.q.example", "TXT"), ("9.0.0.127.in-addr.arpa", "PTR"), ("q.example", "txt"))]
+
+    got = asyncio.run(run())
+    assert got == [("ok", ["v=spf1 -all"]), ("ok", [(10, "mx.q.example")]), ("ok", ["127.0.0.9"]),
+                   ("nodata", []), ("nxdomain", []), ("ok", ["mx.q.example"]), ("ok", ["v=spf1 -all"])]
+    assert dns_server.count("q.example", "TXT") == 1  # the last one came from the cache

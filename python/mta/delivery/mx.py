@@ -24,6 +24,8 @@ from mta.delivery import Target
 
 _CACHE_MAX = 10_000
 _NEGATIVE_TTL = 60.0
+_QUERY_TYPES = {"A": dns.rdatatype.A, "AAAA": dns.rdatatype.AAAA, "MX": dns.rdatatype.MX,
+                "TXT": dns.rdatatype.TXT, "PTR": dns.rdatatype.PTR}
 _LITERALS_MAX = 1000  # cached resolve_host answers for address literals (they never change)
 
 
@@ -251,6 +253,20 @@ class MxResolver:
         ans = await self._query(qname, dns.rdatatype.TXT)
         return ans.status, list(ans.records)
 
+    async def query(self, name: str, rdtype: str) -> tuple[str, list]:
+        """One lookup through the same servers and TTL cache, for the message-authentication
+        checks: ("ok" | "nodata" | "nxdomain" | "tempfail", records). Records are texts for
+        A, AAAA, PTR (names without the final dot, lower case) and TXT (each record's
+        strings joined), (preference, name) pairs for MX. A malformed name is "nxdomain"."""
+        kind = _QUERY_TYPES.get(rdtype.upper())
+        if kind is None:
+            raise ValueError(f"unsupported record type {rdtype!r}")
+        qname = _name(name.strip().rstrip(".").lower())
+        if qname is None:
+            return "nxdomain", []
+        ans = await self._query(qname, kind)
+        return ans.status, list(ans.records)
+
     def clear(self) -> None:
         self._cache.clear()
         self._literals.clear()
@@ -326,6 +342,8 @@ class MxResolver:
                             for r in ans.rrset)
         elif rdtype == dns.rdatatype.TXT:
             records = tuple(b"".join(r.strings).decode("utf-8", "replace") for r in ans.rrset)
+        elif rdtype == dns.rdatatype.PTR:
+            records = tuple(r.target.to_text(omit_final_dot=True).lower() for r in ans.rrset)
         else:
             records = tuple(r.address for r in ans.rrset)
         return _Answer("ok", records), ttl
