@@ -531,6 +531,7 @@ class Spool:
         client_ip: str = "",
         arrival: float | None = None,
         notes: str | None = None,  # the transaction's notes (JSON text), stored in the envelope
+        held: bool = False,  # stored held: never due until released (Spool.hold(..., False))
     ) -> None:
         """Queue the message for the writer thread; returns at once. Its
         completion (token, None | error text) shows up in completions() after

@@ -206,9 +206,11 @@ class Transaction:
     addresses accepted so far; params: the MAIL command's ESMTP parameters; notes: a dict of
     JSON values, stored with the message (durable with the 250) and handed to `route` and the
     outbound events as `msg.notes` / `event.notes`; expansion: the final addresses the RCPT
-    being checked expands to (aliases, virtual), set by the built-in recipient check."""
+    being checked expands to (aliases, virtual), set by the built-in recipient check; hold:
+    set True (at on_message) to queue the message held, sent only once released
+    (`mta queue release`), as the DMARC quarantine does."""
 
-    __slots__ = ("conn", "sender", "recipients", "notes", "expansion", "mail")
+    __slots__ = ("conn", "sender", "recipients", "notes", "expansion", "mail", "hold")
 
     def __init__(self, conn: Connection | None, mail: Any):
         self.conn = conn
@@ -217,6 +219,7 @@ class Transaction:
         self.recipients: list[str] = []
         self.notes: dict = {}
         self.expansion: list[str] = []
+        self.hold = False
 
     @property
     def params(self) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from mta.config.kinds import (  # noqa: F401 (re-exported: tests and docs name k
 from mta.config.listeners import (
     CipherString, Listener, ListenerTables, TlsVersion, cross_checks as listener_checks, resolve as resolve_listeners,
 )
+from mta.config.dkim import SignTables
 from mta.config.plugins import PluginTables
 from mta.config.routes import (
     TLS_MODES, AddressList, AddressMap, DurationList, IpList, OptionalHostPort, SenderLoginMap, Transport,
@@ -161,6 +162,46 @@ class DnsConfig:
 
 
 @dataclass(frozen=True)
+class DkimConfig:
+    sign: tuple = opt((), SignTables(),
+                      'Signing keys, each a [[dkim.sign]] table: domain = "example.com" (signs mail whose From: '
+                      'is this domain or a subdomain), selector = "s2026", key = "/etc/mta/dkim/s2026.private" '
+                      '(PEM; RSA 1024-4096 bits or Ed25519: the algorithm follows the key), and optionally '
+                      'headers = [...] (default: From, To, Cc, Subject, Date, Message-ID, Reply-To, MIME and '
+                      'List-* fields, with From over-signed), canonicalization = "relaxed/relaxed" '
+                      '(or "simple/simple", "relaxed/simple", "simple/relaxed"), expire = "7d" (x= tag). '
+                      'Two tables for one domain (RSA and Ed25519) sign twice. See docs/authentication.md.')
+    default_domain: str = opt("", Text(),
+                              'Sign mail from mynetworks and authenticated users whose From: domain has no key '
+                              'with the keys of this [[dkim.sign]] domain. Empty: such mail goes unsigned.')
+    sign_untrusted: bool = opt(False, Bool(),
+                               "Also sign mail from clients outside mynetworks that did not authenticate "
+                               "(false: only mail from mynetworks and authenticated users is signed).")
+    on_key_error: str = opt("refuse", Choice(("refuse", "send-unsigned")),
+                            '"refuse": a key that cannot be read or used is a configuration error at start-up '
+                            'and check-config, and a message whose signing fails gets 451 4.7.0 (never sent '
+                            'unsigned); "send-unsigned": such keys are logged and skipped, the mail goes unsigned.')
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    enabled: bool = opt(True, Bool(),
+                        "Check DKIM, SPF, DMARC and ARC for mail from outside mynetworks that did not "
+                        "authenticate, and add an Authentication-Results header with the results.")
+    authserv_id: str = opt("", Text(ascii_printable=True),
+                           "The authserv-id of our Authentication-Results headers (RFC 8601); incoming "
+                           "headers claiming it are removed as forged. Empty: the host name.")
+    dmarc_reject: str = opt("tag", Choice(("tag", "reject", "quarantine")),
+                            'What to do with mail that fails DMARC under a p=reject policy: "tag" (only record '
+                            'it in Authentication-Results), "reject" (550 5.7.1), "quarantine" (accept and hold '
+                            'it in the queue: mta queue release). Mail under p=quarantine is held with '
+                            '"reject" and "quarantine".')
+    timeout: float = opt(10.0, Duration(),
+                         "All the checks of one message (DNS included) end within this long; what is not "
+                         "known by then is recorded as temperror.")
+
+
+@dataclass(frozen=True)
 class LimitsConfig:
     apply_to_mynetworks: bool = opt(False, Bool(),
                                     "false: the limits below spare clients in mynetworks (benchmarks from "
@@ -292,6 +333,8 @@ class Config:
     delivery: DeliveryConfig = section(DeliveryConfig)
     bounce: BounceConfig = section(BounceConfig)
     dns: DnsConfig = section(DnsConfig)
+    dkim: DkimConfig = section(DkimConfig)
+    verify: VerifyConfig = section(VerifyConfig)
     smtp: SmtpConfig = section(SmtpConfig)
     limits: LimitsConfig = section(LimitsConfig)
     privileges: PrivilegesConfig = section(PrivilegesConfig)
@@ -398,6 +441,12 @@ def _cross_checks(cfg: Config, errs: Errors) -> None:
     if cfg.privileges.group and not cfg.privileges.user:
         errs.bad("privileges.group", "privileges.user to be set too", cfg.privileges.group)
     listener_checks(cfg, errs)
+    dk = cfg.dkim
+    if dk.default_domain and dk.default_domain.lower().rstrip(".") not in {s.domain for s in dk.sign}:
+        errs.bad("dkim.default_domain", "the domain of a [[dkim.sign]] table", dk.default_domain)
+    if any(c in cfg.verify.authserv_id for c in ' \t;()"\\'):
+        errs.bad("verify.authserv_id", "a token without spaces, ';', '(', ')' or quotes (such as the host name)",
+                 cfg.verify.authserv_id)
 
 
 def _count_lines(path: str) -> int:

@@ -93,7 +93,7 @@ class SpoolService:
     def submit(self, queue_id: str, message, done: Completion, *, sender: str, recipients: list,
                body: str | None = None, smtputf8: bool = False, ret: str | None = None,
                envid: str | None = None, helo: str = "", client_ip: str = "",
-               arrival: float | None = None, notes: str | None = None) -> None:
+               arrival: float | None = None, notes: str | None = None, held: bool = False) -> None:
         # Spelled out, not **envelope: once per message, and two dicts of ten items
         # (here and in _then) were a measurable part of it.
         token = self._next_token
@@ -102,7 +102,7 @@ class SpoolService:
         try:
             self.spool.submit(token, queue_id, message, sender=sender, recipients=recipients, body=body,
                               smtputf8=smtputf8, ret=ret, envid=envid, helo=helo, client_ip=client_ip,
-                              arrival=arrival, notes=notes)
+                              arrival=arrival, notes=notes, held=held)
         except Exception as e:  # refused before reaching the writer
             self._pending.pop(token, None)
             done(str(e))

@@ -76,6 +76,8 @@ class AcceptMixin:
             return
         if self.guard.timer is not None:
             self.guard.data_stopped()
+        if tx.received and not self._fix_up(tx):
+            return
         if self._hooked_end and not self._message_hooks(tx):
             return  # refused, or a hook is at work (it calls _store)
         self._store(tx)
@@ -84,11 +86,7 @@ class AcceptMixin:
         """Hand a complete, accepted message to the store; its 250 comes from the completion."""
         msg = tx.message
         if tx.received:
-            # Submission: Received first, then any Message-ID/Date we add.
-            fixup = self._submission_fixup(msg)
-            if fixup:
-                self.store.prepend(msg, fixup)
-            self.store.prepend(msg, tx.received)
+            self.store.prepend(msg, tx.received)  # submission: above the fix-up and any hook's edit
         m = tx.mail
         tx.size = msg.size
         notes = None
@@ -124,7 +122,25 @@ class AcceptMixin:
             client_ip=self.peer_ip,
             arrival=tx.started,
             notes=notes,
+            held=tx.hold,
         )
+
+    def _fix_up(self, tx) -> bool:
+        """Submission: the Message-ID and Date a message lacks, put at the top of its own
+        header block, so hooks see them and a DKIM signature covers them. False: refused."""
+        msg = tx.message
+        fixup = self._submission_fixup(msg)
+        if not fixup:
+            return True
+        try:
+            msg.finish_headers()
+            msg.replace_header_block(fixup + msg.header_block())
+        except Exception as e:  # noqa: BLE001 - a spill error: as a failed store
+            log.error("cannot add Message-ID/Date to %s: %s", tx.queue_id, e)
+            self._finish_transaction()
+            self._reply(R_STORE_FAILED)
+            return False
+        return True
 
     def _stored_callback(self, tx) -> Callable[[str | None], None]:
         def stored(error: str | None) -> None:
@@ -143,7 +159,7 @@ class AcceptMixin:
                 if self.state is not CLOSED:
                     self._stored_reply(reply)
             finally:
-                if error is None:
+                if error is None and not tx.hold:  # a held message waits for `mta queue release`
                     # After the 250 is written: the client does not wait for its own
                     # message's first delivery step (in a group commit, it still waits
                     # for those of the messages completed before it).

@@ -52,6 +52,7 @@ class Transaction(plugin.Transaction):
         self.recipients = []
         self.notes = {}
         self.expansion = []
+        self.hold = False
         self.data_verdict = None  # on_data's answer: None, a refusal, or a task ending with one
         self.view = None  # the message view handed to on_message
         self.rcpts: list = []  # as the client gave them

@@ -140,6 +140,8 @@ class StagesMixin:
                 log.error("header edits of the on_message hooks cannot be applied to %s: %s", tx.queue_id, e)
                 self._message_refused(FAILED)
                 return
+        for field in view.trace:  # above the edited block: Authentication-Results, DKIM-Signature
+            self.store.prepend(tx.message, field)
         self._store(tx)
 
     def _message_end_hooked(self, tx) -> None:
@@ -194,9 +196,10 @@ class HeaderBlock:
 
 class InflightMessage(Message):
     """The message at on_message, before it is stored: headers (editable) and body read from
-    the in-flight message only when a hook asks."""
+    the in-flight message only when a hook asks; `trace`: whole header fields the built-in
+    checks and signer put on top of the message, above every edit, in the order added."""
 
-    __slots__ = ("_m",)
+    __slots__ = ("_m", "trace")
 
     def __init__(self, tx) -> None:
         self.queue_id = None
@@ -206,6 +209,20 @@ class InflightMessage(Message):
         self._m = tx.message
         self._headers = None
         self._readonly = False
+        self.trace: list[bytes] = []
+
+    def signing_input(self) -> tuple[bytes, object]:
+        """(the client's header block as it will be stored, edits included; the in-flight
+        `_native.Message`, whose body follows its own header block): what DKIM covers."""
+        if self._headers is not None and self._headers.changed:
+            return self._headers.block(), self._m
+        self._m.finish_headers()
+        return self._m.header_block(), self._m
+
+    def add_trace(self, field: bytes) -> None:
+        """Put a whole header field (ending in CRLF) on top of the message as stored; the
+        later one goes above (a signature over what came before it)."""
+        self.trace.append(field)
 
     @property
     def size(self) -> int:

@@ -335,7 +335,7 @@ impl PySpool {
     }
     #[pyo3(signature = (token, queue_id, message, *, sender, recipients, body = None, smtputf8 = false,
                         ret = None, envid = None, helo = String::new(), client_ip = String::new(), arrival = None,
-                        notes = None))]
+                        notes = None, held = false))]
     #[allow(clippy::too_many_arguments)]
     fn submit(
         &self,
@@ -352,6 +352,7 @@ impl PySpool {
         client_ip: String,
         arrival: Option<f64>,
         notes: Option<String>,
+        held: bool,
     ) -> PyResult<()> {
         record::check_notes(notes.as_deref()).map_err(PyValueError::new_err)?;
         if queue_id.is_empty() || !queue_id.bytes().all(|b| b.is_ascii_alphanumeric()) {
@@ -369,7 +370,7 @@ impl PySpool {
             rcpts.push(Recipient { address, notify, orcpt, ..Default::default() });
         }
         let arrival_us = arrival.map_or_else(now_us, |t| (t * 1e6) as u64);
-        let env = Envelope { queue_id, arrival_us, sender, recipients: rcpts, body, smtputf8, ret, envid, helo, client_ip, held: false, notes };
+        let env = Envelope { queue_id, arrival_us, sender, recipients: rcpts, body, smtputf8, ret, envid, helo, client_ip, held, notes };
         // Validation is done: only now does the spool take the message.
         let msg = message.borrow_mut().inner.take().ok_or_else(|| spool_err("message was already submitted"))?;
         self.0.submit(token, env, msg).map_err(spool_err)
