@@ -7,8 +7,8 @@ from __future__ import annotations
 import functools
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable
 
 from publicsuffixlist import PublicSuffixList
 
