@@ -17,12 +17,12 @@ MAX_NAMES = 10  # MX names, or PTR names, looked at per term (section 4.6.4)
 
 _QUALIFIERS = {"+": "pass", "-": "fail", "~": "softfail", "?": "neutral"}
 _MECHANISMS = ("all", "include", "a", "mx", "ptr", "ip4", "ip6", "exists")
-_MODIFIER = re.compile(r"([A-Za-z][A-Za-z0-9._-]*)=(.*)\Z", re.S)
-_DIRECTIVE = re.compile(r"([+?~-]?)([A-Za-z][A-Za-z0-9._-]*)(.*)\Z", re.S)
-_DUAL_CIDR = re.compile(r"(.*?)(?:/([0-9]+))?(?://([0-9]+))?\Z", re.S)
+_MODIFIER = re.compile(r"([A-Za-z][A-Za-z0-9._-]*)=(.*)\Z", re.DOTALL)
+_DIRECTIVE = re.compile(r"([+?~-]?)([A-Za-z][A-Za-z0-9._-]*)(.*)\Z", re.DOTALL)
+_DUAL_CIDR = re.compile(r"(.*?)(?:/([0-9]+))?(?://([0-9]+))?\Z", re.DOTALL)
 _QNUM = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9]|[0-9])"
 _IP4 = re.compile(rf"({_QNUM}(?:\.{_QNUM}){{3}})(?:/([0-9]+))?\Z")
-_CIDR_NUMBER = re.compile(r"0|[1-9][0-9]*\Z")
+_CIDR_NUMBER = re.compile(r"(?:0|[1-9][0-9]*)\Z")
 _LABEL = re.compile(r"[A-Za-z0-9_-]{1,63}\Z")
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address

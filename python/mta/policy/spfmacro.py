@@ -64,6 +64,9 @@ def parse_domain_spec(text: str) -> Tokens:
     if not text:
         raise MacroError("empty domain")
     tokens, ends_in_macro = _parse(text, False)
+    if not ends_in_macro and text.endswith(".") and text[:-1]:
+        # "%{d}." is outside the grammar but means the same name: taken as written
+        ends_in_macro = _parse(text[:-1], False)[1]
     if not ends_in_macro and not _DOMAIN_END.search(text):
         raise MacroError(f"{text!r} does not end in a top-level domain name")
     return tokens
@@ -87,9 +90,7 @@ def render(tokens: Tokens, ctx: MacroContext) -> str:
 def render_domain(tokens: Tokens, ctx: MacroContext) -> str:
     """A domain-spec's name: no final dot, and cut to 253 octets by dropping labels
     from the left (section 7.3)."""
-    name = render(tokens, ctx)
-    if name.endswith("."):
-        name = name[:-1]
+    name = render(tokens, ctx).removesuffix(".")
     while len(name) > MAX_NAME:
         _, dot, rest = name.partition(".")
         name = rest if dot else ""
