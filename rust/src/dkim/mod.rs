@@ -14,13 +14,15 @@ pub mod verify;
 #[cfg(test)]
 mod tests;
 
-/// The body a message hands to hashing, a block at a time (memory or a spill file).
-pub type BodyFn<'a> = &'a mut dyn FnMut(&mut dyn FnMut(&[u8])) -> std::io::Result<()>;
+/// A body source: called once, it hands every block of the body to its argument in order
+/// (from memory or a spill file), or fails reading.
+pub type BodySource<'a> = dyn FnMut(&mut dyn FnMut(&[u8])) -> std::io::Result<()> + 'a;
+pub type BodyFn<'a> = &'a mut BodySource<'a>;
 
-/// A body given as one slice, as a BodyFn.
-pub fn slice_body(body: &[u8]) -> impl FnMut(&mut dyn FnMut(&[u8])) -> std::io::Result<()> + '_ {
-    move |f| {
+/// A body given as one slice, as a body source.
+pub fn slice_body(body: &[u8]) -> Box<BodySource<'_>> {
+    Box::new(move |f: &mut dyn FnMut(&[u8])| {
         f(body);
         Ok(())
-    }
+    })
 }

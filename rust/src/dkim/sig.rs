@@ -116,7 +116,7 @@ fn fill(s: &mut Signature, value: &[u8], arc: bool) -> Result<(), String> {
     if s.domain.is_empty() || s.selector.is_empty() {
         return Err("empty d= or s=".into());
     }
-    s.headers = get("h").unwrap().split(':').map(|h| tags::squeeze(h)).collect();
+    s.headers = get("h").unwrap().split(':').map(tags::squeeze).collect();
     if s.headers.iter().any(|h| h.is_empty()) {
         return Err("empty name in h=".into());
     }

@@ -145,7 +145,7 @@ pub fn sign(block: &[u8], body: crate::dkim::BodyFn, signers: &[&Signer], now: u
         let mut h: Vec<String> = Vec::new();
         for name in &s.headers {
             let n = fields.iter().filter(|f| f.is(name)).count() + usize::from(name == "from");
-            h.extend(std::iter::repeat_n(name.clone(), n));
+            h.extend((0..n).map(|_| name.clone()));
         }
         let mut f = Folder::new("DKIM-Signature:");
         f.word("v=1;", true);
