@@ -5,6 +5,7 @@
 pub mod arc;
 pub mod canon;
 pub mod fields;
+pub mod harness;
 pub mod keys;
 pub mod sig;
 pub mod sign;

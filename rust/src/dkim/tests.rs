@@ -399,3 +399,13 @@ fn arc_structure() {
         assert!(c.reason.contains(why), "{why}: {}", c.reason);
     }
 }
+
+#[test]
+fn fuzz_harness_on_samples() {
+    for sample in [RFC8463.as_bytes(), b"", b"\r\n\r\n", b"DKIM-Signature: v=1;;\r\n", HEAD] {
+        super::harness::check(sample);
+    }
+    for sample in crate::corpus::files("dkim") {
+        super::harness::check(&sample);
+    }
+}
