@@ -313,3 +313,12 @@ def test_module_exports():
     for name in ("DkimKey", "DkimSigner", "DkimSignature", "DkimPublicKey", "ArcChain", "dkim_sign",
                  "dkim_signatures", "dkim_verify", "dkim_body_hash", "arc_chain", "arc_verify"):
         assert hasattr(n, name)
+
+
+@pytest.mark.parametrize("algorithm", ["rsa2048", "ed25519"])
+def test_keygen_keys_load_with_the_same_record(algorithm):
+    from mta.policy import dkimkeys
+    pem, record = dkimkeys.generate(algorithm)
+    key = DkimKey(pem)
+    assert key.public_record() == record
+    assert DkimPublicKey(record).bits == key.bits

@@ -409,3 +409,40 @@ fn fuzz_harness_on_samples() {
         super::harness::check(&sample);
     }
 }
+
+#[test]
+fn incoming_body_blocks() {
+    use crate::spool::incoming::Incoming;
+    let dir = tempfile::tempdir().unwrap();
+    let rows: &[(&[u8], &[u8])] = &[
+        (b"A: 1\r\nB: 2\r\n\r\nbody\r\nmore\r\n", b"body\r\nmore\r\n"),
+        (b"A: 1\n\nbody\n", b"body\n"),
+        (b"A: 1\r\n\r\n", b""),
+    ];
+    for (msg, body) in rows {
+        for spill in [0, 3, usize::MAX] {
+            let mut m = Incoming::new(Some(dir.path().to_path_buf()), spill, 1 << 20);
+            m.prepend(b"Received: x\r\n");
+            for c in msg.chunks(5) {
+                m.push(c);
+            }
+            let mut got = Vec::new();
+            m.body_blocks(4, |b| {
+                assert!(b.len() <= 4);
+                got.extend_from_slice(b)
+            })
+            .unwrap();
+            assert_eq!(got, *body, "{msg:?} spill {spill}");
+            m.replace_header_block(b"New: header\r\nMore: x\r\n").unwrap();
+            let mut again = Vec::new();
+            m.body_blocks(64, |b| again.extend_from_slice(b)).unwrap();
+            assert_eq!(again, *body);
+        }
+    }
+    // a header block that never ended: no body
+    let mut m = Incoming::new(None, usize::MAX, 1 << 20);
+    m.push(b"A: 1\r\n");
+    let mut n = 0;
+    m.body_blocks(64, |b| n += b.len()).unwrap();
+    assert_eq!(n, 0);
+}
