@@ -756,8 +756,9 @@ class DkimPublicKey:
 
     def __init__(self, record: str) -> None:
         """`record`: the TXT strings joined. ValueError with the reason: v= not first or not
-        DKIM1, unknown k=, empty p= ("key revoked"), bad base64, not a key of k=, h= without
-        sha256, s= not covering email or *."""
+        DKIM1, unknown k=, empty p= ("key revoked"), bad base64, not a key of k=, an RSA key
+        of more than 4096 bits, h= without sha256, s= not covering email or *. RSA keys under
+        1024 bits parse (dkim_verify then gives permerror)."""
     @property
     def algorithm(self) -> str:
         """"rsa" or "ed25519"."""

@@ -154,7 +154,10 @@ impl PublicKey {
             "rsa" => {
                 let key = RsaPublicKey::from_public_key_der(&der)
                     .or_else(|_| RsaPublicKey::from_pkcs1_der(&der))
-                    .map_err(|_| "p= is not an RSA public key".to_string())?;
+                    .map_err(|_| match modulus_bits(&der) {
+                        Some(bits) if bits > 4096 => format!("RSA key of {bits} bits (more than 4096)"),
+                        _ => "p= is not an RSA public key".to_string(),
+                    })?;
                 let bits = key.n().bits();
                 (KeyKind::Rsa(key), bits)
             }
@@ -190,4 +193,18 @@ impl PublicKey {
 /// The public half of an Ed25519 key as SPKI DER (tests publish both forms).
 pub fn ed25519_spki(k: &ed25519_dalek::SigningKey) -> Vec<u8> {
     k.verifying_key().to_public_key_der().map(|d| d.as_bytes().to_vec()).unwrap_or_default()
+}
+
+/// The modulus size of an RSA key the rsa crate refused (SPKI or PKCS#1 DER), to say why:
+/// it refuses keys over 4096 bits, which RFC 8301 does not require verifiers to handle.
+fn modulus_bits(der: &[u8]) -> Option<usize> {
+    use rsa::pkcs8::der::Decode;
+    let inner = match rsa::pkcs8::SubjectPublicKeyInfoRef::from_der(der) {
+        Ok(spki) => spki.subject_public_key.raw_bytes().to_vec(),
+        Err(_) => der.to_vec(),
+    };
+    let key = rsa::pkcs1::RsaPublicKey::from_der(&inner).ok()?;
+    let n = key.modulus.as_bytes();
+    let first = n.iter().position(|&b| b != 0)?;
+    Some((n.len() - first) * 8 - n[first].leading_zeros() as usize)
 }

@@ -291,6 +291,9 @@ fn public_key_errors() {
         let e = PublicKey::from_record(rec).err().unwrap();
         assert!(e.contains(why), "{rec}: {e}");
     }
+    let big = include_str!("testdata/rsa8192.pub.b64").trim();
+    let e = PublicKey::from_record(&format!("v=DKIM1; p={big}")).err().unwrap();
+    assert_eq!(e, "RSA key of 8192 bits (more than 4096)");
     let k = PublicKey::from_record(&format!("{RFC8463_ED}; t=y:s; s=email:*; h=sha1:sha256")).unwrap();
     assert!(k.testing && k.strict);
 }
