@@ -6,7 +6,7 @@ use crate::dkim::arc::{self, Chain};
 use crate::dkim::canon::{body_hashes, Canon};
 use crate::dkim::keys::{PrivateKey, PublicKey};
 use crate::dkim::sig::Signature;
-use crate::dkim::sign::{sign, Signer};
+use crate::dkim::sign::{sign, SignError, Signer};
 use crate::dkim::verify::verify;
 use crate::errors::spool_err;
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -122,17 +122,12 @@ fn dkim_sign<'py>(
     let body = Body::from(body)?;
     let list: Vec<&Signer> = signers.iter().map(|s| &s.0).collect();
     let r = body.with(py, |b| sign(header_block, b, &list, now))?;
-    let fields = r.map_err(spool_err_or_value)?;
+    // A body that cannot be read is an I/O failure (SpoolError); a key that cannot sign a ValueError.
+    let fields = r.map_err(|e| match e {
+        SignError::Body(e) => spool_err(e),
+        SignError::Key(e) => PyValueError::new_err(e),
+    })?;
     Ok(fields.iter().map(|f| PyBytes::new(py, f)).collect())
-}
-
-/// A body that cannot be read is an I/O failure (SpoolError); a key that cannot sign a ValueError.
-fn spool_err_or_value(e: String) -> PyErr {
-    if e.starts_with("reading the body") {
-        spool_err(e)
-    } else {
-        PyValueError::new_err(e)
-    }
 }
 
 #[pyclass(name = "DkimSignature", module = "mta._native", frozen)]

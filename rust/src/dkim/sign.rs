@@ -135,11 +135,19 @@ impl Folder {
     }
 }
 
+#[derive(Debug)]
+pub enum SignError {
+    /// The body could not be read (a spill file).
+    Body(std::io::Error),
+    /// The key could not sign.
+    Key(String),
+}
+
 /// The DKIM-Signature fields for `block` and the body `body` yields, one per signer.
-pub fn sign(block: &[u8], body: crate::dkim::BodyFn, signers: &[&Signer], now: u64) -> Result<Vec<Vec<u8>>, String> {
+pub fn sign(block: &[u8], body: crate::dkim::BodyFn, signers: &[&Signer], now: u64) -> Result<Vec<Vec<u8>>, SignError> {
     let fields = split(block);
     let wants: Vec<(Canon, Option<u64>)> = signers.iter().map(|s| (s.body_canon, None)).collect();
-    let hashes = body_hashes(body, &wants).map_err(|e| format!("reading the body: {e}"))?;
+    let hashes = body_hashes(body, &wants).map_err(SignError::Body)?;
     let mut out = Vec::with_capacity(signers.len());
     for (s, (bh, _)) in signers.iter().zip(hashes) {
         let mut h: Vec<String> = Vec::new();
@@ -180,7 +188,7 @@ pub fn sign(block: &[u8], body: crate::dkim::BodyFn, signers: &[&Signer], now: u
         canon_header(s.header_canon, &text[..colon], &text[colon + 1..], &mut data);
         data.truncate(data.len() - 2); // the field is hashed without its final CRLF
         let digest: [u8; 32] = Sha256::digest(&data).into();
-        let sig = s.key.sign(&digest)?;
+        let sig = s.key.sign(&digest).map_err(SignError::Key)?;
         f.chars(&B64.encode(sig));
         f.out.push_str("\r\n");
         out.push(f.out.into_bytes());
