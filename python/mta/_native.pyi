@@ -299,6 +299,9 @@ class Headers:
         """Insert `name: value` CRLF before the first field; checked as `add`."""
     def remove(self, name: str) -> int:
         """Remove every field named `name`; how many were removed."""
+    def remove_nth(self, name: str, n: int) -> bool:
+        """Remove the `n`-th field named `name` (0 = topmost): True; False when there are
+        not n + 1 of them. Read-only view: TypeError as `remove`."""
     def replace(self, name: str, value: str | bytes) -> bool:
         """Replace the value of the first field named `name` (its name kept as written, the
         field becomes `Name: value` CRLF up to its old end, folding included): True; when
@@ -658,3 +661,152 @@ class MessageReader:
         longer); b"" at the end, and only there."""
     @property
     def remaining(self) -> int: ...
+
+
+# --- DKIM and ARC (rust/src/dkim; RFC 6376, RFC 8463, RFC 8617) ---------------------------
+
+class DkimKey:
+    """A DKIM private key. RSA (1024 to 4096 bits) as PKCS#1 ("RSA PRIVATE KEY") or PKCS#8
+    ("PRIVATE KEY"), Ed25519 as PKCS#8."""
+
+    def __init__(self, pem: bytes) -> None:
+        """ValueError with the reason: not PEM, encrypted, another algorithm (EC ...), RSA
+        smaller than 1024 or larger than 4096 bits."""
+    @property
+    def algorithm(self) -> str:
+        """"rsa-sha256" or "ed25519-sha256"."""
+    @property
+    def bits(self) -> int:
+        """The RSA modulus' bits; 256 for Ed25519."""
+    def public_record(self) -> str:
+        """The TXT record to publish: "v=DKIM1; k=rsa; p=<SPKI base64>" or
+        "v=DKIM1; k=ed25519; p=<the raw 32 octets, base64>"."""
+
+class DkimSigner:
+    """One signing identity: domain, selector, key and what to sign."""
+
+    def __init__(self, domain: str, selector: str, key: DkimKey, headers: list[str] | None = None,
+                 canonicalization: str = "relaxed/relaxed", expire: int | None = None,
+                 identity: str | None = None) -> None:
+        """`headers` None: From, Reply-To, Subject, Date, To, Cc, Resent-Date, Resent-From,
+        Resent-Sender, Resent-To, Resent-Cc, Resent-Message-ID, In-Reply-To, References,
+        Message-ID, MIME-Version, Content-Type, Content-Transfer-Encoding, Content-ID,
+        Content-Description, List-Id, List-Help, List-Unsubscribe, List-Unsubscribe-Post,
+        List-Subscribe, List-Post, List-Owner, List-Archive, Sender, Feedback-ID, Autocrypt,
+        OpenPGP. Each name present is signed as often as it occurs, From once more
+        (over-signed); absent names are not listed. `canonicalization`: "relaxed/relaxed",
+        "simple/simple", "relaxed/simple", "simple/relaxed", "relaxed" (= relaxed/simple),
+        "simple". `expire`: seconds, x= = t= + expire. `identity`: i=, within `domain`.
+        ValueError naming what is wrong."""
+    @property
+    def domain(self) -> str: ...
+    @property
+    def selector(self) -> str: ...
+    @property
+    def algorithm(self) -> str: ...
+
+def dkim_sign(header_block: bytes, body: Message | bytes, signers: list[DkimSigner], now: int) -> list[bytes]:
+    """One "DKIM-Signature: ...\r\n" field per signer (folded at 78 columns with CRLF TAB,
+    never l=), to prepend to the message. `header_block`: whole fields each ending in CRLF
+    (a final empty line may follow). `body`: a Message (the body after its own header block,
+    read in blocks from memory or its spill file) or the body's bytes. Signers with the same
+    body canonicalization share one body hash. GIL released. SpoolError: the Message's
+    body cannot be read."""
+
+class DkimSignature:
+    """One DKIM-Signature field as parsed (dkim_signatures)."""
+    @property
+    def error(self) -> str | None:
+        """Why it cannot be checked (permerror): malformed tag list, duplicate tag, missing
+        v/a/b/bh/d/h/s, v != 1, unknown a= or c=, i= not within d=, h= without from, x=
+        before t=, bad base64, a number tag that is not one, "too many signatures"."""
+    @property
+    def domain(self) -> str: ...
+    @property
+    def selector(self) -> str: ...
+    @property
+    def algorithm(self) -> str: ...
+    @property
+    def identity(self) -> str:
+        """i=, default "@" + d."""
+    @property
+    def headers(self) -> list[str]:
+        """h=, names as written, in order."""
+    @property
+    def canonicalization(self) -> str:
+        """"header/body", e.g. "relaxed/simple" (c= absent: "simple/simple")."""
+    @property
+    def length(self) -> int | None: ...
+    @property
+    def timestamp(self) -> int | None: ...
+    @property
+    def expiration(self) -> int | None: ...
+    @property
+    def b_prefix(self) -> str:
+        """The first 8 characters of b= (white space removed), for header.b."""
+    @property
+    def key_name(self) -> str:
+        """"<selector>._domainkey.<domain>" ("" when d= or s= is missing)."""
+
+def dkim_signatures(header_block: bytes) -> list[DkimSignature]:
+    """Every DKIM-Signature field, topmost first; never raises. Past 32 each carries the
+    error "too many signatures"."""
+
+class DkimPublicKey:
+    """A DKIM key record (RFC 6376 3.6.1)."""
+
+    def __init__(self, record: str) -> None:
+        """`record`: the TXT strings joined. ValueError with the reason: v= not first or not
+        DKIM1, unknown k=, empty p= ("key revoked"), bad base64, not a key of k=, an RSA key
+        of more than 4096 bits, h= without sha256, s= not covering email or *. RSA keys under
+        1024 bits parse (dkim_verify then gives permerror)."""
+    @property
+    def algorithm(self) -> str:
+        """"rsa" or "ed25519"."""
+    @property
+    def bits(self) -> int: ...
+    @property
+    def testing(self) -> bool:
+        """t=y."""
+    @property
+    def strict(self) -> bool:
+        """t=s: the i= domain must equal d=."""
+
+def dkim_verify(header_block: bytes, body: Message | bytes,
+                checks: list[tuple[DkimSignature, DkimPublicKey]], now: int) -> list[tuple[str, str]]:
+    """Per check (result, reason): "pass" with reason ""; "fail" ("body hash did not
+    verify", "signature did not verify", "signature expired", "l= longer than the body");
+    "permerror" (the signature's error, "RSA key of 512 bits (less than 1024)", "key is
+    ed25519, signature is rsa-sha256", "i= not in d= for a t=s key", "signature field not
+    in the header block"). The signature's own field is found in `header_block` by its
+    bytes. Each distinct (body canonicalization, l=) hash is computed once. GIL released."""
+
+def dkim_body_hash(chunks: list[bytes], canonicalization: str, length: int | None = None) -> bytes:
+    """The raw SHA-256 body hash of the concatenated chunks; `canonicalization` "simple" or
+    "relaxed"; `length`: l=, the canonical octets hashed."""
+
+class ArcChain:
+    """An ARC chain's structure (RFC 8617 5.2 steps 1-4), from arc_chain."""
+    @property
+    def status(self) -> str:
+        """"none" (no ARC fields), "fail" (see reason) or "check" (keys needed)."""
+    @property
+    def reason(self) -> str: ...
+    @property
+    def instances(self) -> int:
+        """N, the highest i= (0 unless "check")."""
+    @property
+    def key_names(self) -> list[str]:
+        """The "<s>._domainkey.<d>" names of every ARC-Seal and the latest
+        ARC-Message-Signature, each once, in instance order."""
+
+def arc_chain(header_block: bytes) -> ArcChain:
+    """The structure: ARC-Seal, ARC-Message-Signature, ARC-Authentication-Results with
+    i=1..N, exactly one of each per instance, N <= 50, cv=none at i=1 and pass above."""
+
+def arc_verify(header_block: bytes, body: Message | bytes, chain: ArcChain,
+               keys: dict[str, DkimPublicKey], now: int) -> tuple[str, str]:
+    """("pass", "") or ("fail", reason): the latest ARC-Message-Signature verified as a DKIM
+    signature, then every ARC-Seal from N down to 1 over the sets 1..i (relaxed). A key
+    missing from `keys`: ("fail", "no key for <name>"). A chain not "check": ("fail", its
+    reason, or "no ARC fields"). GIL released."""

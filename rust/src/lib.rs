@@ -8,6 +8,7 @@ pub mod message;
 pub mod proxy;
 pub mod smtp;
 pub mod spool;
+pub mod dkim;
 
 #[cfg(test)]
 mod corpus;
@@ -31,5 +32,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     bindings::log::register(m)?;
     bindings::spool::register(m)?;
     bindings::agent::register(m)?;
+    bindings::dkim::register(m)?;
     Ok(())
 }

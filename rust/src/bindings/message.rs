@@ -117,6 +117,9 @@ impl PyHeaders {
     fn remove(&mut self, name: &str) -> PyResult<usize> {
         self.0.remove(name).map_err(|e| edit_err(e, name))
     }
+    fn remove_nth(&mut self, name: &str, n: usize) -> PyResult<bool> {
+        self.0.remove_nth(name, n).map_err(|e| edit_err(e, name))
+    }
     fn replace(&mut self, name: &str, value: &Bound<'_, PyAny>) -> PyResult<bool> {
         self.0.replace(name, &value_bytes(value)?).map_err(|e| edit_err(e, name))
     }

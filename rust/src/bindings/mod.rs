@@ -3,6 +3,7 @@
 //! frames are defined in crate::agent::frames).
 
 pub mod agent;
+pub mod dkim;
 pub mod log;
 pub mod message;
 pub mod proxy;

@@ -32,6 +32,11 @@ impl PyMessage {
         }
     }
 
+    /// The in-flight message, for bindings/dkim.rs (hashing its body in blocks).
+    pub(crate) fn incoming(&self) -> PyResult<&Incoming> {
+        self.get()
+    }
+
     fn get(&self) -> PyResult<&Incoming> {
         self.inner.as_ref().ok_or_else(|| spool_err("message was already submitted"))
     }

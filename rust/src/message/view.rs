@@ -195,6 +195,15 @@ impl HeaderView {
         Ok(edits.len())
     }
 
+    /// Remove the `n`-th field named `name` (0 = topmost): false when there are not n + 1
+    /// (a forged Authentication-Results among several is removed alone).
+    pub fn remove_nth(&mut self, name: &str, n: usize) -> Result<bool, EditError> {
+        self.edit()?;
+        let Some(i) = self.find(name).nth(n) else { return Ok(false) };
+        self.set(self.ix.apply(&self.data, &[Edit::Remove(i)]));
+        Ok(true)
+    }
+
     /// Replace the value of the first field named `name` (its name kept as written): true;
     /// with none, add the field at the end: false.
     pub fn replace(&mut self, name: &str, value: &[u8]) -> Result<bool, EditError> {

@@ -237,6 +237,55 @@ impl Incoming {
         Ok(out)
     }
 
+    /// The body (the client's bytes after its own header block and the empty line ending
+    /// it), handed to `f` a block of at most `block` octets at a time: for DKIM hashing,
+    /// so a spilled body is never held whole. Empty when the header block never ended.
+    pub fn body_blocks(&self, block: usize, mut f: impl FnMut(&[u8])) -> io::Result<()> {
+        self.check()?;
+        if !self.scanner.done() || self.scanner.header_too_big() {
+            return Ok(());
+        }
+        let end = self.spilled_len + self.mem.len() as u64;
+        let mut pos = self.scanner.header_size();
+        // The empty line: CRLF or a lone LF; none when the body began without one.
+        let peek = self.client_bytes(pos, 2)?;
+        if peek.starts_with(b"\r\n") {
+            pos += 2;
+        } else if peek.starts_with(b"\n") {
+            pos += 1;
+        }
+        while pos < self.spilled_len {
+            let b = self.client_bytes(pos, block.min((self.spilled_len - pos) as usize))?;
+            f(&b);
+            pos += b.len() as u64;
+        }
+        if pos < end {
+            for c in self.mem[(pos - self.spilled_len) as usize..].chunks(block.max(1)) {
+                f(c);
+            }
+        }
+        Ok(())
+    }
+
+    /// Up to `n` of the client's bytes from `pos` (spill file, then memory).
+    fn client_bytes(&self, pos: u64, n: usize) -> io::Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(n);
+        let mut pos = pos;
+        if pos < self.spilled_len {
+            let k = ((self.spilled_len - pos) as usize).min(n);
+            let mut b = vec![0u8; k];
+            self.spill.as_ref().expect("spilled bytes have a file").read_exact_at(&mut b, pos)?;
+            out.extend_from_slice(&b);
+            pos += k as u64;
+        }
+        if out.len() < n && pos >= self.spilled_len {
+            let i = ((pos - self.spilled_len) as usize).min(self.mem.len());
+            let k = (n - out.len()).min(self.mem.len() - i);
+            out.extend_from_slice(&self.mem[i..i + k]);
+        }
+        Ok(out)
+    }
+
     fn check(&self) -> io::Result<()> {
         if self.discarded {
             return Err(io::Error::other(DISCARDED));
