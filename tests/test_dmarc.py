@@ -50,7 +50,7 @@ def dns():
 
 def dmarc(srv: DNSServer, from_domain, spf=NONE, dkim=(), rng=lambda: 0.99):
     async def go():
-        lookup = MxResolver(srv.nameservers, port=srv.port, timeout=1).query
+        lookup = MxResolver(srv.nameservers, port=srv.port, timeout=1)
         return await check(lookup, from_domain, spf, list(dkim), rng=rng)
     return asyncio.run(go())
 

@@ -15,6 +15,7 @@ from mta import _native
 from mta.config import schema as config_schema
 from mta.config.listeners import Listener
 from mta.delivery import status_of
+from mta.delivery.mx import MxResolver
 from mta.delivery.router import Router
 from mta.plugin import DeliveryEvent, Message, Reply
 from mta.policy import builtins, loader
@@ -159,8 +160,11 @@ class ScriptedSession:
                  peer_ip: str = "203.0.113.7", peer_port: int = 40000, listener: str = "mx", tls: bool = False,
                  users: dict[str, str] | None = None, config: dict | None = None, timeout: float = 5.0) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="mta-testing-")
+        # Off unless asked for: the message checks would ask the system's DNS (with them on,
+        # point "dns.nameservers" and "dns.port" at a test DNS server).
         values = {"hostname": "mx.test", "smtp.reverse_dns": False, "smtp.greeting_delay": 0,
-                  "spool.dir": os.path.join(self._tmp.name, "spool"), "delivery.enabled": False}
+                  "spool.dir": os.path.join(self._tmp.name, "spool"), "delivery.enabled": False,
+                  "verify.enabled": False}
         if users:
             values["auth.users_file"] = _users(self._tmp.name, users)
         values.update(config or {})
@@ -178,7 +182,11 @@ class ScriptedSession:
             from mta.auth.users import UserDB
             users_db = UserDB(cfg.auth.users_file)
             senders = SenderLogin.from_config(cfg.auth)
-        self.hooks = builtins.chain(policy, self.router.expand, senders, entries)
+        lookup = (MxResolver(list(cfg.dns.nameservers) or None, port=cfg.dns.port, timeout=cfg.dns.timeout)
+                  if cfg.verify.enabled else None)
+        self.hooks = builtins.chain(policy, self.router.expand, senders, entries,
+                                    verify=builtins.verifier(cfg.verify, lookup, cfg.hostname),
+                                    sign=builtins.signer(cfg.dkim))
         self.store = _Store(self.loop, cfg.smtp.max_header_size)
         self._run(self.hooks.start())
         lst = Listener("127.0.0.1", 2525, listener, "implicit" if tls else "none", False)

@@ -85,10 +85,12 @@ def run(config_file, listen, spool, hostname, mynetworks, relay_to, no_delivery,
 @click.argument("file", type=click.Path(dir_okay=False))
 def check_config(file) -> None:
     """Validate a configuration file; name every bad key and value. Configured plugins are
-    loaded and their setup/start and stop run once, so their errors show here too."""
+    loaded and their setup/start and stop run once, and the DKIM signing keys read, so their
+    errors show here too."""
     errors = config.check(file)
     if not errors:
-        errors = plugins_cli.problems(config.load(file))
+        cfg = config.load(file)
+        errors = plugins_cli.problems(cfg) + dkim_cli.problems(cfg)
     if errors:
         for e in errors:
             click.echo(e, err=True)

@@ -8,7 +8,22 @@ import sys
 import click
 
 from mta.config.kinds import domain_name
+from mta.errors import ConfigError
 from mta.policy import dkimkeys
+
+
+def problems(cfg) -> list[str]:
+    """Every [[dkim.sign]] key that cannot be used, for check-config ([] when all can; a
+    skipped key under on_key_error = "send-unsigned" is logged, not a problem)."""
+    if not cfg.dkim.sign:
+        return []
+    from mta.policy import dkim as signing
+
+    try:
+        signing.Keyring.from_config(cfg.dkim)
+    except ConfigError as e:
+        return e.errors
+    return []
 
 
 @click.group()

@@ -55,9 +55,13 @@ def plugins_list(config_file) -> None:
     except ConfigError as e:
         click.echo(f"mta: configuration error:\n{e}", err=True)
         sys.exit(2)
-    click.echo("built-in: relay (on_rcpt), recipients (on_rcpt), sender_login (on_mail, with [auth] users_file)")
+    click.echo("built-in: relay (on_rcpt), recipients (on_rcpt), sender_login (on_mail, with [auth] users_file), "
+               "verify (on_message, with [verify] enabled)")
+    last = "built-in, last: dkim_sign (on_message, with [[dkim.sign]])" if cfg.dkim.sign else None
     if not entries:
         click.echo("no plugins configured")
+        if last:
+            click.echo(last)
         return
     for i, e in enumerate(entries, 1):
         kinds = e.kinds()
@@ -67,3 +71,5 @@ def plugins_list(config_file) -> None:
         click.echo(f"   hooks: {hooks}")
         if life:
             click.echo(f"   lifecycle: {', '.join(life)}")
+    if last:
+        click.echo(last)

@@ -63,9 +63,13 @@ class Server:
         self.users: UserDB | None = UserDB(a.users_file) if a.users_file else None
         self.auth_guard = AuthGuard(max_failures=a.max_failures, window=a.failure_window, tarpit_max=a.tarpit_max)
         self.sender_login = SenderLogin.from_config(a)
-        # The hook chain: the built-in policies first, then the plugins, in config order.
+        self.resolver = MxResolver(list(cfg.dns.nameservers) or None, port=cfg.dns.port, timeout=cfg.dns.timeout)
+        # The hook chain: the built-in policies first, then the plugins, in config order,
+        # then the DKIM signer. Keyring raises ConfigError for a key it cannot use.
         self.hooks = builtins.chain(self.policy, self.router.expand,
-                                    self.sender_login if self.users is not None else None, plugins)
+                                    self.sender_login if self.users is not None else None, plugins,
+                                    verify=builtins.verifier(cfg.verify, self.resolver, cfg.hostname),
+                                    sign=builtins.signer(cfg.dkim))
         # Raises TlsError (an MtaError) if the files are unusable at start-up.
         self.tls: TlsContext | None = TlsContext(cfg.tls) if cfg.tls.cert else None
         self.sessions: set[Session] = set()
@@ -140,7 +144,7 @@ class Server:
     def _queue_manager(self) -> QueueManager:
         cfg, d = self.cfg, self.cfg.delivery
         dlog = DeliveryLog(d.log_file or None)
-        resolver = MxResolver(list(cfg.dns.nameservers) or None, port=cfg.dns.port, timeout=cfg.dns.timeout)
+        resolver = self.resolver
         sts = MtaStsCache(resolver, port=d.mta_sts_port, ca_file=d.mta_sts_ca_file,
                           timeout=d.mta_sts_timeout) if d.mta_sts else None
         smtp = Smtp(self._wire(dlog), resolver, OutboundTls(sts, d.tls_report_interval), d, cfg.hostname,

@@ -41,6 +41,10 @@ def run(cfg: Config) -> int:
     from mta.policy import loader
 
     loader.load(cfg.plugin, cfg.delivery.route_hook)  # a plugin that cannot load stops the start here (ConfigError)
+    if cfg.dkim.sign:
+        from mta.policy import dkim
+
+        dkim.Keyring.from_config(cfg.dkim)  # so does a DKIM key that cannot be used
     return _Supervisor(cfg).run()
 
 

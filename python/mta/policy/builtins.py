@@ -55,11 +55,36 @@ def sender_login(senders: SenderLogin) -> Entry:
     return Entry("sender_login", {"on_mail": on_mail}, module="mta.auth.senders", builtin=True)
 
 
+def verifier(vcfg, lookup, hostname: str) -> Entry | None:
+    """The message checks of `[verify]` (mta.policy.verify), DNS through `lookup`; None when off."""
+    if not vcfg.enabled:
+        return None
+    from mta.policy import verify
+
+    return verify.entry(verify.Verifier(lookup, authserv_id=vcfg.authserv_id or hostname, hostname=hostname,
+                                        dmarc_reject=vcfg.dmarc_reject, timeout=vcfg.timeout))
+
+
+def signer(dcfg) -> Entry | None:
+    """The DKIM signer of `[[dkim.sign]]` (mta.policy.dkim); None without a usable key.
+    Raises ConfigError for a key it cannot use (unless on_key_error = "send-unsigned")."""
+    if not dcfg.sign:
+        return None
+    from mta.policy import dkim
+
+    keyring = dkim.Keyring.from_config(dcfg)
+    return dkim.entry(keyring) if keyring.signers else None
+
+
 def chain(policy: RelayPolicy, expand: Callable, senders: SenderLogin | None = None,
-          plugins: Iterable[Entry] = ()) -> Chain:
+          plugins: Iterable[Entry] = (), *, verify: Entry | None = None, sign: Entry | None = None) -> Chain:
     """The server's chain: relay control, the recipient check, the sender-login map (with
-    users to log in), then the plugins in order."""
+    users to log in), the message checks (mta.policy.verify: their results are there for the
+    plugins), then the plugins in order, and last the DKIM signer (mta.policy.dkim: it signs
+    what the plugins made of the message)."""
     first = [relay_control(policy), recipients(expand)]
     if senders is not None:
         first.append(sender_login(senders))
-    return Chain(first + list(plugins))
+    if verify is not None:
+        first.append(verify)
+    return Chain(first + list(plugins) + ([sign] if sign is not None else []))

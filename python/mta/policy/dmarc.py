@@ -276,7 +276,7 @@ def _aligned(ident: str, from_domain: str, from_org: str, mode: str) -> bool:
 
 async def _records(lookup, domain: str) -> tuple[str, list[DmarcRecord | None]]:
     """("ok" | "tempfail", the DMARC records at _dmarc.<domain>; None for unparseable ones)."""
-    status, texts = await lookup(f"_dmarc.{domain}", "TXT")
+    status, texts = await lookup.query(f"_dmarc.{domain}", "TXT")
     if status == "tempfail":
         return status, []
     if status != "ok":
