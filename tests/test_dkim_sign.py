@@ -201,3 +201,48 @@ def test_a_held_message_is_stored_held():
         r = send(s)
         assert r.code == 250
         assert s.store.stored[r.queue_id]["held"] is True
+
+
+def test_openssl_rsa_gives_the_same_signature_as_the_rust_rsa(keys):
+    """PKCS#1 v1.5 is deterministic: the OpenSSL operation the signer uses (faster) and the
+    pure-Rust one must give the same bytes."""
+    from mta import _native
+    from mta.policy.dkim import openssl_rsa
+
+    pem = open(keys["rsa"][0], "rb").read()
+    key = _native.DkimKey(pem)
+    body = b"Hello Bob.\r\n\r\nBye.\r\n"
+    head = MESSAGE.split(b"\r\n\r\n", 1)[0] + b"\r\n"
+    rust = _native.dkim_sign(head, body, [_native.DkimSigner("example.com", "rsa", key)], 1796460000)
+    ssl = _native.dkim_sign(head, body, [_native.DkimSigner("example.com", "rsa", key, sign_digest=openssl_rsa(pem))],
+                            1796460000)
+    assert rust == ssl
+
+
+def test_a_failing_signature_is_451_never_unsigned(keys):
+    from mta import _native
+
+    def broken(digest):
+        raise RuntimeError("HSM unplugged")
+
+    bad = _native.DkimSigner("example.com", "rsa", _native.DkimKey(open(keys["rsa"][0], "rb").read()),
+                             sign_digest=broken)
+    with pytest.raises(ValueError, match="sign_digest failed.*HSM unplugged"):
+        _native.dkim_sign(b"From: a@example.com\r\n", b"", [bad], 0)
+
+
+class BrokenKey:
+    """Asks for a key that does not exist: the message is refused for now, not sent unsigned."""
+
+    def on_message(self, tx, msg):
+        tx.notes["dkim"] = {"domain": "example.com", "selector": "gone"}
+
+
+def test_asking_for_a_missing_key_is_451_unless_send_unsigned(keys):
+    with ScriptedSession(plugins=[BrokenKey()], peer_ip="127.0.0.1", config={"dkim.sign": tables(keys, "ed")}) as s:
+        r = send(s)
+    assert (r.code, r.reply.enhanced) == (451, "4.7.0")
+    cfg = {"dkim.sign": tables(keys, "ed"), "dkim.on_key_error": "send-unsigned"}
+    with ScriptedSession(plugins=[BrokenKey()], peer_ip="127.0.0.1", config=cfg) as s:
+        r = send(s)
+    assert r.code == 250 and "DKIM-Signature" not in r.headers

@@ -7,7 +7,7 @@ Three parts: the sans-IO SMTP parser (`SmtpParser`), header work
 (`SpoolReader.message_bytes`).
 """
 
-from typing import Final, Literal, Sequence
+from typing import Callable, Final, Literal, Sequence
 
 __version__: str
 
@@ -687,7 +687,8 @@ class DkimSigner:
 
     def __init__(self, domain: str, selector: str, key: DkimKey, headers: list[str] | None = None,
                  canonicalization: str = "relaxed/relaxed", expire: int | None = None,
-                 identity: str | None = None) -> None:
+                 identity: str | None = None,
+                 sign_digest: Callable[[bytes], bytes] | None = None) -> None:
         """`headers` None: From, Reply-To, Subject, Date, To, Cc, Resent-Date, Resent-From,
         Resent-Sender, Resent-To, Resent-Cc, Resent-Message-ID, In-Reply-To, References,
         Message-ID, MIME-Version, Content-Type, Content-Transfer-Encoding, Content-ID,
@@ -697,6 +698,9 @@ class DkimSigner:
         (over-signed); absent names are not listed. `canonicalization`: "relaxed/relaxed",
         "simple/simple", "relaxed/simple", "simple/relaxed", "relaxed" (= relaxed/simple),
         "simple". `expire`: seconds, x= = t= + expire. `identity`: i=, within `domain`.
+        `sign_digest`: the private-key operation of the same key over the 32-octet SHA-256
+        digest of the signed data, returning the signature (mta.policy.dkim hands OpenSSL's
+        RSA through `cryptography`); None: the key's own (RustCrypto). Called with the GIL.
         ValueError naming what is wrong."""
     @property
     def domain(self) -> str: ...

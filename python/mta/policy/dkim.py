@@ -21,22 +21,39 @@ from mta.policy.dmarc import author_domain
 log = logging.getLogger("mta.dkim")
 
 SIGN_FAILED = Defer(451, "4.7.0", "DKIM signing failed, try again later")
-# RSA signing costs a millisecond or more: done off the event loop (the GIL is released), so
-# other sessions go on and a second core can sign; Ed25519 is cheap enough to sign in place.
+# An RSA signature costs a few hundred microseconds: made off the event loop (the GIL is
+# released), so other sessions go on and a second core can sign; Ed25519 is signed in place.
 _POOL_SIZE = max(2, os.cpu_count() or 2)
 
 
-def load_key(spec: SignSpec) -> Any:
-    """The `_native.DkimKey` of one [[dkim.sign]] table; ValueError naming what is wrong."""
+def load_key(spec: SignSpec) -> tuple[Any, Any]:
+    """(the `_native.DkimKey` of one [[dkim.sign]] table, the OpenSSL signing operation for
+    an RSA key or None); ValueError naming what is wrong."""
     try:
         with open(spec.key, "rb") as f:
             pem = f.read(1 << 20)
     except OSError as e:
         raise ValueError(f"cannot read the key file: {e.strerror or e}") from e
     try:
-        return _native.DkimKey(pem)
+        key = _native.DkimKey(pem)
     except ValueError as e:
         raise ValueError(f"not a usable DKIM private key: {e}") from e
+    return key, (openssl_rsa(pem) if key.algorithm == "rsa-sha256" else None)
+
+
+def openssl_rsa(pem: bytes):
+    """RSASSA-PKCS1-v1_5 over a SHA-256 digest by OpenSSL (the `cryptography` package, blinded,
+    the GIL released): 5-7 times faster than the pure-Rust RSA, the rest stays in Rust."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding, utils
+
+    private = serialization.load_pem_private_key(pem, None)
+    pad, prehashed = padding.PKCS1v15(), utils.Prehashed(hashes.SHA256())
+
+    def sign_digest(digest: bytes) -> bytes:
+        return private.sign(digest, pad, prehashed)
+
+    return sign_digest
 
 
 class Keyring:
@@ -58,11 +75,12 @@ class Keyring:
         send_unsigned = dcfg.on_key_error == "send-unsigned"
         for i, spec in enumerate(dcfg.sign):
             try:
-                key = load_key(spec)
+                key, sign_digest = load_key(spec)
                 signer = _native.DkimSigner(spec.domain, spec.selector, key,
                                             list(spec.headers) if spec.headers else None,
                                             spec.canonicalization,
-                                            int(spec.expire) if spec.expire is not None else None)
+                                            int(spec.expire) if spec.expire is not None else None,
+                                            sign_digest=sign_digest)
             except ValueError as e:
                 problems.append(f"dkim.sign[{i}] {spec.label}: {e}")
                 continue

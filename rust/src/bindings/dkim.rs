@@ -6,7 +6,7 @@ use crate::dkim::arc::{self, Chain};
 use crate::dkim::canon::{body_hashes, Canon};
 use crate::dkim::keys::{PrivateKey, PublicKey};
 use crate::dkim::sig::Signature;
-use crate::dkim::sign::{sign, SignError, Signer};
+use crate::dkim::sign::{sign, sign_with, SignError, Signer};
 use crate::dkim::verify::verify;
 use crate::errors::spool_err;
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -78,12 +78,14 @@ impl PyDkimKey {
 }
 
 #[pyclass(name = "DkimSigner", module = "mta._native", frozen)]
-pub struct PyDkimSigner(Signer);
+pub struct PyDkimSigner(Signer, Option<Py<PyAny>>);
 
 #[pymethods]
 impl PyDkimSigner {
     #[new]
-    #[pyo3(signature = (domain, selector, key, headers = None, canonicalization = "relaxed/relaxed", expire = None, identity = None))]
+    #[pyo3(signature = (domain, selector, key, headers = None, canonicalization = "relaxed/relaxed", expire = None,
+                        identity = None, sign_digest = None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         domain: &str,
         selector: &str,
@@ -92,9 +94,10 @@ impl PyDkimSigner {
         canonicalization: &str,
         expire: Option<u64>,
         identity: Option<&str>,
+        sign_digest: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         Signer::new(domain, selector, key.0.clone(), headers.as_deref(), canonicalization, expire, identity)
-            .map(PyDkimSigner)
+            .map(|s| PyDkimSigner(s, sign_digest))
             .map_err(PyValueError::new_err)
     }
     #[getter]
@@ -121,7 +124,26 @@ fn dkim_sign<'py>(
 ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
     let body = Body::from(body)?;
     let list: Vec<&Signer> = signers.iter().map(|s| &s.0).collect();
-    let r = body.with(py, |b| sign(header_block, b, &list, now))?;
+    let ops: Vec<Option<&Py<PyAny>>> = signers.iter().map(|s| s.1.as_ref()).collect();
+    let r = if ops.iter().all(Option::is_none) {
+        body.with(py, |b| sign(header_block, b, &list, now))?
+    } else {
+        // A signer's own sign_digest (e.g. OpenSSL through `cryptography`) does its private-key
+        // operation: called with the GIL taken back for the call only.
+        body.with(py, |b| {
+            sign_with(header_block, b, &list, now, |s, digest| {
+                let i = list.iter().position(|x| std::ptr::eq(*x, s)).unwrap_or(0);
+                match ops[i] {
+                    None => s.key.sign(digest),
+                    Some(op) => Python::attach(|py| {
+                        op.call1(py, (PyBytes::new(py, digest),))
+                            .and_then(|r| r.extract::<Vec<u8>>(py))
+                            .map_err(|e| format!("sign_digest failed: {e}"))
+                    }),
+                }
+            })
+        })?
+    };
     // A body that cannot be read is an I/O failure (SpoolError); a key that cannot sign a ValueError.
     let fields = r.map_err(|e| match e {
         SignError::Body(e) => spool_err(e),

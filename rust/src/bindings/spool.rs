@@ -123,7 +123,7 @@ impl PyMessage {
     #[pyo3(signature = (offset, max = 262144))]
     fn read_at<'py>(&self, py: Python<'py>, offset: u64, max: usize) -> PyResult<Bound<'py, PyBytes>> {
         let m = self.get()?;
-        let v = py.allow_threads(|| m.read_at(offset, max)).map_err(spool_err)?;
+        let v = py.detach(|| m.read_at(offset, max)).map_err(spool_err)?;
         Ok(PyBytes::new(py, &v))
     }
     /// The content (our prefix included), for tests.
