@@ -779,8 +779,8 @@ class DkimPublicKey:
 def dkim_verify(header_block: bytes, body: Message | bytes,
                 checks: list[tuple[DkimSignature, DkimPublicKey]], now: int) -> list[tuple[str, str]]:
     """Per check (result, reason): "pass" with reason ""; "fail" ("body hash did not
-    verify", "signature did not verify", "signature expired", "l= longer than the body");
-    "permerror" (the signature's error, "RSA key of 512 bits (less than 1024)", "key is
+    verify", "signature did not verify", "signature expired", "l= longer than the body",
+    "RSA key of 512 bits (less than 1024)"); "permerror" (the signature's error, "key is
     ed25519, signature is rsa-sha256", "i= not in d= for a t=s key", "signature field not
     in the header block"). The signature's own field is found in `header_block` by its
     bytes. Each distinct (body canonicalization, l=) hash is computed once. GIL released."""

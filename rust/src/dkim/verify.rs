@@ -38,7 +38,8 @@ fn precheck(sig: &Signature, key: &PublicKey, now: u64, arc: bool) -> Option<Ver
         return Some((PermError, format!("key is {}, signature is {}", key.algorithm(), sig.algorithm)));
     }
     if key.algorithm() == "rsa" && key.bits < 1024 {
-        return Some((PermError, format!("RSA key of {} bits (less than 1024)", key.bits)));
+        // RFC 8301 3.2: never valid; recorded as a failure (the signature is not trusted).
+        return Some((Fail, format!("RSA key of {} bits (less than 1024)", key.bits)));
     }
     if !arc && key.strict {
         let host = sig.identity.rsplit_once('@').map_or(sig.identity.as_str(), |(_, h)| h);
