@@ -175,3 +175,10 @@ def test_plugins_see_the_results(world):
     with ScriptedSession(plugins=[Reader()], peer_ip=PEER, config=cfg) as s:
         send(s, signed(world, message()))
     assert Reader.seen["dkim"] == [{"result": "pass", "domain": "example.com"}] and Reader.seen["spf"] == "pass"
+
+
+def test_a_big_message_is_verified_off_the_event_loop(world):
+    big = message().replace(BODY, (b"x" * 998 + b"\r\n") * 1100)  # 1.1 MB: hashed on a thread
+    with session(world) as s:
+        r = send(s, signed(world, big))
+    assert r.code == 250 and "dkim=pass" in results(r.message)

@@ -17,6 +17,7 @@ from mta.policy.chain import Entry
 log = logging.getLogger("mta.verify")
 
 AR = "Authentication-Results"
+_IN_PLACE_MAX = 256 * 1024  # bodies hashed on the event loop's thread up to this size
 _KEY_RECORDS_MAX = 4  # TXT records tried at a key name (RFC 6376 3.6.2.2: one is expected)
 
 
@@ -109,7 +110,8 @@ class Verifier:
         keys = dict(zip((s.key_name for s in usable),
                         await asyncio.gather(*(self._key(n) for n in {s.key_name for s in usable}))))
         checks = [(s, keys[s.key_name][0]) for s in usable if keys[s.key_name][0] is not None]
-        verified = iter(_native.dkim_verify(block, body, checks, int(time.time())) if checks else ())
+        verified = iter(await _off_loop(body, _native.dkim_verify, block, body, checks, int(time.time()))
+                        if checks else ())
         out = []
         for s in sigs:
             props = {"header.d": s.domain, "header.i": s.identity, "header.s": s.selector,
@@ -131,7 +133,7 @@ class Verifier:
             return chain.status, chain.reason
         found = await asyncio.gather(*(self._key(n) for n in chain.key_names))
         keys = {n: k for n, (k, _r, _w) in zip(chain.key_names, found) if k is not None}
-        return tuple(_native.arc_verify(block, body, chain, keys, int(time.time())))
+        return tuple(await _off_loop(body, _native.arc_verify, block, body, chain, keys, int(time.time())))
 
 
 def _methods(tx, spf_r, dkim_r, arc_r, d) -> list[tuple[str, str, str, dict]]:
@@ -154,6 +156,14 @@ async def _within(deadline: float, work: Awaitable, fallback: Any) -> Any:
             return await work
     except TimeoutError:
         return fallback
+
+
+async def _off_loop(body: Any, fn, *args):
+    """fn(*args), on a thread for a big message: hashing megabytes would stall every other
+    session of this event loop (the GIL is released while the body is hashed)."""
+    if getattr(body, "stored_size", 0) < _IN_PLACE_MAX:
+        return fn(*args)
+    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
 
 def _quiet(fut: asyncio.Future) -> None:
