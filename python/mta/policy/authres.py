@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 
+from mta.policy.lexer import comment_end
+
 __all__ = ["authserv_id", "claims", "field"]
 
 NAME = "Authentication-Results"
@@ -142,21 +144,9 @@ def _skip_cfws(text: str, i: int) -> int:
         if c.isspace():
             i += 1
         elif c == "(":
-            depth = 0
-            while i < n:
-                ch = text[i]
-                if ch == "\\":
-                    i += 1
-                elif ch == "(":
-                    depth += 1
-                elif ch == ")":
-                    depth -= 1
-                    if depth == 0:
-                        break
-                i += 1
-            if i >= n:
+            i = comment_end(text, i)
+            if i < 0:
                 return -1
-            i += 1
         else:
             break
     return i

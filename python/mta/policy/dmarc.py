@@ -12,6 +12,8 @@ from dataclasses import dataclass, replace
 
 from publicsuffixlist import PublicSuffixList
 
+from mta.policy.lexer import comment_end
+
 __all__ = ["DmarcRecord", "DmarcResult", "author_domain", "check", "normalize_domain",
            "organizational_domain", "parse_record"]
 
@@ -71,21 +73,9 @@ def _tokens(text: str) -> list[str] | None:
         if c.isspace():
             i += 1
         elif c == "(":
-            depth = 0
-            while i < n:
-                ch = text[i]
-                if ch == "\\":
-                    i += 1
-                elif ch == "(":
-                    depth += 1
-                elif ch == ")":
-                    depth -= 1
-                    if depth == 0:
-                        break
-                i += 1
-            if i >= n:
+            i = comment_end(text, i)
+            if i < 0:
                 return None
-            i += 1
         elif c in '"[':
             close = '"' if c == '"' else "]"
             j = i + 1
