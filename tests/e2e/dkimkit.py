@@ -133,3 +133,28 @@ def opendkim_for(dns: DNSServer, workdir: Path) -> OpenDKIM:
 def publish(dns: DNSServer, *keys: Key) -> None:
     for k in keys:
         dns.add(k.name, [("TXT", k.record)])
+
+
+# -- reading what arrived ----------------------------------------------------------------
+
+def fields(message: bytes) -> list[tuple[str, str]]:
+    """The header fields (name, value unfolded, CRLFs gone) in order, top first."""
+    head = message.split(b"\r\n\r\n", 1)[0].decode("utf-8", "surrogateescape")
+    out: list[tuple[str, str]] = []
+    for line in head.split("\r\n"):
+        if line[:1] in (" ", "\t") and out:
+            out[-1] = (out[-1][0], out[-1][1] + line)
+        elif ":" in line:
+            name, value = line.split(":", 1)
+            out.append((name.strip(), value.strip()))
+    return out
+
+
+def sig_tags(value: str) -> dict[str, str]:
+    """A DKIM-Signature's tags, whitespace removed from every value."""
+    tags = {}
+    for part in value.split(";"):
+        if "=" in part:
+            k, v = part.split("=", 1)
+            tags[k.strip()] = "".join(v.split())
+    return tags
