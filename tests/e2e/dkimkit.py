@@ -6,6 +6,7 @@ as the reference signer and verifier (keys served from a dict), and the DNS serv
 from __future__ import annotations
 
 import base64
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,3 +159,43 @@ def sig_tags(value: str) -> dict[str, str]:
             k, v = part.split("=", 1)
             tags[k.strip()] = "".join(v.split())
     return tags
+
+
+def authres(value: str) -> tuple[str, list[dict]]:
+    """An Authentication-Results value (RFC 8601) -> (authserv-id, [{"method", "result",
+    "reason", "comments", "props"}]): split at the ";" outside comments and quotes."""
+    parts, comments, buf, depth, quoted = [], [[]], [], 0, False
+    for ch in value:
+        if quoted:
+            buf.append(ch)
+            quoted = ch != '"'
+        elif depth:
+            depth += (ch == "(") - (ch == ")")
+            if depth:
+                comments[-1].append(ch)
+            else:
+                comments[-1].append(" ")
+        elif ch == "(":
+            depth = 1
+        elif ch == ";":
+            parts.append("".join(buf))
+            buf = []
+            comments.append([])
+        else:
+            quoted = ch == '"'
+            buf.append(ch)
+    parts.append("".join(buf))
+    authserv = parts[0].split()[0] if parts[0].split() else ""
+    out = []
+    for text, com in zip(parts[1:], comments[1:]):
+        reason = re.search(r'\breason\s*=\s*("[^"]*"|\S+)', text)
+        if reason:
+            text = text[:reason.start()] + text[reason.end():]
+        tokens = text.split()
+        if not tokens or "=" not in tokens[0]:
+            continue
+        method, result = tokens[0].split("=", 1)
+        props = dict(t.split("=", 1) for t in tokens[1:] if "=" in t)
+        out.append({"method": method.lower(), "result": result.lower(), "reason": reason.group(1).strip('"') if reason else "",
+                    "comments": "".join(com).strip(), "props": props})
+    return authserv, out
