@@ -168,10 +168,10 @@ def test_dual_signed_relay_verifies_in_dkimpy_and_opendkim(srv, sink, keys, odk,
     results = odk.results(data)
     assert sorted((r["result"], r["d"], r["s"], r["a"]) for r in results) == \
         sorted(("pass", domain, s["s"], s["a"]) for s in sigs), results
-    # ...and a changed body byte fails in both
-    changed = data.replace(b"last line", b"last linE")
-    assert [ok for _d, _s, ok in dkimpy_results(changed, keys)] == [False, False]
-    assert {r["result"] for r in odk.results(changed)} == {"fail"}
+    # ...and a changed body byte, or a changed signed header, fails in both
+    for changed in (data.replace(b"last line", b"last linE"), data.replace(b"Subject: dual", b"Subject: Dual")):
+        assert [ok for _d, _s, ok in dkimpy_results(changed, keys)] == [False, False]
+        assert {r["result"] for r in odk.results(changed)} == {"fail"}
 
 
 def test_one_mib_message_is_signed_and_verifies(srv, sink, keys, odk):
@@ -227,22 +227,26 @@ def test_submission_message_id_and_date_added_are_signed(srv, sink, keys, odk):
     assert odk.verify(data)[0]
 
 
-def test_default_domain_signs_trusted_mail_without_a_key(tmp_path, keys, sink, odk):
+def test_default_domain_and_sign_untrusted(tmp_path, keys, sink, odk):
+    """default_domain signs trusted mail whose From: has no key; sign_untrusted signs mail
+    from outside with its From: domain's key, but never with the default domain's."""
     mine = [k for k in keys if k.domain == "example.com"]
-    s = start_server(tmp_path, config=server_config(mine, sink.port, extra_dkim='default_domain = "example.com"'),
-                     deliver=True)
+    cfg = server_config(mine, sink.port, extra_dkim='default_domain = "example.com"\nsign_untrusted = true')
+    s = start_server(tmp_path, config=cfg, deliver=True)
     try:
         send(s, message("default domain", "frank@other.example"), sender="frank@other.example")
-        data = arrival(sink, "default domain", s)
-        # an untrusted client's mail is not signed with it
         send(s, message("default untrusted", "frank@other.example"), sender="frank@other.example",
              rcpt="x@relay.example", client=OutsideClient)
+        send(s, message("untrusted own key"), rcpt="x@relay.example", client=OutsideClient)
+        data = arrival(sink, "default domain", s)
         assert signatures(arrival(sink, "default untrusted", s)) == []
+        outside = arrival(sink, "untrusted own key", s)
     finally:
         s.stop()
-    assert {(sg["d"], sg["s"]) for sg in signatures(data)} == {("example.com", "rsa1"), ("example.com", "ed1")}
-    assert all(ok for _d, _s, ok in dkimpy_results(data, keys))
-    assert odk.verify(data)[0]
+    for got in (data, outside):
+        assert {(sg["d"], sg["s"]) for sg in signatures(got)} == {("example.com", "rsa1"), ("example.com", "ed1")}
+        assert all(ok for _d, _s, ok in dkimpy_results(got, keys))
+        assert odk.verify(got)[0]
 
 
 # -- a key that cannot be used stops check-config and start-up --------------------------------

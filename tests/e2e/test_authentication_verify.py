@@ -52,7 +52,8 @@ def dns(keys):
         yield srv
 
 
-def verify_config(dns: DNSServer, dmarc_reject: str = "tag") -> str:
+def verify_config(dns: DNSServer, dmarc_reject: str = "tag", dns_timeout: float = DNS_TIMEOUT,
+                  verify_timeout: float = VERIFY_TIMEOUT) -> str:
     return f"""mynetworks = ["10.0.0.0/8"]
 local_domains = ["local.example"]
 
@@ -63,11 +64,11 @@ reverse_dns = false
 [dns]
 nameservers = ["{dns.host}"]
 port = {dns.port}
-timeout = "{DNS_TIMEOUT}s"
+timeout = "{dns_timeout}s"
 
 [verify]
 dmarc_reject = "{dmarc_reject}"
-timeout = "{VERIFY_TIMEOUT}s"
+timeout = "{verify_timeout}s"
 """
 
 
@@ -233,5 +234,20 @@ def test_dns_timeout_gives_temperror_within_the_verify_timeout(srv, keys):
     qid = queued_id(reply)
     assert waited < VERIFY_TIMEOUT + 2.0, waited
     r = ours(stored_message(srv, qid), signed)
+    assert [(m, r[m][0]["result"]) for m in ("spf", "dkim", "dmarc")] == \
+        [("spf", "temperror"), ("dkim", "temperror"), ("dmarc", "temperror")], r
+
+
+def test_verify_timeout_cuts_slower_dns_short(tmp_path, dns, keys):
+    """DNS would give up after 5 s, the checks' deadline is 1.5 s: the deadline wins."""
+    s = start_server(tmp_path, config=verify_config(dns, dns_timeout=5.0, verify_timeout=1.5))
+    try:
+        signed = dkimpy_sign(message("slower dns", "slow.example"), keys["slow"])
+        reply, waited = deliver(s, signed, "alice@slow.example")
+        stored = stored_message(s, queued_id(reply))
+    finally:
+        s.stop()
+    assert waited < 1.5 + 2.0, waited
+    r = ours(stored, signed)
     assert [(m, r[m][0]["result"]) for m in ("spf", "dkim", "dmarc")] == \
         [("spf", "temperror"), ("dkim", "temperror"), ("dmarc", "temperror")], r
