@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 
+import dkim
 import pytest
 
 from conftest import start_server
@@ -33,6 +34,7 @@ def keys(tmp_path_factory):
         sel = f"{signer[:2]}{alg[:2]}"
         out[(signer, alg)] = make_key(d, "sender.example", sel, alg)
     out["failspf"] = make_key(d, "failspf.example", "py", "rsa2048")
+    out["arc"] = make_key(d, "sealer.example", "arc", "rsa2048")
     out["slow"] = make_key(d, "slow.example", "py", "ed25519")
     return out
 
@@ -202,6 +204,20 @@ def test_forged_results_of_ours_are_removed_others_kept(srv, keys):
     r = ours(stored, other + signed)
     assert [x["result"] for x in r["dkim"]] == ["pass"] and r["spf"][0]["result"] == "pass", r
     assert sum(1 for n, _v in got if n.lower() == "authentication-results") == 2, got
+
+
+def test_arc_sealed_by_dkimpy_passes_and_a_broken_seal_fails(srv, keys):
+    """An intermediary (dkimpy's arc_sign) checked and sealed the message: arc=pass; a body
+    changed after the seal: arc=fail."""
+    signed = dkimpy_sign(message("arc sealed"), keys[("dkimpy", "rsa2048")])
+    upstream = b"Authentication-Results: relay.sealer.example; dkim=pass header.d=sender.example\r\n" + signed
+    key = keys["arc"]
+    seal = dkim.arc_sign(upstream, key.selector.encode(), key.domain.encode(), key.path.read_bytes(),
+                         b"relay.sealer.example")
+    sealed = b"".join(seal) + upstream
+    assert [x["result"] for x in results_of(srv, sealed)["arc"]] == ["pass"]
+    broken = sealed.replace(b"second paragraph", b"second paragrapH")
+    assert [x["result"] for x in results_of(srv, broken)["arc"]] == ["fail"]
 
 
 # -- DMARC actions -----------------------------------------------------------------------
