@@ -48,8 +48,8 @@ import dns.rcode
 import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
-import dns.rrset
 import dns.rdtypes.ANY.TXT
+import dns.rrset
 import pytest
 
 BEHAVIOURS = ("servfail", "refused", "nxdomain", "timeout")

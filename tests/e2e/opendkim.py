@@ -32,7 +32,7 @@ OPENDKIM = shutil.which("opendkim") or "/usr/sbin/opendkim"
 
 # Test mode prints each header field it would add as a Python-like repr:
 #   ### INSHEADER: idx=0 hname='DKIM-Signature' hvalue='v=1; a=...'
-_INSHEADER_RE = re.compile(r"^### INSHEADER: idx=\d+ hname='([^']*)' hvalue='(.*?)'$", re.M | re.S)
+_INSHEADER_RE = re.compile(r"^### INSHEADER: idx=\d+ hname='([^']*)' hvalue='(.*?)'$", re.MULTILINE | re.DOTALL)
 _RESULT_RE = re.compile(r'\bdkim=(\w+)(?:\s+reason="([^"]*)")?(?:\s+\(([^)]*)\))?([^;]*)')
 _PROP_RE = re.compile(r"\bheader\.([dsai])=(\S+)")
 _BITS_RE = re.compile(r"(\d+)-bit key")
@@ -43,7 +43,7 @@ def missing() -> str | None:
     if not os.access(OPENDKIM, os.X_OK):
         return f"{OPENDKIM} not installed (Debian package opendkim)"
     try:
-        p = subprocess.run([OPENDKIM, "-V"], capture_output=True, text=True, timeout=10)
+        p = subprocess.run([OPENDKIM, "-V"], capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"{OPENDKIM} -V failed: {e}"
     if "ed25519-sha256" not in p.stdout:
@@ -139,7 +139,7 @@ class OpenDKIM:
         msg.write_bytes(message)
         try:
             p = subprocess.run([OPENDKIM, "-x", str(conf), "-t", str(msg), "-vv"],
-                               capture_output=True, timeout=self.dns_timeout * 4 + 20, cwd=self.dir)
+                               capture_output=True, timeout=self.dns_timeout * 4 + 20, cwd=self.dir, check=False)
         except subprocess.TimeoutExpired as e:
             raise OpenDKIMError(f"opendkim -t did not finish: {e}") from e
         out = p.stdout.decode("utf-8", "replace")

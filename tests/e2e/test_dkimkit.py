@@ -5,17 +5,17 @@ wrong verdict cannot come from the reader."""
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, strategies as st
-
 from dkimkit import authres, fields, sig_tags
+from hypothesis import given
+from hypothesis import strategies as st
 
 
 @pytest.mark.parametrize("value, want_id, want", [
     ("mx.example.test; none", "mx.example.test", []),
     ("mx.example.test 1; spf=pass smtp.mailfrom=a@b.example", "mx.example.test",
      [("spf", "pass", "", "", {"smtp.mailfrom": "a@b.example"})]),
-    ('mx.example.test;\r\n\tdkim=fail reason="bad; sig" (body hash did not verify) header.d=b.example '
-     "header.s=s1;\r\n\tdmarc=pass (p=reject dis=none) header.from=b.example; arc=none", "mx.example.test",
+    (('mx.example.test;\r\n\tdkim=fail reason="bad; sig" (body hash did not verify) header.d=b.example '
+      "header.s=s1;\r\n\tdmarc=pass (p=reject dis=none) header.from=b.example; arc=none"), "mx.example.test",
      [("dkim", "fail", "bad; sig", "body hash did not verify", {"header.d": "b.example", "header.s": "s1"}),
       ("dmarc", "pass", "", "p=reject dis=none", {"header.from": "b.example"}),
       ("arc", "none", "", "", {})]),

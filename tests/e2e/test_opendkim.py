@@ -5,8 +5,14 @@ for both algorithms and canonicalizations; a changed body or signed header fails
 from __future__ import annotations
 
 import pytest
-
-from dkimkit import dkimpy_results, dkimpy_sign, make_key, opendkim_for, publish, start_port53
+from dkimkit import (
+    dkimpy_results,
+    dkimpy_sign,
+    make_key,
+    opendkim_for,
+    publish,
+    start_port53,
+)
 
 MESSAGE = (b"From: Alice <alice@example.com>\r\nTo: bob@example.net\r\nSubject: wrapper check\r\n"
            b"Date: Sat, 05 Dec 2026 09:00:00 +0000\r\nMessage-ID: <w1@example.com>\r\n\r\n"
@@ -67,7 +73,7 @@ def test_opendkim_signed_verifies_in_dkimpy(odk, keys, alg, canon, request):
 
 
 def test_unsigned_and_unknown_keys(odk, keys, dns53, tmp_path):
-    ok, detail = odk.verify(MESSAGE)
+    ok, _detail = odk.verify(MESSAGE)
     assert not ok and odk.results(MESSAGE) == []
     stranger = make_key(tmp_path, "example.com", "unpublished", "rsa2048")
     [r] = odk.results(dkimpy_sign(MESSAGE, stranger))
