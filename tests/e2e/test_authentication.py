@@ -30,7 +30,7 @@ from test_tls import selfsigned, starttls
 
 OUTSIDE = "127.0.0.2"  # a client address outside mynetworks (127.0.0.1/32)
 WAIT = 30.0
-SIGNERS = {  # domain -> [(selector, algorithm)]; simple.example signs with simple/simple
+SIGNERS = {  # domain -> [(selector, algorithm)]; simple.example signs with simple/simple, x= a week on
     "example.com": [("rsa1", "rsa2048"), ("ed1", "ed25519")],
     "simple.example": [("srsa", "rsa2048"), ("sed", "ed25519")],
 }
@@ -46,9 +46,10 @@ def keygen(out: Path, domain: str, selector: str, algorithm: str) -> Key:
 def sign_tables(keys: list[Key]) -> str:
     out = []
     for k in keys:
-        canon = "simple/simple" if k.domain == "simple.example" else "relaxed/relaxed"
+        simple = k.domain == "simple.example"
         out.append(f'[[dkim.sign]]\ndomain = "{k.domain}"\nselector = "{k.selector}"\nkey = "{k.path}"\n'
-                   f'canonicalization = "{canon}"\n')
+                   f'canonicalization = "{"simple/simple" if simple else "relaxed/relaxed"}"\n'
+                   + ('expire = "7d"\n' if simple else ""))
     return "\n".join(out)
 
 
@@ -177,6 +178,10 @@ def test_dual_signed_relay_verifies_in_dkimpy_and_opendkim(srv, sink, keys, odk,
         h = [x.strip().lower() for x in s["h"].split(":")]
         assert h.count("from") >= 2 and {"to", "subject", "date", "message-id"} <= set(h), s  # From over-signed
         assert "l" not in s, s
+        if domain == "simple.example":
+            assert int(s["x"]) - int(s["t"]) == 7 * 86400, s
+        else:
+            assert "x" not in s, s
     assert [ok for _d, _s, ok in dkimpy_results(data, keys)] == [True, True]
     results = odk.results(data)
     assert sorted((r["result"], r["d"], r["s"], r["a"]) for r in results) == \
@@ -286,3 +291,30 @@ def test_bad_key_file_is_a_config_error(tmp_path, problem):
     assert rc == 2, (rc, log)
     assert str(key) in log and "broken.example" in log, log
     assert "Traceback" not in log, log
+
+
+def test_bad_key_with_send_unsigned_starts_and_sends_unsigned(tmp_path, keys, sink):
+    """on_key_error = "send-unsigned": the unusable key is skipped (not a config error), the
+    usable ones still sign, and mail for the broken domain goes out unsigned."""
+    bad = tmp_path / "broken.private"
+    bad.write_text("not a key\n")
+    bad.chmod(0o600)
+    mine = [k for k in keys if k.domain == "example.com"]
+    cfg = server_config(mine, sink.port, extra_dkim='on_key_error = "send-unsigned"') + \
+        f'\n[[dkim.sign]]\ndomain = "broken.example"\nselector = "s9"\nkey = "{bad}"\n'
+    path = tmp_path / "check.toml"
+    path.write_text(cfg)
+    p = subprocess.run(mta_cmd("check-config", str(path)), capture_output=True, text=True, timeout=60, check=False)
+    assert p.returncode == 0, (p.returncode, p.stderr)
+    s = start_server(tmp_path, config=cfg, deliver=True)
+    try:
+        send(s, message("broken unsigned", "gina@broken.example"), sender="gina@broken.example")
+        send(s, message("still signed"))
+        unsigned = arrival(sink, "broken unsigned", s)
+        signed = arrival(sink, "still signed", s)
+        log = s.log()
+    finally:
+        s.stop()
+    assert signatures(unsigned) == []
+    assert {sg["s"] for sg in signatures(signed)} == {"rsa1", "ed1"}
+    assert str(bad) in log, log[-3000:]
