@@ -14,7 +14,7 @@ import pytest
 from conftest import start_server
 from dkimkit import Unavailable, authres, dkimpy_sign, fields, make_key, publish
 from dnsserver import DNSServer
-from helpers import HOSTNAME, Client, check, dot_stuff, queued_id
+from helpers import HOSTNAME, Client, check, dot_stuff, queued_id, stored_message
 from opendkim import OpenDKIM, missing
 
 AUTHSERV = HOSTNAME  # verify.authserv_id defaults to the host name (--hostname)
@@ -113,14 +113,6 @@ def deliver(srv, content: bytes, sender: str = "alice@sender.example") -> tuple[
         waited = time.monotonic() - started
         c.quit()
     return reply, waited
-
-
-def stored_message(srv, qid: str) -> bytes:
-    """The stored bytes: `mta queue show` prints the envelope, a blank line, the message
-    (whichever trace field of ours comes first)."""
-    p = srv.show(qid)
-    assert p.returncode == 0, p.stderr
-    return p.stdout.split(b"\n\n", 1)[1]
 
 
 def ours(stored: bytes, sent: bytes) -> dict[str, list[dict]]:
