@@ -1,5 +1,6 @@
 """A small authoritative DNS server for tests: real UDP and TCP on 127.0.0.1
-(one random port for both), answering from a dict in a background thread,
+(one random port for both, or a given host and port such as 127.0.0.153:53 for
+resolvers that only ask port 53), answering from a dict in a background thread,
 counting the queries it sees. No mocks: point a resolver at it.
 
 API
@@ -14,6 +15,7 @@ API
     }
     with DNSServer(zone, ttl=300, negative_ttl=60) as srv:
         srv.host, srv.port, srv.nameservers     # "127.0.0.1", int, ["127.0.0.1"]
+    DNSServer(zone, host="127.0.0.153", port=53).start()  # that address; OSError if taken
         srv.add("new.example", [("A", "127.0.0.2")])    # replace a name's records live
         srv.behave("mx1.example.com", "timeout", rdtype="AAAA")  # per name or per (name, type)
         srv.delay("example.com", 0.3)           # answer that name late
@@ -46,8 +48,8 @@ import dns.rcode
 import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
-import dns.rrset
 import dns.rdtypes.ANY.TXT
+import dns.rrset
 import pytest
 
 BEHAVIOURS = ("servfail", "refused", "nxdomain", "timeout")
@@ -67,11 +69,12 @@ def _norm(name) -> str:
 
 class DNSServer:
     def __init__(self, zone: dict | None = None, ttl: int = 300, negative_ttl: int = 60,
-                 behaviours: dict | None = None):
+                 behaviours: dict | None = None, host: str = "127.0.0.1", port: int = 0):
         self.ttl = ttl
         self.negative_ttl = negative_ttl
-        self.host = "127.0.0.1"
-        self.port = 0
+        self.host = host
+        self.port = port  # 0: a free port, chosen at start()
+        self._fixed_port = port
         self.queries: list[tuple[str, str]] = []
         self._lock = threading.Lock()
         self._zone: dict[str, list[tuple[int, dns.rdata.Rdata, int]]] = {}
@@ -221,17 +224,32 @@ class DNSServer:
                     if reply is not None:
                         sock.sendall(struct.pack("!H", len(reply)) + reply)
 
-        for _ in range(50):  # one port free for both UDP and TCP
-            udp = socketserver.ThreadingUDPServer((self.host, 0), Udp)
-            port = udp.server_address[1]
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        Udp4or6 = type("Udp", (socketserver.ThreadingUDPServer,), {"address_family": family})
+        # SO_REUSEADDR on TCP only: a fixed port is free again at once after a previous run's
+        # TIME_WAIT, while two live servers still cannot share it (UDP would let them).
+        Tcp4or6 = type("Tcp", (socketserver.ThreadingTCPServer,),
+                       {"address_family": family, "allow_reuse_address": True})
+        if self._fixed_port:
+            port = self._fixed_port
+            udp = Udp4or6((self.host, port), Udp)
             try:
-                tcp = socketserver.ThreadingTCPServer((self.host, port), Tcp)
+                tcp = Tcp4or6((self.host, port), Tcp)
             except OSError:
                 udp.server_close()
-                continue
-            break
+                raise
         else:
-            raise RuntimeError("no free port for the test DNS server")
+            for _ in range(50):  # one port free for both UDP and TCP
+                udp = Udp4or6((self.host, 0), Udp)
+                port = udp.server_address[1]
+                try:
+                    tcp = Tcp4or6((self.host, port), Tcp)
+                except OSError:
+                    udp.server_close()
+                    continue
+                break
+            else:
+                raise RuntimeError("no free port for the test DNS server")
         self.port = port
         for srv in (udp, tcp):
             srv.daemon_threads = True

@@ -2,7 +2,9 @@
 
 Every server gets its own free port and a fresh spool under tmp_path; it is
 stopped (SIGTERM, then SIGKILL) when the test ends. Nothing here mocks the
-server: tests drive it with smtplib, raw sockets and swaks.
+server: tests drive it with smtplib, raw sockets and swaks. Every server asks
+the session's empty loopback DNS server unless its config has a [dns] table:
+no test waits on real DNS.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from dnsserver import DNSServer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -76,6 +80,37 @@ class Server:
         return self.proc.returncode
 
 
+_session_dns: list[DNSServer] = []
+
+
+def loopback_dns() -> DNSServer:
+    """The session's DNS server: an empty zone, so every name is NXDOMAIN at once."""
+    if not _session_dns:
+        _session_dns.append(DNSServer().start())
+    return _session_dns[0]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_loopback_dns():
+    yield
+    while _session_dns:
+        _session_dns.pop().stop()
+
+
+def with_loopback_dns(config: str | None) -> str:
+    """The config with a [dns] table naming the loopback server appended, unless it sets
+    [dns] itself (or is not TOML at all: a test of a bad config gets it unchanged).
+    Mail from outside mynetworks is verified (SPF, DKIM, DMARC): without this every such
+    test would ask the system's resolver about names of example domains."""
+    try:
+        if "dns" in tomllib.loads(config or ""):
+            return config
+    except tomllib.TOMLDecodeError:
+        return config
+    srv = loopback_dns()
+    return f'{config or ""}\n[dns]\nnameservers = ["{srv.host}"]\nport = {srv.port}\n'
+
+
 def start_server(
     tmp_path: Path,
     *,
@@ -91,13 +126,11 @@ def start_server(
     """Start `mta run` on a free loopback port; wait until it accepts connections."""
     port = port or free_port(host)
     spool = spool or tmp_path / "spool"
-    cfg_path = None
     cmd = ["run", "--listen", f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
            "--spool", str(spool), "--hostname", "mx.example.test"]
-    if config is not None:
-        cfg_path = tmp_path / f"mta-{port}.toml"
-        cfg_path.write_text(config)
-        cmd += ["--config", str(cfg_path)]
+    cfg_path = tmp_path / f"mta-{port}.toml"
+    cfg_path.write_text(with_loopback_dns(config))
+    cmd += ["--config", str(cfg_path)]
     if not deliver:
         # Receive-path tests inspect the queue; nothing may leave it under them.
         cmd.append("--no-delivery")
