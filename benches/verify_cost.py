@@ -93,7 +93,7 @@ def parts_us(srv: DNSServer, raw: bytes, calls: int, runs: int) -> dict[str, flo
 
     async def dkim_once():
         sigs = _native.dkim_signatures(block)
-        status, records = await lookup.query(sigs[0].key_name, "TXT")
+        _status, records = await lookup.query(sigs[0].key_name, "TXT")
         key = _native.DkimPublicKey(records[0])
         (result, why), = _native.dkim_verify(block, body, [(sigs[0], key)], int(time.time()))
         assert result == "pass", why

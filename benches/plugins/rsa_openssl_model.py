@@ -14,7 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, utils
-
 from mta import _native
 
 KEYS = os.environ.get("MTA_BENCH_DKIM_KEYS", "/tmp/mta-bench-dkim")
