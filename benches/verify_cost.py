@@ -1,7 +1,8 @@
 """CPU per message of the checks of untrusted mail (issue 21): SPF, DKIM, DMARC and ARC as the
 server runs them (mta.testing.ScriptedSession, `[verify]` on, DNS from the loopback server of
-tests/dnsserver.py, its cache warmed first), minus the same session with `[verify]` off; then
-each check alone. CPU time of the whole process (the DNS server's thread idles: counted).
+tests/dnsserver.py, its cache warmed first), minus the same session with `[verify]` off, run
+by run in alternation; then each check alone. CPU time of the whole process (the DNS
+server's thread idles: counted).
 
   PYTHONPATH=/tmp/mta-dkim/python:tests python benches/verify_cost.py [--messages 400] [--runs 5] [--json]
 """
@@ -50,34 +51,48 @@ def signed(size: int, signer, seed: int) -> bytes:
     return b"".join(_native.dkim_sign(msg[:cut], msg[cut + 2:], [signer], int(time.time()))) + msg
 
 
-def session_us(srv: DNSServer, verify: bool, raw: bytes, messages: int, runs: int) -> tuple[float, int]:
-    """(median process CPU µs per transaction, DNS queries seen while timed) of MAIL, RCPT,
-    DATA with this message, over and over in one session (one resolver cache)."""
-    cfg = {"verify.enabled": verify, "dns.nameservers": srv.nameservers, "dns.port": srv.port,
-           "local_domains": ["example.net"], "verify.authserv_id": "mx.test"}
-    with ScriptedSession(peer_ip=PEER, config=cfg) as s:
-        s.ehlo("mail.example.test")
+class Timed:
+    """One session sending this message over and over (MAIL, RCPT, DATA; one resolver cache),
+    `[verify]` on or off; each run() gives the process CPU µs per transaction."""
 
-        def one() -> None:
-            s.mail(f"from@{DOMAIN}")
-            s.rcpt("to@example.net")
-            r = s.data(raw)
-            assert r.code == 250, r
-
+    def __init__(self, srv: DNSServer, verify: bool, raw: bytes) -> None:
+        cfg = {"verify.enabled": verify, "dns.nameservers": srv.nameservers, "dns.port": srv.port,
+               "local_domains": ["example.net"], "verify.authserv_id": "mx.test"}
+        self.s = ScriptedSession(peer_ip=PEER, config=cfg)
+        self.s.ehlo("mail.example.test")
+        self.raw = raw
         for _ in range(20):  # warm: the cache, the allocator, the lazy imports
-            one()
+            self.one()
         if verify:  # the checks really ran, and passed
-            text = s.store.stored[max(s.store.stored)]["data"].split(b"\r\n\r\n", 1)[0]
+            text = self.s.store.stored[max(self.s.store.stored)]["data"].split(b"\r\n\r\n", 1)[0]
             assert b"Authentication-Results: mx.test" in text and b"dmarc=pass" in text, text[:600]
+
+    def one(self) -> None:
+        self.s.mail(f"from@{DOMAIN}")
+        self.s.rcpt("to@example.net")
+        r = self.s.data(self.raw)
+        assert r.code == 250, r
+
+    def run(self, messages: int) -> float:
+        self.s.store.stored.clear()
+        t0 = time.process_time()
+        for _ in range(messages):
+            self.one()
+        return (time.process_time() - t0) * 1e6 / messages
+
+
+def session_us(srv: DNSServer, raw: bytes, messages: int, runs: int) -> tuple[float, float, float, int]:
+    """(median µs per transaction with [verify] off, on, median of the per-round differences,
+    DNS queries seen while timed): off and on in alternation, so the machine's drift hits both."""
+    off, on = Timed(srv, False, raw), Timed(srv, True, raw)
+    try:
         srv.reset_counts()
-        out = []
-        for _ in range(runs):
-            s.store.stored.clear()
-            t0 = time.process_time()
-            for _ in range(messages):
-                one()
-            out.append((time.process_time() - t0) * 1e6 / messages)
-        return statistics.median(out), len(srv.queries)
+        pairs = [(off.run(messages), on.run(messages)) for _ in range(runs)]
+    finally:
+        off.s.close()
+        on.s.close()
+    return (statistics.median(a for a, _ in pairs), statistics.median(b for _, b in pairs),
+            statistics.median(b - a for a, b in pairs), len(srv.queries))
 
 
 def parts_us(srv: DNSServer, raw: bytes, calls: int, runs: int) -> dict[str, float]:
@@ -138,12 +153,11 @@ def main() -> None:
     rows = []
     with DNSServer(zone) as srv:
         for size in SIZES:
-            base, _q = session_us(srv, False, signed(size, signers["rsa-2048"], 1), a.messages, a.runs)
             for alg, signer in signers.items():
                 raw = signed(size, signer, 1)
-                on, queries = session_us(srv, True, raw, a.messages, a.runs)
+                base, on, diff, queries = session_us(srv, raw, a.messages, a.runs)
                 rows.append({"size": size, "algorithm": alg, "session_off_us": round(base, 1),
-                             "session_on_us": round(on, 1), "verify_us": round(on - base, 1),
+                             "session_on_us": round(on, 1), "verify_us": round(diff, 1),
                              "dns_queries_timed": queries, **parts_us(srv, raw, a.messages, a.runs)})
     if a.json:
         print(json.dumps(rows, indent=1))
