@@ -3,6 +3,7 @@ mta.testing): SPF, DKIM (messages signed by dkimpy), DMARC and ARC answered by t
 DNS server, one Authentication-Results field on top, forged ones removed, the DMARC actions,
 and temperror (not a stalled session) when DNS does not answer."""
 
+import asyncio
 import base64
 import time
 
@@ -182,3 +183,34 @@ def test_a_big_message_is_verified_off_the_event_loop(world):
     with session(world) as s:
         r = send(s, signed(world, big))
     assert r.code == 250 and "dkim=pass" in results(r.message)
+
+
+def test_rsa_signatures_are_checked_by_openssl_with_the_same_results(world):
+    """The verifier gives RSA keys OpenSSL's check (verify_digest); it must agree with the
+    extension's own check on good and bad signatures, and a failing hook falls back to it."""
+    from mta import _native
+    from mta.delivery.mx import MxResolver
+    from mta.policy.dkim import openssl_rsa_verify
+
+    srv, _keys = world
+    head, body = signed(world, message()).split(b"\r\n\r\n", 1)
+    head += b"\r\n"
+    lookup = MxResolver(srv.nameservers, port=srv.port, timeout=1)
+    _status, (record,) = asyncio.run(lookup.query("s1._domainkey.example.com", "TXT"))
+    _status, (ed_record,) = asyncio.run(lookup.query("e1._domainkey.example.com", "TXT"))
+    calls = []
+
+    def counted(digest, signature, check=openssl_rsa_verify(record)):
+        calls.append(len(digest))
+        return check(digest, signature)
+
+    def broken(digest, signature):
+        raise RuntimeError("no OpenSSL today")
+
+    keys = (_native.DkimPublicKey(record), _native.DkimPublicKey(record, verify_digest=counted),
+            _native.DkimPublicKey(record, verify_digest=broken))
+    for h, want in ((head, "pass"), (head.replace(b"hello", b"jello"), "fail")):
+        sig = _native.dkim_signatures(h)[0]
+        assert [_native.dkim_verify(h, body, [(sig, k)], int(time.time()))[0][0] for k in keys] == [want] * 3
+    assert calls == [32, 32]  # the digest, once per check
+    assert openssl_rsa_verify(ed_record) is None

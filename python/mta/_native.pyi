@@ -759,11 +759,14 @@ def dkim_signatures(header_block: bytes) -> list[DkimSignature]:
 class DkimPublicKey:
     """A DKIM key record (RFC 6376 3.6.1)."""
 
-    def __init__(self, record: str) -> None:
+    def __init__(self, record: str, verify_digest: Callable[[bytes, bytes], bool] | None = None) -> None:
         """`record`: the TXT strings joined. ValueError with the reason: v= not first or not
         DKIM1, unknown k=, empty p= ("key revoked"), bad base64, not a key of k=, an RSA key
         of more than 4096 bits, h= without sha256, s= not covering email or *. RSA keys under
-        1024 bits parse (dkim_verify then gives permerror)."""
+        1024 bits parse (dkim_verify then gives fail). `verify_digest(digest, signature)`:
+        the same key's check of a signature over the 32-octet SHA-256 digest, True when it
+        holds (mta.policy.verify hands OpenSSL's RSA check through `cryptography`); None or a
+        hook that raises: the key's own (RustCrypto). Called with the GIL."""
     @property
     def algorithm(self) -> str:
         """"rsa" or "ed25519"."""

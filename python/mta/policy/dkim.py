@@ -56,6 +56,35 @@ def openssl_rsa(pem: bytes):
     return sign_digest
 
 
+def openssl_rsa_verify(record: str):
+    """The check of an RSASSA-PKCS1-v1_5 signature over a SHA-256 digest by OpenSSL for the
+    RSA key of a DKIM key record (its p=, SubjectPublicKeyInfo): about 12 times faster than the
+    pure-Rust check. None when the key is not one OpenSSL reads that way."""
+    import base64
+
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
+
+    tags = dict(t.strip().split("=", 1) for t in record.split(";") if "=" in t)
+    try:
+        public = serialization.load_der_public_key(base64.b64decode("".join(tags.get("p", "").split())))
+    except ValueError:
+        return None
+    if not isinstance(public, rsa.RSAPublicKey):
+        return None
+    pad, prehashed = padding.PKCS1v15(), utils.Prehashed(hashes.SHA256())
+
+    def verify_digest(digest: bytes, signature: bytes) -> bool:
+        try:
+            public.verify(signature, digest, pad, prehashed)
+        except InvalidSignature:
+            return False
+        return True
+
+    return verify_digest
+
+
 class Keyring:
     """The signers of each configured domain, and which apply to a message."""
 

@@ -13,12 +13,14 @@ from mta import _native
 from mta.plugin import Reject
 from mta.policy import authres, dmarc, spf
 from mta.policy.chain import Entry
+from mta.policy.dkim import openssl_rsa_verify
 
 log = logging.getLogger("mta.verify")
 
 AR = "Authentication-Results"
 _IN_PLACE_MAX = 256 * 1024  # bodies hashed on the event loop's thread up to this size
-_KEY_RECORDS_MAX = 4  # TXT records tried at a key name (RFC 6376 3.6.2.2: one is expected)
+_KEY_RECORDS_MAX = 4
+_KEYS_MAX = 1000  # TXT records tried at a key name (RFC 6376 3.6.2.2: one is expected)
 
 
 class Verifier:
@@ -31,6 +33,7 @@ class Verifier:
         self.hostname = hostname
         self.dmarc_reject = dmarc_reject
         self.timeout = timeout
+        self._keys: dict[str, Any] = {}  # key record -> DkimPublicKey: parsed once, not per message
 
     async def check(self, tx, msg) -> Reject | None:
         """Check the message, record the results; a Reject when DMARC says reject and
@@ -95,10 +98,20 @@ class Verifier:
             return None, "permerror", f"no key published at {name}"
         why = ""
         for record in records[:_KEY_RECORDS_MAX]:
-            try:
-                return _native.DkimPublicKey(record), "", ""
-            except ValueError as e:
-                why = str(e)
+            key = self._keys.get(record)
+            if key is None:
+                try:
+                    key = _native.DkimPublicKey(record)
+                except ValueError as e:
+                    why = str(e)
+                    continue
+                if key.algorithm == "rsa":  # checked by OpenSSL when it reads the key
+                    check = openssl_rsa_verify(record)
+                    key = _native.DkimPublicKey(record, verify_digest=check) if check else key
+                if len(self._keys) >= _KEYS_MAX:
+                    self._keys.clear()
+                self._keys[record] = key
+            return key, "", ""
         return None, "permerror", f"unusable key at {name}: {why}"
 
     async def _dkim(self, block: bytes, body: Any) -> list[tuple[str, str, dict, str]]:

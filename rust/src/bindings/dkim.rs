@@ -7,7 +7,7 @@ use crate::dkim::canon::{body_hashes, Canon};
 use crate::dkim::keys::{PrivateKey, PublicKey};
 use crate::dkim::sig::Signature;
 use crate::dkim::sign::{sign, sign_with, SignError, Signer};
-use crate::dkim::verify::verify;
+use crate::dkim::verify::{verify, verify_with};
 use crate::errors::spool_err;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -216,13 +216,16 @@ fn dkim_signatures(header_block: &[u8]) -> Vec<PyDkimSignature> {
 }
 
 #[pyclass(name = "DkimPublicKey", module = "mta._native", frozen)]
-pub struct PyDkimPublicKey(Arc<PublicKey>);
+pub struct PyDkimPublicKey(Arc<PublicKey>, Option<Py<PyAny>>);
 
 #[pymethods]
 impl PyDkimPublicKey {
     #[new]
-    fn new(record: &str) -> PyResult<Self> {
-        PublicKey::from_record(record).map(|k| PyDkimPublicKey(Arc::new(k))).map_err(PyValueError::new_err)
+    #[pyo3(signature = (record, verify_digest = None))]
+    fn new(record: &str, verify_digest: Option<Py<PyAny>>) -> PyResult<Self> {
+        PublicKey::from_record(record)
+            .map(|k| PyDkimPublicKey(Arc::new(k), verify_digest))
+            .map_err(PyValueError::new_err)
     }
     #[getter]
     fn algorithm(&self) -> &'static str {
@@ -252,7 +255,26 @@ fn dkim_verify<'py>(
 ) -> PyResult<Vec<(&'static str, String)>> {
     let body = Body::from(body)?;
     let list: Vec<(&Signature, &PublicKey)> = checks.iter().map(|(s, k)| (&s.0, k.0.as_ref())).collect();
-    let r = body.with(py, |b| verify(header_block, b, &list, now, false))?;
+    let ops: Vec<Option<&Py<PyAny>>> = checks.iter().map(|(_, k)| k.1.as_ref()).collect();
+    let r = if ops.iter().all(Option::is_none) {
+        body.with(py, |b| verify(header_block, b, &list, now, false))?
+    } else {
+        // A key's own verify_digest (e.g. OpenSSL through `cryptography`) checks the
+        // signature: called with the GIL taken back for the call only.
+        body.with(py, |b| {
+            verify_with(header_block, b, &list, now, false, |key, digest, sig| {
+                let i = list.iter().position(|(_, k)| std::ptr::eq(*k, key)).unwrap_or(0);
+                match ops[i] {
+                    None => key.verify(digest, sig),
+                    Some(op) => Python::attach(|py| {
+                        op.call1(py, (PyBytes::new(py, digest), PyBytes::new(py, sig)))
+                            .and_then(|r| r.is_truthy(py))
+                            .unwrap_or_else(|_| key.verify(digest, sig)) // a failing hook: our own check
+                    }),
+                }
+            })
+        })?
+    };
     let v = r.map_err(spool_err)?;
     Ok(v.into_iter().map(|(o, why)| (o.name(), why)).collect())
 }

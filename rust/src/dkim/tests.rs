@@ -449,3 +449,42 @@ fn incoming_body_blocks() {
     m.body_blocks(64, |b| n += b.len()).unwrap();
     assert_eq!(n, 0);
 }
+
+#[test]
+fn another_implementation_signs_and_verifies() {
+    // sign_with / verify_with hand the private- and public-key operations to the caller (the
+    // server gives RSA to OpenSSL): what they return is what goes out, and what they decide.
+    use super::sign::sign_with;
+    use super::verify::verify_with;
+    let body: &[u8] = b"body\r\n";
+    for (key, public) in keys() {
+        let s = Signer::new("example.com", "sel", key.clone(), None, "relaxed/relaxed", None, None).unwrap();
+        let mut seen = 0;
+        let f = sign_with(HEAD, &mut slice_body(body), &[&s], NOW, |s, d| {
+            seen += 1;
+            s.key.sign(d)
+        })
+        .unwrap()
+        .remove(0);
+        assert_eq!(f, sign(HEAD, &mut slice_body(body), &[&s], NOW).unwrap().remove(0));
+        assert_eq!(seen, 1);
+        let refused = sign_with(HEAD, &mut slice_body(body), &[&s], NOW, |_, _| Err("unplugged".into()));
+        assert!(matches!(refused, Err(super::sign::SignError::Key(e)) if e == "unplugged"));
+        let mut msg = f.clone();
+        msg.extend_from_slice(HEAD);
+        let sig = &signatures(&msg)[0];
+        let mut digests = Vec::new();
+        let r = verify_with(&msg, &mut slice_body(body), &[(sig, &public)], NOW, false, |k, d, b| {
+            digests.push(*d);
+            k.verify(d, b)
+        })
+        .unwrap();
+        assert_eq!((r[0].0, digests.len()), (Outcome::Pass, 1));
+        let r = verify_with(&msg, &mut slice_body(body), &[(sig, &public)], NOW, false, |_, _, _| false).unwrap();
+        assert_eq!(r[0], (Outcome::Fail, "signature did not verify".into()));
+        // the body hash is checked first: a changed body never reaches the operation
+        let r = verify_with(&msg, &mut slice_body(b"other\r\n"), &[(sig, &public)], NOW, false, |_, _, _| unreachable!())
+            .unwrap();
+        assert_eq!(r[0], (Outcome::Fail, "body hash did not verify".into()));
+    }
+}
