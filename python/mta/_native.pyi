@@ -773,6 +773,10 @@ class DkimPublicKey:
     @property
     def bits(self) -> int: ...
     @property
+    def rsa_spki(self) -> bytes | None:
+        """An RSA key as SubjectPublicKeyInfo DER (whichever form the record published, SPKI
+        or PKCS#1), for another implementation of the check; None for Ed25519."""
+    @property
     def testing(self) -> bool:
         """t=y."""
     @property

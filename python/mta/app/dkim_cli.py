@@ -15,12 +15,10 @@ from mta.policy import dkimkeys
 def problems(cfg) -> list[str]:
     """Every [[dkim.sign]] key that cannot be used, for check-config ([] when all can; a
     skipped key under on_key_error = "send-unsigned" is logged, not a problem)."""
-    if not cfg.dkim.sign:
-        return []
-    from mta.policy import dkim as signing
+    from mta.policy import builtins
 
     try:
-        signing.Keyring.from_config(cfg.dkim)
+        builtins.signer(cfg.dkim)
     except ConfigError as e:
         return e.errors
     return []

@@ -41,10 +41,9 @@ def run(cfg: Config) -> int:
     from mta.policy import loader
 
     loader.load(cfg.plugin, cfg.delivery.route_hook)  # a plugin that cannot load stops the start here (ConfigError)
-    if cfg.dkim.sign:
-        from mta.policy import dkim
+    from mta.policy import builtins
 
-        dkim.Keyring.from_config(cfg.dkim)  # so does a DKIM key that cannot be used
+    builtins.signer(cfg.dkim)  # so does a DKIM key that cannot be used
     return _Supervisor(cfg).run()
 
 

@@ -56,23 +56,18 @@ def openssl_rsa(pem: bytes):
     return sign_digest
 
 
-def openssl_rsa_verify(record: str):
+def openssl_rsa_verify(key: Any):
     """The check of an RSASSA-PKCS1-v1_5 signature over a SHA-256 digest by OpenSSL for the
-    RSA key of a DKIM key record (its p=, SubjectPublicKeyInfo): about 12 times faster than the
-    pure-Rust check. None when the key is not one OpenSSL reads that way."""
-    import base64
-
+    RSA key of a `_native.DkimPublicKey` (its `rsa_spki`): about 12 times faster than the
+    pure-Rust check. None for a key that is not RSA."""
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
+    from cryptography.hazmat.primitives.asymmetric import padding, utils
 
-    tags = dict(t.strip().split("=", 1) for t in record.split(";") if "=" in t)
-    try:
-        public = serialization.load_der_public_key(base64.b64decode("".join(tags.get("p", "").split())))
-    except ValueError:
+    spki = key.rsa_spki
+    if spki is None:
         return None
-    if not isinstance(public, rsa.RSAPublicKey):
-        return None
+    public = serialization.load_der_public_key(spki)
     pad, prehashed = padding.PKCS1v15(), utils.Prehashed(hashes.SHA256())
 
     def verify_digest(digest: bytes, signature: bytes) -> bool:
@@ -179,12 +174,9 @@ def entry(keyring: Keyring) -> Entry:
 
     def _signed(msg, tx, block, body, signers, now):
         try:
-            fields = _native.dkim_sign(block, body, signers, now)
+            return _added(msg, _native.dkim_sign(block, body, signers, now))
         except Exception as e:  # noqa: BLE001 - a key or message the signer refuses
             return _failure(tx, e)
-        for f in fields:
-            msg.add_trace(f)
-        return None
 
     async def _sign_off_loop(executor, msg, tx, block, body, signers, now):
         try:
@@ -192,9 +184,11 @@ def entry(keyring: Keyring) -> Entry:
                 executor, _native.dkim_sign, block, body, signers, now)
         except Exception as e:  # noqa: BLE001
             return _failure(tx, e)
+        return _added(msg, fields)
+
+    def _added(msg, fields):
         for f in fields:
             msg.add_trace(f)
-        return None
 
     def _failure(tx, e: Exception):
         log.error("DKIM signing of %s failed: %s", getattr(tx, "queue_id", None), e)

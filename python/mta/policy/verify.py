@@ -105,9 +105,8 @@ class Verifier:
                 except ValueError as e:
                     why = str(e)
                     continue
-                if key.algorithm == "rsa":  # checked by OpenSSL when it reads the key
-                    check = openssl_rsa_verify(record)
-                    key = _native.DkimPublicKey(record, verify_digest=check) if check else key
+                if key.algorithm == "rsa":  # checked by OpenSSL
+                    key = _native.DkimPublicKey(record, verify_digest=openssl_rsa_verify(key))
                 if len(self._keys) >= _KEYS_MAX:
                     self._keys.clear()
                 self._keys[record] = key

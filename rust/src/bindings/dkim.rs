@@ -239,6 +239,11 @@ impl PyDkimPublicKey {
     fn testing(&self) -> bool {
         self.0.testing
     }
+    /// An RSA key as SubjectPublicKeyInfo DER; None for Ed25519.
+    #[getter]
+    fn rsa_spki<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
+        self.0.rsa_spki().map(|d| PyBytes::new(py, &d))
+    }
     #[getter]
     fn strict(&self) -> bool {
         self.0.strict

@@ -171,6 +171,16 @@ impl PublicKey {
         Ok(PublicKey { kind, bits, testing: flags.contains(&"y"), strict: flags.contains(&"s") })
     }
 
+    /// An RSA key as SubjectPublicKeyInfo DER (whichever form the record published), for
+    /// another implementation of the check; None for Ed25519.
+    pub fn rsa_spki(&self) -> Option<Vec<u8>> {
+        use rsa::pkcs8::EncodePublicKey;
+        match &self.kind {
+            KeyKind::Rsa(k) => k.to_public_key_der().ok().map(|d| d.as_bytes().to_vec()),
+            KeyKind::Ed25519(_) => None,
+        }
+    }
+
     pub fn algorithm(&self) -> &'static str {
         match self.kind {
             KeyKind::Rsa(_) => "rsa",

@@ -488,3 +488,18 @@ fn another_implementation_signs_and_verifies() {
         assert_eq!(r[0], (Outcome::Fail, "body hash did not verify".into()));
     }
 }
+
+#[test]
+fn rsa_spki_whichever_form_was_published() {
+    use base64::Engine;
+    use rsa::pkcs1::EncodeRsaPublicKey;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let (_, public) = keys().remove(0);
+    let spki = public.rsa_spki().unwrap();
+    let super::keys::KeyKind::Rsa(k) = &public.kind else { panic!("RSA expected") };
+    let pkcs1 = k.to_pkcs1_der().unwrap();
+    let again = PublicKey::from_record(&format!("v=DKIM1; k=rsa; p={}", b64.encode(pkcs1.as_bytes()))).unwrap();
+    assert_eq!(again.rsa_spki().unwrap(), spki); // PKCS#1 published: the same SPKI
+    assert_eq!(PublicKey::from_record(&format!("k=rsa; p={}", b64.encode(&spki))).unwrap().bits, public.bits);
+    assert!(keys().remove(2).1.rsa_spki().is_none()); // Ed25519
+}
