@@ -22,6 +22,10 @@ from mta.config.listeners import (
 )
 from mta.config.dkim import SignTables
 from mta.config.plugins import PluginTables
+from mta.config.shaping import (
+    HeaderName, PoolName, PoolTables, RateKind, RedisUrl, ReplyTables, RuleTables, SenderPools, SourceTables,
+    cross_checks as shaping_checks, resolve_aliases,
+)
 from mta.config.routes import (
     TLS_MODES, AddressList, AddressMap, DurationList, IpList, OptionalHostPort, SenderLoginMap, Transport,
     TransportMap, parse_transport,
@@ -123,8 +127,12 @@ class DeliveryConfig:
                               "A recipient still deferred this long after arrival is bounced (4.4.7).")
     max_active: int = opt(1000, Int(unit="messages"),
                           "Messages being delivered at once; the rest wait in the spool, not in memory.")
-    max_connections: int = opt(20, Int(), "Concurrent connections per destination (per route for smarthosts).")
-    messages_per_connection: int = opt(100, Int(), "Messages sent over one connection before it is closed.")
+    max_connections: int = opt(20, Int(), "Concurrent connections per destination (per route for smarthosts). "
+                                          "An alias of shaping.default.connection_limit, which wins when set "
+                                          "(both set to different values: an error).")
+    messages_per_connection: int = opt(100, Int(), "Messages sent over one connection before it is closed. An alias "
+                                                   "of shaping.default.max_deliveries_per_connection, which wins "
+                                                   "when set (both set to different values: an error).")
     smtp_port: int = opt(25, Int(), "Port used for deliveries to MX hosts (25; another only for tests or private networks).")
     tls: str = opt("opportunistic", Choice(TLS_MODES),
                    "Outbound STARTTLS: none, opportunistic (unverified if offered), required (verified).")
@@ -144,6 +152,80 @@ class DeliveryConfig:
     log_file: str = opt("", Text(), "Delivery log (one JSON line per recipient outcome); empty: stderr.")
     route_hook: str = opt("", Text(), 'Deprecated: a "module:function" loaded as a plugin with only a '
                                       '"route" hook (list the module under [[plugin]] instead).')
+
+
+@dataclass(frozen=True)
+class EgressConfig:
+    source: tuple = opt((), SourceTables(),
+                        'Egress sources, each an [[egress.source]] table: name = "ip2" (unique; letters, digits, '
+                        '"_", "." and "-"; not "default"), address = "192.0.2.2" (IPv4 or IPv6 address to send '
+                        'from), ehlo = "out2.example.com" (default: hostname). Limits are kept per source and '
+                        'site. Without sources, mail goes from the default source (the kernel\'s choice of '
+                        'address). See docs/shaping.md.')
+    pool: tuple = opt((), PoolTables(),
+                      'Egress pools, each an [[egress.pool]] table: name = "bulk" (unique), sources = { ip2 = 3, '
+                      'ip3 = 1 } (every source an [[egress.source]], each weight an integer >= 1): connections '
+                      'go from the sources in smooth weighted round robin.')
+    default_pool: str = opt("", PoolName(),
+                            'The pool of messages no other rule picks (a plugin\'s tx.notes["pool"], pool_header, '
+                            'sender_pools); "": the default source.')
+    pool_header: str = opt("", HeaderName(),
+                           'A header naming the pool of a message (such as "X-Pool"), read at receipt and '
+                           'removed before sending; "": none.')
+    sender_pools: dict = opt(None, SenderPools(),
+                             'Sender domain → pool name; a domain covers its subdomains ("example.com" covers '
+                             '"a.example.com"), the longest match wins.', factory=dict, shown="{}")
+
+
+@dataclass(frozen=True)
+class ShapeDefaults:
+    connection_limit: int = opt(20, Int(),
+                                "Concurrent connections per egress source and destination site, per machine (all "
+                                "workers). Alias: delivery.max_connections (this key wins when set; both set to "
+                                "different values is an error). A transport's connections= overrides it for its "
+                                "routes, and a matching [[shaping.rule]] overrides both.")
+    max_connection_rate: Any = opt(None, RateKind(),
+                                   'New connections per source and site: "N/s", "N/min" or "N/h" (N may be a '
+                                   'decimal), smooth with a burst of half a second\'s worth; "": unlimited.')
+    max_message_rate: Any = opt(None, RateKind(),
+                                'Messages per source and site, as max_connection_rate; "": unlimited.')
+    max_deliveries_per_connection: int = opt(100, Int(),
+                                             "Messages sent over one connection before it is closed. Alias: "
+                                             "delivery.messages_per_connection (this key wins when set; both set "
+                                             "to different values is an error). A transport's per_connection= "
+                                             "overrides it for its routes, and a matching [[shaping.rule]] "
+                                             "overrides both.")
+
+
+@dataclass(frozen=True)
+class ShapingConfig:
+    default: ShapeDefaults = section(ShapeDefaults)
+    rule: tuple = opt((), RuleTables(),
+                      'Per-destination limits, each a [[shaping.rule]] table: domain = "example.test" (the '
+                      'recipient domain and its subdomains; "*.example.test": only subdomains) or site = '
+                      '"*.mail.protection.outlook.com" (a glob on MX host names), exactly one of the two, and any '
+                      'of connection_limit, max_connection_rate, max_message_rate, max_deliveries_per_connection '
+                      '(unset: inherited). Every matching rule applies, in order; later ones win key by key.')
+    on_reply: tuple = opt((), ReplyTables(),
+                          'Reply-driven rules, each a [[shaping.on_reply]] table: match = "^421 .*TSS04" (a regex '
+                          'on the remote reply) and/or class = "rate_limited" (a bounce class), site = "*.yahoodns.net" '
+                          '(optional glob), action = "suspend" (no connection to the site), "slow" (halve its '
+                          'message rate) or "bounce", duration = "30m" (for suspend and slow). The first matching '
+                          'rule applies.')
+
+
+@dataclass(frozen=True)
+class ThrottleConfig:
+    backend: str = opt("local", Choice(("local", "redis")),
+                       '"local": limits shared by the workers of this machine; "redis": by every worker of every '
+                       "node using the same Redis.")
+    redis_url: str = opt("redis://127.0.0.1:6379/0", RedisUrl(), "The Redis server of backend = \"redis\".")
+    expected_nodes: int = opt(1, Int(unit="nodes"),
+                              "Nodes sharing the Redis budgets: while Redis is unreachable, each node falls back to "
+                              "local limits divided by this.")
+    lease_ttl: float = opt(30.0, Duration(),
+                           "A connection slot held in Redis expires unless renewed within this long, so a dead "
+                           "node's slots come back.")
 
 
 @dataclass(frozen=True)
@@ -331,6 +413,9 @@ class Config:
                         'call; default 5s), name = "..." (for logs; default the module). See docs/plugins.md.')
     spool: SpoolConfig = section(SpoolConfig)
     delivery: DeliveryConfig = section(DeliveryConfig)
+    egress: EgressConfig = section(EgressConfig)
+    shaping: ShapingConfig = section(ShapingConfig)
+    throttle: ThrottleConfig = section(ThrottleConfig)
     bounce: BounceConfig = section(BounceConfig)
     dns: DnsConfig = section(DnsConfig)
     dkim: DkimConfig = section(DkimConfig)
@@ -441,6 +526,7 @@ def _cross_checks(cfg: Config, errs: Errors) -> None:
     if cfg.privileges.group and not cfg.privileges.user:
         errs.bad("privileges.group", "privileges.user to be set too", cfg.privileges.group)
     listener_checks(cfg, errs)
+    shaping_checks(cfg, errs)
     dk = cfg.dkim
     if dk.default_domain and dk.default_domain.lower().rstrip(".") not in {s.domain for s in dk.sign}:
         errs.bad("dkim.default_domain", "the domain of a [[dkim.sign]] table", dk.default_domain)
@@ -494,6 +580,8 @@ def load(path: str | None, overrides: dict | None = None) -> Config:
     cfg = _build(Config, data, "", errs)
     if not errs.items:
         _cross_checks(cfg, errs)
+    if not errs.items:
+        cfg = resolve_aliases(cfg, data, errs)
     if errs.items:
         raise ConfigError(errs.items)
     return cfg
