@@ -5,6 +5,7 @@ a resolved object holds was checked at load; only a Pool's round-robin position 
 from __future__ import annotations
 
 import dataclasses
+import decimal
 import difflib
 import fnmatch
 import ipaddress
@@ -57,7 +58,9 @@ class Rate(NamedTuple):
 
     def __str__(self) -> str:
         unit = {1.0: "s", 60.0: "min", 3600.0: "h"}[self.per]
-        return f"{self.count:g}/{unit}"
+        # The shortest exact decimal, never in exponent form (which parse_rate refuses).
+        count = format(decimal.Decimal(repr(self.count)), "f").removesuffix(".0")
+        return f"{count}/{unit}"
 
 
 def parse_rate(text: str) -> Rate | None:
