@@ -77,7 +77,7 @@ def test_rates(text, count, per):
 
 
 @pytest.mark.parametrize("text", ["10/fortnight", "0/s", "0.0/min", "-1/s", "10", "/s", "10/m", "10/sec",
-                                  "1e3/s", "ten/s", "10/s/s", ".5/s"])
+                                  "1e3/s", "ten/s", "10/s/s", ".5/s", "１０/s"])
 def test_rates_refused(text, tmp_path):
     with pytest.raises(ValueError):
         parse_rate(text)
@@ -93,6 +93,15 @@ def test_rate_of_the_wrong_type(tmp_path):
 
 def test_empty_rate_is_unlimited():
     assert parse_rate("") is None
+
+
+@given(st.text(max_size=20))
+def test_rate_parser_never_crashes(text):
+    try:
+        rate = parse_rate(text)
+    except ValueError:
+        return
+    assert rate is None or (rate.count > 0 and rate.per in (1.0, 60.0, 3600.0))
 
 
 @pytest.mark.parametrize("rate,interval,burst", [
@@ -265,8 +274,9 @@ sender_pools = { "example.com" = "bulk", "news.example.com" = "news" }
         assert e.pool_for("a@example.com", {"pool": "gone"}) is None
         assert e.pool_for("a@example.com", {"pool": "gone"}) is None
         assert e.pool_for("a@example.com", {"pool": "lost"}) is None
+        assert e.pool_for("a@example.com", {"pool": ["bulk"]}) is None  # a plugin's bad type
     warnings = [r.getMessage() for r in caplog.records]
-    assert len(warnings) == 2 and "'gone'" in warnings[0] and "'lost'" in warnings[1]
+    assert len(warnings) == 3 and "'gone'" in warnings[0] and "'lost'" in warnings[1] and "['bulk']" in warnings[2]
     no_default = egress_of(load(write(tmp_path, SOURCES)))
     assert no_default.pool_for("a@example.com", None) is None
 

@@ -33,7 +33,7 @@ _NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
 _NAME_TEXT = "a name of letters, digits, '_', '.' and '-'"
 _HEADER_RE = re.compile(r"[!-9;-~]+")  # RFC 5322 field name: printable ASCII but ':'
 _GLOB_RE = re.compile(r"[A-Za-z0-9.*?\[\]!_-]+")
-_RATE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*/\s*(s|min|h)")
+_RATE_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?) */ *(s|min|h)")
 _RATE_UNITS = {"s": 1.0, "min": 60.0, "h": 3600.0}
 _RATE_TEXT = 'a rate "N/s", "N/min" or "N/h" (N a positive number, decimals allowed), or "" for unlimited'
 
@@ -206,10 +206,10 @@ class Egress:
         """notes["pool"] (a plugin's) wins, then sender_pools by the sender's domain (or a
         parent), then default_pool. None: the default source."""
         if notes and (name := notes.get("pool")):
-            pool = self.pools.get(name)
-            if pool is None and name not in self._warned:
-                self._warned.add(name)
-                log.warning("egress: unknown pool %r named by a plugin; sending from the default source", name)
+            pool = self.pools.get(name) if isinstance(name, str) else None
+            if pool is None and (key := repr(name)) not in self._warned:
+                self._warned.add(key)
+                log.warning("egress: unknown pool %s named by a plugin; sending from the default source", key)
             return pool
         if self.sender_pools and "@" in sender:
             domain = sender.rpartition("@")[2].lower().rstrip(".")
