@@ -251,6 +251,50 @@ def test_two_nodes_share_slots(server):
     asyncio.run(main())
 
 
+def test_reserve_tokens_expire(server):
+    """Tokens fetched ahead are not spent more than 0.25 s after they were granted."""
+    async def main():
+        key = _key("stale")
+        th = RedisThrottle(server.url, ProcessLocal(), node="a")
+        try:
+            assert th.take(key, INTERVAL, BURST) > 0  # empty reserve: a fetch starts
+            await asyncio.sleep(0.05)
+            assert th.take(key, INTERVAL, BURST) == 0.0  # from the batch of 10
+            trips = th.stats["redis_round_trips"]
+            await asyncio.sleep(0.3)
+            assert th.take(key, INTERVAL, BURST) > 0  # the 9 left expired: fetch again
+            await asyncio.sleep(0.05)
+            assert th.stats["redis_round_trips"] == trips + 1
+            assert th.take(key, INTERVAL, BURST) == 0.0
+        finally:
+            await th.close()
+
+    asyncio.run(main())
+
+
+def test_scripts_reloaded_after_script_flush(server):
+    async def main():
+        key = _key("flush")
+        th = RedisThrottle(server.url, ProcessLocal(), node="a", lease_ttl=0.6)
+        try:
+            assert await th.acquire(key, 2)
+            assert await _greedy(th, key, 0.05)
+            server.cli("SCRIPT", "FLUSH")
+            assert await th.acquire(key, 2)  # NOSCRIPT -> loaded again, still Redis
+            assert int(server.cli("ZCARD", f"mta:conn:{key}")) == 2
+            th.take(key + "2", INTERVAL, BURST)
+            await asyncio.sleep(0.05)
+            assert th.take(key + "2", INTERVAL, BURST) == 0.0
+            server.cli("SCRIPT", "FLUSH")
+            await asyncio.sleep(0.9)  # renewals (every 0.2 s) reload their script too
+            assert int(server.cli("ZCARD", f"mta:conn:{key}")) == 2
+            assert th.stats["fallbacks"] == 0
+        finally:
+            await th.close()
+
+    asyncio.run(main())
+
+
 NODE_SCRIPT = """
 import asyncio, sys, time
 from mta.delivery.shaping.redisthrottle import RedisThrottle

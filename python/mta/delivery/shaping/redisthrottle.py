@@ -274,16 +274,18 @@ class RedisThrottle:
         held = {k: v for k, v in held.items() if v}
         if not held:
             return
-        if "renew" not in self._sha:
-            self._sha["renew"] = await self._call(self._client.script_load, _RENEW_LUA)
         ttl_ms = int(self.lease_ttl * 1000)
-        pipe = self._client.pipeline(transaction=False)
-        for key, members in held.items():
-            pipe.evalsha(self._sha["renew"], 1, f"mta:conn:{key}", ttl_ms, *members)
-        try:
-            await self._call(pipe.execute)
-        except NoScriptError:
-            self._sha.pop("renew", None)
+        for attempt in (1, 2):
+            if "renew" not in self._sha:
+                self._sha["renew"] = await self._call(self._client.script_load, _RENEW_LUA)
+            pipe = self._client.pipeline(transaction=False)
+            for key, members in held.items():
+                pipe.evalsha(self._sha["renew"], 1, f"mta:conn:{key}", ttl_ms, *members)
+            try:
+                await self._call(pipe.execute)
+                return
+            except NoScriptError:  # flushed or restarted: load it again and renew at once
+                self._sha.pop("renew", None)
 
     async def _refresh_flags(self) -> None:
         raw = await self._call(self._client.hgetall, _FLAGS_KEY)
