@@ -70,11 +70,14 @@ def _bound_text(minimum: int | float, unit: str) -> str:
 class Int(Kind):
     min: int = 1
     unit: str = ""
+    max: int | None = None
     type_name = "integer"
 
     def parse(self, path, raw, errs):
-        if not _is_int(raw) or raw < self.min:
-            errs.bad(path, _bound_text(self.min, self.unit), raw)
+        if not _is_int(raw) or raw < self.min or (self.max is not None and raw > self.max):
+            what = _bound_text(self.min, self.unit) if self.max is None else \
+                f"an integer from {self.min} to {self.max}" + (f" ({self.unit})" if self.unit else "")
+            errs.bad(path, what, raw)
             return BAD
         return raw
 

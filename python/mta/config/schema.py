@@ -212,6 +212,10 @@ class ShapingConfig:
                           '(optional glob), action = "suspend" (no connection to the site), "slow" (halve its '
                           'message rate) or "bounce", duration = "30m" (for suspend and slow). The first matching '
                           'rule applies.')
+    max_site_share: int = opt(50, Int(min=1, max=100, unit="percent"),
+                              "The most of a worker's active window (delivery.max_active) one destination site may "
+                              "hold; its other due messages wait in the queue (no attempt counted) so that a slow or "
+                              "suspended site never starves the others.")
 
 
 @dataclass(frozen=True)
