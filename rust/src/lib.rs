@@ -34,5 +34,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     bindings::spool::register(m)?;
     bindings::agent::register(m)?;
     bindings::dkim::register(m)?;
+    bindings::throttle::register(m)?;
     Ok(())
 }
