@@ -5,7 +5,8 @@
 // # File format, VERSION 1 (native endianness: the file never leaves the machine)
 //
 // ```text
-// header, 4096 bytes: "MTATHRTL" u64 | version u32 | entry size u32 | entries u64 | 40 zero bytes
+// header, 4096 bytes: "MTATHRTL" u64 | version u32 | entry size u32 | entries u64
+//                     | boot id (16 bytes, kernel's random/boot_id; zeros if unknown) | 24 zero bytes
 //                     | bitmap (2048 bytes): bit g set => entries 16g..16g+16 may be in use
 // entries x 256 bytes: hash u64 (0 = empty) | tat u64 | until u64 | total u32 | key length u32
 //                     | per-slot counts u16 x 64 | key text, first 96 bytes
@@ -16,7 +17,8 @@
 // millions; `create_fresh` at server start empties the table). The hash is the key's
 // identity: two keys with one 64-bit hash would share an entry (odds about 2^-33 at 65536
 // keys). `tat` is ns of CLOCK_MONOTONIC, which all processes of one boot share; `until` is
-// ns since the Unix epoch. The bitmap (16 entries = one 4 KiB page per bit) lets the rare
+// ns since the Unix epoch. A table made in another boot is refused (its `tat`s, on that
+// boot's monotonic clock, could block rates for days). The bitmap (16 entries = one 4 KiB page per bit) lets the rare
 // full scans (`clear_slot`, `flags`) skip untouched pages instead of faulting all of them in.
 
 mod map;
@@ -37,6 +39,7 @@ pub const MAX_ENTRIES: usize = 2048 * 8 * GROUP;
 const MAGIC: u64 = u64::from_le_bytes(*b"MTATHRTL");
 const VERSION: u32 = 1;
 const HEADER: usize = 4096;
+const BOOT_ID_AT: usize = 24;
 const BITMAP_AT: usize = 64;
 const GROUP: usize = 16;
 
@@ -101,7 +104,20 @@ fn file_len(entries: usize) -> Result<usize> {
     Ok(HEADER + entries * ENTRY)
 }
 
-fn init_header(entries: usize) -> impl Fn(*mut u8) {
+/// This boot's id (the same for every process until the machine restarts); zeros if unknown.
+fn boot_id() -> [u8; 16] {
+    let mut id = [0u8; 16];
+    if let Ok(text) = std::fs::read_to_string("/proc/sys/kernel/random/boot_id") {
+        let hex: Vec<u8> = text.bytes().filter(u8::is_ascii_hexdigit).collect();
+        for (i, pair) in hex.chunks(2).take(16).enumerate() {
+            let digit = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;
+            id[i] = digit(pair[0]) << 4 | pair.get(1).map_or(0, |&c| digit(c));
+        }
+    }
+    id
+}
+
+fn init_header(entries: usize, boot: [u8; 16]) -> impl Fn(*mut u8) {
     move |p: *mut u8| {
         // SAFETY: p is a fresh zeroed mapping of at least HEADER bytes no other process sees yet.
         unsafe {
@@ -109,35 +125,39 @@ fn init_header(entries: usize) -> impl Fn(*mut u8) {
             p.add(8).cast::<u32>().write(VERSION);
             p.add(12).cast::<u32>().write(ENTRY as u32);
             p.add(16).cast::<u64>().write(entries as u64);
+            p.add(BOOT_ID_AT).cast::<[u8; 16]>().write(boot);
         }
     }
 }
 
 impl Table {
     /// Map the table at `path`, creating it (sparse, zeroed, mode 0600) if there is none.
-    /// A file that is not a version-1 table of `entries` entries is an error.
+    /// A file that is not a version-1 table of `entries` entries made in this boot is an error.
     pub fn open(path: &Path, entries: usize) -> Result<Table> {
         let len = file_len(entries)?;
-        let map = map::open(path, len, &init_header(entries))?;
-        Table::check(map, entries, path)
+        let boot = boot_id();
+        let map = map::open(path, len, &init_header(entries, boot))?;
+        Table::check(map, entries, boot, path)
     }
 
     /// A new, empty table at `path`, replacing any file there (the main process at server start).
     pub fn create_fresh(path: &Path, entries: usize) -> Result<Table> {
         let len = file_len(entries)?;
-        let map = map::create_fresh(path, len, &init_header(entries))?;
-        Table::check(map, entries, path)
+        let boot = boot_id();
+        let map = map::create_fresh(path, len, &init_header(entries, boot))?;
+        Table::check(map, entries, boot, path)
     }
 
-    fn check(map: map::Mapping, entries: usize, path: &Path) -> Result<Table> {
+    fn check(map: map::Mapping, entries: usize, boot: [u8; 16], path: &Path) -> Result<Table> {
         let p = map.ptr();
         // SAFETY: the mapping is at least HEADER bytes; the header is written before publication.
-        let (magic, version, size, count) = unsafe {
+        let (magic, version, size, count, made_in) = unsafe {
             (
                 p.cast::<u64>().read(),
                 p.add(8).cast::<u32>().read(),
                 p.add(12).cast::<u32>().read(),
                 p.add(16).cast::<u64>().read(),
+                p.add(BOOT_ID_AT).cast::<[u8; 16]>().read(),
             )
         };
         let bad = |what: String| Err(Error::Format(path.display().to_string(), what));
@@ -149,6 +169,9 @@ impl Table {
         }
         if count != entries as u64 {
             return bad(format!("{count} entries, expected {entries}"));
+        }
+        if made_in != boot {
+            return bad("made in another boot (its monotonic times mean nothing now)".into());
         }
         Ok(Table { map, entries })
     }
