@@ -1,3 +1,5 @@
+//! Throttle table tests: GCRA tables and edges, limits, clear_slot, files (two mappings,
+//! wrong ones, full), and threads hammering acquire and take with the bounds checked.
 use super::*;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
 use std::sync::Arc;
