@@ -14,6 +14,9 @@ __version__: str
 class SpoolError(Exception):
     """A spool operation failed: I/O, bad format, lock held by another process."""
 
+class ThrottleError(Exception):
+    """The throttle table cannot be used: I/O, not a table of this version and size, or full."""
+
 # ---------------------------------------------------------------------------
 # SMTP parser (rust/src/smtp, bindings/smtp.rs)
 # ---------------------------------------------------------------------------
@@ -821,3 +824,43 @@ def arc_verify(header_block: bytes, body: Message | bytes, chain: ArcChain,
     signature, then every ARC-Seal from N down to 1 over the sets 1..i (relaxed). A key
     missing from `keys`: ("fail", "no key for <name>"). A chain not "check": ("fail", its
     reason, or "no ARC fields"). GIL released."""
+
+# ---------------------------------------------------------------------------
+# The machine-wide throttle table (rust/src/throttle, bindings/throttle.rs)
+# ---------------------------------------------------------------------------
+
+class ShmThrottle:
+    """A file-backed shared-memory table every process of one server maps: GCRA rates,
+    connection counts per worker slot, flag times; atomics only. Keys are texts; flags
+    list the first 96 bytes of theirs. Bad arguments raise ValueError; an unusable or
+    full table raises ThrottleError (never a wrong answer)."""
+
+    def __init__(self, path: str, slot: int, entries: int = 65536, fresh: bool = False) -> None:
+        """Map the table at `path` (created sparse, zeroed, mode 0600 if absent); `fresh`:
+        replace any file there with an empty table (the main process at server start).
+        `slot` (0..63, the worker index) owns the connections this handle acquires. A file
+        of another version or entry count: ThrottleError."""
+    @property
+    def slot(self) -> int: ...
+    @property
+    def entries(self) -> int: ...
+    def take(self, key: str, interval: float, burst: int, n: int = 1, now: float | None = None) -> float:
+        """GCRA: 0.0 if `n` tokens (one per `interval` seconds, at most `burst` ahead) were
+        taken; else the seconds until they could be (nothing taken). `now`: a time.monotonic()
+        value for tests (default: CLOCK_MONOTONIC now). interval 0 or n 0: 0.0, nothing
+        taken. ValueError if burst < 1 or n > burst (it could never be granted)."""
+    def acquire(self, key: str, limit: int) -> bool:
+        """One connection slot of `key`, counted for this handle's slot, if fewer than
+        `limit` are held machine-wide."""
+    def release(self, key: str) -> None:
+        """Give back one connection of `key` this slot holds; nothing if it holds none."""
+    def clear_slot(self) -> int:
+        """Give back every connection this slot holds (a dead predecessor's); how many."""
+    def set_until(self, key: str, until: float) -> None:
+        """Flag `key` until wall time `until` (time.time() seconds); 0 clears it."""
+    def until(self, key: str) -> float:
+        """The flag's wall time, 0.0 if unset or past."""
+    def flags(self) -> dict[str, float]:
+        """Every flag not past: key text -> wall time."""
+    def held(self, key: str) -> int:
+        """Connections of `key` held machine-wide."""

@@ -6,9 +6,11 @@ use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 
 create_exception!(_native, SpoolError, PyException, "A spool operation failed (I/O, format, lock).");
+create_exception!(_native, ThrottleError, PyException, "The throttle table cannot be used (I/O, format, full).");
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("SpoolError", m.py().get_type::<SpoolError>())?;
+    m.add("ThrottleError", m.py().get_type::<ThrottleError>())?;
     Ok(())
 }
 

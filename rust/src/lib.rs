@@ -1,5 +1,5 @@
 //! Rust core of `mta`: `smtp` (server and client, sans I/O), `proxy`, `message`, `spool`,
-//! `agent` (the delivery agent's job frame) and `log`. Invariant: the core knows nothing of
+//! `agent` (the delivery agent's job frame), `log` and `throttle`. Invariant: the core knows nothing of
 //! Python; only `bindings`, `errors` and the `#[pymodule]` below do (feature "python").
 
 pub mod agent;
@@ -8,6 +8,7 @@ pub mod message;
 pub mod proxy;
 pub mod smtp;
 pub mod spool;
+pub mod throttle;
 pub mod dkim;
 
 #[cfg(test)]
@@ -33,5 +34,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     bindings::spool::register(m)?;
     bindings::agent::register(m)?;
     bindings::dkim::register(m)?;
+    bindings::throttle::register(m)?;
     Ok(())
 }

@@ -9,3 +9,4 @@ pub mod message;
 pub mod proxy;
 pub mod smtp;
 pub mod spool;
+pub mod throttle;
