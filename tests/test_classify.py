@@ -1,10 +1,13 @@
 """The bounce classifier: real providers' replies and every synthetic reply mta makes get the
 expected category; any input gets one of CATEGORIES and nothing raises."""
 
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mta.delivery import classify as classifier
 from mta.delivery.classify import CATEGORIES, DESCRIPTIONS, classify
 
 # (code, enhanced, text, category). Texts as mta records them: the enhanced code split off,
@@ -321,3 +324,39 @@ def test_any_input_gets_a_category(code, enhanced, text):
        text=st.none() | st.binary())
 def test_wrong_types_never_raise(code, enhanced, text):
     assert classify(code, enhanced, text) in CATEGORIES
+
+
+# The index (each alternative tried only when its word or substring is in the text) must
+# decide exactly as each rule's whole pattern would.
+_mod = classifier
+_FULL = [re.compile(_mod._lower(rx)) for _cat, rx, _c, _e in _mod._RULES]
+_VOCAB = sorted({w for w in _mod._ALL_WORDS} | {s for s, _i, _rx in _mod._BY_SUBSTRING})
+
+
+def _indexed(i, text):
+    words = set(_mod._WORDS.findall(text))
+    alts = [rx for w in words for j, rx in _mod._BY_WORD.get(w, []) if j == i]
+    alts += [rx for s, j, rx in _mod._BY_SUBSTRING if j == i and s in text]
+    always = _mod._ALWAYS[i]
+    return bool((always is not None and always.search(text)) or any(rx.search(text) for rx in alts))
+
+
+def _check_index(text):
+    text = text.lower()
+    for i, full in enumerate(_FULL):
+        assert _indexed(i, text) == bool(full.search(text)), (_mod._RULES[i][1], text)
+
+
+@pytest.mark.parametrize("text", [t for _c, _e, t, _x in REAL + SYNTHETIC])
+def test_index_decides_as_the_patterns_on_the_tables(text):
+    _check_index(text)
+
+
+_piece = st.sampled_from(_VOCAB) | st.sampled_from([" ", "-", "'", ".", ";", "x", "s", "ed", "\\", "(", ")"]) \
+    | st.text(max_size=4)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(_piece, max_size=16).map(" ".join) | st.lists(_piece, max_size=16).map("".join))
+def test_index_decides_as_the_patterns(text):
+    _check_index(text)

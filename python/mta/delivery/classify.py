@@ -140,6 +140,7 @@ _ENHANCED: dict[tuple[int, int | None], str] = {
     **{(7, d): "authentication" for d in (8, 9, 12, 20, 21, 22, 23, 24, 26, 27, 29)},
 }
 
+
 def _lower(rx: str) -> str:
     """`rx` for a lowercased text: its literals lowercased, its escapes (\\S, \\d, \\b) kept."""
     out, i = [], 0
@@ -180,24 +181,31 @@ _WORD_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
 _QUANTIFIERS = frozenset("?*{+")
 
 
-def _triggers(alt: str) -> list[tuple[str, bool]] | None:
-    """[(a literal, whether it is a whole word of the text)]: every match of the alternative
-    `alt` contains one of them; None when that cannot be told (it opens with a class, ^, ...)."""
+def _triggers(alt: str) -> list[tuple[str, bool, str]] | None:
+    """`alt`, one alternative of a rule, as alternatives that each open with a literal:
+    [(the literal, whether it is a whole word of the text, the alternative)]; None when one
+    cannot be told (it opens with a class, ^, an optional group ...)."""
     bounded = alt.startswith("\\b")
     body = alt[2:] if bounded else alt
-    if body.startswith("(?:"):  # a leading group: one trigger per alternative inside it
-        depth, i = 0, 0
+    if body.startswith("(?:"):  # a leading group: one alternative per alternative inside it
+        depth, i, in_class = 0, 0, False
         while i < len(body):
-            if body[i] == "\\":
+            c = body[i]
+            if c == "\\":
                 i += 2
                 continue
-            depth += body[i] == "("
-            depth -= body[i] == ")"
-            if depth == 0:
-                break
+            if in_class:
+                in_class = c != "]"
+            elif c == "[":
+                in_class = True
+            else:
+                depth += c == "("
+                depth -= c == ")"
+                if depth == 0:
+                    break
             i += 1
         rest = body[i + 1:]
-        if not rest[:1] or rest[:1] in _QUANTIFIERS or i >= len(body):
+        if i >= len(body) or (rest[:1] and rest[:1] in _QUANTIFIERS):
             return None
         found = []
         for inner in _alternatives(body[3:i]):
@@ -209,36 +217,51 @@ def _triggers(alt: str) -> list[tuple[str, bool]] | None:
     n = 0
     while n < len(body) and body[n] in _WORD_CHARS:
         n += 1
-    if n == 0:
-        return None
     nxt, after = body[n:n + 1], body[n + 1:n + 2]
     if nxt and nxt in _QUANTIFIERS:  # the run's last character is optional or repeated
-        return [(body[:n - 1], False)] if n > 1 else None
-    if nxt == "\\":
+        n, ends = n - 1, False
+    elif nxt == "\\":
         ends = after in ("b", "s", ".", "[", "(", "-", ")", "]") and body[n + 2:n + 3] not in _QUANTIFIERS
     else:
         ends = bool(nxt) and nxt in " -',:;/" and after not in _QUANTIFIERS
-    return [(body[:n], bounded and ends)]
+    if n <= 0:
+        return None
+    literal = body[:n]
+    # \b before a word character, as a look-behind after the literal: a pattern that opens
+    # with a literal is found by the engine's fast scan, one that opens with \b is not.
+    rx = f"{literal}(?<!\\w{literal}){body[n:]}" if bounded else body
+    return [(literal, bounded and ends, rx)]
 
 
-def _compile(rx: str) -> tuple[re.Pattern, tuple[frozenset, tuple[str, ...]] | None]:
-    """(the rule, its gate: words and substrings of which the text must hold one, or None: always
-    try the rule). Why a gate: the regex engine tries every alternative at every position of
-    the text (a rule of 20 alternatives costs microseconds); a set of words and `in` tests
-    cost a fraction, and a text without any of them cannot match."""
-    rx = _lower(rx)
-    words, subs = set(), []
-    for alt in _alternatives(rx):
-        found = _triggers(alt)
-        if found is None:
-            return re.compile(rx), None
-        for literal, whole in found:
-            (words.add if whole else subs.append)(literal)
-    return re.compile(rx), (frozenset(words), tuple(subs))
+def _index(rules: list[tuple[str, str, str, str]]):
+    """The rules' alternatives indexed by the word or substring each match contains, so that
+    only those whose literal is in the text are tried (the engine would try every alternative
+    at every position of the text: tens of microseconds a reply). Returns (the alternatives
+    without a literal, as one pattern per rule or None; word -> [(rule, pattern)];
+    [(substring, rule, pattern)])."""
+    always: list[re.Pattern | None] = []
+    by_word: dict[str, list[tuple[int, re.Pattern]]] = {}
+    by_substring: list[tuple[str, int, re.Pattern]] = []
+    for i, (_cat, rx, _code, _enh) in enumerate(rules):
+        plain = []
+        for alt in _alternatives(_lower(rx)):
+            found = _triggers(alt)
+            if found is None:
+                plain.append(alt)
+                continue
+            for literal, whole, alt_rx in found:
+                if whole:
+                    by_word.setdefault(literal, []).append((i, re.compile(alt_rx)))
+                else:
+                    by_substring.append((literal, i, re.compile(alt_rx)))
+        always.append(re.compile("|".join(plain)) if plain else None)
+    return always, by_word, by_substring
 
 
 # Matched against the lowercased text (faster than re.IGNORECASE).
-_COMPILED = [(cat, *_compile(rx), code, enh) for cat, rx, code, enh in _RULES]
+_ALWAYS, _BY_WORD, _BY_SUBSTRING = _index(_RULES)
+_ALL_WORDS = frozenset(_BY_WORD)
+_ALWAYS_RULES = {i: [] for i, rx in enumerate(_ALWAYS) if rx is not None}
 _WORDS = re.compile(r"[a-z0-9]+")
 _ENH = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})\Z")
 _LEADING_ENH = re.compile(r"#?([245])\.(\d{1,3})\.(\d{1,3})\b")
@@ -246,7 +269,7 @@ _ADDRESS = re.compile(r"<[^<>]*>")
 # Replies mta wraps in its own text: the expiry (queue manager) and a connection-level refusal
 # (smtp client); the wrapped reply decides.
 _WRAPPED = re.compile(r"(?:delivery time expired; last error|\S+ (?:greeted|refused \S+)): (\d{3})"
-                      r"(?: ([245]\.\d{1,3}\.\d{1,3}))?(?: (.*))?\Z", re.S)
+                      r"(?: ([245]\.\d{1,3}\.\d{1,3}))?(?: (.*))?\Z", re.DOTALL)
 _MAX_TEXT = 2048  # a reply's first 2 KiB decide: bounded cost for any reply
 _MAX_DEPTH = 4
 
@@ -277,13 +300,19 @@ def _classify(code: int, enhanced: str | None, text: str, depth: int) -> str:
     if "<" in text:
         text = _ADDRESS.sub("<>", text)
     text = text.lower()
-    words = set(_WORDS.findall(text))
-    for cat, rx, gate, cprefix, eprefix in _COMPILED:
+    tried = {i: list(alts) for i, alts in _ALWAYS_RULES.items()}  # rule -> its alternatives to try
+    for word in _ALL_WORDS.intersection(_WORDS.findall(text)):
+        for i, rx in _BY_WORD[word]:
+            tried.setdefault(i, []).append(rx)
+    for sub, i, rx in _BY_SUBSTRING:
+        if sub in text:
+            tried.setdefault(i, []).append(rx)
+    for i in sorted(tried):
+        cat, _rx, cprefix, eprefix = _RULES[i]
         if (cprefix and not scode.startswith(cprefix)) or (eprefix and not enh.startswith(eprefix)):
             continue
-        if gate is not None and words.isdisjoint(gate[0]) and not any(sub in text for sub in gate[1]):
-            continue
-        if rx.search(text):
+        always = _ALWAYS[i]
+        if (always is not None and always.search(text)) or any(rx.search(text) for rx in tried[i]):
             return cat
     if subject is not None:
         s, d = int(subject[2]), int(subject[3])
