@@ -229,6 +229,7 @@ SYNTHETIC = [
     (451, "4.7.0", f"{HOST} greeted: 421 4.7.0 mx Error: too many connections from 192.0.2.1", "rate_limited"),
     (451, "4.4.1", f"{HOST} refused EHLO: 550 no", "other"),
     (451, "4.7.5", f"{HOST} refused STARTTLS: 454 4.7.0 TLS not available due to local problem", "tls"),
+    (451, "4.5.1", f"{HOST} refused STARTTLS: 502 5.5.1 Unrecognized command", "tls"),
     (451, "4.7.5", f"TLS is required but {HOST} does not offer STARTTLS", "tls"),
     (451, "4.7.5", f"TLS with {HOST} failed: [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed", "tls"),
     (451, "4.7.0", f"not sending credentials to {HOST} without TLS", "tls"),

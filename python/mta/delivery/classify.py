@@ -267,8 +267,8 @@ _ENH = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})\Z")
 _LEADING_ENH = re.compile(r"#?([245])\.(\d{1,3})\.(\d{1,3})\b")
 _ADDRESS = re.compile(r"<[^<>]*>")
 # Replies mta wraps in its own text: the expiry (queue manager) and a connection-level refusal
-# (smtp client); the wrapped reply decides.
-_WRAPPED = re.compile(r"(?:delivery time expired; last error|\S+ (?:greeted|refused \S+)): (\d{3})"
+# (smtp client); the wrapped reply decides, except for a refused STARTTLS (always "tls").
+_WRAPPED = re.compile(r"(?:delivery time expired; last error|\S+ (?:greeted|refused (?!STARTTLS)\S+)): (\d{3})"
                       r"(?: ([245]\.\d{1,3}\.\d{1,3}))?(?: (.*))?\Z", re.DOTALL)
 _MAX_TEXT = 2048  # a reply's first 2 KiB decide: bounded cost for any reply
 _MAX_DEPTH = 4
@@ -278,8 +278,12 @@ def classify(code: int, enhanced: str | None, text: str) -> str:
     """The category (one of CATEGORIES) of the failure reply `code enhanced text`. Any
     input gets one, nothing raises: a non-failure code gets "other"."""
     try:
-        return _cached(int(code), enhanced if isinstance(enhanced, str) else None,
-                       text if isinstance(text, str) else str(text))
+        code = int(code)
+        enhanced = enhanced if isinstance(enhanced, str) else None
+        text = text if isinstance(text, str) else str(text)
+        if len(text) > _MAX_TEXT or (enhanced is not None and len(enhanced) > 16):
+            return _classify(code, enhanced, text, 0)  # never kept: the cache holds small keys only
+        return _cached(code, enhanced, text)
     except Exception:  # noqa: BLE001 - a classifier must never stop a delivery or a DSN
         return "other"
 
