@@ -88,6 +88,19 @@ def test_delivery_status_fields():
     assert b2["Diagnostic-Code"] == "X-mta; 554 rejected for policy"
 
 
+def test_each_failure_carries_its_class():
+    """X-Mta-Class (an RFC 3464 extension field) after Diagnostic-Code: mta.delivery.classify's
+    category; the human-readable part says it in words."""
+    m = parse(dsn())
+    _, b1, b2 = m.get_payload()[1].get_payload()
+    assert (b1["X-Mta-Class"], b2["X-Mta-Class"]) == ("invalid_recipient", "policy")
+    raw = m.get_payload()[1].as_bytes()
+    assert raw.index(b"Diagnostic-Code: smtp; 550 5.1.1") < raw.index(b"X-Mta-Class: invalid_recipient")
+    text = m.get_payload()[0].get_content()
+    assert "550 5.1.1 no such user\r\n    (in short: the recipient address does not exist)\r\n" in text
+    assert "(in short: the receiving system's policy refused the message)" in text
+
+
 def test_orcpt_and_envid_echoed():
     blocks = parse(dsn(message(envid="env-42+x"))).get_payload()[1].get_payload()
     assert blocks[0]["Original-Envelope-Id"] == "env-42+x"
@@ -154,6 +167,7 @@ def test_delayed_dsn():
     assert m["Subject"] == "Delayed Mail (still being retried)"
     b1 = m.get_payload()[1].get_payload()[1]
     assert (b1["Action"], b1["Status"]) == ("delayed", "4.4.1")
+    assert b1["X-Mta-Class"] == "bad_connection"
     assert email.utils.parsedate_to_datetime(b1["Will-Retry-Until"]).timestamp() == NOW + 86400
 
 
@@ -166,6 +180,7 @@ def test_success_dsn():
     b1 = parts[1].get_payload()[1]
     assert (b1["Action"], b1["Status"]) == ("delivered", "2.0.0")
     assert b1["Original-Recipient"] == "rfc822;r1@b.test"
+    assert b1["X-Mta-Class"] is None and "in short" not in parts[0].get_content()  # no failure, no class
     assert parts[2].get_content_type() == "text/rfc822-headers"  # RET is for failures
     relayed = parse(success_dsn(message(), [(r, ok)], reporting_mta="x", relayed=True, now=NOW))
     assert relayed.get_payload()[1].get_payload()[1]["Action"] == "relayed"

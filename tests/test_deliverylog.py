@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mta.delivery import RcptResult
+from mta.delivery.classify import CATEGORIES, classify
 from mta.delivery.deliverylog import DeliveryLog, rfc3339
 
 KEYS = {"time", "queue_id", "recipient", "status", "remote_host", "remote_ip", "reply",
@@ -37,6 +38,25 @@ def test_record_keys_and_values(tmp_path):
         "reply": "250 2.0.0 Ok: queued as X", "attempt": 2, "delay_s": 61.5,
         "tls": "verified", "policy": "mta-sts-enforce", "tls_failure": None,
     }
+
+
+def test_failures_carry_their_class(tmp_path):
+    """Deferred and bounced records end with "class" (mta.delivery.classify); no other record has it."""
+    p = tmp_path / "d.log"
+    d = DeliveryLog(str(p))
+    full = RcptResult("r@b.test", 452, "4.2.2", "The email account that you tried to reach is over quota.",
+                      "mx.b.test", "192.0.2.7", "verified", "none")
+    gone = RcptResult("r@b.test", 550, "5.1.1", "User unknown", "mx.b.test", "192.0.2.7", "none", "none")
+    d.record(queue_id="Q1", recipient="r@b.test", status="deferred", result=full, attempt=1, arrival=NOW, now=NOW)
+    d.record(queue_id="Q1", recipient="r@b.test", status="bounced", result=gone, attempt=2, arrival=NOW, now=NOW)
+    d.record(queue_id="Q1", recipient="r@b.test", status="bounced", result=None, attempt=2, arrival=NOW, now=NOW)
+    d.record(queue_id="Q1", recipient="r@b.test", status="delivered", result=OK, attempt=1, arrival=NOW, now=NOW)
+    d.record(queue_id="Q1", recipient="r@b.test", status="expired", result=None, attempt=1, arrival=NOW, now=NOW)
+    recs = lines(p)
+    assert [r.get("class") for r in recs] == ["mailbox_full", "invalid_recipient", "other", None, None]
+    assert list(recs[0])[-1] == "class" and set(recs[0]) == KEYS | {"class"}
+    assert set(recs[3]) == set(recs[4]) == KEYS
+    assert all(r["class"] in CATEGORIES for r in recs[:3])
 
 
 def test_no_result_and_unicode(tmp_path):
@@ -127,6 +147,8 @@ def _reference(queue_id, recipient, status, result, attempt, arrival, now):
         "tls": result.tls if result else None, "policy": result.policy if result else None,
         "tls_failure": result.tls_failure if result else None,
     }
+    if status in ("deferred", "bounced"):
+        rec["class"] = classify(result.code, result.enhanced, result.text) if result else "other"
     return json.dumps(rec, ensure_ascii=False, separators=(",", ":")) + "\n"
 
 
@@ -151,7 +173,7 @@ def test_format_is_the_json_of_the_record(queue_id, recipient, status, code, enh
     # line comes from Rust, whose strings cannot hold a surrogate, so it is escaped there.
     written = _reference(queue_id, recipient, status, result, attempt, arrival, now).encode("utf-8", "backslashreplace")
     assert line.encode("utf-8") == written
-    assert set(json.loads(line)) == KEYS
+    assert set(json.loads(line)) == (KEYS if status == "delivered" else KEYS | {"class"})
 
 
 _row = st.tuples(_text, st.integers(200, 299), st.none() | st.just("2.0.0"), _text, _opt, _opt, _opt, _opt, _opt)

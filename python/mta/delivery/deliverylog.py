@@ -12,8 +12,11 @@ import time
 
 from mta import _native
 from mta.delivery import RcptResult
+from mta.delivery.classify import classify
 
 __all__ = ["DeliveryLog", "STATUSES"]
+
+_CLASSIFIED = ("deferred", "bounced")  # the statuses whose records carry "class"
 
 # "deleted": an administrator removed the message (mta queue delete) before this
 # recipient was delivered or bounced; no DSN is sent.
@@ -104,15 +107,23 @@ class DeliveryLog:
         """The JSON line (with its newline) that `record` writes: one object, keys in
         the order time, queue_id, recipient, status, remote_host, remote_ip, reply,
         attempt, delay_s, tls, policy, tls_failure (the last three are TLS-RPT style,
-        see mta.mtasts: the session's TLS, the policy applied, and the failure type).
-        Made in Rust (rust/src/logline.rs): this runs once per recipient on the
-        worker's event loop."""
+        see mta.mtasts: the session's TLS, the policy applied, and the failure type), and
+        on a deferred or bounced record last `class`: the reply's category
+        (mta.delivery.classify; "other" without a reply). Made in Rust
+        (rust/src/logline.rs): this runs once per recipient on the worker's event loop."""
         now = time.time() if now is None else now
         if result is None:
-            return _native.delivery_log_line(now, queue_id, recipient, status, int(attempt), arrival or 0.0)
-        return _native.delivery_log_line(now, queue_id, recipient, status, int(attempt), arrival or 0.0,
-                                         result.code, result.enhanced, result.text, result.remote_host,
-                                         result.remote_ip, result.tls, result.policy, result.tls_failure)
+            line = _native.delivery_log_line(now, queue_id, recipient, status, int(attempt), arrival or 0.0)
+        else:
+            line = _native.delivery_log_line(now, queue_id, recipient, status, int(attempt), arrival or 0.0,
+                                             result.code, result.enhanced, result.text, result.remote_host,
+                                             result.remote_ip, result.tls, result.policy, result.tls_failure)
+        if status in _CLASSIFIED:
+            # Spliced in before the closing brace: a category is a plain snake_case word
+            # (no escaping), and the Rust line stays the one every other record uses.
+            cls = classify(result.code, result.enhanced, result.text) if result is not None else "other"
+            line = f'{line[:-2]},"class":"{cls}"}}\n'
+        return line
 
     def _flush_stderr(self) -> None:
         lines, self._stderr_pending = self._stderr_pending, []

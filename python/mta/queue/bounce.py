@@ -16,7 +16,8 @@ import secrets
 import time
 from email.utils import formatdate, make_msgid
 
-from mta.delivery import OutMessage, OutRcpt, RcptResult
+from mta.delivery import DELIVERED, OutMessage, OutRcpt, RcptResult
+from mta.delivery.classify import DESCRIPTIONS, classify
 
 __all__ = ["make_dsn", "success_dsn", "wants_dsn"]
 
@@ -140,6 +141,8 @@ def _human(msg: OutMessage, todo: list[tuple[OutRcpt, RcptResult]], action: str,
             ip = f"[{res.remote_ip}]" if res.remote_ip else ""
             where = f"host {res.remote_host}{ip} said: "
         lines.append(f"<{_one_line(rcpt.address)}>: {where}{_one_line(res.reply())}")
+        if res.status != DELIVERED:
+            lines.append(f"    (in short: {DESCRIPTIONS[_class(res)]})")
     lines += ["", f"The message had queue ID {msg.queue_id}.", ""]
     if cut is not None:
         lines += [f"The message ({cut[0]} octets) is too big to return whole: its headers and the first",
@@ -168,11 +171,17 @@ def _status(msg: OutMessage, todo: list[tuple[OutRcpt, RcptResult]], action: str
         else:
             diag = "X-mta"  # our own synthetic reply: DNS, expiry, local delivery
         fields.append(f"Diagnostic-Code: {diag}; {_one_line(res.reply())}")
+        if res.status != DELIVERED:  # an extension field (RFC 3464 §2.4): mta.delivery.classify's category
+            fields.append(f"X-Mta-Class: {_class(res)}")
         fields.append(f"Last-Attempt-Date: {formatdate(now, localtime=True)}")
         if action == "delayed" and retry_until:
             fields.append(f"Will-Retry-Until: {formatdate(retry_until, localtime=True)}")
         blocks.append(fields)
     return "\r\n\r\n".join("\r\n".join(b) for b in blocks).encode("utf-8", "surrogateescape") + b"\r\n"
+
+
+def _class(res: RcptResult) -> str:
+    return classify(res.code, res.enhanced, res.text)
 
 
 def _status_code(res: RcptResult) -> str:
