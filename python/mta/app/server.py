@@ -23,6 +23,10 @@ from mta.delivery.agent import AgentDelivery
 from mta.delivery.deliverylog import DeliveryLog
 from mta.delivery.mtasts import MtaStsCache, OutboundTls
 from mta.delivery.mx import MxResolver
+from mta.delivery.shaping import backends as shaping_backends
+from mta.delivery.shaping.shaper import Shaper
+from mta.delivery.smtp.client import SmtpDelivery
+from mta.config.shaping import egress_of, shaping_of
 from mta.delivery.router import Router
 from mta.delivery.transport import InProcess, Maildir, Smtp, Transports
 from mta.policy import builtins, loader
@@ -69,7 +73,8 @@ class Server:
         self.hooks = builtins.chain(self.policy, self.router.expand,
                                     self.sender_login if self.users is not None else None, plugins,
                                     verify=builtins.verifier(cfg.verify, self.resolver, cfg.hostname),
-                                    sign=builtins.signer(cfg.dkim))
+                                    sign=builtins.signer(cfg.dkim),
+                                    pool=builtins.pool_header(cfg.egress.pool_header))
         # Raises TlsError (an MtaError) if the files are unusable at start-up.
         self.tls: TlsContext | None = TlsContext(cfg.tls) if cfg.tls.cert else None
         self.sessions: set[Session] = set()
@@ -98,6 +103,10 @@ class Server:
             log.info("spool recovery: %s", line)
         self.spool.attach(loop)
         await self.hooks.start()  # setup(options) / Plugin.start(): before any client or delivery
+        # The shared budgets (mta.delivery.shaping): this worker reads flags from it; its
+        # delivery agent (or this process, without one) takes slots and tokens.
+        self.throttle_desc = shaping_backends.describe(self.cfg, self.shard)
+        self.throttle = shaping_backends.make(self.throttle_desc, owner=not self.cfg.delivery.agent)
         self.queue = self._queue_manager()
         for lst in self.cfg.listeners:
             family = socket.AF_INET6 if ":" in lst.host else socket.AF_INET
@@ -147,23 +156,27 @@ class Server:
         resolver = self.resolver
         sts = MtaStsCache(resolver, port=d.mta_sts_port, ca_file=d.mta_sts_ca_file,
                           timeout=d.mta_sts_timeout) if d.mta_sts else None
+        egress = egress_of(cfg)
+        shaper = Shaper(shaping_of(cfg), egress, self.throttle, d.max_active, cfg.shaping.max_site_share / 100)
         smtp = Smtp(self._wire(dlog), resolver, OutboundTls(sts, d.tls_report_interval), d, cfg.hostname,
-                    report=bool(self.hooks.on_delivered))
+                    report=bool(self.hooks.on_delivered), shaper=shaper)
         return QueueManager(self.spool, self.router, Transports(smtp, Maildir(cfg.hostname)), dlog, d,
-                            cfg.hostname, bounce_max=cfg.bounce.max_returned_size, hooks=self.hooks)
+                            cfg.hostname, bounce_max=cfg.bounce.max_returned_size, hooks=self.hooks,
+                            pools=bool(egress.pools))
 
     def _wire(self, dlog: DeliveryLog):
         """Where SMTP/LMTP transactions run: the delivery agent process, or this one."""
         cfg = self.cfg
         if not cfg.delivery.agent:
-            return InProcess()
+            return InProcess(SmtpDelivery(self.throttle))
         why = privileges.helper_blocked(cfg.privileges, "mta.delivery.agent", AgentDelivery.environment())
         if why:
             # Made before the privilege drop; the agent is started after it, as that user.
             log.error("the delivery agent could not start as user %s (%s): delivering in the "
                       "worker instead, as with delivery.agent = false", cfg.privileges.user, why)
-            return InProcess()
-        return AgentDelivery(cpus=self.affinity.helpers, log_fd=dlog.fd, encode=self.spool.encode_jobs)
+            return InProcess(SmtpDelivery(self.throttle))
+        return AgentDelivery(cpus=self.affinity.helpers, log_fd=dlog.fd, encode=self.spool.encode_jobs,
+                             throttle=shaping_backends.encode(self.throttle_desc))
 
     def _sweep(self) -> None:
         """Close the sessions idle for smtp.idle_timeout; a session is closed at most
@@ -214,6 +227,7 @@ class Server:
             await asyncio.sleep(0.01)
         await self.queue.stop(grace=max(deadline - loop.time(), 1.0))
         await self.hooks.stop()
+        await self.throttle.close()
         while self.spool.pending and loop.time() < deadline + 10:
             await asyncio.sleep(0.01)
         await asyncio.sleep(0)

@@ -31,6 +31,9 @@ def _serve(cfg: Config, shard: int, reuse_port: bool) -> None:
 
 def run(cfg: Config) -> int:
     """Serve until SIGTERM/SIGINT; the exit status for the process."""
+    from mta.delivery.shaping import backends
+
+    backends.fresh_table(cfg.spool.dir)  # budgets start empty: no slot or time from a previous run
     if cfg.tls.cert:
         from mta.smtp.tls import build_context
 

@@ -385,7 +385,7 @@ class Config:
                                         "Domains whose mail is delivered on this host.")
     relay_domains: frozenset[str] = opt(frozenset(), DomainSet(),
                                         "Domains we accept mail for from anyone and relay onward.")
-    workers: int = opt(1, Int(unit="processes"),
+    workers: int = opt(1, Int(unit="processes", max=64),
                        "Worker processes sharing the listening ports (SO_REUSEPORT), each with its own "
                        "spool shard `<spool.dir>/<n>/`; they die with the main process.")
     cpu_affinity: str = opt("none", Choice(options=("none", "auto")),

@@ -197,7 +197,8 @@ class AgentDelivery:
     start, or else at the first delivery)."""
 
     def __init__(self, cpus: frozenset[int] = frozenset(), log_fd: int | None = None,
-                 encode: Callable[[list], tuple[bytes, list]] | None = None) -> None:
+                 encode: Callable[[list], tuple[bytes, list]] | None = None, throttle: str = "") -> None:
+        self._throttle = throttle  # the throttle's description (mta.delivery.shaping.backends), for the agent
         self._cpus = cpus  # where the agent runs (mta.procs); empty: anywhere
         self._log_fd = log_fd  # the delivery log's open file (None: stderr), for LOGGED jobs
         self._encode = encode  # the spool's encode_jobs, for submit_spooled; None: not offered
@@ -408,6 +409,8 @@ class AgentDelivery:
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         env = self.environment()
+        if self._throttle:
+            env["MTA_THROTTLE"] = self._throttle
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
         try:
             self._proc = await asyncio.wait_for(asyncio.create_subprocess_exec(
@@ -473,7 +476,12 @@ def read_job(item: tuple, made: dict) -> tuple:
 
 async def _serve(fd: int, log_fd: int | None = None) -> None:
     loop = asyncio.get_running_loop()
-    smtp = SmtpDelivery()
+    throttle = None
+    if desc := os.environ.get("MTA_THROTTLE"):
+        from mta.delivery.shaping import backends
+
+        throttle = backends.make(desc, owner=True)  # what a dead predecessor held comes back
+    smtp = SmtpDelivery(throttle)
     dlog = DeliveryLog.on_fd(log_fd)
     done = loop.create_future()
     tasks: set[asyncio.Task] = set()
@@ -540,6 +548,8 @@ async def _serve(fd: int, log_fd: int | None = None) -> None:
     proto.flush()
     dlog.close()
     await smtp.close()
+    if throttle is not None:
+        await throttle.close()
 
 
 def main(argv: list[str]) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from typing import Callable, NamedTuple, Protocol, Sequence
 
 from mta.config.routes import TransportSpec
@@ -15,6 +16,8 @@ from mta.delivery.maildir import deliver_maildir_async
 from mta.delivery.mtasts import OutboundTls
 from mta.delivery.mx import MxResolver
 from mta.delivery.router import split
+from mta.delivery.shaping.shaper import Shaper
+from mta.delivery.shaping.signals import Throttled
 from mta.delivery.smtp.client import SmtpDelivery, SmtpOptions
 
 log = logging.getLogger("mta.queue")
@@ -30,10 +33,12 @@ Done = Callable[[object], None]  # gets list[RcptResult], or LOGGED
 
 class Route(NamedTuple):
     """Where a group of a message's recipients goes: the transport spec, and for MX
-    the recipients' domain ("" for the others: one group per spec)."""
+    the recipients' domain ("" for the others: one group per spec); the egress pool a
+    plugin or the pool header named (tx.notes["pool"]), if any."""
 
     spec: TransportSpec
     domain: str
+    pool: str | None = None
 
 
 class Transport(Protocol):
@@ -126,8 +131,12 @@ class Smtp:
     take `deliver`."""
 
     def __init__(self, wire: Wire, resolver: MxResolver, tls_policy: OutboundTls, dcfg, hostname: str,
-                 report: bool = False) -> None:
+                 report: bool = False, shaper: Shaper | None = None) -> None:
         self.wire = wire
+        # Traffic shaping (mta.delivery.shaping.shaper): each message's egress source, its
+        # site's budgets in the options, the site's share of the window, the reply rules.
+        self.shaper = shaper
+        self._shaped: dict[tuple, tuple] = {}  # (key, options, source, site, shape) -> (key, options)
         self.report = report  # jobs logged by the agent come back with their rows (on_delivered hooks)
         self.resolver = resolver
         self.tls_policy = tls_policy
@@ -146,12 +155,78 @@ class Smtp:
 
     def submit(self, route: Route, msg: OutMessage, done: Done, log: tuple | None = None) -> bool:
         at = self.at_hand(route.spec)
-        return at is not None and self.wire.submit(at[0], at[2], at[1], msg, done, log=log)
+        if at is None:
+            return False
+        key, opts, targets = at
+        shaper = self.shaper
+        if shaper is None:
+            return self.wire.submit(key, targets, opts, msg, done, log=log)
+        site = route.spec.host
+        if shaper.admit(site, split(msg.recipients[0].address)[1]) is not None:
+            return False  # `deliver` answers it (suspended, or over the site's share)
+        key, opts = self.shape(route, key, opts, site, msg.sender, msg.recipients[0].address)
+        if self.wire.submit(key, targets, opts, msg, lambda out: done(self._outcome(site, out)), log=log):
+            return True
+        shaper.done(site)
+        return False
 
     def submit_spooled(self, route: Route, queue_id: str, done: Callable, logged: Callable) -> bool:
         """A fresh message's job made from its spool entry (the agent's; False elsewhere)."""
         at = self.at_hand(route.spec)
-        return at is not None and self.wire.submit_spooled(at[0], at[2], at[1], queue_id, done, logged)
+        if at is None:
+            return False
+        key, opts, targets = at
+        shaper = self.shaper
+        if shaper is None:
+            return self.wire.submit_spooled(key, targets, opts, queue_id, done, logged)
+        if not shaper.spooled_ok(route.pool):
+            return False  # the sender or a recipient's domain decides: `submit` has the message
+        site = route.spec.host
+        if shaper.admit(site, route.domain) is not None:
+            return False
+        key, opts = self.shape(route, key, opts, site, "", "")
+
+        def answered(qid: str, out) -> None:
+            done(qid, self._outcome(site, out))
+
+        def all_logged(qids: list[str], *rest) -> None:
+            for _ in qids:
+                shaper.done(site)
+            logged(qids, *rest)
+        if self.wire.submit_spooled(key, targets, opts, queue_id, answered, all_logged):
+            return True
+        shaper.done(site)
+        return False
+
+    def _outcome(self, site: str, out):
+        self.shaper.done(site)
+        return self.shaper.outcome(site, out)
+
+    def shape(self, route: Route, key: str, opts: SmtpOptions, site: str, sender: str,
+              rcpt: str) -> tuple[str, SmtpOptions]:
+        """The destination key and options of one message: its egress source (bound
+        address, EHLO name; the connection pool is per source) and its site's shape."""
+        shaper = self.shaper
+        source = shaper.source(sender, route.pool)
+        spec = route.spec
+        domain = route.domain or (split(rcpt)[1] if rcpt else "")
+        shape = shaper.shaping.shape(domain, site, spec.connections, spec.per_connection)
+        ck = (key, opts, source, site, shape)
+        hit = self._shaped.get(ck)
+        if hit is None:
+            if len(self._shaped) > 1000:  # domains and sites come and go
+                self._shaped.clear()
+            name = source.name if source is not None else "default"
+            mr, cr = shape.max_message_rate, shape.max_connection_rate
+            hit = self._shaped[ck] = (key if source is None else f"{key}@{name}", replace(
+                opts, helo=(source.ehlo if source is not None and source.ehlo else opts.helo),
+                source_address=source.address if source is not None else None,
+                shape_key=f"{name}|{site}", shaped=shaper.shaping.binding,
+                max_connections=shape.connection_limit,
+                max_messages_per_connection=shape.max_deliveries_per_connection,
+                message_interval=mr.interval if mr else 0.0, message_burst=mr.burst if mr else 1,
+                connection_interval=cr.interval if cr else 0.0, connection_burst=cr.burst if cr else 1))
+        return hit
 
     def at_hand(self, spec: TransportSpec) -> tuple | None:
         """(destination key, options, targets) when no lookup is needed now; None else."""
@@ -183,24 +258,45 @@ class Smtp:
                                       self.options(spec, lmtp=kind == "lmtp"), targets)
         return way
 
-    async def deliver(self, route: Route, msg: OutMessage) -> list[RcptResult]:
-        spec, domain = route
+    async def deliver(self, route: Route, msg: OutMessage) -> list[RcptResult] | Throttled:
+        spec, domain = route.spec, route.domain
         kind = spec.kind
+        shaper = self.shaper
         if kind == "mx":
             res, policy = await asyncio.gather(self.resolver.resolve(domain, self.dcfg.smtp_port),
                                                self.tls_policy.policy(domain))
             if res.kind != "ok":
                 return results_for(msg, res.code, res.enhanced, res.text)
-            return await self.tls_policy.deliver(self.wire, f"mx:{domain}", domain, policy, res.targets,
-                                                 self.options(spec), msg)
+            key, opts = f"mx:{domain}", self.options(spec)
+            if shaper is None:
+                return await self.tls_policy.deliver(self.wire, key, domain, policy, res.targets, opts, msg)
+            site = shaper.site(t.host for t in res.targets)
+            if (no := shaper.admit(site, domain)) is not None:
+                return no
+            try:
+                key, opts = self.shape(route, key, opts, site, msg.sender, "")
+                out = await self.tls_policy.deliver(self.wire, key, domain, policy, res.targets, opts, msg)
+            finally:
+                shaper.done(site)
+            return shaper.outcome(site, out)
         if kind == "lmtp" and spec.port == 0:
             targets = [Target(spec.host, "unix", 0)]
         else:
             targets = await self.resolver.addresses(spec.host, spec.port)
             if not targets:
                 return results_for(msg, 451, "4.4.4", f"cannot resolve {spec.host}")
-        return await self.wire.deliver(f"{kind}:{spec.host}:{spec.port}", targets,
-                                       self.options(spec, lmtp=kind == "lmtp"), msg)
+        key, opts = f"{kind}:{spec.host}:{spec.port}", self.options(spec, lmtp=kind == "lmtp")
+        if shaper is None:
+            return await self.wire.deliver(key, targets, opts, msg)
+        site = spec.host
+        if (no := shaper.admit(site, split(msg.recipients[0].address)[1])) is not None:
+            return no
+        try:
+            key, opts = self.shape(route, key, opts, site, msg.sender, msg.recipients[0].address)
+            out = await self.wire.deliver(key, targets, opts, msg)
+        finally:
+            shaper.done(site)
+        return shaper.outcome(site, out)
 
     def options(self, spec: TransportSpec, lmtp: bool = False) -> SmtpOptions:
         opts = self._opts_cache.get((spec, lmtp))

@@ -76,8 +76,30 @@ def signer(dcfg) -> Entry | None:
     return dkim.entry(keyring) if keyring.signers else None
 
 
+def pool_header(name: str) -> Entry | None:
+    """`egress.pool_header`: the header naming a message's egress pool becomes
+    tx.notes["pool"] and is removed (never relayed, never signed). Only trusted or
+    authenticated clients choose a pool; from others the header is removed unread."""
+    if not name:
+        return None
+
+    def on_message(tx, msg):
+        headers = msg.headers
+        values = headers.get_all(name)
+        if not values:
+            return None
+        conn = tx.conn
+        if conn is None or conn.trusted or conn.auth_user is not None:
+            tx.notes["pool"] = values[-1].strip()
+        headers.remove(name)
+        return None
+
+    return Entry("pool_header", {"on_message": on_message}, module="mta.delivery.shaping", builtin=True)
+
+
 def chain(policy: RelayPolicy, expand: Callable, senders: SenderLogin | None = None,
-          plugins: Iterable[Entry] = (), *, verify: Entry | None = None, sign: Entry | None = None) -> Chain:
+          plugins: Iterable[Entry] = (), *, verify: Entry | None = None, sign: Entry | None = None,
+          pool: Entry | None = None) -> Chain:
     """The server's chain: relay control, the recipient check, the sender-login map (with
     users to log in), the message checks (mta.policy.verify: their results are there for the
     plugins), then the plugins in order, and last the DKIM signer (mta.policy.dkim: it signs
@@ -87,4 +109,6 @@ def chain(policy: RelayPolicy, expand: Callable, senders: SenderLogin | None = N
         first.append(sender_login(senders))
     if verify is not None:
         first.append(verify)
+    if pool is not None:
+        first.append(pool)
     return Chain(first + list(plugins) + ([sign] if sign is not None else []))

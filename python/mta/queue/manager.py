@@ -14,6 +14,7 @@ from mta.config.routes import TransportSpec, parse_transport
 from mta.delivery import BOUNCED, DEFERRED, DELIVERED, FINAL, OutMessage, OutRcpt, RcptResult, results_for
 from mta.delivery.deliverylog import DeliveryLog
 from mta.delivery.router import Router, split
+from mta.delivery.shaping.signals import Throttled
 from mta.delivery.transport import LOGGED, UNSENT, Deferred, Route, Transports
 from mta.errors import SpoolError
 from mta.policy.chain import Chain
@@ -45,7 +46,7 @@ class QueueManager:
     def __init__(self, store: SpoolService, router: Router, transports: Transports, dlog: DeliveryLog,
                  dcfg, hostname: str, clock: Clock = SYSTEM_CLOCK,
                  jitter: Callable[[float, float], float] = random.uniform, *,
-                 bounce_max: int = 50 * 1024, hooks: Chain | None = None) -> None:
+                 bounce_max: int = 50 * 1024, hooks: Chain | None = None, pools: bool = False) -> None:
         self.store = store
         self.router = router
         self.transports = transports
@@ -59,6 +60,7 @@ class QueueManager:
         # The plugins' outbound hooks (on_delivered, on_deferred, on_bounced); with an
         # on_delivered hook, outcomes come back here rather than being logged by the agent.
         self.hooks = hooks if hooks is not None else Chain()
+        self.pools = pools  # egress pools are configured: a message's notes may name its pool
         self._observed = bool(self.hooks.on_delivered or self.hooks.on_deferred or self.hooks.on_bounced)
         self.active: set[str] = set()  # queue ids with an attempt in flight
         self._keeping_fresh = False  # the store keeps new messages' bytes for jobs made from it
@@ -296,7 +298,7 @@ class QueueManager:
         if len(rcpts) == len(spooled) and not self.hooks.on_delivered:
             ctx = (env.arrival, (spooled[rcpts[0].index].attempts + 1,) if len(rcpts) == 1
                    else tuple(spooled[rc.index].attempts + 1 for rc in rcpts))
-        return self._by_kind[spec.kind].submit(Route(spec, domain), msg,
+        return self._by_kind[spec.kind].submit(Route(spec, domain, self._pool(env)), msg,
                                                  lambda out: self._done(env, spooled, msg, out), ctx)
 
     def _start_spooled(self, qid: str, recipients: list[tuple], notes: dict | None = None) -> bool:
@@ -315,13 +317,15 @@ class QueueManager:
                 return False
         if spec.kind == "mx":
             return False  # DNS and MTA-STS first: a coroutine
-        return self._submit_spooled(qid, spec, notes)
+        return self._submit_spooled(qid, spec, notes, split(recipients[0][0])[1])
 
-    def _submit_spooled(self, qid: str, spec: TransportSpec, notes: dict | None) -> bool:
+    def _submit_spooled(self, qid: str, spec: TransportSpec, notes: dict | None, domain: str) -> bool:
         """Hand a fresh message to its transport's spooled lane (the job made from the store
-        entry); False, and nothing started, when the transport does not take it."""
+        entry); False, and nothing started, when the transport does not take it. `domain`:
+        its first recipient's (shaping rules and suspensions go by it)."""
         self.active.add(qid)
-        if not self._by_kind[spec.kind].submit_spooled(Route(spec, ""), qid, self._spooled_done,
+        pool = notes.get("pool") if self.pools and notes else None
+        if not self._by_kind[spec.kind].submit_spooled(Route(spec, domain, pool), qid, self._spooled_done,
                                                          self._spooled_logged):
             self.active.discard(qid)
             return False
@@ -348,7 +352,7 @@ class QueueManager:
         first = specs[0]
         if (isinstance(first, TransportSpec) and first.kind != "mx"
                 and all(s is first or s == first for s in specs[1:])
-                and self._submit_spooled(qid, first, notes)):
+                and self._submit_spooled(qid, first, notes, split(recipients[0][0])[1])):
             return True
         self._start(qid, routed)
         return True
@@ -417,39 +421,55 @@ class QueueManager:
             except Exception as e:  # a broken route hook defers, it does not lose mail
                 failed[rc.index] = _route_failed(rc, e)
         results = failed
+        pool = self._pool(env)
         if len(groups) == 1 and not failed:
             # The common case (one destination): no gather, no extra tasks.
             spec, domain, rs = groups[0]
             try:
-                outcomes = [await self._by_kind[spec.kind].deliver(Route(spec, domain), msg)]
+                outcomes = [await self._by_kind[spec.kind].deliver(Route(spec, domain, pool), msg)]
             except Exception as e:
                 outcomes = [e]
         else:
             outcomes = await asyncio.gather(
-                *(self._by_kind[spec.kind].deliver(Route(spec, domain), _subset(msg, rs))
+                *(self._by_kind[spec.kind].deliver(Route(spec, domain, pool), _subset(msg, rs))
                   for spec, domain, rs in groups),
                 return_exceptions=True,
             )
+        held: dict[int, Throttled] = {}
         for (spec, _domain, rs), out in zip(groups, outcomes):
             if isinstance(out, BaseException):
                 log.error("transport %s failed for %s: %r", spec.text(), msg.queue_id, out, exc_info=out)
                 out = results_for(_subset(msg, rs), 451, "4.3.0", "internal delivery error")
+            elif isinstance(out, Throttled):  # not tried: shaping holds it back until out.until
+                held.update((rc.index, out) for rc in rs)
+                out = results_for(_subset(msg, rs), 451, "4.7.0", out.reason)
             for rc, res in zip(rs, out):
                 results[rc.index] = res
-        self._done(env, spooled, msg, [results[rc.index] for rc in msg.recipients])
+        self._done(env, spooled, msg, [results[rc.index] for rc in msg.recipients], held)
 
-    def _done(self, env, spooled: list, msg: OutMessage, out) -> None:
+    def _pool(self, env) -> str | None:
+        """The egress pool the message's notes name (a plugin, or the pool header)."""
+        if not self.pools or not env.notes:
+            return None
+        pool = notes_of(env).get("pool")
+        return pool if isinstance(pool, str) else None
+
+    def _done(self, env, spooled: list, msg: OutMessage, out, held: dict | None = None) -> None:
         """An attempt's outcome (one result per recipient of `msg`, or LOGGED: all delivered
-        and logged by the agent). All delivered and nothing else waiting: the delivery log
-        and one DELETE, no coroutine; else the records of `_record`."""
+        and logged by the agent, or Throttled: held back by shaping). All delivered and
+        nothing else waiting: the delivery log and one DELETE, no coroutine; else the
+        records of `_record`. `held`: recipients shaping held back (index -> Throttled)."""
         if self._abandoned:
             return
         qid = msg.queue_id
+        if isinstance(out, Throttled):
+            held = {rc.index: out for rc in msg.recipients}
+            out = results_for(msg, 451, "4.7.0", out.reason)
         if out is not LOGGED:
             now = self.clock.time()  # the outcome's time: the records' time and delay, and retries, count from it
             if len(out) != len(spooled) or any(r.status != DELIVERED for r in out):
                 results = {rc.index: r for rc, r in zip(msg.recipients, out)}
-                self._run_task(self._record(env, spooled, msg, results, now), qid, last=True)
+                self._run_task(self._record(env, spooled, msg, results, now, held), qid, last=True)
                 return
             for rc, res in zip(msg.recipients, out):
                 self.dlog.record(queue_id=qid, recipient=rc.address, status=DELIVERED, result=res,
@@ -469,8 +489,10 @@ class QueueManager:
                 self.hooks.notify(self.hooks.on_delivered, event)
 
     async def _record(self, env, spooled: list, msg: OutMessage, results: dict[int, RcptResult],
-                      now: float) -> None:
-        """`spooled`: env.recipients, read once by the caller."""
+                      now: float, held: dict | None = None) -> None:
+        """`spooled`: env.recipients, read once by the caller; `held`: recipients shaping
+        held back (index -> Throttled): due again at its `until`, no attempt counted, no
+        delivery-log record, no hook (nothing was tried)."""
         expired = now - env.arrival > self.dcfg.max_lifetime
         changes, failures, events = [], [], []
         notes = notes_of(env) if self._observed else None
@@ -478,6 +500,11 @@ class QueueManager:
         by_index = {rc.index: rc for rc in msg.recipients}
         for index, res in results.items():
             rc = by_index[index]
+            if held and index in held:
+                t = held[index]
+                changes.append((index, DEFERRED, spooled[index].attempts, t.until, res.reply()))
+                replan = replan or t.until < self._wake_at
+                continue
             attempts = spooled[index].attempts + 1
             if expired and res.status == DEFERRED:
                 res = res._replace(code=550, enhanced="4.4.7", text=f"delivery time expired; last error: {res.reply()}")

@@ -19,6 +19,8 @@ from mta.delivery.smtp.protocol import (
     wire_body,
 )
 from mta.delivery.smtp.lane import SEND_DATA, SEND_EMPTY_END, STALE, TIMEOUT_FOR, WAIT, Lane, Queued, resume
+from mta.delivery.shaping.pacer import Pacer
+from mta.delivery.shaping.signals import suspended_results, suspension
 
 log = logging.getLogger("mta.delivery")
 
@@ -40,6 +42,17 @@ class SmtpOptions:
     # The delivery agent answers a job it delivered and logged with its rows too (the worker
     # tells plugins' on_delivered hooks the replies).
     report: bool = False
+    # Traffic shaping (mta.delivery.shaping): the egress source's local address to bind
+    # (None: the kernel's choice), and the budgets of (source, site). `shape_key`
+    # ("<source>|<site>") names them in the throttle; "" (tests, direct use): no shared
+    # slots. `shaped`: rates or reply rules may bind (else only connection slots are taken).
+    source_address: str | None = None
+    shape_key: str = ""
+    shaped: bool = False
+    message_interval: float = 0.0  # seconds per message token; 0: no message rate
+    message_burst: int = 1
+    connection_interval: float = 0.0  # seconds per new connection; 0: no connection rate
+    connection_burst: int = 1
 
     def __post_init__(self) -> None:
         if self.tls not in ("none", "opportunistic", "required"):
@@ -146,7 +159,17 @@ class SmtpDelivery:
     data_block_timeout = 180.0
     data_done_timeout = 600.0
 
-    def __init__(self) -> None:
+    # How often a delivery that found every connection slot of its (source, site) held
+    # elsewhere (another worker or node) asks again; a release in this process wakes it sooner.
+    slot_poll = 0.05
+
+    def __init__(self, throttle=None) -> None:
+        # The shared budgets (mta.delivery.shaping.throttle): connection slots, rates and
+        # suspensions per (source, site), machine- or cluster-wide. None: per-process gates only.
+        self.throttle = throttle
+        self.pacer = Pacer(throttle) if throttle is not None else None
+        self._slot_freed: asyncio.Event | None = None
+        self.slot_waits = 0  # connections that waited for a slot held elsewhere
         self._gates: dict[str, _Gate] = {}  # key -> its concurrency limit (only while in use)
         self._idle: dict[str, list[Connection]] = {}
         self._closed = False
@@ -163,10 +186,12 @@ class SmtpDelivery:
         protocol trouble (those become 4xx results)."""
         if not msg.recipients:
             return []
+        if opts.shaped and self.throttle is not None and (until := suspension(self.throttle, opts.shape_key)):
+            return suspended_results(msg, opts.shape_key, until)
         gate = self._gates.get(key)
         if gate is None:
             gate = self._gates[key] = _Gate()
-        if gate.running >= max(1, opts.max_connections):
+        if gate.running >= self._limit(opts):
             fut = asyncio.get_running_loop().create_future()
             gate.waiting.append(fut)
             try:
@@ -195,8 +220,10 @@ class SmtpDelivery:
         the message must take `deliver`."""
         if self._closed or not msg.recipients or len(msg.data) > _WRITE_BLOCK:
             return False
+        if opts.shaped and not self._may_send(opts):
+            return False  # suspended, or no message token now: `deliver` waits for one (or answers)
         gate = self._gates.get(key)
-        if gate is not None and (gate.waiting or gate.running >= max(1, opts.max_connections)):
+        if gate is not None and (gate.waiting or gate.running >= self._limit(opts)):
             gate.waiting.append(Queued(self, key, targets, opts, msg, done, error))
             self.lanes += 1  # answered on callbacks, like a lane: settle() waits for it
             return True
@@ -210,6 +237,33 @@ class SmtpDelivery:
         conn, envelope = found
         Lane(self, key, targets, opts, msg, conn, done, error).start(envelope[1], envelope[2])
         return True
+
+    def _limit(self, opts: SmtpOptions) -> int:
+        """This process's concurrent deliveries for a destination: the connection limit,
+        halved while a reply rule slows its site and no message rate is set to halve."""
+        limit = max(1, opts.max_connections)
+        if opts.shaped and not opts.message_interval and self.throttle is not None \
+                and suspension(self.throttle, opts.shape_key, "slow"):
+            limit = max(1, limit // 2)
+        return limit
+
+    def _interval(self, opts: SmtpOptions) -> float:
+        """Seconds per message token of `opts`'s site now: doubled while a rule slows it."""
+        interval = opts.message_interval
+        if interval and suspension(self.throttle, opts.shape_key, "slow"):
+            interval *= 2
+        return interval
+
+    def _may_send(self, opts: SmtpOptions) -> bool:
+        """A shaped job may go on callbacks now: its site not suspended, and a message
+        token taken (when it has a rate). False: nothing taken."""
+        throttle = self.throttle
+        if throttle is None:
+            return True
+        if suspension(throttle, opts.shape_key):
+            return False
+        return not opts.message_interval or self.pacer.ready(opts.shape_key, self._interval(opts),
+                                                             opts.message_burst)
 
     def _lane_connection(self, key: str, msg: OutMessage) -> tuple[Connection, tuple] | None:
         """A pooled connection that takes `msg` on the lane, with the envelope's lines;
@@ -227,9 +281,10 @@ class SmtpDelivery:
     def run_queued(self, q: Queued) -> None:
         """A queued job's turn (its place at the gate is held): the lane on a pooled
         connection when one takes it, else the coroutine path."""
-        found = None if self._closed else self._lane_connection(q.key, q.msg)
+        paced = not q.opts.shaped or self._may_send(q.opts)
+        found = None if self._closed or not paced else self._lane_connection(q.key, q.msg)
         if found is None:
-            resume(self, q.key, q.targets, q.opts, q.msg, q.done, q.error)
+            resume(self, q.key, q.targets, q.opts, q.msg, q.done, q.error, paced=paced)
             return
         conn, envelope = found
         q.lane(conn).start(envelope[1], envelope[2])
@@ -249,6 +304,8 @@ class SmtpDelivery:
         refused, mail, rcpt_lines = _envelope(conn, q.msg)
         if refused is not None or len(q.msg.data) > _WRITE_BLOCK:
             return None  # its turn comes when this one ends: the coroutine path, or its own lane
+        if q.opts.shaped and not self._may_send(q.opts):
+            return None  # no token now: it waits for one when its turn comes
         gate.waiting.popleft()
         lane.tx.chain()
         lane.next = q.lane(conn, chained=True)
@@ -282,9 +339,15 @@ class SmtpDelivery:
         await asyncio.sleep(0)
 
     # -- internals --
-    async def deliver_held(self, key, targets, opts, msg) -> list[RcptResult]:
+    async def deliver_held(self, key, targets, opts, msg, paced: bool = False) -> list[RcptResult]:
         """`deliver` for a job that holds its place at the destination's gate (the lane's
-        jobs that must take a coroutine): a pooled connection, else each target in turn."""
+        jobs that must take a coroutine): a pooled connection, else each target in turn.
+        `paced`: its message token is taken already (else it waits for one here, in order)."""
+        if opts.shaped and self.throttle is not None:
+            if (until := suspension(self.throttle, opts.shape_key)):
+                return suspended_results(msg, opts.shape_key, until)
+            if not paced and opts.message_interval:
+                await self.pacer.wait(opts.shape_key, self._interval(opts), opts.message_burst)
         while (conn := self._take_idle(key)) is not None:
             try:
                 results = await self._run(conn, opts, msg)
@@ -391,16 +454,26 @@ class SmtpDelivery:
     async def _open(self, target: Target, opts: SmtpOptions, *, use_tls: bool) -> Connection:
         loop = asyncio.get_running_loop()
         conn = Connection(target, loop)
+        conn.shape_key = opts.shape_key
+        slot = await self._slot(opts)
+        if slot:
+            conn.on_lost = lambda: self._free_slot(opts.shape_key)
         try:
             async with asyncio.timeout(opts.connect_timeout):
                 if target.ip == "unix":
                     await loop.create_unix_connection(lambda: conn, target.host)
                 else:
-                    await loop.create_connection(lambda: conn, target.ip, target.port)
+                    local = (opts.source_address, 0) if opts.source_address else None
+                    await loop.create_connection(lambda: conn, target.ip, target.port, local_addr=local)
         except TimeoutError:
+            conn.lost()
             raise _Failure("4.4.1", f"connection to {conn.name} timed out") from None
         except OSError as e:
+            conn.lost()
             raise _Failure("4.4.1", f"connection to {conn.name} failed: {e.strerror or e}") from None
+        except BaseException:
+            conn.lost()
+            raise
         self.connections_opened += 1
         try:
             await self._handshake(conn, opts, use_tls)
@@ -411,6 +484,49 @@ class SmtpDelivery:
             conn.abort()
             raise
         return conn
+
+    async def _slot(self, opts: SmtpOptions) -> bool:
+        """One of the (source, site)'s connection slots (shared by every worker, or node),
+        and a token of its connection rate; waits for them. False: no shared budget kept."""
+        throttle, key = self.throttle, opts.shape_key
+        if throttle is None or not key:
+            return False
+        limit = self._limit(opts)
+        while not await throttle.acquire(key, limit):
+            # Held elsewhere, or by this process's idle connections: give one of those back.
+            self.slot_waits += 1
+            if not self._close_idle(key):
+                if self._slot_freed is None or self._slot_freed.is_set():
+                    self._slot_freed = asyncio.Event()
+                try:
+                    await asyncio.wait_for(self._slot_freed.wait(), self.slot_poll)
+                except TimeoutError:
+                    pass
+        if opts.connection_interval:
+            try:
+                await self.pacer.wait("connect|" + key, opts.connection_interval, opts.connection_burst)
+            except BaseException:
+                self._free_slot(key)
+                raise
+        return True
+
+    def _free_slot(self, key: str) -> None:
+        self.throttle.release(key)
+        if self._slot_freed is not None:
+            self._slot_freed.set()
+
+    def _close_idle(self, shape_key: str) -> bool:
+        """QUIT one idle pooled connection holding a slot of `shape_key` (its slot comes
+        back when it closes); False when there is none."""
+        for key, conns in self._idle.items():
+            for c in conns:
+                if c.shape_key == shape_key:
+                    conns.remove(c)
+                    if not conns:
+                        del self._idle[key]
+                    c.quit()
+                    return True
+        return False
 
     async def _handshake(self, conn: Connection, opts: SmtpOptions, use_tls: bool) -> None:
         r = await conn.reply(self.greeting_timeout, "the greeting")

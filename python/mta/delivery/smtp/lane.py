@@ -254,9 +254,10 @@ class Queued:
 
 
 def resume(smtp, key: str, targets, opts, msg: OutMessage, done: Callable[[Rows], object],
-           error: Callable[[str], object]) -> None:
-    """The coroutine path for a job of the lane that holds its place at the gate."""
-    task = asyncio.get_running_loop().create_task(smtp.deliver_held(key, targets, opts, msg))
+           error: Callable[[str], object], paced: bool = True) -> None:
+    """The coroutine path for a job of the lane that holds its place at the gate
+    (`paced`: its message token is taken already)."""
+    task = asyncio.get_running_loop().create_task(smtp.deliver_held(key, targets, opts, msg, paced))
 
     def ended(t: asyncio.Task) -> None:
         smtp.lane_end(key)

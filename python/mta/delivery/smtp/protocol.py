@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 from mta import _native
 from mta.delivery import Target
@@ -144,6 +144,14 @@ class Connection(asyncio.Protocol):
         # A callback-driven transaction (mta.delivery.lane) while one runs on this
         # connection: it gets the bytes, failures, drains and timeouts instead of _waiter.
         self.lane = None
+        self.shape_key = ""  # the (source, site) budget this connection's slot belongs to
+        self.on_lost: Callable[[], None] | None = None  # called once when it is gone (its slot back)
+
+    def lost(self) -> None:
+        """The connection is gone (or was never made): give back what it held, once."""
+        cb, self.on_lost = self.on_lost, None
+        if cb is not None:
+            cb()
 
     # -- protocol callbacks --
     def connection_made(self, transport) -> None:
@@ -169,6 +177,7 @@ class Connection(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc) -> None:
+        self.lost()
         self._paused = False
         if self._timer is not None:
             self._timer.cancel()

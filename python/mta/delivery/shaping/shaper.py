@@ -1,0 +1,138 @@
+"""The worker's side of traffic shaping: per message its egress source, destination site and
+the site's shape, made into the SMTP options the client enforces; per outcome the reply rules.
+Invariant: a site never holds more than its share of the queue's active window."""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+import random
+import time
+from typing import Callable
+
+from mta.delivery import BOUNCED, DEFERRED, RcptResult
+from mta.delivery.classify import classify
+from mta.delivery.shaping.signals import SUSPENDED, Throttled, flag_key, suspended_until
+
+log = logging.getLogger("mta.delivery")
+
+DEFAULT_SOURCE = "default"
+# How long a message over its site's share waits before the queue offers it again, when
+# the site's pace gives no better guess (seconds); spread so they do not come back at once.
+_OVER_SHARE_WAIT = 2.0
+
+
+def site_name(hosts, site_globs) -> str:
+    """A destination's site: the first `[[shaping.rule]] site` glob that one of its MX
+    hosts matches (every domain hosted there shares it), else its MX host names, sorted
+    (domains with the same MX set share one budget, as KumoMTA's site_name)."""
+    names = sorted({h.lower().rstrip(".") for h in hosts})
+    for glob in site_globs:
+        if any(fnmatch.fnmatchcase(h, glob) for h in names):
+            return glob
+    return ",".join(names)
+
+
+class Shaper:
+    def __init__(self, shaping, egress, throttle, max_active: int, share: float = 0.5,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.shaping = shaping
+        self.egress = egress
+        self.throttle = throttle
+        self.cap = max(1, int(max_active * share))  # in-flight messages per site
+        self.site_globs = tuple(r.site for r in shaping.rules if r.site)
+        self.inflight: dict[str, int] = {}  # site -> attempts in flight (this worker)
+        self.clock = clock
+        self.stats = {"over_share": 0, "suspended": 0, "rule_suspend": 0, "rule_slow": 0, "rule_bounce": 0}
+
+    # -- before an attempt --
+
+    def spooled_ok(self, pool: str | None) -> bool:
+        """A job made from the spool entry alone (no sender at hand) gets the right
+        source: the pool does not go by the sender."""
+        return pool is not None or not self.egress.sender_pools
+
+    def source(self, sender: str, pool: str | None):
+        """The egress source of one message: its pool's next (weighted round robin), or
+        the default source (None)."""
+        p = self.egress.pool_for(sender, {"pool": pool} if pool else None)
+        return None if p is None else p.next()
+
+    def site(self, hosts) -> str:
+        return site_name(hosts, self.site_globs)
+
+    def admit(self, site: str, domain: str = "") -> Throttled | None:
+        """Room for one more attempt to `site` (counted until `done(site)`), or why not:
+        the site (or the recipients' domain, by an administrator) is suspended, or the
+        site holds its share of the window."""
+        now = self.clock()
+        throttle = self.throttle
+        if throttle is not None:
+            until = throttle.until(flag_key("suspend", site))
+            if until > now:
+                self.stats["suspended"] += 1
+                return Throttled(until, f"{SUSPENDED} until {until:.0f}: {site}")
+            if domain and (until := throttle.until(flag_key("suspend", "@" + domain))) > now:
+                self.stats["suspended"] += 1
+                return Throttled(until, f"{SUSPENDED} until {until:.0f}: @{domain}")
+        n = self.inflight.get(site, 0)
+        if n >= self.cap:
+            self.stats["over_share"] += 1
+            return Throttled(now + _OVER_SHARE_WAIT * random.uniform(1.0, 1.5),
+                             f"shaping: site {site} holds its share of the active window ({self.cap})")
+        self.inflight[site] = n + 1
+        return None
+
+    def done(self, site: str) -> None:
+        n = self.inflight.get(site, 0) - 1
+        if n > 0:
+            self.inflight[site] = n
+        else:
+            self.inflight.pop(site, None)
+
+    # -- after an attempt --
+
+    def outcome(self, site: str, results):
+        """The results as the queue records them: a suspension the agent met becomes
+        `Throttled`; reply rules run on the failures (suspend or slow the site, or turn
+        a deferral into a bounce)."""
+        if type(results) is not list or not results:
+            return results
+        until = suspended_until(results)
+        if until:
+            return Throttled(until, results[0].text)
+        if not self.shaping.on_reply:
+            return results
+        out = None
+        for i, r in enumerate(results):
+            if 200 <= r.code < 300:
+                continue
+            rule = self.shaping.reply_rule(site, r.reply(), classify(r.code, r.enhanced, r.text))
+            if rule is None:
+                continue
+            if rule.action == "bounce":
+                if r.code < 500:
+                    out = out or list(results)
+                    enh = "5" + r.enhanced[1:] if r.enhanced else "5.0.0"
+                    out[i] = r._replace(code=550, enhanced=enh, text=f"{r.text} (bounced by a shaping rule)")
+                    self.stats["rule_bounce"] += 1
+            else:
+                self._flag(rule.action, site, rule.duration, r)
+        return results if out is None else out
+
+    def _flag(self, action: str, site: str, duration: float, r: RcptResult) -> None:
+        key = flag_key(action, site)
+        until = self.clock() + duration
+        if self.throttle is None or self.throttle.until(key) >= until - 1.0:
+            return  # set already (by this reply's neighbours, or another worker)
+        self.stats["rule_" + action] += 1
+        log.warning("shaping: %s %s for %.0f s after %r from %s", action, site, duration, r.reply(),
+                    r.remote_host or "?")
+        task = asyncio.get_running_loop().create_task(self.throttle.set_until(key, until))
+        task.add_done_callback(_log_failure)
+
+
+def _log_failure(t: asyncio.Task) -> None:
+    if not t.cancelled() and t.exception() is not None:
+        log.error("shaping: could not set a flag: %r", t.exception())
