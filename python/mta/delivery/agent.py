@@ -552,7 +552,7 @@ async def _serve(fd: int, log_fd: int | None = None) -> None:
         # For operators and benchmarks: how often budgets made deliveries wait, and what the
         # throttle cost (Redis round trips, fallbacks).
         log.info("throttle stats: %s pacer_waits=%d slot_waits=%d",
-                 " ".join(f"{k}={v}" for k, v in sorted(throttle.stats.items())), smtp.pacer.waits, smtp.slot_waits)
+                 " ".join(f"{k}={v}" for k, v in sorted(throttle.stats.items())), smtp.budgets.pacer.waits, smtp.budgets.slot_waits)
         await throttle.close()
 
 

@@ -19,8 +19,8 @@ from mta.delivery.smtp.protocol import (
     wire_body,
 )
 from mta.delivery.smtp.lane import SEND_DATA, SEND_EMPTY_END, STALE, TIMEOUT_FOR, WAIT, Lane, Queued, resume
-from mta.delivery.shaping.pacer import Pacer
-from mta.delivery.shaping.signals import suspended_results, suspension
+from mta.delivery.shaping.budgets import Budgets
+from mta.delivery.shaping.signals import suspended_results
 
 log = logging.getLogger("mta.delivery")
 
@@ -159,17 +159,10 @@ class SmtpDelivery:
     data_block_timeout = 180.0
     data_done_timeout = 600.0
 
-    # How often a delivery that found every connection slot of its (source, site) held
-    # elsewhere (another worker or node) asks again; a release in this process wakes it sooner.
-    slot_poll = 0.05
-
     def __init__(self, throttle=None) -> None:
-        # The shared budgets (mta.delivery.shaping.throttle): connection slots, rates and
-        # suspensions per (source, site), machine- or cluster-wide. None: per-process gates only.
-        self.throttle = throttle
-        self.pacer = Pacer(throttle) if throttle is not None else None
-        self._slot_freed: asyncio.Event | None = None
-        self.slot_waits = 0  # connections that waited for a slot held elsewhere
+        # The shared budgets (mta.delivery.shaping): connection slots, rates and suspensions
+        # per (source, site), machine- or cluster-wide. None: per-process gates only.
+        self.budgets = Budgets(throttle) if throttle is not None else None
         self._gates: dict[str, _Gate] = {}  # key -> its concurrency limit (only while in use)
         self._idle: dict[str, list[Connection]] = {}
         self._closed = False
@@ -186,7 +179,7 @@ class SmtpDelivery:
         protocol trouble (those become 4xx results)."""
         if not msg.recipients:
             return []
-        if opts.shaped and self.throttle is not None and (until := suspension(self.throttle, opts.shape_key)):
+        if self.budgets is not None and (until := self.budgets.suspended(opts)):
             return suspended_results(msg, opts.shape_key, until)
         gate = self._gates.get(key)
         if gate is None:
@@ -239,31 +232,10 @@ class SmtpDelivery:
         return True
 
     def _limit(self, opts: SmtpOptions) -> int:
-        """This process's concurrent deliveries for a destination: the connection limit,
-        halved while a reply rule slows its site and no message rate is set to halve."""
-        limit = max(1, opts.max_connections)
-        if opts.shaped and not opts.message_interval and self.throttle is not None \
-                and suspension(self.throttle, opts.shape_key, "slow"):
-            limit = max(1, limit // 2)
-        return limit
-
-    def _interval(self, opts: SmtpOptions) -> float:
-        """Seconds per message token of `opts`'s site now: doubled while a rule slows it."""
-        interval = opts.message_interval
-        if interval and suspension(self.throttle, opts.shape_key, "slow"):
-            interval *= 2
-        return interval
+        return max(1, opts.max_connections) if self.budgets is None else self.budgets.limit(opts)
 
     def _may_send(self, opts: SmtpOptions) -> bool:
-        """A shaped job may go on callbacks now: its site not suspended, and a message
-        token taken (when it has a rate). False: nothing taken."""
-        throttle = self.throttle
-        if throttle is None:
-            return True
-        if suspension(throttle, opts.shape_key):
-            return False
-        return not opts.message_interval or self.pacer.ready(opts.shape_key, self._interval(opts),
-                                                             opts.message_burst)
+        return self.budgets is None or self.budgets.may_send(opts)
 
     def _lane_connection(self, key: str, msg: OutMessage) -> tuple[Connection, tuple] | None:
         """A pooled connection that takes `msg` on the lane, with the envelope's lines;
@@ -343,11 +315,12 @@ class SmtpDelivery:
         """`deliver` for a job that holds its place at the destination's gate (the lane's
         jobs that must take a coroutine): a pooled connection, else each target in turn.
         `paced`: its message token is taken already (else it waits for one here, in order)."""
-        if opts.shaped and self.throttle is not None:
-            if (until := suspension(self.throttle, opts.shape_key)):
+        budgets = self.budgets
+        if budgets is not None and opts.shaped:
+            if (until := budgets.suspended(opts)):
                 return suspended_results(msg, opts.shape_key, until)
-            if not paced and opts.message_interval:
-                await self.pacer.wait(opts.shape_key, self._interval(opts), opts.message_burst)
+            if not paced:
+                await budgets.message(opts)
         while (conn := self._take_idle(key)) is not None:
             try:
                 results = await self._run(conn, opts, msg)
@@ -455,9 +428,8 @@ class SmtpDelivery:
         loop = asyncio.get_running_loop()
         conn = Connection(target, loop)
         conn.shape_key = opts.shape_key
-        slot = await self._slot(opts)
-        if slot:
-            conn.on_lost = lambda: self._free_slot(opts.shape_key)
+        if self.budgets is not None and await self.budgets.slot(opts, self._close_idle):
+            conn.on_lost = lambda: self.budgets.free(opts.shape_key)
         try:
             async with asyncio.timeout(opts.connect_timeout):
                 if target.ip == "unix":
@@ -484,36 +456,6 @@ class SmtpDelivery:
             conn.abort()
             raise
         return conn
-
-    async def _slot(self, opts: SmtpOptions) -> bool:
-        """One of the (source, site)'s connection slots (shared by every worker, or node),
-        and a token of its connection rate; waits for them. False: no shared budget kept."""
-        throttle, key = self.throttle, opts.shape_key
-        if throttle is None or not key:
-            return False
-        limit = self._limit(opts)
-        while not await throttle.acquire(key, limit):
-            # Held elsewhere, or by this process's idle connections: give one of those back.
-            self.slot_waits += 1
-            if not self._close_idle(key):
-                if self._slot_freed is None or self._slot_freed.is_set():
-                    self._slot_freed = asyncio.Event()
-                try:
-                    await asyncio.wait_for(self._slot_freed.wait(), self.slot_poll)
-                except TimeoutError:
-                    pass
-        if opts.connection_interval:
-            try:
-                await self.pacer.wait("connect|" + key, opts.connection_interval, opts.connection_burst)
-            except BaseException:
-                self._free_slot(key)
-                raise
-        return True
-
-    def _free_slot(self, key: str) -> None:
-        self.throttle.release(key)
-        if self._slot_freed is not None:
-            self._slot_freed.set()
 
     def _close_idle(self, shape_key: str) -> bool:
         """QUIT one idle pooled connection holding a slot of `shape_key` (its slot comes

@@ -1,0 +1,90 @@
+"""The delivery client's side of traffic shaping: before a transaction, its site not
+suspended and a message token; before a new connection, a slot of the (source, site) and a
+connection token. Invariant: a slot is held exactly while its connection exists."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Callable
+
+from mta.delivery.shaping.pacer import Pacer
+from mta.delivery.shaping.signals import suspension
+
+
+class Budgets:
+    """Reads `SmtpOptions`' shaping fields (shape_key, shaped, message_interval/burst,
+    connection_interval/burst, max_connections) against one throttle."""
+
+    # How often a connection that found every slot of its (source, site) held elsewhere
+    # (another worker or node) asks again; a release in this process wakes it sooner.
+    slot_poll = 0.05
+
+    def __init__(self, throttle) -> None:
+        self.throttle = throttle
+        self.pacer = Pacer(throttle)
+        self._freed: asyncio.Event | None = None
+        self.slot_waits = 0  # connections that waited for a slot
+
+    def suspended(self, opts) -> float:
+        """When the site's suspension ends (0.0: it is not suspended)."""
+        return suspension(self.throttle, opts.shape_key) if opts.shaped else 0.0
+
+    def limit(self, opts) -> int:
+        """This process's concurrent deliveries for a destination: the connection limit,
+        halved while a reply rule slows its site and no message rate is set to halve."""
+        limit = max(1, opts.max_connections)
+        if opts.shaped and not opts.message_interval and suspension(self.throttle, opts.shape_key, "slow"):
+            limit = max(1, limit // 2)
+        return limit
+
+    def interval(self, opts) -> float:
+        """Seconds per message token of `opts`'s site now: doubled while a rule slows it."""
+        interval = opts.message_interval
+        if interval and suspension(self.throttle, opts.shape_key, "slow"):
+            interval *= 2
+        return interval
+
+    def may_send(self, opts) -> bool:
+        """A shaped job may go on callbacks now: its site not suspended, and a message
+        token taken (when it has a rate). False: nothing taken."""
+        if suspension(self.throttle, opts.shape_key):
+            return False
+        return not opts.message_interval or self.pacer.ready(opts.shape_key, self.interval(opts),
+                                                             opts.message_burst)
+
+    async def message(self, opts) -> None:
+        """Wait, in order with the others of its site, for a message token."""
+        if opts.message_interval:
+            await self.pacer.wait(opts.shape_key, self.interval(opts), opts.message_burst)
+
+    async def slot(self, opts, close_idle: Callable[[str], bool]) -> bool:
+        """One of the (source, site)'s connection slots (shared by every worker, or node),
+        and a token of its connection rate; waits for them. False: no shared budget kept
+        (no shape key). `close_idle(key)` gives back one of this process's idle
+        connections of the key, if it has one."""
+        throttle, key = self.throttle, opts.shape_key
+        if not key:
+            return False
+        limit = self.limit(opts)
+        while not await throttle.acquire(key, limit):
+            # Its slot returns once it has closed: wait for a release here, or poll.
+            self.slot_waits += 1
+            close_idle(key)
+            if self._freed is None or self._freed.is_set():
+                self._freed = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._freed.wait(), self.slot_poll)
+            except TimeoutError:
+                pass
+        if opts.connection_interval:
+            try:
+                await self.pacer.wait("connect|" + key, opts.connection_interval, opts.connection_burst)
+            except BaseException:
+                self.free(key)
+                raise
+        return True
+
+    def free(self, key: str) -> None:
+        self.throttle.release(key)
+        if self._freed is not None:
+            self._freed.set()
