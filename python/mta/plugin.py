@@ -19,7 +19,7 @@ __all__ = [
 # session; `route` at delivery; the outbound ones after each attempt; the rest at start/stop.
 HOOKS: dict[str, int] = {
     "on_connect": 1, "on_helo": 2, "on_auth": 2, "on_mail": 2, "on_rcpt": 2, "on_data": 2, "on_message": 2,
-    "route": 2,
+    "route": 2, "egress": 1, "shaping": 3,
     "on_delivered": 1, "on_deferred": 1, "on_bounced": 1,
 }
 LIFECYCLE = ("setup", "start", "stop")

@@ -157,7 +157,8 @@ class Server:
         sts = MtaStsCache(resolver, port=d.mta_sts_port, ca_file=d.mta_sts_ca_file,
                           timeout=d.mta_sts_timeout) if d.mta_sts else None
         egress = egress_of(cfg)
-        shaper = Shaper(shaping_of(cfg), egress, self.throttle, d.max_active, cfg.shaping.max_site_share / 100)
+        shaper = Shaper(shaping_of(cfg), egress, self.throttle, d.max_active, cfg.shaping.max_site_share / 100,
+                        hooks=self.hooks)
         smtp = Smtp(self._wire(dlog), resolver, OutboundTls(sts, d.tls_report_interval), d, cfg.hostname,
                     report=bool(self.hooks.on_delivered), shaper=shaper)
         return QueueManager(self.spool, self.router, Transports(smtp, Maildir(cfg.hostname)), dlog, d,

@@ -39,6 +39,7 @@ class Route(NamedTuple):
     spec: TransportSpec
     domain: str
     pool: str | None = None
+    view: object = None  # the queued message as plugins see it, when `shaping` hooks ask
 
 
 class Transport(Protocol):
@@ -206,11 +207,25 @@ class Smtp:
               rcpt: str) -> tuple[str, SmtpOptions]:
         """The destination key and options of one message: its egress source (bound
         address, EHLO name; the connection pool is per source) and its site's shape."""
-        shaper = self.shaper
-        source = shaper.source(sender, route.pool)
+        source, shape = self._pick(route, site, sender, rcpt)
+        return self._shaped_options(key, opts, source, site, shape)
+
+    async def shape_async(self, route: Route, key: str, opts: SmtpOptions, site: str, sender: str,
+                          rcpt: str) -> tuple[str, SmtpOptions]:
+        """`shape`, with the plugins' `shaping` hooks asked (when the route carries the view)."""
+        source, shape = self._pick(route, site, sender, rcpt)
+        if route.view is not None:
+            shape = await self.shaper.adjusted(shape, site, source.name if source else "default", route.view)
+        return self._shaped_options(key, opts, source, site, shape)
+
+    def _pick(self, route: Route, site: str, sender: str, rcpt: str) -> tuple:
         spec = route.spec
         domain = route.domain or (split(rcpt)[1] if rcpt else "")
-        shape = shaper.shaping.shape(domain, site, spec.connections, spec.per_connection)
+        return (self.shaper.source(sender, route.pool),
+                self.shaper.shaping.shape(domain, site, spec.connections, spec.per_connection))
+
+    def _shaped_options(self, key: str, opts: SmtpOptions, source, site: str, shape) -> tuple[str, SmtpOptions]:
+        shaper = self.shaper
         ck = (key, opts, source, site, shape)
         hit = self._shaped.get(ck)
         if hit is None:
@@ -274,7 +289,7 @@ class Smtp:
             if (no := shaper.admit(site, domain)) is not None:
                 return no
             try:
-                key, opts = self.shape(route, key, opts, site, msg.sender, "")
+                key, opts = await self.shape_async(route, key, opts, site, msg.sender, "")
                 out = await self.tls_policy.deliver(self.wire, key, domain, policy, res.targets, opts, msg)
             finally:
                 shaper.done(site)
@@ -292,7 +307,7 @@ class Smtp:
         if (no := shaper.admit(site, split(msg.recipients[0].address)[1])) is not None:
             return no
         try:
-            key, opts = self.shape(route, key, opts, site, msg.sender, msg.recipients[0].address)
+            key, opts = await self.shape_async(route, key, opts, site, msg.sender, msg.recipients[0].address)
             out = await self.wire.deliver(key, targets, opts, msg)
         finally:
             shaper.done(site)

@@ -74,6 +74,8 @@ class Chain:
     on_data: tuple
     on_message: tuple
     route: tuple
+    egress: tuple
+    shaping: tuple
     on_delivered: tuple
     on_deferred: tuple
     on_bounced: tuple
@@ -240,6 +242,25 @@ class Chain:
             self._overran(entry, stage)
         except Exception as e:  # noqa: BLE001
             self.failed(entry, stage, e)
+
+    async def first(self, calls: tuple, args: tuple, convert) -> Any:
+        """The first answer of `calls` that is not None (or Continue), made by `convert`,
+        which raises TypeError or ValueError for an answer it cannot use: that hook is
+        logged and counted as failed, as one that raises or overruns, and the next asked."""
+        for entry, fn, stage, _limit in calls:
+            try:
+                async with asyncio.timeout(entry.timeout):
+                    r = fn(*args)
+                    if type(r) is _CORO:
+                        r = await r
+                if r is None or type(r) is Continue:
+                    continue
+                return convert(r)
+            except TimeoutError:
+                self._overran(entry, stage)
+            except Exception as e:  # noqa: BLE001
+                self.failed(entry, stage, e)
+        return None
 
     async def deferred(self, event: Any) -> TransportSpec | None:
         """on_deferred for one recipient: the first Route a hook gives (its next attempt goes

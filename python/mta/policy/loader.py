@@ -24,6 +24,7 @@ _KNOWN = tuple(HOOKS) + LIFECYCLE
 _ARGS = {
     "on_connect": "conn", "on_helo": "conn, name", "on_auth": "conn, user", "on_mail": "tx, sender",
     "on_rcpt": "tx, address", "on_data": "tx, headers", "on_message": "tx, msg", "route": "address, msg",
+    "egress": "msg", "shaping": "site, source, msg",
     "on_delivered": "event", "on_deferred": "event", "on_bounced": "event",
 }
 

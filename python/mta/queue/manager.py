@@ -61,6 +61,9 @@ class QueueManager:
         # on_delivered hook, outcomes come back here rather than being logged by the agent.
         self.hooks = hooks if hooks is not None else Chain()
         self.pools = pools  # egress pools are configured: a message's notes may name its pool
+        # Plugins choose a message's pool (`egress`) or change its shape (`shaping`): asked
+        # on the coroutine path, with the queued message's view.
+        self._egress_hooks = bool(self.hooks.egress or self.hooks.shaping)
         self._observed = bool(self.hooks.on_delivered or self.hooks.on_deferred or self.hooks.on_bounced)
         self.active: set[str] = set()  # queue ids with an attempt in flight
         self._keeping_fresh = False  # the store keeps new messages' bytes for jobs made from it
@@ -287,7 +290,7 @@ class QueueManager:
     def _submit(self, prep: tuple, group: list) -> bool:
         """The attempt on callbacks, when its transport takes it (no lookup, nothing to
         await): no task, no coroutine per message. False: the caller makes a task."""
-        if self._stopping:
+        if self._stopping or self._egress_hooks:
             return False
         env, spooled, msg = prep
         spec, domain, _ = group
@@ -305,7 +308,7 @@ class QueueManager:
         """A fresh message's first attempt with its job made from the store entry (the
         agent's submit_spooled): nothing of the message becomes a Python object unless
         the outcome needs recording (see _spooled_done). False: the caller takes `_start`."""
-        if qid in self._excluded or qid in self.active:
+        if qid in self._excluded or qid in self.active or self._egress_hooks:
             return False
         fixed = self.router.fixed
         spec = fixed(recipients[0][0])
@@ -421,17 +424,23 @@ class QueueManager:
             except Exception as e:  # a broken route hook defers, it does not lose mail
                 failed[rc.index] = _route_failed(rc, e)
         results = failed
-        pool = self._pool(env)
+        pool, view = self._pool(env), None
+        if self._egress_hooks:
+            view = self._view(env)
+            if self.hooks.egress:
+                pool = await self.hooks.first(self.hooks.egress, (view,), _pool_name) or pool
+            if not self.hooks.shaping:
+                view = None
         if len(groups) == 1 and not failed:
             # The common case (one destination): no gather, no extra tasks.
             spec, domain, rs = groups[0]
             try:
-                outcomes = [await self._by_kind[spec.kind].deliver(Route(spec, domain, pool), msg)]
+                outcomes = [await self._by_kind[spec.kind].deliver(Route(spec, domain, pool, view), msg)]
             except Exception as e:
                 outcomes = [e]
         else:
             outcomes = await asyncio.gather(
-                *(self._by_kind[spec.kind].deliver(Route(spec, domain, pool), _subset(msg, rs))
+                *(self._by_kind[spec.kind].deliver(Route(spec, domain, pool, view), _subset(msg, rs))
                   for spec, domain, rs in groups),
                 return_exceptions=True,
             )
@@ -572,6 +581,13 @@ def _group(groups: list, spec: TransportSpec, rc: OutRcpt) -> None:
             g[2].append(rc)
             return
     groups.append([spec, domain, [rc]])
+
+
+def _pool_name(answer) -> str:
+    """An `egress` hook's answer: a pool's name."""
+    if not isinstance(answer, str) or not answer:
+        raise TypeError(f"returned {answer!r}: not None or a pool name")
+    return answer
 
 
 def _route_failed(rc: OutRcpt, e: Exception) -> RcptResult:

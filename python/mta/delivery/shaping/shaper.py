@@ -11,7 +11,8 @@ import random
 import time
 from typing import Callable
 
-from mta.delivery import BOUNCED, DEFERRED, RcptResult
+from mta.config.shaping import Shape, parse_rate
+from mta.delivery import RcptResult
 from mta.delivery.classify import classify
 from mta.delivery.shaping.signals import SUSPENDED, Throttled, flag_key, suspended_until
 
@@ -36,8 +37,9 @@ def site_name(hosts, site_globs) -> str:
 
 class Shaper:
     def __init__(self, shaping, egress, throttle, max_active: int, share: float = 0.5,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, hooks=None) -> None:
         self.shaping = shaping
+        self.hooks = hooks  # the plugin chain: its `shaping(site, source, msg)` hooks
         self.egress = egress
         self.throttle = throttle
         self.cap = max(1, int(max_active * share))  # in-flight messages per site
@@ -91,6 +93,12 @@ class Shaper:
         else:
             self.inflight.pop(site, None)
 
+    async def adjusted(self, shape: Shape, site: str, source: str, view) -> Shape:
+        """`shape` as the plugins' `shaping(site, source, msg)` hooks change it for one
+        message (the first that answers, with a dict of shape keys)."""
+        over = await self.hooks.first(self.hooks.shaping, (site, source, view), shape_overrides)
+        return shape._replace(**over) if over else shape
+
     # -- after an attempt --
 
     def outcome(self, site: str, results):
@@ -136,3 +144,25 @@ class Shaper:
 def _log_failure(t: asyncio.Task) -> None:
     if not t.cancelled() and t.exception() is not None:
         log.error("shaping: could not set a flag: %r", t.exception())
+
+
+_INT_KEYS = ("connection_limit", "max_deliveries_per_connection")
+_RATE_KEYS = ("max_connection_rate", "max_message_rate")
+
+
+def shape_overrides(answer) -> dict:
+    """A `shaping` hook's answer (a dict of shape keys, rates as "N/s" texts or None for
+    unlimited) as Shape fields; TypeError/ValueError naming what is wrong."""
+    if not isinstance(answer, dict):
+        raise TypeError(f"returned {answer!r}: not None or a dict of shaping keys")
+    out = {}
+    for k, v in answer.items():
+        if k in _INT_KEYS:
+            if type(v) is not int or v < 1:
+                raise ValueError(f"{k} = {v!r}: expected a positive integer")
+            out[k] = v
+        elif k in _RATE_KEYS:
+            out[k] = None if v is None or v == "" else parse_rate(v)
+        else:
+            raise ValueError(f"unknown shaping key {k!r} (expected {', '.join(_INT_KEYS + _RATE_KEYS)})")
+    return out
