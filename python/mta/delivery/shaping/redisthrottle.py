@@ -19,6 +19,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from mta.delivery.shaping.throttle import divided
+
 if TYPE_CHECKING:
     from mta.delivery.shaping.throttle import Throttle
 
@@ -82,37 +84,6 @@ _DEFAULT_WAIT = 0.005
 _RESERVE_TTL_MAX = 0.25
 
 
-class _Divided:
-    """`divided(throttle, nodes)` until the shared one in shaping.throttle is merged: each node
-    keeps 1/nodes of every limit and rate, so N nodes together stay within the whole."""
-
-    def __init__(self, inner: Throttle, nodes: int) -> None:
-        self.inner = inner
-        self.nodes = max(1, int(nodes))
-        self.stats = getattr(inner, "stats", {})
-
-    def take(self, key: str, interval: float, burst: int, n: int = 1) -> float:
-        return self.inner.take(key, interval * self.nodes, max(1, burst // self.nodes), n)
-
-    async def acquire(self, key: str, limit: int) -> bool:
-        return await self.inner.acquire(key, max(1, limit // self.nodes))
-
-    def release(self, key: str) -> None:
-        self.inner.release(key)
-
-    async def set_until(self, key: str, until: float) -> None:
-        await self.inner.set_until(key, until)
-
-    def until(self, key: str) -> float:
-        return self.inner.until(key)
-
-    def flags(self) -> dict[str, float]:
-        return self.inner.flags()
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-
 class _Reserve:
     """Tokens of one key granted by Redis ahead of use, in batches that expire."""
 
@@ -151,7 +122,7 @@ class RedisThrottle:
         self.lease_ttl = float(lease_ttl)
         self.timeout = float(timeout)
         self.fallback = fallback
-        self.divided = _Divided(fallback, self.expected_nodes)
+        self.divided = divided(fallback, self.expected_nodes)
         self.stats: dict[str, int] = {
             "redis_round_trips": 0, "fallbacks": 0, "reserve_hits": 0, "tokens_granted": 0,
             "redis_errors": 0,
