@@ -285,7 +285,8 @@ def summary(spool, config_file, as_json, by, top) -> None:
                "flags": flags, "flags_note": note}
         click.echo(json.dumps(out))
         return
-    names = ["TOTAL"] + [n for n, _ in rows] + ([f"({rest_n} more {by}s)"] if rest_n else [])
+    more = f"({rest_n} more domain(s), not looked up)" if by == "site" else f"({rest_n} more domain(s))"
+    names = ["TOTAL"] + [n for n, _ in rows] + ([more] if rest_n else [])
     width = min(max(len(n) for n in names), 48)
     cells = [total] + [r for _, r in rows] + ([rest] if rest_n else [])
     nwidth = max(5, *(len(str(c)) for row in cells for c in row))
