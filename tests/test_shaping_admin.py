@@ -18,7 +18,6 @@ from click.testing import CliRunner
 from dnsserver import dns_server  # noqa: F401  (the fixture)
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from mta.app import control, shaping_cli
 from mta.app.cli import main as cli_main
 from mta.app.control import MAX_SITE, Request, RequestError, parse_request

@@ -33,7 +33,7 @@ MAX_IDS = 1000  # queue ids in one request (the CLI sends more in several reques
 MAX_CLIENTS = 8  # control connections served at once; more are refused with an error
 READ_TIMEOUT = 5.0  # seconds for a client to send its request line
 WRITE_TIMEOUT = 5.0
-DELETE_WAIT = 10.0  # seconds delete waits for an attempt in flight before answering "busy"
+DELETE_WAIT = 10.0  # seconds delete (and bounce) wait for an attempt in flight before answering "busy"
 CLIENT_TIMEOUT = 60.0  # the CLI's bound on one request's reply
 
 OPS = ("ping", "hold", "release", "delete", "flush", "suspend", "resume", "flags", "bounce")
@@ -490,7 +490,7 @@ class ControlServer:
             nonlocal bounced
             async with gate:
                 try:
-                    n = await self.queue.bounce_recipients(qid, idx, reply)
+                    n = await self.queue.bounce_recipients(qid, idx, reply, wait=DELETE_WAIT)
                 except Exception as e:  # noqa: BLE001 - reported per message; the others go on
                     log.error("%s: bounce by the administrator failed: %s", qid, e)
                     status = "failed"
