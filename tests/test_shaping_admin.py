@@ -551,12 +551,15 @@ def test_summary_by_site_groups_domains_hosted_together(tmp_path, dns_server):
     dns_server.add("two.test", [("MX", "5 MX2.hoster.test"), ("MX", "10 mx1.hoster.test")])
     dns_server.add("three.test", [("A", "127.0.0.1")])  # no MX: the domain itself
     root = _spool_with_ages(tmp_path, [(["a@one.test"], 1, ()), (["b@two.test"], 1, ()), (["c@two.test"], 50, ()),
-                                       (["d@three.test"], 1, ()), (["e@none.test"], 1, ())])
+                                       (["d@three.test"], 1, ()), (["e@none.test"], 1, ()),
+                                       (["f@relayed.test"], 1, ())])
     cfg = tmp_path / "mta.toml"
-    cfg.write_text(f'[dns]\nnameservers = ["{dns_server.host}"]\nport = {dns_server.port}\n')
+    cfg.write_text(f'[dns]\nnameservers = ["{dns_server.host}"]\nport = {dns_server.port}\n'
+                   '[transport]\n"relayed.test" = "smarthost Relay.Hoster.test:2525"\n')
     r = CliRunner().invoke(cli_main, ["queue", "summary", "--spool", root, "--config", str(cfg), "--by", "site",
                                       "--json"])
     assert r.exit_code == 0, r.output
     rows = {row["name"]: (row["total"], sorted(row["domains"])) for row in json.loads(r.output)["rows"]}
     assert rows == {"mx1.hoster.test,mx2.hoster.test": (3, ["one.test", "two.test"]),
-                    "three.test": (1, ["three.test"]), "(no such domain)": (1, ["none.test"])}
+                    "three.test": (1, ["three.test"]), "(no such domain)": (1, ["none.test"]),
+                    "relay.hoster.test": (1, ["relayed.test"])}  # a smarthost route: the smarthost
