@@ -11,7 +11,7 @@ import sys
 import click
 
 from mta import __version__
-from mta.app import dkim_cli, plugins_cli
+from mta.app import dkim_cli, plugins_cli, shaping_cli
 from mta.bench import cli as bench_cli
 from mta.config import schema as config
 from mta.errors import ConfigError, MtaError
@@ -127,11 +127,12 @@ def tls_selfsigned(out_dir, hostname, days) -> None:
 
 @main.group()
 def queue() -> None:
-    """Inspect the spool, and hold, release, delete or flush mail.
+    """Inspect the spool, and hold, release, delete, flush or bounce mail.
 
-    list and show read the spool files (read-only; safe while the server
-    runs). hold, release, delete and flush ask the running server, through
-    the control socket of each spool shard: they fail when no server runs.
+    list, show and summary read the spool files (read-only; safe while the
+    server runs). hold, release, delete, flush, suspend, resume and bounce ask
+    the running server, through the control socket of each spool shard: they
+    fail when no server runs.
     """
 
 
@@ -532,6 +533,8 @@ def user_list(users_file, config_file) -> None:
 main.add_command(bench_cli.bench)
 main.add_command(plugins_cli.plugins)
 main.add_command(dkim_cli.dkim)
+for _command in shaping_cli.COMMANDS:  # mta queue summary|suspend|resume|bounce
+    queue.add_command(_command)
 
 if __name__ == "__main__":
     main()

@@ -1,18 +1,23 @@
 """The control channel: a unix socket per spool shard (0600) through which `mta queue
-hold|release|delete|flush` reach the running server, one bounded JSON line each way;
-a reply names only changes already durable (their store futures completed)."""
+hold|release|delete|flush|suspend|resume|bounce|summary` reach the running server, one
+bounded JSON line each way; a reply names only changes already durable (their store futures completed)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import math
 import os
 import re
 import socket
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from mta.config.kinds import domain_name
+from mta.delivery import FINAL, Outcome
+from mta.delivery.router import split
 
 if TYPE_CHECKING:
     from mta.delivery.deliverylog import DeliveryLog
@@ -28,11 +33,18 @@ MAX_IDS = 1000  # queue ids in one request (the CLI sends more in several reques
 MAX_CLIENTS = 8  # control connections served at once; more are refused with an error
 READ_TIMEOUT = 5.0  # seconds for a client to send its request line
 WRITE_TIMEOUT = 5.0
-DELETE_WAIT = 10.0  # seconds delete waits for an attempt in flight before answering "busy"
+DELETE_WAIT = 10.0  # seconds delete (and bounce) wait for an attempt in flight before answering "busy"
 CLIENT_TIMEOUT = 60.0  # the CLI's bound on one request's reply
 
-OPS = ("ping", "hold", "release", "delete", "flush")
+OPS = ("ping", "hold", "release", "delete", "flush", "suspend", "resume", "flags", "bounce")
 QUEUE_ID = re.compile(r"[A-Za-z0-9]{1,64}")
+MAX_SITE = 255  # characters of a site text (a [[shaping.rule]] site glob, or MX host names joined by ",")
+MAX_UNTIL = 2.0 ** 32  # a wall time beyond this (year 2106) is a mistake, not a suspension
+BOUNCE_TEXT = "bounced by the administrator (mta queue bounce)"
+BOUNCE_CONCURRENCY = 32  # messages bounced at once (each a DSN injected, then a record)
+# What the worker records for a recipient its site's (or domain's) suspension holds back
+# (mta.delivery.shaping.signals): the site last, so `resume` finds the ones it held.
+SUSPENDED_REPLY = re.compile(r"shaping: site suspended until \d+(?:\.\d+)?: (.+)$")
 _SUN_PATH_MAX = 107  # sun_path is 108 bytes with its NUL
 
 
@@ -45,13 +57,29 @@ class Request:
     op: str
     ids: tuple[str, ...] = ()
     all: bool = False  # every message of the shard instead of `ids`
+    domain: str | None = None  # suspend, resume, bounce: a recipient domain (lower case)
+    site: str | None = None  # suspend, resume: a destination site
+    until: float | None = None  # suspend: the wall time the suspension ends (0: clear it)
+
+
+def flag_key(kind: str, site: str) -> str:
+    """The throttle flag of a site, kind "suspend" or "slow" (as mta.delivery.shaping.signals)."""
+    return f"{kind}|{site}"
+
+
+def _target(req: Request) -> str:
+    """The site a suspend/resume names: the site itself, or "@<domain>" for a domain."""
+    return req.site if req.site is not None else f"@{req.domain}"
 
 
 def parse_request(line: bytes) -> Request:
     """One request line → Request, or RequestError saying what is wrong.
 
     Forms: {"op": "ping"}; {"op": OP, "ids": [ID, ...]}; {"op": OP, "all": true},
-    OP one of hold, release, delete, flush; 1..MAX_IDS ids of [A-Za-z0-9]{1,64}.
+    OP one of hold, release, delete, flush; 1..MAX_IDS ids of [A-Za-z0-9]{1,64};
+    {"op": "suspend", "domain": D | "site": S, "until": T}; {"op": "resume", "domain": D |
+    "site": S}; {"op": "flags"}; {"op": "bounce", "domain": D}. D a domain name, S at most
+    MAX_SITE printable characters without spaces, T a unix time (0: clear).
     """
     if len(line) > MAX_LINE:
         raise RequestError(f"request longer than {MAX_LINE} bytes")
@@ -61,7 +89,7 @@ def parse_request(line: bytes) -> Request:
         raise RequestError("request is not a JSON object on one line") from None
     if not isinstance(obj, dict):
         raise RequestError("request is not a JSON object on one line")
-    unknown = sorted(set(obj) - {"op", "ids", "all"})
+    unknown = sorted(set(obj) - {"op", "ids", "all", "domain", "site", "until"})
     if unknown:
         raise RequestError(f"unknown request field(s): {', '.join(map(repr, unknown))}")
     op = obj.get("op")
@@ -70,6 +98,13 @@ def parse_request(line: bytes) -> Request:
     ids, every = obj.get("ids"), obj.get("all", False)
     if every not in (True, False):
         raise RequestError("all must be true or false")
+    shaping = _shaping_fields(op, obj)
+    if op in ("suspend", "resume", "flags", "bounce"):
+        if ids is not None or every:
+            raise RequestError(f"{op} takes no ids and no all")
+        return Request(op, **shaping)
+    if shaping:
+        raise RequestError(f"{op} takes no {', '.join(sorted(shaping))}")
     if op == "ping":
         if ids is not None or every:
             raise RequestError("ping takes no ids and no all")
@@ -86,6 +121,46 @@ def parse_request(line: bytes) -> Request:
         if not isinstance(q, str) or not QUEUE_ID.fullmatch(q):
             raise RequestError(f"bad queue id {q!r}: expected 1-64 letters and digits")
     return Request(op, tuple(dict.fromkeys(ids)))
+
+
+# op -> (the fields it needs or allows, as "domain|site" for exactly one of the two, "until")
+_SHAPING_FIELDS = {"suspend": ("domain|site", "until"), "resume": ("domain|site",), "bounce": ("domain",),
+                   "flags": ()}
+
+
+def _shaping_fields(op: str, obj: dict) -> dict:
+    """The domain, site and until fields of a request, each checked; RequestError when one
+    is malformed, missing or not for this op (a non-shaping op gets them back to refuse)."""
+    out: dict = {}
+    if "domain" in obj:
+        raw = obj["domain"]
+        name = domain_name(raw) if isinstance(raw, str) else None
+        if name is None:
+            raise RequestError(f"bad domain {raw!r}: expected a domain name (ASCII labels; IDNs as xn--)")
+        out["domain"] = name
+    if "site" in obj:
+        raw = obj["site"]
+        if not isinstance(raw, str) or not 0 < len(raw) <= MAX_SITE or not raw.isprintable() or " " in raw:
+            raise RequestError(f"bad site {str(raw)[:300]!r}: expected 1-{MAX_SITE} printable characters, no spaces")
+        out["site"] = raw.lower()
+    if "until" in obj:
+        raw = obj["until"]
+        if (isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw)
+                or not 0 <= raw < MAX_UNTIL):
+            raise RequestError(f"bad until {raw!r}: expected a unix time as a number (0: clear)")
+        out["until"] = float(raw)
+    if op not in _SHAPING_FIELDS:
+        return out
+    wanted = _SHAPING_FIELDS[op]
+    extra = sorted(set(out) - {f for w in wanted for f in w.split("|")})
+    if extra:
+        raise RequestError(f"{op} takes no {', '.join(extra)}")
+    if "domain|site" in wanted and ("domain" in out) == ("site" in out):
+        raise RequestError(f"{op} needs either domain or site (one of the two)")
+    for need in ("domain", "until"):
+        if need in wanted and need not in out:
+            raise RequestError(f"{op} needs {need}")
+    return out
 
 
 def encode(obj: dict) -> bytes:
@@ -123,8 +198,11 @@ class ControlServer:
     (which ids are in flight, which to leave alone, what to retry now)."""
 
     def __init__(self, store: SpoolService, queue: QueueManager, dlog: DeliveryLog | None, path: str,
-                 shard: int):
+                 shard: int, *, throttle=None):
         self.store = store
+        # The worker's shaping throttle (mta.delivery.shaping.throttle.Throttle): suspend,
+        # resume and flags set, clear and list its flags; None: no shaping, they fail.
+        self.throttle = throttle
         self.queue = queue
         self.dlog = dlog
         self.shard = shard
@@ -203,6 +281,8 @@ class ControlServer:
             return {"ok": False, "error": str(e)}
         try:
             return await self.handle(req)
+        except RequestError as e:  # a request this server cannot serve (no throttle)
+            return {"ok": False, "error": str(e)}
         except Exception as e:
             log.exception("control request %s failed", req.op)
             return {"ok": False, "error": f"{req.op} failed: {e}"}
@@ -216,6 +296,8 @@ class ControlServer:
     async def handle(self, req: Request) -> dict:
         if req.op == "ping":
             return {"ok": True, "pid": os.getpid()}
+        if req.op in _SHAPING_FIELDS:
+            return await getattr(self, f"_op_{req.op}")(req)
         if req.all:
             envs = self.store.list()
             ids = [e.queue_id for e in envs]
@@ -341,6 +423,94 @@ class ControlServer:
 
     def _kick(self) -> None:
         self.queue.kick()
+
+    # --- shaping: suspend, resume, flags, bounce ------------------------------------
+
+    def _need_throttle(self, op: str):
+        if self.throttle is None:
+            raise RequestError(f"{op}: this server has no shaping throttle (traffic shaping is not running)")
+        return self.throttle
+
+    async def _op_suspend(self, req: Request) -> dict:
+        throttle = self._need_throttle("suspend")
+        target, until = _target(req), req.until
+        await throttle.set_until(flag_key("suspend", target), until)
+        if until:
+            log.warning("%s suspended by the administrator (mta queue suspend) until %.0f", target, until)
+        else:
+            log.warning("%s: suspension cleared by the administrator (mta queue suspend)", target)
+        return {"ok": True, "key": flag_key("suspend", target), "until": until}
+
+    async def _op_resume(self, req: Request) -> dict:
+        throttle = self._need_throttle("resume")
+        target = _target(req)
+        key = flag_key("suspend", target)
+        was = throttle.until(key)
+        await throttle.set_until(key, 0.0)
+        # The messages that suspension held back wait until its end: make them due now.
+        futs: dict[str, list] = {}
+        counts = {"due": 0, "active": 0}
+        active = self._active
+        for env in self.store.list():
+            held = [i for i, r in enumerate(env.recipients) if _held_by(r, target)]
+            if not held:
+                continue
+            if env.queue_id in active:  # its attempt ends soon and sees the flag cleared
+                counts["active"] += 1
+                continue
+            now = time.time()
+            rs = env.recipients
+            futs[env.queue_id] = [self.store.update(env.queue_id, [
+                (i, "deferred", rs[i].attempts, now, rs[i].last_reply, rs[i].route) for i in held])]
+        settled = await self._settle(futs, "due")
+        for s in settled.values():
+            s = s if s in ("due", "gone") else "failed"
+            counts[s] = counts.get(s, 0) + 1
+        self.queue.retry_now([q for q, s in settled.items() if s == "due"])
+        log.warning("%s resumed by the administrator (mta queue resume): %d message(s) due now",
+                    target, counts["due"])
+        return {"ok": True, "key": key, "was": was, "counts": counts}
+
+    async def _op_flags(self, req: Request) -> dict:
+        return {"ok": True, "flags": dict(self._need_throttle("flags").flags())}
+
+    async def _op_bounce(self, req: Request) -> dict:
+        domain = req.domain
+        reply = Outcome.of(550, "5.0.0", BOUNCE_TEXT)
+        todo = []
+        for env in self.store.list():
+            idx = [i for i, r in enumerate(env.recipients) if r.state not in FINAL and split(r.address)[1] == domain]
+            if idx:
+                todo.append((env.queue_id, idx))
+        counts: dict[str, int] = {}
+        bounced = 0
+        gate = asyncio.Semaphore(BOUNCE_CONCURRENCY)
+
+        async def one(qid: str, idx: list[int]) -> None:
+            nonlocal bounced
+            async with gate:
+                try:
+                    n = await self.queue.bounce_recipients(qid, idx, reply, wait=DELETE_WAIT)
+                except Exception as e:  # noqa: BLE001 - reported per message; the others go on
+                    log.error("%s: bounce by the administrator failed: %s", qid, e)
+                    status = "failed"
+                else:
+                    status = "busy" if n is None else "bounced" if n else "gone"
+                    bounced += n or 0
+            counts[status] = counts.get(status, 0) + 1
+
+        await asyncio.gather(*(one(q, i) for q, i in todo))
+        log.warning("domain %s bounced by the administrator (mta queue bounce): %d recipient(s) in %d message(s)",
+                    domain, bounced, counts.get("bounced", 0))
+        return {"ok": True, "counts": counts, "recipients": bounced}
+
+
+def _held_by(rcpt, target: str) -> bool:
+    """Whether this recipient waits for the suspension of `target` (a site or "@domain")."""
+    if rcpt.state != "deferred" or not rcpt.last_reply:
+        return False
+    m = SUSPENDED_REPLY.search(rcpt.last_reply)
+    return m is not None and m[1] == target
 
 
 def _log_delete(env, raced: bool, dlog=None) -> None:

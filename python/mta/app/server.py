@@ -126,7 +126,8 @@ class Server:
         # The admin's way in (mta queue hold|release|delete|flush): made after
         # the privilege drop, so the socket belongs to the user that serves.
         self.control = ControlServer(self.spool, self.queue, self.queue.dlog,
-                                     socket_path(self.cfg.spool.dir, self.shard), self.shard)
+                                     socket_path(self.cfg.spool.dir, self.shard), self.shard,
+                                     throttle=self.throttle)  # None until shaping is wired
         await self.control.start()
         self._sweep()
         for srv in self._servers:

@@ -110,6 +110,36 @@ class QueueManager:
                 self._backoff.pop(q, None)
         self.kick()
 
+    async def bounce_recipients(self, qid: str, indices: list[int], reply, wait: float = 10.0) -> int | None:
+        """Bounce these recipients of `qid` now with `reply` (anything with code, enhanced and
+        text: `mta queue bounce`): a DSN, the delivery log and the bounced records, as an
+        attempt's failures are. An attempt in flight is waited for (up to `wait` s, none
+        starting meanwhile); None if it has not ended, else how many were bounced (those
+        final by then, or a message gone, are skipped)."""
+        self.exclude((qid,))
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + wait
+            while qid in self.active:
+                if loop.time() >= deadline:
+                    return None
+                await asyncio.sleep(0.05)
+            env = self.store.get(qid)
+            data = self.store.message_data(qid, env.size) if env is not None else None
+            if data is None:
+                return 0
+            spooled, wanted = env.recipients, set(indices)
+            rcpts = tuple(OutRcpt(r.address, r.notify, r.orcpt, i) for i, r in enumerate(spooled)
+                          if i in wanted and r.state not in FINAL)
+            if not rcpts:
+                return 0
+            msg = OutMessage(qid, env.sender, rcpts, data, env.body, env.smtputf8, env.ret, env.envid, env.arrival)
+            results = {rc.index: RcptResult(rc.address, reply.code, reply.enhanced, reply.text) for rc in rcpts}
+            await self._record(env, spooled, msg, results, self.clock.time())
+            return len(rcpts)
+        finally:
+            self.include((qid,))
+
     def on_durable(self, qid: str, recipients: list[tuple] | None = None, notes: dict | None = None) -> None:
         """A message just became durable: start on it at once when the window has room,
         without asking the store what is due. `recipients`: as spooled ((address, notify,
