@@ -127,7 +127,7 @@ class Server:
         # the privilege drop, so the socket belongs to the user that serves.
         self.control = ControlServer(self.spool, self.queue, self.queue.dlog,
                                      socket_path(self.cfg.spool.dir, self.shard), self.shard,
-                                     throttle=self.throttle)  # None until shaping is wired
+                                     throttle=self.throttle)
         await self.control.start()
         self._sweep()
         for srv in self._servers:
