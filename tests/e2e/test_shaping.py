@@ -35,7 +35,7 @@ TSS = "421 4.7.0 [TSS04] try again later"
 SUSPEND = 5.0  # the TSS04 rule's duration
 # A reply rule's flag is set once the attempt's outcome is back in the worker: attempts
 # already past their check (connecting, or at the connection gate) may still open one.
-FLAG_GRACE = 1.0
+FLAG_GRACE = 0.5
 
 # Sink addresses, one per site (MX host mx.<name>); the pools send from 127.0.0.2 and .3.
 SITES = {
