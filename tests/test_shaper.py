@@ -17,13 +17,13 @@ from mta.delivery.shaping.signals import SUSPENDED, Throttled, flag_key, suspend
 from mta.delivery.shaping.throttle import ProcessThrottle
 
 SHAPE = Shape(20, None, None, 100)
-NOW = time.time()  # the shaper's clock, fixed; flags are read against the wall clock
 
 
 def shaper(on_reply=(), rules=(), max_active=10, share=0.5, throttle=None, egress=None):
     th = throttle if throttle is not None else ProcessThrottle()
+    now = time.time()  # the shaper's clock, fixed per test (flags are read against the wall clock)
     return Shaper(Shaping(SHAPE, tuple(rules), tuple(on_reply)), egress or Egress({}, {}), th,
-                  max_active, share, clock=lambda: NOW)
+                  max_active, share, clock=lambda: now)
 
 
 def result(code, enhanced, text, addr="u@dest.test"):
@@ -65,7 +65,7 @@ def test_admit_counts_until_done_and_caps_a_site_at_its_share():
     assert [s.admit("a") for _ in range(3)] == [None] * 3
     no = s.admit("a")
     assert isinstance(no, Throttled) and "share" in no.reason and "a" in no.reason
-    assert NOW + 2.0 <= no.until <= NOW + 3.0  # comes back soon, spread
+    assert s.clock() + 2.0 <= no.until <= s.clock() + 3.0  # comes back soon, spread
     assert s.admit("b") is None  # another site is not held up by it
     s.done("a")
     assert s.admit("a") is None
@@ -83,12 +83,13 @@ def test_the_share_is_at_least_one():
 def test_a_suspended_site_or_domain_is_throttled_until_the_flag_ends():
     th = ProcessThrottle()
     s = shaper(throttle=th)
-    th.set_until_now(flag_key("suspend", "mx.a.test"), NOW + 30)
-    th.set_until_now(flag_key("suspend", "@b.test"), NOW + 60)
+    now = s.clock()
+    th.set_until_now(flag_key("suspend", "mx.a.test"), now + 30)
+    th.set_until_now(flag_key("suspend", "@b.test"), now + 60)
     a = s.admit("mx.a.test", "a.test")
-    assert a == Throttled(NOW + 30, a.reason) and a.reason.startswith(SUSPENDED)
+    assert a == Throttled(now + 30, a.reason) and a.reason.startswith(SUSPENDED)
     b = s.admit("mx.other.test", "b.test")
-    assert b is not None and b.until == NOW + 60 and "@b.test" in b.reason
+    assert b is not None and b.until == now + 60 and "@b.test" in b.reason
     assert s.admit("mx.other.test", "c.test") is None
     assert s.inflight == {"mx.other.test": 1}  # a refused admit holds nothing
     assert s.stats["suspended"] == 2
@@ -117,7 +118,7 @@ def test_a_suspend_rule_sets_the_site_flag():
     res = [result(421, "4.7.0", "[TSS04] try again later")]
     out = run_outcome(s, "mx.y.test", res)
     assert out is res  # a suspension does not change the outcome: this one was a real attempt
-    assert th.flags() == {flag_key("suspend", "mx.y.test"): NOW + 300}
+    assert th.flags() == {flag_key("suspend", "mx.y.test"): s.clock() + 300}
     assert s.stats["rule_suspend"] == 1
     run_outcome(s, "mx.y.test", res)  # set already: not again
     assert s.stats["rule_suspend"] == 1
@@ -130,7 +131,7 @@ def test_a_slow_rule_by_class_only_for_its_sites():
     run_outcome(s, "mx.other.test", res)
     assert th.flags() == {}  # the rule names other sites
     run_outcome(s, "mx1.slow.test", res)
-    assert th.flags() == {flag_key("slow", "mx1.slow.test"): NOW + 60}
+    assert th.flags() == {flag_key("slow", "mx1.slow.test"): s.clock() + 60}
     assert s.stats["rule_slow"] == 1
 
 

@@ -8,6 +8,7 @@ import asyncio
 import base64
 import logging
 import ssl
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -162,6 +163,10 @@ class SmtpDelivery:
     # How often a delivery that found every connection slot of its (source, site) held
     # elsewhere (another worker or node) asks again; a release in this process wakes it sooner.
     slot_poll = 0.05
+    # How often an idle pooled connection that holds a shared slot looks whether a delivery
+    # elsewhere (another worker or node) waits for one of its (source, site)'s slots: an
+    # idle connection is then closed rather than kept to its idle timeout.
+    want_poll = 0.25
 
     def __init__(self, throttle=None) -> None:
         # The shared budgets (mta.delivery.shaping.throttle): connection slots, rates and
@@ -425,8 +430,13 @@ class SmtpDelivery:
         if conn.idle_timer is None:
             # One timer per connection, re-armed lazily: a pooled connection is taken
             # and released once per message, and a cancel + call_later each time cost more.
-            conn.idle_timer = conn.loop.call_later(opts.idle_timeout, self._expire, key, conn,
-                                                   opts.idle_timeout)
+            conn.idle_timer = conn.loop.call_later(self._idle_check(conn, opts.idle_timeout), self._expire,
+                                                   key, conn, opts.idle_timeout)
+
+    def _idle_check(self, conn: Connection, left: float) -> float:
+        """When an idle connection is next looked at: at its idle timeout, or sooner when it
+        holds a shared slot (see want_poll)."""
+        return min(left, self.want_poll) if conn.on_lost is not None else left
 
     def _expire(self, key: str, conn: Connection, timeout: float) -> None:
         conn.idle_timer = None
@@ -434,8 +444,9 @@ class SmtpDelivery:
         if conns is None or conn not in conns:
             return  # in use (re-armed at its release) or gone
         idle = conn.loop.time() - conn.idle_since
-        if idle < timeout:
-            conn.idle_timer = conn.loop.call_later(timeout - idle, self._expire, key, conn, timeout)
+        if idle < timeout and not (conn.on_lost is not None and self.throttle.until(_want(conn.shape_key))):
+            conn.idle_timer = conn.loop.call_later(self._idle_check(conn, timeout - idle), self._expire, key,
+                                                   conn, timeout)
             return
         conns.remove(conn)
         if not conns:
@@ -496,6 +507,11 @@ class SmtpDelivery:
             # Held elsewhere, or by this process's idle connections: give one of those back.
             self.slot_waits += 1
             if not self._close_idle(key):
+                # Held elsewhere: say so, so that idle connections there close (flag renewed
+                # while it waits, at most every half second).
+                now = time.time()
+                if throttle.until(_want(key)) < now + 0.5:
+                    await throttle.set_until(_want(key), now + 1.0)
                 if self._slot_freed is None or self._slot_freed.is_set():
                     self._slot_freed = asyncio.Event()
                 try:
@@ -688,6 +704,11 @@ class SmtpDelivery:
             conn.abort()
             return False
         return True
+
+
+def _want(shape_key: str) -> str:
+    """The throttle flag of a (source, site) whose slots a delivery waits for."""
+    return "want|" + shape_key
 
 
 def _envelope(conn: Connection, msg: OutMessage) -> tuple[list[RcptResult] | None, bytes, list[bytes]]:
