@@ -384,6 +384,9 @@ def test_suspend_rule_holds_the_site_and_lets_others_flow(node, sink):
     assert not during, f"connections to the suspended site at {during} s after the first 421"
     arrivals = [m.arrived - t0 for m in sink.messages("tss.test")]
     assert min(arrivals) > SUSPEND - 0.1, sorted(arrivals)[:5]
+    # and they go once it ends (within the retry loop's second and some slack), not after
+    # another idle timeout or suspension
+    assert max(arrivals) < SUSPEND + 3.0, sorted(arrivals)[-5:]
 
     refused = len([r for r in sink.refusals if r.conn.host == host])
     recs = wait_for(lambda: (lambda rs: rs if sum(r["status"] == "delivered" for r in rs) >= 20 else None)(
