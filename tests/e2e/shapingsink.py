@@ -1,11 +1,6 @@
-"""An SMTP sink for the traffic-shaping tests: records who connected (peer address, EHLO
-name, open and close times), what arrived when and for whom, and answers as scripted per
-host or recipient domain. Every read has a deadline; sessions and lines are bounded.
-
-A connection counts as open from just before its greeting until the sink reads QUIT, end
-of file or an error (the client's own end of it): `max_concurrent` works on those intervals,
-over all connections or one host's or one recipient domain's, in any span of time.
-"""
+"""An SMTP sink for the traffic-shaping tests: per connection the peer, EHLO name, open and
+close times; per message its arrival and recipients; scripted replies per host or domain.
+Invariant: a connection is open from its greeting to the client's QUIT, end of file or error."""
 
 from __future__ import annotations
 
@@ -16,6 +11,10 @@ from dataclasses import dataclass, field
 
 EXTENSIONS = ("PIPELINING", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "SIZE 104857600")
 CLOSE = "close"  # a scripted answer: drop the connection without a reply
+
+# `max_concurrent` and `max_at_opening` work on the connections' open intervals, over all of
+# them or one host's (each sink address stands for a site) or one recipient domain's, in any
+# span of time. Every read has a deadline; sessions and lines are bounded.
 
 
 @dataclass

@@ -1,11 +1,9 @@
-"""Traffic shaping end to end (issue 22): the real `mta run` (two workers each) relays to
-the shaping sink (tests/e2e/shapingsink.py) on loopback addresses found through MX records
-of the loopback DNS server; what the sink saw (connections at once, messages per window,
-source addresses, EHLO names, refusals) shows the limits held. Every load is bounded.
+"""Traffic shaping end to end (issue 22): `mta run` (two workers) relays through MX records of
+the loopback DNS server to the shaping sink, whose records show that limits, rates, pools and
+reply rules held. Invariant: every load and wait is bounded in count and time."""
 
-One server (local backend) serves most tests, each on its own domains and sink address; two
-nodes against one redis-server (started here on a free loopback port) serve the Redis tests.
-"""
+# One server (local backend) serves most tests, each on its own domains and sink address;
+# two nodes against one redis-server (started here on a free loopback port) the Redis ones.
 
 from __future__ import annotations
 
