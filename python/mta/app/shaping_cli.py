@@ -165,7 +165,8 @@ def flags_of(root: str) -> tuple[dict[str, float] | None, str | None]:
         except (control.NoServer, control.ControlError) as e:
             return None, f"flags unknown: {e}"
         for key, until in reply.get("flags", {}).items():
-            merged[key] = max(merged.get(key, 0.0), float(until))
+            if key.startswith(("suspend|", "slow|")):  # not the clients' own "want|" signals
+                merged[key] = max(merged.get(key, 0.0), float(until))
     return merged, None
 
 

@@ -5,6 +5,7 @@ connection token. Invariant: a slot is held exactly while its connection exists.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Callable
 
 from mta.delivery.shaping.pacer import Pacer
@@ -18,6 +19,10 @@ class Budgets:
     # How often a connection that found every slot of its (source, site) held elsewhere
     # (another worker or node) asks again; a release in this process wakes it sooner.
     slot_poll = 0.05
+    # How often an idle pooled connection holding a shared slot looks whether a delivery
+    # elsewhere (another worker or node) waits for a slot of its (source, site): it is then
+    # closed rather than kept to its idle timeout.
+    want_poll = 0.25
 
     def __init__(self, throttle) -> None:
         self.throttle = throttle
@@ -69,7 +74,12 @@ class Budgets:
         while not await throttle.acquire(key, limit):
             # Its slot returns once it has closed: wait for a release here, or poll.
             self.slot_waits += 1
-            close_idle(key)
+            if not close_idle(key):
+                # Held elsewhere: say so, so that idle connections there close (the flag is
+                # renewed while this waits, at most every half second).
+                now = time.time()
+                if throttle.until(want_key(key)) < now + 0.5:
+                    await throttle.set_until(want_key(key), now + 1.0)
             if self._freed is None or self._freed.is_set():
                 self._freed = asyncio.Event()
             try:
@@ -84,7 +94,16 @@ class Budgets:
                 raise
         return True
 
+    def wanted(self, shape_key: str) -> bool:
+        """A delivery elsewhere waits for a slot of this (source, site)."""
+        return self.throttle.until(want_key(shape_key)) > time.time()
+
     def free(self, key: str) -> None:
         self.throttle.release(key)
         if self._freed is not None:
             self._freed.set()
+
+
+def want_key(shape_key: str) -> str:
+    """The throttle flag of a (source, site) whose slots a delivery waits for."""
+    return "want|" + shape_key

@@ -235,10 +235,42 @@ class RedisThrottle:
         except (*_UNREACHABLE, RedisError):
             return
         self._sha.clear()  # a restarted server has no scripts
+        # Slots taken from the fallback meanwhile stand for open connections too: they are
+        # made leases and counted in Redis before anyone acquires there, or the limit
+        # would be exceeded by them until they close.
+        adopted = self._adopt()
+        try:
+            await self._renew()
+        except BaseException:
+            self._unadopt(adopted)
+            raise
+        for key, member in adopted:
+            self.divided.release(key)
+            if member not in self._leases.get(key, ()):  # released during the renewal
+                self._spawn(self._zrem(key, member))
         self._up = True
         log.info("throttle: redis at %s is back", self.url)
-        await self._renew()
         await self._refresh_flags()
+
+    def _adopt(self) -> list[tuple[str, str]]:
+        """Name each slot held from the fallback as a lease (renewed into Redis next)."""
+        out = []
+        for key, stack in self._leases.items():
+            for i, member in enumerate(stack):
+                if member is None:
+                    self._lease_seq += 1
+                    stack[i] = f"{self.node}:{os.getpid()}:{self._lease_seq}"
+                    out.append((key, stack[i]))
+        return out
+
+    def _unadopt(self, adopted: list[tuple[str, str]]) -> None:
+        """The renewal failed: the adopted slots are the fallback's again."""
+        for key, member in adopted:
+            stack = self._leases.get(key, [])
+            if member in stack:
+                stack[stack.index(member)] = None
+            else:  # released meanwhile (while down: only its name went), so its fallback slot goes now
+                self.divided.release(key)
 
     async def _renew(self) -> None:
         held = {k: [m for m in v if m is not None] for k, v in self._leases.items()}

@@ -398,8 +398,13 @@ class SmtpDelivery:
         if conn.idle_timer is None:
             # One timer per connection, re-armed lazily: a pooled connection is taken
             # and released once per message, and a cancel + call_later each time cost more.
-            conn.idle_timer = conn.loop.call_later(opts.idle_timeout, self._expire, key, conn,
-                                                   opts.idle_timeout)
+            conn.idle_timer = conn.loop.call_later(self._idle_check(conn, opts.idle_timeout), self._expire,
+                                                   key, conn, opts.idle_timeout)
+
+    def _idle_check(self, conn: Connection, left: float) -> float:
+        """When an idle connection is next looked at: at its idle timeout, or sooner when it
+        holds a shared slot (Budgets.want_poll)."""
+        return min(left, self.budgets.want_poll) if conn.on_lost is not None else left
 
     def _expire(self, key: str, conn: Connection, timeout: float) -> None:
         conn.idle_timer = None
@@ -407,8 +412,9 @@ class SmtpDelivery:
         if conns is None or conn not in conns:
             return  # in use (re-armed at its release) or gone
         idle = conn.loop.time() - conn.idle_since
-        if idle < timeout:
-            conn.idle_timer = conn.loop.call_later(timeout - idle, self._expire, key, conn, timeout)
+        if idle < timeout and not (conn.on_lost is not None and self.budgets.wanted(conn.shape_key)):
+            conn.idle_timer = conn.loop.call_later(self._idle_check(conn, timeout - idle), self._expire, key,
+                                                   conn, timeout)
             return
         conns.remove(conn)
         if not conns:
