@@ -348,7 +348,7 @@ def test_flags_are_shared(server):
             until = time.time() + 30
             await a.set_until(key, until)
             assert a.until(key) == until  # at once on the node that set it
-            deadline = time.monotonic() + 2.5
+            deadline = time.monotonic() + 10  # refreshed once a second; generous for a loaded machine
             while b.until(key) != until:
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.05)
@@ -356,7 +356,7 @@ def test_flags_are_shared(server):
             await a.set_until(key, 0)
             assert a.until(key) == 0.0
             while b.until(key) != 0.0:
-                assert time.monotonic() < deadline + 1.5
+                assert time.monotonic() < deadline + 10
                 await asyncio.sleep(0.05)
             assert key not in b.flags()
         finally:
