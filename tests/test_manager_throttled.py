@@ -27,25 +27,11 @@ from mta.policy.chain import Chain
 from mta.queue.manager import QueueManager
 from mta.queue.store import SpoolService
 
+from test_queue_manager import FakeClock
+
 BODY = b"From: <from@example.test>\r\nTo: <rcpt@example.test>\r\nSubject: unit\r\n\r\nhello\r\n"
 SCHEDULE = (60.0, 300.0)
 SITE = "127.0.0.1"  # the smarthost's host: its site
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.wall = time.time()
-        self.mono = 1000.0
-
-    def time(self) -> float:
-        return self.wall
-
-    def monotonic(self) -> float:
-        return self.mono
-
-    def advance(self, seconds: float) -> None:
-        self.wall += seconds
-        self.mono += seconds
 
 
 class Wire:
