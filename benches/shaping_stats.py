@@ -2,11 +2,12 @@
 (bench-results/compare-shaping-SYSTEM.log), per message of the trial (the worker's "spool
 stats: messages=N"); and how long the messages waited (the delivery log's delay_s). Reads only.
 
-  python benches/shaping_stats.py bench-results/compare-shaping-main-redis.log [...]
+  python benches/shaping_stats.py bench-results/compare-shaping-main-redis.log[.gz] [...]
 """
 
 from __future__ import annotations
 
+import gzip
 import re
 import statistics
 import sys
@@ -17,7 +18,8 @@ _KV = re.compile(r"(\w+)=(\d+)")
 def trials(path: str) -> list[dict]:
     out: list[dict] = []
     cur: dict | None = None
-    with open(path, errors="replace") as f:
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", errors="replace") as f:
         for line in f:
             if line.startswith("=== "):
                 cur = {"stats": {}, "messages": 0, "delays": []}
