@@ -59,20 +59,25 @@ def test_domains_with_one_mx_set_share_a_site_and_rules_give_the_globs():
 
 # -- admit, done, the share of the window --
 
-def test_admit_counts_until_done_and_caps_a_site_at_its_share():
-    s = shaper(max_active=10, share=0.3)  # 3 in flight per site
-    assert s.cap == 3
-    assert [s.admit("a") for _ in range(3)] == [None] * 3
+def test_admit_counts_until_done_and_caps_a_site_at_its_share_of_a_full_window():
+    s = shaper(max_active=10, share=0.3)  # 3 in flight per site once the window is full (9 of 10)
+    assert s.cap == 3 and s.pressed == 9
+    assert [s.admit("a") for _ in range(9)] == [None] * 9  # alone, a site may use the window
     no = s.admit("a")
     assert isinstance(no, Throttled) and "share" in no.reason and "a" in no.reason
-    assert s.clock() + 2.0 <= no.until <= s.clock() + 3.0  # comes back soon, spread
-    assert s.admit("b") is None  # another site is not held up by it
+    assert not no.durable  # a moment's wait in memory, no spool record
+    assert s.clock() + 0.1 <= no.until <= s.clock() + 0.15  # comes back soon, spread
+    assert s.admit("b") is None  # another site always finds room
+    assert s.total == 10 and s.admit("b") is None  # and may use the rest (b is under its share)
     s.done("a")
-    assert s.admit("a") is None
+    assert s.admit("a") is not None  # still over its share while the window is full
+    for _ in range(6):
+        s.done("a")
+    assert s.inflight["a"] == 2 and s.admit("a") is None  # under its share again
     for _ in range(5):
         s.done("b")  # more done than admitted: never negative
-    assert "b" not in s.inflight and s.inflight["a"] == 3
-    assert s.stats["over_share"] == 1
+    assert "b" not in s.inflight and s.inflight["a"] == 3 and s.total == 3
+    assert s.stats["over_share"] == 2
 
 
 def test_the_share_is_at_least_one():

@@ -19,9 +19,12 @@ from mta.delivery.shaping.signals import SUSPENDED, Throttled, flag_key, suspend
 log = logging.getLogger("mta.delivery")
 
 DEFAULT_SOURCE = "default"
-# How long a message over its site's share waits before the queue offers it again, when
-# the site's pace gives no better guess (seconds); spread so they do not come back at once.
-_OVER_SHARE_WAIT = 2.0
+# How long a message over its site's share waits (in memory) before the queue offers it
+# again; it also comes back at the queue's next refill, when the window has drained.
+_OVER_SHARE_WAIT = 0.1
+# The window counts as full from this fraction on: a site over its share is held back only
+# then, so that one site alone uses the whole window and others always find room.
+_PRESSED = 0.9
 
 
 def site_name(hosts, site_globs) -> str:
@@ -42,7 +45,9 @@ class Shaper:
         self.hooks = hooks  # the plugin chain: its `shaping(site, source, msg)` hooks
         self.egress = egress
         self.throttle = throttle
-        self.cap = max(1, int(max_active * share))  # in-flight messages per site
+        self.cap = max(1, int(max_active * share))  # in-flight messages per site, when the window is full
+        self.pressed = max(1, int(max_active * _PRESSED))
+        self.total = 0  # attempts in flight, every site
         self.site_globs = tuple(r.site for r in shaping.rules if r.site)
         self.inflight: dict[str, int] = {}  # site -> attempts in flight (this worker)
         self.clock = clock
@@ -79,19 +84,24 @@ class Shaper:
                 self.stats["suspended"] += 1
                 return Throttled(until, f"{SUSPENDED} until {until:.0f}: @{domain}")
         n = self.inflight.get(site, 0)
-        if n >= self.cap:
+        if n >= self.cap and self.total >= self.pressed:
             self.stats["over_share"] += 1
             return Throttled(now + _OVER_SHARE_WAIT * random.uniform(1.0, 1.5),
-                             f"shaping: site {site} holds its share of the active window ({self.cap})")
+                             f"shaping: site {site} holds its share of the active window ({self.cap})",
+                             durable=False)
         self.inflight[site] = n + 1
+        self.total += 1
         return None
 
     def done(self, site: str) -> None:
-        n = self.inflight.get(site, 0) - 1
-        if n > 0:
-            self.inflight[site] = n
+        n = self.inflight.get(site, 0)
+        if n == 0:
+            return
+        self.total -= 1
+        if n > 1:
+            self.inflight[site] = n - 1
         else:
-            self.inflight.pop(site, None)
+            del self.inflight[site]
 
     async def adjusted(self, shape: Shape, site: str, source: str, view) -> Shape:
         """`shape` as the plugins' `shaping(site, source, msg)` hooks change it for one

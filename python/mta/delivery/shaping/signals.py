@@ -50,7 +50,10 @@ def suspended_until(results) -> float:
 
 class Throttled(NamedTuple):
     """An attempt that did not go because of shaping (its site suspended, or holding its
-    share of the active window): the queue waits until `until` without counting an attempt."""
+    share of the active window): the queue waits until `until` without counting an attempt,
+    recorded in the spool (`durable`: a suspension, which may be long) or only in memory
+    (a moment's wait for room in the window)."""
 
     until: float
     reason: str
+    durable: bool = True
