@@ -80,7 +80,8 @@ return #ARGV - 1
 
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
 _FLAGS_KEY = "mta:until"
-_DEFAULT_WAIT = 0.005
+_DEFAULT_WAIT = 0.001  # a refill is on its way (a loopback round trip is ~0.2 ms)
+_REFILL_BEFORE = 0.1  # a batch this close to expiring has its successor fetched ahead
 _RESERVE_TTL_MAX = 0.25
 
 
@@ -99,6 +100,10 @@ class _Reserve:
         while self.batches and self.batches[0][1] <= now:
             self.batches.popleft()
         return int(sum(b[0] for b in self.batches))
+
+    def expiring(self, now: float) -> bool:
+        """The tokens at hand run out of time soon."""
+        return not self.batches or self.batches[-1][1] - now < _REFILL_BEFORE
 
     def spend(self, n: int) -> None:
         while n:
@@ -128,9 +133,11 @@ class RedisThrottle:
             "redis_errors": 0,
         }
         self._loop = loop
-        self._client = aioredis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0), retry_on_timeout=False, decode_responses=True)
+        # A blocking pool: with the default one, more concurrent calls than its connections
+        # raise "Too many connections", which would read as Redis being unreachable.
+        self._client = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=64, timeout=None, socket_timeout=timeout, socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0), retry_on_timeout=False, decode_responses=True))
         self._sha: dict[str, str] = {}
         self._up = True
         self._reserves: dict[str, _Reserve] = {}
@@ -322,7 +329,7 @@ class RedisThrottle:
             if have >= n:
                 res.spend(n)
                 self.stats["reserve_hits"] += 1
-                if (have - n) * 2 < batch:  # running low: fetch the next batch ahead
+                if (have - n) * 2 < batch or res.expiring(now):  # running low: the next batch ahead
                     self._refill(key, interval, burst, max(batch, n) - (have - n), now)
                 return 0.0
             if now < res.not_before:
@@ -492,5 +499,6 @@ class RedisThrottle:
                 pass  # best effort: unrenewed, they expire after lease_ttl
         try:
             await self._client.aclose()
+            await self._client.connection_pool.disconnect()  # a pool handed in is not closed by aclose()
         except Exception:
             pass
