@@ -87,7 +87,7 @@ class Held:
 
 class Harness:
     def __init__(self, tmp, wire: Wire, shaper: Shaper | None = None, held_until: float | None = None,
-                 durable: bool = True) -> None:
+                 durable: bool = True, clock: FakeClock | None = None) -> None:
         self.durable = durable
         self.tmp = str(tmp)
         self.cfg = config.load(None, {"listen": ["127.0.0.1:2525"], "spool.dir": os.path.join(self.tmp, "spool"),
@@ -95,7 +95,7 @@ class Harness:
                                       "delivery.log_file": os.path.join(self.tmp, "delivery.log"),
                                       "delivery.relay_to": f"{SITE}:2626", "delivery.mta_sts": False,
                                       "delivery.retry_schedule": list(SCHEDULE), "delivery.retry_interval": 7200})
-        self.clock = FakeClock()
+        self.clock = clock or FakeClock()
         self.wire, self.shaper, self.held_until = wire, shaper, held_until
         self.held: Held | None = None
 
@@ -151,8 +151,8 @@ def run(coro):
     return uvloop.run(coro)
 
 
-def shaper(throttle) -> Shaper:
-    return Shaper(Shaping(Shape(20, None, None, 100)), Egress({}, {}), throttle, max_active=100)
+def shaper(throttle, clock=time.time) -> Shaper:
+    return Shaper(Shaping(Shape(20, None, None, 100)), Egress({}, {}), throttle, max_active=100, clock=clock)
 
 
 def test_throttled_counts_no_attempt_logs_nothing_and_is_due_at_until(tmp_path):
@@ -178,7 +178,8 @@ def test_throttled_after_a_real_deferral_keeps_its_attempt_count(tmp_path):
 
     async def main():
         th = ProcessThrottle()
-        async with Harness(tmp_path, Wire([busy]), shaper=shaper(th)) as h:
+        clock = FakeClock()  # the shaper reads the throttle's suspensions a moment apart, by this clock
+        async with Harness(tmp_path, Wire([busy]), shaper=shaper(th, clock.time), clock=clock) as h:
             qid = await h.message()
             await h.step()
             first = h.state(qid)

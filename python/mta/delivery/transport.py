@@ -138,6 +138,8 @@ class Smtp:
         # site's budgets in the options, the site's share of the window, the reply rules.
         self.shaper = shaper
         self._shaped: dict[tuple, tuple] = {}  # (key, options, source, site, shape) -> (key, options)
+        self._fixed: dict[tuple, tuple] = {}  # (id(options), site) -> (options, (key, options)): see shape
+        self._logged_by_site: dict[str, tuple] = {}  # site -> (logged, its wrapper)
         self.report = report  # jobs logged by the agent come back with their rows (on_delivered hooks)
         self.resolver = resolver
         self.tls_policy = tls_policy
@@ -163,9 +165,10 @@ class Smtp:
         if shaper is None:
             return self.wire.submit(key, targets, opts, msg, done, log=log)
         site = route.spec.host
-        if shaper.admit(site, split(msg.recipients[0].address)[1]) is not None:
+        rcpt = msg.recipients[0].address
+        if shaper.admit(site, rcpt=rcpt) is not None:
             return False  # `deliver` answers it (suspended, or over the site's share)
-        key, opts = self.shape(route, key, opts, site, msg.sender, msg.recipients[0].address)
+        key, opts = self.shape(route, key, opts, site, msg.sender, rcpt)
         if self.wire.submit(key, targets, opts, msg, lambda out: done(self._outcome(site, out)), log=log):
             return True
         shaper.done(site)
@@ -189,15 +192,26 @@ class Smtp:
 
         def answered(qid: str, out) -> None:
             done(qid, self._outcome(site, out))
-
-        def all_logged(qids: list[str], *rest) -> None:
-            for _ in qids:
-                shaper.done(site)
-            logged(qids, *rest)
-        if self.wire.submit_spooled(key, targets, opts, queue_id, answered, all_logged):
+        if self.wire.submit_spooled(key, targets, opts, queue_id, answered, self._logged(site, logged)):
             return True
         shaper.done(site)
         return False
+
+    def _logged(self, site: str, logged: Callable) -> Callable:
+        """`logged` that also ends the site's attempts in the shaper: one per site, as the
+        agent answers the jobs of one callback together (one DELETE group for them all)."""
+        hit = self._logged_by_site.get(site)
+        if hit is None or hit[0] is not logged:
+            shaper = self.shaper
+            if len(self._logged_by_site) > 1000:
+                self._logged_by_site.clear()
+
+            def all_logged(qids: list[str], *rest) -> None:
+                for _ in qids:
+                    shaper.done(site)
+                logged(qids, *rest)
+            hit = self._logged_by_site[site] = (logged, all_logged)
+        return hit[1]
 
     def _outcome(self, site: str, out):
         self.shaper.done(site)
@@ -207,6 +221,16 @@ class Smtp:
               rcpt: str) -> tuple[str, SmtpOptions]:
         """The destination key and options of one message: its egress source (bound
         address, EHLO name; the connection pool is per source) and its site's shape."""
+        if self.shaper.fixed:  # no pool, no rule: the same for every message of (options, site)
+            hit = self._fixed.get((id(opts), site))
+            if hit is not None and hit[0] is opts:
+                return hit[1]
+            if len(self._fixed) > 1000:
+                self._fixed.clear()
+            source, shape = self._pick(route, site, sender, rcpt)
+            out = self._shaped_options(key, opts, source, site, shape)
+            self._fixed[(id(opts), site)] = (opts, out)
+            return out
         source, shape = self._pick(route, site, sender, rcpt)
         return self._shaped_options(key, opts, source, site, shape)
 

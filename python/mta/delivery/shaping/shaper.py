@@ -25,6 +25,7 @@ _OVER_SHARE_WAIT = 0.1
 # The window counts as full from this fraction on: a site over its share is held back only
 # then, so that one site alone uses the whole window and others always find room.
 _PRESSED = 0.9
+_FLAGS_EVERY = 0.25  # seconds between reads of the throttle's suspensions
 
 
 def site_name(hosts, site_globs) -> str:
@@ -49,6 +50,12 @@ class Shaper:
         self.pressed = max(1, int(max_active * _PRESSED))
         self.total = 0  # attempts in flight, every site
         self.site_globs = tuple(r.site for r in shaping.rules if r.site)
+        # Nothing per message: no pool to choose from, no rule by domain or site.
+        self.fixed = not egress.pools and not shaping.rules
+        # The suspensions (site or "@domain" -> until), read from the throttle at most every
+        # _FLAGS_EVERY seconds: a per-message look-up would cost more than the rest of admit().
+        self._suspended: dict[str, float] = {}
+        self._flags_at = 0.0
         self.inflight: dict[str, int] = {}  # site -> attempts in flight (this worker)
         self.clock = clock
         self.stats = {"over_share": 0, "suspended": 0, "rule_suspend": 0, "rule_slow": 0, "rule_bounce": 0}
@@ -69,18 +76,21 @@ class Shaper:
     def site(self, hosts) -> str:
         return site_name(hosts, self.site_globs)
 
-    def admit(self, site: str, domain: str = "") -> Throttled | None:
+    def admit(self, site: str, domain: str = "", rcpt: str = "") -> Throttled | None:
         """Room for one more attempt to `site` (counted until `done(site)`), or why not:
-        the site (or the recipients' domain, by an administrator) is suspended, or the
-        site holds its share of the window."""
+        the site (or the recipients' domain, by an administrator; `rcpt`: an address to
+        take it from) is suspended, or the site holds its share of the window."""
         now = self.clock()
-        throttle = self.throttle
-        if throttle is not None:
-            until = throttle.until(flag_key("suspend", site))
+        if now >= self._flags_at:
+            self._read_flags(now)
+        if self._suspended:
+            until = self._suspended.get(site, 0.0)
             if until > now:
                 self.stats["suspended"] += 1
                 return Throttled(until, f"{SUSPENDED} until {until:.0f}: {site}")
-            if domain and (until := throttle.until(flag_key("suspend", "@" + domain))) > now:
+            if rcpt and not domain:
+                domain = rcpt.rpartition("@")[2].lower()
+            if domain and (until := self._suspended.get("@" + domain, 0.0)) > now:
                 self.stats["suspended"] += 1
                 return Throttled(until, f"{SUSPENDED} until {until:.0f}: @{domain}")
         n = self.inflight.get(site, 0)
@@ -92,6 +102,11 @@ class Shaper:
         self.inflight[site] = n + 1
         self.total += 1
         return None
+
+    def _read_flags(self, now: float) -> None:
+        self._flags_at = now + _FLAGS_EVERY
+        if self.throttle is not None:
+            self._suspended = {k[8:]: t for k, t in self.throttle.flags().items() if k.startswith("suspend|")}
 
     def done(self, site: str) -> None:
         n = self.inflight.get(site, 0)
@@ -145,6 +160,8 @@ class Shaper:
         if self.throttle is None or self.throttle.until(key) >= until - 1.0:
             return  # set already (by this reply's neighbours, or another worker)
         self.stats["rule_" + action] += 1
+        if action == "suspend":
+            self._suspended[site] = until  # this worker holds the site back at once
         log.warning("shaping: %s %s for %.0f s after %r from %s", action, site, duration, r.reply(),
                     r.remote_host or "?")
         task = asyncio.get_running_loop().create_task(self.throttle.set_until(key, until))
