@@ -68,8 +68,8 @@ class Wire:
 class Held:
     """A transport that answers `Throttled(until)` `times` times, then what `inner` answers."""
 
-    def __init__(self, inner, until: float, times: int = 1, durable: bool = True) -> None:
-        self.inner, self.until, self.times, self.durable = inner, until, times, durable
+    def __init__(self, inner, until: float, times: int = 1) -> None:
+        self.inner, self.until, self.times = inner, until, times
         self.calls = 0
 
     def submit(self, route, msg, done, log=None) -> bool:
@@ -81,14 +81,13 @@ class Held:
     async def deliver(self, route, msg):
         self.calls += 1
         if self.calls <= self.times:
-            return Throttled(self.until, "shaping: test holds it", self.durable)
+            return Throttled(self.until, "shaping: test holds it")
         return await self.inner.deliver(route, msg)
 
 
 class Harness:
     def __init__(self, tmp, wire: Wire, shaper: Shaper | None = None, held_until: float | None = None,
-                 durable: bool = True, clock: FakeClock | None = None) -> None:
-        self.durable = durable
+                 clock: FakeClock | None = None) -> None:
         self.tmp = str(tmp)
         self.cfg = config.load(None, {"listen": ["127.0.0.1:2525"], "spool.dir": os.path.join(self.tmp, "spool"),
                                       "hostname": "mx.example.test",
@@ -107,7 +106,7 @@ class Harness:
         smtp = Smtp(self.wire, MxResolver(None), OutboundTls(None, 0), d, cfg.hostname, shaper=self.shaper)
         transports = Transports(smtp, Maildir(cfg.hostname))
         if self.held_until is not None:
-            self.held = transports.by_kind["smarthost"] = Held(smtp, self.held_until, durable=self.durable)
+            self.held = transports.by_kind["smarthost"] = Held(smtp, self.held_until)
         self.queue = QueueManager(self.store, Router(cfg, Chain([])), transports, DeliveryLog(d.log_file), d,
                                   cfg.hostname, clock=self.clock, jitter=lambda _lo, _hi: 0.0)
         self.queue.start()
@@ -214,19 +213,3 @@ def test_the_agents_suspended_answer_holds_the_message_until_its_end(tmp_path):
     assert held == (("deferred", 0, ends[0]), [])
     assert done is None and log == [("delivered", 1)] and calls == 2
 
-
-def test_a_moments_hold_for_room_in_the_window_writes_nothing_and_comes_back(tmp_path):
-    async def main():
-        async with Harness(tmp_path, Wire(), held_until=time.time() + 0.2, durable=False) as h:
-            qid = await h.message()
-            await h.step()
-            held = h.state(qid), h.log(), h.held.calls
-            h.clock.advance(0.3)  # the hold is over (monotonic time too)
-            deadline = time.monotonic() + 10
-            while h.state(qid) is not None:  # the queue's own loop takes it again (within ~1 s)
-                assert time.monotonic() < deadline, "the held message was not taken again"
-                await asyncio.sleep(0.05)
-            return held, h.log(), h.held.calls
-    held, log, calls = run(main())
-    assert held == (("queued", 0, None), [], 1)  # still as it was: no record, no attempt
-    assert log == [("delivered", 1)] and calls == 2

@@ -480,22 +480,11 @@ class QueueManager:
                 log.error("transport %s failed for %s: %r", spec.text(), msg.queue_id, out, exc_info=out)
                 out = results_for(_subset(msg, rs), 451, "4.3.0", "internal delivery error")
             elif isinstance(out, Throttled):  # not tried: shaping holds it back until out.until
-                if not out.durable and len(groups) == 1 and not failed:
-                    self._hold(msg.queue_id, out.until)
-                    return
-                held.update((rc.index, out._replace(durable=True)) for rc in rs)
+                held.update((rc.index, out) for rc in rs)
                 out = results_for(_subset(msg, rs), 451, "4.7.0", out.reason)
             for rc, res in zip(rs, out):
                 results[rc.index] = res
         self._done(env, spooled, msg, [results[rc.index] for rc in msg.recipients], held)
-
-    def _hold(self, qid: str, until: float) -> None:
-        """Shaping held the attempt back for a moment (its site holds its share of a full
-        window): it stays due in the spool, not retried here before `until`, and comes back
-        at the next refill of the window at the latest. No record, no attempt counted."""
-        self._backoff[qid] = self.clock.monotonic() + max(0.0, until - self.clock.time())
-        self._refill = True
-        self._end(qid, None)
 
     def _pool(self, env) -> str | None:
         """The egress pool the message's notes name (a plugin, or the pool header)."""
@@ -513,9 +502,6 @@ class QueueManager:
             return
         qid = msg.queue_id
         if isinstance(out, Throttled):
-            if not out.durable:  # a moment's wait for room: in memory, nothing recorded
-                self._hold(qid, out.until)
-                return
             held = {rc.index: out for rc in msg.recipients}
             out = results_for(msg, 451, "4.7.0", out.reason)
         if out is not LOGGED:

@@ -43,8 +43,10 @@ def make(desc: dict | str, owner: bool = False):
         return local
     from mta.delivery.shaping.redisthrottle import RedisThrottle
 
+    # A busy event loop may take a while to read an answer that came at once: 2 s before
+    # Redis counts as unreachable (a fallback that a loaded agent does not need).
     return RedisThrottle(desc["redis_url"], local, node=desc["node"],
-                         expected_nodes=desc["expected_nodes"], lease_ttl=desc["lease_ttl"])
+                         expected_nodes=desc["expected_nodes"], lease_ttl=desc["lease_ttl"], timeout=2.0)
 
 
 def fresh_table(spool_dir: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import logging
 import math
 import os
@@ -145,6 +146,7 @@ class RedisThrottle:
         self._leases: dict[str, list[str | None]] = {}
         self._lease_seq = 0
         self._flags: dict[str, float] = {}
+        self._flags_set = 0  # set_until calls: a refresh that raced one is dropped
         self._tasks: set[asyncio.Task] = set()
         self._runner: asyncio.Task | None = None
         self._closed = False
@@ -186,9 +188,10 @@ class RedisThrottle:
             raise
 
     async def _script(self, name: str, source: str, keys: list[str], args: list) -> Any:
+        # The SHA is known without asking: concurrent first calls must not each load it.
         sha = self._sha.get(name)
         if sha is None:
-            sha = self._sha[name] = await self._call(self._client.script_load, source)
+            sha = self._sha[name] = hashlib.sha1(source.encode()).hexdigest()
         try:
             return await self._call(self._client.evalsha, sha, len(keys), *keys, *args)
         except NoScriptError:  # Redis restarted or SCRIPT FLUSH: load it again, once
@@ -298,7 +301,10 @@ class RedisThrottle:
                 self._sha.pop("renew", None)
 
     async def _refresh_flags(self) -> None:
+        seen = self._flags_set
         raw = await self._call(self._client.hgetall, _FLAGS_KEY)
+        if seen != self._flags_set:
+            return  # set here meanwhile: the next refresh reads it back
         now = time.time()
         fresh, past = {}, []
         for key, value in raw.items():
@@ -429,6 +435,7 @@ class RedisThrottle:
 
     async def set_until(self, key: str, until: float) -> None:
         self._start()
+        self._flags_set += 1  # a refresh read before this write must not undo it
         if until > 0:
             self._flags[key] = until
         else:

@@ -19,9 +19,9 @@ from mta.delivery.shaping.signals import SUSPENDED, Throttled, flag_key, suspend
 log = logging.getLogger("mta.delivery")
 
 DEFAULT_SOURCE = "default"
-# How long a message over its site's share waits (in memory) before the queue offers it
-# again; it also comes back at the queue's next refill, when the window has drained.
-_OVER_SHARE_WAIT = 0.1
+# A message over its site's share waits in the queue about as long as the site takes to
+# drain its excess over the share (from its recent pace), within these bounds (seconds).
+_OVER_SHARE_WAIT = (0.2, 30.0)
 # The window counts as full from this fraction on: a site over its share is held back only
 # then, so that one site alone uses the whole window and others always find room.
 _PRESSED = 0.9
@@ -49,6 +49,8 @@ class Shaper:
         self.cap = max(1, int(max_active * share))  # in-flight messages per site, when the window is full
         self.pressed = max(1, int(max_active * _PRESSED))
         self.total = 0  # attempts in flight, every site
+        self.completed: dict[str, int] = {}  # site -> attempts ended (its pace, for waits)
+        self._pace: dict[str, tuple[float, int, float]] = {}  # site -> (when, completed then, per second)
         self.site_globs = tuple(r.site for r in shaping.rules if r.site)
         # Nothing per message: no pool to choose from, no rule by domain or site.
         self.fixed = not egress.pools and not shaping.rules
@@ -96,12 +98,24 @@ class Shaper:
         n = self.inflight.get(site, 0)
         if n >= self.cap and self.total >= self.pressed:
             self.stats["over_share"] += 1
-            return Throttled(now + _OVER_SHARE_WAIT * random.uniform(1.0, 1.5),
-                             f"shaping: site {site} holds its share of the active window ({self.cap})",
-                             durable=False)
+            return Throttled(now + self._drain_time(site, n - self.cap + 1, now) * random.uniform(1.0, 1.25),
+                             f"shaping: site {site} holds its share of the active window ({self.cap})")
         self.inflight[site] = n + 1
         self.total += 1
         return None
+
+    def _drain_time(self, site: str, excess: int, now: float) -> float:
+        """Seconds the site takes to end `excess` attempts at its recent pace."""
+        done = self.completed.get(site, 0)
+        when, then, rate = self._pace.get(site, (0.0, 0, 0.0))
+        if now - when >= 0.5:  # measured over half a second at least
+            if when:
+                rate = (done - then) / (now - when)
+            self._pace[site] = (now, done, rate)
+            if len(self._pace) > 1000:
+                self._pace.clear()
+        lo, hi = _OVER_SHARE_WAIT
+        return min(hi, max(lo, excess / rate)) if rate > 0 else lo * 5
 
     def _read_flags(self, now: float) -> None:
         self._flags_at = now + _FLAGS_EVERY
@@ -113,10 +127,13 @@ class Shaper:
         if n == 0:
             return
         self.total -= 1
+        self.completed[site] = self.completed.get(site, 0) + 1
         if n > 1:
             self.inflight[site] = n - 1
         else:
             del self.inflight[site]
+            if len(self.completed) > 1000:  # sites come and go: paces are kept for the busy ones
+                self.completed = {s: c for s, c in self.completed.items() if s in self.inflight}
 
     async def adjusted(self, shape: Shape, site: str, source: str, view) -> Shape:
         """`shape` as the plugins' `shaping(site, source, msg)` hooks change it for one

@@ -50,10 +50,8 @@ def suspended_until(results) -> float:
 
 class Throttled(NamedTuple):
     """An attempt that did not go because of shaping (its site suspended, or holding its
-    share of the active window): the queue waits until `until` without counting an attempt,
-    recorded in the spool (`durable`: a suspension, which may be long) or only in memory
-    (a moment's wait for room in the window)."""
+    share of a full active window): the queue records it due at `until`, without counting
+    an attempt, which also moves it behind other destinations' due mail."""
 
     until: float
     reason: str
-    durable: bool = True
