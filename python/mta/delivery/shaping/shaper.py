@@ -22,6 +22,10 @@ DEFAULT_SOURCE = "default"
 # A message over its site's share waits in the queue about as long as the site takes to
 # drain its excess over the share (from its recent pace), within these bounds (seconds).
 _OVER_SHARE_WAIT = (0.2, 30.0)
+# A site is slow when ending what it has in flight takes it longer than this (seconds) at
+# its recent pace: only a slow site is held to its share (a fast one gives the window back
+# before others would notice, and holding it back would only delay its own mail).
+_SLOW = 1.0
 # The window counts as full from this fraction on: a site over its share is held back only
 # then, so that one site alone uses the whole window and others always find room.
 _PRESSED = 0.9
@@ -50,7 +54,7 @@ class Shaper:
         self.pressed = max(1, int(max_active * _PRESSED))
         self.total = 0  # attempts in flight, every site
         self.completed: dict[str, int] = {}  # site -> attempts ended (its pace, for waits)
-        self._pace: dict[str, tuple[float, int, float]] = {}  # site -> (when, completed then, per second)
+        self._pace: dict[str, tuple[float, int, float | None]] = {}  # site -> (when, completed then, per second)
         self.site_globs = tuple(r.site for r in shaping.rules if r.site)
         # Nothing per message: no pool to choose from, no rule by domain or site.
         self.fixed = not egress.pools and not shaping.rules
@@ -96,26 +100,29 @@ class Shaper:
                 self.stats["suspended"] += 1
                 return Throttled(until, f"{SUSPENDED} until {until:.0f}: @{domain}")
         n = self.inflight.get(site, 0)
-        if n >= self.cap and self.total >= self.pressed:
+        if n >= self.cap and self.total >= self.pressed and (rate := self._rate(site, now)) is not None \
+                and n > rate * _SLOW:
             self.stats["over_share"] += 1
-            return Throttled(now + self._drain_time(site, n - self.cap + 1, now) * random.uniform(1.0, 1.25),
+            lo, hi = _OVER_SHARE_WAIT
+            wait = min(hi, max(lo, (n - self.cap + 1) / rate)) if rate > 0 else hi / 6
+            return Throttled(now + wait * random.uniform(1.0, 1.25),
                              f"shaping: site {site} holds its share of the active window ({self.cap})")
         self.inflight[site] = n + 1
         self.total += 1
         return None
 
-    def _drain_time(self, site: str, excess: int, now: float) -> float:
-        """Seconds the site takes to end `excess` attempts at its recent pace."""
+    def _rate(self, site: str, now: float) -> float | None:
+        """The site's recent pace (attempts ended per second), measured over half a second
+        at least between calls; None until measured."""
         done = self.completed.get(site, 0)
-        when, then, rate = self._pace.get(site, (0.0, 0, 0.0))
-        if now - when >= 0.5:  # measured over half a second at least
+        when, then, rate = self._pace.get(site, (0.0, 0, None))
+        if now - when >= 0.5:
             if when:
                 rate = (done - then) / (now - when)
-            self._pace[site] = (now, done, rate)
             if len(self._pace) > 1000:
                 self._pace.clear()
-        lo, hi = _OVER_SHARE_WAIT
-        return min(hi, max(lo, excess / rate)) if rate > 0 else lo * 5
+            self._pace[site] = (now, done, rate)
+        return rate
 
     def _read_flags(self, now: float) -> None:
         self._flags_at = now + _FLAGS_EVERY
