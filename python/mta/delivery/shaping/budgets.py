@@ -9,7 +9,9 @@ import time
 from typing import Callable
 
 from mta.delivery.shaping.pacer import Pacer
-from mta.delivery.shaping.signals import suspension
+from mta.delivery.shaping.signals import flag_key, site_of
+
+_FLAGS_EVERY = 0.25  # seconds between reads of the throttle's flags
 
 
 class Budgets:
@@ -29,30 +31,45 @@ class Budgets:
         self.pacer = Pacer(throttle)
         self._freed: asyncio.Event | None = None
         self.slot_waits = 0  # connections that waited for a slot
+        # The suspend and slow flags, read from the throttle at most every _FLAGS_EVERY
+        # seconds: two look-ups per message would cost more than the rest of shaping.
+        self._flags: dict[str, float] = {}
+        self._flags_at = 0.0
+
+    def _flag(self, kind: str, shape_key: str) -> float:
+        """When the `kind` flag of the site of `shape_key` ends (0.0: not set)."""
+        now = time.time()
+        if now >= self._flags_at:
+            self._flags_at = now + _FLAGS_EVERY
+            self._flags = {k: t for k, t in self.throttle.flags().items() if k.startswith(("suspend|", "slow|"))}
+        if not self._flags:
+            return 0.0
+        until = self._flags.get(flag_key(kind, site_of(shape_key)), 0.0)
+        return until if until > now else 0.0
 
     def suspended(self, opts) -> float:
         """When the site's suspension ends (0.0: it is not suspended)."""
-        return suspension(self.throttle, opts.shape_key) if opts.shaped else 0.0
+        return self._flag("suspend", opts.shape_key) if opts.shaped else 0.0
 
     def limit(self, opts) -> int:
         """This process's concurrent deliveries for a destination: the connection limit,
         halved while a reply rule slows its site and no message rate is set to halve."""
         limit = max(1, opts.max_connections)
-        if opts.shaped and not opts.message_interval and suspension(self.throttle, opts.shape_key, "slow"):
+        if opts.shaped and not opts.message_interval and self._flag("slow", opts.shape_key):
             limit = max(1, limit // 2)
         return limit
 
     def interval(self, opts) -> float:
         """Seconds per message token of `opts`'s site now: doubled while a rule slows it."""
         interval = opts.message_interval
-        if interval and suspension(self.throttle, opts.shape_key, "slow"):
+        if interval and self._flag("slow", opts.shape_key):
             interval *= 2
         return interval
 
     def may_send(self, opts) -> bool:
         """A shaped job may go on callbacks now: its site not suspended, and a message
         token taken (when it has a rate). False: nothing taken."""
-        if suspension(self.throttle, opts.shape_key):
+        if self._flag("suspend", opts.shape_key):
             return False
         return not opts.message_interval or self.pacer.ready(opts.shape_key, self.interval(opts),
                                                              opts.message_burst)
