@@ -14,6 +14,8 @@ import time
 
 import pytest
 import uvloop
+
+import mta
 from click.testing import CliRunner
 from dnsserver import dns_server  # noqa: F401  (the fixture)
 from hypothesis import given, settings
@@ -33,7 +35,9 @@ from mta.queue.store import SpoolService
 
 BODY = b"From: <from@sender.test>\r\nTo: <a@dest.test>\r\nSubject: shaping admin\r\n\r\nhello\r\n"
 SENDER = "from@sender.test"
-PYTHON = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python")
+# The mta package this test imported (the installed one, or the tree's with a built
+# extension): the CLI processes must run the same one.
+PYTHON = os.path.dirname(os.path.dirname(os.path.abspath(mta.__file__)))
 
 
 def line(obj) -> bytes:

@@ -146,7 +146,8 @@ class RedisThrottle:
         self._leases: dict[str, list[str | None]] = {}
         self._lease_seq = 0
         self._flags: dict[str, float] = {}
-        self._flags_set = 0  # set_until calls: a refresh that raced one is dropped
+        self._flags_set = 0  # set_until calls ended: a refresh that raced one is dropped
+        self._flag_writes = 0  # set_until calls in flight
         self._tasks: set[asyncio.Task] = set()
         self._runner: asyncio.Task | None = None
         self._closed = False
@@ -301,10 +302,12 @@ class RedisThrottle:
                 self._sha.pop("renew", None)
 
     async def _refresh_flags(self) -> None:
+        if self._flag_writes:
+            return  # a write is in flight: the next refresh reads it back
         seen = self._flags_set
         raw = await self._call(self._client.hgetall, _FLAGS_KEY)
-        if seen != self._flags_set:
-            return  # set here meanwhile: the next refresh reads it back
+        if self._flag_writes or seen != self._flags_set:
+            return  # written here meanwhile
         now = time.time()
         fresh, past = {}, []
         for key, value in raw.items():
@@ -435,7 +438,15 @@ class RedisThrottle:
 
     async def set_until(self, key: str, until: float) -> None:
         self._start()
-        self._flags_set += 1  # a refresh read before this write must not undo it
+        # A refresh of the flags that overlaps this write is dropped (its read may predate it).
+        self._flag_writes += 1
+        try:
+            await self._set_until(key, until)
+        finally:
+            self._flag_writes -= 1
+            self._flags_set += 1
+
+    async def _set_until(self, key: str, until: float) -> None:
         if until > 0:
             self._flags[key] = until
         else:

@@ -4,7 +4,6 @@ suspension ends (no attempt counted, no delivery-log record) rather than a defer
 
 from __future__ import annotations
 
-import time
 from typing import NamedTuple
 
 from mta.delivery import OutMessage, RcptResult, results_for
@@ -21,14 +20,6 @@ def site_of(shape_key: str) -> str:
 def flag_key(kind: str, site: str) -> str:
     """The throttle flag of a site: kind "suspend" or "slow" (per site, every source)."""
     return f"{kind}|{site}"
-
-
-def suspension(throttle, shape_key: str, kind: str = "suspend") -> float:
-    """When the site's `kind` flag ends (wall time), or 0.0 when it is not set."""
-    if throttle is None or not shape_key:
-        return 0.0
-    until = throttle.until(flag_key(kind, site_of(shape_key)))
-    return until if until > time.time() else 0.0
 
 
 def suspended_results(msg: OutMessage, shape_key: str, until: float) -> list[RcptResult]:
