@@ -13,7 +13,7 @@ import re
 import socket
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from mta.config.kinds import domain_name
 from mta.delivery import FINAL, Outcome
@@ -198,8 +198,9 @@ class ControlServer:
     (which ids are in flight, which to leave alone, what to retry now)."""
 
     def __init__(self, store: SpoolService, queue: QueueManager, dlog: DeliveryLog | None, path: str,
-                 shard: int, *, throttle=None):
+                 shard: int, *, throttle=None, flags_changed: Callable[[], None] | None = None):
         self.store = store
+        self.flags_changed = flags_changed  # told after suspend/resume: this worker sees them at once
         # The worker's shaping throttle (mta.delivery.shaping.throttle.Throttle): suspend,
         # resume and flags set, clear and list its flags; None: no shaping, they fail.
         self.throttle = throttle
@@ -435,6 +436,8 @@ class ControlServer:
         throttle = self._need_throttle("suspend")
         target, until = _target(req), req.until
         await throttle.set_until(flag_key("suspend", target), until)
+        if self.flags_changed is not None:
+            self.flags_changed()
         if until:
             log.warning("%s suspended by the administrator (mta queue suspend) until %.0f", target, until)
         else:
@@ -447,6 +450,8 @@ class ControlServer:
         key = flag_key("suspend", target)
         was = throttle.until(key)
         await throttle.set_until(key, 0.0)
+        if self.flags_changed is not None:
+            self.flags_changed()
         # The messages that suspension held back wait until its end: make them due now.
         futs: dict[str, list] = {}
         counts = {"due": 0, "active": 0}

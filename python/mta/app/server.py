@@ -81,6 +81,7 @@ class Server:
         self.limits = Limits(cfg.limits)
         self.proxy = ProxyGate(cfg)
         self.spool: SpoolService | None = None
+        self.shaper: Shaper | None = None  # made with the queue manager
         self.queue: QueueManager | None = None
         self.control: ControlServer | None = None
         self._servers: list[asyncio.AbstractServer] = []
@@ -127,7 +128,7 @@ class Server:
         # the privilege drop, so the socket belongs to the user that serves.
         self.control = ControlServer(self.spool, self.queue, self.queue.dlog,
                                      socket_path(self.cfg.spool.dir, self.shard), self.shard,
-                                     throttle=self.throttle)
+                                     throttle=self.throttle, flags_changed=self.shaper.flags_changed)
         await self.control.start()
         self._sweep()
         for srv in self._servers:
@@ -158,7 +159,7 @@ class Server:
         sts = MtaStsCache(resolver, port=d.mta_sts_port, ca_file=d.mta_sts_ca_file,
                           timeout=d.mta_sts_timeout) if d.mta_sts else None
         egress = egress_of(cfg)
-        shaper = Shaper(shaping_of(cfg), egress, self.throttle, d.max_active, cfg.shaping.max_site_share / 100,
+        shaper = self.shaper = Shaper(shaping_of(cfg), egress, self.throttle, d.max_active, cfg.shaping.max_site_share / 100,
                         hooks=self.hooks)
         smtp = Smtp(self._wire(dlog), resolver, OutboundTls(sts, d.tls_report_interval), d, cfg.hostname,
                     report=bool(self.hooks.on_delivered), shaper=shaper)

@@ -29,7 +29,7 @@ _SLOW = 1.0
 # The window counts as full from this fraction on: a site over its share is held back only
 # then, so that one site alone uses the whole window and others always find room.
 _PRESSED = 0.9
-_FLAGS_EVERY = 0.25  # seconds between reads of the throttle's suspensions
+_FLAGS_EVERY = 0.05  # seconds between reads of the throttle's suspensions (a scan of a small table)
 
 
 def site_name(hosts, site_globs) -> str:
@@ -123,6 +123,10 @@ class Shaper:
                 self._pace.clear()
             self._pace[site] = (now, done, rate)
         return rate
+
+    def flags_changed(self) -> None:
+        """Suspensions were set or cleared (an administrator's): read them at the next admit."""
+        self._flags_at = 0.0
 
     def _read_flags(self, now: float) -> None:
         self._flags_at = now + _FLAGS_EVERY
