@@ -213,9 +213,12 @@ class ShapingConfig:
                           'message rate) or "bounce", duration = "30m" (for suspend and slow). The first matching '
                           'rule applies.')
     max_site_share: int = opt(50, Int(min=1, max=100, unit="percent"),
-                              "The most of a worker's active window (delivery.max_active) one destination site may "
-                              "hold; its other due messages wait in the queue (no attempt counted) so that a slow or "
-                              "suspended site never starves the others.")
+                              "The most of a worker's active window (delivery.max_active) a slow destination site may "
+                              "hold once the window is nearly full (90%): a site is slow when ending what it has in "
+                              "flight would take it over a second at its recent pace. Its other due messages wait in "
+                              "the queue for about the time it takes to drain its excess (no attempt counted), so a "
+                              "slow or suspended site never starves the others; a fast one, or one alone, may use "
+                              "the whole window.")
 
 
 @dataclass(frozen=True)
