@@ -151,3 +151,27 @@ def test_second_server_on_the_http_port_fails(server_factory, tmp_path):
     assert "Address already in use" in second.log()
     assert get(http_port, "/health") == (200, "ok\n")  # the first goes on
     assert first.proc.poll() is None
+
+
+def test_health_is_503_when_the_spool_cannot_write(server_factory, tmp_path):
+    fault = tmp_path / "faults"
+    http_port = free_port()
+    srv = server_factory(args=("--http", f"127.0.0.1:{http_port}"), env={"MTA_TEST_FAULT_FILE": str(fault)})
+    assert get(http_port, "/health") == (200, "ok\n")
+    fault.write_text("write 28")  # ENOSPC on every spool write (polled every 0.2 s)
+    deadline = time.monotonic() + 10
+    refused = False
+    while not refused and time.monotonic() < deadline:
+        with smtplib.SMTP("127.0.0.1", srv.port, timeout=30) as c:
+            try:
+                c.sendmail("a@example.test", ["b@example.test"], "Subject: x\r\n\r\nx\r\n")
+            except smtplib.SMTPDataError as e:
+                refused = e.smtp_code == 451
+        time.sleep(0.1)
+    assert refused
+    deadline = time.monotonic() + 3  # the failure is seen at the next metrics tick (1 s)
+    while get(http_port, "/health")[0] == 200 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert get(http_port, "/health") == (503, "spool write failed\n")
+    got = scrape(http_port)
+    assert got[("mta_spool_failed_batches_total", ())] >= 1
