@@ -175,3 +175,12 @@ def test_health_is_503_when_the_spool_cannot_write(server_factory, tmp_path):
     assert get(http_port, "/health") == (503, "spool write failed\n")
     got = scrape(http_port)
     assert got[("mta_spool_failed_batches_total", ())] >= 1
+
+
+def test_command_line_adds_to_the_files_addresses(server_factory):
+    in_file, on_line = free_port(), free_port()
+    server_factory(config=f'[http]\nlisten = ["127.0.0.1:{in_file}"]\n',
+                   args=("--http", f"127.0.0.1:{on_line}", "--http", f"127.0.0.1:{in_file}"))
+    assert get(in_file, "/health") == (200, "ok\n")
+    assert get(on_line, "/health") == (200, "ok\n")
+    assert get(on_line, "/nothing")[0] == 404

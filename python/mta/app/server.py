@@ -149,10 +149,10 @@ class Server:
                                      throttle=self.throttle, flags_changed=self.shaper.flags_changed)
         await self.control.start()
         self._sweep()
+        if self.http is not None:  # up before the first greeting: a probe that got one can scrape
+            await self.http.start()
         for srv in self._servers:
             await srv.start_serving()
-        if self.http is not None:
-            await self.http.start()
         for lst in self.cfg.listeners:  # logged once connectable: tests and admins wait for it
             shown = "" if lst.tls == "none" else f" tls={lst.tls}"
             log.info("listening on %s as %s profile=%s%s", lst.address, self.cfg.hostname, lst.profile, shown)
