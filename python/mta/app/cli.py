@@ -38,7 +38,9 @@ def main() -> None:
 @click.option("--relay-to", metavar="HOST:PORT", help="Send all mail that is not local to this smarthost (delivery.relay_to).")
 @click.option("--no-delivery", is_flag=True, default=None, help="Accept and spool mail but deliver nothing (delivery.enabled = false).")
 @click.option("--workers", type=int, metavar="N", help="Worker processes sharing the port, one spool shard each (default 1).")
-def run(config_file, listen, spool, hostname, mynetworks, relay_to, no_delivery, workers) -> None:
+@click.option("--http", "http_listen", multiple=True, metavar="HOST:PORT",
+              help="Serve /metrics and /health here; repeatable. Adds to http.listen from the file.")
+def run(config_file, listen, spool, hostname, mynetworks, relay_to, no_delivery, workers, http_listen) -> None:
     """Accept mail over SMTP and make it durable in the spool.
 
     With no options: listens on 127.0.0.1:2525, spools in ./mta-spool, relays
@@ -61,6 +63,10 @@ def run(config_file, listen, spool, hostname, mynetworks, relay_to, no_delivery,
         overrides["mynetworks"] = [n.strip() for n in mynetworks.split(",") if n.strip()]
     try:
         cfg = config.load(config_file, overrides)
+        if http_listen:  # added to the file's addresses (an address named twice counts once)
+            have = [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in cfg.http.listen]
+            overrides["http.listen"] = have + [a for a in dict.fromkeys(http_listen) if a not in have]
+            cfg = config.load(config_file, overrides)
     except ConfigError as e:
         click.echo(f"mta: configuration error:\n{e}", err=True)
         sys.exit(2)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 import time
@@ -13,8 +14,9 @@ from typing import Callable
 
 from mta import log as fastlog
 from mta import procs
-from mta.app import privileges
+from mta.app import http, privileges
 from mta.app.control import ControlServer, socket_path
+from mta.app.metrics import Metrics, Snapshots
 from mta.auth.guard import AuthGuard
 from mta.auth.senders import SenderLogin
 from mta.auth.users import UserDB
@@ -51,11 +53,19 @@ SHUTDOWN_GRACE = 10.0
 # ones), then close the spool (write, sync, complete what is in flight). SIGHUP re-reads
 # the TLS certificate and key (mta.smtp.tls); open sessions go on. The shard's control
 # socket (mta.app.control) lives from after the privilege drop until the start of the stop.
+# The HTTP listener (mta.app.http) answers /health 503 from SIGTERM until the sessions
+# are done, then closes before the queue and the spool do.
 class Server:
-    def __init__(self, cfg: Config, shard: int = 0, reuse_port: bool = False):
+    def __init__(self, cfg: Config, shard: int = 0, reuse_port: bool = False,
+                 http_sockets: list[socket.socket] | None = None, run_id: int | None = None):
         self.cfg = cfg
         self.shard = shard
         self.reuse_port = reuse_port
+        # Bound by the supervisor for all its workers (mta.app.workers), else by start().
+        self.http_sockets = http_sockets
+        self.run_id = run_id if run_id is not None else os.getpid()  # the workers' shared snapshot id
+        self.metrics = Metrics((lst.address, lst.profile) for lst in cfg.listeners)
+        self.http: http.HttpService | None = None
         self.policy = RelayPolicy(Networks(cfg.mynetworks), cfg.local_domains, cfg.relay_domains)
         # The plugins, made once per worker (Plugin(options)); ConfigError names the bad one.
         plugins = loader.load(cfg.plugin, cfg.delivery.route_hook)
@@ -109,6 +119,14 @@ class Server:
         self.throttle_desc = shaping_backends.describe(self.cfg, self.shard)
         self.throttle = shaping_backends.make(self.throttle_desc, owner=not self.cfg.delivery.agent)
         self.queue = self._queue_manager()
+        self.metrics.gauges = self._queue_gauges
+        self.metrics.spool_stats = self.spool.stats
+        if self.cfg.http.listen:
+            if self.http_sockets is None:
+                self.http_sockets = http.bind(self.cfg.http.listen)  # before the drop: ports under 1024
+            snaps = Snapshots(self.cfg.spool.dir, self.shard, self.cfg.workers, self.run_id)
+            self.http = http.HttpService(self.http_sockets, self.metrics, snaps,
+                                         self._stopping.is_set, self.spool.has_room)
         for lst in self.cfg.listeners:
             family = socket.AF_INET6 if ":" in lst.host else socket.AF_INET
             tls = {}
@@ -131,6 +149,8 @@ class Server:
                                      throttle=self.throttle, flags_changed=self.shaper.flags_changed)
         await self.control.start()
         self._sweep()
+        if self.http is not None:  # up before the first greeting: a probe that got one can scrape
+            await self.http.start()
         for srv in self._servers:
             await srv.start_serving()
         for lst in self.cfg.listeners:  # logged once connectable: tests and admins wait for it
@@ -141,15 +161,24 @@ class Server:
         """A new Session per connection on `listener`, handed its collaborators (made
         once, here); after start() has made the spool and the queue."""
         settings, loop, store, sessions = self.session_settings, self.loop, self.spool, self.sessions
-        on_durable = self.queue.on_durable  # the 250 went out; the queue takes the message
+        metrics = self.metrics
+        queue_durable = self.queue.on_durable
+        replies, connections = metrics.replies, metrics.connections
+        slot = next((i for i, lst in enumerate(self.cfg.listeners) if lst == listener), None)
+
+        def on_durable(qid, recipients=None, notes=None) -> None:  # the 250 went out; the queue takes it
+            metrics.accepted += 1
+            queue_durable(qid, recipients, notes)
         policy, hooks, limits, proxy_gate, tls = self.policy, self.hooks, self.limits, self.proxy, self.tls
         rdns = self.rdns if self.cfg.smtp.reverse_dns else None
         users, auth_guard = self.users, self.auth_guard
 
         # Positional, in Session's order: binding fourteen keywords cost 0.5 us per connection.
         def new_session() -> Session:
+            if slot is not None:
+                connections[slot] += 1
             return Session(listener, settings, loop, store, on_durable, policy, hooks, limits, sessions,
-                           rdns, proxy_gate, tls, users, auth_guard)
+                           rdns, proxy_gate, tls, users, auth_guard, replies)
 
         return new_session
     def _queue_manager(self) -> QueueManager:
@@ -165,7 +194,19 @@ class Server:
                     report=bool(self.hooks.on_delivered), shaper=shaper)
         return QueueManager(self.spool, self.router, Transports(smtp, Maildir(cfg.hostname)), dlog, d,
                             cfg.hostname, bounce_max=cfg.bounce.max_returned_size, hooks=self.hooks,
-                            pools=bool(egress.pools))
+                            pools=bool(egress.pools), metrics=self.metrics)
+
+    def _queue_gauges(self) -> dict[str, int]:
+        """Messages by state for mta_queue_messages: a scan of the spool's entries, made
+        at most once a second (the metrics tick). Neither held nor in flight: deferred."""
+        active = self.queue.active
+        deferred = held = 0
+        for env in self.spool.list():
+            if env.held:
+                held += 1
+            elif env.queue_id not in active:
+                deferred += 1
+        return {"active": len(active), "deferred": deferred, "held": held}
 
     def _wire(self, dlog: DeliveryLog):
         """Where SMTP/LMTP transactions run: the delivery agent process, or this one."""
@@ -224,6 +265,8 @@ class Server:
             await asyncio.sleep(0.05)
         for s in list(self.sessions):
             s.force_close()
+        if self.http is not None:  # /health said 503 until now
+            await self.http.stop()
         # Let the last completions reach their sessions, finish (or cut
         # short) deliveries in flight, then flush the spool.
         while self.spool.pending and loop.time() < deadline + 5:

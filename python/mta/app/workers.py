@@ -21,12 +21,12 @@ _RESTART_DELAY = 1.0
 _EARLY_EXIT = 3.0  # a worker that fails this soon after start is a configuration problem
 
 
-def _serve(cfg: Config, shard: int, reuse_port: bool) -> None:
+def _serve(cfg: Config, shard: int, reuse_port: bool, http_sockets=None, run_id: int | None = None) -> None:
     import uvloop
 
     from mta.app.server import Server
 
-    uvloop.run(Server(cfg, shard=shard, reuse_port=reuse_port).run())
+    uvloop.run(Server(cfg, shard=shard, reuse_port=reuse_port, http_sockets=http_sockets, run_id=run_id).run())
 
 
 def run(cfg: Config) -> int:
@@ -38,8 +38,13 @@ def run(cfg: Config) -> int:
         from mta.smtp.tls import build_context
 
         build_context(cfg.tls)  # unusable files stop the start here (TlsError), not in N workers
+    # The HTTP ports are bound here, once, without SO_REUSEPORT: the workers inherit these
+    # sockets, and a second server on one of them stops here (OSError), never sharing it.
+    from mta.app import http
+
+    http_sockets = http.bind(cfg.http.listen)
     if cfg.workers == 1:
-        _serve(cfg, 0, reuse_port=False)
+        _serve(cfg, 0, reuse_port=False, http_sockets=http_sockets)
         return 0
     from mta.policy import loader
 
@@ -47,12 +52,13 @@ def run(cfg: Config) -> int:
     from mta.policy import builtins
 
     builtins.signer(cfg.dkim)  # so does a DKIM key that cannot be used
-    return _Supervisor(cfg).run()
+    return _Supervisor(cfg, http_sockets).run()
 
 
 class _Supervisor:
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, http_sockets: list):
         self.cfg = cfg
+        self.http_sockets = http_sockets  # inherited by every worker (mta.app.http)
         self.children: dict[int, tuple[int, float]] = {}  # pid -> (shard, started)
         self.stopping = False
         self.status = 0
@@ -72,7 +78,7 @@ class _Supervisor:
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the worker's loop handles it
                 die_with_parent(parent)
                 fastlog.setup(self.cfg.log.level)
-                _serve(self.cfg, shard, reuse_port=True)
+                _serve(self.cfg, shard, reuse_port=True, http_sockets=self.http_sockets, run_id=parent)
             except BaseException as e:  # noqa: BLE001 - the child must never return into the parent's code
                 if not isinstance(e, SystemExit):
                     traceback.print_exc()

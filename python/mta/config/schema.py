@@ -364,6 +364,14 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class HttpConfig:
+    listen: tuple[tuple[str, int], ...] = opt(
+        (), ListenList(),
+        "HTTP listeners (GET /metrics, GET /health; see docs/http.md): IP literals, IPv6 in brackets. "
+        "Empty: no HTTP listener. Each port is this server's alone: a second server on it fails to start.")
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = opt("info", Choice(("debug", "info", "warning", "error")), "Least severe message logged.")
 
@@ -433,6 +441,7 @@ class Config:
     tls: TlsConfig = section(TlsConfig)
     auth: AuthConfig = section(AuthConfig)
     log: LogConfig = section(LogConfig)
+    http: HttpConfig = section(HttpConfig)
 
     @property
     def listeners(self) -> tuple[Listener, ...]:

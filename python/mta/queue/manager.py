@@ -46,7 +46,8 @@ class QueueManager:
     def __init__(self, store: SpoolService, router: Router, transports: Transports, dlog: DeliveryLog,
                  dcfg, hostname: str, clock: Clock = SYSTEM_CLOCK,
                  jitter: Callable[[float, float], float] = random.uniform, *,
-                 bounce_max: int = 50 * 1024, hooks: Chain | None = None, pools: bool = False) -> None:
+                 bounce_max: int = 50 * 1024, hooks: Chain | None = None, pools: bool = False,
+                 metrics=None) -> None:
         self.store = store
         self.router = router
         self.transports = transports
@@ -79,6 +80,10 @@ class QueueManager:
         self._backoff: dict[str, float] = {}  # queue id -> monotonic time before which it is not retried
         self._excluded: set[str] = set()  # ids an administrator's operation owns (mta.app.control)
         self._fresh_notes: dict[str, dict] = {}  # spooled-lane attempts: notes from the session, for on_delivered
+        # mta.app.metrics.Metrics (or None): recipient outcomes counted where they are recorded;
+        # a spooled-lane attempt's recipient count is kept for the agent's LOGGED answer.
+        self.metrics = metrics
+        self._fresh_count: dict[str, int] = {}
 
     # --- scheduling -----------------------------------------------------------
 
@@ -350,12 +355,13 @@ class QueueManager:
                 return False
         if spec.kind == "mx":
             return False  # DNS and MTA-STS first: a coroutine
-        return self._submit_spooled(qid, spec, notes, split(recipients[0][0])[1])
+        return self._submit_spooled(qid, spec, notes, split(recipients[0][0])[1], len(recipients))
 
-    def _submit_spooled(self, qid: str, spec: TransportSpec, notes: dict | None, domain: str) -> bool:
+    def _submit_spooled(self, qid: str, spec: TransportSpec, notes: dict | None, domain: str,
+                        count: int = 1) -> bool:
         """Hand a fresh message to its transport's spooled lane (the job made from the store
         entry); False, and nothing started, when the transport does not take it. `domain`:
-        its first recipient's (shaping rules and suspensions go by it)."""
+        its first recipient's (shaping rules and suspensions go by it); `count`: its recipients."""
         self.active.add(qid)
         pool = notes.get("pool") if self.pools and notes else None
         if not self._by_kind[spec.kind].submit_spooled(Route(spec, domain, pool), qid, self._spooled_done,
@@ -367,6 +373,8 @@ class QueueManager:
             self.store.keep_fresh(True)
         if notes and self.hooks.on_delivered:
             self._fresh_notes[qid] = notes
+        if self.metrics is not None:
+            self._fresh_count[qid] = count
         return True
 
     def _start_routed(self, qid: str, recipients: list[tuple], notes: dict | None) -> bool:
@@ -385,7 +393,7 @@ class QueueManager:
         first = specs[0]
         if (isinstance(first, TransportSpec) and first.kind != "mx"
                 and all(s is first or s == first for s in specs[1:])
-                and self._submit_spooled(qid, first, notes, split(recipients[0][0])[1])):
+                and self._submit_spooled(qid, first, notes, split(recipients[0][0])[1], len(recipients))):
             return True
         self._start(qid, routed)
         return True
@@ -400,6 +408,9 @@ class QueueManager:
         results by queue id, when on_delivered hooks are to be told (SmtpOptions.report)."""
         if self._abandoned:
             return
+        if self.metrics is not None:
+            counts = self._fresh_count
+            self.metrics.delivered += sum(counts.pop(qid, 1) for qid in qids)
         if not rows or not self.hooks.on_delivered:
             self.store.delete_many_then(qids, self._spooled_deleted)
             return
@@ -426,6 +437,8 @@ class QueueManager:
         not touched meanwhile: it is active)."""
         if self._abandoned:
             return
+        if self.metrics is not None:
+            self._fresh_count.pop(qid, None)  # counted in _done, where the outcome is recorded
         if out is UNSENT:  # not fresh after all: the general way (after a restart, if stopping)
             self._end(qid, None)
             if not self._stopping:
@@ -504,12 +517,17 @@ class QueueManager:
         if isinstance(out, Throttled):
             held = {rc.index: out for rc in msg.recipients}
             out = results_for(msg, 451, "4.7.0", out.reason)
-        if out is not LOGGED:
+        if out is LOGGED:
+            if self.metrics is not None:
+                self.metrics.delivered += len(msg.recipients)
+        else:
             now = self.clock.time()  # the outcome's time: the records' time and delay, and retries, count from it
             if len(out) != len(spooled) or any(r.status != DELIVERED for r in out):
                 results = {rc.index: r for rc, r in zip(msg.recipients, out)}
                 self._run_task(self._record(env, spooled, msg, results, now, held), qid, last=True)
                 return
+            if self.metrics is not None:
+                self.metrics.delivered += len(out)
             for rc, res in zip(msg.recipients, out):
                 self.dlog.record(queue_id=qid, recipient=rc.address, status=DELIVERED, result=res,
                                  attempt=spooled[rc.index].attempts + 1, arrival=env.arrival, now=now)
@@ -536,6 +554,7 @@ class QueueManager:
         changes, failures, events = [], [], []
         notes = notes_of(env) if self._observed else None
         replan = False  # a retry falls before the loop's next look at the store
+        m = self.metrics
         by_index = {rc.index: rc for rc in msg.recipients}
         for index, res in results.items():
             rc = by_index[index]
@@ -563,6 +582,13 @@ class QueueManager:
                         change += (nxt.full_text(),)
                 events.append((outcome.status, event))
             changes.append(change)
+            if m is not None:
+                if outcome.status == DELIVERED:
+                    m.delivered += 1
+                elif outcome.status == DEFERRED:
+                    m.deferred += 1
+                else:
+                    m.bounced += 1
             self.dlog.record(queue_id=msg.queue_id, recipient=rc.address, status=outcome.status, result=res,
                              attempt=attempts, arrival=env.arrival, now=now)
         if failures:

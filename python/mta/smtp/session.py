@@ -70,7 +70,7 @@ class Session(SubmissionMixin, StagesMixin, StartTlsMixin, AcceptMixin, asyncio.
     __slots__ = (
         # collaborators (shared by the sessions of a listener)
         "settings", "loop", "store", "on_durable", "policy", "hooks", "limits", "sessions", "rdns", "proxy_gate",
-        "tls", "users", "auth_guard",
+        "tls", "users", "auth_guard", "replies",
         # this connection
         "listener", "profile", "tls_mode", "tls_info", "_tls_busy", "_tls_task",
         "parser", "state", "transport", "peer_ip", "peer_port", "trusted", "rname", "helo", "esmtp",
@@ -97,6 +97,7 @@ class Session(SubmissionMixin, StagesMixin, StartTlsMixin, AcceptMixin, asyncio.
         tls: TlsContext | None = None,
         users: UserDB | None = None,
         auth_guard: AuthGuard | None = None,
+        replies: list[int] | None = None,
     ):
         # Made per connection by the wiring's factory; the collaborators are shared.
         # `loop` is kept because asyncio.get_running_loop() costs a getpid() per call;
@@ -115,6 +116,8 @@ class Session(SubmissionMixin, StagesMixin, StartTlsMixin, AcceptMixin, asyncio.
         self.tls = tls
         self.users = users
         self.auth_guard = auth_guard
+        # Replies sent, by first digit (mta.app.metrics): shared by the worker's sessions.
+        self.replies = replies if replies is not None else [0] * 10
         self.listener = listener
         self.profile = listener.profile if listener else "mx"  # "mx" | "submission"
         tls_mode = listener.tls if listener else "none"
@@ -264,7 +267,9 @@ class Session(SubmissionMixin, StagesMixin, StartTlsMixin, AcceptMixin, asyncio.
         if self.state is not GREETING:
             return
         self.state = FRESH
-        self.transport.write(self.settings.greeting)
+        greeting = self.settings.greeting
+        self.replies[greeting[0] - 48] += 1
+        self.transport.write(greeting)
 
     def idle_check(self, now: float, timeout: float) -> None:
         """From the server's sweep (one timer for all sessions: a timer armed and
@@ -370,6 +375,9 @@ class Session(SubmissionMixin, StagesMixin, StartTlsMixin, AcceptMixin, asyncio.
         if self._out and self.transport is not None and not self._held:
             out = self._out
             self._out = []
+            replies = self.replies
+            for r in out:  # each entry is one reply (multi-line ones included)
+                replies[r[0] - 48] += 1
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def _reply(self, reply: bytes, error: bool = False) -> None:
