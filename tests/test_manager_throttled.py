@@ -27,7 +27,7 @@ from mta.policy.chain import Chain
 from mta.queue.manager import QueueManager
 from mta.queue.store import SpoolService
 
-from test_queue_manager import FakeClock
+from test_queue_manager import FakeClock, settle
 
 BODY = b"From: <from@example.test>\r\nTo: <rcpt@example.test>\r\nSubject: unit\r\n\r\nhello\r\n"
 SCHEDULE = (60.0, 300.0)
@@ -125,14 +125,7 @@ class Harness:
         """Move the clock on, let the queue look, and wait until nothing is in flight."""
         self.clock.advance(seconds)
         self.queue.kick()
-        deadline = time.monotonic() + 10
-        while True:
-            await asyncio.sleep(0.01)
-            if not self.queue.active:
-                await asyncio.sleep(0.02)
-                if not self.queue.active:
-                    return
-            assert time.monotonic() < deadline, "the queue did not settle"
+        await settle(self.queue)
 
     def state(self, qid: str):
         env = self.store.get(qid)

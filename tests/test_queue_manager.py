@@ -115,14 +115,7 @@ class Harness:
         return qid
 
     async def settle(self) -> None:
-        deadline = time.monotonic() + 10
-        while True:
-            await asyncio.sleep(0.01)
-            if not self.queue.active:
-                await asyncio.sleep(0.02)
-                if not self.queue.active:
-                    return
-            assert time.monotonic() < deadline, "the queue did not settle"
+        await settle(self.queue)
 
     def states(self, qid: str):
         env = self.store.get(qid)
@@ -131,6 +124,18 @@ class Harness:
     def log(self) -> list[dict]:
         with open(os.path.join(self.tmp, "delivery.log")) as f:
             return [json.loads(line) for line in f]
+
+
+async def settle(queue) -> None:
+    """Wait until the queue has nothing in flight (twice in a row, a moment apart)."""
+    deadline = time.monotonic() + 10
+    while True:
+        await asyncio.sleep(0.01)
+        if not queue.active:
+            await asyncio.sleep(0.02)
+            if not queue.active:
+                return
+        assert time.monotonic() < deadline, "the queue did not settle"
 
 
 def run(coro):

@@ -362,72 +362,82 @@ def _unique(path: str, names: list, errs: Errors) -> bool:
 
 
 @dataclass(frozen=True)
-class SourceTables(Kind):
-    type_name = "array of tables (name, address, ehlo)"
+class _Tables(Kind):
+    """An array of tables ([[header]]), each checked by `one(path, table, errs)` for the
+    keys `keys`; with `named`, each table's name is unique. BAD if any table is bad."""
+
+    header = ""
+    keys = ()
+    named = False
 
     def parse(self, path, raw, errs):
-        tables = _tables(path, raw, errs, "egress.source")
+        tables = _tables(path, raw, errs, self.header)
         if tables is None:
             return BAD
         before = len(errs.items)
         out = []
         for i, t in enumerate(tables):
             p = f"{path}[{i}]"
-            _unknown_keys(p, t, ("name", "address", "ehlo"), errs)
-            name = _name(p, t, errs)
-            if name == "default":  # the kernel's-choice source; a second one would share its budgets
-                errs.bad(f"{p}.name", 'a name other than "default" (reserved for the default source)', name)
-            address = t.get("address")
-            if "address" not in t:
-                _missing(errs, p, "address", "an IPv4 or IPv6 address to send from")
-            else:
-                try:
-                    # ip_address() would also take an int
-                    address = str(ipaddress.ip_address(address if isinstance(address, str) else "-"))
-                except ValueError:
-                    errs.bad(f"{p}.address", 'an IPv4 or IPv6 address such as "192.0.2.7" or "2001:db8::7"', address)
-            ehlo = t.get("ehlo")
-            if ehlo is not None and (ehlo := domain_name(t["ehlo"])) is None:
-                errs.bad(f"{p}.ehlo", "a host name for EHLO", t["ehlo"])
-            out.append(SourceSpec(name, address, ehlo))
-        _unique(path, [s.name for s in out], errs)
+            _unknown_keys(p, t, self.keys, errs)
+            out.append(self.one(p, t, errs))
+        if self.named:
+            _unique(path, [s.name for s in out], errs)
         return BAD if len(errs.items) > before else tuple(out)
+
+    def one(self, p: str, t: dict, errs: Errors) -> Any:
+        raise NotImplementedError
 
     def render(self, value):
         return json.dumps([])
 
 
 @dataclass(frozen=True)
-class PoolTables(Kind):
+class SourceTables(_Tables):
+    type_name = "array of tables (name, address, ehlo)"
+    header = "egress.source"
+    keys = ("name", "address", "ehlo")
+    named = True
+
+    def one(self, p, t, errs):
+        name = _name(p, t, errs)
+        if name == "default":  # the kernel's-choice source; a second one would share its budgets
+            errs.bad(f"{p}.name", 'a name other than "default" (reserved for the default source)', name)
+        address = t.get("address")
+        if "address" not in t:
+            _missing(errs, p, "address", "an IPv4 or IPv6 address to send from")
+        else:
+            try:
+                # ip_address() would also take an int
+                address = str(ipaddress.ip_address(address if isinstance(address, str) else "-"))
+            except ValueError:
+                errs.bad(f"{p}.address", 'an IPv4 or IPv6 address such as "192.0.2.7" or "2001:db8::7"', address)
+        ehlo = t.get("ehlo")
+        if ehlo is not None and (ehlo := domain_name(t["ehlo"])) is None:
+            errs.bad(f"{p}.ehlo", "a host name for EHLO", t["ehlo"])
+        return SourceSpec(name, address, ehlo)
+
+
+@dataclass(frozen=True)
+class PoolTables(_Tables):
     type_name = "array of tables (name, sources)"
+    header = "egress.pool"
+    keys = ("name", "sources")
+    named = True
 
-    def parse(self, path, raw, errs):
-        tables = _tables(path, raw, errs, "egress.pool")
-        if tables is None:
-            return BAD
-        before = len(errs.items)
-        out = []
-        for i, t in enumerate(tables):
-            p = f"{path}[{i}]"
-            _unknown_keys(p, t, ("name", "sources"), errs)
-            name = _name(p, t, errs)
-            sources = t.get("sources")
-            pairs = []
-            if "sources" not in t:
-                _missing(errs, p, "sources", "a table of source name = weight")
-            elif not isinstance(sources, dict) or not sources:
-                errs.bad(f"{p}.sources", "a non-empty table of source name = weight (an integer >= 1)", sources)
-            else:
-                for src, weight in sources.items():
-                    if not isinstance(weight, int) or isinstance(weight, bool) or weight < 1:
-                        errs.bad(f"{p}.sources.{src}", "a weight: an integer >= 1", weight)
-                    pairs.append((src, weight))
-            out.append(PoolSpec(name, tuple(pairs)))
-        _unique(path, [s.name for s in out], errs)
-        return BAD if len(errs.items) > before else tuple(out)
-
-    def render(self, value):
-        return json.dumps([])
+    def one(self, p, t, errs):
+        name = _name(p, t, errs)
+        sources = t.get("sources")
+        pairs = []
+        if "sources" not in t:
+            _missing(errs, p, "sources", "a table of source name = weight")
+        elif not isinstance(sources, dict) or not sources:
+            errs.bad(f"{p}.sources", "a non-empty table of source name = weight (an integer >= 1)", sources)
+        else:
+            for src, weight in sources.items():
+                if not isinstance(weight, int) or isinstance(weight, bool) or weight < 1:
+                    errs.bad(f"{p}.sources.{src}", "a weight: an integer >= 1", weight)
+                pairs.append((src, weight))
+        return PoolSpec(name, tuple(pairs))
 
 
 def _positive_int(path: str, raw: Any, errs: Errors) -> Any:
@@ -445,95 +455,75 @@ def _glob(path: str, raw: Any, errs: Errors) -> str | None:
 
 
 @dataclass(frozen=True)
-class RuleTables(Kind):
+class RuleTables(_Tables):
     type_name = "array of tables (domain or site, and shaping keys)"
+    header = "shaping.rule"
+    keys = ("domain", "site") + SHAPE_KEYS
 
-    def parse(self, path, raw, errs):
-        tables = _tables(path, raw, errs, "shaping.rule")
-        if tables is None:
-            return BAD
-        before = len(errs.items)
-        out = []
-        for i, t in enumerate(tables):
-            p = f"{path}[{i}]"
-            _unknown_keys(p, t, ("domain", "site") + SHAPE_KEYS, errs)
-            domain = site = None
-            if ("domain" in t) == ("site" in t):
-                errs.items.append(f"{p}: expected exactly one of domain and site")
-            elif "domain" in t:
-                raw_d = t["domain"]
-                wild = isinstance(raw_d, str) and raw_d.startswith("*.")
-                domain = domain_name(raw_d[2:] if wild else raw_d)
-                if domain is None:
-                    errs.bad(f"{p}.domain", 'a recipient domain such as "example.test" or "*.example.test"', raw_d)
-                elif wild:
-                    domain = "*." + domain
-            else:
-                site = _glob(f"{p}.site", t["site"], errs)
-            overrides = []
-            for key in SHAPE_KEYS:
-                if key in t:
-                    kind = RateKind() if "rate" in key else None
-                    v = (kind.parse(f"{p}.{key}", t[key], errs) if kind
-                         else _positive_int(f"{p}.{key}", t[key], errs))
-                    overrides.append((key, v))
-            out.append(ShapeRule(domain, site, tuple(overrides)))
-        return BAD if len(errs.items) > before else tuple(out)
-
-    def render(self, value):
-        return json.dumps([])
+    def one(self, p, t, errs):
+        domain = site = None
+        if ("domain" in t) == ("site" in t):
+            errs.items.append(f"{p}: expected exactly one of domain and site")
+        elif "domain" in t:
+            raw_d = t["domain"]
+            wild = isinstance(raw_d, str) and raw_d.startswith("*.")
+            domain = domain_name(raw_d[2:] if wild else raw_d)
+            if domain is None:
+                errs.bad(f"{p}.domain", 'a recipient domain such as "example.test" or "*.example.test"', raw_d)
+            elif wild:
+                domain = "*." + domain
+        else:
+            site = _glob(f"{p}.site", t["site"], errs)
+        overrides = []
+        for key in SHAPE_KEYS:
+            if key in t:
+                kind = RateKind() if "rate" in key else None
+                v = (kind.parse(f"{p}.{key}", t[key], errs) if kind
+                     else _positive_int(f"{p}.{key}", t[key], errs))
+                overrides.append((key, v))
+        return ShapeRule(domain, site, tuple(overrides))
 
 
 @dataclass(frozen=True)
-class ReplyTables(Kind):
+class ReplyTables(_Tables):
     type_name = "array of tables (match, class, site, action, duration)"
+    header = "shaping.on_reply"
+    keys = ("match", "class", "site", "action", "duration")
 
-    def parse(self, path, raw, errs):
-        tables = _tables(path, raw, errs, "shaping.on_reply")
-        if tables is None:
-            return BAD
-        before = len(errs.items)
-        out = []
-        for i, t in enumerate(tables):
-            p = f"{path}[{i}]"
-            _unknown_keys(p, t, ("match", "class", "site", "action", "duration"), errs)
-            match = cls = site = None
-            if "match" not in t and "class" not in t:
-                errs.items.append(f"{p}: expected match, class or both")
-            if "match" in t:
-                if not isinstance(t["match"], str):
-                    errs.bad(f"{p}.match", "a regular expression (a string)", t["match"])
-                else:
-                    try:
-                        match = re.compile(t["match"])
-                    except re.error as e:
-                        errs.bad(f"{p}.match", f"a valid regular expression ({e})", t["match"])
-            if "class" in t:
-                cls = t["class"]
-                if cls not in REPLY_CLASSES:
-                    close = difflib.get_close_matches(str(cls), REPLY_CLASSES, 1, 0.6)
-                    hint = f" (did you mean {close[0]!r}?)" if close else ""
-                    errs.bad(f"{p}.class", "a bounce class: one of " + ", ".join(REPLY_CLASSES) + hint, cls)
-            if "site" in t:
-                site = _glob(f"{p}.site", t["site"], errs)
-            action = t.get("action")
-            if "action" not in t:
-                _missing(errs, p, "action", "suspend, slow or bounce")
-            elif action not in ACTIONS:
-                errs.bad(f"{p}.action", "one of 'suspend', 'slow', 'bounce'", action)
-            duration = 0.0
-            if action in ("suspend", "slow"):
-                if "duration" not in t:
-                    _missing(errs, p, "duration", f'how long to {action}, such as "30m"')
-                else:
-                    duration = Duration().parse(f"{p}.duration", t["duration"], errs)
-            elif action == "bounce" and "duration" in t:
-                errs.bad(f"{p}.duration", "no duration with action = \"bounce\"", t["duration"])
-            out.append(ReplyRule(match, cls, site, action, duration))
-        return BAD if len(errs.items) > before else tuple(out)
-
-    def render(self, value):
-        return json.dumps([])
+    def one(self, p, t, errs):
+        match = cls = site = None
+        if "match" not in t and "class" not in t:
+            errs.items.append(f"{p}: expected match, class or both")
+        if "match" in t:
+            if not isinstance(t["match"], str):
+                errs.bad(f"{p}.match", "a regular expression (a string)", t["match"])
+            else:
+                try:
+                    match = re.compile(t["match"])
+                except re.error as e:
+                    errs.bad(f"{p}.match", f"a valid regular expression ({e})", t["match"])
+        if "class" in t:
+            cls = t["class"]
+            if cls not in REPLY_CLASSES:
+                close = difflib.get_close_matches(str(cls), REPLY_CLASSES, 1, 0.6)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                errs.bad(f"{p}.class", "a bounce class: one of " + ", ".join(REPLY_CLASSES) + hint, cls)
+        if "site" in t:
+            site = _glob(f"{p}.site", t["site"], errs)
+        action = t.get("action")
+        if "action" not in t:
+            _missing(errs, p, "action", "suspend, slow or bounce")
+        elif action not in ACTIONS:
+            errs.bad(f"{p}.action", "one of 'suspend', 'slow', 'bounce'", action)
+        duration = 0.0
+        if action in ("suspend", "slow"):
+            if "duration" not in t:
+                _missing(errs, p, "duration", f'how long to {action}, such as "30m"')
+            else:
+                duration = Duration().parse(f"{p}.duration", t["duration"], errs)
+        elif action == "bounce" and "duration" in t:
+            errs.bad(f"{p}.duration", "no duration with action = \"bounce\"", t["duration"])
+        return ReplyRule(match, cls, site, action, duration)
 
 
 # ---------------------------------------------------------------------------
