@@ -1,4 +1,4 @@
-"""The `mta` command (run, queue, check-config, tls, dkim, user, plugins, bench). Options and output
+"""The `mta` command (run, queue, check-config, tls, dkim, user, http, plugins, bench). Options and output
 formats are a contract scripts rely on: `queue list --json` prints one JSON array, an
 unknown queue id exits 1, a bad config exits 2 naming every bad key."""
 
@@ -11,7 +11,7 @@ import sys
 import click
 
 from mta import __version__
-from mta.app import dkim_cli, plugins_cli, shaping_cli
+from mta.app import dkim_cli, http_cli, plugins_cli, shaping_cli
 from mta.bench import cli as bench_cli
 from mta.config import schema as config
 from mta.errors import ConfigError, MtaError
@@ -539,6 +539,7 @@ def user_list(users_file, config_file) -> None:
 main.add_command(bench_cli.bench)
 main.add_command(plugins_cli.plugins)
 main.add_command(dkim_cli.dkim)
+main.add_command(http_cli.http)
 for _command in shaping_cli.COMMANDS:  # mta queue summary|suspend|resume|bounce
     queue.add_command(_command)
 

@@ -1,6 +1,7 @@
 """The HTTP listener (aiohttp): GET /metrics and GET /health, served by each worker from its
 own event loop on sockets bound once per server (before the privilege drop), so no other
-process can ever join the port. Routes are added to `HttpService.app` before start()."""
+process can ever join the port. The /api/... routes (mta.app.httpauth guards them) are
+added to `HttpService.app` before start()."""
 
 from __future__ import annotations
 
@@ -50,13 +51,15 @@ class HttpService:
     `metrics.gauges` is read at most once a second (the snapshot tick)."""
 
     def __init__(self, sockets: list[socket.socket], metrics: Metrics, snapshots: Snapshots,
-                 stopping: Callable[[], bool], spool_ok: Callable[[], bool]):
+                 stopping: Callable[[], bool], spool_ok: Callable[[], bool],
+                 max_body: int = 10 * 1024 * 1024, ssl_context=None):
         self.sockets = sockets
+        self.ssl_context = ssl_context  # HTTPS with the [tls] certificate (http.tls)
         self.metrics = metrics
         self.snapshots = snapshots
         self.stopping = stopping
         self.spool_ok = spool_ok
-        self.app = web.Application()
+        self.app = web.Application(client_max_size=max_body)
         self.app.router.add_get("/metrics", self.get_metrics)
         self.app.router.add_get("/health", self.get_health)
         self._runner: web.AppRunner | None = None
@@ -70,9 +73,10 @@ class HttpService:
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
         for s in self.sockets:
-            await web.SockSite(self._runner, s).start()
+            await web.SockSite(self._runner, s, ssl_context=self.ssl_context).start()
             host, port = s.getsockname()[:2]
-            log.info("http listening on %s", f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            log.info("http listening on %s%s", where, " (https)" if self.ssl_context else "")
 
     async def stop(self) -> None:
         if self._timer is not None:

@@ -16,9 +16,11 @@ from mta import log as fastlog
 from mta import procs
 from mta.app import http, privileges
 from mta.app.control import ControlServer, socket_path
+from mta.app.httpauth import Gate
 from mta.app.metrics import Metrics, Snapshots
 from mta.auth.guard import AuthGuard
 from mta.auth.senders import SenderLogin
+from mta.auth.tokens import TokenDB
 from mta.auth.users import UserDB
 from mta.config.schema import Config
 from mta.delivery.agent import AgentDelivery
@@ -66,6 +68,7 @@ class Server:
         self.run_id = run_id if run_id is not None else os.getpid()  # the workers' shared snapshot id
         self.metrics = Metrics((lst.address, lst.profile) for lst in cfg.listeners)
         self.http: http.HttpService | None = None
+        self.gate: Gate | None = None  # made with the HTTP listener
         self.policy = RelayPolicy(Networks(cfg.mynetworks), cfg.local_domains, cfg.relay_domains)
         # The plugins, made once per worker (Plugin(options)); ConfigError names the bad one.
         plugins = loader.load(cfg.plugin, cfg.delivery.route_hook)
@@ -125,8 +128,11 @@ class Server:
             if self.http_sockets is None:
                 self.http_sockets = http.bind(self.cfg.http.listen)  # before the drop: ports under 1024
             snaps = Snapshots(self.cfg.spool.dir, self.shard, self.cfg.workers, self.run_id)
+            https = self.tls.front if self.cfg.http.tls and self.tls is not None else None
             self.http = http.HttpService(self.http_sockets, self.metrics, snaps,
-                                         self._stopping.is_set, self.spool.has_room)
+                                         self._stopping.is_set, self.spool.has_room,
+                                         max_body=self.cfg.http.max_body, ssl_context=https)
+            self.gate = Gate(TokenDB(self.cfg.http.tokens_file))  # guards the /api/... routes
         for lst in self.cfg.listeners:
             family = socket.AF_INET6 if ":" in lst.host else socket.AF_INET
             tls = {}
@@ -140,7 +146,8 @@ class Server:
             )
             self._servers.append(srv)
         # Bound, not yet accepting: drop root before any client byte or delivery.
-        privileges.drop(self.cfg.privileges, self.cfg.spool.dir, (self.cfg.auth.users_file,))
+        privileges.drop(self.cfg.privileges, self.cfg.spool.dir,
+                        (self.cfg.auth.users_file, self.cfg.http.tokens_file if self.http else ""))
         self.queue.start()
         # The admin's way in (mta queue hold|release|delete|flush): made after
         # the privilege drop, so the socket belongs to the user that serves.

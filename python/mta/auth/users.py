@@ -116,7 +116,7 @@ class UserDB:
 
 
 @contextlib.contextmanager
-def _locked(path: str):
+def locked(path: str):
     """Serialize concurrent `mta user` edits: flock on the file's directory (it
     survives the rename that replaces the file, and leaves no lock file behind)."""
     fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
@@ -127,7 +127,7 @@ def _locked(path: str):
         os.close(fd)
 
 
-def _write_atomic(path: str, lines: list[str]) -> None:
+def write_atomic(path: str, lines: list[str]) -> None:
     """tmp file (0600) in the same directory, fsync, rename over, fsync the directory.
     An existing file's owner and group are kept (root editing the file of the mta user)."""
     directory = os.path.dirname(os.path.abspath(path))
@@ -170,7 +170,7 @@ def set_user(path: str, user: str, encoded: str) -> bool:
         raise ValueError(f"invalid user name {user!r}: no whitespace, ':' or control characters")
     if parse_hash(encoded) is None:
         raise ValueError("not a $scrypt$ hash")
-    with _locked(path):
+    with locked(path):
         lines = read_user_lines(path)
         new = [f"{user}:{encoded}"]
         out, found = [], False
@@ -183,18 +183,18 @@ def set_user(path: str, user: str, encoded: str) -> bool:
                 out.append(line)
         if not found:
             out.extend(new)
-        _write_atomic(path, out)
+        write_atomic(path, out)
     return not found
 
 
 def delete_user(path: str, user: str) -> bool:
     """Remove `user`; False if it was not there (the file is left untouched)."""
-    with _locked(path):
+    with locked(path):
         lines = read_user_lines(path)
         out = [line for line in lines if _user_of(line) != user]
         if len(out) == len(lines):
             return False
-        _write_atomic(path, out)
+        write_atomic(path, out)
     return True
 
 

@@ -369,6 +369,11 @@ class HttpConfig:
         (), ListenList(),
         "HTTP listeners (GET /metrics, GET /health; see docs/http.md): IP literals, IPv6 in brackets. "
         "Empty: no HTTP listener. Each port is this server's alone: a second server on it fails to start.")
+    tokens_file: str = opt("./mta-tokens", Text(),
+                           "Bearer tokens for /api/... (`name:scopes:senders:sha256:<hex>` lines, mode 0600, "
+                           "managed with `mta http token`; re-read when it changes). /metrics and /health need none.")
+    tls: bool = opt(False, Bool(), "Serve HTTPS with the [tls] certificate (which must then be set).")
+    max_body: int = opt(10 * MiB, Size(), "Largest request body; a bigger one gets 413.")
 
 
 @dataclass(frozen=True)
@@ -542,6 +547,8 @@ def _cross_checks(cfg: Config, errs: Errors) -> None:
     if cfg.privileges.group and not cfg.privileges.user:
         errs.bad("privileges.group", "privileges.user to be set too", cfg.privileges.group)
     listener_checks(cfg, errs)
+    if cfg.http.tls and not cfg.tls.cert:
+        errs.bad("http.tls", "tls.cert and tls.key to be set (HTTPS uses the [tls] certificate)", True)
     shaping_checks(cfg, errs)
     dk = cfg.dkim
     if dk.default_domain and dk.default_domain.lower().rstrip(".") not in {s.domain for s in dk.sign}:
