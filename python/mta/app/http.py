@@ -1,7 +1,6 @@
-"""The HTTP listener (aiohttp): GET /metrics and GET /health, served by each worker from its
-own event loop on sockets bound once per server (before the privilege drop), so no other
-process can ever join the port. The /api/... routes (mta.app.httpauth guards them) are
-added to `HttpService.app` before start()."""
+"""The HTTP listener (aiohttp): /metrics, /health and the /api/... routes added before start(),
+served by each worker from its own loop on sockets bound once per server (before the privilege
+drop), so no other process can ever join the port."""
 
 from __future__ import annotations
 
