@@ -13,6 +13,8 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from mta.app.metrics import SNAPSHOT_EVERY
+
 from conftest import free_port, start_server
 from helpers import Client
 
@@ -114,7 +116,9 @@ def test_metrics_equal_the_traffic(server_factory, peers, workers):
     want = expected(f"127.0.0.1:{srv.port}")
     assert wait_for(http_port, want) == want
     assert len(ok.wait_txns(OK_SENT)) == OK_SENT
-    # Every worker answers for the whole server: scrape a few times (any worker may answer).
+    # Every worker answers for the whole server: scrape a few times (any worker may answer),
+    # once every snapshot has had its tick (another worker's view of one lags by up to 1 s).
+    time.sleep(SNAPSHOT_EVERY * 1.5)
     for _ in range(6):
         got = scrape(http_port)
         assert {k: got.get(k) for k in want} == want
