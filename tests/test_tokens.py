@@ -160,3 +160,20 @@ def test_gate_statuses(tmp_path):
             await runner.cleanup()
 
     asyncio.run(run())
+
+
+def test_config_keys(tmp_path):
+    from mta.config.schema import load
+    from mta.errors import ConfigError
+
+    cfg = load(None)
+    assert (cfg.http.tokens_file, cfg.http.tls, cfg.http.max_body) == ("./mta-tokens", False, 10 * 1024 * 1024)
+    p = tmp_path / "c.toml"
+    p.write_text('[http]\ntls = true\nmax_body = "1k"\n')
+    with pytest.raises(ConfigError) as info:
+        load(str(p))
+    assert any("http.tls" in e and "tls.cert" in e for e in info.value.errors)
+    p.write_text('[http]\nmax_body = "lots"\n')
+    with pytest.raises(ConfigError) as info:
+        load(str(p))
+    assert any("http.max_body" in e and "'lots'" in e for e in info.value.errors), info.value.errors

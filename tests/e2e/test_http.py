@@ -188,3 +188,23 @@ def test_command_line_adds_to_the_files_addresses(server_factory):
     assert get(in_file, "/health") == (200, "ok\n")
     assert get(on_line, "/health") == (200, "ok\n")
     assert get(on_line, "/nothing")[0] == 404
+
+
+def test_https_with_the_tls_certificate(server_factory, tmp_path):
+    """http.tls = true: the listener speaks HTTPS with the [tls] certificate, and plain HTTP
+    on it gets nothing."""
+    import ssl
+
+    from test_tls import selfsigned, tls_config
+
+    certs = selfsigned(tmp_path / "certs")
+    http_port = free_port()
+    srv = server_factory(config=tls_config(certs, extra="[http]\ntls = true\n"),
+                         args=("--http", f"127.0.0.1:{http_port}"))
+    assert "(https)" in srv.log()
+    ctx = ssl.create_default_context(cafile=str(certs / "cert.pem"))
+    ctx.check_hostname = False
+    with urllib.request.urlopen(f"https://127.0.0.1:{http_port}/health", timeout=10, context=ctx) as r:
+        assert (r.status, r.read()) == (200, b"ok\n")
+    with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
+        get(http_port, "/health")
