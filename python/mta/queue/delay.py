@@ -11,7 +11,8 @@ from mta.queue import bounce
 
 __all__ = ["due", "waiting", "notice", "stored_result"]
 
-_REPLY = re.compile(r"^([2-5]\d\d)(?: ([245]\.\d{1,3}\.\d{1,3}))?(?: (.*))?$", re.S)
+# A stored last reply, as RcptResult.reply() wrote it: code, optional enhanced code, text.
+_REPLY = re.compile(r"([2-5]\d\d)(?: ([245]\.\d{1,3}\.\d{1,3}))?(?: (.*))?", re.S)
 
 
 def due(delay_warning: float, warned: bool, arrival: float, now: float) -> bool:
@@ -23,7 +24,7 @@ def due(delay_warning: float, warned: bool, arrival: float, now: float) -> bool:
 def stored_result(address: str, last_reply: str | None) -> RcptResult:
     """A recipient's last reply as the spool keeps it ("451 4.7.1 text", one line) back as
     a result; a reply that does not read as one is quoted whole under 451 4.0.0."""
-    m = _REPLY.match(last_reply or "")
+    m = _REPLY.fullmatch(last_reply or "")
     if m is None:
         return RcptResult(address, 451, "4.0.0", last_reply or "deferred")
     return RcptResult(address, int(m[1]), m[2], m[3] or "")
