@@ -133,7 +133,7 @@ def test_notice_is_a_delayed_dsn_with_will_retry_until():
 def test_no_notice_to_the_null_sender_or_about_nobody():
     rc = OutRcpt("r@x.test", None, None, 0)
     res = RcptResult("r@x.test", 451, "4.7.1", "later")
-    kw = dict(reporting_mta="mx.a.test", now=2.0, retry_until=3.0)
+    kw = {"reporting_mta": "mx.a.test", "now": 2.0, "retry_until": 3.0}
     assert delay.notice(OutMessage("Q", "", (rc,), ORIG), [(rc, res)], **kw) is None
     assert delay.notice(OutMessage("Q", "s@a.test", (rc,), ORIG), [], **kw) is None
 

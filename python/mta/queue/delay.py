@@ -9,10 +9,10 @@ import re
 from mta.delivery import DEFERRED, OutMessage, OutRcpt, RcptResult
 from mta.queue import bounce
 
-__all__ = ["due", "waiting", "notice", "stored_result"]
+__all__ = ["due", "notice", "stored_result", "waiting"]
 
 # A stored last reply, as RcptResult.reply() wrote it: code, optional enhanced code, text.
-_REPLY = re.compile(r"([2-5]\d\d)(?: ([245]\.\d{1,3}\.\d{1,3}))?(?: (.*))?", re.S)
+_REPLY = re.compile(r"([2-5]\d\d)(?: ([245]\.\d{1,3}\.\d{1,3}))?(?: (.*))?", re.DOTALL)
 
 
 def due(delay_warning: float, warned: bool, arrival: float, now: float) -> bool:
