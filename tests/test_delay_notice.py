@@ -264,3 +264,24 @@ def test_the_flag_survives_a_restart(tmp_path):
     assert warned is True and states[0][:2] == ("deferred", 3) and n2 == 0
     with open(os.path.join(tmp_path, "delivery.log")) as f:
         assert sum('"delay_notice"' in line for line in f) == 1
+
+
+def test_the_store_sets_the_flag_alone_or_with_the_notice(tmp_path):
+    async def main():
+        # Were an attempt made meanwhile, it would be deferred: every message stays.
+        async with DelayHarness(tmp_path, {"r": (451, "4.3.0"), "s": (451, "4.3.0")}) as h:
+            a = await h.store.inject(BODY, sender="s@example.test", recipient="r@example.test")
+            b = await h.store.inject(BODY, sender="s@example.test", recipient="r@example.test")
+            flags = [h.store.get(q).delay_warned for q in (a, b)]
+            await h.store.delay_warned(a)
+            n = await h.store.inject(b"Subject: notice\r\n\r\nx\r\n", sender="", recipient="s@example.test",
+                                     delay_notice_for=b)
+            after = [h.store.get(q).delay_warned for q in (a, b, n)]
+            with pytest.raises(ValueError):
+                await h.store.delay_warned("nope")
+            with pytest.raises(Exception, match="unknown queue id"):
+                await h.store.inject(b"x\r\n", sender="", recipient="s@example.test", delay_notice_for="nope")
+            return flags, after
+    flags, after = run(main())
+    assert flags == [False, False]
+    assert after == [True, True, False]
