@@ -38,8 +38,8 @@
 //   `ver | queue_id str | arrival_us | smtputf8 u8 | sender str | body opt |
 //   ret opt | envid opt | helo str | client_ip str | n | n × recipient | flags u8 |
 //   notes opt`, flags = bit 0 held, bit 1 delay notice sent (the byte was `held
-//   u8`: a binary that reads only bit 0 drops the second flag), recipient = `address str | notify u8 (0 absent, else mask|0x80) |
-//   orcpt opt | state u8 | attempts | next_attempt_us optnum | last_reply opt |
+//   u8`: a binary that reads only bit 0 drops the second flag), recipient =
+//   `address str | notify u8 (0 absent, else mask|0x80) | orcpt opt | state u8 | attempts | next_attempt_us optnum | last_reply opt |
 //   route opt`. notes: the transaction's notes (plugins' JSON, at most 64 KiB,
 //   never parsed here); route: where the recipient's next attempt goes (a
 //   transport string, opaque here).
@@ -267,17 +267,25 @@ impl Spool {
     /// Hand a message to the writer thread; never waits for disk. Its
     /// completion appears in `completions()` once the batch is durable.
     pub fn submit(&self, token: u64, envelope: Envelope, msg: Incoming) -> Result<(), Error> {
+        match self.message_job(token, envelope, msg)? {
+            Some(job) => self.enqueue([job], false),
+            None => Ok(()),
+        }
+    }
+
+    /// A submission's MESSAGE job; None when the message could not be sealed (then
+    /// completed at once with the error).
+    fn message_job(&self, token: u64, envelope: Envelope, msg: Incoming) -> Result<Option<Job>, Error> {
         record::check_notes(envelope.notes.as_deref()).map_err(Error::Invalid)?;
         let meta = record::encode_envelope(&envelope);
-        let data = match msg.seal() {
-            Ok(d) => d,
+        match msg.seal() {
+            Ok(data) => Ok(Some(Job { token, kind: Kind::Message, meta, data, op: Op::Message(envelope) })),
             Err(text) => {
                 // Same path as a disk failure: the session answers 451.
                 self.shared.complete(vec![(token, Some(text))]);
-                return Ok(());
+                Ok(None)
             }
-        };
-        self.enqueue([Job { token, kind: Kind::Message, meta, data, op: Op::Message(envelope) }], false)
+        }
     }
 
     /// Record recipient outcomes of a durable message (a STATE record, applied
@@ -329,18 +337,10 @@ impl Spool {
     /// never the notice without the flag, so never a second notice.
     pub fn submit_delay_notice(&self, token: u64, envelope: Envelope, msg: Incoming, about: &str) -> Result<(), Error> {
         self.check_known(about)?;
-        record::check_notes(envelope.notes.as_deref()).map_err(Error::Invalid)?;
-        let meta = record::encode_envelope(&envelope);
-        let data = match msg.seal() {
-            Ok(d) => d,
-            Err(text) => {
-                self.shared.complete(vec![(token, Some(text))]);
-                return Ok(());
-            }
-        };
+        let Some(notice) = self.message_job(token, envelope, msg)? else { return Ok(()) };
         let sc = warned_state(about);
         let flag = Job { token: writer::SILENT, kind: Kind::State, meta: record::encode_state(&sc), data: Sealed::from_bytes(Vec::new()), op: Op::State(sc) };
-        self.enqueue([flag, Job { token, kind: Kind::Message, meta, data, op: Op::Message(envelope) }], false)
+        self.enqueue([flag, notice], false)
     }
 
     /// Remove a durable message (a DELETE record; it leaves the index once synced).
