@@ -477,6 +477,7 @@ class Envelope:
     client_ip: str
     shard: int
     held: bool  # message-level hold (Spool.hold): never due while set
+    delay_warned: bool  # its delay notice was sent (Spool.delay_warned, submit's delay_notice_for): never cleared
     @property
     def notes(self) -> str | None:
         """The transaction's notes as given to Spool.submit (JSON text, never parsed by the
@@ -538,6 +539,7 @@ class Spool:
         arrival: float | None = None,
         notes: str | None = None,  # the transaction's notes (JSON text), stored in the envelope
         held: bool = False,  # stored held: never due until released (Spool.hold(..., False))
+        delay_notice_for: str | None = None,  # this is that message's delay notice: see below
     ) -> None:
         """Queue the message for the writer thread; returns at once. Its
         completion (token, None | error text) shows up in completions() after
@@ -546,7 +548,10 @@ class Spool:
         [A-Za-z0-9]+, an unknown NOTIFY keyword, or notes over 65536 bytes
         ("transaction notes exceed 65536 bytes"); SpoolError after close().
         A discarded Message (Message.discard) completes with an error and
-        stores nothing."""
+        stores nothing. `delay_notice_for`: the message is the delay notice (DSN)
+        about that queue id, which is marked delay_warned in the same batch (its
+        STATE record first: one sync, one completion; a crash never keeps the notice
+        without the flag); ValueError when that queue id is not durable here."""
     def completions(self) -> list[tuple[int, str | None]]:
         """Drain finished submissions; also clears notify_fd's readiness."""
     def inject_fault(self, kind: Literal["write", "sync"] | None, errno: int = 28) -> None:
@@ -573,6 +578,8 @@ class Spool:
         change of other than 5 or 6 items."""
     def hold(self, token: int, queue_id: str, on: bool) -> None:
         """Hold (never due) or release the whole message."""
+    def delay_warned(self, token: int, queue_id: str) -> None:
+        """Mark the message's delay notice as sent (a STATE record; the flag is never cleared)."""
     def delete(self, token: int, queue_id: str) -> None:
         """Remove the message (when every recipient is final): a DELETE record;
         it leaves the index when durable and its space is reclaimed by compaction."""

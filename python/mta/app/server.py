@@ -201,7 +201,8 @@ class Server:
                     report=bool(self.hooks.on_delivered), shaper=shaper)
         return QueueManager(self.spool, self.router, Transports(smtp, Maildir(cfg.hostname)), dlog, d,
                             cfg.hostname, bounce_max=cfg.bounce.max_returned_size, hooks=self.hooks,
-                            pools=bool(egress.pools), metrics=self.metrics)
+                            pools=bool(egress.pools), metrics=self.metrics,
+                            delay_warning=cfg.bounce.delay_warning)
 
     def _queue_gauges(self) -> dict[str, int]:
         """Messages by state for mta_queue_messages: a scan of the spool's entries, made

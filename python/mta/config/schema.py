@@ -241,6 +241,10 @@ class BounceConfig:
                                  "A bounce for a sender who asked for the whole message back (RET=FULL) "
                                  "returns its headers and at most this much of its body; beyond it, the "
                                  "headers and this much of the body as text/rfc822-headers, with a note.")
+    delay_warning: float = opt(4 * 3600.0, Duration(allow_zero=True),
+                               "Once a message has waited this long since arrival with recipients still "
+                               "deferred, its sender gets one delay notice (a DSN with Action: delayed) "
+                               "listing them, once per message; 0: never.")
 
 
 @dataclass(frozen=True)

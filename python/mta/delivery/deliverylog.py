@@ -19,8 +19,9 @@ __all__ = ["DeliveryLog", "STATUSES"]
 _CLASSIFIED = ("deferred", "bounced")  # the statuses whose records carry "class"
 
 # "deleted": an administrator removed the message (mta queue delete) before this
-# recipient was delivered or bounced; no DSN is sent.
-STATUSES = ("delivered", "deferred", "bounced", "expired", "dropped", "deleted")
+# recipient was delivered or bounced; no DSN is sent. "delay_notice": the sender was
+# told this recipient is still deferred (bounce.delay_warning), once per message.
+STATUSES = ("delivered", "deferred", "bounced", "expired", "dropped", "deleted", "delay_notice")
 
 log = logging.getLogger(__name__)
 

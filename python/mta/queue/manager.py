@@ -18,7 +18,7 @@ from mta.delivery.shaping.signals import Throttled
 from mta.delivery.transport import LOGGED, UNSENT, Deferred, Route, Transports
 from mta.errors import SpoolError
 from mta.policy.chain import Chain
-from mta.queue import bounce
+from mta.queue import bounce, delay
 from mta.queue.store import SpoolService
 from mta.queue.views import QueuedMessage, notes_of
 from mta.queue.views import event as make_event
@@ -47,7 +47,7 @@ class QueueManager:
                  dcfg, hostname: str, clock: Clock = SYSTEM_CLOCK,
                  jitter: Callable[[float, float], float] = random.uniform, *,
                  bounce_max: int = 50 * 1024, hooks: Chain | None = None, pools: bool = False,
-                 metrics=None) -> None:
+                 metrics=None, delay_warning: float = 4 * 3600.0) -> None:
         self.store = store
         self.router = router
         self.transports = transports
@@ -56,6 +56,7 @@ class QueueManager:
         self.dcfg = dcfg  # the [delivery] section
         self.hostname = hostname
         self.bounce_max = bounce_max  # [bounce] max_returned_size: body bytes a RET=FULL DSN returns
+        self.delay_warning = delay_warning  # [bounce] delay_warning: seconds before a delay notice; 0: none
         self.clock = clock
         self._jitter = jitter
         # The plugins' outbound hooks (on_delivered, on_deferred, on_bounced); with an
@@ -605,6 +606,8 @@ class QueueManager:
             await self.store.update(msg.queue_id, changes)
             if replan:
                 self.kick()
+            if delay.due(self.delay_warning, env.delay_warned, env.arrival, now):
+                await self._send_delay_notice(env, spooled, msg, changes, results, now)
         hooks = self.hooks
         for status, event in events:  # once the outcome is durable
             if status == DELIVERED:
@@ -625,6 +628,32 @@ class QueueManager:
             return
         qid = await self.store.inject(dsn, sender="", recipient=msg.sender)
         log.info("bounce %s for %s to <%s> nrcpt=%d", qid, msg.queue_id, msg.sender, len(failures))
+        self.on_durable(qid)
+
+    async def _send_delay_notice(self, env, spooled: list, msg: OutMessage, changes: list,
+                                 results: dict, now: float) -> None:
+        """The message's one delay notice, checked when a deferral is recorded (no timer: a
+        message deferred that long is retried several times). Notice and flag are one
+        durable step (`inject`'s delay_notice_for): a crash sends it once or not at all.
+        Nobody to tell: nothing is recorded (the check is cheap, the message is not read)."""
+        states = {i: r.state for i, r in enumerate(spooled)}
+        states.update({c[0]: c[1] for c in changes})
+        attempts = {c[0]: c[2] for c in changes}
+        todo = delay.waiting(spooled, states, results)
+        dsn = delay.notice(msg, todo, reporting_mta=self.hostname, now=now,
+                           retry_until=env.arrival + self.dcfg.max_lifetime)
+        if dsn is None:
+            return
+        try:
+            qid = await self.store.inject(dsn, sender="", recipient=msg.sender, delay_notice_for=msg.queue_id)
+        except Exception as e:  # noqa: BLE001 - the deferral is recorded; the next one tries again
+            log.error("delay notice for %s not spooled: %s", msg.queue_id, e)
+            return
+        log.info("delay notice %s for %s to <%s> nrcpt=%d", qid, msg.queue_id, msg.sender, len(todo))
+        for rc, res in todo:
+            self.dlog.record(queue_id=msg.queue_id, recipient=rc.address, status="delay_notice", result=res,
+                             attempt=attempts.get(rc.index, spooled[rc.index].attempts), arrival=env.arrival,
+                             now=now)
         self.on_durable(qid)
 
 

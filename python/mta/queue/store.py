@@ -155,6 +155,11 @@ class SpoolService:
         """Hold (never due) or release a message durably: a STATE record with the hold flag."""
         return self._call(self.spool.hold, queue_id, on)
 
+    def delay_warned(self, queue_id: str) -> asyncio.Future:
+        """Mark the message's delay notice as sent, durably (a STATE record; never cleared):
+        `env.delay_warned` from then on, also after a restart."""
+        return self._call(self.spool.delay_warned, queue_id)
+
     def delete(self, queue_id: str) -> asyncio.Future:
         return self._call(self.spool.delete, queue_id)
 
@@ -181,8 +186,12 @@ class SpoolService:
         if known:
             self._pending[token] = lambda error: done(known, error)
 
-    async def inject(self, data: bytes, *, sender: str, recipient: str) -> str:
-        """Spool a message we made ourselves (a DSN); its queue id once durable."""
+    async def inject(self, data: bytes, *, sender: str, recipient: str,
+                     delay_notice_for: str | None = None) -> str:
+        """Spool a message we made ourselves (a DSN); its queue id once durable.
+        `delay_notice_for`: it is the delay notice about that queue id, which is marked
+        delay_warned by the same sync (the flag first: a crash never keeps the notice
+        without it)."""
         qid = self.spool.new_queue_id()
         message = self.spool.new_message()
         message.push(data)
@@ -190,7 +199,8 @@ class SpoolService:
         body = "8BITMIME" if any(b > 127 for b in data) else None
         try:
             self.spool.submit(token, qid, message, sender=sender, recipients=[(recipient, None, None)],
-                              body=body, helo=self.hostname, client_ip="127.0.0.1")
+                              body=body, helo=self.hostname, client_ip="127.0.0.1",
+                              delay_notice_for=delay_notice_for)
         except Exception as e:
             self._pending.pop(token, None)
             raise SpoolError(str(e)) from e

@@ -240,6 +240,10 @@ impl PyEnvelope {
         self.e().held
     }
     #[getter]
+    fn delay_warned(&self) -> bool {
+        self.e().delay_warned
+    }
+    #[getter]
     fn notes(&self) -> Option<&str> {
         self.e().notes.as_deref()
     }
@@ -340,7 +344,7 @@ impl PySpool {
     }
     #[pyo3(signature = (token, queue_id, message, *, sender, recipients, body = None, smtputf8 = false,
                         ret = None, envid = None, helo = String::new(), client_ip = String::new(), arrival = None,
-                        notes = None, held = false))]
+                        notes = None, held = false, delay_notice_for = None))]
     #[allow(clippy::too_many_arguments)]
     fn submit(
         &self,
@@ -358,6 +362,7 @@ impl PySpool {
         arrival: Option<f64>,
         notes: Option<String>,
         held: bool,
+        delay_notice_for: Option<String>,
     ) -> PyResult<()> {
         record::check_notes(notes.as_deref()).map_err(PyValueError::new_err)?;
         if queue_id.is_empty() || !queue_id.bytes().all(|b| b.is_ascii_alphanumeric()) {
@@ -375,10 +380,18 @@ impl PySpool {
             rcpts.push(Recipient { address, notify, orcpt, ..Default::default() });
         }
         let arrival_us = arrival.map_or_else(now_us, |t| (t * 1e6) as u64);
-        let env = Envelope { queue_id, arrival_us, sender, recipients: rcpts, body, smtputf8, ret, envid, helo, client_ip, held, notes };
+        let env = Envelope { queue_id, arrival_us, sender, recipients: rcpts, body, smtputf8, ret, envid, helo, client_ip, held, notes, delay_warned: false };
+        if let Some(about) = &delay_notice_for {
+            if self.0.get(about).is_none() {
+                return Err(PyValueError::new_err(format!("unknown queue id {about:?}")));
+            }
+        }
         // Validation is done: only now does the spool take the message.
         let msg = message.borrow_mut().inner.take().ok_or_else(|| spool_err("message was already submitted"))?;
-        self.0.submit(token, env, msg).map_err(spool_err)
+        match delay_notice_for {
+            None => self.0.submit(token, env, msg).map_err(spool_err),
+            Some(about) => self.0.submit_delay_notice(token, env, msg, &about).map_err(op_err),
+        }
     }
     fn completions(&self) -> Vec<(u64, Option<String>)> {
         self.0.completions()
@@ -422,6 +435,9 @@ impl PySpool {
     }
     fn hold(&self, token: u64, queue_id: &str, on: bool) -> PyResult<()> {
         self.0.hold(token, queue_id, on).map_err(op_err)
+    }
+    fn delay_warned(&self, token: u64, queue_id: &str) -> PyResult<()> {
+        self.0.delay_warned(token, queue_id).map_err(op_err)
     }
     fn delete(&self, token: u64, queue_id: &str) -> PyResult<()> {
         self.0.delete(token, queue_id).map_err(op_err)

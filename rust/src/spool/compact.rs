@@ -70,6 +70,7 @@ impl Writer {
                     queue_id: q.to_string(),
                     time_us: now,
                     hold: Some(e.envelope.held),
+                    delay_warned: e.envelope.delay_warned,
                     changes: e.envelope.recipients.iter().enumerate().map(|(i, r)| RcptChange::of(i as u32, r)).collect(),
                 }),
                 // A DELETE record while an older copy of the message is still on disk.

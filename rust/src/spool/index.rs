@@ -238,6 +238,7 @@ impl Index {
         if let Some(h) = sc.hold {
             env.held = h;
         }
+        env.delay_warned |= sc.delay_warned;
         self.schedule(&sc.queue_id);
     }
 

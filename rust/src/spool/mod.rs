@@ -36,9 +36,10 @@
 // - 1 MESSAGE: meta = envelope, data = the message bytes exactly as they
 //   will be relayed, our Received header first. Envelope:
 //   `ver | queue_id str | arrival_us | smtputf8 u8 | sender str | body opt |
-//   ret opt | envid opt | helo str | client_ip str | n | n × recipient | held u8 |
-//   notes opt`, recipient = `address str | notify u8 (0 absent, else mask|0x80) |
-//   orcpt opt | state u8 | attempts | next_attempt_us optnum | last_reply opt |
+//   ret opt | envid opt | helo str | client_ip str | n | n × recipient | flags u8 |
+//   notes opt`, flags = bit 0 held, bit 1 delay notice sent (the byte was `held
+//   u8`: a binary that reads only bit 0 drops the second flag), recipient =
+//   `address str | notify u8 (0 absent, else mask|0x80) | orcpt opt | state u8 | attempts | next_attempt_us optnum | last_reply opt |
 //   route opt`. notes: the transaction's notes (plugins' JSON, at most 64 KiB,
 //   never parsed here); route: where the recipient's next attempt goes (a
 //   transport string, opaque here).
@@ -46,10 +47,12 @@
 //   no held byte.)
 //   A later MESSAGE record with the same queue id supersedes an earlier one:
 //   compaction copies a live message forward with its current state.
-// - 2 STATE: `ver | queue_id str | time_us | hold u8 (0 unchanged, 1 held,
-//   2 released) | n | n × (index | state u8 | attempts | next_attempt_us optnum |
+// - 2 STATE: `ver | queue_id str | time_us | hold u8 (bits 0-1: 0 unchanged,
+//   1 held, 2 released; bit 2: the delay notice was sent, a flag only ever set) |
+//   n | n × (index | state u8 | attempts | next_attempt_us optnum |
 //   last_reply opt | route opt)` (v2: no route, read as None). Each change is
-//   the recipient's whole state, not a delta: an absent route clears it.
+//   the recipient's whole state, not a delta: an absent route clears it. A
+//   binary that predates bit 2 reports such a record as undecodable (below).
 //   States: 0 queued, 1 delivered, 2 deferred, 3 bounced.
 // - 3 DELETE: `ver | queue_id str | time_us`: every copy of the message is gone.
 // - 4 SEGMENT_END: `ver | seq | len` (after a failed batch: "segment S is
@@ -264,17 +267,25 @@ impl Spool {
     /// Hand a message to the writer thread; never waits for disk. Its
     /// completion appears in `completions()` once the batch is durable.
     pub fn submit(&self, token: u64, envelope: Envelope, msg: Incoming) -> Result<(), Error> {
+        match self.message_job(token, envelope, msg)? {
+            Some(job) => self.enqueue([job], false),
+            None => Ok(()),
+        }
+    }
+
+    /// A submission's MESSAGE job; None when the message could not be sealed (then
+    /// completed at once with the error).
+    fn message_job(&self, token: u64, envelope: Envelope, msg: Incoming) -> Result<Option<Job>, Error> {
         record::check_notes(envelope.notes.as_deref()).map_err(Error::Invalid)?;
         let meta = record::encode_envelope(&envelope);
-        let data = match msg.seal() {
-            Ok(d) => d,
+        match msg.seal() {
+            Ok(data) => Ok(Some(Job { token, kind: Kind::Message, meta, data, op: Op::Message(envelope) })),
             Err(text) => {
                 // Same path as a disk failure: the session answers 451.
                 self.shared.complete(vec![(token, Some(text))]);
-                return Ok(());
+                Ok(None)
             }
-        };
-        self.enqueue([Job { token, kind: Kind::Message, meta, data, op: Op::Message(envelope) }], false)
+        }
     }
 
     /// Record recipient outcomes of a durable message (a STATE record, applied
@@ -302,7 +313,7 @@ impl Spool {
                     route: c.route.clone(),
                 });
             }
-            StateChange { queue_id: queue_id.to_string(), time_us: now_us(), hold: None, changes: v }
+            StateChange { queue_id: queue_id.to_string(), time_us: now_us(), hold: None, delay_warned: false, changes: v }
         };
         self.enqueue_state(token, sc, true)
     }
@@ -310,7 +321,26 @@ impl Spool {
     /// Hold (never due) or release a durable message: a STATE record with the hold flag.
     pub fn hold(&self, token: u64, queue_id: &str, on: bool) -> Result<(), Error> {
         self.check_known(queue_id)?;
-        self.enqueue_state(token, StateChange { queue_id: queue_id.to_string(), time_us: now_us(), hold: Some(on), changes: Vec::new() }, false)
+        self.enqueue_state(token, StateChange { queue_id: queue_id.to_string(), time_us: now_us(), hold: Some(on), ..Default::default() }, false)
+    }
+
+    /// Mark a durable message's delay notice as sent (a STATE record with the flag; it is
+    /// never cleared).
+    pub fn delay_warned(&self, token: u64, queue_id: &str) -> Result<(), Error> {
+        self.check_known(queue_id)?;
+        self.enqueue_state(token, warned_state(queue_id), false)
+    }
+
+    /// `submit` of a delay notice about `about`, which is marked delay-warned in the
+    /// same batch: one sync, one completion (`token`). The flag's STATE record goes
+    /// first, so a crash keeps both records, neither, or (a torn tail) the flag alone:
+    /// never the notice without the flag, so never a second notice.
+    pub fn submit_delay_notice(&self, token: u64, envelope: Envelope, msg: Incoming, about: &str) -> Result<(), Error> {
+        self.check_known(about)?;
+        let Some(notice) = self.message_job(token, envelope, msg)? else { return Ok(()) };
+        let sc = warned_state(about);
+        let flag = Job { token: writer::SILENT, kind: Kind::State, meta: record::encode_state(&sc), data: Sealed::from_bytes(Vec::new()), op: Op::State(sc) };
+        self.enqueue([flag, notice], false)
     }
 
     /// Remove a durable message (a DELETE record; it leaves the index once synced).
@@ -510,6 +540,10 @@ impl Drop for Spool {
     fn drop(&mut self) {
         self.close();
     }
+}
+
+fn warned_state(queue_id: &str) -> StateChange {
+    StateChange { queue_id: queue_id.to_string(), time_us: now_us(), delay_warned: true, ..Default::default() }
 }
 
 pub fn now_us() -> u64 {

@@ -153,6 +153,7 @@ fn v2_records_on_disk_still_read() {
         queue_id: e.queue_id.clone(),
         time_us: 5,
         hold: None,
+        delay_warned: false,
         changes: vec![record::RcptChange { index: 1, state: record::STATE_DEFERRED, attempts: 2, next_attempt_us: Some(9), last_reply: Some("451 x".into()), route: None }],
     };
     let state = record::encode_record(record::Kind::State, &record::tests::encode_state_v2(&st), b"").unwrap();

@@ -124,6 +124,8 @@ pub struct Envelope {
     pub client_ip: String,
     /// Message-level hold: never due while set.
     pub held: bool,
+    /// A delay notice (DSN `Action: delayed`) went to the sender; never cleared.
+    pub delay_warned: bool,
     /// The transaction's notes (JSON text from the plugins), opaque here: never parsed.
     pub notes: Option<String>,
 }
@@ -242,7 +244,8 @@ pub fn encode_envelope(e: &Envelope) -> Vec<u8> {
         w.opt(&r.last_reply);
         w.opt(&r.route);
     }
-    w.0.push(e.held as u8);
+    // Bit 1 of the held byte: older binaries read only bit 0 (and drop the flag).
+    w.0.push(e.held as u8 | (e.delay_warned as u8) << 1);
     w.opt(&e.notes);
     w.0
 }
@@ -262,6 +265,7 @@ pub fn decode_envelope(b: &[u8]) -> Result<Envelope, FormatError> {
         client_ip: r.str()?,
         recipients: Vec::new(),
         held: false,
+        delay_warned: false,
         notes: None,
     };
     let n = r.varint()?;
@@ -286,7 +290,9 @@ pub fn decode_envelope(b: &[u8]) -> Result<Envelope, FormatError> {
         e.recipients.push(rc);
     }
     if v >= 2 {
-        e.held = r.u8()? & 1 != 0;
+        let b = r.u8()?;
+        e.held = b & 1 != 0;
+        e.delay_warned = b & 2 != 0;
     }
     if v >= 3 {
         e.notes = r.opt()?;
@@ -335,19 +341,26 @@ pub struct StateChange {
     pub time_us: u64,
     /// None: hold unchanged; Some(on): message hold set or cleared.
     pub hold: Option<bool>,
+    /// true: the message's delay notice was sent (sets the flag; false leaves it).
+    pub delay_warned: bool,
     pub changes: Vec<RcptChange>,
 }
+
+/// Bit 2 of a STATE record's hold byte: the delay notice was sent. Older
+/// binaries refuse the byte (an undecodable record, reported, its segment kept).
+const DELAY_WARNED_BIT: u8 = 4;
 
 /// STATE meta: `queue_id`'s recipients `changes` and/or its hold flag, at `time_us`.
 pub fn encode_state(s: &StateChange) -> Vec<u8> {
     let mut w = W(vec![META_VERSION]);
     w.str(&s.queue_id);
     w.varint(s.time_us);
-    w.0.push(match s.hold {
+    let hold = match s.hold {
         None => 0,
         Some(true) => 1,
         Some(false) => 2,
-    });
+    };
+    w.0.push(hold | if s.delay_warned { DELAY_WARNED_BIT } else { 0 });
     w.varint(s.changes.len() as u64);
     for c in &s.changes {
         w.varint(c.index as u64);
@@ -364,12 +377,14 @@ pub fn decode_state(b: &[u8]) -> Result<StateChange, FormatError> {
     let v = r.version(2)?;
     let queue_id = r.str()?;
     let time_us = r.varint()?;
-    let hold = match r.u8()? {
+    let hb = r.u8()?;
+    let hold = match hb & !DELAY_WARNED_BIT {
         0 => None,
         1 => Some(true),
         2 => Some(false),
         _ => return ferr("bad hold byte"),
     };
+    let delay_warned = hb & DELAY_WARNED_BIT != 0;
     let n = r.varint()?;
     let mut changes = Vec::new();
     for _ in 0..n {
@@ -385,7 +400,7 @@ pub fn decode_state(b: &[u8]) -> Result<StateChange, FormatError> {
         changes.push(RcptChange { index, state, attempts, next_attempt_us, last_reply, route });
     }
     r.done()?;
-    Ok(StateChange { queue_id, time_us, hold, changes })
+    Ok(StateChange { queue_id, time_us, hold, delay_warned, changes })
 }
 
 /// DELETE meta: `queue_id` is gone (every recipient final) at `time_us`.
@@ -490,6 +505,40 @@ pub fn decode_record(b: &[u8]) -> Result<(Kind, &[u8], &[u8]), FormatError> {
     }
     let m0 = REC_HDR + 4;
     Ok((kind, &b[m0..m0 + mlen], &b[m0 + mlen..end]))
+}
+
+/// Fuzz/corpus entry (fuzz/fuzz_targets/spool_meta.rs): byte 0 picks the decoder
+/// (envelope, STATE, DELETE, SEGMENT_END, whole record), the rest is its input. No
+/// panic; whatever decodes re-encodes (as the current version) to the same value.
+pub fn fuzz_check(data: &[u8]) {
+    let Some((&which, b)) = data.split_first() else { return };
+    match which % 5 {
+        0 => {
+            if let Ok(e) = decode_envelope(b) {
+                assert_eq!(decode_envelope(&encode_envelope(&e)).as_ref(), Ok(&e));
+            }
+        }
+        1 => {
+            if let Ok(s) = decode_state(b) {
+                assert_eq!(decode_state(&encode_state(&s)).as_ref(), Ok(&s));
+            }
+        }
+        2 => {
+            if let Ok((q, t)) = decode_delete(b) {
+                assert_eq!(decode_delete(&encode_delete(&q, t)), Ok((q, t)));
+            }
+        }
+        3 => {
+            if let Ok((seq, len)) = decode_segment_end(b) {
+                assert_eq!(decode_segment_end(&encode_segment_end(seq, len)), Ok((seq, len)));
+            }
+        }
+        _ => {
+            if let Ok((kind, meta, rest)) = decode_record(b) {
+                assert_eq!(decode_record(&encode_record(kind, meta, rest).unwrap()), Ok((kind, meta, rest)));
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -554,3 +554,5 @@ mod compact_tests;
 mod notes_route_tests;
 #[path = "edit_tests.rs"]
 mod edit_tests;
+#[path = "delay_warned_tests.rs"]
+mod delay_warned_tests;
