@@ -45,7 +45,7 @@ from mta.smtp.rdns import ReverseResolver
 from mta.smtp.sasl import MECHANISMS
 from mta.smtp.seams import SessionSettings
 from mta.smtp.session import Session
-from mta.smtp.tls import HANDSHAKE_TIMEOUT, TlsContext, build_context
+from mta.smtp.tls import HANDSHAKE_TIMEOUT, TlsContext, TlsError, build_context
 
 log = logging.getLogger("mta")
 
@@ -70,7 +70,8 @@ class _Parts(NamedTuple):
 
 # On SIGTERM: stop accepting, let sessions finish their transaction (421 the idle
 # ones), then close the spool (write, sync, complete what is in flight). SIGHUP re-reads
-# the TLS certificate and key (mta.smtp.tls); open sessions go on. The shard's control
+# the whole configuration (reload(): a new set of components for new connections and the
+# next delivery attempts; open sessions go on with theirs). The shard's control
 # socket (mta.app.control) lives from after the privilege drop until the start of the stop.
 # The HTTP listener (mta.app.http) answers /health 503 from SIGTERM until the sessions
 # are done, then closes before the queue and the spool do.
@@ -172,7 +173,9 @@ class Server:
             return parts, build_context(cfg.tls) if self.tls is not None else None
         try:
             parts, tls_ctx = await loop.run_in_executor(None, build)
-        except (MtaError, OSError) as e:  # ConfigError (plugins, DKIM keys), TlsError, a users file
+        except TlsError as e:
+            return self._refused([f"{e}; keeping the certificate loaded before"])
+        except (MtaError, OSError) as e:  # ConfigError (plugins, DKIM keys), a users file
             return self._refused(e.errors if isinstance(e, ConfigError) else [str(e)])
         old_hooks = self.hooks
         if same_plugins:

@@ -87,6 +87,7 @@ class TlsContext:
         handshakes get it; the implicit-TLS listeners keep `front` and switch to it."""
         self.cfg = cfg
         self.current = ctx
+        log.info("tls: reloaded certificate %s", cfg.cert)
 
     def reload(self) -> bool:
         try:
