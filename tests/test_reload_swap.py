@@ -73,3 +73,56 @@ def test_the_shaper_takes_new_rules_and_keeps_its_counts():
     assert s.inflight["mx.a.test"] == 3 and s.total == 3  # attempts started before the reload
     s.done("mx.a.test")
     assert s.inflight["mx.a.test"] == 2 and s.total == 2
+
+
+def test_the_queue_swaps_routes_and_transports_and_an_attempt_in_flight_keeps_its_own(tmp_path):
+    """A message submitted to the old transport before the swap is answered there and
+    recorded; the next message goes by the new router to the new transport."""
+    from test_queue_manager import Harness, Wire, run, settle
+
+    from mta.config import schema as config
+    from mta.delivery.mtasts import OutboundTls
+    from mta.delivery.mx import MxResolver
+    from mta.delivery.router import Router
+    from mta.delivery.transport import Maildir, Smtp, Transports
+
+    class Held(Wire):
+        """Answers only when released: an attempt in flight across the swap."""
+
+        def __init__(self):
+            super().__init__({})
+            self.waiting = []
+
+        def submit(self, key, targets, opts, msg, done, log=None):
+            self.calls.append(("submit", key))
+            self.waiting.append((done, self._results(msg)))
+            return True
+
+    async def main():
+        h = Harness(tmp_path)
+        h.wire = Held()
+        async with h:
+            first = await h.message("a@dest.test")
+            for _ in range(50):
+                await asyncio.sleep(0.01)
+                if h.wire.waiting:
+                    break
+            assert h.queue.active == {first}
+            new_cfg = config.load(None, {"listen": ["127.0.0.1:2525"], "spool.dir": h.cfg.spool.dir,
+                                         "hostname": "mx.example.test", "delivery.relay_to": "127.0.0.1:2727",
+                                         "delivery.mta_sts": False, "delivery.max_active": 7})
+            wire_b = Wire({})
+            smtp = Smtp(wire_b, MxResolver(None), OutboundTls(None, 0), new_cfg.delivery, new_cfg.hostname)
+            h.queue.swap(Router(new_cfg), Transports(smtp, Maildir(new_cfg.hostname)), Chain(), new_cfg.delivery)
+            assert h.queue.dcfg.max_active == 7
+            second = await h.message("b@dest.test")
+            await asyncio.sleep(0.1)
+            done, results = h.wire.waiting.pop()
+            done(results)  # the old transport answers the attempt it had
+            await settle(h.queue)
+            return h.wire.calls, wire_b.calls, h.store.get(first), h.store.get(second)
+
+    old_calls, new_calls, first, second = run(main())
+    assert old_calls == [("submit", "smarthost:127.0.0.1:2626")]
+    assert new_calls == [("submit", "smarthost:127.0.0.1:2727")]
+    assert first is None and second is None  # both delivered and gone
