@@ -161,6 +161,8 @@ class Server:
             return await self._apply(new_cfg)
 
     async def _apply(self, new_cfg: Config) -> tuple[bool, list[str]]:
+        if self._stopping.is_set():  # stop() is retiring the components: nothing new may start
+            return self._refused(["the server is stopping"])
         loop = asyncio.get_running_loop()
         plan = reload.plan(self.cfg, new_cfg)
         cfg = plan.config
