@@ -239,6 +239,10 @@ def test_restart_only_keys_are_logged_as_ignored(setup):
         assert "reload: ignored until restart: workers (was 1, now 2)" in text
         assert "reload: ignored until restart: listener (was " in text
         assert "reload: applied (changed: limits)" in text
+        # --listen, --spool and --hostname were applied again: not changes the file made
+        for key in ("listen (", "spool.dir", "hostname"):
+            assert f"ignored until restart: {key}" not in text, text
+        assert text.count("ignored until restart") == 2
         assert "ignored until restart: workers (was 1, now 2)" in out.stdout
         with pytest.raises(OSError):  # not listening there until a restart
             socket.create_connection(("127.0.0.1", spare), timeout=2).close()
