@@ -20,6 +20,7 @@ def line(obj) -> bytes:
 
 @pytest.mark.parametrize("obj, want", [
     ({"op": "ping"}, Request("ping")),
+    ({"op": "reload"}, Request("reload")),
     ({"op": "hold", "ids": ["ABC1"]}, Request("hold", ("ABC1",))),
     ({"op": "release", "ids": ["A", "B", "A"]}, Request("release", ("A", "B"))),  # duplicates once
     ({"op": "delete", "all": True}, Request("delete", all=True)),
@@ -50,6 +51,8 @@ def test_a_request_without_newline_is_the_same_request():
     (line({"op": "hold", "ids": ["Q"], "all": True}), "either ids or all"),
     (line({"op": "hold", "all": "yes"}), "all must be true or false"),
     (line({"op": "ping", "all": True}), "ping takes no ids"),
+    (line({"op": "reload", "ids": ["Q"]}), "reload takes no ids"),
+    (line({"op": "reload", "domain": "a.test"}), "reload takes no domain"),
     (line({"op": "hold", "ids": ["Q"], "force": True}), "unknown request field(s): 'force'"),
     (line({"op": "hold", "ids": [f"Q{i}" for i in range(MAX_IDS + 1)]}), f"at most {MAX_IDS} ids"),
     (b"{" + b" " * MAX_LINE + b"}\n", f"longer than {MAX_LINE} bytes"),
@@ -182,3 +185,26 @@ def test_the_operations_on_a_real_store_without_a_socket(tmp_path):
     assert calls == [("kick",), ("retry_now", [b]), ("retry_now", [b]), ("exclude", [a]), ("include", [a])]
     with open(tmp_path / "delivery.log") as f:
         assert [(r["queue_id"], r["status"]) for r in map(json.loads, f)] == [(a, "deleted")]
+
+
+def test_reload_calls_the_server_and_reports_a_refusal_as_an_answer(tmp_path):
+    """{"op": "reload"} answers what the server's reload said: applied or not, and why;
+    a server without a reload callback says it cannot."""
+    import asyncio
+
+    calls = []
+
+    async def reload():
+        calls.append(1)
+        return len(calls) == 1, ["changed: transport"] if len(calls) == 1 else ["bogus: unknown key"]
+
+    async def main():
+        with_cb = control.ControlServer(None, None, None, str(tmp_path / "a.sock"), 3, reload=reload)
+        without = control.ControlServer(None, None, None, str(tmp_path / "b.sock"), 0)
+        out = [await with_cb.handle(Request("reload")), await with_cb.handle(Request("reload"))]
+        with pytest.raises(RequestError, match="cannot reload"):
+            await without.handle(Request("reload"))
+        return out
+
+    assert asyncio.run(main()) == [{"ok": True, "applied": True, "messages": ["changed: transport"]},
+                                   {"ok": True, "applied": False, "messages": ["bogus: unknown key"]}]

@@ -14,6 +14,7 @@ from mta import __version__
 from mta.app import dkim_cli, http_cli, plugins_cli, shaping_cli
 from mta.bench import cli as bench_cli
 from mta.config import schema as config
+from mta.config.reload import ConfigSource
 from mta.errors import ConfigError, MtaError
 
 
@@ -61,12 +62,11 @@ def run(config_file, listen, spool, hostname, mynetworks, relay_to, no_delivery,
         overrides["workers"] = workers
     if mynetworks is not None:
         overrides["mynetworks"] = [n.strip() for n in mynetworks.split(",") if n.strip()]
+    # Kept for reloads (SIGHUP, `mta reload`): the flags go on replacing the file's keys, and
+    # --http addresses go on being added to the file's (an address named twice counts once).
+    source = ConfigSource(config_file, overrides, tuple(http_listen))
     try:
-        cfg = config.load(config_file, overrides)
-        if http_listen:  # added to the file's addresses (an address named twice counts once)
-            have = [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in cfg.http.listen]
-            overrides["http.listen"] = have + [a for a in dict.fromkeys(http_listen) if a not in have]
-            cfg = config.load(config_file, overrides)
+        cfg = source.load()
     except ConfigError as e:
         click.echo(f"mta: configuration error:\n{e}", err=True)
         sys.exit(2)
@@ -74,7 +74,7 @@ def run(config_file, listen, spool, hostname, mynetworks, relay_to, no_delivery,
     from mta.app import workers
 
     try:
-        status = workers.run(cfg)
+        status = workers.run(cfg, source)
     except ConfigError as e:  # a plugin that cannot load or start
         click.echo(f"mta: configuration error:\n{e}", err=True)
         sys.exit(2)
@@ -534,6 +534,52 @@ def user_list(users_file, config_file) -> None:
         sys.exit(1)
     for n in names:
         click.echo(n)
+
+
+@main.command("reload")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="The configuration file the server runs with: its spool.dir says where the server is.")
+@_spool_opt
+def reload_cmd(config_file, spool) -> None:
+    """Make the running server re-read its configuration file, as SIGHUP does.
+
+    Every spool shard's worker reads the file (with the flags `mta run` was given) and applies
+    it, or refuses it when it has errors (the running configuration stays). Keys that need a
+    restart (listen, spool, workers, http, privileges, ...) are reported as ignored. Prints
+    per shard "ok" and what changed, or the errors. Exit 1 if a shard refused it or no server
+    answers; 2 if --config cannot be read.
+    """
+    from mta.app import control
+
+    root = spool
+    if root is None and config_file:
+        try:
+            root = config.load(config_file).spool.dir
+        except ConfigError as e:
+            click.echo(f"mta: configuration error:\n{e}", err=True)
+            sys.exit(2)
+    root = root or config.DEFAULT_SPOOL_DIR
+    failed, answered = False, 0
+    for shard in control.shards(root):
+        try:
+            reply = control.call(root, shard, {"op": "reload"})
+        except control.NoServer:
+            continue
+        except control.ControlError as e:
+            click.echo(f"mta: {e}", err=True)
+            failed = True
+            continue
+        answered += 1
+        messages = [str(m) for m in reply.get("messages", [])]
+        if reply.get("applied"):
+            click.echo(f"shard {shard}: ok" + "".join(f"\n  {m}" for m in messages))
+        else:
+            click.echo(f"shard {shard}: refused" + "".join(f"\n  {m}" for m in messages), err=True)
+            failed = True
+    if not answered and not failed:
+        click.echo(f"mta: no server is running on the spool {root} (no control socket answers)", err=True)
+        failed = True
+    sys.exit(1 if failed else 0)
 
 
 main.add_command(bench_cli.bench)

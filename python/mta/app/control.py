@@ -1,5 +1,5 @@
 """The control channel: a unix socket per spool shard (0600) through which `mta queue
-hold|release|delete|flush|suspend|resume|bounce|summary` reach the running server, one
+hold|release|delete|flush|suspend|resume|bounce|summary` and `mta reload` reach the running server, one
 bounded JSON line each way; a reply names only changes already durable (their store futures completed)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import re
 import socket
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 from mta.config.kinds import domain_name
 from mta.delivery import FINAL, Outcome
@@ -36,7 +36,7 @@ WRITE_TIMEOUT = 5.0
 DELETE_WAIT = 10.0  # seconds delete (and bounce) wait for an attempt in flight before answering "busy"
 CLIENT_TIMEOUT = 60.0  # the CLI's bound on one request's reply
 
-OPS = ("ping", "hold", "release", "delete", "flush", "suspend", "resume", "flags", "bounce")
+OPS = ("ping", "hold", "release", "delete", "flush", "suspend", "resume", "flags", "bounce", "reload")
 QUEUE_ID = re.compile(r"[A-Za-z0-9]{1,64}")
 MAX_SITE = 255  # characters of a site text (a [[shaping.rule]] site glob, or MX host names joined by ",")
 MAX_UNTIL = 2.0 ** 32  # a wall time beyond this (year 2106) is a mistake, not a suspension
@@ -75,7 +75,7 @@ def _target(req: Request) -> str:
 def parse_request(line: bytes) -> Request:
     """One request line → Request, or RequestError saying what is wrong.
 
-    Forms: {"op": "ping"}; {"op": OP, "ids": [ID, ...]}; {"op": OP, "all": true},
+    Forms: {"op": "ping"}; {"op": "reload"}; {"op": OP, "ids": [ID, ...]}; {"op": OP, "all": true},
     OP one of hold, release, delete, flush; 1..MAX_IDS ids of [A-Za-z0-9]{1,64};
     {"op": "suspend", "domain": D | "site": S, "until": T}; {"op": "resume", "domain": D |
     "site": S}; {"op": "flags"}; {"op": "bounce", "domain": D}. D a domain name, S at most
@@ -105,9 +105,9 @@ def parse_request(line: bytes) -> Request:
         return Request(op, **shaping)
     if shaping:
         raise RequestError(f"{op} takes no {', '.join(sorted(shaping))}")
-    if op == "ping":
+    if op in ("ping", "reload"):
         if ids is not None or every:
-            raise RequestError("ping takes no ids and no all")
+            raise RequestError(f"{op} takes no ids and no all")
         return Request(op)
     if every:
         if ids is not None:
@@ -198,8 +198,10 @@ class ControlServer:
     (which ids are in flight, which to leave alone, what to retry now)."""
 
     def __init__(self, store: SpoolService, queue: QueueManager, dlog: DeliveryLog | None, path: str,
-                 shard: int, *, throttle=None, flags_changed: Callable[[], None] | None = None):
+                 shard: int, *, throttle=None, flags_changed: Callable[[], None] | None = None,
+                 reload: Callable[[], Awaitable[tuple[bool, list[str]]]] | None = None):
         self.store = store
+        self.reload = reload  # the server's reload (mta.app.server): {"op": "reload"}
         self.flags_changed = flags_changed  # told after suspend/resume: this worker sees them at once
         # The worker's shaping throttle (mta.delivery.shaping.throttle.Throttle): suspend,
         # resume and flags set, clear and list its flags; None: no shaping, they fail.
@@ -297,6 +299,12 @@ class ControlServer:
     async def handle(self, req: Request) -> dict:
         if req.op == "ping":
             return {"ok": True, "pid": os.getpid()}
+        if req.op == "reload":
+            if self.reload is None:
+                raise RequestError("reload: this server cannot reload its configuration")
+            # A refusal is an answer, not a failed request: "applied" says which it was.
+            applied, messages = await self.reload()
+            return {"ok": True, "applied": applied, "messages": messages}
         if req.op in _SHAPING_FIELDS:
             return await getattr(self, f"_op_{req.op}")(req)
         if req.all:

@@ -10,10 +10,11 @@ import os
 import signal
 import socket
 import time
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from mta import log as fastlog
 from mta import procs
+from mta.errors import ConfigError, MtaError
 from mta.app import http, privileges
 from mta.app.control import ControlServer, socket_path
 from mta.app.httpauth import Gate
@@ -22,6 +23,8 @@ from mta.auth.guard import AuthGuard
 from mta.auth.senders import SenderLogin
 from mta.auth.tokens import TokenDB
 from mta.auth.users import UserDB
+from mta.config import reload
+from mta.config.reload import ConfigSource
 from mta.config.schema import Config
 from mta.delivery.agent import AgentDelivery
 from mta.delivery.deliverylog import DeliveryLog
@@ -44,22 +47,40 @@ from mta.smtp.rdns import ReverseResolver
 from mta.smtp.sasl import MECHANISMS
 from mta.smtp.seams import SessionSettings
 from mta.smtp.session import Session
-from mta.smtp.tls import HANDSHAKE_TIMEOUT, TlsContext
+from mta.smtp.tls import HANDSHAKE_TIMEOUT, TlsContext, TlsError, build_context
 
 log = logging.getLogger("mta")
 
 SHUTDOWN_GRACE = 10.0
+RETIRE_WAIT = 600.0  # seconds the plugins a reload replaced wait for their sessions to end
+
+
+class _Parts(NamedTuple):
+    """The components a reload replaces (Server._parts makes them, _install puts them in place)."""
+
+    cfg: Config
+    policy: RelayPolicy
+    plugins: list
+    router: Router
+    rdns: ReverseResolver
+    session_settings: SessionSettings
+    users: UserDB | None
+    sender_login: SenderLogin
+    hooks: Chain
+    proxy: ProxyGate
 
 
 # On SIGTERM: stop accepting, let sessions finish their transaction (421 the idle
 # ones), then close the spool (write, sync, complete what is in flight). SIGHUP re-reads
-# the TLS certificate and key (mta.smtp.tls); open sessions go on. The shard's control
+# the whole configuration (reload(): a new set of components for new connections and the
+# next delivery attempts; open sessions go on with theirs). The shard's control
 # socket (mta.app.control) lives from after the privilege drop until the start of the stop.
 # The HTTP listener (mta.app.http) answers /health 503 from SIGTERM until the sessions
 # are done, then closes before the queue and the spool do.
 class Server:
     def __init__(self, cfg: Config, shard: int = 0, reuse_port: bool = False,
-                 http_sockets: list[socket.socket] | None = None, run_id: int | None = None):
+                 http_sockets: list[socket.socket] | None = None, run_id: int | None = None,
+                 source: ConfigSource | None = None):
         self.cfg = cfg
         self.shard = shard
         self.reuse_port = reuse_port
@@ -69,39 +90,158 @@ class Server:
         self.metrics = Metrics((lst.address, lst.profile) for lst in cfg.listeners)
         self.http: http.HttpService | None = None
         self.gate: Gate | None = None  # made with the HTTP listener
-        self.policy = RelayPolicy(Networks(cfg.mynetworks), cfg.local_domains, cfg.relay_domains)
-        # The plugins, made once per worker (Plugin(options)); ConfigError names the bad one.
-        plugins = loader.load(cfg.plugin, cfg.delivery.route_hook)
-        self.router = Router(cfg, Chain(plugins))
-        self.rdns = ReverseResolver(cfg.smtp.reverse_dns_timeout, cfg.smtp.reverse_dns)
-        self.session_settings = SessionSettings.from_config(cfg, MECHANISMS)
-        # SMTP AUTH (mta.smtp.submission): no user file, no AUTH.
-        a = cfg.auth
-        self.users: UserDB | None = UserDB(a.users_file) if a.users_file else None
-        self.auth_guard = AuthGuard(max_failures=a.max_failures, window=a.failure_window, tarpit_max=a.tarpit_max)
-        self.sender_login = SenderLogin.from_config(a)
+        self.source = source  # where reload() reads the configuration again; None: it cannot
         self.resolver = MxResolver(list(cfg.dns.nameservers) or None, port=cfg.dns.port, timeout=cfg.dns.timeout)
-        # The hook chain: the built-in policies first, then the plugins, in config order,
-        # then the DKIM signer. Keyring raises ConfigError for a key it cannot use.
-        self.hooks = builtins.chain(self.policy, self.router.expand,
-                                    self.sender_login if self.users is not None else None, plugins,
-                                    verify=builtins.verifier(cfg.verify, self.resolver, cfg.hostname),
-                                    sign=builtins.signer(cfg.dkim),
-                                    pool=builtins.pool_header(cfg.egress.pool_header))
+        # Everything a reload may replace (policy, plugins, router, settings, users, ...): made
+        # by _parts, installed by _install, both again by apply().
+        self._install(self._parts(cfg, None))
+        a = cfg.auth
+        self.auth_guard = AuthGuard(max_failures=a.max_failures, window=a.failure_window, tarpit_max=a.tarpit_max)
         # Raises TlsError (an MtaError) if the files are unusable at start-up.
         self.tls: TlsContext | None = TlsContext(cfg.tls) if cfg.tls.cert else None
         self.sessions: set[Session] = set()
         self.limits = Limits(cfg.limits)
-        self.proxy = ProxyGate(cfg)
         self.spool: SpoolService | None = None
         self.shaper: Shaper | None = None  # made with the queue manager
         self.queue: QueueManager | None = None
         self.control: ControlServer | None = None
         self._servers: list[asyncio.AbstractServer] = []
+        self._factories: list[tuple] = []  # (listener, [its session factory]): swapped by a reload
+        self._reload_lock = asyncio.Lock()
+        self._retiring: set[asyncio.Task] = set()
         self._stopping = asyncio.Event()
         self._sweep_timer: asyncio.TimerHandle | None = None
         self.loop: asyncio.AbstractEventLoop | None = None  # set by start()
         self.affinity = procs.Affinity(cfg.cpu_affinity, shard)
+
+    def _parts(self, cfg: Config, plugins: list | None) -> _Parts:
+        """What a reload replaces, made from `cfg`; no event loop needed (a reload makes them
+        in a thread: importing plugins and reading keys and files may take a while).
+        `plugins`: the running plugin entries, kept when [[plugin]] did not change; None: load
+        them (Plugin(options) per worker; ConfigError names the bad one)."""
+        policy = RelayPolicy(Networks(cfg.mynetworks), cfg.local_domains, cfg.relay_domains)
+        if plugins is None:
+            plugins = loader.load(cfg.plugin, cfg.delivery.route_hook)
+        router = Router(cfg, Chain(plugins))
+        a = cfg.auth  # SMTP AUTH (mta.smtp.submission): no user file, no AUTH.
+        users = UserDB(a.users_file) if a.users_file else None
+        sender_login = SenderLogin.from_config(a)
+        # The hook chain: the built-in policies first, then the plugins, in config order,
+        # then the DKIM signer. Keyring raises ConfigError for a key it cannot use.
+        hooks = builtins.chain(policy, router.expand, sender_login if users is not None else None, plugins,
+                               verify=builtins.verifier(cfg.verify, self.resolver, cfg.hostname),
+                               sign=builtins.signer(cfg.dkim),
+                               pool=builtins.pool_header(cfg.egress.pool_header))
+        return _Parts(cfg, policy, plugins, router, ReverseResolver(cfg.smtp.reverse_dns_timeout, cfg.smtp.reverse_dns),
+                      SessionSettings.from_config(cfg, MECHANISMS), users, sender_login, hooks, ProxyGate(cfg))
+
+    def _install(self, p: _Parts) -> None:
+        self.cfg = p.cfg
+        self.policy, self.plugins, self.router, self.rdns = p.policy, p.plugins, p.router, p.rdns
+        self.session_settings, self.users, self.sender_login = p.session_settings, p.users, p.sender_login
+        self.hooks, self.proxy = p.hooks, p.proxy
+
+    async def reload(self) -> tuple[bool, list[str]]:
+        """Read the configuration again (the file and `mta run`'s flags) and apply it: SIGHUP,
+        `mta reload`, the HTTP admin API. (ok, messages): the errors when it was refused (the
+        running config stays), else what changed and what waits for a restart."""
+        async with self._reload_lock:
+            if self.source is None:
+                log.error("reload: refused: this server was started without a configuration source")
+                return False, ["this server was started without a configuration source"]
+            try:
+                new = await asyncio.get_running_loop().run_in_executor(None, self.source.load)
+            except ConfigError as e:
+                return self._refused(e.errors)
+            return await self._apply(new)
+
+    async def apply(self, new_cfg: Config) -> tuple[bool, list[str]]:
+        """Swap in the components made from `new_cfg` (valid, as config.load gives it): new
+        connections and the next delivery attempts use them; sessions in progress finish with
+        what they were made with, whose plugins are stopped once those sessions have ended.
+        Restart-only keys keep their running values and are logged as ignored."""
+        async with self._reload_lock:
+            return await self._apply(new_cfg)
+
+    async def _apply(self, new_cfg: Config) -> tuple[bool, list[str]]:
+        if self._stopping.is_set():  # stop() is retiring the components: nothing new may start
+            return self._refused(["the server is stopping"])
+        loop = asyncio.get_running_loop()
+        plan = reload.plan(self.cfg, new_cfg)
+        cfg = plan.config
+        for item in plan.ignored:
+            log.warning("reload: ignored until restart: %s", item)
+        same_plugins = (cfg.plugin, cfg.delivery.route_hook) == (self.cfg.plugin, self.cfg.delivery.route_hook)
+
+        def build() -> tuple[_Parts, object]:
+            parts = self._parts(cfg, self.plugins if same_plugins else None)
+            return parts, build_context(cfg.tls) if self.tls is not None else None
+        try:
+            parts, tls_ctx = await loop.run_in_executor(None, build)
+        except TlsError as e:
+            return self._refused([f"{e}; keeping the certificate loaded before"])
+        except (MtaError, OSError) as e:  # ConfigError (plugins, DKIM keys), a users file
+            return self._refused(e.errors if isinstance(e, ConfigError) else [str(e)])
+        old_hooks = self.hooks
+        if same_plugins:
+            parts.hooks.adopt(old_hooks)  # the same running plugins: not set up again
+        try:
+            await parts.hooks.start()
+        except ConfigError as e:
+            return self._refused(e.errors)
+        parts.hooks.adopt(old_hooks)  # a module-level plugin is one module: set up anew, not stopped
+        # The swap: no await from here to the end, so no connection or attempt sees half of it.
+        old_sessions, old_active = set(self.sessions), set(self.queue.active) if self.queue else set()
+        self._install(parts)
+        a = cfg.auth
+        if (a.max_failures, a.failure_window, a.tarpit_max) != (self.auth_guard.max_failures,
+                                                               self.auth_guard.window, self.auth_guard.tarpit_max):
+            self.auth_guard = AuthGuard(max_failures=a.max_failures, window=a.failure_window, tarpit_max=a.tarpit_max)
+        self.limits.cfg = cfg.limits  # counts go on; each session keeps the guard it was made with
+        if tls_ctx is not None:
+            self.tls.use(cfg.tls, tls_ctx)
+        for lst, cell in self._factories:
+            cell[0] = self.session_factory(lst)
+        if self.queue is not None:
+            self._swap_delivery()
+        task = loop.create_task(self._retire(old_hooks, old_sessions, old_active))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+        what = reload.summary(plan.changed)
+        log.info("reload: applied (changed: %s)", what)
+        return True, [f"changed: {what}"] + [f"ignored until restart: {i}" for i in plan.ignored]
+
+    def _refused(self, errors: list[str]) -> tuple[bool, list[str]]:
+        log.error("reload: refused: %s", "; ".join(errors))
+        return False, list(errors)
+
+    def _swap_delivery(self) -> None:
+        """The queue's router, transports and hooks, and the shaper's rules, from self.cfg.
+        The new SMTP transport shares the running one's wire (the delivery agent), resolver
+        and MTA-STS cache; the old one goes with the attempts that hold it."""
+        cfg, d = self.cfg, self.cfg.delivery
+        old = self.queue.transports.smtp
+        egress = egress_of(cfg)
+        self.shaper.reconfigure(shaping_of(cfg), egress, d.max_active, cfg.shaping.max_site_share / 100,
+                                hooks=self.hooks)
+        smtp = Smtp(old.wire, old.resolver, old.tls_policy, d, cfg.hostname,
+                    report=bool(self.hooks.on_delivered), shaper=self.shaper)
+        self.queue.swap(self.router, Transports(smtp, Maildir(cfg.hostname)), self.hooks, d,
+                        bounce_max=cfg.bounce.max_returned_size, pools=bool(egress.pools),
+                        delay_warning=cfg.bounce.delay_warning)
+
+    async def _retire(self, hooks: Chain, sessions: set, active: set) -> None:
+        """Stop the replaced plugins once the sessions and attempts that may call them have
+        ended (bounded: a session may go on for ever), or at once when the server stops."""
+        def in_use() -> bool:
+            return bool(sessions & self.sessions or (self.queue is not None and active & self.queue.active))
+        deadline = self.loop.time() + RETIRE_WAIT
+        while in_use() and not self._stopping.is_set() and self.loop.time() < deadline:
+            await asyncio.sleep(0.1)
+        if hooks.plugins and sessions & self.sessions:
+            log.warning("reload: stopping the replaced plugins with %d session(s) still using them",
+                        len(sessions & self.sessions))
+        await hooks.stop()
 
     async def start(self) -> None:
         # Kept for the sessions: asyncio.get_running_loop() costs a getpid() syscall per call.
@@ -139,8 +279,11 @@ class Server:
             if lst.tls == "implicit" and self.tls is not None:
                 # The session is made after the handshake (greeting over TLS).
                 tls = {"ssl": self.tls.front, "ssl_handshake_timeout": HANDSHAKE_TIMEOUT}
+            # Through a cell, so that a reload hands new connections new collaborators.
+            cell = [self.session_factory(lst)]
+            self._factories.append((lst, cell))
             srv = await loop.create_server(
-                self.session_factory(lst), lst.host, lst.port, family=family,
+                lambda cell=cell: cell[0](), lst.host, lst.port, family=family,
                 reuse_address=True, reuse_port=self.reuse_port or None, backlog=1024,
                 start_serving=False, **tls,
             )
@@ -153,7 +296,8 @@ class Server:
         # the privilege drop, so the socket belongs to the user that serves.
         self.control = ControlServer(self.spool, self.queue, self.queue.dlog,
                                      socket_path(self.cfg.spool.dir, self.shard), self.shard,
-                                     throttle=self.throttle, flags_changed=self.shaper.flags_changed)
+                                     throttle=self.throttle, flags_changed=self.shaper.flags_changed,
+                                     reload=self.reload)
         await self.control.start()
         self._sweep()
         if self.http is not None:  # up before the first greeting: a probe that got one can scrape
@@ -242,17 +386,17 @@ class Server:
     def request_stop(self) -> None:
         self._stopping.set()
 
-    def reload_tls(self) -> None:
-        if self.tls is None:
-            log.info("SIGHUP: no [tls] configured, nothing to reload")
-            return
-        self.tls.reload()
+    def _on_hup(self) -> None:
+        log.info("SIGHUP: reloading the configuration")
+        task = self.loop.create_task(self.reload())
+        self._retiring.add(task)  # kept referenced until done
+        task.add_done_callback(self._retiring.discard)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
-        loop.add_signal_handler(signal.SIGHUP, self.reload_tls)
+        loop.add_signal_handler(signal.SIGHUP, self._on_hup)
         # A worker blocks these until its handlers exist (workers.py).
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
         await self.start()
@@ -280,6 +424,8 @@ class Server:
         while self.spool.pending and loop.time() < deadline + 5:
             await asyncio.sleep(0.01)
         await self.queue.stop(grace=max(deadline - loop.time(), 1.0))
+        if self._retiring:  # the plugins a reload replaced, and a reload in progress
+            await asyncio.gather(*self._retiring, return_exceptions=True)
         await self.hooks.stop()
         await self.throttle.close()
         while self.spool.pending and loop.time() < deadline + 10:

@@ -1,6 +1,6 @@
-"""Process model: `workers` copies of the server share the listening ports, each owning
-spool shard N; the main process only supervises (forwards signals, restarts a dead worker).
-Its death takes the workers with it (mta.procs), so a SIGKILL leaves no orphan."""
+"""Process model: `workers` copies of the server share the listening ports, each owning spool
+shard N; the main process supervises (forwards signals, re-reads the config on SIGHUP for the
+workers it restarts). Its death takes the workers with it, so a SIGKILL leaves no orphan."""
 
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ import time
 import traceback
 
 from mta import log as fastlog
+from mta.config import reload
+from mta.config.reload import ConfigSource
 from mta.config.schema import Config
+from mta.errors import ConfigError, MtaError
 from mta.procs import die_with_parent
 
 log = logging.getLogger("mta")
@@ -21,16 +24,19 @@ _RESTART_DELAY = 1.0
 _EARLY_EXIT = 3.0  # a worker that fails this soon after start is a configuration problem
 
 
-def _serve(cfg: Config, shard: int, reuse_port: bool, http_sockets=None, run_id: int | None = None) -> None:
+def _serve(cfg: Config, shard: int, reuse_port: bool, http_sockets=None, run_id: int | None = None,
+           source: ConfigSource | None = None) -> None:
     import uvloop
 
     from mta.app.server import Server
 
-    uvloop.run(Server(cfg, shard=shard, reuse_port=reuse_port, http_sockets=http_sockets, run_id=run_id).run())
+    uvloop.run(Server(cfg, shard=shard, reuse_port=reuse_port, http_sockets=http_sockets, run_id=run_id,
+                      source=source).run())
 
 
-def run(cfg: Config) -> int:
-    """Serve until SIGTERM/SIGINT; the exit status for the process."""
+def run(cfg: Config, source: ConfigSource | None = None) -> int:
+    """Serve until SIGTERM/SIGINT; the exit status for the process. `source`: where a
+    reload (SIGHUP) reads the configuration again."""
     from mta.delivery.shaping import backends
 
     backends.fresh_table(cfg.spool.dir)  # budgets start empty: no slot or time from a previous run
@@ -44,20 +50,24 @@ def run(cfg: Config) -> int:
 
     http_sockets = http.bind(cfg.http.listen)
     if cfg.workers == 1:
-        _serve(cfg, 0, reuse_port=False, http_sockets=http_sockets)
+        _serve(cfg, 0, reuse_port=False, http_sockets=http_sockets, source=source)
         return 0
-    from mta.policy import loader
+    _loadable(cfg)  # a plugin that cannot load, or a DKIM key that cannot be used, stops the start here
+    return _Supervisor(cfg, http_sockets, source).run()
 
-    loader.load(cfg.plugin, cfg.delivery.route_hook)  # a plugin that cannot load stops the start here (ConfigError)
-    from mta.policy import builtins
 
-    builtins.signer(cfg.dkim)  # so does a DKIM key that cannot be used
-    return _Supervisor(cfg, http_sockets).run()
+def _loadable(cfg: Config) -> None:
+    """ConfigError unless the plugins load and the DKIM signing keys can be used."""
+    from mta.policy import builtins, loader
+
+    loader.load(cfg.plugin, cfg.delivery.route_hook)
+    builtins.signer(cfg.dkim)
 
 
 class _Supervisor:
-    def __init__(self, cfg: Config, http_sockets: list):
+    def __init__(self, cfg: Config, http_sockets: list, source: ConfigSource | None = None):
         self.cfg = cfg
+        self.source = source  # read again on SIGHUP, and before a dead worker is replaced
         self.http_sockets = http_sockets  # inherited by every worker (mta.app.http)
         self.children: dict[int, tuple[int, float]] = {}  # pid -> (shard, started)
         self.stopping = False
@@ -78,7 +88,8 @@ class _Supervisor:
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the worker's loop handles it
                 die_with_parent(parent)
                 fastlog.setup(self.cfg.log.level)
-                _serve(self.cfg, shard, reuse_port=True, http_sockets=self.http_sockets, run_id=parent)
+                _serve(self.cfg, shard, reuse_port=True, http_sockets=self.http_sockets, run_id=parent,
+                       source=self.source)
             except BaseException as e:  # noqa: BLE001 - the child must never return into the parent's code
                 if not isinstance(e, SystemExit):
                     traceback.print_exc()
@@ -100,8 +111,27 @@ class _Supervisor:
             except ProcessLookupError:
                 pass
 
+    def reread(self, why: str) -> None:
+        """The configuration a worker started from now on gets: the file again when it is
+        valid (restart-only keys as they were), else the one in force. Each worker reads,
+        checks and logs its own reload; this process only keeps up."""
+        if self.source is None:
+            return
+        try:
+            new = self.source.load()
+            _loadable(new)
+        except MtaError as e:
+            errors = e.errors if isinstance(e, ConfigError) else [str(e)]
+            log.error("reload: refused (%s): %s", why, "; ".join(errors))
+            return
+        except OSError as e:
+            log.error("reload: refused (%s): %s", why, e)
+            return
+        self.cfg = reload.plan(self.cfg, new).config
+
     def _on_hup(self, _signum, _frame) -> None:
-        for pid in list(self.children):  # each worker reloads its TLS certificate
+        self.reread("SIGHUP")
+        for pid in list(self.children):  # each worker reloads its configuration
             try:
                 os.kill(pid, signal.SIGHUP)
             except ProcessLookupError:
@@ -134,5 +164,8 @@ class _Supervisor:
                 continue
             time.sleep(_RESTART_DELAY)
             if not self.stopping:
+                # `mta reload` reached the workers, not this process: the replacement starts
+                # with the file as it is now, as its siblings run after a reload.
+                self.reread(f"restarting worker {shard}")
                 self.spawn(shard)
         return self.status

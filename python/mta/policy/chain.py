@@ -292,6 +292,8 @@ class Chain:
         """setup(options) / Plugin.start() of each plugin, in order. Raises ConfigError,
         after stopping the plugins already started."""
         for e in self.entries:
+            if any(s is e for s in self._started):
+                continue  # taken over from the chain it replaces (adopt), already running
             if e.setup is not None:
                 try:
                     r = e.setup()
@@ -302,6 +304,22 @@ class Chain:
                     raise ConfigError([f"plugin {e.name} ({e.module}): setup failed: "
                                        f"{type(exc).__name__}: {exc}"]) from exc
             self._started.append(e)
+
+    def adopt(self, other: Chain) -> None:
+        """This chain replaces `other` (a configuration reload): the running entries they share
+        are this chain's to stop from now on (start() skips them), and so is a module-level
+        plugin both load, since it is one module whatever its options: `other.stop()` stops
+        only what this chain does not use."""
+        mine = {id(e) for e in self.entries}
+        modules = {id(e.obj) for e in self.entries if isinstance(e.obj, types.ModuleType)}
+        kept = []
+        for e in other._started:
+            if id(e) in mine:
+                if not any(s is e for s in self._started):
+                    self._started.append(e)
+            elif not (isinstance(e.obj, types.ModuleType) and id(e.obj) in modules):
+                kept.append(e)
+        other._started = kept
 
     async def stop(self) -> None:
         """stop() of each plugin started, last first; failures are logged. Background hooks

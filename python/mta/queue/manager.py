@@ -96,6 +96,28 @@ class QueueManager:
         self._task = self._loop.create_task(self._run(), name="queue-manager")
         self.transports.start()
 
+    def swap(self, router: Router, transports: Transports, hooks: Chain, dcfg, *,
+             bounce_max: int | None = None, pools: bool | None = None,
+             delay_warning: float | None = None) -> None:
+        """A reloaded configuration (mta.app.server): the next attempts route, deliver and
+        report through these. An attempt in flight keeps the router and transport it took;
+        its outcome is recorded under the new [delivery] settings and told to the new hooks.
+        `transports` is not started here: it shares the running one's wire."""
+        self.router = router
+        self.transports = transports
+        self._by_kind = transports.by_kind
+        self.hooks = hooks
+        self._egress_hooks = bool(hooks.egress or hooks.shaping)
+        self._observed = bool(hooks.on_delivered or hooks.on_deferred or hooks.on_bounced)
+        self.dcfg = dcfg
+        if bounce_max is not None:
+            self.bounce_max = bounce_max
+        if pools is not None:
+            self.pools = pools
+        if delay_warning is not None:
+            self.delay_warning = delay_warning
+        self.kick()  # a larger window, or a route that was failing
+
     def kick(self) -> None:
         """Look at the queue now (the window had no room, or the schedule changed)."""
         self._wake.set()

@@ -82,6 +82,13 @@ class TlsContext:
         if ctx is not self.current:
             sslobj.context = self.current  # the reloaded certificate and key
 
+    def use(self, cfg: TlsConfig, ctx: ssl.SSLContext) -> None:
+        """A reloaded [tls] table and the context made from it (build_context): new
+        handshakes get it; the implicit-TLS listeners keep `front` and switch to it."""
+        self.cfg = cfg
+        self.current = ctx
+        log.info("tls: reloaded certificate %s", cfg.cert)
+
     def reload(self) -> bool:
         try:
             ctx = build_context(self.cfg)

@@ -66,6 +66,15 @@ class Shaper:
         self.clock = clock
         self.stats = {"over_share": 0, "suspended": 0, "rule_suspend": 0, "rule_slow": 0, "rule_bounce": 0}
 
+    def reconfigure(self, shaping, egress, max_active: int, share: float = 0.5, hooks=None) -> None:
+        """A reloaded configuration: new rules, sources, pools and window; the counts of
+        attempts in flight, the sites' paces and the suspensions go on (one shaper per worker)."""
+        self.shaping, self.egress, self.hooks = shaping, egress, hooks
+        self.cap = max(1, int(max_active * share))
+        self.pressed = max(1, int(max_active * _PRESSED))
+        self.site_globs = tuple(r.site for r in shaping.rules if r.site)
+        self.fixed = not egress.pools and not shaping.rules
+
     # -- before an attempt --
 
     def spooled_ok(self, pool: str | None) -> bool:
