@@ -71,10 +71,10 @@ def parse_change(op: str, body) -> tuple[list[str], bool]:
     if not isinstance(every, bool):
         raise admin.BadArgument("all", "expected true or false")
     if every:
-        if ids is not None:
+        if "ids" in obj:
             raise admin.BadArgument("ids", "give either ids or all: true, not both")
         return [], True
-    if ids is None:
+    if "ids" not in obj:
         if op == "flush" and "all" not in obj:
             return [], True
         raise admin.BadArgument("ids", "give a list of queue ids, or all: true")
