@@ -160,6 +160,12 @@ def _r(q, status, ok=True):
      (503, "shard 1 holds 4 message(s) but no server owns it: not touched")),
     ({"domain": "a.test", "counts": {"due": 1, "failed": 2}, "problems": [], "ok": False},
      (409, "2 message(s): failed (see the server log; run the request again for busy ones)")),
+    ({"workers": 2, "shards": [{"shard": 0, "applied": True, "messages": []}], "problems": [], "ok": True},
+     (200, None)),
+    ({"workers": 2, "shards": [{"shard": 0, "applied": True, "messages": []},
+                               {"shard": 1, "applied": False, "messages": ["delivery.retry: bad"]}],
+      "problems": [], "ok": False},
+     (409, "shard 1 refused the configuration (the running one stays): delivery.retry: bad")),
 ])
 def test_judge(done, want):
     assert judge(done) == want

@@ -359,11 +359,16 @@ def bounce(root: str, domain: str) -> dict:
 
 
 def reload(root: str) -> dict:
-    """Ask every running worker to re-read the configuration (the control op "reload")."""
+    """Ask every running worker to re-read its configuration (the control op "reload"), as
+    SIGHUP does: {"workers", "shards": [{"shard", "applied", "messages"}], "problems", "ok"};
+    a worker that finds errors in the file refuses it ("applied": false, the errors its messages)."""
     if "reload" not in control.OPS:
         raise Unsupported("reload is not available: this server's control socket has no reload op yet")
     replies, problems = everywhere(root, {"op": "reload"}, "reload")
-    return {"workers": len(replies), "replies": replies, "problems": problems, "ok": not problems}
+    shards = [{"shard": r.get("shard"), "applied": bool(r.get("applied")),
+               "messages": [str(m) for m in r.get("messages", [])]} for r in replies]
+    return {"workers": len(shards), "shards": shards, "problems": problems,
+            "ok": not problems and all(s["applied"] for s in shards)}
 
 
 def flags_of(root: str) -> tuple[dict[str, float] | None, str | None]:

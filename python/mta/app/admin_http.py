@@ -109,7 +109,8 @@ def parse_summary(query) -> tuple[str, int]:
 def judge(done: dict) -> tuple[int, str | None]:
     """The status of an operation's result, and the error text for one that is not 200: 503
     when a shard's server did not answer, 404 for an unknown queue id, 409 when the rest was
-    done but something was not (a message being delivered, held, gone meanwhile...)."""
+    done but something was not (a message being delivered, held, gone meanwhile; a configuration
+    with errors, which reload refuses)."""
     if done.get("problems"):
         return 503, done["problems"][0]
     for u in done.get("untouched", ()):
@@ -124,6 +125,10 @@ def judge(done: dict) -> tuple[int, str | None]:
     for r in results:
         if not r["ok"]:
             return 409, r["text"]
+    for s in done.get("shards", ()):
+        if not s["applied"]:
+            first = f": {s['messages'][0]}" if s["messages"] else ""
+            return 409, f"shard {s['shard']} refused the configuration (the running one stays){first}"
     counts = done.get("counts", {})
     for status, n in counts.items():
         if status in ("busy", "failed") or ("op" in done and not admin.verdict(done["op"], status, True)[0]):
