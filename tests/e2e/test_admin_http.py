@@ -260,6 +260,12 @@ def test_summary_equals_the_cli(node):
         assert got == cli_json(node, "summary", "--json", *args)
     assert {r["name"] for r in got["rows"]} >= {"dest.test", "other.test"}
     assert got["flags"] == {} and got["flags_note"] is None
+    # By site, through the server's own configuration (its transport routes name the smarthost).
+    status, got = node.get("/api/admin/queue/summary?by=site")
+    assert status == 200, got
+    assert got == cli_json(node, "summary", "--json", "--by", "site", "--config", str(node.srv.config))
+    [row] = got["rows"]
+    assert row["name"] == "127.0.0.1" and {"dest.test", "other.test"} <= set(row["domains"])
 
 
 def test_suspend_and_resume_a_domain_in_every_worker(node):
