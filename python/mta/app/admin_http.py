@@ -19,7 +19,7 @@ log = logging.getLogger("mta.http")
 
 PREFIX = "/api/admin"
 THREADS = 4  # admin calls at once per worker; the control socket serves 8 clients at once
-MAX_IDS = 10_000  # queue ids in one request (sent to each shard MAX_IDS of control at a time)
+MAX_IDS = 10_000  # queue ids in one request (admin.change sends them control.MAX_IDS per control request)
 
 
 def add_routes(app: web.Application, gate: Gate, spool_dir: str, cfg=None) -> AdminRoutes:
