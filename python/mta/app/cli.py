@@ -4,14 +4,13 @@ unknown queue id exits 1, a bad config exits 2 naming every bad key."""
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import sys
 
 import click
 
 from mta import __version__
-from mta.app import dkim_cli, http_cli, plugins_cli, shaping_cli
+from mta.app import admin, dkim_cli, http_cli, plugins_cli, shaping_cli
 from mta.bench import cli as bench_cli
 from mta.config import schema as config
 from mta.config.reload import ConfigSource
@@ -142,47 +141,11 @@ def queue() -> None:
     """
 
 
-class _NoSpool:
-    """A spool directory that does not exist yet holds no mail."""
-
-    def list(self) -> list:
-        return []
-
-    def get(self, _queue_id):
-        return None
-
-    def message_bytes(self, _queue_id):
-        return None
-
-
-def _reader(spool_dir: str | None):
-    import os
-
-    from mta import _native
-
-    root = spool_dir or config.DEFAULT_SPOOL_DIR
-    if not os.path.isdir(root):
-        return _NoSpool()
-    try:
-        return _native.SpoolReader(root)
-    except _native.SpoolError as e:
-        click.echo(f"mta: cannot read the spool: {e}", err=True)
-        sys.exit(1)
-
-
-def _rfc3339(t: float) -> str:
-    return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def _entry(env) -> dict:
-    return {
-        "id": env.queue_id,
-        "arrival": _rfc3339(env.arrival),
-        "size": env.size,
-        "sender": env.sender,
-        "held": env.held,
-        "recipients": [{"address": r.address, "state": r.state} for r in env.recipients],
-    }
+def _fail(e: admin.AdminError) -> None:
+    """Print what made an operation impossible (each problem met, if any) and exit 1."""
+    for line in getattr(e, "problems", None) or [e.text]:
+        click.echo(f"mta: {line}", err=True)
+    sys.exit(1)
 
 
 @queue.command("list")
@@ -191,7 +154,10 @@ def _entry(env) -> dict:
               help="Print one JSON array of {id, arrival, size, sender, held, recipients}.")
 def queue_list(spool, as_json) -> None:
     """List the queued messages; held ones say (held)."""
-    entries = [_entry(e) for e in _reader(spool).list()]
+    try:
+        entries = admin.list_queue(spool or config.DEFAULT_SPOOL_DIR)
+    except admin.AdminError as e:
+        _fail(e)
     if as_json:
         click.echo(json.dumps(entries))
         return
@@ -211,33 +177,31 @@ def queue_list(spool, as_json) -> None:
 @click.option("--spool", metavar="DIR", help=f"Spool directory (default {config.DEFAULT_SPOOL_DIR}).")
 def queue_show(queue_id, spool) -> None:
     """Print a message's envelope, a blank line, then its stored bytes exactly."""
-    reader = _reader(spool)
-    env = reader.get(queue_id)
-    data = reader.message_bytes(queue_id) if env is not None else None
-    if env is None or data is None:
-        click.echo(f"mta: no message with queue id {queue_id!r}", err=True)
-        sys.exit(1)
+    try:
+        env, data = admin.show(spool or config.DEFAULT_SPOOL_DIR, queue_id)
+    except admin.AdminError as e:
+        _fail(e)
     lines = [
-        f"queue-id: {env.queue_id}",
-        f"arrival: {_rfc3339(env.arrival)}",
-        f"size: {env.size}",
-        f"sender: <{env.sender}>",
+        f"queue-id: {env['id']}",
+        f"arrival: {env['arrival']}",
+        f"size: {env['size']}",
+        f"sender: <{env['sender']}>",
     ]
     for attr in ("body", "ret", "envid"):
-        if getattr(env, attr):
-            lines.append(f"{attr}: {getattr(env, attr)}")
-    if env.smtputf8:
+        if env[attr]:
+            lines.append(f"{attr}: {env[attr]}")
+    if env["smtputf8"]:
         lines.append("smtputf8: yes")
-    if env.held:
+    if env["held"]:
         lines.append("held: yes")
-    lines.append(f"client: {env.helo} [{env.client_ip}]")
-    for r in env.recipients:
+    lines.append(f"client: {env['helo']} [{env['client_ip']}]")
+    for r in env["recipients"]:
         extra = ""
-        if r.notify:
-            extra += f" notify={','.join(r.notify)}"
-        if r.orcpt:
-            extra += f" orcpt={r.orcpt}"
-        lines.append(f"recipient: <{r.address}> {r.state}{extra}")
+        if r["notify"]:
+            extra += f" notify={','.join(r['notify'])}"
+        if r["orcpt"]:
+            extra += f" orcpt={r['orcpt']}"
+        lines.append(f"recipient: <{r['address']}> {r['state']}{extra}")
     out = sys.stdout.buffer
     out.write(("\n".join(lines) + "\n\n").encode())
     out.write(data)
@@ -246,126 +210,29 @@ def queue_show(queue_id, spool) -> None:
 
 # --- hold | release | delete | flush: requests to the running server(s) -----
 
-# status → (is it success, what to print); "{id}" is the queue id.
-_STATUS = {
-    "held": (True, "{id}: held"),
-    "released": (True, "{id}: released, due now"),
-    "not held": (True, "{id}: was not held"),
-    "deleted": (True, "{id}: deleted"),
-    "flushed": (True, "{id}: due now"),
-    "active": (True, "{id}: being delivered right now"),
-    "busy": (False, "{id}: being delivered right now; it is held, so it will not be retried: "
-                    "run delete again once the attempt ends"),
-    "gone": (False, "{id}: left the queue meanwhile (its delivery attempt ended)"),
-}
-_STATUS_FLUSH = {"held": (False, "{id}: held, not flushed (mta queue release {id})")}
-
-
-def _status(op: str, status: str, every: bool = False) -> tuple[bool, str]:
-    if op == "flush" and status == "held" and every:
-        return True, "held, left alone"
-    if op == "flush" and status in _STATUS_FLUSH:
-        return _STATUS_FLUSH[status]
-    return _STATUS.get(status, (False, "{id}: " + status))
-
-
 def _control(op: str, spool: str | None, ids: tuple[str, ...], every: bool) -> None:
-    from mta.app import control
-
-    root = spool or config.DEFAULT_SPOOL_DIR
-    up, down, failed = [], [], False
     try:
-        present = control.shards(root)
-    except OSError as e:
-        click.echo(f"mta: cannot read the spool {root}: {e.strerror or e} "
-                   "(run as the user the server runs as, or root)", err=True)
-        sys.exit(1)
-    for shard in present:
-        try:
-            control.call(root, shard, {"op": "ping"}, timeout=10)
-            up.append(shard)
-        except control.NoServer:
-            down.append(shard)
-        except control.ControlError as e:
-            click.echo(f"mta: {e}", err=True)
-            failed = True
-    if not up:
-        if not failed:
-            click.echo(f"mta: no server is running on the spool {root} (no control socket answers); "
-                       f"{op} needs the running server: start `mta run --spool {root}` first", err=True)
-        sys.exit(1)
-
-    def ask(shard: int, request: dict) -> dict | None:
-        nonlocal failed
-        try:
-            return control.call(root, shard, request)
-        except (control.NoServer, control.ControlError) as e:
-            click.echo(f"mta: shard {shard}: {e}", err=True)
-            failed = True
-            return None
-
+        done = admin.change(spool or config.DEFAULT_SPOOL_DIR, op, ids, every)
+    except admin.AdminError as e:
+        _fail(e)
+    for p in done["problems"]:
+        click.echo(f"mta: {p}", err=True)
     if every:
-        counts: dict[str, int] = {}
-        for shard in up:
-            reply = ask(shard, {"op": op, "all": True})
-            for status, n in (reply or {}).get("counts", {}).items():
-                counts[status] = counts.get(status, 0) + n
-        for status, n in sorted(counts.items()):
-            ok, _ = _status(op, status, every=True)
-            failed = failed or not ok
+        for status, n in done["counts"].items():
+            ok, _ = admin.verdict(op, status, every=True)
             click.echo(f"{n} message(s): {status}", err=not ok)
-        if not counts:
+        if not done["counts"]:
             click.echo("no messages")
-        untouched = _messages_in(root, down)
-        for shard, n in sorted(untouched.items()):
-            click.echo(f"mta: shard {shard} holds {n} message(s) but no server owns it: not touched", err=True)
-            failed = True
-        sys.exit(1 if failed else 0)
-
-    valid = [q for q in dict.fromkeys(ids) if control.QUEUE_ID.fullmatch(q)]
-    results: dict[str, str] = {}
-    for shard in up:
-        for i in range(0, len(valid), control.MAX_IDS):
-            reply = ask(shard, {"op": op, "ids": valid[i:i + control.MAX_IDS]})
-            for q, status in (reply or {}).get("results", {}).items():
-                if status != "unknown" or q not in results:
-                    results[q] = status
-    where = _shard_of(root, down) if down else {}
-    for q in dict.fromkeys(ids):
-        status = results.get(q, "unknown")
-        if status == "unknown":
-            if q in where:
-                click.echo(f"mta: {q} is in shard {where[q]}, and no server owns that shard", err=True)
+        for u in done["untouched"]:
+            click.echo(f"mta: shard {u['shard']} holds {u['messages']} message(s) but no server owns it: not touched",
+                       err=True)
+    else:
+        for r in done["results"]:
+            if r["status"] in ("unknown", "no server"):
+                click.echo(f"mta: {r['text']}", err=True)
             else:
-                click.echo(f"mta: no message with queue id {q!r}", err=True)
-            failed = True
-            continue
-        ok, text = _status(op, status)
-        failed = failed or not ok
-        click.echo(text.format(id=q), err=not ok)
-    sys.exit(1 if failed else 0)
-
-
-def _down_envelopes(root: str, down: list[int]):
-    from mta import _native
-
-    if not down:
-        return []
-    try:
-        return [e for e in _native.SpoolReader(root).list() if e.shard in down]
-    except _native.SpoolError:
-        return []
-
-
-def _messages_in(root: str, down: list[int]) -> dict[int, int]:
-    out: dict[int, int] = {}
-    for e in _down_envelopes(root, down):
-        out[e.shard] = out.get(e.shard, 0) + 1
-    return out
-
-
-def _shard_of(root: str, down: list[int]) -> dict[str, int]:
-    return {e.queue_id: e.shard for e in _down_envelopes(root, down)}
+                click.echo(r["text"], err=not r["ok"])
+    sys.exit(0 if done["ok"] else 1)
 
 
 def _ids_or_all(ids: tuple[str, ...], allow_none: bool = False) -> tuple[tuple[str, ...], bool]:
@@ -549,7 +416,7 @@ def reload_cmd(config_file, spool) -> None:
     per shard "ok" and what changed, or the errors. Exit 1 if a shard refused it or no server
     answers; 2 if --config cannot be read.
     """
-    from mta.app import control
+    from mta.app import admin
 
     root = spool
     if root is None and config_file:
@@ -559,27 +426,20 @@ def reload_cmd(config_file, spool) -> None:
             click.echo(f"mta: configuration error:\n{e}", err=True)
             sys.exit(2)
     root = root or config.DEFAULT_SPOOL_DIR
-    failed, answered = False, 0
-    for shard in control.shards(root):
-        try:
-            reply = control.call(root, shard, {"op": "reload"})
-        except control.NoServer:
-            continue
-        except control.ControlError as e:
-            click.echo(f"mta: {e}", err=True)
-            failed = True
-            continue
-        answered += 1
-        messages = [str(m) for m in reply.get("messages", [])]
-        if reply.get("applied"):
-            click.echo(f"shard {shard}: ok" + "".join(f"\n  {m}" for m in messages))
+    try:
+        result = admin.reload(root)  # the same call as POST /api/admin/reload
+    except admin.AdminError as e:
+        click.echo(f"mta: {e}", err=True)
+        sys.exit(1)
+    for problem in result["problems"]:
+        click.echo(f"mta: {problem}", err=True)
+    for sh in result["shards"]:
+        lines = "".join(f"\n  {m}" for m in sh["messages"])
+        if sh["applied"]:
+            click.echo(f"shard {sh['shard']}: ok{lines}")
         else:
-            click.echo(f"shard {shard}: refused" + "".join(f"\n  {m}" for m in messages), err=True)
-            failed = True
-    if not answered and not failed:
-        click.echo(f"mta: no server is running on the spool {root} (no control socket answers)", err=True)
-        failed = True
-    sys.exit(1 if failed else 0)
+            click.echo(f"shard {sh['shard']}: refused{lines}", err=True)
+    sys.exit(0 if result["ok"] else 1)
 
 
 main.add_command(bench_cli.bench)

@@ -15,7 +15,7 @@ from typing import Callable, NamedTuple
 from mta import log as fastlog
 from mta import procs
 from mta.errors import ConfigError, MtaError
-from mta.app import http, privileges
+from mta.app import admin_http, http, privileges
 from mta.app.control import ControlServer, socket_path
 from mta.app.httpauth import Gate
 from mta.app.metrics import Metrics, Snapshots
@@ -273,6 +273,7 @@ class Server:
                                          self._stopping.is_set, self.spool.has_room,
                                          max_body=self.cfg.http.max_body, ssl_context=https)
             self.gate = Gate(TokenDB(self.cfg.http.tokens_file))  # guards the /api/... routes
+            admin_http.add_routes(self.http.app, self.gate, self.cfg.spool.dir, self.cfg)
         for lst in self.cfg.listeners:
             family = socket.AF_INET6 if ":" in lst.host else socket.AF_INET
             tls = {}
