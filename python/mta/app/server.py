@@ -14,7 +14,7 @@ from typing import Callable
 
 from mta import log as fastlog
 from mta import procs
-from mta.app import http, privileges
+from mta.app import http, inject, privileges
 from mta.app.control import ControlServer, socket_path
 from mta.app.httpauth import Gate
 from mta.app.metrics import Metrics, Snapshots
@@ -133,6 +133,13 @@ class Server:
                                          self._stopping.is_set, self.spool.has_room,
                                          max_body=self.cfg.http.max_body, ssl_context=https)
             self.gate = Gate(TokenDB(self.cfg.http.tokens_file))  # guards the /api/... routes
+            queue_durable, metrics = self.queue.on_durable, self.metrics
+
+            def injected(qid, recipients=None, notes=None) -> None:  # as a session's on_durable
+                metrics.accepted += 1
+                queue_durable(qid, recipients, notes)
+            inject.add_routes(self.http.app, self.gate, store=self.spool, hooks=self.hooks, on_durable=injected,
+                              settings=self.session_settings, trust=self.policy, stopping=self._stopping.is_set)
         for lst in self.cfg.listeners:
             family = socket.AF_INET6 if ":" in lst.host else socket.AF_INET
             tls = {}
