@@ -19,6 +19,8 @@ POLICY_UTF8 = email.policy.SMTPUTF8.clone(cte_type="7bit", max_line_length=78)
 STRUCTURAL = frozenset({"content-type", "content-transfer-encoding", "mime-version"})
 _FIELD_NAME = re.compile(r"[!-9;-~]{1,76}")  # RFC 5322 ftext, a line's worth at most
 _LINE_ENDS = re.compile(r"\r\n|\r")
+# What would end or fold a header line (str.splitlines' breaks included) or has no place in one.
+_NOT_ONE_LINE = re.compile("[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]")
 
 
 class ComposeError(ValueError):
@@ -48,10 +50,10 @@ def compose(*, sender: str, subject: str = "", text_body: str | None = None, htm
     if text_body is None and html_body is None:
         raise ComposeError("text_body", "text_body or html_body is required")
     _, addr = email.utils.parseaddr(sender)
-    if "@" not in addr or any(c in sender for c in "\r\n"):
+    if "@" not in addr or _NOT_ONE_LINE.search(sender):
         raise ComposeError("from", "not an address (\"Name <user@domain>\" or \"user@domain\")")
-    if any(c in subject for c in "\r\n"):
-        raise ComposeError("subject", "must be one line")
+    if _NOT_ONE_LINE.search(subject):
+        raise ComposeError("subject", "must be one line of text (no control characters)")
     extra = headers or {}
     for name, value in extra.items():
         if not header_name_ok(name):
@@ -60,8 +62,8 @@ def compose(*, sender: str, subject: str = "", text_body: str | None = None, htm
             raise ComposeError(f"headers.{name}", "set by mta from the bodies (the MIME structure)")
         if not isinstance(value, str):
             raise ComposeError(f"headers.{name}", "must be a string")
-        if any(c in value for c in "\r\n"):
-            raise ComposeError(f"headers.{name}", "must be one line")
+        if _NOT_ONE_LINE.search(value):
+            raise ComposeError(f"headers.{name}", "must be one line of text (no control characters)")
     # Non-ASCII display names and subjects become RFC 2047 encoded words; only a non-ASCII
     # address has no 7-bit form.
     policy = POLICY if addr.isascii() else POLICY_UTF8

@@ -121,7 +121,8 @@ def _composed(where: str, item: dict, max_size: int, hostname: str, now: float) 
             raise Invalid(field_path(where, key), "not UTF-8 text (a lone surrogate)")
         return value
 
-    headers = item.get("headers") or {}
+    headers = item.get("headers")
+    headers = {} if headers is None else headers
     if not isinstance(headers, dict):
         raise Invalid(field_path(where, "headers"), "must be an object of name: value strings")
     for name, value in headers.items():
