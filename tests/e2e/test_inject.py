@@ -23,7 +23,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import SmtpPeer, free_port, mta_cmd, start_server  # noqa: E402
-from helpers import first_field  # noqa: E402
+from dkimkit import dkimpy_results, make_key  # noqa: E402
+from helpers import Client, first_field  # noqa: E402
+from test_tls import selfsigned  # noqa: E402
 
 PLUGIN = r'''
 import json
@@ -71,14 +73,21 @@ def on_rcpt(tx, address):
 '''
 
 
-def http(port: int, body, token: str | None = None, *, raw: bytes | None = None) -> tuple[int, dict]:
+def http(port: int, body, token: str | None = None, *, raw: bytes | None = None,
+         https: bool = False) -> tuple[int, dict]:
     data = raw if raw is not None else json.dumps(body).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/api/inject/v1", data=data, method="POST")
+    req = urllib.request.Request(f"http{'s' if https else ''}://127.0.0.1:{port}/api/inject/v1", data=data,
+                                 method="POST")
     req.add_header("Content-Type", "application/json")
     if token:
         req.add_header("Authorization", f"Bearer {token}")
+    ctx = None
+    if https:
+        import ssl
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # a self-signed test certificate
     try:
-        with urllib.request.urlopen(req, timeout=60) as r:
+        with urllib.request.urlopen(req, timeout=60, context=ctx) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"{}")
@@ -92,12 +101,12 @@ def add_token(cwd: Path, name: str, scope: str = "inject", senders: str | None =
     return out.stdout.strip().splitlines()[-1]
 
 
-def server_config(sink_port: int, log: Path, extra: str = "") -> str:
+def server_config(sink_port: int, log: Path, extra: str = "", http_extra: str = "") -> str:
     return (
         'mynetworks = ["127.0.0.0/8"]\n'
         f"{extra}\n"
         "[smtp]\nreverse_dns = false\ngreeting_delay = 0\n"
-        '[http]\nmax_body = "256KiB"\n'
+        f'[http]\nmax_body = "256KiB"\n{http_extra}\n'
         '[delivery]\ntls = "none"\nretry_schedule = ["1s"]\nretry_jitter = 0\n'
         "[transport]\n"
         f'"dest.test" = "smarthost 127.0.0.1:{sink_port}"\n'
@@ -109,14 +118,14 @@ def server_config(sink_port: int, log: Path, extra: str = "") -> str:
 
 class Env:
     def __init__(self, tmp: Path, sink: SmtpPeer, deliver: bool = True, extra: str = "",
-                 spool: Path | None = None, env: dict | None = None):
+                 spool: Path | None = None, env: dict | None = None, http_extra: str = ""):
         self.tmp, self.sink = tmp, sink
         (tmp / "plugins").mkdir(exist_ok=True)
         (tmp / "plugins" / "inject_probe.py").write_text(PLUGIN)
         self.log = tmp / "probe.jsonl"
         self.http_port = free_port()
         path = str(tmp / "plugins") + ":" + os.environ.get("PYTHONPATH", "")
-        self.srv = start_server(tmp, config=server_config(sink.port, self.log, extra), deliver=deliver,
+        self.srv = start_server(tmp, config=server_config(sink.port, self.log, extra, http_extra), deliver=deliver,
                                 args=("--http", f"127.0.0.1:{self.http_port}"),
                                 env={"PYTHONPATH": path, **(env or {})},
                                 spool=spool)
@@ -137,7 +146,10 @@ class Env:
 def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("inject")
     sink = SmtpPeer().start()
-    e = Env(tmp, sink)
+    key = make_key(tmp / "keys", "signed.test", "s1")
+    dkim = f'\n[[dkim.sign]]\ndomain = "signed.test"\nselector = "s1"\nkey = "{key.path}"\n'
+    e = Env(tmp, sink, extra=dkim)
+    e.key = key
     e.token = add_token(tmp, "app1")
     e.admin = add_token(tmp, "ops", scope="admin")
     e.limited = add_token(tmp, "shop", senders="@shop.test,boss@corp.test")
@@ -231,6 +243,21 @@ def test_batch_of_100(env):
     while sum(b"-mark" in t.data for t in env.sink.txns) < 100 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert sum(b"-mark" in t.data for t in env.sink.txns) == 100
+
+
+def test_dkim_signs_injected_mail(env):
+    content = MESSAGE.replace("app@sender.test", "app@signed.test").replace("inject-1", "dkim-content")
+    assert env.post({"envelope_sender": "app@signed.test", "recipients": ["rcpt@dest.test"],
+                     "content": content}, env.token)[0] == 200
+    status, _ = env.post({"envelope_sender": "app@signed.test", "recipients": ["rcpt@dest.test"],
+                          "from": "App <app@signed.test>", "subject": "dkim-fields ✓", "text_body": "signed\n",
+                          "headers": {"X-Mark": "dkim-fields"}}, env.token)
+    assert status == 200
+    for marker in (b"dkim-content", b"X-Mark: dkim-fields"):
+        data = arrived(env.sink, marker).data
+        _, rest = first_field(data)  # our Received, then the signature over the message
+        assert rest.startswith(b"DKIM-Signature:")
+        assert dkimpy_results(data, [env.key]) == [(b"signed.test", b"s1", True)]
 
 
 def test_tokens_and_scopes(env):
@@ -365,6 +392,45 @@ def test_spool_write_failure_is_503(tmp_path):
         status, body = e.post(OK, token)
         assert status == 503 and body["messages"][0]["stage"] == "store", body
         assert body["messages"][0]["code"] == 451
+        e.srv.stop()
+    finally:
+        sink.stop()
+
+
+def test_stopping_is_503(tmp_path):
+    sink = SmtpPeer().start()
+    try:
+        e = Env(tmp_path, sink, deliver=False)
+        token = add_token(tmp_path, "app1")
+        c = Client(e.srv.addr).connect()
+        c.greeting()
+        c.ehlo()
+        c.expect("MAIL FROM:<a@example.test>", 250)  # a transaction in progress holds the stop
+        e.srv.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while "stopping:" not in e.srv.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        status, body = e.post(OK, token)
+        assert status == 503 and "stopping" in body["error"], body
+        c.expect("RSET", 250)
+        c.close()
+        assert e.srv.proc.wait(15) == 0
+        assert e.srv.queue() == []
+    finally:
+        sink.stop()
+
+
+def test_https_received_says_httpsa(tmp_path):
+    sink = SmtpPeer().start()
+    certs = selfsigned(tmp_path / "certs")
+    try:
+        e = Env(tmp_path, sink, extra=f'[tls]\ncert = "{certs / "cert.pem"}"\nkey = "{certs / "key.pem"}"\n',
+                http_extra="tls = true")
+        token = add_token(tmp_path, "app1")
+        status, body = http(e.http_port, dict(OK, content="Subject: over-https\r\n\r\nx\r\n"), token, https=True)
+        assert status == 200, body
+        received, _ = first_field(arrived(sink, b"over-https").data)
+        assert b"with HTTPSA id" in received and b"(using TLSv1." in received
         e.srv.stop()
     finally:
         sink.stop()
