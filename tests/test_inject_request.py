@@ -10,9 +10,14 @@ import email.policy
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from mta.app.compose import ComposeError, compose
-from mta.app.inject_request import MAX_MESSAGES, MAX_RECIPIENTS, Invalid, parse, wire_lines
+from mta.app.inject_request import (
+    MAX_MESSAGES,
+    MAX_RECIPIENTS,
+    Invalid,
+    parse,
+    wire_lines,
+)
 
 MAX = 1_000_000
 OK = {"envelope_sender": "a@sender.test", "recipients": ["r@dest.test"], "content": "Subject: x\r\n\r\nx\r\n"}

@@ -8,14 +8,14 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import NamedTuple
 
 from aiohttp import web
 
-from mta import _native
+from mta import _native, plugin
 from mta import log as fastlog
-from mta import plugin
 from mta.app import inject_request
 from mta.app.httpauth import Gate, error, json_body
 from mta.auth.headers import add_missing_headers
@@ -41,6 +41,14 @@ def add_routes(app: web.Application, gate: Gate, *, store: AcceptStore, hooks: H
     injector = Injector(store, hooks, on_durable, settings, trust, stopping)
     app.router.add_post(PATH, gate.guard("inject", injector.handle))
     return injector
+
+
+class Setup(NamedTuple):
+    """What a request runs with from its start to its end (a reload makes a new one)."""
+
+    hooks: Hooks
+    settings: SessionSettings
+    on_mail: tuple  # hooks.on_mail without the SMTP sender-login map
 
 
 @dataclass
@@ -82,14 +90,18 @@ class Injector:
     def __init__(self, store: AcceptStore, hooks: Hooks, on_durable: OnDurable, settings: SessionSettings,
                  trust: Trust, stopping: Callable[[], bool]):
         self.store = store
-        self.hooks = hooks
         self.on_durable = on_durable
-        self.settings = settings
         self.trust = trust
         self.stopping = stopping
+        self.use(hooks, settings)
+
+    def use(self, hooks: Hooks, settings: SessionSettings) -> None:
+        """The chain and settings for the requests that start from now on (a reload calls it
+        again; requests in progress finish with the ones they started with)."""
         # A token's --senders list is the sender rule here; the SMTP users' sender-login map
         # knows logins, not token names (it would refuse every token it does not list).
-        self.on_mail = tuple(c for c in hooks.on_mail if c[0].name != "sender_login")
+        on_mail = tuple(c for c in hooks.on_mail if c[0].name != "sender_login")
+        self.setup = Setup(hooks, settings, on_mail)
 
     async def handle(self, request: web.Request, token: Token) -> web.Response:
         if self.stopping():
@@ -97,7 +109,8 @@ class Injector:
         doc = await json_body(request)
         if isinstance(doc, web.Response):
             return doc
-        s = self.settings
+        setup = self.setup
+        s = setup.settings
         try:
             drafts = inject_request.parse(doc, max_message_size=s.max_message_size, max_line=s.max_line_length,
                                           hostname=s.hostname)
@@ -110,23 +123,12 @@ class Injector:
                              field=where, senders=list(token.senders))
         if not self.store.has_room():
             return error(507, "the spool is below spool.min_free_space; nothing was stored")
-        outcomes = await self._inject(request, token, drafts)
+        outcomes = await self._inject(setup, request, token, drafts)
         return self._reply(outcomes)
 
     # --- the session's stages, once per request (connect, helo, auth) and per message --------
 
-    async def _verdict(self, calls: tuple, args: tuple):
-        if not calls:
-            return None
-        v = self.hooks.run(calls, args)
-        if isinstance(v, asyncio.Future):
-            try:
-                v = await v
-            except Exception:  # noqa: BLE001 - as the session: a failed hook is a 451
-                v = FAILED
-        return v
-
-    async def _inject(self, request: web.Request, token: Token, drafts: list) -> list[Outcome]:
+    async def _inject(self, setup: Setup, request: web.Request, token: Token, drafts: list) -> list[Outcome]:
         outcomes = [Outcome(d.index, d.where or "message", [r.address for r in d.rcpts]) for d in drafts]
         transport = request.transport
         peer = (transport.get_extra_info("peername") if transport is not None else None) or ("", 0)
@@ -135,15 +137,15 @@ class Injector:
         listener = Listener(sock[0], sock[1], "submission", "implicit" if tls else "none")
         conn = plugin.Connection(peer[0], peer[1], listener, self.trust.trusted(peer[0]))
         conn.tls = tls
-        hooks = self.hooks
+        hooks = setup.hooks
         # HTTP has no HELO: the token's name stands where the client's EHLO name would.
-        stage, v = "connect", await self._verdict(hooks.on_connect, (conn,))
+        stage, v = "connect", await _verdict(hooks, hooks.on_connect, (conn,))
         if v is None:
-            stage, v = "helo", await self._verdict(hooks.on_helo, (conn, token.name))
+            stage, v = "helo", await _verdict(hooks, hooks.on_helo, (conn, token.name))
             conn.helo = token.name
         if v is None:
             conn.auth_user = token.name
-            stage, v = "auth", await self._verdict(hooks.on_auth, (conn, token.name))
+            stage, v = "auth", await _verdict(hooks, hooks.on_auth, (conn, token.name))
         if v is not None:
             return [o.refuse(stage, v.code, v.enhanced, v.text) for o in outcomes]
         waits = []
@@ -151,26 +153,26 @@ class Injector:
             if self.stopping():
                 out.refuse("store", 421, "4.3.2", "the server is stopping")
                 continue
-            fut = await self._message(conn, token, d, out, tls)
+            fut = await self._message(setup, conn, token, d, out, tls)
             if fut is not None:
                 waits.append(fut)
         if waits:
             await asyncio.gather(*waits)
         return outcomes
 
-    async def _message(self, conn, token: Token, d, out: Outcome, tls) -> asyncio.Future | None:
+    async def _message(self, setup: Setup, conn, token: Token, d, out: Outcome, tls) -> asyncio.Future | None:
         """Run the hooks for one message and hand it to the store; the future completes once
         it is durable (or failed). None: refused, `out` says why."""
         tx = Transaction(conn, d.mail)
-        hooks, store = self.hooks, self.store
-        v = await self._verdict(self.on_mail, (tx, d.sender))
+        hooks, settings, store = setup.hooks, setup.settings, self.store
+        v = await _verdict(hooks, setup.on_mail, (tx, d.sender))
         if v is not None:
             out.refuse("mail", v.code, v.enhanced, v.text)
             return None
         for r in d.rcpts:
             address = r.address
             tx.expansion = [address]
-            v = await self._verdict(hooks.on_rcpt, (tx, address))
+            v = await _verdict(hooks, hooks.on_rcpt, (tx, address))
             if v is not None:
                 out.failed_recipients.append({"recipient": address, "code": v.code, "enhanced": v.enhanced,
                                               "text": v.text})
@@ -196,22 +198,22 @@ class Injector:
         if msg.header_too_big:
             out.refuse("data", *HEADER_TOO_BIG)
             return None
-        if msg.received_count > self.settings.max_hops:
+        if msg.received_count > settings.max_hops:
             out.refuse("data", *HOPS)
             return None
         if not d.composed:  # content mode: what an authenticated submission lacks (RFC 6409 8)
-            fixup = add_missing_headers(msg.header_block(), hostname=self.settings.hostname)
+            fixup = add_missing_headers(msg.header_block(), hostname=settings.hostname)
             if fixup:
                 msg.replace_header_block(fixup + msg.header_block())
         if hooks.on_data:
-            v = await self._verdict(hooks.on_data, (tx, HeaderBlock(msg)))
+            v = await _verdict(hooks, hooks.on_data, (tx, HeaderBlock(msg)))
             if v is not None:
                 msg.discard()
                 out.refuse("data", v.code, v.enhanced, v.text)
                 return None
         if hooks.on_message:
             view = InflightMessage(tx)
-            v = await self._verdict(hooks.on_message, (tx, view))
+            v = await _verdict(hooks, hooks.on_message, (tx, view))
             if v is not None:
                 msg.discard()
                 out.refuse("message", v.code, v.enhanced, v.text)
@@ -232,7 +234,7 @@ class Injector:
             out.refuse("message", FAILED.code, FAILED.enhanced, FAILED.text)
             return None
         store.prepend(msg, _native.received_header(
-            helo=token.name, reverse_name=None, ip=conn.peer_ip, hostname=self.settings.hostname,
+            helo=token.name, reverse_name=None, ip=conn.peer_ip, hostname=settings.hostname,
             protocol="HTTPSA" if tls is not None else "HTTPA", queue_id=tx.queue_id,
             recipient=tx.recipients[0] if len(tx.recipients) == 1 else None, timestamp=time.time(),
             tls=str(tls) if tls is not None else None))
@@ -279,6 +281,19 @@ class Injector:
             "errors": [f"{o.where}: {o.code} {o.enhanced} {o.text}" for o in refused],
         }
         return web.json_response(body, status=status)
+
+
+async def _verdict(hooks: Hooks, calls: tuple, args: tuple):
+    """The stage's verdict (None: go on), waiting for a hook that had to."""
+    if not calls:
+        return None
+    v = hooks.run(calls, args)
+    if isinstance(v, asyncio.Future):
+        try:
+            v = await v
+        except Exception:  # noqa: BLE001 - as the session: a failed hook is a 451
+            v = FAILED
+    return v
 
 
 def _notes(notes: dict) -> str | None:
