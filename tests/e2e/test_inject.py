@@ -387,9 +387,12 @@ def test_spool_write_failure_is_503(tmp_path):
     try:
         e = Env(tmp_path, sink, deliver=False, env={"MTA_TEST_FAULT_FILE": str(fault)})
         token = add_token(tmp_path, "app1")
-        fault.write_text("write 28")
-        time.sleep(0.6)  # polled every 0.2 s
+        fault.write_text("write 28")  # ENOSPC on every spool write, polled every 0.2 s
+        deadline = time.monotonic() + 10
         status, body = e.post(OK, token)
+        while status == 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            status, body = e.post(OK, token)
         assert status == 503 and body["messages"][0]["stage"] == "store", body
         assert body["messages"][0]["code"] == 451
         e.srv.stop()
