@@ -194,3 +194,25 @@ def test_compose_round_trips_through_email(subject, text, html):
     assert msg.get_body(("plain",)).get_content().replace("\r\n", "\n") == as_lines(text)
     if html is not None:
         assert msg.get_body(("html",)).get_content().replace("\r\n", "\n") == as_lines(html)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=12)
+keys = st.sampled_from(["envelope_sender", "recipients", "content", "from", "subject", "text_body", "html_body",
+                        "headers", "messages", "x"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(json_values, st.dictionaries(keys, json_values, max_size=6),
+                 st.builds(lambda extra: dict(FIELDS, **extra), st.dictionaries(keys, json_values, max_size=3)),
+                 st.builds(lambda extra: dict(OK, **extra), st.dictionaries(keys, json_values, max_size=3))))
+def test_any_document_is_parsed_or_refused_naming_a_field(doc):
+    """Whatever JSON arrives: drafts, or Invalid with a field; never another exception (a 500)."""
+    try:
+        drafts = parse(doc, max_message_size=MAX, hostname="mx.test")
+    except Invalid as e:
+        assert isinstance(e.field, str) and e.field
+    else:
+        assert drafts and all(d.data.endswith(b"\r\n") for d in drafts)

@@ -4,6 +4,7 @@ uses) takes it whole; message bytes have CRLF line ends and fit smtp.max_message
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ CONTENT_KEYS = frozenset({"envelope_sender", "recipients", "content"})
 FIELDS_KEYS = frozenset({"envelope_sender", "recipients", "from", "subject", "text_body", "html_body", "headers"})
 _LINE_ENDS = re.compile(rb"\r\n|\r|\n")
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")  # shown as is in a field path; others JSON-quoted
 
 
 class Invalid(ValueError):
@@ -54,7 +56,9 @@ def parse(doc: object, *, max_message_size: int, max_line: int = 512, hostname: 
     if "messages" in doc:
         extra = sorted(set(doc) - {"messages"})
         if extra:
-            raise Invalid(extra[0], "not allowed beside messages (put it in each message)")
+            key = extra[0]
+            raise Invalid(key if _PLAIN_KEY.fullmatch(key) else json.dumps(key),
+                          "not allowed beside messages (put it in each message)")
         items = doc["messages"]
         if not isinstance(items, list) or not items:
             raise Invalid("messages", "must be a non-empty array of message objects")
@@ -83,7 +87,7 @@ def _message(index: int, where: str, item: object, max_size: int, max_line: int,
         if key not in allowed:
             why = ("not allowed with content (content is the whole message)" if not fields_mode and key in FIELDS_KEYS
                    else "unknown field")
-            raise Invalid(field_path(where, key), why)
+            raise Invalid(field_path(where, key if _PLAIN_KEY.fullmatch(key) else json.dumps(key)), why)
     sender = item.get("envelope_sender")
     if not isinstance(sender, str):
         raise Invalid(field_path(where, "envelope_sender"), 'required: an address, or "" for the null sender')
