@@ -76,6 +76,7 @@ def one(doc, **kw):
     (dict(FIELDS, headers={"X A": "1"}), "headers.X A", "not a header field name"),
     (dict(FIELDS, headers={"X-A": "1\nBcc: x@y.test"}), "headers.X-A", "one line"),
     (dict(FIELDS, headers={"MIME-Version": "2.0"}), "headers.MIME-Version", "MIME structure"),
+    (dict(FIELDS, headers={"from": "nobody"}), "headers.from", "not an address"),
     ({"messages": [FIELDS, dict(FIELDS, text_body="x" * 3000)]}, "messages[1]", "over smtp.max_message_size"),
 ])
 def test_invalid_requests_name_the_field(doc, field, text):
@@ -216,3 +217,22 @@ def test_any_document_is_parsed_or_refused_naming_a_field(doc):
         assert isinstance(e.field, str) and e.field
     else:
         assert drafts and all(d.data.endswith(b"\r\n") for d in drafts)
+
+
+any_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)
+
+
+@settings(max_examples=400, deadline=None)
+@given(sender=st.one_of(st.just("Näme <a@b.test>"), st.builds(lambda n: f"{n} <a@b.test>", any_text),
+                        any_text, st.builds(lambda n, a: f"{n} <{a}>", any_text, any_text)),
+       subject=any_text, headers=st.dictionaries(any_text, any_text, max_size=4),
+       text=st.one_of(st.none(), any_text), html=st.one_of(st.none(), any_text))
+def test_compose_builds_or_names_a_field(sender, subject, headers, text, html):
+    """Any fields: a message the email package parses back, or ComposeError; nothing else."""
+    try:
+        data = compose(sender=sender, subject=subject, text_body=text, html_body=html, headers=headers)
+    except ComposeError as e:
+        assert e.field
+    else:
+        assert data.endswith(b"\r\n") and b"\r\n\r\n" in data
+        assert b"\n" not in data.replace(b"\r\n", b"")

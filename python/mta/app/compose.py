@@ -84,6 +84,8 @@ def compose(*, sender: str, subject: str = "", text_body: str | None = None, htm
             raise ComposeError(f"headers.{name}", "must be a string")
         if _NOT_ONE_LINE.search(value):
             raise ComposeError(f"headers.{name}", "must be one line of text (no control characters)")
+        if name.lower() == "from" and "@" not in email.utils.parseaddr(value)[1]:
+            raise ComposeError(f"headers.{name}", "not an address")
     # Non-ASCII display names and subjects become RFC 2047 encoded words; only a non-ASCII
     # address has no 7-bit form.
     policy = POLICY if addr.isascii() else POLICY_UTF8
