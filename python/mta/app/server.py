@@ -69,6 +69,7 @@ class Server:
         self.metrics = Metrics((lst.address, lst.profile) for lst in cfg.listeners)
         self.http: http.HttpService | None = None
         self.gate: Gate | None = None  # made with the HTTP listener
+        self.injector: inject.Injector | None = None  # POST /api/inject/v1, made with the listener
         self.policy = RelayPolicy(Networks(cfg.mynetworks), cfg.local_domains, cfg.relay_domains)
         # The plugins, made once per worker (Plugin(options)); ConfigError names the bad one.
         plugins = loader.load(cfg.plugin, cfg.delivery.route_hook)
@@ -138,8 +139,9 @@ class Server:
             def injected(qid, recipients=None, notes=None) -> None:  # as a session's on_durable
                 metrics.accepted += 1
                 queue_durable(qid, recipients, notes)
-            inject.add_routes(self.http.app, self.gate, store=self.spool, hooks=self.hooks, on_durable=injected,
-                              settings=self.session_settings, trust=self.policy, stopping=self._stopping.is_set)
+            self.injector = inject.add_routes(
+                self.http.app, self.gate, store=self.spool, hooks=self.hooks, on_durable=injected,
+                settings=self.session_settings, trust=self.policy, stopping=self._stopping.is_set)
         for lst in self.cfg.listeners:
             family = socket.AF_INET6 if ":" in lst.host else socket.AF_INET
             tls = {}
