@@ -15,7 +15,7 @@ from typing import Callable, NamedTuple
 from mta import log as fastlog
 from mta import procs
 from mta.errors import ConfigError, MtaError
-from mta.app import admin_http, http, privileges
+from mta.app import admin_http, http, inject, privileges
 from mta.app.control import ControlServer, socket_path
 from mta.app.httpauth import Gate
 from mta.app.metrics import Metrics, Snapshots
@@ -91,6 +91,7 @@ class Server:
         self.http: http.HttpService | None = None
         self.gate: Gate | None = None  # made with the HTTP listener
         self.source = source  # where reload() reads the configuration again; None: it cannot
+        self.injector: inject.Injector | None = None  # POST /api/inject/v1, made with the listener
         self.resolver = MxResolver(list(cfg.dns.nameservers) or None, port=cfg.dns.port, timeout=cfg.dns.timeout)
         # Everything a reload may replace (policy, plugins, router, settings, users, ...): made
         # by _parts, installed by _install, both again by apply().
@@ -140,6 +141,8 @@ class Server:
         self.policy, self.plugins, self.router, self.rdns = p.policy, p.plugins, p.router, p.rdns
         self.session_settings, self.users, self.sender_login = p.session_settings, p.users, p.sender_login
         self.hooks, self.proxy = p.hooks, p.proxy
+        if self.injector is not None:  # POST /api/inject/v1 takes the new chain too
+            self.injector.use(self.hooks, self.session_settings, self.policy)
 
     async def reload(self) -> tuple[bool, list[str]]:
         """Read the configuration again (the file and `mta run`'s flags) and apply it: SIGHUP,
@@ -274,6 +277,14 @@ class Server:
                                          max_body=self.cfg.http.max_body, ssl_context=https)
             self.gate = Gate(TokenDB(self.cfg.http.tokens_file))  # guards the /api/... routes
             admin_http.add_routes(self.http.app, self.gate, self.cfg.spool.dir, self.cfg)
+            queue_durable, metrics = self.queue.on_durable, self.metrics
+
+            def injected(qid, recipients=None, notes=None) -> None:  # as a session's on_durable
+                metrics.accepted += 1
+                queue_durable(qid, recipients, notes)
+            self.injector = inject.add_routes(
+                self.http.app, self.gate, store=self.spool, hooks=self.hooks, on_durable=injected,
+                settings=self.session_settings, trust=self.policy, stopping=self._stopping.is_set)
         for lst in self.cfg.listeners:
             family = socket.AF_INET6 if ":" in lst.host else socket.AF_INET
             tls = {}
