@@ -55,6 +55,7 @@ def test_one_delay_notice_survives_further_deferrals_and_a_restart(tmp_path, ser
     srv = server_factory(config=cfg, deliver=True, spool=srv.spool)
     wait_log(tmp_path, srv, rec("user@dest.test", "deferred", qid), n=deferred + 2, timeout=2 * RETRY_WAIT)
     assert [q["id"] for q in srv.queue()] == [qid]
+    assert "delay notice sent: yes" in srv.show(qid).stdout.decode()
     assert len(maildir_files(inbox)) == 1
     assert [r for r in log_records(tmp_path) if r["status"] == "delay_notice"] == [notice]
 

@@ -122,7 +122,7 @@ def details(env) -> dict:
     delivery state (attempts, next attempt, last reply)."""
     out = entry(env)
     out.update(body=env.body, ret=env.ret, envid=env.envid, smtputf8=env.smtputf8, helo=env.helo,
-               client_ip=env.client_ip, shard=env.shard)
+               client_ip=env.client_ip, shard=env.shard, delay_warned=env.delay_warned)
     out["recipients"] = [{
         "address": r.address, "state": r.state, "notify": list(r.notify) if r.notify is not None else None,
         "orcpt": r.orcpt, "attempts": r.attempts,

@@ -194,6 +194,8 @@ def queue_show(queue_id, spool) -> None:
         lines.append("smtputf8: yes")
     if env["held"]:
         lines.append("held: yes")
+    if env["delay_warned"]:
+        lines.append("delay notice sent: yes")
     lines.append(f"client: {env['helo']} [{env['client_ip']}]")
     for r in env["recipients"]:
         extra = ""
