@@ -554,3 +554,5 @@ mod compact_tests;
 mod notes_route_tests;
 #[path = "edit_tests.rs"]
 mod edit_tests;
+#[path = "event_spool_tests.rs"]
+mod event_spool_tests;
