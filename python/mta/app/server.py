@@ -36,6 +36,7 @@ from mta.policy.chain import Chain
 from mta.policy.relay import Networks, RelayPolicy
 from mta.queue.manager import QueueManager
 from mta.queue.store import SpoolService
+from mta.queue.webhooks import Webhooks
 from mta.smtp.limits import Limits
 from mta.smtp.proxy import ProxyGate
 from mta.smtp.rdns import ReverseResolver
@@ -93,6 +94,7 @@ class Server:
         self.spool: SpoolService | None = None
         self.shaper: Shaper | None = None  # made with the queue manager
         self.queue: QueueManager | None = None
+        self.webhooks: Webhooks | None = None  # made with the spool; senders start with the queue
         self.control: ControlServer | None = None
         self._servers: list[asyncio.AbstractServer] = []
         self._stopping = asyncio.Event()
@@ -113,6 +115,7 @@ class Server:
         for line in self.spool.recovery_report:
             log.info("spool recovery: %s", line)
         self.spool.attach(loop)
+        self.webhooks = Webhooks(self.cfg.webhook, self.spool)  # before the queue: it records events
         await self.hooks.start()  # setup(options) / Plugin.start(): before any client or delivery
         # The shared budgets (mta.delivery.shaping): this worker reads flags from it; its
         # delivery agent (or this process, without one) takes slots and tokens.
@@ -142,6 +145,7 @@ class Server:
         # Bound, not yet accepting: drop root before any client byte or delivery.
         privileges.drop(self.cfg.privileges, self.cfg.spool.dir, (self.cfg.auth.users_file,))
         self.queue.start()
+        self.webhooks.start()
         # The admin's way in (mta queue hold|release|delete|flush): made after
         # the privilege drop, so the socket belongs to the user that serves.
         self.control = ControlServer(self.spool, self.queue, self.queue.dlog,
@@ -191,7 +195,8 @@ class Server:
         shaper = self.shaper = Shaper(shaping_of(cfg), egress, self.throttle, d.max_active, cfg.shaping.max_site_share / 100,
                         hooks=self.hooks)
         smtp = Smtp(self._wire(dlog), resolver, OutboundTls(sts, d.tls_report_interval), d, cfg.hostname,
-                    report=bool(self.hooks.on_delivered), shaper=shaper)
+                    report=bool(self.hooks.on_delivered or (self.spool.events and self.spool.events.delivered)),
+                    shaper=shaper)
         return QueueManager(self.spool, self.router, Transports(smtp, Maildir(cfg.hostname)), dlog, d,
                             cfg.hostname, bounce_max=cfg.bounce.max_returned_size, hooks=self.hooks,
                             pools=bool(egress.pools), metrics=self.metrics)
@@ -272,6 +277,8 @@ class Server:
         while self.spool.pending and loop.time() < deadline + 5:
             await asyncio.sleep(0.01)
         await self.queue.stop(grace=max(deadline - loop.time(), 1.0))
+        if self.webhooks is not None:  # a POST in flight finishes or is abandoned; unsent events stay
+            await self.webhooks.stop(grace=max(deadline - loop.time(), 1.0))
         await self.hooks.stop()
         await self.throttle.close()
         while self.spool.pending and loop.time() < deadline + 10:
