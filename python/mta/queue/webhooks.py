@@ -70,6 +70,8 @@ class WebhookSender:
         headers["Content-Type"] = "application/json"
         timeout = aiohttp.ClientTimeout(total=spec.timeout)
         delay = 0.0
+        log.info("webhook %s: %d event(s) pending, sending to %s", self.name,
+                 self.store.event_backlog(self.name, 0)[0], spec.url)
         async with aiohttp.ClientSession(timeout=timeout, headers=headers) as http:
             while not self._stopping:
                 try:
