@@ -153,9 +153,14 @@ def test_no_webhook_changes_nothing(tmp_path):
         store = open_store(tmp_path)
         submit = store.submit
         hooks = Webhooks([], store)
-        assert store.events is None and store.submit == submit and store.on_events == []
+        assert store.events is None and store.submit == submit and store.on_events is None
         hooks.start()
         await hooks.stop(0.1)
+        # A reload: a webhook wanting "accepted", then none again; each replaces the last.
+        hooks = Webhooks([WebhookSpec("http://127.0.0.1:9/x", name="a", events=("accepted",))], store)
+        assert store.submit == store.submit_with_events and store.events.kinds == {"accepted"}
+        hooks = Webhooks([], store)
+        assert store.events is None and store.submit == submit and store.on_events is None
         store.close()
 
     run(main())

@@ -63,7 +63,7 @@ class SpoolService:
         # costs nothing. Set by mta.queue.webhooks.Webhooks, which also swaps `submit` for
         # one that records the "accepted" event with the message when that kind is wanted.
         self.events = None
-        self.on_events: list[Callable[[], None]] = []  # told when recorded events became durable
+        self.on_events: Callable[[], None] | None = None  # told when recorded events became durable
 
     @property
     def recovery_report(self) -> list[str]:
@@ -209,8 +209,8 @@ class SpoolService:
         return fut
 
     def _events_durable(self) -> None:
-        for tell in self.on_events:
-            tell()
+        if self.on_events is not None:
+            self.on_events()
 
     def submit_with_events(self, queue_id: str, message, done: Completion, **envelope) -> None:
         """`submit` that records the "accepted" event with the message (swapped in for `submit`

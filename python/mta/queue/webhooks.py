@@ -148,12 +148,13 @@ class Webhooks:
         self.senders = [WebhookSender(s, store) for s in specs]
         # The spool keeps events only for the configured names (a removed webhook's go).
         store.set_event_names([s.name for s in self.senders])
-        if not self.senders:
-            return
-        store.events = EventRecorder(k for s in specs for k in s.events)
-        if store.events.accepted_wanted:
+        # Set whole each time, so a new Webhooks (a reload, after the old one's stop) replaces
+        # the old one's recording rather than adding to it.
+        store.__dict__.pop("submit", None)
+        store.events = EventRecorder(k for s in specs for k in s.events) if self.senders else None
+        store.on_events = self._wake if self.senders else None
+        if store.events is not None and store.events.accepted_wanted:
             store.submit = store.submit_with_events
-        store.on_events.append(self._wake)
 
     def _wake(self) -> None:
         for s in self.senders:
