@@ -56,9 +56,13 @@ def by_kind(records: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
-def test_every_event_arrives_with_its_fields(server_factory, peers, sink):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_every_event_arrives_with_its_fields(server_factory, peers, sink, workers):
+    """With two workers each sends its own shard's events (one connection per message,
+    so both take some)."""
     ok, bad, later = peers
-    srv = server_factory(config=config(sink, ok.port, bad.port, later.port), deliver=True)
+    srv = server_factory(config=config(sink, ok.port, bad.port, later.port), deliver=True,
+                         args=("--workers", str(workers)))
     send(srv.port, "alice@example.test", "u@good.test", "ok")
     send(srv.port, "", "u@bad.test", "bad")  # null sender: no DSN
     send(srv.port, "carol@example.test", "u@later.test", "later")
