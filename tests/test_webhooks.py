@@ -12,7 +12,7 @@ from hypothesis import given, strategies as st
 
 from mta import config
 from mta.config.webhooks import WebhookSpec
-from mta.queue.events import EventRecorder, kind_of
+from mta.queue.events import KINDS, EventRecorder, kind_of
 from mta.queue.store import SpoolService
 from mta.queue.webhooks import Webhooks
 from webhooksink import WebhookSink
@@ -182,3 +182,16 @@ def test_accepted_event_round_trips(sender, rcpts, size):
     got = json.loads(EventRecorder(["accepted"]).accepted("Q", sender, rcpts, size, "192.0.2.1", 1.5))
     assert got == {"event": "accepted", "time": "1970-01-01T00:00:01.500Z", "queue_id": "Q", "sender": sender,
                    "recipients": rcpts, "size": size, "client_ip": "192.0.2.1"}
+
+
+@given(st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0xDFFF), max_size=20))
+def test_any_reply_or_address_makes_storable_json(text):
+    """Lone surrogates (undecodable reply bytes) included: the event is UTF-8 and valid JSON."""
+    from mta.delivery import RcptResult
+    rec = EventRecorder(KINDS)
+    res = RcptResult(text, 451, "4.0.0", text, text, None)
+    for made in (rec.outcome("deferred", queue_id="Q", recipient=text, status="deferred", result=res, attempt=1,
+                             arrival=1.0),
+                 rec.accepted("Q", text, [text, "b@x"], 1, text, 1.0)):
+        made.encode("utf-8")
+        json.loads(made)
