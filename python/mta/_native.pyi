@@ -540,6 +540,7 @@ class Spool:
         notes: str | None = None,  # the transaction's notes (JSON text), stored in the envelope
         held: bool = False,  # stored held: never due until released (Spool.hold(..., False))
         delay_notice_for: str | None = None,  # this is that message's delay notice: see below
+        events: list[str] | None = None,  # webhook events (JSON texts) written in the same batch
     ) -> None:
         """Queue the message for the writer thread; returns at once. Its
         completion (token, None | error text) shows up in completions() after
@@ -567,7 +568,8 @@ class Spool:
     # error text) in completions(), after the record is fdatasync'ed, in the
     # same group commit as everything else; the index changes only then.
     # ValueError at call time for a queue id not (yet) durable in this shard.
-    def update(self, token: int, queue_id: str, changes: list[RecipientChange]) -> None:
+    def update(self, token: int, queue_id: str, changes: list[RecipientChange],
+               events: list[str] | None = None) -> None:
         """Record recipient outcomes: (index into the envelope's recipients,
         new state, total attempts so far, next attempt unix time or None, last
         reply or None[, route]). Each change is the recipient's whole new state:
@@ -583,11 +585,39 @@ class Spool:
     def delete(self, token: int, queue_id: str) -> None:
         """Remove the message (when every recipient is final): a DELETE record;
         it leaves the index when durable and its space is reclaimed by compaction."""
-    def delete_many(self, token: int, queue_ids: list[str]) -> list[str]:
+    def delete_many(self, token: int, queue_ids: list[str], events: list[str] | None = None) -> list[str]:
         """`delete` for several messages, with one completion (`token`) once one
         sync made all their DELETE records durable. Returns the unknown queue ids,
         which were left out; when none was known nothing is queued and `token`
         never completes."""
+
+    # Webhook events (EVENT / EVENT_ACK records). `events=` on submit, update and
+    # delete_many writes each JSON text as an EVENT record in the same batch as (and
+    # before) that record: durable with it. An event gets a seq (per shard, strictly
+    # increasing, also across restarts) and an id ("<time+shard queue-id form>.<seq>",
+    # unique for ever). A webhook's cursor says it has every event up to a seq; an event
+    # is kept (in memory and on disk) until every configured webhook's cursor passed it.
+    # ValueError for an event JSON over 4 MiB.
+    def record_events(self, token: int, events: list[str]) -> bool:
+        """EVENT records on their own; `token` completes once they are durable. False
+        (and `token` never completes) for an empty list."""
+    def ack_events(self, token: int, name: str, upto: int) -> None:
+        """Webhook `name` has every event up to seq `upto` (an EVENT_ACK record; its
+        cursor moves once durable and never goes back). ValueError: an empty name."""
+    def events_after(self, name: str, limit: int) -> list[tuple[int, str, float, str]]:
+        """Durable events after `name`'s cursor, oldest first, at most `limit`: (seq, id,
+        unix time, json). A name never acknowledged has every pending event."""
+    def event_backlog(self, name: str, nth: int) -> tuple[int, int | None]:
+        """How many durable events `name` has not passed, and the seq of the `nth`
+        (1-based) of them (None: fewer)."""
+    def event_cursor(self, name: str) -> int:
+        """`name`'s cursor: the seq up to which it has every event (0: none yet)."""
+    def set_event_names(self, names: list[str]) -> None:
+        """The configured webhooks: from now on only their cursors keep events (before
+        the first call, every name found in the spool counts). [] lets every event go."""
+    @property
+    def pending_events(self) -> int:
+        """Events kept in memory: what the slowest configured webhook has not passed."""
     def due(self, now: float, limit: int) -> list[str]:
         """Queue ids, oldest arrival first, of messages not held with a
         recipient "queued", or "deferred" with next_attempt <= now (or None);

@@ -41,6 +41,7 @@ from mta.policy.chain import Chain
 from mta.policy.relay import Networks, RelayPolicy
 from mta.queue.manager import QueueManager
 from mta.queue.store import SpoolService
+from mta.queue.webhooks import Webhooks
 from mta.smtp.limits import Limits
 from mta.smtp.proxy import ProxyGate
 from mta.smtp.rdns import ReverseResolver
@@ -105,6 +106,7 @@ class Server:
         self.spool: SpoolService | None = None
         self.shaper: Shaper | None = None  # made with the queue manager
         self.queue: QueueManager | None = None
+        self.webhooks: Webhooks | None = None  # made with the spool; senders start with the queue
         self.control: ControlServer | None = None
         self._servers: list[asyncio.AbstractServer] = []
         self._factories: list[tuple] = []  # (listener, [its session factory]): swapped by a reload
@@ -195,6 +197,7 @@ class Server:
         parts.hooks.adopt(old_hooks)  # a module-level plugin is one module: set up anew, not stopped
         # The swap: no await from here to the end, so no connection or attempt sees half of it.
         old_sessions, old_active = set(self.sessions), set(self.queue.active) if self.queue else set()
+        old_webhooks = self.cfg.webhook
         self._install(parts)
         a = cfg.auth
         if (a.max_failures, a.failure_window, a.tarpit_max) != (self.auth_guard.max_failures,
@@ -206,6 +209,8 @@ class Server:
         for lst, cell in self._factories:
             cell[0] = self.session_factory(lst)
         if self.queue is not None:
+            if cfg.webhook != old_webhooks:
+                self._swap_webhooks()
             self._swap_delivery()
         task = loop.create_task(self._retire(old_hooks, old_sessions, old_active))
         self._retiring.add(task)
@@ -218,6 +223,24 @@ class Server:
         log.error("reload: refused: %s", "; ".join(errors))
         return False, list(errors)
 
+    def _swap_webhooks(self) -> None:
+        """New senders for changed [[webhook]] tables. Recording switches at once (the store and
+        the queue manager); the old senders finish or abandon their POST, then the new ones
+        start from the cursors the spool keeps per webhook name (so nothing is sent twice by two
+        senders at once, and nothing recorded meanwhile is lost)."""
+        old = self.webhooks
+        self.webhooks = new = Webhooks(self.cfg.webhook, self.spool)
+        self.queue.use_events(self.spool.events)
+
+        async def handover() -> None:
+            if old is not None:
+                await old.stop(grace=5.0)
+            if not self._stopping.is_set():
+                new.start()
+        task = self.loop.create_task(handover())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
     def _swap_delivery(self) -> None:
         """The queue's router, transports and hooks, and the shaper's rules, from self.cfg.
         The new SMTP transport shares the running one's wire (the delivery agent), resolver
@@ -228,7 +251,8 @@ class Server:
         self.shaper.reconfigure(shaping_of(cfg), egress, d.max_active, cfg.shaping.max_site_share / 100,
                                 hooks=self.hooks)
         smtp = Smtp(old.wire, old.resolver, old.tls_policy, d, cfg.hostname,
-                    report=bool(self.hooks.on_delivered), shaper=self.shaper)
+                    report=bool(self.hooks.on_delivered or (self.spool.events and self.spool.events.delivered)),
+                    shaper=self.shaper)
         self.queue.swap(self.router, Transports(smtp, Maildir(cfg.hostname)), self.hooks, d,
                         bounce_max=cfg.bounce.max_returned_size, pools=bool(egress.pools),
                         delay_warning=cfg.bounce.delay_warning)
@@ -259,6 +283,7 @@ class Server:
         for line in self.spool.recovery_report:
             log.info("spool recovery: %s", line)
         self.spool.attach(loop)
+        self.webhooks = Webhooks(self.cfg.webhook, self.spool)  # before the queue: it records events
         await self.hooks.start()  # setup(options) / Plugin.start(): before any client or delivery
         # The shared budgets (mta.delivery.shaping): this worker reads flags from it; its
         # delivery agent (or this process, without one) takes slots and tokens.
@@ -304,6 +329,7 @@ class Server:
         privileges.drop(self.cfg.privileges, self.cfg.spool.dir,
                         (self.cfg.auth.users_file, self.cfg.http.tokens_file if self.http else ""))
         self.queue.start()
+        self.webhooks.start()
         # The admin's way in (mta queue hold|release|delete|flush): made after
         # the privilege drop, so the socket belongs to the user that serves.
         self.control = ControlServer(self.spool, self.queue, self.queue.dlog,
@@ -354,7 +380,8 @@ class Server:
         shaper = self.shaper = Shaper(shaping_of(cfg), egress, self.throttle, d.max_active, cfg.shaping.max_site_share / 100,
                         hooks=self.hooks)
         smtp = Smtp(self._wire(dlog), resolver, OutboundTls(sts, d.tls_report_interval), d, cfg.hostname,
-                    report=bool(self.hooks.on_delivered), shaper=shaper)
+                    report=bool(self.hooks.on_delivered or (self.spool.events and self.spool.events.delivered)),
+                    shaper=shaper)
         return QueueManager(self.spool, self.router, Transports(smtp, Maildir(cfg.hostname)), dlog, d,
                             cfg.hostname, bounce_max=cfg.bounce.max_returned_size, hooks=self.hooks,
                             pools=bool(egress.pools), metrics=self.metrics,
@@ -436,6 +463,8 @@ class Server:
         while self.spool.pending and loop.time() < deadline + 5:
             await asyncio.sleep(0.01)
         await self.queue.stop(grace=max(deadline - loop.time(), 1.0))
+        if self.webhooks is not None:  # a POST in flight finishes or is abandoned; unsent events stay
+            await self.webhooks.stop(grace=max(deadline - loop.time(), 1.0))
         if self._retiring:  # the plugins a reload replaced, and a reload in progress
             await asyncio.gather(*self._retiring, return_exceptions=True)
         await self.hooks.stop()

@@ -22,6 +22,7 @@ from mta.config.listeners import (
 )
 from mta.config.dkim import SignTables
 from mta.config.plugins import PluginTables
+from mta.config.webhooks import WebhookTables
 from mta.config.shaping import (
     HeaderName, PoolName, PoolTables, RateKind, RedisUrl, ReplyTables, RuleTables, SenderPools, SourceTables,
     cross_checks as shaping_checks, resolve_aliases,
@@ -435,6 +436,14 @@ class Config:
                         'policies: module = "an.importable.module" (or an entry point of the group '
                         '"mta.plugins"), options = { ... } (handed to the plugin), timeout = "5s" (per hook '
                         'call; default 5s), name = "..." (for logs; default the module). See docs/plugins.md.')
+    webhook: tuple = opt((), WebhookTables(),
+                         'Event webhooks, each a [[webhook]] table: url = "http://127.0.0.1:9000/events" (http or '
+                         'https; required), and optionally name (default: the url; the spool keeps each webhook\'s '
+                         'progress under it), events (default ["delivered", "deferred", "bounced", "accepted"]), '
+                         'batch = 100 (records per POST, 1..10000), max_backlog = 100000 (events kept; beyond, the '
+                         'oldest are dropped and counted), timeout = "10s" (per POST), headers = { ... } (extra '
+                         'request headers), retry_min = "1s" and retry_max = "300s" (the back-off after a failure '
+                         'doubles from one to the other). See docs/webhooks.md.')
     spool: SpoolConfig = section(SpoolConfig)
     delivery: DeliveryConfig = section(DeliveryConfig)
     egress: EgressConfig = section(EgressConfig)

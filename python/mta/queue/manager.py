@@ -67,6 +67,11 @@ class QueueManager:
         # on the coroutine path, with the queued message's view.
         self._egress_hooks = bool(self.hooks.egress or self.hooks.shaping)
         self._observed = bool(self.hooks.on_delivered or self.hooks.on_deferred or self.hooks.on_bounced)
+        # Webhook events (mta.queue.events), recorded with the outcome's own record; None: none.
+        self.events = getattr(store, "events", None)
+        hooked = self.events is not None and self.events.delivered
+        # Delivered outcomes come back here (not logged by the agent alone) for hooks or webhooks.
+        self._want_delivered = bool(self.hooks.on_delivered) or hooked
         self.active: set[str] = set()  # queue ids with an attempt in flight
         self._keeping_fresh = False  # the store keeps new messages' bytes for jobs made from it
         self._idle: asyncio.Event | None = None  # set by stop() to learn when `active` empties
@@ -109,6 +114,7 @@ class QueueManager:
         self.hooks = hooks
         self._egress_hooks = bool(hooks.egress or hooks.shaping)
         self._observed = bool(hooks.on_delivered or hooks.on_deferred or hooks.on_bounced)
+        self._want_delivered = bool(hooks.on_delivered) or bool(self.events is not None and self.events.delivered)
         self.dcfg = dcfg
         if bounce_max is not None:
             self.bounce_max = bounce_max
@@ -117,6 +123,12 @@ class QueueManager:
         if delay_warning is not None:
             self.delay_warning = delay_warning
         self.kick()  # a larger window, or a route that was failing
+
+    def use_events(self, events) -> None:
+        """The store's event recorder after a reload changed the [[webhook]] tables (None: none
+        wanted); the outcomes recorded from now on carry the events it makes."""
+        self.events = events
+        self._want_delivered = bool(self.hooks.on_delivered) or bool(events is not None and events.delivered)
 
     def kick(self) -> None:
         """Look at the queue now (the window had no room, or the schedule changed)."""
@@ -356,7 +368,7 @@ class QueueManager:
         # With every recipient in it, an all-delivered attempt may be logged by the
         # delivery agent (it answers LOGGED) and the message deleted at once.
         ctx = None
-        if len(rcpts) == len(spooled) and not self.hooks.on_delivered:
+        if len(rcpts) == len(spooled) and not self._want_delivered:
             ctx = (env.arrival, (spooled[rcpts[0].index].attempts + 1,) if len(rcpts) == 1
                    else tuple(spooled[rc.index].attempts + 1 for rc in rcpts))
         return self._by_kind[spec.kind].submit(Route(spec, domain, self._pool(env)), msg,
@@ -434,15 +446,30 @@ class QueueManager:
         if self.metrics is not None:
             counts = self._fresh_count
             self.metrics.delivered += sum(counts.pop(qid, 1) for qid in qids)
+        hooked = self.events is not None and self.events.delivered and rows
+        if hooked:
+            hooked = self._spooled_events(qids, rows)
         if not rows or not self.hooks.on_delivered:
-            self.store.delete_many_then(qids, self._spooled_deleted)
+            self.store.delete_many_then(qids, self._spooled_deleted, hooked or None)
             return
         events = []
         fresh = self._fresh_notes
         for qid in qids:  # a fresh message's first attempt (its notes came from the session)
             notes = fresh.get(qid) or {}
             events.extend(make_event(qid, row[0], RcptResult(*row), 1, None, notes) for row in rows.get(qid, ()))
-        self.store.delete_many_then(qids, lambda done, error: self._spooled_deleted(done, error, events))
+        self.store.delete_many_then(qids, lambda done, error: self._spooled_deleted(done, error, events),
+                                    hooked or None)
+
+    def _spooled_events(self, qids: list[str], rows: dict) -> list[str]:
+        """The webhooks' delivered events of fresh messages the agent delivered and logged."""
+        out = []
+        for qid in qids:
+            env = self.store.get(qid)
+            arrival = env.arrival if env is not None else 0.0
+            out.extend(self.events.outcome("delivered", queue_id=qid, recipient=row[0], status=DELIVERED,
+                                           result=RcptResult(*row), attempt=1, arrival=arrival)
+                       for row in rows.get(qid, ()))
+        return out
 
     def _spooled_deleted(self, qids: list[str], error: str | None, events: list | None = None) -> None:
         exc = None if error is None else SpoolError(error)
@@ -554,11 +581,21 @@ class QueueManager:
             for rc, res in zip(msg.recipients, out):
                 self.dlog.record(queue_id=qid, recipient=rc.address, status=DELIVERED, result=res,
                                  attempt=spooled[rc.index].attempts + 1, arrival=env.arrival, now=now)
+            hooked = None
+            if self.events is not None and self.events.delivered:  # webhooks: durable with the DELETE
+                hooked = [self.events.outcome("delivered", queue_id=qid, recipient=rc.address, status=DELIVERED,
+                                              result=res, attempt=spooled[rc.index].attempts + 1,
+                                              arrival=env.arrival, now=now)
+                          for rc, res in zip(msg.recipients, out)]
             if self.hooks.on_delivered:  # told once the outcome is durable
                 notes = notes_of(env)
                 events = [make_event(qid, rc.address, res, spooled[rc.index].attempts + 1, None, notes)
                           for rc, res in zip(msg.recipients, out)]
-                self.store.delete_then(qid, lambda error: self._deleted(qid, error, events))
+                self.store.delete_then(qid, lambda error: self._deleted(qid, error, events), hooked)
+                return
+            if hooked:
+                self.store.delete_then(qid, lambda error: self._end(qid, None if error is None else SpoolError(error)),
+                                       hooked)
                 return
         self.store.delete_then(qid, lambda error: self._end(qid, None if error is None else SpoolError(error)))
 
@@ -576,6 +613,7 @@ class QueueManager:
         expired = now - env.arrival > self.dcfg.max_lifetime
         changes, failures, events = [], [], []
         notes = notes_of(env) if self._observed else None
+        recorder, hooked = self.events, []
         replan = False  # a retry falls before the loop's next look at the store
         m = self.metrics
         by_index = {rc.index: rc for rc in msg.recipients}
@@ -614,6 +652,10 @@ class QueueManager:
                     m.bounced += 1
             self.dlog.record(queue_id=msg.queue_id, recipient=rc.address, status=outcome.status, result=res,
                              attempt=attempts, arrival=env.arrival, now=now)
+            if recorder is not None and outcome.status in recorder.kinds:
+                hooked.append(recorder.outcome(outcome.status, queue_id=msg.queue_id, recipient=rc.address,
+                                               status=outcome.status, result=res, attempt=attempts,
+                                               arrival=env.arrival, now=now))
         if failures:
             # The DSN is durable before any recipient is recorded bounced: a
             # crash in between can repeat the DSN, never lose it.
@@ -623,9 +665,10 @@ class QueueManager:
         if all(s in FINAL for s in states.values()):
             # Every recipient is final: one DELETE record says it all (the
             # delivery log keeps the outcomes), so no STATE record first.
-            await self.store.delete(msg.queue_id)
+            await (self.store.delete(msg.queue_id, hooked) if hooked else self.store.delete(msg.queue_id))
         else:
-            await self.store.update(msg.queue_id, changes)
+            await (self.store.update(msg.queue_id, changes, hooked) if hooked else
+                   self.store.update(msg.queue_id, changes))
             if replan:
                 self.kick()
             if delay.due(self.delay_warning, env.delay_warned, env.arrival, now):

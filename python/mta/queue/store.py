@@ -59,6 +59,11 @@ class SpoolService:
         self.encode_jobs = self.spool.encode_jobs
         self._fault_file = os.environ.get("MTA_TEST_FAULT_FILE")
         self._fault_seen: str | None = None
+        # Webhook events (mta.queue.events.EventRecorder): None, the default, records none and
+        # costs nothing. Set by mta.queue.webhooks.Webhooks, which also swaps `submit` for
+        # one that records the "accepted" event with the message when that kind is wanted.
+        self.events = None
+        self.on_events: Callable[[], None] | None = None  # told when recorded events became durable
 
     @property
     def recovery_report(self) -> list[str]:
@@ -146,9 +151,12 @@ class SpoolService:
             fut.set_exception(e)
         return fut
 
-    def update(self, queue_id: str, changes: list) -> asyncio.Future:
+    def update(self, queue_id: str, changes: list, events: list[str] | None = None) -> asyncio.Future:
         """Record recipient states durably: [(index, state, attempts, next_attempt, reply)], or
-        6-tuples with the recipient's next route last (a transport string; None clears it)."""
+        6-tuples with the recipient's next route last (a transport string; None clears it).
+        `events`: webhook events (JSON texts) made durable in the same batch."""
+        if events:
+            return self._with_events(self._call(self.spool.update, queue_id, changes, events))
         return self._call(self.spool.update, queue_id, changes)
 
     def hold(self, queue_id: str, on: bool) -> asyncio.Future:
@@ -160,21 +168,31 @@ class SpoolService:
         `env.delay_warned` from then on, also after a restart."""
         return self._call(self.spool.delay_warned, queue_id)
 
-    def delete(self, queue_id: str) -> asyncio.Future:
+    def delete(self, queue_id: str, events: list[str] | None = None) -> asyncio.Future:
+        if events:
+            fut = self._loop.create_future()
+            self.delete_then(queue_id, lambda error: fut.done() or (
+                fut.set_result(None) if error is None else fut.set_exception(SpoolError(error))), events)
+            return fut
         return self._call(self.spool.delete, queue_id)
 
-    def delete_then(self, queue_id: str, done: Completion) -> None:
+    def delete_then(self, queue_id: str, done: Completion, events: list[str] | None = None) -> None:
         """`delete` with a completion callback instead of a future (the queue's callback lane)."""
+        if events:
+            self.delete_many_then([queue_id], lambda _ids, error: done(error), events)
+            return
         self._then(self.spool.delete, done, queue_id)
 
-    def delete_many_then(self, queue_ids: list[str], done: Callable[[list[str], str | None], None]) -> None:
+    def delete_many_then(self, queue_ids: list[str], done: Callable[[list[str], str | None], None],
+                         events: list[str] | None = None) -> None:
         """`delete` of several messages made durable by one sync, with one completion:
         `done(ids, error)` for the known ones once their DELETE records are synced (error
         None) or failed, and, at once, for any unknown ones with their error."""
         token = self._next_token
         self._next_token += 1
         try:
-            unknown = self.spool.delete_many(token, queue_ids)
+            unknown = self.spool.delete_many(token, queue_ids, events) if events else \
+                self.spool.delete_many(token, queue_ids)
         except Exception as e:  # refused before reaching the writer (a closed spool)
             done(queue_ids, str(e))
             return
@@ -184,7 +202,59 @@ class SpoolService:
             known = [q for q in queue_ids if q not in gone]
             done(unknown, "unknown queue id")
         if known:
-            self._pending[token] = lambda error: done(known, error)
+            if events:
+                self._pending[token] = lambda error: (done(known, error), error is None and self._events_durable())
+            else:
+                self._pending[token] = lambda error: done(known, error)
+
+    # --- webhook events (mta.queue.webhooks) ---------------------------------
+
+    def _with_events(self, fut: asyncio.Future) -> asyncio.Future:
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception() or self._events_durable())
+        return fut
+
+    def _events_durable(self) -> None:
+        if self.on_events is not None:
+            self.on_events()
+
+    def submit_with_events(self, queue_id: str, message, done: Completion, **envelope) -> None:
+        """`submit` that records the "accepted" event with the message (swapped in for `submit`
+        by mta.queue.webhooks when a webhook wants that kind)."""
+        event = self.events.accepted(queue_id, envelope["sender"], [r[0] for r in envelope["recipients"]],
+                                     message.size, envelope.get("client_ip", ""), envelope.get("arrival"))
+        token = self._next_token
+        self._next_token += 1
+        self._pending[token] = lambda error: (done(error), error is None and self._events_durable())
+        try:
+            self.spool.submit(token, queue_id, message, events=[event], **envelope)
+        except Exception as e:  # refused before reaching the writer
+            self._pending.pop(token, None)
+            done(str(e))
+
+    def record_events(self, events: list[str]) -> asyncio.Future:
+        """Events on their own, durable once the future completes."""
+        token, fut = self._future()
+        try:
+            if not self.spool.record_events(token, events):
+                self._pending.pop(token, None)
+                fut.set_result(None)
+        except Exception as e:
+            self._pending.pop(token, None)
+            fut.set_exception(e)
+        return self._with_events(fut)
+
+    def ack_events(self, name: str, upto: int) -> asyncio.Future:
+        """Webhook `name` has every event up to seq `upto`: durable once the future completes."""
+        return self._call(self.spool.ack_events, name, upto)
+
+    def events_after(self, name: str, limit: int) -> list[tuple[int, str, float, str]]:
+        return self.spool.events_after(name, limit)
+
+    def event_backlog(self, name: str, nth: int = 0) -> tuple[int, int | None]:
+        return self.spool.event_backlog(name, nth)
+
+    def set_event_names(self, names: list[str]) -> None:
+        self.spool.set_event_names(names)
 
     async def inject(self, data: bytes, *, sender: str, recipient: str,
                      delay_notice_for: str | None = None) -> str:

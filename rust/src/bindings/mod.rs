@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod dkim;
+pub mod events;
 pub mod log;
 pub mod message;
 pub mod proxy;

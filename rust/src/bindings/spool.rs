@@ -3,6 +3,7 @@
 //! reading); the format, the writer and the due schedule live in `crate::spool`.
 //! CONTRACT used by bindings/smtp.rs: `PyMessage::push(&mut self, &[u8])`
 //! appends body bytes (already unstuffed) to the in-flight message.
+use super::events;
 use crate::agent::frames::{self, Data, INLINE_MAX};
 use crate::errors::spool_err;
 use crate::spool::incoming::Incoming;
@@ -344,7 +345,7 @@ impl PySpool {
     }
     #[pyo3(signature = (token, queue_id, message, *, sender, recipients, body = None, smtputf8 = false,
                         ret = None, envid = None, helo = String::new(), client_ip = String::new(), arrival = None,
-                        notes = None, held = false, delay_notice_for = None))]
+                        notes = None, held = false, delay_notice_for = None, events = None))]
     #[allow(clippy::too_many_arguments)]
     fn submit(
         &self,
@@ -363,6 +364,7 @@ impl PySpool {
         notes: Option<String>,
         held: bool,
         delay_notice_for: Option<String>,
+        events: Option<Vec<String>>,
     ) -> PyResult<()> {
         record::check_notes(notes.as_deref()).map_err(PyValueError::new_err)?;
         if queue_id.is_empty() || !queue_id.bytes().all(|b| b.is_ascii_alphanumeric()) {
@@ -389,7 +391,8 @@ impl PySpool {
         // Validation is done: only now does the spool take the message.
         let msg = message.borrow_mut().inner.take().ok_or_else(|| spool_err("message was already submitted"))?;
         match delay_notice_for {
-            None => self.0.submit(token, env, msg).map_err(spool_err),
+            // mta's own notice: no accepted event (the webhooks report what clients sent)
+            None => self.0.submit_with_events(token, env, msg, &events.unwrap_or_default()).map_err(spool_err),
             Some(about) => self.0.submit_delay_notice(token, env, msg, &about).map_err(op_err),
         }
     }
@@ -414,7 +417,8 @@ impl PySpool {
         envelopes(py.detach(|| self.0.list()))
     }
     /// Each change a 5-tuple (route None) or a 6-tuple whose last item is the route.
-    fn update(&self, token: u64, queue_id: &str, changes: Vec<Bound<'_, PyTuple>>) -> PyResult<()> {
+    #[pyo3(signature = (token, queue_id, changes, events = None))]
+    fn update(&self, token: u64, queue_id: &str, changes: Vec<Bound<'_, PyTuple>>, events: Option<Vec<String>>) -> PyResult<()> {
         let mut v = Vec::with_capacity(changes.len());
         for c in changes {
             let (index, state, attempts, next_attempt, last_reply, route) = match c.len() {
@@ -431,7 +435,7 @@ impl PySpool {
             let next_attempt_us = next_attempt.map(secs_to_us).transpose()?;
             v.push(Change { index, state, attempts, next_attempt_us, last_reply, route });
         }
-        self.0.update(token, queue_id, &v).map_err(op_err)
+        self.0.update_with_events(token, queue_id, &v, &events.unwrap_or_default()).map_err(op_err)
     }
     fn hold(&self, token: u64, queue_id: &str, on: bool) -> PyResult<()> {
         self.0.hold(token, queue_id, on).map_err(op_err)
@@ -444,9 +448,33 @@ impl PySpool {
     }
     /// DELETE records for several messages, made durable by one sync and completed as
     /// one (`token`); the unknown queue ids, left out (none known: `token` never completes).
-    fn delete_many(&self, token: u64, queue_ids: Vec<String>) -> PyResult<Vec<String>> {
+    #[pyo3(signature = (token, queue_ids, events = None))]
+    fn delete_many(&self, token: u64, queue_ids: Vec<String>, events: Option<Vec<String>>) -> PyResult<Vec<String>> {
         let ids: Vec<&str> = queue_ids.iter().map(String::as_str).collect();
-        self.0.delete_many(token, &ids).map_err(op_err)
+        self.0.delete_many_with_events(token, &ids, &events.unwrap_or_default()).map_err(op_err)
+    }
+    // Webhook events (spool/event_ops.rs; conversions in bindings/events.rs).
+    fn record_events(&self, token: u64, events: Vec<String>) -> PyResult<bool> {
+        self.0.record_events(token, &events).map_err(op_err)
+    }
+    fn ack_events(&self, token: u64, name: &str, upto: u64) -> PyResult<()> {
+        self.0.ack_events(token, name, upto).map_err(op_err)
+    }
+    fn events_after(&self, name: &str, limit: usize) -> Vec<events::EventTuple> {
+        events::tuples(self.0.events_after(name, limit))
+    }
+    fn event_backlog(&self, name: &str, nth: u64) -> (u64, Option<u64>) {
+        self.0.event_backlog(name, nth)
+    }
+    fn event_cursor(&self, name: &str) -> u64 {
+        self.0.event_cursor(name)
+    }
+    fn set_event_names(&self, names: Vec<String>) {
+        self.0.set_event_names(names)
+    }
+    #[getter]
+    fn pending_events(&self) -> usize {
+        self.0.pending_events()
     }
     fn due(&self, now: f64, limit: usize) -> PyResult<Vec<String>> {
         Ok(self.0.due(secs_to_us(now)?, limit))

@@ -2,6 +2,7 @@
 //! segment with no live message is deleted; a sparse one has its live messages copied forward.
 //! Invariant: copies and carried records are synced before the old segment is unlinked.
 
+use super::events::{self, Event};
 use super::index::Entry;
 use super::record::{self, Envelope, Kind, RcptChange, StateChange};
 use super::segment::segment_name;
@@ -21,11 +22,13 @@ pub const COPY_FORWARD_PERCENT: u64 = 25;
 
 /// One compaction step, planned under the index lock and done without it.
 enum Plan {
-    /// Copy these live messages of segment `seq` forward: (envelope, data offset, size).
-    Copy(u64, Vec<(Envelope, u64, u64)>),
+    /// Copy these live messages of segment `seq` forward: (envelope, data offset, size),
+    /// and its pending webhook events.
+    Copy(u64, Vec<(Envelope, u64, u64)>, Vec<Event>),
     /// Delete segment `seq` after writing what still matters of it in the
-    /// current segment: state snapshots, DELETE records, SEGMENT_END markers.
-    Delete(u64, Vec<StateChange>, Vec<String>, Vec<(u64, u64)>),
+    /// current segment: state snapshots, DELETE records, SEGMENT_END markers,
+    /// and the webhook cursors (name, seq) whose newest EVENT_ACK record is there.
+    Delete(u64, Vec<StateChange>, Vec<String>, Vec<(u64, u64)>, Vec<(String, u64)>),
 }
 
 impl Writer {
@@ -38,8 +41,11 @@ impl Writer {
         let (&seq, s) = ix
             .segs
             .iter()
-            .find(|(seq, s)| Some(**seq) != cur_seq && !s.pinned && (s.live == 0 || (pct > 0 && s.live_bytes * 100 < s.size * pct)))?;
-        if s.live > 0 {
+            .find(|(seq, s)| {
+                let empty = s.live == 0 && s.events == 0;
+                Some(**seq) != cur_seq && !s.pinned && (empty || (pct > 0 && (s.live_bytes + s.event_bytes) * 100 < s.size * pct))
+            })?;
+        if s.live > 0 || s.events > 0 {
             let mut items = Vec::new();
             let mut bytes = 0;
             for q in &s.msgs {
@@ -54,8 +60,9 @@ impl Writer {
                     _ => {}
                 }
             }
+            let evs = if s.events > 0 { ix.events.in_segment(seq) } else { Vec::new() };
             // Empty only if the accounting were wrong: do nothing rather than spin.
-            return (!items.is_empty()).then_some(Plan::Copy(seq, items));
+            return (!items.is_empty() || !evs.is_empty()).then_some(Plan::Copy(seq, items, evs));
         }
         let mut seen = HashSet::new();
         let (mut states, mut deletes) = (Vec::new(), Vec::new());
@@ -79,7 +86,7 @@ impl Writer {
             }
         }
         let markers = s.markers.iter().copied().filter(|(a, _)| *a != seq && self.seg_path(*a).exists()).collect();
-        Some(Plan::Delete(seq, states, deletes, markers))
+        Some(Plan::Delete(seq, states, deletes, markers, ix.events.acks_in(seq)))
     }
 
     /// One bounded compaction step; true if there may be more to do.
@@ -90,8 +97,8 @@ impl Writer {
         let Some(plan) = self.plan() else { return false };
         let mut touched = Vec::new();
         let res = match &plan {
-            Plan::Copy(seq, items) => self.copy_forward(*seq, items, &mut touched),
-            Plan::Delete(_, states, deletes, markers) => self.carry(states, deletes, markers, &mut touched),
+            Plan::Copy(seq, items, evs) => self.copy_forward(*seq, items, evs, &mut touched),
+            Plan::Delete(_, states, deletes, markers, acks) => self.carry(states, deletes, markers, acks, &mut touched),
         };
         self.buf.clear();
         let locs = match res {
@@ -107,9 +114,10 @@ impl Writer {
         let mut ix = shared.index.lock().unwrap();
         self.note_written(&mut ix);
         match plan {
-            Plan::Copy(_, items) => {
+            Plan::Copy(_, items, evs) => {
                 self.shared.stats.messages_copied.fetch_add(items.len() as u64, Relaxed);
-                for ((envelope, _, size), loc) in items.into_iter().zip(locs) {
+                let mut locs = locs.into_iter();
+                for ((envelope, _, size), loc) in items.into_iter().zip(locs.by_ref()) {
                     ix.insert_message(Entry {
                         shard: self.shard,
                         seq: loc.seq,
@@ -120,14 +128,24 @@ impl Writer {
                         envelope,
                     });
                 }
+                // An event pruned meanwhile (Spool::set_event_names) stays pruned.
+                let floor = ix.events.floor();
+                for (ev, loc) in evs.into_iter().zip(locs) {
+                    if ev.seq > floor {
+                        ix.apply_event(loc.seq, loc.len, ev);
+                    }
+                }
             }
-            Plan::Delete(seq, states, deletes, _) => {
+            Plan::Delete(seq, states, deletes, _, acks) => {
                 let mut locs = locs.into_iter();
                 for sc in &states {
                     ix.apply_state(locs.next().unwrap().seq, sc);
                 }
                 for q in &deletes {
                     ix.apply_delete(locs.next().unwrap().seq, q);
+                }
+                for (name, upto) in &acks {
+                    ix.events.ack(name, *upto, locs.next().unwrap().seq);
                 }
                 drop(ix);
                 if !self.shared.no_unlink.load(Relaxed) {
@@ -149,7 +167,7 @@ impl Writer {
         true
     }
 
-    fn copy_forward(&mut self, seq: u64, items: &[(Envelope, u64, u64)], touched: &mut Touched) -> io::Result<Vec<Loc>> {
+    fn copy_forward(&mut self, seq: u64, items: &[(Envelope, u64, u64)], evs: &[Event], touched: &mut Touched) -> io::Result<Vec<Loc>> {
         let src = File::open(self.seg_path(seq))?;
         self.begin(touched)?;
         let mut locs = Vec::with_capacity(items.len());
@@ -157,14 +175,24 @@ impl Writer {
             let meta = record::encode_envelope(env);
             locs.push(self.write_record(Kind::Message, &meta, Src::Range(&src, *off, *n), touched)?);
         }
+        for ev in evs {
+            locs.push(self.write_record(Kind::Event, &events::encode_event(ev), Src::Empty, touched)?);
+        }
         self.finish()?;
         Ok(locs)
     }
 
     /// Write what a segment about to be deleted still carries (nothing to
     /// write: no I/O at all).
-    fn carry(&mut self, states: &[StateChange], deletes: &[String], markers: &[(u64, u64)], touched: &mut Touched) -> io::Result<Vec<Loc>> {
-        if states.is_empty() && deletes.is_empty() && markers.is_empty() {
+    fn carry(
+        &mut self,
+        states: &[StateChange],
+        deletes: &[String],
+        markers: &[(u64, u64)],
+        acks: &[(String, u64)],
+        touched: &mut Touched,
+    ) -> io::Result<Vec<Loc>> {
+        if states.is_empty() && deletes.is_empty() && markers.is_empty() && acks.is_empty() {
             return Ok(Vec::new());
         }
         self.begin(touched)?;
@@ -175,6 +203,9 @@ impl Writer {
         let now = super::now_us();
         for q in deletes {
             locs.push(self.write_record(Kind::Delete, &record::encode_delete(q, now), Src::Empty, touched)?);
+        }
+        for (name, upto) in acks {
+            locs.push(self.write_record(Kind::EventAck, &events::encode_ack(name, *upto), Src::Empty, touched)?);
         }
         for (a, l) in markers {
             self.write_marker(*a, *l, touched)?;

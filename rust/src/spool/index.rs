@@ -1,6 +1,7 @@
 //! The in-memory index (queue id → where the message is, its envelope), rebuilt
 //! from a scan of a shard's segments. Shared by recovery and SpoolReader, so
 //! both read the log the same way; acting on damage is the caller's job.
+use super::events::{self, Event, EventLog};
 use super::record::{self, Envelope, Kind};
 use super::segment::{self, SegScan, SEG_HDR};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -82,6 +83,9 @@ pub struct SegInfo {
     /// Holds a record that passed its CRC but could not be decoded (reported
     /// at recovery): compaction never deletes it, so nothing goes silently.
     pub pinned: bool,
+    /// Pending webhook events whose newest EVENT record is here, and their record bytes.
+    pub events: u64,
+    pub event_bytes: u64,
 }
 
 /// The in-memory index of one shard: messages, the due schedule, and the
@@ -103,6 +107,8 @@ pub struct Index {
     /// record of it (superseded copies; every copy once deleted). A DELETE
     /// record matters while any of these segments exists.
     pub copies: HashMap<String, Vec<u64>>,
+    /// Pending webhook events and cursors (spool/events.rs).
+    pub events: EventLog,
 }
 
 /// When a message is next due: None if held or no recipient is waiting.
@@ -275,6 +281,44 @@ impl Index {
         self.copies.get(qid).is_some_and(|v| v.iter().any(|s| *s != except && self.segs.contains_key(s)))
     }
 
+    /// A durable EVENT record (`len` bytes) in segment `seq`.
+    pub fn apply_event(&mut self, seq: u64, len: u64, ev: Event) {
+        if let Some(old) = self.events.insert(ev, seq, len) {
+            self.unpin_events(&[old]);
+        }
+        let s = self.segs.entry(seq).or_default();
+        s.events += 1;
+        s.event_bytes += len;
+    }
+
+    /// A durable EVENT_ACK record in segment `seq`; events every live cursor passed go.
+    pub fn apply_ack(&mut self, seq: u64, name: &str, upto: u64) {
+        self.events.ack(name, upto, seq);
+        self.prune_events();
+    }
+
+    /// Only these webhook names keep events from now on.
+    pub fn set_event_names(&mut self, names: Vec<String>) -> bool {
+        self.events.set_names(names);
+        self.prune_events()
+    }
+
+    /// Drop the events every live cursor passed; true if some went.
+    pub fn prune_events(&mut self) -> bool {
+        let gone = self.events.prune();
+        self.unpin_events(&gone);
+        !gone.is_empty()
+    }
+
+    fn unpin_events(&mut self, gone: &[(u64, u64)]) {
+        for (seg, len) in gone {
+            if let Some(s) = self.segs.get_mut(seg) {
+                s.events = s.events.saturating_sub(1);
+                s.event_bytes = s.event_bytes.saturating_sub(*len);
+            }
+        }
+    }
+
     /// Apply one valid record found by a scan of segment `seq`.
     pub fn apply_scanned(&mut self, seq: u64, r: &super::segment::Scanned) -> Result<(), record::FormatError> {
         match r.kind {
@@ -292,6 +336,8 @@ impl Index {
             Kind::State => record::decode_state(&r.meta).map(|sc| self.apply_state(seq, &sc)),
             Kind::Delete => record::decode_delete(&r.meta).map(|(qid, _)| self.apply_delete(seq, &qid)),
             Kind::SegmentEnd => record::decode_segment_end(&r.meta).map(|m| self.segs.entry(seq).or_default().markers.push(m)),
+            Kind::Event => events::decode_event(&r.meta).map(|ev| self.apply_event(seq, r.len, ev)),
+            Kind::EventAck => events::decode_ack(&r.meta).map(|(name, upto)| self.events.ack(&name, upto, seq)),
         }
     }
 }
@@ -316,6 +362,8 @@ pub fn build(shard: u32, scans: &[SegScan], report: &mut Vec<String>) -> Index {
             }
         }
     }
+    // Cursors may come after the events they pass: prune once everything is read.
+    ix.prune_events();
     ix
 }
 

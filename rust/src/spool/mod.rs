@@ -57,6 +57,15 @@
 // - 3 DELETE: `ver | queue_id str | time_us`: every copy of the message is gone.
 // - 4 SEGMENT_END: `ver | seq | len` (after a failed batch: "segment S is
 //   valid up to length L"; the bytes past L belong to messages that got 451).
+// - 5 EVENT: `ver | seq | id str | time_us | json str`: one webhook event. seq is
+//   per shard and strictly increasing in log order, across restarts too (recovery
+//   goes on after the largest seq of any EVENT or EVENT_ACK record); id is the
+//   time-and-shard queue-id form plus "." and the seq: unique for ever.
+// - 6 EVENT_ACK: `ver | webhook name str | seq`: that webhook has every event up
+//   to seq. An event is pending while some live cursor is below it (events.rs);
+//   a segment holding a pending event is never deleted, a sparse one has its
+//   pending events copied forward, and a deleted segment's newest ACK records
+//   are written again first (compact.rs).
 //
 // Recovery replays every record in log order (segments by sequence number,
 // records by offset), so a restart resumes exactly where the writer was.
@@ -78,6 +87,8 @@
 // replay resolves (the newest MESSAGE record wins).
 
 mod compact;
+mod event_ops;
+pub mod events;
 mod fresh;
 pub mod incoming;
 pub mod index;
@@ -209,8 +220,9 @@ impl Spool {
         };
         // Queue ids stay unique after a restart even if the clock went back.
         let last_us = rec.index.entries().filter_map(|e| queue_id_micros(&e.envelope.queue_id)).max().unwrap_or(0);
+        let next_event_seq = rec.index.events.max_seq + 1;
         let shared = Arc::new(Shared {
-            queue: Mutex::new(Default::default()),
+            queue: Mutex::new(writer::Queue { next_event_seq, ..Default::default() }),
             cv: Condvar::new(),
             done: Mutex::new(Vec::new()),
             notify_w,
@@ -267,8 +279,14 @@ impl Spool {
     /// Hand a message to the writer thread; never waits for disk. Its
     /// completion appears in `completions()` once the batch is durable.
     pub fn submit(&self, token: u64, envelope: Envelope, msg: Incoming) -> Result<(), Error> {
+        self.submit_with_events(token, envelope, msg, &[])
+    }
+
+    /// `submit`, with webhook events (JSON texts) written in the same batch, before the message.
+    pub fn submit_with_events(&self, token: u64, envelope: Envelope, msg: Incoming, events: &[String]) -> Result<(), Error> {
+        event_ops::check(events)?;
         match self.message_job(token, envelope, msg)? {
-            Some(job) => self.enqueue([job], false),
+            Some(job) => self.enqueue_with(events, [job], false),
             None => Ok(()),
         }
     }
@@ -292,6 +310,12 @@ impl Spool {
     /// to the index once synced; completion like submit). Invalid: unknown
     /// queue id, recipient index out of range, state out of range.
     pub fn update(&self, token: u64, queue_id: &str, changes: &[Change]) -> Result<(), Error> {
+        self.update_with_events(token, queue_id, changes, &[])
+    }
+
+    /// `update`, with webhook events (JSON texts) written in the same batch, before the STATE record.
+    pub fn update_with_events(&self, token: u64, queue_id: &str, changes: &[Change], events: &[String]) -> Result<(), Error> {
+        event_ops::check(events)?;
         let sc = {
             let ix = self.shared.index.lock().unwrap();
             let e = ix.get(queue_id).ok_or_else(|| unknown_id(queue_id))?;
@@ -315,7 +339,8 @@ impl Spool {
             }
             StateChange { queue_id: queue_id.to_string(), time_us: now_us(), hold: None, delay_warned: false, changes: v }
         };
-        self.enqueue_state(token, sc, true)
+        let meta = record::encode_state(&sc);
+        self.enqueue_with(events, [Job { token, kind: Kind::State, meta, data: Sealed::from_bytes(Vec::new()), op: Op::State(sc) }], true)
     }
 
     /// Hold (never due) or release a durable message: a STATE record with the hold flag.
@@ -356,6 +381,13 @@ impl Spool {
     /// ids are left out and returned; when none is known, nothing is queued and
     /// `token` never completes (the caller knows from the returned list).
     pub fn delete_many(&self, token: u64, queue_ids: &[&str]) -> Result<Vec<String>, Error> {
+        self.delete_many_with_events(token, queue_ids, &[])
+    }
+
+    /// `delete_many`, with webhook events (JSON texts) written in the same batch, before the
+    /// DELETE records (dropped with them when no queue id is known).
+    pub fn delete_many_with_events(&self, token: u64, queue_ids: &[&str], events: &[String]) -> Result<Vec<String>, Error> {
+        event_ops::check(events)?;
         let mut unknown = Vec::new();
         let mut jobs = Vec::with_capacity(queue_ids.len());
         {
@@ -372,7 +404,7 @@ impl Spool {
         }
         let Some(last) = jobs.last_mut() else { return Ok(unknown) };
         last.token = token;
-        self.enqueue(jobs, true)?;
+        self.enqueue_with(events, jobs, true)?;
         Ok(unknown)
     }
 
@@ -408,12 +440,20 @@ impl Spool {
     /// sync (see writer.rs); everything else wakes the writer at once. The jobs are
     /// queued under one lock, so the writer takes them into one batch.
     fn enqueue(&self, jobs: impl IntoIterator<Item = Job>, lazy: bool) -> Result<(), Error> {
+        self.enqueue_with(&[], jobs, lazy)
+    }
+
+    /// `enqueue` with webhook events first (their seqs given out under the queue's lock).
+    fn enqueue_with(&self, events: &[String], jobs: impl IntoIterator<Item = Job>, lazy: bool) -> Result<(), Error> {
         let mut q = self.shared.queue.lock().unwrap();
         if q.closing {
             return Err(Error::Closed);
         }
         let first_lazy = lazy && q.lazy_since.is_none();
         let eager_before = q.eager;
+        for job in self.event_jobs(&mut q, events) {
+            q.push(job, lazy);
+        }
         for job in jobs {
             q.push(job, lazy);
         }

@@ -16,7 +16,7 @@ pub const MAX_META: usize = 16 * 1024 * 1024;
 /// Meta encoding written now. Older ones are still read: version 2 has no
 /// recipient routes and no transaction notes; version 1 (format v1 MESSAGE
 /// records) also has no attempts/next_attempt/last_reply and no hold flag.
-const META_VERSION: u8 = 3;
+pub(super) const META_VERSION: u8 = 3;
 /// Transaction notes (plugins' JSON) above this many bytes are refused at submit:
 /// they ride in every copy of the envelope, and recovery holds every envelope.
 pub const MAX_NOTES: usize = 64 * 1024;
@@ -38,6 +38,10 @@ pub enum Kind {
     /// "segment SEQ is valid only up to LEN": written after a failed batch so
     /// that records of messages we answered 451 for never come back.
     SegmentEnd = 4,
+    /// One webhook event (spool/events.rs).
+    Event = 5,
+    /// "webhook NAME has every event up to SEQ" (spool/events.rs).
+    EventAck = 6,
 }
 
 impl Kind {
@@ -47,6 +51,8 @@ impl Kind {
             2 => Kind::State,
             3 => Kind::Delete,
             4 => Kind::SegmentEnd,
+            5 => Kind::Event,
+            6 => Kind::EventAck,
             _ => return None,
         })
     }
@@ -132,16 +138,16 @@ pub struct Envelope {
 
 // ---- primitive encoding: LEB128 varints; strings as len+bytes; Option as len+1 (0 = None)
 
-struct W(Vec<u8>);
+pub(super) struct W(pub(super) Vec<u8>);
 impl W {
-    fn varint(&mut self, mut v: u64) {
+    pub(super) fn varint(&mut self, mut v: u64) {
         while v >= 0x80 {
             self.0.push((v as u8) | 0x80);
             v >>= 7;
         }
         self.0.push(v as u8);
     }
-    fn str(&mut self, s: &str) {
+    pub(super) fn str(&mut self, s: &str) {
         self.varint(s.len() as u64);
         self.0.extend_from_slice(s.as_bytes());
     }
@@ -160,14 +166,14 @@ impl W {
     }
 }
 
-struct R<'a>(&'a [u8], usize);
+pub(super) struct R<'a>(pub(super) &'a [u8], pub(super) usize);
 impl R<'_> {
-    fn u8(&mut self) -> Result<u8, FormatError> {
+    pub(super) fn u8(&mut self) -> Result<u8, FormatError> {
         let b = *self.0.get(self.1).ok_or(FormatError("meta truncated".into()))?;
         self.1 += 1;
         Ok(b)
     }
-    fn varint(&mut self) -> Result<u64, FormatError> {
+    pub(super) fn varint(&mut self) -> Result<u64, FormatError> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
             let b = self.u8()?;
@@ -187,7 +193,7 @@ impl R<'_> {
         self.1 += n;
         Ok(s)
     }
-    fn str(&mut self) -> Result<String, FormatError> {
+    pub(super) fn str(&mut self) -> Result<String, FormatError> {
         let n = self.varint()?;
         let b = self.bytes(n)?;
         String::from_utf8(b.to_vec()).map_err(|_| FormatError("string not UTF-8".into()))
@@ -205,13 +211,13 @@ impl R<'_> {
         Ok(self.varint()?.checked_sub(1))
     }
     /// The meta version byte, `min..=META_VERSION`.
-    fn version(&mut self, min: u8) -> Result<u8, FormatError> {
+    pub(super) fn version(&mut self, min: u8) -> Result<u8, FormatError> {
         match self.u8()? {
             v if (min..=META_VERSION).contains(&v) => Ok(v),
             v => Err(FormatError(format!("unknown meta version {v}"))),
         }
     }
-    fn done(&self) -> Result<(), FormatError> {
+    pub(super) fn done(&self) -> Result<(), FormatError> {
         if self.1 != self.0.len() {
             return ferr("trailing bytes in meta");
         }

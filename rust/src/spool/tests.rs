@@ -556,3 +556,5 @@ mod notes_route_tests;
 mod edit_tests;
 #[path = "delay_warned_tests.rs"]
 mod delay_warned_tests;
+#[path = "event_spool_tests.rs"]
+mod event_spool_tests;

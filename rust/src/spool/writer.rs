@@ -37,6 +37,10 @@ pub enum Op {
     Message(Envelope),
     State(StateChange),
     Delete(String),
+    /// A webhook event (spool/events.rs).
+    Event(super::events::Event),
+    /// A webhook's cursor: (name, every event up to this seq).
+    Ack(String, u64),
 }
 
 /// The token of a job that completes nobody: one of a group (`Spool::delete_many`)
@@ -76,6 +80,8 @@ pub struct Queue {
     pub lazy_since: Option<std::time::Instant>,
     /// When the oldest eager job in `jobs` arrived.
     pub eager_since: Option<std::time::Instant>,
+    /// The next webhook event's seq: given out under this lock, so seq order is log order.
+    pub next_event_seq: u64,
 }
 
 impl Queue {
@@ -344,6 +350,11 @@ impl Writer {
                         Op::State(sc) => ix.apply_state(loc.seq, &sc),
                         Op::Delete(qid) => {
                             ix.apply_delete(loc.seq, &qid);
+                            self.compact_pending = true;
+                        }
+                        Op::Event(ev) => ix.apply_event(loc.seq, loc.len, ev),
+                        Op::Ack(name, upto) => {
+                            ix.apply_ack(loc.seq, &name, upto);
                             self.compact_pending = true;
                         }
                     }
