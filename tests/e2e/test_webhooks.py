@@ -167,3 +167,28 @@ def test_beyond_max_backlog_the_oldest_are_dropped_and_mail_flows(server_factory
     time.sleep(1.0)
     assert len(sink.records()) == 3
     assert srv.queue() == []
+
+
+def test_a_reload_moves_the_events_to_the_new_webhook(server_factory, peers, sink):
+    """SIGHUP with [[webhook]] pointing elsewhere: events recorded after the reload go to the
+    new receiver (the old senders hand over); the old receiver gets nothing new."""
+    ok, bad, later = peers
+    other = WebhookSink().start()
+    try:
+        srv = server_factory(config=config(sink, ok.port, bad.port, later.port, events='["accepted"]'),
+                             deliver=True)
+        send(srv.port, "alice@example.test", "u@good.test", "before")
+        sink.wait(lambda got: len(got) == 1)
+        srv.config.write_text(srv.config.read_text().replace(sink.url, other.url))
+        srv.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while "reload: applied" not in srv.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "webhook" in srv.log().split("reload: applied", 1)[1].splitlines()[0]
+        send(srv.port, "alice@example.test", "u@good.test", "after")
+        got = other.wait(lambda got: len(got) == 1)
+        assert got[0]["event"] == "accepted"
+        time.sleep(0.5)
+        assert len(sink.records()) == 1
+    finally:
+        other.stop()
