@@ -36,6 +36,7 @@ from mta.policy.chain import Chain
 from mta.policy.relay import Networks, RelayPolicy
 from mta.queue.manager import QueueManager
 from mta.queue.store import SpoolService
+from mta.smtp.counts import TLS_FAILED
 from mta.smtp.limits import Limits
 from mta.smtp.proxy import ProxyGate
 from mta.smtp.rdns import ReverseResolver
@@ -121,18 +122,21 @@ class Server:
         self.queue = self._queue_manager()
         self.metrics.gauges = self._queue_gauges
         self.metrics.spool_stats = self.spool.stats
+        self.metrics.scans.append(self._open_sessions)
         if self.cfg.http.listen:
             if self.http_sockets is None:
                 self.http_sockets = http.bind(self.cfg.http.listen)  # before the drop: ports under 1024
             snaps = Snapshots(self.cfg.spool.dir, self.shard, self.cfg.workers, self.run_id)
             self.http = http.HttpService(self.http_sockets, self.metrics, snaps,
                                          self._stopping.is_set, self.spool.has_room)
-        for lst in self.cfg.listeners:
+        for slot, lst in enumerate(self.cfg.listeners):
             family = socket.AF_INET6 if ":" in lst.host else socket.AF_INET
             tls = {}
             if lst.tls == "implicit" and self.tls is not None:
-                # The session is made after the handshake (greeting over TLS).
-                tls = {"ssl": self.tls.front, "ssl_handshake_timeout": HANDSHAKE_TIMEOUT}
+                # The session is made after the handshake (greeting over TLS); a failed
+                # handshake has no session: the listener's context counts it.
+                front = self.tls.implicit_front(self.metrics.listener_counts[slot], TLS_FAILED)
+                tls = {"ssl": front, "ssl_handshake_timeout": HANDSHAKE_TIMEOUT}
             srv = await loop.create_server(
                 self.session_factory(lst), lst.host, lst.port, family=family,
                 reuse_address=True, reuse_port=self.reuse_port or None, backlog=1024,
@@ -163,8 +167,9 @@ class Server:
         settings, loop, store, sessions = self.session_settings, self.loop, self.spool, self.sessions
         metrics = self.metrics
         queue_durable = self.queue.on_durable
-        replies, connections = metrics.replies, metrics.connections
+        replies, connections = metrics.by_verb, metrics.connections
         slot = next((i for i, lst in enumerate(self.cfg.listeners) if lst == listener), None)
+        counts = metrics.listener_counts[slot] if slot is not None else None
 
         def on_durable(qid, recipients=None, notes=None) -> None:  # the 250 went out; the queue takes it
             metrics.accepted += 1
@@ -178,7 +183,7 @@ class Server:
             if slot is not None:
                 connections[slot] += 1
             return Session(listener, settings, loop, store, on_durable, policy, hooks, limits, sessions,
-                           rdns, proxy_gate, tls, users, auth_guard, replies)
+                           rdns, proxy_gate, tls, users, auth_guard, replies, counts)
 
         return new_session
     def _queue_manager(self) -> QueueManager:
@@ -207,6 +212,14 @@ class Server:
             elif env.queue_id not in active:
                 deferred += 1
         return {"active": len(active), "deferred": deferred, "held": held}
+
+    def _open_sessions(self) -> list[list]:
+        """mta_connections_open: the sessions by listener (a walk, at the metrics tick)."""
+        n = {lst.address: 0 for lst in self.cfg.listeners}
+        for s in self.sessions:
+            if s.listener is not None:
+                n[s.listener.address] = n.get(s.listener.address, 0) + 1
+        return [["mta_connections_open", {"listener": a}, k] for a, k in n.items()]
 
     def _wire(self, dlog: DeliveryLog):
         """Where SMTP/LMTP transactions run: the delivery agent process, or this one."""

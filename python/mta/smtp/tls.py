@@ -82,6 +82,19 @@ class TlsContext:
         if ctx is not self.current:
             sslobj.context = self.current  # the reloaded certificate and key
 
+    def implicit_front(self, counts: list[int], index: int) -> ssl.SSLContext:
+        """A context like `front` for one implicit-TLS listener, whose failed handshakes
+        add one to counts[index] (mta.smtp.counts: its listener's TLS failures)."""
+        ctx = build_context(self.cfg)
+        ctx.sni_callback = self._switch
+
+        class Counted(_ImplicitSSLObject):
+            def failed(self) -> None:
+                counts[index] += 1
+
+        ctx.sslobject_class = Counted
+        return ctx
+
     def reload(self) -> bool:
         try:
             ctx = build_context(self.cfg)
@@ -104,7 +117,11 @@ class _ImplicitSSLObject(ssl.SSLObject):
             raise
         except ssl.SSLError as e:
             log.info("implicit TLS handshake failed: %s", e.reason or e)
+            self.failed()
             raise
+
+    def failed(self) -> None:
+        """A handshake failed (counted by the listener's context)."""
 
 
 # --- mta tls selfsigned -----------------------------------------------------------
