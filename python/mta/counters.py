@@ -1,9 +1,12 @@
-"""Counters the components bump for /metrics without knowing it: a fixed-bucket histogram and
-a top-K table by key. Plain Python objects, no imports: each bump is a few int operations and
-the memory is bounded (a histogram's buckets are fixed, a table holds at most `cap` keys)."""
+"""Counters the components bump for /metrics without knowing it: a fixed-bucket histogram, a
+top-K table by key, and the snapshot file a process shares them in. Each bump is a few int
+operations; memory is bounded (fixed buckets, at most `cap` keys); a snapshot is replaced whole."""
 
 from __future__ import annotations
 
+import json
+import os
+import time
 from bisect import bisect_left
 
 # Seconds, for latencies from sub-millisecond calls up to days in a queue.
@@ -69,3 +72,13 @@ def top(table: dict[str, list[int]], k: int, columns: int) -> dict[str, list[int
             rest[i] += v
     out[OTHER] = rest
     return out
+
+
+def write_snapshot(path: str, run: int, series: list, now: float | None = None) -> None:
+    """Series as a snapshot file other processes of run `run` read (mta.app.metrics):
+    written aside and renamed over, so a reader sees the old one or the new one, whole."""
+    doc = {"run": run, "time": time.time() if now is None else now, "series": series}
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(doc, f, separators=(",", ":"))
+    os.replace(tmp, path)

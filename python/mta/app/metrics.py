@@ -13,7 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from mta.counters import OTHER, Histogram, TopK, top
+from mta.counters import OTHER, Histogram, TopK, top, write_snapshot
 from mta.smtp.counts import BYTES, OUTCOMES, VERBS, by_verb_counts, listener_counts
 
 
@@ -274,13 +274,8 @@ class Snapshots:
             os.makedirs(self.dir, exist_ok=True)
 
     def write(self, series: list[Series], now: float | None = None) -> None:
-        if not self.shared:
-            return  # nobody else reads it
-        doc = {"run": self.run, "time": time.time() if now is None else now, "series": series}
-        tmp = f"{self.path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(doc, f, separators=(",", ":"))
-        os.replace(tmp, self.path)  # readers see the old snapshot or the new one, whole
+        if self.shared:  # else nobody reads it
+            write_snapshot(self.path, self.run, series, now)
 
     def others(self, now: float | None = None) -> list[list[Series]]:
         """The fresh snapshots of the other processes of this run."""

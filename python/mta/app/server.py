@@ -93,6 +93,7 @@ class Server:
         self.proxy = ProxyGate(cfg)
         self.spool: SpoolService | None = None
         self.shaper: Shaper | None = None  # made with the queue manager
+        self.smtp_client: SmtpDelivery | None = None  # the in-process delivery client, if deliveries run here
         self.queue: QueueManager | None = None
         self.control: ControlServer | None = None
         self._servers: list[asyncio.AbstractServer] = []
@@ -122,11 +123,16 @@ class Server:
         self.queue = self._queue_manager()
         self.metrics.gauges = self._queue_gauges
         self.metrics.spool_stats = self.spool.stats
-        self.metrics.scans.append(self._open_sessions)
+        self._queue_extra: list[list] = []  # made by _queue_gauges's walk, at the same tick
+        self.metrics.scans += [lambda: self._queue_extra, self._open_sessions]
+        if self.smtp_client is not None:  # else the delivery agent writes its own snapshot
+            self.metrics.scans.append(self.smtp_client.metrics_series)
+        self.metrics.sources.append(self._counted_elsewhere)
         if self.cfg.http.listen:
             if self.http_sockets is None:
                 self.http_sockets = http.bind(self.cfg.http.listen)  # before the drop: ports under 1024
-            snaps = Snapshots(self.cfg.spool.dir, self.shard, self.cfg.workers, self.run_id)
+            snaps = Snapshots(self.cfg.spool.dir, self.shard, self.cfg.workers, self.run_id,
+                              agents=self.smtp_client is None)
             self.http = http.HttpService(self.http_sockets, self.metrics, snaps,
                                          self._stopping.is_set, self.spool.has_room)
         for slot, lst in enumerate(self.cfg.listeners):
@@ -206,11 +212,16 @@ class Server:
         at most once a second (the metrics tick). Neither held nor in flight: deferred."""
         active = self.queue.active
         deferred = held = 0
+        oldest = now = time.time()
         for env in self.spool.list():
             if env.held:
                 held += 1
             elif env.queue_id not in active:
                 deferred += 1
+            if env.arrival < oldest:
+                oldest = env.arrival
+        self._queue_extra = [["mta_queue_oldest_message_age_seconds", {}, max(0.0, now - oldest)],
+                             ["mta_queue_suspended_messages", {}, self.queue.suspended_count(now)]]
         return {"active": len(active), "deferred": deferred, "held": held}
 
     def _open_sessions(self) -> list[list]:
@@ -221,19 +232,39 @@ class Server:
                 n[s.listener.address] = n.get(s.listener.address, 0) + 1
         return [["mta_connections_open", {"listener": a}, k] for a, k in n.items()]
 
+    def _counted_elsewhere(self) -> list[list]:
+        """The counters the hook chain and the resolvers keep, as /metrics series."""
+        out = []
+        for plugin, hook, calls, seconds, failures in self.hooks.hook_stats():
+            labels = {"plugin": plugin, "hook": hook}
+            out += [["mta_plugin_hook_calls", labels, calls], ["mta_plugin_hook_seconds", labels, seconds],
+                    ["mta_plugin_hook_failures", labels, failures]]
+        out += [["mta_dns_lookups", {"type": t, "status": st}, n] for (t, st), n in self.resolver.lookups.items()]
+        out += [["mta_dns_lookups", {"type": "PTR", "status": st}, n] for st, n in self.rdns.lookups.items() if n]
+        out += [["mta_dns_cache_hits", {"cache": "mx"}, self.resolver.cache_hits],
+                ["mta_dns_cache_hits", {"cache": "rdns"}, self.rdns.cache_hits]]
+        return out
+
     def _wire(self, dlog: DeliveryLog):
-        """Where SMTP/LMTP transactions run: the delivery agent process, or this one."""
+        """Where SMTP/LMTP transactions run: the delivery agent process, or this one
+        (then `smtp_client`, whose pool and waits /metrics reads)."""
         cfg = self.cfg
         if not cfg.delivery.agent:
-            return InProcess(SmtpDelivery(self.throttle))
+            self.smtp_client = SmtpDelivery(self.throttle)
+            return InProcess(self.smtp_client)
         why = privileges.helper_blocked(cfg.privileges, "mta.delivery.agent", AgentDelivery.environment())
         if why:
             # Made before the privilege drop; the agent is started after it, as that user.
             log.error("the delivery agent could not start as user %s (%s): delivering in the "
                       "worker instead, as with delivery.agent = false", cfg.privileges.user, why)
-            return InProcess(SmtpDelivery(self.throttle))
+            self.smtp_client = SmtpDelivery(self.throttle)
+            return InProcess(self.smtp_client)
+        metrics = ""
+        if cfg.http.listen:  # its snapshot, beside the workers' (mta.app.metrics.Snapshots)
+            os.makedirs(os.path.join(cfg.spool.dir, "metrics"), exist_ok=True)
+            metrics = f"{os.path.join(cfg.spool.dir, 'metrics', f'agent-{self.shard}.json')}|{self.run_id}"
         return AgentDelivery(cpus=self.affinity.helpers, log_fd=dlog.fd, encode=self.spool.encode_jobs,
-                             throttle=shaping_backends.encode(self.throttle_desc))
+                             throttle=shaping_backends.encode(self.throttle_desc), metrics=metrics)
 
     def _sweep(self) -> None:
         """Close the sessions idle for smtp.idle_timeout; a session is closed at most

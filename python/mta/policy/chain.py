@@ -28,7 +28,8 @@ _CORO = types.CoroutineType
 class Entry:
     """One plugin as loaded (or a built-in policy): its name, hooks and timeout."""
 
-    __slots__ = ("name", "module", "timeout", "hooks", "obj", "options", "builtin", "failures", "setup", "stop")
+    __slots__ = ("name", "module", "timeout", "hooks", "obj", "options", "builtin", "failures", "calls", "setup",
+                 "stop")
 
     def __init__(self, name: str, hooks: dict[str, Any], *, module: str = "", timeout: float = 5.0,
                  obj: Any = None, options: dict | None = None, builtin: bool = False,
@@ -41,8 +42,17 @@ class Entry:
         self.options = options or {}
         self.builtin = builtin
         self.failures: dict[str, int] = {}  # hook -> calls that raised, overran or answered garbage
+        self.calls: dict[str, list] = {h: [0, 0.0] for h in hooks}  # hook -> [calls, seconds] (/metrics)
         self.setup = setup  # () -> None | awaitable: setup(options) or Plugin.start()
         self.stop = stop
+
+    def timed(self, stage: str, start: float) -> float:
+        """Count a call of `stage` that began at `start` (monotonic); its duration."""
+        took = _monotonic() - start
+        c = self.calls[stage]
+        c[0] += 1
+        c[1] += took
+        return took
 
     def kinds(self) -> dict[str, str]:
         """hook -> "sync" | "async", for `mta plugins list`."""
@@ -88,6 +98,10 @@ class Chain:
         """(plugin, hook) -> failed calls so far (for metrics)."""
         return {(e.name, h): n for e in self.entries for h, n in e.failures.items()}
 
+    def hook_stats(self) -> list[tuple[str, str, int, float, int]]:
+        """(plugin, hook, calls, seconds, failures) of every hook some entry has."""
+        return [(e.name, h, c[0], c[1], e.failures.get(h, 0)) for e in self.entries for h, c in e.calls.items()]
+
     # --- inbound stages: a verdict ----------------------------------------------------------
 
     def run(self, calls: tuple, args: tuple) -> Verdict | None | asyncio.Task:
@@ -99,7 +113,7 @@ class Chain:
             try:
                 r = fn(*args)
                 if r is None:
-                    if _monotonic() - start > limit:
+                    if entry.timed(stage, start) > limit:
                         return self._overran(entry, stage)
                     continue
                 if type(r) is _CORO:
@@ -107,11 +121,12 @@ class Chain:
                         pending = r.send(None)
                     except StopIteration as done:  # an async hook that never waited
                         r = done.value
-                    else:
+                    else:  # timed by _finish
                         return self._spawn(self._finish(calls, calls.index(item), r, pending, args, start))
             except Exception as e:  # noqa: BLE001 - a plugin's failure is this command's 451
+                entry.timed(stage, start)
                 return self.failed(entry, stage, e)
-            if _monotonic() - start > limit:
+            if entry.timed(stage, start) > limit:
                 return self._overran(entry, stage)
             v = self._judge(entry, stage, r)
             if v is None:
@@ -128,6 +143,8 @@ class Chain:
             return self._overran(entry, stage)
         except Exception as e:  # noqa: BLE001
             return self.failed(entry, stage, e)
+        finally:
+            entry.timed(stage, start)
         v = self._judge(entry, stage, r)
         if v is _ACCEPTED:
             return None
@@ -182,12 +199,13 @@ class Chain:
                         pending = r.send(None)
                     except StopIteration as done:
                         r = done.value
-                    else:
+                    else:  # timed by _route_later
                         return self._route_later(calls, i, r, pending, address, msg, start)
             except Exception as e:  # noqa: BLE001
+                entry.timed(stage, start)
                 self.failed(entry, stage, e)
                 raise RouteError(f"plugin {entry.name}: route failed: {type(e).__name__}: {e}") from e
-            if _monotonic() - start > entry.timeout:
+            if entry.timed(stage, start) > entry.timeout:
                 self._overran(entry, stage)
                 raise RouteError(f"plugin {entry.name}: route timed out")
             if r is not None:
@@ -205,6 +223,8 @@ class Chain:
         except Exception as e:  # noqa: BLE001
             self.failed(entry, stage, e)
             raise RouteError(f"plugin {entry.name}: route failed: {type(e).__name__}: {e}") from e
+        finally:
+            entry.timed(stage, start)
         if r is not None:
             return self._spec(entry, r)
         nxt = self._route_from(i + 1, address, msg)
@@ -223,18 +243,22 @@ class Chain:
         """Tell the observers (on_delivered, on_bounced): their answers are ignored, their
         failures logged and counted; async ones finish in the background."""
         for entry, fn, stage, _limit in calls:
+            start = _monotonic()
             try:
                 r = fn(event)
                 if type(r) is _CORO:
                     try:
                         pending = r.send(None)
                     except StopIteration:
+                        entry.timed(stage, start)
                         continue
-                    self._spawn(self._observe(entry, stage, r, pending))
+                    self._spawn(self._observe(entry, stage, r, pending, start))
+                    continue
             except Exception as e:  # noqa: BLE001
                 self.failed(entry, stage, e)
+            entry.timed(stage, start)
 
-    async def _observe(self, entry: Entry, stage: str, coro, pending) -> None:
+    async def _observe(self, entry: Entry, stage: str, coro, pending, start: float) -> None:
         try:
             async with asyncio.timeout(entry.timeout):
                 await _Resume(coro, pending)
@@ -242,12 +266,15 @@ class Chain:
             self._overran(entry, stage)
         except Exception as e:  # noqa: BLE001
             self.failed(entry, stage, e)
+        finally:
+            entry.timed(stage, start)
 
     async def first(self, calls: tuple, args: tuple, convert) -> Any:
         """The first answer of `calls` that is not None (or Continue), made by `convert`,
         which raises TypeError or ValueError for an answer it cannot use: that hook is
         logged and counted as failed, as one that raises or overruns, and the next asked."""
         for entry, fn, stage, _limit in calls:
+            start = _monotonic()
             try:
                 async with asyncio.timeout(entry.timeout):
                     r = fn(*args)
@@ -260,12 +287,15 @@ class Chain:
                 self._overran(entry, stage)
             except Exception as e:  # noqa: BLE001
                 self.failed(entry, stage, e)
+            finally:
+                entry.timed(stage, start)
         return None
 
     async def deferred(self, event: Any) -> TransportSpec | None:
         """on_deferred for one recipient: the first Route a hook gives (its next attempt goes
         there), else None. A failing hook is logged and counted; the deferral stands."""
         for entry, fn, stage, _limit in self.on_deferred:
+            start = _monotonic()
             try:
                 async with asyncio.timeout(entry.timeout):
                     r = fn(event)
@@ -277,6 +307,8 @@ class Chain:
             except Exception as e:  # noqa: BLE001
                 self.failed(entry, stage, e)
                 continue
+            finally:
+                entry.timed(stage, start)
             if r is None or type(r) is Continue:
                 continue
             spec = to_spec(r)
