@@ -42,16 +42,19 @@ class Entry:
         self.options = options or {}
         self.builtin = builtin
         self.failures: dict[str, int] = {}  # hook -> calls that raised, overran or answered garbage
-        self.calls: dict[str, list] = {h: [0, 0.0] for h in hooks}  # hook -> [calls, seconds] (/metrics)
+        # hook -> [calls, seconds] (/metrics): plugins only, so the built-in policies' calls
+        # (on every RCPT) cost no more than they did.
+        self.calls: dict[str, list] = {} if builtin else {h: [0, 0.0] for h in hooks}
         self.setup = setup  # () -> None | awaitable: setup(options) or Plugin.start()
         self.stop = stop
 
     def timed(self, stage: str, start: float) -> float:
         """Count a call of `stage` that began at `start` (monotonic); its duration."""
         took = _monotonic() - start
-        c = self.calls[stage]
-        c[0] += 1
-        c[1] += took
+        c = self.calls.get(stage)
+        if c is not None:
+            c[0] += 1
+            c[1] += took
         return took
 
     def kinds(self) -> dict[str, str]:
@@ -69,10 +72,11 @@ class Chain:
 
     def __init__(self, entries: Iterable[Entry] = ()):
         self.entries = list(entries)
-        # (entry, hook, stage, its time limit); the built-ins are not timed
+        # (entry, hook, stage, its time limit, its [calls, seconds] or None); the built-ins
+        # are neither timed nor counted
         for stage in HOOKS:
-            setattr(self, stage, tuple((e, e.hooks[stage], stage, math.inf if e.builtin else e.timeout)
-                                       for e in self.entries if stage in e.hooks))
+            setattr(self, stage, tuple((e, e.hooks[stage], stage, math.inf if e.builtin else e.timeout,
+                                        e.calls.get(stage)) for e in self.entries if stage in e.hooks))
         self._tasks: set[asyncio.Task] = set()
         self._started: list[Entry] = []  # entries whose setup/start ran (stop() stops these)
 
@@ -108,13 +112,17 @@ class Chain:
         """The stage's answer: None (go on), a refusal (Reject, Defer, Disconnect), or a task
         ending with one of those when a hook had to wait. Never raises."""
         for item in calls:
-            entry, fn, stage, limit = item
+            entry, fn, stage, limit, stat = item
             start = _monotonic()
             try:
                 r = fn(*args)
                 if r is None:
-                    if entry.timed(stage, start) > limit:
-                        return self._overran(entry, stage)
+                    if stat is not None:
+                        took = _monotonic() - start
+                        stat[0] += 1
+                        stat[1] += took
+                        if took > limit:
+                            return self._overran(entry, stage)
                     continue
                 if type(r) is _CORO:
                     try:
@@ -126,7 +134,7 @@ class Chain:
             except Exception as e:  # noqa: BLE001 - a plugin's failure is this command's 451
                 entry.timed(stage, start)
                 return self.failed(entry, stage, e)
-            if entry.timed(stage, start) > limit:
+            if stat is not None and entry.timed(stage, start) > limit:
                 return self._overran(entry, stage)
             v = self._judge(entry, stage, r)
             if v is None:
@@ -135,7 +143,7 @@ class Chain:
         return None
 
     async def _finish(self, calls: tuple, i: int, coro, pending, args: tuple, start: float):
-        entry, _fn, stage, _limit = calls[i]
+        entry, _fn, stage, _limit, _stat = calls[i]
         try:
             async with asyncio.timeout(entry.timeout - (_monotonic() - start)):
                 r = await _Resume(coro, pending)
@@ -190,7 +198,7 @@ class Chain:
     def _route_from(self, first: int, address: str, msg: Any):
         calls = self.route
         for i in range(first, len(calls)):
-            entry, fn, stage, _limit = calls[i]
+            entry, fn, stage, _limit, _stat = calls[i]
             start = _monotonic()
             try:
                 r = fn(address, msg)
@@ -213,7 +221,7 @@ class Chain:
         return None
 
     async def _route_later(self, calls, i, coro, pending, address, msg, start):
-        entry, _fn, stage, _limit = calls[i]
+        entry, _fn, stage, _limit, _stat = calls[i]
         try:
             async with asyncio.timeout(entry.timeout - (_monotonic() - start)):
                 r = await _Resume(coro, pending)
@@ -242,7 +250,7 @@ class Chain:
     def notify(self, calls: tuple, event: Any) -> None:
         """Tell the observers (on_delivered, on_bounced): their answers are ignored, their
         failures logged and counted; async ones finish in the background."""
-        for entry, fn, stage, _limit in calls:
+        for entry, fn, stage, _limit, _stat in calls:
             start = _monotonic()
             try:
                 r = fn(event)
@@ -273,7 +281,7 @@ class Chain:
         """The first answer of `calls` that is not None (or Continue), made by `convert`,
         which raises TypeError or ValueError for an answer it cannot use: that hook is
         logged and counted as failed, as one that raises or overruns, and the next asked."""
-        for entry, fn, stage, _limit in calls:
+        for entry, fn, stage, _limit, _stat in calls:
             start = _monotonic()
             try:
                 async with asyncio.timeout(entry.timeout):
@@ -294,7 +302,7 @@ class Chain:
     async def deferred(self, event: Any) -> TransportSpec | None:
         """on_deferred for one recipient: the first Route a hook gives (its next attempt goes
         there), else None. A failing hook is logged and counted; the deferral stands."""
-        for entry, fn, stage, _limit in self.on_deferred:
+        for entry, fn, stage, _limit, _stat in self.on_deferred:
             start = _monotonic()
             try:
                 async with asyncio.timeout(entry.timeout):
