@@ -206,3 +206,23 @@ def test_the_agents_suspended_answer_holds_the_message_until_its_end(tmp_path):
     assert held == (("deferred", 0, ends[0]), [])
     assert done is None and log == [("delivered", 1)] and calls == 2
 
+
+
+def test_metrics_count_the_hold_then_the_delivery_by_site_and_latency(tmp_path):
+    from mta.app.metrics import Metrics
+
+    async def main():
+        until = time.time() + 500
+        async with Harness(tmp_path, Wire(), held_until=until) as h:
+            m = h.queue.metrics = Metrics()
+            qid = await h.message()
+            await h.step()
+            held = h.queue.suspended_count(h.clock.time()), m.delivered
+            await h.step(501)
+            return held, h.state(qid), m, h.queue.suspended_count(h.clock.time())
+    held, state, m, after = run(main())
+    assert held == (1, 0)  # held back by shaping: suspended, nothing counted as an outcome
+    assert state is None and after == 0
+    assert (m.delivered, m.deferred, m.bounced) == (1, 0, 0)
+    assert m.sites.table["example.test"] == [1, 0, 0]
+    assert m.latency.count == 1

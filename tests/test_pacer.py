@@ -66,6 +66,8 @@ def test_waiters_go_in_arrival_order_at_the_rate():
     assert elapsed >= 9 * interval * 0.9  # one token per interval after the first (burst 1)
     assert th.granted("site") == 10
     assert p.waiting("site") == 0 and p.waits == 9
+    # The nine waited 1, 2, ... 9 intervals (for /metrics: mta_throttle_wait_seconds).
+    assert 45 * interval * 0.9 <= p.wait_seconds <= elapsed * 9
 
 
 def test_one_timer_per_key_not_one_per_waiter():
