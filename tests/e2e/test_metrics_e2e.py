@@ -1,7 +1,6 @@
-"""/metrics beyond the contract families, end to end: after known traffic (messages delivered
-and bounced, a refused recipient, a failed STARTTLS and implicit-TLS handshake, connections
-refused by a limit) the new families equal it, with 1 and 2 workers, with and without the
-delivery agent; parsed with prometheus_client."""
+"""/metrics beyond the contract families, end to end: after known traffic (deliveries, bounces,
+failed STARTTLS and implicit-TLS handshakes, connections refused by a limit) the new families
+equal it, with 1 and 2 workers, with and without the delivery agent (prometheus_client parses)."""
 
 from __future__ import annotations
 
