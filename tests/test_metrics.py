@@ -234,3 +234,20 @@ def test_top_merge_keeps_the_total(table, nworkers):
     rows = [s for s in merged if s[0] == "mta_deliveries_by_site"]
     assert sum(s[2] for s in rows) == nworkers * sum(table.values())
     assert len({s[1]["site"] for s in rows}) <= TOP_SITES + 1
+
+
+def test_the_agents_snapshots_are_added_with_one_worker_too(tmp_path):
+    from mta.counters import write_snapshot
+
+    now = 1_000_000.0
+    mine = Snapshots(str(tmp_path), 0, 1, run=5, agents=True)
+    pool = [["mta_delivery_connections", {"site": "mx:a.test", "state": "idle"}, 2],
+            ["mta_throttle_waits", {"kind": "slot"}, 3]]
+    write_snapshot(str(tmp_path / "metrics" / "agent-0.json"), 5, pool, now=now - 1)
+    write_snapshot(str(tmp_path / "metrics" / "agent-1.json"), 5, pool, now=now)  # no such worker: not read
+    got = values(mine.total(worker(accepted=1).series(), now=now))
+    assert got[("mta_delivery_connections", (("site", "mx:a.test"), ("state", "idle")))] == 2
+    assert got[("mta_throttle_waits", (("kind", "slot"),))] == 3
+    assert got[("mta_messages_accepted", ())] == 1
+    mine.write(worker(accepted=1).series())
+    assert sorted(os.listdir(tmp_path / "metrics")) == ["agent-0.json", "agent-1.json"]  # one worker: none of its own

@@ -264,13 +264,12 @@ class Snapshots:
     `run`: an id shared by the workers of one server (the supervisor's pid), so files a
     previous run left are never added in."""
 
-    def __init__(self, spool_dir: str, shard: int, workers: int, run: int, agents: bool = False,
-                 name: str | None = None):
+    def __init__(self, spool_dir: str, shard: int, workers: int, run: int, agents: bool = False):
         self.dir = os.path.join(spool_dir, "metrics")
         self.shard, self.workers, self.run, self.agents = shard, workers, run, agents
-        self.path = os.path.join(self.dir, f"{name or shard}.json")
-        self.shared = workers > 1 or agents or name is not None  # someone else reads or writes here
-        if self.shared:
+        self.path = os.path.join(self.dir, f"{shard}.json")
+        self.shared = workers > 1  # another worker reads this one's file
+        if self.shared or agents:
             os.makedirs(self.dir, exist_ok=True)
 
     def write(self, series: list[Series], now: float | None = None) -> None:
