@@ -251,3 +251,21 @@ def test_the_agents_snapshots_are_added_with_one_worker_too(tmp_path):
     assert got[("mta_messages_accepted", ())] == 1
     mine.write(worker(accepted=1).series())
     assert sorted(os.listdir(tmp_path / "metrics")) == ["agent-0.json", "agent-1.json"]  # one worker: none of its own
+
+
+SYNC_NAMES = ["sync_le_0.0001", "sync_le_0.00025", "sync_le_0.0005", "sync_le_0.001", "sync_le_0.0025",
+              "sync_le_0.005", "sync_le_0.01", "sync_le_0.025", "sync_le_0.05", "sync_le_0.1", "sync_le_0.25",
+              "sync_le_1.0", "sync_le_+Inf"]
+
+
+@given(st.lists(st.integers(0, 10**9), min_size=len(SYNC_NAMES), max_size=len(SYNC_NAMES)), st.integers(0, 10**12))
+def test_spool_buckets_render_cumulative_whatever_the_counts(counts, us):
+    st_ = dict(zip(SYNC_NAMES, counts), syncs=sum(counts), sync_us_sum=us)
+    got = parsed(render(merge([spool_series(st_), spool_series(st_)])))
+    assert got[("mta_spool_sync_seconds_count", ())] == 2 * sum(counts) == got[("mta_spool_syncs_total", ())]
+    running = 0
+    for name, n in zip(SYNC_NAMES, counts):
+        running += n
+        le = name[len("sync_le_"):]
+        assert got[("mta_spool_sync_seconds_bucket", (("le", le),))] == 2 * running
+    assert abs(got[("mta_spool_sync_seconds_sum", ())] - 2 * us / 1e6) <= 1e-6 * max(1, us / 1e6)
