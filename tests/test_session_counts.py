@@ -1,5 +1,5 @@
 """What a server session counts for /metrics (mta.smtp.counts), without sockets: replies by
-verb and class, pipelined or not; the connection outcomes (accepted, refused by a limit, early
+verb and class, pipelined or not; the connection outcomes (accepted, refused by a limit or a hook, early
 talker); the bytes of an accepted message. The counts add up to what the client saw."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mta.smtp.counts import (
-    ACCEPTED, BYTES, EARLY_TALKER, REFUSED_LIMIT, VERB_BASE, VERBS, by_verb_counts, listener_counts,
+    ACCEPTED, BYTES, EARLY_TALKER, REFUSED_LIMIT, REFUSED_POLICY, VERB_BASE, VERBS, by_verb_counts, listener_counts,
 )
 from sessionkit import CLIENT_IP, TRUSTED_IP, scripted
 
@@ -22,11 +22,12 @@ def counted(by_verb: list[int]) -> dict[tuple[str, str], int]:
             if by_verb[i * 10 + d]}
 
 
-def run(body, tmp_path, **kw):
+def run(body, tmp_path, collaborators_plugins=(), **kw):
     async def main():
         replies, counts = by_verb_counts(), listener_counts()
         s = scripted(tmp_path, asyncio.get_running_loop(),
-                     collaborators={"replies": replies, "counts": counts}, **kw)
+                     collaborators={"replies": replies, "counts": counts, "plugins": list(collaborators_plugins)},
+                     **kw)
         try:
             return await body(s, replies, counts)
         finally:
@@ -99,3 +100,17 @@ def test_every_reply_is_counted_once_whatever_the_pipelining(tmp_path_factory, c
         assert sum(replies[VERB_BASE["NOOP"] + 48 + d] for d in range(10)) == sum(c == b"NOOP" for c in cmds)
 
     run(body, tmp_path_factory.mktemp("s"), peer_ip=TRUSTED_IP)
+
+
+def test_refused_by_an_on_connect_hook(tmp_path):
+    from mta.plugin import Reject
+    from mta.policy.chain import Entry
+
+    refuse = Entry("gate", {"on_connect": lambda conn: Reject(554, "5.7.1", "not here")})
+
+    async def body(s, replies, counts):
+        assert s.transport.closed and bytes(s.transport.written).startswith(b"554")
+        assert counts[REFUSED_POLICY] == 1 and counts[ACCEPTED] == 0
+        assert counted(replies) == {("connect", "5xx"): 1}
+
+    run(body, tmp_path, collaborators_plugins=[refuse])
