@@ -226,3 +226,28 @@ def test_metrics_count_the_hold_then_the_delivery_by_site_and_latency(tmp_path):
     assert (m.delivered, m.deferred, m.bounced) == (1, 0, 0)
     assert m.sites.table["example.test"] == [1, 0, 0]
     assert m.latency.count == 1
+
+
+def test_an_mx_delivery_notes_its_domains_site_for_metrics():
+    from dnsserver import DNSServer
+
+    from mta.config.routes import parse_transport
+    from mta.delivery import OutMessage, OutRcpt
+    from mta.delivery.transport import Route
+
+    async def main(srv):
+        cfg = config.load(None, {"listen": ["127.0.0.1:2525"], "spool.dir": "/nonexistent", "delivery.mta_sts": False})
+        resolver = MxResolver(srv.nameservers, port=srv.port, timeout=2.0)
+        smtp = Smtp(Wire(), resolver, OutboundTls(None, 0), cfg.delivery, "h", shaper=shaper(ProcessThrottle()))
+        for domain in ("a.shared.test", "b.shared.test"):
+            msg = OutMessage("q1", "s@x.test", (OutRcpt(f"u@{domain}"),), b"Subject: x\r\n\r\nx\r\n")
+            out = await smtp.deliver(Route(parse_transport("mx"), domain), msg)
+            assert [r.code for r in out] == [250]
+        return smtp.mx_sites
+
+    with DNSServer() as srv:
+        for d in ("a.shared.test", "b.shared.test"):
+            srv.add(d, [("MX", "10 MX.Hosting.test.")])
+        srv.add("mx.hosting.test", [("A", "127.0.0.1")])
+        sites = run(main(srv))
+    assert sites == {"a.shared.test": "mx.hosting.test", "b.shared.test": "mx.hosting.test"}

@@ -269,3 +269,17 @@ def test_spool_buckets_render_cumulative_whatever_the_counts(counts, us):
         le = name[len("sync_le_"):]
         assert got[("mta_spool_sync_seconds_bucket", (("le", le),))] == 2 * running
     assert abs(got[("mta_spool_sync_seconds_sum", ())] - 2 * us / 1e6) <= 1e-6 * max(1, us / 1e6)
+
+
+def test_domains_are_counted_under_their_sites():
+    m = Metrics()
+    sites = {"gmail.test": "google", "googlemail.test": "google", "local.test": "local.test"}
+    m.site_of = sites.get
+    m.sites.add("gmail.test", 0, 3)
+    m.sites.add("googlemail.test", 2, 1)
+    m.sites.add("local.test", 1)
+    got = values(m.series())
+    assert got[("mta_deliveries_by_site", (("result", "delivered"), ("site", "google")))] == 3
+    assert got[("mta_deliveries_by_site", (("result", "bounced"), ("site", "google")))] == 1
+    assert got[("mta_deliveries_by_site", (("result", "deferred"), ("site", "local.test")))] == 1
+    assert ("mta_deliveries_by_site", (("result", "delivered"), ("site", "gmail.test"))) not in got

@@ -145,8 +145,9 @@ def test_new_families_equal_the_traffic(server_factory, peer_factory, certs, tmp
         ("mta_smtp_replies_by_verb_total", (("class", "2xx"), ("verb", "quit"))): sent + 2 + greeted,
         ("mta_smtp_replies_by_verb_total", (("class", "2xx"), ("verb", "starttls"))): 1,
         ("mta_accepted_bytes_total", ()): accepted_bytes(srv.log()),
-        ("mta_deliveries_by_site_total", (("result", "delivered"), ("site", "good.test"))): OK_SENT,
-        ("mta_deliveries_by_site_total", (("result", "bounced"), ("site", "bad.test"))): BOUNCED_SENT,
+        # Both peers are smarthosts on 127.0.0.1: one site (its shaping site is the host).
+        ("mta_deliveries_by_site_total", (("result", "delivered"), ("site", "127.0.0.1"))): OK_SENT,
+        ("mta_deliveries_by_site_total", (("result", "bounced"), ("site", "127.0.0.1"))): BOUNCED_SENT,
         ("mta_deliveries_by_site_total", (("result", "delivered"), ("site", "other"))): 0,
         ("mta_delivery_latency_seconds_count", ()): sent,
         ("mta_plugin_hook_calls_total", (("hook", "on_rcpt"), ("plugin", "metrics_probe"))): sent,

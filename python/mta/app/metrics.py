@@ -87,7 +87,7 @@ class Metrics:
     once-a-second tick (they walk the queue or the sessions)."""
 
     __slots__ = ("accepted", "delivered", "deferred", "bounced", "by_verb", "listeners", "connections",
-                 "listener_counts", "sites", "latency", "gauges", "spool_stats", "sources", "scans")
+                 "listener_counts", "sites", "site_of", "latency", "gauges", "spool_stats", "sources", "scans")
 
     def __init__(self, listeners: Iterable[tuple[str, str]] = ()):
         self.accepted = 0
@@ -98,7 +98,10 @@ class Metrics:
         self.listeners = list(listeners)  # (address, profile), in the order of `connections`
         self.connections = [0] * len(self.listeners)
         self.listener_counts = [listener_counts() for _ in self.listeners]  # mta.smtp.counts
-        self.sites = TopK(len(RESULTS))  # recipient outcomes by site, columns as RESULTS
+        self.sites = TopK(len(RESULTS))  # recipient outcomes by domain, columns as RESULTS
+        # A recipient domain's site (the wiring's: its MX hosts' shaping site, its smarthost),
+        # asked per domain counted when the series are taken, not per outcome.
+        self.site_of: Callable[[str], str] = str
         self.latency = Histogram()  # arrival to final outcome, per recipient
         self.gauges: Callable[[], dict[str, int]] | None = None  # state -> messages
         self.spool_stats: Callable[[], dict] = dict  # the spool's stats()
@@ -110,6 +113,20 @@ class Metrics:
         """Replies by first digit, all verbs together."""
         v = self.by_verb
         return [sum(v[d::10]) for d in range(10)]
+
+    def by_site(self) -> dict[str, list[int]]:
+        """The outcomes by domain added up by site: the SITES_SHARED largest, the rest as OTHER."""
+        rows: dict[str, list[int]] = {}
+        site_of = self.site_of
+        for domain, row in self.sites.table.items():
+            site = OTHER if domain == OTHER else site_of(domain)
+            have = rows.get(site)
+            if have is None:
+                rows[site] = list(row)
+            else:
+                for i, n in enumerate(row):
+                    have[i] += n
+        return top(rows, SITES_SHARED, len(RESULTS))
 
     def scan(self) -> list[Series]:
         """The tick's series: the queue gauges and whatever else needs a walk."""
@@ -138,7 +155,7 @@ class Metrics:
         out += [["mta_smtp_replies_by_verb", {"verb": verb, "class": f"{d}xx"}, v[i * 10 + d]]
                 for i, verb in enumerate(VERBS) for d in (2, 3, 4, 5) if v[i * 10 + d]]
         out += spool_series(self.spool_stats())
-        for site, row in self.sites.top(SITES_SHARED).items():
+        for site, row in self.by_site().items():
             out += [["mta_deliveries_by_site", {"site": site, "result": r}, row[i]] for i, r in enumerate(RESULTS)]
         out.append(histogram("mta_delivery_latency_seconds", {}, self.latency))
         for f in self.sources:

@@ -94,6 +94,7 @@ class Server:
         self.spool: SpoolService | None = None
         self.shaper: Shaper | None = None  # made with the queue manager
         self.smtp_client: SmtpDelivery | None = None  # the in-process delivery client, if deliveries run here
+        self.smtp_transport: Smtp | None = None  # MX, smarthost and LMTP routes (made with the queue manager)
         self.queue: QueueManager | None = None
         self.control: ControlServer | None = None
         self._servers: list[asyncio.AbstractServer] = []
@@ -128,6 +129,7 @@ class Server:
         if self.smtp_client is not None:  # else the delivery agent writes its own snapshot
             self.metrics.scans.append(self.smtp_client.metrics_series)
         self.metrics.sources.append(self._counted_elsewhere)
+        self.metrics.site_of = self._site_of
         if self.cfg.http.listen:
             if self.http_sockets is None:
                 self.http_sockets = http.bind(self.cfg.http.listen)  # before the drop: ports under 1024
@@ -201,8 +203,8 @@ class Server:
         egress = egress_of(cfg)
         shaper = self.shaper = Shaper(shaping_of(cfg), egress, self.throttle, d.max_active, cfg.shaping.max_site_share / 100,
                         hooks=self.hooks)
-        smtp = Smtp(self._wire(dlog), resolver, OutboundTls(sts, d.tls_report_interval), d, cfg.hostname,
-                    report=bool(self.hooks.on_delivered), shaper=shaper)
+        smtp = self.smtp_transport = Smtp(self._wire(dlog), resolver, OutboundTls(sts, d.tls_report_interval), d,
+                                          cfg.hostname, report=bool(self.hooks.on_delivered), shaper=shaper)
         return QueueManager(self.spool, self.router, Transports(smtp, Maildir(cfg.hostname)), dlog, d,
                             cfg.hostname, bounce_max=cfg.bounce.max_returned_size, hooks=self.hooks,
                             pools=bool(egress.pools), metrics=self.metrics)
@@ -231,6 +233,17 @@ class Server:
             if s.listener is not None:
                 n[s.listener.address] = n.get(s.listener.address, 0) + 1
         return [["mta_connections_open", {"listener": a}, k] for a, k in n.items()]
+
+    def _site_of(self, domain: str) -> str:
+        """mta_deliveries_by_site's site of a recipient domain: the shaping site of its MX
+        hosts (as last delivered to), its smarthost's or LMTP server's host, else itself
+        (local transports, or route hooks that decide per message)."""
+        spec = self.router.fixed("@" + domain)
+        if spec is None or spec.kind in ("maildir", "discard"):
+            return domain
+        if spec.kind == "mx":
+            return self.smtp_transport.mx_sites.get(domain, domain)
+        return spec.host
 
     def _counted_elsewhere(self) -> list[list]:
         """The counters the hook chain and the resolvers keep, as /metrics series."""
