@@ -343,3 +343,18 @@ def test_query_gives_each_record_type_through_the_cache(dns_server):
     assert got == [("ok", ["v=spf1 -all"]), ("ok", [(10, "mx.q.example")]), ("ok", ["127.0.0.9"]),
                    ("nodata", []), ("nxdomain", []), ("ok", ["mx.q.example"]), ("ok", ["v=spf1 -all"])]
     assert dns_server.count("q.example", "TXT") == 1  # the last one came from the cache
+
+
+def test_lookups_and_cache_hits_are_counted(dns_server):
+    dns_server.add("counted.example", [("MX", "10 mx.counted.example")])
+    dns_server.add("mx.counted.example", [("A", "192.0.2.7")])
+    r = resolver(dns_server)
+
+    async def twice():
+        await r.resolve("counted.example")
+        await r.resolve("counted.example")  # every answer from the cache now
+        await r.query("nothing.counted.example", "TXT")
+
+    run(twice())
+    assert r.lookups == {("MX", "ok"): 1, ("A", "ok"): 1, ("AAAA", "nodata"): 1, ("TXT", "nxdomain"): 1}
+    assert r.cache_hits == 3  # MX, A and AAAA the second time

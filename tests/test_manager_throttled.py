@@ -206,3 +206,48 @@ def test_the_agents_suspended_answer_holds_the_message_until_its_end(tmp_path):
     assert held == (("deferred", 0, ends[0]), [])
     assert done is None and log == [("delivered", 1)] and calls == 2
 
+
+
+def test_metrics_count_the_hold_then_the_delivery_by_site_and_latency(tmp_path):
+    from mta.app.metrics import Metrics
+
+    async def main():
+        until = time.time() + 500
+        async with Harness(tmp_path, Wire(), held_until=until) as h:
+            m = h.queue.metrics = Metrics()
+            qid = await h.message()
+            await h.step()
+            held = h.queue.suspended_count(h.clock.time()), m.delivered
+            await h.step(501)
+            return held, h.state(qid), m, h.queue.suspended_count(h.clock.time())
+    held, state, m, after = run(main())
+    assert held == (1, 0)  # held back by shaping: suspended, nothing counted as an outcome
+    assert state is None and after == 0
+    assert (m.delivered, m.deferred, m.bounced) == (1, 0, 0)
+    assert m.sites.table["example.test"] == [1, 0, 0]
+    assert m.latency.count == 1
+
+
+def test_an_mx_delivery_notes_its_domains_site_for_metrics():
+    from dnsserver import DNSServer
+
+    from mta.config.routes import parse_transport
+    from mta.delivery import OutMessage, OutRcpt
+    from mta.delivery.transport import Route
+
+    async def main(srv):
+        cfg = config.load(None, {"listen": ["127.0.0.1:2525"], "spool.dir": "/nonexistent", "delivery.mta_sts": False})
+        resolver = MxResolver(srv.nameservers, port=srv.port, timeout=2.0)
+        smtp = Smtp(Wire(), resolver, OutboundTls(None, 0), cfg.delivery, "h", shaper=shaper(ProcessThrottle()))
+        for domain in ("a.shared.test", "b.shared.test"):
+            msg = OutMessage("q1", "s@x.test", (OutRcpt(f"u@{domain}"),), b"Subject: x\r\n\r\nx\r\n")
+            out = await smtp.deliver(Route(parse_transport("mx"), domain), msg)
+            assert [r.code for r in out] == [250]
+        return smtp.mx_sites
+
+    with DNSServer() as srv:
+        for d in ("a.shared.test", "b.shared.test"):
+            srv.add(d, [("MX", "10 MX.Hosting.test.")])
+        srv.add("mx.hosting.test", [("A", "127.0.0.1")])
+        sites = run(main(srv))
+    assert sites == {"a.shared.test": "mx.hosting.test", "b.shared.test": "mx.hosting.test"}

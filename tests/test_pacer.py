@@ -66,6 +66,8 @@ def test_waiters_go_in_arrival_order_at_the_rate():
     assert elapsed >= 9 * interval * 0.9  # one token per interval after the first (burst 1)
     assert th.granted("site") == 10
     assert p.waiting("site") == 0 and p.waits == 9
+    # The nine waited 1, 2, ... 9 intervals (for /metrics: mta_throttle_wait_seconds).
+    assert 45 * interval * 0.9 <= p.wait_seconds <= elapsed * 9
 
 
 def test_one_timer_per_key_not_one_per_waiter():
@@ -150,3 +152,23 @@ def test_keys_do_not_wait_behind_each_other():
         await asyncio.gather(slow, return_exceptions=True)
         return fast
     assert run(main()) < 1.0
+
+
+def test_budgets_count_slot_waits_once_per_connection_with_their_time():
+    from mta.delivery.shaping.budgets import Budgets
+    from mta.delivery.shaping.throttle import ProcessThrottle
+    from mta.delivery.smtp.client import SmtpOptions
+
+    async def main():
+        b = Budgets(ProcessThrottle())
+        opts = SmtpOptions("mx.test", shape_key="default|site.test", max_connections=1)
+        assert await b.slot(opts, lambda key: False)  # the one slot
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.2, b.free, opts.shape_key)
+        assert await b.slot(opts, lambda key: False)  # waits for the release
+        return b
+    b = run(main())
+    assert b.slot_waiters == 1 and b.slot_waits >= 1
+    assert 0.15 <= b.slot_wait_seconds < 5
+    series = {(n, lab["kind"]): v for n, lab, v in b.wait_series()}
+    assert series[("mta_throttle_waits", "slot")] == 1 and series[("mta_throttle_waits", "token")] == 0

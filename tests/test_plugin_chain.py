@@ -387,3 +387,31 @@ def test_objects_modules_and_classes_all_make_entries():
     assert set(loader.entry_for(mod, "m").hooks) == {"on_helo"}
     assert set(loader.entry_for(Plugin, "c", {"a": 1}).hooks) == {"on_auth"}
     assert loader.entry_for(Plugin, "c", {"a": 1}).obj.options == {"a": 1}
+
+
+def test_hook_stats_count_calls_time_and_failures_of_hooks_that_ran(loop):
+    def slow_ok(tx, address):
+        return None
+
+    async def waits(tx, address):
+        await asyncio.sleep(0.01)
+        return None
+
+    def broken(tx, address):
+        raise RuntimeError("boom")
+
+    c = chain({"on_rcpt": slow_ok, "on_mail": broken}, {"on_rcpt": waits})
+
+    async def main():
+        for _ in range(3):
+            r = c.run(c.on_rcpt, (None, "a@b.test"))
+            assert (await r if isinstance(r, asyncio.Future) else r) is None
+        assert c.run(c.on_mail, (None, "a@b.test")) is FAILED
+
+    loop.run_until_complete(main())
+    stats = {(p, h): (n, secs, f) for p, h, n, secs, f in c.hook_stats()}
+    assert stats.keys() == {("p0", "on_rcpt"), ("p0", "on_mail"), ("p1", "on_rcpt")}  # only hooks that exist
+    assert stats[("p0", "on_rcpt")][0] == 3 and stats[("p0", "on_rcpt")][2] == 0
+    assert stats[("p0", "on_mail")][0] == 1 and stats[("p0", "on_mail")][2] == 1
+    n, secs, failures = stats[("p1", "on_rcpt")]
+    assert n == 3 and secs >= 0.03 and failures == 0  # an async hook's waits are its time

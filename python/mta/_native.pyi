@@ -559,7 +559,10 @@ class Spool:
         """Tests: make the next writes or syncs fail with errno (28 = ENOSPC, 5 = EIO); None clears."""
     def stats(self) -> dict[str, int]:
         """batches, syncs, messages, bytes, segments, failed_batches,
-        segments_deleted, messages_copied (compaction), queued_messages (index size)."""
+        segments_deleted, messages_copied (compaction), queued_messages (index size);
+        for /metrics: sync_le_<seconds> (fdatasync latency, per bucket, not cumulative; the
+        last "sync_le_+Inf"), sync_us_sum (their total in µs), batch_le_<n> (messages per
+        successful batch, per bucket; the last "batch_le_+Inf")."""
     def list(self) -> list[Envelope]:
         """Every durable message of this shard, oldest arrival first (copies
         the whole index: for tools and tests, not for the queue manager's loop)."""

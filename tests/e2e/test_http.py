@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from mta.app.metrics import SNAPSHOT_EVERY
 
 from conftest import free_port, start_server
+from mta.app.metrics import SNAPSHOT_EVERY
 from helpers import Client
 
 OK_SENT, BOUNCED_SENT = 3, 2
@@ -117,8 +118,9 @@ def test_metrics_equal_the_traffic(server_factory, peers, workers):
     assert wait_for(http_port, want) == want
     assert len(ok.wait_txns(OK_SENT)) == OK_SENT
     # Every worker answers for the whole server: scrape a few times (any worker may answer),
-    # once every snapshot has had its tick (another worker's view of one lags by up to 1 s).
-    time.sleep(SNAPSHOT_EVERY * 1.5)
+    # once every worker's snapshot is newer than the traffic (a snapshot lags up to 1 s: the
+    # worker that answered above may have seen the others' newest while they see its older).
+    time.sleep(SNAPSHOT_EVERY + 0.5)
     for _ in range(6):
         got = scrape(http_port)
         assert {k: got.get(k) for k in want} == want

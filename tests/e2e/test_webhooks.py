@@ -192,3 +192,30 @@ def test_a_reload_moves_the_events_to_the_new_webhook(server_factory, peers, sin
         assert len(sink.records()) == 1
     finally:
         other.stop()
+
+
+def test_metrics_count_the_events_sent(server_factory, peers, sink):
+    """/metrics: mta_webhook_events_total{result="sent"} equals what the receiver got, the
+    backlog drains to 0, and no POST failed."""
+    from conftest import free_port
+    from test_http import scrape
+
+    ok, bad, later = peers
+    http_port = free_port()
+    srv = server_factory(config=config(sink, ok.port, bad.port, later.port, events='["accepted", "delivered"]'),
+                         deliver=True, args=("--http", f"127.0.0.1:{http_port}"))
+    for i in range(3):
+        send(srv.port, "alice@example.test", "u@good.test", f"m{i}")
+    sink.wait(lambda got: len(got) == 6)
+    want = {("mta_webhook_events_total", (("result", "sent"), ("webhook", "events"))): 6.0,
+            ("mta_webhook_events_total", (("result", "dropped"), ("webhook", "events"))): 0.0,
+            ("mta_webhook_failures_total", (("webhook", "events"),)): 0.0,
+            ("mta_webhook_backlog", (("webhook", "events"),)): 0.0}
+    deadline = time.monotonic() + 10
+    while True:
+        got = scrape(http_port)
+        seen = {k: got.get(k) for k in want}
+        if seen == want or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert seen == want

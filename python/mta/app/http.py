@@ -47,7 +47,7 @@ def bind(addresses) -> list[socket.socket]:
 
 class HttpService:
     """One worker's HTTP face. `stopping` and `spool_ok` are asked per /health request;
-    `metrics.gauges` is read at most once a second (the snapshot tick)."""
+    `metrics.scan()` runs at most once a second (the snapshot tick)."""
 
     def __init__(self, sockets: list[socket.socket], metrics: Metrics, snapshots: Snapshots,
                  stopping: Callable[[], bool], spool_ok: Callable[[], bool],
@@ -63,6 +63,7 @@ class HttpService:
         self.app.router.add_get("/health", self.get_health)
         self._runner: web.AppRunner | None = None
         self._series: list[list] = []  # this worker's series as of the last tick
+        self._scanned: list[list] = []  # the tick's scan (the queue gauges, open sessions, pools)
         self._failed = 0  # the spool's failed batches at the last tick
         self._failed_at = -FAILURE_MEMORY
         self._timer = None
@@ -97,7 +98,8 @@ class HttpService:
 
     def _take(self) -> list[list]:
         now = time.monotonic()
-        self._series = self.metrics.series()
+        self._scanned = self.metrics.scan()
+        self._series = self.metrics.series(self._scanned)
         failed = next((v for n, _, v in self._series if n == "mta_spool_failed_batches"), 0)
         if failed > self._failed:
             self._failed_at = now
@@ -116,8 +118,7 @@ class HttpService:
     async def get_metrics(self, request: web.Request) -> web.Response:
         # This worker's counters live; its gauges as of the last tick (the scan is the
         # tick's, not every scrape's); the other workers' as of their last snapshot.
-        gauges = {s[1]["state"]: s[2] for s in self._series if s[0] == "mta_queue_messages"}
-        body = render(self.snapshots.total(self.metrics.series(gauges)))
+        body = render(self.snapshots.total(self.metrics.series(self._scanned)))
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     async def get_health(self, request: web.Request) -> web.Response:

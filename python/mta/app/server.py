@@ -42,6 +42,7 @@ from mta.policy.relay import Networks, RelayPolicy
 from mta.queue.manager import QueueManager
 from mta.queue.store import SpoolService
 from mta.queue.webhooks import Webhooks
+from mta.smtp.counts import TLS_FAILED
 from mta.smtp.limits import Limits
 from mta.smtp.proxy import ProxyGate
 from mta.smtp.rdns import ReverseResolver
@@ -105,6 +106,8 @@ class Server:
         self.limits = Limits(cfg.limits)
         self.spool: SpoolService | None = None
         self.shaper: Shaper | None = None  # made with the queue manager
+        self.smtp_client: SmtpDelivery | None = None  # the in-process delivery client, if deliveries run here
+        self.smtp_transport: Smtp | None = None  # MX, smarthost and LMTP routes (made with the queue manager)
         self.queue: QueueManager | None = None
         self.webhooks: Webhooks | None = None  # made with the spool; senders start with the queue
         self.control: ControlServer | None = None
@@ -253,6 +256,8 @@ class Server:
         smtp = Smtp(old.wire, old.resolver, old.tls_policy, d, cfg.hostname,
                     report=bool(self.hooks.on_delivered or (self.spool.events and self.spool.events.delivered)),
                     shaper=self.shaper)
+        smtp.mx_sites = old.mx_sites  # /metrics names sites by what deliveries learnt so far
+        self.smtp_transport = smtp
         self.queue.swap(self.router, Transports(smtp, Maildir(cfg.hostname)), self.hooks, d,
                         bounce_max=cfg.bounce.max_returned_size, pools=bool(egress.pools),
                         delay_warning=cfg.bounce.delay_warning)
@@ -292,11 +297,20 @@ class Server:
         self.queue = self._queue_manager()
         self.metrics.gauges = self._queue_gauges
         self.metrics.spool_stats = self.spool.stats
+        self._queue_extra: list[list] = []  # made by _queue_gauges's walk, at the same tick
+        self.metrics.scans += [lambda: self._queue_extra, self._open_sessions]
+        if self.smtp_client is not None:  # else the delivery agent writes its own snapshot
+            self.metrics.scans.append(self.smtp_client.metrics_series)
+        self.metrics.scans.append(lambda: self.webhooks.metrics_series() if self.webhooks else [])
+        self.metrics.sources.append(self._counted_elsewhere)
+        self.metrics.site_of = self._site_of
         if self.cfg.http.listen:
             if self.http_sockets is None:
                 self.http_sockets = http.bind(self.cfg.http.listen)  # before the drop: ports under 1024
-            snaps = Snapshots(self.cfg.spool.dir, self.shard, self.cfg.workers, self.run_id)
-            https = self.tls.front if self.cfg.http.tls and self.tls is not None else None
+            snaps = Snapshots(self.cfg.spool.dir, self.shard, self.cfg.workers, self.run_id,
+                              agents=self.smtp_client is None)
+            # HTTPS: a front context of its own (its failed handshakes are not an SMTP listener's)
+            https = self.tls.implicit_front([0], 0) if self.cfg.http.tls and self.tls is not None else None
             self.http = http.HttpService(self.http_sockets, self.metrics, snaps,
                                          self._stopping.is_set, self.spool.has_room,
                                          max_body=self.cfg.http.max_body, ssl_context=https)
@@ -310,12 +324,14 @@ class Server:
             self.injector = inject.add_routes(
                 self.http.app, self.gate, store=self.spool, hooks=self.hooks, on_durable=injected,
                 settings=self.session_settings, trust=self.policy, stopping=self._stopping.is_set)
-        for lst in self.cfg.listeners:
+        for slot, lst in enumerate(self.cfg.listeners):
             family = socket.AF_INET6 if ":" in lst.host else socket.AF_INET
             tls = {}
             if lst.tls == "implicit" and self.tls is not None:
-                # The session is made after the handshake (greeting over TLS).
-                tls = {"ssl": self.tls.front, "ssl_handshake_timeout": HANDSHAKE_TIMEOUT}
+                # The session is made after the handshake (greeting over TLS); a failed
+                # handshake has no session: the listener's context counts it.
+                front = self.tls.implicit_front(self.metrics.listener_counts[slot], TLS_FAILED)
+                tls = {"ssl": front, "ssl_handshake_timeout": HANDSHAKE_TIMEOUT}
             # Through a cell, so that a reload hands new connections new collaborators.
             cell = [self.session_factory(lst)]
             self._factories.append((lst, cell))
@@ -352,8 +368,9 @@ class Server:
         settings, loop, store, sessions = self.session_settings, self.loop, self.spool, self.sessions
         metrics = self.metrics
         queue_durable = self.queue.on_durable
-        replies, connections = metrics.replies, metrics.connections
+        replies, connections = metrics.by_verb, metrics.connections
         slot = next((i for i, lst in enumerate(self.cfg.listeners) if lst == listener), None)
+        counts = metrics.listener_counts[slot] if slot is not None else None
 
         def on_durable(qid, recipients=None, notes=None) -> None:  # the 250 went out; the queue takes it
             metrics.accepted += 1
@@ -367,7 +384,7 @@ class Server:
             if slot is not None:
                 connections[slot] += 1
             return Session(listener, settings, loop, store, on_durable, policy, hooks, limits, sessions,
-                           rdns, proxy_gate, tls, users, auth_guard, replies)
+                           rdns, proxy_gate, tls, users, auth_guard, replies, counts)
 
         return new_session
     def _queue_manager(self) -> QueueManager:
@@ -379,9 +396,10 @@ class Server:
         egress = egress_of(cfg)
         shaper = self.shaper = Shaper(shaping_of(cfg), egress, self.throttle, d.max_active, cfg.shaping.max_site_share / 100,
                         hooks=self.hooks)
-        smtp = Smtp(self._wire(dlog), resolver, OutboundTls(sts, d.tls_report_interval), d, cfg.hostname,
-                    report=bool(self.hooks.on_delivered or (self.spool.events and self.spool.events.delivered)),
-                    shaper=shaper)
+        smtp = self.smtp_transport = Smtp(
+            self._wire(dlog), resolver, OutboundTls(sts, d.tls_report_interval), d, cfg.hostname,
+            report=bool(self.hooks.on_delivered or (self.spool.events and self.spool.events.delivered)),
+            shaper=shaper)
         return QueueManager(self.spool, self.router, Transports(smtp, Maildir(cfg.hostname)), dlog, d,
                             cfg.hostname, bounce_max=cfg.bounce.max_returned_size, hooks=self.hooks,
                             pools=bool(egress.pools), metrics=self.metrics,
@@ -392,26 +410,70 @@ class Server:
         at most once a second (the metrics tick). Neither held nor in flight: deferred."""
         active = self.queue.active
         deferred = held = 0
+        oldest = now = time.time()
         for env in self.spool.list():
             if env.held:
                 held += 1
             elif env.queue_id not in active:
                 deferred += 1
+            if env.arrival < oldest:
+                oldest = env.arrival
+        self._queue_extra = [["mta_queue_oldest_message_age_seconds", {}, max(0.0, now - oldest)],
+                             ["mta_queue_suspended_messages", {}, self.queue.suspended_count(now)]]
         return {"active": len(active), "deferred": deferred, "held": held}
 
+    def _open_sessions(self) -> list[list]:
+        """mta_connections_open: the sessions by listener (a walk, at the metrics tick)."""
+        n = {lst.address: 0 for lst in self.cfg.listeners}
+        for s in self.sessions:
+            if s.listener is not None:
+                n[s.listener.address] = n.get(s.listener.address, 0) + 1
+        return [["mta_connections_open", {"listener": a}, k] for a, k in n.items()]
+
+    def _site_of(self, domain: str) -> str:
+        """mta_deliveries_by_site's site of a recipient domain: the shaping site of its MX
+        hosts (as last delivered to), its smarthost's or LMTP server's host, else itself
+        (local transports, or route hooks that decide per message)."""
+        spec = self.router.fixed("@" + domain)
+        if spec is None or spec.kind in ("maildir", "discard"):
+            return domain
+        if spec.kind == "mx":
+            return self.smtp_transport.mx_sites.get(domain, domain)
+        return spec.host
+
+    def _counted_elsewhere(self) -> list[list]:
+        """The counters the hook chain and the resolvers keep, as /metrics series."""
+        out = []
+        for plugin, hook, calls, seconds, failures in self.hooks.hook_stats():
+            labels = {"plugin": plugin, "hook": hook}
+            out += [["mta_plugin_hook_calls", labels, calls], ["mta_plugin_hook_seconds", labels, seconds],
+                    ["mta_plugin_hook_failures", labels, failures]]
+        out += [["mta_dns_lookups", {"type": t, "status": st}, n] for (t, st), n in self.resolver.lookups.items()]
+        out += [["mta_dns_lookups", {"type": "PTR", "status": st}, n] for st, n in self.rdns.lookups.items() if n]
+        out += [["mta_dns_cache_hits", {"cache": "mx"}, self.resolver.cache_hits],
+                ["mta_dns_cache_hits", {"cache": "rdns"}, self.rdns.cache_hits]]
+        return out
+
     def _wire(self, dlog: DeliveryLog):
-        """Where SMTP/LMTP transactions run: the delivery agent process, or this one."""
+        """Where SMTP/LMTP transactions run: the delivery agent process, or this one
+        (then `smtp_client`, whose pool and waits /metrics reads)."""
         cfg = self.cfg
         if not cfg.delivery.agent:
-            return InProcess(SmtpDelivery(self.throttle))
+            self.smtp_client = SmtpDelivery(self.throttle)
+            return InProcess(self.smtp_client)
         why = privileges.helper_blocked(cfg.privileges, "mta.delivery.agent", AgentDelivery.environment())
         if why:
             # Made before the privilege drop; the agent is started after it, as that user.
             log.error("the delivery agent could not start as user %s (%s): delivering in the "
                       "worker instead, as with delivery.agent = false", cfg.privileges.user, why)
-            return InProcess(SmtpDelivery(self.throttle))
+            self.smtp_client = SmtpDelivery(self.throttle)
+            return InProcess(self.smtp_client)
+        metrics = ""
+        if cfg.http.listen:  # its snapshot, beside the workers' (mta.app.metrics.Snapshots)
+            os.makedirs(os.path.join(cfg.spool.dir, "metrics"), exist_ok=True)
+            metrics = f"{os.path.join(cfg.spool.dir, 'metrics', f'agent-{self.shard}.json')}|{self.run_id}"
         return AgentDelivery(cpus=self.affinity.helpers, log_fd=dlog.fd, encode=self.spool.encode_jobs,
-                             throttle=shaping_backends.encode(self.throttle_desc))
+                             throttle=shaping_backends.encode(self.throttle_desc), metrics=metrics)
 
     def _sweep(self) -> None:
         """Close the sessions idle for smtp.idle_timeout; a session is closed at most

@@ -31,6 +31,7 @@ from dataclasses import fields
 from typing import Callable, NamedTuple, Sequence
 
 from mta._native import StoredMessage, encode_job
+from mta.counters import write_snapshot
 from mta.delivery import DELIVERED, OutMessage, OutRcpt, RcptResult, Target, results_for, status_of
 from mta.delivery.deliverylog import DeliveryLog
 from mta.delivery.smtp.client import SmtpDelivery, SmtpOptions
@@ -197,8 +198,12 @@ class AgentDelivery:
     start, or else at the first delivery)."""
 
     def __init__(self, cpus: frozenset[int] = frozenset(), log_fd: int | None = None,
-                 encode: Callable[[list], tuple[bytes, list]] | None = None, throttle: str = "") -> None:
+                 encode: Callable[[list], tuple[bytes, list]] | None = None, throttle: str = "",
+                 metrics: str = "") -> None:
         self._throttle = throttle  # the throttle's description (mta.delivery.shaping.backends), for the agent
+        # "PATH|RUN": the agent writes its /metrics series there once a second (mta.app.metrics
+        # reads it beside the workers' snapshots); "": no HTTP listener, nothing written.
+        self._metrics = metrics
         self._cpus = cpus  # where the agent runs (mta.procs); empty: anywhere
         self._log_fd = log_fd  # the delivery log's open file (None: stderr), for LOGGED jobs
         self._encode = encode  # the spool's encode_jobs, for submit_spooled; None: not offered
@@ -411,6 +416,8 @@ class AgentDelivery:
         env = self.environment()
         if self._throttle:
             env["MTA_THROTTLE"] = self._throttle
+        if self._metrics:
+            env["MTA_METRICS"] = self._metrics
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
         try:
             self._proc = await asyncio.wait_for(asyncio.create_subprocess_exec(
@@ -536,12 +543,15 @@ async def _serve(fd: int, log_fd: int | None = None) -> None:
         if not done.done():
             done.set_result(None)
 
+    snapshot = _snapshots(loop, smtp)
     sock = socket.socket(fileno=fd)
     # Made before the connection: its first read (jobs sent before the agent was up)
     # may come before create_unix_connection returns, and on_items answers through it.
     proto = _Framed(on_items, on_lost)
     await loop.create_unix_connection(lambda: proto, sock=sock)
     await done
+    if snapshot is not None:
+        snapshot()
     if tasks:
         await asyncio.wait(set(tasks), timeout=_STOP_GRACE)
     await smtp.settle(_STOP_GRACE)
@@ -554,6 +564,26 @@ async def _serve(fd: int, log_fd: int | None = None) -> None:
         log.info("throttle stats: %s pacer_waits=%d slot_waits=%d",
                  " ".join(f"{k}={v}" for k, v in sorted(throttle.stats.items())), smtp.budgets.pacer.waits, smtp.budgets.slot_waits)
         await throttle.close()
+
+
+def _snapshots(loop, smtp: SmtpDelivery) -> Callable[[], None] | None:
+    """With MTA_METRICS ("PATH|RUN"): the pool and shaping series of this agent written to
+    PATH once a second (mta.counters.write_snapshot); returns what stops it."""
+    spec = os.environ.get("MTA_METRICS")
+    if not spec:
+        return None
+    path, run = spec.rsplit("|", 1)
+    timer: list[asyncio.TimerHandle] = []
+
+    def tick() -> None:
+        try:
+            write_snapshot(path, int(run), smtp.metrics_series())
+        except OSError as e:
+            log.warning("delivery agent: metrics snapshot not written: %s", e)
+        timer[:] = [loop.call_later(1.0, tick)]
+
+    tick()
+    return lambda: timer[0].cancel()
 
 
 def main(argv: list[str]) -> int:

@@ -125,6 +125,8 @@ class MxResolver:
         self._inflight: dict[tuple[str, int], asyncio.Task] = {}
         self._setup_error: str | None = None
         self._resolver: dns.asyncresolver.Resolver | None = None
+        self.lookups: dict[tuple[str, str], int] = {}  # (type, status) -> queries sent (for /metrics)
+        self.cache_hits = 0  # answers taken from the cache, fresh
         try:
             resolver = dns.asyncresolver.Resolver(configure=nameservers is None)
             resolver.port = port  # applies to every plain nameserver, at query time
@@ -291,6 +293,7 @@ class MxResolver:
         if hit is None or hit[1] <= time.monotonic():
             return None
         self._cache.move_to_end(key)
+        self.cache_hits += 1
         return hit[0]
 
     async def _query(self, name: dns.name.Name, rdtype: int) -> _Answer:
@@ -300,6 +303,7 @@ class MxResolver:
         if hit is not None:
             if hit[1] > time.monotonic():
                 self._cache.move_to_end(key)
+                self.cache_hits += 1
                 return hit[0]
             del self._cache[key]
         task = self._inflight.get(key)
@@ -312,6 +316,8 @@ class MxResolver:
 
     async def _fetch(self, key: tuple[str, int], name: dns.name.Name, rdtype: int) -> _Answer:
         answer, ttl = await self._ask(name, rdtype)
+        counted = (dns.rdatatype.to_text(rdtype), answer.status)
+        self.lookups[counted] = self.lookups.get(counted, 0) + 1
         if answer.status != "tempfail" and ttl > 0:
             self._cache[key] = (answer, time.monotonic() + ttl)
             self._cache.move_to_end(key)

@@ -138,6 +138,9 @@ class Smtp:
         # site's budgets in the options, the site's share of the window, the reply rules.
         self.shaper = shaper
         self._shaped: dict[tuple, tuple] = {}  # (key, options, source, site, shape) -> (key, options)
+        # Recipient domain -> the site of its MX hosts, as last delivered to (for /metrics:
+        # mta_deliveries_by_site); bounded like the other tables here.
+        self.mx_sites: dict[str, str] = {}
         self._fixed: dict[tuple, tuple] = {}  # (id(options), site) -> (options, (key, options)): see shape
         self._logged_by_site: dict[str, tuple] = {}  # site -> (logged, its wrapper)
         self.report = report  # jobs logged by the agent come back with their rows (on_delivered hooks)
@@ -325,6 +328,9 @@ class Smtp:
             if shaper is None:
                 return await self.tls_policy.deliver(self.wire, key, domain, policy, res.targets, opts, msg)
             site = shaper.site(t.host for t in res.targets)
+            if len(self.mx_sites) > 10000:
+                self.mx_sites.clear()
+            self.mx_sites[domain] = site
             if (no := shaper.admit(site, domain)) is not None:
                 return no
             try:

@@ -28,7 +28,8 @@ _CORO = types.CoroutineType
 class Entry:
     """One plugin as loaded (or a built-in policy): its name, hooks and timeout."""
 
-    __slots__ = ("name", "module", "timeout", "hooks", "obj", "options", "builtin", "failures", "setup", "stop")
+    __slots__ = ("name", "module", "timeout", "hooks", "obj", "options", "builtin", "failures", "calls", "setup",
+                 "stop")
 
     def __init__(self, name: str, hooks: dict[str, Any], *, module: str = "", timeout: float = 5.0,
                  obj: Any = None, options: dict | None = None, builtin: bool = False,
@@ -41,8 +42,20 @@ class Entry:
         self.options = options or {}
         self.builtin = builtin
         self.failures: dict[str, int] = {}  # hook -> calls that raised, overran or answered garbage
+        # hook -> [calls, seconds] (/metrics): plugins only, so the built-in policies' calls
+        # (on every RCPT) cost no more than they did.
+        self.calls: dict[str, list] = {} if builtin else {h: [0, 0.0] for h in hooks}
         self.setup = setup  # () -> None | awaitable: setup(options) or Plugin.start()
         self.stop = stop
+
+    def timed(self, stage: str, start: float) -> float:
+        """Count a call of `stage` that began at `start` (monotonic); its duration."""
+        took = _monotonic() - start
+        c = self.calls.get(stage)
+        if c is not None:
+            c[0] += 1
+            c[1] += took
+        return took
 
     def kinds(self) -> dict[str, str]:
         """hook -> "sync" | "async", for `mta plugins list`."""
@@ -59,10 +72,11 @@ class Chain:
 
     def __init__(self, entries: Iterable[Entry] = ()):
         self.entries = list(entries)
-        # (entry, hook, stage, its time limit); the built-ins are not timed
+        # (entry, hook, stage, its time limit, its [calls, seconds] or None); the built-ins
+        # are neither timed nor counted
         for stage in HOOKS:
-            setattr(self, stage, tuple((e, e.hooks[stage], stage, math.inf if e.builtin else e.timeout)
-                                       for e in self.entries if stage in e.hooks))
+            setattr(self, stage, tuple((e, e.hooks[stage], stage, math.inf if e.builtin else e.timeout,
+                                        e.calls.get(stage)) for e in self.entries if stage in e.hooks))
         self._tasks: set[asyncio.Task] = set()
         self._started: list[Entry] = []  # entries whose setup/start ran (stop() stops these)
 
@@ -88,30 +102,39 @@ class Chain:
         """(plugin, hook) -> failed calls so far (for metrics)."""
         return {(e.name, h): n for e in self.entries for h, n in e.failures.items()}
 
+    def hook_stats(self) -> list[tuple[str, str, int, float, int]]:
+        """(plugin, hook, calls, seconds, failures) of every hook some entry has."""
+        return [(e.name, h, c[0], c[1], e.failures.get(h, 0)) for e in self.entries for h, c in e.calls.items()]
+
     # --- inbound stages: a verdict ----------------------------------------------------------
 
     def run(self, calls: tuple, args: tuple) -> Verdict | None | asyncio.Task:
         """The stage's answer: None (go on), a refusal (Reject, Defer, Disconnect), or a task
         ending with one of those when a hook had to wait. Never raises."""
         for item in calls:
-            entry, fn, stage, limit = item
+            entry, fn, stage, limit, stat = item
             start = _monotonic()
             try:
                 r = fn(*args)
                 if r is None:
-                    if _monotonic() - start > limit:
-                        return self._overran(entry, stage)
+                    if stat is not None:
+                        took = _monotonic() - start
+                        stat[0] += 1
+                        stat[1] += took
+                        if took > limit:
+                            return self._overran(entry, stage)
                     continue
                 if type(r) is _CORO:
                     try:
                         pending = r.send(None)
                     except StopIteration as done:  # an async hook that never waited
                         r = done.value
-                    else:
+                    else:  # timed by _finish
                         return self._spawn(self._finish(calls, calls.index(item), r, pending, args, start))
             except Exception as e:  # noqa: BLE001 - a plugin's failure is this command's 451
+                entry.timed(stage, start)
                 return self.failed(entry, stage, e)
-            if _monotonic() - start > limit:
+            if stat is not None and entry.timed(stage, start) > limit:
                 return self._overran(entry, stage)
             v = self._judge(entry, stage, r)
             if v is None:
@@ -120,7 +143,7 @@ class Chain:
         return None
 
     async def _finish(self, calls: tuple, i: int, coro, pending, args: tuple, start: float):
-        entry, _fn, stage, _limit = calls[i]
+        entry, _fn, stage, _limit, _stat = calls[i]
         try:
             async with asyncio.timeout(entry.timeout - (_monotonic() - start)):
                 r = await _Resume(coro, pending)
@@ -128,6 +151,8 @@ class Chain:
             return self._overran(entry, stage)
         except Exception as e:  # noqa: BLE001
             return self.failed(entry, stage, e)
+        finally:
+            entry.timed(stage, start)
         v = self._judge(entry, stage, r)
         if v is _ACCEPTED:
             return None
@@ -173,7 +198,7 @@ class Chain:
     def _route_from(self, first: int, address: str, msg: Any):
         calls = self.route
         for i in range(first, len(calls)):
-            entry, fn, stage, _limit = calls[i]
+            entry, fn, stage, _limit, _stat = calls[i]
             start = _monotonic()
             try:
                 r = fn(address, msg)
@@ -182,12 +207,13 @@ class Chain:
                         pending = r.send(None)
                     except StopIteration as done:
                         r = done.value
-                    else:
+                    else:  # timed by _route_later
                         return self._route_later(calls, i, r, pending, address, msg, start)
             except Exception as e:  # noqa: BLE001
+                entry.timed(stage, start)
                 self.failed(entry, stage, e)
                 raise RouteError(f"plugin {entry.name}: route failed: {type(e).__name__}: {e}") from e
-            if _monotonic() - start > entry.timeout:
+            if entry.timed(stage, start) > entry.timeout:
                 self._overran(entry, stage)
                 raise RouteError(f"plugin {entry.name}: route timed out")
             if r is not None:
@@ -195,7 +221,7 @@ class Chain:
         return None
 
     async def _route_later(self, calls, i, coro, pending, address, msg, start):
-        entry, _fn, stage, _limit = calls[i]
+        entry, _fn, stage, _limit, _stat = calls[i]
         try:
             async with asyncio.timeout(entry.timeout - (_monotonic() - start)):
                 r = await _Resume(coro, pending)
@@ -205,6 +231,8 @@ class Chain:
         except Exception as e:  # noqa: BLE001
             self.failed(entry, stage, e)
             raise RouteError(f"plugin {entry.name}: route failed: {type(e).__name__}: {e}") from e
+        finally:
+            entry.timed(stage, start)
         if r is not None:
             return self._spec(entry, r)
         nxt = self._route_from(i + 1, address, msg)
@@ -222,19 +250,23 @@ class Chain:
     def notify(self, calls: tuple, event: Any) -> None:
         """Tell the observers (on_delivered, on_bounced): their answers are ignored, their
         failures logged and counted; async ones finish in the background."""
-        for entry, fn, stage, _limit in calls:
+        for entry, fn, stage, _limit, _stat in calls:
+            start = _monotonic()
             try:
                 r = fn(event)
                 if type(r) is _CORO:
                     try:
                         pending = r.send(None)
                     except StopIteration:
+                        entry.timed(stage, start)
                         continue
-                    self._spawn(self._observe(entry, stage, r, pending))
+                    self._spawn(self._observe(entry, stage, r, pending, start))
+                    continue
             except Exception as e:  # noqa: BLE001
                 self.failed(entry, stage, e)
+            entry.timed(stage, start)
 
-    async def _observe(self, entry: Entry, stage: str, coro, pending) -> None:
+    async def _observe(self, entry: Entry, stage: str, coro, pending, start: float) -> None:
         try:
             async with asyncio.timeout(entry.timeout):
                 await _Resume(coro, pending)
@@ -242,12 +274,15 @@ class Chain:
             self._overran(entry, stage)
         except Exception as e:  # noqa: BLE001
             self.failed(entry, stage, e)
+        finally:
+            entry.timed(stage, start)
 
     async def first(self, calls: tuple, args: tuple, convert) -> Any:
         """The first answer of `calls` that is not None (or Continue), made by `convert`,
         which raises TypeError or ValueError for an answer it cannot use: that hook is
         logged and counted as failed, as one that raises or overruns, and the next asked."""
-        for entry, fn, stage, _limit in calls:
+        for entry, fn, stage, _limit, _stat in calls:
+            start = _monotonic()
             try:
                 async with asyncio.timeout(entry.timeout):
                     r = fn(*args)
@@ -260,12 +295,15 @@ class Chain:
                 self._overran(entry, stage)
             except Exception as e:  # noqa: BLE001
                 self.failed(entry, stage, e)
+            finally:
+                entry.timed(stage, start)
         return None
 
     async def deferred(self, event: Any) -> TransportSpec | None:
         """on_deferred for one recipient: the first Route a hook gives (its next attempt goes
         there), else None. A failing hook is logged and counted; the deferral stands."""
-        for entry, fn, stage, _limit in self.on_deferred:
+        for entry, fn, stage, _limit, _stat in self.on_deferred:
+            start = _monotonic()
             try:
                 async with asyncio.timeout(entry.timeout):
                     r = fn(event)
@@ -277,6 +315,8 @@ class Chain:
             except Exception as e:  # noqa: BLE001
                 self.failed(entry, stage, e)
                 continue
+            finally:
+                entry.timed(stage, start)
             if r is None or type(r) is Continue:
                 continue
             spec = to_spec(r)

@@ -88,8 +88,11 @@ class QueueManager:
         self._fresh_notes: dict[str, dict] = {}  # spooled-lane attempts: notes from the session, for on_delivered
         # mta.app.metrics.Metrics (or None): recipient outcomes counted where they are recorded;
         # a spooled-lane attempt's recipient count is kept for the agent's LOGGED answer.
+        # Outcomes by site (the recipient's domain) and the latency histogram are counted
+        # too; `suspended`: ids shaping held back -> until when (mta_queue_suspended_messages).
         self.metrics = metrics
-        self._fresh_count: dict[str, int] = {}
+        self._fresh_count: dict[str, tuple[int, str, float]] = {}  # id -> (recipients, domain, arrival)
+        self.suspended: dict[str, float] = {}
 
     # --- scheduling -----------------------------------------------------------
 
@@ -228,6 +231,14 @@ class QueueManager:
                 self._refill = True  # more may be due than the window holds
                 break
         return started
+
+    def suspended_count(self, now: float) -> int:
+        """Messages shaping holds back now (mta_queue_suspended_messages), forgetting the
+        holds that are over: at the metrics tick."""
+        held = self.suspended
+        for qid in [q for q, until in held.items() if until <= now]:
+            del held[qid]
+        return len(held)
 
     def _end(self, qid: str, exc: BaseException | None) -> None:
         """An attempt is over (recorded, or failed with `exc`, a bug: retried after a back-off)."""
@@ -409,7 +420,7 @@ class QueueManager:
         if notes and self.hooks.on_delivered:
             self._fresh_notes[qid] = notes
         if self.metrics is not None:
-            self._fresh_count[qid] = count
+            self._fresh_count[qid] = (count, domain, self.clock.time())  # (durable just now)
         return True
 
     def _start_routed(self, qid: str, recipients: list[tuple], notes: dict | None) -> bool:
@@ -443,9 +454,13 @@ class QueueManager:
         results by queue id, when on_delivered hooks are to be told (SmtpOptions.report)."""
         if self._abandoned:
             return
-        if self.metrics is not None:
-            counts = self._fresh_count
-            self.metrics.delivered += sum(counts.pop(qid, 1) for qid in qids)
+        if (m := self.metrics) is not None:
+            counts, now = self._fresh_count, self.clock.time()
+            for qid in qids:
+                n, domain, arrival = counts.pop(qid, None) or (1, "other", now)
+                m.delivered += n
+                m.sites.add(domain, 0, n)
+                m.latency.observe(now - arrival, n)
         hooked = self.events is not None and self.events.delivered and rows
         if hooked:
             hooked = self._spooled_events(qids, rows)
@@ -569,7 +584,7 @@ class QueueManager:
             out = results_for(msg, 451, "4.7.0", out.reason)
         if out is LOGGED:
             if self.metrics is not None:
-                self.metrics.delivered += len(msg.recipients)
+                self._count_delivered(msg, env.arrival, self.clock.time())
         else:
             now = self.clock.time()  # the outcome's time: the records' time and delay, and retries, count from it
             if len(out) != len(spooled) or any(r.status != DELIVERED for r in out):
@@ -577,7 +592,7 @@ class QueueManager:
                 self._run_task(self._record(env, spooled, msg, results, now, held), qid, last=True)
                 return
             if self.metrics is not None:
-                self.metrics.delivered += len(out)
+                self._count_delivered(msg, env.arrival, now)
             for rc, res in zip(msg.recipients, out):
                 self.dlog.record(queue_id=qid, recipient=rc.address, status=DELIVERED, result=res,
                                  attempt=spooled[rc.index].attempts + 1, arrival=env.arrival, now=now)
@@ -598,6 +613,13 @@ class QueueManager:
                                        hooked)
                 return
         self.store.delete_then(qid, lambda error: self._end(qid, None if error is None else SpoolError(error)))
+
+    def _count_delivered(self, msg: OutMessage, arrival: float, now: float) -> None:
+        """Every recipient of `msg` delivered: its counts, by the first recipient's domain."""
+        m, n = self.metrics, len(msg.recipients)
+        m.delivered += n
+        m.sites.add(split(msg.recipients[0].address)[1], 0, n)
+        m.latency.observe(now - arrival, n)
 
     def _deleted(self, qid: str, error: str | None, events: list) -> None:
         self._end(qid, None if error is None else SpoolError(error))
@@ -621,6 +643,7 @@ class QueueManager:
             rc = by_index[index]
             if held and index in held:
                 t = held[index]
+                self.suspended[msg.queue_id] = t.until
                 changes.append((index, DEFERRED, spooled[index].attempts, t.until, res.reply()))
                 replan = replan or t.until < self._wake_at
                 continue
@@ -644,12 +667,18 @@ class QueueManager:
                 events.append((outcome.status, event))
             changes.append(change)
             if m is not None:
+                domain = split(rc.address)[1]
                 if outcome.status == DELIVERED:
                     m.delivered += 1
+                    m.sites.add(domain, 0)
+                    m.latency.observe(now - env.arrival)
                 elif outcome.status == DEFERRED:
                     m.deferred += 1
+                    m.sites.add(domain, 1)
                 else:
                     m.bounced += 1
+                    m.sites.add(domain, 2)
+                    m.latency.observe(now - env.arrival)
             self.dlog.record(queue_id=msg.queue_id, recipient=rc.address, status=outcome.status, result=res,
                              attempt=attempts, arrival=env.arrival, now=now)
             if recorder is not None and outcome.status in recorder.kinds:

@@ -183,3 +183,14 @@ class Webhooks:
 
     async def stop(self, grace: float) -> None:
         await asyncio.gather(*(s.stop(grace) for s in self.senders))
+
+    def metrics_series(self) -> list[list]:
+        """For /metrics (mta.app.metrics), at its once-a-second tick: each sender's counters
+        and the events its webhook has still to receive."""
+        out = []
+        for s in self.senders:
+            out.append(["mta_webhook_events", {"webhook": s.name, "result": "sent"}, s.sent])
+            out.append(["mta_webhook_events", {"webhook": s.name, "result": "dropped"}, s.dropped])
+            out.append(["mta_webhook_failures", {"webhook": s.name}, s.failures])
+            out.append(["mta_webhook_backlog", {"webhook": s.name}, s.store.event_backlog(s.name)[0]])
+        return out

@@ -11,6 +11,7 @@ from typing import Callable
 from mta import _native
 from mta import log as fastlog
 from mta.policy.chain import FAILED
+from mta.smtp.counts import BYTES
 from mta.smtp.replies import (
     R_BARE_LF, R_HEADER_TOO_BIG, R_HOPS, R_SHUTDOWN, R_STORE_FAILED, R_TOO_BIG, bdat_chunk, queued,
 )
@@ -160,6 +161,7 @@ class AcceptMixin:
                     self._stored_reply(reply)
             finally:
                 if error is None and not tx.hold:  # a held message waits for `mta queue release`
+                    self.counts[BYTES] += tx.size  # as mta_messages_accepted counts it: at on_durable
                     # After the 250 is written: the client does not wait for its own
                     # message's first delivery step (in a group commit, it still waits
                     # for those of the messages completed before it).

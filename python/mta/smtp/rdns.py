@@ -23,6 +23,8 @@ class ReverseResolver:
         self._cache: OrderedDict[str, tuple[str | None, float]] = OrderedDict()
         self._inflight: dict[str, asyncio.Future] = {}
         self._resolver: dns.asyncresolver.Resolver | None = None
+        self.lookups = {"ok": 0, "failed": 0}  # PTR queries sent, by outcome (for /metrics)
+        self.cache_hits = 0
 
     def cached(self, ip: str) -> tuple[bool, str | None]:
         """(known, name) without waiting."""
@@ -35,6 +37,8 @@ class ReverseResolver:
         """A future for the PTR name of ip (None when there is none); one query per ip in flight."""
         loop = asyncio.get_running_loop()
         known, name = self.cached(ip)
+        if known:
+            self.cache_hits += 1
         if known or not self.enabled:
             fut = loop.create_future()
             fut.set_result(name)
@@ -59,6 +63,7 @@ class ReverseResolver:
             ttl = float(answer.rrset.ttl)
         except (dns.exception.DNSException, OSError, ValueError, IndexError):
             pass
+        self.lookups["ok" if name else "failed"] += 1
         self._cache[ip] = (name, time.monotonic() + ttl)
         self._cache.move_to_end(ip)
         while len(self._cache) > _CACHE_MAX:

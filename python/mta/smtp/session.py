@@ -20,6 +20,10 @@ from mta.smtp.replies import (
     R_TOO_MANY_RCPTS, R_VRFY, SEQUENCE, line,
 )
 from mta.smtp.accept import AcceptMixin
+from mta.smtp.counts import (
+    ACCEPTED, CONNECT_BASE, EARLY_TALKER, OTHER_BASE, REFUSED_LIMIT, REFUSED_POLICY, VERB_BASE, by_verb_counts,
+    listener_counts,
+)
 from mta.smtp.stages import StagesMixin
 from mta.smtp.starttls import StartTlsMixin
 from mta.smtp.state import BDAT_OPEN, CLOSED, FRESH, GREETING, MAIL_GIVEN, RCPT_GIVEN, READY, State
@@ -70,7 +74,7 @@ class Session(SubmissionMixin, StagesMixin, StartTlsMixin, AcceptMixin, asyncio.
     __slots__ = (
         # collaborators (shared by the sessions of a listener)
         "settings", "loop", "store", "on_durable", "policy", "hooks", "limits", "sessions", "rdns", "proxy_gate",
-        "tls", "users", "auth_guard", "replies",
+        "tls", "users", "auth_guard", "replies", "counts",
         # this connection
         "listener", "profile", "tls_mode", "tls_info", "_tls_busy", "_tls_task",
         "parser", "state", "transport", "peer_ip", "peer_port", "trusted", "rname", "helo", "esmtp",
@@ -79,6 +83,8 @@ class Session(SubmissionMixin, StagesMixin, StartTlsMixin, AcceptMixin, asyncio.
         "guard", "_proxy", "_held", "user", "sasl", "auth_ok", "auth_required",
         # the hook stages (mta.smtp.stages)
         "conn", "_pending_then", "_watching", "_data_wait", "_hooked_end",
+        # replies by verb (mta.smtp.counts): the verb's row, and the replies in _out counted already
+        "_vbase", "_vmark",
     )
 
     def __init__(
@@ -98,6 +104,7 @@ class Session(SubmissionMixin, StagesMixin, StartTlsMixin, AcceptMixin, asyncio.
         users: UserDB | None = None,
         auth_guard: AuthGuard | None = None,
         replies: list[int] | None = None,
+        counts: list[int] | None = None,
     ):
         # Made per connection by the wiring's factory; the collaborators are shared.
         # `loop` is kept because asyncio.get_running_loop() costs a getpid() per call;
@@ -116,8 +123,12 @@ class Session(SubmissionMixin, StagesMixin, StartTlsMixin, AcceptMixin, asyncio.
         self.tls = tls
         self.users = users
         self.auth_guard = auth_guard
-        # Replies sent, by first digit (mta.app.metrics): shared by the worker's sessions.
-        self.replies = replies if replies is not None else [0] * 10
+        # Replies sent by verb and first digit, shared by the worker's sessions; this
+        # listener's connection outcomes and bytes accepted (mta.smtp.counts, mta.app.metrics).
+        self.replies = replies if replies is not None else by_verb_counts()
+        self.counts = counts if counts is not None else listener_counts()
+        self._vbase = CONNECT_BASE
+        self._vmark = 0
         self.listener = listener
         self.profile = listener.profile if listener else "mx"  # "mx" | "submission"
         tls_mode = listener.tls if listener else "none"
@@ -198,6 +209,7 @@ class Session(SubmissionMixin, StagesMixin, StartTlsMixin, AcceptMixin, asyncio.
         refusal = limits.admit(self.peer_ip, self.guard.on)
         if refusal is not None:
             fastlog.info(f"refused [{self.peer_ip}]: {refusal.decode().strip()}")
+            self.counts[REFUSED_LIMIT] += 1
             self._limit_close(refusal)
             return
         self.guard.counted_ip = self.peer_ip
@@ -220,6 +232,7 @@ class Session(SubmissionMixin, StagesMixin, StartTlsMixin, AcceptMixin, asyncio.
         """on_connect answered: the greeting, or the refusal instead of it (then close)."""
         if v is not None:
             fastlog.info(f"refused by policy [{self.peer_ip}]: {v.code} {v.enhanced} {v.text}")
+            self.counts[REFUSED_POLICY] += 1
             self._limit_close(v.reply)
             return
         delay = 0.0 if self.trusted else self.settings.greeting_delay
@@ -268,7 +281,8 @@ class Session(SubmissionMixin, StagesMixin, StartTlsMixin, AcceptMixin, asyncio.
             return
         self.state = FRESH
         greeting = self.settings.greeting
-        self.replies[greeting[0] - 48] += 1
+        self.replies[CONNECT_BASE + greeting[0]] += 1
+        self.counts[ACCEPTED] += 1
         self.transport.write(greeting)
 
     def idle_check(self, now: float, timeout: float) -> None:
@@ -313,6 +327,7 @@ class Session(SubmissionMixin, StagesMixin, StartTlsMixin, AcceptMixin, asyncio.
             self._proxy_data(data)
             return
         if self.state is GREETING:
+            self.counts[EARLY_TALKER] += 1
             self._out.append(R_EARLY)
             self.errors += 1
             self._close()
@@ -346,6 +361,9 @@ class Session(SubmissionMixin, StagesMixin, StartTlsMixin, AcceptMixin, asyncio.
             kind = ev[0]
             if kind == "cmd":
                 self.commands += 1
+                if len(self._out) > self._vmark:  # pipelined: the replies so far answer the verbs before
+                    self._tally()
+                self._vbase = VERB_BASE.get(ev[1], OTHER_BASE)
                 if self.commands > self.guard.commands_free and (
                         refusal := self.guard.command(self.commands)) is not None:
                     self._limit_close(refusal)
@@ -358,6 +376,9 @@ class Session(SubmissionMixin, StagesMixin, StartTlsMixin, AcceptMixin, asyncio.
             elif kind == "line":
                 self._sasl_line(ev[1])
             elif kind == "error":
+                if len(self._out) > self._vmark:
+                    self._tally()
+                self._vbase = OTHER_BASE
                 if self.sasl is not None:
                     self._sasl_error()
                 self._reply(line(ev[1], ev[2], ev[3]), error=True)
@@ -368,16 +389,29 @@ class Session(SubmissionMixin, StagesMixin, StartTlsMixin, AcceptMixin, asyncio.
         if self._out:
             self._flush()
 
+    def _tally(self) -> None:
+        """Count the replies in _out not counted yet, under the current verb."""
+        out, replies, base = self._out, self.replies, self._vbase
+        for i in range(self._vmark, len(out)):
+            replies[base + out[i][0]] += 1
+        self._vmark = len(out)
+
     def _flush(self) -> None:
         if self._tls_busy:  # the transport belongs to the TLS layer now
             self._out = []
+            self._vmark = 0
             return
         if self._out and self.transport is not None and not self._held:
             out = self._out
             self._out = []
-            replies = self.replies
-            for r in out:  # each entry is one reply (multi-line ones included)
-                replies[r[0] - 48] += 1
+            replies, base = self.replies, self._vbase
+            if self._vmark:
+                for i in range(self._vmark, len(out)):
+                    replies[base + out[i][0]] += 1
+                self._vmark = 0
+            else:
+                for r in out:  # each entry is one reply (multi-line ones included)
+                    replies[base + r[0]] += 1
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def _reply(self, reply: bytes, error: bool = False) -> None:

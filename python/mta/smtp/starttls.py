@@ -8,6 +8,7 @@ import asyncio
 import time
 
 from mta import log as fastlog
+from mta.smtp.counts import TLS_FAILED
 from mta.smtp.state import CLOSED, FRESH
 from mta.smtp.replies import R_NOT_IMPL, R_TLS_ALREADY, R_TLS_GO
 from mta.smtp.tls import HANDSHAKE_TIMEOUT, TlsInfo
@@ -60,6 +61,7 @@ class StartTlsMixin:
             reason = str(e) or type(e).__name__
             fastlog.info(f"STARTTLS handshake failed from {self.rname or 'unknown'}[{self.peer_ip}]: {reason}")
             self.errors += 1
+            self.counts[TLS_FAILED] += 1
             self._closing = True
             plain.close()
             self.connection_lost(e)

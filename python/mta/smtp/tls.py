@@ -63,20 +63,16 @@ def build_context(cfg: TlsConfig) -> ssl.SSLContext:
 
 
 # Established sessions keep the connection they have, so a reload never touches them.
-# STARTTLS hands `TlsContext.current` to loop.start_tls; implicit-TLS listening sockets
-# are bound once to `TlsContext.front` (the first context), whose servername callback,
-# run by OpenSSL for every ClientHello (with or without SNI), moves the new connection
-# to `current`.
+# STARTTLS hands `TlsContext.current` to loop.start_tls; each implicit-TLS listening socket
+# is bound once to a context of its own (`implicit_front`, built at start-up), whose
+# servername callback, run by OpenSSL for every ClientHello (with or without SNI), moves
+# the new connection to `current`.
 class TlsContext:
     """The current server context; `reload()` swaps it if the files are good."""
 
     def __init__(self, cfg: TlsConfig):
         self.cfg = cfg
         self.current: ssl.SSLContext = build_context(cfg)
-        # What implicit-TLS listeners are created with: never replaced.
-        self.front = build_context(cfg)
-        self.front.sni_callback = self._switch
-        self.front.sslobject_class = _ImplicitSSLObject
 
     def _switch(self, sslobj: ssl.SSLObject, _server_name: str | None, ctx: ssl.SSLContext) -> None:
         if ctx is not self.current:
@@ -84,10 +80,24 @@ class TlsContext:
 
     def use(self, cfg: TlsConfig, ctx: ssl.SSLContext) -> None:
         """A reloaded [tls] table and the context made from it (build_context): new
-        handshakes get it; the implicit-TLS listeners keep `front` and switch to it."""
+        handshakes get it; the implicit-TLS listeners keep their front contexts and switch to it."""
         self.cfg = cfg
         self.current = ctx
         log.info("tls: reloaded certificate %s", cfg.cert)
+
+    def implicit_front(self, counts: list[int], index: int) -> ssl.SSLContext:
+        """What one implicit-TLS listener is created with (never replaced): its failed
+        handshakes are logged and add one to counts[index] (mta.smtp.counts: the
+        listener's TLS failures: no session exists yet to count them)."""
+        ctx = build_context(self.cfg)
+        ctx.sni_callback = self._switch
+
+        class Counted(_ImplicitSSLObject):
+            def failed(self) -> None:
+                counts[index] += 1
+
+        ctx.sslobject_class = Counted
+        return ctx
 
     def reload(self) -> bool:
         try:
@@ -111,7 +121,11 @@ class _ImplicitSSLObject(ssl.SSLObject):
             raise
         except ssl.SSLError as e:
             log.info("implicit TLS handshake failed: %s", e.reason or e)
+            self.failed()
             raise
+
+    def failed(self) -> None:
+        """A handshake failed (counted by the listener's context)."""
 
 
 # --- mta tls selfsigned -----------------------------------------------------------

@@ -489,7 +489,7 @@ impl Spool {
 
     pub fn stats(&self) -> Vec<(&'static str, u64)> {
         let s = &self.shared.stats;
-        vec![
+        let mut out = vec![
             ("batches", s.batches.load(Relaxed)),
             ("syncs", s.syncs.load(Relaxed)),
             ("messages", s.messages.load(Relaxed)),
@@ -499,7 +499,11 @@ impl Spool {
             ("segments_deleted", s.segments_deleted.load(Relaxed)),
             ("messages_copied", s.messages_copied.load(Relaxed)),
             ("queued_messages", self.shared.index.lock().unwrap().len() as u64),
-        ]
+        ];
+        out.push(("sync_us_sum", s.sync_us_sum.load(Relaxed)));
+        out.extend(writer::SYNC_BUCKET_NAMES.iter().zip(&s.sync_buckets).map(|(n, b)| (*n, b.load(Relaxed))));
+        out.extend(writer::BATCH_BUCKET_NAMES.iter().zip(&s.batch_buckets).map(|(n, b)| (*n, b.load(Relaxed))));
+        out
     }
 
     /// Durable messages of this shard, by arrival.

@@ -558,3 +558,30 @@ mod edit_tests;
 mod delay_warned_tests;
 #[path = "event_spool_tests.rs"]
 mod event_spool_tests;
+
+#[test]
+fn sync_latency_and_batch_size_buckets_add_up_to_the_counts() {
+    let d = tempfile::tempdir().unwrap();
+    let sp = Spool::open(d.path(), 0, Config::default()).unwrap();
+    for i in 0..5 {
+        submit(&sp, i, &body(i as usize, 100));
+        wait(&sp, 1);
+    }
+    let st: HashMap<_, _> = sp.stats().into_iter().collect();
+    let sync_count: u64 = st.iter().filter(|(k, _)| k.starts_with("sync_le_")).map(|(_, v)| v).sum();
+    assert_eq!(sync_count, st["syncs"], "{st:?}");
+    assert!(st["syncs"] >= 1);
+    let batch_count: u64 = st.iter().filter(|(k, _)| k.starts_with("batch_le_")).map(|(_, v)| v).sum();
+    let messages: u64 = st["messages"];
+    assert!(batch_count >= 1 && batch_count <= messages, "{st:?}");
+    assert_eq!(st["batch_le_1.0"], 5, "one message per batch when each waits: {st:?}");
+}
+
+#[test]
+fn bucket_is_the_first_bound_at_or_above() {
+    use super::writer::{bucket, BATCH_BUCKETS};
+    let table = [(0, 0), (1, 0), (2, 1), (3, 2), (5, 2), (6, 3), (200, 7), (201, 8), (u64::MAX, 8)];
+    for (v, want) in table {
+        assert_eq!(bucket(&BATCH_BUCKETS, v), want, "{v}");
+    }
+}

@@ -113,6 +113,31 @@ pub struct Stats {
     pub failed_batches: AtomicU64,
     pub segments_deleted: AtomicU64,
     pub messages_copied: AtomicU64,
+    /// fdatasync latency: per bucket of SYNC_BUCKETS_US (not cumulative; the last is
+    /// +Inf), and the sum. One add per sync: /metrics makes it a histogram.
+    pub sync_buckets: [AtomicU64; SYNC_BUCKETS_US.len() + 1],
+    pub sync_us_sum: AtomicU64,
+    /// Messages per successful batch, by bucket of BATCH_BUCKETS (the last is +Inf).
+    pub batch_buckets: [AtomicU64; BATCH_BUCKETS.len() + 1],
+}
+
+/// Upper bounds (microseconds) of the fdatasync latency buckets, and their names in
+/// `stats()` (the bound in seconds, as Prometheus's `le` label shows it).
+pub const SYNC_BUCKETS_US: [u64; 12] = [100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000];
+pub const SYNC_BUCKET_NAMES: [&str; 13] = [
+    "sync_le_0.0001", "sync_le_0.00025", "sync_le_0.0005", "sync_le_0.001", "sync_le_0.0025", "sync_le_0.005",
+    "sync_le_0.01", "sync_le_0.025", "sync_le_0.05", "sync_le_0.1", "sync_le_0.25", "sync_le_1.0", "sync_le_+Inf",
+];
+/// Upper bounds of the messages-per-batch buckets, and their names in `stats()`.
+pub const BATCH_BUCKETS: [u64; 8] = [1, 2, 5, 10, 20, 50, 100, 200];
+pub const BATCH_BUCKET_NAMES: [&str; 9] = [
+    "batch_le_1.0", "batch_le_2.0", "batch_le_5.0", "batch_le_10.0", "batch_le_20.0", "batch_le_50.0",
+    "batch_le_100.0", "batch_le_200.0", "batch_le_+Inf",
+];
+
+/// The bucket of `v` among ascending upper `bounds` (bounds.len(): above them all).
+pub fn bucket(bounds: &[u64], v: u64) -> usize {
+    bounds.partition_point(|b| *b < v)
 }
 
 /// State shared by the Spool handle (any thread) and the writer thread.
@@ -329,9 +354,11 @@ impl Writer {
                 self.note_written(&mut ix);
                 let keep = shared.fresh.lock().unwrap().is_on();
                 let mut fresh = Vec::new();
+                let mut messages = 0u64;
                 for (job, loc) in jobs.into_iter().zip(locs) {
                     match job.op {
                         Op::Message(envelope) => {
+                            messages += 1;
                             st.messages.fetch_add(1, Relaxed);
                             st.bytes.fetch_add(loc.len, Relaxed);
                             if keep && job.data.spill.is_none() {
@@ -360,6 +387,9 @@ impl Writer {
                     }
                 }
                 drop(ix);
+                if messages > 0 {
+                    st.batch_buckets[bucket(&BATCH_BUCKETS, messages)].fetch_add(1, Relaxed);
+                }
                 if !fresh.is_empty() {
                     let mut f = shared.fresh.lock().unwrap();
                     for (qid, prefix, rest) in fresh {
@@ -557,10 +587,16 @@ impl Writer {
         }
         // `synced` moves only after a successful sync: a failure cuts back to it.
         self.shared.fault(FaultKind::Sync)?;
+        let began = std::time::Instant::now();
         c.file.sync_data()?;
-        self.last_sync = Some(std::time::Instant::now());
+        let now = std::time::Instant::now();
+        self.last_sync = Some(now);
         c.synced = c.len;
-        self.shared.stats.syncs.fetch_add(1, Relaxed);
+        let st = &self.shared.stats;
+        st.syncs.fetch_add(1, Relaxed);
+        let us = now.duration_since(began).as_micros() as u64;
+        st.sync_buckets[bucket(&SYNC_BUCKETS_US, us)].fetch_add(1, Relaxed);
+        st.sync_us_sum.fetch_add(us, Relaxed);
         if let Some(log) = &mut self.sync_log {
             // Plain write: the power-loss emulation reads it after the process is gone.
             // One write() per line: writeln! on a File writes each formatted piece on its

@@ -30,7 +30,9 @@ class Budgets:
         self.throttle = throttle
         self.pacer = Pacer(throttle)
         self._freed: asyncio.Event | None = None
-        self.slot_waits = 0  # connections that waited for a slot
+        self.slot_waits = 0  # times a connection found no slot free (each poll of a wait)
+        self.slot_waiters = 0  # connections that waited for a slot, and their time (/metrics)
+        self.slot_wait_seconds = 0.0
         # The suspend and slow flags, read from the throttle at most every _FLAGS_EVERY
         # seconds: two look-ups per message would cost more than the rest of shaping.
         self._flags: dict[str, float] = {}
@@ -88,7 +90,11 @@ class Budgets:
         if not key:
             return False
         limit = self.limit(opts)
+        began = 0.0
         while not await throttle.acquire(key, limit):
+            if not began:
+                began = time.monotonic()
+                self.slot_waiters += 1
             # Its slot returns once it has closed: wait for a release here, or poll.
             self.slot_waits += 1
             if not close_idle(key):
@@ -103,6 +109,8 @@ class Budgets:
                 await asyncio.wait_for(self._freed.wait(), self.slot_poll)
             except TimeoutError:
                 pass
+        if began:
+            self.slot_wait_seconds += time.monotonic() - began
         if opts.connection_interval:
             try:
                 await self.pacer.wait("connect|" + key, opts.connection_interval, opts.connection_burst)
@@ -110,6 +118,14 @@ class Budgets:
                 self.free(key)
                 raise
         return True
+
+    def wait_series(self) -> list[list]:
+        """mta_throttle_waits and mta_throttle_wait_seconds (mta.app.metrics)."""
+        p = self.pacer
+        return [["mta_throttle_waits", {"kind": "slot"}, self.slot_waiters],
+                ["mta_throttle_waits", {"kind": "token"}, p.waits],
+                ["mta_throttle_wait_seconds", {"kind": "slot"}, self.slot_wait_seconds],
+                ["mta_throttle_wait_seconds", {"kind": "token"}, p.wait_seconds]]
 
     def wanted(self, shape_key: str) -> bool:
         """A delivery elsewhere waits for a slot of this (source, site)."""

@@ -21,6 +21,7 @@ class Pacer:
         self._queues: dict[str, deque[asyncio.Future]] = {}
         self._params: dict[str, tuple[float, int]] = {}  # key -> the latest (interval, burst)
         self.waits = 0  # jobs that had to queue for a token (counters for stats and tests)
+        self.wait_seconds = 0.0  # their time in the queue, counted when each ends (/metrics)
 
     def ready(self, key: str, interval: float, burst: int) -> bool:
         """A token of `key` taken now; False (nothing taken) when one is not at hand or
@@ -41,6 +42,7 @@ class Pacer:
             return
         self.waits += 1
         loop = asyncio.get_running_loop()
+        began = loop.time()
         fut = loop.create_future()
         self._params[key] = (interval, burst)
         q = self._queues.get(key)
@@ -58,6 +60,8 @@ class Pacer:
                 # give one back), which errs on the slow side.
                 pass
             raise
+        finally:
+            self.wait_seconds += loop.time() - began
 
     def _tick(self, key: str) -> None:
         q = self._queues.get(key)

@@ -295,6 +295,21 @@ class SmtpDelivery:
         if not self.lanes and self._settled is not None and not self._settled.done():
             self._settled.set_result(None)
 
+    def metrics_series(self, most: int = 100) -> list[list]:
+        """For /metrics (mta.app.metrics), at its once-a-second tick: connections by
+        destination key (busy: deliveries holding a place; idle: pooled), the `most` keys
+        with most of them; and the shaping budgets' waits."""
+        keys = sorted(self._idle.keys() | self._gates.keys(),
+                      key=lambda k: -(len(self._idle.get(k, ())) + (g.running if (g := self._gates.get(k)) else 0)))
+        out = []
+        for k in keys[:most]:
+            g = self._gates.get(k)
+            out.append(["mta_delivery_connections", {"site": k, "state": "busy"}, g.running if g else 0])
+            out.append(["mta_delivery_connections", {"site": k, "state": "idle"}, len(self._idle.get(k, ()))])
+        if self.budgets is not None:
+            out += self.budgets.wait_series()
+        return out
+
     async def settle(self, timeout: float) -> None:
         """Wait (at most `timeout` seconds) for the callback lane's transactions to end."""
         if self.lanes:
