@@ -11,6 +11,7 @@ import click
 
 from mta import __version__
 from mta.app import admin, dkim_cli, http_cli, plugins_cli, shaping_cli
+from mta.app.filecli import delete_named, file_of
 from mta.bench import cli as bench_cli
 from mta.config import schema as config
 from mta.config.reload import ConfigSource
@@ -314,17 +315,7 @@ DEFAULT_USERS_FILE = "./mta-users"
 
 def _users_file(users_file: str | None, config_file: str | None) -> str:
     """--users-file, else [auth] users_file of --config, else ./mta-users."""
-    if users_file:
-        return users_file
-    if config_file:
-        try:
-            cfg = config.load(config_file)
-        except ConfigError as e:
-            click.echo(f"mta: configuration error:\n{e}", err=True)
-            sys.exit(2)
-        if cfg.auth.users_file:
-            return cfg.auth.users_file
-    return DEFAULT_USERS_FILE
+    return file_of(users_file, config_file, lambda cfg: cfg.auth.users_file, DEFAULT_USERS_FILE)
 
 
 _users_file_opt = click.option("--users-file", metavar="FILE",
@@ -376,16 +367,7 @@ def user_del(name, users_file, config_file) -> None:
     """Remove a user (exit 1 if there is no such user)."""
     from mta.auth import users as auth
 
-    path = _users_file(users_file, config_file)
-    try:
-        removed = auth.delete_user(path, name)
-    except OSError as e:
-        click.echo(f"mta: {path}: {e.strerror or e}", err=True)
-        sys.exit(1)
-    if not removed:
-        click.echo(f"mta: {path}: no user {name!r}", err=True)
-        sys.exit(1)
-    click.echo(f"{path}: removed {name}")
+    delete_named(_users_file(users_file, config_file), name, auth.delete_user, "user")
 
 
 @user.command("list")

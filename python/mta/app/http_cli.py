@@ -7,23 +7,14 @@ import sys
 
 import click
 
-from mta import config
-from mta.errors import ConfigError
+from mta.app.filecli import delete_named, file_of
 
 DEFAULT_TOKENS_FILE = "./mta-tokens"
 
 
 def _tokens_file(tokens_file: str | None, config_file: str | None) -> str:
     """--tokens-file, else [http] tokens_file of --config, else ./mta-tokens."""
-    if tokens_file:
-        return tokens_file
-    if config_file:
-        try:
-            return config.load(config_file).http.tokens_file
-        except ConfigError as e:
-            click.echo(f"mta: configuration error:\n{e}", err=True)
-            sys.exit(2)
-    return DEFAULT_TOKENS_FILE
+    return file_of(tokens_file, config_file, lambda cfg: cfg.http.tokens_file, DEFAULT_TOKENS_FILE)
 
 
 _file_opt = click.option("--tokens-file", metavar="FILE",
@@ -81,16 +72,7 @@ def token_del(name, tokens_file, config_file) -> None:
     """Revoke NAME's token (exit 1 if there is none); a running server notices at once."""
     from mta.auth import tokens
 
-    path = _tokens_file(tokens_file, config_file)
-    try:
-        removed = tokens.delete_token(path, name)
-    except OSError as e:
-        click.echo(f"mta: {path}: {e.strerror or e}", err=True)
-        sys.exit(1)
-    if not removed:
-        click.echo(f"mta: {path}: no token {name!r}", err=True)
-        sys.exit(1)
-    click.echo(f"{path}: removed {name}")
+    delete_named(_tokens_file(tokens_file, config_file), name, tokens.delete_token, "token")
 
 
 @token.command("list")

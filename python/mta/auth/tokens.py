@@ -7,12 +7,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import os
 import re
 import secrets
 from dataclasses import dataclass
 
-from mta.auth.users import locked, read_user_lines, write_atomic
+from mta.auth.users import WatchedFile, locked, read_user_lines, write_atomic
 
 log = logging.getLogger("mta.auth")
 
@@ -91,29 +90,13 @@ class TokenDB:
 
     def __init__(self, path: str):
         self.path = path
-        self._sig: tuple | None = None
+        self._file = WatchedFile(path, "token file", "the HTTP API refuses every token")
         self._tokens: list[Token] = []
 
     def _refresh(self) -> None:
-        try:
-            st = os.stat(self.path)
-        except OSError as e:
-            if self._sig != ("missing",):
-                log.warning("%s: no token file (%s): the HTTP API refuses every token", self.path, e.strerror)
-                self._sig, self._tokens = ("missing",), []
+        lines = self._file.changed()
+        if lines is None:
             return
-        sig = (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
-        if sig == self._sig:
-            return
-        try:
-            lines = read_user_lines(self.path)
-        except (OSError, UnicodeDecodeError) as e:
-            log.error("%s: cannot read the token file: %s", self.path, e)
-            self._sig, self._tokens = sig, []
-            return
-        if st.st_mode & 0o077:
-            log.warning("%s: mode %03o: the token file should be readable by its owner only (chmod 600)",
-                        self.path, st.st_mode & 0o777)
         tokens, seen = [], set()
         for no, raw in enumerate(lines, 1):
             if not raw.strip() or raw.lstrip().startswith("#"):
@@ -127,8 +110,9 @@ class TokenDB:
             else:
                 seen.add(tok.name)
                 tokens.append(tok)
-        self._tokens, self._sig = tokens, sig
-        log.info("%s: %d token(s) loaded", self.path, len(tokens))
+        self._tokens = tokens
+        if self._file.ok:
+            log.info("%s: %d token(s) loaded", self.path, len(tokens))
 
     def tokens(self) -> list[Token]:
         self._refresh()

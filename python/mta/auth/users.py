@@ -52,43 +52,60 @@ def _parse_users(lines: Iterable[str], path: str) -> dict[str, str]:
     return users
 
 
-def _warn_mode(path: str, st: os.stat_result) -> None:
-    if st.st_mode & 0o077:
-        log.warning("%s: mode %03o: the user file should be readable by its owner only (chmod 600)",
-                    path, stat.S_IMODE(st.st_mode))
+class WatchedFile:
+    """A private file (users, HTTP tokens) re-read when its mtime, size or inode changes: one
+    stat per look. `what` names it in log lines; `missing` says what a missing file means."""
+
+    def __init__(self, path: str, what: str, missing: str) -> None:
+        self.path, self.what, self.missing = path, what, missing
+        self.ok = False  # the last read found the file and read it
+        self._sig: tuple | None = None
+
+    def changed(self) -> list[str] | None:
+        """The file's lines if it changed since the last look ([] once it went missing or
+        became unreadable, with one log line), None if not."""
+        try:
+            st = os.stat(self.path)
+        except OSError as e:
+            if self._sig == ("missing",):
+                return None
+            log.error("%s: cannot read the %s: %s; %s", self.path, self.what, e.strerror, self.missing)
+            self._sig, self.ok = ("missing",), False
+            return []
+        sig = (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
+        if sig == self._sig:
+            return None
+        self._sig = sig
+        try:
+            lines = read_user_lines(self.path)
+        except (OSError, UnicodeDecodeError) as e:
+            log.error("%s: cannot read the %s: %s", self.path, self.what, e)
+            self.ok = False
+            return []
+        if st.st_mode & 0o077:
+            log.warning("%s: mode %03o: the %s should be readable by its owner only (chmod 600)",
+                        self.path, stat.S_IMODE(st.st_mode), self.what)
+        self.ok = True
+        return lines
 
 
 class UserDB:
-    """The user file, re-read whenever its mtime, size or inode changes (checked
-    at each lookup: one stat). A missing or unreadable file means no users."""
+    """The user file, re-read whenever it changes (checked at each lookup: one stat). A
+    missing or unreadable file means no users."""
 
     def __init__(self, path: str, executor=None) -> None:
         self.path = path
         self._executor = executor  # None: the loop's default thread pool
-        self._sig: tuple | None = None
+        self._file = WatchedFile(path, "user file", "nobody can authenticate")
         self._users: dict[str, str] = {}
 
     def _refresh(self) -> None:
-        try:
-            st = os.stat(self.path)
-        except OSError as e:
-            if self._sig != ("missing",):
-                log.error("%s: cannot read the user file: %s; nobody can authenticate", self.path, e.strerror)
-                self._sig, self._users = ("missing",), {}
+        lines = self._file.changed()
+        if lines is None:
             return
-        sig = (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
-        if sig == self._sig:
-            return
-        try:
-            lines = read_user_lines(self.path)
-        except (OSError, UnicodeDecodeError) as e:
-            log.error("%s: cannot read the user file: %s", self.path, e)
-            self._sig, self._users = sig, {}
-            return
-        _warn_mode(self.path, st)
         self._users = _parse_users(lines, self.path)
-        self._sig = sig
-        log.info("%s: %d user(s) loaded", self.path, len(self._users))
+        if self._file.ok:
+            log.info("%s: %d user(s) loaded", self.path, len(self._users))
 
     def users(self) -> list[str]:
         self._refresh()
