@@ -4,13 +4,11 @@ check-config and start-up), as the schema touches no file but the config."""
 
 from __future__ import annotations
 
-import difflib
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
 
-from mta.config.kinds import BAD, Choice, Duration, Errors, Kind, domain_name
+from mta.config.kinds import BAD, Choice, Duration, Errors, Tables, domain_name
 
 CANONICALIZATIONS = ("relaxed/relaxed", "relaxed/simple", "simple/relaxed", "simple/simple", "relaxed", "simple")
 _KEYS = ("domain", "selector", "key", "headers", "canonicalization", "expire")
@@ -36,26 +34,20 @@ class SignSpec:
 
 
 @dataclass(frozen=True)
-class SignTables(Kind):
+class SignTables(Tables):
     type_name = "array of tables (domain, selector, key, headers, canonicalization, expire)"
+    expect = "an array of tables ([[dkim.sign]] with domain, selector, key)"
+    duplicate = "one table per domain and selector"
+    keys = _KEYS
 
-    def parse(self, path, raw, errs):
-        if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
-            errs.bad(path, "an array of tables ([[dkim.sign]] with domain, selector, key)", raw)
-            return BAD
-        out = [self._one(f"{path}[{i}]", t, errs) for i, t in enumerate(raw)]
-        pairs = [(s.domain, s.selector.lower()) for s in out if s is not BAD]
-        for dup in sorted({p for p in pairs if pairs.count(p) > 1}):
-            errs.bad(path, "one table per domain and selector", f"{dup[1]}._domainkey.{dup[0]}")
-        return BAD if any(s is BAD for s in out) or len(set(pairs)) < len(pairs) else tuple(out)
+    def label(self, value):
+        return (value.domain, value.selector.lower())
 
-    @staticmethod
-    def _one(path: str, table: dict, errs: Errors) -> Any:
+    def shown(self, label):
+        return f"{label[1]}._domainkey.{label[0]}"
+
+    def one(self, path: str, table: dict, errs: Errors) -> Any:
         before = len(errs.items)
-        for key in table:
-            if key not in _KEYS:
-                close = difflib.get_close_matches(key, _KEYS, 1, 0.6)
-                errs.unknown(f"{path}.{key}", f"{path}.{close[0]}" if close else None)
         domain = domain_name(table.get("domain"))
         if domain is None:
             _missing_or_bad(errs, table, path, "domain", 'a domain name such as "example.com"')
@@ -80,9 +72,6 @@ class SignTables(Kind):
         if len(errs.items) > before:
             return BAD
         return SignSpec(domain, selector, key, headers, canon, expire)
-
-    def render(self, value):
-        return json.dumps([])
 
 
 def _missing_or_bad(errs: Errors, table: dict, path: str, key: str, expected: str) -> None:

@@ -347,3 +347,51 @@ class NetworkList(Kind):
 
     def render(self, value):
         return json.dumps([str(n) for n in value])
+
+
+def unknown_keys(path: str, table: dict, keys, errs: Errors) -> None:
+    """Report each key of `table` not in `keys`, with the closest known one as a hint."""
+    for key in table:
+        if key not in keys:
+            close = difflib.get_close_matches(key, keys, 1, 0.6)
+            errs.unknown(f"{path}.{key}", f"{path}.{close[0]}" if close else None)
+
+
+class Tables(Kind):
+    """An array of tables ([[header]]): each table's unknown keys reported, then the table
+    checked by `one(path, table, errs)`; `label(value)` names a table for the uniqueness check
+    (None: no check), `duplicate` is what that error expects ({dup}: the repeated label).
+    BAD if any table is bad (every problem of every table is reported first)."""
+
+    header = ""
+    keys: tuple[str, ...] = ()
+    expect = ""  # what the array should be, for its error; default "an array of tables ([[header]])"
+    duplicate = "each name once"
+
+    def parse(self, path, raw, errs):
+        if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
+            errs.bad(path, self.expect or f"an array of tables ([[{self.header}]])", raw)
+            return BAD
+        before = len(errs.items)
+        out = []
+        for i, t in enumerate(raw):
+            p = f"{path}[{i}]"
+            unknown_keys(p, t, self.keys, errs)
+            out.append(self.one(p, t, errs))
+        labels = [self.label(v) for v in out if v is not BAD]
+        for dup in sorted({n for n in labels if n is not None and labels.count(n) > 1}, key=str):
+            errs.bad(path, self.duplicate.format(dup=dup), self.shown(dup))
+        return BAD if len(errs.items) > before or any(v is BAD for v in out) else tuple(out)
+
+    def one(self, path: str, table: dict, errs: Errors) -> Any:
+        raise NotImplementedError
+
+    def label(self, value: Any) -> Any:
+        return None
+
+    def shown(self, label: Any) -> Any:
+        """A repeated label as its error shows it."""
+        return label
+
+    def render(self, value):
+        return json.dumps([])

@@ -3,12 +3,10 @@ shape only; importing the module and checking its hooks is mta.policy.loader's j
 
 from __future__ import annotations
 
-import difflib
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from mta.config.kinds import BAD, Duration, Errors, Kind
+from mta.config.kinds import BAD, Duration, Errors, Tables
 
 DEFAULT_TIMEOUT = 5.0
 _KEYS = ("module", "options", "timeout", "name")
@@ -27,27 +25,17 @@ class PluginSpec:
 
 
 @dataclass(frozen=True)
-class PluginTables(Kind):
+class PluginTables(Tables):
     type_name = "array of tables (module, options, timeout, name)"
+    expect = "an array of tables ([[plugin]] with module, options, timeout)"
+    duplicate = 'distinct plugin names (set name = "..." on one of the two {dup!r})'
+    keys = _KEYS
 
-    def parse(self, path, raw, errs):
-        if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
-            errs.bad(path, "an array of tables ([[plugin]] with module, options, timeout)", raw)
-            return BAD
-        out = [self._one(f"{path}[{i}]", t, errs) for i, t in enumerate(raw)]
-        names = [p.label for p in out if p is not BAD]
-        for dup in sorted({n for n in names if names.count(n) > 1}):
-            errs.bad(path, f'distinct plugin names (set name = "..." on one of the two {dup!r})', dup)
-        return BAD if any(v is BAD for v in out) or len(set(names)) < len(names) else tuple(out)
+    def label(self, value):
+        return value.label
 
-    @staticmethod
-    def _one(path: str, table: dict, errs: Errors) -> Any:
+    def one(self, path: str, table: dict, errs: Errors) -> Any:
         ok = True
-        for key in table:
-            if key not in _KEYS:
-                close = difflib.get_close_matches(key, _KEYS, 1, 0.6)
-                errs.unknown(f"{path}.{key}", f"{path}.{close[0]}" if close else None)
-                ok = False
         module = table.get("module")
         if not isinstance(module, str) or not module.strip() or any(c.isspace() for c in module.strip()):
             if "module" not in table:
@@ -68,6 +56,3 @@ class PluginTables(Kind):
         if not ok or timeout is BAD:
             return BAD
         return PluginSpec(module.strip(), dict(options), timeout, name)
-
-    def render(self, value):
-        return json.dumps([])

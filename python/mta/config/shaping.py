@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from mta.config.kinds import BAD, Duration, Errors, Kind, domain_name
+from mta.config.kinds import BAD, Duration, Errors, Kind, Tables, domain_name
 
 log = logging.getLogger("mta.config")
 
@@ -325,20 +325,6 @@ class PoolSpec:
     sources: tuple[tuple[str, int], ...]  # (source name, weight), in the table's order
 
 
-def _tables(path: str, raw: Any, errs: Errors, header: str) -> list[dict] | None:
-    if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
-        errs.bad(path, f"an array of tables ([[{header}]])", raw)
-        return None
-    return raw
-
-
-def _unknown_keys(path: str, table: dict, keys: tuple[str, ...], errs: Errors) -> None:
-    for key in table:
-        if key not in keys:
-            close = difflib.get_close_matches(key, keys, 1, 0.6)
-            errs.unknown(f"{path}.{key}", f"{path}.{close[0]}" if close else None)
-
-
 def _missing(errs: Errors, path: str, key: str, expected: str) -> None:
     errs.items.append(f"{path}.{key}: missing ({expected})")
 
@@ -354,49 +340,14 @@ def _name(path: str, table: dict, errs: Errors) -> str | None:
     return None
 
 
-def _unique(path: str, names: list, errs: Errors) -> bool:
-    dups = sorted({n for n in names if n is not None and names.count(n) > 1})
-    for dup in dups:
-        errs.bad(path, "each name once", dup)
-    return not dups
-
-
 @dataclass(frozen=True)
-class _Tables(Kind):
-    """An array of tables ([[header]]), each checked by `one(path, table, errs)` for the
-    keys `keys`; with `named`, each table's name is unique. BAD if any table is bad."""
-
-    header = ""
-    keys = ()
-    named = False
-
-    def parse(self, path, raw, errs):
-        tables = _tables(path, raw, errs, self.header)
-        if tables is None:
-            return BAD
-        before = len(errs.items)
-        out = []
-        for i, t in enumerate(tables):
-            p = f"{path}[{i}]"
-            _unknown_keys(p, t, self.keys, errs)
-            out.append(self.one(p, t, errs))
-        if self.named:
-            _unique(path, [s.name for s in out], errs)
-        return BAD if len(errs.items) > before else tuple(out)
-
-    def one(self, p: str, t: dict, errs: Errors) -> Any:
-        raise NotImplementedError
-
-    def render(self, value):
-        return json.dumps([])
-
-
-@dataclass(frozen=True)
-class SourceTables(_Tables):
+class SourceTables(Tables):
     type_name = "array of tables (name, address, ehlo)"
     header = "egress.source"
     keys = ("name", "address", "ehlo")
-    named = True
+
+    def label(self, value):
+        return value.name
 
     def one(self, p, t, errs):
         name = _name(p, t, errs)
@@ -418,11 +369,13 @@ class SourceTables(_Tables):
 
 
 @dataclass(frozen=True)
-class PoolTables(_Tables):
+class PoolTables(Tables):
     type_name = "array of tables (name, sources)"
     header = "egress.pool"
     keys = ("name", "sources")
-    named = True
+
+    def label(self, value):
+        return value.name
 
     def one(self, p, t, errs):
         name = _name(p, t, errs)
@@ -455,7 +408,7 @@ def _glob(path: str, raw: Any, errs: Errors) -> str | None:
 
 
 @dataclass(frozen=True)
-class RuleTables(_Tables):
+class RuleTables(Tables):
     type_name = "array of tables (domain or site, and shaping keys)"
     header = "shaping.rule"
     keys = ("domain", "site") + SHAPE_KEYS
@@ -485,7 +438,7 @@ class RuleTables(_Tables):
 
 
 @dataclass(frozen=True)
-class ReplyTables(_Tables):
+class ReplyTables(Tables):
     type_name = "array of tables (match, class, site, action, duration)"
     header = "shaping.on_reply"
     keys = ("match", "class", "site", "action", "duration")

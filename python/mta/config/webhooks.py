@@ -4,13 +4,11 @@ what back-off. Every value of a resolved WebhookSpec was checked at load; names 
 
 from __future__ import annotations
 
-import difflib
-import json
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
-from mta.config.kinds import BAD, Duration, Errors, Int, Kind
+from mta.config.kinds import BAD, Duration, Errors, Int, Tables
 
 EVENTS = ("delivered", "deferred", "bounced", "accepted")
 _KEYS = ("name", "url", "events", "batch", "max_backlog", "timeout", "headers", "retry_min", "retry_max")
@@ -36,26 +34,17 @@ class WebhookSpec:
 
 
 @dataclass(frozen=True)
-class WebhookTables(Kind):
+class WebhookTables(Tables):
     type_name = "array of tables (name, url, events, batch, max_backlog, timeout, headers, retry_min, retry_max)"
+    expect = "an array of tables ([[webhook]] with url, events, batch, ...)"
+    duplicate = 'distinct webhook names (set name = "..." on one of the two {dup!r})'
+    keys = _KEYS
 
-    def parse(self, path, raw, errs):
-        if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
-            errs.bad(path, "an array of tables ([[webhook]] with url, events, batch, ...)", raw)
-            return BAD
-        out = [self._one(f"{path}[{i}]", t, errs) for i, t in enumerate(raw)]
-        names = [w.label for w in out if w is not BAD]
-        for dup in sorted({n for n in names if names.count(n) > 1}):
-            errs.bad(path, f'distinct webhook names (set name = "..." on one of the two {dup!r})', dup)
-        return BAD if any(v is BAD for v in out) or len(set(names)) < len(names) else tuple(out)
+    def label(self, value):
+        return value.label
 
-    @staticmethod
-    def _one(path: str, table: dict, errs: Errors) -> Any:
+    def one(self, path: str, table: dict, errs: Errors) -> Any:
         before = len(errs.items)
-        for key in table:
-            if key not in _KEYS:
-                close = difflib.get_close_matches(key, _KEYS, 1, 0.6)
-                errs.unknown(f"{path}.{key}", f"{path}.{close[0]}" if close else None)
         url = _url(f"{path}.url", table, errs)
         name = table.get("name", "")
         if not isinstance(name, str) or len(name.encode()) > 1024 or any(ord(c) < 32 for c in name):
@@ -72,9 +61,6 @@ class WebhookTables(Kind):
         if len(errs.items) > before:
             return BAD
         return WebhookSpec(url, name, events, batch, backlog, timeout, headers, rmin, rmax)
-
-    def render(self, value):
-        return json.dumps([])
 
 
 def _url(path: str, table: dict, errs: Errors) -> Any:
