@@ -278,7 +278,7 @@ fn corpus_replays() {
 
 /// Writes the seed corpus: `cargo test -- --ignored write_spool_meta_corpus`.
 #[test]
-#[ignore]
+#[ignore = "writes fuzz/corpus/spool_meta into the source tree: a maintenance step, run by hand"]
 fn write_spool_meta_corpus() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/spool_meta");
     std::fs::create_dir_all(&dir).unwrap();
