@@ -18,7 +18,7 @@ from mta.delivery.shaping.signals import Throttled
 from mta.delivery.transport import LOGGED, UNSENT, Deferred, Route, Transports
 from mta.errors import SpoolError
 from mta.policy.chain import Chain
-from mta.queue import bounce, delay
+from mta.queue import delay, notices
 from mta.queue.store import SpoolService
 from mta.queue.views import QueuedMessage, notes_of
 from mta.queue.views import event as make_event
@@ -715,40 +715,18 @@ class QueueManager:
         return base * (1 + self._jitter(0, self.dcfg.retry_jitter / 100))
 
     async def _send_dsn(self, msg: OutMessage, failures) -> None:
-        dsn = bounce.make_dsn(msg, failures, reporting_mta=self.hostname, max_returned=self.bounce_max)
-        if dsn is None:
-            if not msg.sender:
-                log.info("dropped bounce for %s: the sender is <> (never bounce a bounce)", msg.queue_id)
-            return
-        qid = await self.store.inject(dsn, sender="", recipient=msg.sender)
-        log.info("bounce %s for %s to <%s> nrcpt=%d", qid, msg.queue_id, msg.sender, len(failures))
-        self.on_durable(qid)
+        qid = await notices.send_bounce(self.store, msg, failures, hostname=self.hostname,
+                                        max_returned=self.bounce_max)
+        if qid is not None:
+            self.on_durable(qid)
 
     async def _send_delay_notice(self, env, spooled: list, msg: OutMessage, changes: list,
                                  results: dict, now: float) -> None:
-        """The message's one delay notice, checked when a deferral is recorded (no timer: a
-        message deferred that long is retried several times). Notice and flag are one
-        durable step (`inject`'s delay_notice_for): a crash sends it once or not at all.
-        Nobody to tell: nothing is recorded (the check is cheap, the message is not read)."""
-        states = {i: r.state for i, r in enumerate(spooled)}
-        states.update({c[0]: c[1] for c in changes})
-        attempts = {c[0]: c[2] for c in changes}
-        todo = delay.waiting(spooled, states, results)
-        dsn = delay.notice(msg, todo, reporting_mta=self.hostname, now=now,
-                           retry_until=env.arrival + self.dcfg.max_lifetime)
-        if dsn is None:
-            return
-        try:
-            qid = await self.store.inject(dsn, sender="", recipient=msg.sender, delay_notice_for=msg.queue_id)
-        except Exception as e:  # noqa: BLE001 - the deferral is recorded; the next one tries again
-            log.error("delay notice for %s not spooled: %s", msg.queue_id, e)
-            return
-        log.info("delay notice %s for %s to <%s> nrcpt=%d", qid, msg.queue_id, msg.sender, len(todo))
-        for rc, res in todo:
-            self.dlog.record(queue_id=msg.queue_id, recipient=rc.address, status="delay_notice", result=res,
-                             attempt=attempts.get(rc.index, spooled[rc.index].attempts), arrival=env.arrival,
-                             now=now)
-        self.on_durable(qid)
+        qid = await notices.send_delay_notice(self.store, self.dlog, env, spooled, msg, changes, results, now,
+                                              hostname=self.hostname,
+                                              retry_until=env.arrival + self.dcfg.max_lifetime)
+        if qid is not None:
+            self.on_durable(qid)
 
 
 def _group(groups: list, spec: TransportSpec, rc: OutRcpt) -> None:
