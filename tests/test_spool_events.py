@@ -44,3 +44,31 @@ def test_recorded_texts_come_back(batches, ack):
         assert [g[3] for g in sp.events_after("other", 1000)] == want[upto:]
         assert sp.event_backlog("w", 1) == (len(want) - upto, seqs[upto] if upto < len(seqs) else None)
         sp.close()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.text(max_size=30), st.lists(st.text(min_size=1, max_size=12), min_size=1, max_size=3),
+       st.text(max_size=16), st.integers(0, 2**40), st.binary(max_size=300))
+def test_accepted_event_made_at_submit_is_the_python_reference(sender, rcpts, client_ip, arrival_ms, data):
+    """The spool's "accepted" JSON (made from the envelope) is EventRecorder.accepted's, byte for byte,
+    and events_body puts it in a POST body the way the sender used to (id spliced in front)."""
+    from mta.queue.events import EventRecorder
+
+    arrival = arrival_ms / 1000 + 0.0004  # whole milliseconds apart from float noise either way
+    with tempfile.TemporaryDirectory() as d:
+        sp = _native.Spool(d, 0, sync=False)
+        q = sp.new_queue_id()
+        m = sp.new_message()
+        m.push(data)
+        size = m.size
+        sp.submit(1, q, m, sender=sender, recipients=[(r, None, None) for r in rcpts], client_ip=client_ip,
+                  arrival=arrival, accepted_event=True)
+        assert wait(sp, 1)[0][1] is None
+        want = EventRecorder(["accepted"]).accepted(q, sender, rcpts, size, client_ip, arrival)
+        (seq, eid, _, got), = sp.events_after("w", 10)
+        assert got == want
+        body, first, last, taken, n = sp.events_body("w", 10)
+        assert (first, last, taken, n) == (seq, seq, 1, 1)
+        assert body == ('[{"id":"%s",%s]' % (eid, want[1:])).encode()
+        assert sp.events_body("w", 10, ["delivered"])[3:] == (1, 0) and sp.events_body("w", 10, ["delivered"])[0] == b"[]"
+        sp.close()

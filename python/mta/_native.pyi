@@ -541,6 +541,7 @@ class Spool:
         held: bool = False,  # stored held: never due until released (Spool.hold(..., False))
         delay_notice_for: str | None = None,  # this is that message's delay notice: see below
         events: list[str] | None = None,  # webhook events (JSON texts) written in the same batch
+        accepted_event: bool = False,  # also the "accepted" event, made here from the envelope
     ) -> None:
         """Queue the message for the writer thread; returns at once. Its
         completion (token, None | error text) shows up in completions() after
@@ -607,6 +608,10 @@ class Spool:
     def events_after(self, name: str, limit: int) -> list[tuple[int, str, float, str]]:
         """Durable events after `name`'s cursor, oldest first, at most `limit`: (seq, id,
         unix time, json). A name never acknowledged has every pending event."""
+    def events_body(self, name: str, limit: int, kinds: list[str] | None = None) -> tuple[bytes, int, int, int, int]:
+        """`events_after` as one webhook POST body: (JSON array with each record's id in front,
+        first seq, last seq, events taken, records in the body); only the `kinds` wanted go in
+        the body (None: all). No events: (b"[]", 0, 0, 0, 0)."""
     def event_backlog(self, name: str, nth: int) -> tuple[int, int | None]:
         """How many durable events `name` has not passed, and the seq of the `nth`
         (1-based) of them (None: fewer)."""

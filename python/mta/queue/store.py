@@ -219,14 +219,12 @@ class SpoolService:
 
     def submit_with_events(self, queue_id: str, message, done: Completion, **envelope) -> None:
         """`submit` that records the "accepted" event with the message (swapped in for `submit`
-        by mta.queue.webhooks when a webhook wants that kind)."""
-        event = self.events.accepted(queue_id, envelope["sender"], [r[0] for r in envelope["recipients"]],
-                                     message.size, envelope.get("client_ip", ""), envelope.get("arrival"))
+        by mta.queue.webhooks when a webhook wants that kind); the spool makes its JSON."""
         token = self._next_token
         self._next_token += 1
         self._pending[token] = lambda error: (done(error), error is None and self._events_durable())
         try:
-            self.spool.submit(token, queue_id, message, events=[event], **envelope)
+            self.spool.submit(token, queue_id, message, accepted_event=True, **envelope)
         except Exception as e:  # refused before reaching the writer
             self._pending.pop(token, None)
             done(str(e))
@@ -249,6 +247,11 @@ class SpoolService:
 
     def events_after(self, name: str, limit: int) -> list[tuple[int, str, float, str]]:
         return self.spool.events_after(name, limit)
+
+    def events_body(self, name: str, limit: int, kinds: list[str] | None = None) -> tuple[bytes, int, int, int, int]:
+        """The next POST of webhook `name`: (body, first seq, last seq, events taken, records in
+        the body), only `kinds` in the body (None: all); made in Rust, no tuple per event."""
+        return self.spool.events_body(name, limit, kinds)
 
     def event_backlog(self, name: str, nth: int = 0) -> tuple[int, int | None]:
         return self.spool.event_backlog(name, nth)
