@@ -72,3 +72,33 @@ def test_accepted_event_made_at_submit_is_the_python_reference(sender, rcpts, cl
         assert body == ('[{"id":"%s",%s]' % (eid, want[1:])).encode()
         assert sp.events_body("w", 10, ["delivered"])[3:] == (1, 0) and sp.events_body("w", 10, ["delivered"])[0] == b"[]"
         sp.close()
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.text(min_size=1, max_size=12), st.text(max_size=30),
+                          st.sampled_from([None, "opportunistic", "none"])), min_size=1, max_size=3))
+def test_delivered_events_made_from_the_agents_log_lines(rows):
+    """delete_many(delivered_log=...) records, per delivery-log line the agent wrote, the event
+    EventRecorder.outcome makes for that outcome (the line with "event" first), after `events`."""
+    from mta.delivery import RcptResult
+    from mta.delivery.deliverylog import DeliveryLog
+    from mta.queue.events import EventRecorder
+
+    results = [RcptResult(a, 250, "2.0.0", t, "mx.test", "192.0.2.9", tls) for a, t, tls in rows]
+    log = DeliveryLog("/dev/null")  # the text it returns is what matters here
+    with tempfile.TemporaryDirectory() as d:
+        sp = _native.Spool(d, 0, sync=False)
+        q = sp.new_queue_id()
+        m = sp.new_message()
+        m.push(b"x\r\n")
+        sp.submit(1, q, m, sender="a@b", recipients=[(r.address, None, None) for r in results])
+        wait(sp, 1)
+        text = log.delivered(q, results, [1] * len(results), 100.0, 161.5)
+        assert sp.delete_many(2, [q], ['{"event":"x"}'], delivered_log=text) == []
+        wait(sp, 1)
+        got = [e[3] for e in sp.events_after("w", 100)]
+        want = [EventRecorder(["delivered"]).outcome("delivered", queue_id=q, recipient=r.address, status="delivered",
+                                                     result=r, attempt=1, arrival=100.0, now=161.5) for r in results]
+        assert got == ['{"event":"x"}'] + want
+        sp.close()
+    log.close()

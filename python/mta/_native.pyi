@@ -586,11 +586,13 @@ class Spool:
     def delete(self, token: int, queue_id: str) -> None:
         """Remove the message (when every recipient is final): a DELETE record;
         it leaves the index when durable and its space is reclaimed by compaction."""
-    def delete_many(self, token: int, queue_ids: list[str], events: list[str] | None = None) -> list[str]:
+    def delete_many(self, token: int, queue_ids: list[str], events: list[str] | None = None,
+                    delivered_log: str | None = None) -> list[str]:
         """`delete` for several messages, with one completion (`token`) once one
         sync made all their DELETE records durable. Returns the unknown queue ids,
         which were left out; when none was known nothing is queued and `token`
-        never completes."""
+        never completes. `delivered_log`: delivery-log lines whose "delivered" events
+        (each record with "event" first) are recorded after `events`."""
 
     # Webhook events (EVENT / EVENT_ACK records). `events=` on submit, update and
     # delete_many writes each JSON text as an EVENT record in the same batch as (and

@@ -241,6 +241,14 @@ class Server:
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
 
+    def _agent_report(self) -> bool | str:
+        """What the delivery agent sends back with a job it delivered and logged: its rows for
+        on_delivered hooks (True); for webhooks alone, the delivery log's text it wrote ("log":
+        the delivered events are made from it in Rust, no row comes back); else nothing."""
+        if self.hooks.on_delivered:
+            return True
+        return "log" if self.spool.events is not None and self.spool.events.delivered else False
+
     def _swap_delivery(self) -> None:
         """The queue's router, transports and hooks, and the shaper's rules, from self.cfg.
         The new SMTP transport shares the running one's wire (the delivery agent), resolver
@@ -251,7 +259,7 @@ class Server:
         self.shaper.reconfigure(shaping_of(cfg), egress, d.max_active, cfg.shaping.max_site_share / 100,
                                 hooks=self.hooks)
         smtp = Smtp(old.wire, old.resolver, old.tls_policy, d, cfg.hostname,
-                    report=bool(self.hooks.on_delivered or (self.spool.events and self.spool.events.delivered)),
+                    report=self._agent_report(),
                     shaper=self.shaper)
         self.queue.swap(self.router, Transports(smtp, Maildir(cfg.hostname)), self.hooks, d,
                         bounce_max=cfg.bounce.max_returned_size, pools=bool(egress.pools),
@@ -380,7 +388,7 @@ class Server:
         shaper = self.shaper = Shaper(shaping_of(cfg), egress, self.throttle, d.max_active, cfg.shaping.max_site_share / 100,
                         hooks=self.hooks)
         smtp = Smtp(self._wire(dlog), resolver, OutboundTls(sts, d.tls_report_interval), d, cfg.hostname,
-                    report=bool(self.hooks.on_delivered or (self.spool.events and self.spool.events.delivered)),
+                    report=self._agent_report(),
                     shaper=shaper)
         return QueueManager(self.spool, self.router, Transports(smtp, Maildir(cfg.hostname)), dlog, d,
                             cfg.hostname, bounce_max=cfg.bounce.max_returned_size, hooks=self.hooks,

@@ -447,9 +447,14 @@ class QueueManager:
             counts = self._fresh_count
             self.metrics.delivered += sum(counts.pop(qid, 1) for qid in qids)
         hooked = self.events is not None and self.events.delivered and rows
+        if hooked and type(next(iter(rows.values()))) is str:  # SmtpOptions.report "log": webhooks alone
+            # The agent's delivery-log lines: the spool makes the delivered events from them.
+            self.store.delete_many_then(qids, self._spooled_deleted,
+                                        delivered_log="".join([rows.get(q, "") for q in qids]))
+            return
         if hooked:
             hooked = self._spooled_events(qids, rows)
-        if not rows or not self.hooks.on_delivered:
+        if not rows or not self.hooks.on_delivered or type(next(iter(rows.values()))) is str:
             self.store.delete_many_then(qids, self._spooled_deleted, hooked or None)
             return
         events = []

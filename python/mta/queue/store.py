@@ -184,15 +184,21 @@ class SpoolService:
         self._then(self.spool.delete, done, queue_id)
 
     def delete_many_then(self, queue_ids: list[str], done: Callable[[list[str], str | None], None],
-                         events: list[str] | None = None) -> None:
+                         events: list[str] | None = None, delivered_log: str | None = None) -> None:
         """`delete` of several messages made durable by one sync, with one completion:
         `done(ids, error)` for the known ones once their DELETE records are synced (error
-        None) or failed, and, at once, for any unknown ones with their error."""
+        None) or failed, and, at once, for any unknown ones with their error. `events`: webhook
+        events recorded with them; `delivered_log`: delivery-log lines (the delivery agent's)
+        whose "delivered" events the spool makes and records with them."""
         token = self._next_token
         self._next_token += 1
         try:
-            unknown = self.spool.delete_many(token, queue_ids, events) if events else \
-                self.spool.delete_many(token, queue_ids)
+            if delivered_log:
+                unknown = self.spool.delete_many(token, queue_ids, events, delivered_log=delivered_log)
+            elif events:
+                unknown = self.spool.delete_many(token, queue_ids, events)
+            else:
+                unknown = self.spool.delete_many(token, queue_ids)
         except Exception as e:  # refused before reaching the writer (a closed spool)
             done(queue_ids, str(e))
             return
@@ -202,7 +208,7 @@ class SpoolService:
             known = [q for q in queue_ids if q not in gone]
             done(unknown, "unknown queue id")
         if known:
-            if events:
+            if events or delivered_log:
                 self._pending[token] = lambda error: (done(known, error), error is None and self._events_durable())
             else:
                 self._pending[token] = lambda error: done(known, error)

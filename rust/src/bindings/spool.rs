@@ -454,10 +454,15 @@ impl PySpool {
     }
     /// DELETE records for several messages, made durable by one sync and completed as
     /// one (`token`); the unknown queue ids, left out (none known: `token` never completes).
-    #[pyo3(signature = (token, queue_ids, events = None))]
-    fn delete_many(&self, token: u64, queue_ids: Vec<String>, events: Option<Vec<String>>) -> PyResult<Vec<String>> {
+    #[pyo3(signature = (token, queue_ids, events = None, delivered_log = None))]
+    fn delete_many(&self, token: u64, queue_ids: Vec<String>, events: Option<Vec<String>>,
+                   delivered_log: Option<&str>) -> PyResult<Vec<String>> {
+        let mut events = events.unwrap_or_default();
+        if let Some(text) = delivered_log {
+            events.extend(crate::spool::events::delivered_from_log(text));
+        }
         let ids: Vec<&str> = queue_ids.iter().map(String::as_str).collect();
-        self.0.delete_many_with_events(token, &ids, &events.unwrap_or_default()).map_err(op_err)
+        self.0.delete_many_with_events(token, &ids, &events).map_err(op_err)
     }
     // Webhook events (spool/event_ops.rs; conversions in bindings/events.rs).
     fn record_events(&self, token: u64, events: Vec<String>) -> PyResult<bool> {

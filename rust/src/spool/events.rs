@@ -75,6 +75,21 @@ pub fn accepted_json(env: &Envelope, size: u64) -> String {
     out
 }
 
+/// The "delivered" events of delivery-log lines (mta.delivery.deliverylog's, as the delivery
+/// agent wrote them): each line's record with `"event":"delivered"` first, as
+/// mta.queue.events.EventRecorder.outcome makes it. Lines not holding an object are skipped.
+pub fn delivered_from_log(text: &str) -> Vec<String> {
+    text.split('\n')
+        .filter_map(|line| line.strip_prefix('{'))
+        .map(|rest| {
+            let mut out = String::with_capacity(22 + rest.len());
+            out.push_str("{\"event\":\"delivered\",");
+            out.push_str(rest);
+            out
+        })
+        .collect()
+}
+
 /// The kind of an event made by mta.queue.events (`{"event":"KIND",...`); "" for another text.
 pub fn kind_of(json: &str) -> &str {
     json.strip_prefix("{\"event\":\"").and_then(|r| r.split('"').next()).unwrap_or("")

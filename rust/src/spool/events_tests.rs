@@ -122,3 +122,13 @@ fn bodies_splice_ids_and_filter_kinds() {
     log.ack("w", 3, 1);
     assert_eq!(log.body_after("w", 100, None), (b"[]".to_vec(), 0, 0, 0, 0));
 }
+
+#[test]
+fn delivered_events_from_log_lines() {
+    let text = "{\"time\":\"T\",\"queue_id\":\"Q\"}\n{\"time\":\"U\"}\n";
+    assert_eq!(delivered_from_log(text), vec![
+        "{\"event\":\"delivered\",\"time\":\"T\",\"queue_id\":\"Q\"}".to_string(),
+        "{\"event\":\"delivered\",\"time\":\"U\"}".to_string(),
+    ]);
+    assert!(delivered_from_log("").is_empty() && delivered_from_log("\n\nnot json\n").is_empty());
+}
