@@ -406,6 +406,47 @@ def test_on_delivered_hooks_keep_the_spooled_lane_and_hear_the_agents_replies(tm
         (q, f"r{i}@example.test", 250, 1) for i, q in enumerate(qids))
 
 
+def test_webhooks_alone_make_delivered_events_from_the_agents_log_lines(tmp_path):
+    """Webhooks wanting delivered events and no on_delivered hook: the agent answers with the
+    delivery-log lines it wrote (SmtpOptions.report "log") and the spool makes the events from
+    them. A frame that mixes lines and rows (a reload between its jobs) gives each message one
+    event, and only the message's own (the frame's rows dict holds every job's)."""
+    from mta.delivery.deliverylog import DeliveryLog
+    from mta.queue.events import EventRecorder
+
+    async def main():
+        srv = await _server(str(tmp_path))
+        try:
+            srv.spool.events = EventRecorder(["delivered"])
+            srv.queue.use_events(srv.spool.events)
+            peer = _use(srv, SpooledPeer(asyncio.get_running_loop(), srv.spool, {}, logs=True))
+            qids = [_submit(srv, [f"r{i}@example.test"], from_session=True) for i in range(4)]
+            deadline = time.monotonic() + 10
+            while len(peer.frame) < 4 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            dlog, texts = DeliveryLog(os.devnull), {}
+            for i, q in enumerate(qids):
+                row = (f"r{i}@example.test", 250, "2.0.0", f"ok {i}", "mx.test", "127.0.0.1", "none", None, None)
+                texts[q] = dlog.delivered(q, [row], (1,), srv.spool.get(q).arrival, time.time())
+                peer.rows[q] = texts[q] if i % 2 == 0 else [row]
+            ids, peer.frame = peer.frame, []
+            for part in (ids[:2], ids[2:]):  # two sites' callbacks, each given the whole frame's rows
+                peer.logged(part, peer.rows)
+            while srv.queue.active and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            dlog.close()
+            return qids, texts, [e[3] for e in srv.spool.events_after("w", 100)], [srv.spool.get(q) for q in qids]
+        finally:
+            await srv.stop()
+    qids, texts, events, left = uvloop.run(main())
+    assert left == [None] * 4
+    got = {json.loads(e)["queue_id"]: json.loads(e) for e in events}
+    assert len(events) == 4 and set(got) == set(qids)
+    for i, q in enumerate(qids):
+        assert (got[q]["event"], got[q]["recipient"], got[q]["reply"]) == ("delivered", f"r{i}@example.test", f"250 2.0.0 ok {i}")
+    assert {'{"event":"delivered",' + texts[q][1:-1] for q in qids[::2]} <= set(events)
+
+
 def test_a_spooled_job_of_a_dead_agent_is_deferred_and_one_not_fresh_goes_the_general_way(tmp_path):
     async def main():
         srv = await _server(str(tmp_path))

@@ -541,6 +541,7 @@ class Spool:
         held: bool = False,  # stored held: never due until released (Spool.hold(..., False))
         delay_notice_for: str | None = None,  # this is that message's delay notice: see below
         events: list[str] | None = None,  # webhook events (JSON texts) written in the same batch
+        accepted_event: bool = False,  # also the "accepted" event, made here from the envelope
     ) -> None:
         """Queue the message for the writer thread; returns at once. Its
         completion (token, None | error text) shows up in completions() after
@@ -588,11 +589,13 @@ class Spool:
     def delete(self, token: int, queue_id: str) -> None:
         """Remove the message (when every recipient is final): a DELETE record;
         it leaves the index when durable and its space is reclaimed by compaction."""
-    def delete_many(self, token: int, queue_ids: list[str], events: list[str] | None = None) -> list[str]:
+    def delete_many(self, token: int, queue_ids: list[str], events: list[str] | None = None,
+                    delivered_log: str | None = None) -> list[str]:
         """`delete` for several messages, with one completion (`token`) once one
         sync made all their DELETE records durable. Returns the unknown queue ids,
         which were left out; when none was known nothing is queued and `token`
-        never completes."""
+        never completes. `delivered_log`: delivery-log lines whose "delivered" events
+        (each record with "event" first) are recorded after `events`."""
 
     # Webhook events (EVENT / EVENT_ACK records). `events=` on submit, update and
     # delete_many writes each JSON text as an EVENT record in the same batch as (and
@@ -610,6 +613,10 @@ class Spool:
     def events_after(self, name: str, limit: int) -> list[tuple[int, str, float, str]]:
         """Durable events after `name`'s cursor, oldest first, at most `limit`: (seq, id,
         unix time, json). A name never acknowledged has every pending event."""
+    def events_body(self, name: str, limit: int, kinds: list[str] | None = None) -> tuple[bytes, int, int, int, int]:
+        """`events_after` as one webhook POST body: (JSON array with each record's id in front,
+        first seq, last seq, events taken, records in the body); only the `kinds` wanted go in
+        the body (None: all). No events: (b"[]", 0, 0, 0, 0)."""
     def event_backlog(self, name: str, nth: int) -> tuple[int, int | None]:
         """How many durable events `name` has not passed, and the seq of the `nth`
         (1-based) of them (None: fewer)."""

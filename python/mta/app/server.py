@@ -244,6 +244,14 @@ class Server:
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
 
+    def _agent_report(self) -> bool | str:
+        """What the delivery agent sends back with a job it delivered and logged: its rows for
+        on_delivered hooks (True); for webhooks alone, the delivery log's text it wrote ("log":
+        the delivered events are made from it in Rust, no row comes back); else nothing."""
+        if self.hooks.on_delivered:
+            return True
+        return "log" if self.spool.events is not None and self.spool.events.delivered else False
+
     def _swap_delivery(self) -> None:
         """The queue's router, transports and hooks, and the shaper's rules, from self.cfg.
         The new SMTP transport shares the running one's wire (the delivery agent), resolver
@@ -254,7 +262,7 @@ class Server:
         self.shaper.reconfigure(shaping_of(cfg), egress, d.max_active, cfg.shaping.max_site_share / 100,
                                 hooks=self.hooks)
         smtp = Smtp(old.wire, old.resolver, old.tls_policy, d, cfg.hostname,
-                    report=bool(self.hooks.on_delivered or (self.spool.events and self.spool.events.delivered)),
+                    report=self._agent_report(),
                     shaper=self.shaper)
         smtp.mx_sites = old.mx_sites  # /metrics names sites by what deliveries learnt so far
         self.smtp_transport = smtp
@@ -398,8 +406,7 @@ class Server:
                         hooks=self.hooks)
         smtp = self.smtp_transport = Smtp(
             self._wire(dlog), resolver, OutboundTls(sts, d.tls_report_interval), d, cfg.hostname,
-            report=bool(self.hooks.on_delivered or (self.spool.events and self.spool.events.delivered)),
-            shaper=shaper)
+            report=self._agent_report(), shaper=shaper)
         return QueueManager(self.spool, self.router, Transports(smtp, Maildir(cfg.hostname)), dlog, d,
                             cfg.hostname, bounce_max=cfg.bounce.max_returned_size, hooks=self.hooks,
                             pools=bool(egress.pools), metrics=self.metrics,

@@ -334,7 +334,7 @@ class AgentDelivery:
     def _on_items(self, items: list) -> None:
         pending = self._pending
         logged: dict = {}  # logged callback -> the queue ids it gets
-        rows: dict = {}  # queue id -> its rows, for the jobs answered with them (SmtpOptions.report)
+        rows: dict = {}  # queue id -> its rows or log text, for the jobs answered with them (SmtpOptions.report)
         for item in items:
             entry = pending.pop(item[1], None)
             if entry is None:
@@ -499,13 +499,14 @@ async def _serve(fd: int, log_fd: int | None = None) -> None:
     def unpack(item: tuple) -> tuple:
         return read_job(item, made)
 
-    def answer(job: int, msg: OutMessage, rows: list, ctx: tuple | None, report: bool = False) -> None:
+    def answer(job: int, msg: OutMessage, rows: list, ctx: tuple | None, report: bool | str = False) -> None:
         """The outcome to the worker: LOGGED when every recipient was delivered and the
         job came with its log context (the records are written here, first), with the rows
-        when its options ask (`report`: plugins are told), else the rows."""
+        when its options ask (`report`: plugins are told) or the records' text ("log": for
+        webhooks), else the rows."""
         if ctx is not None and all(status_of(row[1]) == DELIVERED for row in rows):
-            dlog.delivered(msg.queue_id, rows, ctx[1], ctx[0], time.time())
-            proto.send(("ok", job, rows) if report else ("ok", job))
+            text = dlog.delivered(msg.queue_id, rows, ctx[1], ctx[0], time.time())
+            proto.send(("ok", job, text if report == "log" else rows) if report else ("ok", job))
         else:
             proto.send(("res", job, rows))
 

@@ -89,18 +89,20 @@ class DeliveryLog:
             return
         self._write(line)
 
-    def delivered(self, queue_id: str, rows: list[tuple], attempts, arrival: float, now: float) -> None:
+    def delivered(self, queue_id: str, rows: list[tuple], attempts, arrival: float, now: float) -> str:
         """`record(status="delivered")` for each of `rows` (RcptResult-shaped tuples, as the
         delivery agent has them) with its attempt number, the lines written together: the
-        agent logs every message it delivered, and this is the per-message path."""
+        agent logs every message it delivered, and this is the per-message path. Returns the
+        lines written ("" when they could not be made), which webhooks' events are made from."""
         try:
             text = "".join([_native.delivery_log_line(now, queue_id, row[0], "delivered", int(attempt),
                                                       arrival or 0.0, *row[1:])
                             for row, attempt in zip(rows, attempts)])
         except Exception:  # a bad argument must not stop a delivery
             log.exception("delivery log: cannot format the records of %s", queue_id)
-            return
+            return ""
         self._write(text)
+        return text
 
     @staticmethod
     def format(*, queue_id: str, recipient: str, status: str, result: RcptResult | None,

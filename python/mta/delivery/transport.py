@@ -132,7 +132,7 @@ class Smtp:
     take `deliver`."""
 
     def __init__(self, wire: Wire, resolver: MxResolver, tls_policy: OutboundTls, dcfg, hostname: str,
-                 report: bool = False, shaper: Shaper | None = None) -> None:
+                 report: bool | str = False, shaper: Shaper | None = None) -> None:
         self.wire = wire
         # Traffic shaping (mta.delivery.shaping.shaper): each message's egress source, its
         # site's budgets in the options, the site's share of the window, the reply rules.
@@ -143,7 +143,7 @@ class Smtp:
         self.mx_sites: dict[str, str] = {}
         self._fixed: dict[tuple, tuple] = {}  # (id(options), site) -> (options, (key, options)): see shape
         self._logged_by_site: dict[str, tuple] = {}  # site -> (logged, its wrapper)
-        self.report = report  # jobs logged by the agent come back with their rows (on_delivered hooks)
+        self.report = report  # jobs logged by the agent come back with their rows or log text (SmtpOptions.report)
         self.resolver = resolver
         self.tls_policy = tls_policy
         self.dcfg = dcfg

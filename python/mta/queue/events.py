@@ -1,5 +1,5 @@
 """Webhook events as JSON texts: an outcome's event is its delivery-log record with "event"
-first; "accepted" has the message's envelope. The id is added when sent (mta.queue.webhooks)."""
+first; "accepted" has the message's envelope. The id is added when sent (Spool.events_body)."""
 
 from __future__ import annotations
 
@@ -49,7 +49,9 @@ class EventRecorder:
     @staticmethod
     def accepted(queue_id: str, sender: str, recipients: list[str], size: int, client_ip: str,
                  arrival: float | None) -> str:
-        # Made by hand (once per message): json.dumps with separators was 4x the time.
+        """The "accepted" event's JSON. The store has the spool make it at submit
+        (rust/src/spool/events.rs, `accepted_json`); this is its reference (tests compare them)."""
+        # Made by hand: json.dumps with separators was 4x the time.
         t = time.time() if arrival is None else arrival
         text = '{"event":"accepted","time":"%s","queue_id":%s,"sender":%s,"recipients":[%s],"size":%d,' \
                '"client_ip":%s}' % (_native.rfc3339(t), _quote(queue_id), _quote(sender),

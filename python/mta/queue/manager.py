@@ -461,11 +461,18 @@ class QueueManager:
                 m.delivered += n
                 m.sites.add(domain, 0, n)
                 m.latency.observe(now - arrival, n)
-        hooked = self.events is not None and self.events.delivered and rows
-        if hooked:
-            hooked = self._spooled_events(qids, rows)
+        logged = ""
+        if rows and any(type(rows.get(q)) is str for q in qids):  # SmtpOptions.report "log": webhooks alone
+            # The agent's delivery-log lines (`rows` has the whole frame's: only these ids'); the
+            # spool makes the delivered events from them. Texts and rows mix only across a reload.
+            mine = [rows.get(q) for q in qids]
+            logged = "".join([t for t in mine if type(t) is str])
+            rows = {q: r for q, r in zip(qids, mine) if r is not None and type(r) is not str}
+        hooked = self.events is not None and self.events.delivered
+        logged = logged if hooked else ""
+        hooked = hooked and rows and self._spooled_events(qids, rows)
         if not rows or not self.hooks.on_delivered:
-            self.store.delete_many_then(qids, self._spooled_deleted, hooked or None)
+            self.store.delete_many_then(qids, self._spooled_deleted, hooked or None, logged or None)
             return
         events = []
         fresh = self._fresh_notes
@@ -473,7 +480,7 @@ class QueueManager:
             notes = fresh.get(qid) or {}
             events.extend(make_event(qid, row[0], RcptResult(*row), 1, None, notes) for row in rows.get(qid, ()))
         self.store.delete_many_then(qids, lambda done, error: self._spooled_deleted(done, error, events),
-                                    hooked or None)
+                                    hooked or None, logged or None)
 
     def _spooled_events(self, qids: list[str], rows: dict) -> list[str]:
         """The webhooks' delivered events of fresh messages the agent delivered and logged."""

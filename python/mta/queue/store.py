@@ -184,15 +184,21 @@ class SpoolService:
         self._then(self.spool.delete, done, queue_id)
 
     def delete_many_then(self, queue_ids: list[str], done: Callable[[list[str], str | None], None],
-                         events: list[str] | None = None) -> None:
+                         events: list[str] | None = None, delivered_log: str | None = None) -> None:
         """`delete` of several messages made durable by one sync, with one completion:
         `done(ids, error)` for the known ones once their DELETE records are synced (error
-        None) or failed, and, at once, for any unknown ones with their error."""
+        None) or failed, and, at once, for any unknown ones with their error. `events`: webhook
+        events recorded with them; `delivered_log`: delivery-log lines (the delivery agent's)
+        whose "delivered" events the spool makes and records with them."""
         token = self._next_token
         self._next_token += 1
         try:
-            unknown = self.spool.delete_many(token, queue_ids, events) if events else \
-                self.spool.delete_many(token, queue_ids)
+            if delivered_log:
+                unknown = self.spool.delete_many(token, queue_ids, events, delivered_log=delivered_log)
+            elif events:
+                unknown = self.spool.delete_many(token, queue_ids, events)
+            else:
+                unknown = self.spool.delete_many(token, queue_ids)
         except Exception as e:  # refused before reaching the writer (a closed spool)
             done(queue_ids, str(e))
             return
@@ -202,7 +208,7 @@ class SpoolService:
             known = [q for q in queue_ids if q not in gone]
             done(unknown, "unknown queue id")
         if known:
-            if events:
+            if events or delivered_log:
                 self._pending[token] = lambda error: (done(known, error), error is None and self._events_durable())
             else:
                 self._pending[token] = lambda error: done(known, error)
@@ -219,14 +225,12 @@ class SpoolService:
 
     def submit_with_events(self, queue_id: str, message, done: Completion, **envelope) -> None:
         """`submit` that records the "accepted" event with the message (swapped in for `submit`
-        by mta.queue.webhooks when a webhook wants that kind)."""
-        event = self.events.accepted(queue_id, envelope["sender"], [r[0] for r in envelope["recipients"]],
-                                     message.size, envelope.get("client_ip", ""), envelope.get("arrival"))
+        by mta.queue.webhooks when a webhook wants that kind); the spool makes its JSON."""
         token = self._next_token
         self._next_token += 1
         self._pending[token] = lambda error: (done(error), error is None and self._events_durable())
         try:
-            self.spool.submit(token, queue_id, message, events=[event], **envelope)
+            self.spool.submit(token, queue_id, message, accepted_event=True, **envelope)
         except Exception as e:  # refused before reaching the writer
             self._pending.pop(token, None)
             done(str(e))
@@ -249,6 +253,11 @@ class SpoolService:
 
     def events_after(self, name: str, limit: int) -> list[tuple[int, str, float, str]]:
         return self.spool.events_after(name, limit)
+
+    def events_body(self, name: str, limit: int, kinds: list[str] | None = None) -> tuple[bytes, int, int, int, int]:
+        """The next POST of webhook `name`: (body, first seq, last seq, events taken, records in
+        the body), only `kinds` in the body (None: all); made in Rust, no tuple per event."""
+        return self.spool.events_body(name, limit, kinds)
 
     def event_backlog(self, name: str, nth: int = 0) -> tuple[int, int | None]:
         return self.spool.event_backlog(name, nth)

@@ -345,7 +345,8 @@ impl PySpool {
     }
     #[pyo3(signature = (token, queue_id, message, *, sender, recipients, body = None, smtputf8 = false,
                         ret = None, envid = None, helo = String::new(), client_ip = String::new(), arrival = None,
-                        notes = None, held = false, delay_notice_for = None, events = None))]
+                        notes = None, held = false, delay_notice_for = None, events = None,
+                        accepted_event = false))]
     #[allow(clippy::too_many_arguments)]
     fn submit(
         &self,
@@ -365,6 +366,7 @@ impl PySpool {
         held: bool,
         delay_notice_for: Option<String>,
         events: Option<Vec<String>>,
+        accepted_event: bool,
     ) -> PyResult<()> {
         record::check_notes(notes.as_deref()).map_err(PyValueError::new_err)?;
         if queue_id.is_empty() || !queue_id.bytes().all(|b| b.is_ascii_alphanumeric()) {
@@ -390,9 +392,13 @@ impl PySpool {
         }
         // Validation is done: only now does the spool take the message.
         let msg = message.borrow_mut().inner.take().ok_or_else(|| spool_err("message was already submitted"))?;
+        let mut events = events.unwrap_or_default();
+        if accepted_event && delay_notice_for.is_none() {
+            events.push(crate::spool::events::accepted_json(&env, msg.size()));
+        }
         match delay_notice_for {
             // mta's own notice: no accepted event (the webhooks report what clients sent)
-            None => self.0.submit_with_events(token, env, msg, &events.unwrap_or_default()).map_err(spool_err),
+            None => self.0.submit_with_events(token, env, msg, &events).map_err(spool_err),
             Some(about) => self.0.submit_delay_notice(token, env, msg, &about).map_err(op_err),
         }
     }
@@ -448,10 +454,15 @@ impl PySpool {
     }
     /// DELETE records for several messages, made durable by one sync and completed as
     /// one (`token`); the unknown queue ids, left out (none known: `token` never completes).
-    #[pyo3(signature = (token, queue_ids, events = None))]
-    fn delete_many(&self, token: u64, queue_ids: Vec<String>, events: Option<Vec<String>>) -> PyResult<Vec<String>> {
+    #[pyo3(signature = (token, queue_ids, events = None, delivered_log = None))]
+    fn delete_many(&self, token: u64, queue_ids: Vec<String>, events: Option<Vec<String>>,
+                   delivered_log: Option<&str>) -> PyResult<Vec<String>> {
+        let mut events = events.unwrap_or_default();
+        if let Some(text) = delivered_log {
+            events.extend(crate::spool::events::delivered_from_log(text));
+        }
         let ids: Vec<&str> = queue_ids.iter().map(String::as_str).collect();
-        self.0.delete_many_with_events(token, &ids, &events.unwrap_or_default()).map_err(op_err)
+        self.0.delete_many_with_events(token, &ids, &events).map_err(op_err)
     }
     // Webhook events (spool/event_ops.rs; conversions in bindings/events.rs).
     fn record_events(&self, token: u64, events: Vec<String>) -> PyResult<bool> {
@@ -462,6 +473,14 @@ impl PySpool {
     }
     fn events_after(&self, name: &str, limit: usize) -> Vec<events::EventTuple> {
         events::tuples(self.0.events_after(name, limit))
+    }
+    /// One POST body of `name`'s next events: (bytes, first seq, last seq, events taken,
+    /// records in the body); `kinds` None: every kind goes in the body.
+    #[pyo3(signature = (name, limit, kinds = None))]
+    fn events_body<'py>(&self, py: Python<'py>, name: &str, limit: usize, kinds: Option<Vec<String>>)
+                        -> (Bound<'py, PyBytes>, u64, u64, usize, usize) {
+        let (body, first, last, taken, n) = self.0.events_body(name, limit, kinds.as_deref());
+        (PyBytes::new(py, &body), first, last, taken, n)
     }
     fn event_backlog(&self, name: &str, nth: u64) -> (u64, Option<u64>) {
         self.0.event_backlog(name, nth)

@@ -90,7 +90,11 @@ pub fn line(r: &Record) -> String {
 /// UTC with milliseconds, 2024-01-02T03:04:05.678Z; the milliseconds truncated as
 /// Python's int(t * 1000) truncates them.
 pub fn rfc3339(out: &mut String, t: f64) {
-    let ms = (t * 1000.0) as i64;
+    rfc3339_ms(out, (t * 1000.0) as i64);
+}
+
+/// `rfc3339` of whole milliseconds since the epoch (no float on the way: the spool's times are integers).
+pub fn rfc3339_ms(out: &mut String, ms: i64) {
     let (secs, milli) = (ms.div_euclid(1000), ms.rem_euclid(1000));
     let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (y, m, d) = civil_from_days(days);
@@ -136,7 +140,8 @@ fn json_opt(out: &mut String, s: Option<Wtf8>) {
     }
 }
 
-fn json_str(out: &mut String, s: Wtf8) {
+/// `s` as a JSON string, quotes included (json.encoder's escaping, below).
+pub fn json_str(out: &mut String, s: Wtf8) {
     out.push('"');
     escape(out, s);
     out.push('"');

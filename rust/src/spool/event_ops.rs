@@ -74,6 +74,12 @@ impl Spool {
         self.shared.index.lock().unwrap().events.after(name, limit)
     }
 
+    /// `events_after` as one POST body (events::EventLog::body_after): (body, first seq, last
+    /// seq, events taken, records in the body), only the kinds `wanted` (None: all) in the body.
+    pub fn events_body(&self, name: &str, limit: usize, wanted: Option<&[String]>) -> (Vec<u8>, u64, u64, usize, usize) {
+        self.shared.index.lock().unwrap().events.body_after(name, limit, wanted)
+    }
+
     /// How many durable events `name` has not passed, and the seq of the `nth` of them (1-based).
     pub fn event_backlog(&self, name: &str, nth: u64) -> (u64, Option<u64>) {
         let ix = self.shared.index.lock().unwrap();

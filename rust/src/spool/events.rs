@@ -1,7 +1,8 @@
 //! Webhook events in the spool: the EVENT and EVENT_ACK record codecs and the in-memory log of
 //! pending events with each webhook's cursor. Invariant: pending events are sorted by seq, and
 //! an event leaves memory (and stops pinning its segment) only once every live cursor passed it.
-use super::record::{FormatError, MAX_META, META_VERSION, R, W};
+use super::record::{Envelope, FormatError, MAX_META, META_VERSION, R, W};
+use crate::log::delivery::{json_str, rfc3339_ms};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 /// One durable event. `json` is the receiver's record without its id (added when sent).
@@ -46,6 +47,75 @@ pub fn decode_ack(b: &[u8]) -> Result<(String, u64), FormatError> {
     let v = (r.str()?, r.varint()?);
     r.done()?;
     Ok(v)
+}
+
+/// The "accepted" event of a message of `size` octets, made at submit from its envelope (the
+/// bytes mta.queue.events.EventRecorder.accepted makes, the time being the stored arrival).
+// Why here: once per message, and in Python it was a handful of string operations.
+pub fn accepted_json(env: &Envelope, size: u64) -> String {
+    let mut out = String::with_capacity(160 + env.sender.len() + env.recipients.len() * 40);
+    out.push_str("{\"event\":\"accepted\",\"time\":\"");
+    rfc3339_ms(&mut out, (env.arrival_us / 1000) as i64);
+    out.push_str("\",\"queue_id\":");
+    json_str(&mut out, env.queue_id.as_bytes());
+    out.push_str(",\"sender\":");
+    json_str(&mut out, env.sender.as_bytes());
+    out.push_str(",\"recipients\":[");
+    for (i, r) in env.recipients.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        json_str(&mut out, r.address.as_bytes());
+    }
+    out.push_str("],\"size\":");
+    out.push_str(&size.to_string());
+    out.push_str(",\"client_ip\":");
+    json_str(&mut out, env.client_ip.as_bytes());
+    out.push('}');
+    out
+}
+
+/// The "delivered" events of delivery-log lines (mta.delivery.deliverylog's, as the delivery
+/// agent wrote them): each line's record with `"event":"delivered"` first, as
+/// mta.queue.events.EventRecorder.outcome makes it. Lines not holding an object are skipped.
+pub fn delivered_from_log(text: &str) -> Vec<String> {
+    text.split('\n')
+        .filter_map(|line| line.strip_prefix('{'))
+        .map(|rest| {
+            let mut out = String::with_capacity(22 + rest.len());
+            out.push_str("{\"event\":\"delivered\",");
+            out.push_str(rest);
+            out
+        })
+        .collect()
+}
+
+/// The kind of an event made by mta.queue.events (`{"event":"KIND",...`); "" for another text.
+pub fn kind_of(json: &str) -> &str {
+    json.strip_prefix("{\"event\":\"").and_then(|r| r.split('"').next()).unwrap_or("")
+}
+
+/// The POST body of `events` as the receiver gets it: a JSON array of the records with
+/// `{"id":"ID",` spliced in front of each one's own members; only those `wanted` (all: None).
+pub fn body<'a>(events: impl IntoIterator<Item = &'a Event>, wanted: Option<&[String]>) -> (Vec<u8>, usize) {
+    let mut out = Vec::with_capacity(4096);
+    out.push(b'[');
+    let mut n = 0;
+    for e in events {
+        if wanted.is_some_and(|w| !w.iter().any(|k| k == kind_of(&e.json))) {
+            continue;
+        }
+        if n > 0 {
+            out.push(b',');
+        }
+        n += 1;
+        out.extend_from_slice(b"{\"id\":\"");
+        out.extend_from_slice(e.id.as_bytes()); // queue-id letters, a dot, digits: nothing to escape
+        out.extend_from_slice(b"\",");
+        out.extend_from_slice(e.json.as_bytes().get(1..).unwrap_or_default());
+    }
+    out.push(b']');
+    (out, n)
 }
 
 /// An event's JSON above this is refused when recorded (it is held in memory until sent).
@@ -157,6 +227,17 @@ impl EventLog {
     pub fn after(&self, name: &str, limit: usize) -> Vec<Event> {
         let start = self.start(name);
         self.pending.range(start..).take(limit).map(|p| p.event.clone()).collect()
+    }
+    /// `after`'s events as one POST body (see `body`): (body, first seq, last seq, events
+    /// taken, records in the body); (b"[]", 0, 0, 0, 0) when there are none.
+    pub fn body_after(&self, name: &str, limit: usize, wanted: Option<&[String]>) -> (Vec<u8>, u64, u64, usize, usize) {
+        let start = self.start(name);
+        let end = start.saturating_add(limit).min(self.pending.len());
+        if start >= end {
+            return (b"[]".to_vec(), 0, 0, 0, 0);
+        }
+        let (out, n) = body(self.pending.range(start..end).map(|p| &p.event), wanted);
+        (out, self.pending[start].event.seq, self.pending[end - 1].event.seq, end - start, n)
     }
     fn start(&self, name: &str) -> usize {
         let c = self.cursor(name);

@@ -76,3 +76,59 @@ fn a_copy_supersedes_and_an_old_seq_goes_in_order() {
     assert_eq!(log.after("x", 10).iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3, 5]);
     assert_eq!(log.in_segment(4).iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 3]);
 }
+
+#[test]
+fn accepted_json_table() {
+    use super::super::record::Recipient;
+    let rc = |a: &str| Recipient { address: a.into(), ..Default::default() };
+    let env = |sender: &str, rcpts: Vec<Recipient>| Envelope {
+        queue_id: "Q1".into(),
+        arrival_us: 1_500_999,
+        sender: sender.into(),
+        recipients: rcpts,
+        client_ip: "192.0.2.1".into(),
+        ..Default::default()
+    };
+    let head = "{\"event\":\"accepted\",\"time\":\"1970-01-01T00:00:01.500Z\",\"queue_id\":\"Q1\",";
+    for (e, size, rest) in [
+        (env("", vec![]), 0, "\"sender\":\"\",\"recipients\":[],\"size\":0,\"client_ip\":\"192.0.2.1\"}"),
+        (env("a@b", vec![rc("c@d"), rc("é\"\\\n\u{1}")]), 1834,
+         "\"sender\":\"a@b\",\"recipients\":[\"c@d\",\"é\\\"\\\\\\n\\u0001\"],\"size\":1834,\"client_ip\":\"192.0.2.1\"}"),
+    ] {
+        assert_eq!(accepted_json(&e, size), format!("{head}{rest}"));
+    }
+}
+
+#[test]
+fn bodies_splice_ids_and_filter_kinds() {
+    let mk = |seq: u64, kind: &str| Event { seq, id: format!("X.{seq}"), json: format!("{{\"event\":\"{kind}\",\"n\":{seq}}}"), ..Default::default() };
+    let evs = [mk(1, "delivered"), mk(2, "bounced"), mk(3, "delivered")];
+    assert_eq!(body(&evs, None), (b"[{\"id\":\"X.1\",\"event\":\"delivered\",\"n\":1},{\"id\":\"X.2\",\"event\":\"bounced\",\"n\":2},{\"id\":\"X.3\",\"event\":\"delivered\",\"n\":3}]".to_vec(), 3));
+    assert_eq!(body(&evs, Some(&["bounced".to_string()])), (b"[{\"id\":\"X.2\",\"event\":\"bounced\",\"n\":2}]".to_vec(), 1));
+    assert_eq!(body(&evs, Some(&[])), (b"[]".to_vec(), 0));
+    assert_eq!(body(&[], None), (b"[]".to_vec(), 0));
+    assert_eq!((kind_of("{\"event\":\"accepted\",\"x\":1}"), kind_of("{}"), kind_of("")), ("accepted", "", ""));
+
+    let mut log = EventLog::default();
+    for (i, e) in evs.iter().enumerate() {
+        log.insert(e.clone(), 1, 10 + i as u64);
+    }
+    assert_eq!(log.body_after("w", 0, None), (b"[]".to_vec(), 0, 0, 0, 0));
+    log.ack("w", 1, 1);
+    let (b, first, last, taken, n) = log.body_after("w", 100, Some(&["delivered".to_string()]));
+    assert_eq!((first, last, taken, n), (2, 3, 2, 1));
+    assert_eq!(b, b"[{\"id\":\"X.3\",\"event\":\"delivered\",\"n\":3}]".to_vec());
+    assert_eq!(log.body_after("w", 1, None).1..=log.body_after("w", 1, None).2, 2..=2);
+    log.ack("w", 3, 1);
+    assert_eq!(log.body_after("w", 100, None), (b"[]".to_vec(), 0, 0, 0, 0));
+}
+
+#[test]
+fn delivered_events_from_log_lines() {
+    let text = "{\"time\":\"T\",\"queue_id\":\"Q\"}\n{\"time\":\"U\"}\n";
+    assert_eq!(delivered_from_log(text), vec![
+        "{\"event\":\"delivered\",\"time\":\"T\",\"queue_id\":\"Q\"}".to_string(),
+        "{\"event\":\"delivered\",\"time\":\"U\"}".to_string(),
+    ]);
+    assert!(delivered_from_log("").is_empty() && delivered_from_log("\n\nnot json\n").is_empty());
+}

@@ -39,9 +39,10 @@ class SmtpOptions:
     idle_timeout: float = 5.0  # lifetime of an idle pooled connection
     lmtp: bool = False  # RFC 2033: LHLO, one reply per accepted recipient after the data
     ca_file: str | None = None  # trust anchors for tls="required" (default: the system store)
-    # The delivery agent answers a job it delivered and logged with its rows too (the worker
-    # tells plugins' on_delivered hooks the replies).
-    report: bool = False
+    # The delivery agent answers a job it delivered and logged with its rows too (True: the
+    # worker tells plugins' on_delivered hooks the replies), or with the delivery log's text
+    # it wrote ("log": the worker's webhooks make their delivered events from it).
+    report: bool | str = False
     # Traffic shaping (mta.delivery.shaping): the egress source's local address to bind
     # (None: the kernel's choice), and the budgets of (source, site). `shape_key`
     # ("<source>|<site>") names them in the throttle; "" (tests, direct use): no shared
