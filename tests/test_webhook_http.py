@@ -174,30 +174,3 @@ def test_a_refused_connection_is_an_os_error():
             await PostClient(f"http://127.0.0.1:{port}/", {}, timeout=2.0).post(b"[]")
 
     asyncio.run(main())
-
-
-def test_https_verifies_the_endpoint(tmp_path):
-    """https:// is TLS with the system's trust anchors (a self-signed endpoint is refused), and
-    posts once the endpoint's certificate is trusted."""
-    import ssl
-
-    from mta.smtp.tls import selfsigned
-
-    key, cert = selfsigned(str(tmp_path), "localhost", days=1)
-    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_ctx.load_cert_chain(cert, key)
-
-    async def main():
-        peer = Peer([OK])
-        peer.server = await asyncio.start_server(peer._serve, "127.0.0.1", 0, ssl=server_ctx)
-        url = f"https://localhost:{peer.server.sockets[0].getsockname()[1]}/events"
-        with pytest.raises(ssl.SSLError):
-            await PostClient(url, {}, timeout=5.0).post(b"[]")
-        http = PostClient(url, {}, timeout=5.0)
-        http.tls = ssl.create_default_context(cafile=cert)
-        assert await http.post(b"[1]") == 200
-        http.close()
-        peer.server.close()
-        assert peer.requests[0].startswith(b"POST /events HTTP/1.1\r\nHost: localhost:")
-
-    asyncio.run(main())
