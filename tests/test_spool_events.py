@@ -69,7 +69,7 @@ def test_accepted_event_made_at_submit_is_the_python_reference(sender, rcpts, cl
         assert got == want
         body, first, last, taken, n = sp.events_body("w", 10)
         assert (first, last, taken, n) == (seq, seq, 1, 1)
-        assert body == f'[{{"id":"{eid}",{want[1:]}]'.encode()
+        assert body == ('[{"id":"%s",%s]' % (eid, want[1:])).encode()
         assert sp.events_body("w", 10, ["delivered"])[3:] == (1, 0) and sp.events_body("w", 10, ["delivered"])[0] == b"[]"
         sp.close()
 

@@ -9,9 +9,10 @@ import logging
 import random
 import time
 
+import aiohttp
+
 from mta.queue.events import KINDS, EventRecorder
 from mta.queue.store import SpoolService
-from mta.queue.webhook_http import PostClient
 
 log = logging.getLogger("mta.webhooks")
 
@@ -75,56 +76,54 @@ class WebhookSender:
                 pass
 
     async def _run(self) -> None:
-        log.info("webhook %s: %d event(s) pending, sending to %s", self.name,
-                 self.store.event_backlog(self.name, 0)[0], self.spec.url)
-        http = PostClient(self.spec.url, self.spec.headers, self.spec.timeout)
-        try:
-            await self._send_all(http)
-        finally:
-            http.close()
-
-    async def _send_all(self, http: PostClient) -> None:
         spec = self.spec
+        headers = dict(spec.headers)
+        headers["Content-Type"] = "application/json"
+        timeout = aiohttp.ClientTimeout(total=spec.timeout)
         delay = 0.0
-        while not self._stopping:
-            try:
-                await self._drop_excess()
-                # One bytes body made in Rust: no tuple or string per event here.
-                body, _, last, taken, count = self.store.events_body(self.name, spec.batch, self._kinds)
-            except Exception:  # noqa: BLE001 - the spool closing under us: stop quietly
-                if self._stopping:
-                    return
-                log.exception("webhook %s: reading events failed", self.name)
-                await self._sleep(1.0)
-                continue
-            if not taken:
-                await self._sleep(_IDLE_POLL)
-                continue
-            linger = self._last_post + _LINGER - time.monotonic()
-            if taken < spec.batch and linger > 0 and not self._stopping:
-                await asyncio.sleep(linger)  # more may come to share this POST
-                continue
-            if count and not await self._post(http, body):
-                self.failures += 1
-                delay = min(spec.retry_max, max(spec.retry_min, delay * 2))
-                await self._sleep(self._jitter(delay / 2, delay) if delay > spec.retry_min else delay)
-                continue
-            delay = 0.0
-            self.sent += count
-            try:
-                await self.store.ack_events(self.name, last)
-            except Exception as e:  # noqa: BLE001 - not recorded: the batch is sent again
-                log.error("webhook %s: cannot record progress: %s", self.name, e)
-                await self._sleep(1.0)
+        log.info("webhook %s: %d event(s) pending, sending to %s", self.name,
+                 self.store.event_backlog(self.name, 0)[0], spec.url)
+        async with aiohttp.ClientSession(timeout=timeout, headers=headers) as http:
+            while not self._stopping:
+                try:
+                    await self._drop_excess()
+                    # One bytes body made in Rust: no tuple or string per event here.
+                    body, _, last, taken, count = self.store.events_body(self.name, spec.batch, self._kinds)
+                except Exception:  # noqa: BLE001 - the spool closing under us: stop quietly
+                    if self._stopping:
+                        return
+                    log.exception("webhook %s: reading events failed", self.name)
+                    await self._sleep(1.0)
+                    continue
+                if not taken:
+                    await self._sleep(_IDLE_POLL)
+                    continue
+                linger = self._last_post + _LINGER - time.monotonic()
+                if taken < spec.batch and linger > 0 and not self._stopping:
+                    await asyncio.sleep(linger)  # more may come to share this POST
+                    continue
+                if count and not await self._post(http, body):
+                    self.failures += 1
+                    delay = min(spec.retry_max, max(spec.retry_min, delay * 2))
+                    await self._sleep(self._jitter(delay / 2, delay) if delay > spec.retry_min else delay)
+                    continue
+                delay = 0.0
+                self.sent += count
+                try:
+                    await self.store.ack_events(self.name, last)
+                except Exception as e:  # noqa: BLE001 - not recorded: the batch is sent again
+                    log.error("webhook %s: cannot record progress: %s", self.name, e)
+                    await self._sleep(1.0)
 
-    async def _post(self, http: PostClient, body: bytes) -> bool:
+    async def _post(self, http: aiohttp.ClientSession, body: bytes) -> bool:
         self._last_post = time.monotonic()
         try:
-            status = await http.post(body)
-            if 200 <= status < 300:
-                return True
-            log.warning("webhook %s: %s answered %d; retrying", self.name, self.spec.url, status)
-        except (TimeoutError, OSError) as e:
+            async with http.post(self.spec.url, data=body) as resp:
+                await resp.read()
+                if 200 <= resp.status < 300:
+                    return True
+                log.warning("webhook %s: %s answered %d; retrying", self.name, self.spec.url, resp.status)
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
             log.warning("webhook %s: %s: %s; retrying", self.name, self.spec.url, e or type(e).__name__)
         return False
 
