@@ -16,7 +16,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from mta.app.metrics import SNAPSHOT_EVERY
 
 from conftest import free_port, start_server
-from mta.app.metrics import SNAPSHOT_EVERY
 from helpers import Client
 
 OK_SENT, BOUNCED_SENT = 3, 2
@@ -85,6 +84,13 @@ def expected(listener: str) -> dict[tuple, float]:
     }
 
 
+def wait_listening(srv, workers: int = 1) -> None:
+    """Until every worker has logged its HTTP listener."""
+    deadline = time.monotonic() + 20
+    while srv.log().count("http listening on") < workers and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def wait_for(port: int, want: dict, timeout: float = 15.0) -> dict:
     """Deliveries take their time, and another worker's snapshot lags up to 1 s."""
     deadline = time.monotonic() + timeout
@@ -109,9 +115,7 @@ def test_metrics_equal_the_traffic(server_factory, peers, workers):
     http_port = free_port()
     srv = server_factory(config=config(ok.port, bad.port), deliver=True,
                          args=("--http", f"127.0.0.1:{http_port}", "--workers", str(workers)))
-    deadline = time.monotonic() + 20
-    while srv.log().count("http listening on") < workers and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_listening(srv, workers)
     assert get(http_port, "/health") == (200, "ok\n")
     send_traffic(srv.port)
     want = expected(f"127.0.0.1:{srv.port}")

@@ -14,7 +14,7 @@ import pytest
 from conftest import free_port
 from helpers import Client
 from plugin_probes import plugin_env
-from test_http import BOUNCED_SENT, OK_SENT, get, scrape
+from test_http import BOUNCED_SENT, OK_SENT, get, scrape, wait_for, wait_listening
 from test_tls import selfsigned
 
 PLUGIN = '''
@@ -110,9 +110,7 @@ def test_new_families_equal_the_traffic(server_factory, peer_factory, certs, tmp
     srv = server_factory(config=config(ok.port, bad.port, implicit_port, certs, agent), deliver=True,
                          env=plugin_env(plugins),
                          args=("--http", f"127.0.0.1:{http_port}", "--workers", str(workers)))
-    deadline = time.monotonic() + 20
-    while srv.log().count("http listening on") < workers and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_listening(srv, workers)
     assert get(http_port, "/health") == (200, "ok\n")
     send_traffic(srv.port)
     failed_starttls(srv.port)
@@ -156,14 +154,8 @@ def test_new_families_equal_the_traffic(server_factory, peer_factory, certs, tmp
         ("mta_queue_suspended_messages", ()): 0,
     }
     assert want[("mta_accepted_bytes_total", ())] > 0
-    deadline = time.monotonic() + 20
-    while True:
-        got = scrape(http_port)
-        seen = {k: got.get(k) for k in want}
-        if seen == want or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    assert seen == want
+    assert wait_for(http_port, want, timeout=20) == want
+    got = scrape(http_port)
     syncs = got[("mta_spool_syncs_total", ())]
     assert syncs >= sent and got[("mta_spool_sync_seconds_count", ())] == syncs
     assert got[("mta_spool_sync_seconds_bucket", (("le", "+Inf"),))] == syncs

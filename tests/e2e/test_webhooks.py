@@ -163,7 +163,7 @@ def test_beyond_max_backlog_the_oldest_are_dropped_and_mail_flows(server_factory
     assert "webhook events: backlog over max_backlog (3): dropped the" in srv.log()
     time.sleep(1.5)  # a sender looks at its backlog at least every retry_max
     sink.up()
-    got = sink.wait(lambda g: len(g) >= 3)
+    sink.wait(lambda g: len(g) >= 3)
     time.sleep(1.0)
     assert len(sink.records()) == 3
     assert srv.queue() == []
@@ -198,7 +198,7 @@ def test_metrics_count_the_events_sent(server_factory, peers, sink):
     """/metrics: mta_webhook_events_total{result="sent"} equals what the receiver got, the
     backlog drains to 0, and no POST failed."""
     from conftest import free_port
-    from test_http import scrape
+    from test_http import wait_for
 
     ok, bad, later = peers
     http_port = free_port()
@@ -211,11 +211,4 @@ def test_metrics_count_the_events_sent(server_factory, peers, sink):
             ("mta_webhook_events_total", (("result", "dropped"), ("webhook", "events"))): 0.0,
             ("mta_webhook_failures_total", (("webhook", "events"),)): 0.0,
             ("mta_webhook_backlog", (("webhook", "events"),)): 0.0}
-    deadline = time.monotonic() + 10
-    while True:
-        got = scrape(http_port)
-        seen = {k: got.get(k) for k in want}
-        if seen == want or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    assert seen == want
+    assert wait_for(http_port, want) == want

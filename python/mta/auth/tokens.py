@@ -11,7 +11,7 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from mta.auth.users import WatchedFile, locked, read_user_lines, write_atomic
+from mta.auth.users import WatchedFile, drop_line, put_line
 
 log = logging.getLogger("mta.auth")
 
@@ -140,26 +140,9 @@ def add_token(path: str, name: str, scopes: tuple[str, ...], senders: tuple[str,
         raise ValueError(f"invalid token name {name!r}: 1-64 letters, digits, '.', '_', '@' or '-'")
     token = new_token()
     entry = Token(name, scopes, senders, digest(token))
-    with locked(path):
-        lines = read_user_lines(path)
-        out = [ln for ln in lines if _name_of(ln) != name]
-        out.append(entry.line())
-        write_atomic(path, out)
+    put_line(path, name, entry.line())
     return token
 
 
 def delete_token(path: str, name: str) -> bool:
-    with locked(path):
-        lines = read_user_lines(path)
-        out = [ln for ln in lines if _name_of(ln) != name]
-        if len(out) == len(lines):
-            return False
-        write_atomic(path, out)
-    return True
-
-
-def _name_of(line: str) -> str | None:
-    s = line.strip()
-    if not s or s.startswith("#"):
-        return None
-    return s.partition(":")[0]
+    return drop_line(path, name)

@@ -133,7 +133,7 @@ class UserDB:
 
 
 @contextlib.contextmanager
-def locked(path: str):
+def _locked(path: str):
     """Serialize concurrent `mta user` edits: flock on the file's directory (it
     survives the rename that replaces the file, and leaves no lock file behind)."""
     fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
@@ -144,7 +144,7 @@ def locked(path: str):
         os.close(fd)
 
 
-def write_atomic(path: str, lines: list[str]) -> None:
+def _write_atomic(path: str, lines: list[str]) -> None:
     """tmp file (0600) in the same directory, fsync, rename over, fsync the directory.
     An existing file's owner and group are kept (root editing the file of the mta user)."""
     directory = os.path.dirname(os.path.abspath(path))
@@ -174,7 +174,7 @@ def write_atomic(path: str, lines: list[str]) -> None:
         os.close(dfd)
 
 
-def _user_of(line: str) -> str | None:
+def _name_of(line: str) -> str | None:
     s = line.strip()
     if not s or s.startswith("#") or ":" not in s:
         return None
@@ -187,31 +187,40 @@ def set_user(path: str, user: str, encoded: str) -> bool:
         raise ValueError(f"invalid user name {user!r}: no whitespace, ':' or control characters")
     if parse_hash(encoded) is None:
         raise ValueError("not a $scrypt$ hash")
-    with locked(path):
-        lines = read_user_lines(path)
-        new = [f"{user}:{encoded}"]
-        out, found = [], False
-        for line in lines:
-            if _user_of(line) == user:
-                if not found:
-                    out.extend(new)
-                found = True
-            else:
-                out.append(line)
-        if not found:
-            out.extend(new)
-        write_atomic(path, out)
-    return not found
+    return put_line(path, user, f"{user}:{encoded}")
 
 
 def delete_user(path: str, user: str) -> bool:
     """Remove `user`; False if it was not there (the file is left untouched)."""
-    with locked(path):
+    return drop_line(path, user)
+
+
+def put_line(path: str, name: str, line: str) -> bool:
+    """Replace `name`'s line (the first field, before ':') with `line`, in place, or append
+    it; comments and order are kept. True if the name was new. Serialized, atomic."""
+    with _locked(path):
+        out, found = [], False
+        for old in read_user_lines(path):
+            if _name_of(old) == name:
+                if not found:
+                    out.append(line)
+                found = True
+            else:
+                out.append(old)
+        if not found:
+            out.append(line)
+        _write_atomic(path, out)
+    return not found
+
+
+def drop_line(path: str, name: str) -> bool:
+    """Remove `name`'s line; False if it was not there (the file is left untouched)."""
+    with _locked(path):
         lines = read_user_lines(path)
-        out = [line for line in lines if _user_of(line) != user]
+        out = [line for line in lines if _name_of(line) != name]
         if len(out) == len(lines):
             return False
-        write_atomic(path, out)
+        _write_atomic(path, out)
     return True
 
 

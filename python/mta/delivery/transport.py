@@ -270,20 +270,6 @@ class Smtp:
             connection_interval=cr.interval if cr else 0.0, connection_burst=cr.burst if cr else 1)
         hit = self._shaped[ck] = (key if source is None else f"{key}@{name}", shaped, opts)
         return hit[0], hit[1]
-        if True:
-            if len(self._shaped) > 1000:  # domains and sites come and go
-                self._shaped.clear()
-            name = source.name if source is not None else "default"
-            mr, cr = shape.max_message_rate, shape.max_connection_rate
-            hit = self._shaped[ck] = (key if source is None else f"{key}@{name}", replace(
-                opts, helo=(source.ehlo if source is not None and source.ehlo else opts.helo),
-                source_address=source.address if source is not None else None,
-                shape_key=f"{name}|{site}", shaped=shaper.shaping.binding,
-                max_connections=shape.connection_limit,
-                max_messages_per_connection=shape.max_deliveries_per_connection,
-                message_interval=mr.interval if mr else 0.0, message_burst=mr.burst if mr else 1,
-                connection_interval=cr.interval if cr else 0.0, connection_burst=cr.burst if cr else 1), opts)
-        return hit[:2]
 
     def at_hand(self, spec: TransportSpec) -> tuple | None:
         """(destination key, options, targets) when no lookup is needed now; None else."""
