@@ -64,6 +64,43 @@ def tree_cpu_seconds(root: int) -> float:
     return total
 
 
+def _descendants(root: int) -> list[int]:
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        try:
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{tid}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except OSError:
+            continue
+    return out
+
+
+def tree_memory_bytes(root: int) -> int:
+    """Memory of `root` and its descendants now: the sum of their proportional set sizes
+    (PSS: a page shared by N forked processes counts 1/N in each, so Postfix's or Exim's
+    many processes are not charged N times), or of their RSS where PSS cannot be read."""
+    total = 0
+    for pid in _descendants(root):
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+            continue
+        except (OSError, ValueError):
+            pass
+        try:
+            with open(f"/proc/{pid}/statm") as f:
+                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
 def wait_greeting(port: int, deadline: float) -> bool:
     """True once a server on 127.0.0.1:port greets with 220 (False at the deadline)."""
     while time.monotonic() < deadline:

@@ -1,0 +1,55 @@
+"""A started peer: prepared in its run directory, launched under the reaper, ready once it
+greets with 220 on its port; its process tree's CPU and memory readable while it runs, and
+stopped so that nothing of it is left (the next trial binds the same port)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from mta.bench.peers.base import Peer, PeerRun
+from mta.bench.procs import tree_cpu_seconds, tree_memory_bytes, wait_greeting, wait_port_free
+
+
+class PeerProcess:
+    def __init__(self, peer: Peer, run: PeerRun, log, ready_timeout: float = 60.0) -> None:
+        self.peer, self.run = peer, run
+        wait_port_free(run.port, time.monotonic() + 10)
+        run.work.mkdir(parents=True, exist_ok=True)
+        peer.prepare(run)
+        argv = peer.command(run)
+        self.proc = subprocess.Popen([sys.executable, "-m", "mta.bench.peers.reaper", "--", *argv],
+                                     start_new_session=True, stdout=log, stderr=subprocess.STDOUT,
+                                     cwd=str(run.work))
+        self.pid = self.proc.pid
+        deadline = time.monotonic() + ready_timeout
+        while not wait_greeting(run.port, min(deadline, time.monotonic() + 0.5)):
+            if self.proc.poll() is not None or time.monotonic() >= deadline:
+                why = "exited" if self.proc.poll() is not None else f"not ready within {ready_timeout:.0f} s"
+                self.stop()
+                raise RuntimeError(f"{peer.name}: {why} (its log: {getattr(log, 'name', '?')})")
+
+    def cpu(self) -> float:
+        return tree_cpu_seconds(self.pid)
+
+    def memory(self) -> int:
+        return tree_memory_bytes(self.pid)
+
+    def drained(self) -> bool:
+        return self.peer.drained(self.run)
+
+    def stop(self) -> None:
+        try:
+            self.peer.stop(self.run)
+        finally:
+            if self.proc.poll() is None:
+                try:
+                    self.proc.send_signal(signal.SIGTERM)
+                    self.proc.wait(40)
+                except subprocess.TimeoutExpired:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                    self.proc.wait()
+            self.peer.cleanup(self.run)
