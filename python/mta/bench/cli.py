@@ -118,50 +118,45 @@ def sink(listen, reply_delay, fail_rate, hostname, no_starttls, tls_cert, tls_ke
     _write_json(json_file, report)
 
 
+def _split_names(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
 @bench.command()
-@click.option("--config", "config_file", required=True, type=click.Path(exists=True, dir_okay=False), help="TOML file: [compare], [[system]], [[workload]].")
-@click.option("--repeats", type=click.IntRange(min=1), help="Trials per system and workload (default: the file's, else 5).")
+@click.option("--peers", metavar="NAME,...", help="Ready-made peers to race: mta, postfix, exim, opensmtpd, aiosmtpd, smtp-sink (see `mta bench peers list`).")
+@click.option("--workloads", metavar="NAME,...", help="Standard workloads (default: all; with --sweep or --rate: e2e-1k): accept-1k, e2e-1k, e2e-1k-keep, e2e-64k, e2e-1m, e2e-1k-tls. With --config: the plan's workloads by name.")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), help="A plan file (TOML: [compare], [[system]], [[workload]]) instead of, or besides, --peers.")
 @click.option("--messages", type=click.IntRange(min=1), help="Override every workload's message count (quick runs).")
+@click.option("--repeats", type=click.IntRange(min=1), help="Trials per system and workload point (default: 3, or the plan's).")
+@click.option("--sweep", metavar="PARAM=V,...", help="Run each workload at every value of sessions, size or per_connection (e.g. sessions=1,10,50,200,500; size=1k,64k,1m).")
+@click.option("--rate", "rates", metavar="R,...", help="Open loop: offer these messages/s (one connection per message), report the highest each peer sustains.")
+@click.option("--p99-max", metavar="DURATION", help="With --rate: a rate counts as sustained only with p99 latency at most this (e.g. 50ms).")
 @click.option("--only", multiple=True, metavar="SYSTEM", help="Run only these systems (repeatable).")
-@click.option("--output", metavar="PREFIX", help="Write PREFIX.json, PREFIX.md and PREFIX.png (default: the file's).")
-def compare(config_file, repeats, messages, only, output) -> None:
-    """Run the same workloads against several servers in alternation; report side by side."""
-    from mta.bench.compare import load_plan, run_compare
-    from mta.bench.report import write_outputs
+@click.option("--out", "out_dir", metavar="DIR", help="Write DIR/report.md, DIR/report.json and the charts (default: bench-results/compare-DATE).")
+@click.option("--output", metavar="PREFIX", help="Legacy: write PREFIX.json, PREFIX.md and PREFIX.png instead (a plan's default).")
+@click.option("--html", is_flag=True, help="Also write DIR/report.html: one self-contained page with the tables and charts.")
+@click.option("--svg", is_flag=True, help="Also write each chart as SVG (text kept as text).")
+def compare(peers, workloads, config_file, messages, repeats, sweep, rates, p99_max, only, out_dir, output, html, svg) -> None:
+    """Race servers on the same workloads, in alternation; write a report with tables and charts.
+
+    \b
+    mta bench compare --peers mta,postfix,exim,opensmtpd
+    mta bench compare --peers mta,postfix --workloads e2e-1k --sweep sessions=1,10,50,200,500
+    mta bench compare --peers mta,postfix --rate 500,1000,2000,4000 --p99-max 50ms
+    mta bench compare --config benches/compare-e2e.toml
+    """
+    from mta.bench.comparerun import CompareError, run_from_cli
 
     try:
-        plan = load_plan(config_file)
-    except (ValueError, OSError) as e:
-        click.echo(f"mta bench compare: {config_file}: {e}", err=True)
+        code = run_from_cli(peers=_split_names(peers), workloads=_split_names(workloads), config_file=config_file,
+                            messages=messages, repeats=repeats, sweep=sweep, rates=rates, p99_max=p99_max,
+                            only=list(only), out_dir=out_dir, output=output, html=html, svg=svg, echo=click.echo)
+    except CompareError as e:
+        click.echo(f"mta bench compare: {e}", err=True)
         sys.exit(2)
-    if repeats:
-        plan.repeats = repeats
-    if messages:
-        for w in plan.workloads:
-            w.messages = messages
-    if only:
-        unknown = set(only) - {s.name for s in plan.systems}
-        if unknown:
-            click.echo(f"mta bench compare: no system named {', '.join(sorted(unknown))}", err=True)
-            sys.exit(2)
-        plan.systems = [s for s in plan.systems if s.name in only]
-    if output:
-        plan.output = output
+    sys.exit(code)
 
-    def say(row: dict) -> None:
-        if "failed" in row:
-            click.echo(f"  {row['workload']} #{row['repeat'] + 1} {row['system']}: FAILED {row['failed']}", err=True)
-            return
-        e2e = f", end-to-end {row['end_to_end_per_s']:,.0f}/s" if "end_to_end_per_s" in row else ""
-        click.echo(f"  {row['workload']} #{row['repeat'] + 1} {row['system']}: {row['accepted_per_s']:,.0f}/s"
-                   f"{e2e}, server CPU {row['server_cpu_s']:.2f} s, errors {sum(row['errors'].values())}", err=True)
 
-    rows = run_compare(plan, say)
-    meta = {"config": config_file, "repeats": plan.repeats, "generator_workers": plan.generator_workers or "default",
-            "systems": [s.__dict__ for s in plan.systems], "workloads": [w.__dict__ for w in plan.workloads]}
-    paths = write_outputs(plan.output, meta, rows, [s.name for s in plan.systems])
-    with open(paths["markdown"]) as f:
-        click.echo(f.read())
-    click.echo("wrote " + ", ".join(paths.values()), err=True)
-    if any("failed" in r for r in rows):
-        sys.exit(1)
+from mta.bench.peers_cli import peers as _peers_group  # noqa: E402  (the `mta bench peers` group)
+
+bench.add_command(_peers_group)

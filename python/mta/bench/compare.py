@@ -1,6 +1,6 @@
 """`mta bench compare`: the same workloads against several servers in alternation, each
-trial on a fresh start in a fresh directory, the CPU of the server's process tree read
-from /proc; medians with min–max, ratios pair by pair against the first system."""
+trial on a fresh start in a fresh directory, the CPU and memory of the server's process tree
+read from /proc; a server is a ready-made peer (mta.bench.peers) or start/stop commands."""
 
 from __future__ import annotations
 
@@ -11,39 +11,31 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import tomllib
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from mta.bench.procs import tree_cpu_seconds, wait_greeting, wait_port_free
+from mta.bench import peers as peer_registry
+from mta.bench.peers.runner import PeerProcess
+from mta.bench.procs import free_port, tree_cpu_seconds, tree_memory_bytes, wait_greeting, wait_port_free
 from mta.bench.sendrun import run_send
-
-KINDS = ("accept-only", "end-to-end")
+from mta.bench.workloads import KINDS, Workload
 
 
 @dataclass
 class System:
-    name: str
-    port: int
-    start: str
+    name: str = ""  # default: the peer's name
+    port: int = 0  # 0: a free port per trial (peers)
+    start: str = ""
     stop: str = ""
     ready: str = ""  # a command that exits 0 when ready; default: a 220 greeting on the port
     pid: str = ""  # "" = the started process; "file:PATH" = a pid file
     drained: str = ""  # end-to-end: a command that exits 0 once the queue is empty
     relays: bool = False
     env: dict = field(default_factory=dict)
-
-
-@dataclass
-class Workload:
-    name: str
-    kind: str = "accept-only"
-    messages: int = 20000
-    size: int = 1024
-    sessions: int = 50
-    per_connection: int = 1
-    warmup: int = 0
-    starttls: bool = False  # the generator uses STARTTLS (the system must offer it)
+    peer: str = ""  # a ready-made peer (mta.bench.peers) instead of start/stop commands
 
 
 @dataclass
@@ -57,10 +49,12 @@ class Plan:
     drain_timeout: float = 300.0
     generator_workers: int = 0
     here: str = ""  # the config file's directory: {here} in commands
+    tls_cert: str = ""  # the certificate peers offer (a throwaway one when empty)
+    tls_key: str = ""
 
 
 def _take(d: dict, cls, where: str):
-    known = set(cls.__dataclass_fields__)
+    known = {k for k in cls.__dataclass_fields__ if k not in ("sweep", "rate")}
     bad = sorted(set(d) - known)
     if bad:
         raise ValueError(f"{where}: unknown key(s) {', '.join(bad)} (known: {', '.join(sorted(known))})")
@@ -70,12 +64,31 @@ def _take(d: dict, cls, where: str):
         raise ValueError(f"{where}: {e}") from None
 
 
+def peer_system(name: str) -> System:
+    """A System for the ready-made peer `name` (ValueError naming the known peers)."""
+    peer = peer_registry.get(name)
+    return System(name=name, peer=name, relays=peer.relays)
+
+
 def load_plan(path: str) -> Plan:
     """Read the TOML file; every mistake is a ValueError naming the table and key."""
     with open(path, "rb") as f:
         doc = tomllib.load(f)
     top = dict(doc.get("compare", {}))
-    systems = [_take(s, System, f"[[system]] #{i + 1}") for i, s in enumerate(doc.get("system", []))]
+    systems = []
+    for i, s in enumerate(doc.get("system", [])):
+        sysm = _take(s, System, f"[[system]] #{i + 1}")
+        if sysm.peer:
+            if sysm.start:
+                raise ValueError(f"[[system]] #{i + 1}: peer and start exclude each other")
+            try:
+                sysm.relays = peer_registry.get(sysm.peer).relays
+            except ValueError as e:
+                raise ValueError(f"[[system]] #{i + 1}: peer: {e}") from None
+            sysm.name = sysm.name or sysm.peer
+        elif not sysm.name or not sysm.start or not sysm.port:
+            raise ValueError(f"[[system]] #{i + 1}: needs peer = NAME, or name, start and port")
+        systems.append(sysm)
     workloads = [_take(w, Workload, f"[[workload]] #{i + 1}") for i, w in enumerate(doc.get("workload", []))]
     if not systems:
         raise ValueError(f"{path}: no [[system]] tables")
@@ -109,8 +122,8 @@ def _until_ok(cmd: str, deadline: float, env: dict) -> bool:
 
 
 class Running:
-    """A started system: its process (if the start command stays in the foreground),
-    the PID whose tree is charged for CPU, and how to stop it."""
+    """A system started from its commands: its process (if the start command stays in the
+    foreground), the PID whose tree is charged for CPU and memory, and how to stop it."""
 
     def __init__(self, sysm: System, plan: Plan, tmp: str, log) -> None:
         self.sysm, self.plan, self.tmp = sysm, plan, tmp
@@ -139,6 +152,15 @@ class Running:
     def cpu(self) -> float:
         return tree_cpu_seconds(self.pid)
 
+    def memory(self) -> int:
+        return tree_memory_bytes(self.pid)
+
+    def drained(self) -> bool:
+        if not self.sysm.drained:
+            return True
+        return subprocess.run(_fill(self.sysm.drained, self.sysm, self.plan, self.tmp), shell=True, env=self.env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
+
     def stop(self) -> None:
         if self.sysm.stop:
             subprocess.run(_fill(self.sysm.stop, self.sysm, self.plan, self.tmp), shell=True, env=self.env,
@@ -155,9 +177,30 @@ class Running:
                 self.proc.wait()
 
 
-def _start_sink(plan: Plan, count: int, tmp: str, log) -> subprocess.Popen:
+def peer_run(sysm: System, plan: Plan, tmp: str) -> peer_registry.PeerRun:
+    from mta.bench.tlsutil import throwaway_certificate
+
+    cert, key = (plan.tls_cert, plan.tls_key) if plan.tls_cert else throwaway_certificate("relay.bench.test")
+    return peer_registry.PeerRun(home=peer_registry.peers_home(), work=Path(tmp) / "peer", port=sysm.port,
+                                 sink_port=plan.sink_port, cert=cert, key=key, python=sys.executable)
+
+
+def start_system(sysm: System, plan: Plan, tmp: str, log):
+    """The system started and ready: a PeerProcess for a peer, else Running."""
+    if not sysm.peer:
+        return Running(sysm, plan, tmp, log)
+    peer = peer_registry.get(sysm.peer)
+    why = peer.missing(peer_registry.peers_home())
+    if why:
+        raise RuntimeError(f"{sysm.name}: {why}")
+    return PeerProcess(peer, peer_run(sysm, plan, tmp), log, plan.ready_timeout)
+
+
+def _start_sink(plan: Plan, count: int, tmp: str, log, starttls: bool) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "mta", "bench", "sink", "--listen", f"127.0.0.1:{plan.sink_port}",
-           "--count", str(count), "--json", os.path.join(tmp, "sink.json"), "--quiet", "--no-starttls"]
+           "--count", str(count), "--json", os.path.join(tmp, "sink.json"), "--quiet"]
+    if not starttls:
+        cmd.append("--no-starttls")
     import mta  # the sink must import the same package as this process, wherever it runs
 
     here = os.path.dirname(os.path.dirname(os.path.abspath(mta.__file__)))
@@ -182,38 +225,69 @@ def _finish_sink(p: subprocess.Popen, deadline: float, tmp: str) -> dict:
         return json.load(f)
 
 
+class PeakMemory:
+    """Samples the tree's memory a few times a second on a thread; `.stop()` -> peak bytes."""
+
+    def __init__(self, server, every: float = 0.25) -> None:
+        self.server, self.every, self.peak = server, every, 0
+        self._done = threading.Event()
+        self._t = threading.Thread(target=self._loop, daemon=True)
+        self._t.start()
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                self.peak = max(self.peak, self.server.memory())
+            except (OSError, ValueError):
+                pass
+            if self._done.wait(self.every):
+                return
+
+    def stop(self) -> int:
+        self._done.set()
+        self._t.join(5)
+        return self.peak
+
+
 def run_trial(plan: Plan, sysm: System, wl: Workload, repeat: int, say) -> dict:
     """One system, one workload, once: start fresh, load, (drain), account, stop, clean up."""
     tmp = tempfile.mkdtemp(prefix=f"mta-compare-{sysm.name}-")
     e2e = wl.kind == "end-to-end"
     sink = None
     log = open(os.path.join(tmp, "log"), "wb")
+    port0 = sysm.port
+    if sysm.peer and not port0:
+        sysm.port = free_port()
     try:
         if sysm.relays:  # a relay always has somewhere to deliver, so it never piles up retries
-            sink = _start_sink(plan, wl.messages, tmp, log)
-        run = Running(sysm, plan, tmp, log)
+            sink = _start_sink(plan, wl.messages, tmp, log, wl.starttls)
+        run = start_system(sysm, plan, tmp, log)
         try:
             cpu0 = run.cpu()
+            mem = PeakMemory(run)
             t_wall = time.time()
             rep = run_send(f"127.0.0.1:{sysm.port}", messages=wl.messages, size=wl.size, sessions=wl.sessions,
                            per_connection=wl.per_connection, warmup=wl.warmup, workers=plan.generator_workers,
-                           starttls=wl.starttls)
+                           starttls=wl.starttls, rate=wl.rate)
             row = {"system": sysm.name, "workload": wl.name, "kind": wl.kind, "repeat": repeat,
+                   "sweep": wl.sweep, "rate": wl.rate,
                    "messages": rep["messages"], "accepted_per_s": rep["messages_per_s"],
-                   "elapsed_s": rep["elapsed_s"], "latency_ms": rep["latency_ms"], "errors": rep["errors"]}
+                   "elapsed_s": rep["elapsed_s"], "latency_ms": rep["latency_ms"],
+                   "latency_cdf_ms": rep.get("latency_cdf_ms"), "errors": rep["errors"]}
             if e2e:
                 deadline = time.monotonic() + plan.drain_timeout
                 if rep["messages"] < wl.messages:  # some were refused: the sink will not count N
                     deadline = min(deadline, time.monotonic() + 10)
                 srep = _finish_sink(sink, deadline, tmp)
                 sink = None
-                if sysm.drained:
-                    _until_ok(_fill(sysm.drained, sysm, plan, tmp), deadline, run.env)
+                while not run.drained() and time.monotonic() < deadline:
+                    time.sleep(0.2)
                 span = srep["last_message_at"] - t_wall if srep["messages"] else 0.0
                 row["delivered"] = srep["messages"]
                 row["end_to_end_per_s"] = round(srep["messages"] / span, 1) if span > 0 else 0.0
                 row["integrity_errors"] = srep["integrity_errors"]
             cpu = run.cpu() - cpu0
+            row["rss_peak_bytes"] = mem.stop()
         finally:
             run.stop()
         row["server_cpu_s"] = round(cpu, 3)
@@ -221,6 +295,7 @@ def run_trial(plan: Plan, sysm: System, wl: Workload, repeat: int, say) -> dict:
         say(row)
         return row
     finally:
+        sysm.port = port0
         if sink is not None:
             os.killpg(sink.pid, signal.SIGTERM)
             sink.wait(30)
@@ -229,7 +304,8 @@ def run_trial(plan: Plan, sysm: System, wl: Workload, repeat: int, say) -> dict:
 
 
 def run_compare(plan: Plan, say=lambda row: None) -> list[dict]:
-    """Every workload; per workload `repeats` rounds of every system in order (A B A B)."""
+    """Every workload (sweep points and offered rates already expanded); per workload
+    `repeats` rounds of every system in order (A B C A B C), so drift hits all alike."""
     rows = []
     for wl in plan.workloads:
         systems = [s for s in plan.systems if wl.kind == "accept-only" or s.relays]
@@ -238,7 +314,8 @@ def run_compare(plan: Plan, say=lambda row: None) -> list[dict]:
                 try:
                     rows.append(run_trial(plan, sysm, wl, r, say))
                 except (RuntimeError, OSError, ValueError) as e:
-                    row = {"system": sysm.name, "workload": wl.name, "kind": wl.kind, "repeat": r, "failed": str(e)}
+                    row = {"system": sysm.name, "workload": wl.name, "kind": wl.kind, "repeat": r,
+                           "sweep": wl.sweep, "rate": wl.rate, "failed": str(e)}
                     say(row)
                     rows.append(row)
     return rows

@@ -115,6 +115,13 @@ def wait_greeting(port: int, deadline: float) -> bool:
     return False
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def wait_port_free(port: int, deadline: float) -> bool:
     """True once nothing listens on 127.0.0.1:port (the previous server is gone)."""
     while time.monotonic() < deadline:

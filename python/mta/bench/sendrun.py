@@ -14,7 +14,7 @@ from mta.bench.client import S_DONE, S_PARK, Client, Shared
 from mta.bench.payload import build_message
 from mta.bench.procs import fork_context, worker_setup
 from mta.bench.sinkrun import parse_hostport
-from mta.bench.stats import latency_summary
+from mta.bench.stats import latency_cdf, latency_summary
 
 _VARIANTS = 8  # distinct messages per worker: bodies differ, so a swapped buffer shows
 
@@ -170,6 +170,7 @@ def run_send(target: str, *, messages: int | None = None, size: int = 1024, sess
         "elapsed_s": round(elapsed, 4),
         "messages_per_s": round(ok / elapsed, 1) if elapsed > 0 else 0.0,
         "latency_ms": latency_summary(lat),
+        "latency_cdf_ms": latency_cdf(lat),
         "errors": dict(sorted(errors.items())),
         "attempted": sum(r["issued"] for r in got.values()) - warmup,
         "warmup": warmup,

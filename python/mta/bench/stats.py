@@ -23,6 +23,18 @@ def latency_summary(latencies_s) -> dict:
             "p99": ms(percentile(vals, 99)), "max": ms(vals[-1] if vals else 0.0)}
 
 
+CDF_POINTS = (*range(0, 100, 2), 95, 97, 99, 99.5, 99.9, 100)
+
+
+def latency_cdf(latencies_s) -> list[list[float]]:
+    """[[percentile, ms], ...] at CDF_POINTS: enough to draw a latency CDF with its tail."""
+    vals = sorted(latencies_s)
+    if not vals:
+        return []
+    return [[p, round(percentile(vals, p) * 1000.0, 3) if p else round(vals[0] * 1000.0, 3)]
+            for p in sorted(set(CDF_POINTS))]
+
+
 def median_min_max(vals: list[float]) -> tuple[float, float, float]:
     if not vals:
         return 0.0, 0.0, 0.0
