@@ -88,5 +88,9 @@ def relay_burst(name: str, tmp: Path, messages: int = 20, starttls: bool = False
     assert sent["messages"] == messages, (sent, (tmp / f"{name}.log").read_text(errors="replace")[-2000:])
     assert got["messages"] == messages and got["integrity_errors"] == 0, got
     assert drained, f"{name}: the queue did not drain"
+    if starttls and peer.relays:  # STARTTLS on both sides: the peer took it when the sink offered it
+        assert got["tls_sessions"] >= 1, got
+    elif not starttls:
+        assert got["tls_sessions"] == 0, got
     assert cpu > 0 and mem > 0
     return {"send": sent, "sink": got, "drained": drained, "cpu_s": cpu, "memory_bytes": mem}

@@ -10,7 +10,7 @@ import sys
 import time
 
 from mta.bench import peers as peer_registry
-from mta.bench.compare import Plan, System, load_plan, peer_system, run_compare
+from mta.bench.compare import Plan, load_plan, peer_system, run_compare
 from mta.bench.machine import describe
 from mta.bench.workloads import expand, parse_ms, parse_rates, parse_sweep, standard
 

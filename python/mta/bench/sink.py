@@ -20,12 +20,13 @@ class SinkCounters:
     """What one worker saw; the worker copies these into shared memory periodically."""
 
     __slots__ = ("connections", "messages", "bytes", "integrity_errors", "unchecked",
-                 "rejected_4xx", "rejected_5xx", "first_t", "last_t")
+                 "rejected_4xx", "rejected_5xx", "first_t", "last_t", "tls_sessions")
 
     def __init__(self) -> None:
         self.connections = self.messages = self.bytes = 0
         self.integrity_errors = self.unchecked = 0
         self.rejected_4xx = self.rejected_5xx = 0
+        self.tls_sessions = 0  # connections that completed STARTTLS
         self.first_t = 0.0  # wall clock of the first connection
         self.last_t = 0.0  # wall clock of the last end of message
 
@@ -209,6 +210,7 @@ class SinkProtocol(asyncio.Protocol):
             return
         # Anything pipelined after STARTTLS in clear text is discarded (RFC 3207 4.2).
         self.buf, self.tls, self.paused = b"", True, False
+        self.c.tls_sessions += 1
         self.has_mail, self.nrcpt, self.state = False, 0, S_CMD
 
     def _message(self, msg: bytes) -> bytes | None:

@@ -132,6 +132,7 @@ def _merge(shared, workers: int) -> dict:
         "elapsed_s": round(elapsed, 4),
         "bytes": int(tot["bytes"]),
         "connections": int(tot["connections"]),
+        "tls_sessions": int(tot["tls_sessions"]),
         "integrity_errors": int(tot["integrity_errors"]),
         "unchecked": int(tot["unchecked"]),
         "rejected": rejected,
