@@ -26,7 +26,9 @@ def test_version():
                                  ("queue", "release"), ("queue", "delete"), ("queue", "flush"), ("check-config",),
                                  ("tls",), ("tls", "selfsigned"), ("user",), ("user", "add"), ("user", "del"),
                                  ("user", "list"), ("bench",), ("bench", "send"), ("bench", "sink"),
-                                 ("bench", "compare"), ("plugins",), ("plugins", "list"), ("dkim",),
+                                 ("bench", "compare"), ("bench", "peers"), ("bench", "peers", "list"),
+                                 ("bench", "peers", "setup"), ("bench", "peers", "start"), ("bench", "peers", "stop"),
+                                 ("plugins",), ("plugins", "list"), ("dkim",),
                                  ("dkim", "keygen")])
 def test_every_command_has_help(cmd):
     out = mta_run(*cmd, "--help")
