@@ -25,12 +25,12 @@ class Workload:
 KINDS = ("accept-only", "end-to-end")
 
 STANDARD = {
-    "accept-1k": Workload("accept-1k", "accept-only", messages=20000),
-    "e2e-1k": Workload("e2e-1k", "end-to-end", messages=20000),
+    "accept-1k": Workload("accept-1k", "accept-only", messages=10000),
+    "e2e-1k": Workload("e2e-1k", "end-to-end", messages=10000),
     "e2e-1k-keep": Workload("e2e-1k-keep", "end-to-end", messages=20000, per_connection=100),
-    "e2e-64k": Workload("e2e-64k", "end-to-end", messages=4000, size=64 * 1024),
-    "e2e-1m": Workload("e2e-1m", "end-to-end", messages=300, size=1024 * 1024),
-    "e2e-1k-tls": Workload("e2e-1k-tls", "end-to-end", messages=10000, starttls=True),
+    "e2e-64k": Workload("e2e-64k", "end-to-end", messages=2000, size=64 * 1024),
+    "e2e-1m": Workload("e2e-1m", "end-to-end", messages=200, size=1024 * 1024),
+    "e2e-1k-tls": Workload("e2e-1k-tls", "end-to-end", messages=5000, starttls=True),
 }
 
 SWEEPABLE = ("sessions", "size", "per_connection")
