@@ -141,7 +141,7 @@ class SinkConnection:
                     # A kept connection the sink closed while idle: once more on a fresh one.
                     if not (e.retry and reused and attempt == 1):
                         return str(e)
-                except (OSError, EOFError, ReplyError, TimeoutError, ssl.SSLError) as e:
+                except (OSError, EOFError, ValueError, TimeoutError) as e:  # ValueError: a bad reply
                     self._drop()
                     return f"451 4.4.1 relay to the sink failed: {type(e).__name__} {e}".rstrip()
             raise AssertionError("unreachable")
@@ -182,7 +182,10 @@ class SinkConnection:
         if data_ok:  # a recipient refused but DATA open: close, or the others get it
             self._drop()
         else:
-            code, _ = await self._command(b"RSET\r\n")
+            try:  # the refusal is the client's reply even if RSET fails
+                code, _ = await self._command(b"RSET\r\n")
+            except (OSError, EOFError, ValueError):
+                code = 0
             if code != 250:
                 self._drop()
         return client_reply(*(refused or replies[-1]))
@@ -195,7 +198,7 @@ class SinkConnection:
         try:
             async with asyncio.timeout(QUIT_TIMEOUT_S):
                 await self._command(b"QUIT\r\n")
-        except (OSError, EOFError, ReplyError, TimeoutError, ssl.SSLError):
+        except (OSError, EOFError, ValueError, TimeoutError):
             pass
         finally:
             self.reader = self.writer = None
@@ -213,16 +216,17 @@ class RelayHandler:
         return await self.conn.send(envelope.mail_from, envelope.rcpt_tos, envelope.original_content, body8)
 
 
+_closing: set[asyncio.Task] = set()  # the QUIT tasks: the loop keeps only weak references
+
+
 class RelaySMTP(SMTP):
     """aiosmtpd's session, closing its sink connection when the client goes."""
-
-    closing: set = set()  # the QUIT tasks, referenced until done
 
     def connection_lost(self, error) -> None:
         super().connection_lost(error)
         task = asyncio.ensure_future(self.event_handler.conn.close())
-        RelaySMTP.closing.add(task)
-        task.add_done_callback(RelaySMTP.closing.discard)
+        _closing.add(task)
+        task.add_done_callback(_closing.discard)
 
 
 def _hostport(s: str) -> tuple[str, int]:
