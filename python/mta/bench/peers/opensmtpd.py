@@ -64,7 +64,8 @@ class OpenSmtpdPeer(Peer):
         if os.geteuid() != 0:
             return "needs root (a private mount namespace and smtpd's privilege separation)"
         if not self._smtpd(home).exists():
-            return f"not set up: run `mta bench peers setup opensmtpd` (unpacks Debian's {PACKAGE} into {home / 'opensmtpd'})"
+            return (f"not set up: run `mta bench peers setup opensmtpd` (unpacks Debian's {PACKAGE} "
+                    f"into {home / 'opensmtpd'})")
         for user in USERS:
             try:
                 pwd.getpwnam(user)
@@ -134,10 +135,10 @@ class OpenSmtpdPeer(Peer):
             raise SetupError(f"smtpd -n rejects the configuration: {(r.stderr or r.stdout).strip()[-600:]}")
 
     def command(self, run: PeerRun) -> list[str]:
-        # -d: foreground, logging to stderr (the trial's log); the wrapper execs smtpd, so the
-        # reaper's SIGTERM reaches smtpd itself
-        return [run.python or sys.executable, "-m", "mta.bench.peers.opensmtpd_ns", "--root", str(self._ns(run)), "--",
-                str(self._smtpd(run.home)), "-f", str(run.work / "smtpd.conf"), "-d"]
+        # -d: foreground, logging to stderr (the trial's log). The wrapper unshares its mount
+        # namespace and execs smtpd, so the reaper's SIGTERM reaches smtpd itself.
+        return [run.python or sys.executable, "-m", "mta.bench.peers.opensmtpd_ns", "--root", str(self._ns(run)),
+                "--", str(self._smtpd(run.home)), "-f", str(run.work / "smtpd.conf"), "-d"]
 
     def queue_dir(self, run: PeerRun) -> Path:
         """The start's queue on disk (smtpd sees it as /var/spool/smtpd)."""
