@@ -36,6 +36,7 @@ class System:
     relays: bool = False
     env: dict = field(default_factory=dict)
     peer: str = ""  # a ready-made peer (mta.bench.peers) instead of start/stop commands
+    starttls: bool = True  # offers STARTTLS: takes part in STARTTLS workloads
 
 
 @dataclass
@@ -67,7 +68,7 @@ def _take(d: dict, cls, where: str):
 def peer_system(name: str) -> System:
     """A System for the ready-made peer `name` (ValueError naming the known peers)."""
     peer = peer_registry.get(name)
-    return System(name=name, peer=name, relays=peer.relays)
+    return System(name=name, peer=name, relays=peer.relays, starttls=peer.offers_starttls)
 
 
 def load_plan(path: str) -> Plan:
@@ -82,7 +83,8 @@ def load_plan(path: str) -> Plan:
             if sysm.start:
                 raise ValueError(f"[[system]] #{i + 1}: peer and start exclude each other")
             try:
-                sysm.relays = peer_registry.get(sysm.peer).relays
+                peer = peer_registry.get(sysm.peer)
+                sysm.relays, sysm.starttls = peer.relays, peer.offers_starttls
             except ValueError as e:
                 raise ValueError(f"[[system]] #{i + 1}: peer: {e}") from None
             sysm.name = sysm.name or sysm.peer
@@ -308,7 +310,7 @@ def run_compare(plan: Plan, say=lambda row: None) -> list[dict]:
     `repeats` rounds of every system in order (A B C A B C), so drift hits all alike."""
     rows = []
     for wl in plan.workloads:
-        systems = [s for s in plan.systems if wl.kind == "accept-only" or s.relays]
+        systems = [s for s in plan.systems if (wl.kind == "accept-only" or s.relays) and (s.starttls or not wl.starttls)]
         for r in range(plan.repeats):
             for sysm in systems:
                 try:

@@ -52,6 +52,7 @@ class Peer:
 
     name: str = ""
     relays: bool = True  # False: takes part in accept-only workloads only (smtp-sink)
+    offers_starttls: bool = True  # False: left out of STARTTLS workloads (`notes` say why)
     durability: str = ""  # one line, e.g. "fsync of the queue file before the 250"
     notes: str = ""  # what a reader of the report must know (e.g. "no queue")
 

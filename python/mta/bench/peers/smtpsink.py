@@ -17,6 +17,7 @@ SMTP_SINK = "/usr/sbin/smtp-sink"
 class SmtpSinkPeer(Peer):
     name = "smtp-sink"
     relays = False
+    offers_starttls = False
     durability = "none: discards every message (accept-only ceiling)"
     notes = "accept-only: no queue, no relay, no STARTTLS"
 
