@@ -204,8 +204,14 @@ def test_property_median_within_spread_and_first_is_one(pairs):
 
 # -- files -----------------------------------------------------------------------------------
 
+def read(path) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
 def png_size(path) -> tuple[int, int]:
-    data = open(path, "rb").read(24)
+    with open(path, "rb") as f:
+        data = f.read(24)
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
     return struct.unpack(">II", data[16:24])
 
@@ -261,8 +267,7 @@ def test_every_chart_is_a_png_of_the_expected_size(written):
 def test_every_svg_names_every_system_in_its_text(written):
     out, _ = written
     for name in SIZES:
-        root = ET.parse(out / f"{name}.svg").getroot()
-        text = " ".join(" ".join(el.itertext()) for el in root.iter("{http://www.w3.org/2000/svg}text"))
+        text = svg_text(out / f"{name}.svg")
         for s in SYSTEMS:
             assert s in text, (name, s)
 
@@ -306,29 +311,46 @@ def test_text_is_escaped_everywhere(tmp_path):
     t = [trial(evil, "w<i>", r, 100.0 + r) for r in range(2)] + [trial("mta", "w<i>", r, 50.0) for r in range(2)]
     meta = {"command": "mta bench compare --peers '<script>'", "peers": {evil: {"config": "</pre><script>x</script>"}}}
     paths = write_report(str(tmp_path), meta, t, [evil, "mta"], html=True, svg=True)
-    page = open(paths["html"]).read()
+    page = read(paths["html"])
     assert "<b>&x" not in page and "&lt;b&gt;&amp;x" in page
     assert "<script>" not in page and "<i>" not in page
     p = _Page()
     p.feed(page)
     assert "b" not in p.tags and "script" not in p.tags and evil in "".join(p.text)
-    root = ET.parse(tmp_path / "throughput.svg").getroot()
-    assert evil in " ".join(" ".join(e.itertext()) for e in root.iter("{http://www.w3.org/2000/svg}text"))
+    assert evil in svg_text(tmp_path / "throughput.svg")
+
+
+def svg_text(path) -> str:
+    root = ET.parse(path).getroot()
+    return " ".join(" ".join(el.itertext()) for el in root.iter("{http://www.w3.org/2000/svg}text"))
+
+
+def test_a_size_sweep_has_its_own_chart_with_sizes_on_the_axis(tmp_path):
+    t = [trial(s, "e2e", 0, 100.0 / (1 + n // 2**16), e2e=50.0, sweep={"param": "size", "value": n})
+         for n in (1024, 65536, 2**20) for s in ("mta", "postfix")]
+    paths = write_report(str(tmp_path), {"sweep": {"param": "size", "values": [1024, 65536, 2**20]}}, t,
+                         ["mta", "postfix"], svg=True)
+    assert {"sweep-size", "sweep-size.svg"} <= set(paths) and "throughput" not in paths
+    assert png_size(paths["sweep-size"]) == (1100, 400)
+    text = svg_text(paths["sweep-size.svg"])
+    assert all(s in text for s in ("mta", "postfix", "1 KiB", "64 KiB", "1 MiB"))
+    assert "| 65536 | **50.0** |" not in read(paths["markdown"])  # equal values: nothing bold
+    assert "| 65536 | 50.0 | 50.0 |" in read(paths["markdown"])
 
 
 def test_meta_may_be_empty_and_charts_skip_without_data(tmp_path):
     paths = write_report(str(tmp_path), {}, [trial("a", "w", 0, 10.0)], ["a"], html=True)
     assert set(paths) == {"json", "markdown", "html", "throughput", "p99", "latency-cdf"}
     paths = write_report(str(tmp_path / "none"), {}, [], [], html=True)
-    assert set(paths) == {"json", "markdown", "html"} and "No chart" in open(paths["markdown"]).read()
+    assert set(paths) == {"json", "markdown", "html"} and "No chart" in read(paths["markdown"])
 
 
 def test_without_matplotlib_everything_but_the_charts(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # what `import matplotlib` meets when not installed
     paths = write_report(str(tmp_path), META, all_trials(), SYSTEMS, html=True, svg=True)
     assert set(paths) == {"json", "markdown", "html"} and not list(tmp_path.glob("*.png"))
-    assert "Charts skipped: matplotlib is not installed" in open(paths["markdown"]).read()
-    assert "Charts skipped" in open(paths["html"]).read()
+    assert "Charts skipped: matplotlib is not installed" in read(paths["markdown"])
+    assert "Charts skipped" in read(paths["html"])
     legacy = write_outputs(str(tmp_path / "old" / "cmp"), {}, standard_trials(), SYSTEMS)
     assert set(legacy) == {"json", "markdown"}
 
@@ -339,16 +361,16 @@ def test_legacy_write_outputs(tmp_path):
     paths = write_outputs(str(tmp_path / "res" / "cmp"), plan_meta, standard_trials(), SYSTEMS)
     assert paths == {k: str(tmp_path / "res" / f"cmp.{ext}") for k, ext in
                      (("json", "json"), ("markdown", "md"), ("png", "png"))}
-    doc = json.loads(open(paths["json"]).read())
+    doc = json.loads(read(paths["json"]))
     assert {"meta", "rows", "trials"} <= set(doc) and doc["meta"]["config"] == "plan.toml"
     assert doc["meta"]["machine"]["cpus"] and doc["meta"]["date"]
     assert png_size(paths["png"]) == (700, 450)
-    md = open(paths["markdown"]).read()
+    md = read(paths["markdown"])
     assert "(cmp.png)" in md and "mta run --listen {port}" in md and "plan**: plan.toml" in md
 
 
 def test_the_report_modules_stay_small():
     for mod in (report, charts):
-        src = open(mod.__file__).read()
+        src = read(mod.__file__)
         assert len(src.splitlines()) < 400
         ast.parse(src)

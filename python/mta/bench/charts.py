@@ -102,7 +102,7 @@ def _sweep(rows: list[dict], systems: list[str], param: str):
             if log:
                 ax.set_xscale("log")
             # the swept values themselves as ticks: "50 sessions" reads better than 10^1.7
-            ax.set_xticks(sorted(set(values)), [f"{v:g}" for v in sorted(set(values))])
+            ax.set_xticks(sorted(set(values)), [_tick(param, v) for v in sorted(set(values))])
             ax.minorticks_off()
             ax.set_xlabel(param)
             ax.set_ylabel(ylabel)
@@ -110,6 +110,12 @@ def _sweep(rows: list[dict], systems: list[str], param: str):
             ax.grid(alpha=0.3)
     _legend(fig, systems)
     return fig
+
+
+def _tick(param: str, v) -> str:
+    if param == "size":
+        return next((f"{v / k:g} {unit}" for unit, k in (("MiB", 2**20), ("KiB", 2**10)) if v >= k), f"{v:g} B")
+    return f"{v:g}"
 
 
 def _cdf(rows: list[dict], systems: list[str]):

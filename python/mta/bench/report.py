@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import platform
 import statistics
 import time
@@ -203,7 +204,7 @@ def _standard_table(workload: str, rows: list[dict], wl_meta: dict) -> dict:
             {"name": "end-to-end/s (min–max)", "num": True, "better": HIGH},
             {"name": "CPU µs/msg", "num": True, "better": LOW}, {"name": "p50 / p99 ms", "num": True, "better": LOW},
             {"name": "peak memory MiB", "num": True, "better": LOW},
-            {"name": "ratio vs first", "num": True, "better": HIGH}, {"name": "errors", "num": True}]
+            {"name": "ratio vs first", "num": True, "better": HIGH}, {"name": "errors"}]
     body = []
     for r in rows:
         name = r["system"] + (f" ({r['failed_trials']} failed)" if r["failed_trials"] else "")
@@ -368,7 +369,7 @@ def write_report(out_dir: str, meta: dict, trials: list[dict], system_order: lis
     failures = [t for t in trials if "failed" in t]
     _write(paths["markdown"], markdown(rows, meta, rel, note, failures))
     if html:
-        pngs = [(c["title"], open(c["png"], "rb").read()) for c in made]
+        pngs = [(c["title"], pathlib.Path(c["png"]).read_bytes()) for c in made]
         paths["html"] = _write(os.path.join(out_dir, "report.html"), htmlpage.page(
             meta.get("title") or "mta bench compare", run_facts(meta), meta.get("command"), build_tables(rows, meta),
             pngs, meta.get("peers") or {}, failures, note))
@@ -390,7 +391,7 @@ def write_outputs(prefix: str, meta: dict, trials: list[dict], system_order: lis
     rows = summarize(trials, system_order, meta.get("p99_max_ms"))
     paths = {"json": _write_json(prefix + ".json", meta, rows, trials), "markdown": prefix + ".md"}
     made, note = _charts(rows, meta, out_dir, False, names={"throughput"}, stem=os.path.basename(prefix))
-    paths.update({"png": c["png"] for c in made})
+    paths.update({"png": made[0]["png"]} if made else {})
     made = [{**c, "png": os.path.basename(c["png"])} for c in made]
     _write(paths["markdown"], markdown(rows, meta, made, note, [t for t in trials if "failed" in t]))
     return paths
