@@ -338,6 +338,15 @@ def test_a_size_sweep_has_its_own_chart_with_sizes_on_the_axis(tmp_path):
     assert "| 65536 | 50.0 | 50.0 |" in read(paths["markdown"])
 
 
+def test_a_system_without_data_stays_in_every_legend(tmp_path):
+    t = [trial("mta", "w", 0, 10.0, rate=10.0), trial("mta", "w", 0, 10.0),
+         {"system": "exim", "workload": "w", "kind": "accept-only", "repeat": 0, "failed": "no 220"},
+         {"system": "exim", "workload": "w", "kind": "accept-only", "repeat": 0, "rate": 10.0, "failed": "no 220"}]
+    paths = write_report(str(tmp_path), {"p99_max_ms": 5.0}, t, ["mta", "exim"], svg=True)
+    for name in ("throughput", "p99", "latency-cdf", "open-loop"):
+        assert "exim (no data)" in svg_text(paths[name + ".svg"]) and "mta" in svg_text(paths[name + ".svg"])
+
+
 def test_meta_may_be_empty_and_charts_skip_without_data(tmp_path):
     paths = write_report(str(tmp_path), {}, [trial("a", "w", 0, 10.0)], ["a"], html=True)
     assert set(paths) == {"json", "markdown", "html", "throughput", "p99", "latency-cdf"}

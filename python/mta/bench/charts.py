@@ -35,10 +35,16 @@ def _label(name: str) -> str:
 
 
 def _legend(fig, systems: list[str]) -> None:
+    from matplotlib.patches import Patch
+
     seen: dict[str, object] = {}
     for ax in fig.axes:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             seen.setdefault(lab, h)
+    for k, s in enumerate(systems):
+        # every system stays in the legend, so a peer that drew nothing is seen to be missing
+        if _label(s) not in seen:
+            seen[_label(s) + " (no data)"] = Patch(facecolor="none", edgecolor=_COLORS[k % len(_COLORS)])
     if seen:
         fig.legend(list(seen.values()), list(seen), loc="outside lower center", ncol=min(len(seen), 6),
                    frameon=False)
@@ -69,6 +75,8 @@ def _bars(rows: list[dict], systems: list[str], value, title: str, ylabel: str):
     width = 0.8 / len(systems)
     for k, s in enumerate(systems):
         pts = [(i, by[w, s]) for i, w in enumerate(workloads) if by.get((w, s), (None,))[0] is not None]
+        if not pts:
+            continue
         xs = [i - 0.4 + width * (k + 0.5) for i, _ in pts]
         meds = [v[0] for _, v in pts]
         err = [[v[0] - v[1] for _, v in pts], [v[2] - v[0] for _, v in pts]]
@@ -159,10 +167,10 @@ def _open_loop(rows: list[dict], systems: list[str], bound):
         for k, s in enumerate(systems):
             pts = sorted((r["rate"], _throughput(r)[0], r["p99_ms"]) for r in mine if r["system"] == s)
             color = _COLORS[k % len(_COLORS)]
-            left.plot([p[0] for p in pts if p[1] is not None], [p[1] for p in pts if p[1] is not None], marker="o",
-                      label=_label(s), color=color)
-            right.plot([p[0] for p in pts if p[2] is not None], [p[2] for p in pts if p[2] is not None], marker="o",
-                       label=_label(s), color=color)
+            for ax, j in ((left, 1), (right, 2)):
+                got = [(p[0], p[j]) for p in pts if p[j] is not None]
+                if got:
+                    ax.plot([g[0] for g in got], [g[1] for g in got], marker="o", label=_label(s), color=color)
         for ax, ylabel in ((left, "achieved messages/s"), (right, "p99 latency ms")):
             ax.set_xlabel("offered messages/s")
             ax.set_ylabel(ylabel)
