@@ -344,23 +344,22 @@ port = {free_port()}
     r = mta("bench", "compare", "--config", str(cfg))
     assert r.returncode == 0, r.stderr
     doc = json.loads((tmp_path / "res" / "cmp.json").read_text())
-    assert {"meta", "summary", "trials"} <= set(doc)
+    assert {"meta", "rows", "trials"} <= set(doc)
     trials = doc["trials"]
     assert [(t["system"], t["repeat"]) for t in trials] == [("mta", 0), ("sink", 0), ("mta", 1), ("sink", 1)]
     for t in trials:
         assert t["messages"] == 200 and t["errors"] == {}
         assert t["accepted_per_s"] > 0 and t["server_cpu_s"] >= 0
-    summ = {s["system"]: s for s in doc["summary"]}
+    summ = {s["system"]: s for s in doc["rows"]}
     assert set(summ) == {"mta", "sink"}
     for s in summ.values():
-        assert set(s["accepted_per_s"]) == {"median", "min", "max"}
-        assert s["accepted_per_s"]["min"] <= s["accepted_per_s"]["median"] <= s["accepted_per_s"]["max"]
-        assert s["trials"] == 2 and s["server_cpu_s_per_msg"] is not None
+        assert s["messages_per_s_min"] <= s["messages_per_s"] <= s["messages_per_s_max"]
+        assert s["trials"] == 2 and s["cpu_us_per_msg"] is not None
     assert summ["mta"]["ratio_vs_first"] == 1.0 and summ["sink"]["ratio_vs_first"] > 0
     md = (tmp_path / "res" / "cmp.md").read_text()
-    assert "| workload | system | accepted/s |" in md
-    assert "| tiny | mta |" in md and "| tiny | sink |" in md
-    assert "| tiny | mta |" in r.stdout
+    assert "### tiny" in md and "| system | accepted/s (min–max) |" in md
+    assert "| mta |" in md and "| sink |" in md
+    assert "| mta |" in r.stdout
 
 
 def test_compare_rejects_unknown_keys(tmp_path):
