@@ -1,6 +1,6 @@
-"""The Exim peer (Debian's package unpacked privately) relays a burst into the bench sink in clear
-and under STARTTLS both ways, restarts on the same port, and leaves nothing system-wide: no
-/etc/exim4, no /var/spool/exim4, no mount visible outside its namespace."""
+"""The Exim peer (Debian's package unpacked privately) relays bursts into the bench sink in clear and
+under STARTTLS both ways, restarts on its port and leaves nothing system-wide (no /etc/exim4, no
+/var/spool/exim4, no mount outside its namespace); its two small parsers by table and property."""
 
 from __future__ import annotations
 
@@ -14,10 +14,13 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from peerkit import free_port, ready_peer, relay_burst, start_sink
 
 from mta.bench import peers
+from mta.bench.peers.exim import exim_version, lib_packages
 from mta.bench.peers.runner import PeerProcess
 from mta.bench.sendrun import run_send
 from mta.bench.tlsutil import throwaway_certificate
@@ -85,3 +88,51 @@ def test_exim_restarts_on_the_same_port_and_changes_nothing_system_wide(tmp_path
     assert peer.version(run.home).startswith("Exim 4.")
     assert _snapshot() == before
 
+
+
+DEPENDS = ("exim4-base (>= 4.96), debconf (>= 0.5) | debconf-2.0, libc6 (>= 2.34), libcrypt1 (>= 1:4.1.0), "
+           "libdb5.3, libgnutls-dane0 (>= 3.7.0), libidn12 (>= 1.13), libpcre2-8-0 (>= 10.22)")
+
+
+@pytest.mark.parametrize(("field", "want"), [
+    (DEPENDS, ["libc6", "libcrypt1", "libdb5.3", "libgnutls-dane0", "libidn12", "libpcre2-8-0"]),
+    ("", []),
+    ("debconf | debconf-2.0", []),
+    ("libfoo1 | libbar2, libfoo1 (>= 1)", ["libfoo1"]),  # first alternative only, once
+    ("libssl3:amd64 (>= 3),\n libz1", ["libssl3", "libz1"]),  # arch qualifier, folded line
+])
+def test_lib_packages_table(field, want):
+    assert lib_packages(field) == want
+
+
+_plain = st.from_regex(r"[a-z][a-z0-9.+-]{1,12}", fullmatch=True)
+_name = st.one_of(_plain, _plain.map(lambda n: "lib" + n))
+_item = st.tuples(st.lists(_name, min_size=1, max_size=3), st.sampled_from(["", " (>= 1.2)", " (<< 2:3)"]))
+
+
+@given(st.lists(_item, max_size=8))
+def test_lib_packages_names_each_first_lib_alternative_once_in_order(items):
+    field = ", ".join(" | ".join(f"{n}{version}" for n in alts) for alts, version in items)
+    want: list[str] = []
+    for alts, _ in items:
+        if alts[0].startswith("lib") and alts[0] not in want:
+            want.append(alts[0])
+    assert lib_packages(field) == want
+
+
+@pytest.mark.parametrize(("out", "want"), [
+    ("Exim version 4.96 #2 built 26-Nov-2026 14:26:47\nCopyright (c) University of Cambridge", "4.96"),
+    ("2026-12-05 18:06:54 Warning: purging the environment.\nExim version 4.98.1 #1 built x\n", "4.98.1"),
+    ("exim: failed to find uid for user name \"Debian-exim\"\n", None),
+    ("Exim version\n", None),
+    ("", None),
+])
+def test_exim_version_table(out, want):
+    assert exim_version(out) == want
+
+
+@given(st.text(), st.from_regex(r"[0-9][0-9.]{0,8}", fullmatch=True), st.text())
+def test_exim_version_finds_the_banner_among_any_lines(before, version, after):
+    lines = [ln for ln in (before + "\n").splitlines() if not ln.split()[:2] == ["Exim", "version"]]
+    out = "\n".join([*lines, f"Exim version {version} #2 built today", after])
+    assert exim_version(out) == version
