@@ -89,7 +89,6 @@ def test_exim_restarts_on_the_same_port_and_changes_nothing_system_wide(tmp_path
     assert _snapshot() == before
 
 
-
 DEPENDS = ("exim4-base (>= 4.96), debconf (>= 0.5) | debconf-2.0, libc6 (>= 2.34), libcrypt1 (>= 1:4.1.0), "
            "libdb5.3, libgnutls-dane0 (>= 3.7.0), libidn12 (>= 1.13), libpcre2-8-0 (>= 10.22)")
 
