@@ -304,13 +304,9 @@ class Client(asyncio.Protocol):
             self.pending = len(g.cmds) + (0 if g.bdat and self.chunking else 1)
             self._send_step()
             return
-        last = self.sent >= g.per_connection
         if g.bdat and self.chunking:
             self.pending = len(g.cmds) + 1
             data = g.txn_bdat_head + g.bdats[self.ticket % len(g.bdats)]
-            if last:
-                data += b"QUIT\r\n"
-                self.quit_sent = True
             self.t_eod = _mono()
             self.t.write(data)
         else:
@@ -344,9 +340,6 @@ class Client(asyncio.Protocol):
         g = self.g
         body = g.bodies[self.ticket % len(g.bodies)]
         self.state = S_BODY
-        if self.pipelining and self.sent >= g.per_connection:
-            body += b"QUIT\r\n"  # QUIT may close a pipelined group (RFC 2920)
-            self.quit_sent = True
         self.t_eod = _mono()
         self.t.write(body)
 
@@ -357,7 +350,13 @@ class Client(asyncio.Protocol):
         self._start_txn()
 
     def _quit(self) -> None:
+        # QUIT, then close without waiting for the 221, as Postfix's client does
+        # (smtp_skip_quit_response). QUIT is not pipelined behind the last message: a server
+        # that holds its replies while it waits for the client to close after QUIT (Exim 4.96
+        # waits up to 200 ms) would otherwise hold that message's 250 too.
         self.state = S_QUIT
         if not self.quit_sent:
             self.quit_sent = True
             self.t.write(b"QUIT\r\n")
+        self.state = S_DONE
+        self.t.close()

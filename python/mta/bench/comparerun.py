@@ -144,7 +144,7 @@ def run_from_cli(*, peers, workloads, config_file, messages, repeats, sweep, rat
     else:
         out_dir = out_dir or f"bench-results/compare-{time.strftime('%Y%m%d-%H%M%S')}"
         paths = report.write_report(out_dir, meta, rows, order, html=html, svg=svg)
-        with open(paths["report.md"] if "report.md" in paths else paths.get("markdown")) as f:
+        with open(paths["markdown"]) as f:
             echo(f.read())
     echo("wrote " + ", ".join(paths.values()), err=True)
     return 1 if any("failed" in r for r in rows) else 0
