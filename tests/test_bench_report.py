@@ -217,7 +217,7 @@ def png_size(path) -> tuple[int, int]:
 
 
 # (width, height) in pixels: figsize x charts.DPI (100), worked out from each chart's layout
-SIZES = {"throughput": (700, 450), "p99": (700, 450),  # 2 workloads x 3 systems: the 7 in minimum
+SIZES = {"throughput": (700, 420), "p99": (700, 420),  # 2 workloads x 3 systems: 2 panels of 3.5 x 3.2 in + 1 in
          "sweep-sessions": (1100, 400), "latency-cdf": (1100, 400), "open-loop": (1100, 400)}
 
 
@@ -373,7 +373,7 @@ def test_legacy_write_outputs(tmp_path):
     doc = json.loads(read(paths["json"]))
     assert {"meta", "rows", "trials"} <= set(doc) and doc["meta"]["config"] == "plan.toml"
     assert doc["meta"]["machine"]["cpus"] and doc["meta"]["date"]
-    assert png_size(paths["png"]) == (700, 450)
+    assert png_size(paths["png"]) == (700, 420)
     md = read(paths["markdown"])
     assert "(cmp.png)" in md and "mta run --listen {port}" in md and "plan**: plan.toml" in md
 

@@ -60,32 +60,43 @@ def _p99(r: dict) -> tuple:
     return r["p99_ms"], r["p99_ms_min"], r["p99_ms_max"]
 
 
+BAR_COLUMNS = 3
+
+
 def bar_size(n_workloads: int, n_systems: int) -> tuple[float, float]:
-    return max(7.0, 2 + n_workloads * (0.45 * n_systems + 0.5)), 4.5
+    """A panel per workload (each with its own scale: 1 MiB and accept-only rates differ by
+    100x), up to BAR_COLUMNS in a row."""
+    cols = min(BAR_COLUMNS, max(1, n_workloads))
+    rows = -(-max(1, n_workloads) // cols)
+    return cols * max(3.5, 0.5 * n_systems + 1.2), 3.2 * rows + 1.0
 
 
 def _bars(rows: list[dict], systems: list[str], value, title: str, ylabel: str):
-    """Grouped bars: a group per workload, a bar per system, whiskers min–max."""
+    """A panel per workload, a bar per system with its median written on it, whiskers min–max."""
     workloads = list(dict.fromkeys(r["workload"] for r in rows))
     by = {(r["workload"], r["system"]): value(r) for r in rows}
     if not any(v[0] is not None for v in by.values()):
         return None
     fig = _figure(*bar_size(len(workloads), len(systems)), title)
-    ax = fig.add_subplot()
-    width = 0.8 / len(systems)
-    for k, s in enumerate(systems):
-        pts = [(i, by[w, s]) for i, w in enumerate(workloads) if by.get((w, s), (None,))[0] is not None]
-        if not pts:
-            continue
-        xs = [i - 0.4 + width * (k + 0.5) for i, _ in pts]
-        meds = [v[0] for _, v in pts]
-        err = [[v[0] - v[1] for _, v in pts], [v[2] - v[0] for _, v in pts]]
-        ax.bar(xs, meds, width * 0.92, yerr=err, capsize=3, label=_label(s), color=_COLORS[k % len(_COLORS)])
-    ax.set_xticks(range(len(workloads)), workloads)
-    ax.set_xlabel("workload")
-    ax.set_ylabel(ylabel)
-    ax.grid(axis="y", alpha=0.3)
-    ax.set_axisbelow(True)
+    cols = min(BAR_COLUMNS, len(workloads))
+    grid = fig.subplots(-(-len(workloads) // cols), cols, squeeze=False)
+    for i, w in enumerate(workloads):
+        ax = grid[i // cols][i % cols]
+        for k, s in enumerate(systems):
+            v = by.get((w, s), (None,))
+            if v[0] is None:
+                continue
+            bar = ax.bar([k], [v[0]], 0.8, yerr=[[v[0] - v[1]], [v[2] - v[0]]], capsize=3, label=_label(s),
+                         color=_COLORS[k % len(_COLORS)])
+            ax.bar_label(bar, labels=[f"{v[0]:,.0f}" if v[0] >= 10 else f"{v[0]:.2g}"], fontsize=7, padding=2)
+        ax.set_title(w)
+        ax.set_xticks([])
+        ax.set_ylabel(ylabel if i % cols == 0 else "")
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_axisbelow(True)
+        ax.margins(y=0.15)
+    for j in range(len(workloads), grid.shape[0] * cols):
+        grid[j // cols][j % cols].set_visible(False)
     _legend(fig, systems)
     return fig
 
