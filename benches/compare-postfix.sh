@@ -1,4 +1,6 @@
 #!/bin/sh
+# Postfix with OpenDKIM as its milter, for benches/compare-dkim.toml. (Plain Postfix is the
+# ready-made peer `peer = "postfix"`, mta.bench.peers.postfix, with the same main.cf.)
 # Postfix as a peer relay for `mta bench compare`, configured exactly as in
 # ../shared/BENCHMARKING.md (main.cf written from empty with postconf -e; the smtp inet
 # line replaced by one on a loopback port). It runs as its own instance
