@@ -32,9 +32,13 @@ def _snapshot() -> dict[str, list[str] | None]:
     return {p: sorted(os.listdir(p)) if os.path.isdir(p) else None for p in SYSTEM_PATHS}
 
 
-def _deliveries(burst_dir: Path) -> list[str]:
+def _mainlog(burst_dir: Path) -> list[str]:
     (mainlog,) = burst_dir.glob("peer-exim-*/exim/log/mainlog")
-    return [line for line in mainlog.read_text().splitlines() if " => " in line]
+    return mainlog.read_text().splitlines()
+
+
+def _deliveries(burst_dir: Path) -> list[str]:
+    return [line for line in _mainlog(burst_dir) if " => " in line]
 
 
 def test_exim_relays_a_burst_in_clear_and_under_starttls(tmp_path):
@@ -47,6 +51,8 @@ def test_exim_relays_a_burst_in_clear_and_under_starttls(tmp_path):
     assert len(clear) == 20 and not any(" X=" in line for line in clear), clear[:3]
     # The sink offered STARTTLS, so Exim's outbound connections must have used it.
     assert len(tls) == 20 and all(" X=TLS" in line for line in tls), tls[:3]
+    # queue_only: the daemon's queue runners delivered, not a process forked per received message.
+    assert any("Start queue run" in line for line in _mainlog(tmp_path / "clear"))
     assert _snapshot() == before
 
 
