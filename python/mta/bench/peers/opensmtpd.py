@@ -21,6 +21,9 @@ SMTPD = "usr/sbin/smtpd"
 USERS = ("opensmtpd", "opensmtpq")
 # smtpd's shared libraries (ldd of the unpacked binary; none conflicts with postfix)
 LIBRARIES = ["libevent-2.1-7", "libdb5.3", "libssl3", "libcrypt1", "libpam0g", "zlib1g"]
+# smtpd listens with a compile-time backlog of 5 (SMTPD_BACKLOG), which a burst of connects
+# overflows; the wrapper raises it to what the bench sink asks for (the kernel caps it at somaxconn)
+BACKLOG = 4096
 
 CONFIG = """\
 # OpenSMTPD as a `mta bench` peer: a relay of everything from loopback into the sink.
@@ -138,7 +141,7 @@ class OpenSmtpdPeer(Peer):
         # -d: foreground, logging to stderr (the trial's log). The wrapper unshares its mount
         # namespace and execs smtpd, so the reaper's SIGTERM reaches smtpd itself.
         return [run.python or sys.executable, "-m", "mta.bench.peers.opensmtpd_ns", "--root", str(self._ns(run)),
-                "--", str(self._smtpd(run.home)), "-f", str(run.work / "smtpd.conf"), "-d"]
+                "--backlog", str(BACKLOG), "--", str(self._smtpd(run.home)), "-f", str(run.work / "smtpd.conf"), "-d"]
 
     def queue_dir(self, run: PeerRun) -> Path:
         """The start's queue on disk (smtpd sees it as /var/spool/smtpd)."""
