@@ -31,8 +31,12 @@ CONFIG = """\
 # generous per-session limits (defaults: 100 messages a session); sessions themselves are
 # bounded only by the descriptor limit, raised to its hard value ({nofile}) by the wrapper
 smtp limit max-mails 100000 max-rcpt 1000
-# outbound: as many connections to the sink as Postfix's default destination concurrency (20)
+# outbound: as many connections to the sink as Postfix's default destination concurrency (20),
+# opened as soon as there is work (the defaults wait 5 s between connections on one route and
+# 2 s on one relay, which left one connection draining the queue), each kept for 1000 messages
 mta limit max-conn-per-host 20 max-conn-per-route 20 max-conn-per-relay 20 max-conn-per-domain 20
+mta limit conn-delay-route 0 conn-delay-relay 0 reconn-delay-route 0 session-mail-max 1000
+mta limit task-hiwat 1000 task-lowat 800 task-release 100
 
 # no `tls` (STARTTLS offered inbound): Debian's 6.8.0p2 built against OpenSSL 3 fails every
 # server-side handshake, RSA or EC key alike ("missing private key" in its privsep signer,
