@@ -59,7 +59,9 @@ class OpenSmtpdPeer(Peer):
     notes = ("no inbound STARTTLS: Debian's 6.8.0p2 with OpenSSL 3 fails every server-side TLS "
              "handshake (OpenSMTPD #1171/#1239); outbound STARTTLS to the sink when offered. Runs in "
              "a private mount namespace; its queue is a directory under the run's work directory "
-             "(the same disk as the other peers' spools, not a tmpfs)")
+             "(the same disk as the other peers' spools, not a tmpfs). Tuned for load: hosts-only "
+             "resolver for its per-client DNS, listen backlog 4096 (smtpd's compile-time 5), no outbound "
+             "connection delays")
 
     def _root(self, home: Path) -> Path:
         return home / "opensmtpd" / "root"

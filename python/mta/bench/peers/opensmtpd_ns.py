@@ -1,7 +1,6 @@
-"""`python -m mta.bench.peers.opensmtpd_ns --root DIR [--backlog N] -- ARGV`: enters a private mount
-namespace (as `unshare -m --propagation private`), lays private copies over the parents of OpenSMTPD's
-compile-time paths (and a hosts-only resolv.conf), then execs ARGV; with --backlog, a helper raises
-the listen backlog of ARGV's listeners. Invariant: no mount is made before the namespace is private."""
+"""`python -m mta.bench.peers.opensmtpd_ns --root DIR [--backlog N] -- ARGV`: a private mount namespace
+with private copies over OpenSMTPD's compile-time paths and a hosts-only resolv.conf, then exec ARGV (a
+helper raises its listen backlog to N). Invariant: no mount is made before the namespace is private."""
 
 from __future__ import annotations
 
