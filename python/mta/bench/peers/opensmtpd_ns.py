@@ -112,8 +112,10 @@ def enter(root: Path) -> None:
         _copy(libc, sh)
     resolv = root / "resolv.conf"
     resolv.write_text(RESOLV_CONF)
-    # after the shadows: if /etc/resolv.conf links into /run, the bind lands in the copy
-    _mount(libc, str(resolv), os.path.realpath("/etc/resolv.conf"), _MS_BIND)
+    # after the shadows: if /etc/resolv.conf links into /run, the bind lands in the copy. Without
+    # one, libasr asks 127.0.0.1, which refuses at once: nothing to lay over.
+    if os.path.exists("/etc/resolv.conf"):
+        _mount(libc, str(resolv), os.path.realpath("/etc/resolv.conf"), _MS_BIND)
 
 
 def listening_sockets(pid: int) -> list[tuple[int, int]]:
