@@ -115,8 +115,9 @@ def run_from_cli(*, peers, workloads, config_file, messages, repeats, sweep, rat
     plan.systems = [s for s in plan.systems if not s.peer or not peer_registry.get(s.peer).missing(home)]
     if not plan.systems:
         raise CompareError("no server can run here (see the lines above)")
-    tls_names = sorted({w.name for w in plan.workloads if w.starttls})
     for s in plan.systems:
+        # only where it would otherwise take part (an accept-only peer has no end-to-end trials)
+        tls_names = sorted({w.name for w in plan.workloads if w.starttls and (w.kind == "accept-only" or s.relays)})
         if tls_names and not s.starttls:
             why = peer_registry.get(s.peer).notes if s.peer else "starttls = false"
             echo(f"  {s.name} sits out {', '.join(tls_names)}: no STARTTLS ({why})", err=True)
