@@ -230,7 +230,9 @@ def _sweep_table(workload: str, param: str, rows: list[dict], systems: list[str]
         line = [_cell(str(value))]
         for s in systems:
             r = by.get((value, s))
-            line.append(_cell(_n(achieved(r)) if r else "—", achieved(r) if r else None))
+            errs = sum(r["errors"].values()) if r else 0  # e.g. timeouts past a full listen backlog
+            line.append(_cell((_n(achieved(r)) + (f" ({errs:,} errors)" if errs else "")) if r else "—",
+                              achieved(r) if r else None))
         for s in systems:
             r = by.get((value, s))
             line.append(_cell(_n(r["p99_ms"]) if r else "—", r["p99_ms"] if r else None))
