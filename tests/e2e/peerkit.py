@@ -55,6 +55,27 @@ def start_sink(tmp: Path, count: int, tls: bool) -> tuple[subprocess.Popen, int]
     return p, port
 
 
+def wait_drained(proc: PeerProcess, sink: subprocess.Popen, sink_s: float = 60.0, drain_s: float = 30.0) -> bool:
+    """Wait for the sink to have counted its messages (it exits), then for the peer's queue to
+    drain; True when it did."""
+    try:
+        sink.wait(sink_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(sink.pid, signal.SIGTERM)
+        sink.wait(30)
+    deadline = time.monotonic() + drain_s
+    while not proc.drained() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return proc.drained()
+
+
+def stop_all(proc: PeerProcess, sink: subprocess.Popen) -> None:
+    proc.stop()
+    if sink.poll() is None:
+        os.killpg(sink.pid, signal.SIGTERM)
+        sink.wait(30)
+
+
 def relay_burst(name: str, tmp: Path, messages: int = 20, starttls: bool = False, size: int = 1024) -> dict:
     """Send `messages` through the peer into the sink; return {"send", "sink", "drained", "cpu_s",
     "memory_bytes"}. Fails (assert) on anything lost or damaged."""
@@ -68,22 +89,10 @@ def relay_burst(name: str, tmp: Path, messages: int = 20, starttls: bool = False
         try:
             sent = run_send(f"127.0.0.1:{run.port}", messages=messages, size=size, sessions=4,
                             starttls=starttls, workers=1, timeout=30)
-            try:
-                sink.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(sink.pid, signal.SIGTERM)
-                sink.wait(30)
-            deadline = time.monotonic() + 30
-            drained = proc.drained()
-            while not drained and time.monotonic() < deadline:
-                time.sleep(0.2)
-                drained = proc.drained()
+            drained = wait_drained(proc, sink)
             cpu, mem = proc.cpu(), proc.memory()
         finally:
-            proc.stop()
-            if sink.poll() is None:
-                os.killpg(sink.pid, signal.SIGTERM)
-                sink.wait(30)
+            stop_all(proc, sink)
     got = json.loads((tmp / "sink.json").read_text())
     assert sent["messages"] == messages, (sent, (tmp / f"{name}.log").read_text(errors="replace")[-2000:])
     assert got["messages"] == messages and got["integrity_errors"] == 0, got

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from peerkit import free_port, ready_peer, relay_burst, start_sink
+from peerkit import free_port, ready_peer, relay_burst, start_sink, stop_all, wait_drained
 
 from mta.bench import peers
 from mta.bench.peers import opensmtpd_ns
@@ -76,16 +76,9 @@ def test_uses_starttls_outbound_when_the_sink_offers_it_and_offers_none_inbound(
                 # Debian's 6.8.0p2 cannot finish a server-side handshake under OpenSSL 3
                 assert not c.has_extn("starttls")
             sent = run_send(f"127.0.0.1:{run.port}", messages=10, sessions=2, workers=1, timeout=30)
-            sink.wait(60)
-            deadline = time.monotonic() + 30
-            while not proc.drained() and time.monotonic() < deadline:
-                time.sleep(0.2)
-            drained = proc.drained()
+            drained = wait_drained(proc, sink)
         finally:
-            proc.stop()
-            if sink.poll() is None:
-                os.killpg(sink.pid, signal.SIGTERM)
-                sink.wait(30)
+            stop_all(proc, sink)
     got = json.loads((tmp_path / "sink.json").read_text())
     assert sent["messages"] == 10 and got["messages"] == 10 and got["integrity_errors"] == 0, (sent, got)
     assert drained
@@ -119,16 +112,9 @@ def test_takes_300_messages_from_50_sessions(tmp_path):
                 time.sleep(0.05)  # the wrapper's helper raises it just after smtpd listens
             backlog = listen_backlog(run.port)
             sent = run_send(f"127.0.0.1:{run.port}", messages=300, sessions=50, workers=1, timeout=20)
-            sink.wait(30)
-            deadline = time.monotonic() + 30
-            while not proc.drained() and time.monotonic() < deadline:
-                time.sleep(0.1)
-            drained = proc.drained()
+            drained = wait_drained(proc, sink)
         finally:
-            proc.stop()
-            if sink.poll() is None:
-                os.killpg(sink.pid, signal.SIGTERM)
-                sink.wait(30)
+            stop_all(proc, sink)
     got = json.loads((tmp_path / "sink.json").read_text())
     assert sent["messages"] == 300 and not sent["errors"], sent
     assert got["messages"] == 300 and got["integrity_errors"] == 0, got
