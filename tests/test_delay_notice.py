@@ -181,6 +181,15 @@ class DelayHarness(Harness):
         self.queue.kick()
         await self.settle()
 
+    async def wait_dsns(self, n: int, timeout: float = 10.0) -> int:
+        """How many DSNs went out, once at least `n` have (or at the timeout): a notice is
+        spooled, then started a loop turn later, so the queue can look idle in between."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while len(self.wire.dsns) < n and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        await self.settle()
+        return len(self.wire.dsns)
+
 
 def dsn_rows(raw: bytes) -> list[tuple[str, str, str]]:
     m = parse(raw)
@@ -250,7 +259,7 @@ def test_the_flag_survives_a_restart(tmp_path):
             qid = await h.spool("s@example.test", [("busy@example.test", None)])
             await h.settle()
             await h.retry(4 * HOUR)
-            return qid, len(h.wire.dsns), h.clock.wall
+            return qid, await h.wait_dsns(1), h.clock.wall
 
     async def second(wall):
         async with DelayHarness(tmp_path, {"busy": (451, "4.3.0")}) as h:
