@@ -346,19 +346,36 @@ def test_the_spooled_lane_leaves_what_the_general_path_leaves(tmp_path, name):
     assert fast == slow
 
 
+RACED = object()
+
+
+def _in_lane(tmp_path, main, tries: int = 3):
+    """main(directory) until its fresh messages all took the spooled lane, a precondition of
+    these tests rather than what they test: the queue's scheduler may start a message that
+    became durable a loop turn before on_durable hands it to the lane (both ways deliver it;
+    CI saw it about once in 8 runs). main returns RACED when that happened."""
+    for k in range(tries):
+        got = uvloop.run(main(str(tmp_path / f"try{k}")))
+        if got is not RACED:
+            return got
+    pytest.fail(f"the scheduler took the fresh messages before the spooled lane {tries} times in a row")
+
+
 def test_spooled_jobs_logged_by_the_agent_are_deleted_as_one_group(tmp_path):
     """Jobs of one answer frame, all delivered and logged by the agent: one DELETE group
     (one sync, one completion) for them; each leaves the spool and the queue's window. A
     message deleted meanwhile (by an admin) is reported and does not hold up the others."""
-    async def main():
-        srv = await _server(str(tmp_path))
+    async def main(directory):
+        srv = await _server(directory)
         try:
             peer = _use(srv, SpooledPeer(asyncio.get_running_loop(), srv.spool, {}, logs=True))
             qids = [_submit(srv, [f"r{i}@example.test"], from_session=True) for i in range(6)]
             deadline = time.monotonic() + 10
             while len(peer.frame) < 6 and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
-            assert sorted(peer.frame) == sorted(qids) and srv.queue.active == set(qids)
+            if sorted(peer.frame) != sorted(qids):
+                return RACED
+            assert srv.queue.active == set(qids)
             await srv.spool.delete(qids[2])  # before its group's DELETE: unknown by then
             before = srv.spool.stats()["syncs"]
             peer.answer_frame()
@@ -368,7 +385,7 @@ def test_spooled_jobs_logged_by_the_agent_are_deleted_as_one_group(tmp_path):
                     srv.spool.stats()["syncs"] - before, dict(srv.queue._backoff))
         finally:
             await srv.stop()
-    left, active, syncs, backoff = uvloop.run(main())
+    left, active, syncs, backoff = _in_lane(tmp_path, main)
     assert left == [None] * 6 and active == set()
     assert syncs == 1  # the five DELETE records of the group share one sync
     assert len(backoff) == 1  # the one deleted meanwhile is reported as a failed attempt
@@ -382,8 +399,9 @@ def test_on_delivered_hooks_keep_the_spooled_lane_and_hear_the_agents_replies(tm
 
     heard = []
 
-    async def main():
-        srv = await _server(str(tmp_path))
+    async def main(directory):
+        heard.clear()
+        srv = await _server(directory)
         try:
             srv.queue.hooks = Chain([Entry("p", {"on_delivered": heard.append})])
             srv.queue.transports.smtp.report = True
@@ -393,6 +411,8 @@ def test_on_delivered_hooks_keep_the_spooled_lane_and_hear_the_agents_replies(tm
             deadline = time.monotonic() + 10
             while len(peer.frame) < 3 and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
+            if sorted(peer.frame) != sorted(qids):
+                return RACED
             assert heard == []
             peer.answer_frame()
             while (srv.queue.active or len(heard) < 3) and time.monotonic() < deadline:
@@ -400,7 +420,7 @@ def test_on_delivered_hooks_keep_the_spooled_lane_and_hear_the_agents_replies(tm
             return qids, peer.calls, [srv.spool.get(q) for q in qids]
         finally:
             await srv.stop()
-    qids, calls, left = uvloop.run(main())
+    qids, calls, left = _in_lane(tmp_path, main)
     assert calls == ["spooled"] * 3 and left == [None] * 3
     assert sorted((e.queue_id, e.recipient, e.reply.code, e.attempt) for e in heard) == sorted(
         (q, f"r{i}@example.test", 250, 1) for i, q in enumerate(qids))
