@@ -611,9 +611,10 @@ def test_redis_killed_and_restarted(cluster, sink):
     # connections opened in between may stay open past the return (an idle one up to its
     # idle timeout), but none opened after it finds the limit reached.
     assert sink.max_at_opening(SITES["rate"], since=back) <= 3
-    # Windows from half a second after the return: a message admitted under the fallback
-    # limits just before it (at most one per open connection) may reach the sink just after.
-    assert sink.max_in_window("rate.test", 2.0, start=back + 0.5) <= 2 * 50 + 25
+    # Windows from a second after the return: a message admitted under the fallback limits
+    # just before it (at most one per open connection) may reach the sink just after, and on
+    # a loaded machine "just after" was seen to reach past half a second (128 against 125).
+    assert sink.max_in_window("rate.test", 2.0, start=back + 1.0) <= 2 * 50 + 25
     for n in nodes:
         text = n.srv.log()
         down = [ln for ln in text.splitlines() if "unreachable" in ln and "redis" in ln]
