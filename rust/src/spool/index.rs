@@ -196,6 +196,30 @@ impl Index {
         out
     }
 
+    /// Live messages in log order (segments by number, messages by position), from
+    /// `cursor` (0: the start; else a value this returned), at most `limit`; and the
+    /// cursor after them (None: the end). A cursor is `segment << 32 | position` in the
+    /// segment's list, so paging needs no copy of the queue: a page costs its own size.
+    pub fn page(&self, cursor: u64, limit: usize) -> (Vec<Entry>, Option<u64>) {
+        let (mut seq, mut pos) = (cursor >> 32, (cursor & 0xffff_ffff) as usize);
+        let mut out = Vec::with_capacity(limit.min(4096));
+        for (&s, info) in self.segs.range(seq..) {
+            if s != seq {
+                (seq, pos) = (s, 0);
+            }
+            while pos < info.msgs.len() {
+                if out.len() >= limit {
+                    return (out, Some(seq << 32 | pos as u64));
+                }
+                if let Some(e) = self.map.get(&*info.msgs[pos]).filter(|e| e.seq == s) {
+                    out.push(e.clone());
+                }
+                pos += 1;
+            }
+        }
+        (out, None)
+    }
+
     /// Earliest due time of any message that is not held (µs; 0 = due now).
     pub fn next_due(&self) -> Option<u64> {
         self.by_due.first().map(|(k, _)| *k)

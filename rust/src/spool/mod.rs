@@ -511,6 +511,11 @@ impl Spool {
         index::sorted(self.shared.index.lock().unwrap().entries().cloned().collect())
     }
 
+    /// A page of live messages in log order (`index::Index::page`).
+    pub fn page(&self, cursor: u64, limit: usize) -> (Vec<Entry>, Option<u64>) {
+        self.shared.index.lock().unwrap().page(cursor, limit)
+    }
+
     pub fn get(&self, queue_id: &str) -> Option<Entry> {
         self.shared.index.lock().unwrap().get(queue_id).cloned()
     }

@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 
 pub struct SpoolReader {
     root: PathBuf,
+    /// Shard indexes built for paging, one scan per shard per reader.
+    built: std::sync::Mutex<HashMap<u32, index::Index>>,
 }
 
 impl SpoolReader {
@@ -21,10 +23,10 @@ impl SpoolReader {
         if !root.is_dir() {
             return Err(io::Error::new(io::ErrorKind::NotFound, format!("no spool at {}", root.display())));
         }
-        Ok(SpoolReader { root: root.to_path_buf() })
+        Ok(SpoolReader { root: root.to_path_buf(), built: Default::default() })
     }
 
-    fn shards(&self) -> io::Result<Vec<u32>> {
+    pub fn shards(&self) -> io::Result<Vec<u32>> {
         let mut v = Vec::new();
         for ent in std::fs::read_dir(&self.root)? {
             let ent = ent?;
@@ -46,6 +48,17 @@ impl SpoolReader {
             all.extend(index::build(shard, &scans, &mut Vec::new()).into_map());
         }
         Ok(all)
+    }
+
+    /// A page of shard `shard`'s live messages in log order (`index::Index::page`). The
+    /// shard is scanned once per reader, at its first page: later pages see that scan.
+    pub fn page(&self, shard: u32, cursor: u64, limit: usize) -> io::Result<(Vec<Entry>, Option<u64>)> {
+        let mut built = self.built.lock().unwrap();
+        if !built.contains_key(&shard) {
+            let scans = index::scan_shard(&self.root.join(shard.to_string()))?;
+            built.insert(shard, index::build(shard, &scans, &mut Vec::new()));
+        }
+        Ok(built[&shard].page(cursor, limit))
     }
 
     pub fn list(&self) -> io::Result<Vec<Entry>> {
