@@ -505,6 +505,8 @@ class Spool:
         sync: bool = True,  # False only for benchmarks of the ceiling; never default
         sync_log: bool = False,  # tests: record each segment's length after each fdatasync in <shard>/synced.log
         copy_forward_percent: int = 25,  # copy a sealed segment's live messages forward below this fill; 0 = never
+        commit_delay: float = 0.0,  # seconds a submission may wait to share an fdatasync under load
+        active_limit: int = 20_000,  # envelopes of the newest arrivals kept in memory; the rest are read back
     ) -> None:
         """Creates root and root/<shard> with mode 0700; raises SpoolError if
         another process holds the shard's lock."""
@@ -558,9 +560,14 @@ class Spool:
         """Drain finished submissions; also clears notify_fd's readiness."""
     def inject_fault(self, kind: Literal["write", "sync"] | None, errno: int = 28) -> None:
         """Tests: make the next writes or syncs fail with errno (28 = ENOSPC, 5 = EIO); None clears."""
+    def gauges(self) -> tuple[int, int, float | None]:
+        """(messages, held ones, the oldest arrival or None): a walk of the index, no
+        envelope read (the metrics tick's queue gauges)."""
     def stats(self) -> dict[str, int]:
         """batches, syncs, messages, bytes, segments, failed_batches,
-        segments_deleted, messages_copied (compaction), queued_messages (index size);
+        segments_deleted, messages_copied (compaction), queued_messages (index size),
+        index_bytes (the index's own memory: slots, schedule, segment lists), hot_envelopes
+        (envelopes kept in memory, at most active_limit);
         for /metrics: sync_le_<seconds> (fdatasync latency, per bucket, not cumulative; the
         last "sync_le_+Inf"), sync_us_sum (their total in µs), batch_le_<n> (messages per
         successful batch, per bucket; the last "batch_le_+Inf")."""
@@ -638,7 +645,8 @@ class Spool:
         """Earliest time any message that is not held becomes due (0.0 when
         something is due already, e.g. a queued recipient); None if none."""
     def get(self, queue_id: str) -> Envelope | None:
-        """The current envelope (durable state) of one message."""
+        """The current envelope (durable state) of one message: from memory for the newest
+        arrivals, else read back from the spool (raises SpoolError if that read fails)."""
     def message_bytes(self, queue_id: str) -> bytes | None:
         """The stored message bytes (pread, GIL released; safe while the
         writer appends or compacts)."""

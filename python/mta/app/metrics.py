@@ -44,6 +44,10 @@ FAMILIES: dict[str, Family] = {
     "mta_queue_oldest_message_age_seconds": Family("gauge", "Age of the oldest message in the spool.", (), "max"),
     "mta_spool_syncs": Family("counter", "Spool syncs (fdatasync of a batch of records)."),
     "mta_spool_failed_batches": Family("counter", "Spool batches whose write or sync failed."),
+    "mta_spool_index_bytes": Family("gauge", "Memory of the queue index (a slot per queued message, the due "
+                                             "schedule, segment lists), counted from its capacities."),
+    "mta_spool_kept_envelopes": Family("gauge", "Envelopes kept in memory (the newest arrivals, at most "
+                                                "spool.active_limit); the others are read back when due."),
     "mta_spool_sync_seconds": Family("histogram", "Time of each spool fdatasync."),
     "mta_spool_batch_messages": Family("histogram", "Messages per spool batch (one sync each)."),
     "mta_deliveries_by_site": Family("counter", "Recipient outcomes by destination (the top sites by volume; "
@@ -172,7 +176,9 @@ def spool_series(st: dict) -> list[Series]:
     """The spool's stats() (rust/src/spool: syncs, failed batches, and the buckets of
     sync_le_<seconds> and batch_le_<messages>, not cumulative) as series."""
     out: list[Series] = [["mta_spool_syncs", {}, int(st.get("syncs", 0))],
-                         ["mta_spool_failed_batches", {}, int(st.get("failed_batches", 0))]]
+                         ["mta_spool_failed_batches", {}, int(st.get("failed_batches", 0))],
+                         ["mta_spool_index_bytes", {}, int(st.get("index_bytes", 0))],
+                         ["mta_spool_kept_envelopes", {}, int(st.get("hot_envelopes", 0))]]
     # The sums: microseconds of sync time; messages in batches (each counted in one bucket).
     sums = {"sync_le_": st.get("sync_us_sum", 0) / 1e6, "batch_le_": float(st.get("messages", 0))}
     for name, prefix in (("mta_spool_sync_seconds", "sync_le_"), ("mta_spool_batch_messages", "batch_le_")):

@@ -80,6 +80,12 @@ class SpoolConfig:
                               "to this long for others to share its fdatasync (16 waiting end the "
                               "wait at once); an idle spool, or one client alone, syncs at once. "
                               "0 syncs every batch at once.")
+    active_limit: int = opt(20000, Int(min=0),
+                            "Envelopes of the newest arrivals kept in memory, as Postfix's "
+                            "qmgr_message_active_limit: a message's first attempt reads its envelope "
+                            "from there. Every other queued message costs about 150 bytes of index, "
+                            "and its envelope is read back from the spool when it is due. "
+                            "0 keeps none.")
 
 
 @dataclass(frozen=True)

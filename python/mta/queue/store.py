@@ -35,6 +35,7 @@ class SpoolService:
                 max_header_size=max_header_size,
                 sync=cfg.sync,
                 commit_delay=cfg.commit_delay,
+                active_limit=cfg.active_limit,
                 sync_log=os.environ.get("MTA_TEST_SYNC_LOG") == "1",
             )
         except _native.SpoolError as e:
@@ -55,6 +56,7 @@ class SpoolService:
         self.due = self.spool.due  # (now, limit) -> queue ids with a recipient due
         self.next_due = self.spool.next_due  # -> the earliest time one is due, or None
         self.list = self.spool.list  # -> every envelope
+        self.gauges = self.spool.gauges  # -> (messages, held ones, the oldest arrival): no envelope read
         # The delivery agent's job encoder (fresh messages' jobs made in Rust from the entry).
         self.encode_jobs = self.spool.encode_jobs
         self._fault_file = os.environ.get("MTA_TEST_FAULT_FILE")

@@ -297,7 +297,7 @@ impl PySpool {
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (root, shard = 0, *, segment_size = 64 * 1024 * 1024, spill_threshold = 1024 * 1024,
                         max_header_size = 1024 * 1024, sync = true, sync_log = false, copy_forward_percent = 25,
-                        commit_delay = 0.0))]
+                        commit_delay = 0.0, active_limit = 20_000))]
     fn new(
         py: Python<'_>,
         root: PathBuf,
@@ -309,6 +309,7 @@ impl PySpool {
         sync_log: bool,
         copy_forward_percent: u64,
         commit_delay: f64,
+        active_limit: usize,
     ) -> PyResult<Self> {
         if copy_forward_percent > 100 {
             return Err(PyValueError::new_err("copy_forward_percent must be 0..100"));
@@ -317,7 +318,7 @@ impl PySpool {
             return Err(PyValueError::new_err("commit_delay must be 0..1 seconds"));
         }
         let commit_delay = std::time::Duration::from_secs_f64(commit_delay);
-        let cfg = Config { segment_size, spill_threshold, max_header_size, sync, sync_log, copy_forward_percent, commit_delay };
+        let cfg = Config { segment_size, spill_threshold, max_header_size, sync, sync_log, copy_forward_percent, commit_delay, active_limit };
         py.detach(|| Spool::open(&root, shard, cfg)).map(PySpool).map_err(spool_err)
     }
     #[getter]
@@ -386,7 +387,7 @@ impl PySpool {
         let arrival_us = arrival.map_or_else(now_us, |t| (t * 1e6) as u64);
         let env = Envelope { queue_id, arrival_us, sender, recipients: rcpts, body, smtputf8, ret, envid, helo, client_ip, held, notes, delay_warned: false };
         if let Some(about) = &delay_notice_for {
-            if self.0.get(about).is_none() {
+            if !self.0.contains(about) {
                 return Err(PyValueError::new_err(format!("unknown queue id {about:?}")));
             }
         }
@@ -416,11 +417,16 @@ impl PySpool {
         self.0.inject_fault(k);
         Ok(())
     }
+    /// (messages, held ones, the oldest arrival or None): the queue gauges, no envelope read.
+    fn gauges(&self, py: Python<'_>) -> (usize, usize, Option<f64>) {
+        let (n, held, oldest) = py.detach(|| self.0.gauges());
+        (n, held, oldest.map(us_to_secs))
+    }
     fn stats(&self) -> std::collections::HashMap<&'static str, u64> {
         self.0.stats().into_iter().collect()
     }
-    fn list(&self, py: Python<'_>) -> Vec<PyEnvelope> {
-        envelopes(py.detach(|| self.0.list()))
+    fn list(&self, py: Python<'_>) -> PyResult<Vec<PyEnvelope>> {
+        py.detach(|| self.0.list()).map(envelopes).map_err(spool_err)
     }
     /// Each change a 5-tuple (route None) or a 6-tuple whose last item is the route.
     #[pyo3(signature = (token, queue_id, changes, events = None))]
@@ -501,8 +507,8 @@ impl PySpool {
     fn next_due(&self) -> Option<f64> {
         self.0.next_due().map(us_to_secs)
     }
-    fn get(&self, queue_id: &str) -> Option<PyEnvelope> {
-        self.0.get(queue_id).map(PyEnvelope)
+    fn get(&self, queue_id: &str) -> PyResult<Option<PyEnvelope>> {
+        self.0.get(queue_id).map(|e| e.map(PyEnvelope)).map_err(spool_err)
     }
     fn message_bytes<'py>(&self, py: Python<'py>, queue_id: &str) -> PyResult<Option<Bound<'py, PyBytes>>> {
         let v = py.detach(|| self.0.message_bytes(queue_id)).map_err(spool_err)?;
@@ -518,7 +524,7 @@ impl PySpool {
             let mut items = Vec::with_capacity(jobs.len());
             let mut left = Vec::new();
             for (job, qid, head) in &jobs {
-                let Some(e) = self.0.get(qid).filter(frames::fresh) else {
+                let Some(e) = self.0.get(qid).ok().flatten().filter(frames::fresh) else {
                     left.push(*job);
                     continue;
                 };
@@ -549,7 +555,7 @@ impl PySpool {
     }
     /// Where a message is stored, for reading it a block at a time; None: gone.
     fn locate(&self, queue_id: &str) -> Option<PyStoredMessage> {
-        self.0.get(queue_id).map(|e| PyStoredMessage(Location::of(&spool_dir(&self.0), &e)))
+        self.0.get(queue_id).ok().flatten().map(|e| PyStoredMessage(Location::of(&spool_dir(&self.0), &e)))
     }
     /// Keep messages just made durable in memory a moment, for encode_jobs (see the stub).
     fn keep_fresh(&self, on: bool) {

@@ -3,7 +3,7 @@
 //! Invariant: copies and carried records are synced before the old segment is unlinked.
 
 use super::events::{self, Event};
-use super::index::Entry;
+use super::index::{Entry, DELETED};
 use super::record::{self, Envelope, Kind, RcptChange, StateChange};
 use super::segment::segment_name;
 use super::writer::{Loc, Src, Touched, Writer};
@@ -48,11 +48,13 @@ impl Writer {
         if s.live > 0 || s.events > 0 {
             let mut items = Vec::new();
             let mut bytes = 0;
-            for q in &s.msgs {
-                match ix.get(q) {
-                    Some(e) if e.seq == seq => {
-                        items.push((e.envelope.clone(), e.data_offset, e.size));
-                        bytes += e.len;
+            for &k in &s.msgs {
+                match ix.slot(k) {
+                    Some(sl) if sl.seq == seq => {
+                        // Unreadable now: left where it is (its segment stays).
+                        let Ok(Some(env)) = ix.envelope_of(k) else { continue };
+                        items.push((env, sl.data_offset(), sl.size()));
+                        bytes += sl.len;
                         if bytes >= COMPACT_STEP_BYTES {
                             break;
                         }
@@ -67,21 +69,26 @@ impl Writer {
         let mut seen = HashSet::new();
         let (mut states, mut deletes) = (Vec::new(), Vec::new());
         let now = super::now_us();
-        for (q, del) in &s.refs {
-            if !seen.insert((&**q, *del)) {
+        for &r in &s.refs {
+            if !seen.insert(r) {
                 continue;
             }
-            match ix.get(q) {
+            let (k, del) = (r & !DELETED, r & DELETED != 0);
+            match ix.slot(k) {
                 // A STATE record newer than the message's MESSAGE record: keep its effect.
-                Some(e) if !*del && e.seq < seq => states.push(StateChange {
-                    queue_id: q.to_string(),
-                    time_us: now,
-                    hold: Some(e.envelope.held),
-                    delay_warned: e.envelope.delay_warned,
-                    changes: e.envelope.recipients.iter().enumerate().map(|(i, r)| RcptChange::of(i as u32, r)).collect(),
-                }),
+                Some(sl) if !del && sl.seq < seq => {
+                    // Unreadable now: the segment stays until it can be carried.
+                    let Ok(Some(env)) = ix.envelope_of(k) else { return None };
+                    states.push(StateChange {
+                        queue_id: ix.name(k),
+                        time_us: now,
+                        hold: Some(env.held),
+                        delay_warned: env.delay_warned,
+                        changes: env.recipients.iter().enumerate().map(|(i, r)| RcptChange::of(i as u32, r)).collect(),
+                    })
+                }
                 // A DELETE record while an older copy of the message is still on disk.
-                None if *del && ix.has_other_copy(q, seq) => deletes.push(q.to_string()),
+                None if del && ix.has_other_copy(k, seq) => deletes.push(ix.name(k)),
                 _ => {}
             }
         }
@@ -126,7 +133,7 @@ impl Writer {
                         data_offset: loc.data_offset,
                         size,
                         envelope,
-                    });
+                    }, false);
                 }
                 // An event pruned meanwhile (Spool::set_event_names) stays pruned.
                 let floor = ix.events.floor();
@@ -139,7 +146,8 @@ impl Writer {
             Plan::Delete(seq, states, deletes, _, acks) => {
                 let mut locs = locs.into_iter();
                 for sc in &states {
-                    ix.apply_state(locs.next().unwrap().seq, sc);
+                    let loc = locs.next().unwrap();
+                    ix.apply_state(loc.seq, loc.offset, loc.len, sc);
                 }
                 for q in &deletes {
                     ix.apply_delete(locs.next().unwrap().seq, q);

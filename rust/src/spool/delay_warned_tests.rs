@@ -14,7 +14,7 @@ fn notice(sp: &Spool, token: u64, about: &str) -> String {
 }
 
 fn warned(sp: &Spool, q: &str) -> bool {
-    sp.get(q).unwrap().envelope.delay_warned
+    sp.get(q).unwrap().unwrap().envelope.delay_warned
 }
 
 #[test]
@@ -42,7 +42,7 @@ fn flag_set_replayed_and_never_cleared() {
     let sp = Spool::open(d.path(), 0, cfg()).unwrap();
     assert!(!sp.recovery_report().iter().any(|l| l.contains("undecodable") || l.contains("corrupt")), "{:?}", sp.recovery_report());
     assert!(warned(&sp, &a) && !warned(&sp, &b));
-    let e = sp.get(&a).unwrap().envelope;
+    let e = sp.get(&a).unwrap().unwrap().envelope;
     assert_eq!((e.held, e.recipients[0].state), (false, record::STATE_DEFERRED));
 }
 
@@ -60,7 +60,7 @@ fn notice_and_flag_in_one_batch() {
         assert_eq!(got, vec![(2, None)], "one completion, the notice's token");
         assert_eq!(stat(&sp, "batches"), batches + 1, "the flag and the notice share one batch");
         assert!(warned(&sp, &a));
-        let e = sp.get(&n).unwrap().envelope;
+        let e = sp.get(&n).unwrap().unwrap().envelope;
         assert!(!e.delay_warned && e.sender.is_empty());
         assert_eq!(sp.message_bytes(&n).unwrap().unwrap(), b"Subject: Delayed Mail\r\n\r\nstill trying\r\n");
         // About an unknown message: refused at call time, nothing queued.
@@ -71,8 +71,8 @@ fn notice_and_flag_in_one_batch() {
     }
     let sp = Spool::open(d.path(), 0, cfg()).unwrap();
     assert!(warned(&sp, &a));
-    assert_eq!(sp.list().len(), 2);
-    assert!(sp.get(&n).is_some());
+    assert_eq!(sp.list().unwrap().len(), 2);
+    assert!(sp.get(&n).unwrap().is_some());
 }
 
 /// A failed batch fails both: neither the flag nor the notice is kept.
@@ -87,11 +87,11 @@ fn notice_and_flag_fail_together() {
     let got = wait(&sp, 1);
     assert!(got[0].1.is_some(), "{got:?}");
     sp.inject_fault(None);
-    assert!(!warned(&sp, &a) && sp.get(&n).is_none());
+    assert!(!warned(&sp, &a) && sp.get(&n).unwrap().is_none());
     sp.close();
     drop(sp);
     let sp = Spool::open(d.path(), 0, cfg()).unwrap();
-    assert!(!warned(&sp, &a) && sp.get(&n).is_none());
+    assert!(!warned(&sp, &a) && sp.get(&n).unwrap().is_none());
 }
 
 /// Compaction keeps the flag: in a state snapshot when the segment with the STATE
@@ -103,10 +103,10 @@ fn compaction_carries_the_flag() {
     let sp = Spool::open(d.path(), 0, c.clone()).unwrap();
     let a = submit_env(&sp, 1, env2(&sp.new_queue_id(), now_us()), &body(1, 5000));
     ok(&sp, 1);
-    let seg_a = sp.get(&a).unwrap().seq;
+    let seg_a = sp.get(&a).unwrap().unwrap().seq;
     let f1 = submit(&sp, 2, &body(2, 6000)); // rolls to the next segment
     ok(&sp, 1);
-    let seg2 = sp.get(&f1).unwrap().seq;
+    let seg2 = sp.get(&f1).unwrap().unwrap().seq;
     assert!(seg2 > seg_a);
     sp.delay_warned(3, &a).unwrap(); // its only STATE record, in segment 2
     ok(&sp, 1);
@@ -133,14 +133,14 @@ fn compaction_carries_the_flag() {
         ok(&sp, 1);
     }
     let keep = ids[1].clone();
-    let seg = sp.get(&keep).unwrap().seq;
+    let seg = sp.get(&keep).unwrap().unwrap().seq;
     sp.delay_warned(50, &keep).unwrap();
     ok(&sp, 1);
     for (i, q) in ids.iter().enumerate().filter(|(_, q)| **q != keep) {
         sp.delete(100 + i as u64, q).unwrap();
         ok(&sp, 1);
     }
-    wait_for("copied forward", || sp.get(&keep).unwrap().seq > seg && stat(&sp, "messages_copied") >= 1);
+    wait_for("copied forward", || sp.get(&keep).unwrap().unwrap().seq > seg && stat(&sp, "messages_copied") >= 1);
     wait_for("old segments deleted", || !d.path().join("0/segments").join(segment::segment_name(seg)).exists());
     assert!(warned(&sp, &keep));
     sp.close();

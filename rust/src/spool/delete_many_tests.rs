@@ -30,7 +30,7 @@ fn one_token_one_sync_for_the_group_and_unknown_ids_returned() {
         std::thread::sleep(Duration::from_millis(50));
         assert!(sp.completions().is_empty(), "the group's other records complete nobody");
         assert_eq!(stat(&sp, "syncs") - s0, 1, "the group's records share one sync");
-        assert!(qids[..10].iter().all(|q| sp.get(q).is_none()), "completed only once durable and indexed");
+        assert!(qids[..10].iter().all(|q| sp.get(q).unwrap().is_none()), "completed only once durable and indexed");
         kept = qids[10..].to_vec();
         gone = qids[..10].to_vec();
         // None known: nothing queued, the token never completes.
@@ -42,12 +42,12 @@ fn one_token_one_sync_for_the_group_and_unknown_ids_returned() {
         assert!(sp.delete_many(503, &[kept[0].as_str()]).is_err(), "a closed spool refuses");
     }
     let sp = Spool::open(d.path(), 0, Config::default()).unwrap();
-    let mut left: Vec<String> = sp.list().into_iter().map(|e| e.envelope.queue_id).collect();
+    let mut left: Vec<String> = sp.list().unwrap().into_iter().map(|e| e.envelope.queue_id).collect();
     left.sort();
     let mut want = kept.clone();
     want.sort();
     assert_eq!(left, want, "the group's deletes are durable after a restart");
-    assert!(gone.iter().all(|q| sp.get(q).is_none()));
+    assert!(gone.iter().all(|q| sp.get(q).unwrap().is_none()));
 }
 
 #[test]
@@ -63,5 +63,5 @@ fn a_failed_sync_fails_the_group_by_its_token() {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].0, 9);
     assert!(got[0].1.as_deref().is_some_and(|e| e.contains("spool write failed")), "{got:?}");
-    assert!(qids.iter().all(|q| sp.get(q).is_some()), "nothing deleted when the sync failed");
+    assert!(qids.iter().all(|q| sp.get(q).unwrap().is_some()), "nothing deleted when the sync failed");
 }

@@ -40,7 +40,7 @@ fn events_ride_with_their_cause_and_recover() {
     assert_eq!(sp.event_cursor("w"), 2);
     let evs = sp.events_after("w", 10);
     assert_eq!(evs.iter().map(|e| e.id.clone()).collect::<Vec<_>>(), ids[2..].to_vec());
-    assert_eq!(sp.get(&q).unwrap().envelope.recipients[0].state, record::STATE_DEFERRED);
+    assert_eq!(sp.get(&q).unwrap().unwrap().envelope.recipients[0].state, record::STATE_DEFERRED);
     // seq goes on after the largest one recovered; the delete carries its event.
     sp.delete_many_with_events(6, &[&q], &j("bounced")).unwrap();
     ok(&sp, 1);

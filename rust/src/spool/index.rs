@@ -1,30 +1,23 @@
-//! The in-memory index (queue id → where the message is, its envelope), rebuilt
-//! from a scan of a shard's segments. Shared by recovery and SpoolReader, so
-//! both read the log the same way; acting on damage is the caller's job.
+//! The in-memory index of one shard: per queued message a `Slot` (where its records are,
+//! its due time and flags, ~100 bytes with the schedule), envelopes read back from the
+//! spool on demand, and the newest arrivals' envelopes kept (`hot`, bounded). Rebuilt at
+//! open by replaying the log; every change goes through the methods below, so the
+//! schedule never drifts from the slots.
+use super::entry::{self, Files, Key, Keys, Slot, HELD, NEVER, OVERLAY, WARNED};
+pub use super::entry::{read_message, read_message_at, sorted, Entry};
 use super::events::{self, Event, EventLog};
-use super::record::{self, Envelope, Kind};
+use super::record::{self, Envelope, Kind, RcptChange};
 use super::segment::{self, SegScan, SEG_HDR};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::io;
 use std::path::Path;
 
-#[derive(Clone, Debug)]
-pub struct Entry {
-    pub shard: u32,
-    pub seq: u64,
-    /// Offset and length of the whole record in its segment.
-    pub offset: u64,
-    pub len: u64,
-    /// Offset of the message bytes, and their length (our prefix included).
-    pub data_offset: u64,
-    pub size: u64,
-    pub envelope: Envelope,
-}
-
-/// Scan every segment of a shard, oldest first in the result. A segment
-/// removed by compaction while scanning (readers run beside the writer)
-/// restarts the scan: its live messages were copied forward and synced before
-/// the unlink, possibly into a segment this scan had already passed.
+/// Scan every segment of a shard, oldest first in the result, keeping of the records
+/// only the SEGMENT_END markers (`build` reads the segments again, one record at a time,
+/// so a shard of millions of messages never has its records in memory at once). A
+/// segment removed by compaction while scanning (readers run beside the writer)
+/// restarts the scan: its live messages were copied forward and synced before the
+/// unlink, possibly into a segment this scan had already passed.
 pub fn scan_shard(shard_dir: &Path) -> io::Result<Vec<SegScan>> {
     let mut tries = 0;
     loop {
@@ -48,13 +41,22 @@ fn scan_shard_once(shard_dir: &Path) -> io::Result<Option<Vec<SegScan>>> {
             // Created by a batch that failed: nothing in it counts.
             SegScan { seq: *seq, path: path.clone(), end: 0, ..Default::default() }
         } else {
-            match segment::scan_segment(path, *seq, limit) {
-                Ok(s) => s,
+            let mut markers = Vec::new();
+            let keep = &mut |r: segment::Scanned| {
+                if r.kind == Kind::SegmentEnd {
+                    markers.push(r)
+                }
+            };
+            match segment::scan_segment_with(path, *seq, limit, keep) {
+                Ok(mut s) => {
+                    s.records = markers;
+                    s
+                }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None), // removed meanwhile (reader)
                 Err(e) => return Err(e),
             }
         };
-        for r in s.records.iter().filter(|r| r.kind == Kind::SegmentEnd) {
+        for r in &s.records {
             if let Ok((old, len)) = record::decode_segment_end(&r.meta) {
                 let l = limits.entry(old).or_insert(len);
                 *l = (*l).min(len);
@@ -74,10 +76,10 @@ pub struct SegInfo {
     /// Live messages whose current MESSAGE record is here, and their record bytes.
     pub live: u64,
     pub live_bytes: u64,
-    /// Queue ids with a MESSAGE record here (live, superseded or deleted).
-    pub msgs: Vec<Box<str>>,
-    /// Queue ids with a STATE (false) or DELETE (true) record here.
-    pub refs: Vec<(Box<str>, bool)>,
+    /// Messages with a MESSAGE record here (live, superseded or deleted), in log order.
+    pub msgs: Vec<Key>,
+    /// Messages with a STATE record here, `| DELETED` for a DELETE record.
+    pub refs: Vec<Key>,
     /// SEGMENT_END records here: (segment, valid length).
     pub markers: Vec<(u64, u64)>,
     /// Holds a record that passed its CRC but could not be decoded (reported
@@ -88,27 +90,68 @@ pub struct SegInfo {
     pub event_bytes: u64,
 }
 
+/// In `SegInfo::refs`: the record is a DELETE.
+pub const DELETED: Key = 1 << 63;
+
+/// Envelopes kept in memory by default (the newest arrivals): Postfix's
+/// qmgr_message_active_limit.
+pub const HOT_LIMIT: usize = 20_000;
+
 /// The in-memory index of one shard: messages, the due schedule, and the
-/// segment bookkeeping compaction uses. Every change goes through the methods
-/// below so the schedule never drifts from the envelopes.
+/// segment bookkeeping compaction uses.
 #[derive(Debug, Default)]
 pub struct Index {
     pub shard: u32,
-    map: HashMap<String, Entry>,
-    /// (due time in µs, queue id) of every message that is not held and has a
+    keys: Keys,
+    files: Files,
+    map: HashMap<Key, Slot, BuildKeyHasher>,
+    /// Recipient changes of partial STATE records (written by older binaries) after a
+    /// message's newest snapshot; the next snapshot replaces them.
+    overlay: HashMap<Key, Vec<RcptChange>>,
+    /// (due time in µs, key) of every message that is not held and has a
     /// recipient queued (due at 0) or deferred (due at its next_attempt).
-    by_due: BTreeSet<(u64, String)>,
-    /// (arrival µs, queue id) of the messages of `by_due` due at or before
+    by_due: BTreeSet<(u64, Key)>,
+    /// (arrival µs, key) of the messages of `by_due` due at or before
     /// `watermark`: `due()` answers oldest arrival first without a scan.
-    ready: BTreeSet<(u64, String)>,
+    ready: BTreeSet<(u64, Key)>,
     watermark: u64,
+    /// Envelopes of the newest arrivals (a message's first attempt reads it from here),
+    /// at most `hot_limit`, the oldest let go first.
+    hot: HashMap<Key, Envelope, BuildKeyHasher>,
+    hot_order: VecDeque<Key>,
+    pub hot_limit: usize,
     pub segs: BTreeMap<u64, SegInfo>,
-    /// Queue id → segments other than its current one that hold a MESSAGE
+    /// Key → segments other than its current one that hold a MESSAGE
     /// record of it (superseded copies; every copy once deleted). A DELETE
     /// record matters while any of these segments exists.
-    pub copies: HashMap<String, Vec<u64>>,
+    pub copies: HashMap<Key, Vec<u64>>,
     /// Pending webhook events and cursors (spool/events.rs).
     pub events: EventLog,
+}
+
+/// Keys are microseconds (or small counters): one multiply spreads them over the table.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BuildKeyHasher;
+#[derive(Default)]
+pub struct KeyHasher(u64);
+impl std::hash::BuildHasher for BuildKeyHasher {
+    type Hasher = KeyHasher;
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher(0)
+    }
+}
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ *b as u64).wrapping_mul(0x100000001b3);
+        }
+    }
+    fn write_u64(&mut self, k: u64) {
+        self.0 = (k ^ (k >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(26);
+    }
 }
 
 /// When a message is next due: None if held or no recipient is waiting.
@@ -116,19 +159,13 @@ pub fn due_key(e: &Envelope) -> Option<u64> {
     if e.held {
         return None;
     }
-    e.recipients
-        .iter()
-        .filter_map(|r| match r.state {
-            record::STATE_QUEUED => Some(0),
-            record::STATE_DEFERRED => Some(r.next_attempt_us.unwrap_or(0)),
-            _ => None,
-        })
-        .min()
+    let d = entry::rdue_of(e.recipients.iter().map(|r| (r.state, r.next_attempt_us)));
+    (d != NEVER).then_some(d)
 }
 
 impl Index {
-    pub fn new(shard: u32) -> Index {
-        Index { shard, ..Default::default() }
+    pub fn new(shard: u32, shard_dir: &Path) -> Index {
+        Index { shard, keys: Keys::new(shard), files: Files::new(shard_dir), ..Default::default() }
     }
     pub fn len(&self) -> usize {
         self.map.len()
@@ -136,33 +173,78 @@ impl Index {
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
-    pub fn get(&self, qid: &str) -> Option<&Entry> {
-        self.map.get(qid)
+    pub fn contains(&self, qid: &str) -> bool {
+        self.keys.find(qid).is_some_and(|k| self.map.contains_key(&k))
     }
-    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
-        self.map.values()
+    /// The message's entry with its current envelope (read back unless kept in memory).
+    pub fn get(&self, qid: &str) -> io::Result<Option<Entry>> {
+        match self.keys.find(qid) {
+            Some(k) => self.entry(k),
+            None => Ok(None),
+        }
     }
-    pub fn into_map(self) -> HashMap<String, Entry> {
-        self.map
+    pub fn entry(&self, k: Key) -> io::Result<Option<Entry>> {
+        let Some(s) = self.map.get(&k) else { return Ok(None) };
+        let envelope = self.envelope(k, s)?;
+        Ok(Some(Entry { shard: self.shard, seq: s.seq, offset: s.offset, len: s.len, data_offset: s.data_offset(), size: s.size(), envelope }))
+    }
+    fn envelope(&self, k: Key, s: &Slot) -> io::Result<Envelope> {
+        match self.hot.get(&k) {
+            Some(e) => Ok(e.clone()),
+            None => entry::materialize(&self.files, s, self.overlay.get(&k)),
+        }
+    }
+    /// Every message's entry (tests and small tools: a page at a time is `page`).
+    pub fn entries(&self) -> io::Result<Vec<Entry>> {
+        let mut keys: Vec<Key> = self.map.keys().copied().collect();
+        keys.sort_unstable();
+        keys.into_iter().filter_map(|k| self.entry(k).transpose()).collect()
+    }
+    /// The newest microseconds of any queue id this shard made (ids stay unique after a restart).
+    pub fn last_micros(&self) -> u64 {
+        self.map.keys().filter(|k| *k & entry::ODD == 0).max().copied().unwrap_or(0)
+    }
+    pub fn name(&self, k: Key) -> String {
+        self.keys.name(k)
+    }
+    /// Heap bytes of the index proper (slots, schedule, segment lists; the kept envelopes
+    /// aside, see `hot_len`), counted from capacities: what a queued message costs.
+    pub fn index_bytes(&self) -> u64 {
+        let slot = std::mem::size_of::<(Key, Slot)>() as u64 + 1;
+        let tree = 2 * std::mem::size_of::<(u64, Key)>() as u64; // B-tree nodes run about half full
+        let lists: u64 = self.segs.values().map(|s| 8 * (s.msgs.capacity() + s.refs.capacity()) as u64).sum();
+        self.map.capacity() as u64 * slot + (self.by_due.len() + self.ready.len()) as u64 * tree + lists
+            + self.copies.len() as u64 * 64 + self.overlay.len() as u64 * 64
+    }
+    /// (messages, held ones, the oldest arrival in µs): a walk of the slots, no envelope read.
+    pub fn gauges(&self) -> (usize, usize, Option<u64>) {
+        let (mut held, mut oldest) = (0, None::<u64>);
+        for s in self.map.values() {
+            held += s.held() as usize;
+            oldest = Some(oldest.map_or(s.arrival_us, |o| o.min(s.arrival_us)));
+        }
+        (self.map.len(), held, oldest)
+    }
+    pub fn hot_len(&self) -> usize {
+        self.hot.len()
     }
 
-    fn unschedule(&mut self, qid: &str) {
-        if let Some(e) = self.map.get(qid) {
-            if let Some(k) = due_key(&e.envelope) {
-                let arrival = e.envelope.arrival_us;
-                self.by_due.remove(&(k, qid.to_string()));
-                if k <= self.watermark {
-                    self.ready.remove(&(arrival, qid.to_string()));
+    fn unschedule(&mut self, k: Key) {
+        if let Some(s) = self.map.get(&k) {
+            if let Some(d) = s.due() {
+                self.by_due.remove(&(d, k));
+                if d <= self.watermark {
+                    self.ready.remove(&(s.arrival_us, k));
                 }
             }
         }
     }
-    fn schedule(&mut self, qid: &str) {
-        if let Some(e) = self.map.get(qid) {
-            if let Some(k) = due_key(&e.envelope) {
-                self.by_due.insert((k, qid.to_string()));
-                if k <= self.watermark {
-                    self.ready.insert((e.envelope.arrival_us, qid.to_string()));
+    fn schedule(&mut self, k: Key) {
+        if let Some(s) = self.map.get(&k) {
+            if let Some(d) = s.due() {
+                self.by_due.insert((d, k));
+                if d <= self.watermark {
+                    self.ready.insert((s.arrival_us, k));
                 }
             }
         }
@@ -172,35 +254,47 @@ impl Index {
     /// Cost: the messages that became due since the last call, plus `limit`.
     pub fn due(&mut self, now_us: u64, limit: usize) -> Vec<String> {
         if now_us > self.watermark {
-            let from = (self.watermark + 1, String::new());
-            let newly: Vec<(u64, String)> = self
+            let from = (self.watermark + 1, 0);
+            let newly: Vec<(u64, Key)> = self
                 .by_due
                 .range(from..)
-                .take_while(|(k, _)| *k <= now_us)
-                .map(|(_, q)| (self.map[q].envelope.arrival_us, q.clone()))
+                .take_while(|(d, _)| *d <= now_us)
+                .map(|(_, k)| (self.map[k].arrival_us, *k))
                 .collect();
             self.ready.extend(newly);
             self.watermark = now_us;
         }
         let mut out = Vec::with_capacity(limit.min(self.ready.len()));
-        for (_, q) in &self.ready {
+        for (_, k) in &self.ready {
             if out.len() >= limit {
                 break;
             }
             // Only when called with an earlier `now` than before.
-            if now_us < self.watermark && !matches!(due_key(&self.map[q].envelope), Some(k) if k <= now_us) {
+            if now_us < self.watermark && !matches!(self.map[k].due(), Some(d) if d <= now_us) {
                 continue;
             }
-            out.push(q.clone());
+            out.push(self.keys.name(*k));
         }
         out
+    }
+
+    /// Earliest due time of any message that is not held (µs; 0 = due now).
+    pub fn next_due(&self) -> Option<u64> {
+        self.by_due.first().map(|(d, _)| *d)
     }
 
     /// Live messages in log order (segments by number, messages by position), from
     /// `cursor` (0: the start; else a value this returned), at most `limit`; and the
     /// cursor after them (None: the end). A cursor is `segment << 32 | position` in the
     /// segment's list, so paging needs no copy of the queue: a page costs its own size.
-    pub fn page(&self, cursor: u64, limit: usize) -> (Vec<Entry>, Option<u64>) {
+    pub fn page(&self, cursor: u64, limit: usize) -> io::Result<(Vec<Entry>, Option<u64>)> {
+        let (keys, next) = self.page_keys(cursor, limit);
+        let out = keys.into_iter().filter_map(|k| self.entry(k).transpose()).collect::<io::Result<Vec<_>>>()?;
+        Ok((out, next))
+    }
+
+    /// `page` as keys only.
+    pub fn page_keys(&self, cursor: u64, limit: usize) -> (Vec<Key>, Option<u64>) {
         let (mut seq, mut pos) = (cursor >> 32, (cursor & 0xffff_ffff) as usize);
         let mut out = Vec::with_capacity(limit.min(4096));
         for (&s, info) in self.segs.range(seq..) {
@@ -211,8 +305,9 @@ impl Index {
                 if out.len() >= limit {
                     return (out, Some(seq << 32 | pos as u64));
                 }
-                if let Some(e) = self.map.get(&*info.msgs[pos]).filter(|e| e.seq == s) {
-                    out.push(e.clone());
+                let k = info.msgs[pos];
+                if self.map.get(&k).is_some_and(|sl| sl.seq == s) {
+                    out.push(k);
                 }
                 pos += 1;
             }
@@ -220,79 +315,143 @@ impl Index {
         (out, None)
     }
 
-    /// Earliest due time of any message that is not held (µs; 0 = due now).
-    pub fn next_due(&self) -> Option<u64> {
-        self.by_due.first().map(|(k, _)| *k)
-    }
-
     pub fn note_segment(&mut self, seq: u64, size: u64) {
         self.segs.entry(seq).or_default().size = size;
     }
 
     /// A durable MESSAGE record (new, copied forward, or a duplicate found at
-    /// recovery: the newest in log order wins).
-    pub fn insert_message(&mut self, e: Entry) {
-        let qid = e.envelope.queue_id.clone();
-        self.unschedule(&qid);
-        if let Some(old) = self.map.remove(&qid) {
+    /// recovery: the newest in log order wins). `keep`: hold its envelope in memory
+    /// (a new arrival, soon attempted).
+    pub fn insert_message(&mut self, e: Entry, keep: bool) {
+        let k = self.keys.make(&e.envelope.queue_id);
+        self.unschedule(k);
+        if let Some(old) = self.map.remove(&k) {
             if let Some(s) = self.segs.get_mut(&old.seq) {
                 s.live = s.live.saturating_sub(1);
                 s.live_bytes = s.live_bytes.saturating_sub(old.len);
             }
             if old.seq != e.seq {
-                self.copies.entry(qid.clone()).or_default().push(old.seq);
+                self.copies.entry(k).or_default().push(old.seq);
             }
         }
+        self.overlay.remove(&k);
+        let env = &e.envelope;
+        let mut flags = 0;
+        if env.held {
+            flags |= HELD;
+        }
+        if env.delay_warned {
+            flags |= WARNED;
+        }
+        let slot = Slot {
+            seq: e.seq,
+            offset: e.offset,
+            len: e.len,
+            head: (e.data_offset - e.offset) as u32,
+            nrcpt: env.recipients.len() as u32,
+            arrival_us: env.arrival_us,
+            rdue: entry::rdue_of(env.recipients.iter().map(|r| (r.state, r.next_attempt_us))),
+            st_seq: 0,
+            st_offset: 0,
+            st_len: 0,
+            flags,
+        };
         let s = self.segs.entry(e.seq).or_default();
         s.live += 1;
         s.live_bytes += e.len;
-        s.msgs.push(qid.clone().into_boxed_str());
-        self.map.insert(qid.clone(), e);
-        self.schedule(&qid);
+        s.msgs.push(k);
+        self.map.insert(k, slot);
+        self.schedule(k);
+        if keep && self.hot_limit > 0 {
+            self.keep_hot(k, e.envelope);
+        } else {
+            self.hot.remove(&k);
+        }
     }
 
-    /// A durable STATE record, in segment `seq`. Unknown ids are ignored
-    /// (deleted meanwhile).
-    pub fn apply_state(&mut self, seq: u64, sc: &record::StateChange) {
-        self.segs.entry(seq).or_default().refs.push((sc.queue_id.clone().into_boxed_str(), false));
-        if !self.map.contains_key(&sc.queue_id) {
-            return;
+    fn keep_hot(&mut self, k: Key, env: Envelope) {
+        self.hot.insert(k, env);
+        self.hot_order.push_back(k);
+        // The order also holds keys deleted meanwhile: bounded too, and what it lets go of
+        // is among the oldest kept, so let that go as well.
+        while self.hot.len() > self.hot_limit || self.hot_order.len() > 2 * self.hot_limit + 64 {
+            let Some(old) = self.hot_order.pop_front() else { break };
+            self.hot.remove(&old);
         }
-        self.unschedule(&sc.queue_id);
-        let env = &mut self.map.get_mut(&sc.queue_id).unwrap().envelope;
-        for c in &sc.changes {
-            if let Some(r) = env.recipients.get_mut(c.index as usize) {
-                c.apply(r);
+    }
+
+    /// A durable STATE record at (seq, offset, len). Unknown ids are ignored
+    /// (deleted meanwhile). A record with every recipient becomes the message's
+    /// snapshot; a partial one (older binaries) is kept as changes on top.
+    pub fn apply_state(&mut self, seq: u64, offset: u64, len: u64, sc: &record::StateChange) {
+        let Some(k) = self.keys.find(&sc.queue_id) else {
+            self.segs.entry(seq).or_default().refs.push(self.keys.make(&sc.queue_id));
+            return;
+        };
+        self.segs.entry(seq).or_default().refs.push(k);
+        let Some(&slot) = self.map.get(&k) else { return };
+        self.unschedule(k);
+        let mut s = slot;
+        if let Some(h) = sc.hold {
+            s.flags = if h { s.flags | HELD } else { s.flags & !HELD };
+        }
+        if sc.delay_warned {
+            s.flags |= WARNED;
+        }
+        if !sc.changes.is_empty() {
+            if entry::is_snapshot(&sc.changes, s.nrcpt) {
+                (s.st_seq, s.st_offset, s.st_len) = (seq, offset, len as u32);
+                s.flags &= !OVERLAY;
+                self.overlay.remove(&k);
+                s.rdue = entry::rdue_of(sc.changes.iter().map(|c| (c.state, c.next_attempt_us)));
+            } else {
+                s.rdue = match self.envelope(k, &slot) {
+                    Ok(mut env) => {
+                        entry::apply(&mut env, &sc.changes);
+                        entry::rdue_of(env.recipients.iter().map(|r| (r.state, r.next_attempt_us)))
+                    }
+                    Err(_) => 0, // unreadable now: due, so an attempt meets the error and reports it
+                };
+                s.flags |= OVERLAY;
+                self.overlay.entry(k).or_default().extend(sc.changes.iter().cloned());
+            }
+            if let Some(env) = self.hot.get_mut(&k) {
+                entry::apply(env, &sc.changes);
             }
         }
-        if let Some(h) = sc.hold {
-            env.held = h;
+        if let Some(env) = self.hot.get_mut(&k) {
+            env.held = s.held();
+            env.delay_warned = s.flags & WARNED != 0;
         }
-        env.delay_warned |= sc.delay_warned;
-        self.schedule(&sc.queue_id);
+        self.map.insert(k, s);
+        self.schedule(k);
     }
 
     /// A durable DELETE record, in segment `seq`.
     pub fn apply_delete(&mut self, seq: u64, qid: &str) {
-        self.segs.entry(seq).or_default().refs.push((qid.into(), true));
-        self.unschedule(qid);
-        if let Some(old) = self.map.remove(qid) {
+        let k = self.keys.make(qid);
+        self.segs.entry(seq).or_default().refs.push(k | DELETED);
+        self.unschedule(k);
+        self.hot.remove(&k);
+        self.overlay.remove(&k);
+        if let Some(old) = self.map.remove(&k) {
             if let Some(s) = self.segs.get_mut(&old.seq) {
                 s.live = s.live.saturating_sub(1);
                 s.live_bytes = s.live_bytes.saturating_sub(old.len);
             }
-            self.copies.entry(qid.to_string()).or_default().push(old.seq);
+            self.copies.entry(k).or_default().push(old.seq);
         }
     }
 
     /// Segment `seq` is gone from disk.
     pub fn remove_segment(&mut self, seq: u64) {
+        self.files.forget(seq);
         if let Some(s) = self.segs.remove(&seq) {
-            for q in s.msgs {
-                if let Some(v) = self.copies.get_mut(&*q) {
+            for k in s.msgs {
+                if let Some(v) = self.copies.get_mut(&k) {
                     v.retain(|x| *x != seq);
                     if v.is_empty() {
-                        self.copies.remove(&*q);
+                        self.copies.remove(&k);
                     }
                 }
             }
@@ -300,9 +459,21 @@ impl Index {
     }
 
     /// Whether some segment other than `except` may still hold a MESSAGE
-    /// record of the deleted message `qid` (so its DELETE record must stay).
-    pub fn has_other_copy(&self, qid: &str, except: u64) -> bool {
-        self.copies.get(qid).is_some_and(|v| v.iter().any(|s| *s != except && self.segs.contains_key(s)))
+    /// record of the deleted message `k` (so its DELETE record must stay).
+    pub fn has_other_copy(&self, k: Key, except: u64) -> bool {
+        self.copies.get(&k).is_some_and(|v| v.iter().any(|s| *s != except && self.segs.contains_key(s)))
+    }
+
+    /// The slot of a live message, by key (compaction).
+    pub fn slot(&self, k: Key) -> Option<&Slot> {
+        self.map.get(&k)
+    }
+    /// The current envelope of a live message, by key (compaction).
+    pub fn envelope_of(&self, k: Key) -> io::Result<Option<Envelope>> {
+        match self.map.get(&k) {
+            Some(s) => self.envelope(k, s).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// A durable EVENT record (`len` bytes) in segment `seq`.
@@ -344,20 +515,13 @@ impl Index {
     }
 
     /// Apply one valid record found by a scan of segment `seq`.
-    pub fn apply_scanned(&mut self, seq: u64, r: &super::segment::Scanned) -> Result<(), record::FormatError> {
+    pub fn apply_scanned(&mut self, seq: u64, r: &segment::Scanned) -> Result<(), record::FormatError> {
         match r.kind {
             Kind::Message => record::decode_envelope(&r.meta).map(|envelope| {
-                self.insert_message(Entry {
-                    shard: self.shard,
-                    seq,
-                    offset: r.offset,
-                    len: r.len,
-                    data_offset: r.data_offset,
-                    size: r.data_len,
-                    envelope,
-                })
+                let e = Entry { shard: self.shard, seq, offset: r.offset, len: r.len, data_offset: r.data_offset, size: r.data_len, envelope };
+                self.insert_message(e, false)
             }),
-            Kind::State => record::decode_state(&r.meta).map(|sc| self.apply_state(seq, &sc)),
+            Kind::State => record::decode_state(&r.meta).map(|sc| self.apply_state(seq, r.offset, r.len, &sc)),
             Kind::Delete => record::decode_delete(&r.meta).map(|(qid, _)| self.apply_delete(seq, &qid)),
             Kind::SegmentEnd => record::decode_segment_end(&r.meta).map(|m| self.segs.entry(seq).or_default().markers.push(m)),
             Kind::Event => events::decode_event(&r.meta).map(|ev| self.apply_event(seq, r.len, ev)),
@@ -366,59 +530,39 @@ impl Index {
     }
 }
 
-/// Apply the records of `scans` (oldest first) to a new index: MESSAGE,
-/// STATE and DELETE in log order, so the newest record of each message wins.
-/// Lines about records that passed their CRC but could not be decoded go to `report`.
-pub fn build(shard: u32, scans: &[SegScan], report: &mut Vec<String>) -> Index {
-    let mut ix = Index::new(shard);
+/// Replay the segments `scans` found (oldest first) into a new index: each segment is
+/// read again a record at a time up to where the scan ended, MESSAGE, STATE and DELETE
+/// applied in log order so the newest record of each message wins. Lines about records
+/// that passed their CRC but could not be decoded go to `report`. NotFound: a segment
+/// went meanwhile (a reader beside the writer scans again).
+pub fn build(shard: u32, shard_dir: &Path, scans: &[SegScan], report: &mut Vec<String>) -> io::Result<Index> {
+    let mut ix = Index::new(shard, shard_dir);
     for s in scans {
-        if s.bad_header.is_some() || (s.end == 0 && s.records.is_empty()) {
+        if s.bad_header.is_some() || (s.end == 0 && s.count == 0) {
             continue; // recovery removes or moves these files
         }
         ix.note_segment(s.seq, s.end);
-        for r in &s.records {
-            if let Err(e) = ix.apply_scanned(s.seq, r) {
+        let mut each = |r: segment::Scanned| {
+            if let Err(e) = ix.apply_scanned(s.seq, &r) {
                 ix.segs.entry(s.seq).or_default().pinned = true;
-                report.push(format!(
-                    "segment {} offset {}: undecodable {:?} record ({e}); left in place",
-                    s.seq, r.offset, r.kind
-                ));
+                report.push(format!("segment {} offset {}: undecodable {:?} record ({e}); left in place", s.seq, r.offset, r.kind));
             }
-        }
+        };
+        segment::scan_segment_with(&s.path, s.seq, Some(s.end), &mut each)?;
     }
     // Cursors may come after the events they pass: prune once everything is read.
     ix.prune_events();
-    ix
+    Ok(ix)
 }
 
-/// Exact stored message bytes of an entry, CRC-verified.
-pub fn read_message(shard_dir: &Path, e: &Entry) -> io::Result<Vec<u8>> {
-    let path = shard_dir.join("segments").join(segment::segment_name(e.seq));
-    message_of(segment::read_range(&path, e.offset, e.len)?, e)
-}
-
-/// The same from an open segment file (one pread, no open/seek/close).
-pub fn read_message_at(file: &std::fs::File, e: &Entry) -> io::Result<Vec<u8>> {
-    use std::os::unix::fs::FileExt;
-    let mut rec = vec![0u8; e.len as usize];
-    file.read_exact_at(&mut rec, e.offset)?;
-    message_of(rec, e)
-}
-
-fn message_of(mut rec: Vec<u8>, e: &Entry) -> io::Result<Vec<u8>> {
-    let (_, _, data) = record::decode_record(&rec).map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err.0))?;
-    if data.len() as u64 != e.size {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "record does not match the index"));
+/// `scan_shard` then `build`, again while segments disappear under a reader.
+pub fn load(shard: u32, shard_dir: &Path) -> io::Result<Index> {
+    for _ in 0..20 {
+        let scans = scan_shard(shard_dir)?;
+        match build(shard, shard_dir, &scans, &mut Vec::new()) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            r => return r,
+        }
     }
-    // Cut the record down to its data in place: no second copy of a big message.
-    let start = (e.data_offset - e.offset) as usize;
-    rec.truncate(start + e.size as usize);
-    rec.drain(..start);
-    Ok(rec)
-}
-
-/// Index entries sorted by arrival (then queue id, which sorts by time too).
-pub fn sorted(mut v: Vec<Entry>) -> Vec<Entry> {
-    v.sort_by(|a, b| (a.envelope.arrival_us, &a.envelope.queue_id).cmp(&(b.envelope.arrival_us, &b.envelope.queue_id)));
-    v
+    Err(io::Error::other("segments keep disappearing while scanning"))
 }

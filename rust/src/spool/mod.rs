@@ -87,6 +87,7 @@
 // replay resolves (the newest MESSAGE record wins).
 
 mod compact;
+pub mod entry;
 mod event_ops;
 pub mod events;
 mod fresh;
@@ -151,6 +152,9 @@ pub struct Config {
     /// Under load, how long a submission may wait for others to share its
     /// fdatasync (group commit; 0: never wait).
     pub commit_delay: std::time::Duration,
+    /// Envelopes of the newest arrivals kept in memory (index::HOT_LIMIT); every other
+    /// queued message costs its slot, and its envelope is read back when it is due.
+    pub active_limit: usize,
 }
 
 impl Default for Config {
@@ -163,6 +167,7 @@ impl Default for Config {
             sync_log: false,
             copy_forward_percent: compact::COPY_FORWARD_PERCENT,
             commit_delay: std::time::Duration::ZERO,
+            active_limit: index::HOT_LIMIT,
         }
     }
 }
@@ -203,7 +208,8 @@ impl Spool {
         if cfg.segment_size < 4096 {
             return Err(Error::Invalid("segment_size must be at least 4096".into()));
         }
-        let rec = recover::open_shard(root, shard)?;
+        let mut rec = recover::open_shard(root, shard)?;
+        rec.index.hot_limit = cfg.active_limit;
         let dir = root.join(shard.to_string());
         let mut fds = [0; 2];
         // SAFETY: fds is a valid 2-int array.
@@ -219,7 +225,7 @@ impl Spool {
             None
         };
         // Queue ids stay unique after a restart even if the clock went back.
-        let last_us = rec.index.entries().filter_map(|e| queue_id_micros(&e.envelope.queue_id)).max().unwrap_or(0);
+        let last_us = rec.index.last_micros();
         let next_event_seq = rec.index.events.max_seq + 1;
         let shared = Arc::new(Shared {
             queue: Mutex::new(writer::Queue { next_event_seq, ..Default::default() }),
@@ -316,10 +322,15 @@ impl Spool {
     /// `update`, with webhook events (JSON texts) written in the same batch, before the STATE record.
     pub fn update_with_events(&self, token: u64, queue_id: &str, changes: &[Change], events: &[String]) -> Result<(), Error> {
         event_ops::check(events)?;
+        // The record carries every recipient's state (a snapshot): the index then keeps
+        // where the newest one is, not the envelope. One update in flight per message
+        // (the queue manager's one attempt per message): a second would start from the
+        // state before the first.
         let sc = {
             let ix = self.shared.index.lock().unwrap();
-            let e = ix.get(queue_id).ok_or_else(|| unknown_id(queue_id))?;
-            let n = e.envelope.recipients.len();
+            let e = ix.get(queue_id).map_err(|e| Error::Io(format!("read {queue_id}"), e))?.ok_or_else(|| unknown_id(queue_id))?;
+            let mut env = e.envelope;
+            let n = env.recipients.len();
             let mut v = Vec::with_capacity(changes.len());
             for c in changes {
                 if c.index as usize >= n {
@@ -337,7 +348,9 @@ impl Spool {
                     route: c.route.clone(),
                 });
             }
-            StateChange { queue_id: queue_id.to_string(), time_us: now_us(), hold: None, delay_warned: false, changes: v }
+            entry::apply(&mut env, &v);
+            let all = env.recipients.iter().enumerate().map(|(i, r)| RcptChange::of(i as u32, r)).collect();
+            StateChange { queue_id: queue_id.to_string(), time_us: now_us(), hold: None, delay_warned: false, changes: all }
         };
         let meta = record::encode_state(&sc);
         self.enqueue_with(events, [Job { token, kind: Kind::State, meta, data: Sealed::from_bytes(Vec::new()), op: Op::State(sc) }], true)
@@ -394,7 +407,7 @@ impl Spool {
             let ix = self.shared.index.lock().unwrap();
             let now = now_us();
             for qid in queue_ids {
-                if ix.get(qid).is_none() {
+                if !ix.contains(qid) {
                     unknown.push(qid.to_string());
                     continue;
                 }
@@ -409,9 +422,9 @@ impl Spool {
     }
 
     fn check_known(&self, queue_id: &str) -> Result<(), Error> {
-        match self.shared.index.lock().unwrap().get(queue_id) {
-            Some(_) => Ok(()),
-            None => Err(unknown_id(queue_id)),
+        match self.shared.index.lock().unwrap().contains(queue_id) {
+            true => Ok(()),
+            false => Err(unknown_id(queue_id)),
         }
     }
 
@@ -498,8 +511,13 @@ impl Spool {
             ("failed_batches", s.failed_batches.load(Relaxed)),
             ("segments_deleted", s.segments_deleted.load(Relaxed)),
             ("messages_copied", s.messages_copied.load(Relaxed)),
-            ("queued_messages", self.shared.index.lock().unwrap().len() as u64),
         ];
+        {
+            let ix = self.shared.index.lock().unwrap();
+            out.push(("queued_messages", ix.len() as u64));
+            out.push(("index_bytes", ix.index_bytes()));
+            out.push(("hot_envelopes", ix.hot_len() as u64));
+        }
         out.push(("sync_us_sum", s.sync_us_sum.load(Relaxed)));
         out.extend(writer::SYNC_BUCKET_NAMES.iter().zip(&s.sync_buckets).map(|(n, b)| (*n, b.load(Relaxed))));
         out.extend(writer::BATCH_BUCKET_NAMES.iter().zip(&s.batch_buckets).map(|(n, b)| (*n, b.load(Relaxed))));
@@ -507,17 +525,40 @@ impl Spool {
     }
 
     /// Durable messages of this shard, by arrival.
-    pub fn list(&self) -> Vec<Entry> {
-        index::sorted(self.shared.index.lock().unwrap().entries().cloned().collect())
+    pub fn list(&self) -> Result<Vec<Entry>, Error> {
+        let v = self.shared.index.lock().unwrap().entries().map_err(|e| Error::Io("read the queue".into(), e))?;
+        Ok(index::sorted(v))
     }
 
     /// A page of live messages in log order (`index::Index::page`).
-    pub fn page(&self, cursor: u64, limit: usize) -> (Vec<Entry>, Option<u64>) {
-        self.shared.index.lock().unwrap().page(cursor, limit)
+    pub fn page(&self, cursor: u64, limit: usize) -> Result<(Vec<Entry>, Option<u64>), Error> {
+        // The keys first, then the envelopes a few at a time, each time under the lock
+        // again: a listing of millions never holds the writer up for long.
+        let (keys, next) = self.shared.index.lock().unwrap().page_keys(cursor, limit);
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(256) {
+            let ix = self.shared.index.lock().unwrap();
+            for k in chunk {
+                if let Some(e) = ix.entry(*k).map_err(|e| Error::Io("read the queue".into(), e))? {
+                    out.push(e);
+                }
+            }
+        }
+        Ok((out, next))
     }
 
-    pub fn get(&self, queue_id: &str) -> Option<Entry> {
-        self.shared.index.lock().unwrap().get(queue_id).cloned()
+    /// (messages, held ones, the oldest arrival in µs) for the queue gauges.
+    pub fn gauges(&self) -> (usize, usize, Option<u64>) {
+        self.shared.index.lock().unwrap().gauges()
+    }
+
+    pub fn contains(&self, queue_id: &str) -> bool {
+        self.shared.index.lock().unwrap().contains(queue_id)
+    }
+
+    /// The message's entry with its current envelope; None: not queued.
+    pub fn get(&self, queue_id: &str) -> Result<Option<Entry>, Error> {
+        self.shared.index.lock().unwrap().get(queue_id).map_err(|e| Error::Io(format!("read {queue_id}"), e))
     }
 
     /// Keep the bytes of messages just made durable for a moment (spool::fresh), for
@@ -542,7 +583,7 @@ impl Spool {
     pub fn message_bytes(&self, queue_id: &str) -> Result<Option<Vec<u8>>, Error> {
         let mut tries = 0;
         loop {
-            let Some(e) = self.get(queue_id) else { return Ok(None) };
+            let Some(e) = self.get(queue_id)? else { return Ok(None) };
             match self.segment_file(e.seq).and_then(|f| index::read_message_at(&f, &e)) {
                 Ok(b) => return Ok(Some(b)),
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound && tries < 10 => tries += 1,

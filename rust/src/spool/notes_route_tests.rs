@@ -29,17 +29,17 @@ fn notes_and_routes_survive_a_restart() {
         e.notes = Some(NOTES.into());
         q = submit_env(&sp, 1, e, &body(1, 100));
         ok(&sp, 1);
-        assert_eq!(sp.get(&q).unwrap().envelope.notes.as_deref(), Some(NOTES));
+        assert_eq!(sp.get(&q).unwrap().unwrap().envelope.notes.as_deref(), Some(NOTES));
         sp.update(2, &q, &[route_change(0, Some("smarthost 10.0.0.5:25")), route_change(1, Some("lmtp /run/x"))]).unwrap();
         ok(&sp, 1);
         // each change sets the route: None clears it
         sp.update(3, &q, &[route_change(1, None)]).unwrap();
         ok(&sp, 1);
-        assert_eq!(routes(&sp.get(&q).unwrap()), vec![Some("smarthost 10.0.0.5:25".into()), None]);
+        assert_eq!(routes(&sp.get(&q).unwrap().unwrap()), vec![Some("smarthost 10.0.0.5:25".into()), None]);
         sp.close();
     }
     let sp = Spool::open(d.path(), 0, cfg()).unwrap();
-    let e = sp.get(&q).unwrap();
+    let e = sp.get(&q).unwrap().unwrap();
     assert_eq!(e.envelope.notes.as_deref(), Some(NOTES));
     assert_eq!(routes(&e), vec![Some("smarthost 10.0.0.5:25".into()), None]);
     let r = reader::SpoolReader::new(d.path()).unwrap().get(&q).unwrap().unwrap();
@@ -61,8 +61,8 @@ fn notes_over_the_cap_are_refused_and_nothing_is_stored() {
     e.notes = Some("x".repeat(record::MAX_NOTES));
     let q = submit_env(&sp, 2, e, b"Subject: y\r\n\r\n");
     ok(&sp, 1);
-    assert_eq!(sp.list().len(), 1);
-    assert_eq!(sp.get(&q).unwrap().envelope.notes.unwrap().len(), record::MAX_NOTES);
+    assert_eq!(sp.list().unwrap().len(), 1);
+    assert_eq!(sp.get(&q).unwrap().unwrap().envelope.notes.unwrap().len(), record::MAX_NOTES);
 }
 
 /// Copy-forward writes a fresh MESSAGE record from the index: notes and routes ride along.
@@ -87,9 +87,9 @@ fn copy_forward_keeps_notes_and_routes() {
     }
     wait_for("copy forward", || stat(&sp, "messages_copied") >= 4);
     let check = |sp: &Spool| {
-        assert_eq!(sp.list().len(), keep.len());
+        assert_eq!(sp.list().unwrap().len(), keep.len());
         for (q, i) in &keep {
-            let e = sp.get(q).unwrap();
+            let e = sp.get(q).unwrap().unwrap();
             assert_eq!(e.envelope.notes, Some(format!("{{\"n\": {i}}}")));
             assert_eq!(routes(&e), vec![None, Some(format!("smarthost h{i}:25"))]);
             assert_eq!(sp.message_bytes(q).unwrap().unwrap(), body(*i as usize, 1500));
@@ -114,7 +114,7 @@ fn carried_state_snapshot_keeps_routes() {
     ok(&sp, 1);
     let f1 = submit(&sp, 2, &body(2, 3000)); // rolls to the next segment
     ok(&sp, 1);
-    let seg2 = sp.get(&f1).unwrap().seq;
+    let seg2 = sp.get(&f1).unwrap().unwrap().seq;
     sp.update(3, &a, &[route_change(0, Some("smarthost 10.0.0.5:25"))]).unwrap();
     ok(&sp, 1);
     let f2 = submit(&sp, 4, &body(4, 6000)); // rolls again
@@ -126,10 +126,10 @@ fn carried_state_snapshot_keeps_routes() {
     sp.close();
     drop(sp);
     let sp = Spool::open(d.path(), 0, c).unwrap();
-    let e = sp.get(&a).unwrap();
+    let e = sp.get(&a).unwrap().unwrap();
     assert_eq!(routes(&e), vec![Some("smarthost 10.0.0.5:25".into()), None]);
     assert_eq!(e.envelope.notes.as_deref(), Some(NOTES));
-    assert!(sp.get(&f2).is_some());
+    assert!(sp.get(&f2).unwrap().is_some());
 }
 
 /// Records written by the previous version (v2 metas) are read: notes and routes None.
@@ -143,7 +143,7 @@ fn v2_records_on_disk_still_read() {
         let sp = Spool::open(d.path(), 0, cfg()).unwrap();
         let q = submit(&sp, 1, b"x");
         ok(&sp, 1);
-        seg = d.path().join("0/segments").join(segment::segment_name(sp.get(&q).unwrap().seq));
+        seg = d.path().join("0/segments").join(segment::segment_name(sp.get(&q).unwrap().unwrap().seq));
         sp.delete(2, &q).unwrap();
         ok(&sp, 1);
         sp.close();
@@ -161,7 +161,7 @@ fn v2_records_on_disk_still_read() {
     std::io::Write::write_all(&mut f, &[msg, state].concat()).unwrap();
     drop(f);
     let sp = Spool::open(d.path(), 0, cfg()).unwrap();
-    let got = sp.get(&e.queue_id).unwrap_or_else(|| panic!("{:?}", sp.recovery_report()));
+    let got = sp.get(&e.queue_id).unwrap().unwrap_or_else(|| panic!("{:?}", sp.recovery_report()));
     assert_eq!(got.envelope.notes, None);
     assert_eq!(routes(&got), vec![None, None]);
     assert_eq!((got.envelope.recipients[1].attempts, got.envelope.recipients[1].last_reply.as_deref()), (2, Some("451 x")));
@@ -172,5 +172,5 @@ fn v2_records_on_disk_still_read() {
     sp.close();
     drop(sp);
     let sp = Spool::open(d.path(), 0, cfg()).unwrap();
-    assert_eq!(routes(&sp.get(&e.queue_id).unwrap()), vec![Some("maildir /var/mail".into()), None]);
+    assert_eq!(routes(&sp.get(&e.queue_id).unwrap().unwrap()), vec![Some("maildir /var/mail".into()), None]);
 }

@@ -40,14 +40,8 @@ impl SpoolReader {
         Ok(v)
     }
 
-    /// A fresh scan of every shard (the log is the truth; nothing is cached).
-    pub fn index(&self) -> io::Result<HashMap<String, Entry>> {
-        let mut all = HashMap::new();
-        for shard in self.shards()? {
-            let scans = index::scan_shard(&self.root.join(shard.to_string()))?;
-            all.extend(index::build(shard, &scans, &mut Vec::new()).into_map());
-        }
-        Ok(all)
+    fn load(&self, shard: u32) -> io::Result<index::Index> {
+        index::load(shard, &self.root.join(shard.to_string()))
     }
 
     /// A page of shard `shard`'s live messages in log order (`index::Index::page`). The
@@ -55,18 +49,27 @@ impl SpoolReader {
     pub fn page(&self, shard: u32, cursor: u64, limit: usize) -> io::Result<(Vec<Entry>, Option<u64>)> {
         let mut built = self.built.lock().unwrap();
         if !built.contains_key(&shard) {
-            let scans = index::scan_shard(&self.root.join(shard.to_string()))?;
-            built.insert(shard, index::build(shard, &scans, &mut Vec::new()));
+            built.insert(shard, self.load(shard)?);
         }
-        Ok(built[&shard].page(cursor, limit))
+        built[&shard].page(cursor, limit)
     }
 
+    /// Every message of every shard, by arrival (a fresh scan: the log is the truth).
     pub fn list(&self) -> io::Result<Vec<Entry>> {
-        Ok(index::sorted(self.index()?.into_values().collect()))
+        let mut all = Vec::new();
+        for shard in self.shards()? {
+            all.extend(self.load(shard)?.entries()?);
+        }
+        Ok(index::sorted(all))
     }
 
     pub fn get(&self, queue_id: &str) -> io::Result<Option<Entry>> {
-        Ok(self.index()?.remove(queue_id))
+        for shard in self.shards()? {
+            if let Some(e) = self.load(shard)?.get(queue_id)? {
+                return Ok(Some(e));
+            }
+        }
+        Ok(None)
     }
 
     pub fn message_bytes(&self, queue_id: &str) -> io::Result<Option<Vec<u8>>> {
@@ -121,9 +124,8 @@ impl Location {
             match std::fs::File::open(loc.path()) {
                 Ok(f) => return MessageReader::new(f, loc),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    let scans = index::scan_shard(&loc.shard_dir)?;
-                    match index::build(loc.shard, &scans, &mut Vec::new()).get(&loc.queue_id) {
-                        Some(e) => loc = Location::of(&self.shard_dir, e),
+                    match index::load(loc.shard, &loc.shard_dir)?.get(&loc.queue_id)? {
+                        Some(e) => loc = Location::of(&self.shard_dir, &e),
                         None => return Err(io::Error::new(io::ErrorKind::NotFound, format!("message {} is gone", loc.queue_id))),
                     }
                 }

@@ -65,7 +65,7 @@ pub fn open_shard(root: &Path, shard: u32) -> Result<Recovered, Error> {
     for s in &scans {
         act_on(&dir, s, Some(s.seq) == newest, &mut report)?;
     }
-    let index = index::build(shard, &scans, &mut report);
+    let index = index::build(shard, &dir, &scans, &mut report).map_err(io_ctx("read", &dir))?;
     report.insert(0, format!("shard {shard}: recovered {} message(s) from {} segment(s)", index.len(), scans.len()));
     Ok(Recovered { lock, index, report, next_seq: newest.map_or(1, |s| s + 1) })
 }
@@ -73,7 +73,7 @@ pub fn open_shard(root: &Path, shard: u32) -> Result<Recovered, Error> {
 fn act_on(dir: &Path, s: &SegScan, newest: bool, report: &mut Vec<String>) -> Result<(), Error> {
     let name = s.path.file_name().unwrap().to_string_lossy().into_owned();
     let corrupt = dir.join("corrupt");
-    if s.end == 0 && s.records.is_empty() && s.bad_header.is_none() {
+    if s.end == 0 && s.count == 0 && s.bad_header.is_none() {
         fs::remove_file(&s.path).map_err(io_ctx("remove", &s.path))?;
         report.push(format!("{name}: removed, created by a batch that failed (no acknowledged message)"));
         return Ok(());

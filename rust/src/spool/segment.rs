@@ -90,7 +90,10 @@ pub struct SegScan {
     pub end: u64,
     /// The segment header itself is bad: nothing in the file was trusted.
     pub bad_header: Option<String>,
+    /// The valid records scanned (`scan_segment`; `scan_segment_with` keeps none here).
     pub records: Vec<Scanned>,
+    /// How many valid records the scan found.
+    pub count: u64,
     /// Damaged regions (offset, len, reason) followed by a valid record.
     pub corrupt: Vec<(u64, u64, String)>,
     /// Offset where trailing damage starts (no valid record after it).
@@ -106,6 +109,15 @@ const WINDOW: usize = 1 << 20;
 /// Scan one segment up to `limit` (from a SEGMENT_END marker) or its end.
 /// Bounded memory: data parts stream through the CRC in 64 KiB reads.
 pub fn scan_segment(path: &Path, seq: u64, limit: Option<u64>) -> io::Result<SegScan> {
+    let mut records = Vec::new();
+    let mut s = scan_segment_with(path, seq, limit, &mut |r| records.push(r))?;
+    s.records = records;
+    Ok(s)
+}
+
+/// `scan_segment`, handing each valid record to `each` in order instead of keeping it:
+/// a shard of millions of messages is read without holding its records.
+pub fn scan_segment_with(path: &Path, seq: u64, limit: Option<u64>, each: &mut dyn FnMut(Scanned)) -> io::Result<SegScan> {
     let f = File::open(path)?;
     let file_len = f.metadata()?.len();
     let end = limit.map_or(file_len, |l| l.min(file_len));
@@ -126,7 +138,8 @@ pub fn scan_segment(path: &Path, seq: u64, limit: Option<u64>) -> io::Result<Seg
                     s.corrupt.push((b, pos - b, why));
                 }
                 pos += r.len;
-                s.records.push(r);
+                s.count += 1;
+                each(r);
             }
             Err(RecErr::Io(e)) => return Err(e),
             Err(RecErr::Bad(why, extent)) => {

@@ -60,12 +60,12 @@ fn submit_complete_recover_list() {
         }
         let got = wait(&sp, 20);
         assert!(got.iter().all(|(_, e)| e.is_none()), "{got:?}");
-        assert_eq!(sp.list().len(), 20);
+        assert_eq!(sp.list().unwrap().len(), 20);
         sp.close();
     }
     let sp = Spool::open(d.path(), 0, cfg()).unwrap();
     assert!(sp.recovery_report()[0].contains("recovered 20 message(s)"), "{:?}", sp.recovery_report());
-    let listed: Vec<String> = sp.list().into_iter().map(|e| e.envelope.queue_id).collect();
+    let listed: Vec<String> = sp.list().unwrap().into_iter().map(|e| e.envelope.queue_id).collect();
     assert_eq!(listed, ids.iter().map(|x| x.0.clone()).collect::<Vec<_>>());
     for (qid, b) in &ids {
         assert_eq!(&sp.message_bytes(qid).unwrap().unwrap(), b);
@@ -136,9 +136,9 @@ fn fault_fails_whole_batch_then_new_segment() {
         sp.close();
         drop(sp);
         let sp = Spool::open(d.path(), 0, cfg()).unwrap();
-        let ids: Vec<String> = sp.list().into_iter().map(|e| e.envelope.queue_id).collect();
+        let ids: Vec<String> = sp.list().unwrap().into_iter().map(|e| e.envelope.queue_id).collect();
         assert_eq!(ids, vec![ok1.clone(), ok2.clone()], "{kind:?} {:?}", sp.recovery_report());
-        assert!(!bad.iter().any(|b| sp.get(b).is_some()));
+        assert!(!bad.iter().any(|b| sp.get(b).unwrap().is_some()));
         assert!(fs_list(&d.path().join("0/corrupt")).is_empty(), "{:?}", sp.recovery_report());
     }
 }
@@ -166,7 +166,7 @@ fn segment_roll() {
     sp.close();
     drop(sp);
     let sp = Spool::open(d.path(), 0, cfg()).unwrap();
-    assert_eq!(sp.list().len(), 30);
+    assert_eq!(sp.list().unwrap().len(), 30);
     for (i, q) in ids.iter().enumerate() {
         assert_eq!(sp.message_bytes(q).unwrap().unwrap(), body(i, 1500));
     }
@@ -177,7 +177,7 @@ fn torn_tail_truncated_corrupt_middle_moved_aside() {
     let d = tempfile::tempdir().unwrap();
     let sp = Spool::open(d.path(), 0, cfg()).unwrap();
     let ids: Vec<String> = (0..3).map(|i| { let q = submit(&sp, i, &body(i as usize, 300)); wait(&sp, 1); q }).collect();
-    let e1 = sp.get(&ids[1]).unwrap();
+    let e1 = sp.get(&ids[1]).unwrap().unwrap();
     sp.close();
     drop(sp);
     let seg = d.path().join("0/segments").join(segment::segment_name(e1.seq));
@@ -187,7 +187,7 @@ fn torn_tail_truncated_corrupt_middle_moved_aside() {
     std::fs::write(&seg, &b).unwrap();
     let sp = Spool::open(d.path(), 0, cfg()).unwrap();
     let rep = sp.recovery_report().join("\n");
-    let ids_now: Vec<String> = sp.list().into_iter().map(|e| e.envelope.queue_id).collect();
+    let ids_now: Vec<String> = sp.list().unwrap().into_iter().map(|e| e.envelope.queue_id).collect();
     assert_eq!(ids_now, vec![ids[0].clone(), ids[2].clone()], "{rep}");
     assert!(rep.contains("bad record CRC") && rep.contains("torn tail truncated"), "{rep}");
     let bad = fs_list(&d.path().join("0/corrupt"));
@@ -198,7 +198,7 @@ fn torn_tail_truncated_corrupt_middle_moved_aside() {
     // New writes go to a fresh segment.
     let q = submit(&sp, 9, b"x");
     wait(&sp, 1);
-    assert_eq!(sp.get(&q).unwrap().seq, e1.seq + 1);
+    assert_eq!(sp.get(&q).unwrap().unwrap().seq, e1.seq + 1);
 }
 
 #[test]
@@ -231,7 +231,7 @@ fn power_loss_emulation_keeps_every_completed_message() {
     }
     let sp = Spool::open(copy.path(), 0, cfg()).unwrap();
     for q in &ok {
-        assert!(sp.get(q).is_some(), "lost {q}: {:?}", sp.recovery_report());
+        assert!(sp.get(q).unwrap().is_some(), "lost {q}: {:?}", sp.recovery_report());
     }
     assert!(fs_list(&copy.path().join("0/corrupt")).is_empty());
 }
@@ -341,7 +341,7 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 }
 
 fn states(sp: &Spool, q: &str) -> Vec<(u8, u32, Option<u64>, Option<String>)> {
-    sp.get(q).unwrap().envelope.recipients.iter().map(|r| (r.state, r.attempts, r.next_attempt_us, r.last_reply.clone())).collect()
+    sp.get(q).unwrap().unwrap().envelope.recipients.iter().map(|r| (r.state, r.attempts, r.next_attempt_us, r.last_reply.clone())).collect()
 }
 
 #[test]
@@ -399,14 +399,14 @@ fn delete_then_reopen_gone() {
         ok(&sp, 2);
         sp.delete(3, &a).unwrap();
         ok(&sp, 1);
-        assert!(sp.get(&a).is_none() && sp.message_bytes(&a).unwrap().is_none());
+        assert!(sp.get(&a).unwrap().is_none() && sp.message_bytes(&a).unwrap().is_none());
         assert_eq!(sp.due(now_us(), 10), vec![b.clone()]);
         let r = reader::SpoolReader::new(d.path()).unwrap();
         assert!(r.get(&a).unwrap().is_none());
         sp.close();
     }
     let sp = Spool::open(d.path(), 0, cfg()).unwrap();
-    assert_eq!(sp.list().into_iter().map(|e| e.envelope.queue_id).collect::<Vec<_>>(), vec![b]);
+    assert_eq!(sp.list().unwrap().into_iter().map(|e| e.envelope.queue_id).collect::<Vec<_>>(), vec![b]);
 }
 
 #[test]
@@ -425,7 +425,7 @@ fn lazy_outcomes_share_one_sync_and_eager_work_takes_them_along() {
     ok(&sp, 10);
     assert!(t0.elapsed() >= writer::LAZY_DELAY, "lazy records synced before LAZY_DELAY");
     assert!(stat(&sp, "syncs") - syncs0 < 10, "each DELETE had its own sync");
-    assert!(qids[..10].iter().all(|q| sp.get(q).is_none()));
+    assert!(qids[..10].iter().all(|q| sp.get(q).unwrap().is_none()));
     // an eager submission takes waiting lazy records into its own batch at once
     let syncs1 = stat(&sp, "syncs");
     for (i, q) in qids[10..].iter().enumerate() {
@@ -437,7 +437,7 @@ fn lazy_outcomes_share_one_sync_and_eager_work_takes_them_along() {
     sp.close();
     drop(sp);
     let sp = Spool::open(d.path(), 0, cfg()).unwrap();
-    assert_eq!(sp.list().len(), 1, "the DELETEs are durable after a restart");
+    assert_eq!(sp.list().unwrap().len(), 1, "the DELETEs are durable after a restart");
 }
 
 #[test]
@@ -507,13 +507,13 @@ fn due_ordering_limit_and_hold() {
     // hold: never due, not in next_due; release: due again
     sp.hold(20, &ids[5], true).unwrap();
     ok(&sp, 1);
-    assert!(sp.get(&ids[5]).unwrap().envelope.held);
+    assert!(sp.get(&ids[5]).unwrap().unwrap().envelope.held);
     assert_eq!(sp.due(t + 20_000_000, 100), by_arrival[1..].to_vec());
     assert_eq!(sp.next_due(), Some(t + 6_000_000));
     sp.close();
     drop(sp);
     let sp = Spool::open(d.path(), 0, cfg()).unwrap();
-    assert!(sp.get(&ids[5]).unwrap().envelope.held);
+    assert!(sp.get(&ids[5]).unwrap().unwrap().envelope.held);
     assert_eq!(sp.due(t + 20_000_000, 100), by_arrival[1..].to_vec());
     sp.hold(21, &ids[5], false).unwrap();
     ok(&sp, 1);
@@ -527,14 +527,14 @@ fn due_ordering_limit_and_hold() {
 #[test]
 fn due_is_cheap_with_a_big_index() {
     // 200k messages in the index (built directly): due() and next_due() do not scan.
-    let mut ix = index::Index::new(0);
+    let mut ix = index::Index::new(0, std::path::Path::new("/nonexistent"));
     for i in 0..200_000u64 {
         let mut e = env2(&queue_id(i, 0), i);
         for r in &mut e.recipients {
             r.state = record::STATE_DEFERRED;
             r.next_attempt_us = Some(1_000_000_000 + (i * 7919) % 200_000);
         }
-        ix.insert_message(index::Entry { shard: 0, seq: 1, offset: 0, len: 1, data_offset: 0, size: 1, envelope: e });
+        ix.insert_message(index::Entry { shard: 0, seq: 1, offset: 0, len: 1, data_offset: 0, size: 1, envelope: e }, false);
     }
     let t0 = Instant::now();
     for k in 0..1000 {

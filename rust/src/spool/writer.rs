@@ -372,9 +372,9 @@ impl Writer {
                                 data_offset: loc.data_offset,
                                 size: job.data.len,
                                 envelope,
-                            });
+                            }, true);
                         }
-                        Op::State(sc) => ix.apply_state(loc.seq, &sc),
+                        Op::State(sc) => ix.apply_state(loc.seq, loc.offset, loc.len, &sc),
                         Op::Delete(qid) => {
                             ix.apply_delete(loc.seq, &qid);
                             self.compact_pending = true;

@@ -76,7 +76,7 @@ fn a_crash_with_zeros_ahead_recovers_everything_and_reports_no_damage() {
     }
     let sp = Spool::open(copy.path(), 0, Config::default()).unwrap();
     for q in &ids {
-        assert!(sp.get(q).is_some(), "lost {q}");
+        assert!(sp.get(q).unwrap().is_some(), "lost {q}");
     }
     let rep = sp.recovery_report().join("\n");
     assert!(!rep.contains("torn") && !rep.contains("corrupt") && !rep.contains("cut back"), "{rep}");
