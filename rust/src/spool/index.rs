@@ -3,6 +3,7 @@
 //! spool on demand, and the newest arrivals' envelopes kept (`hot`, bounded). Rebuilt at
 //! open by replaying the log; every change goes through the methods below, so the
 //! schedule never drifts from the slots.
+use super::brief;
 use super::entry::{self, Files, Key, Keys, Slot, HELD, NEVER, OVERLAY, WARNED};
 pub use super::entry::{read_message, read_message_at, sorted, Entry};
 use super::events::{self, Event, EventLog};
@@ -324,17 +325,6 @@ impl Index {
     /// (a new arrival, soon attempted).
     pub fn insert_message(&mut self, e: Entry, keep: bool) {
         let k = self.keys.make(&e.envelope.queue_id);
-        self.unschedule(k);
-        if let Some(old) = self.map.remove(&k) {
-            if let Some(s) = self.segs.get_mut(&old.seq) {
-                s.live = s.live.saturating_sub(1);
-                s.live_bytes = s.live_bytes.saturating_sub(old.len);
-            }
-            if old.seq != e.seq {
-                self.copies.entry(k).or_default().push(old.seq);
-            }
-        }
-        self.overlay.remove(&k);
         let env = &e.envelope;
         let mut flags = 0;
         if env.held {
@@ -356,17 +346,34 @@ impl Index {
             st_len: 0,
             flags,
         };
-        let s = self.segs.entry(e.seq).or_default();
-        s.live += 1;
-        s.live_bytes += e.len;
-        s.msgs.push(k);
-        self.map.insert(k, slot);
-        self.schedule(k);
+        self.insert_slot(k, slot);
         if keep && self.hot_limit > 0 {
             self.keep_hot(k, e.envelope);
         } else {
             self.hot.remove(&k);
         }
+    }
+
+    fn insert_slot(&mut self, k: Key, slot: Slot) {
+        self.unschedule(k);
+        if let Some(old) = self.map.remove(&k) {
+            if let Some(s) = self.segs.get_mut(&old.seq) {
+                s.live = s.live.saturating_sub(1);
+                s.live_bytes = s.live_bytes.saturating_sub(old.len);
+            }
+            if old.seq != slot.seq {
+                self.copies.entry(k).or_default().push(old.seq);
+            }
+        }
+        if !self.overlay.is_empty() {
+            self.overlay.remove(&k);
+        }
+        let s = self.segs.entry(slot.seq).or_default();
+        s.live += 1;
+        s.live_bytes += slot.len;
+        s.msgs.push(k);
+        self.map.insert(k, slot);
+        self.schedule(k);
     }
 
     fn keep_hot(&mut self, k: Key, env: Envelope) {
@@ -422,6 +429,29 @@ impl Index {
         if let Some(env) = self.hot.get_mut(&k) {
             env.held = s.held();
             env.delay_warned = s.flags & WARNED != 0;
+        }
+        self.map.insert(k, s);
+        self.schedule(k);
+    }
+
+    /// `apply_state` of a STATE record holding flags only or a snapshot, from its brief.
+    fn apply_brief(&mut self, seq: u64, offset: u64, len: u64, b: &brief::StateBrief<'_>) {
+        let k = self.keys.make(b.queue_id);
+        self.segs.entry(seq).or_default().refs.push(k);
+        let Some(&slot) = self.map.get(&k) else { return };
+        self.unschedule(k);
+        let mut s = slot;
+        if let Some(h) = b.hold {
+            s.flags = if h { s.flags | HELD } else { s.flags & !HELD };
+        }
+        if b.delay_warned {
+            s.flags |= WARNED;
+        }
+        if b.changes > 0 {
+            (s.st_seq, s.st_offset, s.st_len) = (seq, offset, len as u32);
+            s.flags &= !OVERLAY;
+            self.overlay.remove(&k);
+            s.rdue = b.rdue;
         }
         self.map.insert(k, s);
         self.schedule(k);
@@ -517,11 +547,26 @@ impl Index {
     /// Apply one valid record found by a scan of segment `seq`.
     pub fn apply_scanned(&mut self, seq: u64, r: &segment::Scanned) -> Result<(), record::FormatError> {
         match r.kind {
-            Kind::Message => record::decode_envelope(&r.meta).map(|envelope| {
-                let e = Entry { shard: self.shard, seq, offset: r.offset, len: r.len, data_offset: r.data_offset, size: r.data_len, envelope };
-                self.insert_message(e, false)
+            Kind::Message => brief::message(&r.meta).map(|b| {
+                let k = self.keys.make(b.queue_id);
+                let flags = if b.held { HELD } else { 0 } | if b.delay_warned { WARNED } else { 0 };
+                let head = (r.data_offset - r.offset) as u32;
+                let slot = Slot { seq, offset: r.offset, len: r.len, head, nrcpt: b.nrcpt, arrival_us: b.arrival_us, rdue: b.rdue, st_seq: 0, st_offset: 0, st_len: 0, flags };
+                self.insert_slot(k, slot);
+                self.hot.remove(&k);
             }),
-            Kind::State => record::decode_state(&r.meta).map(|sc| self.apply_state(seq, r.offset, r.len, &sc)),
+            Kind::State => {
+                let b = brief::state_record(&r.meta)?;
+                let nrcpt = self.keys.find(b.queue_id).and_then(|k| self.map.get(&k)).map(|s| s.nrcpt);
+                match nrcpt {
+                    // Flags only, or a snapshot: no allocation.
+                    Some(n) if b.changes == 0 || (b.in_order && b.changes == n as u64) => {
+                        self.apply_brief(seq, r.offset, r.len, &b);
+                        Ok(())
+                    }
+                    _ => record::decode_state(&r.meta).map(|sc| self.apply_state(seq, r.offset, r.len, &sc)),
+                }
+            }
             Kind::Delete => record::decode_delete(&r.meta).map(|(qid, _)| self.apply_delete(seq, &qid)),
             Kind::SegmentEnd => record::decode_segment_end(&r.meta).map(|m| self.segs.entry(seq).or_default().markers.push(m)),
             Kind::Event => events::decode_event(&r.meta).map(|ev| self.apply_event(seq, r.len, ev)),

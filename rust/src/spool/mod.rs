@@ -86,6 +86,7 @@
 // write, fdatasync, then unlink; a crash in between leaves duplicates that
 // replay resolves (the newest MESSAGE record wins).
 
+mod brief;
 mod compact;
 pub mod entry;
 mod event_ops;

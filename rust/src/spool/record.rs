@@ -354,7 +354,7 @@ pub struct StateChange {
 
 /// Bit 2 of a STATE record's hold byte: the delay notice was sent. Older
 /// binaries refuse the byte (an undecodable record, reported, its segment kept).
-const DELAY_WARNED_BIT: u8 = 4;
+pub(super) const DELAY_WARNED_BIT: u8 = 4;
 
 /// STATE meta: `queue_id`'s recipients `changes` and/or its hold flag, at `time_us`.
 pub fn encode_state(s: &StateChange) -> Vec<u8> {
