@@ -550,6 +550,8 @@ fn due_is_cheap_with_a_big_index() {
 // Compaction has its own file; it shares this file's helpers as a child module.
 #[path = "compact_tests.rs"]
 mod compact_tests;
+#[path = "compact_index_tests.rs"]
+mod compact_index_tests;
 #[path = "notes_route_tests.rs"]
 mod notes_route_tests;
 #[path = "edit_tests.rs"]

@@ -1,0 +1,186 @@
+//! The compact index: envelopes read back from the spool equal the ones kept in memory,
+//! partial STATE records of older binaries still apply, pages cover the queue once, the
+//! brief decoders agree with the full ones, and a queued message costs under 200 bytes.
+use super::super::brief;
+use super::super::record::{self, Envelope, Kind, Recipient, StateChange};
+use super::super::*;
+use super::{change, ok, stat, wait_for};
+use std::io::Write;
+
+fn rich(qid: &str, i: u64) -> Envelope {
+    Envelope {
+        queue_id: qid.into(),
+        arrival_us: 1_700_000_000_000_000 + i,
+        sender: format!("s{i}@x.test"),
+        recipients: (0..3).map(|j| Recipient { address: format!("r{j}@d{i}.test"), notify: Some(2), orcpt: Some(format!("rfc822;o{j}")), ..Default::default() }).collect(),
+        body: Some("8BITMIME".into()),
+        ret: Some("HDRS".into()),
+        envid: Some(format!("E{i}")),
+        helo: "h.test".into(),
+        client_ip: "192.0.2.7".into(),
+        smtputf8: i % 2 == 0,
+        notes: Some(format!("{{\"n\": {i}}}")),
+        ..Default::default()
+    }
+}
+
+fn put(sp: &Spool, token: u64, e: Envelope) -> String {
+    let q = e.queue_id.clone();
+    let mut m = sp.new_message();
+    m.push(format!("Subject: {q}\r\n\r\nbody\r\n").as_bytes());
+    sp.submit(token, e, m).unwrap();
+    q
+}
+
+fn cfg(active_limit: usize) -> Config {
+    Config { active_limit, ..Default::default() }
+}
+
+/// Every message's envelope: the same whether it is kept in memory, read back, or replayed.
+#[test]
+fn envelopes_read_back_equal_the_ones_kept() {
+    let d = tempfile::tempdir().unwrap();
+    let (kept, cold) = (d.path().join("kept"), d.path().join("cold"));
+    let mut views: Vec<Vec<Envelope>> = Vec::new();
+    for (root, limit) in [(&kept, 1000), (&cold, 0)] {
+        let sp = Spool::open(root, 0, cfg(limit)).unwrap();
+        let ids: Vec<String> = (0..30).map(|i| put(&sp, i + 1, rich(&queue_id(1_000 + i, 0), i))).collect();
+        ok(&sp, 30);
+        for (i, q) in ids.iter().enumerate().take(10) {
+            sp.update(100 + i as u64, q, &[change(1, record::STATE_DEFERRED, 2, Some(5_000 + i as u64), Some("451 later"))]).unwrap();
+        }
+        ok(&sp, 10);
+        sp.update(200, &ids[0], &[change(0, record::STATE_DELIVERED, 1, None, Some("250 ok"))]).unwrap();
+        sp.hold(201, &ids[1], true).unwrap();
+        sp.delay_warned(202, &ids[2]).unwrap();
+        ok(&sp, 3);
+        assert_eq!(stat(&sp, "hot_envelopes"), if limit == 0 { 0 } else { 30 });
+        let now: Vec<Envelope> = ids.iter().map(|q| sp.get(q).unwrap().unwrap().envelope).collect();
+        // The first update's change and the second's both show (a snapshot carries both).
+        assert_eq!(now[0].recipients[0].state, record::STATE_DELIVERED);
+        assert_eq!(now[0].recipients[1].next_attempt_us, Some(5_000));
+        assert!(now[1].held && now[2].delay_warned && !now[3].held);
+        views.push(now);
+        drop(sp);
+        let sp = Spool::open(root, 0, cfg(limit)).unwrap();
+        let replayed: Vec<Envelope> = ids.iter().map(|q| sp.get(q).unwrap().unwrap().envelope).collect();
+        assert_eq!(&replayed, views.last().unwrap(), "replay gives the same envelopes");
+        assert_eq!(stat(&sp, "hot_envelopes"), 0, "a restart keeps none in memory");
+    }
+    assert_eq!(views[0], views[1], "kept in memory or read back: the same");
+}
+
+/// Older binaries wrote STATE records with only the recipients that changed: they still
+/// apply after a restart, due times included, until the next snapshot replaces them.
+#[test]
+fn partial_state_records_of_older_binaries_still_apply() {
+    let d = tempfile::tempdir().unwrap();
+    let q = queue_id(77_000, 0);
+    {
+        let sp = Spool::open(d.path(), 0, cfg(10)).unwrap();
+        put(&sp, 1, rich(&q, 1));
+        ok(&sp, 1);
+    }
+    // Append what an older binary wrote: recipient 2 deferred until 9_000, alone.
+    let seg = segment::list_segments(&d.path().join("0/segments")).unwrap().pop().unwrap().1;
+    let sc = StateChange { queue_id: q.clone(), time_us: 1, changes: vec![RcptChange { index: 2, state: record::STATE_DEFERRED, attempts: 1, next_attempt_us: Some(9_000), last_reply: Some("451 a".into()), route: None }], ..Default::default() };
+    let rec = record::encode_record(Kind::State, &record::encode_state(&sc), &[]).unwrap();
+    std::fs::OpenOptions::new().append(true).open(&seg).unwrap().write_all(&rec).unwrap();
+    let sp = Spool::open(d.path(), 0, cfg(10)).unwrap();
+    let e = sp.get(&q).unwrap().unwrap().envelope;
+    assert_eq!((e.recipients[2].state, e.recipients[2].next_attempt_us), (record::STATE_DEFERRED, Some(9_000)));
+    assert_eq!(e.recipients[0].state, record::STATE_QUEUED);
+    assert_eq!(sp.next_due(), Some(0), "recipients 0 and 1 are still queued");
+    sp.update(5, &q, &[change(0, record::STATE_DELIVERED, 1, None, None), change(1, record::STATE_DELIVERED, 1, None, None)]).unwrap();
+    ok(&sp, 1);
+    assert_eq!(sp.next_due(), Some(9_000), "only the partial record's deferral is left");
+    drop(sp);
+    let sp = Spool::open(d.path(), 0, cfg(10)).unwrap();
+    let e = sp.get(&q).unwrap().unwrap().envelope;
+    let states: Vec<u8> = e.recipients.iter().map(|r| r.state).collect();
+    assert_eq!(states, vec![record::STATE_DELIVERED, record::STATE_DELIVERED, record::STATE_DEFERRED]);
+    assert_eq!(sp.next_due(), Some(9_000));
+}
+
+/// Pages in log order cover every live message once, across segments, deletes and compaction.
+#[test]
+fn pages_cover_the_queue_once() {
+    let d = tempfile::tempdir().unwrap();
+    let sp = Spool::open(d.path(), 0, Config { segment_size: 8192, ..cfg(5) }).unwrap();
+    let ids: Vec<String> = (0..120).map(|i| put(&sp, i + 1, rich(&queue_id(5_000 + i, 0), i))).collect();
+    ok(&sp, 120);
+    // Four in five go: the sealed segments fall under the copy-forward fill.
+    let gone: Vec<&str> = ids.iter().enumerate().filter(|(i, _)| i % 5 != 0).map(|(_, q)| q.as_str()).collect();
+    assert!(sp.delete_many(999, &gone).unwrap().is_empty());
+    ok(&sp, 1);
+    wait_for("compaction", || stat(&sp, "segments_deleted") > 0 && stat(&sp, "messages_copied") > 0);
+    for limit in [1, 7, 50, 1000] {
+        let (mut cursor, mut seen) = (0, Vec::new());
+        loop {
+            let (page, next) = sp.page(cursor, limit).unwrap();
+            assert!(page.len() <= limit);
+            seen.extend(page.into_iter().map(|e| e.envelope.queue_id));
+            match next {
+                Some(c) => cursor = c,
+                None => break,
+            }
+        }
+        let mut want: Vec<String> = ids.iter().filter(|q| !gone.contains(&q.as_str())).cloned().collect();
+        let mut got = seen.clone();
+        got.sort();
+        want.sort();
+        assert_eq!(got, want, "page size {limit}: every live message once");
+    }
+}
+
+/// The brief decoders accept and refuse exactly what the full ones do.
+#[test]
+fn brief_decoders_agree_with_the_full_ones() {
+    for i in 0..50u64 {
+        let mut e = rich(&queue_id(i, 3), i);
+        e.held = i % 3 == 0;
+        e.delay_warned = i % 5 == 0;
+        e.recipients[1].state = record::STATE_DEFERRED;
+        e.recipients[1].next_attempt_us = Some(1000 + i);
+        if i % 2 == 0 {
+            e.recipients[0].state = record::STATE_DELIVERED;
+        }
+        let meta = record::encode_envelope(&e);
+        let b = brief::message(&meta).unwrap();
+        assert_eq!((b.queue_id, b.arrival_us, b.nrcpt as usize, b.held, b.delay_warned), (e.queue_id.as_str(), e.arrival_us, e.recipients.len(), e.held, e.delay_warned));
+        let mut un = e.clone();
+        un.held = false;
+        assert_eq!(Some(b.rdue), index::due_key(&un));
+        for cut in 0..meta.len() {
+            assert_eq!(brief::message(&meta[..cut]).is_ok(), record::decode_envelope(&meta[..cut]).is_ok(), "cut at {cut}");
+        }
+        let mut bad = meta.clone();
+        bad[2] = 0xff; // inside the queue id: not UTF-8
+        assert_eq!(brief::message(&bad).is_ok(), record::decode_envelope(&bad).is_ok());
+        let sc = StateChange { queue_id: e.queue_id.clone(), time_us: 5, hold: Some(i % 2 == 0), delay_warned: true, changes: e.recipients.iter().enumerate().map(|(j, r)| RcptChange::of(j as u32, r)).collect() };
+        let sm = record::encode_state(&sc);
+        let sb = brief::state_record(&sm).unwrap();
+        assert_eq!((sb.changes, sb.in_order, sb.hold, sb.delay_warned, sb.rdue), (3, true, Some(i % 2 == 0), true, b.rdue));
+        for cut in 0..sm.len() {
+            assert_eq!(brief::state_record(&sm[..cut]).is_ok(), record::decode_state(&sm[..cut]).is_ok(), "state cut at {cut}");
+        }
+    }
+}
+
+/// The bound: at most 200 bytes of index per queued message, deferred ones included.
+#[test]
+fn a_queued_message_costs_under_200_bytes_of_index() {
+    let mut ix = index::Index::new(0, std::path::Path::new("/nonexistent"));
+    let n = 100_000u64;
+    for i in 0..n {
+        let mut e = super::env2(&queue_id(1_000_000 + i * 3, 0), i);
+        e.recipients[0].state = record::STATE_DEFERRED;
+        e.recipients[0].next_attempt_us = Some(1_000_000 + (i * 7919) % 100_000);
+        let entry = index::Entry { shard: 0, seq: 1 + i / 50_000, offset: 32 + i * 1200, len: 1200, data_offset: 32 + i * 1200 + 200, size: 976, envelope: e };
+        ix.insert_message(entry, false);
+    }
+    let per = ix.index_bytes() / n;
+    assert!(per <= 200, "{per} bytes per queued message");
+    assert_eq!(ix.len() as u64, n);
+    assert_eq!(ix.due(1_000_000 + 100_000, 10).len(), 10);
+}
