@@ -50,11 +50,11 @@ impl Writer {
             let mut bytes = 0;
             for &k in &s.msgs {
                 match ix.slot(k) {
-                    Some(sl) if sl.seq == seq => {
+                    Some(sl) if sl.seq() == seq => {
                         // Unreadable now: left where it is (its segment stays).
                         let Ok(Some(env)) = ix.envelope_of(k) else { continue };
                         items.push((env, sl.data_offset(), sl.size()));
-                        bytes += sl.len;
+                        bytes += sl.len();
                         if bytes >= COMPACT_STEP_BYTES {
                             break;
                         }
@@ -76,7 +76,7 @@ impl Writer {
             let (k, del) = (r & !DELETED, r & DELETED != 0);
             match ix.slot(k) {
                 // A STATE record newer than the message's MESSAGE record: keep its effect.
-                Some(sl) if !del && sl.seq < seq => {
+                Some(sl) if !del && sl.seq() < seq => {
                     // Unreadable now: the segment stays until it can be carried.
                     let Ok(Some(env)) = ix.envelope_of(k) else { return None };
                     states.push(StateChange {

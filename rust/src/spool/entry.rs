@@ -36,26 +36,46 @@ pub const WARNED: u8 = 2;
 /// Partial STATE records (older binaries) came after the newest snapshot: see `Index::overlay`.
 pub const OVERLAY: u8 = 4;
 
-/// Where one live message's records are, and what scheduling needs without reading them.
+/// Where one live message's records are, and what scheduling needs without reading them:
+/// 64 bytes. Segment numbers fit in 32 bits (`index::build` refuses a shard whose do not:
+/// 2^32 segments of 64 MiB is 256 PiB written), a message's bytes too (`record::MAX_PAYLOAD`).
 #[derive(Clone, Copy, Debug)]
 pub struct Slot {
-    pub seq: u64,
-    pub offset: u64,
-    pub len: u64,
+    seq: u32,
+    st_seq: u32,
     /// data_offset - offset: the record header, meta length and meta.
     pub head: u32,
+    size: u32,
     pub nrcpt: u32,
+    /// The newest STATE record with every recipient (0: none after the MESSAGE record).
+    pub st_len: u32,
+    pub offset: u64,
+    pub st_offset: u64,
     pub arrival_us: u64,
     /// The earliest due time of its recipients (0: queued; NEVER: none waiting), hold aside.
     pub rdue: u64,
-    /// The newest STATE record with every recipient (st_len 0: none after the MESSAGE record).
-    pub st_seq: u64,
-    pub st_offset: u64,
-    pub st_len: u32,
     pub flags: u8,
 }
 
 impl Slot {
+    /// The MESSAGE record at (seq, offset, len) with its data at data_offset.
+    pub fn new(seq: u64, offset: u64, len: u64, data_offset: u64, nrcpt: u32, arrival_us: u64, rdue: u64, flags: u8) -> Slot {
+        let head = (data_offset - offset) as u32;
+        let size = len.saturating_sub(head as u64 + record::REC_TRAILER as u64) as u32;
+        Slot { seq: seq as u32, st_seq: 0, head, size, nrcpt, st_len: 0, offset, st_offset: 0, arrival_us, rdue, flags }
+    }
+    pub fn seq(&self) -> u64 {
+        self.seq as u64
+    }
+    pub fn len(&self) -> u64 {
+        self.head as u64 + self.size as u64 + record::REC_TRAILER as u64
+    }
+    pub fn st_seq(&self) -> u64 {
+        self.st_seq as u64
+    }
+    pub fn set_state(&mut self, seq: u64, offset: u64, len: u64) {
+        (self.st_seq, self.st_offset, self.st_len) = (seq as u32, offset, len as u32);
+    }
     pub fn held(&self) -> bool {
         self.flags & HELD != 0
     }
@@ -67,9 +87,12 @@ impl Slot {
         self.offset + self.head as u64
     }
     pub fn size(&self) -> u64 {
-        self.len.saturating_sub(self.head as u64 + record::REC_TRAILER as u64)
+        self.size as u64
     }
 }
+
+/// Segment numbers the index can hold.
+pub const MAX_SEQ: u64 = u32::MAX as u64;
 
 /// The earliest due time of a set of recipients (hold aside).
 pub fn rdue_of<'a>(states: impl Iterator<Item = (u8, Option<u64>)> + 'a) -> u64 {
@@ -160,7 +183,7 @@ fn bad(what: &str) -> io::Error {
 /// The envelope of the MESSAGE record a slot points at (its state as written then).
 pub fn read_envelope(files: &Files, s: &Slot) -> io::Result<Envelope> {
     let mut buf = vec![0u8; s.head as usize];
-    files.get(s.seq)?.read_exact_at(&mut buf, s.offset)?;
+    files.get(s.seq())?.read_exact_at(&mut buf, s.offset)?;
     let (kind, _) = record::decode_header(&buf[..REC_HDR]).map_err(|e| bad(&e.0))?;
     if kind != Kind::Message || buf.len() < REC_HDR + 4 {
         return Err(bad("index points at no MESSAGE record"));
@@ -185,7 +208,7 @@ pub fn read_changes(files: &Files, seq: u64, offset: u64, len: u32) -> io::Resul
 pub fn materialize(files: &Files, s: &Slot, overlay: Option<&Vec<RcptChange>>) -> io::Result<Envelope> {
     let mut env = read_envelope(files, s)?;
     if s.st_len > 0 {
-        apply(&mut env, &read_changes(files, s.st_seq, s.st_offset, s.st_len)?);
+        apply(&mut env, &read_changes(files, s.st_seq(), s.st_offset, s.st_len)?);
     }
     if let Some(o) = overlay {
         apply(&mut env, o);

@@ -187,7 +187,7 @@ impl Index {
     pub fn entry(&self, k: Key) -> io::Result<Option<Entry>> {
         let Some(s) = self.map.get(&k) else { return Ok(None) };
         let envelope = self.envelope(k, s)?;
-        Ok(Some(Entry { shard: self.shard, seq: s.seq, offset: s.offset, len: s.len, data_offset: s.data_offset(), size: s.size(), envelope }))
+        Ok(Some(Entry { shard: self.shard, seq: s.seq(), offset: s.offset, len: s.len(), data_offset: s.data_offset(), size: s.size(), envelope }))
     }
     fn envelope(&self, k: Key, s: &Slot) -> io::Result<Envelope> {
         match self.hot.get(&k) {
@@ -307,7 +307,7 @@ impl Index {
                     return (out, Some(seq << 32 | pos as u64));
                 }
                 let k = info.msgs[pos];
-                if self.map.get(&k).is_some_and(|sl| sl.seq == s) {
+                if self.map.get(&k).is_some_and(|sl| sl.seq() == s) {
                     out.push(k);
                 }
                 pos += 1;
@@ -333,19 +333,8 @@ impl Index {
         if env.delay_warned {
             flags |= WARNED;
         }
-        let slot = Slot {
-            seq: e.seq,
-            offset: e.offset,
-            len: e.len,
-            head: (e.data_offset - e.offset) as u32,
-            nrcpt: env.recipients.len() as u32,
-            arrival_us: env.arrival_us,
-            rdue: entry::rdue_of(env.recipients.iter().map(|r| (r.state, r.next_attempt_us))),
-            st_seq: 0,
-            st_offset: 0,
-            st_len: 0,
-            flags,
-        };
+        let rdue = entry::rdue_of(env.recipients.iter().map(|r| (r.state, r.next_attempt_us)));
+        let slot = Slot::new(e.seq, e.offset, e.len, e.data_offset, env.recipients.len() as u32, env.arrival_us, rdue, flags);
         self.insert_slot(k, slot);
         if keep && self.hot_limit > 0 {
             self.keep_hot(k, e.envelope);
@@ -357,20 +346,20 @@ impl Index {
     fn insert_slot(&mut self, k: Key, slot: Slot) {
         self.unschedule(k);
         if let Some(old) = self.map.remove(&k) {
-            if let Some(s) = self.segs.get_mut(&old.seq) {
+            if let Some(s) = self.segs.get_mut(&old.seq()) {
                 s.live = s.live.saturating_sub(1);
-                s.live_bytes = s.live_bytes.saturating_sub(old.len);
+                s.live_bytes = s.live_bytes.saturating_sub(old.len());
             }
-            if old.seq != slot.seq {
-                self.copies.entry(k).or_default().push(old.seq);
+            if old.seq() != slot.seq() {
+                self.copies.entry(k).or_default().push(old.seq());
             }
         }
         if !self.overlay.is_empty() {
             self.overlay.remove(&k);
         }
-        let s = self.segs.entry(slot.seq).or_default();
+        let s = self.segs.entry(slot.seq()).or_default();
         s.live += 1;
-        s.live_bytes += slot.len;
+        s.live_bytes += slot.len();
         s.msgs.push(k);
         self.map.insert(k, slot);
         self.schedule(k);
@@ -407,7 +396,7 @@ impl Index {
         }
         if !sc.changes.is_empty() {
             if entry::is_snapshot(&sc.changes, s.nrcpt) {
-                (s.st_seq, s.st_offset, s.st_len) = (seq, offset, len as u32);
+                s.set_state(seq, offset, len);
                 s.flags &= !OVERLAY;
                 self.overlay.remove(&k);
                 s.rdue = entry::rdue_of(sc.changes.iter().map(|c| (c.state, c.next_attempt_us)));
@@ -448,7 +437,7 @@ impl Index {
             s.flags |= WARNED;
         }
         if b.changes > 0 {
-            (s.st_seq, s.st_offset, s.st_len) = (seq, offset, len as u32);
+            s.set_state(seq, offset, len);
             s.flags &= !OVERLAY;
             self.overlay.remove(&k);
             s.rdue = b.rdue;
@@ -465,11 +454,11 @@ impl Index {
         self.hot.remove(&k);
         self.overlay.remove(&k);
         if let Some(old) = self.map.remove(&k) {
-            if let Some(s) = self.segs.get_mut(&old.seq) {
+            if let Some(s) = self.segs.get_mut(&old.seq()) {
                 s.live = s.live.saturating_sub(1);
-                s.live_bytes = s.live_bytes.saturating_sub(old.len);
+                s.live_bytes = s.live_bytes.saturating_sub(old.len());
             }
-            self.copies.entry(k).or_default().push(old.seq);
+            self.copies.entry(k).or_default().push(old.seq());
         }
     }
 
@@ -550,8 +539,7 @@ impl Index {
             Kind::Message => brief::message(&r.meta).map(|b| {
                 let k = self.keys.make(b.queue_id);
                 let flags = if b.held { HELD } else { 0 } | if b.delay_warned { WARNED } else { 0 };
-                let head = (r.data_offset - r.offset) as u32;
-                let slot = Slot { seq, offset: r.offset, len: r.len, head, nrcpt: b.nrcpt, arrival_us: b.arrival_us, rdue: b.rdue, st_seq: 0, st_offset: 0, st_len: 0, flags };
+                let slot = Slot::new(seq, r.offset, r.len, r.data_offset, b.nrcpt, b.arrival_us, b.rdue, flags);
                 self.insert_slot(k, slot);
                 self.hot.remove(&k);
             }),
@@ -582,6 +570,9 @@ impl Index {
 /// went meanwhile (a reader beside the writer scans again).
 pub fn build(shard: u32, shard_dir: &Path, scans: &[SegScan], report: &mut Vec<String>) -> io::Result<Index> {
     let mut ix = Index::new(shard, shard_dir);
+    if let Some(s) = scans.iter().find(|s| s.seq > entry::MAX_SEQ) {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("segment number {} is beyond {}", s.seq, entry::MAX_SEQ)));
+    }
     for s in scans {
         if s.bad_header.is_some() || (s.end == 0 && s.count == 0) {
             continue; // recovery removes or moves these files

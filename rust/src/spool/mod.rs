@@ -210,6 +210,9 @@ impl Spool {
             return Err(Error::Invalid("segment_size must be at least 4096".into()));
         }
         let mut rec = recover::open_shard(root, shard)?;
+        if rec.next_seq > entry::MAX_SEQ - (1 << 20) {
+            return Err(Error::Invalid(format!("shard {shard}: segment numbers are exhausted (next {})", rec.next_seq)));
+        }
         rec.index.hot_limit = cfg.active_limit;
         let dir = root.join(shard.to_string());
         let mut fds = [0; 2];
