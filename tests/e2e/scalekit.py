@@ -193,6 +193,21 @@ def rss_bytes(pid: int) -> int:
     raise AssertionError(f"no VmRSS for pid {pid}")
 
 
+def settled_rss(pid: int, *, stable: float = 2.0, timeout: float = 12.0, slack: int = 1 << 20) -> int:
+    """The RSS once it has stayed within `slack` for `stable` seconds (at most `timeout`): the
+    worker's once-a-second metrics scan walks the queue, and what it allocates stays."""
+    deadline = time.monotonic() + timeout
+    last, since = rss_bytes(pid), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        now = rss_bytes(pid)
+        if abs(now - last) > slack:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= stable:
+            return now
+    return rss_bytes(pid)
+
+
 def wait_gone(pids: list[int], timeout: float = 10) -> None:
     """Until none of `pids` exists (a killed main takes its worker along: PDEATHSIG)."""
     deadline = time.monotonic() + timeout
@@ -226,7 +241,7 @@ def run_cli(tmp: Path, *args: str, timeout: float = 120) -> Run:
     out_path, err_path = tmp / "cli.out", tmp / "cli.err"
     t0 = time.monotonic()
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "mta", *args], stdout=out, stderr=err)
+        proc = subprocess.Popen([sys.executable, "-m", "mta", *args], stdout=out, stderr=err, cwd=tmp)
     deadline = t0 + timeout
     while True:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)

@@ -23,9 +23,9 @@ from scalekit import (
     Messages,
     Run,
     children,
-    rss_bytes,
     run_cli,
     send,
+    settled_rss,
     wait_gone,
     worker_pid,
 )
@@ -78,13 +78,11 @@ def backlog(tmp_path_factory):
         assert not warm.errors and len(warm.ids) == WARM, warm.errors[:5]
         deleted = run_cli(tmp, "queue", "delete", "ALL", "--spool", str(srv.spool), timeout=60)
         assert deleted.returncode == 0 and f"{WARM} message(s): deleted".encode() in deleted.stdout, deleted
-        time.sleep(0.5)  # the delete records' sync and the metrics tick settle
-        rss_before = rss_bytes(worker)
+        rss_before = settled_rss(worker)
         sent = send(srv.addr, msgs, range(WARM, WARM + N), sessions=SESSIONS, timeout=120)
         assert not sent.errors, f"{len(sent.errors)} failures, e.g. {sent.errors[:5]}"
         assert len(sent.ids) == N, f"{len(sent.ids)} of {N} acknowledged"
-        time.sleep(0.5)
-        rss_after = rss_bytes(worker)
+        rss_after = settled_rss(worker)
         print(f"\nqueue scale: accepted {N} in {sent.seconds:.1f} s ({N / sent.seconds:.0f}/s); worker RSS "
               f"{rss_before / MiB:.1f} -> {rss_after / MiB:.1f} MiB "
               f"({(rss_after - rss_before) / N:.0f} bytes/message)")
@@ -111,6 +109,7 @@ def test_spool_index_bytes_per_queued_message(backlog, record_property):
     index_bytes = sum(v for k, v in scrape(backlog.http_port).items() if k[0] == "mta_spool_index_bytes")
     record_property("index_bytes_per_message", index_bytes / N)
     print(f"\nmta_spool_index_bytes {index_bytes:.0f} for {N} queued: {index_bytes / N:.1f} bytes/message")
+    assert index_bytes >= N, f"{index_bytes:.0f} bytes for {N} messages: the gauge does not measure the index"
     assert index_bytes / N <= INDEX_BYTES_PER_MESSAGE, f"{index_bytes:.0f} bytes of index for {N} messages"
 
 
@@ -154,6 +153,7 @@ def test_list_json_memory_is_bounded(backlog, record_property):
 def test_list_plain_counts_every_message(backlog):
     run = backlog.cli("list")
     assert run.returncode == 0, run.stderr[-2000:]
+    print(f"\nmta queue list over {N}: {run.seconds:.2f} s, max RSS {run.max_rss / MiB:.1f} MiB")
     lines = run.stdout.decode().splitlines()
     assert lines[-1] == f"-- {N} message(s)", lines[-3:]
     # A message's first line starts with its id; its recipients' lines are indented.
@@ -164,6 +164,7 @@ def test_list_plain_counts_every_message(backlog):
 def test_summary_total(backlog):
     run = backlog.cli("summary", "--json")
     assert run.returncode == 0, run.stderr[-2000:]
+    print(f"\nmta queue summary --json over {N}: {run.seconds:.2f} s, max RSS {run.max_rss / MiB:.1f} MiB")
     summary = json.loads(run.stdout)
     assert summary["total"] == N, summary
     # Five recipient domains, 10,000 messages each (scalekit.Messages.envelope).
@@ -175,22 +176,20 @@ def test_summary_total(backlog):
 # ---------------------------------------------------------------------------
 
 def test_hold_and_release_all(backlog, record_property):
-    rss0 = rss_bytes(backlog.worker)
+    rss0 = settled_rss(backlog.worker)
     held = run_cli(backlog.tmp, "queue", "hold", "ALL", "--spool", str(backlog.srv.spool), timeout=120)
     assert held.returncode == 0 and held.stdout.decode().strip() == f"{N} message(s): held", held
     listed = run_cli(backlog.tmp, "queue", "list", "--json", "--spool", str(backlog.srv.spool))
     assert listed.returncode == 0, listed.stderr[-2000:]
     entries = json.loads(listed.stdout)
     assert len(entries) == N and all(e["held"] for e in entries), sum(e["held"] for e in entries)
-    time.sleep(0.5)
-    rss_held = rss_bytes(backlog.worker)
+    rss_held = settled_rss(backlog.worker)
     released = run_cli(backlog.tmp, "queue", "release", "ALL", "--spool", str(backlog.srv.spool), timeout=120)
     assert released.returncode == 0 and released.stdout.decode().strip() == f"{N} message(s): released", released
     listed = run_cli(backlog.tmp, "queue", "list", "--json", "--spool", str(backlog.srv.spool))
     entries = json.loads(listed.stdout)
     assert len(entries) == N and not any(e["held"] for e in entries), sum(e["held"] for e in entries)
-    time.sleep(0.5)
-    rss1 = rss_bytes(backlog.worker)
+    rss1 = settled_rss(backlog.worker)
     record_property("hold_release_rss_growth", rss1 - rss0)
     figures = (f"hold ALL {held.seconds:.2f} s, release ALL {released.seconds:.2f} s; worker RSS "
                f"{rss0 / MiB:.1f} MiB, after hold {rss_held / MiB:.1f}, after release {rss1 / MiB:.1f}")
