@@ -96,6 +96,7 @@ _SIZE_UNITS = {None: 1, "k": KiB, "m": MiB, "g": GiB}
 @dataclass(frozen=True)
 class Size(Kind):
     min: int = 1
+    max: int | None = None
     type_name = "size"
 
     def parse(self, path, raw, errs):
@@ -108,6 +109,9 @@ class Size(Kind):
             return BAD
         if value < self.min:
             errs.bad(path, _bound_text(self.min, "bytes"), raw)
+            return BAD
+        if self.max is not None and value > self.max:
+            errs.bad(path, f"a size of at most {self.render(self.max)}", raw)
             return BAD
         return value
 

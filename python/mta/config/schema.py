@@ -15,7 +15,7 @@ from typing import Any, Callable, NamedTuple
 from mta.errors import ConfigError
 
 from mta.config.kinds import (  # noqa: F401 (re-exported: tests and docs name kinds through the schema)
-    BAD, Bool, Choice, DomainSet, Duration, Errors, Hostname, Int, KiB, Kind, ListenList, MiB, Network, NetworkList, Size, Text,
+    BAD, Bool, Choice, DomainSet, Duration, Errors, GiB, Hostname, Int, KiB, Kind, ListenList, MiB, Network, NetworkList, Size, Text,
 )
 from mta.config.listeners import (
     CipherString, Listener, ListenerTables, TlsVersion, cross_checks as listener_checks, resolve as resolve_listeners,
@@ -63,8 +63,9 @@ class SpoolConfig:
     dir: str = opt(DEFAULT_SPOOL_DIR, Text(nonempty=True),
                    "Spool root; each worker owns the shard `<dir>/<worker>/`. "
                    "Created (mode 0700) if missing.")
-    segment_size: int = opt(64 * MiB, Size(),
-                            "A segment file is closed and a new one started past this size.")
+    segment_size: int = opt(64 * MiB, Size(max=64 * GiB),
+                            "A segment file is closed and a new one started past this size "
+                            "(at most 64GiB).")
     spill_threshold: int = opt(1 * MiB, Size(),
                                "Messages larger than this are streamed to the spool as they arrive "
                                "instead of buffered in memory.")

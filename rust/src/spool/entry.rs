@@ -37,38 +37,55 @@ pub const WARNED: u8 = 2;
 pub const OVERLAY: u8 = 4;
 
 /// Where one live message's records are, and what scheduling needs without reading them:
-/// 64 bytes. Segment numbers fit in 32 bits (`index::build` refuses a shard whose do not:
-/// 2^32 segments of 64 MiB is 256 PiB written), a message's bytes too (`record::MAX_PAYLOAD`).
+/// 56 bytes. Segment numbers fit in 32 bits (2^32 segments of 64 MiB is 256 PiB written),
+/// offsets in 40 (a 1 TiB segment), a message's bytes in 32 (`record::MAX_PAYLOAD`):
+/// `index::build` refuses a shard that does not fit, with the reason.
 #[derive(Clone, Copy, Debug)]
 pub struct Slot {
     seq: u32,
     st_seq: u32,
     /// data_offset - offset: the record header, meta length and meta.
-    pub head: u32,
+    head: u32,
     size: u32,
     pub nrcpt: u32,
     /// The newest STATE record with every recipient (0: none after the MESSAGE record).
     pub st_len: u32,
-    pub offset: u64,
+    /// The MESSAGE record's offset (low 40 bits) and the flags (bits 56-63).
+    at: u64,
     pub st_offset: u64,
     pub arrival_us: u64,
     /// The earliest due time of its recipients (0: queued; NEVER: none waiting), hold aside.
     pub rdue: u64,
-    pub flags: u8,
 }
+
+const OFFSET_BITS: u64 = (1 << 40) - 1;
 
 impl Slot {
     /// The MESSAGE record at (seq, offset, len) with its data at data_offset.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(seq: u64, offset: u64, len: u64, data_offset: u64, nrcpt: u32, arrival_us: u64, rdue: u64, flags: u8) -> Slot {
         let head = (data_offset - offset) as u32;
         let size = len.saturating_sub(head as u64 + record::REC_TRAILER as u64) as u32;
-        Slot { seq: seq as u32, st_seq: 0, head, size, nrcpt, st_len: 0, offset, st_offset: 0, arrival_us, rdue, flags }
+        let at = offset | (flags as u64) << 56;
+        Slot { seq: seq as u32, st_seq: 0, head, size, nrcpt, st_len: 0, at, st_offset: 0, arrival_us, rdue }
     }
     pub fn seq(&self) -> u64 {
         self.seq as u64
     }
+    pub fn offset(&self) -> u64 {
+        self.at & OFFSET_BITS
+    }
+    pub fn head(&self) -> u32 {
+        self.head
+    }
     pub fn len(&self) -> u64 {
         self.head as u64 + self.size as u64 + record::REC_TRAILER as u64
+    }
+    pub fn flags(&self) -> u8 {
+        (self.at >> 56) as u8
+    }
+    pub fn set_flags(&mut self, f: u8) {
+        self.at = self.offset() | (f as u64) << 56;
     }
     pub fn st_seq(&self) -> u64 {
         self.st_seq as u64
@@ -77,18 +94,23 @@ impl Slot {
         (self.st_seq, self.st_offset, self.st_len) = (seq as u32, offset, len as u32);
     }
     pub fn held(&self) -> bool {
-        self.flags & HELD != 0
+        self.flags() & HELD != 0
     }
     /// When the message is due: None if held or nothing waits.
     pub fn due(&self) -> Option<u64> {
         (!self.held() && self.rdue != NEVER).then_some(self.rdue)
     }
     pub fn data_offset(&self) -> u64 {
-        self.offset + self.head as u64
+        self.offset() + self.head as u64
     }
     pub fn size(&self) -> u64 {
         self.size as u64
     }
+}
+
+/// Whether a record at (seq, offset) can be held in a slot.
+pub fn fits(seq: u64, offset: u64) -> bool {
+    seq <= MAX_SEQ && offset <= OFFSET_BITS
 }
 
 /// Segment numbers the index can hold.
@@ -182,8 +204,8 @@ fn bad(what: &str) -> io::Error {
 
 /// The envelope of the MESSAGE record a slot points at (its state as written then).
 pub fn read_envelope(files: &Files, s: &Slot) -> io::Result<Envelope> {
-    let mut buf = vec![0u8; s.head as usize];
-    files.get(s.seq())?.read_exact_at(&mut buf, s.offset)?;
+    let mut buf = vec![0u8; s.head() as usize];
+    files.get(s.seq())?.read_exact_at(&mut buf, s.offset())?;
     let (kind, _) = record::decode_header(&buf[..REC_HDR]).map_err(|e| bad(&e.0))?;
     if kind != Kind::Message || buf.len() < REC_HDR + 4 {
         return Err(bad("index points at no MESSAGE record"));
@@ -214,7 +236,7 @@ pub fn materialize(files: &Files, s: &Slot, overlay: Option<&Vec<RcptChange>>) -
         apply(&mut env, o);
     }
     env.held = s.held();
-    env.delay_warned = s.flags & WARNED != 0;
+    env.delay_warned = s.flags() & WARNED != 0;
     Ok(env)
 }
 

@@ -187,7 +187,7 @@ impl Index {
     pub fn entry(&self, k: Key) -> io::Result<Option<Entry>> {
         let Some(s) = self.map.get(&k) else { return Ok(None) };
         let envelope = self.envelope(k, s)?;
-        Ok(Some(Entry { shard: self.shard, seq: s.seq(), offset: s.offset, len: s.len(), data_offset: s.data_offset(), size: s.size(), envelope }))
+        Ok(Some(Entry { shard: self.shard, seq: s.seq(), offset: s.offset(), len: s.len(), data_offset: s.data_offset(), size: s.size(), envelope }))
     }
     fn envelope(&self, k: Key, s: &Slot) -> io::Result<Envelope> {
         match self.hot.get(&k) {
@@ -320,6 +320,15 @@ impl Index {
         self.segs.entry(seq).or_default().size = size;
     }
 
+    /// Segment `seq` takes no more records: its lists give back their spare capacity
+    /// (up to half of them after a doubling).
+    pub fn seal(&mut self, seq: u64) {
+        if let Some(s) = self.segs.get_mut(&seq) {
+            s.msgs.shrink_to_fit();
+            s.refs.shrink_to_fit();
+        }
+    }
+
     /// A durable MESSAGE record (new, copied forward, or a duplicate found at
     /// recovery: the newest in log order wins). `keep`: hold its envelope in memory
     /// (a new arrival, soon attempted).
@@ -388,16 +397,17 @@ impl Index {
         let Some(&slot) = self.map.get(&k) else { return };
         self.unschedule(k);
         let mut s = slot;
+        let mut flags = s.flags();
         if let Some(h) = sc.hold {
-            s.flags = if h { s.flags | HELD } else { s.flags & !HELD };
+            flags = if h { flags | HELD } else { flags & !HELD };
         }
         if sc.delay_warned {
-            s.flags |= WARNED;
+            flags |= WARNED;
         }
         if !sc.changes.is_empty() {
             if entry::is_snapshot(&sc.changes, s.nrcpt) {
                 s.set_state(seq, offset, len);
-                s.flags &= !OVERLAY;
+                flags &= !OVERLAY;
                 self.overlay.remove(&k);
                 s.rdue = entry::rdue_of(sc.changes.iter().map(|c| (c.state, c.next_attempt_us)));
             } else {
@@ -408,16 +418,17 @@ impl Index {
                     }
                     Err(_) => 0, // unreadable now: due, so an attempt meets the error and reports it
                 };
-                s.flags |= OVERLAY;
+                flags |= OVERLAY;
                 self.overlay.entry(k).or_default().extend(sc.changes.iter().cloned());
             }
             if let Some(env) = self.hot.get_mut(&k) {
                 entry::apply(env, &sc.changes);
             }
         }
+        s.set_flags(flags);
         if let Some(env) = self.hot.get_mut(&k) {
             env.held = s.held();
-            env.delay_warned = s.flags & WARNED != 0;
+            env.delay_warned = flags & WARNED != 0;
         }
         self.map.insert(k, s);
         self.schedule(k);
@@ -430,18 +441,20 @@ impl Index {
         let Some(&slot) = self.map.get(&k) else { return };
         self.unschedule(k);
         let mut s = slot;
+        let mut flags = s.flags();
         if let Some(h) = b.hold {
-            s.flags = if h { s.flags | HELD } else { s.flags & !HELD };
+            flags = if h { flags | HELD } else { flags & !HELD };
         }
         if b.delay_warned {
-            s.flags |= WARNED;
+            flags |= WARNED;
         }
         if b.changes > 0 {
             s.set_state(seq, offset, len);
-            s.flags &= !OVERLAY;
+            flags &= !OVERLAY;
             self.overlay.remove(&k);
             s.rdue = b.rdue;
         }
+        s.set_flags(flags);
         self.map.insert(k, s);
         self.schedule(k);
     }
@@ -570,8 +583,9 @@ impl Index {
 /// went meanwhile (a reader beside the writer scans again).
 pub fn build(shard: u32, shard_dir: &Path, scans: &[SegScan], report: &mut Vec<String>) -> io::Result<Index> {
     let mut ix = Index::new(shard, shard_dir);
-    if let Some(s) = scans.iter().find(|s| s.seq > entry::MAX_SEQ) {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("segment number {} is beyond {}", s.seq, entry::MAX_SEQ)));
+    if let Some(s) = scans.iter().find(|s| !entry::fits(s.seq, s.end)) {
+        let why = format!("segment {} ({} bytes) is beyond what the index holds (numbers to 2^32, 1 TiB each)", s.seq, s.end);
+        return Err(io::Error::new(io::ErrorKind::InvalidData, why));
     }
     for s in scans {
         if s.bad_header.is_some() || (s.end == 0 && s.count == 0) {
@@ -585,6 +599,7 @@ pub fn build(shard: u32, shard_dir: &Path, scans: &[SegScan], report: &mut Vec<S
             }
         };
         segment::scan_segment_with(&s.path, s.seq, Some(s.end), &mut each)?;
+        ix.seal(s.seq);
     }
     // Cursors may come after the events they pass: prune once everything is read.
     ix.prune_events();

@@ -418,6 +418,7 @@ impl Writer {
     pub(super) fn note_written(&mut self, ix: &mut Index) {
         for (seq, len) in self.sealed.drain(..) {
             ix.note_segment(seq, len);
+            ix.seal(seq);
         }
         if let Some(c) = &self.cur {
             ix.note_segment(c.seq, c.len);
