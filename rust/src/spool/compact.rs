@@ -3,6 +3,7 @@
 //! Invariant: copies and carried records are synced before the old segment is unlinked.
 
 use super::events::{self, Event};
+use super::entry::COMPLETE;
 use super::index::{Entry, DELETED};
 use super::record::{self, Envelope, Kind, RcptChange, StateChange};
 use super::segment::segment_name;
@@ -29,7 +30,13 @@ enum Plan {
     /// current segment: state snapshots, DELETE records, SEGMENT_END markers,
     /// and the webhook cursors (name, seq) whose newest EVENT_ACK record is there.
     Delete(u64, Vec<StateChange>, Vec<String>, Vec<(u64, u64)>, Vec<(String, u64)>),
+    /// Before deleting segment `seq`: the snapshots and DELETE records of its first
+    /// `n` STATE/DELETE references (a segment of a big backlog refers to millions).
+    Carry(u64, Vec<StateChange>, Vec<String>, usize),
 }
+
+/// References to a segment about to be deleted looked at per step.
+const CARRY_STEP: usize = 4096;
 
 impl Writer {
     /// Choose the next compaction step: the oldest sealed segment that is
@@ -69,14 +76,16 @@ impl Writer {
         let mut seen = HashSet::new();
         let (mut states, mut deletes) = (Vec::new(), Vec::new());
         let now = super::now_us();
-        for &r in &s.refs {
+        let step = s.refs.len().min(CARRY_STEP);
+        for &r in &s.refs[..step] {
             if !seen.insert(r) {
                 continue;
             }
             let (k, del) = (r & !DELETED, r & DELETED != 0);
             match ix.slot(k) {
-                // A STATE record newer than the message's MESSAGE record: keep its effect.
-                Some(sl) if !del && sl.seq() < seq => {
+                // A STATE record newer than the message's MESSAGE record: keep its effect,
+                // unless a newer complete snapshot (flags included) has it already.
+                Some(sl) if !del && sl.seq() < seq && (sl.st_seq() <= seq || sl.flags() & COMPLETE == 0) => {
                     // Unreadable now: the segment stays until it can be carried.
                     let Ok(Some(env)) = ix.envelope_of(k) else { return None };
                     states.push(StateChange {
@@ -92,6 +101,9 @@ impl Writer {
                 _ => {}
             }
         }
+        if step < s.refs.len() {
+            return Some(Plan::Carry(seq, states, deletes, step));
+        }
         let markers = s.markers.iter().copied().filter(|(a, _)| *a != seq && self.seg_path(*a).exists()).collect();
         Some(Plan::Delete(seq, states, deletes, markers, ix.events.acks_in(seq)))
     }
@@ -106,6 +118,7 @@ impl Writer {
         let res = match &plan {
             Plan::Copy(seq, items, evs) => self.copy_forward(*seq, items, evs, &mut touched),
             Plan::Delete(_, states, deletes, markers, acks) => self.carry(states, deletes, markers, acks, &mut touched),
+            Plan::Carry(_, states, deletes, _) => self.carry(states, deletes, &[], &[], &mut touched),
         };
         self.buf.clear();
         let locs = match res {
@@ -141,6 +154,19 @@ impl Writer {
                     if ev.seq > floor {
                         ix.apply_event(loc.seq, loc.len, ev);
                     }
+                }
+            }
+            Plan::Carry(seq, states, deletes, n) => {
+                let mut locs = locs.into_iter();
+                for sc in &states {
+                    let loc = locs.next().unwrap();
+                    ix.apply_state(loc.seq, loc.offset, loc.len, sc);
+                }
+                for q in &deletes {
+                    ix.apply_delete(locs.next().unwrap().seq, q);
+                }
+                if let Some(s) = ix.segs.get_mut(&seq) {
+                    s.refs.drain(..n);
                 }
             }
             Plan::Delete(seq, states, deletes, _, acks) => {

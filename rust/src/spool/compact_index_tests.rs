@@ -229,3 +229,48 @@ fn a_queued_message_costs_under_200_bytes_of_index() {
     assert_eq!(ix.next_due(), Some(1_000_000));
     assert_eq!(ix.due(1_000_000 + 100_000, 10).len(), 10);
 }
+
+/// An update's snapshot carries the message's flags as they are when it is written, so
+/// compaction may drop every older STATE record of the message: a hold (or a release)
+/// written before the snapshot survives its segment's deletion and a restart.
+#[test]
+fn flags_survive_compaction_behind_a_complete_snapshot() {
+    for hold_then_release in [false, true] {
+        let d = tempfile::tempdir().unwrap();
+        let c = Config { segment_size: 4096, ..cfg(0) };
+        let sp = Spool::open(d.path(), 0, c.clone()).unwrap();
+        let x = put(&sp, 1, rich(&queue_id(10, 0), 1));
+        ok(&sp, 1);
+        let mut filler = Vec::new();
+        let mut fill = |sp: &Spool, t: u64| {
+            for i in 0..20 {
+                filler.push(put(sp, t + i, rich(&queue_id(t * 100 + i, 0), i)));
+            }
+            ok(sp, 20);
+        };
+        fill(&sp, 100);
+        sp.hold(2, &x, true).unwrap();
+        ok(&sp, 1);
+        if hold_then_release {
+            sp.hold(3, &x, false).unwrap();
+            ok(&sp, 1);
+        }
+        fill(&sp, 200);
+        sp.update(4, &x, &[change(0, record::STATE_DEFERRED, 1, Some(123), Some("451 x"))]).unwrap();
+        ok(&sp, 1);
+        fill(&sp, 300);
+        let all: Vec<&str> = filler.iter().map(String::as_str).collect();
+        assert!(sp.delete_many(5, &all).unwrap().is_empty());
+        ok(&sp, 1);
+        // The hold's segment goes (nothing live is left in it) without a carried snapshot.
+        wait_for("compaction", || stat(&sp, "segments_deleted") >= 3);
+        let held = !hold_then_release;
+        assert_eq!(sp.get(&x).unwrap().unwrap().envelope.held, held);
+        drop(sp);
+        let sp = Spool::open(d.path(), 0, c).unwrap();
+        let e = sp.get(&x).unwrap().unwrap().envelope;
+        assert_eq!(e.held, held, "after a restart (release first: {hold_then_release})");
+        assert_eq!(e.recipients[0].next_attempt_us, Some(123));
+        assert_eq!(sp.next_due(), if held { None } else { Some(0) });
+    }
+}

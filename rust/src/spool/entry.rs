@@ -35,6 +35,9 @@ pub const HELD: u8 = 1;
 pub const WARNED: u8 = 2;
 /// Partial STATE records (older binaries) came after the newest snapshot: see `Index::overlay`.
 pub const OVERLAY: u8 = 4;
+/// The newest snapshot carries the flags too (hold set): every older STATE record of the
+/// message is superseded by it.
+pub const COMPLETE: u8 = 8;
 
 /// Where one live message's records are, and what scheduling needs without reading them:
 /// 56 bytes. Segment numbers fit in 32 bits (2^32 segments of 64 MiB is 256 PiB written),

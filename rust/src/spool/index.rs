@@ -4,7 +4,7 @@
 //! open by replaying the log; every change goes through the methods below, so the
 //! schedule never drifts from the slots.
 use super::brief;
-use super::entry::{self, Files, Key, Keys, Slot, HELD, NEVER, OVERLAY, WARNED};
+use super::entry::{self, Files, Key, Keys, Slot, COMPLETE, HELD, NEVER, OVERLAY, WARNED};
 pub use super::entry::{read_message, read_message_at, sorted, Entry};
 use super::events::{self, Event, EventLog};
 use super::record::{self, Envelope, Kind, RcptChange};
@@ -408,6 +408,7 @@ impl Index {
             if entry::is_snapshot(&sc.changes, s.nrcpt) {
                 s.set_state(seq, offset, len);
                 flags &= !OVERLAY;
+                flags = if sc.hold.is_some() { flags | COMPLETE } else { flags & !COMPLETE };
                 self.overlay.remove(&k);
                 s.rdue = entry::rdue_of(sc.changes.iter().map(|c| (c.state, c.next_attempt_us)));
             } else {
@@ -451,6 +452,7 @@ impl Index {
         if b.changes > 0 {
             s.set_state(seq, offset, len);
             flags &= !OVERLAY;
+            flags = if b.hold.is_some() { flags | COMPLETE } else { flags & !COMPLETE };
             self.overlay.remove(&k);
             s.rdue = b.rdue;
         }
@@ -494,6 +496,12 @@ impl Index {
     /// record of the deleted message `k` (so its DELETE record must stay).
     pub fn has_other_copy(&self, k: Key, except: u64) -> bool {
         self.copies.get(&k).is_some_and(|v| v.iter().any(|s| *s != except && self.segs.contains_key(s)))
+    }
+
+    /// (held, delay notice sent) of a live message.
+    pub fn flags_of(&self, qid: &str) -> Option<(bool, bool)> {
+        let s = self.map.get(&self.keys.find(qid)?)?;
+        Some((s.held(), s.flags() & WARNED != 0))
     }
 
     /// The slot of a live message, by key (compaction).

@@ -339,6 +339,8 @@ impl Writer {
         let st = &self.shared.stats;
         st.batches.fetch_add(1, Relaxed);
         let mut touched = Vec::new();
+        let mut jobs = jobs;
+        self.complete_snapshots(&mut jobs);
         let result = self.write_jobs(&jobs, &mut touched);
         self.buf.clear();
         let tokens: Vec<u64> = jobs.iter().map(|j| j.token).filter(|t| *t != SILENT).collect();
@@ -425,6 +427,31 @@ impl Writer {
         }
         for (seq, m) in self.marker_locs.drain(..) {
             ix.segs.entry(seq).or_default().markers.push(m);
+        }
+    }
+
+    /// An update's snapshot (every recipient, hold unchanged) gets the message's flags as
+    /// they are when it is written: the index's, after the flag records earlier in this
+    /// batch. Only here is that order certain (a hold may be queued between an update's
+    /// making and its queueing). A complete snapshot lets compaction drop every older
+    /// STATE record of the message.
+    fn complete_snapshots(&self, jobs: &mut [Job]) {
+        if !jobs.iter().any(|j| matches!(&j.op, Op::State(sc) if sc.hold.is_none() && !sc.changes.is_empty())) {
+            return;
+        }
+        let ix = self.shared.index.lock().unwrap();
+        let mut batch: std::collections::HashMap<String, (bool, bool)> = Default::default();
+        for job in jobs.iter_mut() {
+            let Op::State(sc) = &mut job.op else { continue };
+            let now = batch.get(&sc.queue_id).copied().or_else(|| ix.flags_of(&sc.queue_id));
+            let Some((held, warned)) = now else { continue };
+            let (held, warned) = (sc.hold.unwrap_or(held), warned || sc.delay_warned);
+            batch.insert(sc.queue_id.clone(), (held, warned));
+            if sc.hold.is_none() && !sc.changes.is_empty() {
+                sc.hold = Some(held);
+                sc.delay_warned = warned;
+                job.meta = super::record::encode_state(sc);
+            }
         }
     }
 
