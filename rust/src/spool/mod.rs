@@ -70,10 +70,14 @@
 // Recovery replays every record in log order (segments by sequence number,
 // records by offset), so a restart resumes exactly where the writer was.
 //
-// The index (queue id → segment, offset, envelope, plus the due schedule)
-// lives in memory and is rebuilt at open by scanning every segment
-// (`index.rs`). After recovery new records always go to a fresh segment,
-// never after a possibly torn tail.
+// The index (queue id → where its MESSAGE record and newest state snapshot
+// are, its due time and flags, plus the due schedule: `index.rs`, `entry.rs`)
+// lives in memory and is rebuilt at open by replaying every segment;
+// envelopes are read back from the records when asked for, the newest
+// arrivals' kept (`Config::active_limit`). An update writes a STATE record with
+// every recipient and, filled in by the writer, the flags: the newest such
+// snapshot supersedes every older STATE record of the message. After recovery
+// new records always go to a fresh segment, never after a possibly torn tail.
 //
 // Compaction (writer thread, between batches, bounded steps): a sealed
 // segment with no live message is deleted; one whose live messages fill
