@@ -274,3 +274,17 @@ fn flags_survive_compaction_behind_a_complete_snapshot() {
         assert_eq!(sp.next_due(), if held { None } else { Some(0) });
     }
 }
+
+/// A new message is due only once its completion was taken: whoever looks at what is due
+/// cannot start it before its owner hands it to its first attempt.
+#[test]
+fn a_new_message_is_due_once_its_completion_is_taken() {
+    let d = tempfile::tempdir().unwrap();
+    let sp = Spool::open(d.path(), 0, cfg(10)).unwrap();
+    let q = put(&sp, 7, rich(&queue_id(5, 0), 5));
+    wait_for("indexed", || sp.contains(&q));
+    assert!(sp.due(u64::MAX - 1, 10).is_empty() && sp.next_due().is_none(), "due before its completion was taken");
+    ok(&sp, 1);
+    assert_eq!(sp.due(u64::MAX - 1, 10), vec![q.clone()]);
+    assert_eq!(sp.next_due(), Some(0));
+}

@@ -121,6 +121,9 @@ pub struct Index {
     hot: HashMap<Key, Envelope, BuildKeyHasher>,
     hot_order: VecDeque<Key>,
     pub hot_limit: usize,
+    /// New messages not yet due: submission token → key, until the owner has taken the
+    /// submission's completion (`announce`), so its first attempt starts from there.
+    unannounced: HashMap<u64, Key>,
     pub segs: BTreeMap<u64, SegInfo>,
     /// Key → segments other than its current one that hold a MESSAGE
     /// record of it (superseded copies; every copy once deleted). A DELETE
@@ -349,6 +352,27 @@ impl Index {
             self.keep_hot(k, e.envelope);
         } else {
             self.hot.remove(&k);
+        }
+    }
+
+    /// A new message from submission `token`: indexed now, due only once `announce`d.
+    pub fn insert_new(&mut self, e: Entry, token: u64) {
+        let k = self.keys.make(&e.envelope.queue_id);
+        self.insert_message(e, true);
+        self.unschedule(k);
+        self.unannounced.insert(token, k);
+    }
+
+    /// The owner took these submissions' completions: their messages are due as they are.
+    pub fn announce(&mut self, tokens: impl Iterator<Item = u64>) {
+        if self.unannounced.is_empty() {
+            return;
+        }
+        for t in tokens {
+            if let Some(k) = self.unannounced.remove(&t) {
+                self.unschedule(k); // scheduled meanwhile by a STATE record (a hold)
+                self.schedule(k);
+            }
         }
     }
 

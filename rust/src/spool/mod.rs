@@ -500,7 +500,11 @@ impl Spool {
                 break;
             }
         }
-        std::mem::take(&mut *self.shared.done.lock().unwrap())
+        let done = std::mem::take(&mut *self.shared.done.lock().unwrap());
+        // Due from now on, not before: the owner hands each to its first attempt as it
+        // takes its completion, and a look at what is due meanwhile must not race it.
+        self.shared.index.lock().unwrap().announce(done.iter().map(|(t, _)| *t));
+        done
     }
 
     /// Tests: make writes or syncs fail with `errno` until cleared with None.

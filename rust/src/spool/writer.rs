@@ -366,15 +366,12 @@ impl Writer {
                             if keep && job.data.spill.is_none() {
                                 fresh.push((envelope.queue_id.clone(), job.data.prefix, job.data.mem));
                             }
-                            ix.insert_message(Entry {
-                                shard: self.shard,
-                                seq: loc.seq,
-                                offset: loc.offset,
-                                len: loc.len,
-                                data_offset: loc.data_offset,
-                                size: job.data.len,
-                                envelope,
-                            }, true);
+                            let e = Entry { shard: self.shard, seq: loc.seq, offset: loc.offset, len: loc.len, data_offset: loc.data_offset, size: job.data.len, envelope };
+                            if job.token == SILENT {
+                                ix.insert_message(e, true); // no completion to wait for
+                            } else {
+                                ix.insert_new(e, job.token);
+                            }
                         }
                         Op::State(sc) => ix.apply_state(loc.seq, loc.offset, loc.len, &sc),
                         Op::Delete(qid) => {
