@@ -37,7 +37,8 @@ MiB = 1 << 20
 DISK_PER_MESSAGE = 2.2 * 1024  # spool, delivery log and list output of one 1 KiB message, roughly
 SAMPLE_S = 0.25
 POLL_S = 0.5
-RECOVERY_RE = re.compile(r"recovery\b.*\b(done|complete|completed|finished)\b", re.I)
+RECOVERY_RE = re.compile(r"recovery\b.*\b(done|complete|completed|finished|ended)\b", re.I)
+RECOVERED_RE = re.compile(r"spool recovery: ")  # today's report, logged once the spool is read
 LISTED_RE = re.compile(rb"^-- (\d+) message\(s\)", re.M)
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "python"), os.environ.get("PYTHONPATH")]))}
 MTA = [sys.executable, "-m", "mta"]
@@ -165,9 +166,9 @@ class Server:
                 raise StepFailed(f"mta run: {why}; log: {self.tail()}")
         return round(time.monotonic() - t0, 3)
 
-    def recovery_s(self, timeout: float) -> float | None:
-        """Seconds from the last exec to the log line saying recovery is done (its own
-        timestamp); None when no such line comes within `timeout`."""
+    def log_mark(self, pattern: re.Pattern, timeout: float) -> float | None:
+        """Seconds from the last exec to the first log line since then that matches (by the
+        line's own timestamp); None when none comes within `timeout`."""
         deadline, offset = time.monotonic() + timeout, self.log_offset
         while True:
             with open(self.log_path, "rb") as f:
@@ -176,7 +177,7 @@ class Server:
             cut = chunk.rfind(b"\n") + 1
             offset += cut
             for line in chunk[:cut].decode(errors="replace").splitlines():
-                if RECOVERY_RE.search(line):
+                if pattern.search(line):
                     try:
                         t = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
                     except ValueError:  # a line without the usual stamp: when we saw it
@@ -468,11 +469,13 @@ class Trial:
         listening = self.server.start(budget(self.n, 5_000, 60))
         t1 = time.monotonic()
         # Waited for at most about a second per 100,000 messages: it overlaps the settle.
-        recovery = self.server.recovery_s(max(self.args.settle, self.n / 100_000))
+        recovery = self.server.log_mark(RECOVERY_RE, max(self.args.settle, self.n / 100_000))
+        recovered = self.server.log_mark(RECOVERED_RE, 0)
         time.sleep(max(0.0, self.args.settle - (time.monotonic() - t1)))
         rss, pss = self.worker_now()
         after = self.dlog.read()
         res = {"stop_s": stop_s, "seconds": listening, "listening_s": listening, "recovery_s": recovery,
+               "recovery_report_s": recovered,
                "rss_end": rss, "pss_end": pss}
         res["attempts_after_restart"] = sum(after.values()) - sum(before.values())
         return res
@@ -679,7 +682,8 @@ def rows(trial: dict) -> list[tuple[str, str, str, str, str, str]]:
         peak, end, notes = st.get("rss_peak"), st.get("rss_end"), []
         t = st.get("seconds")
         if name == "idle":
-            notes.append(f"PSS {_fmt_b(st['pss_end'])}; empty queue, the baseline")
+            t = st["listening_s"]
+            notes.append(f"start to listening; PSS {_fmt_b(st['pss_end'])}; empty queue: the baseline")
         elif name == "accept":
             notes.append(f"{st['accepted']:,} accepted; PSS peak {_fmt_b(st['pss_peak'])}, end {_fmt_b(st['pss_end'])}; "
                          f"{st['rss_per_message']:,.0f} B RSS/queued msg; spool {_fmt_b(st['spool_bytes'])}")
@@ -687,7 +691,9 @@ def rows(trial: dict) -> list[tuple[str, str, str, str, str, str]]:
                 notes.append(f"all deferred {st['deferred_after_s']:.1f} s after the last 250")
         elif name == "restart":
             rec = st["recovery_s"]
-            notes.append(f"to listening; recovery done {_fmt_s(rec) if rec is not None else 'not logged'}; "
+            rep = st.get("recovery_report_s")
+            notes.append(f"to listening; recovery done {_fmt_s(rec) if rec is not None else 'not logged'}"
+                         + (f" (spool recovery report at {_fmt_s(rep)})" if rep is not None else "") + "; "
                          f"stop {_fmt_s(st['stop_s'])}; {st['attempts_after_restart']} attempts after it")
         elif name.startswith(("list", "summary")):
             peak = st["cli_max_rss"]
@@ -697,6 +703,8 @@ def rows(trial: dict) -> list[tuple[str, str, str, str, str, str]]:
             notes.append(f"worker; {st['said']!r}" + (f"; all deferred again in {st['deferred_again_s']:.1f} s"
                                                       if "deferred_again_s" in st else ""))
         elif name == "drain":
+            if "restart_listening_s" in st:
+                notes.append("--no-delivery: restarted with delivery on, timed from the exec")
             notes.append(f"{st['drained']:,} delivered; spool {_fmt_b(st['spool_bytes_start'])} -> "
                          f"{_fmt_b(st['spool_bytes_mid'])} (half) -> {_fmt_b(st['spool_bytes_end'])} (end)")
         elif name == "postfix":
