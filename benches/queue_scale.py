@@ -20,7 +20,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,15 +30,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "python") not in sys.path:
     sys.path.insert(0, str(ROOT / "python"))
-from mta.bench.procs import free_port, tree_memory_bytes, wait_greeting  # noqa: E402
+from mta.bench.procs import free_port, tree_memory_bytes, wait_greeting  # noqa: E402  (after the path)
 
 MiB = 1 << 20
 DISK_PER_MESSAGE = 2.2 * 1024  # spool, delivery log and list output of one 1 KiB message, roughly
 SAMPLE_S = 0.25
 POLL_S = 0.5
-RECOVERY_RE = re.compile(r"recovery\b.*\b(done|complete|completed|finished|ended)\b", re.I)
+RECOVERY_RE = re.compile(r"recovery\b.*\b(done|complete|completed|finished|ended)\b", re.IGNORECASE)
 RECOVERED_RE = re.compile(r"spool recovery: ")  # today's report, logged once the spool is read
-LISTED_RE = re.compile(rb"^-- (\d+) message\(s\)", re.M)
+LISTED_RE = re.compile(r"^-- (\d+) message\(s\)", re.MULTILINE)
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "python"), os.environ.get("PYTHONPATH")]))}
 MTA = [sys.executable, "-m", "mta"]
 
@@ -53,26 +52,17 @@ def budget(n: int, per_s: float, floor: float = 60.0) -> float:
     return max(floor, n / per_s)
 
 
-# ------------------------------------------------------------------ memory of a process
-
 
 def memory(pid: int) -> tuple[int, int]:
     """(VmRSS, Pss) of one process in bytes; (0, 0) when it is gone."""
-    rss = pss = 0
     try:
         with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    rss = int(line.split()[1]) * 1024
-                    break
+            rss = next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")), 0)
         with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    pss = int(line.split()[1]) * 1024
-                    break
+            pss = next((int(line.split()[1]) for line in f if line.startswith("Pss:")), 0)
     except (OSError, ValueError):
-        pass
-    return rss, pss
+        return 0, 0
+    return rss * 1024, pss * 1024
 
 
 class Sampler:
@@ -107,8 +97,6 @@ class Sampler:
         self._stop.set()
         self._thread.join(5)
 
-
-# ------------------------------------------------------------------ the mta server
 
 
 CONFIG = """\
@@ -218,21 +206,22 @@ class Server:
         return memory(pid) if pid else None
 
     def stop(self, timeout: float) -> float | None:
-        """SIGTERM and wait; the seconds it took to exit (None: it had to be killed)."""
-        if self.proc is None or self.proc.poll() is not None:
-            return 0.0
-        t0 = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-            return round(time.monotonic() - t0, 3)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(30)
-            return None
+        return terminate(self.proc, timeout) if self.proc is not None else 0.0
 
-    def close(self) -> None:
-        self.stop(60)
+
+def terminate(proc: subprocess.Popen, timeout: float) -> float | None:
+    """SIGTERM and wait: the seconds it took to exit (None: it had to be killed)."""
+    if proc.poll() is not None:
+        return 0.0
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+        return round(time.monotonic() - t0, 3)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(30)
+        return None
 
 
 class DeliveryLog:
@@ -244,19 +233,19 @@ class DeliveryLog:
 
     def read(self) -> dict[str, int]:
         try:
-            with open(self.path, "rb") as f:
-                f.seek(self.offset)
-                chunk = f.read()
+            f = open(self.path, "rb")  # noqa: SIM115  (a missing file is no record yet)
         except FileNotFoundError:
             return self.counts
-        self.offset += len(chunk)
-        data = self.rest + chunk
-        cut = data.rfind(b"\n") + 1
-        data, self.rest = data[:cut], data[cut:]
-        for status in ("delivered", "deferred", "bounced", "expired", "deleted"):
-            n = data.count(b'"status":"%s"' % status.encode())
-            if n:
-                self.counts[status] = self.counts.get(status, 0) + n
+        with f:
+            f.seek(self.offset)
+            while chunk := f.read(16 * MiB):  # in pieces: a million records is 400 MB
+                self.offset += len(chunk)
+                data = self.rest + chunk
+                cut = data.rfind(b"\n") + 1
+                data, self.rest = data[:cut], data[cut:]
+                for status in ("delivered", "deferred", "bounced", "expired", "deleted"):
+                    if n := data.count(b'"status":"%s"' % status.encode()):
+                        self.counts[status] = self.counts.get(status, 0) + n
         return self.counts
 
     def wait(self, status: str, target: int, timeout: float) -> float:
@@ -269,43 +258,29 @@ class DeliveryLog:
         return time.monotonic() - t0
 
 
-# ------------------------------------------------------------------ commands and their figures
 
-
-def run_cli(argv: list[str], timeout: float, out: Path | None = None, cwd: Path | None = None) -> dict:
-    """Run a command to its end: wall seconds, the max RSS of the process (its own rusage,
-    from wait4), the exit status and the end of its stderr; stdout to `out` or kept."""
-    stdout = open(out, "wb") if out else subprocess.PIPE
-    t0 = time.monotonic()
-    proc = subprocess.Popen(argv, stdout=stdout, stderr=subprocess.PIPE, env=ENV, cwd=cwd)
+def run_cli(argv: list[str], timeout: float, out: Path) -> dict:
+    """Run a command to its end, its stdout into `out`: the wall seconds, the max RSS of the
+    process (its own rusage, from wait4), the exit status, its output's end (stderr's too)."""
+    err = out.with_name(out.name + ".err")
+    with open(out, "wb") as o, open(err, "wb") as e:
+        t0 = time.monotonic()
+        proc = subprocess.Popen(argv, stdout=o, stderr=e, env=ENV)
     got: list = []
-    captured: dict[str, bytes] = {}
-
-    def drain(name, pipe) -> None:
-        captured[name] = pipe.read()
-
-    readers = [threading.Thread(target=drain, args=("err", proc.stderr), daemon=True)]
-    if not out:
-        readers.append(threading.Thread(target=drain, args=("out", proc.stdout), daemon=True))
-    for r in readers:
-        r.start()
     waiter = threading.Thread(target=lambda: got.append((os.wait4(proc.pid, 0), time.monotonic())), daemon=True)
     waiter.start()
     waiter.join(timeout)
     if not got:
         proc.kill()
         waiter.join(30)
-    for r in readers:
-        r.join(10)
-    if out:
-        stdout.close()
-    if not got:
         raise StepFailed(f"{' '.join(argv[2:5])}: no end within {timeout:.0f} s")
     (_, status, usage), t1 = got[0]
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4: Popen must not wait again
+    with open(out, "rb") as f:
+        f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
+        said = f.read().decode(errors="replace").strip()
     return {"seconds": round(t1 - t0, 3), "max_rss": usage.ru_maxrss * 1024, "rc": proc.returncode,
-            "stdout": captured.get("out", b"").decode(errors="replace"),
-            "stderr": captured.get("err", b"").decode(errors="replace")[-600:]}
+            "said": said[-200:], "tail": said, "stderr": err.read_text(errors="replace")[-600:]}
 
 
 def checked(res: dict, what: str) -> dict:
@@ -378,11 +353,9 @@ def send(port: int, n: int, args, out: Path) -> dict:
     """The project's load generator over kept connections; its JSON report."""
     argv = MTA + ["bench", "send", "--target", f"127.0.0.1:{port}", "--messages", str(n), "--size", str(args.size),
                   "--sessions", str(args.sessions), "--per-connection", str(args.per_connection), "--json", str(out), "-q"]
-    checked(run_cli(argv, budget(n, 200)), "mta bench send")
+    checked(run_cli(argv, budget(n, 200), out.with_suffix(".out")), "mta bench send")
     return json.loads(out.read_text())
 
-
-# ------------------------------------------------------------------ the steps
 
 
 def run_step(steps: dict, label: str, name: str, fn) -> dict:
@@ -393,16 +366,12 @@ def run_step(steps: dict, label: str, name: str, fn) -> dict:
         res = {"status": "ok", **fn()}
     except StepFailed as e:
         res = {"status": "failed", "reason": str(e)}
-    except Exception as e:  # a bug in one step must not cost the others (nor leave a server behind)
+    except Exception as e:  # noqa: BLE001  a bug in one step must not cost the others (nor leave a server behind)
         res = {"status": "failed", "reason": f"{type(e).__name__}: {e}"}
     res["wall_s"] = round(time.monotonic() - t0, 3)
     steps[name] = res
     say(f"{label}: {name}: " + (res["status"] if res["status"] == "ok" else f"FAILED: {res['reason']}"))
     return res
-
-
-def mib(b: int) -> float:
-    return round(b / MiB, 1)
 
 
 class Trial:
@@ -425,16 +394,18 @@ class Trial:
         if self.server.worker_pid() is None:
             raise StepFailed("the server is not running (an earlier step failed)")
 
-    def worker_now(self) -> tuple[int, int]:
-        return self.sampler.take()
+    def settled(self, t0: float | None = None, t1: float | None = None, settle: float | None = None) -> dict:
+        """The worker's memory after the settle; with t0, its peaks since then (until t1)."""
+        time.sleep(self.args.settle if settle is None else settle)
+        rss, pss = self.sampler.take()
+        peak = self.sampler.peak(t0, t1) if t0 is not None else None
+        return {"rss_end": rss, "pss_end": pss, **({"rss_peak": peak[0], "pss_peak": peak[1]} if peak else {})}
 
     # 0. an idle server with an empty queue: the baseline of RSS per queued message
     def idle(self) -> dict:
-        listening = self.server.start(60)
-        time.sleep(self.args.settle)
-        rss, pss = self.worker_now()
-        self.idle_rss = rss
-        return {"rss_end": rss, "pss_end": pss, "listening_s": listening}
+        res = {"listening_s": self.server.start(60), **self.settled()}
+        self.idle_rss = res["rss_end"]
+        return res
 
     # 1. accept N messages; with delivery on, each is tried once and deferred
     def accept(self) -> dict:
@@ -446,13 +417,9 @@ class Trial:
                "errors": rep["errors"], "latency_ms": rep["latency_ms"]}
         if not self.args.no_delivery:  # the end is once the first attempt of every message deferred
             res["deferred_after_s"] = round(self.dlog.wait("deferred", rep["messages"], budget(self.n, 500)), 3)
-        time.sleep(self.args.settle)
-        rss, pss = self.worker_now()
-        res["rss_peak"], res["pss_peak"] = self.sampler.peak(t0)
-        res["rss_during_peak"] = self.sampler.peak(t0, t1)[0]
-        res.update(rss_end=rss, pss_end=pss, idle_rss=self.idle_rss,
-                   rss_per_message=round((rss - self.idle_rss) / max(1, rep["messages"]), 1),
+        res.update(self.settled(t0), rss_during_peak=self.sampler.peak(t0, t1)[0], idle_rss=self.idle_rss,
                    spool_bytes=disk_use(self.server.spool))
+        res["rss_per_message"] = round((res["rss_end"] - self.idle_rss) / max(1, rep["messages"]), 1)
         pid = self.server.worker_pid()
         res["tree_pss_end"] = tree_memory_bytes(pid) if pid else 0  # the delivery agent with the worker
         if rep["messages"] != self.n:
@@ -471,40 +438,30 @@ class Trial:
         # Waited for at most about a second per 100,000 messages: it overlaps the settle.
         recovery = self.server.log_mark(RECOVERY_RE, max(self.args.settle, self.n / 100_000))
         recovered = self.server.log_mark(RECOVERED_RE, 0)
-        time.sleep(max(0.0, self.args.settle - (time.monotonic() - t1)))
-        rss, pss = self.worker_now()
-        after = self.dlog.read()
         res = {"stop_s": stop_s, "seconds": listening, "listening_s": listening, "recovery_s": recovery,
-               "recovery_report_s": recovered,
-               "rss_end": rss, "pss_end": pss}
-        res["attempts_after_restart"] = sum(after.values()) - sum(before.values())
+               "recovery_report_s": recovered, **self.settled(settle=max(0.0, self.args.settle - (time.monotonic() - t1)))}
+        res["rss_per_message"] = round((res["rss_end"] - self.idle_rss) / self.n, 1)
+        res["attempts_after_restart"] = sum(self.dlog.read().values()) - sum(before.values())
         return res
 
-    # 3. the queue tools that read the spool: list (JSON and plain), summary (table and JSON)
-    def listing(self, as_json: bool) -> dict:
-        out = self.work / ("list.json" if as_json else "list.txt")
-        argv = MTA + ["queue", "list", *self.spool_cmd] + (["--json"] if as_json else [])
-        r = checked(run_cli(argv, budget(self.n, 5_000), out=out), "mta queue list")
+    # 3, 4. the queue tools that read the spool: list and summary, plain and --json
+    def tool(self, verb: str, as_json: bool) -> dict:
+        out = self.work / f"{verb}.{'json' if as_json else 'txt'}"
+        argv = MTA + ["queue", verb, *self.spool_cmd] + (["--json"] if as_json else [])
+        r = checked(run_cli(argv, budget(self.n, 5_000), out), f"mta queue {verb}")
         res = {"seconds": r["seconds"], "rate": round(self.n / r["seconds"], 1), "cli_max_rss": r["max_rss"],
                "output_bytes": out.stat().st_size}
-        if as_json:
+        if verb == "summary":
+            if as_json:
+                res["total"] = json.loads(out.read_text())["total"]
+        elif as_json:
             res["entries"] = count_json_array(out)
         else:
-            with open(out, "rb") as f:
-                f.seek(max(0, out.stat().st_size - 4096))
-                found = LISTED_RE.findall(f.read())
+            found = LISTED_RE.findall(r["tail"])
             res["entries"] = int(found[-1]) if found else 0
         out.unlink()
-        if res["entries"] != self.n:
-            raise StepFailed(f"listed {res['entries']} messages, {self.n} queued")
-        return res
-
-    def summary(self, as_json: bool) -> dict:
-        argv = MTA + ["queue", "summary", *self.spool_cmd] + (["--json"] if as_json else [])
-        r = checked(run_cli(argv, budget(self.n, 5_000)), "mta queue summary")
-        res = {"seconds": r["seconds"], "rate": round(self.n / r["seconds"], 1), "cli_max_rss": r["max_rss"]}
-        if as_json:
-            res["total"] = json.loads(r["stdout"])["total"]
+        if res.get("entries", res.get("total", self.n)) != self.n:
+            raise StepFailed(f"{verb} found {res.get('entries', res.get('total'))} messages, {self.n} queued")
         return res
 
     # 5. hold ALL, release ALL (through the control socket): the worker's peak meanwhile
@@ -512,16 +469,13 @@ class Trial:
         self.running()
         before = self.dlog.read().get("deferred", 0)
         t0 = time.monotonic()
-        r = checked(run_cli(MTA + ["queue", verb, "ALL", *self.spool_cmd], budget(self.n, 2_000)), f"mta queue {verb} ALL")
-        res = {"seconds": r["seconds"], "rate": round(self.n / r["seconds"], 1), "said": r["stdout"].strip()[-200:]}
+        r = checked(run_cli(MTA + ["queue", verb, "ALL", *self.spool_cmd], budget(self.n, 2_000), self.work / verb),
+                    f"mta queue {verb} ALL")
+        res = {"seconds": r["seconds"], "rate": round(self.n / r["seconds"], 1), "said": r["said"]}
         if verb == "release" and not self.args.no_delivery:
             # release makes every message due now: each is tried against the closed port again
             res["deferred_again_s"] = round(self.dlog.wait("deferred", before + self.n, budget(self.n, 500)), 3)
-        time.sleep(self.args.settle / 2)
-        rss, pss = self.worker_now()
-        res["rss_peak"], res["pss_peak"] = self.sampler.peak(t0)
-        res.update(rss_end=rss, pss_end=pss)
-        return res
+        return {**res, **self.settled(t0, settle=self.args.settle / 2)}
 
     # 6. the next hop comes back: a sink on its port, `mta queue flush`, time to empty
     def drain(self) -> dict:
@@ -532,13 +486,7 @@ class Trial:
         try:
             return self._drain(sink, sink_json)
         finally:
-            if sink.poll() is None:
-                sink.send_signal(signal.SIGTERM)
-                try:
-                    sink.wait(15)
-                except subprocess.TimeoutExpired:
-                    sink.kill()
-                    sink.wait(10)
+            terminate(sink, 15)
 
     def _drain(self, sink: subprocess.Popen, sink_json: Path) -> dict:
         if not wait_greeting(self.next_hop, time.monotonic() + 30):
@@ -552,8 +500,8 @@ class Trial:
             res["restart_listening_s"] = self.server.start(budget(self.n, 5_000, 60))
         else:
             self.running()
-            r = checked(run_cli(MTA + ["queue", "flush", *self.spool_cmd], 120), "mta queue flush")
-            res["flush_s"], res["said"] = r["seconds"], r["stdout"].strip()[-200:]
+            r = checked(run_cli(MTA + ["queue", "flush", *self.spool_cmd], 120, self.work / "flush"), "mta queue flush")
+            res["flush_s"], res["said"] = r["seconds"], r["said"]
         deadline, mid = t0 + budget(self.n, 300), None
         while (done := self.dlog.read().get("delivered", 0) - before) < self.n:
             if mid is None and done >= self.n // 2:
@@ -564,18 +512,16 @@ class Trial:
         t1 = time.monotonic()
         res.update(drained=done, seconds=round(t1 - t0, 3), rate=round(done / (t1 - t0), 1),
                    spool_bytes_mid=mid if mid is not None else res["spool_bytes_start"])
-        time.sleep(self.args.settle)
-        rss, pss = self.worker_now()
-        res["rss_peak"], res["pss_peak"] = self.sampler.peak(t0, t1)
-        res.update(rss_end=rss, pss_end=pss, spool_bytes_end=disk_use(self.server.spool))
+        res.update(self.settled(t0, t1), spool_bytes_end=disk_use(self.server.spool))
         try:
             sink.wait(30)
             got = json.loads(sink_json.read_text())
             res["sink"] = {k: got[k] for k in ("messages", "integrity_errors", "connections")}
         except (subprocess.TimeoutExpired, OSError, ValueError) as e:
             res["sink"] = {"error": str(e)}
-        r = checked(run_cli(MTA + ["queue", "summary", "--json", *self.spool_cmd], 120), "mta queue summary")
-        res["left_queued"] = json.loads(r["stdout"])["total"]
+        r = checked(run_cli(MTA + ["queue", "summary", "--json", *self.spool_cmd], 120, self.work / "left.json"),
+                    "mta queue summary")
+        res["left_queued"] = json.loads(r["tail"])["total"]
         if res["left_queued"]:
             raise StepFailed(f"{res['left_queued']} messages still queued after the drain")
         return res
@@ -586,21 +532,18 @@ class Trial:
             if s("idle", self.idle)["status"] == "ok":
                 s("accept", self.accept)
                 s("restart", self.restart)
-            s("list --json", lambda: self.listing(True))
-            s("list", lambda: self.listing(False))
-            s("summary", lambda: self.summary(False))
-            s("summary --json", lambda: self.summary(True))
+            for verb in ("list", "summary"):
+                s(f"{verb} --json", lambda verb=verb: self.tool(verb, True))
+                s(verb, lambda verb=verb: self.tool(verb, False))
             s("hold ALL", lambda: self.admin("hold"))
             s("release ALL", lambda: self.admin("release"))
             s("drain", self.drain)
         finally:
-            self.server.close()
+            self.server.stop(budget(self.n, 20_000, 60))
             self.sampler.stop()
         return {"messages": self.n, "delivery": not self.args.no_delivery, "config": self.server.config.read_text(),
                 "steps": self.steps}
 
-
-# ------------------------------------------------------------------ Postfix on the same backlog
 
 
 def postfix_missing() -> str | None:
@@ -629,7 +572,7 @@ def postfix_step(m: int, args, work: Path) -> dict:
     conf, queue = home / "postfix" / "etc", home / "postfix" / "queue"
     with open(work / "postfix.log", "ab") as log:
         proc = PeerProcess(peer, run, log, ready_timeout=120)
-        sampler = Sampler(lambda: (lambda t: (t, t))(tree_memory_bytes(proc.pid)))
+        sampler = Sampler(lambda: (tree_memory_bytes(proc.pid),) * 2)  # PSS in both places: no tree RSS
         try:
             t0 = time.monotonic()
             rep = send(run.port, m, args, work / "postfix-send.json")
@@ -644,10 +587,8 @@ def postfix_step(m: int, args, work: Path) -> dict:
             res["deferred_after_s"] = round(time.monotonic() - t1, 3)
             time.sleep(args.settle)
             res["pss_peak"], res["pss_end"] = sampler.peak(t0)[1], sampler.take()[1]
-            r = checked(run_cli(["postqueue", "-c", str(conf), "-p"], budget(m, 2_000), out=work / "mailq.txt"), "postqueue -p")
-            with open(work / "mailq.txt", "rb") as f:
-                f.seek(max(0, os.fstat(f.fileno()).st_size - 300))
-                last = f.read().decode(errors="replace").strip().splitlines()[-1:]
+            r = checked(run_cli(["postqueue", "-c", str(conf), "-p"], budget(m, 2_000), work / "mailq.txt"), "postqueue -p")
+            last = r["tail"].splitlines()[-1:]  # mailq | tail -1
             res["mailq"] = {"seconds": r["seconds"], "cli_max_rss": r["max_rss"], "last_line": last[0] if last else ""}
             (work / "mailq.txt").unlink()
             res["version"] = peer.version(home)
@@ -656,8 +597,6 @@ def postfix_step(m: int, args, work: Path) -> dict:
             sampler.stop()
             proc.stop()
 
-
-# ------------------------------------------------------------------ the report
 
 
 def _fmt_s(v) -> str:
@@ -677,7 +616,7 @@ def rows(trial: dict) -> list[tuple[str, str, str, str, str, str]]:
     out = []
     for name, st in trial["steps"].items():
         if st["status"] != "ok":
-            out.append((name, "", "", "", "", f"{st['status'].upper()}: {st['reason']}"[:200]))
+            out.append((name, "", "", "", "", f"{st['status'].upper()}: {st['reason']}"[:300]))
             continue
         peak, end, notes = st.get("rss_peak"), st.get("rss_end"), []
         t = st.get("seconds")
@@ -694,7 +633,8 @@ def rows(trial: dict) -> list[tuple[str, str, str, str, str, str]]:
             rep = st.get("recovery_report_s")
             notes.append(f"to listening; recovery done {_fmt_s(rec) if rec is not None else 'not logged'}"
                          + (f" (spool recovery report at {_fmt_s(rep)})" if rep is not None else "") + "; "
-                         f"stop {_fmt_s(st['stop_s'])}; {st['attempts_after_restart']} attempts after it")
+                         f"{st['rss_per_message']:,.0f} B RSS/queued msg; stop {_fmt_s(st['stop_s'])}; "
+                         f"{st['attempts_after_restart']} attempts after it")
         elif name.startswith(("list", "summary")):
             peak = st["cli_max_rss"]
             notes.append("RSS peak: the CLI's max RSS" + (f"; {st['entries']:,} entries" if "entries" in st else "")
@@ -712,14 +652,14 @@ def rows(trial: dict) -> list[tuple[str, str, str, str, str, str]]:
                          f"`mailq` {_fmt_s(st['mailq']['seconds'])}: {st['mailq']['last_line']}")
             peak, end = st["pss_peak"], st["pss_end"]
         out.append((name, _fmt_s(t), _fmt_rate(st.get("rate")), _fmt_b(peak), _fmt_b(end), "; ".join(notes)))
-    return out
+    return [tuple(" ".join(c.split()).replace("|", "\\|") for c in row) for row in out]  # one table line each
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# Queue at scale (issue 25)\n", f"`{report['command']}`\n",
-             f"{report['machine'].get('cpus')} CPUs ({report['machine'].get('cpu_model', '')}), "
-             f"{report['machine'].get('memory_gib')} GiB; spool on {report['machine'].get('disk', {}).get('fstype', '?')}; "
-             f"{report['started']}\n"]
+    m = report["machine"]
+    lines = ["# Queue at scale (issue 25)\n", f"`{report['command']}`\n",
+             (f"{m.get('cpus')} CPUs ({m.get('cpu_model', '')}), {m.get('memory_gib')} GiB; spool on "
+              f"{m.get('disk', {}).get('fstype', '?')}; {report['started']}\n")]
     for trial in report["trials"]:
         mode = "delivery on, next hop down" if trial["delivery"] else "--no-delivery"
         lines += [f"\n## {trial['messages']:,} messages of {report['size']} bytes ({mode})\n",
@@ -727,8 +667,6 @@ def markdown(report: dict) -> str:
         lines += ["| " + " | ".join(r) + " |" for r in rows(trial)]
     return "\n".join(lines) + "\n"
 
-
-# ------------------------------------------------------------------ main
 
 
 def say(text: str) -> None:
@@ -767,6 +705,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benches/queue_scale.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     base = args.work or Path(tempfile.mkdtemp(prefix="mta-queue-scale-", dir="/var/tmp"))
     base.mkdir(parents=True, exist_ok=True)
+    os.chmod(base, 0o755)  # Postfix's daemons (not root) must reach their queue under it
     need = int(max(args.messages) * DISK_PER_MESSAGE * args.size / 1024) + 256 * MiB
     free = shutil.disk_usage(base).free
     if need > free:
@@ -777,7 +716,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from mta.bench.machine import describe
 
-    report = {"command": command, "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    report = {"command": command, "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
               "machine": describe(str(base)), "size": args.size, "sessions": args.sessions,
               "per_connection": args.per_connection, "trials": []}
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: the finally blocks stop the servers
@@ -786,7 +725,7 @@ def main(argv: list[str] | None = None) -> int:
         for n in args.messages:
             work = base / f"n{n}"
             shutil.rmtree(work, ignore_errors=True)
-            work.mkdir()
+            work.mkdir(mode=0o755)
             trial = Trial(n, args, work).run()
             if args.postfix or (args.postfix is None and n <= 200_000):
                 m = min(n, args.postfix_messages)
@@ -796,12 +735,12 @@ def main(argv: list[str] | None = None) -> int:
                     trial["steps"]["postfix"] = {"status": "skipped", "reason": why}
                 else:
                     postfix_done[m] = run_step(trial["steps"], f"N={n:,}", "postfix",
-                                               lambda: postfix_step(m, args, work))
+                                               lambda m=m, work=work: postfix_step(m, args, work))
             report["trials"].append(trial)
             if not args.keep:
                 shutil.rmtree(work, ignore_errors=True)
     finally:
-        report["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        report["finished"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         text = markdown(report)
         if args.out:
             Path(f"{args.out}.json").write_text(json.dumps(report, indent=2) + "\n")

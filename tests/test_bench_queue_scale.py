@@ -15,7 +15,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "benches", "queue_scale.py")
 N = 300
-STEPS = ("idle", "accept", "restart", "list --json", "list", "summary", "summary --json",
+STEPS = ("idle", "accept", "restart", "list --json", "list", "summary --json", "summary",
          "hold ALL", "release ALL", "drain")
 
 
