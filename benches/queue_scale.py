@@ -33,7 +33,11 @@ if str(ROOT / "python") not in sys.path:
 from mta.bench.procs import free_port, tree_memory_bytes, wait_greeting  # noqa: E402  (after the path)
 
 MiB = 1 << 20
-DISK_PER_MESSAGE = 2.2 * 1024  # spool, delivery log and list output of one 1 KiB message, roughly
+# Disk per 1 KiB message at the busiest point, measured at 100k: the spool before the drain
+# (1.8 KiB: the message and its deferral, hold and release records), three delivery-log records
+# (1.2 KiB), the list output (0.2 KiB); a Postfix queue file takes a 4 KiB block.
+DISK_PER_MESSAGE = 3.2 * 1024
+POSTFIX_DISK_PER_MESSAGE = 4 * 1024
 SAMPLE_S = 0.25
 POLL_S = 0.5
 RECOVERY_RE = re.compile(r"recovery\b.*\b(done|complete|completed|finished|ended)\b", re.IGNORECASE)
@@ -50,7 +54,6 @@ class StepFailed(RuntimeError):
 def budget(n: int, per_s: float, floor: float = 60.0) -> float:
     """A timeout for handling n messages at no less than per_s a second."""
     return max(floor, n / per_s)
-
 
 
 def memory(pid: int) -> tuple[int, int]:
@@ -96,7 +99,6 @@ class Sampler:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(5)
-
 
 
 CONFIG = """\
@@ -258,7 +260,6 @@ class DeliveryLog:
         return time.monotonic() - t0
 
 
-
 def run_cli(argv: list[str], timeout: float, out: Path) -> dict:
     """Run a command to its end, its stdout into `out`: the wall seconds, the max RSS of the
     process (its own rusage, from wait4), the exit status, its output's end (stderr's too)."""
@@ -269,10 +270,13 @@ def run_cli(argv: list[str], timeout: float, out: Path) -> dict:
     got: list = []
     waiter = threading.Thread(target=lambda: got.append((os.wait4(proc.pid, 0), time.monotonic())), daemon=True)
     waiter.start()
-    waiter.join(timeout)
+    try:
+        waiter.join(timeout)
+    finally:
+        if not got:  # its timeout, or ours (SIGTERM, Ctrl-C): no child outlives the step
+            proc.kill()
+            waiter.join(30)
     if not got:
-        proc.kill()
-        waiter.join(30)
         raise StepFailed(f"{' '.join(argv[2:5])}: no end within {timeout:.0f} s")
     (_, status, usage), t1 = got[0]
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4: Popen must not wait again
@@ -355,7 +359,6 @@ def send(port: int, n: int, args, out: Path) -> dict:
                   "--sessions", str(args.sessions), "--per-connection", str(args.per_connection), "--json", str(out), "-q"]
     checked(run_cli(argv, budget(n, 200), out.with_suffix(".out")), "mta bench send")
     return json.loads(out.read_text())
-
 
 
 def run_step(steps: dict, label: str, name: str, fn) -> dict:
@@ -526,7 +529,12 @@ class Trial:
             raise StepFailed(f"{res['left_queued']} messages still queued after the drain")
         return res
 
-    def run(self) -> dict:
+    def result(self) -> dict:
+        """The trial for the report; its steps fill in as they end (an interrupted run keeps them)."""
+        return {"messages": self.n, "delivery": not self.args.no_delivery, "config": self.server.config.read_text(),
+                "steps": self.steps}
+
+    def run(self) -> None:
         s = self.step
         try:
             if s("idle", self.idle)["status"] == "ok":
@@ -541,9 +549,6 @@ class Trial:
         finally:
             self.server.stop(budget(self.n, 20_000, 60))
             self.sampler.stop()
-        return {"messages": self.n, "delivery": not self.args.no_delivery, "config": self.server.config.read_text(),
-                "steps": self.steps}
-
 
 
 def postfix_missing() -> str | None:
@@ -596,7 +601,6 @@ def postfix_step(m: int, args, work: Path) -> dict:
         finally:
             sampler.stop()
             proc.stop()
-
 
 
 def _fmt_s(v) -> str:
@@ -668,7 +672,6 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-
 def say(text: str) -> None:
     print(f"[{datetime.datetime.now():%H:%M:%S}] {text}", file=sys.stderr, flush=True)
 
@@ -706,11 +709,16 @@ def main(argv: list[str] | None = None) -> int:
     base = args.work or Path(tempfile.mkdtemp(prefix="mta-queue-scale-", dir="/var/tmp"))
     base.mkdir(parents=True, exist_ok=True)
     os.chmod(base, 0o755)  # Postfix's daemons (not root) must reach their queue under it
+    # What the largest trial needs, and room left for everyone else: the machine is shared.
     need = int(max(args.messages) * DISK_PER_MESSAGE * args.size / 1024) + 256 * MiB
-    free = shutil.disk_usage(base).free
+    if args.postfix is not False:  # its queue comes on top of the last trial's spool
+        need += int(min(max(args.messages), args.postfix_messages) * POSTFIX_DISK_PER_MESSAGE)
+    disk = shutil.disk_usage(base)
+    free = disk.free - max(5 * 1024 * MiB, disk.total // 10)
     if need > free:
         print(f"queue_scale.py: {max(args.messages):,} messages need about {_fmt_b(need)} under {base} "
-              f"({DISK_PER_MESSAGE / 1024:.1f} KiB each), and only {_fmt_b(free)} is free: refusing", file=sys.stderr)
+              f"({DISK_PER_MESSAGE / 1024:.1f} KiB each), and only {_fmt_b(max(0, free))} is free beyond "
+              f"the 10% (at least 5 GiB) left to others: refusing", file=sys.stderr)
         if not args.work:
             shutil.rmtree(base, ignore_errors=True)
         return 2
@@ -726,7 +734,9 @@ def main(argv: list[str] | None = None) -> int:
             work = base / f"n{n}"
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir(mode=0o755)
-            trial = Trial(n, args, work).run()
+            t = Trial(n, args, work)
+            report["trials"].append(trial := t.result())
+            t.run()
             if args.postfix or (args.postfix is None and n <= 200_000):
                 m = min(n, args.postfix_messages)
                 if m in postfix_done:
@@ -736,7 +746,6 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     postfix_done[m] = run_step(trial["steps"], f"N={n:,}", "postfix",
                                                lambda m=m, work=work: postfix_step(m, args, work))
-            report["trials"].append(trial)
             if not args.keep:
                 shutil.rmtree(work, ignore_errors=True)
     finally:
