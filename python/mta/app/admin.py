@@ -1,15 +1,16 @@
 """The `mta queue` operations as plain functions returning JSON-able data, one implementation for
-the CLI and /api/admin: reads come from the spool files, changes go to every running shard's
-control socket. Nothing here prints or writes the spool; what cannot be done raises an AdminError."""
+the CLI and /api/admin: listings go a page at a time (mta.app.pages), changes go to every running
+shard's control socket. Nothing here prints or writes the spool; what cannot be done raises an AdminError."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as _dt
+import json
 import os
 import time
 
-from mta.app import control
+from mta.app import control, pages
 from mta.config import schema as config
 from mta.config.kinds import Duration, Errors, domain_name
 from mta.delivery import FINAL
@@ -74,6 +75,12 @@ class SpoolUnreadable(AdminError):
     status = 500
 
 
+class ShardFailed(AdminError):
+    """A shard's server failed while a listing asked it for pages (stopped, or broke off)."""
+
+    status = 503
+
+
 # --- reading the spool ---------------------------------------------------------------
 
 class _NoSpool:
@@ -131,14 +138,28 @@ def details(env) -> dict:
     return out
 
 
-def list_queue(root: str) -> list[dict]:
-    """Every queued message (`entry`), in the spool's order."""
+def list_pages(root: str, form: str = "json", online: bool = True):
+    """The queue as (data, messages) pages, as `mta queue list` writes them: form "json" the
+    `entry` objects joined by ", " (a JSON array's inside), "text" the plain lines. A running
+    shard's server is asked (its index), the others' files read (all of them, without
+    `online`); see pages.pages for the order. The page size is pages.page_size()."""
     from mta import _native
 
     try:
-        return [entry(e) for e in reader(root).list()]
+        limit = pages.page_size()
+    except ValueError as e:
+        raise BadArgument(pages.PAGE_ENV, str(e)) from None
+    try:
+        yield from pages.pages(pages.sources(root, online), form, limit)
     except _native.SpoolError as e:
         raise SpoolUnreadable(f"cannot read the spool: {e}") from None
+    except (control.NoServer, control.ControlError) as e:
+        raise ShardFailed(f"listing the queue failed: {e}") from None
+
+
+def list_queue(root: str) -> list[dict]:
+    """Every queued message (`entry`), as `mta queue list --json` prints them."""
+    return [obj for data, _ in list_pages(root, "json") for obj in json.loads(b"[" + data + b"]")]
 
 
 def show(root: str, queue_id: str, with_bytes: bool = True) -> tuple[dict, bytes | None]:
@@ -250,7 +271,8 @@ def change(root: str, op: str, ids: tuple[str, ...] | list[str] = (), every: boo
             for q, status in ask(shard, {"op": op, "ids": valid[i:i + control.MAX_IDS]}).get("results", {}).items():
                 if status != "unknown" or q not in found:
                     found[q] = status
-    where = _shard_of(root, down) if down else {}
+    missing = [q for q in wanted if found.get(q, "unknown") == "unknown"]
+    where = _shard_of(root, down, missing) if down and missing else {}
     results = []
     for q in wanted:
         status = found.get(q, "unknown")
@@ -266,26 +288,32 @@ def change(root: str, op: str, ids: tuple[str, ...] | list[str] = (), every: boo
             "ok": not problems and all(r["ok"] for r in results)}
 
 
-def _down_envelopes(root: str, down: list[int]):
+def _down_ids(root: str, down: list[int]):
+    """(shard, queue id) of every message in the shards no server owns, a page at a time."""
     from mta import _native
 
     if not down:
-        return []
+        return
     try:
-        return [e for e in _native.SpoolReader(root).list() if e.shard in down]
+        for src in pages.sources(root, online=False):
+            if src.shard in down:
+                for q in pages.ids(src, pages.DEFAULT_PAGE):
+                    yield src.shard, q
     except _native.SpoolError:
-        return []
+        return
 
 
 def _messages_in(root: str, down: list[int]) -> dict[int, int]:
     out: dict[int, int] = {}
-    for e in _down_envelopes(root, down):
-        out[e.shard] = out.get(e.shard, 0) + 1
+    for shard, _q in _down_ids(root, down):
+        out[shard] = out.get(shard, 0) + 1
     return out
 
 
-def _shard_of(root: str, down: list[int]) -> dict[str, int]:
-    return {e.queue_id: e.shard for e in _down_envelopes(root, down)}
+def _shard_of(root: str, down: list[int], wanted) -> dict[str, int]:
+    """{queue id: shard} of the `wanted` ids that are in a shard no server owns."""
+    wanted = set(wanted)
+    return {q: shard for shard, q in _down_ids(root, down) if q in wanted}
 
 
 # --- suspend, resume, bounce, reload ---------------------------------------------------
@@ -470,19 +498,21 @@ async def sites_of(domains: list[str], cfg) -> dict[str, str]:
     return dict(zip(domains, found))
 
 
-def envelopes(root: str):
-    """Every queued message's envelope under `root` (none when the directory is missing)."""
+def shape_of(root: str, now: float) -> tuple[dict[str, list[int]], dict[str, int]]:
+    """`shape` of every queued message under `root`, counted a page at a time where the
+    messages are (the running servers' indexes, the files of the other shards)."""
     from mta import _native
 
-    if not os.path.isdir(root):
-        return iter(())
     try:
-        envs = _native.SpoolReader(root).list()
+        limit = pages.page_size()
+    except ValueError as e:
+        raise BadArgument(pages.PAGE_ENV, str(e)) from None
+    try:
+        return pages.shape(pages.sources(root), now, BUCKETS, limit)
     except _native.SpoolError as e:
         raise SpoolUnreadable(f"cannot read the spool: {e}") from None
-    # Consumed from the end as it is counted, so each envelope is freed once counted.
-    envs.reverse()
-    return (envs.pop() for _ in range(len(envs)))
+    except (control.NoServer, control.ControlError) as e:
+        raise ShardFailed(f"summing up the queue failed: {e}") from None
 
 
 def summary(root: str, by: str = "domain", top: int = DEFAULT_TOP, cfg=None) -> dict:
@@ -495,7 +525,7 @@ def summary(root: str, by: str = "domain", top: int = DEFAULT_TOP, cfg=None) -> 
     if isinstance(top, bool) or not isinstance(top, int) or top < 0:
         raise BadArgument("top", f"a whole number, 0 or more, not {top!r}")
     now = time.time()
-    table, rcpts = shape(envelopes(root), now)
+    table, rcpts = shape_of(root, now)
     total = total_of(table.values())
     groups: dict[str, list[str]] = {}
     if by == "site":
