@@ -357,7 +357,7 @@ class ControlServer:
         results.update(await op(found))
         return {"ok": True, "results": results}
 
-    async def _walk(self, chunk: int = WALK_CHUNK):
+    async def _walk(self, chunk: int | None = None):
         """{queue id: envelope} of the shard's messages, `chunk` at a time in log order, so an
         "all" request never holds the whole queue. Only those that arrived before the walk
         began, as a snapshot would: not the mail that comes in meanwhile, nor the DSNs a bounce
@@ -365,7 +365,7 @@ class ControlServer:
         started = time.time()
         cursor: int | None = 0
         while cursor is not None:
-            ids, cursor = await asyncio.to_thread(self.store.spool.ids, cursor, chunk)
+            ids, cursor = await asyncio.to_thread(self.store.spool.ids, cursor, chunk or WALK_CHUNK)
             found = {}
             for q in ids:
                 e = self.store.get(q)
