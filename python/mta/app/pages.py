@@ -22,7 +22,7 @@ def page_size() -> int:
     if not raw:
         return DEFAULT_PAGE
     if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_PAGE:
-        raise ValueError(f"{PAGE_ENV} must be a whole number 1..{MAX_PAGE}, not {raw[:40]!r}")
+        raise ValueError(f"expected a whole number 1..{MAX_PAGE} (messages per page), not {raw[:40]!r}")
     return int(raw)
 
 
