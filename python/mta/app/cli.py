@@ -135,10 +135,11 @@ def tls_selfsigned(out_dir, hostname, days) -> None:
 def queue() -> None:
     """Inspect the spool, and hold, release, delete, flush or bounce mail.
 
-    list, show and summary read the spool files (read-only; safe while the
-    server runs). hold, release, delete, flush, suspend, resume and bounce ask
-    the running server, through the control socket of each spool shard: they
-    fail when no server runs.
+    list, show and summary are read-only and safe while the server runs; list
+    and summary go a page at a time, asking each shard's running server (its
+    control socket) or reading the files of a shard no server owns. hold,
+    release, delete, flush, suspend, resume and bounce ask the running server,
+    through the control socket of each spool shard: they fail when no server runs.
     """
 
 
