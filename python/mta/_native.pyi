@@ -665,6 +665,25 @@ class Spool:
     def close(self) -> None:
         """Finish every submitted message (write, sync, complete), stop the writer, release the lock.
         Idempotent; completions() still returns what finished during close."""
+    # The streaming queue tools: the live messages in log order (segments by number, records
+    # by position: about arrival order), a page at a time. `cursor` 0 starts; each call returns
+    # the cursor to continue from, None at the end. A page costs its own size, not the queue's;
+    # the index work and the formatting run with the GIL released. `limit`: 1..100000 messages
+    # (ValueError otherwise). A message copied forward by compaction during a walk may show up
+    # twice; one arriving during it shows up at the end.
+    def page(self, cursor: int, limit: int, form: str) -> tuple[bytes, int, int | None]:
+        """(data, messages in it, next cursor). form "json": each message's object exactly as
+        json.dumps(mta.app.admin.entry(env)) writes it, joined by ", " (the inside of a JSON
+        array); form "text": the lines `mta queue list` prints per message, each ending "\n".
+        Another form: ValueError."""
+    def shape(self, cursor: int, limit: int, now: float, buckets: list[int]) -> tuple[
+            dict[str, list[int]], dict[str, int], int | None]:
+        """({domain: [messages, per age column...]}, {domain: recipients}, next cursor) of a page,
+        as mta.app.admin.shape counts: recipients not delivered nor bounced, a message once per
+        domain; its age (`now` minus arrival) in the first column whose bound (`buckets`, minutes,
+        increasing) it is below, else the last (len(buckets) + 2 columns, the total first)."""
+    def ids(self, cursor: int, limit: int) -> tuple[list[str], int | None]:
+        """(the queue ids of a page, next cursor)."""
 
 class SpoolReader:
     """Read-only view of every shard under root; safe while the server runs
@@ -677,6 +696,14 @@ class SpoolReader:
     def list(self) -> list[Envelope]: ...
     def get(self, queue_id: str) -> Envelope | None: ...
     def message_bytes(self, queue_id: str) -> bytes | None: ...
+    def shards(self) -> list[int]:
+        """The shard numbers under root (directories with segments), in order."""
+    # Spool.page, shape and ids of one shard. The shard is scanned once per reader, at its
+    # first page; later pages walk that scan (a consistent view, not a live one).
+    def page(self, shard: int, cursor: int, limit: int, form: str) -> tuple[bytes, int, int | None]: ...
+    def shape(self, shard: int, cursor: int, limit: int, now: float, buckets: list[int]) -> tuple[
+            dict[str, list[int]], dict[str, int], int | None]: ...
+    def ids(self, shard: int, cursor: int, limit: int) -> tuple[list[str], int | None]: ...
 
 STATES: Final[tuple[str, ...]]
 INLINE_MAX: Final[int]

@@ -1,21 +1,25 @@
 """The `mta queue` operations as plain functions returning JSON-able data, one implementation for
-the CLI and /api/admin: reads come from the spool files, changes go to every running shard's
-control socket. Nothing here prints or writes the spool; what cannot be done raises an AdminError."""
+the CLI and /api/admin: listings go a page at a time (mta.app.pages), changes go to every running
+shard's control socket. Nothing here prints or writes the spool; what cannot be done raises an AdminError."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as _dt
+import json
 import os
 import time
 
-from mta.app import control
+from mta.app import control, pages
 from mta.config import schema as config
 from mta.config.kinds import Duration, Errors, domain_name
 from mta.delivery import FINAL
 
 QUEUE_OPS = ("hold", "release", "delete", "flush")
 PING_TIMEOUT = 10.0  # seconds a shard has to answer "ping" before it counts as not answering
+# Seconds a shard has to answer a request that walks its whole queue (ALL, resume, bounce): about
+# 45 s per million messages for delete ALL here, so the usual 60 s would give up on a big backlog.
+WALK_TIMEOUT = 3600.0
 # Age buckets in minutes, as qshape's: a message goes in the first whose bound its age is
 # below; "1280+" holds the rest. T is the total.
 BUCKETS = (5, 10, 20, 40, 80, 160, 320, 640, 1280)
@@ -72,6 +76,12 @@ class NotRunning(AdminError):
 
 class SpoolUnreadable(AdminError):
     status = 500
+
+
+class ShardFailed(AdminError):
+    """A shard's server failed while a listing asked it for pages (stopped, or broke off)."""
+
+    status = 503
 
 
 # --- reading the spool ---------------------------------------------------------------
@@ -131,14 +141,28 @@ def details(env) -> dict:
     return out
 
 
-def list_queue(root: str) -> list[dict]:
-    """Every queued message (`entry`), in the spool's order."""
+def list_pages(root: str, form: str = "json", online: bool = True):
+    """The queue as (data, messages) pages, as `mta queue list` writes them: form "json" the
+    `entry` objects joined by ", " (a JSON array's inside), "text" the plain lines. A running
+    shard's server is asked (its index), the others' files read (all of them, without
+    `online`); see pages.pages for the order. The page size is pages.page_size()."""
     from mta import _native
 
     try:
-        return [entry(e) for e in reader(root).list()]
+        limit = pages.page_size()
+    except ValueError as e:
+        raise BadArgument(pages.PAGE_ENV, str(e)) from None
+    try:
+        yield from pages.pages(pages.sources(root, online), form, limit)
     except _native.SpoolError as e:
         raise SpoolUnreadable(f"cannot read the spool: {e}") from None
+    except (control.NoServer, control.ControlError) as e:
+        raise ShardFailed(f"listing the queue failed: {e}") from None
+
+
+def list_queue(root: str) -> list[dict]:
+    """Every queued message (`entry`), as `mta queue list --json` prints them."""
+    return [obj for data, _ in list_pages(root, "json") for obj in json.loads(b"[" + data + b"]")]
 
 
 def show(root: str, queue_id: str, with_bytes: bool = True) -> tuple[dict, bytes | None]:
@@ -172,7 +196,8 @@ def running(root: str) -> tuple[list[int], list[int], list[str]]:
     return up, down, problems
 
 
-def everywhere(root: str, request: dict, what: str) -> tuple[list[dict], list[str]]:
+def everywhere(root: str, request: dict, what: str, timeout: float = control.CLIENT_TIMEOUT
+               ) -> tuple[list[dict], list[str]]:
     """`request` to every running shard: (their replies, the problems met). NotRunning when none runs."""
     up, _down, problems = running(root)
     if not up:
@@ -180,7 +205,7 @@ def everywhere(root: str, request: dict, what: str) -> tuple[list[dict], list[st
     replies = []
     for shard in up:
         try:
-            replies.append(control.call(root, shard, request))
+            replies.append(control.call(root, shard, request, timeout))
         except (control.NoServer, control.ControlError) as e:
             problems.append(str(e))
     return replies, problems
@@ -225,9 +250,9 @@ def change(root: str, op: str, ids: tuple[str, ...] | list[str] = (), every: boo
     if not up:
         raise NotRunning(root, op, problems)
 
-    def ask(shard: int, request: dict) -> dict:
+    def ask(shard: int, request: dict, timeout: float = control.CLIENT_TIMEOUT) -> dict:
         try:
-            return control.call(root, shard, request)
+            return control.call(root, shard, request, timeout)
         except (control.NoServer, control.ControlError) as e:
             problems.append(f"shard {shard}: {e}")
             return {}
@@ -235,7 +260,7 @@ def change(root: str, op: str, ids: tuple[str, ...] | list[str] = (), every: boo
     if every:
         counts: dict[str, int] = {}
         for shard in up:
-            for status, n in ask(shard, {"op": op, "all": True}).get("counts", {}).items():
+            for status, n in ask(shard, {"op": op, "all": True}, WALK_TIMEOUT).get("counts", {}).items():
                 counts[status] = counts.get(status, 0) + n
         untouched = [{"shard": s, "messages": n} for s, n in sorted(_messages_in(root, down).items())]
         ok = not problems and not untouched and all(verdict(op, s, True)[0] for s in counts)
@@ -250,7 +275,8 @@ def change(root: str, op: str, ids: tuple[str, ...] | list[str] = (), every: boo
             for q, status in ask(shard, {"op": op, "ids": valid[i:i + control.MAX_IDS]}).get("results", {}).items():
                 if status != "unknown" or q not in found:
                     found[q] = status
-    where = _shard_of(root, down) if down else {}
+    missing = [q for q in wanted if found.get(q, "unknown") == "unknown"]
+    where = _shard_of(root, down, missing) if down and missing else {}
     results = []
     for q in wanted:
         status = found.get(q, "unknown")
@@ -266,26 +292,32 @@ def change(root: str, op: str, ids: tuple[str, ...] | list[str] = (), every: boo
             "ok": not problems and all(r["ok"] for r in results)}
 
 
-def _down_envelopes(root: str, down: list[int]):
+def _down_ids(root: str, down: list[int]):
+    """(shard, queue id) of every message in the shards no server owns, a page at a time."""
     from mta import _native
 
     if not down:
-        return []
+        return
     try:
-        return [e for e in _native.SpoolReader(root).list() if e.shard in down]
+        for src in pages.sources(root, online=False):
+            if src.shard in down:
+                for q in pages.ids(src, pages.DEFAULT_PAGE):
+                    yield src.shard, q
     except _native.SpoolError:
-        return []
+        return
 
 
 def _messages_in(root: str, down: list[int]) -> dict[int, int]:
     out: dict[int, int] = {}
-    for e in _down_envelopes(root, down):
-        out[e.shard] = out.get(e.shard, 0) + 1
+    for shard, _q in _down_ids(root, down):
+        out[shard] = out.get(shard, 0) + 1
     return out
 
 
-def _shard_of(root: str, down: list[int]) -> dict[str, int]:
-    return {e.queue_id: e.shard for e in _down_envelopes(root, down)}
+def _shard_of(root: str, down: list[int], wanted) -> dict[str, int]:
+    """{queue id: shard} of the `wanted` ids that are in a shard no server owns."""
+    wanted = set(wanted)
+    return {q: shard for shard, q in _down_ids(root, down) if q in wanted}
 
 
 # --- suspend, resume, bounce, reload ---------------------------------------------------
@@ -328,7 +360,7 @@ def suspend(root: str, t: dict, seconds: float) -> dict:
 def resume(root: str, t: dict) -> dict:
     """End the target's suspension in every running worker; what it held back is due now.
     "counts": messages made "due", "active" (being delivered), "failed", "gone"."""
-    replies, problems = everywhere(root, {"op": "resume", **t}, "resume")
+    replies, problems = everywhere(root, {"op": "resume", **t}, "resume", WALK_TIMEOUT)
     counts: dict[str, int] = {}
     was = 0.0
     for r in replies:
@@ -343,7 +375,7 @@ def bounce(root: str, domain: str) -> dict:
     """Bounce every queued recipient of `domain` (a DSN to each sender). "counts": messages
     "bounced", "busy" (being delivered: run again), "failed", "gone"."""
     t = target(domain, None)
-    replies, problems = everywhere(root, {"op": "bounce", **t}, "bounce")
+    replies, problems = everywhere(root, {"op": "bounce", **t}, "bounce", WALK_TIMEOUT)
     counts: dict[str, int] = {}
     recipients = 0
     for r in replies:
@@ -470,19 +502,21 @@ async def sites_of(domains: list[str], cfg) -> dict[str, str]:
     return dict(zip(domains, found))
 
 
-def envelopes(root: str):
-    """Every queued message's envelope under `root` (none when the directory is missing)."""
+def shape_of(root: str, now: float) -> tuple[dict[str, list[int]], dict[str, int]]:
+    """`shape` of every queued message under `root`, counted a page at a time where the
+    messages are (the running servers' indexes, the files of the other shards)."""
     from mta import _native
 
-    if not os.path.isdir(root):
-        return iter(())
     try:
-        envs = _native.SpoolReader(root).list()
+        limit = pages.page_size()
+    except ValueError as e:
+        raise BadArgument(pages.PAGE_ENV, str(e)) from None
+    try:
+        return pages.shape(pages.sources(root), now, BUCKETS, limit)
     except _native.SpoolError as e:
         raise SpoolUnreadable(f"cannot read the spool: {e}") from None
-    # Consumed from the end as it is counted, so each envelope is freed once counted.
-    envs.reverse()
-    return (envs.pop() for _ in range(len(envs)))
+    except (control.NoServer, control.ControlError) as e:
+        raise ShardFailed(f"summing up the queue failed: {e}") from None
 
 
 def summary(root: str, by: str = "domain", top: int = DEFAULT_TOP, cfg=None) -> dict:
@@ -495,7 +529,7 @@ def summary(root: str, by: str = "domain", top: int = DEFAULT_TOP, cfg=None) -> 
     if isinstance(top, bool) or not isinstance(top, int) or top < 0:
         raise BadArgument("top", f"a whole number, 0 or more, not {top!r}")
     now = time.time()
-    table, rcpts = shape(envelopes(root), now)
+    table, rcpts = shape_of(root, now)
     total = total_of(table.values())
     groups: dict[str, list[str]] = {}
     if by == "site":

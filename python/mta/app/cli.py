@@ -4,7 +4,7 @@ unknown queue id exits 1, a bad config exits 2 naming every bad key."""
 
 from __future__ import annotations
 
-import json
+import itertools
 import sys
 
 import click
@@ -135,10 +135,11 @@ def tls_selfsigned(out_dir, hostname, days) -> None:
 def queue() -> None:
     """Inspect the spool, and hold, release, delete, flush or bounce mail.
 
-    list, show and summary read the spool files (read-only; safe while the
-    server runs). hold, release, delete, flush, suspend, resume and bounce ask
-    the running server, through the control socket of each spool shard: they
-    fail when no server runs.
+    list, show and summary are read-only and safe while the server runs; list
+    and summary go a page at a time, asking each shard's running server (its
+    control socket) or reading the files of a shard no server owns. hold,
+    release, delete, flush, suspend, resume and bounce ask the running server,
+    through the control socket of each spool shard: they fail when no server runs.
     """
 
 
@@ -154,23 +155,35 @@ def _fail(e: admin.AdminError) -> None:
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON array of {id, arrival, size, sender, held, recipients}.")
 def queue_list(spool, as_json) -> None:
-    """List the queued messages; held ones say (held)."""
+    """List the queued messages; held ones say (held).
+
+    Written as it is read, a page at a time (MTA_QUEUE_PAGE messages, default 5000): a
+    running server is asked for its shard's pages, the files of a shard no server owns
+    are read. Each shard's messages come in about arrival order; several shards are merged
+    page by page.
+    """
+    out = click.get_binary_stream("stdout")
+    pages = admin.list_pages(spool or config.DEFAULT_SPOOL_DIR, "json" if as_json else "text")
+    total = 0
     try:
-        entries = admin.list_queue(spool or config.DEFAULT_SPOOL_DIR)
+        first = next(pages, None)  # an unreadable spool says so before anything is written
+        if as_json:
+            out.write(b"[")
+        for data, n in itertools.chain([first] if first else [], pages):
+            if as_json and total:
+                out.write(b", ")
+            out.write(data)
+            total += n
     except admin.AdminError as e:
+        out.flush()
         _fail(e)
     if as_json:
-        click.echo(json.dumps(entries))
-        return
-    if not entries:
-        click.echo("Mail queue is empty")
-        return
-    for e in entries:
-        held = "  (held)" if e["held"] else ""
-        click.echo(f"{e['id']:<24} {e['size']:>10} {e['arrival']}  <{e['sender']}>{held}")
-        for r in e["recipients"]:
-            click.echo(f"{'':<24} {r['state']:>10} <{r['address']}>")
-    click.echo(f"-- {len(entries)} message(s)")
+        out.write(b"]\n")
+    elif total:
+        out.write(f"-- {total} message(s)\n".encode())
+    else:
+        out.write(b"Mail queue is empty\n")
+    out.flush()
 
 
 @queue.command("show")

@@ -1,6 +1,6 @@
 """The control channel: a unix socket per spool shard (0600) through which `mta queue
-hold|release|delete|flush|suspend|resume|bounce|summary` and `mta reload` reach the running server, one
-bounded JSON line each way; a reply names only changes already durable (their store futures completed)."""
+list|hold|release|delete|flush|suspend|resume|bounce|summary` and `mta reload` reach the running server, one
+bounded JSON line each way (a page's bytes follow its line); a reply names only changes already durable."""
 
 from __future__ import annotations
 
@@ -15,6 +15,16 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Awaitable, Callable
 
+from mta.app.control_pages import (
+    ALL_FIELDS,
+    FIELDS,
+    PAGE_OPS,
+    SHAPE_BUCKETS,
+    PageFieldError,
+    page_fields,
+    serve_page,
+    whole,
+)
 from mta.config.kinds import domain_name
 from mta.delivery import FINAL, Outcome
 from mta.delivery.router import split
@@ -36,7 +46,10 @@ WRITE_TIMEOUT = 5.0
 DELETE_WAIT = 10.0  # seconds delete (and bounce) wait for an attempt in flight before answering "busy"
 CLIENT_TIMEOUT = 60.0  # the CLI's bound on one request's reply
 
-OPS = ("ping", "hold", "release", "delete", "flush", "suspend", "resume", "flags", "bounce", "reload")
+OPS = ("ping", "hold", "release", "delete", "flush", "suspend", "resume", "flags", "bounce", "reload",
+       "page", "shape", "ids")
+MAX_PAGE_REPLY = 1 << 30  # bytes of a page's reply the client takes (line and data each)
+WALK_CHUNK = 5000  # messages an "all" request (and resume, bounce) acts on at once
 QUEUE_ID = re.compile(r"[A-Za-z0-9]{1,64}")
 MAX_SITE = 255  # characters of a site text (a [[shaping.rule]] site glob, or MX host names joined by ",")
 MAX_UNTIL = 2.0 ** 32  # a wall time beyond this (year 2106) is a mistake, not a suspension
@@ -60,6 +73,11 @@ class Request:
     domain: str | None = None  # suspend, resume, bounce: a recipient domain (lower case)
     site: str | None = None  # suspend, resume: a destination site
     until: float | None = None  # suspend: the wall time the suspension ends (0: clear it)
+    cursor: int = 0  # page, shape, ids: where to go on (0: the start; else a reply's "next")
+    limit: int = 0  # page, shape, ids: messages at most (1..MAX_PAGE)
+    form: str = ""  # page: "json" or "text"
+    now: float | None = None  # shape: ages at this unix time (default: the server's clock)
+    buckets: tuple[int, ...] = SHAPE_BUCKETS  # shape: the age columns' bounds, minutes
 
 
 def flag_key(kind: str, site: str) -> str:
@@ -79,7 +97,10 @@ def parse_request(line: bytes) -> Request:
     OP one of hold, release, delete, flush; 1..MAX_IDS ids of [A-Za-z0-9]{1,64};
     {"op": "suspend", "domain": D | "site": S, "until": T}; {"op": "resume", "domain": D |
     "site": S}; {"op": "flags"}; {"op": "bounce", "domain": D}. D a domain name, S at most
-    MAX_SITE printable characters without spaces, T a unix time (0: clear).
+    MAX_SITE printable characters without spaces, T a unix time (0: clear). Pages of the queue:
+    {"op": "page", "cursor": C, "limit": N, "form": "json"|"text"}; {"op": "shape", "cursor": C,
+    "limit": N[, "now": T][, "buckets": [minutes, ...]]}; {"op": "ids", "cursor": C, "limit": N};
+    C 0 or a reply's "next", N 1..MAX_PAGE.
     """
     if len(line) > MAX_LINE:
         raise RequestError(f"request longer than {MAX_LINE} bytes")
@@ -89,7 +110,7 @@ def parse_request(line: bytes) -> Request:
         raise RequestError("request is not a JSON object on one line") from None
     if not isinstance(obj, dict):
         raise RequestError("request is not a JSON object on one line")
-    unknown = sorted(set(obj) - {"op", "ids", "all", "domain", "site", "until"})
+    unknown = sorted(set(obj) - {"op", "ids", "all", "domain", "site", "until"} - set(ALL_FIELDS))
     if unknown:
         raise RequestError(f"unknown request field(s): {', '.join(map(repr, unknown))}")
     op = obj.get("op")
@@ -98,6 +119,14 @@ def parse_request(line: bytes) -> Request:
     ids, every = obj.get("ids"), obj.get("all", False)
     if every not in (True, False):
         raise RequestError("all must be true or false")
+    try:
+        paging = page_fields(op, obj)
+    except PageFieldError as e:
+        raise RequestError(str(e)) from None
+    if op in PAGE_OPS:
+        if ids is not None or every or set(obj) & {"domain", "site", "until"}:
+            raise RequestError(f"{op} takes only {', '.join(FIELDS[op])}")
+        return Request(op, **paging)
     shaping = _shaping_fields(op, obj)
     if op in ("suspend", "resume", "flags", "bounce"):
         if ids is not None or every:
@@ -260,7 +289,12 @@ class ControlServer:
                 reply = await self._answer(reader)
             if reply is not None:
                 reply.setdefault("shard", self.shard)
+                data = reply.pop("data", None)  # a page: its bytes follow the line
+                if data is not None:
+                    reply["bytes"] = len(data)
                 writer.write(encode(reply))
+                if data:
+                    writer.write(data)
                 await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
         except (ConnectionError, asyncio.TimeoutError):
             pass
@@ -307,25 +341,38 @@ class ControlServer:
             return {"ok": True, "applied": applied, "messages": messages}
         if req.op in _SHAPING_FIELDS:
             return await getattr(self, f"_op_{req.op}")(req)
-        if req.all:
-            envs = self.store.list()
-            ids = [e.queue_id for e in envs]
-        else:
-            ids = list(req.ids)
-            envs = [self.store.get(q) for q in ids]
-        found = {e.queue_id: e for e in envs if e is not None}
-        results = {q: "unknown" for q in ids if q not in found}
+        if req.op in PAGE_OPS:
+            return await serve_page(self.store.spool, req)
         op = getattr(self, f"_op_{req.op}")
-        results.update(await op(found))
-        reply: dict = {"ok": True}
         if req.all:
             counts: dict[str, int] = {}
-            for s in results.values():
-                counts[s] = counts.get(s, 0) + 1
-            reply["counts"] = counts
-        else:
-            reply["results"] = results
-        return reply
+            async for found in self._walk():
+                for s in (await op(found)).values():
+                    counts[s] = counts.get(s, 0) + 1
+            return {"ok": True, "counts": counts}
+        ids = list(req.ids)
+        envs = [self.store.get(q) for q in ids]
+        found = {e.queue_id: e for e in envs if e is not None}
+        results = {q: "unknown" for q in ids if q not in found}
+        results.update(await op(found))
+        return {"ok": True, "results": results}
+
+    async def _walk(self, chunk: int | None = None):
+        """{queue id: envelope} of the shard's messages, `chunk` at a time in log order, so an
+        "all" request never holds the whole queue. Only those that arrived before the walk
+        began, as a snapshot would: not the mail that comes in meanwhile, nor the DSNs a bounce
+        makes (a message copied forward by compaction meanwhile may come twice)."""
+        started = time.time()
+        cursor: int | None = 0
+        while cursor is not None:
+            ids, cursor = await asyncio.to_thread(self.store.spool.ids, cursor, chunk or WALK_CHUNK)
+            found = {}
+            for q in ids:
+                e = self.store.get(q)
+                if e is not None and e.arrival <= started:
+                    found[q] = e
+            if found:
+                yield found
 
     async def _settle(self, futs: dict[str, list[asyncio.Future]], ok: str) -> dict[str, str]:
         """Await every id's records; `ok`, "gone" (finished meanwhile) or the error."""
@@ -461,25 +508,27 @@ class ControlServer:
         if self.flags_changed is not None:
             self.flags_changed()
         # The messages that suspension held back wait until its end: make them due now.
-        futs: dict[str, list] = {}
         counts = {"due": 0, "active": 0}
-        active = self._active
-        for env in self.store.list():
-            held = [i for i, r in enumerate(env.recipients) if _held_by(r, target)]
-            if not held:
-                continue
-            if env.queue_id in active:  # its attempt ends soon and sees the flag cleared
-                counts["active"] += 1
-                continue
-            now = time.time()
-            rs = env.recipients
-            futs[env.queue_id] = [self.store.update(env.queue_id, [
-                (i, "deferred", rs[i].attempts, now, rs[i].last_reply, rs[i].route) for i in held])]
-        settled = await self._settle(futs, "due")
-        for s in settled.values():
-            s = s if s in ("due", "gone") else "failed"
-            counts[s] = counts.get(s, 0) + 1
-        self.queue.retry_now([q for q, s in settled.items() if s == "due"])
+        async for found in self._walk():
+            futs: dict[str, list] = {}
+            active = self._active
+            for env in found.values():
+                held = [i for i, r in enumerate(env.recipients) if _held_by(r, target)]
+                if not held:
+                    continue
+                if env.queue_id in active:  # its attempt ends soon and sees the flag cleared
+                    counts["active"] += 1
+                    continue
+                now = time.time()
+                rs = env.recipients
+                futs[env.queue_id] = [self.store.update(env.queue_id, [
+                    (i, "deferred", rs[i].attempts, now, rs[i].last_reply, rs[i].route) for i in held])]
+            settled = await self._settle(futs, "due")
+            for s in settled.values():
+                s = s if s in ("due", "gone") else "failed"
+                counts[s] = counts.get(s, 0) + 1
+            if futs:
+                self.queue.retry_now([q for q, s in settled.items() if s == "due"])
         log.warning("%s resumed by the administrator (mta queue resume): %d message(s) due now",
                     target, counts["due"])
         return {"ok": True, "key": key, "was": was, "counts": counts}
@@ -490,11 +539,6 @@ class ControlServer:
     async def _op_bounce(self, req: Request) -> dict:
         domain = req.domain
         reply = Outcome.of(550, "5.0.0", BOUNCE_TEXT)
-        todo = []
-        for env in self.store.list():
-            idx = [i for i, r in enumerate(env.recipients) if r.state not in FINAL and split(r.address)[1] == domain]
-            if idx:
-                todo.append((env.queue_id, idx))
         counts: dict[str, int] = {}
         bounced = 0
         gate = asyncio.Semaphore(BOUNCE_CONCURRENCY)
@@ -512,7 +556,14 @@ class ControlServer:
                     bounced += n or 0
             counts[status] = counts.get(status, 0) + 1
 
-        await asyncio.gather(*(one(q, i) for q, i in todo))
+        async for found in self._walk():
+            todo = []
+            for env in found.values():
+                idx = [i for i, r in enumerate(env.recipients)
+                       if r.state not in FINAL and split(r.address)[1] == domain]
+                if idx:
+                    todo.append((env.queue_id, idx))
+            await asyncio.gather(*(one(q, i) for q, i in todo))
         log.warning("domain %s bounced by the administrator (mta queue bounce): %d recipient(s) in %d message(s)",
                     domain, bounced, counts.get("bounced", 0))
         return {"ok": True, "counts": counts, "recipients": bounced}
@@ -593,6 +644,11 @@ def call(spool_dir: str, shard: int, request: dict, timeout: float = CLIENT_TIME
             raise ControlError(f"shard {shard}: no reply within {timeout:g} s") from None
         except OSError as e:
             raise ControlError(f"shard {shard}: {e.strerror or e}") from None
+    return _reply(shard, bytes(buf))
+
+
+def _reply(shard: int, buf: bytes) -> dict:
+    """A reply line as a dict (ok true), or ControlError saying what it was."""
     if not buf:
         raise ControlError(f"shard {shard}: the server closed the connection without a reply (stopping?)")
     try:
@@ -603,3 +659,33 @@ def call(spool_dir: str, shard: int, request: dict, timeout: float = CLIENT_TIME
         err = reply.get("error") if isinstance(reply, dict) else None
         raise ControlError(f"shard {shard}: {err or 'bad reply'}")
     return reply
+
+
+def fetch(spool_dir: str, shard: int, request: dict, timeout: float = CLIENT_TIMEOUT) -> tuple[dict, bytes]:
+    """`call` for the page ops: (the reply, the bytes after its line: a page's data, else b"").
+    Their replies may be big (up to MAX_PAGE_REPLY): a page of a big queue, a shape of many domains."""
+    path = socket_path(spool_dir, shard)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        try:
+            with _SunPath(path) as p:
+                s.connect(p)
+        except (ConnectionRefusedError, FileNotFoundError, NotADirectoryError) as e:
+            raise NoServer(f"{path}: {e.strerror}") from None
+        except PermissionError as e:
+            raise ControlError(f"{path}: {e.strerror} (run as the user the server runs as, or root)") from None
+        try:
+            s.sendall(encode(request))
+            with s.makefile("rb") as f:
+                reply = _reply(shard, f.readline(MAX_PAGE_REPLY))
+                size = reply.get("bytes", 0)
+                if not whole(size, 0, MAX_PAGE_REPLY):
+                    raise ControlError(f"shard {shard}: bad reply (bytes {str(size)[:40]})")
+                data = f.read(size) if size else b""
+        except socket.timeout:
+            raise ControlError(f"shard {shard}: no reply within {timeout:g} s") from None
+        except OSError as e:
+            raise ControlError(f"shard {shard}: {e.strerror or e}") from None
+    if len(data) != size:
+        raise ControlError(f"shard {shard}: the server closed the connection {size - len(data)} bytes short")
+    return reply, data

@@ -1,5 +1,5 @@
 """`mta queue summary|suspend|resume|bounce`: the queue's shape per recipient domain or site
-(read from the spool files, like Postfix's qshape) and the shaping admin commands, sent to
+(counted a page at a time, like Postfix's qshape) and the shaping admin commands, sent to
 every running worker over its control socket by mta.app.admin; here only flags and printing."""
 
 from __future__ import annotations
@@ -86,8 +86,8 @@ def summary(spool, config_file, as_json, by, top) -> None:
     minutes; 10: 5 to 10; ... 1280+: older), the biggest first.
 
     Then the sites and domains suspended or slowed in the running server, with the time
-    left (without a running server: "no server running: flags unknown"). Reads the spool
-    files as `mta queue list` does (read-only, safe while the server runs).
+    left (without a running server: "no server running: flags unknown"). Counts a page at
+    a time where `mta queue list` reads (read-only, safe while the server runs).
 
     --json prints {"by", "buckets", "total", "rows": [{"name", "total", "ages",
     "recipients"}, ...], "rest": {"count", "total", "ages"}, "flags": {key: until} or

@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod dkim;
 pub mod events;
+pub mod listing;
 pub mod log;
 pub mod message;
 pub mod proxy;

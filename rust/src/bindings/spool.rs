@@ -4,6 +4,7 @@
 //! CONTRACT used by bindings/smtp.rs: `PyMessage::push(&mut self, &[u8])`
 //! appends body bytes (already unstuffed) to the in-flight message.
 use super::events;
+use super::listing;
 use crate::agent::frames::{self, Data, INLINE_MAX};
 use crate::errors::spool_err;
 use crate::spool::incoming::Incoming;
@@ -564,6 +565,16 @@ impl PySpool {
     fn close(&self, py: Python<'_>) {
         py.detach(|| self.0.close())
     }
+    // The streaming queue tools (bindings/listing.rs): a page of the queue in log order.
+    fn page<'py>(&self, py: Python<'py>, cursor: u64, limit: usize, form: &str) -> PyResult<listing::PageOut<'py>> {
+        listing::page(py, limit, form, |n| Ok(self.0.page(cursor, n)))
+    }
+    fn shape(&self, py: Python<'_>, cursor: u64, limit: usize, now: f64, buckets: Vec<u32>) -> PyResult<listing::ShapeOut> {
+        listing::shape(py, limit, now, &buckets, |n| Ok(self.0.page(cursor, n)))
+    }
+    fn ids(&self, py: Python<'_>, cursor: u64, limit: usize) -> PyResult<(Vec<String>, Option<u64>)> {
+        listing::ids(py, limit, |n| Ok(self.0.page(cursor, n)))
+    }
 }
 
 #[pyclass(name = "SpoolReader", module = "mta._native", frozen)]
@@ -584,6 +595,21 @@ impl PySpoolReader {
     fn message_bytes<'py>(&self, py: Python<'py>, queue_id: &str) -> PyResult<Option<Bound<'py, PyBytes>>> {
         let v = py.detach(|| self.0.message_bytes(queue_id)).map_err(spool_err)?;
         Ok(v.map(|b| PyBytes::new(py, &b)))
+    }
+    // The same pages as Spool's, per shard (each shard scanned once, at its first page).
+    fn shards(&self, py: Python<'_>) -> PyResult<Vec<u32>> {
+        py.detach(|| self.0.shards()).map_err(spool_err)
+    }
+    fn page<'py>(&self, py: Python<'py>, shard: u32, cursor: u64, limit: usize, form: &str)
+                 -> PyResult<listing::PageOut<'py>> {
+        listing::page(py, limit, form, |n| self.0.page(shard, cursor, n))
+    }
+    fn shape(&self, py: Python<'_>, shard: u32, cursor: u64, limit: usize, now: f64, buckets: Vec<u32>)
+             -> PyResult<listing::ShapeOut> {
+        listing::shape(py, limit, now, &buckets, |n| self.0.page(shard, cursor, n))
+    }
+    fn ids(&self, py: Python<'_>, shard: u32, cursor: u64, limit: usize) -> PyResult<(Vec<String>, Option<u64>)> {
+        listing::ids(py, limit, |n| self.0.page(shard, cursor, n))
     }
 }
 

@@ -98,6 +98,7 @@ pub mod events;
 mod fresh;
 pub mod incoming;
 pub mod index;
+pub mod listing;
 pub mod reader;
 pub mod record;
 mod recover;
