@@ -567,13 +567,13 @@ impl PySpool {
     }
     // The streaming queue tools (bindings/listing.rs): a page of the queue in log order.
     fn page<'py>(&self, py: Python<'py>, cursor: u64, limit: usize, form: &str) -> PyResult<listing::PageOut<'py>> {
-        listing::page(py, limit, form, |n| Ok(self.0.page(cursor, n)))
+        listing::page(py, limit, form, |n| self.0.page(cursor, n).map_err(|e| std::io::Error::other(e.to_string())))
     }
     fn shape(&self, py: Python<'_>, cursor: u64, limit: usize, now: f64, buckets: Vec<u32>) -> PyResult<listing::ShapeOut> {
-        listing::shape(py, limit, now, &buckets, |n| Ok(self.0.page(cursor, n)))
+        listing::shape(py, limit, now, &buckets, |n| self.0.page(cursor, n).map_err(|e| std::io::Error::other(e.to_string())))
     }
     fn ids(&self, py: Python<'_>, cursor: u64, limit: usize) -> PyResult<(Vec<String>, Option<u64>)> {
-        listing::ids(py, limit, |n| Ok(self.0.page(cursor, n)))
+        listing::ids(py, limit, |n| self.0.page(cursor, n).map_err(|e| std::io::Error::other(e.to_string())))
     }
 }
 

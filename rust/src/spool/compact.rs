@@ -61,7 +61,7 @@ impl Writer {
                         // Unreadable now: left where it is (its segment stays).
                         let Ok(Some(env)) = ix.envelope_of(k) else { continue };
                         items.push((env, sl.data_offset(), sl.size()));
-                        bytes += sl.len();
+                        bytes += sl.record_len();
                         if bytes >= COMPACT_STEP_BYTES {
                             break;
                         }

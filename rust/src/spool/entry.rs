@@ -81,7 +81,8 @@ impl Slot {
     pub fn head(&self) -> u32 {
         self.head
     }
-    pub fn len(&self) -> u64 {
+    /// The whole MESSAGE record's length.
+    pub fn record_len(&self) -> u64 {
         self.head as u64 + self.size as u64 + record::REC_TRAILER as u64
     }
     pub fn flags(&self) -> u8 {

@@ -190,7 +190,7 @@ impl Index {
     pub fn entry(&self, k: Key) -> io::Result<Option<Entry>> {
         let Some(s) = self.map.get(&k) else { return Ok(None) };
         let envelope = self.envelope(k, s)?;
-        Ok(Some(Entry { shard: self.shard, seq: s.seq(), offset: s.offset(), len: s.len(), data_offset: s.data_offset(), size: s.size(), envelope }))
+        Ok(Some(Entry { shard: self.shard, seq: s.seq(), offset: s.offset(), len: s.record_len(), data_offset: s.data_offset(), size: s.size(), envelope }))
     }
     fn envelope(&self, k: Key, s: &Slot) -> io::Result<Envelope> {
         match self.hot.get(&k) {
@@ -381,7 +381,7 @@ impl Index {
         if let Some(old) = self.map.remove(&k) {
             if let Some(s) = self.segs.get_mut(&old.seq()) {
                 s.live = s.live.saturating_sub(1);
-                s.live_bytes = s.live_bytes.saturating_sub(old.len());
+                s.live_bytes = s.live_bytes.saturating_sub(old.record_len());
             }
             if old.seq() != slot.seq() {
                 self.copies.entry(k).or_default().push(old.seq());
@@ -392,7 +392,7 @@ impl Index {
         }
         let s = self.segs.entry(slot.seq()).or_default();
         s.live += 1;
-        s.live_bytes += slot.len();
+        s.live_bytes += slot.record_len();
         s.msgs.push(k);
         self.map.insert(k, slot);
         self.schedule(k);
@@ -495,7 +495,7 @@ impl Index {
         if let Some(old) = self.map.remove(&k) {
             if let Some(s) = self.segs.get_mut(&old.seq()) {
                 s.live = s.live.saturating_sub(1);
-                s.live_bytes = s.live_bytes.saturating_sub(old.len());
+                s.live_bytes = s.live_bytes.saturating_sub(old.record_len());
             }
             self.copies.entry(k).or_default().push(old.seq());
         }

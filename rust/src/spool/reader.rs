@@ -48,8 +48,8 @@ impl SpoolReader {
     /// shard is scanned once per reader, at its first page: later pages see that scan.
     pub fn page(&self, shard: u32, cursor: u64, limit: usize) -> io::Result<(Vec<Entry>, Option<u64>)> {
         let mut built = self.built.lock().unwrap();
-        if !built.contains_key(&shard) {
-            built.insert(shard, self.load(shard)?);
+        if let std::collections::hash_map::Entry::Vacant(v) = built.entry(shard) {
+            v.insert(self.load(shard)?);
         }
         built[&shard].page(cursor, limit)
     }
