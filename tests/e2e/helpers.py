@@ -412,7 +412,8 @@ def swaks_sent_data(stdout: bytes) -> bytes:
 # memory of the server's process tree
 # ---------------------------------------------------------------------------
 
-def _children(pid: int) -> list[int]:
+def children(pid: int) -> list[int]:
+    """The pids of `pid`'s children (every thread's)."""
     out = []
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
@@ -436,7 +437,7 @@ def process_tree(pid: int) -> list[int]:
         if p in seen:
             continue
         seen.append(p)
-        todo += _children(p)
+        todo += children(p)
     return seen
 
 

@@ -14,6 +14,8 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from helpers import children
+
 SENDER = "load@sender.example.test"
 SIZE = 1024
 MSGID_RE = re.compile(rb"^Message-ID: <([^>]+)>\r\n", re.MULTILINE | re.IGNORECASE)
@@ -138,21 +140,6 @@ def send(addr, msgs: Messages, indexes: range, *, sessions: int = 32, timeout: f
 # ---------------------------------------------------------------------------
 # processes
 # ---------------------------------------------------------------------------
-
-def children(pid: int) -> list[int]:
-    out: list[int] = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for t in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{t}/children") as f:
-                out += [int(x) for x in f.read().split()]
-        except OSError:
-            pass
-    return out
-
 
 def worker_pid(main_pid: int, spool: Path, timeout: float = 10) -> int:
     """The process serving shard 0: the first of `mta run`'s tree (itself with one worker,

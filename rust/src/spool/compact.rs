@@ -157,27 +157,14 @@ impl Writer {
                 }
             }
             Plan::Carry(seq, states, deletes, n) => {
-                let mut locs = locs.into_iter();
-                for sc in &states {
-                    let loc = locs.next().unwrap();
-                    ix.apply_state(loc.seq, loc.offset, loc.len, sc);
-                }
-                for q in &deletes {
-                    ix.apply_delete(locs.next().unwrap().seq, q);
-                }
+                carried(&mut ix, &mut locs.into_iter(), &states, &deletes);
                 if let Some(s) = ix.segs.get_mut(&seq) {
                     s.refs.drain(..n);
                 }
             }
             Plan::Delete(seq, states, deletes, _, acks) => {
                 let mut locs = locs.into_iter();
-                for sc in &states {
-                    let loc = locs.next().unwrap();
-                    ix.apply_state(loc.seq, loc.offset, loc.len, sc);
-                }
-                for q in &deletes {
-                    ix.apply_delete(locs.next().unwrap().seq, q);
-                }
+                carried(&mut ix, &mut locs, &states, &deletes);
                 for (name, upto) in &acks {
                     ix.events.ack(name, *upto, locs.next().unwrap().seq);
                 }
@@ -250,5 +237,16 @@ impl Writer {
 
     fn seg_path(&self, seq: u64) -> PathBuf {
         self.shard_dir.join("segments").join(segment_name(seq))
+    }
+}
+
+/// Into the index: the snapshots and DELETE records a compaction step wrote, at `locs`.
+fn carried(ix: &mut super::index::Index, locs: &mut impl Iterator<Item = Loc>, states: &[StateChange], deletes: &[String]) {
+    for sc in states {
+        let loc = locs.next().unwrap();
+        ix.apply_state(loc.seq, loc.offset, loc.len, sc);
+    }
+    for q in deletes {
+        ix.apply_delete(locs.next().unwrap().seq, q);
     }
 }

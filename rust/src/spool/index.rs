@@ -421,19 +421,10 @@ impl Index {
         let Some(&slot) = self.map.get(&k) else { return };
         self.unschedule(k);
         let mut s = slot;
-        let mut flags = s.flags();
-        if let Some(h) = sc.hold {
-            flags = if h { flags | HELD } else { flags & !HELD };
-        }
-        if sc.delay_warned {
-            flags |= WARNED;
-        }
+        let mut flags = flagged(s.flags(), sc.hold, sc.delay_warned);
         if !sc.changes.is_empty() {
             if entry::is_snapshot(&sc.changes, s.nrcpt) {
-                s.set_state(seq, offset, len);
-                flags &= !OVERLAY;
-                flags = if sc.hold.is_some() { flags | COMPLETE } else { flags & !COMPLETE };
-                self.overlay.remove(&k);
+                flags = self.snapshot(k, &mut s, flags, (seq, offset, len), sc.hold.is_some());
                 s.rdue = entry::rdue_of(sc.changes.iter().map(|c| (c.state, c.next_attempt_us)));
             } else {
                 s.rdue = match self.envelope(k, &slot) {
@@ -459,6 +450,14 @@ impl Index {
         self.schedule(k);
     }
 
+    /// Slot `s` of `k` now takes its recipients from the snapshot at `at`; its flags after.
+    fn snapshot(&mut self, k: Key, s: &mut Slot, flags: u8, at: (u64, u64, u64), complete: bool) -> u8 {
+        s.set_state(at.0, at.1, at.2);
+        self.overlay.remove(&k);
+        let flags = flags & !OVERLAY;
+        if complete { flags | COMPLETE } else { flags & !COMPLETE }
+    }
+
     /// `apply_state` of a STATE record holding flags only or a snapshot, from its brief.
     fn apply_brief(&mut self, seq: u64, offset: u64, len: u64, b: &brief::StateBrief<'_>) {
         let k = self.keys.make(b.queue_id);
@@ -466,18 +465,9 @@ impl Index {
         let Some(&slot) = self.map.get(&k) else { return };
         self.unschedule(k);
         let mut s = slot;
-        let mut flags = s.flags();
-        if let Some(h) = b.hold {
-            flags = if h { flags | HELD } else { flags & !HELD };
-        }
-        if b.delay_warned {
-            flags |= WARNED;
-        }
+        let mut flags = flagged(s.flags(), b.hold, b.delay_warned);
         if b.changes > 0 {
-            s.set_state(seq, offset, len);
-            flags &= !OVERLAY;
-            flags = if b.hold.is_some() { flags | COMPLETE } else { flags & !COMPLETE };
-            self.overlay.remove(&k);
+            flags = self.snapshot(k, &mut s, flags, (seq, offset, len), b.hold.is_some());
             s.rdue = b.rdue;
         }
         s.set_flags(flags);
@@ -606,6 +596,16 @@ impl Index {
             Kind::EventAck => events::decode_ack(&r.meta).map(|(name, upto)| self.events.ack(&name, upto, seq)),
         }
     }
+}
+
+/// Slot flags after a STATE record's hold byte and delay-notice flag.
+fn flagged(flags: u8, hold: Option<bool>, warned: bool) -> u8 {
+    let flags = match hold {
+        Some(true) => flags | HELD,
+        Some(false) => flags & !HELD,
+        None => flags,
+    };
+    if warned { flags | WARNED } else { flags }
 }
 
 /// Replay the segments `scans` found (oldest first) into a new index: each segment is
