@@ -361,6 +361,9 @@ def send(port: int, n: int, args, out: Path) -> dict:
     return json.loads(out.read_text())
 
 
+STEPS = ("restart", "list", "summary", "hold", "release", "drain")
+
+
 def run_step(steps: dict, label: str, name: str, fn) -> dict:
     """Run one step into steps[name]: its figures, or "failed" and why (the others go on)."""
     t0 = time.monotonic()
@@ -535,10 +538,17 @@ class Trial:
                 "steps": self.steps}
 
     def run(self) -> None:
-        s = self.step
+        wanted = self.args.steps
+
+        def s(name: str, fn) -> dict:
+            if name.split()[0] not in wanted:
+                self.steps[name] = {"status": "skipped", "reason": "not in --steps"}
+                return self.steps[name]
+            return self.step(name, fn)
+
         try:
-            if s("idle", self.idle)["status"] == "ok":
-                s("accept", self.accept)
+            if self.step("idle", self.idle)["status"] == "ok":
+                self.step("accept", self.accept)
                 s("restart", self.restart)
             for verb in ("list", "summary"):
                 s(f"{verb} --json", lambda verb=verb: self.tool(verb, True))
@@ -704,7 +714,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, help="Where the spools go (default: a new directory under /var/tmp).")
     ap.add_argument("--keep", action="store_true", help="Keep the work directory (spools, logs).")
     ap.add_argument("--out", metavar="PREFIX", help="Write PREFIX.json and PREFIX.md.")
+    ap.add_argument("--steps", type=lambda t: set(t.split(",")), default=set(STEPS), metavar="S[,S...]",
+                    help=f"Steps after accept (default all: {','.join(STEPS)}); e.g. restart,list,summary "
+                         "for a 10M backlog whose hold, release and drain take most of an hour.")
     args = ap.parse_args(argv)
+    if bad := sorted(args.steps - set(STEPS)):
+        ap.error(f"--steps: unknown {', '.join(bad)} (known: {', '.join(STEPS)})")
     command = "python benches/queue_scale.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     base = args.work or Path(tempfile.mkdtemp(prefix="mta-queue-scale-", dir="/var/tmp"))
     base.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,7 @@ enum Plan {
     /// current segment: state snapshots, DELETE records, SEGMENT_END markers,
     /// and the webhook cursors (name, seq) whose newest EVENT_ACK record is there.
     Delete(u64, Vec<StateChange>, Vec<String>, Vec<(u64, u64)>, Vec<(String, u64)>),
-    /// Before deleting segment `seq`: the snapshots and DELETE records of its first
+    /// Before deleting segment `seq`: the snapshots and DELETE records of its last
     /// `n` STATE/DELETE references (a segment of a big backlog refers to millions).
     Carry(u64, Vec<StateChange>, Vec<String>, usize),
 }
@@ -76,8 +76,9 @@ impl Writer {
         let mut seen = HashSet::new();
         let (mut states, mut deletes) = (Vec::new(), Vec::new());
         let now = super::now_us();
+        // From the end: what was carried is cut off without moving the rest.
         let step = s.refs.len().min(CARRY_STEP);
-        for &r in &s.refs[..step] {
+        for &r in &s.refs[s.refs.len() - step..] {
             if !seen.insert(r) {
                 continue;
             }
@@ -159,7 +160,7 @@ impl Writer {
             Plan::Carry(seq, states, deletes, n) => {
                 carried(&mut ix, &mut locs.into_iter(), &states, &deletes);
                 if let Some(s) = ix.segs.get_mut(&seq) {
-                    s.refs.drain(..n);
+                    s.refs.truncate(s.refs.len() - n);
                 }
             }
             Plan::Delete(seq, states, deletes, _, acks) => {

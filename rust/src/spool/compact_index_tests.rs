@@ -288,3 +288,22 @@ fn a_new_message_is_due_once_its_completion_is_taken() {
     assert_eq!(sp.due(u64::MAX - 1, 10), vec![q.clone()]);
     assert_eq!(sp.next_due(), Some(0));
 }
+
+/// Queue ids pack into keys and back: this shard's ids as their microseconds, anything
+/// else (another shard's, tests' names) through the table, never confused with each other.
+#[test]
+fn queue_ids_pack_into_keys_and_back() {
+    use super::super::entry::{Keys, ODD};
+    let mut keys = Keys::new(7);
+    for t in [0u64, 1, 61, 62, 1_800_000_000_000_000, 839_299_365_868_340_223] {
+        let q = queue_id(t, 7);
+        assert_eq!(keys.find(&q), Some(t));
+        assert_eq!(keys.name(t), q);
+    }
+    for odd in ["q1", "0000000000007", &queue_id(5, 8), "000000000!07", "00000000000\u{e9}"] {
+        assert_eq!(keys.find(odd), None, "{odd:?} is unknown until made");
+        let k = keys.make(odd);
+        assert!(k & ODD != 0 && keys.find(odd) == Some(k) && keys.name(k) == odd, "{odd:?}");
+    }
+    assert_ne!(keys.make("a"), keys.make("b"));
+}

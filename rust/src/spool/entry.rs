@@ -144,9 +144,19 @@ impl Keys {
     pub fn new(shard: u32) -> Keys {
         Keys { shard, ..Default::default() }
     }
+    /// The key of an id in this shard's form (12 base-62 digits, the last two this shard's),
+    /// read without allocating: every lookup goes through here.
     fn canonical(&self, qid: &str) -> Option<Key> {
-        let t = super::queue_id_micros(qid)?;
-        (t < ODD && super::queue_id(t, self.shard) == qid).then_some(t)
+        let b = qid.as_bytes();
+        if b.len() != 12 {
+            return None;
+        }
+        let mut v = 0u64;
+        for &c in &b[..10] {
+            v = v * 62 + digit(c)? as u64;
+        }
+        let shard = digit(b[10])? as u32 * 62 + digit(b[11])? as u32;
+        (shard == self.shard && v < ODD).then_some(v)
     }
     /// The key of a known id (None: no message ever had it here).
     pub fn find(&self, qid: &str) -> Option<Key> {
@@ -168,6 +178,16 @@ impl Keys {
         } else {
             super::queue_id(k, self.shard)
         }
+    }
+}
+
+/// A base-62 digit's value (`spool::queue_id`'s alphabet: 0-9, A-Z, a-z).
+fn digit(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'A'..=b'Z' => Some(c - b'A' + 10),
+        b'a'..=b'z' => Some(c - b'a' + 36),
+        _ => None,
     }
 }
 
