@@ -52,16 +52,16 @@ impl Writer {
                 let empty = s.live == 0 && s.events == 0;
                 Some(**seq) != cur_seq && !s.pinned && (empty || (pct > 0 && (s.live_bytes + s.event_bytes) * 100 < s.size * pct))
             })?;
+        // The envelopes are read after the lock is let go: a step reads thousands, and
+        // every session's and the queue's look at the index would wait on them.
         if s.live > 0 || s.events > 0 {
-            let mut items = Vec::new();
+            let mut drafts = Vec::new();
             let mut bytes = 0;
             for &k in &s.msgs {
-                match ix.slot(k) {
-                    Some(sl) if sl.seq() == seq => {
-                        // Unreadable now: left where it is (its segment stays).
-                        let Ok(Some(env)) = ix.envelope_of(k) else { continue };
-                        items.push((env, sl.data_offset(), sl.size()));
-                        bytes += sl.record_len();
+                match ix.draft(k) {
+                    Some(d) if d.slot.seq() == seq => {
+                        bytes += d.slot.record_len();
+                        drafts.push(d);
                         if bytes >= COMPACT_STEP_BYTES {
                             break;
                         }
@@ -70,12 +70,20 @@ impl Writer {
                 }
             }
             let evs = if s.events > 0 { ix.events.in_segment(seq) } else { Vec::new() };
+            drop(ix);
+            let mut items = Vec::with_capacity(drafts.len());
+            for d in drafts {
+                let (off, size) = (d.slot.data_offset(), d.slot.size());
+                // Unreadable now: left where it is (its segment stays).
+                if let Ok(env) = d.envelope() {
+                    items.push((env, off, size));
+                }
+            }
             // Empty only if the accounting were wrong: do nothing rather than spin.
             return (!items.is_empty() || !evs.is_empty()).then_some(Plan::Copy(seq, items, evs));
         }
         let mut seen = HashSet::new();
-        let (mut states, mut deletes) = (Vec::new(), Vec::new());
-        let now = super::now_us();
+        let (mut drafts, mut deletes) = (Vec::new(), Vec::new());
         // From the end: what was carried is cut off without moving the rest.
         let step = s.refs.len().min(CARRY_STEP);
         for &r in &s.refs[s.refs.len() - step..] {
@@ -87,26 +95,36 @@ impl Writer {
                 // A STATE record newer than the message's MESSAGE record: keep its effect,
                 // unless a newer complete snapshot (flags included) has it already.
                 Some(sl) if !del && sl.seq() < seq && (sl.st_seq() <= seq || sl.flags() & COMPLETE == 0) => {
-                    // Unreadable now: the segment stays until it can be carried.
-                    let Ok(Some(env)) = ix.envelope_of(k) else { return None };
-                    states.push(StateChange {
-                        queue_id: ix.name(k),
-                        time_us: now,
-                        hold: Some(env.held),
-                        delay_warned: env.delay_warned,
-                        changes: env.recipients.iter().enumerate().map(|(i, r)| RcptChange::of(i as u32, r)).collect(),
-                    })
+                    drafts.extend(ix.draft(k));
                 }
                 // A DELETE record while an older copy of the message is still on disk.
                 None if del && ix.has_other_copy(k, seq) => deletes.push(ix.name(k)),
                 _ => {}
             }
         }
-        if step < s.refs.len() {
-            return Some(Plan::Carry(seq, states, deletes, step));
+        let last = (step == s.refs.len()).then(|| {
+            let markers: Vec<_> = s.markers.iter().copied().filter(|(a, _)| *a != seq && self.seg_path(*a).exists()).collect();
+            (markers, ix.events.acks_in(seq))
+        });
+        drop(ix);
+        let now = super::now_us();
+        let mut states = Vec::with_capacity(drafts.len());
+        for d in drafts {
+            let name = d.name.clone();
+            // Unreadable now: the segment stays until it can be carried.
+            let env = d.envelope().ok()?;
+            states.push(StateChange {
+                queue_id: name,
+                time_us: now,
+                hold: Some(env.held),
+                delay_warned: env.delay_warned,
+                changes: env.recipients.iter().enumerate().map(|(i, r)| RcptChange::of(i as u32, r)).collect(),
+            });
         }
-        let markers = s.markers.iter().copied().filter(|(a, _)| *a != seq && self.seg_path(*a).exists()).collect();
-        Some(Plan::Delete(seq, states, deletes, markers, ix.events.acks_in(seq)))
+        match last {
+            None => Some(Plan::Carry(seq, states, deletes, step)),
+            Some((markers, acks)) => Some(Plan::Delete(seq, states, deletes, markers, acks)),
+        }
     }
 
     /// One bounded compaction step; true if there may be more to do.

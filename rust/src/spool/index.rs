@@ -104,7 +104,7 @@ pub const HOT_LIMIT: usize = 20_000;
 pub struct Index {
     pub shard: u32,
     keys: Keys,
-    files: Files,
+    files: std::sync::Arc<Files>,
     map: HashMap<Key, Slot, BuildKeyHasher>,
     /// Recipient changes of partial STATE records (written by older binaries) after a
     /// message's newest snapshot; the next snapshot replaces them.
@@ -169,7 +169,7 @@ pub fn due_key(e: &Envelope) -> Option<u64> {
 
 impl Index {
     pub fn new(shard: u32, shard_dir: &Path) -> Index {
-        Index { shard, keys: Keys::new(shard), files: Files::new(shard_dir), ..Default::default() }
+        Index { shard, keys: Keys::new(shard), files: std::sync::Arc::new(Files::new(shard_dir)), ..Default::default() }
     }
     pub fn len(&self) -> usize {
         self.map.len()
@@ -518,6 +518,13 @@ impl Index {
         Some((s.held(), s.flags() & WARNED != 0))
     }
 
+    /// What reading a live message's envelope needs, taken under the lock so the read
+    /// itself need not be (compaction: only the writer thread changes slots).
+    pub fn draft(&self, k: Key) -> Option<Draft> {
+        let slot = *self.map.get(&k)?;
+        Some(Draft { name: self.keys.name(k), slot, hot: self.hot.get(&k).cloned(), overlay: self.overlay.get(&k).cloned(), files: self.files.clone() })
+    }
+
     /// The slot of a live message, by key (compaction).
     pub fn slot(&self, k: Key) -> Option<&Slot> {
         self.map.get(&k)
@@ -594,6 +601,24 @@ impl Index {
             Kind::SegmentEnd => record::decode_segment_end(&r.meta).map(|m| self.segs.entry(seq).or_default().markers.push(m)),
             Kind::Event => events::decode_event(&r.meta).map(|ev| self.apply_event(seq, r.len, ev)),
             Kind::EventAck => events::decode_ack(&r.meta).map(|(name, upto)| self.events.ack(&name, upto, seq)),
+        }
+    }
+}
+
+/// A live message's envelope to read without the index lock (`Index::draft`).
+pub struct Draft {
+    pub name: String,
+    pub slot: Slot,
+    hot: Option<Envelope>,
+    overlay: Option<Vec<RcptChange>>,
+    files: std::sync::Arc<Files>,
+}
+
+impl Draft {
+    pub fn envelope(self) -> io::Result<Envelope> {
+        match self.hot {
+            Some(e) => Ok(e),
+            None => entry::materialize(&self.files, &self.slot, self.overlay.as_ref()),
         }
     }
 }
