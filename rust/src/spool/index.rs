@@ -43,9 +43,9 @@ fn scan_shard_once(shard_dir: &Path) -> io::Result<Option<Vec<SegScan>>> {
             SegScan { seq: *seq, path: path.clone(), end: 0, ..Default::default() }
         } else {
             let mut markers = Vec::new();
-            let keep = &mut |r: segment::Scanned| {
+            let keep = &mut |r: &segment::Scanned| {
                 if r.kind == Kind::SegmentEnd {
-                    markers.push(r)
+                    markers.push(r.clone())
                 }
             };
             match segment::scan_segment_with(path, *seq, limit, keep) {
@@ -124,6 +124,8 @@ pub struct Index {
     /// New messages not yet due: submission token → key, until the owner has taken the
     /// submission's completion (`announce`), so its first attempt starts from there.
     unannounced: HashMap<u64, Key>,
+    /// Replaying the log (`build`): the schedule is made once at the end, from the slots.
+    building: bool,
     pub segs: BTreeMap<u64, SegInfo>,
     /// Key → segments other than its current one that hold a MESSAGE
     /// record of it (superseded copies; every copy once deleted). A DELETE
@@ -234,6 +236,9 @@ impl Index {
     }
 
     fn unschedule(&mut self, k: Key) {
+        if self.building {
+            return;
+        }
         if let Some(s) = self.map.get(&k) {
             if let Some(d) = s.due() {
                 self.by_due.remove(&(d, k));
@@ -244,6 +249,9 @@ impl Index {
         }
     }
     fn schedule(&mut self, k: Key) {
+        if self.building {
+            return;
+        }
         if let Some(s) = self.map.get(&k) {
             if let Some(d) = s.due() {
                 self.by_due.insert((d, k));
@@ -640,6 +648,7 @@ fn flagged(flags: u8, hold: Option<bool>, warned: bool) -> u8 {
 /// went meanwhile (a reader beside the writer scans again).
 pub fn build(shard: u32, shard_dir: &Path, scans: &[SegScan], report: &mut Vec<String>) -> io::Result<Index> {
     let mut ix = Index::new(shard, shard_dir);
+    ix.building = true;
     if let Some(s) = scans.iter().find(|s| !entry::fits(s.seq, s.end)) {
         let why = format!("segment {} ({} bytes) is beyond what the index holds (numbers to 2^32, 1 TiB each)", s.seq, s.end);
         return Err(io::Error::new(io::ErrorKind::InvalidData, why));
@@ -649,8 +658,8 @@ pub fn build(shard: u32, shard_dir: &Path, scans: &[SegScan], report: &mut Vec<S
             continue; // recovery removes or moves these files
         }
         ix.note_segment(s.seq, s.end);
-        let mut each = |r: segment::Scanned| {
-            if let Err(e) = ix.apply_scanned(s.seq, &r) {
+        let mut each = |r: &segment::Scanned| {
+            if let Err(e) = ix.apply_scanned(s.seq, r) {
                 ix.segs.entry(s.seq).or_default().pinned = true;
                 report.push(format!("segment {} offset {}: undecodable {:?} record ({e}); left in place", s.seq, r.offset, r.kind));
             }
@@ -660,6 +669,11 @@ pub fn build(shard: u32, shard_dir: &Path, scans: &[SegScan], report: &mut Vec<S
     }
     // Cursors may come after the events they pass: prune once everything is read.
     ix.prune_events();
+    // The schedule in one sorted pass: a B-tree built from sorted keys has full nodes.
+    let mut due: Vec<(u64, Key)> = ix.map.iter().filter_map(|(k, s)| s.due().map(|d| (d, *k))).collect();
+    due.sort_unstable();
+    ix.by_due = due.into_iter().collect();
+    ix.building = false;
     Ok(ix)
 }
 

@@ -458,7 +458,7 @@ pub fn decode_header(h: &[u8]) -> Result<(Kind, u32), FormatError> {
     if crc32fast::hash(&h[0..12]) != want {
         return ferr("bad record header CRC");
     }
-    let kind = Kind::from_u8(h[4]).ok_or(FormatError(format!("unknown record kind {}", h[4])))?;
+    let kind = Kind::from_u8(h[4]).ok_or_else(|| FormatError(format!("unknown record kind {}", h[4])))?;
     Ok((kind, u32::from_le_bytes(h[8..12].try_into().unwrap())))
 }
 

@@ -110,14 +110,15 @@ const WINDOW: usize = 1 << 20;
 /// Bounded memory: data parts stream through the CRC in 64 KiB reads.
 pub fn scan_segment(path: &Path, seq: u64, limit: Option<u64>) -> io::Result<SegScan> {
     let mut records = Vec::new();
-    let mut s = scan_segment_with(path, seq, limit, &mut |r| records.push(r))?;
+    let mut s = scan_segment_with(path, seq, limit, &mut |r| records.push(r.clone()))?;
     s.records = records;
     Ok(s)
 }
 
 /// `scan_segment`, handing each valid record to `each` in order instead of keeping it:
 /// a shard of millions of messages is read without holding its records.
-pub fn scan_segment_with(path: &Path, seq: u64, limit: Option<u64>, each: &mut dyn FnMut(Scanned)) -> io::Result<SegScan> {
+/// The record lent to `each` is refilled for the next one (its meta's allocation reused).
+pub fn scan_segment_with(path: &Path, seq: u64, limit: Option<u64>, each: &mut dyn FnMut(&Scanned)) -> io::Result<SegScan> {
     let f = File::open(path)?;
     let file_len = f.metadata()?.len();
     let end = limit.map_or(file_len, |l| l.min(file_len));
@@ -132,15 +133,16 @@ pub fn scan_segment_with(path: &Path, seq: u64, limit: Option<u64>, each: &mut d
     let mut bad: Option<(u64, String)> = None; // start of a damaged run
     let mut buf = vec![0u8; 64 * 1024];
     let mut win = Window::new(&f, end);
+    let mut r = Scanned { kind: Kind::Message, offset: 0, len: 0, meta: Vec::new(), data_offset: 0, data_len: 0 };
     while pos < end {
-        match read_record(&mut win, pos, end, &mut buf) {
-            Ok(r) => {
+        match read_record(&mut win, pos, end, &mut buf, &mut r) {
+            Ok(()) => {
                 if let Some((b, why)) = bad.take() {
                     s.corrupt.push((b, pos - b, why));
                 }
                 pos += r.len;
                 s.count += 1;
-                each(r);
+                each(&r);
             }
             Err(RecErr::Io(e)) => return Err(e),
             Err(RecErr::Bad(why, extent)) => {
@@ -224,7 +226,7 @@ impl<'a> Window<'a> {
     }
 }
 
-fn read_record(f: &mut Window<'_>, pos: u64, end: u64, buf: &mut [u8]) -> Result<Scanned, RecErr> {
+fn read_record(f: &mut Window<'_>, pos: u64, end: u64, buf: &mut [u8], out: &mut Scanned) -> Result<(), RecErr> {
     let bad = |s: &str, ext: Option<u64>| Err(RecErr::Bad(s.to_string(), ext));
     if end - pos < (REC_HDR + 4 + REC_TRAILER) as u64 {
         return bad("incomplete record", None);
@@ -245,7 +247,8 @@ fn read_record(f: &mut Window<'_>, pos: u64, end: u64, buf: &mut [u8]) -> Result
     }
     let mut crc = crc32fast::Hasher::new();
     crc.update(&h);
-    let mut meta = vec![0u8; mlen as usize];
+    let mut meta = std::mem::take(&mut out.meta);
+    meta.resize(mlen as usize, 0);
     f.read_exact_at(&mut meta, pos + h.len() as u64)?;
     crc.update(&meta);
     let data_offset = pos + h.len() as u64 + mlen;
@@ -263,7 +266,8 @@ fn read_record(f: &mut Window<'_>, pos: u64, end: u64, buf: &mut [u8]) -> Result
     if crc.finalize() != u32::from_le_bytes(t) {
         return bad("bad record CRC", Some(len));
     }
-    Ok(Scanned { kind, offset: pos, len, meta, data_offset, data_len })
+    *out = Scanned { kind, offset: pos, len, meta, data_offset, data_len };
+    Ok(())
 }
 
 /// Next offset in [from, end) where a record header with a valid header CRC starts.
