@@ -506,7 +506,8 @@ class Trial:
             res["restart_listening_s"] = self.server.start(budget(self.n, 5_000, 60))
         else:
             self.running()
-            r = checked(run_cli(MTA + ["queue", "flush", *self.spool_cmd], 120, self.work / "flush"), "mta queue flush")
+            r = checked(run_cli(MTA + ["queue", "flush", *self.spool_cmd], budget(self.n, 2_000, 120), self.work / "flush"),
+                        "mta queue flush")
             res["flush_s"], res["said"] = r["seconds"], r["said"]
         deadline, mid = t0 + budget(self.n, 300), None
         while (done := self.dlog.read().get("delivered", 0) - before) < self.n:
