@@ -32,6 +32,9 @@ if str(ROOT / "python") not in sys.path:
     sys.path.insert(0, str(ROOT / "python"))
 from mta.bench.procs import free_port, tree_memory_bytes, wait_greeting  # noqa: E402  (after the path)
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from queue_scale_report import count_json_array, fmt_b, markdown  # noqa: E402  (its sibling)
+
 MiB = 1 << 20
 # Disk per 1 KiB message at the busiest point, measured at 100k: the spool before the drain
 # (1.8 KiB: the message and its deferral, hold and release records), three delivery-log records
@@ -260,9 +263,21 @@ class DeliveryLog:
         return time.monotonic() - t0
 
 
+def _vm_hwm(pid: int) -> int:
+    """VmHWM of a running process in bytes (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def run_cli(argv: list[str], timeout: float, out: Path) -> dict:
     """Run a command to its end, its stdout into `out`: the wall seconds, the max RSS of the
-    process (its own rusage, from wait4), the exit status, its output's end (stderr's too)."""
+    process (its VmHWM while it runs), the exit status, its output's end (stderr's too)."""
     err = out.with_name(out.name + ".err")
     with open(out, "wb") as o, open(err, "wb") as e:
         t0 = time.monotonic()
@@ -270,8 +285,15 @@ def run_cli(argv: list[str], timeout: float, out: Path) -> dict:
     got: list = []
     waiter = threading.Thread(target=lambda: got.append((os.wait4(proc.pid, 0), time.monotonic())), daemon=True)
     waiter.start()
+    # The process's own high-water mark, read while it runs: wait4's ru_maxrss starts from the
+    # size of the fork of this process it was exec'ed from (Linux keeps the old mm's peak at
+    # exec), which is this script's, not the command's.
+    hwm = 0
     try:
-        waiter.join(timeout)
+        deadline = time.monotonic() + timeout
+        while waiter.is_alive() and time.monotonic() < deadline:
+            hwm = max(hwm, _vm_hwm(proc.pid))
+            waiter.join(0.02)
     finally:
         if not got:  # its timeout, or ours (SIGTERM, Ctrl-C): no child outlives the step
             proc.kill()
@@ -283,7 +305,7 @@ def run_cli(argv: list[str], timeout: float, out: Path) -> dict:
     with open(out, "rb") as f:
         f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
         said = f.read().decode(errors="replace").strip()
-    return {"seconds": round(t1 - t0, 3), "max_rss": usage.ru_maxrss * 1024, "rc": proc.returncode,
+    return {"seconds": round(t1 - t0, 3), "max_rss": hwm or usage.ru_maxrss * 1024, "rc": proc.returncode,
             "said": said[-200:], "tail": said, "stderr": err.read_text(errors="replace")[-600:]}
 
 
@@ -291,54 +313,6 @@ def checked(res: dict, what: str) -> dict:
     if res["rc"] != 0:
         raise StepFailed(f"{what} exited with {res['rc']}: {res['stderr'].strip()[-300:]}")
     return res
-
-
-def count_json_array(path: Path) -> int:
-    """Entries of a JSON array file, parsed one element at a time (bounded memory at 10M);
-    ValueError unless it is one well-formed array of objects with an "id"."""
-    dec = json.JSONDecoder()
-    n, buf, pos, eof = 0, "", 0, False
-    with open(path, encoding="utf-8") as f:
-        def more() -> bool:
-            nonlocal buf, pos, eof
-            chunk = f.read(1 << 20)
-            buf, pos, eof = buf[pos:] + chunk, 0, not chunk
-            return bool(chunk)
-
-        def skip() -> str:
-            nonlocal pos
-            while True:
-                while pos < len(buf) and buf[pos] in " \t\r\n":
-                    pos += 1
-                if pos < len(buf) or not more():
-                    return buf[pos] if pos < len(buf) else ""
-
-        if skip() != "[":
-            raise ValueError("not a JSON array")
-        pos += 1
-        if skip() == "]":
-            pos += 1
-        else:
-            while True:
-                skip()  # raw_decode takes no leading whitespace
-                try:
-                    obj, end = dec.raw_decode(buf, pos)
-                except ValueError:
-                    if eof or not more():
-                        raise
-                    continue
-                if not isinstance(obj, dict) or "id" not in obj:
-                    raise ValueError(f"entry {n} is not a message object")
-                n, pos = n + 1, end
-                sep = skip()
-                pos += 1
-                if sep == "]":
-                    break
-                if sep != ",":
-                    raise ValueError(f"expected , or ] after entry {n}, got {sep!r}")
-        if skip():
-            raise ValueError("data after the array")
-    return n
 
 
 def disk_use(path: Path) -> int:
@@ -614,75 +588,6 @@ def postfix_step(m: int, args, work: Path) -> dict:
             proc.stop()
 
 
-def _fmt_s(v) -> str:
-    return "" if v is None else f"{v:.2f} s" if v < 100 else f"{v:.0f} s"
-
-
-def _fmt_rate(v) -> str:
-    return "" if not v else f"{v:,.0f}/s"
-
-
-def _fmt_b(v) -> str:
-    return "" if not v else f"{v / MiB:,.0f} MiB" if v < 10 * 1024 * MiB else f"{v / (1024 * MiB):.2f} GiB"
-
-
-def rows(trial: dict) -> list[tuple[str, str, str, str, str, str]]:
-    """(step, time, rate, RSS peak, RSS end, notes) per step of one N."""
-    out = []
-    for name, st in trial["steps"].items():
-        if st["status"] != "ok":
-            out.append((name, "", "", "", "", f"{st['status'].upper()}: {st['reason']}"[:300]))
-            continue
-        peak, end, notes = st.get("rss_peak"), st.get("rss_end"), []
-        t = st.get("seconds")
-        if name == "idle":
-            t = st["listening_s"]
-            notes.append(f"start to listening; PSS {_fmt_b(st['pss_end'])}; empty queue: the baseline")
-        elif name == "accept":
-            notes.append(f"{st['accepted']:,} accepted; PSS peak {_fmt_b(st['pss_peak'])}, end {_fmt_b(st['pss_end'])}; "
-                         f"{st['rss_per_message']:,.0f} B RSS/queued msg; spool {_fmt_b(st['spool_bytes'])}")
-            if "deferred_after_s" in st:
-                notes.append(f"all deferred {st['deferred_after_s']:.1f} s after the last 250")
-        elif name == "restart":
-            rec = st["recovery_s"]
-            rep = st.get("recovery_report_s")
-            notes.append(f"to listening; recovery done {_fmt_s(rec) if rec is not None else 'not logged'}"
-                         + (f" (spool recovery report at {_fmt_s(rep)})" if rep is not None else "") + "; "
-                         f"{st['rss_per_message']:,.0f} B RSS/queued msg; stop {_fmt_s(st['stop_s'])}; "
-                         f"{st['attempts_after_restart']} attempts after it")
-        elif name.startswith(("list", "summary")):
-            peak = st["cli_max_rss"]
-            notes.append("RSS peak: the CLI's max RSS" + (f"; {st['entries']:,} entries" if "entries" in st else "")
-                         + (f"; total {st['total']:,}" if "total" in st else ""))
-        elif name.endswith("ALL"):
-            notes.append(f"worker; {st['said']!r}" + (f"; all deferred again in {st['deferred_again_s']:.1f} s"
-                                                      if "deferred_again_s" in st else ""))
-        elif name == "drain":
-            if "restart_listening_s" in st:
-                notes.append("--no-delivery: restarted with delivery on, timed from the exec")
-            notes.append(f"{st['drained']:,} delivered; spool {_fmt_b(st['spool_bytes_start'])} -> "
-                         f"{_fmt_b(st['spool_bytes_mid'])} (half) -> {_fmt_b(st['spool_bytes_end'])} (end)")
-        elif name == "postfix":
-            notes.append(f"{st['accepted']:,} accepted; PSS of Postfix's tree (peak/end), not RSS; "
-                         f"`mailq` {_fmt_s(st['mailq']['seconds'])}: {st['mailq']['last_line']}")
-            peak, end = st["pss_peak"], st["pss_end"]
-        out.append((name, _fmt_s(t), _fmt_rate(st.get("rate")), _fmt_b(peak), _fmt_b(end), "; ".join(notes)))
-    return [tuple(" ".join(c.split()).replace("|", "\\|") for c in row) for row in out]  # one table line each
-
-
-def markdown(report: dict) -> str:
-    m = report["machine"]
-    lines = ["# Queue at scale (issue 25)\n", f"`{report['command']}`\n",
-             (f"{m.get('cpus')} CPUs ({m.get('cpu_model', '')}), {m.get('memory_gib')} GiB; spool on "
-              f"{m.get('disk', {}).get('fstype', '?')}; {report['started']}\n")]
-    for trial in report["trials"]:
-        mode = "delivery on, next hop down" if trial["delivery"] else "--no-delivery"
-        lines += [f"\n## {trial['messages']:,} messages of {report['size']} bytes ({mode})\n",
-                  "| step | time | rate | RSS peak | RSS end | notes |", "|---|---|---|---|---|---|"]
-        lines += ["| " + " | ".join(r) + " |" for r in rows(trial)]
-    return "\n".join(lines) + "\n"
-
-
 def say(text: str) -> None:
     print(f"[{datetime.datetime.now():%H:%M:%S}] {text}", file=sys.stderr, flush=True)
 
@@ -732,8 +637,8 @@ def main(argv: list[str] | None = None) -> int:
     disk = shutil.disk_usage(base)
     free = disk.free - max(5 * 1024 * MiB, disk.total // 10)
     if need > free:
-        print(f"queue_scale.py: {max(args.messages):,} messages need about {_fmt_b(need)} under {base} "
-              f"({DISK_PER_MESSAGE / 1024:.1f} KiB each), and only {_fmt_b(max(0, free))} is free beyond "
+        print(f"queue_scale.py: {max(args.messages):,} messages need about {fmt_b(need)} under {base} "
+              f"({DISK_PER_MESSAGE / 1024:.1f} KiB each), and only {fmt_b(max(0, free))} is free beyond "
               f"the 10% (at least 5 GiB) left to others: refusing", file=sys.stderr)
         if not args.work:
             shutil.rmtree(base, ignore_errors=True)

@@ -172,6 +172,18 @@ def _open_files(pid: int) -> set[str]:
     return out
 
 
+def vm_hwm(pid: int) -> int:
+    """A running process's VmHWM (peak RSS) in bytes; 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def rss_bytes(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -224,21 +236,24 @@ class Run:
 
 def run_cli(tmp: Path, *args: str, timeout: float = 120) -> Run:
     """`python -m mta ARGS`, its output through files (a 50,000-message list is megabytes),
-    its peak RSS from wait4() for that one child."""
+    its peak RSS: its VmHWM while it runs. Not wait4's ru_maxrss: Linux starts that from the
+    peak of the fork it was exec'ed from (the test process's size), not the command's own."""
     out_path, err_path = tmp / "cli.out", tmp / "cli.err"
     t0 = time.monotonic()
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         proc = subprocess.Popen([sys.executable, "-m", "mta", *args], stdout=out, stderr=err, cwd=tmp)
     deadline = t0 + timeout
+    hwm = 0  # its own VmHWM, read while it runs (see the docstring)
     while True:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             break
+        hwm = max(hwm, vm_hwm(proc.pid))
         if time.monotonic() > deadline:
             proc.kill()
             os.wait4(proc.pid, 0)
             raise AssertionError(f"mta {' '.join(args)} ran over {timeout}s")
         time.sleep(0.01)
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return Run(proc.returncode, out_path.read_bytes(), err_path.read_bytes(), usage.ru_maxrss * 1024,
+    return Run(proc.returncode, out_path.read_bytes(), err_path.read_bytes(), hwm or usage.ru_maxrss * 1024,
                time.monotonic() - t0)
