@@ -615,21 +615,32 @@ def shards(spool_dir: str) -> list[int]:
     return sorted(int(n) for n in names if n.isdigit() and os.path.isdir(os.path.join(spool_dir, n)))
 
 
+def _connect(spool_dir: str, shard: int, timeout: float) -> socket.socket:
+    """A connected socket to a shard's server, or NoServer / ControlError saying why not."""
+    path = socket_path(spool_dir, shard)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        with _SunPath(path) as p:
+            s.connect(p)
+    except (ConnectionRefusedError, FileNotFoundError, NotADirectoryError) as e:
+        s.close()
+        raise NoServer(f"{path}: {e.strerror}") from None
+    except PermissionError as e:
+        s.close()
+        raise ControlError(f"{path}: {e.strerror} (run as the user the server runs as, or root)") from None
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
 def call(spool_dir: str, shard: int, request: dict, timeout: float = CLIENT_TIMEOUT) -> dict:
     """Send one request to a shard's server; its reply (ok true), or NoServer / ControlError."""
-    path = socket_path(spool_dir, shard)
     data = encode(request)
     if len(data) > MAX_LINE:
         raise ValueError("request too long")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        try:
-            with _SunPath(path) as p:
-                s.connect(p)
-        except (ConnectionRefusedError, FileNotFoundError, NotADirectoryError) as e:
-            raise NoServer(f"{path}: {e.strerror}") from None
-        except PermissionError as e:
-            raise ControlError(f"{path}: {e.strerror} (run as the user the server runs as, or root)") from None
+    with _connect(spool_dir, shard, timeout) as s:
         try:
             s.sendall(data)
             buf = bytearray()
@@ -664,16 +675,7 @@ def _reply(shard: int, buf: bytes) -> dict:
 def fetch(spool_dir: str, shard: int, request: dict, timeout: float = CLIENT_TIMEOUT) -> tuple[dict, bytes]:
     """`call` for the page ops: (the reply, the bytes after its line: a page's data, else b"").
     Their replies may be big (up to MAX_PAGE_REPLY): a page of a big queue, a shape of many domains."""
-    path = socket_path(spool_dir, shard)
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        try:
-            with _SunPath(path) as p:
-                s.connect(p)
-        except (ConnectionRefusedError, FileNotFoundError, NotADirectoryError) as e:
-            raise NoServer(f"{path}: {e.strerror}") from None
-        except PermissionError as e:
-            raise ControlError(f"{path}: {e.strerror} (run as the user the server runs as, or root)") from None
+    with _connect(spool_dir, shard, timeout) as s:
         try:
             s.sendall(encode(request))
             with s.makefile("rb") as f:
