@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "python") not in sys.path:
     sys.path.insert(0, str(ROOT / "python"))
-from mta.bench.procs import free_port, tree_memory_bytes, wait_greeting  # noqa: E402  (after the path)
+from mta.bench.procs import free_port, tree_memory_bytes, vm_hwm, wait_greeting  # noqa: E402  (after the path)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from queue_scale_report import count_json_array, fmt_b, markdown  # noqa: E402  (its sibling)
@@ -263,18 +263,6 @@ class DeliveryLog:
         return time.monotonic() - t0
 
 
-def _vm_hwm(pid: int) -> int:
-    """VmHWM of a running process in bytes (0 once it is gone)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 def run_cli(argv: list[str], timeout: float, out: Path) -> dict:
     """Run a command to its end, its stdout into `out`: the wall seconds, the max RSS of the
     process (its VmHWM while it runs), the exit status, its output's end (stderr's too)."""
@@ -285,14 +273,12 @@ def run_cli(argv: list[str], timeout: float, out: Path) -> dict:
     got: list = []
     waiter = threading.Thread(target=lambda: got.append((os.wait4(proc.pid, 0), time.monotonic())), daemon=True)
     waiter.start()
-    # The process's own high-water mark, read while it runs: wait4's ru_maxrss starts from the
-    # size of the fork of this process it was exec'ed from (Linux keeps the old mm's peak at
-    # exec), which is this script's, not the command's.
+    # Its own peak, read while it runs (procs.vm_hwm says why not wait4's).
     hwm = 0
     try:
         deadline = time.monotonic() + timeout
         while waiter.is_alive() and time.monotonic() < deadline:
-            hwm = max(hwm, _vm_hwm(proc.pid))
+            hwm = max(hwm, vm_hwm(proc.pid))
             waiter.join(0.02)
     finally:
         if not got:  # its timeout, or ours (SIGTERM, Ctrl-C): no child outlives the step

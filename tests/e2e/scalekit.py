@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from helpers import children
+from mta.bench.procs import vm_hwm
 
 SENDER = "load@sender.example.test"
 SIZE = 1024
@@ -170,18 +171,6 @@ def _open_files(pid: int) -> set[str]:
         except OSError:
             pass
     return out
-
-
-def vm_hwm(pid: int) -> int:
-    """A running process's VmHWM (peak RSS) in bytes; 0 once it is gone."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 def rss_bytes(pid: int) -> int:

@@ -78,6 +78,20 @@ def _descendants(root: int) -> list[int]:
     return out
 
 
+def vm_hwm(pid: int) -> int:
+    """A running process's peak RSS (VmHWM) in bytes; 0 once it is gone. Read while a command
+    runs, it is its own peak: wait4's ru_maxrss starts from the size of the process it was
+    forked from (Linux keeps the old mm's peak at exec)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def tree_memory_bytes(root: int) -> int:
     """Memory of `root` and its descendants now: the sum of their proportional set sizes
     (PSS: a page shared by N forked processes counts 1/N in each, so Postfix's or Exim's
