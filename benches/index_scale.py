@@ -16,8 +16,11 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
-from mta._native import Spool  # noqa: E402  (after the path)
+try:  # the installed package, or the tree's when PYTHONPATH names it
+    from mta._native import Spool
+except ImportError:  # the tree, with its extension built in place (scripts/dev-build)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+    from mta._native import Spool
 
 BODY = b"Received: from x\r\nSubject: m\r\n\r\n" + b"x" * 1000
 WINDOW = 20_000  # submissions in flight before waiting for completions

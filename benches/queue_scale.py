@@ -28,8 +28,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT / "python") not in sys.path:
+try:  # the installed package (pip install .), or the tree's when PYTHONPATH names it
+    import mta._native  # noqa: F401
+except ImportError:  # the tree, with its extension built in place (scripts/dev-build)
     sys.path.insert(0, str(ROOT / "python"))
+import mta  # noqa: E402
+
+# Where that package is, as an absolute path: the servers and CLIs run elsewhere (cwd).
+SOURCE = [str(Path(mta.__file__).resolve().parents[1])]
 from mta.bench.procs import free_port, tree_memory_bytes, vm_hwm, wait_greeting  # noqa: E402  (after the path)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -46,7 +52,8 @@ POLL_S = 0.5
 RECOVERY_RE = re.compile(r"recovery\b.*\b(done|complete|completed|finished|ended)\b", re.IGNORECASE)
 RECOVERED_RE = re.compile(r"spool recovery: ")  # today's report, logged once the spool is read
 LISTED_RE = re.compile(r"^-- (\d+) message\(s\)", re.MULTILINE)
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "python"), os.environ.get("PYTHONPATH")]))}
+# The servers and CLIs it runs import the same package as this script.
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [*SOURCE, os.environ.get("PYTHONPATH")]))}
 MTA = [sys.executable, "-m", "mta"]
 
 

@@ -307,3 +307,25 @@ fn queue_ids_pack_into_keys_and_back() {
     }
     assert_ne!(keys.make("a"), keys.make("b"));
 }
+
+/// After a restart every message with a queued recipient is due at once, and the deferred
+/// ones when their time comes, as before it (the schedule is built in one pass at the end).
+#[test]
+fn the_replayed_schedule_is_the_one_before_the_restart() {
+    let d = tempfile::tempdir().unwrap();
+    let ids: Vec<String>;
+    {
+        let sp = Spool::open(d.path(), 0, cfg(10)).unwrap();
+        ids = (0..5).map(|i| put(&sp, i + 1, rich(&queue_id(100 + i, 0), i))).collect();
+        ok(&sp, 5);
+        let all = |st, next| (0..3).map(|j| change(j, st, 1, next, None)).collect::<Vec<_>>();
+        sp.update(10, &ids[3], &all(record::STATE_DEFERRED, Some(5_000))).unwrap();
+        sp.update(11, &ids[4], &all(record::STATE_DELIVERED, None)).unwrap();
+        ok(&sp, 2);
+        assert_eq!(sp.due(1_000, 10), ids[..3].to_vec());
+    }
+    let sp = Spool::open(d.path(), 0, cfg(10)).unwrap();
+    assert_eq!(sp.next_due(), Some(0));
+    assert_eq!(sp.due(1_000, 10), ids[..3].to_vec(), "queued ones due at once, oldest first");
+    assert_eq!(sp.due(5_000, 10), ids[..4].to_vec(), "the deferred one at its time");
+}

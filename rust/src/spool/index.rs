@@ -670,8 +670,12 @@ pub fn build(shard: u32, shard_dir: &Path, scans: &[SegScan], report: &mut Vec<S
     // Cursors may come after the events they pass: prune once everything is read.
     ix.prune_events();
     // The schedule in one sorted pass: a B-tree built from sorted keys has full nodes.
+    // What is due by the watermark (0: queued recipients) is ready at once, as `schedule` does.
     let mut due: Vec<(u64, Key)> = ix.map.iter().filter_map(|(k, s)| s.due().map(|d| (d, *k))).collect();
     due.sort_unstable();
+    let mut ready: Vec<(u64, Key)> = due.iter().take_while(|(d, _)| *d <= ix.watermark).map(|(_, k)| (ix.map[k].arrival_us, *k)).collect();
+    ready.sort_unstable();
+    ix.ready = ready.into_iter().collect();
     ix.by_due = due.into_iter().collect();
     ix.building = false;
     Ok(ix)
