@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from mta import _native
 from mta.app import admin, control
 from mta.app.control import Request, RequestError, parse_request
+from test_control import QueueStub
 
 STATES = ("queued", "delivered", "deferred", "bounced")
 
@@ -181,24 +182,6 @@ def test_good_page_requests(obj, want):
 def test_bad_page_requests_say_what_is_wrong(obj, message):
     with pytest.raises(RequestError, match=message.replace("(", r"\(").replace(".", r"\.")):
         parse_request(json.dumps(obj).encode())
-
-
-class QueueStub:
-    def __init__(self) -> None:
-        self.active: set[str] = set()
-        self.calls: list[tuple] = []
-
-    def kick(self) -> None:
-        self.calls.append(("kick",))
-
-    def retry_now(self, qids=None) -> None:
-        self.calls.append(("retry_now", len(qids)))
-
-    def exclude(self, qids) -> None:
-        pass
-
-    def include(self, qids) -> None:
-        pass
 
 
 def test_the_page_ops_and_all_in_chunks_over_a_real_socket(tmp_path, monkeypatch):

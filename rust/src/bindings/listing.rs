@@ -76,11 +76,9 @@ pub fn shape(py: Python<'_>, limit: usize, now: f64, buckets: &[u32], get: impl 
 }
 
 /// The queue ids of a page, in log order.
-pub fn ids(py: Python<'_>, limit: usize, get: impl FnOnce(usize) -> Fetched + Send)
+/// A page of queue ids only: no envelope is read for it.
+pub fn ids(py: Python<'_>, limit: usize, get: impl FnOnce(usize) -> std::io::Result<(Vec<String>, Option<u64>)> + Send)
            -> PyResult<(Vec<String>, Option<u64>)> {
     check_limit(limit)?;
-    py.detach(|| {
-        let (entries, next) = get(limit)?;
-        Ok::<_, std::io::Error>((entries.into_iter().map(|e| e.envelope.queue_id).collect(), next))
-    }).map_err(crate::errors::spool_err)
+    py.detach(|| get(limit)).map_err(crate::errors::spool_err)
 }

@@ -573,7 +573,7 @@ impl PySpool {
         listing::shape(py, limit, now, &buckets, |n| self.0.page(cursor, n).map_err(|e| std::io::Error::other(e.to_string())))
     }
     fn ids(&self, py: Python<'_>, cursor: u64, limit: usize) -> PyResult<(Vec<String>, Option<u64>)> {
-        listing::ids(py, limit, |n| self.0.page(cursor, n).map_err(|e| std::io::Error::other(e.to_string())))
+        listing::ids(py, limit, |n| Ok(self.0.page_ids(cursor, n)))
     }
 }
 
@@ -609,7 +609,7 @@ impl PySpoolReader {
         listing::shape(py, limit, now, &buckets, |n| self.0.page(shard, cursor, n))
     }
     fn ids(&self, py: Python<'_>, shard: u32, cursor: u64, limit: usize) -> PyResult<(Vec<String>, Option<u64>)> {
-        listing::ids(py, limit, |n| self.0.page(shard, cursor, n))
+        listing::ids(py, limit, |n| self.0.page_ids(shard, cursor, n))
     }
 }
 

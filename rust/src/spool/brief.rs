@@ -31,20 +31,10 @@ fn ferr<T>(s: &str) -> Result<T, FormatError> {
     Err(FormatError(s.into()))
 }
 
-fn skip<'a>(r: &mut R<'a>, n: u64) -> Result<&'a [u8], FormatError> {
-    let n = usize::try_from(n).map_err(|_| FormatError("length overflow".into()))?;
-    if r.0.len() - r.1 < n {
-        return ferr("meta truncated");
-    }
-    let s = &r.0[r.1..r.1 + n];
-    r.1 += n;
-    Ok(s)
-}
-
 fn str_<'a>(r: &mut R<'a>) -> Result<&'a str, FormatError> {
     let n = r.varint()?;
     let (data, at) = (r.0, r.1);
-    skip(r, n)?;
+    r.bytes(n)?;
     std::str::from_utf8(&data[at..r.1]).map_err(|_| FormatError("string not UTF-8".into()))
 }
 
@@ -52,7 +42,7 @@ fn opt(r: &mut R<'_>) -> Result<(), FormatError> {
     match r.varint()? {
         0 => Ok(()),
         n => {
-            let b = skip(r, n - 1)?;
+            let b = r.bytes(n - 1)?;
             std::str::from_utf8(b).map(|_| ()).map_err(|_| FormatError("string not UTF-8".into()))
         }
     }

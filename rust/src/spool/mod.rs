@@ -569,6 +569,13 @@ impl Spool {
         self.shared.index.lock().unwrap().contains(queue_id)
     }
 
+    /// `page` as queue ids only (no envelope read).
+    pub fn page_ids(&self, cursor: u64, limit: usize) -> (Vec<String>, Option<u64>) {
+        let ix = self.shared.index.lock().unwrap();
+        let (keys, next) = ix.page_keys(cursor, limit);
+        (keys.into_iter().map(|k| ix.name(k)).collect(), next)
+    }
+
     /// The message's entry with its current envelope; None: not queued.
     pub fn get(&self, queue_id: &str) -> Result<Option<Entry>, Error> {
         self.shared.index.lock().unwrap().get(queue_id).map_err(|e| Error::Io(format!("read {queue_id}"), e))

@@ -47,11 +47,23 @@ impl SpoolReader {
     /// A page of shard `shard`'s live messages in log order (`index::Index::page`). The
     /// shard is scanned once per reader, at its first page: later pages see that scan.
     pub fn page(&self, shard: u32, cursor: u64, limit: usize) -> io::Result<(Vec<Entry>, Option<u64>)> {
+        self.with_shard(shard, |ix| ix.page(cursor, limit))
+    }
+
+    /// `page` as queue ids only (no envelope read).
+    pub fn page_ids(&self, shard: u32, cursor: u64, limit: usize) -> io::Result<(Vec<String>, Option<u64>)> {
+        self.with_shard(shard, |ix| {
+            let (keys, next) = ix.page_keys(cursor, limit);
+            Ok((keys.into_iter().map(|k| ix.name(k)).collect(), next))
+        })
+    }
+
+    fn with_shard<T>(&self, shard: u32, f: impl FnOnce(&index::Index) -> io::Result<T>) -> io::Result<T> {
         let mut built = self.built.lock().unwrap();
         if let std::collections::hash_map::Entry::Vacant(v) = built.entry(shard) {
             v.insert(self.load(shard)?);
         }
-        built[&shard].page(cursor, limit)
+        f(&built[&shard])
     }
 
     /// Every message of every shard, by arrival (a fresh scan: the log is the truth).

@@ -167,7 +167,7 @@ impl W {
 }
 
 pub(super) struct R<'a>(pub(super) &'a [u8], pub(super) usize);
-impl R<'_> {
+impl<'a> R<'a> {
     pub(super) fn u8(&mut self) -> Result<u8, FormatError> {
         let b = *self.0.get(self.1).ok_or(FormatError("meta truncated".into()))?;
         self.1 += 1;
@@ -184,7 +184,7 @@ impl R<'_> {
         }
         ferr("varint too long")
     }
-    fn bytes(&mut self, n: u64) -> Result<&[u8], FormatError> {
+    pub(super) fn bytes(&mut self, n: u64) -> Result<&'a [u8], FormatError> {
         let n = usize::try_from(n).map_err(|_| FormatError("length overflow".into()))?;
         if self.0.len() - self.1 < n {
             return ferr("meta truncated");
