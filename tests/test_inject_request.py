@@ -8,7 +8,7 @@ import email
 import email.policy
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from mta.app.compose import ComposeError, compose
 from mta.app.inject_request import (
@@ -182,6 +182,7 @@ def as_lines(text: str) -> str:
 
 
 @settings(max_examples=300, deadline=None)
+@example(subject=" 0 ", text="", html=None)  # a subject's outer spaces are not kept by parsing
 @given(subject=line_text, text=body_text, html=st.one_of(st.none(), body_text))
 def test_compose_round_trips_through_email(subject, text, html):
     data = compose(sender="Sender <a@s.test>", subject=subject, text_body=text, html_body=html,
@@ -191,7 +192,7 @@ def test_compose_round_trips_through_email(subject, text, html):
     assert b"\n" not in data.replace(b"\r\n", b"") and b"\r" not in data.replace(b"\r\n", b"")
     msg = parsed(data)
     assert not msg.defects
-    assert (msg["Subject"] or "") == subject.strip() or msg["Subject"] == subject
+    assert (msg["Subject"] or "") == subject.strip()
     assert msg.get_body(("plain",)).get_content().replace("\r\n", "\n") == as_lines(text)
     if html is not None:
         assert msg.get_body(("html",)).get_content().replace("\r\n", "\n") == as_lines(html)

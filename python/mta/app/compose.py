@@ -74,6 +74,9 @@ def compose(*, sender: str, subject: str = "", text_body: str | None = None, htm
         raise ComposeError("from", "not an address (\"Name <user@domain>\" or \"user@domain\")")
     if _NOT_ONE_LINE.search(subject):
         raise ComposeError("subject", "must be one line of text (no control characters)")
+    # Whitespace at either end of a field body does not survive folding and parsing (a
+    # reader sees " 0 " as "0 "), so the subject is sent as it will be read.
+    subject = subject.strip()
     extra = headers or {}
     for name, value in extra.items():
         if not header_name_ok(name):
