@@ -56,6 +56,9 @@ FAMILIES: dict[str, Family] = {
                                                         "outcome (delivered or bounced)."),
     "mta_delivery_connections": Family("gauge", "Outbound SMTP connections by destination key and state "
                                                 "(busy: in a transaction, idle: pooled).", ("site", "state"), "top"),
+    "mta_tls_handshakes": Family("counter", "TLS handshakes completed, by direction (in: STARTTLS and implicit "
+                                            "TLS listeners; out: deliveries) and whether a session was resumed.",
+                                 ("direction", "resumed")),
     "mta_plugin_hook_calls": Family("counter", "Hook calls, per plugin (or built-in policy) and hook.",
                                     ("plugin", "hook")),
     "mta_plugin_hook_seconds": Family("counter", "Time spent in hook calls.", ("plugin", "hook")),

@@ -209,6 +209,8 @@ class Server:
         self.limits.cfg = cfg.limits  # counts go on; each session keeps the guard it was made with
         if tls_ctx is not None:
             self.tls.use(cfg.tls, tls_ctx)
+        if self.smtp_client is not None:
+            self.smtp_client.tls.forget()  # trust anchors are read again (a changed ca_file)
         for lst, cell in self._factories:
             cell[0] = self.session_factory(lst)
         if self.queue is not None:

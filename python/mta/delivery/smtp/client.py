@@ -18,6 +18,7 @@ from mta.delivery.smtp.protocol import (
     Reply, ReplyError, ReplyParser, ConnError, Connection, Stale, data_parts,
     wire_body,
 )
+from mta.delivery.smtp.tlsclient import ClientTls, ResumingContext
 from mta.delivery.smtp.lane import SEND_DATA, SEND_EMPTY_END, STALE, TIMEOUT_FOR, WAIT, Lane, Queued, resume
 from mta.delivery.shaping.budgets import Budgets
 from mta.delivery.shaping.signals import suspended_results
@@ -169,6 +170,7 @@ class SmtpDelivery:
         self._closed = False
         self.connections_opened = 0  # counters for tests and stats
         self.connections_reused = 0
+        self.tls = ClientTls()  # client contexts made once, sessions kept per destination
         self.lanes = 0  # callback-lane transactions in flight (mta.delivery.lane)
         self.chained = 0  # transactions pipelined behind another's data (mta.delivery.lane)
         self._settled: asyncio.Future | None = None  # set when `lanes` drops to 0
@@ -309,7 +311,7 @@ class SmtpDelivery:
             out.append(["mta_delivery_connections", {"site": k, "state": "idle"}, len(self._idle.get(k, ()))])
         if self.budgets is not None:
             out += self.budgets.wait_series()
-        return out
+        return out + self.tls.series()
 
     async def settle(self, timeout: float) -> None:
         """Wait (at most `timeout` seconds) for the callback lane's transactions to end."""
@@ -503,8 +505,9 @@ class SmtpDelivery:
             conn.write(b"STARTTLS\r\n")
             r = await conn.reply(self.starttls_timeout, "STARTTLS")
             if r.code == 220:
-                await self._tls(conn, opts)
-                await self._hello(conn, opts)
+                ctx, name = await self._tls(conn, opts)
+                await self._hello(conn, opts)  # the TLS 1.3 ticket has come by its reply
+                self.tls.established(ctx, name, conn.transport.get_extra_info("ssl_object"))
             elif opts.tls == "required":
                 conn.quit()
                 raise _Failure("4.7.5", f"{conn.name} refused STARTTLS: {r}", tls="starttls-not-supported")
@@ -537,22 +540,25 @@ class SmtpDelivery:
             raise _Failure(_soft(r.enhanced, "4.4.1"), f"{conn.name} refused HELO: {r}")
         conn.ext = {}
 
-    async def _tls(self, conn: Connection, opts: SmtpOptions) -> None:
-        host = conn.target.host
-        if opts.tls == "required":
-            ctx = ssl.create_default_context(cafile=opts.ca_file)
-            server_hostname: str | None = host
-        else:
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-            server_hostname = host if host and host != conn.target.ip else None  # SNI only
+    async def _tls(self, conn: Connection, opts: SmtpOptions) -> tuple[ResumingContext, str]:
+        host, ip = conn.target.host, conn.target.ip
+        verify = opts.tls == "required"
         try:
-            await conn.start_tls(ctx, server_hostname, self.starttls_timeout)
+            ctx = self.tls.context(verify, opts.ca_file)
+        except (ssl.SSLError, OSError) as e:
+            conn.abort()
+            raise _Failure("4.7.5", f"TLS with {conn.name} failed: cannot load {opts.ca_file}: {e}",
+                           tls="validation-failure") from None
+        # Verified TLS checks the name `host`. Otherwise the name only picks the session to
+        # offer and is sent as SNI when it is not an address (OpenSSL sends none for one).
+        name = host if verify or (host and host != ip) else ip
+        try:
+            await conn.start_tls(ctx, name, self.starttls_timeout)
         except (ssl.SSLError, ssl.CertificateError, OSError, TimeoutError, ConnectionError) as e:
             conn.abort()
             raise _Failure("4.7.5", f"TLS with {conn.name} failed: {e}", tls=_tls_failure_type(e)) from None
-        conn.verified = opts.tls == "required"
+        conn.verified = verify
+        return ctx, name
 
     async def _auth(self, conn: Connection, opts: SmtpOptions) -> None:
         if not conn.tls and opts.tls != "none":
