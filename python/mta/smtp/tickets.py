@@ -111,6 +111,7 @@ _CTRL_SET_SESS_CACHE_MODE = 44
 _CTRL_GET_MIN_PROTO_VERSION = 130
 _OCTET_STRING, _UTF8_STRING = 5, 4  # OSSL_PARAM data types
 _UNMODIFIED = ctypes.c_size_t(-1).value
+_TLS1_3 = 0x0304
 
 
 class _Param(ctypes.Structure):
@@ -137,6 +138,7 @@ class _OpenSSL:
         self.ctrl = fn("SSL_CTX_ctrl", c_long, vp, c_int, c_long, vp)
         self.get_num_tickets = fn("SSL_CTX_get_num_tickets", ctypes.c_size_t, vp)
         self.set_timeout = fn("SSL_CTX_set_timeout", c_long, vp, c_long)
+        self.version = fn("SSL_version", c_int, vp)
         self.rand = fn("RAND_bytes", c_int, vp, c_int)
         self.encrypt_init = fn("EVP_EncryptInit_ex", c_int, vp, vp, vp, ctypes.c_char_p, vp)
         self.decrypt_init = fn("EVP_DecryptInit_ex", c_int, vp, vp, vp, ctypes.c_char_p, vp)
@@ -241,7 +243,7 @@ def _callback(lib: _OpenSSL, keys: TicketKeys):
     any trouble (no ticket; not resumed), never -1, which would fail the handshake."""
     memmove, string_at = ctypes.memmove, ctypes.string_at
 
-    def ticket_key(_ssl, key_name, iv, cctx, hctx, enc) -> int:
+    def ticket_key(ssl_, key_name, iv, cctx, hctx, enc) -> int:
         try:
             if enc:
                 k = keys.sealing()
@@ -259,7 +261,11 @@ def _callback(lib: _OpenSSL, keys: TicketKeys):
                 return 0
             if lib.decrypt_init(cctx, lib.cipher, None, k.aes, iv) != 1:
                 return 0
-            return 2 if renew else 1
+            # 2: a new ticket after this handshake. TLS 1.3 always gets one, as OpenSSL does with
+            # its own key: a client should not offer a ticket twice (RFC 8446 C.4), and without
+            # it the server sends nothing after the client's Finished, so a client with Nagle on
+            # waits a delayed ACK (40 ms) to send its next command.
+            return 2 if renew or lib.version(ssl_) >= _TLS1_3 else 1
         except BaseException:  # noqa: BLE001 - raising into OpenSSL is not possible; no ticket instead
             log.exception("tls: session ticket callback failed")
             return 0
