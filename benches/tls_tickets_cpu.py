@@ -93,7 +93,7 @@ def main() -> None:
         ours = build_context(cfg, tickets.TicketKeys(b"b" * 32, 3600.0))
         # build_context's settings without the callback: OpenSSL's own ticket key
         plain = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        plain.minimum_version, plain.options = ours.minimum_version, ours.options
+        plain.minimum_version, plain.options, plain.num_tickets = ours.minimum_version, ours.options, ours.num_tickets
         plain.load_cert_chain(cert, key)
         results: dict[tuple[str, str], list[float]] = {}
         for _ in range(a.rounds):

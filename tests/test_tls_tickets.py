@@ -94,6 +94,7 @@ def test_rotation_current_previous_renewed_then_refused(cfg):
     c, s = handshake(server)
     assert not s.session_reused
     assert c.session.ticket_lifetime_hint == HOUR  # one rotation period
+    assert server.num_tickets == 1
     sealed_e = c.session
     reused, fresh = resumes(server, sealed_e)  # epoch e
     # TLS 1.3: a new ticket after every resumption (one use each, RFC 8446 C.4; and it is

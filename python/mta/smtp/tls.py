@@ -64,6 +64,10 @@ def build_context(cfg: TlsConfig, keys: tickets.TicketKeys | None = None) -> ssl
         what = getattr(e, "reason", None) or e.strerror or str(e)
         raise TlsError(f"tls: cannot load tls.cert {cfg.cert!r} with tls.key {cfg.key!r}: {what}") from e
     if cfg.session_tickets:
+        # One ticket per handshake, not OpenSSL's two: an SMTP client keeps one session per
+        # destination and gets a new ticket at each resumption; the second cost ~30 us of
+        # server CPU per full handshake (benches/tls_tickets_cpu.py).
+        ctx.num_tickets = 1
         tickets.install(ctx, keys if keys is not None else tickets.shared(cfg.ticket_rotation))
     else:
         tickets.disable(ctx)
