@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "python"))
 
-from mta.config.schema import TlsConfig  # noqa: E402
-from mta.smtp import tickets  # noqa: E402
-from mta.smtp.tls import build_context, selfsigned  # noqa: E402
+from mta.config.schema import TlsConfig
+from mta.smtp import tickets
+from mta.smtp.tls import build_context, selfsigned
 
 
 def client_ctx() -> ssl.SSLContext:

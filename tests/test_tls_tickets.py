@@ -8,7 +8,6 @@ import ssl
 from pathlib import Path
 
 import pytest
-
 from mta.app.metrics import Metrics, render
 from mta.config.schema import TlsConfig, load
 from mta.errors import ConfigError
@@ -198,18 +197,34 @@ def test_a_failing_key_callback_leaves_the_handshake_whole(cfg):
     assert resumes(server, good)[0]
 
 
+def test_without_libssl_one_warning_and_openssls_own_tickets(cfg, monkeypatch, caplog):
+    # A fault this machine cannot show for real: libssl or a symbol not found.
+    monkeypatch.setattr(tickets, "_openssl", lambda: None)
+    monkeypatch.setattr(tickets, "_lib_error", "no libssl here")
+    monkeypatch.setattr(tickets, "_warned", False)
+    keys = tickets.TicketKeys(b"n" * 32, HOUR, Clock())
+    with caplog.at_level("WARNING", logger="mta.tls"):
+        one, two = build_context(cfg, keys), build_context(cfg, keys)
+    assert [r.getMessage() for r in caplog.records] == [
+        ("tls: session tickets stay per worker and per reload (OpenSSL's own key): "
+         "libssl not usable through ctypes: no libssl here")]
+    c, _ = handshake(one)
+    assert resumes(one, c.session)[0]  # within one context, with OpenSSL's key
+    assert not resumes(two, c.session)[0]
+
+
 def test_config_keys_and_their_bounds(tmp_path):
     assert (TlsConfig().session_tickets, TlsConfig().ticket_rotation) == (True, 3600.0)
     path = tmp_path / "mta.toml"
     path.write_text('[tls]\nsession_tickets = false\nticket_rotation = "15m"\n')
     cfg = load(str(path))
     assert (cfg.tls.session_tickets, cfg.tls.ticket_rotation) == (False, 900.0)
-    for bad in ('"30s"', '"25h"'):
-        path.write_text(f"[tls]\nticket_rotation = {bad}\n")
+    for bad in ("30s", "25h"):
+        path.write_text(f'[tls]\nticket_rotation = "{bad}"\n')
         with pytest.raises(ConfigError) as info:
             load(str(path))
-        assert info.value.errors == [f"tls.ticket_rotation: expected a duration from 60 s to 86400 s (1m to 24h), "
-                                     f"got {bad.replace(chr(34), chr(39))}"]
+        assert info.value.errors == [
+            f"tls.ticket_rotation: expected a duration from 60 s to 86400 s (1m to 24h), got '{bad}'"]
 
 
 def test_handshake_metric_sums_the_listeners():

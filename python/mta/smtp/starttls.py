@@ -9,8 +9,8 @@ import time
 
 from mta import log as fastlog
 from mta.smtp.counts import TLS_FAILED, TLS_FULL, TLS_RESUMED
-from mta.smtp.state import CLOSED, FRESH
 from mta.smtp.replies import R_NOT_IMPL, R_TLS_ALREADY, R_TLS_GO
+from mta.smtp.state import CLOSED, FRESH
 from mta.smtp.tls import HANDSHAKE_TIMEOUT, TlsInfo
 
 

@@ -13,7 +13,8 @@ import ssl
 import struct
 import sys
 import time
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 log = logging.getLogger("mta.tls")
 
@@ -199,7 +200,7 @@ def _ssl_ctx(lib: _OpenSSL, ctx: ssl.SSLContext) -> int | None:
     want_min = int(ctx.minimum_version)
     if lib.get_options(ptr) != int(ctx.options) or lib.get_num_tickets(ptr) != ctx.num_tickets:
         return None
-    if lib.ctrl(ptr, _CTRL_GET_MIN_PROTO_VERSION, 0, None) != (want_min if want_min > 0 else 0):
+    if lib.ctrl(ptr, _CTRL_GET_MIN_PROTO_VERSION, 0, None) != max(0, want_min):
         return None
     return ptr
 
@@ -266,7 +267,7 @@ def _callback(lib: _OpenSSL, keys: TicketKeys):
             # it the server sends nothing after the client's Finished, so a client with Nagle on
             # waits a delayed ACK (40 ms) to send its next command.
             return 2 if renew or lib.version(ssl_) >= _TLS1_3 else 1
-        except BaseException:  # noqa: BLE001 - raising into OpenSSL is not possible; no ticket instead
+        except BaseException:  # nothing can be raised into OpenSSL: no ticket instead
             log.exception("tls: session ticket callback failed")
             return 0
 
