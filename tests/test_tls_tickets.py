@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from mta.app.metrics import Metrics, render
+from mta.config.reload import plan
 from mta.config.schema import TlsConfig, load
 from mta.errors import ConfigError
 from mta.smtp import tickets
@@ -225,6 +226,17 @@ def test_config_keys_and_their_bounds(tmp_path):
             load(str(path))
         assert info.value.errors == [
             f"tls.ticket_rotation: expected a duration from 60 s to 86400 s (1m to 24h), got '{bad}'"]
+
+
+def test_ticket_keys_wait_for_a_restart(tmp_path):
+    # The implicit-TLS listeners' front contexts, made once, seal and open the tickets.
+    old, new = tmp_path / "old.toml", tmp_path / "new.toml"
+    old.write_text('[tls]\ncert = "/c.pem"\nkey = "/k.pem"\n')
+    new.write_text('[tls]\ncert = "/c2.pem"\nkey = "/k.pem"\nticket_rotation = "2h"\nsession_tickets = false\n')
+    p = plan(load(str(old)), load(str(new)))
+    assert p.changed == ["tls.cert"]
+    assert {i.key for i in p.ignored} == {"tls.session_tickets", "tls.ticket_rotation"}
+    assert (p.config.tls.session_tickets, p.config.tls.ticket_rotation) == (True, 3600.0)
 
 
 def test_handshake_metric_sums_the_listeners():
