@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 from conftest import free_port, start_server
 from test_http import scrape, wait_for
 from test_http import wait_listening as wait_http
-from test_tls import selfsigned
+from test_tls import selfsigned, wait_log
 
 WORKERS = 2
 
@@ -150,3 +151,13 @@ def test_metric_counts_full_and_resumed_handshakes(srv):
     want = {("mta_tls_handshakes_total", (("direction", "in"), ("resumed", "no"))): full + 2,
             ("mta_tls_handshakes_total", (("direction", "in"), ("resumed", "yes"))): resumed + 4}
     assert wait_for(srv.http_port, want, timeout=10) == want
+
+
+def test_tickets_outlive_a_reload(srv):
+    ctx = client_ctx()
+    _, before = starttls(srv.port, ctx, None)
+    _, before_implicit = implicit(srv.implicit_port, ctx, None)
+    srv.proc.send_signal(signal.SIGHUP)  # every worker builds a new context from the files
+    wait_log(srv, "tls: reloaded certificate", count=WORKERS)
+    assert starttls(srv.port, ctx, before)[0]
+    assert implicit(srv.implicit_port, ctx, before_implicit)[0]
