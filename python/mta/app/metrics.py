@@ -14,7 +14,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from mta.counters import OTHER, Histogram, TopK, top, write_snapshot
-from mta.smtp.counts import BYTES, OUTCOMES, VERBS, by_verb_counts, listener_counts
+from mta.smtp.counts import BYTES, OUTCOMES, TLS_FULL, TLS_RESUMED, VERBS, by_verb_counts, listener_counts
 
 
 class Family(NamedTuple):
@@ -39,6 +39,9 @@ FAMILIES: dict[str, Family] = {
     "mta_smtp_replies_by_verb": Family("counter", "SMTP replies sent, by the command answered and code class.",
                                        ("verb", "class")),
     "mta_accepted_bytes": Family("counter", "Bytes of the messages counted by mta_messages_accepted_total."),
+    "mta_tls_handshakes": Family("counter", "TLS handshakes done, by direction (in: STARTTLS and implicit TLS "
+                                            "on the listeners) and whether a session was resumed.",
+                                 ("direction", "resumed")),
     "mta_queue_suspended_messages": Family("gauge", "Messages whose next attempt shaping holds back (a suspended "
                                                     "site, or its share of the window)."),
     "mta_queue_oldest_message_age_seconds": Family("gauge", "Age of the oldest message in the spool.", (), "max"),
@@ -163,6 +166,8 @@ class Metrics:
             out += [["mta_connection_outcomes", {"listener": a, "outcome": o}, counts[i]]
                     for i, o in enumerate(OUTCOMES)]
         out.append(["mta_accepted_bytes", {}, sum(c[BYTES] for c in self.listener_counts)])
+        out += [["mta_tls_handshakes", {"direction": "in", "resumed": r}, sum(c[i] for c in self.listener_counts)]
+                for r, i in (("no", TLS_FULL), ("yes", TLS_RESUMED))]
         v = self.by_verb
         out += [["mta_smtp_replies_by_verb", {"verb": verb, "class": f"{d}xx"}, v[i * 10 + d]]
                 for i, verb in enumerate(VERBS) for d in (2, 3, 4, 5) if v[i * 10 + d]]

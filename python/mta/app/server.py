@@ -42,7 +42,6 @@ from mta.policy.relay import Networks, RelayPolicy
 from mta.queue.manager import QueueManager
 from mta.queue.store import SpoolService
 from mta.queue.webhooks import Webhooks
-from mta.smtp.counts import TLS_FAILED
 from mta.smtp.limits import Limits
 from mta.smtp.proxy import ProxyGate
 from mta.smtp.rdns import ReverseResolver
@@ -183,7 +182,7 @@ class Server:
 
         def build() -> tuple[_Parts, object]:
             parts = self._parts(cfg, self.plugins if same_plugins else None)
-            return parts, build_context(cfg.tls) if self.tls is not None else None
+            return parts, build_context(cfg.tls, self.tls.keys) if self.tls is not None else None
         try:
             parts, tls_ctx = await loop.run_in_executor(None, build)
         except TlsError as e:
@@ -320,7 +319,7 @@ class Server:
             snaps = Snapshots(self.cfg.spool.dir, self.shard, self.cfg.workers, self.run_id,
                               agents=self.smtp_client is None)
             # HTTPS: a front context of its own (its failed handshakes are not an SMTP listener's)
-            https = self.tls.implicit_front([0], 0) if self.cfg.http.tls and self.tls is not None else None
+            https = self.tls.implicit_front() if self.cfg.http.tls and self.tls is not None else None
             self.http = http.HttpService(self.http_sockets, self.metrics, snaps,
                                          self._stopping.is_set, self.spool.has_room,
                                          max_body=self.cfg.http.max_body, ssl_context=https)
@@ -340,7 +339,7 @@ class Server:
             if lst.tls == "implicit" and self.tls is not None:
                 # The session is made after the handshake (greeting over TLS); a failed
                 # handshake has no session: the listener's context counts it.
-                front = self.tls.implicit_front(self.metrics.listener_counts[slot], TLS_FAILED)
+                front = self.tls.implicit_front(self.metrics.listener_counts[slot])
                 tls = {"ssl": front, "ssl_handshake_timeout": HANDSHAKE_TIMEOUT}
             # Through a cell, so that a reload hands new connections new collaborators.
             cell = [self.session_factory(lst)]

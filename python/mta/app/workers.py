@@ -40,6 +40,11 @@ def run(cfg: Config, source: ConfigSource | None = None) -> int:
     from mta.delivery.shaping import backends
 
     backends.fresh_table(cfg.spool.dir)  # budgets start empty: no slot or time from a previous run
+    from mta.smtp import tickets
+
+    # Made before any fork: every worker, a respawned one too, inherits the same TLS ticket
+    # secret, so a ticket one worker gave opens on all (mta.smtp.tickets).
+    tickets.process_secret()
     if cfg.tls.cert:
         from mta.smtp.tls import build_context
 

@@ -20,6 +20,8 @@ RESTART_ONLY = (
     "throttle", "hostname", "dns", "log", "smtp.max_header_size",
     "delivery.agent", "delivery.enabled", "delivery.log_file", "delivery.mta_sts", "delivery.mta_sts_port",
     "delivery.mta_sts_ca_file", "delivery.mta_sts_timeout", "delivery.tls_report_interval",
+    # the implicit-TLS listeners' contexts, made once, seal and open their tickets (mta.smtp.tls)
+    "tls.session_tickets", "tls.ticket_rotation",
 )
 # With no [tls] the listeners were made without STARTTLS (and with it, with): adding or
 # removing the certificate changes the listeners; changing its files or settings does not.

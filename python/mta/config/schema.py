@@ -345,6 +345,22 @@ class PrivilegesConfig:
 
 
 @dataclass(frozen=True)
+class RotationPeriod(Duration):
+    """tls.ticket_rotation: long enough that tickets are worth handing out, short enough
+    that a stolen ticket key opens little (a ticket lives at most two periods)."""
+
+    lo: float = 60.0
+    hi: float = 86400.0
+
+    def parse(self, path, raw, errs):
+        value = super().parse(path, raw, errs)
+        if value is not BAD and not self.lo <= value <= self.hi:
+            errs.bad(path, f"a duration from {self.lo:g} s to {self.hi:g} s (1m to 24h)", raw)
+            return BAD
+        return value
+
+
+@dataclass(frozen=True)
 class TlsConfig:
     cert: str = opt("", Text(), "Server certificate chain (PEM file). With key: STARTTLS is offered on every "
                                 'listener whose tls is "starttls" (and on every `listen` address); '
@@ -352,6 +368,13 @@ class TlsConfig:
     key: str = opt("", Text(), "Private key of cert (PEM file, unencrypted); set both or neither.")
     min_version: str = opt("TLSv1.2", TlsVersion(), "Oldest TLS version a client may negotiate.")
     ciphers: str = opt("", CipherString(), "OpenSSL cipher string for TLS 1.2; empty: Python's default.")
+    session_tickets: bool = opt(True, Bool(),
+                                "Resume TLS sessions from tickets (an abbreviated handshake for a returning "
+                                "client), whichever worker took it and across reloads; false: every handshake "
+                                "is full.")
+    ticket_rotation: float = opt(3600.0, RotationPeriod(),
+                                 "Ticket keys change every this long (1m to 24h); a ticket is honoured for one "
+                                 "period (its lifetime hint) and at most two, then the handshake is full.")
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """What a server session counts for /metrics (mta.app.metrics), as indices into plain lists
-it is handed: replies by verb and class, and per listener the connections' outcomes and
-the bytes accepted. Every bump is an index into a list made once: no lookup per reply."""
+it is handed: replies by verb and class, and per listener the connections' outcomes, the bytes
+accepted and the TLS handshakes. Every bump is an index into a list made once: no lookup per reply."""
 
 from __future__ import annotations
 
@@ -19,10 +19,11 @@ def by_verb_counts() -> list[int]:
     return [0] * (len(VERBS) * 10)
 
 
-# A listener's counts: its connections' outcomes, then the message bytes accepted.
+# A listener's counts: its connections' outcomes, then the message bytes accepted, then its
+# TLS handshakes done (STARTTLS or implicit), full and resumed (mta_tls_handshakes_total).
 OUTCOMES = ("accepted", "refused_limit", "refused_policy", "early_talker", "tls_failed")
-ACCEPTED, REFUSED_LIMIT, REFUSED_POLICY, EARLY_TALKER, TLS_FAILED, BYTES = range(6)
+ACCEPTED, REFUSED_LIMIT, REFUSED_POLICY, EARLY_TALKER, TLS_FAILED, BYTES, TLS_FULL, TLS_RESUMED = range(8)
 
 
 def listener_counts() -> list[int]:
-    return [0] * (len(OUTCOMES) + 1)
+    return [0] * (len(OUTCOMES) + 3)

@@ -8,9 +8,9 @@ import asyncio
 import time
 
 from mta import log as fastlog
-from mta.smtp.counts import TLS_FAILED
-from mta.smtp.state import CLOSED, FRESH
+from mta.smtp.counts import TLS_FAILED, TLS_FULL, TLS_RESUMED
 from mta.smtp.replies import R_NOT_IMPL, R_TLS_ALREADY, R_TLS_GO
+from mta.smtp.state import CLOSED, FRESH
 from mta.smtp.tls import HANDSHAKE_TIMEOUT, TlsInfo
 
 
@@ -70,10 +70,14 @@ class StartTlsMixin:
             return
         self.transport = tls
         self.tls_info = TlsInfo.of(tls)
+        sslobj = tls.get_extra_info("ssl_object")
+        resumed = sslobj is not None and sslobj.session_reused
+        self.counts[TLS_RESUMED if resumed else TLS_FULL] += 1
         self._auth_setup()  # the new parser; any earlier login is forgotten
         conn = self.conn
         conn.tls, conn.helo, conn.auth_user = self.tls_info, "", None
         self._tls_busy = False
         self._last_active = time.monotonic()
-        fastlog.info(f"STARTTLS established from {self.rname or 'unknown'}[{self.peer_ip}]: {self.tls_info}")
+        how = " resumed" if resumed else ""
+        fastlog.info(f"STARTTLS established from {self.rname or 'unknown'}[{self.peer_ip}]: {self.tls_info}{how}")
 

@@ -1,6 +1,6 @@
-"""Server-side TLS: the SSLContext built from [tls], its reload on SIGHUP, and
-`mta tls selfsigned`. Invariant: a reload replaces the context only once a whole new
-one was built from the files, so a bad file never takes TLS down."""
+"""Server-side TLS: the SSLContext built from [tls] (session tickets by mta.smtp.tickets), its
+reload on SIGHUP, and `mta tls selfsigned`. Invariant: a reload replaces the context only once a
+whole new one was built from the files, so a bad file never takes TLS down."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from typing import NamedTuple
 
 from mta.config.schema import TlsConfig
 from mta.errors import MtaError
+from mta.smtp import tickets
+from mta.smtp.counts import TLS_FAILED, TLS_FULL, TLS_RESUMED
 
 log = logging.getLogger("mta.tls")
 
@@ -43,8 +45,10 @@ class TlsInfo(NamedTuple):
         return cls(obj.version() or "unknown", name, bits or 0)
 
 
-def build_context(cfg: TlsConfig) -> ssl.SSLContext:
-    """A server context from the files; raises TlsError naming the problem."""
+def build_context(cfg: TlsConfig, keys: tickets.TicketKeys | None = None) -> ssl.SSLContext:
+    """A server context from the files; raises TlsError naming the problem. Its session
+    tickets are sealed with `keys` (None: the process's, mta.smtp.tickets.shared), unless
+    tls.session_tickets is false: then it resumes no session."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = _VERSIONS[cfg.min_version]
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
@@ -59,6 +63,14 @@ def build_context(cfg: TlsConfig) -> ssl.SSLContext:
     except OSError as e:  # ssl.SSLError is an OSError
         what = getattr(e, "reason", None) or e.strerror or str(e)
         raise TlsError(f"tls: cannot load tls.cert {cfg.cert!r} with tls.key {cfg.key!r}: {what}") from e
+    if cfg.session_tickets:
+        # One ticket per handshake, not OpenSSL's two: an SMTP client keeps one session per
+        # destination and gets a new ticket at each resumption; the second cost ~30 us of
+        # server CPU per full handshake (benches/tls_tickets_cpu.py).
+        ctx.num_tickets = 1
+        tickets.install(ctx, keys if keys is not None else tickets.shared(cfg.ticket_rotation))
+    else:
+        tickets.disable(ctx)
     return ctx
 
 
@@ -70,9 +82,10 @@ def build_context(cfg: TlsConfig) -> ssl.SSLContext:
 class TlsContext:
     """The current server context; `reload()` swaps it if the files are good."""
 
-    def __init__(self, cfg: TlsConfig):
+    def __init__(self, cfg: TlsConfig, keys: tickets.TicketKeys | None = None):
         self.cfg = cfg
-        self.current: ssl.SSLContext = build_context(cfg)
+        self.keys = keys  # None: the process's shared ticket keys (build_context)
+        self.current: ssl.SSLContext = build_context(cfg, keys)
 
     def _switch(self, sslobj: ssl.SSLObject, _server_name: str | None, ctx: ssl.SSLContext) -> None:
         if ctx is not self.current:
@@ -85,23 +98,32 @@ class TlsContext:
         self.current = ctx
         log.info("tls: reloaded certificate %s", cfg.cert)
 
-    def implicit_front(self, counts: list[int], index: int) -> ssl.SSLContext:
-        """What one implicit-TLS listener is created with (never replaced): its failed
-        handshakes are logged and add one to counts[index] (mta.smtp.counts: the
-        listener's TLS failures: no session exists yet to count them)."""
-        ctx = build_context(self.cfg)
+    def implicit_front(self, counts: list[int] | None = None) -> ssl.SSLContext:
+        """What one implicit-TLS listener is created with (never replaced). `counts`: the
+        listener's (mta.smtp.counts.listener_counts): a failed handshake is logged and adds
+        one to counts[TLS_FAILED] (no session exists yet to count it), a done one to
+        counts[TLS_FULL] or counts[TLS_RESUMED]; None (HTTPS): failures are only logged.
+        Its tickets are the ones every context gets: OpenSSL seals and opens them with
+        this front context's key callback, whichever context the connection moves to."""
+        ctx = build_context(self.cfg, self.keys)
         ctx.sni_callback = self._switch
+        if counts is None:
+            ctx.sslobject_class = _ImplicitSSLObject
+            return ctx
 
         class Counted(_ImplicitSSLObject):
             def failed(self) -> None:
-                counts[index] += 1
+                counts[TLS_FAILED] += 1
+
+            def done(self) -> None:
+                counts[TLS_RESUMED if self.session_reused else TLS_FULL] += 1
 
         ctx.sslobject_class = Counted
         return ctx
 
     def reload(self) -> bool:
         try:
-            ctx = build_context(self.cfg)
+            ctx = build_context(self.cfg, self.keys)
         except TlsError as e:
             log.error("%s; keeping the certificate loaded before", e)
             return False
@@ -123,9 +145,13 @@ class _ImplicitSSLObject(ssl.SSLObject):
             log.info("implicit TLS handshake failed: %s", e.reason or e)
             self.failed()
             raise
+        self.done()
 
     def failed(self) -> None:
         """A handshake failed (counted by the listener's context)."""
+
+    def done(self) -> None:
+        """A handshake completed (counted by the listener's context, full or resumed)."""
 
 
 # --- mta tls selfsigned -----------------------------------------------------------
