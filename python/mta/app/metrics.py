@@ -40,7 +40,7 @@ FAMILIES: dict[str, Family] = {
                                        ("verb", "class")),
     "mta_accepted_bytes": Family("counter", "Bytes of the messages counted by mta_messages_accepted_total."),
     "mta_tls_handshakes": Family("counter", "TLS handshakes done, by direction (in: STARTTLS and implicit TLS "
-                                            "on the listeners) and whether a session was resumed.",
+                                            "on the listeners; out: deliveries) and whether a session was resumed.",
                                  ("direction", "resumed")),
     "mta_queue_suspended_messages": Family("gauge", "Messages whose next attempt shaping holds back (a suspended "
                                                     "site, or its share of the window)."),
@@ -59,9 +59,6 @@ FAMILIES: dict[str, Family] = {
                                                         "outcome (delivered or bounced)."),
     "mta_delivery_connections": Family("gauge", "Outbound SMTP connections by destination key and state "
                                                 "(busy: in a transaction, idle: pooled).", ("site", "state"), "top"),
-    "mta_tls_handshakes": Family("counter", "TLS handshakes completed, by direction (in: STARTTLS and implicit "
-                                            "TLS listeners; out: deliveries) and whether a session was resumed.",
-                                 ("direction", "resumed")),
     "mta_plugin_hook_calls": Family("counter", "Hook calls, per plugin (or built-in policy) and hook.",
                                     ("plugin", "hook")),
     "mta_plugin_hook_seconds": Family("counter", "Time spent in hook calls.", ("plugin", "hook")),
