@@ -10,6 +10,7 @@ pub mod smtp;
 pub mod spool;
 pub mod throttle;
 pub mod dkim;
+pub mod tls;
 
 #[cfg(test)]
 mod corpus;
