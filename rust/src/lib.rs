@@ -36,5 +36,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     bindings::agent::register(m)?;
     bindings::dkim::register(m)?;
     bindings::throttle::register(m)?;
+    bindings::tls::register(m)?;
     Ok(())
 }
