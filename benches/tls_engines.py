@@ -20,6 +20,7 @@ import ssl
 import statistics
 import sys
 import time
+from pathlib import Path
 
 from mta import _native
 from mta.config.schema import TlsConfig
@@ -121,7 +122,7 @@ def handshake(client, server, timed: str) -> float:
 
 def bench_handshakes(cert: str, key: str, n: int, rounds: int) -> dict:
     """µs per handshake, median of rounds: {case: {"full": x, "resumed": y}}."""
-    pem_cert, pem_key = open(cert, "rb").read(), open(key, "rb").read()
+    pem_cert, pem_key = Path(cert).read_bytes(), Path(key).read_bytes()
     o_srv = openssl_server_ctx(cert, key)
     r_srv = _native.TlsServerConfig(pem_cert, pem_key, "TLSv1.2", SECRET, 3600.0)
 
@@ -205,7 +206,7 @@ def _rustls_client_run(make_server, resumed: bool, n: int) -> float:
 
 def bench_records(cert: str, key: str, n: int, rounds: int) -> dict:
     """µs to encrypt a message on one side and decrypt it on the other, per size."""
-    pem_cert, pem_key = open(cert, "rb").read(), open(key, "rb").read()
+    pem_cert, pem_key = Path(cert).read_bytes(), Path(key).read_bytes()
     pairs = {
         "OpenSSL": lambda: (OpenSSLEnd(openssl_client_ctx(), False), OpenSSLEnd(openssl_server_ctx(cert, key), True)),
         "rustls": lambda: (
@@ -221,15 +222,17 @@ def bench_records(cert: str, key: str, n: int, rounds: int) -> dict:
             msg = os.urandom(size)
             count = max(50, n * 1024 // size)
 
-            def run():
-                t = time.thread_time()
-                for _ in range(count):
-                    plain, _ = server.step(client.send(msg))
-                assert len(plain) == size
-                return (time.thread_time() - t) / count
-
-            out[f"{name} {size // 1024} KiB"] = round(statistics.median(run() for _ in range(rounds)) * 1e6, 2)
+            got = [_records(client, server, msg, count) for _ in range(rounds)]
+            out[f"{name} {size // 1024} KiB"] = round(statistics.median(got) * 1e6, 2)
     return out
+
+
+def _records(client, server, msg: bytes, count: int) -> float:
+    t = time.thread_time()
+    for _ in range(count):
+        plain, _ = server.step(client.send(msg))
+        assert len(plain) == len(msg)
+    return (time.thread_time() - t) / count
 
 
 def markdown(res: dict) -> str:
