@@ -14,6 +14,7 @@ the client in another process. Every figure is the median of --rounds rounds.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import ssl
@@ -235,6 +236,119 @@ def _records(client, server, msg: bytes, count: int) -> float:
     return (time.thread_time() - t) / count
 
 
+# --- through the transports, over loopback -------------------------------------------
+
+MESSAGE = b"x" * 1019 + b"\r\n.\r\n"  # 1 KiB with its end mark
+
+
+class Relayish(asyncio.Protocol):
+    """The server: 220, STARTTLS with the engine under test, then 250 per message, QUIT."""
+
+    def __init__(self, engine: str, tls):
+        self.engine, self.tls, self.buf, self.secure = engine, tls, b"", False
+
+    def connection_made(self, transport):
+        self.transport = transport
+        transport.write(b"220 mx.test\r\n")
+
+    def data_received(self, data):
+        self.buf += data
+        if not self.secure and self.buf.startswith(b"STARTTLS\r\n"):
+            self.buf = b""
+            self.transport.write(b"220 go\r\n")
+            self.transport.pause_reading()
+            asyncio.get_running_loop().create_task(self.starttls())
+            return
+        while True:
+            if self.buf.startswith(b"QUIT\r\n"):
+                self.transport.write(b"221 bye\r\n")
+                self.transport.close()
+                return
+            end = self.buf.find(b"\r\n.\r\n")
+            if end < 0:
+                return
+            self.buf = self.buf[end + 5:]
+            self.transport.write(b"250 ok\r\n")
+
+    async def starttls(self):
+        loop = asyncio.get_running_loop()
+        if self.engine == "OpenSSL (loop.start_tls)":
+            self.transport = await loop.start_tls(self.transport, self, self.tls, server_side=True)
+        else:
+            from mta.smtp.tlstransport import start_tls
+
+            self.transport = await start_tls(loop, self.transport, self, self.tls.accept(), 30.0)
+        self.secure = True
+
+
+async def _client(port: int, sessions: int, per_session: int, tls: bool, parallel: int) -> None:
+    ctx = openssl_client_ctx()
+
+    async def session():
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        await r.readline()
+        if tls:
+            w.write(b"STARTTLS\r\n")
+            await r.readline()
+            await w.start_tls(ctx, server_hostname="mx.test")
+        for _ in range(per_session):
+            w.write(MESSAGE)
+            assert (await r.readline()).startswith(b"250")
+        w.write(b"QUIT\r\n")
+        await r.readline()
+        w.close()
+
+    async def worker(count):
+        for _ in range(count):
+            await session()
+
+    share = [sessions // parallel + (i < sessions % parallel) for i in range(parallel)]
+    await asyncio.gather(*(worker(c) for c in share if c))
+
+
+async def _transport_round(engine: str, tls, mode: str, messages: int, connections: int) -> float:
+    """Server process CPU (this process) per message while a client process sends them."""
+    loop = asyncio.get_running_loop()
+    srv = await loop.create_server(lambda: Relayish(engine, tls), "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    sessions, per, parallel = (1, messages, 1) if mode == "kept" else (connections, 1, 4)
+    argv = [sys.executable, __file__, "--client", str(port), str(sessions), str(per),
+            "1" if engine != "plaintext" else "0", str(parallel)]
+    proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.PIPE)
+    cpu = time.process_time()  # after the fork and exec, which cost this process too
+    proc.stdin.write(b"go\n")
+    if await proc.wait():
+        raise RuntimeError(f"client failed: {engine} {mode}")
+    spent = time.process_time() - cpu
+    srv.close()
+    await srv.wait_closed()
+    return spent / (sessions * per)
+
+
+def bench_transport(cert: str, key: str, messages: int, connections: int, rounds: int) -> dict:
+    """µs of server CPU per message: {engine: {"kept": x, "per_connection": y}}."""
+    import uvloop
+
+    engines = {
+        "plaintext": None,
+        "OpenSSL (loop.start_tls)": openssl_server_ctx(cert, key),
+        "rustls (tlstransport)": _native.TlsServerConfig(Path(cert).read_bytes(), Path(key).read_bytes(),
+                                                         "TLSv1.2", SECRET, 3600.0),
+    }
+    got: dict = {(e, m): [] for e in engines for m in ("kept", "per_connection")}
+
+    async def run():
+        for _ in range(rounds):
+            for (engine, mode), cell in got.items():
+                cell.append(await _transport_round(engine, engines[engine], mode, messages, connections))
+
+    uvloop.run(run())
+    out: dict = {}
+    for (engine, mode), cell in got.items():
+        out.setdefault(engine, {})[mode] = round(statistics.median(cell) * 1e6, 1)
+    return out
+
+
 def markdown(res: dict) -> str:
     lines = ["### Handshakes, in process (µs of the measured side's CPU per handshake)", "",
              "| side: engine | full | resumed |", "|---|---:|---:|"]
@@ -245,14 +359,22 @@ def markdown(res: dict) -> str:
     for name, v in res["records"].items():
         lines.append(f"| {name} | {v} |")
     if "transport" in res:
-        lines += ["", "### uvloop server over loopback (server process CPU, µs per message)", "",
-                  "| transport | kept connection | one connection per message |", "|---|---:|---:|"]
+        lines += ["", "### uvloop server over loopback (server process CPU, µs per 1 KiB message)", "",
+                  "| server transport | kept connection | one connection per message |", "|---|---:|---:|"]
         for name, v in res["transport"].items():
             lines.append(f"| {name} | {v['kept']} | {v['per_connection']} |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--client"]:  # the loopback client, in its own process
+        import uvloop
+
+        port, sessions, per, tls, parallel = (int(x) for x in argv[1:6])
+        sys.stdin.readline()  # the server has started its CPU clock
+        uvloop.run(_client(port, sessions, per, bool(tls), parallel))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cert", required=True, help="PEM certificate (python -m mta tls selfsigned)")
     ap.add_argument("--key", required=True, help="its PEM key")
@@ -272,8 +394,6 @@ def main(argv: list[str] | None = None) -> int:
         "records": bench_records(a.cert, a.key, a.records, a.rounds),
     }
     if not a.skip_transport:
-        from tls_loopback import bench_transport  # benches/ is this script's directory
-
         res["transport"] = bench_transport(a.cert, a.key, a.messages, a.connections, a.rounds)
     if a.out:
         with open(a.out, "w") as f:
