@@ -238,6 +238,7 @@ def _records(client, server, msg: bytes, count: int) -> float:
 
 # --- through the transports, over loopback -------------------------------------------
 
+MODES = ("kept", "per_connection", "resumed")  # one connection; one each; one each, resuming
 MESSAGE = b"x" * 1019 + b"\r\n.\r\n"  # 1 KiB with its end mark
 
 
@@ -281,8 +282,22 @@ class Relayish(asyncio.Protocol):
         self.secure = True
 
 
-async def _client(port: int, sessions: int, per_session: int, tls: bool, parallel: int) -> None:
-    ctx = openssl_client_ctx()
+class _Resuming(ssl.SSLContext):
+    """Offers the last session (loop.start_tls takes none; wrap_bio is where it goes in),
+    as mta.delivery.smtp.tlsclient does."""
+
+    last = None
+
+    def wrap_bio(self, incoming, outgoing, server_side=False, server_hostname=None, session=None):
+        return super().wrap_bio(incoming, outgoing, server_side=server_side,
+                                server_hostname=server_hostname, session=session or self.last)
+
+
+async def _client(port: int, sessions: int, per_session: int, tls: int, parallel: int) -> None:
+    """tls: 0 plaintext, 1 STARTTLS with full handshakes, 2 resuming the last session."""
+    ctx = _Resuming(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
 
     async def session():
         r, w = await asyncio.open_connection("127.0.0.1", port)
@@ -294,6 +309,10 @@ async def _client(port: int, sessions: int, per_session: int, tls: bool, paralle
         for _ in range(per_session):
             w.write(MESSAGE)
             assert (await r.readline()).startswith(b"250")
+        if tls == 2:  # the ticket has come with or before the reply
+            obj = w.get_extra_info("ssl_object")
+            reused.append(obj.session_reused)
+            ctx.last = obj.session
         w.write(b"QUIT\r\n")
         await r.readline()
         w.close()
@@ -302,8 +321,11 @@ async def _client(port: int, sessions: int, per_session: int, tls: bool, paralle
         for _ in range(count):
             await session()
 
+    reused: list[bool] = []
     share = [sessions // parallel + (i < sessions % parallel) for i in range(parallel)]
     await asyncio.gather(*(worker(c) for c in share if c))
+    # Only the workers' first connections (and a few racing them) have no session to offer.
+    assert sum(reused) >= len(reused) - 2 * parallel, f"resumed {sum(reused)} of {len(reused)}"
 
 
 async def _transport_round(engine: str, tls, mode: str, messages: int, connections: int) -> float:
@@ -312,8 +334,8 @@ async def _transport_round(engine: str, tls, mode: str, messages: int, connectio
     srv = await loop.create_server(lambda: Relayish(engine, tls), "127.0.0.1", 0)
     port = srv.sockets[0].getsockname()[1]
     sessions, per, parallel = (1, messages, 1) if mode == "kept" else (connections, 1, 4)
-    argv = [sys.executable, __file__, "--client", str(port), str(sessions), str(per),
-            "1" if engine != "plaintext" else "0", str(parallel)]
+    kind = 0 if engine == "plaintext" else 2 if mode == "resumed" else 1
+    argv = [sys.executable, __file__, "--client", str(port), str(sessions), str(per), str(kind), str(parallel)]
     proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.PIPE)
     cpu = time.process_time()  # after the fork and exec, which cost this process too
     proc.stdin.write(b"go\n")
@@ -326,7 +348,7 @@ async def _transport_round(engine: str, tls, mode: str, messages: int, connectio
 
 
 def bench_transport(cert: str, key: str, messages: int, connections: int, rounds: int) -> dict:
-    """µs of server CPU per message: {engine: {"kept": x, "per_connection": y}}."""
+    """µs of server CPU per message: {engine: {mode: x}} (MODES)."""
     import uvloop
 
     engines = {
@@ -335,7 +357,7 @@ def bench_transport(cert: str, key: str, messages: int, connections: int, rounds
         "rustls (tlstransport)": _native.TlsServerConfig(Path(cert).read_bytes(), Path(key).read_bytes(),
                                                          "TLSv1.2", SECRET, 3600.0),
     }
-    got: dict = {(e, m): [] for e in engines for m in ("kept", "per_connection")}
+    got: dict = {(e, m): [] for e in engines for m in MODES if e != "plaintext" or m != "resumed"}
 
     async def run():
         for _ in range(rounds):
@@ -360,9 +382,10 @@ def markdown(res: dict) -> str:
         lines.append(f"| {name} | {v} |")
     if "transport" in res:
         lines += ["", "### uvloop server over loopback (server process CPU, µs per 1 KiB message)", "",
-                  "| server transport | kept connection | one connection per message |", "|---|---:|---:|"]
+                  ("| server transport | kept connection | one connection per message "
+                   "| the same, resumed |"), "|---|---:|---:|---:|"]
         for name, v in res["transport"].items():
-            lines.append(f"| {name} | {v['kept']} | {v['per_connection']} |")
+            lines.append(f"| {name} | {v['kept']} | {v['per_connection']} | {v.get('resumed', '')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -373,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
 
         port, sessions, per, tls, parallel = (int(x) for x in argv[1:6])
         sys.stdin.readline()  # the server has started its CPU clock
-        uvloop.run(_client(port, sessions, per, bool(tls), parallel))
+        uvloop.run(_client(port, sessions, per, tls, parallel))
         return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cert", required=True, help="PEM certificate (python -m mta tls selfsigned)")

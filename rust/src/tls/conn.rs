@@ -106,7 +106,8 @@ impl Conn {
         if let Some(_) = self.failed {
             return Err(Error::Tls { kind: FailureKind::Other, reason: "connection already failed".into() });
         }
-        let mut plain = Vec::new();
+        // Plaintext is never much more than the ciphertext that carried it: one allocation.
+        let mut plain = Vec::with_capacity(data.len());
         let mut out = Vec::new();
         // An empty feed still flushes what a client has to say first (its ClientHello).
         loop {
