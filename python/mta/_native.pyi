@@ -946,3 +946,79 @@ class ShmThrottle:
         """Every flag not past: key text -> wall time."""
     def held(self, key: str) -> int:
         """Connections of `key` held machine-wide."""
+
+# ---------------------------------------------------------------------------
+# TLS on rustls (rust/src/tls, bindings/tls.rs), sans I/O; mta.smtp.tlstransport drives it
+# ---------------------------------------------------------------------------
+
+class TlsError(OSError):
+    """A TLS connection failed (fatal alert, garbage, refused certificate). `kind` is the
+    TLS-RPT result type: "certificate-expired", "certificate-not-trusted",
+    "certificate-host-mismatch" or "validation-failure" (anything else)."""
+
+    kind: str
+
+class TlsConnection:
+    """One TLS connection (server or client side), made by `TlsServerConfig.accept` or
+    `TlsClientConfig.connect`. Every call returns all it produced: nothing is left to fetch."""
+
+    def feed(self, data: bytes) -> tuple[bytes, bytes]:
+        """The peer's ciphertext in; (plaintext received, ciphertext to send) out. A client
+        calls feed(b"") first for its ClientHello. TlsError when the connection fails; then
+        `close()` returns the alert to send."""
+    def send(self, data: bytes) -> bytes:
+        """Plaintext to ciphertext. Before the handshake is done it is held and comes out
+        with the handshake's last flight."""
+    def close(self) -> bytes:
+        """close_notify to send (after a failure: the alert)."""
+    @property
+    def handshaking(self) -> bool: ...
+    @property
+    def version(self) -> str | None:
+        """"TLSv1.3" or "TLSv1.2"; None while handshaking."""
+    @property
+    def cipher(self) -> str | None:
+        """OpenSSL's name of the suite, as ssl.SSLObject.cipher()[0] ("TLS_AES_256_GCM_SHA384",
+        "ECDHE-ECDSA-AES256-GCM-SHA384"); None while handshaking."""
+    @property
+    def bits(self) -> int | None:
+        """Secret bits of the cipher (256, 128); None while handshaking."""
+    @property
+    def resumed(self) -> bool:
+        """The handshake resumed a session (ticket or TLS 1.2 session id)."""
+    @property
+    def peer_closed(self) -> bool:
+        """The peer sent close_notify."""
+
+class TlsServerConfig:
+    """Server side: built once, shared by every connection (that is what resumption needs).
+    Key exchange X25519, P-256, P-384; the server's cipher order (AES-256-GCM first)."""
+
+    def __init__(
+        self,
+        cert_pem: bytes,
+        key_pem: bytes,
+        min_version: Literal["TLSv1.2", "TLSv1.3"] = "TLSv1.2",
+        ticket_secret: bytes | None = None,
+        rotation: float = 3600.0,
+    ) -> None:
+        """`cert_pem`: the chain, leaf first; `key_pem`: its key (PKCS#8, SEC1 or PKCS#1; EC
+        P-256/P-384, RSA, Ed25519). Tickets are sealed with keys derived from the 32-byte
+        `ticket_secret` and the epoch floor(time / rotation); those of the current and the
+        previous epoch open, so configs with the same secret (the workers) share sessions.
+        None: a random secret (tickets open in this config only). ValueError naming the
+        problem (bad PEM, key not the certificate's, secret not 32 bytes, rotation < 1 s)."""
+    def accept(self) -> TlsConnection:
+        """A server connection for one accepted client."""
+
+class TlsClientConfig:
+    """Client side: keeps the last sessions of up to 1024 server names for resumption."""
+
+    def __init__(self, verify: bool, ca_pem: bytes | None = None) -> None:
+        """`verify` False: any certificate (opportunistic TLS; the handshake signature is still
+        checked). True: the chain must lead to a CA in `ca_pem`, or in the system bundle
+        /etc/ssl/certs/ca-certificates.crt when None (ValueError if it cannot be read), and
+        name the server. ValueError when `ca_pem` holds no usable certificate."""
+    def connect(self, server_name: str) -> TlsConnection:
+        """A connection to `server_name`: a DNS name (SNI) or an IP address (no SNI). A
+        resumed session skips the certificate checks, as in OpenSSL. ValueError: bad name."""

@@ -10,6 +10,7 @@ pub mod smtp;
 pub mod spool;
 pub mod throttle;
 pub mod dkim;
+pub mod tls;
 
 #[cfg(test)]
 mod corpus;
@@ -35,5 +36,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     bindings::agent::register(m)?;
     bindings::dkim::register(m)?;
     bindings::throttle::register(m)?;
+    bindings::tls::register(m)?;
     Ok(())
 }

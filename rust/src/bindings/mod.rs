@@ -12,3 +12,4 @@ pub mod proxy;
 pub mod smtp;
 pub mod spool;
 pub mod throttle;
+pub mod tls;
