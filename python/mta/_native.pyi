@@ -1001,12 +1001,14 @@ class TlsServerConfig:
         min_version: Literal["TLSv1.2", "TLSv1.3"] = "TLSv1.2",
         ticket_secret: bytes | None = None,
         rotation: float = 3600.0,
+        resumption: bool = True,
     ) -> None:
         """`cert_pem`: the chain, leaf first; `key_pem`: its key (PKCS#8, SEC1 or PKCS#1; EC
         P-256/P-384, RSA, Ed25519). Tickets are sealed with keys derived from the 32-byte
         `ticket_secret` and the epoch floor(time / rotation); those of the current and the
         previous epoch open, so configs with the same secret (the workers) share sessions.
-        None: a random secret (tickets open in this config only). ValueError naming the
+        None: a random secret (tickets open in this config only). `resumption` False: no
+        tickets and no session cache, every handshake full. ValueError naming the
         problem (bad PEM, key not the certificate's, secret not 32 bytes, rotation < 1 s)."""
     def accept(self) -> TlsConnection:
         """A server connection for one accepted client."""

@@ -48,7 +48,9 @@ from mta.smtp.rdns import ReverseResolver
 from mta.smtp.sasl import MECHANISMS
 from mta.smtp.seams import SessionSettings
 from mta.smtp.session import Session
-from mta.smtp.tls import HANDSHAKE_TIMEOUT, TlsContext, TlsError, build_context
+from mta.smtp.counts import TLS_FAILED, TLS_FULL, TLS_RESUMED
+from mta.smtp.tls import HANDSHAKE_TIMEOUT, TlsContext, TlsError, build_contexts
+from mta.smtp.tlstransport import implicit_tls
 
 log = logging.getLogger("mta")
 
@@ -182,7 +184,7 @@ class Server:
 
         def build() -> tuple[_Parts, object]:
             parts = self._parts(cfg, self.plugins if same_plugins else None)
-            return parts, build_context(cfg.tls, self.tls.keys) if self.tls is not None else None
+            return parts, build_contexts(cfg.tls, self.tls.keys) if self.tls is not None else None
         try:
             parts, tls_ctx = await loop.run_in_executor(None, build)
         except TlsError as e:
@@ -336,16 +338,20 @@ class Server:
         for slot, lst in enumerate(self.cfg.listeners):
             family = socket.AF_INET6 if ":" in lst.host else socket.AF_INET
             tls = {}
-            if lst.tls == "implicit" and self.tls is not None:
-                # The session is made after the handshake (greeting over TLS); a failed
-                # handshake has no session: the listener's context counts it.
-                front = self.tls.implicit_front(self.metrics.listener_counts[slot])
-                tls = {"ssl": front, "ssl_handshake_timeout": HANDSHAKE_TIMEOUT}
             # Through a cell, so that a reload hands new connections new collaborators.
             cell = [self.session_factory(lst)]
             self._factories.append((lst, cell))
+            factory = lambda cell=cell: cell[0]()  # noqa: E731
+            if lst.tls == "implicit" and self.tls is not None:
+                # The session is made after the handshake (greeting over TLS); a failed
+                # handshake has no session: the listener's counts take it.
+                counts = self.metrics.listener_counts[slot]
+                if self.tls.server is not None:
+                    factory = implicit_rustls(self.tls, factory, counts)
+                else:
+                    tls = {"ssl": self.tls.implicit_front(counts), "ssl_handshake_timeout": HANDSHAKE_TIMEOUT}
             srv = await loop.create_server(
-                lambda cell=cell: cell[0](), lst.host, lst.port, family=family,
+                factory, lst.host, lst.port, family=family,
                 reuse_address=True, reuse_port=self.reuse_port or None, backlog=1024,
                 start_serving=False, **tls,
             )
@@ -547,3 +553,17 @@ class Server:
             st.get("bytes", 0), st.get("failed_batches", 0),
         )
         log.info("stopped")
+
+
+def implicit_rustls(tls: TlsContext, factory: Callable[[], asyncio.Protocol], counts: list[int]):
+    """A protocol factory for an implicit-TLS listener with tls.engine = "rustls": the handshake
+    with the current config (a reload's for new connections), then `factory`'s session. Its
+    handshakes count in `counts` (mta.smtp.counts) as OpenSSL's implicit_front counts them."""
+    def failed(e: Exception) -> None:
+        log.info("implicit TLS handshake failed: %s", e)
+        counts[TLS_FAILED] += 1
+
+    def done(conn) -> None:
+        counts[TLS_RESUMED if conn.resumed else TLS_FULL] += 1
+
+    return implicit_tls(factory, lambda: tls.server.accept(), HANDSHAKE_TIMEOUT, failed, done)

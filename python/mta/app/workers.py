@@ -46,9 +46,9 @@ def run(cfg: Config, source: ConfigSource | None = None) -> int:
     # secret, so a ticket one worker gave opens on all (mta.smtp.tickets).
     tickets.process_secret()
     if cfg.tls.cert:
-        from mta.smtp.tls import build_context
+        from mta.smtp.tls import build_contexts
 
-        build_context(cfg.tls)  # unusable files stop the start here (TlsError), not in N workers
+        build_contexts(cfg.tls)  # unusable files stop the start here (TlsError), not in N workers
     # The HTTP ports are bound here, once, without SO_REUSEPORT: the workers inherit these
     # sockets, and a second server on one of them stops here (OSError), never sharing it.
     from mta.app import http

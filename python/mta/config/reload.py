@@ -22,6 +22,8 @@ RESTART_ONLY = (
     "delivery.mta_sts_ca_file", "delivery.mta_sts_timeout", "delivery.tls_report_interval",
     # the implicit-TLS listeners' contexts, made once, seal and open their tickets (mta.smtp.tls)
     "tls.session_tickets", "tls.ticket_rotation",
+    # the listeners are made for one engine (an implicit-TLS listener's factory or context)
+    "tls.engine",
 )
 # With no [tls] the listeners were made without STARTTLS (and with it, with): adding or
 # removing the certificate changes the listeners; changing its files or settings does not.

@@ -11,6 +11,7 @@ from mta import log as fastlog
 from mta.smtp.counts import TLS_FAILED, TLS_FULL, TLS_RESUMED
 from mta.smtp.replies import R_NOT_IMPL, R_TLS_ALREADY, R_TLS_GO
 from mta.smtp.state import CLOSED, FRESH
+from mta.smtp import tlstransport
 from mta.smtp.tls import HANDSHAKE_TIMEOUT, TlsInfo
 
 
@@ -52,11 +53,15 @@ class StartTlsMixin:
 
     async def _handshake(self, loop) -> None:
         plain = self.transport
+        server = self.tls.server  # rustls (tls.engine), else OpenSSL's context
         try:
-            tls = await loop.start_tls(
-                plain, self, self.tls.current, server_side=True,
-                ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
-            )
+            if server is not None:
+                tls = await tlstransport.start_tls(loop, plain, self, server.accept(), HANDSHAKE_TIMEOUT)
+            else:
+                tls = await loop.start_tls(
+                    plain, self, self.tls.current, server_side=True,
+                    ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
+                )
         except (Exception, asyncio.CancelledError) as e:  # noqa: BLE001 - any failure closes this session only
             reason = str(e) or type(e).__name__
             fastlog.info(f"STARTTLS handshake failed from {self.rname or 'unknown'}[{self.peer_ip}]: {reason}")

@@ -11,6 +11,7 @@ import os
 import ssl
 from typing import NamedTuple
 
+from mta._native import TlsServerConfig
 from mta.config.schema import TlsConfig
 from mta.errors import MtaError
 from mta.smtp import tickets
@@ -74,6 +75,38 @@ def build_context(cfg: TlsConfig, keys: tickets.TicketKeys | None = None) -> ssl
     return ctx
 
 
+def build_rustls(cfg: TlsConfig) -> TlsServerConfig | None:
+    """The rustls server config for SMTP when tls.engine is "rustls" (else None); raises
+    TlsError naming the problem. Its tickets are sealed with keys from the process's secret
+    (mta.smtp.tickets.process_secret), so every worker opens every other's."""
+    if cfg.engine != "rustls":
+        return None
+    try:
+        with open(cfg.cert, "rb") as f:
+            cert = f.read()
+        with open(cfg.key, "rb") as f:
+            key = f.read()
+    except OSError as e:
+        raise TlsError(f"tls: cannot read {e.filename}: {e.strerror}") from e
+    try:
+        return TlsServerConfig(cert, key, cfg.min_version, ticket_secret=tickets.process_secret(),
+                               rotation=cfg.ticket_rotation, resumption=cfg.session_tickets)
+    except ValueError as e:
+        raise TlsError(f"tls: cannot load tls.cert {cfg.cert!r} with tls.key {cfg.key!r}: {e}") from e
+
+
+class Built(NamedTuple):
+    """A [tls] table's contexts: OpenSSL's (HTTPS always; SMTP with engine = "openssl") and,
+    with engine = "rustls", the one SMTP uses."""
+
+    ssl: ssl.SSLContext
+    rustls: TlsServerConfig | None
+
+
+def build_contexts(cfg: TlsConfig, keys: tickets.TicketKeys | None = None) -> Built:
+    return Built(build_context(cfg, keys), build_rustls(cfg))
+
+
 # Established sessions keep the connection they have, so a reload never touches them.
 # STARTTLS hands `TlsContext.current` to loop.start_tls; each implicit-TLS listening socket
 # is bound once to a context of its own (`implicit_front`, built at start-up), whose
@@ -85,17 +118,19 @@ class TlsContext:
     def __init__(self, cfg: TlsConfig, keys: tickets.TicketKeys | None = None):
         self.cfg = cfg
         self.keys = keys  # None: the process's shared ticket keys (build_context)
-        self.current: ssl.SSLContext = build_context(cfg, keys)
+        built = build_contexts(cfg, keys)
+        self.current: ssl.SSLContext = built.ssl
+        self.server: TlsServerConfig | None = built.rustls  # SMTP's, with engine = "rustls"
 
     def _switch(self, sslobj: ssl.SSLObject, _server_name: str | None, ctx: ssl.SSLContext) -> None:
         if ctx is not self.current:
             sslobj.context = self.current  # the reloaded certificate and key
 
-    def use(self, cfg: TlsConfig, ctx: ssl.SSLContext) -> None:
-        """A reloaded [tls] table and the context made from it (build_context): new
-        handshakes get it; the implicit-TLS listeners keep their front contexts and switch to it."""
+    def use(self, cfg: TlsConfig, built: Built) -> None:
+        """A reloaded [tls] table and the contexts made from it (build_contexts): new handshakes get
+        them; OpenSSL's implicit-TLS listeners keep their front contexts and switch to it."""
         self.cfg = cfg
-        self.current = ctx
+        self.current, self.server = built
         log.info("tls: reloaded certificate %s", cfg.cert)
 
     def implicit_front(self, counts: list[int] | None = None) -> ssl.SSLContext:
@@ -123,11 +158,10 @@ class TlsContext:
 
     def reload(self) -> bool:
         try:
-            ctx = build_context(self.cfg, self.keys)
+            self.current, self.server = build_contexts(self.cfg, self.keys)
         except TlsError as e:
             log.error("%s; keeping the certificate loaded before", e)
             return False
-        self.current = ctx
         log.info("tls: reloaded certificate %s", self.cfg.cert)
         return True
 

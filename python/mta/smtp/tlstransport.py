@@ -263,11 +263,13 @@ async def start_tls(loop: asyncio.AbstractEventLoop, transport: asyncio.Transpor
 
 
 def implicit_tls(factory: Callable[[], asyncio.Protocol], accept: Callable[[], TlsConnection],
-                 timeout: float, on_failure: Callable[[Exception], None] | None = None) -> Callable[[], asyncio.Protocol]:
+                 timeout: float, on_failure: Callable[[Exception], None] | None = None,
+                 on_done: Callable[[TlsConnection], None] | None = None) -> Callable[[], asyncio.Protocol]:
     """A protocol factory for loop.create_server on an implicit-TLS port: each connection does
     the handshake (`accept()` makes its TlsConnection), then the app's protocol from `factory`
     gets connection_made with the TLS transport. A failed handshake closes the connection and
-    calls `on_failure(exc)` (logging, counting); the app never hears of it."""
+    calls `on_failure(exc)` (logging, counting); the app never hears of it. `on_done(conn)`:
+    after each handshake that completed (counting full and resumed ones)."""
 
     class Implicit(asyncio.Protocol):
         def connection_made(self, transport: asyncio.Transport) -> None:
@@ -282,6 +284,8 @@ def implicit_tls(factory: Callable[[], asyncio.Protocol], accept: Callable[[], T
                 if on_failure is not None:
                     on_failure(e)
                 return
+            if on_done is not None:
+                on_done(tls.conn)
             tls.protocol.connection_made(tls)
 
     return Implicit

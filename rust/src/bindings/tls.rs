@@ -32,8 +32,15 @@ pub struct PyTlsServerConfig(Arc<rustls::ServerConfig>);
 #[pymethods]
 impl PyTlsServerConfig {
     #[new]
-    #[pyo3(signature = (cert_pem, key_pem, min_version = "TLSv1.2", ticket_secret = None, rotation = 3600.0))]
-    fn new(cert_pem: &[u8], key_pem: &[u8], min_version: &str, ticket_secret: Option<&[u8]>, rotation: f64) -> PyResult<Self> {
+    #[pyo3(signature = (cert_pem, key_pem, min_version = "TLSv1.2", ticket_secret = None, rotation = 3600.0, resumption = true))]
+    fn new(
+        cert_pem: &[u8],
+        key_pem: &[u8],
+        min_version: &str,
+        ticket_secret: Option<&[u8]>,
+        rotation: f64,
+        resumption: bool,
+    ) -> PyResult<Self> {
         let min: MinVersion = min_version.parse().map_err(err)?;
         let rotation = Duration::try_from_secs_f64(rotation).map_err(|_| PyValueError::new_err("rotation must be a number of seconds >= 1"))?;
         // Without a secret (one process, tests) tickets still work, within this config alone.
@@ -46,7 +53,8 @@ impl PyTlsServerConfig {
             }
         };
         let ticketer = Ticketer::new(secret, rotation).map_err(err)?;
-        Ok(PyTlsServerConfig(tls::server_config(cert_pem, key_pem, min, ticketer).map_err(err)?))
+        let cfg = tls::server_config(cert_pem, key_pem, min, ticketer).map_err(err)?;
+        Ok(PyTlsServerConfig(if resumption { cfg } else { tls::without_resumption(cfg) }))
     }
 
     /// A server connection for one accepted client.

@@ -8,7 +8,7 @@ use rustls::client::{ClientSessionMemoryCache, Resumption};
 use rustls::crypto::{ring as provider, CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::ServerSessionMemoryCache;
+use rustls::server::{NoServerSessionStorage, ProducesTickets, ServerSessionMemoryCache};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme, SupportedProtocolVersion};
 use std::sync::Arc;
 
@@ -87,6 +87,34 @@ pub fn server_config(cert_pem: &[u8], key_pem: &[u8], min: MinVersion, ticketer:
     cfg.session_storage = ServerSessionMemoryCache::new(SERVER_SESSIONS);
     cfg.send_tls13_tickets = 1;
     Ok(Arc::new(cfg))
+}
+
+/// `cfg` resuming no session: no tickets issued or taken, no session cache (tls.session_tickets
+/// false), so every handshake is a full one.
+pub fn without_resumption(cfg: Arc<ServerConfig>) -> Arc<ServerConfig> {
+    let mut cfg = Arc::unwrap_or_clone(cfg);
+    cfg.ticketer = Arc::new(NoTickets);
+    cfg.session_storage = Arc::new(NoServerSessionStorage {});
+    cfg.send_tls13_tickets = 0;
+    Arc::new(cfg)
+}
+
+#[derive(Debug)]
+struct NoTickets;
+
+impl ProducesTickets for NoTickets {
+    fn enabled(&self) -> bool {
+        false
+    }
+    fn lifetime(&self) -> u32 {
+        0
+    }
+    fn encrypt(&self, _plain: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+    fn decrypt(&self, _cipher: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
 }
 
 /// A client config. `verify` false: opportunistic TLS, any certificate is accepted (the

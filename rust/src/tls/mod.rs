@@ -8,7 +8,7 @@ mod ticket;
 #[cfg(test)]
 mod tests;
 
-pub use config::{client_config, server_config, MinVersion, SYSTEM_CA_BUNDLE};
+pub use config::{client_config, server_config, without_resumption, MinVersion, SYSTEM_CA_BUNDLE};
 pub use conn::{Conn, FailureKind, Info};
 pub use ticket::{Clock, Ticketer};
 
