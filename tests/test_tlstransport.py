@@ -333,13 +333,13 @@ def test_handshake_timeout(loop):
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-def test_a_peer_sending_garbage_gets_an_alert_and_the_app_never_hears(loop, server_config):
+def test_a_peer_sending_garbage_gets_an_alert_and_no_app_protocol(loop, server_config):
     async def main():
         failures, made = [], []
 
         class App(asyncio.Protocol):
-            def connection_made(self, transport):
-                made.append(transport)
+            def __init__(self):
+                made.append(self)  # no app protocol is even made for a failed handshake
 
         srv = await asyncio.get_running_loop().create_server(
             implicit_tls(App, server_config.accept, 5.0, failures.append), "127.0.0.1", 0)

@@ -277,14 +277,16 @@ async def start_tls(loop: asyncio.AbstractEventLoop, transport: asyncio.Transpor
 def implicit_tls(factory: Callable[[], asyncio.Protocol], accept: Callable[[], TlsConnection],
                  timeout: float, on_failure: Callable[[Exception], None] | None = None) -> Callable[[], asyncio.Protocol]:
     """A protocol factory for loop.create_server on an implicit-TLS port: each connection does
-    the handshake (`accept()` makes its TlsConnection), then the app's protocol from `factory`
+    the handshake (`accept()` makes its TlsConnection), then an app protocol from `factory()`
     gets connection_made with the TLS transport. A failed handshake closes the connection and
-    calls `on_failure(exc)` (logging, counting); the app never hears of it."""
+    calls `on_failure(exc)` (logging, counting); no app protocol is made for it."""
 
     class Implicit(asyncio.Protocol):
         def connection_made(self, transport: asyncio.Transport) -> None:
             loop = asyncio.get_running_loop()
-            tls = TlsTransport(loop, transport, factory(), accept())
+            # No app protocol yet: it is made once the handshake has succeeded, so a scanner's
+            # failed handshake costs no session.
+            tls = TlsTransport(loop, transport, asyncio.Protocol(), accept())
             loop.create_task(self.handshake(tls, timeout))
 
         async def handshake(self, tls: TlsTransport, timeout: float) -> None:
@@ -294,6 +296,8 @@ def implicit_tls(factory: Callable[[], asyncio.Protocol], accept: Callable[[], T
                 if on_failure is not None:
                     on_failure(e)
                 return
-            tls.protocol.connection_made(tls)
+            app = factory()
+            tls.set_protocol(app)
+            app.connection_made(tls)  # before what came with the handshake's end (call_soon)
 
     return Implicit
