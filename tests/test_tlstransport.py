@@ -333,13 +333,13 @@ def test_handshake_timeout(loop):
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-def test_a_peer_sending_garbage_gets_an_alert_and_the_app_never_hears(loop, server_config):
+def test_a_peer_sending_garbage_gets_an_alert_and_no_app_protocol(loop, server_config):
     async def main():
         failures, made = [], []
 
         class App(asyncio.Protocol):
-            def connection_made(self, transport):
-                made.append(transport)
+            def __init__(self):
+                made.append(self)  # no app protocol is even made for a failed handshake
 
         srv = await asyncio.get_running_loop().create_server(
             implicit_tls(App, server_config.accept, 5.0, failures.append), "127.0.0.1", 0)
@@ -353,3 +353,52 @@ def test_a_peer_sending_garbage_gets_an_alert_and_the_app_never_hears(loop, serv
     answer, failures, made = run(loop, main())
     assert answer[:1] == b"\x15", answer  # a TLS alert record
     assert len(failures) == 1 and isinstance(failures[0], TlsError) and not made
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_data_and_close_behind_the_finished_reach_the_app_in_order(loop, server_config):
+    """The client's Finished, a line, close_notify and FIN in one segment: the app gets
+    connection_made, the line, EOF and the loss, in that order, after the handshake."""
+
+    async def main():
+        events, done = [], asyncio.get_running_loop().create_future()
+
+        class App(asyncio.Protocol):
+            def connection_made(self, transport):
+                events.append("made")
+
+            def data_received(self, data):
+                events.append(data)
+
+            def eof_received(self):
+                events.append("eof")
+
+            def connection_lost(self, exc):
+                events.append(("lost", exc))
+                done.set_result(None)
+
+        srv = await asyncio.get_running_loop().create_server(
+            implicit_tls(App, server_config.accept, 5.0), "127.0.0.1", 0)
+        async with srv:
+            reader, writer = await asyncio.open_connection("127.0.0.1", srv.sockets[0].getsockname()[1])
+            inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+            obj = py_client_ctx().wrap_bio(inc, out, server_hostname="mx.test")
+            while True:
+                try:
+                    obj.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    writer.write(out.read())
+                    inc.write(await reader.read(65536))
+            obj.write(b"EHLO c.test\r\n")
+            try:
+                obj.unwrap()
+            except ssl.SSLWantReadError:
+                pass
+            writer.write(out.read())  # Finished, the line and close_notify together
+            writer.write_eof()
+            await done
+            writer.close()
+        return events
+
+    assert run(loop, main()) == ["made", b"EHLO c.test\r\n", "eof", ("lost", None)]

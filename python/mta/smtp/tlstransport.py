@@ -68,6 +68,7 @@ class TlsTransport(asyncio.Transport):
         self.ready = False  # the handshake is done and start_tls has handed us to the app
         self.pending: list[bytes] = []  # plaintext that arrived with the handshake's end
         self.pending_eof = False
+        self.pending_lost: tuple | None = None  # (exc,) for connection_lost
         self.closing = False
         self.lost = False
         self.error: Exception | None = None
@@ -127,7 +128,9 @@ class TlsTransport(asyncio.Transport):
         if not self.ready:
             if not self.handshake.done():
                 self.handshake.set_exception(ConnectionResetError("connection closed during the TLS handshake"))
-            return False
+                return False
+            self.pending_eof = True  # the app decides, once it has the transport
+            return True
         if self.conn.peer_closed:
             return False  # eof_received was called for the close_notify
         return bool(self.protocol.eof_received())
@@ -138,9 +141,10 @@ class TlsTransport(asyncio.Transport):
         self.lost = True
         if not self.handshake.done():
             self.handshake.set_exception(exc or ConnectionResetError("connection lost during the TLS handshake"))
-            return
-        if self.ready:
+        elif self.ready:
             self.protocol.connection_lost(exc or self.error)
+        else:  # done, and start_tls has not handed us over yet: the app hears it then
+            self.pending_lost = (exc or self.error,)
 
     def plain_pause_writing(self, paused: bool) -> None:
         self.write_paused = paused
@@ -170,7 +174,7 @@ class TlsTransport(asyncio.Transport):
         self.ready = True
         if self.write_paused:
             self.app_pause_writing(True)
-        if self.pending or self.pending_eof:
+        if self.pending or self.pending_eof or self.pending_lost:
             # After the caller has taken the transport (it resumes from start_tls first).
             self.loop.call_soon(self.deliver_pending)
 
@@ -179,11 +183,19 @@ class TlsTransport(asyncio.Transport):
             self.handshake.set_exception(TimeoutError("TLS handshake timed out"))
 
     def deliver_pending(self) -> None:
-        while self.pending and not self.lost:
+        """What came with the end of the handshake, in order: data, EOF, the loss."""
+        while self.pending:
             self.protocol.data_received(self.pending.pop(0))
-        if self.pending_eof and not self.lost:
+        if self.pending_eof:
             self.pending_eof = False
-            self.peer_eof()
+            if self.pending_lost:
+                self.protocol.eof_received()  # the connection is gone: nothing to keep open
+            else:
+                self.peer_eof()
+        if self.pending_lost:
+            (exc,) = self.pending_lost
+            self.pending_lost = None
+            self.protocol.connection_lost(exc)
 
     # --- asyncio.Transport ------------------------------------------------------------
 
@@ -266,15 +278,17 @@ def implicit_tls(factory: Callable[[], asyncio.Protocol], accept: Callable[[], T
                  timeout: float, on_failure: Callable[[Exception], None] | None = None,
                  on_done: Callable[[TlsConnection], None] | None = None) -> Callable[[], asyncio.Protocol]:
     """A protocol factory for loop.create_server on an implicit-TLS port: each connection does
-    the handshake (`accept()` makes its TlsConnection), then the app's protocol from `factory`
+    the handshake (`accept()` makes its TlsConnection), then an app protocol from `factory()`
     gets connection_made with the TLS transport. A failed handshake closes the connection and
-    calls `on_failure(exc)` (logging, counting); the app never hears of it. `on_done(conn)`:
+    calls `on_failure(exc)` (logging, counting); no app protocol is made for it. `on_done(conn)`:
     after each handshake that completed (counting full and resumed ones)."""
 
     class Implicit(asyncio.Protocol):
         def connection_made(self, transport: asyncio.Transport) -> None:
             loop = asyncio.get_running_loop()
-            tls = TlsTransport(loop, transport, factory(), accept())
+            # No app protocol yet: it is made once the handshake has succeeded, so a scanner's
+            # failed handshake costs no session.
+            tls = TlsTransport(loop, transport, asyncio.Protocol(), accept())
             loop.create_task(self.handshake(tls, timeout))
 
         async def handshake(self, tls: TlsTransport, timeout: float) -> None:
@@ -286,6 +300,8 @@ def implicit_tls(factory: Callable[[], asyncio.Protocol], accept: Callable[[], T
                 return
             if on_done is not None:
                 on_done(tls.conn)
-            tls.protocol.connection_made(tls)
+            app = factory()
+            tls.set_protocol(app)
+            app.connection_made(tls)  # before what came with the handshake's end (call_soon)
 
     return Implicit

@@ -103,7 +103,7 @@ impl Conn {
     /// The peer's ciphertext in; (plaintext received, ciphertext to send) out. A fatal error
     /// (alert, garbage, a refused certificate) is returned once; the alert then comes from `close`.
     pub fn feed(&mut self, mut data: &[u8]) -> Result<(Vec<u8>, Vec<u8>), Error> {
-        if let Some(_) = self.failed {
+        if self.failed.is_some() {
             return Err(Error::Tls { kind: FailureKind::Other, reason: "connection already failed".into() });
         }
         // Plaintext is never much more than the ciphertext that carried it: one allocation.
