@@ -137,12 +137,22 @@ tls = "none"
 
 
 def test_min_version_and_ciphers(tmp_path):
-    cfg = load(write(tmp_path, TLS + 'min_version = "tlsv1.3"\nciphers = "ECDHE+AESGCM"\n'))
+    openssl = 'engine = "openssl"\n'
+    cfg = load(write(tmp_path, TLS + openssl + 'min_version = "tlsv1.3"\nciphers = "ECDHE+AESGCM"\n'))
     assert cfg.tls.min_version == "TLSv1.3" and cfg.tls.ciphers == "ECDHE+AESGCM"
-    errs = errors_of(tmp_path, TLS + 'min_version = "TLSv1.1"\nciphers = "NO-SUCH-CIPHER"\n')
+    errs = errors_of(tmp_path, TLS + openssl + 'min_version = "TLSv1.1"\nciphers = "NO-SUCH-CIPHER"\n')
     assert errs[0] == "tls.min_version: expected one of 'TLSv1.2', 'TLSv1.3', got 'TLSv1.1'"
     assert errs[1] == ("tls.ciphers: expected an OpenSSL cipher string that selects at least one cipher, "
                        "got 'NO-SUCH-CIPHER'")
+
+
+def test_engine_and_a_cipher_string_for_rustls(tmp_path):
+    assert load(write(tmp_path, TLS)).tls.engine == "rustls"
+    assert errors_of(tmp_path, TLS + 'engine = "gnutls"\n') == [
+        "tls.engine: expected one of 'rustls', 'openssl' (did you mean 'rustls'?), got 'gnutls'"]
+    assert errors_of(tmp_path, TLS + 'ciphers = "ECDHE+AESGCM"\n') == [
+        'tls.ciphers: expected no cipher string with tls.engine = "rustls" (its suites are fixed: ECDHE with '
+        'AES-GCM or ChaCha20-Poly1305); set tls.engine = "openssl" to choose OpenSSL ciphers, got \'ECDHE+AESGCM\'']
 
 
 def test_unknown_tls_key_suggests(tmp_path):

@@ -14,7 +14,7 @@ from mta.config.schema import TlsConfig, load
 from mta.errors import ConfigError
 from mta.smtp import tickets
 from mta.smtp.counts import TLS_FAILED, TLS_FULL, TLS_RESUMED, listener_counts
-from mta.smtp.tls import TlsContext, build_context, selfsigned
+from mta.smtp.tls import TlsContext, build_context, build_contexts, selfsigned
 
 HOUR = 3600.0
 E = 480_000  # an epoch (hours since 1970) of the injected clock
@@ -157,7 +157,7 @@ def test_a_reloaded_context_resumes_the_tickets_of_the_old_one(cfg):
     c, _ = handshake(old)
     assert tls.reload() and tls.current is not old
     assert resumes(tls.current, c.session)[0]
-    tls.use(cfg, build_context(cfg, tls.keys))  # as the server's reload does
+    tls.use(cfg, build_contexts(cfg, tls.keys))  # as the server's reload does
     assert resumes(tls.current, c.session)[0]
 
 
