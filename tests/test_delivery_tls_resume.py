@@ -9,6 +9,7 @@ import ssl
 
 import pytest
 
+from mta._native import TlsClientConfig
 from mta.delivery.smtp.client import SmtpOptions
 from mta.delivery.smtp.tlsclient import MAX_SESSIONS, ClientTls
 from test_delivery_smtp import Capture, aiosmtpd_peer, client, make_cert, message, run, server_tls, target
@@ -20,8 +21,9 @@ def counts(d) -> tuple[int, int]:
     return d.tls.full, d.tls.resumed
 
 
-@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
-def test_each_new_connection_resumes_the_last_session(tmp_path, loop):
+@pytest.mark.parametrize("loop,engine", [("asyncio", "rustls"), ("uvloop", "rustls"), ("asyncio", "openssl"),
+                                         ("uvloop", "openssl")])
+def test_each_new_connection_resumes_the_last_session(tmp_path, loop, engine):
     cert, key = make_cert(tmp_path)
     h = Capture()
 
@@ -29,7 +31,7 @@ def test_each_new_connection_resumes_the_last_session(tmp_path, loop):
         d = client()
         results = []
         for i in range(5):  # one message per connection: five connections, five handshakes
-            results += await d.deliver("k", [target(port, "mx.test")], SmtpOptions(**ONE_EACH),
+            results += await d.deliver("k", [target(port, "mx.test")], SmtpOptions(**ONE_EACH, tls_engine=engine),
                                        message(f"r{i}@dst.test"))
         series = d.metrics_series()
         await d.close()
@@ -111,6 +113,9 @@ def test_a_session_the_server_cannot_resume_is_replaced(tmp_path):
 def test_contexts_are_made_once_per_kind_and_a_bad_ca_file_defers(tmp_path):
     tls = ClientTls()
     assert tls.context(False, None) is tls.context(False, "/ignored/for/opportunistic")
+    assert isinstance(tls.context(False, None, "rustls"), TlsClientConfig)
+    assert tls.context(False, None, "rustls") is tls.context(False, None, "rustls")
+    assert isinstance(tls.context(True, None, "rustls"), ssl.SSLContext)  # verified: always OpenSSL
     assert tls.context(True, None) is tls.context(True, None)
     assert tls.context(True, None) is not tls.context(False, None)
     assert tls.context(True, None).verify_mode == ssl.CERT_REQUIRED and tls.context(True, None).check_hostname

@@ -266,7 +266,7 @@ class Server:
                                 hooks=self.hooks)
         smtp = Smtp(old.wire, old.resolver, old.tls_policy, d, cfg.hostname,
                     report=self._agent_report(),
-                    shaper=self.shaper)
+                    shaper=self.shaper, tls_engine=cfg.tls.engine)
         smtp.mx_sites = old.mx_sites  # /metrics names sites by what deliveries learnt so far
         self.smtp_transport = smtp
         self.queue.swap(self.router, Transports(smtp, Maildir(cfg.hostname)), self.hooks, d,
@@ -413,7 +413,7 @@ class Server:
                         hooks=self.hooks)
         smtp = self.smtp_transport = Smtp(
             self._wire(dlog), resolver, OutboundTls(sts, d.tls_report_interval), d, cfg.hostname,
-            report=self._agent_report(), shaper=shaper)
+            report=self._agent_report(), shaper=shaper, tls_engine=cfg.tls.engine)
         return QueueManager(self.spool, self.router, Transports(smtp, Maildir(cfg.hostname)), dlog, d,
                             cfg.hostname, bounce_max=cfg.bounce.max_returned_size, hooks=self.hooks,
                             pools=bool(egress.pools), metrics=self.metrics,

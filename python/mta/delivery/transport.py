@@ -132,8 +132,9 @@ class Smtp:
     take `deliver`."""
 
     def __init__(self, wire: Wire, resolver: MxResolver, tls_policy: OutboundTls, dcfg, hostname: str,
-                 report: bool | str = False, shaper: Shaper | None = None) -> None:
+                 report: bool | str = False, shaper: Shaper | None = None, tls_engine: str = "rustls") -> None:
         self.wire = wire
+        self.tls_engine = tls_engine  # opportunistic TLS out (tls.engine); verified TLS is OpenSSL's
         # Traffic shaping (mta.delivery.shaping.shaper): each message's egress source, its
         # site's budgets in the options, the site's share of the window, the reply rules.
         self.shaper = shaper
@@ -358,6 +359,7 @@ class Smtp:
                 max_messages_per_connection=spec.per_connection or d.messages_per_connection,
                 lmtp=lmtp,
                 ca_file=d.tls_ca_file or None,
+                tls_engine=self.tls_engine,
                 report=self.report,
             )
         return opts

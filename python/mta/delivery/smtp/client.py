@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from mta import _native
+from mta._native import TlsError
 from mta.delivery import OutMessage, RcptResult, Target, results_for
 from mta.delivery.smtp.protocol import (
     Reply, ReplyError, ReplyParser, ConnError, Connection, Stale, data_parts,
     wire_body,
 )
-from mta.delivery.smtp.tlsclient import ClientTls, ResumingContext
+from mta.delivery.smtp.tlsclient import ClientContext, ClientTls
 from mta.delivery.smtp.lane import SEND_DATA, SEND_EMPTY_END, STALE, TIMEOUT_FOR, WAIT, Lane, Queued, resume
 from mta.delivery.shaping.budgets import Budgets
 from mta.delivery.shaping.signals import suspended_results
@@ -40,6 +41,7 @@ class SmtpOptions:
     idle_timeout: float = 5.0  # lifetime of an idle pooled connection
     lmtp: bool = False  # RFC 2033: LHLO, one reply per accepted recipient after the data
     ca_file: str | None = None  # trust anchors for tls="required" (default: the system store)
+    tls_engine: str = "rustls"  # opportunistic TLS with "rustls" or "openssl" (tls.engine); verified: OpenSSL
     # The delivery agent answers a job it delivered and logged with its rows too (True: the
     # worker tells plugins' on_delivered hooks the replies), or with the delivery log's text
     # it wrote ("log": the worker's webhooks make their delivered events from it).
@@ -59,6 +61,8 @@ class SmtpOptions:
     def __post_init__(self) -> None:
         if self.tls not in ("none", "opportunistic", "required"):
             raise ValueError(f"tls must be none, opportunistic or required, not {self.tls!r}")
+        if self.tls_engine not in ("rustls", "openssl"):
+            raise ValueError(f"tls_engine must be rustls or openssl, not {self.tls_engine!r}")
 
 
 class _Failure(Exception):
@@ -72,6 +76,8 @@ class _Failure(Exception):
 
 def _tls_failure_type(e: BaseException) -> str:
     """The TLS-RPT (RFC 8460 §4.3) result type of a failed handshake."""
+    if isinstance(e, TlsError):
+        return e.kind
     if isinstance(e, ssl.SSLCertVerificationError):
         code = getattr(e, "verify_code", None)
         if code == 62:  # X509_V_ERR_HOSTNAME_MISMATCH
@@ -540,11 +546,11 @@ class SmtpDelivery:
             raise _Failure(_soft(r.enhanced, "4.4.1"), f"{conn.name} refused HELO: {r}")
         conn.ext = {}
 
-    async def _tls(self, conn: Connection, opts: SmtpOptions) -> tuple[ResumingContext, str]:
+    async def _tls(self, conn: Connection, opts: SmtpOptions) -> tuple[ClientContext, str]:
         host, ip = conn.target.host, conn.target.ip
         verify = opts.tls == "required"
         try:
-            ctx = self.tls.context(verify, opts.ca_file)
+            ctx = self.tls.context(verify, opts.ca_file, opts.tls_engine)
         except (ssl.SSLError, OSError) as e:
             conn.abort()
             raise _Failure("4.7.5", f"TLS with {conn.name} failed: cannot load {opts.ca_file}: {e}",
@@ -554,8 +560,8 @@ class SmtpDelivery:
         name = host if verify or (host and host != ip) else ip
         try:
             await conn.start_tls(ctx, name, self.starttls_timeout)
-        except (ssl.SSLError, ssl.CertificateError, OSError, TimeoutError, ConnectionError) as e:
-            conn.abort()
+        except (ssl.SSLError, ssl.CertificateError, OSError, TimeoutError, ConnectionError, ValueError) as e:
+            conn.abort()  # (ValueError: a name rustls cannot take as a server name)
             raise _Failure("4.7.5", f"TLS with {conn.name} failed: {e}", tls=_tls_failure_type(e)) from None
         conn.verified = verify
         return ctx, name

@@ -10,7 +10,9 @@ from collections import deque
 from typing import Callable, NamedTuple
 
 from mta import _native
+from mta._native import TlsClientConfig
 from mta.delivery import Target
+from mta.smtp import tlstransport
 
 _MAX_REPLY_LINE = 8192
 
@@ -310,13 +312,18 @@ class Connection(asyncio.Protocol):
             self.broken = True
         return r
 
-    async def start_tls(self, ctx: ssl.SSLContext, server_hostname: str | None, timeout: float) -> None:
+    async def start_tls(self, ctx: ssl.SSLContext | TlsClientConfig, server_hostname: str, timeout: float) -> None:
         if self._replies or self._parser.buffered:
             # bytes after the 220 would be injected into the TLS session (CVE-2011-0411 style)
             self.broken = True
             raise ConnError("the server sent data after its reply to STARTTLS")
-        self.transport = await self.loop.start_tls(
-            self.transport, self, ctx, server_hostname=server_hostname, ssl_handshake_timeout=timeout)
+        if isinstance(ctx, TlsClientConfig):  # rustls (tls.engine): ours, over the plain transport
+            conn = ctx.connect(server_hostname)
+            self.transport.pause_reading()
+            self.transport = await tlstransport.start_tls(self.loop, self.transport, self, conn, timeout)
+        else:
+            self.transport = await self.loop.start_tls(
+                self.transport, self, ctx, server_hostname=server_hostname, ssl_handshake_timeout=timeout)
         self.tls = True
 
     def quit(self) -> None:

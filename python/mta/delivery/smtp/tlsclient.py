@@ -8,6 +8,8 @@ import ssl
 import time
 from collections import OrderedDict
 
+from mta._native import TlsClientConfig
+
 # Destinations whose last session is kept: a session is a few hundred bytes, so this bounds
 # the cache near a megabyte however many destinations a relay talks to.
 MAX_SESSIONS = 4096
@@ -65,23 +67,31 @@ def _resuming(verify: bool, ca_file: str | None) -> ResumingContext:
     return ctx
 
 
+ClientContext = ResumingContext | TlsClientConfig
+
+
 class ClientTls:
     """The delivery's client contexts and their kept sessions, and how many handshakes
     were full or resumed (for /metrics). One per SmtpDelivery."""
 
     def __init__(self) -> None:
-        self._contexts: dict[tuple[bool, str | None], ResumingContext] = {}
+        self._contexts: dict[tuple, ClientContext] = {}
         self.full = 0
         self.resumed = 0
 
-    def context(self, verify: bool, ca_file: str | None) -> ResumingContext:
+    def context(self, verify: bool, ca_file: str | None, engine: str = "openssl") -> ClientContext:
         """The context for verified (the chain and the name, against `ca_file` or the system
-        store) or opportunistic (no verification) TLS; loading the trust store takes
+        store: always OpenSSL, so the checks are exactly Python's ssl's) or opportunistic (no
+        verification: `engine`'s, rustls or OpenSSL) TLS; loading the trust store takes
         milliseconds, so it is done once per kind. Raises ssl.SSLError/OSError for a bad ca_file."""
-        key = (verify, ca_file if verify else None)
+        key = (True, ca_file) if verify else (False, engine)
         ctx = self._contexts.get(key)
         if ctx is None:
-            ctx = self._contexts[key] = _resuming(verify, ca_file)
+            if not verify and engine == "rustls":
+                ctx = TlsClientConfig(False)  # keeps its sessions per name itself
+            else:
+                ctx = _resuming(verify, ca_file)
+            self._contexts[key] = ctx
         return ctx
 
     def established(self, ctx: ResumingContext, name: str, sslobj: ssl.SSLObject | None) -> None:
@@ -93,7 +103,8 @@ class ClientTls:
             self.resumed += 1
         else:
             self.full += 1
-        ctx.keep(name, sslobj)
+        if isinstance(ctx, ResumingContext):
+            ctx.keep(name, sslobj)
 
     def forget(self) -> None:
         """Drop every context and kept session (the trust store or its files changed)."""
