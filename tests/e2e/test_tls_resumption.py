@@ -21,14 +21,16 @@ from test_tls import selfsigned, wait_log
 WORKERS = 2
 
 
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory):
+@pytest.fixture(scope="module", params=["rustls", "openssl"])
+def srv(tmp_path_factory, request):
+    """One server per engine (tls.engine): the tickets are rustls's or OpenSSL's through
+    mta.smtp.tickets, both from the workers' shared secret."""
     tmp = tmp_path_factory.mktemp("resume")
     certs = selfsigned(tmp / "certs")
     implicit, http = free_port(), free_port()
     config = (f"workers = {WORKERS}\n"
               f'[[listener]]\naddress = "127.0.0.1:{implicit}"\nprofile = "submission"\ntls = "implicit"\n'
-              f'[tls]\ncert = "{certs / "cert.pem"}"\nkey = "{certs / "key.pem"}"\n')
+              f'[tls]\nengine = "{request.param}"\ncert = "{certs / "cert.pem"}"\nkey = "{certs / "key.pem"}"\n')
     server = start_server(tmp, config=config, args=("--http", f"127.0.0.1:{http}"))
     server.implicit_port, server.http_port = implicit, http
     wait_http(server, WORKERS)
