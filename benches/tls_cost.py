@@ -35,7 +35,7 @@ def settings(quick: bool) -> dict:
     if quick:
         return {"hs_n": 30, "rounds": 3, "calls": 50, "transport_rounds": 1, "profile_messages": 600,
                 "counts": {(1024, False): 1000, (1024, True): 150, (65536, False): 200, (65536, True): 60}}
-    return {"hs_n": 100, "rounds": 5, "calls": 200, "transport_rounds": 3, "profile_messages": 4000,
+    return {"hs_n": 200, "rounds": 5, "calls": 200, "transport_rounds": 5, "profile_messages": 6000,
             "counts": {(1024, False): 6000, (1024, True): 800, (65536, False): 1000, (65536, True): 300}}
 
 

@@ -77,17 +77,42 @@ def group_dso_report(text: str) -> dict[str, float]:
     return {k: round(v, 1) for k, v in out.items()}
 
 
-def top_leaves(raw: str, n: int = 15) -> list[tuple[str, float]]:
-    """py-spy `-f raw` (collapsed stacks: "a;b;c COUNT") -> the n leaf frames with most samples, %."""
-    counts: collections.Counter = collections.Counter()
+IDLE = ("epoll_wait", "epoll_pwait", "uv__io_poll")  # the loop waiting: not work
+LOOP_THREAD = "asyncio/runners.py"  # under uvloop.run / asyncio.run: the event-loop thread's stacks
+
+
+def top_frames(raw: str, n: int = 15) -> dict[str, list[tuple[str, float]]]:
+    """py-spy `-f raw` (collapsed stacks: "a;b;c COUNT") -> the n most sampled leaf frames and
+    innermost Python frames (file.py:line), as % of the event-loop thread's busy samples (other
+    threads, idle in a pool or busy in the spool writer, and the loop's waits left out)."""
+    leaves: collections.Counter = collections.Counter()
+    pyframes: collections.Counter = collections.Counter()
     total = 0
     for line in raw.splitlines():
         stack, _, k = line.rpartition(" ")
         if not stack or not k.isdigit():
             continue
-        counts[stack.rsplit(";", 1)[-1].strip()] += int(k)
+        frames = [f.strip() for f in stack.split(";")]
+        if LOOP_THREAD not in stack or any(frames[-1].startswith(w) for w in IDLE):
+            continue
+        leaves[frames[-1]] += int(k)
+        py = [f for f in frames if ".py:" in f]
+        pyframes[py[-1] if py else "(no Python frame)"] += int(k)
         total += int(k)
-    return [(f, round(100 * c / total, 1)) for f, c in counts.most_common(n)] if total else []
+    if not total:
+        return {"leaves": [], "python": []}
+    return {what: [(f, round(100 * c / total, 1)) for f, c in cnt.most_common(n)]
+            for what, cnt in (("leaves", leaves), ("python", pyframes))}
+
+
+def process_cpu(pid: int) -> float:
+    """utime + stime of one process, in clock ticks (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+        return float(sum(int(x) for x in raw[raw.rindex(b")") + 2:].split()[11:13]))
+    except (OSError, ValueError):
+        return 0.0
 
 
 def _start(argv: list[str], log, env) -> subprocess.Popen:
@@ -171,7 +196,7 @@ def run_mode(mode: tuple, cert: str, key: str, messages: int, sessions: int, per
             row["perf_top_symbols"] = lines[:25]
             row["perf_top_openssl_symbols"] = [ln for ln in lines if "libcrypto" in ln or "libssl" in ln][:20]
         if pyspy_s and starttls and out_tls == "none" and shutil.which("py-spy"):
-            row["pyspy_top_leaves"] = _pyspy(send, srv.pid, pyspy_s, tmp, env)
+            row["pyspy"] = _pyspy(send, srv.pid, pyspy_s, tmp, env)
         say(f"  mta {label}: {row['accepted_per_s']}/s, {row['server_cpu_us_per_msg']} µs/msg")
         return row
     finally:
@@ -185,20 +210,21 @@ def _pyspy(send: list[str], root: int, seconds: float, tmp: str, env) -> list:
     """The busiest worker (the tree's process using most CPU in the load) under py-spy --native."""
     pids = tree_pids(root)
     raw = os.path.join(tmp, "pyspy.txt")
-    load = subprocess.Popen(send + ["--duration", str(seconds + 2), "--messages", "1000000"], env=env,
+    load = subprocess.Popen(send + ["--duration", str(seconds + 3), "--messages", "1000000"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        time.sleep(0.5)
-        busiest = max(pids, key=lambda p: tree_cpu_seconds(p) if p != root else -1.0) if len(pids) > 1 else root
+        before = {p: process_cpu(p) for p in pids}
+        time.sleep(1.0)
+        busiest = max(pids, key=lambda p: process_cpu(p) - before[p])
         r = subprocess.run(["py-spy", "record", "--native", "-p", str(busiest), "-d", str(int(seconds)), "-f", "raw",
                             "-o", raw, "--nonblocking"], capture_output=True, text=True, timeout=seconds + 60)
         if r.returncode != 0 or not os.path.exists(raw):
             r = subprocess.run(["py-spy", "record", "--native", "-p", str(busiest), "-d", str(int(seconds)), "-f",
                                 "raw", "-o", raw], capture_output=True, text=True, timeout=seconds + 60)
         with open(raw) as f:
-            return top_leaves(f.read())
+            return {"pid_is_root": busiest == root, **top_frames(f.read())}
     except (OSError, subprocess.SubprocessError):
-        return []
+        return {}
     finally:
         load.wait(seconds + 60)
 

@@ -133,9 +133,12 @@ def markdown(res: dict) -> str:
                     out += [f"<details><summary>{what}, {r['mode']}</summary>\n\n```\n"
                             + "\n".join(r[key][:20]) + "\n```\n</details>\n"]
         for r in srv:
-            if r.get("pyspy_top_leaves"):
-                out += [f"### py-spy --native, the busiest process, {r['mode']}: top leaf frames\n",
-                        _t(["frame", "% of samples"], [[f, p] for f, p in r["pyspy_top_leaves"]])]
+            ps = r.get("pyspy") or {}
+            if ps.get("leaves"):
+                who = "the main process" if ps.get("pid_is_root") else "a child process"
+                out += [f"### py-spy --native on the busiest process ({who}), {r['mode']}\n",
+                        "Shares of the busy samples (the event loop's waits left out).\n",
+                        _t(["leaf frame", "%"], ps["leaves"]), _t(["innermost Python frame", "%"], ps["python"])]
     for r in res.get("server") or []:
         if "failed" in r:
             out.append(f"- real server, {r['mode']}: failed: {r['failed']}\n")
