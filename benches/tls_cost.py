@@ -67,6 +67,7 @@ def run(args, say) -> dict:
         t0 = time.monotonic()
         res = {"machine": {"python": platform.python_version(), "openssl": ssl.OPENSSL_VERSION,
                            "cpus": os.cpu_count(), "commit": git_commit(), "quick": args.quick,
+                           "command": "PYTHONPATH=python python benches/tls_cost.py " + " ".join(sys.argv[1:]),
                            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}}
         say("handshakes over MemoryBIO pairs ...")
         res["handshakes"] = micro.measure_handshakes(cert, key, st["hs_n"], st["rounds"])

@@ -22,7 +22,7 @@ GROUPS = (  # first match wins: (group, pattern on the shared object's name)
     ("libssl (OpenSSL TLS)", r"libssl"),
     ("Python's _ssl module", r"_ssl\.cpython"),
     ("uvloop (loop.so)", r"uvloop|loop\.cpython"),
-    ("mta._native (Rust)", r"_native"),
+    ("mta._native (Rust)", r"_native|libmta"),
     ("Python interpreter", r"python3|libpython"),
     ("libc", r"libc[.-]"),
     ("kernel", r"kernel|vmlinux|\[kernel"),

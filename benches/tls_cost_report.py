@@ -78,7 +78,8 @@ def markdown(res: dict) -> str:
     out = [f"# TLS cost breakdown (benches/tls_cost.py)\n",
            f"{m.get('date', '')}, commit {m.get('commit', '?')}, Python {m.get('python')}, {m.get('openssl')}, "
            f"{m.get('cpus')} CPUs{', --quick' if m.get('quick') else ''}; {m.get('elapsed_s', '?')} s. "
-           "CPU µs per operation (thread or process CPU time), medians of rounds.\n"]
+           "CPU µs per operation (thread or process CPU time), medians of rounds.\n",
+           f"`{m['command']}`\n" if m.get("command") else ""]
     bd = breakdown(res)
     if bd:
         out += ["## Where STARTTLS's extra CPU per message goes (inbound, 1 KiB, one message per connection)\n",

@@ -62,7 +62,8 @@ def test_perf_and_pyspy_text_are_grouped():
     20.00%  libpython3.11.so.1.0
      9.00%  [kernel.kallsyms]
      7.00%  loop.cpython-311-x86_64-linux-gnu.so
-     3.00%  _native.cpython-311-x86_64-linux-gnu.so
+     2.00%  _native.cpython-311-x86_64-linux-gnu.so
+     1.00%  libmta_core.so
      0.50%  _ssl.cpython-311-x86_64-linux-gnu.so
     10.00%  libc.so.6
      4.50%  [unknown]
