@@ -65,6 +65,7 @@ def run(args, say) -> dict:
     try:
         cert, key = certificate(tmp)
         t0 = time.monotonic()
+        load0 = round(os.getloadavg()[0], 2)
         res = {"machine": {"python": platform.python_version(), "openssl": ssl.OPENSSL_VERSION,
                            "cpus": os.cpu_count(), "commit": git_commit(), "quick": args.quick,
                            "command": "PYTHONPATH=python python benches/tls_cost.py " + " ".join(sys.argv[1:]),
@@ -88,6 +89,8 @@ def run(args, say) -> dict:
             res["server"] = prof.profile(cert, key, st["profile_messages"], 50, perf,
                                          0 if args.quick else args.pyspy, say)
         res["machine"]["elapsed_s"] = round(time.monotonic() - t0, 1)
+        # other work on the machine inflates CPU per operation (shared caches, frequency): say how busy it was
+        res["machine"]["loadavg_before_after"] = [load0, round(os.getloadavg()[0], 2)]
         return res
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -77,7 +77,8 @@ def markdown(res: dict) -> str:
     m = res.get("machine", {})
     out = [f"# TLS cost breakdown (benches/tls_cost.py)\n",
            f"{m.get('date', '')}, commit {m.get('commit', '?')}, Python {m.get('python')}, {m.get('openssl')}, "
-           f"{m.get('cpus')} CPUs{', --quick' if m.get('quick') else ''}; {m.get('elapsed_s', '?')} s. "
+           f"{m.get('cpus')} CPUs{', --quick' if m.get('quick') else ''}; {m.get('elapsed_s', '?')} s; load average "
+           f"{' -> '.join(str(x) for x in m.get('loadavg_before_after', []))}. "
            "CPU µs per operation (thread or process CPU time), medians of rounds.\n",
            f"`{m['command']}`\n" if m.get("command") else ""]
     bd = breakdown(res)
