@@ -121,11 +121,12 @@ def markdown(res: dict) -> str:
     if srv:
         base = srv[0]["server_cpu_us_per_msg"]
         out += ["## The real server: `mta run` under `mta bench send` (1 KiB, one message per connection, 50 sessions)\n",
-                _t(["mode", "accepted/s", "server CPU µs/msg", "minus plaintext", "CPU busy (cores)"],
+                _t(["mode", "accepted/s", "server CPU µs/msg", "minus plaintext", "CPU busy (cores)", "rounds µs/msg"],
                    [[r["mode"], r["accepted_per_s"], r["server_cpu_us_per_msg"],
-                     round(r["server_cpu_us_per_msg"] - base, 1), r["server_cpu_share"]] for r in srv]),
+                     round(r["server_cpu_us_per_msg"] - base, 1), r["server_cpu_share"],
+                     ", ".join(f"{x:,.0f}" for x in r.get("rounds_cpu_us_per_msg", []))] for r in srv]),
                 "CPU of mta's process tree (workers, delivery) from the load's start to the queue's drain, "
-                "per accepted message.\n"]
+                "per accepted message; medians of the rounds (modes in turn), perf and py-spy in the first.\n"]
         with_perf = [r for r in srv if r.get("perf_dso_pct")]
         out += _perf_table("### mta under perf record -g: samples by shared object (self time)",
                            [(r["mode"], r["server_cpu_us_per_msg"], r["perf_dso_pct"]) for r in with_perf])
