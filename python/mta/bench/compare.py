@@ -276,6 +276,8 @@ def run_trial(plan: Plan, sysm: System, wl: Workload, repeat: int, say) -> dict:
                    "messages": rep["messages"], "accepted_per_s": rep["messages_per_s"],
                    "elapsed_s": rep["elapsed_s"], "latency_ms": rep["latency_ms"],
                    "latency_cdf_ms": rep.get("latency_cdf_ms"), "errors": rep["errors"]}
+            if "tls_handshakes" in rep:  # STARTTLS trials: how many handshakes resumed
+                row["tls_handshakes"] = rep["tls_handshakes"]
             if e2e:
                 deadline = time.monotonic() + plan.drain_timeout
                 if rep["messages"] < wl.messages:  # some were refused: the sink will not count N
