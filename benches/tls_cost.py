@@ -105,6 +105,7 @@ def parse_args(argv=None):
     p.add_argument("--no-profile", dest="profile", action="store_false",
                    help="Skip the real server (mta run under mta bench send, perf, py-spy).")
     p.add_argument("--no-perf", dest="perf", action="store_false", help="Measure the real server without perf record.")
+    p.add_argument("--from-json", metavar="FILE", help="Measure nothing: print (and with --out write) the tables of a saved run.")
     p.add_argument("--pyspy", type=float, default=5.0, metavar="S",
                    help="Seconds of py-spy --native on the STARTTLS server (0: none; default 5; none with --quick).")
     return p.parse_args(argv)
@@ -112,12 +113,16 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    res = run(args, lambda m: print(m, file=sys.stderr, flush=True))
+    if args.from_json:
+        res = json.loads(Path(args.from_json).read_text())
+    else:
+        res = run(args, lambda m: print(m, file=sys.stderr, flush=True))
     text = markdown(res)
     print(text)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out + ".json").write_text(json.dumps(res, indent=2) + "\n")
+        if not args.from_json:
+            Path(args.out + ".json").write_text(json.dumps(res, indent=2) + "\n")
         Path(args.out + ".md").write_text(text)
     return 0
 

@@ -15,7 +15,7 @@ import tls_cost  # noqa: E402
 import tls_cost_micro as micro  # noqa: E402
 import tls_cost_profile as prof  # noqa: E402
 import tls_cost_transport as transport  # noqa: E402
-from tls_cost_report import breakdown, markdown  # noqa: E402
+from tls_cost_report import breakdown, markdown, outbound  # noqa: E402
 
 from mta.bench.tlsutil import client_context  # noqa: E402
 
@@ -83,6 +83,13 @@ def test_perf_and_pyspy_text_are_grouped():
     assert prof.process_cpu(os.getpid()) > 0 and prof.process_cpu(1 << 30) == 0
 
 
+def test_the_report_renders_again_from_saved_json(tmp_path, capsys):
+    saved = tmp_path / "run.json"
+    saved.write_text('{"machine": {"date": "then"}, "contexts": []}')
+    assert tls_cost.main(["--from-json", str(saved), "--out", str(tmp_path / "again")]) == 0
+    assert "then" in (tmp_path / "again.md").read_text() and not (tmp_path / "again.json").exists()
+
+
 def test_the_breakdown_adds_up_and_the_report_renders():
     res = {
         "machine": {"date": "d", "commit": "c", "python": "3.11", "openssl": "OpenSSL 3", "cpus": 2},
@@ -104,6 +111,11 @@ def test_the_breakdown_adds_up_and_the_report_renders():
     assert rows["mta run, STARTTLS in minus plaintext"] == 700.0
     assert rows["TLS 1.3 full handshake in OpenSSL"] == 300.0 and rows["record layer"] == 4.0
     assert rows["uvloop SSLProtocol beyond those two"] == 156.0 and rows["the rest"] == 240.0
+    assert outbound(res) == []  # no contexts measured: no outbound table
+    res["contexts"] = [{"op": "client", "us": 100.0, "min": 1, "max": 1}, {"op": "default", "us": 20000.0, "min": 1, "max": 1}]
+    ob = {r[0]: r[1] for r in outbound(res)}
+    assert ob["uvloop SSLProtocol beyond those (client side)"] == 8.0  # 460 - 450 - 2
+    assert ob["**per opportunistic connection**"] == 560.0 and ob["per message on a pooled connection of 100 (opportunistic)"] == 5.6
     text = markdown(res)
     assert "| 1 KiB | one message per connection | TLS | 500 | 460 |" in text
     assert "20.0% / 230" in text and "do_handshake" in text and "failed: no sink" in text
