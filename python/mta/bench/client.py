@@ -24,9 +24,10 @@ class ResumingContext(ssl.SSLContext):
         return super().wrap_bio(incoming, outgoing, server_side, server_hostname, session or self.session)
 
     def keep(self, sslobj) -> None:
-        """Keep the connection's session once it can resume (TLS 1.3: once a ticket came)."""
+        """Keep the connection's session once it can resume: TLS 1.3 once a ticket came;
+        TLS 1.2 at once (a ticket, or a session id the server caches)."""
         s = sslobj.session if sslobj is not None else None
-        if s is not None and s.has_ticket:
+        if s is not None and (s.has_ticket or (sslobj.version() != "TLSv1.3" and s.id)):
             self.session = s
 
 
