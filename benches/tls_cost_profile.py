@@ -40,10 +40,13 @@ tls = "{out_tls}"
 cert = "{cert}"
 key = "{key}"
 """
-MODES = (  # (label, the generator's STARTTLS, mta's outbound tls, the sink offers STARTTLS)
-    ("plaintext in and out", False, "none", False),
-    ("STARTTLS in, plaintext out", True, "none", False),
-    ("STARTTLS in and out (outbound pooled: 100 per connection)", True, "opportunistic", True),
+MODES = (  # (label, the generator's STARTTLS, mta's outbound tls, the sink offers STARTTLS, per connection)
+    ("plaintext in and out", False, "none", False, 1),
+    ("STARTTLS in, plaintext out", True, "none", False, 1),
+    ("STARTTLS in and out (outbound pooled: 100 per connection)", True, "opportunistic", True, 1),
+    ("kept: plaintext in and out", False, "none", False, 100),
+    ("kept: STARTTLS in, plaintext out", True, "none", False, 100),
+    ("kept: STARTTLS in and out", True, "opportunistic", True, 100),
 )
 
 
@@ -143,7 +146,7 @@ def _queue_empty(spool: str, env) -> bool:
 
 def run_mode(mode: tuple, cert: str, key: str, messages: int, sessions: int, perf: bool, pyspy_s: float,
              tmp: str, say) -> dict:
-    label, starttls, out_tls, sink_tls = mode
+    label, starttls, out_tls, sink_tls, per_conn = mode
     env = dict(os.environ)
     cfg = os.path.join(tmp, "mta.toml")
     with open(cfg, "w") as f:
@@ -160,7 +163,7 @@ def run_mode(mode: tuple, cert: str, key: str, messages: int, sessions: int, per
         if not (wait_greeting(sport, time.monotonic() + 30) and wait_greeting(port, time.monotonic() + 60)):
             raise RuntimeError(f"{label}: mta or the sink did not start (log: {tmp}/log)")
         send = [sys.executable, "-m", "mta", "bench", "send", "--target", f"127.0.0.1:{port}", "--sessions",
-                str(sessions), "--quiet"] + (["--starttls"] if starttls else [])
+                str(sessions), "--per-connection", str(per_conn), "--quiet"] + (["--starttls"] if starttls else [])
         subprocess.run(send + ["--messages", "200"], check=True, timeout=120, env=env, stdout=subprocess.DEVNULL)
         pids = tree_pids(srv.pid)
         perf_data = os.path.join(tmp, "perf.data")
@@ -183,7 +186,7 @@ def run_mode(mode: tuple, cert: str, key: str, messages: int, sessions: int, per
             rec.wait(60)
         with open(out) as f:
             rep = json.load(f)
-        row = {"mode": label, "messages": rep["messages"], "errors": rep["errors"],
+        row = {"mode": label, "per_connection": per_conn, "messages": rep["messages"], "errors": rep["errors"],
                "accepted_per_s": rep["messages_per_s"], "server_cpu_us_per_msg": round(cpu * 1e6 / max(1, rep["messages"]), 1),
                "server_cpu_share": round(cpu / wall, 2), "pids": len(pids)}
         if perf and os.path.exists(perf_data):
