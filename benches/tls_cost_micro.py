@@ -241,7 +241,7 @@ def measure_records(cert: str, key: str, sizes: tuple[int, ...], rounds: int, ca
     for size in sizes:
         msg = build_message(size, "from@example.test", "to@example.test", 1, "client.example.test")
         n = max(20, calls * 1024 // size) if size > 1024 else calls
-        copy = per_call_us(lambda: bytearray(msg), n, rounds)["us"]
+        copy = per_call_us(lambda msg=msg: bytearray(msg), n, rounds)["us"]
         for label, rsize in ((f"read({SSL_READ_MAX_SIZE}): uvloop, asyncio.Protocol (mta's session)", SSL_READ_MAX_SIZE),
                              ("read(16384)", 16384), ("read into a buffer: uvloop, BufferedProtocol", None)):
             p = established(cert, key)

@@ -140,7 +140,7 @@ def _stop(p: subprocess.Popen | None) -> None:
 
 def _queue_empty(spool: str, env) -> bool:
     r = subprocess.run([sys.executable, "-m", "mta", "queue", "list", "--spool", spool, "--json"],
-                       capture_output=True, text=True, timeout=30, env=env)
+                       capture_output=True, text=True, timeout=30, env=env, check=False)
     return r.returncode == 0 and r.stdout.strip() == "[]"
 
 
@@ -153,7 +153,7 @@ def run_mode(mode: tuple, cert: str, key: str, messages: int, sessions: int, per
         f.write(CONFIG.format(out_tls=out_tls, cert=cert, key=key))
     port, sport = free_port(), free_port()
     spool = os.path.join(tmp, "spool")
-    log = open(os.path.join(tmp, "log"), "ab")
+    log = open(os.path.join(tmp, "log"), "ab")  # noqa: SIM115 - closed in the finally below, after the servers stop
     sink = srv = None
     try:
         sink = _start([sys.executable, "-m", "mta", "bench", "sink", "--listen", f"127.0.0.1:{sport}", "--workers", "1",
@@ -191,11 +191,11 @@ def run_mode(mode: tuple, cert: str, key: str, messages: int, sessions: int, per
                "server_cpu_share": round(cpu / wall, 2), "pids": len(pids)}
         if perf and os.path.exists(perf_data):
             rep_text = subprocess.run(["perf", "report", "-i", perf_data, "--no-children", "--sort", "dso", "--stdio",
-                                       "-g", "none"], capture_output=True, text=True, timeout=300).stdout
+                                       "-g", "none"], capture_output=True, text=True, timeout=300, check=False).stdout
             row["perf_dso_pct"] = group_dso_report(rep_text)
             row["perf_dso_raw"] = [ln.strip() for ln in rep_text.splitlines() if re.match(r"\s*[\d.]+%", ln)][:20]
             syms = subprocess.run(["perf", "report", "-i", perf_data, "--no-children", "--sort", "dso,sym", "--stdio",
-                                   "-g", "none"], capture_output=True, text=True, timeout=300).stdout
+                                   "-g", "none"], capture_output=True, text=True, timeout=300, check=False).stdout
             lines = [" ".join(ln.split()) for ln in syms.splitlines() if re.match(r"\s*[\d.]+%", ln)]
             row["perf_top_symbols"] = lines[:25]
             row["perf_top_openssl_symbols"] = [ln for ln in lines if "libcrypto" in ln or "libssl" in ln][:20]
@@ -221,10 +221,10 @@ def _pyspy(send: list[str], root: int, seconds: float, tmp: str, env) -> list:
         time.sleep(1.0)
         busiest = max(pids, key=lambda p: process_cpu(p) - before[p])
         r = subprocess.run(["py-spy", "record", "--native", "-p", str(busiest), "-d", str(int(seconds)), "-f", "raw",
-                            "-o", raw, "--nonblocking"], capture_output=True, text=True, timeout=seconds + 60)
+                            "-o", raw, "--nonblocking"], capture_output=True, text=True, timeout=seconds + 60, check=False)
         if r.returncode != 0 or not os.path.exists(raw):
             r = subprocess.run(["py-spy", "record", "--native", "-p", str(busiest), "-d", str(int(seconds)), "-f",
-                                "raw", "-o", raw], capture_output=True, text=True, timeout=seconds + 60)
+                                "raw", "-o", raw], capture_output=True, text=True, timeout=seconds + 60, check=False)
         with open(raw) as f:
             return {"pid_is_root": busiest == root, **top_frames(f.read())}
     except (OSError, subprocess.SubprocessError):

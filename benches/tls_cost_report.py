@@ -97,11 +97,11 @@ def outbound(res: dict) -> list[list]:
 
 def markdown(res: dict) -> str:
     m = res.get("machine", {})
-    out = [f"# TLS cost breakdown (benches/tls_cost.py)\n",
-           f"{m.get('date', '')}, commit {m.get('commit', '?')}, Python {m.get('python')}, {m.get('openssl')}, "
-           f"{m.get('cpus')} CPUs{', --quick' if m.get('quick') else ''}; {m.get('elapsed_s', '?')} s; load average "
-           f"{' -> '.join(str(x) for x in m.get('loadavg_before_after', []))}. "
-           "CPU µs per operation (thread or process CPU time), medians of rounds.\n",
+    out = ["# TLS cost breakdown (benches/tls_cost.py)\n",
+           (f"{m.get('date', '')}, commit {m.get('commit', '?')}, Python {m.get('python')}, {m.get('openssl')}, "
+            f"{m.get('cpus')} CPUs{', --quick' if m.get('quick') else ''}; {m.get('elapsed_s', '?')} s; load average "
+            f"{' -> '.join(str(x) for x in m.get('loadavg_before_after', []))}. "
+            "CPU µs per operation (thread or process CPU time), medians of rounds.\n"),
            f"`{m['command']}`\n" if m.get("command") else ""]
     bd = breakdown(res)
     if bd:
@@ -132,14 +132,14 @@ def markdown(res: dict) -> str:
         rows = []
         for r in res["transport"]:
             plain = _find(res["transport"], size=r["size"], connections=r["connections"], security="plain")
-            d = (lambda k: round(r[k] - plain[k], 1) if plain and r is not plain else None)
+            d = (lambda k, r=r, plain=plain: round(r[k] - plain[k], 1) if plain and r is not plain else None)
             rows.append([f"{r['size'] // 1024} KiB", r["connections"], r["security"], r["server_us"], d("server_us"),
                          r["client_us"], d("client_us"), r["server_rate"], f"{100 * r['resumed_share']:.0f}%"])
         out += ["## The event-loop transport: uvloop server and client on loopback, processes of their own\n",
                 _t(["size", "connections", "security", "server µs/msg", "server − plain", "client µs/msg",
                     "client − plain", "server msgs/s", "resumed"], rows),
-                "Implicit TLS (`create_server(ssl=)`/`create_connection(ssl=)`), 10 connections, a 14-byte "
-                "reply per message; the server's CPU over the counted messages (a warm-up excluded).\n"]
+                ("Implicit TLS (`create_server(ssl=)`/`create_connection(ssl=)`), 10 connections, a 14-byte "
+                 "reply per message; the server's CPU over the counted messages (a warm-up excluded).\n")]
         out += _perf_table("### The transport's server under perf record: samples by shared object (self time)",
                            [(f"{r['size'] // 1024} KiB, {r['connections']}, {r['security']}", r["server_us"],
                              r["perf_dso_pct"]) for r in res["transport"] if r.get("perf_dso_pct")])
@@ -150,14 +150,14 @@ def markdown(res: dict) -> str:
                      and p.get("per_connection", 1) == r.get("per_connection", 1)]
             return plain[0]["server_cpu_us_per_msg"] if plain else float("nan")
 
-        out += ["## The real server: `mta run` under `mta bench send` (1 KiB, 50 sessions; one message per "
-                "connection, or kept: 100)\n",
+        out += [("## The real server: `mta run` under `mta bench send` (1 KiB, 50 sessions; one message per "
+                 "connection, or kept: 100)\n"),
                 _t(["mode", "accepted/s", "server CPU µs/msg", "minus plaintext", "CPU busy (cores)", "rounds µs/msg"],
                    [[r["mode"], r["accepted_per_s"], r["server_cpu_us_per_msg"],
                      round(r["server_cpu_us_per_msg"] - base(r), 1), r["server_cpu_share"],
                      ", ".join(f"{x:,.0f}" for x in r.get("rounds_cpu_us_per_msg", []))] for r in srv]),
-                "CPU of mta's process tree (workers, delivery) from the load's start to the queue's drain, "
-                "per accepted message; medians of the rounds (modes in turn), perf and py-spy in the first.\n"]
+                ("CPU of mta's process tree (workers, delivery) from the load's start to the queue's drain, "
+                 "per accepted message; medians of the rounds (modes in turn), perf and py-spy in the first.\n")]
         with_perf = [r for r in srv if r.get("perf_dso_pct")]
         out += _perf_table("### mta under perf record -g: samples by shared object (self time)",
                            [(r["mode"], r["server_cpu_us_per_msg"], r["perf_dso_pct"]) for r in with_perf])

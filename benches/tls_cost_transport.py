@@ -60,7 +60,7 @@ def _serve(sock: socket.socket, ctx: ssl.SSLContext | None, size: int, warmup: i
 
     try:
         uvloop.run(main())
-    except BaseException as e:  # reported, not lost
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, not lost
         out.send({"failed": f"{type(e).__name__}: {e}"})
 
 
@@ -114,7 +114,7 @@ def _load(port: int, ctx, size: int, total: int, per_conn: bool, out) -> None:
                 done = loop.create_future()
                 if per_conn:
                     left[0] -= 1
-                t, _ = await loop.create_connection(lambda: _Client(msg, None if per_conn else left, done, ctx),
+                t, _ = await loop.create_connection(lambda done=done: _Client(msg, None if per_conn else left, done, ctx),
                                                     "127.0.0.1", port, ssl=ctx)
                 obj = t.get_extra_info("ssl_object")
                 if obj is not None:
@@ -129,7 +129,7 @@ def _load(port: int, ctx, size: int, total: int, per_conn: bool, out) -> None:
 
     try:
         uvloop.run(main())
-    except BaseException as e:
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, not lost
         out.send({"failed": f"{type(e).__name__}: {e}"})
 
 
@@ -187,7 +187,7 @@ def perf_groups(perf_data: str) -> dict | None:
     if not os.path.exists(perf_data):
         return None
     text = subprocess.run(["perf", "report", "-i", perf_data, "--no-children", "--sort", "dso", "--stdio", "-g", "none"],
-                          capture_output=True, text=True, timeout=300).stdout
+                          capture_output=True, text=True, timeout=300, check=False).stdout
     return group_dso_report(text)
 
 

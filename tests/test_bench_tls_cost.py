@@ -11,13 +11,12 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benches"))
-import tls_cost  # noqa: E402
-import tls_cost_micro as micro  # noqa: E402
-import tls_cost_profile as prof  # noqa: E402
-import tls_cost_transport as transport  # noqa: E402
-from tls_cost_report import breakdown, markdown, outbound  # noqa: E402
-
-from mta.bench.tlsutil import client_context  # noqa: E402
+import tls_cost
+import tls_cost_micro as micro
+import tls_cost_profile as prof
+import tls_cost_transport as transport
+from mta.bench.tlsutil import client_context
+from tls_cost_report import breakdown, markdown, outbound
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +44,7 @@ def test_record_layer_reads_whole_messages_and_contexts_are_timed(cert):
 
 @pytest.mark.parametrize("per_conn", [False, True])
 def test_a_transport_run_counts_the_server_cpu_per_message(cert, per_conn):
-    sf = lambda: micro.server_context(*cert)  # noqa: E731
+    sf = lambda: micro.server_context(*cert)
     plain = transport.one_run(None, None, 1024, 30, 10, per_conn)
     tls = transport.one_run(sf(), client_context(), 1024, 30, 10, per_conn)
     assert plain["server_us"] > 0 and tls["server_us"] > 0 and plain["full"] == tls["resumed"] == 0
