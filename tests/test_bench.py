@@ -376,6 +376,24 @@ def test_starttls_required_but_not_offered(sink):
     assert rep["messages"] == 0 and rep["errors"] == {"no-starttls": 4}
 
 
+def test_tls_resume_resumes_after_the_first_handshake(sink, tmp_path):
+    # one sink process: its tickets are its own (two would each resume only their own)
+    s = sink("--workers", "1")
+    out = tmp_path / "send.json"
+    r = mta("bench", "send", "--target", s.target, "--messages", "40", "--sessions", "2", "--workers", "1",
+            "--starttls", "--tls-resume", "--json", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(out.read_text())
+    assert rep["messages"] == 40 and rep["errors"] == {} and rep["tls_resume"] is True
+    h = rep["tls_handshakes"]
+    # both sessions start before any ticket came; every later connection offers one
+    assert h["full"] + h["resumed"] == 40 and 1 <= h["full"] <= 2 and h["resumed"] >= 38
+    plain = run_send(s.target, messages=10, sessions=2, workers=1, starttls=True)
+    assert plain["tls_resume"] is False and plain["tls_handshakes"] == {"full": 10, "resumed": 0}
+    got = s.stop()
+    assert got["messages"] == 50 and got["tls_sessions"] == 50 and got["integrity_errors"] == 0
+
+
 def test_every_committed_bench_plan_and_config_loads():
     """benches/compare*.toml are valid plans and benches/mta-bench*.toml valid mta configs."""
     import glob

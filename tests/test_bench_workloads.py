@@ -10,12 +10,16 @@ from mta.bench.workloads import STANDARD, expand, parse_ms, parse_rates, parse_s
 
 
 def test_the_standard_set_has_the_issue_names_and_shapes():
-    assert list(STANDARD) == ["accept-1k", "e2e-1k", "e2e-1k-keep", "e2e-64k", "e2e-1m", "e2e-1k-tls"]
+    assert list(STANDARD) == ["accept-1k", "e2e-1k", "e2e-1k-keep", "e2e-64k", "e2e-1m", "e2e-1k-tls",
+                              "e2e-1k-keep-tls"]
     w = STANDARD
     assert w["accept-1k"].kind == "accept-only" and all(w[n].kind == "end-to-end" for n in list(w)[1:])
     assert (w["e2e-64k"].size, w["e2e-1m"].size) == (65536, 1048576)
     assert w["e2e-1k-keep"].per_connection > 1 and w["e2e-1k"].per_connection == 1
     assert w["e2e-1k-tls"].starttls and not w["e2e-1k"].starttls
+    keep, keep_tls = w["e2e-1k-keep"], w["e2e-1k-keep-tls"]
+    assert keep_tls.starttls and (keep_tls.per_connection, keep_tls.messages) == (keep.per_connection, keep.messages)
+    assert not any(x.tls_resume for x in w.values())  # resumption is asked for, never implied
     assert all(x.sessions == 50 for x in w.values())
 
 
@@ -105,3 +109,23 @@ def test_a_plan_file_can_name_peers(tmp_path):
     f.write_text('[[system]]\nname = "x"\n')
     with pytest.raises(CompareError, match="needs peer = NAME, or name, start and port"):
         _plan(config_file=str(f))
+
+
+def test_a_plan_file_workload_can_ask_for_tls_resumption(tmp_path):
+    f = tmp_path / "p.toml"
+    f.write_text('[[workload]]\nname = "keep-tls-resume"\nkind = "end-to-end"\nper_connection = 10\n'
+                 'starttls = true\ntls_resume = true\n[[workload]]\nname = "plain"\n'
+                 '[[system]]\npeer = "postfix"\n')
+    plan = _plan(config_file=str(f), sweep="sessions=1,5")
+    assert [(w.name, w.sessions, w.starttls, w.tls_resume) for w in plan.workloads] == [
+        ("keep-tls-resume", 1, True, True), ("keep-tls-resume", 5, True, True),
+        ("plain", 1, False, False), ("plain", 5, False, False)]
+    f.write_text('[[workload]]\nname = "w"\ntls_resumption = true\n[[system]]\npeer = "postfix"\n')
+    with pytest.raises(CompareError, match="tls_resumption.*known:.*tls_resume"):
+        _plan(config_file=str(f))
+
+
+def test_the_keep_tls_workload_plans_by_name():
+    plan = _plan(peers=["mta", "smtp-sink"], workloads=["e2e-1k-keep-tls"], messages=50)
+    assert [(w.name, w.per_connection, w.starttls, w.messages) for w in plan.workloads] == [
+        ("e2e-1k-keep-tls", 100, True, 50)]

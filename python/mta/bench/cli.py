@@ -40,6 +40,7 @@ def bench() -> None:
 @click.option("--helo", default="client.example.test", show_default=True, metavar="NAME")
 @click.option("--source-ip", metavar="IP[,IP...]", help="Spread connections over these local addresses (e.g. 127.0.0.2,127.0.0.3).")
 @click.option("--starttls", is_flag=True, help="STARTTLS on every connection (the server must offer it).")
+@click.option("--tls-resume", is_flag=True, help="With --starttls: offer the last TLS session each generator process kept on its next connection, as a sending MTA's session cache does (the JSON counts full and resumed handshakes).")
 @click.option("--bdat", is_flag=True, help="Send with BDAT when the server offers CHUNKING.")
 @click.option("--recipients", type=click.IntRange(min=1), default=1, show_default=True, help="Recipients per message (--to, then local+N@domain).")
 @click.option("--workers", type=click.IntRange(min=0), default=0, help="Generator processes (default: min(2, CPUs)).")
@@ -47,7 +48,7 @@ def bench() -> None:
 @click.option("--json", "json_file", metavar="FILE", help="Write the figures as JSON (- for stdout).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress and no table.")
 def send(target, messages, size, sessions, per_connection, rate, duration, warmup, sender, to, helo,
-         source_ip, starttls, bdat, recipients, workers, timeout, json_file, quiet) -> None:
+         source_ip, starttls, tls_resume, bdat, recipients, workers, timeout, json_file, quiet) -> None:
     """Load an SMTP server and report messages/s, latency and errors by reply code."""
     from mta.bench.sendrun import run_send
     from mta.bench.stats import Progress, render
@@ -60,7 +61,7 @@ def send(target, messages, size, sessions, per_connection, rate, duration, warmu
             rate=rate, duration=duration, warmup=warmup, sender=sender, to=to, helo=helo,
             source_ips=[s.strip() for s in source_ip.split(",") if s.strip()] if source_ip else None,
             starttls=starttls, bdat=bdat, recipients=recipients, workers=workers, timeout=timeout,
-            progress=lambda ok, err: live.update(f"sent {ok:,}{f' / {total:,}' if total else ''}  errors {err:,}"),
+            tls_resume=tls_resume, progress=lambda ok, err: live.update(f"sent {ok:,}{f' / {total:,}' if total else ''}  errors {err:,}"),
         )
     except (RuntimeError, ValueError, OSError) as e:
         live.close()
@@ -124,7 +125,7 @@ def _split_names(value: str | None) -> list[str]:
 
 @bench.command()
 @click.option("--peers", metavar="NAME,...", help="Ready-made peers to race: mta, postfix, exim, opensmtpd, aiosmtpd, smtp-sink (see `mta bench peers list`).")
-@click.option("--workloads", metavar="NAME,...", help="Standard workloads (default: all; with --sweep or --rate: e2e-1k): accept-1k, e2e-1k, e2e-1k-keep, e2e-64k, e2e-1m, e2e-1k-tls. With --config: the plan's workloads by name.")
+@click.option("--workloads", metavar="NAME,...", help="Standard workloads (default: all; with --sweep or --rate: e2e-1k): accept-1k, e2e-1k, e2e-1k-keep, e2e-64k, e2e-1m, e2e-1k-tls, e2e-1k-keep-tls. With --config: the plan's workloads by name.")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), help="A plan file (TOML: [compare], [[system]], [[workload]]) instead of, or besides, --peers.")
 @click.option("--messages", type=click.IntRange(min=1), help="Override every workload's message count (quick runs).")
 @click.option("--repeats", type=click.IntRange(min=1), help="Trials per system and workload point (default: 3, or the plan's).")

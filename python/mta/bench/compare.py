@@ -270,12 +270,14 @@ def run_trial(plan: Plan, sysm: System, wl: Workload, repeat: int, say) -> dict:
             t_wall = time.time()
             rep = run_send(f"127.0.0.1:{sysm.port}", messages=wl.messages, size=wl.size, sessions=wl.sessions,
                            per_connection=wl.per_connection, warmup=wl.warmup, workers=plan.generator_workers,
-                           starttls=wl.starttls, rate=wl.rate)
+                           starttls=wl.starttls, rate=wl.rate, tls_resume=wl.tls_resume)
             row = {"system": sysm.name, "workload": wl.name, "kind": wl.kind, "repeat": repeat,
                    "sweep": wl.sweep, "rate": wl.rate,
                    "messages": rep["messages"], "accepted_per_s": rep["messages_per_s"],
                    "elapsed_s": rep["elapsed_s"], "latency_ms": rep["latency_ms"],
                    "latency_cdf_ms": rep.get("latency_cdf_ms"), "errors": rep["errors"]}
+            if "tls_handshakes" in rep:  # STARTTLS trials: how many handshakes resumed
+                row["tls_handshakes"] = rep["tls_handshakes"]
             if e2e:
                 deadline = time.monotonic() + plan.drain_timeout
                 if rep["messages"] < wl.messages:  # some were refused: the sink will not count N

@@ -36,9 +36,10 @@ async def _run_worker(idx: int, o: dict, barrier, progress) -> dict:
     msgs = [build_message(o["size"], o["sender"], o["to"], idx * 100 + v, o["helo"]) for v in range(_VARIANTS)]
     ssl_ctx = None
     if o["starttls"]:
+        from mta.bench.client import ResumingContext
         from mta.bench.tlsutil import client_context
 
-        ssl_ctx = client_context()
+        ssl_ctx = client_context(ResumingContext) if o["tls_resume"] else client_context()
     g = Shared(total=o["w_total"], warmup=o["w_warmup"], messages=msgs, sender=o["sender"],
                recipients=_recipients(o["to"], o["recipients"]), helo=o["helo"],
                per_connection=o["per_connection"], starttls=o["starttls"], bdat=o["bdat"],
@@ -88,7 +89,7 @@ async def _run_worker(idx: int, o: dict, barrier, progress) -> dict:
     progress[idx * 3], progress[idx * 3 + 1], progress[idx * 3 + 2] = g.ok, sum(g.errors.values()), g.warm_ok
     return {"ok": g.ok, "warm_ok": g.warm_ok, "errors": g.errors, "latencies": g.latencies.tobytes(),
             "t0": g.t0 or g.t_start, "t_finish": t_finish, "late": g.late, "max_lag": g.max_lag,
-            "issued": g.next_ticket}
+            "issued": g.next_ticket, "tls_full": g.tls_full, "tls_resumed": g.tls_resumed}
 
 
 def _worker(idx: int, o: dict, barrier, progress, results) -> None:
@@ -107,9 +108,10 @@ def run_send(target: str, *, messages: int | None = None, size: int = 1024, sess
              warmup: int = 0, sender: str = "from@example.test", to: str = "to@example.test",
              helo: str = "client.example.test", source_ips: list[str] | None = None,
              starttls: bool = False, bdat: bool = False, recipients: int = 1, workers: int = 0,
-             timeout: float = 60.0, progress=None) -> dict:
+             timeout: float = 60.0, tls_resume: bool = False, progress=None) -> dict:
     """Run the load and return the report (the JSON figures). `progress(ok, errors)` is
-    called a few times a second."""
+    called a few times a second. `tls_resume`: each generator process offers the last
+    session it kept on its next STARTTLS (a sending MTA's session cache)."""
     from array import array
 
     if messages is None and duration is None:
@@ -127,6 +129,7 @@ def run_send(target: str, *, messages: int | None = None, size: int = 1024, sess
     procs = []
     for i in range(workers):
         o = dict(target=target, size=size, sender=sender, to=to, helo=helo, starttls=starttls, bdat=bdat,
+                 tls_resume=tls_resume,
                  recipients=recipients, per_connection=max(1, per_connection), timeout=timeout,
                  duration=duration, source_ips=source_ips or [],
                  w_total=(_split(n_total, workers, i) if n_total != big else big) + _split(warmup, workers, i),
@@ -177,6 +180,10 @@ def run_send(target: str, *, messages: int | None = None, size: int = 1024, sess
         "target": target, "size": size, "sessions": sessions, "per_connection": per_connection,
         "recipients": recipients, "starttls": starttls, "bdat": bdat, "workers": workers,
     }
+    if starttls:  # every handshake, warm-up included; resumed ones only with tls_resume
+        report["tls_resume"] = tls_resume
+        report["tls_handshakes"] = {"full": sum(r["tls_full"] for r in got.values()),
+                                    "resumed": sum(r["tls_resumed"] for r in got.values())}
     if rate:
         report["open_loop"] = {"rate": rate, "late_starts": sum(r["late"] for r in got.values()),
                                "max_start_lag_ms": round(max(r["max_lag"] for r in got.values()) * 1000, 3)}

@@ -49,6 +49,9 @@ def _rows_send(r: dict) -> list[tuple[str, str]]:
         ("messages/s", f"{r['messages_per_s']:,.1f}"),
         ("latency p50 / p90 / p99 / max", f"{lat['p50']:.2f} / {lat['p90']:.2f} / {lat['p99']:.2f} / {lat['max']:.2f} ms"),
     ]
+    if r.get("tls_handshakes"):
+        h = r["tls_handshakes"]
+        rows.append(("TLS handshakes full / resumed", f"{h['full']:,} / {h['resumed']:,}"))
     if r.get("open_loop"):
         ol = r["open_loop"]
         rows.append(("open loop", f"{ol['rate']:,.0f}/s offered, {ol['late_starts']} late starts (max {ol['max_start_lag_ms']:.1f} ms)"))

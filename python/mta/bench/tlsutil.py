@@ -33,8 +33,8 @@ def server_context(cert: str | None = None, key: str | None = None) -> ssl.SSLCo
     return ctx
 
 
-def client_context() -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+def client_context(cls: type[ssl.SSLContext] = ssl.SSLContext) -> ssl.SSLContext:
+    ctx = cls(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     return ctx

@@ -18,6 +18,7 @@ class Workload:
     per_connection: int = 1
     warmup: int = 0
     starttls: bool = False  # STARTTLS on both sides: the generator, and the sink offers it
+    tls_resume: bool = False  # the generator resumes TLS sessions (a sending MTA's session cache)
     sweep: dict | None = field(default=None, repr=False)  # {"param", "value"} of a sweep point
     rate: float | None = None  # open loop: messages offered per second
 
@@ -31,6 +32,7 @@ STANDARD = {
     "e2e-64k": Workload("e2e-64k", "end-to-end", messages=2000, size=64 * 1024),
     "e2e-1m": Workload("e2e-1m", "end-to-end", messages=200, size=1024 * 1024),
     "e2e-1k-tls": Workload("e2e-1k-tls", "end-to-end", messages=5000, starttls=True),
+    "e2e-1k-keep-tls": Workload("e2e-1k-keep-tls", "end-to-end", messages=20000, per_connection=100, starttls=True),
 }
 
 SWEEPABLE = ("sessions", "size", "per_connection")
