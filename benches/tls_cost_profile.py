@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 
-from mta.bench.procs import free_port, tree_cpu_seconds, wait_greeting
+from mta.bench.procs import descendants, free_port, tree_cpu_seconds, wait_greeting
 
 GROUPS = (  # first match wins: (group, pattern on the shared object's name)
     ("libcrypto (OpenSSL crypto)", r"libcrypto"),
@@ -48,20 +48,6 @@ MODES = (  # (label, the generator's STARTTLS, mta's outbound tls, the sink offe
     ("kept: STARTTLS in, plaintext out", True, "none", False, 100),
     ("kept: STARTTLS in and out", True, "opportunistic", True, 100),
 )
-
-
-def tree_pids(root: int) -> list[int]:
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        try:
-            for tid in os.listdir(f"/proc/{pid}/task"):
-                with open(f"/proc/{pid}/task/{tid}/children") as f:
-                    todo.extend(int(c) for c in f.read().split())
-        except OSError:
-            continue
-    return out
 
 
 def group_of(dso: str) -> str:
@@ -165,7 +151,7 @@ def run_mode(mode: tuple, cert: str, key: str, messages: int, sessions: int, per
         send = [sys.executable, "-m", "mta", "bench", "send", "--target", f"127.0.0.1:{port}", "--sessions",
                 str(sessions), "--per-connection", str(per_conn), "--quiet"] + (["--starttls"] if starttls else [])
         subprocess.run(send + ["--messages", "200"], check=True, timeout=120, env=env, stdout=subprocess.DEVNULL)
-        pids = tree_pids(srv.pid)
+        pids = descendants(srv.pid)
         perf_data = os.path.join(tmp, "perf.data")
         rec = None
         if perf:
@@ -212,7 +198,7 @@ def run_mode(mode: tuple, cert: str, key: str, messages: int, sessions: int, per
 
 def _pyspy(send: list[str], root: int, seconds: float, tmp: str, env) -> list:
     """The busiest worker (the tree's process using most CPU in the load) under py-spy --native."""
-    pids = tree_pids(root)
+    pids = descendants(root)
     raw = os.path.join(tmp, "pyspy.txt")
     load = subprocess.Popen(send + ["--duration", str(seconds + 3), "--messages", "1000000"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

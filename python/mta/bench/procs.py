@@ -64,7 +64,8 @@ def tree_cpu_seconds(root: int) -> float:
     return total
 
 
-def _descendants(root: int) -> list[int]:
+def descendants(root: int) -> list[int]:
+    """`root` and every process under it (its threads' children, from /proc)."""
     out, todo = [], [root]
     while todo:
         pid = todo.pop()
@@ -97,7 +98,7 @@ def tree_memory_bytes(root: int) -> int:
     (PSS: a page shared by N forked processes counts 1/N in each, so Postfix's or Exim's
     many processes are not charged N times), or of their RSS where PSS cannot be read."""
     total = 0
-    for pid in _descendants(root):
+    for pid in descendants(root):
         try:
             with open(f"/proc/{pid}/smaps_rollup") as f:
                 for line in f:
