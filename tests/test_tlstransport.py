@@ -131,8 +131,8 @@ def test_starttls_server_side_against_smtplib(loop, server_config):
     assert seen[-1] == ("lost", None), seen  # once, after 221 and our close_notify
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl binary")
 def test_openssl_s_client_resumes_a_session(server_config, tmp_path):
+    assert shutil.which("openssl"), "openssl (s_client) is not installed: scripts/test installs it"
     sess = tmp_path / "sess.pem"
 
     async def s_client(port, *args):
