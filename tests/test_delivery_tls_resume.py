@@ -5,6 +5,7 @@ verification it was made with, and the handshakes are counted for /metrics."""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 
 import pytest
@@ -167,3 +168,31 @@ def test_the_session_cache_is_bounded(tmp_path):
         tls.established(ctx, f"h{i}.test", c)
     assert len(ctx.sessions) == MAX_SESSIONS and "h0.test" not in ctx.sessions
     assert f"h{MAX_SESSIONS + 9}.test" in ctx.sessions
+
+
+@pytest.mark.parametrize("engine", ["rustls", "openssl"])
+def test_a_failed_handshake_gives_back_its_connection_slot(engine):
+    """With one shared connection slot for the site, a handshake the peer breaks off must give
+    the slot back (with rustls no connection_lost comes for it), or the retry in clear that
+    opportunistic TLS makes would wait for it for ever."""
+    from mta.delivery.shaping.throttle import ProcessThrottle
+    from mta.delivery.smtp.client import SmtpDelivery
+    from test_delivery_smtp import scripted_server
+
+    log: list[bytes] = []
+
+    async def go():
+        srv, port = await scripted_server(log, pipelining=True, broken_tls=True)
+        d = SmtpDelivery(ProcessThrottle())
+        for name in ("greeting", "helo", "starttls", "rset", "mail", "rcpt", "data_init", "data_block", "data_done"):
+            setattr(d, f"{name}_timeout", 10.0)
+        opts = SmtpOptions(helo="c.test", tls_engine=engine, shape_key="default|site.test", shaped=True,
+                           max_connections=1)
+        res = await asyncio.wait_for(d.deliver("k", [target(port)], opts, message("a@dst.test")), 20)
+        await d.close()
+        srv.close()
+        return res, d.connections_opened
+
+    res, opened = run(go())
+    assert res[0].code == 250 and opened == 2  # the TLS attempt, then the retry in clear
+    assert log.count(b"STARTTLS\r\n") == 1

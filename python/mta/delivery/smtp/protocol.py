@@ -345,3 +345,6 @@ class Connection(asyncio.Protocol):
         self.broken = True
         if self.transport is not None:
             self.transport.abort()
+        # A failed rustls handshake never reaches connection_lost (mta.smtp.tlstransport held
+        # the transport and tells no app of a connection it never handed over); lost() is once.
+        self.lost()
