@@ -14,7 +14,7 @@ import subprocess
 import tempfile
 import time
 
-from mta.bench.client import ResumingContext
+from mta.delivery.smtp.tlsclient import ResumingContext
 from mta.bench.payload import build_message
 from mta.bench.procs import fork_context, worker_setup
 

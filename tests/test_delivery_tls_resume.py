@@ -12,7 +12,7 @@ import pytest
 
 from mta._native import TlsClientConfig
 from mta.delivery.smtp.client import SmtpOptions
-from mta.delivery.smtp.tlsclient import MAX_SESSIONS, ClientTls
+from mta.delivery.smtp.tlsclient import ClientTls
 from test_delivery_smtp import Capture, aiosmtpd_peer, client, make_cert, message, run, server_tls, target
 
 ONE_EACH = dict(helo="client.test", connect_timeout=5.0, max_messages_per_connection=1)
@@ -144,30 +144,33 @@ def test_contexts_are_made_once_per_kind_and_a_bad_ca_file_defers(tmp_path):
     assert "missing.pem" in res[0].text and h.envelopes == []
 
 
-def test_the_session_cache_is_bounded(tmp_path):
+def test_the_session_cache_is_bounded(tmp_path, monkeypatch):
+    from mta.delivery.smtp import tlsclient
+
+    monkeypatch.setattr(tlsclient, "MAX_SESSIONS", 5)
     cert, key = make_cert(tmp_path)
     sctx = server_tls(cert, key)
     tls = ClientTls()
     ctx = tls.context(False, None)
-    # Real sessions from in-memory handshakes, kept under more names than the bound.
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO()
-    c = ctx.wrap_bio(incoming, outgoing, server_hostname="mx.test")
-    s = sctx.wrap_bio(s_in, s_out, server_side=True)
-    for _ in range(10):
-        for side, src, dst in ((c, outgoing, s_in), (s, s_out, incoming)):
-            try:
-                side.do_handshake()
-            except ssl.SSLWantReadError:
-                pass
-            dst.write(src.read())
-    s.write(b"x")
-    incoming.write(s_out.read())
-    assert c.read(1) == b"x"  # the ticket came with the data
-    for i in range(MAX_SESSIONS + 10):
-        tls.established(ctx, f"h{i}.test", c)
-    assert len(ctx.sessions) == MAX_SESSIONS and "h0.test" not in ctx.sessions
-    assert f"h{MAX_SESSIONS + 9}.test" in ctx.sessions
+    # Real sessions from in-memory handshakes, each kept under the name it was made for.
+    for n in range(8):
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        c = ctx.wrap_bio(incoming, outgoing, server_hostname=f"h{n}.test")
+        s = sctx.wrap_bio(s_in, s_out, server_side=True)
+        for _ in range(10):
+            for side, src, dst in ((c, outgoing, s_in), (s, s_out, incoming)):
+                try:
+                    side.do_handshake()
+                except ssl.SSLWantReadError:
+                    pass
+                dst.write(src.read())
+        s.write(b"x")
+        incoming.write(s_out.read())
+        assert c.read(1) == b"x"  # the ticket came with the data
+        tls.established(ctx, c)
+    assert list(ctx.sessions) == [f"h{n}.test" for n in range(3, 8)]  # the newest 5
+    assert tls.full == 8
 
 
 @pytest.mark.parametrize("engine", ["rustls", "openssl"])

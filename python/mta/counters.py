@@ -61,6 +61,16 @@ class TopK:
         return top(self.table, k, self.columns)
 
 
+def add_row(table: dict[str, list[int]], key: str, row: list[int]) -> None:
+    """Add `row` into table[key] column by column (a copy of it when the key is new)."""
+    have = table.get(key)
+    if have is None:
+        table[key] = list(row)
+    else:
+        for i, n in enumerate(row):
+            have[i] += n
+
+
 def top(table: dict[str, list[int]], k: int, columns: int) -> dict[str, list[int]]:
     """The k keys of `table` with the largest row sums (ties: by key), the others' rows
     added into OTHER (always present)."""

@@ -13,7 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from mta.counters import OTHER, Histogram, TopK, top, write_snapshot
+from mta.counters import OTHER, Histogram, TopK, add_row, top, write_snapshot
 from mta.smtp.counts import BYTES, OUTCOMES, TLS_FULL, TLS_RESUMED, VERBS, by_verb_counts, listener_counts
 
 
@@ -131,13 +131,7 @@ class Metrics:
         rows: dict[str, list[int]] = {}
         site_of = self.site_of
         for domain, row in self.sites.table.items():
-            site = OTHER if domain == OTHER else site_of(domain)
-            have = rows.get(site)
-            if have is None:
-                rows[site] = list(row)
-            else:
-                for i, n in enumerate(row):
-                    have[i] += n
+            add_row(rows, OTHER if domain == OTHER else site_of(domain), row)
         return top(rows, SITES_SHARED, len(RESULTS))
 
     def scan(self) -> list[Series]:

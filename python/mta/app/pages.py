@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 
 from mta.app import control
 from mta.app.control_pages import MAX_PAGE
+from mta.counters import add_row
 
 PAGE_ENV = "MTA_QUEUE_PAGE"  # messages per page (1..MAX_PAGE); tests force small pages with it
 DEFAULT_PAGE = 5000
@@ -141,12 +142,7 @@ def shape(srcs: list, now: float, buckets, limit: int) -> tuple[dict[str, list[i
     for src in srcs:
         for part, counts, _ in walk(src.shape, now, buckets, limit=limit):
             for domain, row in part.items():
-                mine = table.get(domain)
-                if mine is None:
-                    table[domain] = list(row)
-                else:
-                    for i, n in enumerate(row):
-                        mine[i] += n
+                add_row(table, domain, row)
             for domain, n in counts.items():
                 rcpts[domain] = rcpts.get(domain, 0) + n
     return table, rcpts

@@ -5,30 +5,13 @@ DATA in one write). Latency is from the write of the end of data to its reply.""
 from __future__ import annotations
 
 import asyncio
-import ssl
 import time
 from array import array
 
+from mta.delivery.smtp.tlsclient import ResumingContext  # its last session per process (name None)
+
 (S_GREET, S_EHLO, S_HELO, S_TLS, S_TXN, S_BODY, S_RSET, S_QUIT, S_DONE, S_PARK) = range(10)
 _mono = time.monotonic
-
-
-class ResumingContext(ssl.SSLContext):
-    """A client context that offers its last kept session on every new connection, as a
-    sending MTA's session cache does. `loop.start_tls` takes no session, but the event
-    loop's TLS transport makes its SSLObject with `wrap_bio`, so that is where it goes in."""
-
-    session: ssl.SSLSession | None = None
-
-    def wrap_bio(self, incoming, outgoing, server_side=False, server_hostname=None, session=None):
-        return super().wrap_bio(incoming, outgoing, server_side, server_hostname, session or self.session)
-
-    def keep(self, sslobj) -> None:
-        """Keep the connection's session once it can resume: TLS 1.3 once a ticket came;
-        TLS 1.2 at once (a ticket, or a session id the server caches)."""
-        s = sslobj.session if sslobj is not None else None
-        if s is not None and (s.has_ticket or (sslobj.version() != "TLSv1.3" and s.id)):
-            self.session = s
 
 
 class Shared:

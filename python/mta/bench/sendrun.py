@@ -36,7 +36,7 @@ async def _run_worker(idx: int, o: dict, barrier, progress) -> dict:
     msgs = [build_message(o["size"], o["sender"], o["to"], idx * 100 + v, o["helo"]) for v in range(_VARIANTS)]
     ssl_ctx = None
     if o["starttls"]:
-        from mta.bench.client import ResumingContext
+        from mta.delivery.smtp.tlsclient import ResumingContext
         from mta.bench.tlsutil import client_context
 
         ssl_ctx = client_context(ResumingContext) if o["tls_resume"] else client_context()

@@ -511,9 +511,9 @@ class SmtpDelivery:
             conn.write(b"STARTTLS\r\n")
             r = await conn.reply(self.starttls_timeout, "STARTTLS")
             if r.code == 220:
-                ctx, name = await self._tls(conn, opts)
+                ctx = await self._tls(conn, opts)
                 await self._hello(conn, opts)  # the TLS 1.3 ticket has come by its reply
-                self.tls.established(ctx, name, conn.transport.get_extra_info("ssl_object"))
+                self.tls.established(ctx, conn.transport.get_extra_info("ssl_object"))
             elif opts.tls == "required":
                 conn.quit()
                 raise _Failure("4.7.5", f"{conn.name} refused STARTTLS: {r}", tls="starttls-not-supported")
@@ -546,7 +546,7 @@ class SmtpDelivery:
             raise _Failure(_soft(r.enhanced, "4.4.1"), f"{conn.name} refused HELO: {r}")
         conn.ext = {}
 
-    async def _tls(self, conn: Connection, opts: SmtpOptions) -> tuple[ClientContext, str]:
+    async def _tls(self, conn: Connection, opts: SmtpOptions) -> ClientContext:
         host, ip = conn.target.host, conn.target.ip
         verify = opts.tls == "required"
         try:
@@ -564,7 +564,7 @@ class SmtpDelivery:
             conn.abort()  # (ValueError: a name rustls cannot take as a server name)
             raise _Failure("4.7.5", f"TLS with {conn.name} failed: {e}", tls=_tls_failure_type(e)) from None
         conn.verified = verify
-        return ctx, name
+        return ctx
 
     async def _auth(self, conn: Connection, opts: SmtpOptions) -> None:
         if not conn.tls and opts.tls != "none":

@@ -24,10 +24,11 @@ class ResumingContext(ssl.SSLContext):
     the hosts behind one MX name that do not share their ticket keys refuse each other's
     session and the handshake is simply a full one."""
 
-    sessions: OrderedDict  # name -> (ssl.SSLSession, when it expires: time.time())
+    def __init__(self, protocol=ssl.PROTOCOL_TLS_CLIENT):
+        self.sessions: OrderedDict = OrderedDict()  # name -> (ssl.SSLSession, when it expires: time.time())
 
     def wrap_bio(self, incoming, outgoing, server_side=False, server_hostname=None, session=None):
-        if session is None and server_hostname is not None:
+        if session is None:
             kept = self.sessions.get(server_hostname)
             if kept is not None:
                 if kept[1] > time.time():
@@ -37,13 +38,15 @@ class ResumingContext(ssl.SSLContext):
         return super().wrap_bio(incoming, outgoing, server_side=server_side,
                                 server_hostname=server_hostname, session=session)
 
-    def keep(self, name: str, sslobj: ssl.SSLObject) -> None:
-        """Remember the session `sslobj` ended up with, once the peer has sent its ticket
-        (TLS 1.3 sends it after the handshake: call this after the first reply read over TLS)."""
-        s = sslobj.session
+    def keep(self, sslobj: ssl.SSLObject | None) -> None:
+        """Remember the session `sslobj` ended up with, under the name it was made for (None:
+        opened without one, as the load generator's connections), once the peer has sent its
+        ticket (TLS 1.3 sends it after the handshake: call this after the first reply read over TLS)."""
+        s = sslobj.session if sslobj is not None else None
         if s is None or not (s.has_ticket or (s.id and sslobj.version() != "TLSv1.3")):
             return  # nothing resumable (no ticket yet, or the server issues none)
         sessions = self.sessions
+        name = sslobj.server_hostname
         sessions[name] = (s, s.time + s.timeout)
         sessions.move_to_end(name)
         while len(sessions) > MAX_SESSIONS:
@@ -52,7 +55,6 @@ class ResumingContext(ssl.SSLContext):
 
 def _resuming(verify: bool, ca_file: str | None) -> ResumingContext:
     ctx = ResumingContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.sessions = OrderedDict()
     ctx.options |= ssl.OP_NO_COMPRESSION
     if verify:  # what ssl.create_default_context() makes, as our own class
         ctx.verify_mode = ssl.CERT_REQUIRED
@@ -94,9 +96,9 @@ class ClientTls:
             self._contexts[key] = ctx
         return ctx
 
-    def established(self, ctx: ResumingContext, name: str, sslobj: ssl.SSLObject | None) -> None:
-        """A handshake with `name` completed and a reply was read over it: count it and keep
-        its session for the next connection there."""
+    def established(self, ctx: ClientContext, sslobj: ssl.SSLObject | None) -> None:
+        """A handshake completed and a reply was read over it: count it and keep its session
+        for the next connection to the same name (rustls keeps its own)."""
         if sslobj is None:
             return
         if sslobj.session_reused:
@@ -104,7 +106,7 @@ class ClientTls:
         else:
             self.full += 1
         if isinstance(ctx, ResumingContext):
-            ctx.keep(name, sslobj)
+            ctx.keep(sslobj)
 
     def forget(self) -> None:
         """Drop every context and kept session (the trust store or its files changed)."""
