@@ -483,6 +483,7 @@ class Trial:
             if time.monotonic() > deadline or self.server.worker_pid() is None:
                 raise StepFailed(f"{done} of {self.n} delivered after {time.monotonic() - t0:.0f} s")
             time.sleep(POLL_S)
+        self.sampler.take()  # a drain shorter than SAMPLE_S has its peak from this sample at least
         t1 = time.monotonic()
         res.update(drained=done, seconds=round(t1 - t0, 3), rate=round(done / (t1 - t0), 1),
                    spool_bytes_mid=mid if mid is not None else res["spool_bytes_start"])
