@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from mta._native import Spool, SpoolError, StoredMessage, wire_body
 from mta.delivery import OutMessage, OutRcpt, RcptResult
 from mta.delivery.maildir import deliver_maildir
-from mta.delivery.smtp.client import SmtpDelivery, SmtpOptions
+from mta.delivery.smtp.client import SmtpOptions
 from mta.queue.bounce import make_dsn
 
 from test_delivery_smtp import Capture, aiosmtpd_peer, client, target
@@ -251,7 +251,7 @@ def dsn_parts(data, **kw) -> list:
 @pytest.mark.parametrize("limit", [0, 100, 50 * 1024, 10 << 20])
 def test_a_bounce_of_a_stored_message_is_the_bounce_of_its_bytes(spool, limit):
     stored, whole = big(spool)
-    (a, raw_a), (b, raw_b) = dsn_parts(whole, max_returned=limit), dsn_parts(stored, max_returned=limit)
+    (a, _), (b, raw_b) = dsn_parts(whole, max_returned=limit), dsn_parts(stored, max_returned=limit)
     assert [p.get_content_type() for p in a] == [p.get_content_type() for p in b]
     assert a[2].get_payload(decode=True) == b[2].get_payload(decode=True) if limit < len(whole) else True
     assert a[0].get_content() == b[0].get_content()

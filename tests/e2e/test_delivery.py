@@ -23,7 +23,6 @@ from __future__ import annotations
 import email
 import email.policy
 import json
-import os
 import socket
 import sys
 import time
@@ -34,7 +33,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dnsserver import DNSServer  # noqa: E402
-from helpers import _toml_value, connect, split_show  # noqa: E402
+from helpers import _toml_value, connect  # noqa: E402
 from postfix_peer import PostfixPeer  # noqa: E402
 
 SENDER = "alice@sender.test"

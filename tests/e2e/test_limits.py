@@ -5,13 +5,10 @@ one past it, from a client outside mynetworks (the server trusts only
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 
-import pytest
 
-from helpers import ConnectionClosed, check, connect, queue_by_id, queued_id, simple_message
+from helpers import check, connect, queue_by_id, queued_id, simple_message
 
 OUTSIDE = ("--mynetworks", "10.0.0.0/8")
 SENDER, RCPT = "s@example.test", "r@local.test"

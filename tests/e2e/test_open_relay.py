@@ -6,7 +6,6 @@ mail to the local domain is accepted."""
 from __future__ import annotations
 
 import socket
-import time
 
 import pytest
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from mta.bench import peers as peer_registry
 from mta.bench.peers.runner import PeerProcess
-from mta.bench.procs import free_port, tree_cpu_seconds, tree_memory_bytes, wait_greeting, wait_port_free
+from mta.bench.procs import free_port, terminate, tree_cpu_seconds, tree_memory_bytes, wait_greeting, wait_port_free
 from mta.bench.sendrun import run_send
 from mta.bench.workloads import KINDS, Workload
 
@@ -167,16 +167,7 @@ class Running:
         if self.sysm.stop:
             subprocess.run(_fill(self.sysm.stop, self.sysm, self.plan, self.tmp), shell=True, env=self.env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        terminate(self.proc, 30, group=True)
 
 
 def peer_run(sysm: System, plan: Plan, tmp: str) -> peer_registry.PeerRun:

@@ -9,6 +9,7 @@ import multiprocessing as mp
 import os
 import signal
 import socket
+import subprocess
 import time
 from dataclasses import dataclass
 
@@ -146,6 +147,27 @@ def wait_port_free(port: int, deadline: float) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+def terminate(proc, grace: float, group: bool = False) -> None:
+    """Stop a started server: SIGTERM (to its whole process group when `group`), up to `grace`
+    seconds for it to exit, then SIGKILL to the group; returns once it has been reaped."""
+    if proc.poll() is not None:
+        return
+    try:
+        if group:
+            os.killpg(proc.pid, signal.SIGTERM)
+        else:
+            proc.send_signal(signal.SIGTERM)
+        proc.wait(grace)
+    except ProcessLookupError:
+        proc.wait()
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
 
 
 @dataclass(frozen=True)

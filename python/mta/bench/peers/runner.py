@@ -5,13 +5,12 @@ stopped so that nothing of it is left (the next trial binds the same port)."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
 
 from mta.bench.peers.base import Peer, PeerRun
-from mta.bench.procs import tree_cpu_seconds, tree_memory_bytes, wait_greeting, wait_port_free
+from mta.bench.procs import terminate, tree_cpu_seconds, tree_memory_bytes, wait_greeting, wait_port_free
 
 
 def _tail(log, lines: int = 12) -> str:
@@ -59,11 +58,5 @@ class PeerProcess:
         try:
             self.peer.stop(self.run)
         finally:
-            if self.proc.poll() is None:
-                try:
-                    self.proc.send_signal(signal.SIGTERM)
-                    self.proc.wait(40)
-                except subprocess.TimeoutExpired:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                    self.proc.wait()
+            terminate(self.proc, 40)
             self.peer.cleanup(self.run)
