@@ -14,6 +14,7 @@ import tempfile
 import threading
 import time
 import tomllib
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -248,9 +249,8 @@ def run_trial(plan: Plan, sysm: System, wl: Workload, repeat: int, say) -> dict:
     e2e = wl.kind == "end-to-end"
     sink = None
     log = open(os.path.join(tmp, "log"), "wb")
-    port0 = sysm.port
-    if sysm.peer and not port0:
-        sysm.port = free_port()
+    if sysm.peer and not sysm.port:  # a ready-made peer takes a free port per trial
+        sysm = dataclasses.replace(sysm, port=free_port())
     try:
         if sysm.relays:  # a relay always has somewhere to deliver, so it never piles up retries
             sink = _start_sink(plan, wl.messages, tmp, log, wl.starttls)
@@ -290,7 +290,6 @@ def run_trial(plan: Plan, sysm: System, wl: Workload, repeat: int, say) -> dict:
         say(row)
         return row
     finally:
-        sysm.port = port0
         if sink is not None:
             os.killpg(sink.pid, signal.SIGTERM)
             sink.wait(30)

@@ -107,17 +107,21 @@ def run_from_cli(*, peers, workloads, config_file, messages, repeats, sweep, rat
     except ValueError as e:
         raise CompareError(f"--p99-max: {e}") from None
     home = peer_registry.peers_home()
+    runnable = []
     for s in plan.systems:
-        if s.peer:
-            why = peer_registry.get(s.peer).missing(home)
-            if why:
-                echo(f"  skipping {s.name}: {why}", err=True)
-    plan.systems = [s for s in plan.systems if not s.peer or not peer_registry.get(s.peer).missing(home)]
+        why = peer_registry.get(s.peer).missing(home) if s.peer else None
+        if why:
+            echo(f"  skipping {s.name}: {why}", err=True)
+        else:
+            runnable.append(s)
+    plan.systems = runnable
     if not plan.systems:
         raise CompareError("no server can run here (see the lines above)")
+    tls_all = sorted({w.name for w in plan.workloads if w.starttls and w.kind == "accept-only"})
+    tls_relays = sorted({w.name for w in plan.workloads if w.starttls})
     for s in plan.systems:
         # only where it would otherwise take part (an accept-only peer has no end-to-end trials)
-        tls_names = sorted({w.name for w in plan.workloads if w.starttls and (w.kind == "accept-only" or s.relays)})
+        tls_names = tls_relays if s.relays else tls_all
         if tls_names and not s.starttls:
             why = peer_registry.get(s.peer).notes if s.peer else "starttls = false"
             echo(f"  {s.name} sits out {', '.join(tls_names)}: no STARTTLS ({why})", err=True)
