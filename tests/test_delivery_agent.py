@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from mta.delivery import OutMessage, OutRcpt
 from mta.delivery.agent import _MAX_FRAME, AgentDelivery, _Framed
 
-from test_delivery_smtp import OPTS, Capture, aiosmtpd_peer, message, run, target
+from smtpkit import OPTS, Capture, aiosmtpd_peer, message, run, target
 
 
 def test_delivers_byte_exact_with_per_recipient_results():

@@ -19,7 +19,7 @@ from mta.delivery import OutMessage, OutRcpt, RcptResult, Target
 from mta.delivery.smtp.lane import DONE, GARBAGE, SEND_DATA, STALE, UNEXPECTED, WAIT
 from mta.delivery.smtp.protocol import Connection
 from mta.delivery.smtp.client import SmtpOptions
-from test_delivery_smtp import client
+from smtpkit import client
 
 DEADLINE = 30.0
 OK = b"250 2.0.0 Ok\r\n"

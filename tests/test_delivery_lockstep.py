@@ -11,7 +11,7 @@ import pytest
 from mta import _native
 from mta.delivery.smtp.client import SmtpOptions
 from mta.delivery.smtp.lane import DONE, SEND_DATA, STALE, UNEXPECTED, WAIT
-from test_delivery_smtp import client, message, run, target
+from smtpkit import client, message, run, target
 
 OPTS = SmtpOptions(helo="client.test", connect_timeout=5.0)
 

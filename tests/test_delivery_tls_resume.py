@@ -13,7 +13,7 @@ import pytest
 from mta._native import TlsClientConfig
 from mta.delivery.smtp.client import SmtpOptions
 from mta.delivery.smtp.tlsclient import ClientTls
-from test_delivery_smtp import Capture, aiosmtpd_peer, client, make_cert, message, run, server_tls, target
+from smtpkit import Capture, aiosmtpd_peer, client, make_cert, message, run, server_tls, target
 
 ONE_EACH = dict(helo="client.test", connect_timeout=5.0, max_messages_per_connection=1)
 
@@ -180,7 +180,7 @@ def test_a_failed_handshake_gives_back_its_connection_slot(engine):
     opportunistic TLS makes would wait for it for ever."""
     from mta.delivery.shaping.throttle import ProcessThrottle
     from mta.delivery.smtp.client import SmtpDelivery
-    from test_delivery_smtp import scripted_server
+    from smtpkit import scripted_server
 
     log: list[bytes] = []
 

@@ -16,7 +16,7 @@ from ststools import CA, PolicyServer, policy_text, smtp_peer
 
 from mta.delivery import OutMessage, OutRcpt
 from mta.delivery.smtp.client import SmtpOptions
-from test_delivery_smtp import client
+from smtpkit import client
 from mta.delivery.mx import MxResolver
 from mta.delivery.mtasts import (
     MAX_AGE_LIMIT, MtaStsCache, OutboundTls, Policy, PolicyError, TlsCounters, fetch_policy, mx_matches,

@@ -20,7 +20,7 @@ from mta.delivery.maildir import deliver_maildir
 from mta.delivery.smtp.client import SmtpOptions
 from mta.queue.bounce import make_dsn
 
-from test_delivery_smtp import Capture, aiosmtpd_peer, client, target
+from smtpkit import Capture, aiosmtpd_peer, client, target
 from test_spool import completions, fill
 
 lines = st.lists(st.sampled_from([b"", b".", b"..x", b"text", b"\xc3\xa9t\xc3\xa9", b"a\rb", b"a\nb", b"x" * 300]),
