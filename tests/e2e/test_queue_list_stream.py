@@ -118,3 +118,12 @@ def test_a_bad_page_size_is_refused(server):
     p = subprocess.run(mta_cmd("queue", "list", "--spool", str(server.spool)), capture_output=True, timeout=60, env=env)
     assert p.returncode == 1 and b"mta: MTA_QUEUE_PAGE: expected a whole number 1..100000 (messages per page), not '0'" in p.stderr
     assert p.stdout == b""
+
+
+def test_a_bad_ping_timeout_is_refused(server):
+    for value, args in (("0", ("list",)), ("601", ("summary",)), ("soon", ("hold", "ALL"))):
+        env = dict(os.environ, MTA_PING_TIMEOUT=value)
+        p = subprocess.run(mta_cmd("queue", *args, "--spool", str(server.spool)), capture_output=True, timeout=60,
+                           env=env)
+        assert p.returncode != 0, args
+        assert f"MTA_PING_TIMEOUT: expected seconds from 0.1 to 600, not '{value}'".encode() in p.stderr, (args, p.stderr)

@@ -16,7 +16,6 @@ from mta.config.kinds import Duration, Errors, domain_name
 from mta.delivery import FINAL
 
 QUEUE_OPS = ("hold", "release", "delete", "flush")
-PING_TIMEOUT = 10.0  # seconds a shard has to answer "ping" before it counts as not answering
 # Seconds a shard has to answer a request that walks its whole queue (ALL, resume, bounce): about
 # 45 s per million messages for delete ALL here, so the usual 60 s would give up on a big backlog.
 WALK_TIMEOUT = 3600.0
@@ -152,8 +151,9 @@ def list_pages(root: str, form: str = "json", online: bool = True):
         limit = pages.page_size()
     except ValueError as e:
         raise BadArgument(pages.PAGE_ENV, str(e)) from None
+    ping = ping_timeout()
     try:
-        yield from pages.pages(pages.sources(root, online), form, limit)
+        yield from pages.pages(pages.sources(root, online, ping), form, limit)
     except _native.SpoolError as e:
         raise SpoolUnreadable(f"cannot read the spool: {e}") from None
     except (control.NoServer, control.ControlError) as e:
@@ -177,8 +177,17 @@ def show(root: str, queue_id: str, with_bytes: bool = True) -> tuple[dict, bytes
 
 # --- the running shards ----------------------------------------------------------------
 
+def ping_timeout() -> float:
+    """control.ping_timeout(), its malformed environment value a BadArgument naming the variable."""
+    try:
+        return control.ping_timeout()
+    except ValueError as e:
+        raise BadArgument(control.PING_ENV, str(e)) from None
+
+
 def running(root: str) -> tuple[list[int], list[int], list[str]]:
     """(the shards a server answers on, those no server owns, the problems met asking the rest)."""
+    ping = ping_timeout()
     up, down, problems = [], [], []
     try:
         present = control.shards(root)
@@ -187,7 +196,7 @@ def running(root: str) -> tuple[list[int], list[int], list[str]]:
                          "(run as the user the server runs as, or root)")]
     for shard in present:
         try:
-            control.call(root, shard, {"op": "ping"}, timeout=PING_TIMEOUT)
+            control.call(root, shard, {"op": "ping"}, timeout=ping)
             up.append(shard)
         except control.NoServer:
             down.append(shard)
@@ -511,8 +520,9 @@ def shape_of(root: str, now: float) -> tuple[dict[str, list[int]], dict[str, int
         limit = pages.page_size()
     except ValueError as e:
         raise BadArgument(pages.PAGE_ENV, str(e)) from None
+    ping = ping_timeout()
     try:
-        return pages.shape(pages.sources(root), now, BUCKETS, limit)
+        return pages.shape(pages.sources(root, True, ping), now, BUCKETS, limit)
     except _native.SpoolError as e:
         raise SpoolUnreadable(f"cannot read the spool: {e}") from None
     except (control.NoServer, control.ControlError) as e:

@@ -45,6 +45,24 @@ READ_TIMEOUT = 5.0  # seconds for a client to send its request line
 WRITE_TIMEOUT = 5.0
 DELETE_WAIT = 10.0  # seconds delete (and bounce) wait for an attempt in flight before answering "busy"
 CLIENT_TIMEOUT = 60.0  # the CLI's bound on one request's reply
+PING_ENV = "MTA_PING_TIMEOUT"  # seconds (0.1..600) a shard's server has to answer "ping"
+DEFAULT_PING_TIMEOUT = 10.0
+
+
+def ping_timeout() -> float:
+    """Seconds a shard's server has to answer "ping" before it counts as not answering (and a
+    listing reads its files instead): $MTA_PING_TIMEOUT, else 10; ValueError (without the
+    variable's name) when malformed."""
+    raw = os.environ.get(PING_ENV, "").strip()
+    if not raw:
+        return DEFAULT_PING_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0.1 <= value <= 600:
+        raise ValueError(f"expected seconds from 0.1 to 600, not {raw[:40]!r}")
+    return value
 
 OPS = ("ping", "hold", "release", "delete", "flush", "suspend", "resume", "flags", "bounce", "reload",
        "page", "shape", "ids")

@@ -14,7 +14,6 @@ from mta.counters import add_row
 
 PAGE_ENV = "MTA_QUEUE_PAGE"  # messages per page (1..MAX_PAGE); tests force small pages with it
 DEFAULT_PAGE = 5000
-PING_TIMEOUT = 10.0  # seconds a shard's server has to answer "ping" before its files are read instead
 
 
 def page_size() -> int:
@@ -66,10 +65,10 @@ class Offline:
         return self.reader.ids(self.shard, cursor, limit)
 
 
-def sources(root: str, online: bool = True) -> list[Online | Offline]:
-    """A source per shard under `root`, in shard order: Online where a server answers (unless
-    not `online`), else Offline (one SpoolReader for them all). A missing directory: none.
-    Raises the native SpoolError when the files cannot be read."""
+def sources(root: str, online: bool = True, ping: float = control.DEFAULT_PING_TIMEOUT) -> list[Online | Offline]:
+    """A source per shard under `root`, in shard order: Online where a server answers "ping"
+    within `ping` seconds (unless not `online`), else Offline (one SpoolReader for them all). A
+    missing directory: none. Raises the native SpoolError when the files cannot be read."""
     from mta import _native
 
     if not os.path.isdir(root):
@@ -79,7 +78,7 @@ def sources(root: str, online: bool = True) -> list[Online | Offline]:
     for shard in control.shards(root):
         if online:
             try:
-                control.call(root, shard, {"op": "ping"}, timeout=PING_TIMEOUT)
+                control.call(root, shard, {"op": "ping"}, timeout=ping)
                 out.append(Online(root, shard))
                 continue
             except (control.NoServer, control.ControlError):
