@@ -92,17 +92,22 @@ def test_lines_from_another_thread_while_one_writes(pipe):
     fails nor is lost (the buffer is taken out before the write)."""
     import threading
 
+    import select
+    import time
+
     r, _ = pipe
     os.set_blocking(r, True)
     got = bytearray()
-    done = threading.Event()
 
     def drain() -> None:
-        while not done.is_set() or len(got.splitlines()) < 2000:
-            chunk = os.read(r, 1 << 16)
-            if not chunk:
-                return
-            got.extend(chunk)
+        # Until every line is in (or 10 s): a blocking read after the last line would wait for ever.
+        deadline = time.monotonic() + 10
+        while got.count(b"\n") < 2000 and time.monotonic() < deadline:
+            if select.select([r], [], [], 0.1)[0]:
+                chunk = os.read(r, 1 << 16)
+                if not chunk:
+                    return
+                got.extend(chunk)
 
     reader = threading.Thread(target=drain, daemon=True)
     reader.start()
@@ -118,7 +123,6 @@ def test_lines_from_another_thread_while_one_writes(pipe):
         log.flush()
     t.join()
     log.flush()
-    done.set()
-    reader.join(10)
+    reader.join(15)
     lines = [LINE.match(x).group(4) for x in got.decode().splitlines()]
     assert sorted(lines) == sorted([f"other {i}" for i in range(1000)] + [f"main {i}" for i in range(1000)])
