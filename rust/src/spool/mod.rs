@@ -99,6 +99,7 @@ mod fresh;
 pub mod incoming;
 pub mod index;
 pub mod listing;
+pub mod meta_fuzz;
 pub mod reader;
 pub mod record;
 mod recover;

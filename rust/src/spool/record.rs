@@ -513,43 +513,6 @@ pub fn decode_record(b: &[u8]) -> Result<(Kind, &[u8], &[u8]), FormatError> {
     Ok((kind, &b[m0..m0 + mlen], &b[m0 + mlen..end]))
 }
 
-/// Fuzz/corpus entry (fuzz/fuzz_targets/spool_meta.rs): byte 0 picks the decoder
-/// (envelope, STATE, DELETE, SEGMENT_END, whole record), the rest is its input. No
-/// panic; whatever decodes re-encodes (as the current version) to the same value.
-pub fn fuzz_check(data: &[u8]) {
-    let Some((&which, b)) = data.split_first() else { return };
-    match which % 5 {
-        0 => {
-            // The index's brief decoder accepts exactly what the full one does.
-            assert_eq!(super::brief::message(b).is_ok(), decode_envelope(b).is_ok());
-            if let Ok(e) = decode_envelope(b) {
-                assert_eq!(decode_envelope(&encode_envelope(&e)).as_ref(), Ok(&e));
-            }
-        }
-        1 => {
-            assert_eq!(super::brief::state_record(b).is_ok(), decode_state(b).is_ok());
-            if let Ok(s) = decode_state(b) {
-                assert_eq!(decode_state(&encode_state(&s)).as_ref(), Ok(&s));
-            }
-        }
-        2 => {
-            if let Ok((q, t)) = decode_delete(b) {
-                assert_eq!(decode_delete(&encode_delete(&q, t)), Ok((q, t)));
-            }
-        }
-        3 => {
-            if let Ok((seq, len)) = decode_segment_end(b) {
-                assert_eq!(decode_segment_end(&encode_segment_end(seq, len)), Ok((seq, len)));
-            }
-        }
-        _ => {
-            if let Ok((kind, meta, rest)) = decode_record(b) {
-                assert_eq!(decode_record(&encode_record(kind, meta, rest).unwrap()), Ok((kind, meta, rest)));
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 #[path = "record_tests.rs"]
 pub(crate) mod tests;

@@ -256,26 +256,6 @@ fn streamed_head_matches_whole_record() {
     assert_eq!(whole.len() as u64, h.total_len);
 }
 
-/// The fuzz target's seed corpus (fuzz/corpus/spool_meta) replays without a failure, and
-/// so does every prefix of each seed and every seed with one byte changed (a small,
-/// deterministic sweep of what the fuzzer tries first).
-#[test]
-fn corpus_replays() {
-    for data in crate::corpus::files("spool_meta") {
-        fuzz_check(&data);
-        for n in 0..data.len() {
-            fuzz_check(&data[..n]);
-        }
-        for i in 1..data.len() {
-            for v in [0u8, 1, 2, 3, 4, 7, 0x7f, 0x80, 0xff] {
-                let mut b = data.clone();
-                b[i] = v;
-                fuzz_check(&b);
-            }
-        }
-    }
-}
-
 /// Writes the seed corpus: `cargo test -- --ignored write_spool_meta_corpus`.
 #[test]
 #[ignore = "writes fuzz/corpus/spool_meta into the source tree: a maintenance step, run by hand"]
