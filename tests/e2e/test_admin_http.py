@@ -27,8 +27,9 @@ SENDER = "alice@sender.test"
 WAIT = 20.0
 
 
-# A hung shard is given up on after 2 s, not the default 10 (test_a_shard_whose_server_does_not_answer_is_503).
-PING = {"MTA_PING_TIMEOUT": "2"}
+# A hung shard is given up on after 2 s, not the default 10 (test_a_shard_whose_server_does_not_answer_is_503);
+# listings go 3 messages a page, so the streamed ones span several pages of each shard.
+ENV = {"MTA_PING_TIMEOUT": "2", "MTA_QUEUE_PAGE": "3"}
 
 
 class Node:
@@ -45,7 +46,7 @@ class Node:
                                     for dom in ("dest.test", "other.test", "bounce.test")]
         self.admin = self.token("ops", "admin")
         self.inject = self.token("app", "inject")
-        self.srv = start_server(tmp, config="\n".join(lines) + "\n", deliver=True, env=PING,
+        self.srv = start_server(tmp, config="\n".join(lines) + "\n", deliver=True, env=ENV,
                                 args=("--workers", "2", "--http", f"127.0.0.1:{self.http}"))
         self.wait(lambda: self.srv.log().count("http listening on") >= 2
                   and all((self.srv.spool / str(n) / "control.sock").exists() for n in (0, 1)), "both workers")
@@ -85,7 +86,7 @@ class Node:
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run(mta_cmd("queue", *args, "--spool", str(self.srv.spool)), capture_output=True,
-                              timeout=90, check=False, env={**os.environ, **PING})
+                              timeout=90, check=False, env={**os.environ, **ENV})
 
     def records(self, qid: str | None = None) -> list[dict]:
         p = self.tmp / "delivery.log"
@@ -142,11 +143,18 @@ def test_tokens_are_checked(node):
 
 
 def test_list_and_show_cover_both_shards_and_equal_the_cli(node):
-    shards = node.send()
+    shards = node.send(n=8)
     cli_list = cli_json(node, "list", "--json")
+    assert len(cli_list) > 6  # more than two pages of 3
     for _ in range(6):  # either worker may take each request: every one sees both shards
         status, got = node.get("/api/admin/queue")
         assert status == 200 and got == cli_list
+    # Streamed a page at a time (chunked), the bytes json.dumps would write for the list.
+    req = urllib.request.Request(f"http://127.0.0.1:{node.http}/api/admin/queue",
+                                 headers={"Authorization": f"Bearer {node.admin}"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        assert r.headers["Transfer-Encoding"] == "chunked" and r.headers["Content-Type"].startswith("application/json")
+        assert r.read() == json.dumps(cli_list).encode()
     ids = {e["id"] for e in cli_list}
     assert set(shards["00"]) <= ids and set(shards["01"]) <= ids
 

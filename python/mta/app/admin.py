@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as _dt
-import json
 import os
 import time
 
@@ -158,11 +157,6 @@ def list_pages(root: str, form: str = "json", online: bool = True):
         raise SpoolUnreadable(f"cannot read the spool: {e}") from None
     except (control.NoServer, control.ControlError) as e:
         raise ShardFailed(f"listing the queue failed: {e}") from None
-
-
-def list_queue(root: str) -> list[dict]:
-    """Every queued message (`entry`), as `mta queue list --json` prints them."""
-    return [obj for data, _ in list_pages(root, "json") for obj in json.loads(b"[" + data + b"]")]
 
 
 def show(root: str, queue_id: str, with_bytes: bool = True) -> tuple[dict, bytes | None]:

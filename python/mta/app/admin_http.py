@@ -172,8 +172,35 @@ class AdminRoutes:
 
     # --- the routes --------------------------------------------------------------
 
-    async def list(self, request: web.Request, token) -> web.Response:
-        return await self.answer(admin.list_queue, self.root)
+    async def list(self, request: web.Request, token) -> web.StreamResponse:
+        """The queue as one JSON array written a page at a time (admin.list_pages), so a big
+        backlog is never held here whole. An error before the first page is its own status;
+        one after it can only cut the reply short (the array is left unclosed), and is logged."""
+        pages = admin.list_pages(self.root, "json")
+        try:
+            first = await self.call(next, pages, None)
+        except admin.AdminError as e:
+            return error(e.status, e.text, **e.fields)
+        resp = web.StreamResponse(headers={"Content-Type": "application/json; charset=utf-8"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        await resp.write(b"[")
+        got, sent = first, False
+        try:
+            while got is not None:
+                await resp.write(b", " + got[0] if sent else got[0])
+                sent = True
+                got = await self.call(next, pages, None)
+        except admin.AdminError as e:
+            log.warning("http admin list: cut short after a page was sent: %s", e.text)
+            if request.transport is not None:
+                request.transport.abort()
+            return resp
+        finally:
+            pages.close()
+        await resp.write(b"]")
+        await resp.write_eof()
+        return resp
 
     async def summary(self, request: web.Request, token) -> web.Response:
         try:
