@@ -131,7 +131,7 @@ def test_backlog_beyond_max_is_dropped_and_counted(tmp_path, sink):
 
 
 def test_stop_abandons_a_slow_post_and_keeps_its_events(tmp_path, sink):
-    sink.delay = 5.0
+    sink.delay = 2.0  # well past stop(0.2); the sink's teardown waits it out
 
     async def main():
         store = open_store(tmp_path)
