@@ -10,14 +10,13 @@ import os
 import signal
 import socket
 import time
-from typing import Callable, NamedTuple
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 from mta import log as fastlog
 from mta import procs
 from mta.errors import ConfigError, MtaError
-from mta.app import admin_http, http, inject, privileges
+from mta.app import privileges
 from mta.app.control import ControlServer, socket_path
-from mta.app.httpauth import Gate
 from mta.app.metrics import Metrics, Snapshots
 from mta.auth.guard import AuthGuard
 from mta.auth.senders import SenderLogin
@@ -51,6 +50,10 @@ from mta.smtp.session import Session
 from mta.smtp.counts import TLS_FAILED, TLS_FULL, TLS_RESUMED
 from mta.smtp.tls import HANDSHAKE_TIMEOUT, TlsContext, TlsError, build_contexts
 from mta.smtp.tlstransport import implicit_tls
+
+if TYPE_CHECKING:
+    from mta.app import http, inject
+    from mta.app.httpauth import Gate
 
 log = logging.getLogger("mta")
 
@@ -316,6 +319,10 @@ class Server:
         self.metrics.sources.append(self._counted_elsewhere)
         self.metrics.site_of = self._site_of
         if self.cfg.http.listen:
+            # Here, not at the top: aiohttp takes ~85 ms to import, paid only with a listener.
+            from mta.app import admin_http, http, inject
+            from mta.app.httpauth import Gate
+
             if self.http_sockets is None:
                 self.http_sockets = http.bind(self.cfg.http.listen)  # before the drop: ports under 1024
             snaps = Snapshots(self.cfg.spool.dir, self.shard, self.cfg.workers, self.run_id,

@@ -51,9 +51,11 @@ def run(cfg: Config, source: ConfigSource | None = None) -> int:
         build_contexts(cfg.tls)  # unusable files stop the start here (TlsError), not in N workers
     # The HTTP ports are bound here, once, without SO_REUSEPORT: the workers inherit these
     # sockets, and a second server on one of them stops here (OSError), never sharing it.
-    from mta.app import http
+    http_sockets: list = []
+    if cfg.http.listen:  # mta.app.http loads aiohttp (~85 ms): only with a listener
+        from mta.app import http
 
-    http_sockets = http.bind(cfg.http.listen)
+        http_sockets = http.bind(cfg.http.listen)
     if cfg.workers == 1:
         _serve(cfg, 0, reuse_port=False, http_sockets=http_sockets, source=source)
         return 0
