@@ -124,6 +124,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use writer::{FaultKind, Job, Op, Shared, Writer};
 
+/// A stored message's bytes in two parts to be concatenated (`Spool::entry_bytes`).
+pub type Parts = (Vec<u8>, Vec<u8>);
+
 pub const FORMAT_VERSION: u32 = 2;
 /// Segment versions this code reads.
 pub const READ_VERSIONS: [u32; 2] = [1, 2];
@@ -591,7 +594,7 @@ impl Spool {
     /// The stored bytes of the message `e` is the entry of, as (prefix, rest) to be
     /// concatenated: from memory if it was made durable a moment ago (keep_fresh), else
     /// read from its segment (rest only). None: the message is gone.
-    pub fn entry_bytes(&self, e: &Entry) -> Result<Option<(Vec<u8>, Vec<u8>)>, Error> {
+    pub fn entry_bytes(&self, e: &Entry) -> Result<Option<Parts>, Error> {
         if let Some(parts) = self.shared.fresh.lock().unwrap().take(&e.envelope.queue_id, e.size) {
             return Ok(Some(parts));
         }

@@ -128,7 +128,8 @@ mod tests {
     #[test]
     fn rcpt_lines() {
         let n = vec!["SUCCESS".to_string(), "FAILURE".to_string()];
-        let table: &[(&str, &[String], Option<&str>, bool, &str)] = &[
+        type Row<'a> = (&'a str, &'a [String], Option<&'a str>, bool, &'a str); // address, NOTIFY, ORCPT, DSN, line
+        let table: &[Row] = &[
             ("r@b.test", &[], None, true, "RCPT TO:<r@b.test>\r\n"),
             ("r@b.test", &n, Some("rfc822;r@b.test"), false, "RCPT TO:<r@b.test>\r\n"),
             ("r@b.test", &n, Some("rfc822;r+x@b.test"), true,
