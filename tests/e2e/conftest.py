@@ -185,6 +185,49 @@ def server(server_factory) -> Server:
     return server_factory()
 
 
+class SharedView:
+    """A module's shared server as one test sees it: the same process, port and spool, but
+    queue() lists only the messages that arrived since the test began, so "the queue holds
+    exactly this" reads as on a server of the test's own. A test may not stop it."""
+
+    def __init__(self, srv: Server):
+        from mta import _native
+
+        self.server = srv
+        self.before = {e.queue_id for e in _native.SpoolReader(str(srv.spool)).list()}
+
+    def __getattr__(self, name: str):
+        return getattr(self.server, name)
+
+    def queue(self) -> list[dict]:
+        return [e for e in self.server.queue() if e["id"] not in self.before]
+
+    def stop(self, *args, **kw) -> int:
+        raise AssertionError("a shared server is not stopped by a test: start one with server_factory")
+
+
+@pytest.fixture(scope="module")
+def module_servers(tmp_path_factory):
+    """The servers `shared_server` started for this module (a new one only if a test killed the last)."""
+    started: list[Server] = []
+    yield started, tmp_path_factory
+    for srv in started:
+        srv.stop()
+
+
+@pytest.fixture
+def shared_server(module_servers) -> SharedView:
+    """A default-configuration server shared by every test of the module that asks for it (a
+    start and a stop per test cost ~0.4 s): for tests that need no configuration of their own
+    and do not stop it. A test it died under fails; the next gets a new one."""
+    started, factory = module_servers
+    if not started or started[-1].proc.poll() is not None:
+        started.append(start_server(factory.mktemp("shared-server")))
+    srv = started[-1]
+    yield SharedView(srv)
+    assert srv.proc.poll() is None, f"the module's shared server died during this test:\n{srv.log()[-3000:]}"
+
+
 # ---------------------------------------------------------------------------
 # Scriptable SMTP / LMTP peers for the delivery tests (appended for issue 5)
 # ---------------------------------------------------------------------------

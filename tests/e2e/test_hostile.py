@@ -39,6 +39,13 @@ FAKE_ENDS = {
 }
 
 
+@pytest.fixture
+def server(shared_server):
+    """One default-configuration server for the whole module (conftest.shared_server); a test
+    that needs a configuration of its own starts it with server_factory."""
+    return shared_server
+
+
 def has_bare_cr_lf(b: bytes) -> bool:
     return re.search(rb"\r(?!\n)|(?<!\r)\n", b) is not None
 

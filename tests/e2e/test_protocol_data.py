@@ -18,6 +18,13 @@ from helpers import (
 DOMAINS = dict(local_domains=["local.test"], relay_domains=["relay.test"])
 
 
+@pytest.fixture
+def server(shared_server):
+    """One default-configuration server for the whole module (conftest.shared_server); a test
+    that needs a configuration of its own starts it with server_factory."""
+    return shared_server
+
+
 def assert_queue_empty(srv) -> None:
     assert srv.queue() == []
 
