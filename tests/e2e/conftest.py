@@ -180,8 +180,13 @@ def server_factory(tmp_path):
 
 
 @pytest.fixture
-def server(server_factory) -> Server:
-    """A server on the default configuration (mynetworks includes loopback)."""
+def server(request, server_factory):
+    """A server on the default configuration (mynetworks includes loopback): a fresh one, or in
+    a module marked `pytestmark = pytest.mark.shared_server` the module's shared one (a start and
+    a stop per test cost ~0.4 s), for tests that need no configuration of their own and do not
+    stop it (a test that does starts its server with server_factory)."""
+    if request.node.get_closest_marker("shared_server"):
+        return request.getfixturevalue("shared_server")
     return server_factory()
 
 
@@ -217,9 +222,8 @@ def module_servers(tmp_path_factory):
 
 @pytest.fixture
 def shared_server(module_servers) -> SharedView:
-    """A default-configuration server shared by every test of the module that asks for it (a
-    start and a stop per test cost ~0.4 s): for tests that need no configuration of their own
-    and do not stop it. A test it died under fails; the next gets a new one."""
+    """The module's default-configuration server, shared by its tests (see `server`). A test it
+    died under fails; the next gets a new one."""
     started, factory = module_servers
     if not started or started[-1].proc.poll() is not None:
         started.append(start_server(factory.mktemp("shared-server")))

@@ -355,6 +355,17 @@ def body_of(srv, qid: str, *, helo: str | None = "client.example.test", rcpt=ANY
     return rest
 
 
+def only_entry(srv) -> dict:
+    """The one message in the queue (of a shared server, the one this test queued)."""
+    q = srv.queue()
+    assert len(q) == 1, q
+    return q[0]
+
+
+def assert_queue_empty(srv) -> None:
+    assert srv.queue() == []
+
+
 def queue_by_id(srv) -> dict[str, dict]:
     q = srv.queue()
     assert isinstance(q, list), q

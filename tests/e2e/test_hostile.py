@@ -19,6 +19,8 @@ from helpers import (
     mem_growth, mem_snapshot, queue_by_id, queued_id, simple_message,
 )
 
+pytestmark = pytest.mark.shared_server  # one server for the module (conftest.py, server)
+
 SENDER, RCPT = "s@example.test", "r@example.test"
 PREFIX = b"From: s@example.test\r\nTo: r@example.test\r\nSubject: smuggle\r\n\r\nhello"
 SMUGGLED = b"MAIL FROM:<evil@x>\r\nRCPT TO:<victim@y>\r\nDATA\r\nSmuggled\r\n"
@@ -37,14 +39,6 @@ FAKE_ENDS = {
     "crlf-nul.crlf": b"\r\n\x00.\r\n",
     "crlf.cr": b"\r\n.\r",
 }
-
-
-@pytest.fixture
-def server(shared_server):
-    """One default-configuration server for the whole module (conftest.shared_server); a test
-    that needs a configuration of its own starts it with server_factory."""
-    return shared_server
-
 
 def has_bare_cr_lf(b: bytes) -> bool:
     return re.search(rb"\r(?!\n)|(?<!\r)\n", b) is not None

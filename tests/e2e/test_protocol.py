@@ -13,27 +13,12 @@ import smtplib
 import pytest
 
 from helpers import (
-    DEFAULT_MAX_SIZE, HOSTNAME, body_of, check, check_enhanced_class, check_entry, check_received, config, connect,
-    dot_stuff, queue_by_id, queued_id, simple_message, split_show, stored_message, strip_received, swaks,
-    swaks_sent_data,
+    DEFAULT_MAX_SIZE, HOSTNAME, assert_queue_empty, body_of, check, check_enhanced_class, check_entry,
+    check_received, config, connect, dot_stuff, only_entry, queue_by_id, queued_id, simple_message, split_show,
+    stored_message, strip_received, swaks, swaks_sent_data,
 )
 
-
-@pytest.fixture
-def server(shared_server):
-    """One default-configuration server for the whole module (conftest.shared_server); a test
-    that needs a configuration of its own starts it with server_factory."""
-    return shared_server
-
-
-def only_entry(srv) -> dict:
-    q = srv.queue()
-    assert len(q) == 1, q
-    return q[0]
-
-
-def assert_queue_empty(srv) -> None:
-    assert srv.queue() == []
+pytestmark = pytest.mark.shared_server  # one server for the module (conftest.py, server)
 
 
 # ---------------------------------------------------------------------------

@@ -11,22 +11,13 @@ import re
 import pytest
 
 from helpers import (
-    MiB, Client, body_of, check, check_enhanced_class, check_entry, config, connect, mem_growth, mem_snapshot,
-    queue_by_id, queued_id, simple_message,
+    Client, MiB, assert_queue_empty, body_of, check, check_enhanced_class, check_entry, config, connect, mem_growth,
+    mem_snapshot, queue_by_id, queued_id, simple_message,
 )
 
+pytestmark = pytest.mark.shared_server  # one server for the module (conftest.py, server)
+
 DOMAINS = dict(local_domains=["local.test"], relay_domains=["relay.test"])
-
-
-@pytest.fixture
-def server(shared_server):
-    """One default-configuration server for the whole module (conftest.shared_server); a test
-    that needs a configuration of its own starts it with server_factory."""
-    return shared_server
-
-
-def assert_queue_empty(srv) -> None:
-    assert srv.queue() == []
 
 
 # ---------------------------------------------------------------------------

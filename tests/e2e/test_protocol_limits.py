@@ -11,28 +11,14 @@ import time
 import pytest
 
 from helpers import (
-    Client, body_of, check, check_entry, config, connect, dot_stuff, queue_by_id, queued_id, simple_message,
+    Client, assert_queue_empty, body_of, check, check_entry, config, connect, dot_stuff, only_entry, queue_by_id,
+    queued_id, simple_message,
 )
+
+pytestmark = pytest.mark.shared_server  # one server for the module (conftest.py, server)
 
 OUTSIDE = ("--mynetworks", "10.0.0.0/8")
 DOMAINS = dict(local_domains=["local.test"], relay_domains=["relay.test"])
-
-
-@pytest.fixture
-def server(shared_server):
-    """One default-configuration server for the whole module (conftest.shared_server); a test
-    that needs a configuration of its own starts it with server_factory."""
-    return shared_server
-
-
-def only_entry(srv) -> dict:
-    q = srv.queue()
-    assert len(q) == 1, q
-    return q[0]
-
-
-def assert_queue_empty(srv) -> None:
-    assert srv.queue() == []
 
 
 # ---------------------------------------------------------------------------
