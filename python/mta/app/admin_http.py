@@ -197,7 +197,8 @@ class AdminRoutes:
                 request.transport.abort()
             return resp
         finally:
-            pages.close()
+            if not pages.gi_running:  # a cancelled request's page may still be made in its thread
+                pages.close()
         await resp.write(b"]")
         await resp.write_eof()
         return resp
