@@ -9,9 +9,6 @@ import os
 import re
 from typing import NamedTuple
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
-
 ALGORITHMS = ("rsa2048", "rsa4096", "ed25519")
 _SELECTOR = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\Z")
 
@@ -33,6 +30,11 @@ def generate(algorithm: str) -> tuple[bytes, str]:
     ("RSA PRIVATE KEY", what OpenDKIM and dkimpy read), Ed25519 as PKCS#8."""
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {', '.join(ALGORITHMS)}, not {algorithm!r}")
+    # Here, not at the top: every `mta` command loads this module for its --algorithm choices,
+    # and cryptography takes ~20 ms to import.
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
     if algorithm == "ed25519":
         key = ed25519.Ed25519PrivateKey.generate()
         pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
