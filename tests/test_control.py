@@ -10,7 +10,7 @@ import socket
 
 import pytest
 
-from mta.app import control
+from mta.app import control, control_server
 from mta.app.control import MAX_IDS, MAX_LINE, Request, RequestError, parse_request
 
 
@@ -97,7 +97,7 @@ def test_client_reads_a_reply_over_a_long_path(tmp_path):
     path = control.socket_path(str(d.parent), 0)
     assert len(os.fsencode(path)) > 108
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    with control._SunPath(path) as p:
+    with control.SunPath(path) as p:
         srv.bind(p)
     srv.listen(1)
     import threading
@@ -155,7 +155,7 @@ def test_the_operations_on_a_real_store_without_a_socket(tmp_path):
         store.attach(asyncio.get_running_loop())
         queue = QueueStub()
         dlog = DeliveryLog(str(tmp_path / "delivery.log"))
-        srv = control.ControlServer(store, queue, dlog, str(tmp_path / "control.sock"), 0)
+        srv = control_server.ControlServer(store, queue, dlog, str(tmp_path / "control.sock"), 0)
         a = await store.inject(b"Subject: a\r\n\r\na\r\n", sender="s@x.test", recipient="r@y.test")
         b = await store.inject(b"Subject: b\r\n\r\nb\r\n", sender="s@x.test", recipient="r@y.test")
         await store.update(b, [(0, "deferred", 1, time.time() + 3600, "451 4.3.0 later")])
@@ -199,8 +199,8 @@ def test_reload_calls_the_server_and_reports_a_refusal_as_an_answer(tmp_path):
         return len(calls) == 1, ["changed: transport"] if len(calls) == 1 else ["bogus: unknown key"]
 
     async def main():
-        with_cb = control.ControlServer(None, None, None, str(tmp_path / "a.sock"), 3, reload=reload)
-        without = control.ControlServer(None, None, None, str(tmp_path / "b.sock"), 0)
+        with_cb = control_server.ControlServer(None, None, None, str(tmp_path / "a.sock"), 3, reload=reload)
+        without = control_server.ControlServer(None, None, None, str(tmp_path / "b.sock"), 0)
         out = [await with_cb.handle(Request("reload")), await with_cb.handle(Request("reload"))]
         with pytest.raises(RequestError, match="cannot reload"):
             await without.handle(Request("reload"))

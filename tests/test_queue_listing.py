@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mta import _native
-from mta.app import admin, control
+from mta.app import admin, control, control_server
 from mta.app.control import Request, RequestError, parse_request
 from test_control import QueueStub
 
@@ -192,13 +192,13 @@ def test_the_page_ops_and_all_in_chunks_over_a_real_socket(tmp_path, monkeypatch
 
     root = str(tmp_path / "spool")
     cfg = config.load(None, {"listen": ["127.0.0.1:2525"], "spool.dir": root})
-    monkeypatch.setattr(control, "WALK_CHUNK", 4)
+    monkeypatch.setattr(control_server, "WALK_CHUNK", 4)
 
     async def main():
         store = SpoolService(cfg.spool, cfg.smtp.max_header_size, 0, "mx.example.test")
         store.attach(asyncio.get_running_loop())
         queue = QueueStub()
-        srv = control.ControlServer(store, queue, None, control.socket_path(root, 0), 0)
+        srv = control_server.ControlServer(store, queue, None, control.socket_path(root, 0), 0)
         await srv.start()
         ids = [await store.inject(b"Subject: a\r\n\r\na\r\n", sender=f"s{i}@x.test", recipient="r@Y.test")
                for i in range(11)]
@@ -244,12 +244,12 @@ def test_all_leaves_alone_what_arrived_after_the_walk_began(tmp_path, monkeypatc
     from mta.queue.store import SpoolService
 
     cfg = config.load(None, {"listen": ["127.0.0.1:2525"], "spool.dir": str(tmp_path / "spool")})
-    monkeypatch.setattr(control, "WALK_CHUNK", 2)
+    monkeypatch.setattr(control_server, "WALK_CHUNK", 2)
 
     async def main():
         store = SpoolService(cfg.spool, cfg.smtp.max_header_size, 0, "mx.example.test")
         store.attach(asyncio.get_running_loop())
-        srv = control.ControlServer(store, QueueStub(), None, str(tmp_path / "c.sock"), 0)
+        srv = control_server.ControlServer(store, QueueStub(), None, str(tmp_path / "c.sock"), 0)
         old = [await store.inject(b"S: a\r\n\r\na\r\n", sender="s@x.test", recipient="r@y.test") for _ in range(5)]
         qid = store.new_queue_id()
         m = store.new_message()

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from dnsserver import dns_server  # noqa: F401  (the fixture)
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mta.app import control, shaping_cli
+from mta.app import control, control_server, shaping_cli
 from mta.app.cli import main as cli_main
 from mta.app.control import MAX_SITE, Request, RequestError, parse_request
 from mta.config import schema as config
@@ -231,7 +231,7 @@ class Shard:
         smtp = Smtp(self.wire, MxResolver(None), OutboundTls(None, 0), d, cfg.hostname)
         self.queue = QueueManager(self.store, Router(cfg), Transports(smtp, Maildir(cfg.hostname)),
                                   DeliveryLog(d.log_file), d, cfg.hostname)
-        self.control = control.ControlServer(self.store, self.queue, self.queue.dlog,
+        self.control = control_server.ControlServer(self.store, self.queue, self.queue.dlog,
                                              control.socket_path(self.root, 0), 0, throttle=self.throttle)
         return self
 

@@ -4,7 +4,6 @@ shard's control socket. Nothing here prints or writes the spool; what cannot be 
 
 from __future__ import annotations
 
-import asyncio
 import datetime as _dt
 import os
 import time
@@ -475,6 +474,8 @@ async def sites_of(domains: list[str], cfg) -> dict[str, str]:
     or the smarthost of a transport route); looked up concurrently, at most MX_CONCURRENCY
     at once, through the config's [dns]. Failures get a site in parentheses."""
     from mta.delivery.mx import MxResolver
+    import asyncio
+
     from mta.delivery.router import Router
     from mta.delivery.shaping.shaper import site_name
 
@@ -540,6 +541,8 @@ def summary(root: str, by: str = "domain", top: int = DEFAULT_TOP, cfg=None) -> 
         cfg = cfg if cfg is not None else config.load(None)
         shown, _rest, _n = ranked(table, top)
         looked = [d for d, _ in shown]
+        import asyncio  # only here: the other queue commands start without it
+
         sites = asyncio.run(sites_of(looked, cfg)) if looked else {}
         site_table: dict[str, list[int]] = {}
         by_site: dict[str, int] = {}

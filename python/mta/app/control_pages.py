@@ -1,13 +1,10 @@
-"""The page requests of the control channel ("page", "shape", "ids"): their fields checked, and
-answered from the shard's in-memory index a page at a time in a worker thread (the native call
-releases the GIL), so a listing of any size neither blocks the event loop nor copies the queue."""
+"""The page requests of the control channel ("page", "shape", "ids"): their fields checked (the
+server answers them in mta.app.control_server.serve_page)."""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import math
-import time
 
 PAGE_OPS = ("page", "shape", "ids")  # the queue a page at a time (native Spool.page, shape, ids)
 MAX_PAGE = 100_000  # messages in one page (the native limit)
@@ -57,17 +54,3 @@ def page_fields(op: str, obj: dict) -> dict:
             raise PageFieldError("bad buckets: expected 1-64 increasing whole numbers of minutes")
         out["buckets"] = tuple(raw)
     return out
-
-
-async def serve_page(spool, req) -> dict:
-    """The reply to a page request `req` (mta.app.control.Request) from the native `spool`;
-    a page's bytes go under "data" (the server sends them after the reply line)."""
-    if req.op == "page":
-        data, count, nxt = await asyncio.to_thread(spool.page, req.cursor, req.limit, req.form)
-        return {"ok": True, "count": count, "next": nxt, "data": data}
-    if req.op == "shape":
-        now = req.now if req.now is not None else time.time()
-        table, rcpts, nxt = await asyncio.to_thread(spool.shape, req.cursor, req.limit, now, list(req.buckets))
-        return {"ok": True, "table": table, "rcpts": rcpts, "next": nxt}
-    ids, nxt = await asyncio.to_thread(spool.ids, req.cursor, req.limit)
-    return {"ok": True, "ids": ids, "next": nxt}

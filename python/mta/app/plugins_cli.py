@@ -4,7 +4,6 @@ setup/start and stop, so an options error shows before the server starts."""
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
 import click
@@ -27,6 +26,8 @@ def problems(cfg) -> list[str]:
     async def start_stop() -> None:
         await chain.start()  # (a failure stops those already started)
         await chain.stop()
+
+    import asyncio  # here: every mta command loads this module, few run the plugins
 
     try:
         asyncio.run(start_stop())

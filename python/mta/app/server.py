@@ -16,7 +16,8 @@ from mta import log as fastlog
 from mta import procs
 from mta.errors import ConfigError, MtaError
 from mta.app import privileges
-from mta.app.control import ControlServer, socket_path
+from mta.app.control import socket_path
+from mta.app.control_server import ControlServer
 from mta.app.metrics import Metrics, Snapshots
 from mta.auth.guard import AuthGuard
 from mta.auth.senders import SenderLogin
