@@ -1,7 +1,6 @@
-"""The control channel: a unix socket per spool shard (0600) through which `mta queue
-list|hold|release|delete|flush|suspend|resume|bounce|summary` and `mta reload` reach the running server, one
-bounded JSON line each way (a page's bytes follow its line). Here: the protocol (requests checked,
-replies encoded) and the client; the server is mta.app.control_server."""
+"""The control channel's protocol and client: a unix socket per spool shard (0600) through which
+`mta queue ...` and `mta reload` reach the running server (mta.app.control_server), one bounded JSON
+line each way (a page's bytes follow its line); a reply names only changes already durable."""
 
 from __future__ import annotations
 
