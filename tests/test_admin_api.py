@@ -233,3 +233,50 @@ def test_admin_errors_carry_their_status():
     with pytest.raises(admin.NotRunning) as e:
         admin.change("/nonexistent", "hold", ["Q1"])
     assert "no server is running on the spool /nonexistent" in e.value.text
+
+
+def test_the_list_streams_and_a_failure_after_the_first_page_cuts_it_short(tmp_path, monkeypatch, caplog):
+    """GET /api/admin/queue writes admin.list_pages's pages as they come: the bytes of one JSON
+    array. A failure before the first page is its status; after it the reply can only be cut
+    short (the chunked body never ends), and the server says why in its log."""
+    os.makedirs(tmp_path / "spool" / "0")
+    pages = {"ok": [(b'{"id": "A"}', 1), (b'{"id": "B"}, {"id": "C"}', 2)], "late": [(b'{"id": "A"}', 1)]}
+
+    def fake_pages(root, form):
+        assert form == "json"
+        mode = fake_pages.mode
+        if mode == "early":
+            raise admin.ShardFailed("listing the queue failed: shard 0: no reply within 2 s")
+        yield from pages[mode]
+        if mode == "late":
+            raise admin.ShardFailed("listing the queue failed: shard 1: no reply within 2 s")
+
+    monkeypatch.setattr(admin, "list_pages", fake_pages)
+
+    async def get(http, base) -> tuple[int, bytes | str]:
+        try:
+            async with http.get(base + "/api/admin/queue") as r:
+                return r.status, await r.read()
+        except aiohttp.ClientPayloadError as e:
+            return -1, type(e).__name__
+
+    async def run():
+        runner, base, auth = await _serve(tmp_path)
+        out = {}
+        try:
+            async with aiohttp.ClientSession(headers=auth) as http:
+                for mode in ("ok", "early", "late"):
+                    fake_pages.mode = mode
+                    out[mode] = await get(http, base)
+        finally:
+            await runner.cleanup()
+        return out
+
+    with caplog.at_level("WARNING", logger="mta.http"):
+        out = asyncio.run(run())
+    assert out["ok"] == (200, b'[{"id": "A"}, {"id": "B"}, {"id": "C"}]')
+    status, body = out["early"]
+    assert status == admin.ShardFailed.status and b"shard 0: no reply" in body
+    assert out["late"] == (-1, "ClientPayloadError")
+    assert "cut short after a page was sent: listing the queue failed: shard 1" in caplog.text
+    assert "Traceback" not in caplog.text and "Error handling request" not in caplog.text, caplog.text
