@@ -4,6 +4,8 @@ writes, not its durability), then closed and opened again. Prints one JSON line:
 the index's own count of its bytes (stats "index_bytes"), the process's RSS, reopen time.
 
     python benches/index_scale.py --messages 10000000 --dir /var/tmp/index-scale
+    python benches/index_scale.py --messages 1000000 --dir /var/tmp/q1m --keep   # then list it offline:
+    /usr/bin/time -f "%e s %M KiB" mta queue list --json --spool /var/tmp/q1m > /dev/null
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--messages", type=int, default=1_000_000)
     ap.add_argument("--dir", type=Path, required=True, help="A new directory for the shard (removed at the end).")
+    ap.add_argument("--keep", action="store_true",
+                    help="Leave the spool in --dir (e.g. to time `mta queue list --spool DIR` on it with no server).")
     args = ap.parse_args()
     if args.dir.exists():
         ap.error(f"--dir {args.dir} exists: give a new directory")
@@ -74,7 +78,8 @@ def main() -> int:
         out["rss_per_message"] = round((out["rss_filled"] - before) / args.messages, 1)
         print(json.dumps(out))
     finally:
-        shutil.rmtree(args.dir, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(args.dir, ignore_errors=True)
     return 0
 
 

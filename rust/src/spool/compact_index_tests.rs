@@ -329,3 +329,35 @@ fn the_replayed_schedule_is_the_one_before_the_restart() {
     assert_eq!(sp.due(1_000, 10), ids[..3].to_vec(), "queued ones due at once, oldest first");
     assert_eq!(sp.due(5_000, 10), ids[..4].to_vec(), "the deferred one at its time");
 }
+
+
+/// A reader's index (index::load: listings with no server, a message's location) is sized
+/// once for the MESSAGE records it will read (growing by doubling held the old table and the
+/// new one at once: 235 MiB for a 1M listing, 176 now), shrunk when most of those messages
+/// are gone, and keeps no schedule or per-segment references (only the writer uses them).
+#[test]
+fn a_readers_index_is_sized_once_and_keeps_no_schedule() {
+    let d = tempfile::tempdir().unwrap();
+    let sp = Spool::open(d.path(), 0, Config { sync: false, ..cfg(0) }).unwrap();
+    let n = 10_000u64;
+    let ids: Vec<String> = (0..n).map(|i| put(&sp, i + 1, rich(&queue_id(900_000 + i, 0), i))).collect();
+    ok(&sp, n as usize);
+    for (i, q) in ids.iter().enumerate().take(100) {
+        sp.update(20_000 + i as u64, q, &[change(1, record::STATE_DEFERRED, 1, Some(5_000), Some("451 later"))]).unwrap();
+    }
+    ok(&sp, 100);
+    let shard = d.path().join("0");
+    let sized = std::collections::HashMap::<u64, entry::Slot>::with_capacity(n as usize).capacity();
+    let (len, cap, due, refs) = index::load(0, &shard).unwrap().build_shape();
+    assert_eq!((len, cap, due, refs), (n as usize, sized, 0, 0));
+    let scans = index::scan_shard(&shard).unwrap();
+    let (_, _, due, refs) = index::build(0, &shard, &scans, &mut Vec::new()).unwrap().build_shape();
+    assert!(due >= n as usize && refs == 100, "the writer's build has both: {due} due entries, {refs} references");
+    // Nine in ten deleted (the segment stays: nothing is compacted at this size): shrunk.
+    let gone: Vec<&str> = ids.iter().skip(1_000).map(|q| q.as_str()).collect();
+    assert!(sp.delete_many(30_000, &gone).unwrap().is_empty());
+    ok(&sp, 1);
+    let (len, cap, _, _) = index::load(0, &shard).unwrap().build_shape();
+    assert_eq!(len, 1_000);
+    assert!(cap <= 2 * 4096, "capacity {cap} for {len} messages");
+}

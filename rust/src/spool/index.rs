@@ -126,6 +126,9 @@ pub struct Index {
     unannounced: HashMap<u64, Key>,
     /// Replaying the log (`build`): the schedule is made once at the end, from the slots.
     building: bool,
+    /// Built for a reader (`load`: listings, a message's location): no due schedule and no
+    /// STATE/DELETE references per segment, which only the writer (delivery, compaction) uses.
+    reading: bool,
     pub segs: BTreeMap<u64, SegInfo>,
     /// Key → segments other than its current one that hold a MESSAGE
     /// record of it (superseded copies; every copy once deleted). A DELETE
@@ -217,6 +220,14 @@ impl Index {
     }
     /// Heap bytes of the index proper (slots, schedule, segment lists; the kept envelopes
     /// aside, see `hot_len`), counted from capacities: what a queued message costs.
+    /// (messages, the map's capacity, due-schedule entries, per-segment references): what
+    /// tests check of how an index was built.
+    #[cfg(test)]
+    pub(crate) fn build_shape(&self) -> (usize, usize, usize, usize) {
+        let refs = self.segs.values().map(|s| s.refs.len()).sum();
+        (self.map.len(), self.map.capacity(), self.by_due.len() + self.ready.len(), refs)
+    }
+
     pub fn index_bytes(&self) -> u64 {
         let slot = std::mem::size_of::<(Key, Slot)>() as u64 + 1;
         let tree = 2 * std::mem::size_of::<(u64, Key)>() as u64; // B-tree nodes run about half full
@@ -424,10 +435,12 @@ impl Index {
     /// snapshot; a partial one (older binaries) is kept as changes on top.
     pub fn apply_state(&mut self, seq: u64, offset: u64, len: u64, sc: &record::StateChange) {
         let Some(k) = self.keys.find(&sc.queue_id) else {
-            self.segs.entry(seq).or_default().refs.push(self.keys.make(&sc.queue_id));
+            if !self.reading {
+                self.segs.entry(seq).or_default().refs.push(self.keys.make(&sc.queue_id));
+            }
             return;
         };
-        self.segs.entry(seq).or_default().refs.push(k);
+        self.note_ref(seq, k);
         let Some(&slot) = self.map.get(&k) else { return };
         self.unschedule(k);
         let mut s = slot;
@@ -471,7 +484,7 @@ impl Index {
     /// `apply_state` of a STATE record holding flags only or a snapshot, from its brief.
     fn apply_brief(&mut self, seq: u64, offset: u64, len: u64, b: &brief::StateBrief<'_>) {
         let k = self.keys.make(b.queue_id);
-        self.segs.entry(seq).or_default().refs.push(k);
+        self.note_ref(seq, k);
         let Some(&slot) = self.map.get(&k) else { return };
         self.unschedule(k);
         let mut s = slot;
@@ -485,10 +498,18 @@ impl Index {
         self.schedule(k);
     }
 
+    /// Segment `seq` holds a STATE (or, with DELETED, a DELETE) record of `k`: what compaction
+    /// must carry or may drop. A reader's index keeps none.
+    fn note_ref(&mut self, seq: u64, k: Key) {
+        if !self.reading {
+            self.segs.entry(seq).or_default().refs.push(k);
+        }
+    }
+
     /// A durable DELETE record, in segment `seq`.
     pub fn apply_delete(&mut self, seq: u64, qid: &str) {
         let k = self.keys.make(qid);
-        self.segs.entry(seq).or_default().refs.push(k | DELETED);
+        self.note_ref(seq, k | DELETED);
         self.unschedule(k);
         self.hot.remove(&k);
         self.overlay.remove(&k);
@@ -649,8 +670,18 @@ fn flagged(flags: u8, hold: Option<bool>, warned: bool) -> u8 {
 /// that passed their CRC but could not be decoded go to `report`. NotFound: a segment
 /// went meanwhile (a reader beside the writer scans again).
 pub fn build(shard: u32, shard_dir: &Path, scans: &[SegScan], report: &mut Vec<String>) -> io::Result<Index> {
+    replay(shard, shard_dir, scans, report, false)
+}
+
+/// `build`; `reading`: for a reader (no schedule, no per-segment references: a listing of a
+/// million messages with no server running holds a third less).
+fn replay(shard: u32, shard_dir: &Path, scans: &[SegScan], report: &mut Vec<String>, reading: bool) -> io::Result<Index> {
     let mut ix = Index::new(shard, shard_dir);
     ix.building = true;
+    ix.reading = reading;
+    // Sized once for every MESSAGE record (an upper bound of the live messages): grown by
+    // doubling instead, the old table and the new one twice its size were held at once.
+    ix.map.reserve(scans.iter().map(|s| s.messages as usize).sum());
     if let Some(s) = scans.iter().find(|s| !entry::fits(s.seq, s.end)) {
         let why = format!("segment {} ({} bytes) is beyond what the index holds (numbers to 2^32, 1 TiB each)", s.seq, s.end);
         return Err(io::Error::new(io::ErrorKind::InvalidData, why));
@@ -671,6 +702,13 @@ pub fn build(shard: u32, shard_dir: &Path, scans: &[SegScan], report: &mut Vec<S
     }
     // Cursors may come after the events they pass: prune once everything is read.
     ix.prune_events();
+    if ix.map.capacity() > 2 * ix.map.len().max(4096) {
+        ix.map.shrink_to_fit(); // most MESSAGE records were of messages gone since
+    }
+    if reading {
+        ix.building = false;
+        return Ok(ix);
+    }
     // The schedule in one sorted pass: a B-tree built from sorted keys has full nodes.
     // What is due by the watermark (0: queued recipients) is ready at once, as `schedule` does.
     let mut due: Vec<(u64, Key)> = ix.map.iter().filter_map(|(k, s)| s.due().map(|d| (d, *k))).collect();
@@ -683,11 +721,12 @@ pub fn build(shard: u32, shard_dir: &Path, scans: &[SegScan], report: &mut Vec<S
     Ok(ix)
 }
 
-/// `scan_shard` then `build`, again while segments disappear under a reader.
+/// `scan_shard` then `build` for a reader (no schedule: see `replay`), again while segments
+/// disappear under it.
 pub fn load(shard: u32, shard_dir: &Path) -> io::Result<Index> {
     for _ in 0..20 {
         let scans = scan_shard(shard_dir)?;
-        match build(shard, shard_dir, &scans, &mut Vec::new()) {
+        match replay(shard, shard_dir, &scans, &mut Vec::new(), true) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             r => return r,
         }
