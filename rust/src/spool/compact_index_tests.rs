@@ -113,7 +113,18 @@ fn pages_cover_the_queue_once() {
     let gone: Vec<&str> = ids.iter().enumerate().filter(|(i, _)| i % 5 != 0).map(|(_, q)| q.as_str()).collect();
     assert!(sp.delete_many(999, &gone).unwrap().is_empty());
     ok(&sp, 1);
-    wait_for("compaction", || stat(&sp, "segments_deleted") > 0 && stat(&sp, "messages_copied") > 0);
+    // Until its steps stop: a message copied forward while a listing walks past it may be
+    // listed twice (docs/queue.md), and this is about pages across what compaction left.
+    let mut last = (u64::MAX, u64::MAX);
+    wait_for("compaction to settle", || {
+        let now = (stat(&sp, "segments_deleted"), stat(&sp, "messages_copied"));
+        let settled = now == last && now.0 > 0 && now.1 > 0;
+        if now != last {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+        last = now;
+        settled
+    });
     for limit in [1, 7, 50, 1000] {
         let (mut cursor, mut seen) = (0, Vec::new());
         loop {

@@ -679,9 +679,11 @@ fn replay(shard: u32, shard_dir: &Path, scans: &[SegScan], report: &mut Vec<Stri
     let mut ix = Index::new(shard, shard_dir);
     ix.building = true;
     ix.reading = reading;
-    // Sized once for every MESSAGE record (an upper bound of the live messages): grown by
-    // doubling instead, the old table and the new one twice its size were held at once.
-    ix.map.reserve(scans.iter().map(|s| s.messages as usize).sum());
+    // Sized once for the MESSAGE records less the DELETE ones (about the live messages; more
+    // where compaction left copies): grown by doubling instead, the old table and the new one
+    // twice its size were held at once.
+    let (made, deleted) = scans.iter().fold((0, 0), |(m, d), s| (m + s.messages, d + s.deletes));
+    ix.map.reserve(made.saturating_sub(deleted) as usize);
     if let Some(s) = scans.iter().find(|s| !entry::fits(s.seq, s.end)) {
         let why = format!("segment {} ({} bytes) is beyond what the index holds (numbers to 2^32, 1 TiB each)", s.seq, s.end);
         return Err(io::Error::new(io::ErrorKind::InvalidData, why));

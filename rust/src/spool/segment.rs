@@ -92,9 +92,10 @@ pub struct SegScan {
     pub bad_header: Option<String>,
     /// The valid records scanned (`scan_segment`; `scan_segment_with` keeps none here).
     pub records: Vec<Scanned>,
-    /// How many valid records the scan found, and how many of them are MESSAGE records.
+    /// How many valid records the scan found, and how many of them are MESSAGE and DELETE records.
     pub count: u64,
     pub messages: u64,
+    pub deletes: u64,
     /// Damaged regions (offset, len, reason) followed by a valid record.
     pub corrupt: Vec<(u64, u64, String)>,
     /// Offset where trailing damage starts (no valid record after it).
@@ -144,6 +145,7 @@ pub fn scan_segment_with(path: &Path, seq: u64, limit: Option<u64>, each: &mut d
                 pos += r.len;
                 s.count += 1;
                 s.messages += (r.kind == Kind::Message) as u64;
+                s.deletes += (r.kind == Kind::Delete) as u64;
                 each(&r);
             }
             Err(RecErr::Io(e)) => return Err(e),
