@@ -218,20 +218,22 @@ class Tap:
         self.server.close()
 
 
-def wait_greeting(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> None:
+def wait_greeting(port: int, proc: subprocess.Popen, timeout: float = 20.0, host: str = "127.0.0.1") -> None:
+    """Until the server `proc` started greets with 220 on host:port; RuntimeError if it exits
+    first or does not within `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"peer exited with {proc.returncode}")
+            raise RuntimeError(f"exited with {proc.returncode}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            with socket.create_connection((host, port), timeout=1) as s:
                 s.settimeout(5)
                 if s.recv(512).startswith(b"220"):
                     s.sendall(b"QUIT\r\n")
                     return
         except OSError:
             time.sleep(0.05)
-    raise RuntimeError("peer did not start")
+    raise RuntimeError(f"no greeting on port {port} within {timeout:g} s")
 
 
 @contextmanager

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from dnsserver import DNSServer
+from smtpkit import wait_greeting
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -149,19 +150,10 @@ def start_server(
 
 
 def wait_listening(srv: Server, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if srv.proc.poll() is not None:
-            raise RuntimeError(f"mta exited with {srv.proc.returncode}:\n{srv.log()}")
-        try:
-            with socket.create_connection(srv.addr, timeout=1) as s:
-                s.settimeout(5)
-                if s.recv(512).startswith(b"220"):
-                    s.sendall(b"QUIT\r\n")
-                    return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"mta did not start listening:\n{srv.log()}")
+    try:
+        wait_greeting(srv.port, srv.proc, timeout, host=srv.host)
+    except RuntimeError as e:
+        raise RuntimeError(f"mta {e}:\n{srv.log()}") from None
 
 
 @pytest.fixture

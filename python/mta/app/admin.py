@@ -145,11 +145,7 @@ def list_pages(root: str, form: str = "json", online: bool = True):
     `online`); see pages.pages for the order. The page size is pages.page_size()."""
     from mta import _native
 
-    try:
-        limit = pages.page_size()
-    except ValueError as e:
-        raise BadArgument(pages.PAGE_ENV, str(e)) from None
-    ping = ping_timeout()
+    limit, ping = paging()
     try:
         yield from pages.pages(pages.sources(root, online, ping), form, limit)
     except _native.SpoolError as e:
@@ -169,6 +165,16 @@ def show(root: str, queue_id: str, with_bytes: bool = True) -> tuple[dict, bytes
 
 
 # --- the running shards ----------------------------------------------------------------
+
+def paging() -> tuple[int, float]:
+    """(messages per page, seconds a shard has to answer "ping") for a listing, from the
+    environment; a malformed value is a BadArgument naming its variable."""
+    try:
+        limit = pages.page_size()
+    except ValueError as e:
+        raise BadArgument(pages.PAGE_ENV, str(e)) from None
+    return limit, ping_timeout()
+
 
 def ping_timeout() -> float:
     """control.ping_timeout(), its malformed environment value a BadArgument naming the variable."""
@@ -511,11 +517,7 @@ def shape_of(root: str, now: float) -> tuple[dict[str, list[int]], dict[str, int
     messages are (the running servers' indexes, the files of the other shards)."""
     from mta import _native
 
-    try:
-        limit = pages.page_size()
-    except ValueError as e:
-        raise BadArgument(pages.PAGE_ENV, str(e)) from None
-    ping = ping_timeout()
+    limit, ping = paging()
     try:
         return pages.shape(pages.sources(root, True, ping), now, BUCKETS, limit)
     except _native.SpoolError as e:

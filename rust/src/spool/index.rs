@@ -673,8 +673,8 @@ pub fn build(shard: u32, shard_dir: &Path, scans: &[SegScan], report: &mut Vec<S
     replay(shard, shard_dir, scans, report, false)
 }
 
-/// `build`; `reading`: for a reader (no schedule, no per-segment references: a listing of a
-/// million messages with no server running holds a third less).
+/// `build`; `reading`: for a reader (no schedule, no per-segment references, which only the
+/// writer uses).
 fn replay(shard: u32, shard_dir: &Path, scans: &[SegScan], report: &mut Vec<String>, reading: bool) -> io::Result<Index> {
     let mut ix = Index::new(shard, shard_dir);
     ix.building = true;
